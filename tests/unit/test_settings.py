@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.settings import load_settings
+
+GOOD = '[{"name":"gpt-4o-mini-ptu","model":"gpt-4o-mini","ptus":25}]'
+
+
+def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert (s.queue_backend, s.utilization_source) == ("redis", "estimate")
+    assert (s.lower_threshold, s.upper_threshold, s.max_concurrency) == (0.20, 0.90, 10)
+    assert s.default_priority == "high"
+
+
+def test_deployment_capacity_from_the_model_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PTU_DEPLOYMENTS", GOOD)
+    d = load_settings().deployments[0]
+    assert d.capacity_tpm == 25 * 37_000
+    assert d.weight == 3.0
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"PTU_LOWER_THRESHOLD": "0.9"}, "PTU_LOWER_THRESHOLD"),
+        ({"PTU_LOWER_THRESHOLD": "0.5", "PTU_UPPER_THRESHOLD": "0.4"}, "PTU_LOWER_THRESHOLD"),
+        ({"PTU_UPPER_THRESHOLD": "1.5"}, "PTU_UPPER_THRESHOLD"),
+        ({"PTU_LOWER_THRESHOLD": "-0.1"}, "PTU_LOWER_THRESHOLD"),
+        ({"PTU_DEPLOYMENTS": "[{"}, "PTU_DEPLOYMENTS"),
+        ({"PTU_DEPLOYMENTS": '[{"name":"a","model":"llama","ptus":5}]'}, "PTU_DEPLOYMENTS"),
+        ({"PTU_DEPLOYMENTS": '[{"name":"a","model":"gpt-4o"}]'}, "PTU_DEPLOYMENTS"),
+        ({"PTU_MAX_CONCURRENCY": "many"}, "PTU_MAX_CONCURRENCY"),
+        ({"PTU_QUEUE_BACKEND": "kafka"}, "PTU_QUEUE_BACKEND"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], names: str
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith(names), message
+    assert "\n" not in message
+
+
+def test_unknown_model_with_explicit_capacity_is_fine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "PTU_DEPLOYMENTS",
+        '[{"name":"a","model":"llama","ptus":5,"input_tpm_per_ptu":1000,"output_weight":2}]',
+    )
+    d = load_settings().deployments[0]
+    assert (d.capacity_tpm, d.weight) == (5000.0, 2.0)
+
+
+def test_per_deployment_thresholds_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "PTU_DEPLOYMENTS",
+        '[{"name":"a","model":"gpt-4o","ptus":15,"lower_threshold":0.1,"max_concurrency":4}]',
+    )
+    s = load_settings()
+    assert s.thresholds(s.deployments[0]) == (0.1, 0.9, 4)
