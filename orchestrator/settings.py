@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     upper_threshold: float = Field(default=0.90, ge=0, le=1)
     max_concurrency: int = Field(default=10, ge=1)
     deployments: list[DeploymentConfig] = Field(default_factory=list)
+    estimate_window_s: float = Field(default=60.0, gt=0)
     estimate_max_age_s: float = Field(default=5.0, gt=0)
     monitor_max_age_s: float = Field(default=300.0, gt=0)
     slot_lease_s: float = Field(default=30.0, gt=0)

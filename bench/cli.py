@@ -1,0 +1,38 @@
+"""`ptu bench SCENARIO`: each scenario is a module with add_arguments and run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from orchestrator.settings import Settings
+
+SCENARIOS: dict[str, tuple[str, str]] = {
+    "mixed": ("bench.mixed", "policies side by side on one seeded mixed workload"),
+    "overhead": ("bench.overhead", "added latency and throughput of ingress and worker"),
+    "saturation": ("bench.saturation", "closed-loop load against the simulator's leaky bucket"),
+    "throttle-curve": ("bench.throttle_curve", "low-priority concurrency vs utilisation"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One sub-command per scenario."""
+    sub = parser.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
+    for name, (module_name, text) in SCENARIOS.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--out", default=f"bench-out/{name}", help="output directory")
+        p.add_argument("--quick", action="store_true", help="CI-sized run")
+        p.add_argument("--seed", type=int, default=7)
+        p.set_defaults(_module=module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            continue
+        module.add_arguments(p)
+
+
+def run(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Run the chosen scenario."""
+    module = importlib.import_module(args._module)
+    code: int = module.run(args)
+    return code

@@ -1,0 +1,54 @@
+"""Redis key names, in one place so every process agrees on them."""
+
+from __future__ import annotations
+
+PREFIX = "ptu"
+TOKEN_EVENTS = f"{PREFIX}:token-events"
+"""Stream of TokenEvent JSON (field `event`) consumed by `ptu estimator`."""
+WORKERS = f"{PREFIX}:workers"
+"""Hash worker_id -> JSON heartbeat (deployments, limits, in-flight) for `ptu status`."""
+
+
+def queue(deployment: str) -> str:
+    """Redis Stream holding a deployment's low-priority requests."""
+    return f"{PREFIX}:queue:{deployment}"
+
+
+def dead_letter(deployment: str) -> str:
+    """Redis Stream of requests that failed for good."""
+    return f"{PREFIX}:dlq:{deployment}"
+
+
+def request(request_id: str) -> str:
+    """Hash with a request's tenant, status (queued|in_progress) and reply key."""
+    return f"{PREFIX}:req:{request_id}"
+
+
+def result(request_id: str) -> str:
+    """The completed result document; its existence makes completion idempotent."""
+    return f"{PREFIX}:result:{request_id}"
+
+
+def estimate(deployment: str) -> str:
+    """Hash holding the utilisation estimate's bucket level and last update time."""
+    return f"{PREFIX}:est:{deployment}"
+
+
+def slots(deployment: str) -> str:
+    """Sorted set of leased low-priority slots (member = slot id, score = lease expiry)."""
+    return f"{PREFIX}:slots:{deployment}"
+
+
+def pause(deployment: str) -> str:
+    """Set with an expiry while low priority is paused after a 429."""
+    return f"{PREFIX}:pause:{deployment}"
+
+
+def batch(batch_id: str) -> str:
+    """Hash with a batch's state and counters."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def file(file_id: str) -> str:
+    """Hash with an uploaded or produced file's metadata and content."""
+    return f"{PREFIX}:file:{file_id}"
