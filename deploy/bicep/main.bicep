@@ -1,0 +1,89 @@
+// Azure resources for ptu-orchestrator beside an existing Azure OpenAI account:
+// Event Hubs (request queue + token events), Azure Cache for Redis (state,
+// replies, estimate, slots), a user-assigned identity with the roles it needs.
+targetScope = 'resourceGroup'
+
+@description('Name prefix for the new resources.')
+param prefix string = 'ptu'
+param location string = resourceGroup().location
+@description('Name of the existing Azure OpenAI (Cognitive Services) account.')
+param openAiAccountName string
+
+resource openAi 'Microsoft.CognitiveServices/accounts@2024-10-01' existing = {
+  name: openAiAccountName
+}
+
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: '${prefix}-orchestrator'
+  location: location
+}
+
+resource ehNamespace 'Microsoft.EventHub/namespaces@2024-01-01' = {
+  name: '${prefix}-${uniqueString(resourceGroup().id)}'
+  location: location
+  sku: { name: 'Standard', tier: 'Standard', capacity: 1 }
+  properties: { disableLocalAuth: true }
+}
+
+resource requests 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' = {
+  parent: ehNamespace
+  name: 'ptu-requests'
+  properties: { partitionCount: 4, messageRetentionInDays: 1 }
+}
+
+resource tokenEvents 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' = {
+  parent: ehNamespace
+  name: 'ptu-token-events'
+  properties: { partitionCount: 2, messageRetentionInDays: 1 }
+}
+
+resource redis 'Microsoft.Cache/redis@2024-03-01' = {
+  name: '${prefix}-${uniqueString(resourceGroup().id)}'
+  location: location
+  properties: {
+    sku: { name: 'Standard', family: 'C', capacity: 1 }
+    enableNonSslPort: false
+    minimumTlsVersion: '1.2'
+  }
+}
+
+var roles = {
+  cognitiveServicesOpenAIUser: '5e0bd9bd-7b93-4f28-af87-19fc36ad61bd'
+  monitoringReader: '43d0d8ad-25c7-4714-9337-8ba259a9fe05'
+  eventHubsDataOwner: 'f526a384-b230-433a-b45c-95f59c4a2dec'
+}
+
+resource openAiUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: openAi
+  name: guid(openAi.id, identity.id, roles.cognitiveServicesOpenAIUser)
+  properties: {
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.cognitiveServicesOpenAIUser)
+  }
+}
+
+resource monitoringReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: openAi
+  name: guid(openAi.id, identity.id, roles.monitoringReader)
+  properties: {
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringReader)
+  }
+}
+
+resource ehOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: ehNamespace
+  name: guid(ehNamespace.id, identity.id, roles.eventHubsDataOwner)
+  properties: {
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.eventHubsDataOwner)
+  }
+}
+
+output identityClientId string = identity.properties.clientId
+output eventHubNamespace string = '${ehNamespace.name}.servicebus.windows.net'
+output redisHost string = redis.properties.hostName
+output azureResourceId string = openAi.id
