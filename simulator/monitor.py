@@ -9,6 +9,7 @@ real service, whose ingestion latency is documented as 30 s to 15 min.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -187,33 +188,35 @@ class MetricsRecorder:
         start: float,
         end: float,
         dimension_filter: DimensionFilter | None = None,
+        split: Collection[str] | None = None,
     ) -> list[Series]:
         """PT1M points of `metric` for minutes in [start, end) as the service shows them at `now`.
 
-        Every dimension named in `dimension_filter` splits the result into one series per
-        value (Azure's `$filter` semantics); without a filter there is one aggregated series.
+        `dimension_filter` restricts the data; the result has one series per combination of
+        values of the `split` dimensions (default: the filtered ones, Azure's `$filter`
+        semantics), or one aggregated series when nothing is split.
         """
         definition = METRICS.get(metric)
         if definition is None:
             raise MetricQueryError(f"Metric {metric} is not defined for namespace {NAMESPACE}")
         flt = dict(dimension_filter or {})
-        for dim in flt:
+        names = tuple(flt if split is None else split)
+        for dim in (*flt, *names):
             if dim not in definition.dimensions:
                 raise MetricQueryError(f"Dimension {dim} is not defined for metric {metric}")
         minutes = _minute_range(start, end)
-        positions = [definition.dimensions.index(d) for d in flt]
         per_minute: list[dict[_Key, _Agg] | None] = []
-        groups: set[_Key] = set(_explicit_groups(flt))
+        groups: set[_Key] = set(_explicit_groups({d: flt.get(d) for d in names}))
         for minute in minutes:
             if not self.visible(now, minute):
                 per_minute.append(None)
                 continue
-            merged = self._merge(self._minutes.get(minute, {}).get(metric, {}), flt, positions)
+            stored = self._minutes.get(minute, {}).get(metric, {})
+            merged = _merge(stored, definition, flt, names)
             groups.update(merged)
             per_minute.append(merged)
-        if not flt:
+        if not names:
             groups = {()}
-        names = tuple(flt)
         return [
             Series(
                 dimensions=tuple(zip(names, group, strict=True)),
@@ -225,25 +228,29 @@ class MetricsRecorder:
             for group in sorted(groups)
         ]
 
-    @staticmethod
-    def _merge(
-        stored: Mapping[_Key, _Agg], flt: dict[str, Collection[str] | None], positions: list[int]
-    ) -> dict[_Key, _Agg]:
-        merged: dict[_Key, _Agg] = {}
-        allowed = list(flt.values())
-        for key, agg in stored.items():
-            group = tuple(key[p] for p in positions)
-            if any(a is not None and v not in a for v, a in zip(group, allowed, strict=True)):
-                continue
-            merged.setdefault(group, _Agg()).merge(agg)
-        return merged
+
+def _merge(
+    stored: Mapping[_Key, _Agg],
+    definition: MetricDefinition,
+    flt: Mapping[str, Collection[str] | None],
+    names: tuple[str, ...],
+) -> dict[_Key, _Agg]:
+    """Aggregates of one minute that pass the filter, merged per split group."""
+    checks = [(definition.dimensions.index(d), v) for d, v in flt.items() if v is not None]
+    positions = [definition.dimensions.index(d) for d in names]
+    merged: dict[_Key, _Agg] = {}
+    for key, agg in stored.items():
+        if any(key[p] not in allowed for p, allowed in checks):
+            continue
+        merged.setdefault(tuple(key[p] for p in positions), _Agg()).merge(agg)
+    return merged
 
 
 def _minute_range(start: float, end: float) -> list[int]:
     if end <= start:
         raise MetricQueryError("The timespan end must be after its start")
     first = minute_floor(start)
-    count = -(-(int(end) - first) // GRAIN_S) if end > first else 0
+    count = math.ceil((end - first) / GRAIN_S)
     if count > MAX_POINTS:
         raise MetricQueryError(
             f"The timespan asks for {count} points at PT1M; at most {MAX_POINTS} are allowed"
