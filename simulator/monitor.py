@@ -162,7 +162,7 @@ class MetricsRecorder:
 
     def _prune(self, now: float) -> None:
         cutoff = now - self.retention_s
-        for minute in [m for m in self._minutes if m + GRAIN_S < cutoff]:
+        for minute in [m for m in self._minutes if m + GRAIN_S <= cutoff]:
             del self._minutes[minute]
 
     # -- querying -------------------------------------------------------------------------
