@@ -124,7 +124,8 @@ def _series_score(series: Series, aggregation: str) -> float | None:
     return float(sum(present) / len(present))
 
 
-def _order_and_top(series: list[Series], order_by: str | None, top: int) -> list[Series]:
+def order_and_top(series: list[Series], order_by: str | None, top: int) -> list[Series]:
+    """Sort series by `orderby` (e.g. `average desc`) and keep the first `top`."""
     if order_by:
         words = order_by.lower().split()
         agg = _ORDER_ALIASES.get(words[0], words[0]) if words else ""
@@ -192,7 +193,7 @@ def _metric_body(
     except MetricQueryError as exc:
         raise MonitorError(400, "BadRequest", str(exc)) from exc
     if split:
-        series = _order_and_top(series, query.order_by, query.top)
+        series = order_and_top(series, query.order_by, query.top)
     aggregations = query.aggregations or [definition.primary_aggregation.lower()]
     display, description = _DISPLAY[name]
     return {
