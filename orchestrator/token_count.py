@@ -1,11 +1,12 @@
 """Token counts of a chat request before it is sent, for the `admit` token event.
 
-The estimate is deliberately simple and documented so every component that
-needs it agrees: about four characters of text per token (OpenAI's rule of
-thumb for English), plus the chat format's overhead of 4 tokens per message
-and 3 tokens priming the reply. Non-text content parts (images, audio) count a
-flat 85 tokens each, the low-detail image charge. Tool and function
-definitions are counted from their JSON text. The `complete` event carries the
+The estimate is deliberately simple and the same accounting the simulator
+charges (`simulator/tokens.py`): about four characters of text per token
+(OpenAI's rule of thumb for English), 3 tokens of overhead per message, 1 per
+`name` and 3 priming the reply. Image parts count a flat 85 tokens, the
+low-detail image charge; other non-text parts and tool calls are counted from
+their JSON text. Tool and function definitions, which the simulator ignores,
+are counted from their JSON text too (Azure does charge them). The `complete` event carries the
 service's actual usage, so the estimate only has to be close for the short
 time a call is in flight.
 """
@@ -18,9 +19,10 @@ from collections.abc import Mapping
 from typing import Any
 
 CHARS_PER_TOKEN = 4.0
-TOKENS_PER_MESSAGE = 4
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3
-NON_TEXT_PART_TOKENS = 85
+IMAGE_PART_TOKENS = 85
 
 
 def text_tokens(text: str) -> int:
@@ -36,10 +38,12 @@ def _content_tokens(content: object) -> int:
     if isinstance(content, list):
         total = 0
         for part in content:
-            if isinstance(part, Mapping) and isinstance(part.get("text"), str):
-                total += text_tokens(part["text"])
+            if isinstance(part, Mapping) and part.get("type") == "text":
+                total += text_tokens(str(part.get("text", "")))
+            elif isinstance(part, Mapping) and part.get("type") == "image_url":
+                total += IMAGE_PART_TOKENS
             else:
-                total += NON_TEXT_PART_TOKENS
+                total += text_tokens(json.dumps(part))
         return total
     return text_tokens(json.dumps(content, separators=(",", ":")))
 
@@ -52,13 +56,13 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
         for message in messages:
             total += TOKENS_PER_MESSAGE
             if not isinstance(message, Mapping):
+                total += text_tokens(json.dumps(message))
                 continue
             total += _content_tokens(message.get("content"))
-            name = message.get("name")
-            if isinstance(name, str):
-                total += text_tokens(name)
-            if "tool_calls" in message:
-                total += _content_tokens(json.dumps(message["tool_calls"]))
+            if "name" in message:
+                total += TOKENS_PER_NAME
+            if message.get("tool_calls"):
+                total += text_tokens(json.dumps(message["tool_calls"]))
     for key in ("tools", "functions", "response_format"):
         if key in body:
             total += text_tokens(json.dumps(body[key], separators=(",", ":")))
