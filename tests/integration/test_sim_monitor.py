@@ -235,3 +235,46 @@ async def test_bearer_token_is_required(served: Served) -> None:
     assert missing.json()["error"]["code"] == "AuthenticationFailed"
     assert ok.status_code == 200
     assert len(ok.json()["values"][0]["value"][0]["timeseries"][0]["data"]) == 60
+
+
+async def latest_utilisation(
+    endpoint: str, credential: Any, resource_id: str, deployment: str, ca_pem: str
+) -> tuple[float, float] | None:
+    """Reference usage for a utilisation source: (fraction, observed_at) of the newest minute."""
+    async with MetricsClient(endpoint, credential, connection_verify=ca_pem) as client:
+        [result] = await client.query_resources(
+            resource_ids=[resource_id],
+            metric_namespace="Microsoft.CognitiveServices/accounts",
+            metric_names=["AzureOpenAIProvisionedManagedUtilizationV2"],
+            timespan=timedelta(minutes=10),
+            granularity=timedelta(minutes=1),
+            aggregations=["Average", "Maximum"],
+            filter=f"ModelDeploymentName eq '{deployment}'",
+        )
+    series = result.metrics["AzureOpenAIProvisionedManagedUtilizationV2"].timeseries
+    points = [p for s in series for p in s.data if p.maximum is not None]
+    if not points:
+        return None
+    newest = max(points, key=lambda p: p.timestamp)
+    return newest.maximum / 100.0, newest.timestamp.timestamp() + 60.0
+
+
+async def test_reference_usage_with_a_relative_timespan(served: Served) -> None:
+    now = time.time()
+    minute = now - now % 60
+    served.clock.now = now
+    for back, value in ((4, 10.0), (3, 20.0), (2, 30.0), (1, 40.0)):
+        served.recorder.sample(minute - back * 60 + 1, "ptu-a", value)
+        served.recorder.sample(minute - back * 60 + 2, "ptu-a", value + 2)
+    got = await latest_utilisation(
+        served.endpoint, StaticCredential(), RESOURCE_ID, "ptu-a", str(served.tls.ca_pem)
+    )
+    # a minute is visible once its end + LAG_S (90 s) has passed: the minute that ended at
+    # `minute` never is, the one before only in the second half of the current minute
+    if now - minute >= 150 - 2 * 60:
+        expected = (0.32, minute - 60)
+    else:
+        expected = (0.22, minute - 120)
+    assert got is not None
+    assert got[0] == pytest.approx(expected[0])
+    assert got[1] == expected[1]
