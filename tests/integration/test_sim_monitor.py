@@ -251,12 +251,18 @@ async def latest_utilisation(
             aggregations=["Average", "Maximum"],
             filter=f"ModelDeploymentName eq '{deployment}'",
         )
-    series = result.metrics["AzureOpenAIProvisionedManagedUtilizationV2"].timeseries
-    points = [p for s in series for p in s.data if p.maximum is not None]
-    if not points:
+    metric = next(
+        m for m in result.metrics if m.name == "AzureOpenAIProvisionedManagedUtilizationV2"
+    )
+    newest: tuple[datetime, float] | None = None
+    for series in metric.timeseries:  # one per deployment matched by the filter
+        for point in series.data:  # minutes not yet ingested have no values
+            if point.maximum is not None and (newest is None or point.timestamp > newest[0]):
+                newest = (point.timestamp, point.maximum)
+    if newest is None:
         return None
-    newest = max(points, key=lambda p: p.timestamp)
-    return newest.maximum / 100.0, newest.timestamp.timestamp() + 60.0
+    # the point covers [timestamp, timestamp + 1 min); percent -> fraction
+    return newest[1] / 100.0, newest[0].timestamp() + 60.0
 
 
 async def test_reference_usage_with_a_relative_timespan(served: Served) -> None:
