@@ -52,3 +52,8 @@ def batch(batch_id: str) -> str:
 def file(file_id: str) -> str:
     """Hash with an uploaded or produced file's metadata and content."""
     return f"{PREFIX}:file:{file_id}"
+
+
+def estimate_request(deployment: str, request_id: str) -> str:
+    """Hash of the estimate's per-request charges; makes token events idempotent."""
+    return f"{PREFIX}:est-req:{deployment}:{request_id}"

@@ -1,0 +1,162 @@
+"""Several Throttle instances (one per simulated worker) share one real Redis server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from orchestrator.settings import DeploymentConfig
+from orchestrator.throttle import Throttle
+from orchestrator.utilisation.static import StaticSource
+
+DEPLOYMENT = DeploymentConfig(name="gpt-4o", model="gpt-4o", ptus=50)
+
+
+@pytest.fixture
+async def clients(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[list[aioredis.Redis]]:
+    """One client per simulated worker (the `redis` fixture has flushed the database)."""
+    made = [aioredis.Redis.from_url(redis_url) for _ in range(4)]
+    try:
+        yield made
+    finally:
+        for c in made:
+            await c.aclose()
+
+
+def worker(
+    client: aioredis.Redis, source: StaticSource, wid: str, lease_s: float = 5.0
+) -> Throttle:
+    return Throttle(
+        client,
+        DEPLOYMENT,
+        source,
+        lower=0.2,
+        upper=0.9,
+        max_concurrency=10,
+        lease_s=lease_s,
+        worker_id=wid,
+        poll_s=0.01,
+    )
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self.calls = 0
+
+    def enter(self) -> int:
+        self.now += 1
+        self.calls += 1
+        self.peak = max(self.peak, self.now)
+        return self.now
+
+    def leave(self) -> None:
+        self.now -= 1
+
+
+async def hammer(
+    throttle: Throttle, counter: Counter, stop: asyncio.Event, seen: list[int], rng: random.Random
+) -> None:
+    while not stop.is_set():
+        slot = await throttle.acquire(stop)
+        if slot is None:
+            return
+        seen.append(counter.enter())
+        await asyncio.sleep(rng.uniform(0, 0.01))
+        counter.leave()
+        await throttle.release(slot)
+
+
+async def test_workers_together_never_exceed_the_limit(clients: list[aioredis.Redis]) -> None:
+    source = StaticSource({"gpt-4o": 0.55})  # limit 5
+    throttles = [worker(c, source, f"w{i}") for i, c in enumerate(clients)]
+    counter, seen, stop = Counter(), list[int](), asyncio.Event()
+    rng = random.Random(7)
+    tasks = [
+        asyncio.create_task(hammer(t, counter, stop, seen, rng))
+        for t in throttles
+        for _ in range(4)
+    ]
+    await asyncio.sleep(1.5)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert counter.calls > 100
+    assert counter.peak == 5  # reached the limit, never above it
+    assert await throttles[0].global_in_flight() == 0
+
+
+async def test_shrunk_limit_blocks_new_calls_until_in_flight_finish(
+    clients: list[aioredis.Redis],
+) -> None:
+    old_source = StaticSource({"gpt-4o": 0.0})  # limit 10
+    old = worker(clients[0], old_source, "old")
+    stop = asyncio.Event()
+    held = [await old.acquire(stop) for _ in range(5)]
+    source = StaticSource({"gpt-4o": 0.8})  # limit 2 for the new workers
+    throttles = [worker(c, source, f"w{i}") for i, c in enumerate(clients[1:])]
+    counter, seen, rng = Counter(), list[int](), random.Random(3)
+    counter.now = 5  # the old worker's calls are in flight
+    tasks = [asyncio.create_task(hammer(t, counter, stop, seen, rng)) for t in throttles * 2]
+    await asyncio.sleep(0.3)
+    assert seen == []  # 5 in flight >= limit 2: nothing new starts
+    for slot in held:
+        assert slot is not None
+        await old.release(slot)
+        counter.leave()
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert seen and max(seen) <= 2
+
+
+async def test_dead_worker_leases_are_reclaimed(clients: list[aioredis.Redis]) -> None:
+    source = StaticSource({"gpt-4o": 0.8})  # limit 2
+    dead = worker(clients[0], source, "dead", lease_s=0.5)
+    live = worker(clients[1], source, "live", lease_s=0.5)
+    stop = asyncio.Event()
+    assert await dead.acquire(stop) is not None
+    assert await dead.acquire(stop) is not None
+    # the dead worker never renews nor releases; its leases expire after lease_s
+    started = time.monotonic()
+    slot = await asyncio.wait_for(live.acquire(stop), timeout=5)
+    waited = time.monotonic() - started
+    assert slot is not None
+    assert 0.3 < waited < 3.0
+
+
+async def test_live_worker_keeps_its_leases(clients: list[aioredis.Redis]) -> None:
+    source = StaticSource({"gpt-4o": 0.8})  # limit 2
+    live = worker(clients[0], source, "live", lease_s=0.3)
+    other = worker(clients[1], source, "other", lease_s=0.3)
+    stop = asyncio.Event()
+    slots = [await live.acquire(stop) for _ in range(2)]
+    keeper = asyncio.create_task(live.keep_leases())
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(other.acquire(stop), timeout=1.0)
+        assert await other.global_in_flight() == 2
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+    first = slots[0]
+    assert first is not None
+    await live.release(first)
+    assert await asyncio.wait_for(other.acquire(stop), timeout=2.0) is not None
+
+
+async def test_pause_is_global_and_ends(clients: list[aioredis.Redis]) -> None:
+    source = StaticSource({"gpt-4o": 0.0})
+    a, b = worker(clients[0], source, "a"), worker(clients[1], source, "b")
+    await a.pause_for(0.4)
+    started = time.monotonic()
+    assert await asyncio.wait_for(b.acquire(asyncio.Event()), timeout=5) is not None
+    assert time.monotonic() - started > 0.25
