@@ -1,0 +1,110 @@
+"""Polls the simulator's `/sim/state`: the true utilisation and in-flight calls over time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One observation of the simulated deployment."""
+
+    t: float
+    """Seconds since the run started."""
+    utilization: float
+    low_in_flight: int
+    high_in_flight: int
+    low_peak: int
+    """Most low-priority calls in flight at once since the previous sample."""
+    low_requests: int
+    low_throttled: int
+    high_requests: int
+    high_throttled: int
+
+
+def parse_state(body: dict[str, Any], deployment: str, t: float) -> Sample:
+    """A Sample from a `/sim/state` body (sim_contract.md)."""
+    d = body["deployments"][deployment]
+    in_flight = d.get("in_flight_by_priority", {})
+    peaks = d.get("peak_in_flight_by_priority", {})
+    by = d.get("by_priority", {})
+    low, high = by.get("low", {}), by.get("high", {})
+    return Sample(
+        t=t,
+        utilization=float(d["utilization"]),
+        low_in_flight=int(in_flight.get("low", 0)),
+        high_in_flight=int(in_flight.get("high", 0)),
+        low_peak=int(peaks.get("low", in_flight.get("low", 0))),
+        low_requests=int(low.get("requests", 0)),
+        low_throttled=int(low.get("throttled", 0)),
+        high_requests=int(high.get("requests", 0)),
+        high_throttled=int(high.get("throttled", 0)),
+    )
+
+
+@dataclass
+class Sampler:
+    """Background task sampling `/sim/state?reset_peaks=1` every `interval_s`."""
+
+    client: httpx2.AsyncClient
+    sim_url: str
+    deployment: str
+    t0: float
+    interval_s: float = 0.1
+    clock: Callable[[], float] = time.time
+    samples: list[Sample] = field(default_factory=list)
+    errors: int = 0
+    _task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Sampler samples={len(self.samples)} errors={self.errors}>"
+
+    @property
+    def latest(self) -> Sample | None:
+        """The newest sample, if any."""
+        return self.samples[-1] if self.samples else None
+
+    async def sample_once(self) -> Sample | None:
+        """Take one sample now; None (and a counted error) when the simulator did not answer."""
+        try:
+            response = await self.client.get(
+                f"{self.sim_url}/sim/state", params={"reset_peaks": "1"}, timeout=2.0
+            )
+            response.raise_for_status()
+            sample = parse_state(response.json(), self.deployment, self.clock() - self.t0)
+        except (httpx2.HTTPError, KeyError, ValueError) as exc:
+            self.errors += 1
+            log.debug("sample_failed", error=str(exc))
+            return None
+        self.samples.append(sample)
+        return sample
+
+    async def _loop(self) -> None:
+        while True:
+            started = self.clock()
+            await self.sample_once()
+            await asyncio.sleep(max(0.0, self.interval_s - (self.clock() - started)))
+
+    def start(self) -> None:
+        """Start sampling in the background."""
+        self._task = asyncio.create_task(self._loop(), name="sampler")
+
+    async def stop(self) -> None:
+        """Stop sampling and take one final sample."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self.sample_once()
