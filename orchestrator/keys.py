@@ -54,6 +54,16 @@ def file(file_id: str) -> str:
     return f"{PREFIX}:file:{file_id}"
 
 
+def batch_results(batch_id: str) -> str:
+    """List of a batch's result documents (JSON), in completion order."""
+    return f"{PREFIX}:batch-results:{batch_id}"
+
+
+def result_channel(request_id: str) -> str:
+    """Pub/sub channel notified once when a request's result is written."""
+    return f"{PREFIX}:done:{request_id}"
+
+
 def estimate_request(deployment: str, request_id: str) -> str:
     """Hash of the estimate's per-request charges; makes token events idempotent."""
     return f"{PREFIX}:est-req:{deployment}:{request_id}"

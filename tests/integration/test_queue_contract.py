@@ -1,0 +1,165 @@
+"""One contract suite for every `Queue` implementation (memory twin and Redis Streams)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+import redis.asyncio as aioredis
+
+from orchestrator import keys
+from orchestrator.queues.base import Delivery, Queue
+from orchestrator.queues.memory import InMemoryQueue
+from orchestrator.queues.redis_streams import RedisStreamsQueue
+from orchestrator.schemas import QueuedRequest
+
+CLAIM_S = 0.3
+DEPLOYMENT = "gpt-4o-mini-ptu"
+
+
+def request(i: int) -> QueuedRequest:
+    now = time.time()
+    return QueuedRequest(
+        id=f"req-{i}",
+        deployment=DEPLOYMENT,
+        body={"messages": [{"role": "user", "content": f"hello {i}"}], "max_tokens": 5},
+        reply_key=f"ptu:reply:req-{i}",
+        enqueued_at=now,
+        deadline=now + 60,
+        custom_id=f"c-{i}",
+    )
+
+
+@dataclass
+class Backend:
+    """Builds consumers of one shared queue and reads its dead letters."""
+
+    consumer: Callable[[str], Queue]
+    dead_letters: Callable[[], object]
+    opened: list[Queue] = field(default_factory=list)
+
+    def make(self, name: str) -> Queue:
+        q = self.consumer(name)
+        self.opened.append(q)
+        return q
+
+
+async def _redis_dead(redis: aioredis.Redis) -> list[tuple[str, str]]:
+    rows = await redis.xrange(keys.dead_letter(DEPLOYMENT))
+    return [
+        (QueuedRequest.model_validate_json(f[b"message"]).id, f[b"reason"].decode())
+        for _, f in rows
+    ]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest, redis: aioredis.Redis) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        shared = InMemoryQueue(DEPLOYMENT, visibility_s=CLAIM_S)
+
+        async def mem_dead() -> list[tuple[str, str]]:
+            return [(m.id, reason) for m, reason in shared.dead_letters]
+
+        b = Backend(consumer=lambda _name: shared, dead_letters=mem_dead)
+    else:
+        b = Backend(
+            consumer=lambda name: RedisStreamsQueue(redis, DEPLOYMENT, name, claim_idle_s=CLAIM_S),
+            dead_letters=lambda: _redis_dead(redis),
+        )
+    yield b
+    for q in b.opened:
+        await q.close()
+
+
+async def test_put_receive_ack(backend: Backend) -> None:
+    q = backend.make("w1")
+    sent = [request(i) for i in range(3)]
+    for message in sent:
+        await q.put(message)
+    assert await q.depth() == 3
+    got = await q.receive(10, timeout_s=1.0)
+    assert [d.message for d in got] == sent
+    assert all(d.delivery_count == 1 for d in got)
+    assert await q.depth() == 3  # in flight still counts
+    for d in got:
+        await q.ack(d)
+    await q.ack(got[0])  # idempotent
+    assert await q.depth() == 0
+    assert await q.receive(10, timeout_s=0.05) == []
+
+
+async def test_max_count_is_respected(backend: Backend) -> None:
+    q = backend.make("w1")
+    for i in range(5):
+        await q.put(request(i))
+    first = await q.receive(2, timeout_s=1.0)
+    second = await q.receive(10, timeout_s=1.0)
+    assert [d.message.id for d in first] == ["req-0", "req-1"]
+    assert [d.message.id for d in second] == ["req-2", "req-3", "req-4"]
+
+
+async def test_receive_timeout_returns_empty(backend: Backend) -> None:
+    q = backend.make("w1")
+    started = time.monotonic()
+    assert await q.receive(5, timeout_s=0.2) == []
+    assert time.monotonic() - started >= 0.15
+
+
+async def test_blocked_receive_wakes_on_put(backend: Backend) -> None:
+    q = backend.make("w1")
+    waiter = asyncio.create_task(q.receive(5, timeout_s=10.0))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    await backend.make("ingress").put(request(7))
+    got = await asyncio.wait_for(waiter, timeout=5.0)
+    assert [d.message.id for d in got] == ["req-7"]
+
+
+async def test_unacked_delivery_of_dead_consumer_is_redelivered(backend: Backend) -> None:
+    dead, alive = backend.make("w-dead"), backend.make("w-alive")
+    await dead.put(request(1))
+    [first] = await dead.receive(1, timeout_s=1.0)
+    await dead.close()  # crashed: never acks
+    assert await alive.receive(1, timeout_s=0.05) == []  # not before the claim timeout
+    got = await alive.receive(1, timeout_s=CLAIM_S * 10)
+    assert [d.message.id for d in got] == ["req-1"]
+    assert got[0].delivery_count == 2
+    await alive.ack(got[0])
+    await dead.ack(first)  # a late ack from the old owner is harmless
+    assert await alive.depth() == 0
+
+
+async def test_dead_letter_moves_message_and_acks(backend: Backend) -> None:
+    q = backend.make("w1")
+    await q.put(request(1))
+    await q.put(request(2))
+    got = await q.receive(2, timeout_s=1.0)
+    await q.dead_letter(got[0], "max attempts reached")
+    await q.ack(got[1])
+    assert await q.depth() == 0
+    assert await backend.dead_letters() == [("req-1", "max attempts reached")]  # type: ignore[misc]
+    await asyncio.sleep(CLAIM_S * 1.5)
+    assert await q.receive(5, timeout_s=0.05) == []  # not redelivered
+
+
+async def test_concurrent_consumers_share_without_duplicates(backend: Backend) -> None:
+    producer = backend.make("ingress")
+    for i in range(30):
+        await producer.put(request(i))
+
+    async def drain(q: Queue) -> list[Delivery]:
+        seen: list[Delivery] = []
+        while got := await q.receive(4, timeout_s=0.1):
+            for d in got:
+                await q.ack(d)
+            seen.extend(got)
+            await asyncio.sleep(0)
+        return seen
+
+    a, b = await asyncio.gather(drain(backend.make("w1")), drain(backend.make("w2")))
+    ids = [d.message.id for d in a + b]
+    assert sorted(ids) == sorted(f"req-{i}" for i in range(30))
+    assert await producer.depth() == 0

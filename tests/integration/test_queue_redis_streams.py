@@ -1,0 +1,138 @@
+"""Redis Streams specifics: socket timeouts, poison entries, liveness refresh, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from orchestrator import keys
+from orchestrator.embedded import free_port
+from orchestrator.errors import QueueUnavailable
+from orchestrator.queues.redis_streams import RedisStreamsQueue
+from tests.integration.test_queue_contract import DEPLOYMENT, request
+
+
+@pytest.fixture
+async def short_timeout_client(
+    redis_url: str, redis: aioredis.Redis
+) -> AsyncIterator[aioredis.Redis]:
+    """A client whose socket timeout (0.4 s) is far shorter than the waits below."""
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=0.4)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def test_receive_idles_longer_than_socket_timeout(
+    short_timeout_client: aioredis.Redis,
+) -> None:
+    q = RedisStreamsQueue(short_timeout_client, DEPLOYMENT, "w1")
+    assert await q.receive(5, timeout_s=1.5) == []  # 3x the socket timeout, no TimeoutError
+
+    async def put_later() -> None:
+        await asyncio.sleep(1.0)
+        await q.put(request(1))
+
+    putter = asyncio.create_task(put_later())
+    got = await q.receive(5, timeout_s=5.0)
+    await putter
+    assert [d.message.id for d in got] == ["req-1"]
+    await q.close()
+
+
+async def test_messages_put_before_group_exists_are_consumed(redis: aioredis.Redis) -> None:
+    producer = RedisStreamsQueue(redis, DEPLOYMENT, "ingress")
+    await producer.put(request(1))
+    assert not await redis.exists(keys.queue(DEPLOYMENT) + ":nothing")
+    consumer = RedisStreamsQueue(redis, DEPLOYMENT, "w1")
+    got = await consumer.receive(5, timeout_s=1.0)
+    assert [d.message.id for d in got] == ["req-1"]
+
+
+async def test_poison_entry_is_dead_lettered_not_raised(redis: aioredis.Redis) -> None:
+    q = RedisStreamsQueue(redis, DEPLOYMENT, "w1")
+    await q.put(request(1))
+    await redis.xadd(keys.queue(DEPLOYMENT), {"message": "{not json"})
+    await redis.xadd(keys.queue(DEPLOYMENT), {"other": "field"})
+    await q.put(request(2))
+    got = await q.receive(10, timeout_s=1.0)
+    assert [d.message.id for d in got] == ["req-1", "req-2"]
+    dead = await redis.xrange(keys.dead_letter(DEPLOYMENT))
+    assert [f[b"message"] for _, f in dead] == [b"{not json", b""]
+    assert all(f[b"reason"].startswith(b"unparseable message") for _, f in dead)
+    assert await q.depth() == 2  # the two good ones, in flight
+
+
+async def test_live_consumer_keeps_its_slow_deliveries(redis: aioredis.Redis) -> None:
+    slow = RedisStreamsQueue(redis, DEPLOYMENT, "w-slow", claim_idle_s=0.6)
+    other = RedisStreamsQueue(redis, DEPLOYMENT, "w-other", claim_idle_s=0.6)
+    await slow.put(request(1))
+    [held] = await slow.receive(1, timeout_s=1.0)
+    # the slow call outlives the claim timeout twice, but its consumer is alive
+    assert await other.receive(1, timeout_s=1.5) == []
+    assert "in_flight=1" in repr(slow)
+    await slow.close()  # now it dies without acking
+    got = await other.receive(1, timeout_s=3.0)
+    assert [d.message.id for d in got] == ["req-1"]
+    assert got[0].delivery_count == 2
+    await other.ack(got[0])
+    assert "in_flight=0" in repr(other)
+    await other.close()
+    del held
+
+
+async def test_delivery_count_counts_every_claim(redis: aioredis.Redis) -> None:
+    await RedisStreamsQueue(redis, DEPLOYMENT, "ingress").put(request(1))
+    counts = []
+    for n in range(3):
+        q = RedisStreamsQueue(redis, DEPLOYMENT, f"w{n}", claim_idle_s=0.2)
+        [d] = await q.receive(1, timeout_s=2.0)
+        counts.append(d.delivery_count)
+        await q.close()
+    assert counts == [1, 2, 3]
+
+
+async def test_survives_stream_deleted_under_it(redis: aioredis.Redis) -> None:
+    q = RedisStreamsQueue(redis, DEPLOYMENT, "w1")
+    assert await q.receive(1, timeout_s=0.05) == []
+    await redis.flushdb()
+    assert await q.receive(1, timeout_s=0.05) == []
+    await q.put(request(3))
+    got = await q.receive(1, timeout_s=1.0)
+    assert [d.message.id for d in got] == ["req-3"]
+
+
+async def test_redis_errors_become_queue_unavailable() -> None:
+    dead = aioredis.Redis(
+        host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    q = RedisStreamsQueue(dead, DEPLOYMENT, "w1")
+    try:
+        with pytest.raises(QueueUnavailable):
+            await q.put(request(1))
+        with pytest.raises(QueueUnavailable):
+            await q.receive(1, timeout_s=0.1)
+        with pytest.raises(QueueUnavailable):
+            await q.depth()
+    finally:
+        await dead.aclose()
+
+
+async def test_repr_is_live(redis: aioredis.Redis) -> None:
+    q = RedisStreamsQueue(redis, DEPLOYMENT, "w9", claim_idle_s=5.0)
+    await q.put(request(1))
+    await q.put(request(2))
+    got = await q.receive(2, timeout_s=1.0)
+    assert repr(q) == (
+        "<RedisStreamsQueue stream=ptu:queue:gpt-4o-mini-ptu group=ptu-workers "
+        "consumer=w9 in_flight=2 claim_idle_s=5.0>"
+    )
+    await q.ack(got[0])
+    assert "in_flight=1" in repr(q)
+    await q.close()

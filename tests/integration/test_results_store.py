@@ -1,0 +1,155 @@
+"""ResultStore against the real server: exactly-once completion, expiry, batches, waits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+
+from orchestrator import keys
+from orchestrator.results import ResultStore
+from orchestrator.schemas import QueuedRequest, ResultDocument
+
+TTL = 3600
+
+
+def queued(rid: str = "r1", *, batch_id: str | None = None, ttl_s: float = 600) -> QueuedRequest:
+    now = time.time()
+    return QueuedRequest(
+        id=rid,
+        deployment="d1",
+        body={"messages": []},
+        tenant="acme",
+        custom_id=f"c-{rid}",
+        reply_key=f"ptu:reply:{rid}",
+        enqueued_at=now,
+        deadline=now + ttl_s,
+        batch_id=batch_id,
+    )
+
+
+def doc(rid: str = "r1", status: str = "completed", batch_id: str | None = None) -> ResultDocument:
+    return ResultDocument.model_validate(
+        {
+            "id": rid,
+            "custom_id": f"c-{rid}",
+            "status": status,
+            "status_code": 200 if status == "completed" else 500,
+            "response": {"choices": []} if status == "completed" else None,
+            "error": None if status == "completed" else {"code": "x", "message": "y"},
+            "deployment": "d1",
+            "attempts": 1,
+            "enqueued_at": 1.0,
+            "completed_at": 2.0,
+            "batch_id": batch_id,
+        }
+    )
+
+
+async def test_register_get_progress(redis: aioredis.Redis) -> None:
+    store = ResultStore(redis, reply_ttl_s=TTL)
+    req = queued()
+    await store.register(req)
+    state = await store.get("r1")
+    assert state is not None
+    assert (state.status, state.tenant, state.reply_key, state.result) == (
+        "queued",
+        "acme",
+        "ptu:reply:r1",
+        None,
+    )
+    assert state.custom_id == "c-r1" and state.deployment == "d1"
+    ttl = await redis.ttl(keys.request("r1"))
+    assert TTL + 590 <= ttl <= TTL + 601  # deadline + reply ttl
+    await store.mark_in_progress("r1")
+    assert (await store.get("r1")).status == "in_progress"  # type: ignore[union-attr]
+    assert await store.get("unknown") is None
+
+
+async def test_forget_undoes_register(redis: aioredis.Redis) -> None:
+    store = ResultStore(redis, reply_ttl_s=TTL)
+    await store.register(queued())
+    await store.forget("r1")
+    assert await store.get("r1") is None
+
+
+async def test_concurrent_complete_writes_exactly_once(redis: aioredis.Redis) -> None:
+    store = ResultStore(redis, reply_ttl_s=TTL)
+    await store.register(queued())
+    await store.mark_in_progress("r1")
+    results = await asyncio.gather(*(store.complete(doc(), "ptu:reply:r1") for _ in range(50)))
+    assert results.count(True) == 1
+    replies = await redis.lrange("ptu:reply:r1", 0, -1)
+    assert len(replies) == 1
+    assert ResultDocument.model_validate_json(replies[0]) == doc()
+    assert 0 < await redis.ttl("ptu:reply:r1") <= TTL
+    assert 0 < await redis.ttl(keys.result("r1")) <= TTL
+    state = await store.get("r1")
+    assert state is not None and state.status == "completed" and state.result == doc()
+    await store.mark_in_progress("r1")  # a redelivery starting late does not regress it
+    assert (await store.get("r1")).status == "completed"  # type: ignore[union-attr]
+
+
+async def test_result_document_wire_shape(redis: aioredis.Redis) -> None:
+    store = ResultStore(redis, reply_ttl_s=TTL)
+    assert await store.complete(doc("r2", "failed"), "tenant:acme:inbox")
+    [raw] = await redis.lrange("tenant:acme:inbox", 0, -1)
+    parsed = ResultDocument.model_validate_json(raw).model_dump()
+    assert set(parsed) >= {
+        "id", "custom_id", "status", "status_code", "error", "usage", "deployment",
+        "attempts", "enqueued_at", "completed_at",
+    }  # fmt: skip
+    assert b"batch_id" not in raw
+    state = await store.get("r2")
+    assert state is not None and state.status == "failed" and state.reply_key == "tenant:acme:inbox"
+
+
+async def test_batch_results_and_counters(redis: aioredis.Redis) -> None:
+    store = ResultStore(redis, reply_ttl_s=TTL)
+    await redis.hset(keys.batch("b1"), mapping={"status": "in_progress", "completed": 0})
+    await redis.expire(keys.batch("b1"), 5000)
+    outcomes = {"a": "completed", "b": "completed", "c": "failed", "d": "expired"}
+    for rid, status in outcomes.items():
+        await store.register(queued(rid, batch_id="b1"))
+        for _ in range(3):  # redeliveries complete again: counted once
+            await store.complete(doc(rid, status, batch_id="b1"), f"ptu:reply:{rid}")
+    counters = await redis.hgetall(keys.batch("b1"))
+    assert counters[b"completed"] == b"2" and counters[b"failed"] == b"2"
+    listed = await redis.lrange(keys.batch_results("b1"), 0, -1)
+    assert [ResultDocument.model_validate_json(x).id for x in listed] == ["a", "b", "c", "d"]
+    assert 4000 < await redis.ttl(keys.batch_results("b1")) <= 5000
+
+
+async def test_wait_returns_when_result_arrives(redis: aioredis.Redis) -> None:
+    store = ResultStore(redis, reply_ttl_s=TTL)
+    await store.register(queued())
+
+    async def finish_later() -> None:
+        await asyncio.sleep(0.3)
+        await store.complete(doc(), "ptu:reply:r1")
+
+    task = asyncio.create_task(finish_later())
+    started = time.monotonic()
+    state = await store.wait("r1", timeout_s=10.0)
+    elapsed = time.monotonic() - started
+    await task
+    assert state is not None and state.result == doc()
+    assert elapsed < 5.0  # woken by the notification, not the timeout
+
+
+async def test_wait_times_out_with_current_state(redis: aioredis.Redis) -> None:
+    store = ResultStore(redis, reply_ttl_s=TTL)
+    await store.register(queued())
+    started = time.monotonic()
+    state = await store.wait("r1", timeout_s=0.3)
+    assert time.monotonic() - started >= 0.25
+    assert state is not None and state.status == "queued" and state.result is None
+    assert await store.wait("nobody", timeout_s=5.0) is None  # unknown: no wait
+
+
+async def test_wait_returns_at_once_when_done(redis: aioredis.Redis) -> None:
+    store = ResultStore(redis, reply_ttl_s=TTL)
+    await store.complete(doc(), "ptu:reply:r1")
+    state = await store.wait("r1", timeout_s=30.0)
+    assert state is not None and state.status == "completed"
