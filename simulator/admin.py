@@ -1,0 +1,69 @@
+"""The simulator's admin API: `/sim/state`, `PATCH /sim/deployments/{name}`, `/sim/reset`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from simulator.deployments import Deployment
+
+log = structlog.get_logger(__name__)
+
+
+def snapshot(deployments: Mapping[str, Deployment], now: float) -> dict[str, Any]:
+    """The `/sim/state` document."""
+    return {"time": now, "deployments": {n: d.state(now) for n, d in deployments.items()}}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": str(status), "message": message}}, status_code=status)
+
+
+def admin_routes(deployments: Mapping[str, Deployment], clock: Callable[[], float]) -> list[Route]:
+    """Routes to inspect and steer the simulated deployments."""
+
+    async def state(request: Request) -> JSONResponse:
+        now = clock()
+        body = snapshot(deployments, now)
+        if request.query_params.get("reset_peaks", "") not in ("", "0", "false"):
+            for deployment in deployments.values():
+                deployment.reset_peaks()
+        return JSONResponse(body)
+
+    async def patch(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        deployment = deployments.get(name)
+        if deployment is None:
+            return _error(404, f"unknown deployment {name!r}")
+        try:
+            changes = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return _error(400, "body is not valid JSON")
+        if not isinstance(changes, dict):
+            return _error(400, "body must be a JSON object")
+        now = clock()
+        try:
+            deployment.patch(now, changes)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        log.info("deployment_patched", deployment=name, changes=changes)
+        return JSONResponse(deployment.state(now))
+
+    async def reset(request: Request) -> JSONResponse:
+        now = clock()
+        for deployment in deployments.values():
+            deployment.reset(now)
+        log.info("simulator_reset", deployments=list(deployments))
+        return JSONResponse(snapshot(deployments, now))
+
+    return [
+        Route("/sim/state", state, methods=["GET"]),
+        Route("/sim/deployments/{name}", patch, methods=["PATCH"]),
+        Route("/sim/reset", reset, methods=["POST"]),
+    ]

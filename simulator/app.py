@@ -1,0 +1,320 @@
+"""The simulator's ASGI app: Azure OpenAI chat completions, admin and metrics routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from simulator import chat, tokens
+from simulator.admin import admin_routes
+from simulator.bucket import retry_after_ms, retry_after_s
+from simulator.config import SimConfig
+from simulator.deployments import UNLABELLED, Decision, Deployment
+from simulator.latency import generation_s
+from simulator.monitor import MetricsRecorder
+from simulator.monitor_routes import monitor_routes
+
+log = structlog.get_logger(__name__)
+SAMPLE_INTERVAL_S = 1.0
+DEFAULT_API_VERSION = "2024-10-21"
+
+
+class ChatError(Exception):
+    """A request the simulator answers with an error envelope."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """The parts of a chat completions request the simulator acts on."""
+
+    body: dict[str, Any]
+    prompt_tokens: int
+    max_tokens: int | None
+    completion_tokens: int
+    stream: bool
+    include_usage: bool
+    priority: str
+
+
+def _json(status: int, payload: dict[str, Any], headers: dict[str, str]) -> Response:
+    content = json.dumps(payload, separators=(",", ":")).encode()
+    return Response(content, status, headers, media_type="application/json")
+
+
+def _invalid(message: str, param: str | None = None, code: str | None = None) -> ChatError:
+    return ChatError(
+        400, chat.error_body(code, message, type_="invalid_request_error", param=param)
+    )
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise _invalid(chat.MSG_400_JSON) from None
+    if not isinstance(body, dict):
+        raise _invalid(chat.MSG_400_JSON)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _invalid(
+            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+        )
+    return body
+
+
+def _parse_call(request: Request, body: dict[str, Any], seed: int) -> ChatCall:
+    try:
+        max_tokens = tokens.requested_max_tokens(body)
+    except ValueError as exc:
+        raise _invalid(str(exc), "max_tokens", "invalid_value") from None
+    forced_text = request.headers.get("x-sim-completion-tokens")
+    forced: int | None = None
+    if forced_text is not None:
+        try:
+            forced = int(forced_text)
+        except ValueError:
+            raise _invalid("x-sim-completion-tokens must be an integer") from None
+    fraction = tokens.content_fraction(seed, body["messages"])
+    options = body.get("stream_options")
+    label = request.headers.get("x-ptu-priority", "").strip().lower()[:32]
+    return ChatCall(
+        body=body,
+        prompt_tokens=tokens.estimate_prompt_tokens(body),
+        max_tokens=max_tokens,
+        completion_tokens=tokens.completion_length(fraction, max_tokens, forced),
+        stream=body.get("stream") is True,
+        include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        priority=label or UNLABELLED,
+    )
+
+
+class Simulator:
+    """The deployments, metrics recorder and request handling behind the app."""
+
+    def __init__(self, config: SimConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.clock = clock
+        now = clock()
+        self.deployments = {
+            spec.name: Deployment(
+                spec,
+                window_s=config.window_s,
+                tbt_ms=config.tbt_ms,
+                ttft_ms=config.ttft_ms,
+                rng=random.Random(f"{config.seed}:{spec.name}"),
+                now=now,
+            )
+            for spec in config.deployments
+        }
+        self.recorder = MetricsRecorder(config.monitor_lag_s)
+        self._ids = itertools.count(1)
+
+    def authorised(self, request: Request) -> bool:
+        """`api-key` header or Bearer token: the configured key, or any when none is set."""
+        key = request.headers.get("api-key", "").strip()
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        bearer = token.strip() if scheme.lower() == "bearer" else ""
+        if self.config.api_key is None:
+            return bool(key or bearer)
+        return self.config.api_key in (key, bearer)
+
+    def headers(self, deployment: Deployment, decision: Decision | None) -> dict[str, str]:
+        """Per-response headers: utilisation (provisioned) or remaining quota (standard)."""
+        headers = {"apim-request-id": str(uuid.uuid4()), "x-ms-deployment-name": deployment.name}
+        now = self.clock()
+        if deployment.limiter is None:
+            # a 429 reports the level it was refused at, so it never reads below 100 %
+            throttled = decision is not None and decision.status == 429
+            util = decision.utilization if throttled and decision else deployment.utilization(now)
+            headers["azure-openai-deployment-utilization"] = f"{util * 100.0:.1f}%"
+        else:
+            toks, reqs = deployment.limiter.remaining(now)
+            if decision is not None and decision.remaining_tokens is not None:
+                toks, reqs = decision.remaining_tokens, decision.remaining_requests or 0
+            headers["x-ratelimit-remaining-tokens"] = str(toks)
+            headers["x-ratelimit-remaining-requests"] = str(reqs)
+        return headers
+
+    async def chat(self, request: Request, deployment_name: str | None) -> Response:
+        """Handle one chat completions call (deployment from the path, or the body's model)."""
+        if not self.authorised(request):
+            return _json(401, chat.error_body("401", chat.MSG_401), {})
+        try:
+            body = _parse_body(await request.body()) if deployment_name is None else None
+            if body is not None:
+                deployment_name = str(body.get("model") or "")
+            deployment = self.deployments.get(deployment_name or "")
+            if deployment is None:
+                return _json(404, chat.error_body("DeploymentNotFound", chat.MSG_404), {})
+            body = body if body is not None else _parse_body(await request.body())
+            call = _parse_call(request, body, self.config.seed)
+        except ChatError as exc:
+            return _json(exc.status, exc.body, {})
+        return await self._serve(request, deployment, call)
+
+    async def _serve(self, request: Request, deployment: Deployment, call: ChatCall) -> Response:
+        now = self.clock()
+        decision = deployment.admit(
+            now,
+            prompt_tokens=call.prompt_tokens,
+            output_tokens=tokens.admission_output_tokens(call.max_tokens),
+            priority=call.priority,
+        )
+        self.recorder.add_request(now, deployment.name, decision.status)
+        if decision.status == 429:
+            return self._throttled(request, deployment, decision)
+        if decision.status != 200 or decision.ticket is None:
+            return await self._fault(deployment, decision)
+        if call.stream:
+            return self._stream(deployment, decision, call)
+        try:
+            await asyncio.sleep(
+                decision.ttft_s + generation_s(decision.tbt_ms, call.completion_tokens)
+            )
+        finally:
+            self._complete(deployment, decision, call, call.completion_tokens)
+        completion_id, created = self._new_id()
+        n = call.completion_tokens
+        payload = chat.completion_body(
+            completion_id=completion_id,
+            created=created,
+            model=deployment.spec.model,
+            content="".join(chat.completion_tokens_text(n, created)).lstrip(),
+            finish_reason="length"
+            if call.max_tokens is not None and n >= call.max_tokens
+            else "stop",
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=n,
+        )
+        return _json(200, payload, self.headers(deployment, decision))
+
+    def _complete(self, deployment: Deployment, decision: Decision, call: ChatCall, n: int) -> None:
+        assert decision.ticket is not None
+        now = self.clock()
+        deployment.complete(now, decision.ticket, call.prompt_tokens, n)
+        self.recorder.add_tokens(now, deployment.name, call.prompt_tokens, n)
+
+    def _new_id(self) -> tuple[str, int]:
+        return f"chatcmpl-sim{next(self._ids):012d}", int(self.clock())
+
+    def _throttled(self, request: Request, deployment: Deployment, decision: Decision) -> Response:
+        headers = self.headers(deployment, decision)
+        headers["retry-after"] = str(retry_after_s(decision.retry_after_s))
+        if deployment.limiter is None:
+            ms = retry_after_ms(decision.retry_after_s)
+            headers["retry-after-ms"] = str(ms)
+            message = chat.msg_429_provisioned(ms)
+        else:
+            version = request.query_params.get("api-version", DEFAULT_API_VERSION)
+            message = chat.msg_429_standard(version, retry_after_s(decision.retry_after_s))
+        return _json(429, chat.error_body("429", message), headers)
+
+    async def _fault(self, deployment: Deployment, decision: Decision) -> Response:
+        if decision.status == 408:
+            await asyncio.sleep(decision.ttft_s)
+            return _json(
+                408, chat.error_body("Timeout", chat.MSG_408), self.headers(deployment, None)
+            )
+        return _json(
+            decision.status,
+            chat.error_body(str(decision.status), chat.MSG_500),
+            self.headers(deployment, None),
+        )
+
+    def _stream(self, deployment: Deployment, decision: Decision, call: ChatCall) -> Response:
+        completion_id, created = self._new_id()
+        writer = chat.ChunkWriter(
+            completion_id=completion_id,
+            created=created,
+            model=deployment.spec.model,
+            with_usage=call.include_usage,
+        )
+        n = call.completion_tokens
+        finish = "length" if call.max_tokens is not None and n >= call.max_tokens else "stop"
+        tbt_s = decision.tbt_ms / 1000.0
+
+        async def chunks() -> AsyncIterator[bytes]:
+            emitted = 0
+            try:
+                yield writer.first()
+                if decision.ttft_s > 0:
+                    await asyncio.sleep(decision.ttft_s)
+                yield writer.role()
+                for i, text in enumerate(chat.completion_tokens_text(n, created)):
+                    yield writer.content(text.lstrip() if i == 0 else text)
+                    emitted += 1
+                    if tbt_s > 0:
+                        await asyncio.sleep(tbt_s)
+                yield writer.finish(finish)
+                if call.include_usage:
+                    yield writer.usage(call.prompt_tokens, n)
+                yield chat.SSE_DONE
+            finally:
+                self._complete(deployment, decision, call, emitted)
+
+        headers = self.headers(deployment, decision)
+        headers["cache-control"] = "no-cache"
+        return StreamingResponse(chunks(), headers=headers, media_type="text/event-stream")
+
+    async def sample_forever(self) -> None:
+        """Feed the metrics recorder one utilisation sample per provisioned deployment a second."""
+        while True:
+            now = self.clock()
+            for deployment in self.deployments.values():
+                if deployment.bucket is not None:
+                    util = deployment.utilization(now) * 100.0
+                    self.recorder.sample(now, deployment.name, util)
+            await asyncio.sleep(SAMPLE_INTERVAL_S)
+
+
+def create_app(config: SimConfig, *, clock: Callable[[], float] = time.time) -> Starlette:
+    """The simulator as an ASGI app; `app.state.simulator` is the `Simulator` behind it."""
+    sim = Simulator(config, clock)
+
+    async def deployment_chat(request: Request) -> Response:
+        return await sim.chat(request, request.path_params["deployment"])
+
+    async def v1_chat(request: Request) -> Response:
+        return await sim.chat(request, None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        sampler = asyncio.create_task(sim.sample_forever())
+        log.info("simulator_started", deployments=list(sim.deployments), seed=config.seed)
+        try:
+            yield
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+
+    routes = [
+        Route(
+            "/openai/deployments/{deployment}/chat/completions", deployment_chat, methods=["POST"]
+        ),
+        Route("/openai/v1/chat/completions", v1_chat, methods=["POST"]),
+        *admin_routes(sim.deployments, clock),
+        *monitor_routes(sim.recorder, config.resource_id, clock),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.simulator = sim
+    return app

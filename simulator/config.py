@@ -1,0 +1,108 @@
+"""Simulator configuration: deployments and latency, parsed once from the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from orchestrator.capacity import lookup
+from orchestrator.errors import ConfigError
+
+DEFAULT_RESOURCE_ID = (
+    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/sim"
+    "/providers/Microsoft.CognitiveServices/accounts/sim"
+)
+DEFAULT_DEPLOYMENT = "gpt-4o-mini-ptu=gpt-4o-mini:15"
+# Azure grants 6 requests per minute for every 1,000 tokens per minute of standard quota.
+RPM_PER_1000_TPM = 6.0
+# Output weight for standard deployments of models missing from the capacity table.
+DEFAULT_OUTPUT_WEIGHT = 1.0
+
+Kind = Literal["provisioned", "standard"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentSpec:
+    """One simulated deployment: `NAME=MODEL:PTUS` or `NAME=MODEL:TPM:standard`."""
+
+    name: str
+    model: str
+    kind: Kind
+    ptus: float = 0.0
+    tpm: float = 0.0
+    input_tpm_per_ptu: float = 0.0
+    output_weight: float = DEFAULT_OUTPUT_WEIGHT
+
+    @property
+    def capacity_tpm(self) -> float:
+        """Input-token equivalents per minute (provisioned) or the TPM quota (standard)."""
+        return self.ptus * self.input_tpm_per_ptu if self.kind == "provisioned" else self.tpm
+
+    @property
+    def rpm(self) -> float:
+        """Requests per minute of a standard deployment (6 per 1,000 TPM)."""
+        return self.tpm / 1000.0 * RPM_PER_1000_TPM
+
+
+def parse_deployment(text: str) -> DeploymentSpec:
+    """Parse `NAME=MODEL:PTUS` (provisioned) or `NAME=MODEL:TPM:standard`."""
+    name, sep, rest = text.partition("=")
+    parts = rest.split(":")
+    if not sep or not name or len(parts) not in (2, 3) or not parts[0]:
+        raise ConfigError(
+            f"--deployment {text!r}: expected NAME=MODEL:PTUS or NAME=MODEL:TPM:standard"
+        )
+    model = parts[0]
+    try:
+        amount = float(parts[1])
+    except ValueError:
+        raise ConfigError(f"--deployment {text!r}: {parts[1]!r} is not a number") from None
+    if amount <= 0:
+        raise ConfigError(f"--deployment {text!r}: capacity must be positive")
+    capacity = lookup(model)
+    if len(parts) == 3:
+        if parts[2] != "standard":
+            raise ConfigError(f"--deployment {text!r}: the third field can only be 'standard'")
+        weight = capacity.output_weight if capacity else DEFAULT_OUTPUT_WEIGHT
+        return DeploymentSpec(name, model, "standard", tpm=amount, output_weight=weight)
+    if capacity is None:
+        raise ConfigError(f"--deployment {text!r}: unknown model {model!r} has no PTU capacity")
+    return DeploymentSpec(
+        name,
+        model,
+        "provisioned",
+        ptus=amount,
+        input_tpm_per_ptu=float(capacity.input_tpm_per_ptu),
+        output_weight=capacity.output_weight,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Everything the simulator app needs; built by `ptu simulator` or by tests."""
+
+    deployments: tuple[DeploymentSpec, ...] = field(
+        default_factory=lambda: (parse_deployment(DEFAULT_DEPLOYMENT),)
+    )
+    window_s: float = 60.0
+    tbt_ms: float = 10.0
+    ttft_ms: float = 50.0
+    monitor_lag_s: float = 90.0
+    seed: int = 0
+    api_key: str | None = None
+    resource_id: str = DEFAULT_RESOURCE_ID
+
+    def __post_init__(self) -> None:
+        names = [d.name for d in self.deployments]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"--deployment: duplicate deployment names in {names}")
+        if self.window_s <= 0:
+            raise ConfigError("--window-s must be positive")
+        if self.tbt_ms < 0 or self.ttft_ms < 0:
+            raise ConfigError("--tbt-ms and --ttft-ms must not be negative")
+
+    @classmethod
+    def from_specs(cls, specs: list[str] | tuple[str, ...], **kwargs: object) -> SimConfig:
+        """Build a config from `--deployment` strings (the default one when empty)."""
+        parsed = tuple(parse_deployment(s) for s in (specs or [DEFAULT_DEPLOYMENT]))
+        return cls(deployments=parsed, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,59 @@
+"""Deployment spec parsing and SimConfig validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from simulator.config import DEFAULT_RESOURCE_ID, SimConfig, parse_deployment
+
+
+def test_provisioned_spec_uses_the_capacity_table() -> None:
+    spec = parse_deployment("gpt-4o-mini-ptu=gpt-4o-mini:15")
+    assert (spec.name, spec.model, spec.kind, spec.ptus) == (
+        "gpt-4o-mini-ptu",
+        "gpt-4o-mini",
+        "provisioned",
+        15.0,
+    )
+    assert spec.capacity_tpm == 15 * 37_000
+    assert spec.output_weight == 3.0
+
+
+def test_standard_spec() -> None:
+    spec = parse_deployment("paygo=gpt-4o:450000:standard")
+    assert spec.kind == "standard"
+    assert spec.capacity_tpm == 450_000
+    assert spec.rpm == 2_700
+    assert parse_deployment("x=some-new-model:1000:standard").output_weight == 1.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "nomodel",
+        "=gpt-4o:15",
+        "a=gpt-4o",
+        "a=gpt-4o:x",
+        "a=gpt-4o:0",
+        "a=gpt-4o:15:provisioned",
+        "a=unknown-model:15",
+        "a=:15",
+    ],
+)
+def test_bad_specs_name_the_flag(text: str) -> None:
+    with pytest.raises(ConfigError, match="--deployment"):
+        parse_deployment(text)
+
+
+def test_config_defaults_and_validation() -> None:
+    config = SimConfig.from_specs([])
+    assert [d.name for d in config.deployments] == ["gpt-4o-mini-ptu"]
+    assert (config.window_s, config.tbt_ms, config.ttft_ms, config.seed) == (60.0, 10.0, 50.0, 0)
+    assert config.resource_id == DEFAULT_RESOURCE_ID
+    with pytest.raises(ConfigError, match="duplicate"):
+        SimConfig.from_specs(["a=gpt-4o:15", "a=gpt-4o:20"])
+    with pytest.raises(ConfigError, match="window"):
+        SimConfig.from_specs([], window_s=0)
+    with pytest.raises(ConfigError, match="tbt"):
+        SimConfig.from_specs([], tbt_ms=-1)
