@@ -119,7 +119,11 @@ def minute_floor(t: float) -> int:
 
 
 class MetricsRecorder:
-    """Holds the last few hours of per-minute metrics for every deployment."""
+    """Holds the last few hours of per-minute metrics for every deployment.
+
+    Minutes that ended more than `retention_s` before the newest observation are dropped,
+    so memory stays bounded however long the simulator runs.
+    """
 
     def __init__(self, lag_s: float, retention_s: float = 3 * 3600.0) -> None:
         self.lag_s = lag_s
