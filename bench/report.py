@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,17 +151,23 @@ def plot_policies(
     plt.close(fig)
 
 
-def plot_latency_cdf(runs: Sequence[PolicyRun], path: Path) -> None:
-    """Cumulative distribution of successful high-priority latency, one line per policy."""
+def plot_cdfs(series: Mapping[str, Sequence[float]], path: Path, xlabel: str) -> None:
+    """Cumulative distributions of several samples, one line each."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for run in runs:
-        values = sorted(r.latency_s * 1000 for r in run.hp if r.status == 200)
+    for label, raw in series.items():
+        values = sorted(raw)
         if values:
-            ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=run.policy)
-    ax.set_xlabel("high-priority latency ms (successful calls)")
+            ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=label)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction of calls")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_latency_cdf(runs: Sequence[PolicyRun], path: Path) -> None:
+    """Cumulative distribution of successful high-priority latency, one line per policy."""
+    series = {run.policy: [r.latency_s * 1000 for r in run.hp if r.status == 200] for run in runs}
+    plot_cdfs(series, path, "high-priority latency ms (successful calls)")
