@@ -67,3 +67,18 @@ def result_channel(request_id: str) -> str:
 def estimate_request(deployment: str, request_id: str) -> str:
     """Hash of the estimate's per-request charges; makes token events idempotent."""
     return f"{PREFIX}:est-req:{deployment}:{request_id}"
+
+
+def eventhub_ownership(namespace: str, eventhub: str, consumer_group: str) -> str:
+    """Hash partition_id -> ownership JSON for the Event Hubs checkpoint store."""
+    return f"{PREFIX}:eh:own:{namespace}:{eventhub}:{consumer_group}"
+
+
+def eventhub_checkpoints(namespace: str, eventhub: str, consumer_group: str) -> str:
+    """Hash partition_id -> checkpoint JSON (offset, sequence_number) for Event Hubs."""
+    return f"{PREFIX}:eh:ckpt:{namespace}:{eventhub}:{consumer_group}"
+
+
+def eventhub_deliveries(eventhub: str, partition_id: str, offset: str) -> str:
+    """Counter of how often one Event Hubs event was delivered (Event Hubs keeps none)."""
+    return f"{PREFIX}:eh:dlv:{eventhub}:{partition_id}:{offset}"

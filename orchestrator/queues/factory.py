@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from orchestrator.errors import ConfigError, MissingDependencyError
+from orchestrator.errors import MissingDependencyError
 from orchestrator.queues.base import Queue
 from orchestrator.settings import Settings
 
@@ -16,7 +16,9 @@ def make_queue(settings: Settings, deployment: str, redis: aioredis.Redis, consu
             import azure.eventhub  # noqa: F401
         except ImportError as exc:
             raise MissingDependencyError("azure-eventhub", "azure") from exc
-        raise ConfigError("PTU_QUEUE_BACKEND: the eventhubs backend is not available yet")
+        from orchestrator.queues.eventhubs import EventHubsQueue
+
+        return EventHubsQueue.from_settings(settings, deployment, redis, consumer)
     from orchestrator.queues.redis_streams import RedisStreamsQueue
 
     return RedisStreamsQueue(redis, deployment, consumer)
