@@ -1,0 +1,218 @@
+"""The ingress application: `create_app(settings)` wires routes to their collaborators.
+
+Everything is built once here (targets, clients, queues, stores) so a request
+only does its own work. Starting it programmatically (benchmarks, tests):
+
+    app = create_app(settings)            # or create_app(settings, redis=r, http_client=c)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on")
+    await uvicorn.Server(config).serve()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+
+import httpx2
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ingress import errors
+from ingress.auth import Authenticator
+from ingress.chat import ChatRoutes
+from ingress.credentials import UpstreamAuth, upstream_auth
+from ingress.enqueue import Enqueuer
+from ingress.metrics import IngressMetrics
+from ingress.openapi import openapi_document
+from ingress.proxy import Proxy
+from ingress.requests_api import RequestsApi
+from ingress.token_events import TokenEvents, TokenSink
+from ingress.upstream import make_client, targets
+from orchestrator.errors import UtilisationUnavailable
+from orchestrator.queues.base import Queue
+from orchestrator.queues.factory import make_queue
+from orchestrator.results import ResultStore
+from orchestrator.settings import Settings
+from orchestrator.utilisation.estimate import EstimateStore
+
+log = structlog.get_logger(__name__)
+
+PREFIXES = ("/v1", "/openai", "/openai/v1")
+"""Where the OpenAI-shaped routes live: OpenAI clients use /v1, AzureOpenAI clients /openai."""
+
+
+@dataclass
+class _Parts:
+    """What one app is made of, and which of it the app must close."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    http: httpx2.AsyncClient
+    upstream: UpstreamAuth
+    queues: dict[str, Queue]
+    estimate: EstimateStore | None
+    events: TokenEvents
+    metrics: IngressMetrics = field(default_factory=IngressMetrics)
+    owned: set[str] = field(default_factory=set)
+
+    async def close(self) -> None:
+        """Wait for pending token events, then close what the app created."""
+        await self.events.drain()
+        if "auth" in self.owned:
+            await self.upstream.close()
+        if "http" in self.owned:
+            await self.http.aclose()
+        if "queues" in self.owned:
+            for q in self.queues.values():
+                await q.close()
+        if "redis" in self.owned:
+            await self.redis.aclose()
+
+
+def _parts(
+    settings: Settings,
+    redis: aioredis.Redis | None,
+    http_client: httpx2.AsyncClient | None,
+    queues: Mapping[str, Queue] | None,
+    token_sink: TokenSink | None,
+    auth: UpstreamAuth | None,
+    clock: Callable[[], float],
+) -> _Parts:
+    owned = {
+        name
+        for name, given in (
+            ("redis", redis), ("http", http_client), ("queues", queues), ("auth", auth)
+        )
+        if given is None
+    }  # fmt: skip
+    redis = redis or aioredis.Redis.from_url(settings.redis_url)
+    provisioned = [d for d in settings.deployments if d.kind == "provisioned"]
+    if queues is None:
+        consumer = f"ingress-{socket.gethostname()}-{os.getpid()}"
+        queues = {d.name: make_queue(settings, d.name, redis, consumer) for d in provisioned}
+    estimate = None
+    if token_sink is None and provisioned:
+        estimate = EstimateStore(
+            redis,
+            provisioned,
+            window_s=settings.estimate_window_s,
+            max_age_s=settings.estimate_max_age_s,
+            clock=clock,
+        )
+        token_sink = estimate
+    return _Parts(
+        settings=settings,
+        redis=redis,
+        http=http_client or make_client(settings),
+        upstream=auth or upstream_auth(settings),
+        queues=dict(queues),
+        estimate=estimate,
+        events=TokenEvents(token_sink, clock=clock),
+        owned=owned,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    redis: aioredis.Redis | None = None,
+    http_client: httpx2.AsyncClient | None = None,
+    queues: Mapping[str, Queue] | None = None,
+    token_sink: TokenSink | None = None,
+    auth: UpstreamAuth | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """The ingress ASGI app; clients passed in are the caller's to close, the rest its own.
+
+    `queues` (deployment -> Queue), `token_sink` and `auth` replace the ones built
+    from settings (tests, benchmarks); `clock` stamps requests and token events.
+    """
+    parts = _parts(settings, redis, http_client, queues, token_sink, auth, clock)
+    metrics = parts.metrics
+    deployments = targets(settings)
+    results = ResultStore(parts.redis, settings.reply_ttl_s)
+    tenants = Authenticator(settings.api_keys)
+    proxy = Proxy(
+        parts.http, parts.upstream, parts.events, metrics,
+        spillover_wait_ms=settings.spillover_wait_ms,
+    )  # fmt: skip
+    enqueuer = Enqueuer(results, parts.queues, metrics, clock=clock)
+    chat = ChatRoutes(settings, deployments, tenants, proxy, enqueuer, metrics)
+    requests_api = RequestsApi(results, tenants)
+    document = openapi_document(settings)
+
+    async def healthz(request: Request) -> Response:
+        try:
+            await parts.redis.ping()
+            store = "ok"
+        except (RedisError, OSError):
+            store = "unavailable"
+        return JSONResponse({"status": "ok", "redis": store})
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, errors.ApiError)
+        metrics.error(exc.code)
+        return exc.response()
+
+    routes = [
+        Route("/openai/deployments/{deployment}/chat/completions", chat.azure, methods=["POST"]),
+        Route("/v1/requests/{request_id}", requests_api.get, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    routes += [Route(f"{p}/chat/completions", chat.openai, methods=["POST"]) for p in PREFIXES]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        beat = asyncio.create_task(_heartbeat(parts.estimate, settings.estimate_max_age_s / 3))
+        log.info("ingress_started", deployments=list(deployments), open=tenants.open)
+        try:
+            yield
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+            await parts.close()
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            errors.ApiError: api_error,
+            HTTPException: errors.http_exception_handler,
+            Exception: errors.unhandled_error_handler,
+        },
+    )
+    app.state.metrics = metrics
+    app.state.results = results
+    return app
+
+
+async def _heartbeat(estimate: EstimateStore | None, every_s: float) -> None:
+    """Declare this ingress a live feeder of the estimate (it folds in high priority)."""
+    if estimate is None:
+        return
+    while True:
+        try:
+            await estimate.heartbeat()
+        except UtilisationUnavailable as exc:
+            log.warning("estimate_heartbeat_failed", error=str(exc))
+        await asyncio.sleep(every_s)

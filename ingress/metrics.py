@@ -1,0 +1,78 @@
+"""Prometheus metrics of one ingress app, in its own registry (served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+
+class IngressMetrics:
+    """Counters the handlers bump; children are cached so the hot path does one `inc`."""
+
+    content_type = CONTENT_TYPE_PLAIN_0_0_4
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._requests = Counter(
+            "ptu_ingress_chat_requests", "Chat completions received", ["priority"], registry=r
+        )
+        self._errors = Counter(
+            "ptu_ingress_errors", "Requests answered with an error", ["code"], registry=r
+        )
+        self._throttled = Counter(
+            "ptu_ingress_ptu_throttled", "429s from a PTU deployment", ["deployment"], registry=r
+        )
+        self._spillover = Counter(
+            "ptu_ingress_spillover",
+            "High-priority calls sent to the spillover deployment",
+            ["deployment", "to"],
+            registry=r,
+        )
+        self._enqueued = Counter(
+            "ptu_ingress_enqueued", "Requests put on the queue", ["deployment"], registry=r
+        )
+        self._enqueue_failed = Counter(
+            "ptu_ingress_enqueue_failed", "Enqueues refused (queue unavailable)", ["deployment"],
+            registry=r,
+        )  # fmt: skip
+        self._batches = Counter("ptu_ingress_batches", "Batches created", registry=r)
+        self._high = self._requests.labels("high")
+        self._low = self._requests.labels("low")
+
+    def request(self, priority: str) -> None:
+        """One chat completion received with `priority`."""
+        (self._high if priority == "high" else self._low).inc()
+
+    def error(self, code: str) -> None:
+        """One error answer."""
+        self._errors.labels(code).inc()
+
+    def throttled(self, deployment: str) -> None:
+        """The PTU deployment answered 429."""
+        self._throttled.labels(deployment).inc()
+
+    def spillover(self, deployment: str, to: str) -> None:
+        """A call went to the spillover deployment."""
+        self._spillover.labels(deployment, to).inc()
+
+    def enqueued(self, deployment: str, count: int = 1) -> None:
+        """Requests put on a deployment's queue."""
+        self._enqueued.labels(deployment).inc(count)
+
+    def enqueue_failed(self, deployment: str) -> None:
+        """An enqueue the queue refused."""
+        self._enqueue_failed.labels(deployment).inc()
+
+    def batch_created(self) -> None:
+        """One batch created."""
+        self._batches.inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)
+
+    def __repr__(self) -> str:
+        return (
+            f"<IngressMetrics high={self._high._value.get():.0f} low={self._low._value.get():.0f}>"
+        )

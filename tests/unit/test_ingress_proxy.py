@@ -1,0 +1,242 @@
+"""The high-priority proxy against a mock transport: spillover, events, headers, errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx2
+import pytest
+
+from ingress.credentials import ApiKeyAuth, EntraAuth
+from ingress.errors import ApiError
+from ingress.metrics import IngressMetrics
+from ingress.proxy import Call, Proxy
+from ingress.token_events import TokenEvents
+from ingress.upstream import Target
+from orchestrator.schemas import TokenEvent
+
+STD = Target("std", "http://up/openai/deployments/std/chat/completions", False)
+PTU = Target("ptu", "http://up/openai/deployments/ptu/chat/completions", True, STD)
+PTU_ALONE = Target("ptu", PTU.url, True)
+OK_BODY = {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 5}}
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[TokenEvent] = []
+
+    async def record(self, event: TokenEvent) -> None:
+        self.events.append(event)
+
+
+class Upstream:
+    """Answers from a script of (status, headers) per deployment call, in order."""
+
+    def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
+        self.script = list(script)
+        self.seen: list[httpx2.Request] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.seen.append(request)
+        status, headers = self.script.pop(0)
+        body = OK_BODY if status == 200 else {"error": {"code": str(status), "message": "x"}}
+        return httpx2.Response(status, json=body, headers=headers)
+
+    @property
+    def deployments(self) -> list[str]:
+        return [r.url.path.split("/")[3] for r in self.seen]
+
+
+def _proxy(up: Upstream, sink: Sink, wait_ms: int = 0) -> tuple[Proxy, list[float]]:
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(up))
+    events = TokenEvents(sink, clock=lambda: 1000.0)
+    proxy = Proxy(
+        client, ApiKeyAuth("key"), events, IngressMetrics(), spillover_wait_ms=wait_ms, sleep=sleep
+    )
+    return proxy, slept
+
+
+def _call(target: Target) -> Call:
+    return Call(
+        target=target,
+        payload=b'{"messages":[{"role":"user","content":"hi"}],"max_tokens":100}',
+        query="?api-version=2024-10-21",
+        client_headers=[(b"x-sim-completion-tokens", b"5"), (b"api-key", b"client-secret")],
+        request_id="req_1",
+        prompt_tokens=10,
+        max_tokens=100,
+    )
+
+
+async def _forward(proxy: Proxy, call: Call) -> tuple[int, dict[str, str], Any]:
+    resp = await proxy.forward(call)
+    await proxy._events.drain()
+    return resp.status_code, dict(resp.headers), json.loads(bytes(resp.body))
+
+
+async def test_plain_call_passes_status_headers_and_records_events() -> None:
+    up = Upstream([(200, {"azure-openai-deployment-utilization": "42.5%"})])
+    sink = Sink()
+    proxy, _ = _proxy(up, sink)
+    status, headers, body = await _forward(proxy, _call(PTU))
+    assert status == 200
+    assert headers["azure-openai-deployment-utilization"] == "42.5%"
+    assert body == OK_BODY
+    sent = up.seen[0]
+    assert sent.headers["api-key"] == "key"  # the resource key, never the client's
+    assert sent.headers["x-ptu-priority"] == "high"
+    assert sent.headers["x-sim-completion-tokens"] == "5"
+    assert sent.url.query == b"api-version=2024-10-21"
+    assert [(e.phase, e.prompt_tokens, e.max_tokens, e.completion_tokens) for e in sink.events] == [
+        ("admit", 10, 100, 0),
+        ("complete", 11, 100, 5),
+    ]
+
+
+async def test_429_without_spillover_reaches_the_client_with_retry_headers() -> None:
+    up = Upstream([(429, {"retry-after-ms": "1500", "retry-after": "2"})])
+    sink = Sink()
+    proxy, _ = _proxy(up, sink)
+    status, headers, _ = await _forward(proxy, _call(PTU_ALONE))
+    assert status == 429
+    assert headers["retry-after-ms"] == "1500"
+    assert headers["retry-after"] == "2"
+    assert [(e.phase, e.completion_tokens, e.prompt_tokens) for e in sink.events] == [
+        ("admit", 0, 10),
+        ("complete", 0, 0),
+    ]
+
+
+async def test_429_spills_to_the_standard_deployment() -> None:
+    up = Upstream([(429, {"retry-after-ms": "1500"}), (200, {"x-ratelimit-remaining-tokens": "9"})])
+    sink = Sink()
+    proxy, slept = _proxy(up, sink, wait_ms=100)
+    status, headers, _ = await _forward(proxy, _call(PTU))
+    assert status == 200
+    assert up.deployments == ["ptu", "std"]
+    assert headers["x-ptu-spillover"] == "std"
+    assert headers["x-ratelimit-remaining-tokens"] == "9"
+    assert slept == []
+    # the PTU's admission was taken back; the standard deployment is not in the estimate
+    assert [e.phase for e in sink.events] == ["admit", "complete"]
+    assert all(e.deployment == "ptu" for e in sink.events)
+
+
+async def test_short_retry_after_waits_and_retries_the_ptu_once() -> None:
+    up = Upstream([(429, {"retry-after-ms": "80"}), (200, {})])
+    proxy, slept = _proxy(up, Sink(), wait_ms=100)
+    status, headers, _ = await _forward(proxy, _call(PTU))
+    assert status == 200
+    assert up.deployments == ["ptu", "ptu"]
+    assert slept == [0.08]
+    assert "x-ptu-spillover" not in headers
+
+
+async def test_retry_throttled_again_spills() -> None:
+    up = Upstream([(429, {"retry-after-ms": "10"}), (429, {"retry-after-ms": "10"}), (200, {})])
+    proxy, slept = _proxy(up, Sink(), wait_ms=100)
+    status, _, _ = await _forward(proxy, _call(PTU))
+    assert status == 200
+    assert up.deployments == ["ptu", "ptu", "std"]
+    assert slept == [0.01]
+
+
+async def test_spillover_throttled_too_returns_its_429() -> None:
+    up = Upstream([(429, {"retry-after-ms": "5000"}), (429, {"retry-after": "7"})])
+    proxy, _ = _proxy(up, Sink())
+    status, headers, _ = await _forward(proxy, _call(PTU))
+    assert status == 429
+    assert headers["retry-after"] == "7"
+    assert headers["x-ptu-spillover"] == "std"
+
+
+async def test_connection_failure_is_502_and_takes_the_admission_back() -> None:
+    def refuse(request: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ConnectError("refused")
+
+    sink = Sink()
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(refuse))
+    events = TokenEvents(sink)
+    proxy = Proxy(client, ApiKeyAuth("k"), events, IngressMetrics(), spillover_wait_ms=0)
+    with pytest.raises(ApiError) as info:
+        await proxy.forward(_call(PTU))
+    await events.drain()
+    assert info.value.status == 502
+    assert [e.phase for e in sink.events] == ["admit", "complete"]
+
+
+async def test_standard_target_records_no_events() -> None:
+    up = Upstream([(200, {})])
+    sink = Sink()
+    proxy, _ = _proxy(up, sink)
+    status, _, _ = await _forward(proxy, _call(STD))
+    assert status == 200
+    assert sink.events == []
+
+
+class FakeCredential:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.closed = False
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        self.calls += 1
+
+        class Token:
+            token = f"t{self.calls}"
+            expires_on = 1000 + 3600 * self.calls
+
+        return Token()
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_entra_token_is_cached_until_shortly_before_expiry() -> None:
+    now = [1000.0]
+    cred = FakeCredential()
+    auth = EntraAuth(cred, clock=lambda: now[0])
+    assert await auth.headers() == {"authorization": "Bearer t1"}
+    now[0] = 1000 + 3600 - 301
+    assert await auth.headers() == {"authorization": "Bearer t1"}
+    now[0] = 1000 + 3600 - 299
+    assert await auth.headers() == {"authorization": "Bearer t2"}
+    assert cred.calls == 2
+    await auth.close()
+    assert cred.closed
+
+
+async def test_complete_waits_for_its_admit() -> None:
+    order: list[str] = []
+
+    class SlowSink:
+        async def record(self, event: TokenEvent) -> None:
+            if event.phase == "admit":
+                import asyncio
+
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+            order.append(event.phase)
+
+    events = TokenEvents(SlowSink())
+    admitted = events.admit("r", "ptu", 5, 10)
+    events.complete(admitted, "r", "ptu", 10, {"prompt_tokens": 5, "completion_tokens": 1})
+    await events.drain()
+    assert order == ["admit", "complete"]
+
+
+async def test_a_failing_sink_never_fails_the_call() -> None:
+    class Broken:
+        async def record(self, event: TokenEvent) -> None:
+            raise RuntimeError("redis down")
+
+    events = TokenEvents(Broken())
+    events.complete(events.admit("r", "ptu", 5, 10), "r", "ptu", 10, None)
+    await events.drain()
+    assert "pending=0" in repr(events)
