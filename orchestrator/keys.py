@@ -82,3 +82,18 @@ def eventhub_checkpoints(namespace: str, eventhub: str, consumer_group: str) -> 
 def eventhub_deliveries(eventhub: str, partition_id: str, offset: str) -> str:
     """Counter of how often one Event Hubs event was delivered (Event Hubs keeps none)."""
     return f"{PREFIX}:eh:dlv:{eventhub}:{partition_id}:{offset}"
+
+
+def batch_requests(batch_id: str) -> str:
+    """List of a batch's request ids in input-line order."""
+    return f"{PREFIX}:batch-requests:{batch_id}"
+
+
+def tenant_files(tenant: str) -> str:
+    """Sorted set of a tenant's file ids (score = created_at), for listing."""
+    return f"{PREFIX}:tenant-files:{tenant}"
+
+
+def tenant_batches(tenant: str) -> str:
+    """Sorted set of a tenant's batch ids (score = created_at), for listing."""
+    return f"{PREFIX}:tenant-batches:{tenant}"
