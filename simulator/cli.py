@@ -1,0 +1,103 @@
+"""`ptu simulator`: serve the Azure OpenAI PTU simulator under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import tempfile
+from pathlib import Path
+
+import structlog
+
+from orchestrator.logs import configure
+from orchestrator.runtime import run_until_signal
+from orchestrator.settings import Settings
+from simulator.app import create_app
+from simulator.config import DEFAULT_DEPLOYMENT, DEFAULT_RESOURCE_ID, SimConfig
+from simulator.server import ForegroundServer, uvicorn_config
+from simulator.tls import write_self_signed
+
+log = structlog.get_logger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the simulator's flags."""
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument(
+        "--deployment",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help=f"NAME=MODEL:PTUS or NAME=MODEL:TPM:standard (repeatable; {DEFAULT_DEPLOYMENT})",
+    )
+    parser.add_argument("--window-s", type=float, default=60.0, help="seconds of capacity = 100 %%")
+    parser.add_argument("--tbt-ms", type=float, default=10.0, help="time between tokens")
+    parser.add_argument(
+        "--ttft-ms", type=float, default=50.0, help="base time to first token, +1x per 1k prompt"
+    )
+    parser.add_argument("--monitor-lag-s", type=float, default=90.0, help="metrics ingestion lag")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--https", action="store_true", help="serve TLS with a throwaway CA")
+    parser.add_argument("--tls-dir", type=Path, default=None, help="where --https writes ca.pem")
+    parser.add_argument("--resource-id", default=DEFAULT_RESOURCE_ID)
+    parser.add_argument("--api-key", default=None, help="required key (default: any non-empty)")
+    parser.add_argument("--log-level", default="info")
+
+
+def _uvloop() -> None:
+    # uvloop roughly doubles the requests per second one process serves
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def run(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Serve until SIGINT/SIGTERM."""
+    configure(args.log_level)
+    config = SimConfig.from_specs(
+        args.deployment,
+        window_s=args.window_s,
+        tbt_ms=args.tbt_ms,
+        ttft_ms=args.ttft_ms,
+        monitor_lag_s=args.monitor_lag_s,
+        seed=args.seed,
+        api_key=args.api_key,
+        resource_id=args.resource_id,
+    )
+    with contextlib.ExitStack() as stack:
+        certfile = keyfile = ca_pem = None
+        if args.https:
+            tls_dir = args.tls_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            files = write_self_signed(tls_dir)
+            certfile, keyfile, ca_pem = files.cert_pem, files.key_pem, files.ca_pem
+        scheme = "https" if args.https else "http"
+        server = ForegroundServer(
+            uvicorn_config(
+                create_app(config), args.host, args.port, certfile=certfile, keyfile=keyfile
+            )
+        )
+
+        async def main(stop: asyncio.Event) -> int:
+            serving = asyncio.create_task(server.serve())
+            stopping = asyncio.create_task(stop.wait())
+            while not server.started and not serving.done():
+                await asyncio.wait({serving}, timeout=0.01)
+            if server.started:
+                names = ", ".join(f"{d.name} ({d.kind})" for d in config.deployments)
+                print(
+                    f"simulator listening on {scheme}://{args.host}:{args.port} - {names}",
+                    flush=True,
+                )
+                if ca_pem is not None:
+                    print(f"CA certificate: {ca_pem}", flush=True)
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            server.should_exit = True
+            stopping.cancel()
+            await serving
+            return 0 if server.started else 1
+
+        _uvloop()
+        return run_until_signal(main)

@@ -1,0 +1,73 @@
+"""`ptu simulator` as a real process: flags, HTTPS with its CA, clean shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2
+
+from orchestrator.embedded import free_port
+
+
+def test_https_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "orchestrator", "simulator",
+            "--port", str(port),
+            "--deployment", "a=gpt-4o:15",
+            "--deployment", "b=gpt-4o-mini:50000:standard",
+            "--window-s", "10", "--tbt-ms", "0", "--ttft-ms", "0", "--seed", "4",
+            "--api-key", "k", "--https", "--tls-dir", str(tmp_path), "--log-level", "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith(f"simulator listening on https://127.0.0.1:{port}"), line
+        assert (tmp_path / "ca.pem").exists()
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        with httpx2.Client(base_url=f"https://127.0.0.1:{port}", verify=context) as http:
+            reply = http.post(
+                "/openai/deployments/a/chat/completions?api-version=2024-10-21",
+                json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+                headers={"api-key": "k"},
+            )
+            assert reply.status_code == 200
+            assert reply.json()["usage"]["completion_tokens"] <= 5
+            denied = http.post(
+                "/openai/v1/chat/completions",
+                json={"model": "a", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"api-key": "other"},
+            )
+            assert denied.status_code == 401
+            state = http.get("/sim/state").json()["deployments"]
+        assert state["a"]["capacity_tpm"] == 37_500 and state["a"]["window_s"] == 10.0
+        assert state["b"]["kind"] == "standard"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_bad_deployment_spec_exits_2() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "simulator", "--deployment", "x=nope:15"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--deployment" in done.stderr and "nope" in done.stderr
