@@ -10,7 +10,9 @@ from orchestrator.queues.eventhubs import LowWaterMark
 CASES = [
     pytest.param(["1", "2", "3"], [("1", "1"), ("2", "2"), ("3", "3")], id="in-order"),
     pytest.param(["1", "2", "3"], [("3", None), ("2", None), ("1", "3")], id="reverse"),
-    pytest.param(["1", "2", "3", "4"], [("2", None), ("1", "2"), ("4", None), ("3", "4")], id="pairs"),
+    pytest.param(
+        ["1", "2", "3", "4"], [("2", None), ("1", "2"), ("4", None), ("3", "4")], id="pairs"
+    ),
     pytest.param(["10", "20", "30"], [("20", None), ("20", None), ("10", "20")], id="double-ack"),
     pytest.param(["1", "2"], [("9", None), ("1", "1")], id="unknown-offset-ignored"),
     pytest.param(["1", "2"], [("1", "1"), ("1", None), ("2", "2")], id="ack-after-checkpoint"),
