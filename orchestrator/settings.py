@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     azure_monitor_endpoint: str | None = None
     azure_resource_id: str | None = None
     azure_monitor_poll_s: float = Field(default=30.0, gt=0)
+    azure_monitor_ca_file: str | None = Field(
+        default=None, description="CA bundle to trust for the metrics endpoint (local simulator)"
+    )
     # event hubs backend
     eventhub_namespace: str | None = None
     eventhub_connection_string: SecretStr | None = None

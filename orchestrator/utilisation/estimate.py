@@ -15,19 +15,26 @@ it arrives, which can only over-estimate (conservative: less low-priority work).
 Readings convert server-side ages to the reader's own clock, so a reading's age
 is exact even when the reader's clock is skewed against the server.
 
-Staleness: an empty bucket with no events is a true "0 %" only while its feeder
-is alive. The process that folds events in (`ptu estimator`, or any in-process
-feeder) calls `heartbeat()` at least every `max_age_s / 3`; a reading's
-`observed_at` is the last heartbeat, so a dead feeder makes readings age past
-`max_age_s` and the throttle fails closed. `record()` deliberately does not
-heartbeat: a worker recording its own calls must not hide a dead estimator that
-is no longer folding in the gateway's high-priority traffic.
+Staleness: an empty bucket with no events is a true "0 %" only while its
+feeders are alive and nothing waits unapplied. Two signals, both on the server
+clock, make a reading's age:
+- heartbeat: every feeder (the ingress and the worker recording in-process via
+  `keep_alive()`, `ptu estimator` after each read) writes `hb` at least every
+  `max_age_s / 3`; when all feeders die, readings age past `max_age_s` and the
+  throttle fails closed. `record()` alone does not count as a heartbeat.
+- stream lag: `ptu estimator` stores the id of the newest `TOKEN_EVENTS` entry
+  it folded in (`applied`); a reading is at least as old as the oldest entry
+  after it. A dead estimator therefore makes readings stale as soon as one
+  published event waits longer than `max_age_s`, even while in-process feeders
+  keep heartbeating. Stream ids are server time, so this is skew-free too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -48,80 +55,11 @@ EVENT_FIELD = "event"
 EVENTS_MAXLEN = 100_000
 """Approximate cap of the token-event stream (old events carry no information)."""
 
-_NOW = """
-local function now_s(arg)
-  if arg ~= '' then return tonumber(arg) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-"""
+_SCRIPTS = Path(__file__).parent
 
-# KEYS: bucket, request record.
-# ARGV: phase, prompt, cached, max_tokens, completion, weight, rate/s, dedupe ttl ms, now|''.
-_RECORD = (
-    _NOW
-    + """
-local now = now_s(ARGV[9])
-local phase = ARGV[1]
-if redis.call('HEXISTS', KEYS[2], phase) == 1 then return 0 end
-local prompt, cached = tonumber(ARGV[2]), tonumber(ARGV[3])
-local max_tokens, completion = tonumber(ARGV[4]), tonumber(ARGV[5])
-local weight, rate = tonumber(ARGV[6]), tonumber(ARGV[7])
-local input = math.max(0, prompt - cached)
-local delta
-if phase == 'admit' then
-  -- an admit arriving after its complete changes nothing: the complete charged it all
-  if redis.call('HEXISTS', KEYS[2], 'complete') == 1 then return 0 end
-  delta = input + max_tokens * weight
-  redis.call('HSET', KEYS[2], 'admit', 1, 'input', input, 'max_tokens', max_tokens)
-else
-  if redis.call('HEXISTS', KEYS[2], 'admit') == 1 then
-    local charged_input = tonumber(redis.call('HGET', KEYS[2], 'input'))
-    local charged_max = tonumber(redis.call('HGET', KEYS[2], 'max_tokens'))
-    delta = (completion - charged_max) * weight
-    -- the actual prompt (and cached) count replaces the gateway's estimate when known
-    if prompt > 0 then delta = delta + input - charged_input end
-  else
-    delta = input + completion * weight
-  end
-  redis.call('HSET', KEYS[2], 'complete', 1)
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[8])
-local level = tonumber(redis.call('HGET', KEYS[1], 'level') or '0')
-local at = tonumber(redis.call('HGET', KEYS[1], 'at') or now)
-level = math.max(0, level - rate * math.max(0, now - at))
-level = math.max(0, level + delta)
-redis.call('HSET', KEYS[1], 'level', tostring(level), 'at', tostring(now))
-return 1
-"""
-)
 
-# KEYS: bucket. ARGV: rate/s, now|''. Returns nil when the bucket was never written,
-# else {level drained to now, seconds since the last heartbeat or '-1'} as strings.
-_READ = (
-    _NOW
-    + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
-local now = now_s(ARGV[2])
-local level = tonumber(redis.call('HGET', KEYS[1], 'level') or '0')
-local at = tonumber(redis.call('HGET', KEYS[1], 'at') or now)
-level = math.max(0, level - tonumber(ARGV[1]) * math.max(0, now - at))
-local hb = redis.call('HGET', KEYS[1], 'hb')
-local age = '-1'
-if hb then age = tostring(math.max(0, now - tonumber(hb))) end
-return {tostring(level), age}
-"""
-)
-
-# KEYS: buckets. ARGV: now|''.
-_HEARTBEAT = (
-    _NOW
-    + """
-local now = tostring(now_s(ARGV[1]))
-for _, key in ipairs(KEYS) do redis.call('HSET', key, 'hb', now) end
-return #KEYS
-"""
-)
+def _lua(name: str) -> str:
+    return (_SCRIPTS / f"estimate_{name}.lua").read_text(encoding="utf-8")
 
 
 class EstimateStore:
@@ -148,9 +86,9 @@ class EstimateStore:
         # "clock" drives the bucket from `clock` instead of the server's TIME (tests)
         self._time_source = time_source
         self._dedupe_ttl_ms = int(dedupe_ttl_s * 1000)
-        self._record = redis.register_script(_RECORD)
-        self._read = redis.register_script(_READ)
-        self._heartbeat = redis.register_script(_HEARTBEAT)
+        self._record = redis.register_script(_lua("record"))
+        self._read = redis.register_script(_lua("read"))
+        self._heartbeat = redis.register_script(_lua("heartbeat"))
 
     @property
     def deployments(self) -> list[str]:
@@ -189,18 +127,37 @@ class EstimateStore:
         if not applied:
             log.debug("estimate_event_duplicate", request_id=event.request_id, phase=event.phase)
 
-    async def heartbeat(self) -> None:
-        """Declare the feeder alive for every tracked deployment (call every max_age_s / 3)."""
+    async def heartbeat(self, applied: str | None = None) -> None:
+        """Declare the feeder alive for every tracked deployment (call every max_age_s / 3).
+
+        The stream consumer passes `applied`, the id of the newest `TOKEN_EVENTS`
+        entry it has folded in; older entries still unapplied make readings stale.
+        Raises UtilisationUnavailable when Redis cannot be reached.
+        """
         names = [keys.estimate(n) for n in self._deployments]
         if not names:
             return
         try:
-            await self._heartbeat(keys=names, args=[self._now_arg()])
+            await self._heartbeat(keys=names, args=[self._now_arg(), applied or ""])
         except RedisError as exc:
             raise UtilisationUnavailable(f"estimate heartbeat failed: {exc}") from exc
 
+    async def keep_alive(
+        self, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> None:
+        """Heartbeat every max_age_s / 3 until cancelled (for in-process feeders)."""
+        while True:
+            try:
+                await self.heartbeat()
+            except UtilisationUnavailable as exc:
+                log.warning("estimate_heartbeat_failed", error=str(exc))
+            await sleep(self.max_age_s / 3)
+
     async def read(self, deployment: str) -> Reading:
-        """The bucket level drained up to now; `observed_at` is the feeder's last heartbeat.
+        """The bucket level drained up to now, as old as its feeders' knowledge.
+
+        The age is the larger of: time since the last heartbeat, and how long the
+        oldest token-event stream entry not yet folded in has been waiting.
 
         Raises UtilisationUnavailable for an unknown deployment, a bucket no feeder
         ever wrote, or an unreachable Redis.
@@ -212,14 +169,17 @@ class EstimateStore:
         local_now = self._clock()
         now_arg = repr(local_now) if self._time_source == "clock" else ""
         try:
-            reply = await self._read(keys=[keys.estimate(deployment)], args=[repr(rate), now_arg])
+            reply = await self._read(
+                keys=[keys.estimate(deployment), keys.TOKEN_EVENTS], args=[repr(rate), now_arg]
+            )
         except RedisError as exc:
             raise UtilisationUnavailable(f"estimate {deployment}: read failed: {exc}") from exc
         if reply is None:
             raise UtilisationUnavailable(f"estimate {deployment}: no feeder has written it yet")
-        level, age = float(reply[0]), float(reply[1])
-        if age < 0:
+        level, heartbeat_age, lag_age = (float(x) for x in reply)
+        if heartbeat_age < 0:
             raise UtilisationUnavailable(f"estimate {deployment}: no feeder heartbeat yet")
+        age = max(heartbeat_age, lag_age)
         return Reading(level / (rate * self.window_s), local_now - age, SOURCE)
 
     async def close(self) -> None:

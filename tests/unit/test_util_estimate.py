@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -193,3 +194,22 @@ async def test_dedupe_records_expire(fake_redis: fakeredis.FakeAsyncRedis) -> No
     await s.record(ev("a", "admit", 100))
     ttl = await fake_redis.pttl("ptu:est-req:d:a")
     assert 0 < ttl <= 3_600_000
+
+
+async def test_keep_alive_heartbeats_until_cancelled(
+    fake_redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    clock = Clock()
+    s = store(fake_redis, clock)
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock.now += seconds
+        if len(sleeps) == 3:
+            raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await s.keep_alive(sleep=sleep)
+    assert sleeps == [pytest.approx(5.0 / 3)] * 3
+    assert (await s.read("d")).age(clock.now) == pytest.approx(5.0 / 3)

@@ -1,0 +1,54 @@
+"""Pick the utilisation source named by `PTU_UTILIZATION_SOURCE`; Azure SDKs load lazily."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+
+from orchestrator.errors import ConfigError, MissingDependencyError
+from orchestrator.settings import Settings
+from orchestrator.utilisation.base import UtilisationSource
+
+if TYPE_CHECKING:
+    from orchestrator.utilisation.azure_monitor import AzureMonitorSource
+
+
+def make_source(settings: Settings, redis: aioredis.Redis) -> UtilisationSource:
+    """The configured `UtilisationSource` for all of `settings.deployments`."""
+    if settings.utilization_source == "azure_monitor":
+        return _azure_monitor(settings)
+    from orchestrator.utilisation.estimate import EstimateStore
+
+    return EstimateStore(
+        redis,
+        settings.deployments,
+        window_s=settings.estimate_window_s,
+        max_age_s=settings.estimate_max_age_s,
+    )
+
+
+def _azure_monitor(settings: Settings) -> AzureMonitorSource:
+    for name in ("azure_monitor_endpoint", "azure_resource_id"):
+        if not getattr(settings, name):
+            raise ConfigError(
+                f"PTU_{name.upper()}: required when PTU_UTILIZATION_SOURCE=azure_monitor"
+            )
+    try:
+        from azure.identity.aio import DefaultAzureCredential
+
+        from orchestrator.utilisation.azure_monitor import AzureMonitorSource
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "azure-monitor-querymetrics and azure-identity", "azure"
+        ) from exc
+    assert settings.azure_monitor_endpoint is not None and settings.azure_resource_id is not None
+    return AzureMonitorSource(
+        endpoint=settings.azure_monitor_endpoint,
+        resource_id=settings.azure_resource_id,
+        credential=DefaultAzureCredential(),
+        deployments=[d for d in settings.deployments if d.kind == "provisioned"],
+        poll_s=settings.azure_monitor_poll_s,
+        max_age_s=settings.monitor_max_age_s,
+        connection_verify=settings.azure_monitor_ca_file,
+    )
