@@ -91,6 +91,7 @@ class RedisStreamsQueue:
         self.stream = keys.queue(deployment)
         self.dead_letter_stream = keys.dead_letter(deployment)
         self._group_ready = False
+        self._claim_cursor = "0-0"
         self._in_flight: set[str] = set()
         self._refresher: asyncio.Task[None] | None = None
         self._closed = False
@@ -190,9 +191,12 @@ class RedisStreamsQueue:
             self.group,
             self.consumer,
             min_idle_time=int(self.claim_idle_s * 1000),
-            start_id="0-0",
+            start_id=self._claim_cursor,
             count=max_count,
         )
+        # continue the PEL scan where it stopped, so idle entries behind many live ones are
+        # reached too; the server returns "0-0" when the scan has wrapped around
+        self._claim_cursor = _str(reply[0])
         claimed = _entries(reply[1])
         if not claimed:
             return []
@@ -201,7 +205,7 @@ class RedisStreamsQueue:
             self.group,
             min=claimed[0][0],
             max=claimed[-1][0],
-            count=len(claimed) + 100,
+            count=len(claimed) + len(self._in_flight) + 10,
             consumername=self.consumer,
         )
         counts = {_str(p["message_id"]): int(p["times_delivered"]) for p in pending}

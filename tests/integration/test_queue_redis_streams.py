@@ -136,3 +136,21 @@ async def test_repr_is_live(redis: aioredis.Redis) -> None:
     await q.ack(got[0])
     assert "in_flight=1" in repr(q)
     await q.close()
+
+
+async def test_dead_entry_behind_many_live_ones_is_reclaimed(redis: aioredis.Redis) -> None:
+    live = RedisStreamsQueue(redis, DEPLOYMENT, "w-live", claim_idle_s=0.4)
+    dead = RedisStreamsQueue(redis, DEPLOYMENT, "w-dead", claim_idle_s=0.4)
+    other = RedisStreamsQueue(redis, DEPLOYMENT, "w-other", claim_idle_s=0.4)
+    for i in range(30):
+        await live.put(request(i))
+    await live.put(request(99))
+    held = await live.receive(30, timeout_s=1.0)  # kept fresh by a live consumer
+    [lost] = await dead.receive(1, timeout_s=1.0)
+    await dead.close()
+    # XAUTOCLAIM COUNT 1 scans 10 PEL entries per call: the scan must resume, not restart
+    got = await other.receive(1, timeout_s=5.0)
+    assert [d.message.id for d in got] == [lost.message.id] == ["req-99"]
+    assert len(held) == 30
+    await live.close()
+    await other.close()
