@@ -8,6 +8,8 @@ param prefix string = 'ptu'
 param location string = resourceGroup().location
 @description('Name of the existing Azure OpenAI (Cognitive Services) account.')
 param openAiAccountName string
+@description('PTU deployments the worker drains: one request hub each, named ptu-requests-<deployment>.')
+param deploymentNames array = ['gpt-4o-ptu']
 
 resource openAi 'Microsoft.CognitiveServices/accounts@2024-10-01' existing = {
   name: openAiAccountName
@@ -25,11 +27,13 @@ resource ehNamespace 'Microsoft.EventHub/namespaces@2024-01-01' = {
   properties: { disableLocalAuth: true }
 }
 
-resource requests 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' = {
+// One hub per deployment (PTU_EVENTHUB_NAME-<deployment>), so a paused
+// deployment never holds back another's partitions.
+resource requests 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' = [for name in deploymentNames: {
   parent: ehNamespace
-  name: 'ptu-requests'
+  name: 'ptu-requests-${name}'
   properties: { partitionCount: 4, messageRetentionInDays: 1 }
-}
+}]
 
 resource tokenEvents 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' = {
   parent: ehNamespace
