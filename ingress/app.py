@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import httpx2
 import redis.asyncio as aioredis
@@ -30,16 +31,19 @@ from starlette.routing import Route
 
 from ingress import errors
 from ingress.auth import Authenticator
+from ingress.batch_runner import BatchWork
+from ingress.batch_store import BatchStore
+from ingress.batches import BatchRoutes
 from ingress.chat import ChatRoutes
 from ingress.credentials import UpstreamAuth, upstream_auth
 from ingress.enqueue import Enqueuer
+from ingress.files import FileRoutes, FileStore
 from ingress.metrics import IngressMetrics
 from ingress.openapi import openapi_document
 from ingress.proxy import Proxy
 from ingress.requests_api import RequestsApi
 from ingress.token_events import TokenEvents, TokenSink
 from ingress.upstream import make_client, targets
-from orchestrator.errors import UtilisationUnavailable
 from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue
 from orchestrator.results import ResultStore
@@ -151,6 +155,18 @@ def create_app(
     chat = ChatRoutes(settings, deployments, tenants, proxy, enqueuer, metrics)
     requests_api = RequestsApi(results, tenants)
     document = openapi_document(settings)
+    files = FileStore(parts.redis, clock=clock)
+    work = BatchWork(
+        results, proxy, deployments,
+        query="?api-version=" + quote(settings.azure_openai_api_version),
+        concurrency=settings.max_concurrency, max_attempts=settings.max_attempts,
+        backoff_max_s=settings.backoff_max_s, clock=clock,
+    )  # fmt: skip
+    file_routes = FileRoutes(files, tenants, deployments)
+    batches = BatchRoutes(
+        settings, deployments, tenants, BatchStore(parts.redis, clock=clock), files, enqueuer,
+        work, metrics, clock=clock,
+    )  # fmt: skip
 
     async def healthz(request: Request) -> Response:
         try:
@@ -171,6 +187,10 @@ def create_app(
         metrics.error(exc.code)
         return exc.response()
 
+    async def store_unavailable(request: Request, exc: Exception) -> Response:
+        log.warning("store_unavailable", path=request.url.path, error=repr(exc))
+        return await api_error(request, errors.unavailable("the state store (Redis)"))
+
     routes = [
         Route("/openai/deployments/{deployment}/chat/completions", chat.azure, methods=["POST"]),
         Route("/v1/requests/{request_id}", requests_api.get, methods=["GET"]),
@@ -178,11 +198,26 @@ def create_app(
         Route("/metrics", prometheus, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
-    routes += [Route(f"{p}/chat/completions", chat.openai, methods=["POST"]) for p in PREFIXES]
+    for p in PREFIXES:
+        routes += [
+            Route(f"{p}/chat/completions", chat.openai, methods=["POST"]),
+            Route(f"{p}/files", file_routes.upload, methods=["POST"]),
+            Route(f"{p}/files", file_routes.list_files, methods=["GET"]),
+            Route(f"{p}/files/{{file_id}}", file_routes.retrieve, methods=["GET"]),
+            Route(f"{p}/files/{{file_id}}", file_routes.delete, methods=["DELETE"]),
+            Route(f"{p}/files/{{file_id}}/content", file_routes.content, methods=["GET"]),
+            Route(f"{p}/batches", batches.create, methods=["POST"]),
+            Route(f"{p}/batches", batches.list_batches, methods=["GET"]),
+            Route(f"{p}/batches/{{batch_id}}", batches.retrieve, methods=["GET"]),
+            Route(f"{p}/batches/{{batch_id}}/cancel", batches.cancel, methods=["POST"]),
+        ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        beat = asyncio.create_task(_heartbeat(parts.estimate, settings.estimate_max_age_s / 3))
+        # this ingress folds high priority into the estimate itself: it is a feeder
+        beat = asyncio.create_task(
+            parts.estimate.keep_alive() if parts.estimate else asyncio.Event().wait()
+        )
         log.info("ingress_started", deployments=list(deployments), open=tenants.open)
         try:
             yield
@@ -190,6 +225,7 @@ def create_app(
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+            await work.stop()
             await parts.close()
 
     app = Starlette(
@@ -197,6 +233,7 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={
             errors.ApiError: api_error,
+            RedisError: store_unavailable,
             HTTPException: errors.http_exception_handler,
             Exception: errors.unhandled_error_handler,
         },
@@ -204,15 +241,3 @@ def create_app(
     app.state.metrics = metrics
     app.state.results = results
     return app
-
-
-async def _heartbeat(estimate: EstimateStore | None, every_s: float) -> None:
-    """Declare this ingress a live feeder of the estimate (it folds in high priority)."""
-    if estimate is None:
-        return
-    while True:
-        try:
-            await estimate.heartbeat()
-        except UtilisationUnavailable as exc:
-            log.warning("estimate_heartbeat_failed", error=str(exc))
-        await asyncio.sleep(every_s)

@@ -114,12 +114,17 @@ class Enqueuer:
         *,
         tenant: str,
         reply_key_header: str | None = None,
+        reply_key: str | None = None,
         ttl_s: float,
         custom_id: str | None = None,
         batch_id: str | None = None,
         request_id: str | None = None,
     ) -> QueuedRequest:
-        """A QueuedRequest stamped now, with its deadline and reply key."""
+        """A QueuedRequest stamped now, with its deadline and reply key.
+
+        `reply_key` (trusted, set by the ingress itself) wins over `reply_key_header`
+        (the client's, checked against its namespace).
+        """
         rid = request_id or new_request_id()
         now = self.clock()
         return QueuedRequest(
@@ -128,7 +133,7 @@ class Enqueuer:
             body=body,
             tenant=tenant,
             custom_id=custom_id,
-            reply_key=reply_key_for(reply_key_header, tenant, rid),
+            reply_key=reply_key or reply_key_for(reply_key_header, tenant, rid),
             enqueued_at=now,
             deadline=now + ttl_s,
             batch_id=batch_id,

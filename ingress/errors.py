@@ -108,3 +108,13 @@ async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
     """Last resort: log with context and answer 500 in the envelope."""
     log.error("ingress_unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc)
     return error_response(500, "internal_error", "the ingress failed to handle the request")
+
+
+def unavailable(what: str) -> ApiError:
+    """The 503 for a backing store that cannot be reached; the client should retry."""
+    return ApiError(
+        503,
+        "service_unavailable",
+        f"{what} is unavailable; nothing was changed, retry later",
+        headers={"retry-after": "2"},
+    )

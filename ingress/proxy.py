@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +73,7 @@ def passed_headers(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def retry_after_ms(headers: httpx2.Headers) -> float | None:
+def retry_after_ms(headers: Mapping[str, str]) -> float | None:
     """`retry-after-ms`, else `retry-after` seconds, in milliseconds; None when absent."""
     for name, scale in (("retry-after-ms", 1.0), ("retry-after", 1000.0)):
         value = headers.get(name)

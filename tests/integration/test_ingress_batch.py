@@ -1,0 +1,301 @@
+"""The batch flow through the unchanged openai SDK: upload, create, retrieve, files, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+import redis.asyncio as aioredis
+
+from ingress.server import IngressThread
+from orchestrator import keys
+from orchestrator.queues.redis_streams import RedisStreamsQueue
+from orchestrator.results import ResultStore
+from orchestrator.schemas import ResultDocument
+from orchestrator.settings import Settings, load_settings
+from simulator.config import SimConfig
+from simulator.server import SimulatorThread
+
+DEPLOYMENTS = [
+    {"name": "ptu", "model": "gpt-4o-mini", "ptus": 15},
+    {"name": "paygo", "model": "gpt-4o-mini", "kind": "standard", "tpm": 1_000_000},
+]
+
+
+def _line(i: int, model: str = "ptu", **extra: Any) -> dict[str, Any]:
+    body = {"model": model, "messages": [{"role": "user", "content": f"question {i}"}], **extra}
+    return {"custom_id": f"q-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+def _jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(x).encode() + b"\n" for x in lines)
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatorThread]:
+    config = SimConfig.from_specs(
+        ["ptu=gpt-4o-mini:15", "paygo=gpt-4o-mini:1000000:standard"], tbt_ms=0.0, ttft_ms=0.0
+    )
+    with SimulatorThread(config) as server:
+        yield server
+
+
+def _settings(redis_url: str, sim: SimulatorThread, **extra: Any) -> Settings:
+    return load_settings(
+        redis_url=redis_url,
+        azure_openai_endpoint=sim.url,
+        azure_openai_api_key="k",
+        deployments=DEPLOYMENTS,
+        **extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
+    with IngressThread(_settings(redis_url, sim)) as server:
+        yield server
+
+
+class StandInWorker:
+    """Drains the queue, calls the simulator, writes results, as `ptu worker` does."""
+
+    def __init__(self, redis: aioredis.Redis, sim: SimulatorThread) -> None:
+        self.redis = redis
+        self.sim = sim
+        self.paused = False
+        self.idle = asyncio.Event()
+
+    async def pause(self) -> None:
+        """Stop taking work; returns once nothing is being processed."""
+        self.paused = True
+        self.idle.clear()
+        await self.idle.wait()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        queue = RedisStreamsQueue(self.redis, "ptu", "stand-in")
+        results = ResultStore(self.redis, 600)
+        async with httpx2.AsyncClient(base_url=self.sim.url) as http:
+            while not stop.is_set():
+                if self.paused:
+                    self.idle.set()
+                    await asyncio.sleep(0.02)
+                    continue
+                for delivery in await queue.receive(10, 0.1):
+                    msg = delivery.message
+                    state = await results.get(msg.id)
+                    if state is None or state.result is None:
+                        body = {k: v for k, v in msg.body.items() if k != "model"}
+                        resp = await http.post(
+                            "/openai/deployments/ptu/chat/completions?api-version=2024-10-21",
+                            json=body,
+                            headers={"api-key": "k", "x-ptu-priority": "low"},
+                        )
+                        ok = resp.status_code == 200
+                        doc = ResultDocument(
+                            id=msg.id, custom_id=msg.custom_id,
+                            status="completed" if ok else "failed",
+                            status_code=resp.status_code,
+                            response=resp.json() if ok else None,
+                            error=None if ok else resp.json().get("error"),
+                            deployment="ptu", attempts=1, enqueued_at=msg.enqueued_at,
+                            completed_at=time.time(), batch_id=msg.batch_id,
+                        )  # fmt: skip
+                        await results.complete(doc, msg.reply_key)
+                    await queue.ack(delivery)
+        await queue.close()
+
+
+@pytest.fixture
+async def worker(redis: aioredis.Redis, sim: SimulatorThread) -> AsyncIterator[StandInWorker]:
+    stop = asyncio.Event()
+    stand_in = StandInWorker(redis, sim)
+    task = asyncio.create_task(stand_in.run(stop))
+    yield stand_in
+    stop.set()
+    await task
+
+
+async def _wait_terminal(client: openai.AsyncOpenAI, batch_id: str) -> Any:
+    for _ in range(500):
+        batch = await client.batches.retrieve(batch_id)
+        if batch.status in ("completed", "failed", "cancelled", "expired"):
+            return batch
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"batch {batch_id} did not finish: {batch}")
+
+
+async def test_batch_flow_with_the_openai_client(
+    ingress: IngressThread, worker: StandInWorker
+) -> None:
+    client = openai.AsyncOpenAI(base_url=ingress.url + "/v1", api_key="unused", max_retries=0)
+    # one line asks the deployment for something it refuses (a 400): it lands in the error file
+    lines = [_line(i, max_tokens=20) for i in range(6)]
+    lines.append(_line(6, max_tokens=20, temperature=5))
+    uploaded = await client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    assert uploaded.purpose == "batch" and uploaded.bytes == len(_jsonl(lines))
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+        metadata={"run": "test"},
+    )  # fmt: skip
+    assert batch.status in ("in_progress", "finalizing", "completed")
+    assert batch.request_counts is not None and batch.request_counts.total == 7
+    assert batch.metadata == {"run": "test"}
+
+    done = await _wait_terminal(client, batch.id)
+    assert done.status == "completed"
+    assert done.request_counts.completed + done.request_counts.failed == 7
+    assert done.output_file_id and done.completed_at
+    output = [
+        json.loads(x) for x in (await client.files.content(done.output_file_id)).text.splitlines()
+    ]
+    ok_ids = [o["custom_id"] for o in output]
+    assert all(o["response"]["status_code"] == 200 and o["error"] is None for o in output)
+    assert all(o["response"]["body"]["choices"] for o in output)
+    failed: list[dict[str, Any]] = []
+    if done.error_file_id:
+        text = (await client.files.content(done.error_file_id)).text
+        failed = [json.loads(x) for x in text.splitlines()]
+    assert sorted(ok_ids + [f["custom_id"] for f in failed]) == sorted(
+        x["custom_id"] for x in lines
+    )
+    assert ok_ids == sorted(ok_ids, key=lambda c: int(c.split("-")[1]))  # input order kept
+    listed = await client.batches.list()
+    assert done.id in [b.id for b in listed.data]
+    assert (await client.files.retrieve(uploaded.id)).id == uploaded.id
+    await client.close()
+
+
+def test_azure_client_uses_the_openai_prefix(ingress: IngressThread) -> None:
+    client = openai.AzureOpenAI(
+        azure_endpoint=ingress.url, api_key="unused", api_version="2024-10-21", max_retries=0
+    )
+    uploaded = client.files.create(file=("a.jsonl", _jsonl([_line(1)])), purpose="batch")
+    assert client.files.retrieve(uploaded.id).filename == "a.jsonl"
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/chat/completions", completion_window="24h"
+    )
+    assert client.batches.retrieve(batch.id).id == batch.id
+    cancelled = client.batches.cancel(batch.id)
+    assert cancelled.status in ("cancelling", "cancelled")
+    assert client.files.delete(uploaded.id).deleted
+
+
+async def test_cancel_closes_queued_lines(
+    ingress: IngressThread, worker: StandInWorker, redis: aioredis.Redis
+) -> None:
+    await worker.pause()
+    client = openai.AsyncOpenAI(base_url=ingress.url + "/v1", api_key="unused", max_retries=0)
+    uploaded = await client.files.create(
+        file=("c.jsonl", _jsonl([_line(i) for i in range(5)])), purpose="batch"
+    )
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    cancelling = await client.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "cancelled")
+    done = await _wait_terminal(client, batch.id)
+    assert done.status == "cancelled" and done.cancelled_at
+    assert done.request_counts.failed == 5 and done.output_file_id is None
+    errors = [
+        json.loads(x) for x in (await client.files.content(done.error_file_id)).text.splitlines()
+    ]
+    assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+    worker.paused = False  # the worker now skips the cancelled lines: nothing reaches the PTU
+    for _ in range(100):
+        if await redis.xlen(keys.queue("ptu")) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await redis.xlen(keys.queue("ptu")) == 0
+    with pytest.raises(openai.ConflictError):
+        await client.batches.cancel(batch.id)
+    await client.close()
+
+
+async def test_high_priority_batch_runs_in_the_ingress(ingress: IngressThread) -> None:
+    client = openai.AsyncOpenAI(base_url=ingress.url + "/v1", api_key="unused", max_retries=0)
+    lines = [_line(i, max_tokens=10) for i in range(4)] + [_line(9, model="paygo", max_tokens=10)]
+    uploaded = await client.files.create(file=("h.jsonl", _jsonl(lines)), purpose="batch")
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+        extra_headers={"x-priority": "high"},
+    )  # fmt: skip
+    done = await _wait_terminal(client, batch.id)
+    assert done.status == "completed"
+    assert done.request_counts.completed == 5 and done.error_file_id is None
+    text = (await client.files.content(done.output_file_id)).text
+    assert len(text.splitlines()) == 5
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"{not json\n", "line 1: not valid JSON"),
+        (_jsonl([_line(1), _line(1)]), "line 2: duplicate custom_id 'q-1' (first on line 1)"),
+        (_jsonl([_line(1), {**_line(2), "method": "GET"}]), "line 2: 'method'"),
+        (_jsonl([{**_line(1), "url": "/v1/embeddings"}]), "line 1: 'url'"),
+        (_jsonl([_line(1, model="gpt-unknown")]), "line 1: body.model 'gpt-unknown'"),
+        (_jsonl([_line(1, stream=True)]), "line 1: body.stream"),
+        (_jsonl([_line(1, max_tokens=0)]), "line 1: body: max_tokens"),
+        (b"\n\n", "no requests"),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
+)
+def test_upload_validation_names_the_line(
+    ingress: IngressThread, content: bytes, needle: str
+) -> None:
+    client = openai.OpenAI(base_url=ingress.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.files.create(file=("bad.jsonl", content), purpose="batch")
+    assert needle in info.value.message
+
+
+def test_batch_create_errors(ingress: IngressThread) -> None:
+    client = openai.OpenAI(base_url=ingress.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.batches.create(
+            input_file_id="file-missing", endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    uploaded = client.files.create(file=("s.jsonl", _jsonl([_line(1, model="paygo")])),
+                                   purpose="batch")  # fmt: skip
+    with pytest.raises(openai.BadRequestError) as info:
+        client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    assert "line 1" in info.value.message and "standard" in info.value.message
+    with pytest.raises(openai.BadRequestError):
+        client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/embeddings",  # type: ignore[arg-type]
+            completion_window="24h",
+        )  # fmt: skip
+
+
+def test_tenants_do_not_share_files_or_batches(redis_url: str, sim: SimulatorThread) -> None:
+    settings = _settings(redis_url, sim, api_keys={"ka": "alpha", "kb": "beta"})
+    with IngressThread(settings) as server:
+        alpha = openai.OpenAI(base_url=server.url + "/v1", api_key="ka", max_retries=0)
+        beta = openai.OpenAI(base_url=server.url + "/v1", api_key="kb", max_retries=0)
+        uploaded = alpha.files.create(file=("t.jsonl", _jsonl([_line(1)])), purpose="batch")
+        batch = alpha.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        with pytest.raises(openai.NotFoundError):
+            beta.files.retrieve(uploaded.id)
+        with pytest.raises(openai.NotFoundError):
+            beta.files.content(uploaded.id)
+        with pytest.raises(openai.NotFoundError):
+            beta.batches.retrieve(batch.id)
+        with pytest.raises(openai.NotFoundError):
+            beta.batches.cancel(batch.id)
+        with pytest.raises(openai.NotFoundError):
+            beta.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        assert beta.batches.list().data == []
+        assert alpha.batches.cancel(batch.id).status in ("cancelling", "cancelled")
