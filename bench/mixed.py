@@ -27,9 +27,10 @@ from typing import Any
 import structlog
 
 from bench import report
+from bench.identity import IdentityEndpoint
 from bench.metrics import PolicyRun, summarise
 from bench.runner import Policy, drive, prepare
-from bench.stack import SimulatorOptions, Stack, sigterm_as_interrupt
+from bench.stack import API_KEY, SimulatorOptions, Stack, sigterm_as_interrupt
 from bench.workload import (
     Capacity,
     MixedWorkload,
@@ -81,7 +82,7 @@ def capacity_of(sim: SimulatorOptions) -> Capacity:
     return Capacity(spec.capacity_tpm, spec.output_weight, sim.window_s)
 
 
-def policies(cfg: MixedConfig, stack: Stack) -> dict[str, Policy]:
+def policies(cfg: MixedConfig, stack: Stack, identity: dict[str, str]) -> dict[str, Policy]:
     """The five policies and the PTU_* settings of their worker."""
     linear = {
         "PTU_LOWER_THRESHOLD": f"{cfg.lower:g}",
@@ -96,6 +97,7 @@ def policies(cfg: MixedConfig, stack: Stack) -> dict[str, Policy]:
         "PTU_AZURE_RESOURCE_ID": DEFAULT_RESOURCE_ID,
         "PTU_AZURE_MONITOR_POLL_S": f"{cfg.monitor_poll_s:g}",
         "PTU_AZURE_MONITOR_CA_FILE": str(stack.ca_file),
+        **identity,
     }
     return {
         "baseline": Policy("baseline", "interactive traffic alone", "none"),
@@ -135,10 +137,14 @@ def run_mixed(cfg: MixedConfig, out: Path) -> list[dict[str, Any]]:
     hp_calls = interactive_calls(cfg.workload, capacity_of(cfg.sim), model, cfg.seed)
     lp_calls = batch_calls(cfg.workload, model, cfg.seed)
     runs: dict[str, PolicyRun] = {}
-    with sigterm_as_interrupt(), Stack(out / "run", cfg.sim) as stack:
+    with (
+        sigterm_as_interrupt(),
+        IdentityEndpoint(API_KEY) as identity,
+        Stack(out / "run", cfg.sim) as stack,
+    ):
         stack.start_redis()
         stack.start_simulator()
-        table = policies(cfg, stack)
+        table = policies(cfg, stack, identity.env)
         for name in cfg.policies:
             policy = table[name]
             log.info("policy_started", policy=name)

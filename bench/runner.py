@@ -80,7 +80,8 @@ async def drive(
     """Send the workload under `policy`; stop at duration_s (+ grace for an unfinished batch)."""
     deployment = stack.sim.deployment
     clock = Clock()
-    run = PolicyRun(policy.name, policy.description, settings=dict(policy.worker_env))
+    settings = {k: v for k, v in policy.worker_env.items() if k.startswith("PTU_")}
+    run = PolicyRun(policy.name, policy.description, settings=settings)
     limits = httpx2.Limits(max_connections=400, max_keepalive_connections=100)
     async with httpx2.AsyncClient(timeout=120.0, limits=limits, verify=stack.verify) as client:
         sampler = Sampler(client, stack.sim_url, deployment, clock.t0)

@@ -60,6 +60,7 @@ class SimulatorOptions:
             "--monitor-lag-s", f"{self.monitor_lag_s:g}",
             "--seed", str(self.seed),
             "--api-key", API_KEY,
+            "--log-level", "warning",
         ]  # fmt: skip
         if self.https:
             args += ["--https", "--tls-dir", str(tls_dir)]
