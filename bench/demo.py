@@ -27,7 +27,7 @@ from orchestrator import logs
 from orchestrator.settings import Settings
 
 LOWER, UPPER, MAX_CONCURRENCY = 0.2, 0.9, 10
-BATCH_PER_S = 0.45
+BATCH_PER_S = 0.8
 """Batch requests per second of run the demo's deployment finishes with the interactive load."""
 SUMMARY_KEYS = (
     ("hp_calls", "HP calls"),

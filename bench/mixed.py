@@ -66,13 +66,13 @@ class MixedConfig:
 
 def quick_config(seed: int = 7) -> MixedConfig:
     """CI-sized: about 40 s per policy."""
-    wl = MixedWorkload(duration_s=40.0, lp_requests=20)
+    wl = MixedWorkload(duration_s=40.0, lp_requests=30)
     return MixedConfig(wl, SimulatorOptions(https=True, seed=seed), grace_s=10.0, seed=seed)
 
 
 def full_config(seed: int = 7) -> MixedConfig:
     """The run the README quotes: about two minutes per policy."""
-    wl = MixedWorkload(duration_s=100.0, lp_requests=60)
+    wl = MixedWorkload(duration_s=100.0, lp_requests=90)
     return MixedConfig(wl, SimulatorOptions(https=True, seed=seed), seed=seed)
 
 
@@ -89,7 +89,9 @@ def policies(cfg: MixedConfig, stack: Stack, identity: dict[str, str]) -> dict[s
         "PTU_UPPER_THRESHOLD": f"{cfg.upper:g}",
         "PTU_MAX_CONCURRENCY": str(cfg.max_concurrency),
     }
-    fixed = static_concurrency(cfg.workload, capacity_of(cfg.sim), cfg.upper)
+    fixed = static_concurrency(
+        cfg.workload, capacity_of(cfg.sim), cfg.upper, cfg.sim.ttft_ms, cfg.sim.tbt_ms
+    )
     monitor = {
         **linear,
         "PTU_UTILIZATION_SOURCE": "azure_monitor",

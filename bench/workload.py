@@ -70,7 +70,7 @@ class MixedWorkload:
     burst_len: float = 0.2
     """Burst length as a fraction of duration."""
     hp: CallShape = CallShape(prompt_tokens=300, max_tokens=200)
-    lp: CallShape = CallShape(prompt_tokens=6000, max_tokens=300)
+    lp: CallShape = CallShape(prompt_tokens=4000, max_tokens=150)
     lp_requests: int = 150
     batch_at_s: float = 3.0
 
@@ -167,7 +167,13 @@ def batch_calls(workload: MixedWorkload, model: str, seed: int) -> list[PlannedC
     ]
 
 
-def static_concurrency(workload: MixedWorkload, capacity: Capacity, upper: float) -> int:
+def static_concurrency(
+    workload: MixedWorkload,
+    capacity: Capacity,
+    upper: float,
+    ttft_ms: float = 50.0,
+    tbt_ms: float = 10.0,
+) -> int:
     """The fixed concurrency a careful team would pick: safe at the interactive peak.
 
     Each low-priority slot uses about (mean cost / mean latency) of the capacity; the
@@ -175,7 +181,7 @@ def static_concurrency(workload: MixedWorkload, capacity: Capacity, upper: float
     """
     peak = max(workload.hp_share, workload.burst_share)
     spare = max(0.0, upper - peak) * capacity.per_s
-    return max(1, math.floor(spare / slot_usage(workload.lp, capacity)))
+    return max(1, math.floor(spare / slot_usage(workload.lp, capacity, ttft_ms, tbt_ms)))
 
 
 def slot_usage(shape: CallShape, capacity: Capacity, ttft_ms: float = 50.0,
