@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from orchestrator.token_count import estimate_prompt_tokens, requested_max_tokens, text_tokens
+from simulator.tokens import estimate_prompt_tokens as simulator_estimate
 
 
 @pytest.mark.parametrize(("text", "tokens"), [("", 0), ("abc", 1), ("abcd", 1), ("abcde", 2)])
@@ -15,20 +18,37 @@ def test_text_tokens(text: str, tokens: int) -> None:
 def test_prompt_estimate_counts_overheads_and_parts() -> None:
     body = {
         "messages": [
-            {"role": "system", "content": "x" * 40},  # 4 + 10
-            {"role": "user", "content": [{"type": "text", "text": "y" * 8}, {"type": "image_url"}]},
-            {"role": "user", "content": None, "name": "bob"},  # 4 + 1
+            {"role": "system", "content": "x" * 40},  # 3 + 10
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "y" * 8}, {"type": "image_url"}],
+            },  # 3 + 2 + 85
+            {"role": "user", "content": None, "name": "bob"},  # 3 + 1
         ]
     }
-    assert estimate_prompt_tokens(body) == 3 + (4 + 10) + (4 + 2 + 85) + (4 + 1)
+    assert estimate_prompt_tokens(body) == 3 + (3 + 10) + (3 + 2 + 85) + (3 + 1)
 
 
 def test_prompt_estimate_tolerates_junk() -> None:
     assert estimate_prompt_tokens({}) == 3
-    assert estimate_prompt_tokens({"messages": ["oops", 5]}) == 3 + 8
-    assert (
-        estimate_prompt_tokens({"messages": [], "tools": [{"a": 1}]}) == 3 + 3
-    )  # "[{\"a\":1}]" is 9 characters
+    # "oops" as JSON is 6 characters (2 tokens), 5 is 1 character (1 token)
+    assert estimate_prompt_tokens({"messages": ["oops", 5]}) == 3 + (3 + 2) + (3 + 1)
+    assert estimate_prompt_tokens({"messages": [], "tools": [{"a": 1}]}) == 3 + 3  # 9 chars
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [],
+        [{"role": "user", "content": "hello there, how are you today?"}],
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "x" * 999}],
+        [{"role": "user", "name": "ann", "content": [{"type": "text", "text": "abc"}]}],
+        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}],
+        [{"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "f"}]}],
+    ],
+)
+def test_estimate_agrees_with_what_the_simulator_charges(messages: list[Any]) -> None:
+    assert estimate_prompt_tokens({"messages": messages}) == simulator_estimate(messages)
 
 
 @pytest.mark.parametrize(

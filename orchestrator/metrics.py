@@ -1,0 +1,116 @@
+"""Prometheus metrics of the worker, in a registry of their own (no module globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from orchestrator.utilisation.base import Reading
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+_LAG_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14_400, 86_400)
+
+
+class WorkerMetrics:
+    """The worker's gauges, counters and histograms, labelled by deployment."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.utilisation = Gauge(
+            "ptu_worker_utilisation_ratio",
+            "Last utilisation reading (1 = 100 %)",
+            ["deployment"],
+            registry=r,
+        )
+        self.utilisation_age = Gauge(
+            "ptu_worker_utilisation_age_seconds",
+            "Age of the last reading",
+            ["deployment"],
+            registry=r,
+        )
+        self.limit = Gauge(
+            "ptu_worker_concurrency_limit",
+            "Global low-priority concurrency the policy allows",
+            ["deployment"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "ptu_worker_in_flight",
+            "Low-priority calls this worker has in flight",
+            ["deployment"],
+            registry=r,
+        )
+        self.global_in_flight = Gauge(
+            "ptu_worker_global_in_flight",
+            "Low-priority slots leased by all workers",
+            ["deployment"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "ptu_worker_queue_depth", "Messages waiting or in flight", ["deployment"], registry=r
+        )
+        self.results = Counter(
+            "ptu_worker_results", "Results written, by status", ["deployment", "status"], registry=r
+        )
+        self.calls = Counter(
+            "ptu_worker_upstream_calls",
+            "Upstream attempts, by HTTP status",
+            ["deployment", "status_code"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "ptu_worker_tokens",
+            "Tokens used by completed calls",
+            ["deployment", "kind"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "ptu_worker_upstream_latency_seconds",
+            "Duration of upstream attempts",
+            ["deployment"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_lag = Histogram(
+            "ptu_worker_queue_lag_seconds",
+            "Time from enqueue to first receive",
+            ["deployment"],
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+
+    def observe_throttle(
+        self, deployment: str, limit: int, in_flight: int, reading: Reading | None, now: float
+    ) -> None:
+        """Record the throttle's current state."""
+        self.limit.labels(deployment).set(limit)
+        self.in_flight.labels(deployment).set(in_flight)
+        if reading is not None:
+            self.utilisation.labels(deployment).set(reading.value)
+            self.utilisation_age.labels(deployment).set(reading.age(now))
+
+    def call(self, deployment: str, status_code: int, latency_s: float) -> None:
+        """Count one upstream attempt and its duration."""
+        self.calls.labels(deployment, str(status_code)).inc()
+        self.latency.labels(deployment).observe(latency_s)
+
+    def result(self, deployment: str, status: str) -> None:
+        """Count one result written."""
+        self.results.labels(deployment, status).inc()
+
+    def usage(self, deployment: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Count the tokens of a completed call."""
+        self.tokens.labels(deployment, "prompt").inc(prompt_tokens)
+        self.tokens.labels(deployment, "completion").inc(completion_tokens)
+
+    def lag(self, deployment: str, seconds: float) -> None:
+        """Record how long a message waited in the queue."""
+        self.queue_lag.labels(deployment).observe(max(0.0, seconds))
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
+        """Serve `/metrics` from a daemon thread; returns the bound port (0 picks one)."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        return int(server.server_port)
+
+    def __repr__(self) -> str:
+        return f"<WorkerMetrics collectors={len(list(self.registry.collect()))}>"

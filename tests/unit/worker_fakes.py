@@ -1,0 +1,227 @@
+"""Fakes shared by the worker unit tests: time, upstream, token recorder, wiring."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import fakeredis
+import redis.asyncio as aioredis
+
+from orchestrator.dispatch import DispatchConfig, Dispatcher
+from orchestrator.errors import UpstreamError
+from orchestrator.queues.memory import InMemoryQueue
+from orchestrator.results import ResultStore
+from orchestrator.retry import RetryPolicy
+from orchestrator.schemas import QueuedRequest, TokenEvent, default_reply_key
+from orchestrator.settings import DeploymentConfig
+from orchestrator.throttle import Throttle
+from orchestrator.upstream import UpstreamResponse
+from orchestrator.utilisation.static import StaticSource
+
+DEPLOYMENT = DeploymentConfig(name="dep", model="gpt-4o-mini", ptus=15)
+T0 = 1_700_000_000.0
+
+
+class FakeTime:
+    """A clock that only moves when `sleep` is awaited; records every sleep."""
+
+    def __init__(self, start: float = T0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+class Parked:
+    """A sleep that never returns until `wake()` (drain timers, heartbeat pauses)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.calls: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        await self.event.wait()
+        await asyncio.sleep(0)  # an awake sleep still yields, as asyncio.sleep does
+
+    def wake(self) -> None:
+        self.event.set()
+
+
+Outcome = UpstreamError | dict[str, Any] | None
+
+
+@dataclass
+class FakeUpstream:
+    """Answers from a per-request script of outcomes (None = the default completion)."""
+
+    script: dict[str, list[Outcome]] = field(default_factory=dict)
+    gate: asyncio.Event | None = None
+    hang: bool = False
+    calls: list[tuple[str, dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    active: int = 0
+    peak: int = 0
+    on_call: Callable[[str], None] | None = None
+
+    async def chat(self, deployment: str, body: Any, *, headers: Any = None) -> UpstreamResponse:
+        request_id = (headers or {}).get("x-ms-client-request-id", "")
+        self.calls.append((deployment, dict(body), dict(headers or {})))
+        if self.on_call is not None:
+            self.on_call(request_id)
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            if self.hang:
+                await asyncio.Event().wait()
+            if self.gate is not None:
+                await self.gate.wait()
+            else:
+                await asyncio.sleep(0)
+            outcomes = self.script.get(request_id, [])
+            outcome = outcomes.pop(0) if outcomes else None
+            if isinstance(outcome, UpstreamError):
+                raise outcome
+            body_out = outcome or completion(request_id)
+            return UpstreamResponse(body=body_out, status_code=200)
+        finally:
+            self.active -= 1
+
+    async def close(self) -> None:
+        return None
+
+    def calls_for(self, request_id: str) -> int:
+        return sum(1 for _, _, h in self.calls if h.get("x-ms-client-request-id") == request_id)
+
+
+def completion(request_id: str, prompt: int = 11, completion_tokens: int = 7) -> dict[str, Any]:
+    return {
+        "id": f"cmpl-{request_id}",
+        "object": "chat.completion",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
+    }
+
+
+@dataclass
+class TokenLog:
+    events: list[TokenEvent] = field(default_factory=list)
+
+    async def record(self, event: TokenEvent) -> None:
+        self.events.append(event)
+
+
+def request(request_id: str, *, deadline: float = T0 + 3600, **body: Any) -> QueuedRequest:
+    return QueuedRequest(
+        id=request_id,
+        deployment=DEPLOYMENT.name,
+        body={"messages": [{"role": "user", "content": "hello " * 10}], "max_tokens": 50, **body},
+        reply_key=default_reply_key(request_id),
+        enqueued_at=T0 - 5,
+        deadline=deadline,
+        custom_id=f"c-{request_id}",
+    )
+
+
+@dataclass
+class Rig:
+    """A dispatcher wired to in-memory / fakeredis twins."""
+
+    redis: aioredis.Redis
+    queue: InMemoryQueue
+    source: StaticSource
+    throttle: Throttle
+    results: ResultStore
+    upstream: FakeUpstream
+    tokens: TokenLog
+    time: FakeTime
+    throttle_time: FakeTime
+    dispatcher: Dispatcher
+    paused: list[float] = field(default_factory=list)
+
+    async def put(self, message: QueuedRequest) -> None:
+        await self.results.register(message)
+        await self.queue.put(message)
+
+    async def replies(self, request_id: str) -> list[str]:
+        raw = await self.redis.lrange(default_reply_key(request_id), 0, -1)
+        return [r.decode() if isinstance(r, bytes) else r for r in raw]
+
+    async def global_slots(self) -> int:
+        return await self.throttle.global_in_flight()
+
+
+def make_rig(
+    *,
+    utilisation: float = 0.0,
+    max_attempts: int = 3,
+    max_concurrency: int = 4,
+    request_timeout_s: float = 30.0,
+    max_deliveries: int = 10,
+    upstream: FakeUpstream | None = None,
+) -> Rig:
+    redis = fakeredis.FakeAsyncRedis()
+    time_ = FakeTime()
+    throttle_time = FakeTime()
+    queue = InMemoryQueue(DEPLOYMENT.name, visibility_s=3600, clock=time_.clock)
+    source = StaticSource({DEPLOYMENT.name: utilisation}, clock=throttle_time.clock)
+    throttle = Throttle(
+        redis,
+        DEPLOYMENT,
+        source,
+        lower=0.2,
+        upper=0.9,
+        max_concurrency=max_concurrency,
+        lease_s=30,
+        worker_id="w1",
+        clock=throttle_time.clock,
+        sleep=throttle_time.sleep,
+        poll_s=0.1,
+    )
+    results = ResultStore(redis, reply_ttl_s=3600)
+    upstream = upstream or FakeUpstream()
+    tokens = TokenLog()
+    config = DispatchConfig(
+        retry=RetryPolicy(max_attempts=max_attempts, base_s=1.0, max_s=20.0),
+        request_timeout_s=request_timeout_s,
+        default_max_tokens=100,
+        max_deliveries=max_deliveries,
+    )
+    dispatcher = Dispatcher(
+        DEPLOYMENT.name,
+        queue=queue,
+        throttle=throttle,
+        results=results,
+        upstream=upstream,
+        config=config,
+        tokens=tokens,
+        clock=time_.clock,
+        sleep=time_.sleep,
+        rand=lambda: 0.5,
+    )
+    rig = Rig(
+        redis, queue, source, throttle, results, upstream, tokens, time_, throttle_time, dispatcher
+    )
+
+    async def spy_pause(seconds: float) -> None:
+        # recorded only: the pause key expires on the server's real clock, which
+        # would make these tests wait; the throttle's own tests cover pausing
+        rig.paused.append(seconds)
+
+    throttle.pause_for = spy_pause  # type: ignore[method-assign]
+    return rig
