@@ -5,8 +5,7 @@ charges (`simulator/tokens.py`): about four characters of text per token
 (OpenAI's rule of thumb for English), 3 tokens of overhead per message, 1 per
 `name` and 3 priming the reply. Image parts count a flat 85 tokens, the
 low-detail image charge; other non-text parts and tool calls are counted from
-their JSON text. Tool and function definitions, which the simulator ignores,
-are counted from their JSON text too (Azure does charge them). The `complete` event carries the
+their JSON text, and so are tool and function definitions. The `complete` event carries the
 service's actual usage, so the estimate only has to be close for the short
 time a call is in flight.
 """

@@ -48,7 +48,10 @@ def test_prompt_estimate_tolerates_junk() -> None:
     ],
 )
 def test_estimate_agrees_with_what_the_simulator_charges(messages: list[Any]) -> None:
-    assert estimate_prompt_tokens({"messages": messages}) == simulator_estimate(messages)
+    body: dict[str, Any] = {"messages": messages}
+    assert estimate_prompt_tokens(body) == simulator_estimate(body)
+    body["tools"] = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    assert estimate_prompt_tokens(body) == simulator_estimate(body)
 
 
 @pytest.mark.parametrize(
