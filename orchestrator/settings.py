@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # state and queue
     redis_url: str = "redis://localhost:6379/0"
     queue_backend: Literal["redis", "eventhubs"] = "redis"
+    queue_claim_idle_s: float = Field(
+        default=60.0, gt=0, description="redis queue: reclaim a dead consumer's entries after this"
+    )
     utilization_source: Literal["estimate", "azure_monitor"] = "estimate"
     # throttle
     lower_threshold: float = Field(default=0.20, ge=0, le=1)

@@ -21,4 +21,4 @@ def make_queue(settings: Settings, deployment: str, redis: aioredis.Redis, consu
         return EventHubsQueue.from_settings(settings, deployment, redis, consumer)
     from orchestrator.queues.redis_streams import RedisStreamsQueue
 
-    return RedisStreamsQueue(redis, deployment, consumer)
+    return RedisStreamsQueue(redis, deployment, consumer, claim_idle_s=settings.queue_claim_idle_s)
