@@ -1,0 +1,43 @@
+"""`ptu status`: folding heartbeats and rendering the table."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from orchestrator.status import Row, WorkerSummary, render, summarise
+
+NOW = 1_000.0
+
+
+def beat(at: float, **lanes: dict[str, float]) -> dict[str, object]:
+    return {"worker_id": "w", "at": at, "ttl_s": 15, "deployments": lanes}
+
+
+def test_summarise_adds_fresh_workers_and_skips_dead_ones() -> None:
+    beats = [
+        beat(NOW - 1, a={"in_flight": 3, "throughput_per_s": 1.5, "completed": 10, "failed": 1}),
+        beat(NOW - 2, a={"in_flight": 2, "throughput_per_s": 0.5, "completed": 5, "expired": 2}),
+        beat(NOW - 2, b={"in_flight": 1, "throughput_per_s": None}),
+        beat(NOW - 16, a={"in_flight": 99}),  # stale: a dead worker
+        {"at": "junk", "deployments": {"a": {"in_flight": 50}}},
+    ]
+    out = summarise(beats, NOW)
+    assert out["a"] == WorkerSummary(2, 5, 2.0, 15, 1, 2)
+    assert out["b"] == WorkerSummary(1, 1, 0.0, 0, 0, 0)
+    assert summarise([], NOW) == {}
+
+
+def test_render_shows_every_column_and_marks_stale_readings() -> None:
+    rows = [
+        Row("ptu-a", 0.5512, 0.4, False, 5, 10, 4, 120, WorkerSummary(2, 4, 3.2, 40, 1, 0)),
+        Row("ptu-b", None, None, True, 0, 10, None, None, WorkerSummary()),
+    ]
+    console = Console(record=True, width=200)
+    console.print(render(rows, "estimate"))
+    text = console.export_text()
+    assert "utilisation source: estimate" in text
+    line_a = next(line for line in text.splitlines() if "ptu-a" in line)
+    for cell in ("55.1%", "0.4s", "5/10", "120", "3.2", "40"):
+        assert cell in line_a
+    line_b = next(line for line in text.splitlines() if "ptu-b" in line)
+    assert "- (stale)" in line_b and "0/10" in line_b
