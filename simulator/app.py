@@ -10,7 +10,6 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -22,8 +21,9 @@ from starlette.routing import Route
 from simulator import chat, tokens
 from simulator.admin import admin_routes
 from simulator.bucket import retry_after_ms, retry_after_s
+from simulator.calls import ChatCall, ChatError, parse_body, parse_call
 from simulator.config import SimConfig
-from simulator.deployments import UNLABELLED, Decision, Deployment
+from simulator.deployments import Decision, Deployment
 from simulator.latency import generation_s
 from simulator.monitor import MetricsRecorder
 from simulator.monitor_routes import monitor_routes
@@ -33,78 +33,9 @@ SAMPLE_INTERVAL_S = 1.0
 DEFAULT_API_VERSION = "2024-10-21"
 
 
-class ChatError(Exception):
-    """A request the simulator answers with an error envelope."""
-
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(status)
-        self.status = status
-        self.body = body
-
-
-@dataclass(frozen=True, slots=True)
-class ChatCall:
-    """The parts of a chat completions request the simulator acts on."""
-
-    body: dict[str, Any]
-    prompt_tokens: int
-    max_tokens: int | None
-    completion_tokens: int
-    stream: bool
-    include_usage: bool
-    priority: str
-
-
 def _json(status: int, payload: dict[str, Any], headers: dict[str, str]) -> Response:
     content = json.dumps(payload, separators=(",", ":")).encode()
     return Response(content, status, headers, media_type="application/json")
-
-
-def _invalid(message: str, param: str | None = None, code: str | None = None) -> ChatError:
-    return ChatError(
-        400, chat.error_body(code, message, type_="invalid_request_error", param=param)
-    )
-
-
-def _parse_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise _invalid(chat.MSG_400_JSON) from None
-    if not isinstance(body, dict):
-        raise _invalid(chat.MSG_400_JSON)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _invalid(
-            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
-        )
-    return body
-
-
-def _parse_call(request: Request, body: dict[str, Any], seed: int) -> ChatCall:
-    try:
-        max_tokens = tokens.requested_max_tokens(body)
-    except ValueError as exc:
-        raise _invalid(str(exc), "max_tokens", "invalid_value") from None
-    forced_text = request.headers.get("x-sim-completion-tokens")
-    forced: int | None = None
-    if forced_text is not None:
-        try:
-            forced = int(forced_text)
-        except ValueError:
-            raise _invalid("x-sim-completion-tokens must be an integer") from None
-    fraction = tokens.content_fraction(seed, body["messages"])
-    options = body.get("stream_options")
-    label = request.headers.get("x-ptu-priority", "").strip().lower()[:32]
-    return ChatCall(
-        body=body,
-        prompt_tokens=tokens.estimate_prompt_tokens(body),
-        max_tokens=max_tokens,
-        completion_tokens=tokens.completion_length(fraction, max_tokens, forced),
-        stream=body.get("stream") is True,
-        include_usage=isinstance(options, dict) and options.get("include_usage") is True,
-        priority=label or UNLABELLED,
-    )
 
 
 class Simulator:
@@ -159,14 +90,14 @@ class Simulator:
         if not self.authorised(request):
             return _json(401, chat.error_body("401", chat.MSG_401), {})
         try:
-            body = _parse_body(await request.body()) if deployment_name is None else None
+            body = parse_body(await request.body()) if deployment_name is None else None
             if body is not None:
                 deployment_name = str(body.get("model") or "")
             deployment = self.deployments.get(deployment_name or "")
             if deployment is None:
                 return _json(404, chat.error_body("DeploymentNotFound", chat.MSG_404), {})
-            body = body if body is not None else _parse_body(await request.body())
-            call = _parse_call(request, body, self.config.seed)
+            body = body if body is not None else parse_body(await request.body())
+            call = parse_call(request, body, self.config.seed)
         except ChatError as exc:
             return _json(exc.status, exc.body, {})
         return await self._serve(request, deployment, call)
