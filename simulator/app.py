@@ -89,17 +89,24 @@ class Simulator:
         """Handle one chat completions call (deployment from the path, or the body's model)."""
         if not self.authorised(request):
             return _json(401, chat.error_body("401", chat.MSG_401), {})
+        raw = await request.body()
+        body: dict[str, Any] | None = None
+        if deployment_name is None:  # v1 surface: the deployment is the body's model
+            try:
+                body = parse_body(raw)
+            except ChatError as exc:
+                return _json(exc.status, exc.body, {})
+            deployment_name = str(body.get("model") or "")
+        deployment = self.deployments.get(deployment_name)
+        if deployment is None:
+            return _json(404, chat.error_body("DeploymentNotFound", chat.MSG_404), {})
         try:
-            body = parse_body(await request.body()) if deployment_name is None else None
-            if body is not None:
-                deployment_name = str(body.get("model") or "")
-            deployment = self.deployments.get(deployment_name or "")
-            if deployment is None:
-                return _json(404, chat.error_body("DeploymentNotFound", chat.MSG_404), {})
-            body = body if body is not None else parse_body(await request.body())
-            call = parse_call(request, body, self.config.seed)
+            call = parse_call(
+                request, body if body is not None else parse_body(raw), self.config.seed
+            )
         except ChatError as exc:
-            return _json(exc.status, exc.body, {})
+            self.recorder.add_request(self.clock(), deployment.name, exc.status)
+            return _json(exc.status, exc.body, self.headers(deployment, None))
         return await self._serve(request, deployment, call)
 
     async def _serve(self, request: Request, deployment: Deployment, call: ChatCall) -> Response:

@@ -147,6 +147,7 @@ async def test_errors(sim: SimulatorThread, azure: openai.AsyncAzureOpenAI) -> N
         anonymous = await http.post(url, json={"messages": MESSAGES})
     assert bad_json.status_code == 400
     assert bad_json.json()["error"]["type"] == "invalid_request_error"
+    assert bad_json.headers["azure-openai-deployment-utilization"].endswith("%")
     assert no_messages.status_code == 400 and no_messages.json()["error"]["param"] == "messages"
     assert bearer.status_code == 200
     assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "401"
