@@ -154,7 +154,7 @@ def create_app(
     enqueuer = Enqueuer(results, parts.queues, metrics, clock=clock)
     chat = ChatRoutes(settings, deployments, tenants, proxy, enqueuer, metrics)
     requests_api = RequestsApi(results, tenants)
-    document = openapi_document(settings)
+    document = openapi_document([d.name for d in settings.deployments])
     files = FileStore(parts.redis, clock=clock)
     work = BatchWork(
         results, proxy, deployments,

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
-
-from orchestrator.settings import Settings
 
 Schema = dict[str, Any]
 _REF = "#/components/schemas/"
@@ -45,16 +44,25 @@ def _path(name: str, description: str) -> Schema:
 _PRIORITY = _header("x-priority", {"type": "string", "enum": ["high", "low"]}, "routing")
 _CHAT_HEADERS = [
     _PRIORITY,
-    _header("x-reply-key", {"type": "string"}, "low priority: ptu:reply:<tenant>:<suffix>"),
-    _header("x-ptu-ttl-s", {"type": "string"}, "low priority: seconds until the deadline"),
+    _header(
+        "x-reply-key",
+        {"type": "string", "pattern": "^ptu:reply:[A-Za-z0-9_-]{1,20}:[A-Za-z0-9_:-]{1,60}$"},
+        "low priority: the Redis list for the result, in the caller's namespace "
+        "ptu:reply:<tenant>:<suffix>",
+    ),
+    _header(
+        "x-ptu-ttl-s",
+        {"type": "string", "pattern": "^[1-9][0-9]{0,5}$"},
+        "low priority: seconds until the deadline (default PTU_DEFAULT_TTL_S)",
+    ),
 ]
 
 
-def _chat_op(summary: str, extra_params: list[Schema]) -> Schema:
+def _chat_op(summary: str, extra_params: list[Schema], body: str) -> Schema:
     return {
         "summary": summary,
         "parameters": extra_params + _CHAT_HEADERS,
-        "requestBody": {"required": True, **_json(_ref("ChatRequest"))},
+        "requestBody": {"required": True, **_json(_ref(body))},
         "responses": {
             "200": {
                 "description": "completion (JSON, or SSE when stream is true)",
@@ -72,9 +80,13 @@ def _schemas(deployments: list[str]) -> dict[str, Schema]:
         "required": ["role", "content"],
         "properties": {"role": {"type": "string"}, "content": {"type": "string"}},
     }
-    model: Schema = {"type": "string"}
-    if deployments:
-        model["enum"] = deployments
+    model: Schema = {"type": "string", "enum": deployments} if deployments else {"type": "string"}
+    chat = {
+        "model": model,
+        "messages": {"type": "array", "minItems": 1, "items": message},
+        "max_tokens": {"type": "integer", "minimum": 1, "maximum": 100_000},
+        "stream": {"type": "boolean"},
+    }
     return {
         "Error": {
             "type": "object",
@@ -94,12 +106,12 @@ def _schemas(deployments: list[str]) -> dict[str, Schema]:
         "ChatRequest": {
             "type": "object",
             "required": ["messages"],
-            "properties": {
-                "model": model,
-                "messages": {"type": "array", "minItems": 1, "items": message},
-                "max_tokens": {"type": "integer", "minimum": 1},
-                "stream": {"type": "boolean"},
-            },
+            "properties": chat,
+        },
+        "ChatRequestOpenAI": {
+            "type": "object",
+            "required": ["model", "messages"],
+            "properties": chat,
         },
         "QueuedRequest": {
             "type": "object",
@@ -212,15 +224,18 @@ def _batch_paths(prefix: str) -> dict[str, Schema]:
     }
 
 
-def openapi_document(settings: Settings, prefixes: tuple[str, ...] = ("/v1", "/openai")) -> Schema:
+def openapi_document(
+    deployments: Sequence[str], prefixes: tuple[str, ...] = ("/v1", "/openai")
+) -> Schema:
     """The document: chat completions, result retrieval, files and batches, health, metrics."""
-    names = [d.name for d in settings.deployments]
+    names = list(deployments)
+    model: Schema = {"type": "string", "enum": names} if names else {"type": "string"}
     paths: dict[str, Schema] = {
         "/openai/deployments/{deployment}/chat/completions": {
             "post": _chat_op(
                 "chat completion, Azure shape",
                 [
-                    _path("deployment", "deployment name"),
+                    {**_path("deployment", "deployment name"), "schema": model},
                     {
                         "name": "api-version",
                         "in": "query",
@@ -228,9 +243,12 @@ def openapi_document(settings: Settings, prefixes: tuple[str, ...] = ("/v1", "/o
                         "schema": {"type": "string"},
                     },
                 ],
+                "ChatRequest",
             )
         },
-        "/v1/chat/completions": {"post": _chat_op("chat completion, OpenAI shape", [])},
+        "/v1/chat/completions": {
+            "post": _chat_op("chat completion, OpenAI shape", [], "ChatRequestOpenAI")
+        },
         "/v1/requests/{request_id}": {
             "get": {
                 "summary": "a queued request's result",
