@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from orchestrator.utilisation.base import Reading
@@ -15,6 +17,7 @@ class WorkerMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._server: WSGIServer | None = None
         r = self.registry
         self.utilisation = Gauge(
             "ptu_worker_utilisation_ratio",
@@ -109,8 +112,15 @@ class WorkerMetrics:
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Serve `/metrics` from a daemon thread; returns the bound port (0 picks one)."""
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        return int(server.server_port)
+        self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        """Stop serving, if `serve` was called."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
     def __repr__(self) -> str:
         return f"<WorkerMetrics collectors={len(list(self.registry.collect()))}>"

@@ -4,7 +4,9 @@ Everything comes from shared state, so it works from any machine with the Redis
 URL: the utilisation from the configured source, the limit from the throttle
 curve, the global in-flight count from the slot table, the queue depth from the
 queue backend, and throughput and results from the workers' heartbeats
-(`keys.WORKERS`; heartbeats older than their `ttl_s` are ignored).
+(`keys.WORKERS`; heartbeats older than their `ttl_s` are ignored). "In flight"
+counts leased slots: a worker leases a slot before it waits for a message, so an
+idle lane shows one.
 """
 
 from __future__ import annotations
@@ -184,6 +186,8 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     if not settings.deployments:
         raise PTUError("PTU_DEPLOYMENTS is empty: nothing to show")
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # piped output: do not squeeze the columns to 80
 
     async def main(stop: asyncio.Event) -> int:
         redis = aioredis.Redis.from_url(settings.redis_url)

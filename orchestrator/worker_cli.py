@@ -158,6 +158,8 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     assert settings is not None
     logs.configure(settings.log_level, settings.log_format)
     deployments = select_deployments(settings, args.deployment)
+    if not settings.azure_openai_endpoint:
+        raise ConfigError("PTU_AZURE_OPENAI_ENDPOINT: required by the worker")
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
 
@@ -176,6 +178,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
                 await built.close()
         finally:
             await redis.aclose()
+            metrics.close()
         return 0
 
     return run_until_signal(main)
