@@ -18,11 +18,13 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from bench.identity import IdentityEndpoint
 from orchestrator import keys
 from orchestrator.queues.redis_streams import RedisStreamsQueue
 from orchestrator.results import ResultStore
 from orchestrator.schemas import QueuedRequest, ResultDocument, default_reply_key
 from orchestrator.settings import DeploymentConfig, Settings
+from orchestrator.upstream import AzureUpstream
 from orchestrator.utilisation.static import StaticSource
 from orchestrator.worker import WorkerTiming
 from orchestrator.worker_cli import build_worker
@@ -278,3 +280,20 @@ async def test_blocking_read_longer_than_the_socket_timeout_survives(
     assert [d.status for d in done.values()] == ["completed"]
     failures = [e for e in logs if e["event"] in ("queue_receive_failed", "queue_redis_error")]
     assert failures == []
+
+
+async def test_entra_id_bearer_token_authenticates_the_upstream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # no API key: DefaultAzureCredential finds the local managed-identity endpoint
+    config = SimConfig.from_specs([f"{DEP}=gpt-4o-mini:15"], tbt_ms=0, ttft_ms=0, api_key="tok-1")
+    with IdentityEndpoint("tok-1") as identity, SimulatorThread(config) as server:
+        for name, value in identity.env.items():
+            monkeypatch.setenv(name, value)
+        settings = Settings(azure_openai_endpoint=server.url)
+        upstream = AzureUpstream.from_settings(settings)
+        try:
+            response = await upstream.chat(DEP, {"messages": MESSAGES, "max_tokens": 5})
+        finally:
+            await upstream.close()
+    assert response.status_code == 200 and response.usage is not None
