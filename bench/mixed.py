@@ -58,7 +58,7 @@ class MixedConfig:
     policies: tuple[str, ...] = RUN_ORDER
     lower: float = 0.2
     upper: float = 0.9
-    max_concurrency: int = 10
+    max_concurrency: int = 20
     grace_s: float = 20.0
     monitor_poll_s: float = 5.0
     seed: int = 7
@@ -66,13 +66,13 @@ class MixedConfig:
 
 def quick_config(seed: int = 7) -> MixedConfig:
     """CI-sized: about 40 s per policy."""
-    wl = MixedWorkload(duration_s=40.0, lp_requests=30)
+    wl = MixedWorkload(duration_s=40.0, lp_requests=80)
     return MixedConfig(wl, SimulatorOptions(https=True, seed=seed), grace_s=10.0, seed=seed)
 
 
 def full_config(seed: int = 7) -> MixedConfig:
     """The run the README quotes: about two minutes per policy."""
-    wl = MixedWorkload(duration_s=100.0, lp_requests=90)
+    wl = MixedWorkload(duration_s=100.0, lp_requests=180)
     return MixedConfig(wl, SimulatorOptions(https=True, seed=seed), seed=seed)
 
 
@@ -206,7 +206,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", default=",".join(RUN_ORDER), help="comma-separated subset")
     parser.add_argument("--duration-s", type=float, help="interactive traffic per policy")
     parser.add_argument("--lp-requests", type=int, help="batch size")
-    parser.add_argument("--max-concurrency", type=int, default=10)
+    parser.add_argument("--max-concurrency", type=int, default=20)
     parser.add_argument("--lower", type=float, default=0.2)
     parser.add_argument("--upper", type=float, default=0.9)
 

@@ -10,6 +10,7 @@ from typing import Literal
 
 import httpx2
 import redis
+import redis.asyncio as aioredis
 import structlog
 
 from bench.metrics import PolicyRun
@@ -22,8 +23,12 @@ from bench.traffic import (
     run_direct_batch,
     run_interactive,
     submit_batch,
+    sweep_results,
 )
 from bench.workload import PlannedCall
+from orchestrator.errors import UtilisationUnavailable
+from orchestrator.settings import DeploymentConfig
+from orchestrator.utilisation.estimate import EstimateStore
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +46,11 @@ class Policy:
     worker_env: Mapping[str, str] = field(default_factory=dict)
     direct_concurrency: int = 10
 
+    @property
+    def source(self) -> str:
+        """The worker's utilisation source."""
+        return self.worker_env.get("PTU_UTILIZATION_SOURCE", "estimate")
+
 
 @dataclass
 class LiveRun:
@@ -57,12 +67,13 @@ def prepare(stack: Stack, policy: Policy, workers: int = 1) -> None:
     """Give `policy` a clean stack: fresh ingress, estimator and workers, empty Redis, reset sim."""
     for name in [n for n in stack.children if n != "simulator"]:
         stack.stop(name)
-    redis.Redis.from_url(stack.redis_url).flushall()
+    with redis.Redis.from_url(stack.redis_url) as client:
+        client.flushall()
     httpx2.post(f"{stack.sim_url}/sim/reset", verify=stack.verify, timeout=5.0).raise_for_status()
     env = stack.base_env(**policy.worker_env)
     stack.start_ingress(env)
     if policy.batch == "queued":
-        if env.get("PTU_UTILIZATION_SOURCE", "estimate") == "estimate":
+        if policy.source == "estimate":
             stack.start_estimator(env)
         for i in range(workers):
             stack.start_worker(env, name=f"worker-{i}")
@@ -83,8 +94,14 @@ async def drive(
     settings = {k: v for k, v in policy.worker_env.items() if k.startswith("PTU_")}
     run = PolicyRun(policy.name, policy.description, settings=settings)
     limits = httpx2.Limits(max_connections=400, max_keepalive_connections=100)
-    async with httpx2.AsyncClient(timeout=120.0, limits=limits, verify=stack.verify) as client:
+    exits = contextlib.AsyncExitStack()
+    async with (
+        exits,
+        httpx2.AsyncClient(timeout=120.0, limits=limits, verify=stack.verify) as client,
+    ):
         sampler = Sampler(client, stack.sim_url, deployment, clock.t0)
+        if policy.batch == "queued" and policy.source == "estimate":
+            sampler.estimate = await _estimate_reader(stack, exits)
         sampler.start()
         stop = asyncio.Event()
         hp = asyncio.create_task(
@@ -108,6 +125,8 @@ async def drive(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await sampler.stop()
+            if policy.batch == "queued":
+                await sweep_results(client, stack.ingress_url, run.lp, clock)
     run.samples = sampler.samples
     run.hp_end = min(duration_s, clock.offset())
     run.run_end = clock.offset()
@@ -116,6 +135,25 @@ async def drive(
         run.lp_429 = last.low_throttled
         run.hp_429_sim = last.high_throttled
     return run
+
+
+async def _estimate_reader(
+    stack: Stack, exits: contextlib.AsyncExitStack
+) -> Callable[[], Awaitable[float | None]]:
+    """Reads the Redis estimate the worker throttles on (None while there is none)."""
+    client = aioredis.Redis.from_url(stack.redis_url)
+    exits.push_async_callback(client.aclose)
+    sim = stack.sim
+    deployment = DeploymentConfig(name=sim.deployment, model=sim.model, ptus=sim.ptus)
+    store = EstimateStore(client, [deployment], window_s=sim.window_s, max_age_s=5.0)
+
+    async def read() -> float | None:
+        try:
+            return (await store.read(sim.deployment)).value
+        except UtilisationUnavailable:
+            return None
+
+    return read
 
 
 async def _until_done(
@@ -162,5 +200,4 @@ async def _batch(
         )
         return
     await submit_batch(client, stack.ingress_url, stack.sim.deployment, calls, clock, run.lp)
-    while not stop.is_set() and any(r.completed_at is None and r.request_id for r in run.lp):
-        await collect_results(client, stack.ingress_url, run.lp, clock, stop)
+    await collect_results(client, stack.ingress_url, run.lp, clock)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx2
@@ -29,6 +29,8 @@ class Sample:
     low_throttled: int
     high_requests: int
     high_throttled: int
+    estimate: float | None = None
+    """The worker's view: the Redis estimate, when the run uses it."""
 
 
 def parse_state(body: dict[str, Any], deployment: str, t: float) -> Sample:
@@ -61,6 +63,7 @@ class Sampler:
     t0: float
     interval_s: float = 0.1
     clock: Callable[[], float] = time.time
+    estimate: Callable[[], Awaitable[float | None]] | None = None
     samples: list[Sample] = field(default_factory=list)
     errors: int = 0
     _task: asyncio.Task[None] | None = None
@@ -85,6 +88,8 @@ class Sampler:
             self.errors += 1
             log.debug("sample_failed", error=str(exc))
             return None
+        if self.estimate is not None:
+            sample = replace(sample, estimate=await self.estimate())
         self.samples.append(sample)
         return sample
 

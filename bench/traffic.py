@@ -126,41 +126,69 @@ async def submit_batch(
             tg.create_task(one(call))
 
 
+async def _fetch(
+    client: httpx2.AsyncClient, ingress_url: str, record: LpRecord, clock: Clock, wait_s: float
+) -> bool:
+    """One `GET /v1/requests/{id}?wait=`; fills `record` and returns True once it has a result."""
+    try:
+        response = await client.get(
+            f"{ingress_url}/v1/requests/{record.request_id}", params={"wait": wait_s}
+        )
+    except httpx2.HTTPError as exc:
+        log.debug("result_poll_failed", error=str(exc))
+        await asyncio.sleep(0.2)  # no tight loop against a failing ingress
+        return False
+    if response.status_code != 200:
+        if response.status_code != 202:  # 202 = still queued; anything else is a hiccup
+            log.debug("result_poll_refused", status=response.status_code)
+            await asyncio.sleep(0.2)
+        return False
+    doc = response.json()
+    record.status = str(doc.get("status", "completed"))
+    record.completed_at = clock.offset(float(doc.get("completed_at") or clock.now()))
+    record.total_tokens, record.completion_tokens = _usage(doc)
+    return True
+
+
 async def collect_results(
     client: httpx2.AsyncClient,
     ingress_url: str,
     records: Sequence[LpRecord],
     clock: Clock,
-    stop: asyncio.Event,
-    waiters: int = 8,
+    waiters: int = 64,
 ) -> None:
-    """Long-poll `GET /v1/requests/{id}` until every record has a result or `stop` is set."""
+    """Long-poll every record's result; `waiters` requests at a time, in submission order.
+
+    The queue is first in, first out, so the oldest `waiters` requests are the ones about
+    to complete: each waiter holds one request until its result arrives.
+    """
     pending: asyncio.Queue[LpRecord] = asyncio.Queue()
     for record in records:
         if record.request_id is not None and record.completed_at is None:
             pending.put_nowait(record)
 
     async def waiter() -> None:
-        while not stop.is_set():
-            try:
-                record = pending.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            url = f"{ingress_url}/v1/requests/{record.request_id}"
-            try:
-                response = await client.get(url, params={"wait": RESULT_WAIT_S})
-            except httpx2.HTTPError as exc:
-                log.debug("result_poll_failed", error=str(exc))
-                response = None
-            if response is not None and response.status_code == 200:
-                doc = response.json()
-                record.status = str(doc.get("status", "completed"))
-                record.completed_at = clock.offset(float(doc.get("completed_at") or clock.now()))
-                record.total_tokens, record.completion_tokens = _usage(doc)
-            else:
-                pending.put_nowait(record)
+        while not pending.empty():
+            record = pending.get_nowait()
+            done = False
+            while not done:
+                done = await _fetch(client, ingress_url, record, clock, RESULT_WAIT_S)
 
     await asyncio.gather(*(waiter() for _ in range(waiters)))
+
+
+async def sweep_results(
+    client: httpx2.AsyncClient, ingress_url: str, records: Sequence[LpRecord], clock: Clock
+) -> None:
+    """One last look (no waiting) at every record still without a result."""
+    gate = asyncio.Semaphore(16)
+
+    async def one(record: LpRecord) -> None:
+        async with gate:
+            await _fetch(client, ingress_url, record, clock, 0)
+
+    todo = [r for r in records if r.request_id is not None and r.completed_at is None]
+    await asyncio.gather(*(one(r) for r in todo))
 
 
 async def run_direct_batch(

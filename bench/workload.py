@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,7 @@ class MixedWorkload:
     burst_len: float = 0.2
     """Burst length as a fraction of duration."""
     hp: CallShape = CallShape(prompt_tokens=300, max_tokens=200)
-    lp: CallShape = CallShape(prompt_tokens=4000, max_tokens=150)
+    lp: CallShape = CallShape(prompt_tokens=2500, max_tokens=150)
     lp_requests: int = 150
     batch_at_s: float = 3.0
 
@@ -123,36 +124,29 @@ def chat_body(
     }
 
 
-def poisson_arrivals(
-    rng: random.Random, duration_s: float, rate_at: Any, rate_max: float
-) -> list[float]:
-    """Arrival offsets of a Poisson process with rate `rate_at(t)` <= rate_max (thinning)."""
-    if rate_max <= 0:
-        return []
+def arrivals(rng: random.Random, phases: Sequence[tuple[float, float, float]]) -> list[float]:
+    """Arrival offsets: for each (start, end, rate) phase, round(rate x length) calls at
+    uniformly random times (a Poisson process conditioned on its count, so every phase
+    offers exactly its nominal load while calls still cluster like real traffic)."""
     times: list[float] = []
-    t = 0.0
-    while True:
-        t += rng.expovariate(rate_max)
-        if t >= duration_s:
-            return times
-        if rng.random() * rate_max < rate_at(t):
-            times.append(t)
+    for start, end, rate in phases:
+        count = round(rate * max(0.0, end - start))
+        times += [rng.uniform(start, end) for _ in range(count)]
+    return sorted(times)
 
 
 def interactive_calls(
     workload: MixedWorkload, capacity: Capacity, model: str, seed: int
 ) -> list[PlannedCall]:
-    """The high-priority calls: Poisson arrivals at hp_share, burst_share during the burst."""
+    """The high-priority calls: hp_share of the capacity, burst_share during the burst."""
     rng = random.Random(f"hp:{seed}")
-
-    def rate(t: float) -> float:
-        return capacity.rate_for_share(workload.hp_share_at(t), workload.hp)
-
-    peak = capacity.rate_for_share(max(workload.hp_share, workload.burst_share), workload.hp)
-    offsets = poisson_arrivals(rng, workload.duration_s, rate, peak)
+    start, end = workload.burst_window
+    base = capacity.rate_for_share(workload.hp_share, workload.hp)
+    burst = capacity.rate_for_share(workload.burst_share, workload.hp)
+    phases = [(0.0, start, base), (start, end, burst), (end, workload.duration_s, base)]
     return [
         PlannedCall(t, f"hp-{i}", chat_body(rng, workload.hp, f"hp-{seed}-{i}", model))
-        for i, t in enumerate(offsets)
+        for i, t in enumerate(arrivals(rng, phases))
     ]
 
 
