@@ -15,7 +15,7 @@ from rich.text import Text
 from bench.metrics import percentile
 from bench.runner import LiveRun
 
-BAR_WIDTH = 50
+BAR_WIDTH = 40
 RECENT_S = 10.0
 
 
@@ -86,7 +86,7 @@ def render(s: Snapshot, title: str, lower: float, upper: float) -> Group:
     grid.add_column(style="bold", justify="right")
     grid.add_column()
     util = utilisation_bar(s.utilization, lower, upper)
-    util.append(f"  {s.utilization:5.2f}  (lower {lower:g}, upper {upper:g})")
+    util.append(f" {s.utilization:4.2f}")
     grid.add_row("true utilisation", util)
     grid.add_row("low in flight", Text("▮" * s.low_in_flight + f"  {s.low_in_flight}"))
     grid.add_row("queue", f"{s.queued} waiting, {s.completed}/{s.batch} completed")
@@ -95,8 +95,9 @@ def render(s: Snapshot, title: str, lower: float, upper: float) -> Group:
         f"{s.hp_calls} calls, last {RECENT_S:g} s p50 {_ms(s.hp_p50_ms)} "
         f"p95 {_ms(s.hp_p95_ms)}, 429s {s.hp_429}",
     )
-    header = Text.from_markup(f"[bold]{title}[/]  t = {s.t:4.0f} s / {s.duration_s:g} s  {phase}")
-    return Group(header, grid)
+    header = Text.from_markup(f"[bold]{title}[/]  t = {s.t:3.0f} s / {s.duration_s:g} s  {phase}")
+    legend = Text(f"  | marks the lower ({lower:g}) and upper ({upper:g}) thresholds", style="dim")
+    return Group(header, grid, legend)
 
 
 def status_line(s: Snapshot) -> str:
@@ -141,14 +142,15 @@ class Dashboard:
             self._live.update(render(s, self.title, self.lower, self.upper), refresh=True)
         elif s.t - self._last_line >= self.line_every_s:
             self._last_line = s.t
-            self.console.print(status_line(s), highlight=False)
+            self.console.print(status_line(s), highlight=False, soft_wrap=True)
 
 
-def summary_table(rows: Sequence[dict[str, Any]], keys: Sequence[tuple[str, str]]) -> Table:
-    """A rich table of result rows (one column per (key, header))."""
+def summary_table(row: dict[str, Any], keys: Sequence[tuple[str, str]]) -> Table:
+    """A two-column rich table (measure, value) of one result row; fits narrow terminals."""
     table = Table(show_header=True, header_style="bold")
-    for _, header in keys:
-        table.add_column(header, justify="right")
-    for row in rows:
-        table.add_row(*("-" if row.get(k) is None else str(row.get(k)) for k, _ in keys))
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, label in keys:
+        value = row.get(key)
+        table.add_row(label, "-" if value is None else str(value))
     return table

@@ -29,6 +29,7 @@ HEADERS = {
     "lp_makespan_s": "LP makespan s",
     "lp_tokens_per_s": "LP tokens/s",
     "lp_429": "LP 429s",
+    "lp_completed": "LP done",
 }
 
 
@@ -49,12 +50,16 @@ def markdown_table(rows: Sequence[dict[str, Any]], keys: Sequence[str] = RESULT_
 
 
 def write_results(
-    out: Path, rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = ()
+    out: Path,
+    rows: Sequence[dict[str, Any]],
+    title: str,
+    notes: Sequence[str] = (),
+    keys: Sequence[str] = RESULT_KEYS,
 ) -> None:
-    """Write results.json (the rows) and results.md (title, table, notes)."""
+    """Write results.json (the rows) and results.md (title, table of `keys`, notes)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(list(rows), indent=2) + "\n")
-    lines = [f"# {title}", "", markdown_table(rows), ""]
+    lines = [f"# {title}", "", markdown_table(rows, keys), ""]
     lines += [f"- {note}" for note in notes]
     (out / "results.md").write_text("\n".join(lines).rstrip() + "\n")
 

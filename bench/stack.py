@@ -271,7 +271,7 @@ class Stack:
             time.sleep(0.05)
         raise PTUError(f"{name} did not become ready at {url}: {child.tail()}")
 
-    def _settle(self, name: str, seconds: float = 1.5) -> None:
+    def _settle(self, name: str, seconds: float = 1.0) -> None:
         child = self.children[name]
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:

@@ -28,7 +28,7 @@ def test_short_demo_runs_to_the_end(tmp_path: Path) -> None:
     proc = _demo(tmp_path, 8)
     output, _ = proc.communicate(timeout=110)
     assert proc.returncode == 0, output
-    assert "timeline:" in output and "HP calls" in output
+    assert "timeline:" in output and "high-priority calls" in output
     assert (tmp_path / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     (row,) = json.loads((tmp_path / "results.json").read_text())
     assert row["policy"] == "demo" and row["hp_calls"] > 0 and row["lp_requests"] >= 3
