@@ -37,6 +37,9 @@ _DROP_REQUEST = frozenset(
     b"transfer-encoding te trailer upgrade expect cookie proxy-authorization "
     b"proxy-connection accept-encoding x-priority x-reply-key".split()
 )
+_FIXED_HEADERS = ((b"content-type", b"application/json"), (b"x-ptu-priority", b"high"))
+_URL_CACHE_SIZE = 256
+_DECODER = json.JSONDecoder()
 _DROP_RESPONSE = frozenset(
     b"connection keep-alive transfer-encoding content-length content-encoding "
     b"date server upgrade trailer set-cookie".split()
@@ -104,13 +107,29 @@ class Proxy:
         self._metrics = metrics
         self._spillover_wait_ms = spillover_wait_ms
         self._sleep = sleep
+        self._auth_seen: dict[str, str] | None = None
+        self._auth_raw: list[tuple[bytes, bytes]] = []
+        self._urls: dict[str, httpx2.URL] = {}
+
+    def _url(self, target: Target, query: str) -> httpx2.URL:
+        """The parsed upstream URL, cached: parsing costs more than the rest of the call."""
+        key = target.url + query
+        url = self._urls.get(key)
+        if url is None:
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            url = self._urls[key] = httpx2.URL(key)
+        return url
 
     async def forward(self, call: Call) -> Response:
         """The deployment's answer to `call`, streamed when the call streams."""
         headers = forwarded_headers(call.client_headers)
-        headers.append((b"content-type", b"application/json"))
-        headers.append((b"x-ptu-priority", b"high"))
-        headers.extend((k.encode(), v.encode()) for k, v in (await self._auth.headers()).items())
+        headers.extend(_FIXED_HEADERS)
+        auth = await self._auth.headers()
+        if auth is not self._auth_seen:  # re-encode only when the credential changed
+            self._auth_seen = auth
+            self._auth_raw = [(k.encode(), v.encode()) for k, v in auth.items()]
+        headers.extend(self._auth_raw)
         resp, used, admitted = await self._send_spilling(call, headers)
         if used is not call.target:
             self._metrics.spillover(call.target.name, used.name)
@@ -179,7 +198,7 @@ class Proxy:
         admitted: asyncio.Task[None] | None,
     ) -> httpx2.Response:
         request = self._client.build_request(
-            "POST", target.url + call.query, content=call.payload, headers=headers
+            "POST", self._url(target, call.query), content=call.payload, headers=headers
         )
         try:
             return await self._client.send(request, stream=call.stream)
@@ -249,9 +268,14 @@ def _is_sse(resp: httpx2.Response) -> bool:
 
 
 def _usage_of(content: bytes) -> dict[str, Any] | None:
+    """The `usage` object of a completion, parsing only that object (it comes last)."""
+    at = content.rfind(b'"usage"')
+    start = content.find(b"{", at) if at >= 0 else -1
+    if start < 0:
+        return None
     try:
-        usage = json.loads(content).get("usage")
-    except (ValueError, AttributeError):
+        usage, _ = _DECODER.raw_decode(content[start:].decode("utf-8", "replace"))
+    except ValueError:
         return None
     return usage if isinstance(usage, dict) else None
 

@@ -240,3 +240,16 @@ async def test_a_failing_sink_never_fails_the_call() -> None:
     events.complete(events.admit("r", "ptu", 5, 10), "r", "ptu", 10, None)
     await events.drain()
     assert "pending=0" in repr(events)
+
+
+def test_usage_is_read_from_the_end_of_the_document() -> None:
+    from ingress.proxy import _usage_of
+
+    doc = {
+        "choices": [{"message": {"content": 'a "usage": {"x": 1} in text'}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4},
+    }
+    assert _usage_of(json.dumps(doc).encode()) == {"prompt_tokens": 3, "completion_tokens": 4}
+    assert _usage_of(b'{"choices": []}') is None
+    assert _usage_of(b'{"usage": null}') is None
+    assert _usage_of(b'{"usage": {"prompt_tokens": 1') is None
