@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Iterator
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import httpx2
@@ -15,15 +19,13 @@ import redis.asyncio as aioredis
 
 from ingress.server import IngressThread
 from orchestrator import keys
-from orchestrator.queues.redis_streams import RedisStreamsQueue
-from orchestrator.results import ResultStore
-from orchestrator.schemas import ResultDocument
 from orchestrator.settings import Settings, load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
 
 DEPLOYMENTS = [
     {"name": "ptu", "model": "gpt-4o-mini", "ptus": 15},
+    {"name": "idle", "model": "gpt-4o-mini", "ptus": 15},
     {"name": "paygo", "model": "gpt-4o-mini", "kind": "standard", "tpm": 1_000_000},
 ]
 
@@ -40,7 +42,9 @@ def _jsonl(lines: list[dict[str, Any]]) -> bytes:
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimulatorThread]:
     config = SimConfig.from_specs(
-        ["ptu=gpt-4o-mini:15", "paygo=gpt-4o-mini:1000000:standard"], tbt_ms=0.0, ttft_ms=0.0
+        ["ptu=gpt-4o-mini:15", "idle=gpt-4o-mini:15", "paygo=gpt-4o-mini:1000000:standard"],
+        tbt_ms=0.0,
+        ttft_ms=0.0,
     )
     with SimulatorThread(config) as server:
         yield server
@@ -62,63 +66,49 @@ def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
         yield server
 
 
-class StandInWorker:
-    """Drains the queue, calls the simulator, writes results, as `ptu worker` does."""
-
-    def __init__(self, redis: aioredis.Redis, sim: SimulatorThread) -> None:
-        self.redis = redis
-        self.sim = sim
-        self.paused = False
-        self.idle = asyncio.Event()
-
-    async def pause(self) -> None:
-        """Stop taking work; returns once nothing is being processed."""
-        self.paused = True
-        self.idle.clear()
-        await self.idle.wait()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        queue = RedisStreamsQueue(self.redis, "ptu", "stand-in")
-        results = ResultStore(self.redis, 600)
-        async with httpx2.AsyncClient(base_url=self.sim.url) as http:
-            while not stop.is_set():
-                if self.paused:
-                    self.idle.set()
-                    await asyncio.sleep(0.02)
-                    continue
-                for delivery in await queue.receive(10, 0.1):
-                    msg = delivery.message
-                    state = await results.get(msg.id)
-                    if state is None or state.result is None:
-                        body = {k: v for k, v in msg.body.items() if k != "model"}
-                        resp = await http.post(
-                            "/openai/deployments/ptu/chat/completions?api-version=2024-10-21",
-                            json=body,
-                            headers={"api-key": "k", "x-ptu-priority": "low"},
-                        )
-                        ok = resp.status_code == 200
-                        doc = ResultDocument(
-                            id=msg.id, custom_id=msg.custom_id,
-                            status="completed" if ok else "failed",
-                            status_code=resp.status_code,
-                            response=resp.json() if ok else None,
-                            error=None if ok else resp.json().get("error"),
-                            deployment="ptu", attempts=1, enqueued_at=msg.enqueued_at,
-                            completed_at=time.time(), batch_id=msg.batch_id,
-                        )  # fmt: skip
-                        await results.complete(doc, msg.reply_key)
-                    await queue.ack(delivery)
-        await queue.close()
+@contextlib.contextmanager
+def worker_process(
+    redis_url: str,
+    sim_url: str,
+    deployments: list[dict[str, Any]],
+    *only: str,
+    api_key: str = "k",
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`ptu worker` as a real process, consuming `only` (default: every provisioned one)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PTU_")}
+    env.update(
+        PTU_REDIS_URL=redis_url,
+        PTU_AZURE_OPENAI_ENDPOINT=sim_url,
+        PTU_AZURE_OPENAI_API_KEY=api_key,
+        PTU_DEPLOYMENTS=json.dumps(deployments),
+        PTU_LOG_LEVEL="warning",
+        PTU_DRAIN_TIMEOUT_S="2",
+    )
+    args = [sys.executable, "-m", "orchestrator", "worker"]
+    for name in only:
+        args += ["--deployment", name]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.returncode not in (0, -15):
+                log.seek(0)
+                print(log.read().decode(errors="replace")[-3000:])
 
 
-@pytest.fixture
-async def worker(redis: aioredis.Redis, sim: SimulatorThread) -> AsyncIterator[StandInWorker]:
-    stop = asyncio.Event()
-    stand_in = StandInWorker(redis, sim)
-    task = asyncio.create_task(stand_in.run(stop))
-    yield stand_in
-    stop.set()
-    await task
+@pytest.fixture(scope="module")
+def worker(
+    redis_url: str, sim: SimulatorThread, ingress: IngressThread
+) -> Iterator[subprocess.Popen[bytes]]:
+    with worker_process(redis_url, sim.url, DEPLOYMENTS, "ptu") as proc:
+        yield proc
 
 
 async def _wait_terminal(client: openai.AsyncOpenAI, batch_id: str) -> Any:
@@ -131,7 +121,7 @@ async def _wait_terminal(client: openai.AsyncOpenAI, batch_id: str) -> Any:
 
 
 async def test_batch_flow_with_the_openai_client(
-    ingress: IngressThread, worker: StandInWorker
+    ingress: IngressThread, worker: subprocess.Popen[bytes]
 ) -> None:
     client = openai.AsyncOpenAI(base_url=ingress.url + "/v1", api_key="unused", max_retries=0)
     # one line asks the deployment for something it refuses (a 400): it lands in the error file
@@ -186,13 +176,13 @@ def test_azure_client_uses_the_openai_prefix(ingress: IngressThread) -> None:
     assert client.files.delete(uploaded.id).deleted
 
 
-async def test_cancel_closes_queued_lines(
-    ingress: IngressThread, worker: StandInWorker, redis: aioredis.Redis
+async def test_cancel_closes_queued_lines_and_the_worker_skips_them(
+    ingress: IngressThread, sim: SimulatorThread, redis: aioredis.Redis, redis_url: str
 ) -> None:
-    await worker.pause()
+    # no worker consumes "idle" yet: the lines wait in its queue
     client = openai.AsyncOpenAI(base_url=ingress.url + "/v1", api_key="unused", max_retries=0)
     uploaded = await client.files.create(
-        file=("c.jsonl", _jsonl([_line(i) for i in range(5)])), purpose="batch"
+        file=("c.jsonl", _jsonl([_line(i, model="idle") for i in range(5)])), purpose="batch"
     )
     batch = await client.batches.create(
         input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
@@ -206,12 +196,17 @@ async def test_cancel_closes_queued_lines(
         json.loads(x) for x in (await client.files.content(done.error_file_id)).text.splitlines()
     ]
     assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
-    worker.paused = False  # the worker now skips the cancelled lines: nothing reaches the PTU
-    for _ in range(100):
-        if await redis.xlen(keys.queue("ptu")) == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert await redis.xlen(keys.queue("ptu")) == 0
+    assert await redis.xlen(keys.queue("idle")) == 5
+    # a real worker now drains the queue and skips every cancelled line: nothing reaches the PTU
+    with worker_process(redis_url, sim.url, DEPLOYMENTS, "idle"):
+        for _ in range(300):
+            if await redis.xlen(keys.queue("idle")) == 0:
+                break
+            await asyncio.sleep(0.05)
+    assert await redis.xlen(keys.queue("idle")) == 0
+    async with httpx2.AsyncClient() as http:
+        state = (await http.get(sim.url + "/sim/state")).json()["deployments"]["idle"]
+    assert state["requests"] == 0
     with pytest.raises(openai.ConflictError):
         await client.batches.cancel(batch.id)
     await client.close()

@@ -334,3 +334,37 @@ async def test_redis_unreachable_is_503(sim: SimulatorThread) -> None:
     assert resp.status_code == 503
     assert "retry-after" in resp.headers
     assert health.json()["redis"] == "unavailable"
+
+
+async def test_sdk_low_priority_answered_by_the_real_worker(
+    ingress: IngressThread, sim: SimulatorThread, redis_url: str, redis: aioredis.Redis
+) -> None:
+    from tests.integration.test_ingress_batch import worker_process
+
+    client = openai.AsyncOpenAI(base_url=ingress.url + "/v1", api_key="unused", max_retries=0)
+    azure = openai.AsyncAzureOpenAI(
+        azure_endpoint=ingress.url, api_key="unused", api_version=API_VERSION, max_retries=0
+    )
+    queued = []
+    for sdk in (client, azure):
+        raw = await sdk.chat.completions.with_raw_response.create(
+            model="ptu", messages=MESSAGES, max_tokens=20, extra_headers={"x-priority": "low"}
+        )
+        assert raw.http_response.status_code == 202
+        queued.append(raw.http_response.json())
+    with worker_process(redis_url, sim.url, DEPLOYMENTS, "ptu", api_key="resource-key"):
+        for accepted in queued:
+            done = await client.get(
+                f"/requests/{accepted['id']}",
+                cast_to=httpx2.Response,
+                options={"params": {"wait": 20}},
+            )
+            assert done.status_code == 200
+            doc = done.json()
+            assert doc["status"] == "completed" and doc["status_code"] == 200, doc
+            assert doc["response"]["choices"][0]["message"]["content"]
+            assert doc["usage"]["completion_tokens"] <= 20
+    state = httpx2.get(sim.url + "/sim/state").json()["deployments"]["ptu"]
+    assert state["by_priority"]["low"]["requests"] >= 2
+    await client.close()
+    await azure.close()

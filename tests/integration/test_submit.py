@@ -20,7 +20,9 @@ from orchestrator.settings import load_settings
 from orchestrator.submit import SubmitError, custom_ids, submit
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
-from tests.integration.test_ingress_batch import StandInWorker
+from tests.integration.test_ingress_batch import worker_process
+
+DEPLOYMENTS: list[dict[str, Any]] = [{"name": "ptu", "model": "gpt-4o-mini", "ptus": 15}]
 
 
 def _line(i: int, **body: Any) -> str:
@@ -39,7 +41,7 @@ def sim() -> Iterator[SimulatorThread]:
 def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
     settings = load_settings(
         redis_url=redis_url, azure_openai_endpoint=sim.url, azure_openai_api_key="k",
-        deployments=[{"name": "ptu", "model": "gpt-4o-mini", "ptus": 15}],
+        deployments=DEPLOYMENTS,
     )  # fmt: skip
     with IngressThread(settings) as server:
         yield server
@@ -56,17 +58,16 @@ async def _ptu_submit(*args: str) -> tuple[int, str]:
 
 
 async def test_submit_low_priority_end_to_end(
-    ingress: IngressThread, sim: SimulatorThread, redis: aioredis.Redis, tmp_path: Path
+    ingress: IngressThread,
+    sim: SimulatorThread,
+    redis: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
 ) -> None:
     source = tmp_path / "work.jsonl"
     source.write_text("\n".join(_line(i, max_tokens=10) for i in range(8)) + "\n")
-    stop = asyncio.Event()
-    worker = asyncio.create_task(StandInWorker(redis, sim).run(stop))
-    try:
+    with worker_process(redis_url, sim.url, DEPLOYMENTS):
         status, output = await _ptu_submit(str(source), "--url", ingress.url, "--poll-s", "0.1")
-    finally:
-        stop.set()
-        await worker
     assert status == 0, output
     assert "8/8" in output and "8 succeeded, 0 failed" in output
     results = [json.loads(x) for x in (tmp_path / "work.results.jsonl").read_text().splitlines()]
