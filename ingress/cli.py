@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-import uvicorn
-
 from ingress.app import create_app
 from ingress.auth import is_loopback
+from ingress.server import serve_until, uvicorn_config
 from orchestrator import logs
+from orchestrator.runtime import run_until_signal
 from orchestrator.settings import Settings
 
 
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings | None) -> int:
-    """Serve until SIGTERM/SIGINT (uvicorn drains open connections)."""
+    """Serve until SIGTERM/SIGINT, then drain open connections for up to PTU_DRAIN_TIMEOUT_S."""
     assert settings is not None
     if not settings.api_keys and not is_loopback(args.host):
         print(
@@ -30,15 +30,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         )
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+    config = uvicorn_config(
+        create_app(settings), args.host, args.port, drain_s=settings.drain_timeout_s
     )
-    uvicorn.Server(config).run()
-    return 0
+    return run_until_signal(lambda stop: serve_until(config, stop))

@@ -9,8 +9,11 @@ The app gets its own event loop in the thread, so pass no loop-bound clients
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -34,6 +37,38 @@ def uvicorn_config(app: Any, host: str, port: int, *, drain_s: float = 5.0) -> u
         timeout_keep_alive=30,
         timeout_graceful_shutdown=max(1, int(drain_s)),
     )
+
+
+class ForegroundServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the entry point."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Install nothing: `run_until_signal` owns SIGINT/SIGTERM."""
+        yield
+
+
+async def serve_until(config: uvicorn.Config, stop: asyncio.Event) -> int:
+    """Serve until `stop` is set, then let uvicorn drain open connections and exit.
+
+    Raises PTUError (one line) when the server cannot start, e.g. the port is taken.
+    """
+    server = ForegroundServer(config)
+
+    async def watch() -> None:
+        await stop.wait()
+        server.should_exit = True
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await server.serve()
+    except SystemExit:  # uvicorn exits the process when it cannot bind
+        raise PTUError(
+            f"cannot serve on {config.host}:{config.port} (see the error above)"
+        ) from None
+    finally:
+        watcher.cancel()
+    return 0
 
 
 class IngressThread:
