@@ -38,11 +38,19 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def loads_strict(raw: bytes | str) -> Any:
-    """json.loads without NaN/Infinity; ValueError on anything that is not JSON."""
+    """json.loads without NaN/Infinity or lone surrogates; ValueError on anything else."""
     try:
-        return json.loads(raw, parse_constant=_no_constants)
+        value = json.loads(raw, parse_constant=_no_constants)
     except RecursionError as exc:
         raise ValueError("JSON nested too deeply") from exc
+    escapes = (b"\\ud", b"\\uD") if isinstance(raw, bytes) else ("\\ud", "\\uD")
+    if escapes[0] in raw or escapes[1] in raw:  # type: ignore[operator]
+        # a lone UTF-16 surrogate parses but can never be re-encoded as UTF-8 later
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a string holds a lone UTF-16 surrogate escape") from None
+    return value
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:

@@ -118,7 +118,11 @@ class Proxy:
         if url is None:
             if len(self._urls) >= _URL_CACHE_SIZE:
                 self._urls.clear()
-            url = self._urls[key] = httpx2.URL(key)
+            try:
+                url = httpx2.URL(key)
+            except httpx2.InvalidURL as exc:
+                raise ApiError(400, "invalid_query", "the query string is not valid") from exc
+            self._urls[key] = url
         return url
 
     async def forward(self, call: Call) -> Response:

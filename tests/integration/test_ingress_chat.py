@@ -217,6 +217,9 @@ async def test_openai_shape_low_priority_with_ttl(
     [
         ("/v1/chat/completions", {"content": b"{nope"}, {}, 400, "invalid_json"),
         ("/v1/chat/completions", {"content": b"[1]"}, {}, 400, "invalid_request"),
+        ("/v1/chat/completions",
+         {"content": b'{"model": "ptu", "messages": [{"role": "user", "content": "\\ud800"}]}'},
+         {"x-priority": "low"}, 400, "invalid_json"),
         ("/v1/chat/completions", {"json": {"messages": MESSAGES}}, {}, 400, "invalid_request"),
         ("/v1/chat/completions", {"json": {"model": "x", "messages": MESSAGES}}, {}, 404,
          "DeploymentNotFound"),

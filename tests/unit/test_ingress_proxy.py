@@ -253,3 +253,11 @@ def test_usage_is_read_from_the_end_of_the_document() -> None:
     assert _usage_of(b'{"choices": []}') is None
     assert _usage_of(b'{"usage": null}') is None
     assert _usage_of(b'{"usage": {"prompt_tokens": 1') is None
+
+
+def test_an_unparseable_upstream_url_is_400_not_500() -> None:
+    proxy, _ = _proxy(Upstream([]), Sink())
+    assert str(proxy._url(PTU, "?api-version=1")).endswith("?api-version=1")
+    with pytest.raises(ApiError) as info:
+        proxy._url(PTU, "?x=" + "a" * 70_000)
+    assert info.value.status == 400 and info.value.code == "invalid_query"

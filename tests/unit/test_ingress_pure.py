@@ -230,3 +230,15 @@ def test_header_filters() -> None:
         (b"retry-after-ms", b"5"),
         (b"azure-openai-deployment-utilization", b"42.5%"),
     ]
+
+
+def test_lone_surrogates_are_rejected_at_parse_time() -> None:
+    from ingress.body import loads_strict, parse_object
+
+    assert loads_strict(b'{"a": "\\ud83d\\ude00"}') == {"a": "\U0001f600"}
+    for raw in (b'{"a": "\\ud800"}', b'{"a": "x\\uDFFF"}'):
+        with pytest.raises(ApiError) as info:
+            parse_object(raw)
+        assert info.value.code == "invalid_json"
+    with pytest.raises(ValueError):
+        loads_strict('["\\udc00"]')
