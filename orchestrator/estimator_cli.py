@@ -1,4 +1,9 @@
-"""`ptu estimator`: fold the token-event stream into the Redis utilisation estimate."""
+"""`ptu estimator`: fold the queue backend's token events into the Redis utilisation estimate.
+
+With `PTU_QUEUE_BACKEND=redis` the events come from the Redis stream
+`TOKEN_EVENTS`; with `eventhubs` from the hub `PTU_EVENTHUB_TOKEN_EVENTS_NAME`
+(APIM `log-to-eventhub`), whose SDK is imported only then.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import asyncio
 import os
 import socket
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
@@ -16,13 +22,16 @@ from orchestrator.runtime import run_until_signal
 from orchestrator.settings import Settings
 from orchestrator.utilisation.estimate import EstimateStore
 
+if TYPE_CHECKING:
+    from orchestrator.estimator_eventhubs import EventHubsEstimator
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`--consumer` (default HOST-PID) and `--horizon-s`."""
     parser.add_argument(
         "--consumer",
         default=f"{socket.gethostname()}-{os.getpid()}",
-        help="consumer name in the 'estimator' group (default HOST-PID)",
+        help="consumer name in the Redis stream's 'estimator' group (default HOST-PID)",
     )
     parser.add_argument(
         "--horizon-s",
@@ -30,6 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=300.0,
         help="acknowledge without applying events older than this (default 300)",
     )
+
+
+def make_estimator(
+    args: argparse.Namespace, settings: Settings, redis: aioredis.Redis, store: EstimateStore
+) -> Estimator | EventHubsEstimator:
+    """The token-event consumer of the configured queue backend (no I/O until `run`)."""
+    if settings.queue_backend == "eventhubs":
+        from orchestrator.estimator_eventhubs import EventHubsEstimator
+
+        return EventHubsEstimator.from_settings(settings, redis, store, horizon_s=args.horizon_s)
+    return Estimator(redis, store, consumer=args.consumer, horizon_s=args.horizon_s)
 
 
 def run(args: argparse.Namespace, settings: Settings | None) -> int:
@@ -47,8 +67,8 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
             window_s=settings.estimate_window_s,
             max_age_s=settings.estimate_max_age_s,
         )
-        estimator = Estimator(redis, store, consumer=args.consumer, horizon_s=args.horizon_s)
         try:
+            estimator = make_estimator(args, settings, redis, store)
             await estimator.run(stop)
         finally:
             await redis.aclose()

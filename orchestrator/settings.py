@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     eventhub_connection_string: SecretStr | None = None
     eventhub_name: str = "ptu-requests"
     eventhub_consumer_group: str = "$Default"
+    eventhub_token_events_name: str = "ptu-token-events"
     # ingress
     api_keys: dict[str, str] = Field(default_factory=dict, description="api key -> tenant")
     max_body_bytes: int = Field(default=1_048_576, gt=0)

@@ -33,9 +33,10 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from orchestrator import keys
-from orchestrator.errors import ConfigError, QueueUnavailable
+from orchestrator.errors import QueueUnavailable
 from orchestrator.queues.base import Delivery
 from orchestrator.queues.checkpoint_redis import RedisCheckpointStore
+from orchestrator.queues.eventhubs_auth import EventHubAuth
 from orchestrator.schemas import QueuedRequest
 from orchestrator.settings import Settings
 
@@ -130,33 +131,14 @@ class EventHubsQueue:
         hub = f"{settings.eventhub_name}-{deployment}"
         store = RedisCheckpointStore(redis)
         group = settings.eventhub_consumer_group
-        closers: list[Any] = []
-        if settings.eventhub_connection_string is not None:
-            conn = settings.eventhub_connection_string.get_secret_value()
-            producer = EventHubProducerClient.from_connection_string(conn, eventhub_name=hub)
-            consumer_client = EventHubConsumerClient.from_connection_string(
-                conn, consumer_group=group, eventhub_name=hub, checkpoint_store=store
-            )
-        elif settings.eventhub_namespace:
-            from azure.identity.aio import DefaultAzureCredential
-
-            credential = DefaultAzureCredential()
-            closers.append(credential)
-            ns = settings.eventhub_namespace
-            producer = EventHubProducerClient(ns, hub, credential)
-            consumer_client = EventHubConsumerClient(
-                ns, hub, group, credential, checkpoint_store=store
-            )
-        else:
-            raise ConfigError(
-                "PTU_EVENTHUB_NAMESPACE: required (or PTU_EVENTHUB_CONNECTION_STRING) "
-                "when PTU_QUEUE_BACKEND=eventhubs"
-            )
+        auth = EventHubAuth(settings)
+        producer = auth.producer(hub)
+        consumer_client = auth.consumer(hub, group, store)
         queue = cls(
             producer, consumer_client, redis, deployment, consumer,
             checkpoint_store=store, consumer_group=group,
         )  # fmt: skip
-        queue._closers = closers
+        queue._closers = auth.closers
         return queue
 
     async def put(self, message: QueuedRequest) -> None:

@@ -1,8 +1,8 @@
 """RedisCheckpointStore against the real server, and under the SDK's own EventProcessor.
 
 No broker can stand in for Event Hubs (AZURE_FACTS §8), so the processor runs with
-an in-memory partition log behind the SDK's consumer seams (`_create_consumer`,
-`get_partition_ids`), as the SDK's processor tests do.
+an in-memory partition log behind the SDK's consumer seams (`eventhubs_fakes`), as
+the SDK's processor tests do.
 """
 
 from __future__ import annotations
@@ -12,15 +12,10 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from azure.core.credentials import AzureNamedKeyCredential
-from azure.eventhub import EventData
-from azure.eventhub._constants import PROP_OFFSET, PROP_SEQ_NUMBER
-from azure.eventhub.aio import EventHubConsumerClient
 from azure.eventhub.aio._eventprocessor.event_processor import EventProcessor
 
 from orchestrator.queues.checkpoint_redis import RedisCheckpointStore
-
-NS, HUB, CG = "fake.servicebus.windows.net", "ptu-requests-d1", "$Default"
+from tests.integration.eventhubs_fakes import CG, HUB, NS, FakeConsumerClient, FakeHub
 
 
 def ownership(pid: str, owner: str, etag: str | None = None) -> dict[str, Any]:
@@ -34,82 +29,6 @@ def ownership(pid: str, owner: str, etag: str | None = None) -> dict[str, Any]:
     if etag is not None:
         o["etag"] = etag
     return o
-
-
-class FakeHub:
-    """Partition logs: offset = 100 x sequence number, like a byte offset that is not the seq."""
-
-    def __init__(self, partitions: int = 2) -> None:
-        self.logs: dict[str, list[EventData]] = {str(p): [] for p in range(partitions)}
-
-    def append(self, pid: str, body: str) -> EventData:
-        log = self.logs[pid]
-        event = EventData(body)
-        annotations = event._raw_amqp_message.annotations
-        annotations[PROP_SEQ_NUMBER] = len(log)
-        annotations[PROP_OFFSET] = str(len(log) * 100).encode()
-        log.append(event)
-        return event
-
-
-class FakePartitionConsumer:
-    """Replays one partition from a position, as the SDK's EventHubConsumer would."""
-
-    def __init__(self, hub: FakeHub, pid: str, position: Any, inclusive: bool, on_event: Any):
-        self.log = hub.logs[pid]
-        self.on_event = on_event
-        if position in ("-1", -1, None):
-            self.cursor = 0
-        else:
-            offsets = [int(e.offset) for e in self.log]
-            after = [
-                i
-                for i, off in enumerate(offsets)
-                if off > int(position) or (inclusive and off == int(position))
-            ]
-            self.cursor = after[0] if after else len(self.log)
-
-    async def receive(self, *_: Any) -> None:
-        if self.cursor < len(self.log):
-            event = self.log[self.cursor]
-            self.cursor += 1
-            await self.on_event(event)
-        else:
-            await asyncio.sleep(0.02)
-
-    async def close(self) -> None:
-        return None
-
-
-class FakeConsumerClient(EventHubConsumerClient):  # type: ignore[misc]
-    """The real client (receive -> EventProcessor) with the network seams replaced."""
-
-    def __init__(self, hub: FakeHub, store: Any, *, interval: float = 0.2) -> None:
-        super().__init__(
-            NS, HUB, CG, AzureNamedKeyCredential("k", "v"),
-            checkpoint_store=store, load_balancing_interval=interval,
-        )  # fmt: skip
-        self.hub = hub
-
-    def _create_consumer(
-        self, consumer_group, partition_id, event_position, on_event_received, **kw
-    ):  # type: ignore[no-untyped-def]
-        inclusive = kw.get("event_position_inclusive", False)
-        return FakePartitionConsumer(
-            self.hub, partition_id, event_position, inclusive, on_event_received
-        )
-
-    async def get_partition_ids(self) -> list[str]:
-        return list(self.hub.logs)
-
-    async def get_partition_properties(self, partition_id: str) -> dict[str, Any]:
-        log = self.hub.logs[partition_id]
-        return {
-            "id": partition_id,
-            "beginning_sequence_number": 0,
-            "last_enqueued_sequence_number": len(log) - 1,
-            "is_empty": not log,
-        }
 
 
 async def test_claims_new_partitions_with_etag_and_epoch_time(redis: aioredis.Redis) -> None:

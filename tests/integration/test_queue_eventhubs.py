@@ -1,7 +1,7 @@
 """EventHubsQueue through the real EventHubConsumerClient.receive -> EventProcessor path.
 
 The partition log is in memory behind the SDK's consumer seams (see
-test_queue_checkpoint_redis); checkpoints, delivery counts and dead letters use
+eventhubs_fakes); checkpoints, delivery counts and dead letters use
 the real Redis server. The producer is a seam too: a fake `send_event`.
 """
 
@@ -23,7 +23,7 @@ from orchestrator.queues.checkpoint_redis import RedisCheckpointStore
 from orchestrator.queues.eventhubs import EventHubsQueue
 from orchestrator.queues.factory import make_queue
 from orchestrator.settings import load_settings
-from tests.integration.test_queue_checkpoint_redis import CG, HUB, NS, FakeConsumerClient, FakeHub
+from tests.integration.eventhubs_fakes import CG, HUB, NS, FakeConsumerClient, FakeHub
 from tests.integration.test_queue_contract import request
 
 
