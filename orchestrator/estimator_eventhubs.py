@@ -44,8 +44,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-_MALFORMED = (ValueError, KeyError, TypeError, ValidationError)
-"""What a body that is not a token event raises (JSON, mapping, validation, not text)."""
+_MALFORMED = (ValueError, KeyError, TypeError, ValidationError, RecursionError)
+"""What a body that is not a token event raises (JSON, mapping, validation, not text, nesting)."""
 CLOSE_TIMEOUT_S = 10.0
 
 

@@ -114,6 +114,7 @@ async def test_batch_is_applied_then_checkpointed_at_its_last_event() -> None:
         '{"id": "x", "deploymentName": "d", "promptTokens": [1]}',
         '{"request_id": "x"}',  # our shape, incomplete
         b"\xff\xfe\x00binary",
+        "[" * 100_000,  # nested past the parser's recursion limit
         "",
     ],
 )
