@@ -93,6 +93,10 @@ def _timestamp(value: Any, default: float) -> float:
     return parsed.timestamp()
 
 
+MALFORMED_EVENT = (ValueError, KeyError, TypeError, ValidationError, RecursionError)
+"""What `parse_event` raises for a body that is not a token event (deep JSON: RecursionError)."""
+
+
 def parse_event(raw: str, *, default_timestamp: float) -> TokenEvent:
     """A TokenEvent from our JSON or APIM's token record; raises ValueError if neither."""
     data = json.loads(raw)
@@ -207,7 +211,7 @@ class Estimator:
             return
         try:
             event = parse_event(fields.get(EVENT_FIELD, ""), default_timestamp=entry_time)
-        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+        except MALFORMED_EVENT as exc:
             self.skipped += 1
             log.warning("token_event_malformed", entry_id=entry_id, error=str(exc)[:300])
             return

@@ -31,10 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 import structlog
-from pydantic import ValidationError
 
 from orchestrator.errors import MissingDependencyError, UtilisationUnavailable
-from orchestrator.estimator import parse_event
+from orchestrator.estimator import MALFORMED_EVENT, parse_event
 from orchestrator.settings import Settings
 from orchestrator.utilisation.estimate import EstimateStore
 
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-_MALFORMED = (ValueError, KeyError, TypeError, ValidationError, RecursionError)
 """What a body that is not a token event raises (JSON, mapping, validation, not text, nesting)."""
 CLOSE_TIMEOUT_S = 10.0
 
@@ -153,7 +151,7 @@ class EventHubsEstimator:
             return
         try:
             token_event = parse_event(event.body_as_str(), default_timestamp=at)
-        except _MALFORMED as exc:
+        except MALFORMED_EVENT as exc:
             self.skipped += 1
             log.warning(
                 "token_event_malformed",

@@ -49,10 +49,11 @@ async def test_events_are_applied_acknowledged_and_once(redis: aioredis.Redis) -
             "promptTokens": 1000, "responseTokens": 500, "totalTokens": 1500}  # fmt: skip
     await redis.xadd(keys.TOKEN_EVENTS, {"event": json.dumps(apim)})  # +2,000
     await redis.xadd(keys.TOKEN_EVENTS, {"event": "not json"})
+    await redis.xadd(keys.TOKEN_EVENTS, {"event": "[" * 100_000 + "]" * 100_000})  # deep JSON
     await publish(redis, event("c", "admit", 10).model_copy(update={"deployment": "other"}))
     est = Estimator(redis, s, consumer="c1")
-    assert await est.step() == 6
-    assert (est.applied, est.skipped) == (5, 1)
+    assert await est.step() == 7
+    assert (est.applied, est.skipped) == (5, 2)
     reading = await s.read("d")
     assert reading.value == pytest.approx(0.4, abs=0.01)
     assert reading.age(time.time()) < 1.0
