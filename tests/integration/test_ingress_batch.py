@@ -26,6 +26,7 @@ from simulator.server import SimulatorThread
 DEPLOYMENTS = [
     {"name": "ptu", "model": "gpt-4o-mini", "ptus": 15},
     {"name": "idle", "model": "gpt-4o-mini", "ptus": 15},
+    {"name": "flaky", "model": "gpt-4o-mini", "ptus": 15},
     {"name": "paygo", "model": "gpt-4o-mini", "kind": "standard", "tpm": 1_000_000},
 ]
 
@@ -42,7 +43,12 @@ def _jsonl(lines: list[dict[str, Any]]) -> bytes:
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimulatorThread]:
     config = SimConfig.from_specs(
-        ["ptu=gpt-4o-mini:15", "idle=gpt-4o-mini:15", "paygo=gpt-4o-mini:1000000:standard"],
+        [
+            "ptu=gpt-4o-mini:15",
+            "idle=gpt-4o-mini:15",
+            "flaky=gpt-4o-mini:15",
+            "paygo=gpt-4o-mini:1000000:standard",
+        ],
         tbt_ms=0.0,
         ttft_ms=0.0,
     )
@@ -73,6 +79,7 @@ def worker_process(
     deployments: list[dict[str, Any]],
     *only: str,
     api_key: str = "k",
+    **overrides: str,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`ptu worker` as a real process, consuming `only` (default: every provisioned one)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PTU_")}
@@ -84,6 +91,7 @@ def worker_process(
         PTU_LOG_LEVEL="warning",
         PTU_DRAIN_TIMEOUT_S="2",
     )
+    env.update(overrides)
     args = [sys.executable, "-m", "orchestrator", "worker"]
     for name in only:
         args += ["--deployment", name]
@@ -124,9 +132,7 @@ async def test_batch_flow_with_the_openai_client(
     ingress: IngressThread, worker: subprocess.Popen[bytes]
 ) -> None:
     client = openai.AsyncOpenAI(base_url=ingress.url + "/v1", api_key="unused", max_retries=0)
-    # one line asks the deployment for something it refuses (a 400): it lands in the error file
-    lines = [_line(i, max_tokens=20) for i in range(6)]
-    lines.append(_line(6, max_tokens=20, temperature=5))
+    lines = [_line(i, max_tokens=20) for i in range(7)]
     uploaded = await client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
     assert uploaded.purpose == "batch" and uploaded.bytes == len(_jsonl(lines))
     batch = await client.batches.create(
@@ -139,41 +145,60 @@ async def test_batch_flow_with_the_openai_client(
 
     done = await _wait_terminal(client, batch.id)
     assert done.status == "completed"
-    assert done.request_counts.completed + done.request_counts.failed == 7
-    assert done.output_file_id and done.completed_at
+    assert done.request_counts.completed == 7 and done.request_counts.failed == 0
+    assert done.output_file_id and done.completed_at and done.error_file_id is None
     output = [
         json.loads(x) for x in (await client.files.content(done.output_file_id)).text.splitlines()
     ]
     ok_ids = [o["custom_id"] for o in output]
     assert all(o["response"]["status_code"] == 200 and o["error"] is None for o in output)
     assert all(o["response"]["body"]["choices"] for o in output)
-    failed: list[dict[str, Any]] = []
-    if done.error_file_id:
-        text = (await client.files.content(done.error_file_id)).text
-        failed = [json.loads(x) for x in text.splitlines()]
-    assert sorted(ok_ids + [f["custom_id"] for f in failed]) == sorted(
-        x["custom_id"] for x in lines
-    )
-    assert ok_ids == sorted(ok_ids, key=lambda c: int(c.split("-")[1]))  # input order kept
+    assert ok_ids == [x["custom_id"] for x in lines]  # input order kept
     listed = await client.batches.list()
     assert done.id in [b.id for b in listed.data]
     assert (await client.files.retrieve(uploaded.id)).id == uploaded.id
     await client.close()
 
 
-def test_azure_client_uses_the_openai_prefix(ingress: IngressThread) -> None:
+async def test_async_azure_client_batch_flow_with_an_error_file(
+    ingress: IngressThread, sim: SimulatorThread, worker: subprocess.Popen[bytes], redis_url: str
+) -> None:
+    # every call to "flaky" fails with a 5xx; a worker with one attempt reports it as failed
+    httpx2.patch(f"{sim.url}/sim/deployments/flaky", json={"error_rate": 1.0}).raise_for_status()
+    client = openai.AsyncAzureOpenAI(
+        azure_endpoint=ingress.url, api_key="unused", api_version="2024-10-21", max_retries=0
+    )
+    lines = [_line(1, max_tokens=8), _line(2, model="flaky", max_tokens=8)]
+    uploaded = await client.files.create(file=("a.jsonl", _jsonl(lines)), purpose="batch")
+    assert (await client.files.retrieve(uploaded.id)).filename == "a.jsonl"
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/chat/completions", completion_window="24h"
+    )
+    with worker_process(redis_url, sim.url, DEPLOYMENTS, "flaky", PTU_MAX_ATTEMPTS="1"):
+        done = await _wait_terminal(client, batch.id)  # type: ignore[arg-type]
+    assert done.status == "completed"
+    assert done.request_counts.completed == 1 and done.request_counts.failed == 1
+    output = json.loads((await client.files.content(done.output_file_id)).text)
+    assert output["custom_id"] == "q-1" and output["response"]["status_code"] == 200
+    error = json.loads((await client.files.content(done.error_file_id)).text)
+    assert error["custom_id"] == "q-2" and error["response"]["status_code"] >= 500
+    assert error["error"]["message"]
+    assert (await client.files.delete(uploaded.id)).deleted
+    await client.close()
+
+
+def test_sync_azure_client_create_and_cancel(ingress: IngressThread) -> None:
     client = openai.AzureOpenAI(
         azure_endpoint=ingress.url, api_key="unused", api_version="2024-10-21", max_retries=0
     )
-    uploaded = client.files.create(file=("a.jsonl", _jsonl([_line(1)])), purpose="batch")
-    assert client.files.retrieve(uploaded.id).filename == "a.jsonl"
+    uploaded = client.files.create(file=("i.jsonl", _jsonl([_line(1, model="idle")])),
+                                   purpose="batch")  # fmt: skip
     batch = client.batches.create(
         input_file_id=uploaded.id, endpoint="/chat/completions", completion_window="24h"
     )
-    assert client.batches.retrieve(batch.id).id == batch.id
-    cancelled = client.batches.cancel(batch.id)
-    assert cancelled.status in ("cancelling", "cancelled")
-    assert client.files.delete(uploaded.id).deleted
+    assert client.batches.retrieve(batch.id).status == "in_progress"
+    assert client.batches.cancel(batch.id).status in ("cancelling", "cancelled")
+    client.close()
 
 
 async def test_cancel_closes_queued_lines_and_the_worker_skips_them(
