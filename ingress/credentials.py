@@ -26,10 +26,12 @@ REFRESH_MARGIN_S = 300.0
 
 class _Token(Protocol):
     @property
-    def token(self) -> str: ...
+    def token(self) -> str:
+        """The bearer token."""
 
     @property
-    def expires_on(self) -> int: ...
+    def expires_on(self) -> int:
+        """Expiry, epoch seconds."""
 
 
 class TokenCredential(Protocol):
