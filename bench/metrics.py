@@ -136,6 +136,7 @@ def summarise(run: PolicyRun, upper: float, baseline_p99_ms: float | None) -> di
         hp_errors=sum(1 for r in run.hp if r.status not in (200, 429)),
         lp_requests=len(run.lp),
         lp_completed=sum(1 for r in run.lp if r.status == "completed"),
+        lp_failed=sum(1 for r in run.lp if r.completed_at is not None and r.status != "completed"),
         lp_unfinished=sum(1 for r in run.lp if r.completed_at is None),
         pending_window_s=[round(start, 1), round(end, 1)],
         low_peak_concurrency=max((s.low_peak for s in run.samples), default=0),

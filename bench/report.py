@@ -30,6 +30,7 @@ HEADERS = {
     "lp_tokens_per_s": "LP tokens/s",
     "lp_429": "LP 429s",
     "lp_completed": "LP done",
+    "lp_failed": "LP failed",
 }
 
 

@@ -123,7 +123,7 @@ def test_unfinished_batch_has_no_makespan_but_a_rate_over_the_run() -> None:
     run.lp = [LpRecord("a", 0.0, "id", 5.0, "completed", 500), LpRecord("b", 0.0, "id2")]
     row = summarise(run, upper=0.9, baseline_p99_ms=None)
     assert row["lp_makespan_s"] is None and row["lp_tokens_per_s"] == 50.0
-    assert row["lp_unfinished"] == 1 and row["hp_p99_ratio"] is None
+    assert row["lp_unfinished"] == 1 and row["hp_p99_ratio"] is None and row["lp_failed"] == 0
 
 
 def test_baseline_has_no_batch_figures() -> None:
