@@ -31,6 +31,16 @@ HEADERS = {
     "lp_429": "LP 429s",
     "lp_completed": "LP done",
     "lp_failed": "LP failed",
+    "direct_p50_ms": "direct p50 ms",
+    "direct_p99_ms": "direct p99 ms",
+    "ingress_p50_ms": "via ingress p50 ms",
+    "ingress_p99_ms": "via ingress p99 ms",
+    "added_p50_ms": "added p50 ms",
+    "added_p99_ms": "added p99 ms",
+    "ratio_p50": "ratio p50",
+    "ratio_p99": "ratio p99",
+    "enqueue_per_s": "enqueues/s (1 ingress)",
+    "worker_results_per_s": "results/s (1 worker)",
 }
 
 

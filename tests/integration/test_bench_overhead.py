@@ -24,5 +24,5 @@ def test_tiny_overhead_run(tmp_path: Path) -> None:
         assert row[key] > 0
     assert row["enqueue_accepted"] == 30 and row["enqueue_per_s"] > 0
     assert row["worker_results"] == 30 and row["worker_results_per_s"] > 0
-    assert "worker_results_per_s" in (tmp_path / "results.md").read_text()
+    assert "results/s (1 worker)" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "latency_cdf.png").read_bytes()[:4] == b"\x89PNG"
