@@ -52,6 +52,8 @@ from orchestrator.utilisation.estimate import EstimateStore
 
 log = structlog.get_logger(__name__)
 
+REDIS_MAX_CONNECTIONS = 1024
+REDIS_POOL_WAIT_S = 5.0
 PREFIXES = ("/v1", "/openai", "/openai/v1")
 """Where the OpenAI-shaped routes live: OpenAI clients use /v1, AzureOpenAI clients /openai."""
 
@@ -100,7 +102,13 @@ def _parts(
         )
         if given is None
     }  # fmt: skip
-    redis = redis or aioredis.Redis.from_url(settings.redis_url)
+    if redis is None:
+        # a blocking pool waits for a free connection instead of failing at 100 in use;
+        # every long-poll (`?wait=`) holds one connection while it waits
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_WAIT_S
+        )
+        redis = aioredis.Redis.from_pool(pool)
     provisioned = [d for d in settings.deployments if d.kind == "provisioned"]
     if queues is None:
         consumer = f"ingress-{socket.gethostname()}-{os.getpid()}"

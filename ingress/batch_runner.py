@@ -37,7 +37,8 @@ from orchestrator.token_count import estimate_prompt_tokens, requested_max_token
 
 log = structlog.get_logger(__name__)
 
-CHUNK = 200
+CHUNK = 50
+"""Lines written concurrently: bounded so a big batch never drains the Redis pool."""
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 
 

@@ -371,3 +371,31 @@ async def test_sdk_low_priority_answered_by_the_real_worker(
     assert state["by_priority"]["low"]["requests"] >= 2
     await client.close()
     await azure.close()
+
+
+async def test_many_long_polls_do_not_starve_other_requests(
+    ingress: IngressThread, http: httpx2.AsyncClient, redis: aioredis.Redis
+) -> None:
+    # each waiting GET holds a Redis connection: more than redis-py's default pool of 100
+    accepted = await http.post(
+        "/v1/chat/completions",
+        json={"model": "ptu", "messages": MESSAGES},
+        headers={"x-priority": "low"},
+    )
+    location = accepted.headers["location"]
+    limits = httpx2.Limits(max_connections=200)
+    async with httpx2.AsyncClient(base_url=ingress.url, timeout=30, limits=limits) as polls:
+        waiting = [
+            asyncio.create_task(polls.get(location, params={"wait": "2"})) for _ in range(150)
+        ]
+        await asyncio.sleep(0.5)
+        during = await http.post(
+            "/v1/chat/completions",
+            json={"model": "ptu", "messages": MESSAGES},
+            headers={"x-priority": "low"},
+        )
+        answers = await asyncio.gather(*waiting)
+    assert during.status_code == 202
+    assert {a.status_code for a in answers} == {202}
+    await _stand_in_worker(redis)
+    await _stand_in_worker(redis)
