@@ -19,6 +19,7 @@ inflate the estimate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -69,10 +70,8 @@ _DOTNET_FORMATS = ("%m/%d/%Y %I:%M:%S %p", "%m/%d/%Y %H:%M:%S")
 
 
 def _parse_date(text: str) -> datetime | None:
-    try:
+    with contextlib.suppress(ValueError):  # not ISO 8601: try the .NET formats
         return datetime.fromisoformat(text)
-    except ValueError:
-        pass
     for fmt in _DOTNET_FORMATS:
         try:
             return datetime.strptime(text, fmt)

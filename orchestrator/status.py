@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -200,10 +201,8 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
                 return 0
             with Live(render(rows, name), console=console, auto_refresh=False) as live:
                 while not stop.is_set():
-                    try:
+                    with contextlib.suppress(TimeoutError):  # the refresh interval passed
                         await asyncio.wait_for(stop.wait(), timeout=args.interval)
-                    except TimeoutError:
-                        pass
                     rows = await collect(settings, redis, source, time.time())
                     live.update(render(rows, name), refresh=True)
             return 0
