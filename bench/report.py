@@ -87,9 +87,10 @@ def _utilisation(
 ) -> None:
     t = [s.t for s in run.samples]
     ax.plot(t, [s.utilization for s in run.samples], color="tab:blue", lw=1, label="utilisation")
-    if any(s.estimate is not None for s in run.samples):
-        est = [s.estimate if s.estimate is not None else float("nan") for s in run.samples]
-        ax.plot(t, est, color="tab:orange", lw=0.8, ls="--", label="estimate (worker's view)")
+    if any(s.view is not None for s in run.samples):
+        view = [s.view if s.view is not None else float("nan") for s in run.samples]
+        source = run.settings.get("PTU_UTILIZATION_SOURCE", "estimate")
+        ax.plot(t, view, color="tab:orange", lw=0.9, ls="--", label=f"worker's view ({source})")
     ax.axhline(upper, color="tab:red", ls="--", lw=1, label=f"upper {upper:g}")
     ax.axhline(lower, color="tab:gray", ls=":", lw=1, label=f"lower {lower:g}")
     ax.axhline(1.0, color="black", lw=0.6)

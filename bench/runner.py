@@ -10,7 +10,6 @@ from typing import Literal
 
 import httpx2
 import redis
-import redis.asyncio as aioredis
 import structlog
 
 from bench.metrics import PolicyRun
@@ -25,10 +24,8 @@ from bench.traffic import (
     submit_batch,
     sweep_results,
 )
+from bench.views import worker_view
 from bench.workload import PlannedCall
-from orchestrator.errors import UtilisationUnavailable
-from orchestrator.settings import DeploymentConfig
-from orchestrator.utilisation.estimate import EstimateStore
 
 log = structlog.get_logger(__name__)
 
@@ -100,8 +97,8 @@ async def drive(
         httpx2.AsyncClient(timeout=120.0, limits=limits, verify=stack.verify) as client,
     ):
         sampler = Sampler(client, stack.sim_url, deployment, clock.t0)
-        if policy.batch == "queued" and policy.source == "estimate":
-            sampler.estimate = await _estimate_reader(stack, exits)
+        if policy.batch == "queued":
+            sampler.view = await worker_view(stack, policy.worker_env, exits)
         sampler.start()
         stop = asyncio.Event()
         hp = asyncio.create_task(
@@ -135,25 +132,6 @@ async def drive(
         run.lp_429 = last.low_throttled
         run.hp_429_sim = last.high_throttled
     return run
-
-
-async def _estimate_reader(
-    stack: Stack, exits: contextlib.AsyncExitStack
-) -> Callable[[], Awaitable[float | None]]:
-    """Reads the Redis estimate the worker throttles on (None while there is none)."""
-    client = aioredis.Redis.from_url(stack.redis_url)
-    exits.push_async_callback(client.aclose)
-    sim = stack.sim
-    deployment = DeploymentConfig(name=sim.deployment, model=sim.model, ptus=sim.ptus)
-    store = EstimateStore(client, [deployment], window_s=sim.window_s, max_age_s=5.0)
-
-    async def read() -> float | None:
-        try:
-            return (await store.read(sim.deployment)).value
-        except UtilisationUnavailable:
-            return None
-
-    return read
 
 
 async def _until_done(

@@ -29,8 +29,8 @@ class Sample:
     low_throttled: int
     high_requests: int
     high_throttled: int
-    estimate: float | None = None
-    """The worker's view: the Redis estimate, when the run uses it."""
+    view: float | None = None
+    """The worker's view: what its utilisation source read at the same moment."""
 
 
 def parse_state(body: dict[str, Any], deployment: str, t: float) -> Sample:
@@ -63,7 +63,7 @@ class Sampler:
     t0: float
     interval_s: float = 0.1
     clock: Callable[[], float] = time.time
-    estimate: Callable[[], Awaitable[float | None]] | None = None
+    view: Callable[[], Awaitable[float | None]] | None = None
     samples: list[Sample] = field(default_factory=list)
     errors: int = 0
     _task: asyncio.Task[None] | None = None
@@ -88,8 +88,8 @@ class Sampler:
             self.errors += 1
             log.debug("sample_failed", error=str(exc))
             return None
-        if self.estimate is not None:
-            sample = replace(sample, estimate=await self.estimate())
+        if self.view is not None:
+            sample = replace(sample, view=await self.view())
         self.samples.append(sample)
         return sample
 
