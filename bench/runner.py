@@ -178,4 +178,4 @@ async def _batch(
         )
         return
     await submit_batch(client, stack.ingress_url, stack.sim.deployment, calls, clock, run.lp)
-    await collect_results(client, stack.ingress_url, run.lp, clock)
+    await collect_results(client, stack.ingress_url, run.lp, clock, stop)

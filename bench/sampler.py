@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -67,6 +68,7 @@ class Sampler:
     samples: list[Sample] = field(default_factory=list)
     errors: int = 0
     _task: asyncio.Task[None] | None = None
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __repr__(self) -> str:
         return f"<Sampler samples={len(self.samples)} errors={self.errors}>"
@@ -93,23 +95,27 @@ class Sampler:
         self.samples.append(sample)
         return sample
 
-    async def _loop(self) -> None:
-        while True:
+    async def _loop(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
             started = self.clock()
             await self.sample_once()
-            await asyncio.sleep(max(0.0, self.interval_s - (self.clock() - started)))
+            delay = max(0.0, self.interval_s - (self.clock() - started))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
 
     def start(self) -> None:
         """Start sampling in the background."""
-        self._task = asyncio.create_task(self._loop(), name="sampler")
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(self._loop(self._stopping), name="sampler")
 
     async def stop(self) -> None:
-        """Stop sampling and take one final sample."""
+        """Stop sampling and take one final sample.
+
+        Stops through an event rather than cancellation: a client library that turns a
+        cancelled read into its own error would otherwise keep the loop running.
+        """
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            self._stopping.set()
+            await self._task
             self._task = None
         await self.sample_once()

@@ -155,9 +155,10 @@ async def collect_results(
     ingress_url: str,
     records: Sequence[LpRecord],
     clock: Clock,
+    stop: asyncio.Event,
     waiters: int = 64,
 ) -> None:
-    """Long-poll every record's result; `waiters` requests at a time, in submission order.
+    """Long-poll every record's result (until `stop`); `waiters` at a time, in submission order.
 
     The queue is first in, first out, so the oldest `waiters` requests are the ones about
     to complete: each waiter holds one request until its result arrives.
@@ -168,10 +169,10 @@ async def collect_results(
             pending.put_nowait(record)
 
     async def waiter() -> None:
-        while not pending.empty():
+        while not pending.empty() and not stop.is_set():
             record = pending.get_nowait()
             done = False
-            while not done:
+            while not done and not stop.is_set():
                 done = await _fetch(client, ingress_url, record, clock, RESULT_WAIT_S)
 
     await asyncio.gather(*(waiter() for _ in range(waiters)))
