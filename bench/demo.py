@@ -108,6 +108,7 @@ def _write(
     report.write_results(
         out, [row], "ptu demo", ["utilisation: mean and p95 while the batch was pending"]
     )
+    report.write_timeseries(run, out / "timeseries.csv")
     png = out / "timeline.png"
     report.plot_timeline(
         run,

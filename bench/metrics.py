@@ -76,17 +76,17 @@ def pending_window(run: PolicyRun) -> tuple[float, float]:
 
 def utilisation_stats(
     samples: Sequence[Sample], start: float, end: float, upper: float
-) -> tuple[float | None, float | None, float]:
-    """(mean, p95, seconds at or above `upper`) of samples within [start, end]."""
+) -> tuple[float | None, float | None, float, float | None]:
+    """(mean, p95, seconds at or above `upper`, max) of samples within [start, end]."""
     inside = [s for s in samples if start <= s.t <= end]
     if not inside:
-        return None, None, 0.0
+        return None, None, 0.0, None
     values = [s.utilization for s in inside]
     above = 0.0
     for prev, cur in itertools.pairwise(inside):
         if prev.utilization >= upper:
             above += cur.t - prev.t
-    return sum(values) / len(values), percentile(values, 95), above
+    return sum(values) / len(values), percentile(values, 95), above, max(values)
 
 
 def _ms(value: float | None) -> float | None:
@@ -103,7 +103,7 @@ def summarise(run: PolicyRun, upper: float, baseline_p99_ms: float | None) -> di
     throttled = sum(1 for r in run.hp if r.status == 429)
     p99 = _ms(percentile(ok, 99))
     start, end = pending_window(run)
-    mean, p95, above = utilisation_stats(run.samples, start, end, upper)
+    mean, p95, above, peak = utilisation_stats(run.samples, start, end, upper)
     finished = batch_end(run)
     makespan = None
     tokens_per_s = None
@@ -139,6 +139,7 @@ def summarise(run: PolicyRun, upper: float, baseline_p99_ms: float | None) -> di
         lp_failed=sum(1 for r in run.lp if r.completed_at is not None and r.status != "completed"),
         lp_unfinished=sum(1 for r in run.lp if r.completed_at is None),
         pending_window_s=[round(start, 1), round(end, 1)],
+        util_max=_round(peak),
         low_peak_concurrency=max((s.low_peak for s in run.samples), default=0),
         settings=run.settings,
     )

@@ -198,6 +198,7 @@ def _write(
     report.plot_policies(runs, out / "policies.png", cfg.lower, cfg.upper, burst)
     report.plot_latency_cdf(runs, out / "latency_cdf.png")
     for run in runs:
+        report.write_timeseries(run, out / f"timeseries_{run.policy}.csv")
         report.plot_timeline(
             run, out / f"timeline_{run.policy}.png", cfg.lower, cfg.upper, burst, run.description
         )

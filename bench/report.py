@@ -75,6 +75,17 @@ def write_results(
     (out / "results.md").write_text("\n".join(lines).rstrip() + "\n")
 
 
+def write_timeseries(run: PolicyRun, path: Path) -> None:
+    """The run's samples as CSV: time, true utilisation, worker's view, low in flight."""
+    lines = ["t_s,utilization,worker_view,low_in_flight,low_peak,low_throttled,high_throttled"]
+    lines += [
+        f"{s.t:.2f},{s.utilization:.4f},{'' if s.view is None else f'{s.view:.4f}'},"
+        f"{s.low_in_flight},{s.low_peak},{s.low_throttled},{s.high_throttled}"
+        for s in run.samples
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def _shade(ax: Axes, burst: tuple[float, float] | None, batch: tuple[float, float] | None) -> None:
     if burst is not None:
         ax.axvspan(*burst, color="tab:orange", alpha=0.12, lw=0)

@@ -51,5 +51,7 @@ def test_tiny_mixed_run_writes_results_and_cleans_up(tmp_path: Path) -> None:
         assert row["lp_completed"] + row["lp_unfinished"] >= 1
     table = (tmp_path / "results.md").read_text()
     assert table.count("\n| ") >= 3 and "linear-estimate" in table
+    series = (tmp_path / "timeseries_linear-estimate.csv").read_text().splitlines()
+    assert series[0].startswith("t_s,utilization,worker_view") and len(series) > 20
     for png in ("policies.png", "latency_cdf.png", "timeline_linear-estimate.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -93,8 +93,8 @@ def test_static_concurrency_is_what_fits_beside_the_burst() -> None:
 
 def test_utilisation_stats_counts_time_above_upper() -> None:
     samples = [_sample(t, u) for t, u in [(0, 0.5), (1, 0.95), (2, 0.95), (3, 0.5), (9, 1.0)]]
-    mean, p95, above = utilisation_stats(samples, 0.0, 3.0, upper=0.9)
-    assert mean == pytest.approx(0.725)
+    mean, p95, above, peak = utilisation_stats(samples, 0.0, 3.0, upper=0.9)
+    assert mean == pytest.approx(0.725) and peak == 0.95
     assert above == pytest.approx(2.0)
     assert p95 is not None and p95 > 0.9
 
