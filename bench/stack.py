@@ -220,14 +220,6 @@ class Stack:
                     f"{child.name} exited with code {child.proc.returncode}: {child.tail()}"
                 )
 
-    def pids(self) -> list[int]:
-        """Process ids of the running children (and of Redis), for leak checks."""
-        pids = [c.proc.pid for c in self.children.values() if c.alive()]
-        proc = getattr(self.redis, "_proc", None)
-        if proc is not None and proc.poll() is None:
-            pids.append(proc.pid)
-        return pids
-
     # -- plumbing ----------------------------------------------------------------------------
 
     def _spawn(self, name: str, verb_args: list[str], env: Mapping[str, str]) -> Child:
