@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from simulator.latency import total_s
+
 MEAN_COMPLETION_SHARE = 0.6
 """Mean completion length as a share of max_tokens (the simulator draws 20..100 %)."""
 _WORDS = (
@@ -178,9 +180,10 @@ def static_concurrency(
     return max(1, math.floor(spare / slot_usage(workload.lp, capacity, ttft_ms, tbt_ms)))
 
 
-def slot_usage(shape: CallShape, capacity: Capacity, ttft_ms: float = 50.0,
-               tbt_ms: float = 10.0) -> float:  # fmt: skip
+def slot_usage(
+    shape: CallShape, capacity: Capacity, ttft_ms: float = 50.0, tbt_ms: float = 10.0
+) -> float:
     """Input-token equivalents per second one back-to-back low-priority slot consumes."""
-    completion = MEAN_COMPLETION_SHARE * shape.max_tokens
-    latency = (ttft_ms * (1 + shape.prompt_tokens / 1000) + tbt_ms * completion) / 1000
+    completion = round(MEAN_COMPLETION_SHARE * shape.max_tokens)
+    latency = total_s(ttft_ms, tbt_ms, shape.prompt_tokens, completion)
     return shape.mean_cost(capacity.output_weight) / max(latency, 1e-3)
