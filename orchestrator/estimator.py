@@ -31,7 +31,7 @@ import structlog
 from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
-from orchestrator import keys
+from orchestrator import keys, stream_entries
 from orchestrator.errors import UtilisationUnavailable
 from orchestrator.schemas import TokenEvent
 from orchestrator.utilisation.estimate import EVENT_FIELD, EstimateStore
@@ -39,30 +39,6 @@ from orchestrator.utilisation.estimate import EVENT_FIELD, EstimateStore
 log = structlog.get_logger(__name__)
 
 GROUP = "estimator"
-_Entry = tuple[str, dict[str, str]]
-
-
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _entries(raw: Any) -> list[_Entry]:
-    out: list[_Entry] = []
-    for entry_id, fields in raw or []:
-        if fields is None:  # trimmed while pending
-            continue
-        out.append((_str(entry_id), {_str(k): _str(v) for k, v in fields.items()}))
-    return out
-
-
-def _read_reply(reply: Any) -> list[_Entry]:
-    """Entries of the single stream in an XREADGROUP reply (RESP2 list or RESP3 dict)."""
-    if not reply:
-        return []
-    raw = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-    if raw and isinstance(raw[0], list):  # RESP3 wraps the entry list once more
-        raw = raw[0]
-    return _entries(raw)
 
 
 _DOTNET_FORMATS = ("%m/%d/%Y %I:%M:%S %p", "%m/%d/%Y %H:%M:%S")
@@ -162,12 +138,12 @@ class Estimator:
                 raise
         self._group_ready = True
 
-    async def _next_entries(self) -> list[_Entry]:
+    async def _next_entries(self) -> list[stream_entries.Entry]:
         if self._own_pending:
             reply = await self._redis.xreadgroup(
                 GROUP, self.consumer, {keys.TOKEN_EVENTS: "0"}, count=self._batch
             )
-            entries = _read_reply(reply)
+            entries = stream_entries.read_entries(reply)
             if entries:
                 return entries
             self._own_pending = False
@@ -176,7 +152,7 @@ class Estimator:
             reply = await self._redis.xautoclaim(
                 keys.TOKEN_EVENTS, GROUP, self.consumer, self._claim_idle_ms, count=self._batch
             )
-            entries = _entries(reply[1])
+            entries = stream_entries.entries(reply[1])
             if entries:
                 return entries
         reply = await self._redis.xreadgroup(
@@ -186,7 +162,7 @@ class Estimator:
             count=self._batch,
             block=self._block_ms,
         )
-        return _read_reply(reply)
+        return stream_entries.read_entries(reply)
 
     async def step(self) -> int:
         """Read, apply, acknowledge and heartbeat once; returns entries handled."""

@@ -23,7 +23,7 @@ import structlog
 from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
-from orchestrator import keys
+from orchestrator import keys, stream_entries
 from orchestrator.errors import QueueUnavailable
 from orchestrator.queues.base import Delivery
 from orchestrator.schemas import QueuedRequest
@@ -34,31 +34,6 @@ FIELD = "message"
 """The stream entry field holding the QueuedRequest JSON."""
 DEAD_LETTER_MAXLEN = 100_000
 """Approximate cap of a dead-letter stream, so a failure storm cannot exhaust memory."""
-_Entry = tuple[str, dict[str, str]]
-
-
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _entries(raw: Any) -> list[_Entry]:
-    """Normalise stream entries from either RESP2 or RESP3 replies, bytes or str."""
-    out: list[_Entry] = []
-    for entry_id, fields in raw or []:
-        if fields is None:  # entry deleted while pending
-            continue
-        out.append((_str(entry_id), {_str(k): _str(v) for k, v in fields.items()}))
-    return out
-
-
-def _read_entries(reply: Any) -> list[_Entry]:
-    """Entries of the single stream in an XREADGROUP reply (RESP2 list or RESP3 dict)."""
-    if not reply:
-        return []
-    raw = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-    if raw and isinstance(raw[0], list):  # RESP3 legacy shape wraps the entry list once more
-        raw = raw[0]
-    return _entries(raw)
 
 
 @contextlib.asynccontextmanager
@@ -196,8 +171,8 @@ class RedisStreamsQueue:
         )
         # continue the PEL scan where it stopped, so idle entries behind many live ones are
         # reached too; the server returns "0-0" when the scan has wrapped around
-        self._claim_cursor = _str(reply[0])
-        claimed = _entries(reply[1])
+        self._claim_cursor = stream_entries.text(reply[0])
+        claimed = stream_entries.entries(reply[1])
         if not claimed:
             return []
         pending = await self.redis.xpending_range(
@@ -208,7 +183,7 @@ class RedisStreamsQueue:
             count=len(claimed) + len(self._in_flight) + 10,
             consumername=self.consumer,
         )
-        counts = {_str(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        counts = {stream_entries.text(p["message_id"]): int(p["times_delivered"]) for p in pending}
         log.info("queue_entries_claimed", stream=self.stream, count=len(claimed))
         return await self._deliveries(claimed, counts)
 
@@ -217,9 +192,11 @@ class RedisStreamsQueue:
         reply = await self.redis.xreadgroup(
             self.group, self.consumer, streams, count=max_count, block=block_ms
         )
-        return await self._deliveries(_read_entries(reply), {})
+        return await self._deliveries(stream_entries.read_entries(reply), {})
 
-    async def _deliveries(self, entries: list[_Entry], counts: dict[str, int]) -> list[Delivery]:
+    async def _deliveries(
+        self, entries: list[stream_entries.Entry], counts: dict[str, int]
+    ) -> list[Delivery]:
         out: list[Delivery] = []
         for entry_id, fields in entries:
             payload = fields.get(FIELD, "")
@@ -281,7 +258,7 @@ class RedisStreamsQueue:
             count=max(len(self._in_flight), 1) + 100,
             consumername=self.consumer,
         )
-        owned = {_str(p["message_id"]) for p in pending}
+        owned = {stream_entries.text(p["message_id"]) for p in pending}
         # entries another consumer claimed (we looked dead) are no longer ours to refresh
         self._in_flight &= owned
         if self._in_flight:
