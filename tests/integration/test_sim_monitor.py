@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import ssl
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from azure.core.credentials import AccessToken
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.monitor.querymetrics.aio import MetricsClient
 from starlette.applications import Starlette
 
-from orchestrator.embedded import free_port
 from simulator.monitor import MetricsRecorder
 from simulator.monitor_routes import monitor_routes
 from simulator.tls import TLSFiles, write_self_signed
+from tests.integration.monitor_support import T0, FakeClock, StaticCredential, serve_tls
 
 SUB = "00000000-0000-0000-0000-000000000000"
 RESOURCE_ID = (
@@ -31,37 +28,6 @@ RESOURCE_ID = (
 NAMESPACE = "Microsoft.CognitiveServices/accounts"
 UTIL = "AzureOpenAIProvisionedManagedUtilizationV2"
 LAG_S = 90.0
-T0 = 1_800_000_000 - 1_800_000_000 % 60  # a minute boundary, 2027-01-15
-
-
-class FakeClock:
-    """The server's notion of now, moved by the test."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class StaticCredential:
-    """The smallest AsyncTokenCredential: azure-core's bearer policy only calls get_token."""
-
-    scopes: list[tuple[str, ...]] = field(default_factory=list)
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        self.scopes.append(scopes)
-        return AccessToken("sim-token", int(time.time()) + 3600)
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> StaticCredential:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
 
 @dataclass
@@ -80,30 +46,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
     tls = write_self_signed(tmp_path / "tls")
     recorder = MetricsRecorder(lag_s=LAG_S)
     clock = FakeClock(T0)
-    app = Starlette(routes=monitor_routes(recorder, RESOURCE_ID, clock))
-    port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        ssl_certfile=str(tls.cert_pem),
-        ssl_keyfile=str(tls.key_pem),
-        log_level="warning",
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield Served(f"https://127.0.0.1:{port}", tls, recorder, clock)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        assert not thread.is_alive()
+    with serve_tls(Starlette(routes=monitor_routes(recorder, RESOURCE_ID, clock)), tls) as url:
+        yield Served(url, tls, recorder, clock)
 
 
 def _dt(t: float) -> datetime:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,47 +13,18 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from azure.core.credentials import AccessToken
 from azure.monitor.querymetrics.aio import MetricsClient
 from starlette.applications import Starlette
 
-from orchestrator.embedded import free_port
 from simulator.app import create_app
 from simulator.config import DEFAULT_RESOURCE_ID, SimConfig
 from simulator.monitor import MetricsRecorder
 from simulator.tls import TLSFiles, write_self_signed
+from tests.integration.monitor_support import T0, FakeClock, StaticCredential, serve_tls
 
 UTIL = "AzureOpenAIProvisionedManagedUtilizationV2"
 DEPLOYMENT = "gpt-4o-mini-ptu"
 LAG_S = 30.0
-T0 = 1_800_000_000 - 1_800_000_000 % 60
-
-
-class FakeClock:
-    """The simulator's notion of now, moved by the test."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class StaticCredential:
-    """Any non-empty bearer token is accepted by the simulator."""
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken("sim-token", int(time.time()) + 3600)
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> StaticCredential:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
 
 @dataclass
@@ -74,29 +44,8 @@ def running(tmp_path: Path) -> Iterator[Running]:
     clock = FakeClock(T0 + 5)
     config = SimConfig.from_specs([f"{DEPLOYMENT}=gpt-4o-mini:15"], monitor_lag_s=LAG_S)
     app: Starlette = create_app(config, clock=clock)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            ssl_certfile=str(tls.cert_pem),
-            ssl_keyfile=str(tls.key_pem),
-            log_level="warning",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield Running(f"https://127.0.0.1:{port}", tls, clock, app.state.simulator.recorder)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        assert not thread.is_alive()
+    with serve_tls(app, tls) as url:
+        yield Running(url, tls, clock, app.state.simulator.recorder)
 
 
 async def _chat(http: httpx.AsyncClient, url: str, completion_tokens: int) -> httpx.Response:

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import fakeredis
 import pytest
-import uvicorn
-from azure.core.credentials import AccessToken
 from starlette.applications import Starlette
 
-from orchestrator.embedded import free_port
 from orchestrator.errors import UtilisationUnavailable
 from orchestrator.settings import DeploymentConfig
 from orchestrator.throttle import Throttle
@@ -24,39 +18,17 @@ from orchestrator.utilisation.azure_monitor import AzureMonitorSource
 from simulator.monitor import MetricsRecorder
 from simulator.monitor_routes import monitor_routes
 from simulator.tls import TLSFiles, write_self_signed
+from tests.integration.monitor_support import T0, FakeClock, StaticCredential, serve_tls
 
 RESOURCE_ID = (
     "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/sim"
     "/providers/Microsoft.CognitiveServices/accounts/sim"
 )
 LAG_S = 90.0
-T0 = 1_800_000_000 - 1_800_000_000 % 60
 DEPLOYMENTS = [
     DeploymentConfig(name="ptu-a", model="gpt-4o", ptus=50),
     DeploymentConfig(name="ptu-b", model="gpt-4o", ptus=50),
 ]
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Credential:
-    """A test double of an AsyncTokenCredential."""
-
-    def __init__(self, token: str = "sim-token") -> None:
-        self.token = token
-        self.closed = False
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken(self.token, int(time.time()) + 3600)
-
-    async def close(self) -> None:
-        self.closed = True
 
 
 @dataclass
@@ -64,37 +36,15 @@ class Served:
     endpoint: str
     tls: TLSFiles
     recorder: MetricsRecorder
-    clock: Clock
+    clock: FakeClock
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     tls = write_self_signed(tmp_path / "tls")
-    recorder, clock = MetricsRecorder(lag_s=LAG_S), Clock(T0)
-    app = Starlette(routes=monitor_routes(recorder, RESOURCE_ID, clock))
-    port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        ssl_certfile=str(tls.cert_pem),
-        ssl_keyfile=str(tls.key_pem),
-        log_level="warning",
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield Served(f"https://127.0.0.1:{port}", tls, recorder, clock)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        assert not thread.is_alive()
+    recorder, clock = MetricsRecorder(lag_s=LAG_S), FakeClock(T0)
+    with serve_tls(Starlette(routes=monitor_routes(recorder, RESOURCE_ID, clock)), tls) as url:
+        yield Served(url, tls, recorder, clock)
 
 
 @pytest.fixture
@@ -102,7 +52,7 @@ async def source(served: Served) -> AsyncIterator[AzureMonitorSource]:
     s = AzureMonitorSource(
         endpoint=served.endpoint,
         resource_id=RESOURCE_ID,
-        credential=Credential(),
+        credential=StaticCredential(),
         deployments=DEPLOYMENTS,
         poll_s=30.0,
         max_age_s=300.0,
@@ -182,7 +132,7 @@ async def test_refused_query_keeps_the_old_reading(
 async def test_refused_first_query_is_unavailable(served: Served) -> None:
     feed(served.recorder)
     served.clock.now = T0 + 60
-    credential = Credential()
+    credential = StaticCredential()
     s = AzureMonitorSource(
         endpoint=served.endpoint,
         resource_id=RESOURCE_ID.replace("/sim", "/gone"),
