@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from orchestrator.settings import Settings
+from orchestrator.core.settings import Settings
 
 SCENARIOS: dict[str, tuple[str, str]] = {
-    "mixed": ("bench.mixed", "policies side by side on one seeded mixed workload"),
-    "overhead": ("bench.overhead", "added latency and throughput of ingress and worker"),
-    "saturation": ("bench.saturation", "closed-loop load against the simulator's leaky bucket"),
-    "throttle-curve": ("bench.throttle_curve", "low-priority concurrency vs utilisation"),
+    "mixed": ("bench.scenarios.mixed", "policies side by side on one seeded mixed workload"),
+    "overhead": ("bench.scenarios.overhead", "added latency and throughput of ingress and worker"),
+    "saturation": (
+        "bench.scenarios.saturation",
+        "closed-loop load against the simulator's leaky bucket",
+    ),
+    "throttle-curve": ("bench.scenarios.throttle_curve", "low-priority concurrency vs utilisation"),
 }
 
 

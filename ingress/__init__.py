@@ -1,5 +1,5 @@
 """The HTTP gateway: priority routing, high-priority proxy, low-priority enqueue, batches.
 
 Entry points: `ingress.app.create_app(settings)` (the ASGI app),
-`ingress.server.IngressThread` (tests, benchmarks) and `ptu ingress` (`ingress.cli`).
+`ingress.server.IngressThread` (tests, benchmarks) and `ptu ingress` (`ingress.main`).
 """

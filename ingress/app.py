@@ -29,26 +29,26 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ingress import errors
-from ingress.auth import Authenticator
-from ingress.batch_runner import BatchWork
-from ingress.batch_store import BatchStore
-from ingress.batches import BatchRoutes
-from ingress.chat import ChatRoutes
-from ingress.credentials import UpstreamAuth, upstream_auth
-from ingress.enqueue import Enqueuer
-from ingress.files import FileRoutes, FileStore
+from ingress.batch.files import FileRoutes, FileStore
+from ingress.batch.routes import BatchRoutes
+from ingress.batch.runner import BatchWork
+from ingress.batch.store import BatchStore
+from ingress.chat.credentials import UpstreamAuth, upstream_auth
+from ingress.chat.proxy import Proxy
+from ingress.chat.routes import ChatRoutes
+from ingress.chat.targets import make_client, targets
+from ingress.chat.token_events import TokenEvents, TokenSink
+from ingress.http import errors
+from ingress.http.auth import Authenticator
+from ingress.http.openapi import openapi_document
 from ingress.metrics import IngressMetrics
-from ingress.openapi import openapi_document
-from ingress.proxy import Proxy
-from ingress.requests_api import RequestsApi
-from ingress.token_events import TokenEvents, TokenSink
-from ingress.upstream import make_client, targets
+from ingress.queued.enqueue import Enqueuer
+from ingress.queued.requests import RequestsApi
+from orchestrator.core.results import ResultStore
+from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue
-from orchestrator.results import ResultStore
-from orchestrator.settings import Settings
-from orchestrator.utilisation.estimate import EstimateStore
+from orchestrator.utilisation.estimate.store import EstimateStore
 
 log = structlog.get_logger(__name__)
 

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from simulator.deployments import Deployment
+from simulator.openai.deployments import Deployment
 
 log = structlog.get_logger(__name__)
 

@@ -18,15 +18,15 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from simulator import chat, tokens
 from simulator.admin import admin_routes
-from simulator.bucket import retry_after_ms, retry_after_s
-from simulator.calls import ChatCall, ChatError, parse_body, parse_call
 from simulator.config import SimConfig
-from simulator.deployments import Decision, Deployment
-from simulator.latency import generation_s
-from simulator.monitor import MetricsRecorder
-from simulator.monitor_routes import monitor_routes
+from simulator.monitor.recorder import MetricsRecorder
+from simulator.monitor.routes import monitor_routes
+from simulator.openai import chat, tokens
+from simulator.openai.bucket import retry_after_ms, retry_after_s
+from simulator.openai.calls import ChatCall, ChatError, parse_body, parse_call
+from simulator.openai.deployments import Decision, Deployment
+from simulator.openai.latency import generation_s
 
 log = structlog.get_logger(__name__)
 SAMPLE_INTERVAL_S = 1.0

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import structlog
 
-from orchestrator.logs import configure
-from orchestrator.runtime import run_until_signal
-from orchestrator.settings import Settings
+from orchestrator.core.logs import configure
+from orchestrator.core.runtime import run_until_signal
+from orchestrator.core.settings import Settings
 from simulator.app import create_app
 from simulator.config import DEFAULT_DEPLOYMENT, DEFAULT_RESOURCE_ID, SimConfig
 from simulator.server import ForegroundServer, uvicorn_config

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from orchestrator.capacity import lookup
-from orchestrator.errors import ConfigError
+from orchestrator.core.capacity import lookup
+from orchestrator.core.errors import ConfigError
 
 DEFAULT_RESOURCE_ID = (
     "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/sim"

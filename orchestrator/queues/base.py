@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from orchestrator.schemas import QueuedRequest
+from orchestrator.core.schemas import QueuedRequest
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from orchestrator.errors import MissingDependencyError
+from orchestrator.core.errors import MissingDependencyError
+from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
-from orchestrator.settings import Settings
 
 
 def make_queue(settings: Settings, deployment: str, redis: aioredis.Redis, consumer: str) -> Queue:
@@ -16,7 +16,7 @@ def make_queue(settings: Settings, deployment: str, redis: aioredis.Redis, consu
             import azure.eventhub  # noqa: F401
         except ImportError as exc:
             raise MissingDependencyError("azure-eventhub", "azure") from exc
-        from orchestrator.queues.eventhubs import EventHubsQueue
+        from orchestrator.queues.eventhubs.queue import EventHubsQueue
 
         return EventHubsQueue.from_settings(settings, deployment, redis, consumer)
     from orchestrator.queues.redis_streams import RedisStreamsQueue

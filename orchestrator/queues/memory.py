@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import structlog
 
+from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues.base import Delivery
-from orchestrator.schemas import QueuedRequest
 
 log = structlog.get_logger(__name__)
 

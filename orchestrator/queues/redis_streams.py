@@ -23,10 +23,10 @@ import structlog
 from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
-from orchestrator import keys, stream_entries
-from orchestrator.errors import QueueUnavailable
+from orchestrator.core import keys, stream_entries
+from orchestrator.core.errors import QueueUnavailable
+from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues.base import Delivery
-from orchestrator.schemas import QueuedRequest
 
 log = structlog.get_logger(__name__)
 

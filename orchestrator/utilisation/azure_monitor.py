@@ -22,8 +22,8 @@ import structlog
 from azure.core.exceptions import AzureError
 from azure.monitor.querymetrics.aio import MetricsClient
 
-from orchestrator.errors import UtilisationUnavailable
-from orchestrator.settings import DeploymentConfig
+from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.settings import DeploymentConfig
 from orchestrator.utilisation.base import Reading
 
 log = structlog.get_logger(__name__)

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
-from orchestrator.errors import ConfigError, MissingDependencyError
-from orchestrator.settings import Settings
+from orchestrator.core.errors import ConfigError, MissingDependencyError
+from orchestrator.core.settings import Settings
 from orchestrator.utilisation.base import UtilisationSource
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ def make_source(settings: Settings, redis: aioredis.Redis) -> UtilisationSource:
     """The configured `UtilisationSource` for all of `settings.deployments`."""
     if settings.utilization_source == "azure_monitor":
         return _azure_monitor(settings)
-    from orchestrator.utilisation.estimate import EstimateStore
+    from orchestrator.utilisation.estimate.store import EstimateStore
 
     return EstimateStore(
         redis,

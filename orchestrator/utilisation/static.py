@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
-from orchestrator.errors import UtilisationUnavailable
+from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.utilisation.base import Reading
 
 SOURCE = "static"

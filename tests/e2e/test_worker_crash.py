@@ -7,8 +7,8 @@ from pathlib import Path
 import httpx2
 import redis
 
-from bench.stack import API_KEY, SimulatorOptions, Stack
-from orchestrator import keys
+from bench.harness.stack import API_KEY, SimulatorOptions, Stack
+from orchestrator.core import keys
 from tests.e2e.worker_helpers import enqueue, reply_counts, results_written, sigkill, wait_for
 
 DEPLOYMENT = "crash-ptu"

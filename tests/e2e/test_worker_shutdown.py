@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx2
 import redis
 
-from bench.stack import SimulatorOptions, Stack
-from orchestrator import keys
+from bench.harness.stack import SimulatorOptions, Stack
+from orchestrator.core import keys
 from tests.e2e.worker_helpers import enqueue, reply_counts, results_written, wait_for
 
 DEPLOYMENT = "drain-ptu"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.throttle_curve import CurveConfig, run_curve
-from orchestrator.throttle_policy import concurrency_limit
+from bench.scenarios.throttle_curve import CurveConfig, run_curve
+from orchestrator.throttle.policy import concurrency_limit
 
 CFG = CurveConfig(
     targets=(0.10, 0.50, 0.95),

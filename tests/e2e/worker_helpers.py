@@ -12,11 +12,11 @@ from collections.abc import Callable
 import redis
 import redis.asyncio as aioredis
 
-from bench.stack import Stack
-from orchestrator import keys
+from bench.harness.stack import Stack
+from orchestrator.core import keys
+from orchestrator.core.results import ResultStore
+from orchestrator.core.schemas import QueuedRequest, default_reply_key
 from orchestrator.queues.redis_streams import RedisStreamsQueue
-from orchestrator.results import ResultStore
-from orchestrator.schemas import QueuedRequest, default_reply_key
 
 MESSAGES = [{"role": "user", "content": "Tag this support ticket with a category."}]
 

@@ -6,10 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from bench.metrics import RESULT_KEYS
-from bench.mixed import MixedConfig, run_mixed
-from bench.stack import SimulatorOptions
-from bench.workload import MixedWorkload
+from bench.harness.stack import SimulatorOptions
+from bench.harness.workload import MixedWorkload
+from bench.report.metrics import RESULT_KEYS
+from bench.scenarios.mixed import MixedConfig, run_mixed
 
 
 def children(pid: int) -> set[int]:

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from bench.overhead import OverheadConfig, run_overhead
+from bench.scenarios.overhead import OverheadConfig, run_overhead
 from tests.integration.test_bench_mixed import children
 
 

@@ -18,8 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from ingress.server import IngressThread
-from orchestrator import keys
-from orchestrator.settings import Settings, load_settings
+from orchestrator.core import keys
+from orchestrator.core.settings import Settings, load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
 

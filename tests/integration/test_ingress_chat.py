@@ -13,12 +13,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from ingress.server import IngressThread
-from orchestrator import keys
-from orchestrator.errors import QueueUnavailable
+from orchestrator.core import keys
+from orchestrator.core.errors import QueueUnavailable
+from orchestrator.core.results import ResultStore
+from orchestrator.core.schemas import QueuedRequest, ResultDocument
+from orchestrator.core.settings import Settings, load_settings
 from orchestrator.queues.redis_streams import RedisStreamsQueue
-from orchestrator.results import ResultStore
-from orchestrator.schemas import QueuedRequest, ResultDocument
-from orchestrator.settings import Settings, load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
 
@@ -323,7 +323,7 @@ async def test_queue_unavailable_is_503_and_nothing_half_enqueued(
 
 
 async def test_redis_unreachable_is_503(sim: SimulatorThread) -> None:
-    from orchestrator.embedded import free_port
+    from orchestrator.testing.embedded_redis import free_port
 
     settings = _settings(f"redis://127.0.0.1:{free_port()}/0", sim)
     with IngressThread(settings) as down:

@@ -20,10 +20,10 @@ import schemathesis
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from ingress.openapi import openapi_document
+from ingress.http.openapi import openapi_document
 from ingress.server import IngressThread
-from orchestrator import keys
-from orchestrator.settings import load_settings
+from orchestrator.core import keys
+from orchestrator.core.settings import load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
 

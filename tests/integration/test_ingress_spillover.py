@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from ingress.server import IngressThread
-from orchestrator.settings import load_settings
+from orchestrator.core.settings import load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
 

@@ -14,7 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from azure.eventhub.aio._eventprocessor.event_processor import EventProcessor
 
-from orchestrator.queues.checkpoint_redis import RedisCheckpointStore
+from orchestrator.queues.eventhubs.checkpoint_redis import RedisCheckpointStore
 from tests.integration.eventhubs_fakes import CG, HUB, NS, FakeConsumerClient, FakeHub
 
 

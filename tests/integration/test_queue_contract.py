@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator import keys
+from orchestrator.core import keys
+from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues.base import Delivery, Queue
 from orchestrator.queues.memory import InMemoryQueue
 from orchestrator.queues.redis_streams import RedisStreamsQueue
-from orchestrator.schemas import QueuedRequest
 
 CLAIM_S = 0.3
 DEPLOYMENT = "gpt-4o-mini-ptu"

@@ -16,13 +16,13 @@ import redis.asyncio as aioredis
 from azure.eventhub import EventData
 from azure.eventhub.exceptions import ConnectError
 
-from orchestrator import keys
-from orchestrator.errors import ConfigError, QueueUnavailable
+from orchestrator.core import keys
+from orchestrator.core.errors import ConfigError, QueueUnavailable
+from orchestrator.core.settings import load_settings
 from orchestrator.queues.base import Delivery
-from orchestrator.queues.checkpoint_redis import RedisCheckpointStore
-from orchestrator.queues.eventhubs import EventHubsQueue
+from orchestrator.queues.eventhubs.checkpoint_redis import RedisCheckpointStore
+from orchestrator.queues.eventhubs.queue import EventHubsQueue
 from orchestrator.queues.factory import make_queue
-from orchestrator.settings import load_settings
 from tests.integration.eventhubs_fakes import CG, HUB, NS, FakeConsumerClient, FakeHub
 from tests.integration.test_queue_contract import request
 

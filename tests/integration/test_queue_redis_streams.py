@@ -10,10 +10,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from orchestrator import keys
-from orchestrator.embedded import free_port
-from orchestrator.errors import QueueUnavailable
+from orchestrator.core import keys
+from orchestrator.core.errors import QueueUnavailable
 from orchestrator.queues.redis_streams import RedisStreamsQueue
+from orchestrator.testing.embedded_redis import free_port
 from tests.integration.test_queue_contract import DEPLOYMENT, request
 
 

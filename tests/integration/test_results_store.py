@@ -7,9 +7,9 @@ import time
 
 import redis.asyncio as aioredis
 
-from orchestrator import keys
-from orchestrator.results import ResultStore
-from orchestrator.schemas import QueuedRequest, ResultDocument
+from orchestrator.core import keys
+from orchestrator.core.results import ResultStore
+from orchestrator.core.schemas import QueuedRequest, ResultDocument
 
 TTL = 3600
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx2
 
-from orchestrator.embedded import free_port
+from orchestrator.testing.embedded_redis import free_port
 
 
 def test_https_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.monitor.querymetrics.aio import MetricsClient
 from starlette.applications import Starlette
 
-from simulator.monitor import MetricsRecorder
-from simulator.monitor_routes import monitor_routes
+from simulator.monitor.recorder import MetricsRecorder
+from simulator.monitor.routes import monitor_routes
 from simulator.tls import TLSFiles, write_self_signed
 from tests.integration.monitor_support import T0, FakeClock, StaticCredential, serve_tls
 

@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 
 from simulator.app import create_app
 from simulator.config import DEFAULT_RESOURCE_ID, SimConfig
-from simulator.monitor import MetricsRecorder
+from simulator.monitor.recorder import MetricsRecorder
 from simulator.tls import TLSFiles, write_self_signed
 from tests.integration.monitor_support import T0, FakeClock, StaticCredential, serve_tls
 

@@ -9,8 +9,8 @@ import httpx2
 import openai
 import pytest
 
-from simulator import tokens
 from simulator.config import SimConfig
+from simulator.openai import tokens
 from simulator.server import SimulatorThread
 
 API_VERSION = "2024-10-21"

@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 from rich.console import Console
 
 from ingress.server import IngressThread
-from orchestrator.settings import load_settings
-from orchestrator.submit import SubmitError, custom_ids, submit
+from orchestrator.cli.submit import SubmitError, custom_ids, submit
+from orchestrator.core.settings import load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
 from tests.integration.test_ingress_batch import worker_process
@@ -120,7 +120,7 @@ async def test_server_side_validation_is_one_line(ingress: IngressThread, tmp_pa
 
 
 async def test_unreachable_ingress(tmp_path: Path) -> None:
-    from orchestrator.embedded import free_port
+    from orchestrator.testing.embedded_redis import free_port
 
     path = tmp_path / "ok.jsonl"
     path.write_text(_line(1))

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator.settings import DeploymentConfig
-from orchestrator.throttle import Throttle
+from orchestrator.core.settings import DeploymentConfig
+from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.static import StaticSource
 
 DEPLOYMENT = DeploymentConfig(name="gpt-4o", model="gpt-4o", ptus=50)

@@ -11,12 +11,12 @@ import fakeredis
 import pytest
 from starlette.applications import Starlette
 
-from orchestrator.errors import UtilisationUnavailable
-from orchestrator.settings import DeploymentConfig
-from orchestrator.throttle import Throttle
+from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.settings import DeploymentConfig
+from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.azure_monitor import AzureMonitorSource
-from simulator.monitor import MetricsRecorder
-from simulator.monitor_routes import monitor_routes
+from simulator.monitor.recorder import MetricsRecorder
+from simulator.monitor.routes import monitor_routes
 from simulator.tls import TLSFiles, write_self_signed
 from tests.integration.monitor_support import T0, FakeClock, StaticCredential, serve_tls
 

@@ -8,10 +8,10 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator import keys
-from orchestrator.schemas import TokenEvent
-from orchestrator.settings import DeploymentConfig
-from orchestrator.utilisation.estimate import EstimateStore, publish
+from orchestrator.core import keys
+from orchestrator.core.schemas import TokenEvent
+from orchestrator.core.settings import DeploymentConfig
+from orchestrator.utilisation.estimate.store import EstimateStore, publish
 
 # 10 PTU x 600 TPM = 100 tokens/s; window 10 s -> 100 % = 1,000 tokens; output weight 2
 DEPLOYMENT = DeploymentConfig(

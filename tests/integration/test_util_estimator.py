@@ -12,12 +12,12 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator import keys
-from orchestrator.errors import UtilisationUnavailable
-from orchestrator.estimator import GROUP, Estimator
-from orchestrator.schemas import TokenEvent
-from orchestrator.settings import DeploymentConfig
-from orchestrator.utilisation.estimate import EstimateStore, publish
+from orchestrator.core import keys
+from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.schemas import TokenEvent
+from orchestrator.core.settings import DeploymentConfig
+from orchestrator.estimator.redis_stream import GROUP, Estimator
+from orchestrator.utilisation.estimate.store import EstimateStore, publish
 
 # 10 PTU x 600 TPM = 100 tokens/s; window 100 s -> 100 % = 10,000 tokens; output weight 2
 DEPLOYMENT = DeploymentConfig(

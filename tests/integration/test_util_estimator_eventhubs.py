@@ -21,12 +21,12 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from orchestrator.errors import UtilisationUnavailable
-from orchestrator.estimator_eventhubs import EventHubsEstimator
-from orchestrator.queues.checkpoint_redis import RedisCheckpointStore
-from orchestrator.schemas import TokenEvent
-from orchestrator.settings import DeploymentConfig
-from orchestrator.utilisation.estimate import EstimateStore
+from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.schemas import TokenEvent
+from orchestrator.core.settings import DeploymentConfig
+from orchestrator.estimator.eventhubs import EventHubsEstimator
+from orchestrator.queues.eventhubs.checkpoint_redis import RedisCheckpointStore
+from orchestrator.utilisation.estimate.store import EstimateStore
 from tests.integration.eventhubs_fakes import CG, NS, FakeConsumerClient, FakeHub
 
 TOKEN_HUB = "ptu-token-events"

@@ -18,18 +18,18 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from bench.identity import IdentityEndpoint
-from orchestrator import keys
+from bench.harness.identity import IdentityEndpoint
+from orchestrator.core import keys
+from orchestrator.core.results import ResultStore
+from orchestrator.core.schemas import QueuedRequest, ResultDocument, default_reply_key
+from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.redis_streams import RedisStreamsQueue
-from orchestrator.results import ResultStore
-from orchestrator.schemas import QueuedRequest, ResultDocument, default_reply_key
-from orchestrator.settings import DeploymentConfig, Settings
-from orchestrator.upstream import AzureUpstream
 from orchestrator.utilisation.static import StaticSource
-from orchestrator.worker import WorkerTiming
-from orchestrator.worker_cli import build_worker
-from simulator import tokens
+from orchestrator.worker.loop import WorkerTiming
+from orchestrator.worker.main import build_worker
+from orchestrator.worker.upstream import AzureUpstream
 from simulator.config import SimConfig
+from simulator.openai import tokens
 from simulator.server import SimulatorThread
 
 DEP = "dep"

@@ -12,15 +12,15 @@ import uuid
 import httpx2
 import redis.asyncio as aioredis
 
-from orchestrator.metrics import WorkerMetrics
+from orchestrator.cli.status import collect
+from orchestrator.core.results import ResultStore
+from orchestrator.core.schemas import QueuedRequest, default_reply_key
+from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.redis_streams import RedisStreamsQueue
-from orchestrator.results import ResultStore
-from orchestrator.schemas import QueuedRequest, default_reply_key
-from orchestrator.settings import DeploymentConfig, Settings
-from orchestrator.status import collect
 from orchestrator.utilisation.static import StaticSource
-from orchestrator.worker import WorkerTiming
-from orchestrator.worker_cli import build_worker
+from orchestrator.worker.loop import WorkerTiming
+from orchestrator.worker.main import build_worker
+from orchestrator.worker.metrics import WorkerMetrics
 from tests.unit.worker_fakes import FakeUpstream
 
 DEP = DeploymentConfig(name="dep", model="gpt-4o-mini", ptus=15)

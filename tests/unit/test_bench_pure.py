@@ -7,12 +7,9 @@ import random
 import pytest
 from rich.console import Console
 
-from bench.dashboard import Snapshot, render, status_line, utilisation_bar
-from bench.metrics import RESULT_KEYS, PolicyRun, percentile, summarise, utilisation_stats
-from bench.report import markdown_table
-from bench.sampler import Sample, parse_state
-from bench.traffic import HpRecord, LpRecord
-from bench.workload import (
+from bench.harness.sampler import Sample, parse_state
+from bench.harness.traffic import HpRecord, LpRecord
+from bench.harness.workload import (
     CallShape,
     Capacity,
     MixedWorkload,
@@ -22,6 +19,9 @@ from bench.workload import (
     interactive_calls,
     static_concurrency,
 )
+from bench.report.dashboard import Snapshot, render, status_line, utilisation_bar
+from bench.report.metrics import RESULT_KEYS, PolicyRun, percentile, summarise, utilisation_stats
+from bench.report.tables import markdown_table
 
 CAP = Capacity(capacity_tpm=555_000, output_weight=3.0, window_s=10.0)
 

@@ -8,10 +8,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from ingress.batch_jsonl import MAX_LINES, output_line, parse_input, render, succeeded
-from ingress.errors import ApiError
-from ingress.multipart import parse_form
-from orchestrator.schemas import ResultDocument
+from ingress.batch.jsonl import MAX_LINES, output_line, parse_input, render, succeeded
+from ingress.http.errors import ApiError
+from ingress.http.multipart import parse_form
+from orchestrator.core.schemas import ResultDocument
 
 DEPLOYMENTS = {"ptu", "paygo"}
 

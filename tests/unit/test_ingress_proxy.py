@@ -8,13 +8,13 @@ from typing import Any
 import httpx2
 import pytest
 
-from ingress.credentials import ApiKeyAuth, EntraAuth
-from ingress.errors import ApiError
+from ingress.chat.credentials import ApiKeyAuth, EntraAuth
+from ingress.chat.proxy import Call, Proxy
+from ingress.chat.targets import Target
+from ingress.chat.token_events import TokenEvents
+from ingress.http.errors import ApiError
 from ingress.metrics import IngressMetrics
-from ingress.proxy import Call, Proxy
-from ingress.token_events import TokenEvents
-from ingress.upstream import Target
-from orchestrator.schemas import TokenEvent
+from orchestrator.core.schemas import TokenEvent
 
 STD = Target("std", "http://up/openai/deployments/std/chat/completions", False)
 PTU = Target("ptu", "http://up/openai/deployments/ptu/chat/completions", True, STD)
@@ -243,7 +243,7 @@ async def test_a_failing_sink_never_fails_the_call() -> None:
 
 
 def test_usage_is_read_from_the_end_of_the_document() -> None:
-    from ingress.proxy import _usage_of
+    from ingress.chat.proxy import _usage_of
 
     doc = {
         "choices": [{"message": {"content": 'a "usage": {"x": 1} in text'}}],

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from ingress.auth import DEFAULT_TENANT, Authenticator, is_loopback
-from ingress.enqueue import reply_key_for, ttl_for
-from ingress.errors import ApiError, envelope, error_type
-from ingress.governance import govern
-from ingress.proxy import forwarded_headers, passed_headers, retry_after_ms
-from ingress.requests_api import MAX_WAIT_S, wait_for
-from ingress.routing import parse_priority
-from ingress.validation import check_chat_body
+from ingress.chat.governance import govern
+from ingress.chat.proxy import forwarded_headers, passed_headers, retry_after_ms
+from ingress.chat.validation import check_chat_body
+from ingress.http.auth import DEFAULT_TENANT, Authenticator, is_loopback
+from ingress.http.errors import ApiError, envelope, error_type
+from ingress.http.priority import parse_priority
+from ingress.queued.enqueue import reply_key_for, ttl_for
+from ingress.queued.requests import MAX_WAIT_S, wait_for
 
 
 @pytest.mark.parametrize(
@@ -233,7 +233,7 @@ def test_header_filters() -> None:
 
 
 def test_lone_surrogates_are_rejected_at_parse_time() -> None:
-    from ingress.body import loads_strict, parse_object
+    from ingress.http.body import loads_strict, parse_object
 
     assert loads_strict(b'{"a": "\\ud83d\\ude00"}') == {"a": "\U0001f600"}
     for raw in (b'{"a": "\\ud800"}', b'{"a": "x\\uDFFF"}'):

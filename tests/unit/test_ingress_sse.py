@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ingress.sse import SSEFilter
+from ingress.chat.sse import SSEFilter
 
 
 def _event(obj: object) -> bytes:

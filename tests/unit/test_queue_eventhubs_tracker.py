@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.queues.eventhubs import LowWaterMark
+from orchestrator.queues.eventhubs.queue import LowWaterMark
 
 # received: offsets in partition order; acks: (offset acked, checkpoint it allows or None)
 CASES = [

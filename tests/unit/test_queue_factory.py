@@ -7,10 +7,10 @@ import sys
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator.errors import MissingDependencyError
+from orchestrator.core.errors import MissingDependencyError
+from orchestrator.core.settings import load_settings
 from orchestrator.queues.factory import make_queue
 from orchestrator.queues.redis_streams import RedisStreamsQueue
-from orchestrator.settings import load_settings
 
 
 async def test_redis_backend_is_default() -> None:

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues.memory import InMemoryQueue
-from orchestrator.schemas import QueuedRequest
 
 
 class Clock:

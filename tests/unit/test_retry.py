@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.errors import UpstreamError, UpstreamThrottled, UpstreamTimeout
-from orchestrator.retry import RetryPolicy, backoff_s, decide
+from orchestrator.core.errors import UpstreamError, UpstreamThrottled, UpstreamTimeout
+from orchestrator.core.retry import RetryPolicy, backoff_s, decide
 
 POLICY = RetryPolicy(max_attempts=4, base_s=1.0, max_s=10.0)
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.errors import ConfigError
-from orchestrator.settings import load_settings
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.settings import load_settings
 
 GOOD = '[{"name":"gpt-4o-mini-ptu","model":"gpt-4o-mini","ptus":25}]'
 

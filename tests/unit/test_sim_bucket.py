@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.bucket import LeakyBucket, charge, retry_after_ms, retry_after_s
+from simulator.openai.bucket import LeakyBucket, charge, retry_after_ms, retry_after_s
 
 # 60,000 TPM -> drains 1,000 per second; window 10 s -> 100 % is a level of 10,000.
 CAP, WINDOW = 60_000.0, 10.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from simulator import chat
+from simulator.openai import chat
 
 
 def parse(event: bytes) -> dict[str, object]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.errors import ConfigError
+from orchestrator.core.errors import ConfigError
 from simulator.config import DEFAULT_RESOURCE_ID, SimConfig, parse_deployment
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from simulator.config import parse_deployment
-from simulator.deployments import Deployment
+from simulator.openai.deployments import Deployment
 
 
 def provisioned(window_s: float = 10.0, seed: int = 0) -> Deployment:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.latency import generation_s, total_s, ttft_s
+from simulator.openai.latency import generation_s, total_s, ttft_s
 
 
 @pytest.mark.parametrize(

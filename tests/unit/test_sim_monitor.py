@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.monitor import (
+from simulator.monitor.recorder import (
     MAX_POINTS,
     MetricQueryError,
     MetricsRecorder,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.monitor import MinutePoint, Series
-from simulator.monitor_routes import MonitorError, iso, order_and_top, parse_filter, parse_time
+from simulator.monitor.recorder import MinutePoint, Series
+from simulator.monitor.routes import MonitorError, iso, order_and_top, parse_filter, parse_time
 
 
 @pytest.mark.parametrize(

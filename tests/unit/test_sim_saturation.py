@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.saturation import Attempt, Probe, analyse
+from bench.scenarios.saturation import Attempt, Probe, analyse
 
 
 def attempt(

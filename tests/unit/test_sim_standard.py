@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.standard import StandardLimiter
+from simulator.openai.standard import StandardLimiter
 
 
 def test_requests_per_window_follow_tpm() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator import tokens
+from simulator.openai import tokens
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from orchestrator.throttle_policy import concurrency_limit
+from orchestrator.throttle.policy import concurrency_limit
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ import httpx2
 import pytest
 from pydantic import SecretStr
 
-from orchestrator.errors import ConfigError, UpstreamError, UpstreamThrottled, UpstreamTimeout
-from orchestrator.settings import Settings
-from orchestrator.upstream import AzureUpstream, parse_retry_after, parse_utilisation
+from orchestrator.core.errors import ConfigError, UpstreamError, UpstreamThrottled, UpstreamTimeout
+from orchestrator.core.settings import Settings
+from orchestrator.worker.upstream import AzureUpstream, parse_retry_after, parse_utilisation
 
 COMPLETION = {
     "id": "chatcmpl-1",

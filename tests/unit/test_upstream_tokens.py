@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.token_count import estimate_prompt_tokens, requested_max_tokens, text_tokens
-from simulator.tokens import estimate_prompt_tokens as simulator_estimate
+from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens, text_tokens
+from simulator.openai.tokens import estimate_prompt_tokens as simulator_estimate
 
 
 @pytest.mark.parametrize(("text", "tokens"), [("", 0), ("abc", 1), ("abcd", 1), ("abcde", 2)])

@@ -7,10 +7,10 @@ from typing import Any
 import fakeredis
 import pytest
 
-from orchestrator.errors import UtilisationUnavailable
-from orchestrator.schemas import TokenEvent
-from orchestrator.settings import DeploymentConfig
-from orchestrator.utilisation.estimate import EstimateStore
+from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.schemas import TokenEvent
+from orchestrator.core.settings import DeploymentConfig
+from orchestrator.utilisation.estimate.store import EstimateStore
 
 # 10 PTU x 600 TPM = 100 tokens/s; window 10 s -> 100 % = 1,000 tokens; output weight 2
 DEPLOYMENT = DeploymentConfig(

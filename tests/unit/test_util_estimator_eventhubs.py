@@ -11,13 +11,13 @@ import pytest
 import redis.asyncio as aioredis
 from azure.eventhub import EventData
 
-from orchestrator.errors import ConfigError, MissingDependencyError, UtilisationUnavailable
-from orchestrator.estimator import Estimator
-from orchestrator.estimator_cli import make_estimator
-from orchestrator.estimator_eventhubs import EventHubsEstimator
-from orchestrator.schemas import TokenEvent
-from orchestrator.settings import DeploymentConfig, load_settings
-from orchestrator.utilisation.estimate import EstimateStore
+from orchestrator.core.errors import ConfigError, MissingDependencyError, UtilisationUnavailable
+from orchestrator.core.schemas import TokenEvent
+from orchestrator.core.settings import DeploymentConfig, load_settings
+from orchestrator.estimator.eventhubs import EventHubsEstimator
+from orchestrator.estimator.main import make_estimator
+from orchestrator.estimator.redis_stream import Estimator
+from orchestrator.utilisation.estimate.store import EstimateStore
 from tests.integration.eventhubs_fakes import FakeHub
 
 NOW = 1_800_000_000.0

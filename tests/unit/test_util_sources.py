@@ -8,15 +8,15 @@ import fakeredis
 import pytest
 from azure.monitor.querymetrics import MetricsQueryResult
 
-from orchestrator.errors import ConfigError, MissingDependencyError, UtilisationUnavailable
-from orchestrator.estimator import parse_event
-from orchestrator.settings import load_settings
+from orchestrator.core.errors import ConfigError, MissingDependencyError, UtilisationUnavailable
+from orchestrator.core.settings import load_settings
+from orchestrator.estimator.redis_stream import parse_event
 from orchestrator.utilisation.azure_monitor import (
     AzureMonitorSource,
     deployment_filter,
     newest_readings,
 )
-from orchestrator.utilisation.estimate import EstimateStore
+from orchestrator.utilisation.estimate.store import EstimateStore
 from orchestrator.utilisation.factory import make_source
 from orchestrator.utilisation.static import StaticSource
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from orchestrator.errors import UpstreamError, UpstreamThrottled, UpstreamTimeout
+from orchestrator.core.errors import UpstreamError, UpstreamThrottled, UpstreamTimeout
 from orchestrator.queues.base import Delivery
-from orchestrator.slots import Slot
+from orchestrator.throttle.slots import Slot
 from tests.unit.worker_fakes import T0, FakeUpstream, Rig, make_rig, request
 
 

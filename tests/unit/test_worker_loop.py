@@ -7,10 +7,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator import keys
-from orchestrator.errors import QueueUnavailable
+from orchestrator.core import keys
+from orchestrator.core.errors import QueueUnavailable
 from orchestrator.queues.base import Delivery
-from orchestrator.worker import Lane, Worker, WorkerTiming
+from orchestrator.worker.loop import Lane, Worker, WorkerTiming
 from tests.unit.worker_fakes import DEPLOYMENT, FakeUpstream, Parked, Rig, make_rig, request
 
 

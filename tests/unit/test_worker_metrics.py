@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.metrics import WorkerMetrics
 from orchestrator.utilisation.base import Reading
+from orchestrator.worker.metrics import WorkerMetrics
 
 
 def test_metrics_record_throttle_results_calls_tokens_and_lag() -> None:

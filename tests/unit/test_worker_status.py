@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from orchestrator.status import Row, WorkerSummary, render, summarise
+from orchestrator.cli.status import Row, WorkerSummary, render, summarise
 
 NOW = 1_000.0
 

@@ -10,16 +10,16 @@ from typing import Any
 import fakeredis
 import redis.asyncio as aioredis
 
-from orchestrator.dispatch import DispatchConfig, Dispatcher
-from orchestrator.errors import UpstreamError
+from orchestrator.core.errors import UpstreamError
+from orchestrator.core.results import ResultStore
+from orchestrator.core.retry import RetryPolicy
+from orchestrator.core.schemas import QueuedRequest, TokenEvent, default_reply_key
+from orchestrator.core.settings import DeploymentConfig
 from orchestrator.queues.memory import InMemoryQueue
-from orchestrator.results import ResultStore
-from orchestrator.retry import RetryPolicy
-from orchestrator.schemas import QueuedRequest, TokenEvent, default_reply_key
-from orchestrator.settings import DeploymentConfig
-from orchestrator.throttle import Throttle
-from orchestrator.upstream import UpstreamResponse
+from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.static import StaticSource
+from orchestrator.worker.dispatch import DispatchConfig, Dispatcher
+from orchestrator.worker.upstream import UpstreamResponse
 
 DEPLOYMENT = DeploymentConfig(name="dep", model="gpt-4o-mini", ptus=15)
 T0 = 1_700_000_000.0

@@ -1,0 +1,204 @@
+"""Benchmark output: results.json, a Markdown table, and PNG timelines (matplotlib Agg)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+
+from bench.report.metrics import RESULT_KEYS, PolicyRun
+
+HEADERS = {
+    "policy": "policy",
+    "hp_429_rate": "HP 429 rate",
+    "hp_p50_ms": "HP p50 ms",
+    "hp_p95_ms": "HP p95 ms",
+    "hp_p99_ms": "HP p99 ms",
+    "hp_p99_ratio": "p99 / baseline",
+    "util_mean": "util mean",
+    "util_p95": "util p95",
+    "time_above_upper_s": "s above upper",
+    "lp_makespan_s": "LP makespan s",
+    "lp_tokens_per_s": "LP tokens/s",
+    "lp_429": "LP 429s",
+    "lp_completed": "LP done",
+    "lp_failed": "LP failed",
+    "direct_p50_ms": "direct p50 ms",
+    "direct_p99_ms": "direct p99 ms",
+    "ingress_p50_ms": "via ingress p50 ms",
+    "ingress_p99_ms": "via ingress p99 ms",
+    "added_p50_ms": "added p50 ms",
+    "added_p99_ms": "added p99 ms",
+    "ratio_p50": "ratio p50",
+    "ratio_p99": "ratio p99",
+    "enqueue_per_s": "enqueues/s (1 ingress)",
+    "worker_results_per_s": "results/s (1 worker)",
+}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], keys: Sequence[str] = RESULT_KEYS) -> str:
+    """A Markdown table of `rows` with one column per key."""
+    head = "| " + " | ".join(HEADERS.get(k, k) for k in keys) + " |"
+    rule = "|" + "|".join("---" if k == "policy" else "---:" for k in keys) + "|"
+    body = ["| " + " | ".join(_cell(row.get(k)) for k in keys) + " |" for row in rows]
+    return "\n".join([head, rule, *body])
+
+
+def write_results(
+    out: Path,
+    rows: Sequence[dict[str, Any]],
+    title: str,
+    notes: Sequence[str] = (),
+    keys: Sequence[str] = RESULT_KEYS,
+) -> None:
+    """Write results.json (the rows) and results.md (title, table of `keys`, notes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(list(rows), indent=2) + "\n")
+    lines = [f"# {title}", "", markdown_table(rows, keys), ""]
+    lines += [f"- {note}" for note in notes]
+    (out / "results.md").write_text("\n".join(lines).rstrip() + "\n")
+
+
+def write_timeseries(run: PolicyRun, path: Path) -> None:
+    """The run's samples as CSV: time, true utilisation, worker's view, low in flight."""
+    lines = ["t_s,utilization,worker_view,low_in_flight,low_peak,low_throttled,high_throttled"]
+    lines += [
+        f"{s.t:.2f},{s.utilization:.4f},{'' if s.view is None else f'{s.view:.4f}'},"
+        f"{s.low_in_flight},{s.low_peak},{s.low_throttled},{s.high_throttled}"
+        for s in run.samples
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _shade(ax: Axes, burst: tuple[float, float] | None, batch: tuple[float, float] | None) -> None:
+    if burst is not None:
+        ax.axvspan(*burst, color="tab:orange", alpha=0.12, lw=0)
+    if batch is not None:
+        ax.axvspan(*batch, color="tab:green", alpha=0.06, lw=0)
+
+
+def _utilisation(
+    ax: Axes, run: PolicyRun, lower: float, upper: float, burst: tuple[float, float] | None
+) -> None:
+    t = [s.t for s in run.samples]
+    ax.plot(t, [s.utilization for s in run.samples], color="tab:blue", lw=1, label="utilisation")
+    if any(s.view is not None for s in run.samples):
+        view = [s.view if s.view is not None else float("nan") for s in run.samples]
+        source = run.settings.get("PTU_UTILIZATION_SOURCE", "estimate")
+        ax.plot(t, view, color="tab:orange", lw=0.9, ls="--", label=f"worker's view ({source})")
+    ax.axhline(upper, color="tab:red", ls="--", lw=1, label=f"upper {upper:g}")
+    ax.axhline(lower, color="tab:gray", ls=":", lw=1, label=f"lower {lower:g}")
+    ax.axhline(1.0, color="black", lw=0.6)
+    _shade(ax, burst, None)
+    ax.set_ylabel("utilisation")
+    ax.set_ylim(bottom=0)
+
+
+def _concurrency(ax: Axes, run: PolicyRun, burst: tuple[float, float] | None) -> None:
+    t = [s.t for s in run.samples]
+    ax.step(t, [s.low_peak for s in run.samples], where="post", color="tab:green", lw=1)
+    ax.set_ylabel("low in flight")
+    ax.set_ylim(bottom=0)
+    _shade(ax, burst, None)
+
+
+def _latency(ax: Axes, run: PolicyRun, burst: tuple[float, float] | None) -> None:
+    ok = [r for r in run.hp if r.status == 200]
+    bad = [r for r in run.hp if r.status != 200]
+    ax.scatter([r.at for r in ok], [r.latency_s * 1000 for r in ok], s=4, color="tab:purple")
+    if bad:
+        ax.scatter(
+            [r.at for r in bad],
+            [r.latency_s * 1000 for r in bad],
+            s=12,
+            marker="x",
+            color="tab:red",
+            label=f"{len(bad)} failed (429)",
+        )
+        ax.legend(loc="upper right", fontsize=7)
+    ax.set_ylabel("high-priority ms")
+    ax.set_ylim(bottom=0)
+    _shade(ax, burst, None)
+
+
+def plot_timeline(
+    run: PolicyRun,
+    path: Path,
+    lower: float,
+    upper: float,
+    burst: tuple[float, float] | None = None,
+    title: str | None = None,
+) -> None:
+    """Three stacked panels: utilisation with thresholds, low concurrency, high latency."""
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    _utilisation(axes[0], run, lower, upper, burst)
+    axes[0].legend(loc="upper right", fontsize=7)
+    _concurrency(axes[1], run, burst)
+    _latency(axes[2], run, burst)
+    axes[2].set_xlabel("seconds (orange: interactive burst)")
+    fig.suptitle(title or run.policy)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_policies(
+    runs: Sequence[PolicyRun],
+    path: Path,
+    lower: float,
+    upper: float,
+    burst: tuple[float, float] | None = None,
+) -> None:
+    """One row per policy: utilisation (left) and low-priority concurrency (right)."""
+    fig, axes = plt.subplots(
+        len(runs), 2, figsize=(12, 2.2 * len(runs) + 0.6), sharex=True, squeeze=False
+    )
+    for row, run in zip(axes, runs, strict=True):
+        _utilisation(row[0], run, lower, upper, burst)
+        _concurrency(row[1], run, burst)
+        row[0].set_title(run.policy, fontsize=9, loc="left")
+        row[1].set_title(run.policy, fontsize=9, loc="left")
+    axes[0][0].legend(loc="upper right", fontsize=7)
+    axes[-1][0].set_xlabel("seconds (orange: interactive burst)")
+    axes[-1][1].set_xlabel("seconds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_cdfs(series: Mapping[str, Sequence[float]], path: Path, xlabel: str) -> None:
+    """Cumulative distributions of several samples, one line each."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, raw in series.items():
+        values = sorted(raw)
+        if values:
+            ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction of calls")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_latency_cdf(runs: Sequence[PolicyRun], path: Path) -> None:
+    """Cumulative distribution of successful high-priority latency, one line per policy."""
+    series = {run.policy: [r.latency_s * 1000 for r in run.hp if r.status == 200] for run in runs}
+    plot_cdfs(series, path, "high-priority latency ms (successful calls)")

@@ -1,0 +1,77 @@
+"""The worker's view of utilisation, read by the harness beside the simulator's truth.
+
+The same source classes the worker throttles on, built from the policy's
+settings, so the plots show what the worker saw and when it saw it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bench.harness.stack import API_KEY, Stack
+from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.settings import DeploymentConfig
+from orchestrator.utilisation.base import UtilisationSource
+from orchestrator.utilisation.estimate.store import EstimateStore
+
+View = Callable[[], Awaitable[float | None]]
+
+
+class StaticToken:
+    """An async token credential handing out one fixed bearer token (the simulator's key)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        """A token valid for an hour."""
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(self._token, int(time.time()) + 3600)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+def _source(stack: Stack, env: Mapping[str, str], deployment: DeploymentConfig) -> Any:
+    sim = stack.sim
+    if env.get("PTU_UTILIZATION_SOURCE", "estimate") == "estimate":
+        client = aioredis.Redis.from_url(stack.redis_url)
+        store = EstimateStore(client, [deployment], window_s=sim.window_s, max_age_s=5.0)
+        return store, client.aclose
+    from orchestrator.utilisation.azure_monitor import AzureMonitorSource
+
+    source = AzureMonitorSource(
+        endpoint=env["PTU_AZURE_MONITOR_ENDPOINT"],
+        resource_id=env["PTU_AZURE_RESOURCE_ID"],
+        credential=StaticToken(API_KEY),
+        deployments=[deployment],
+        poll_s=float(env.get("PTU_AZURE_MONITOR_POLL_S", "30")),
+        max_age_s=float(env.get("PTU_MONITOR_MAX_AGE_S", "300")),
+        connection_verify=str(stack.ca_file) if sim.https else None,
+    )
+    return source, source.close
+
+
+async def worker_view(
+    stack: Stack, env: Mapping[str, str], exits: contextlib.AsyncExitStack
+) -> View:
+    """A reader of the utilisation source `env` configures (None while it has no reading)."""
+    sim = stack.sim
+    deployment = DeploymentConfig(name=sim.deployment, model=sim.model, ptus=sim.ptus)
+    source: UtilisationSource
+    source, close = _source(stack, env, deployment)
+    exits.push_async_callback(close)
+
+    async def read() -> float | None:
+        try:
+            return (await source.read(sim.deployment)).value
+        except UtilisationUnavailable:
+            return None
+
+    return read

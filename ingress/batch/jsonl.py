@@ -1,0 +1,131 @@
+"""Batch files: validating input JSONL as Azure does, writing output and error JSONL.
+
+Input line (AZURE_FACTS §6): `{"custom_id", "method": "POST", "url":
+"/v1/chat/completions" | "/chat/completions", "body": {...}}`; `body.model`
+names a deployment of this ingress; `custom_id`s are unique; at most 100,000
+lines. Blank lines are ignored. Every problem is a 400 naming the line.
+
+Output line: `{"id", "custom_id", "response": {"status_code", "request_id",
+"body"}, "error": null}`; a line that failed, expired or was cancelled goes to
+the error file with `error: {"code", "message"}` (and `response` when the
+deployment answered).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ingress.chat.governance import LIMIT_FIELDS, govern
+from ingress.chat.validation import check_chat_body
+from ingress.http.body import loads_strict
+from ingress.http.errors import ApiError, bad_request
+from orchestrator.core.schemas import ResultDocument
+
+MAX_LINES = 100_000
+ENDPOINTS = ("/v1/chat/completions", "/chat/completions")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    """One validated request of a batch input file."""
+
+    number: int
+    custom_id: str
+    deployment: str
+    body: dict[str, Any]
+
+
+def _line_error(number: int, message: str) -> ApiError:
+    return bad_request(f"line {number}: {message}", code="invalid_batch_file")
+
+
+def _check_line(number: int, obj: object, deployments: Collection[str]) -> BatchLine:
+    if not isinstance(obj, dict):
+        raise _line_error(number, "not a JSON object")
+    custom_id = obj.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        raise _line_error(number, "'custom_id' must be a non-empty string")
+    if obj.get("method") != "POST":
+        raise _line_error(number, "'method' must be \"POST\"")
+    if obj.get("url") not in ENDPOINTS:
+        raise _line_error(number, f"'url' must be one of {', '.join(ENDPOINTS)}")
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        raise _line_error(number, "'body' must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or model not in deployments:
+        known = ", ".join(sorted(deployments)) or "none"
+        raise _line_error(
+            number, f"body.model {str(model)[:100]!r} is not a deployment here (known: {known})"
+        )
+    try:
+        check_chat_body(body)
+        govern({k: body[k] for k in LIMIT_FIELDS if k in body}, ceiling=1, default=1)
+    except ApiError as exc:
+        raise _line_error(number, f"body: {exc.message}") from exc
+    if body.get("stream") is True:
+        raise _line_error(number, "body.stream must not be true in a batch")
+    return BatchLine(number, custom_id, model, body)
+
+
+def parse_input(content: bytes, deployments: Collection[str]) -> list[BatchLine]:
+    """The lines of a batch input file; ApiError 400 naming the first bad line."""
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_request("the file is not UTF-8 text", code="invalid_batch_file") from exc
+    lines: list[BatchLine] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        if len(lines) >= MAX_LINES:
+            raise _line_error(number, f"a batch file holds at most {MAX_LINES} requests")
+        try:
+            obj = loads_strict(raw)
+        except ValueError as exc:
+            raise _line_error(number, f"not valid JSON ({exc})") from exc
+        line = _check_line(number, obj, deployments)
+        first = seen.setdefault(line.custom_id, number)
+        if first != number:
+            raise _line_error(
+                number, f"duplicate custom_id {line.custom_id[:100]!r} (first on line {first})"
+            )
+        lines.append(line)
+    if not lines:
+        raise bad_request("the batch file has no requests", code="invalid_batch_file")
+    return lines
+
+
+def succeeded(doc: ResultDocument) -> bool:
+    """True when the line belongs in the output file."""
+    return doc.status == "completed" and (doc.status_code or 200) < 300
+
+
+def output_line(doc: ResultDocument) -> dict[str, Any]:
+    """The Batch output (or error) line of one result."""
+    response = None
+    if doc.status_code is not None:
+        body = doc.response if succeeded(doc) else {"error": doc.error or {}}
+        response = {"status_code": doc.status_code, "request_id": doc.id, "body": body}
+    error = None
+    if not succeeded(doc):
+        err = doc.error or {}
+        error = {
+            "code": str(err.get("code") or doc.status),
+            "message": str(err.get("message") or f"request {doc.status}"),
+        }
+    return {
+        "id": "batch_req_" + doc.id.removeprefix("req_"),
+        "custom_id": doc.custom_id,
+        "response": response,
+        "error": error,
+    }
+
+
+def render(lines: Iterable[dict[str, Any]]) -> bytes:
+    """JSONL bytes of output lines."""
+    return b"".join(json.dumps(line, separators=(",", ":")).encode() + b"\n" for line in lines)

@@ -1,0 +1,197 @@
+"""Work done for batches in the background: high-priority lines, and closing lines early.
+
+High priority (`x-priority: high` on batch create): the lines do not wait in the
+queue; this ingress process calls the deployment for them right away through the
+high-priority proxy (spillover and token events included), `concurrency` at a
+time, retrying 429/408/5xx after `retry-after-ms` (or a capped backoff) up to
+`PTU_MAX_ATTEMPTS`. This run lives in the process that accepted the batch: if
+that process stops, its unfinished lines stay queued-state and the batch stays
+in progress until cancelled. Low priority, the default, is durable.
+
+Closing lines early (cancel, or an enqueue that failed half-way): every line
+still `queued` gets a failed result with a code (`batch_cancelled`,
+`batch_failed`). The worker checks for an existing result before calling, so
+those lines are skipped without any change to the worker; lines already in
+progress finish normally. `ResultStore.complete` is idempotent, so a line is
+never counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import structlog
+from redis.exceptions import RedisError
+
+from ingress.chat.proxy import Call, Proxy, retry_after_ms
+from ingress.chat.targets import Target
+from ingress.http.errors import ApiError
+from orchestrator.core import keys
+from orchestrator.core.results import ResultStore
+from orchestrator.core.schemas import QueuedRequest, ResultDocument
+from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
+
+log = structlog.get_logger(__name__)
+
+CHUNK = 50
+"""Lines written concurrently: bounded so a big batch never drains the Redis pool."""
+RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class BatchWork:
+    """Background tasks of batches, referenced until they finish."""
+
+    def __init__(
+        self,
+        results: ResultStore,
+        proxy: Proxy,
+        targets: Mapping[str, Target],
+        *,
+        query: str,
+        concurrency: int,
+        max_attempts: int,
+        backoff_max_s: float,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._results = results
+        self._proxy = proxy
+        self._targets = targets
+        self._query = query
+        self._concurrency = concurrency
+        self._max_attempts = max_attempts
+        self._backoff_max_s = backoff_max_s
+        self._clock = clock
+        self._sleep = sleep
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> None:
+        """Run `coro` in the background, logging a failure."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except (RedisError, ApiError) as exc:
+                log.error("batch_task_failed", task=name, error=repr(exc))
+
+        task = asyncio.ensure_future(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def register_all(self, reqs: Sequence[QueuedRequest]) -> None:
+        """Create the request records of in-process lines."""
+        for start in range(0, len(reqs), CHUNK):
+            await asyncio.gather(*(self._results.register(r) for r in reqs[start : start + CHUNK]))
+
+    async def run_high(self, reqs: Sequence[QueuedRequest]) -> None:
+        """Call the deployment for every line now, `concurrency` at a time."""
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(req: QueuedRequest) -> None:
+            async with gate:
+                state = await self._results.get(req.id)
+                if state is None or state.status != "queued":
+                    return  # cancelled (or otherwise finished) meanwhile
+                await self._results.mark_in_progress(req.id)
+                doc = await self._call(req)
+                await self._results.complete(doc, req.reply_key)
+
+        await asyncio.gather(*(one(r) for r in reqs))
+
+    async def close_lines(
+        self,
+        batch_id: str,
+        reply_key: str,
+        lines: Sequence[tuple[str, str, str]],
+        code: str,
+        message: str,
+    ) -> int:
+        """Give every still-queued line a failed result with `code`; returns how many."""
+        closed = 0
+        now = self._clock()
+        for start in range(0, len(lines), CHUNK):
+            chunk = lines[start : start + CHUNK]
+            async with self._results.redis.pipeline(transaction=False) as pipe:
+                for rid, _, _ in chunk:
+                    pipe.hget(keys.request(rid), "status")
+                statuses = await pipe.execute()
+            docs = [
+                ResultDocument(
+                    id=rid, custom_id=cid, status="failed", status_code=None,
+                    error={"code": code, "message": message}, deployment=dep, attempts=0,
+                    enqueued_at=now, completed_at=now, batch_id=batch_id,
+                )
+                for (rid, cid, dep), status in zip(chunk, statuses, strict=True)
+                if status in (b"queued", "queued")
+            ]  # fmt: skip
+            wrote = await asyncio.gather(*(self._results.complete(d, reply_key) for d in docs))
+            closed += sum(wrote)
+        log.info("batch_lines_closed", batch_id=batch_id, code=code, closed=closed)
+        return closed
+
+    async def _call(self, req: QueuedRequest) -> ResultDocument:
+        target = self._targets[req.deployment]
+        call = Call(
+            target=target,
+            payload=json.dumps(req.body, separators=(",", ":")).encode(),
+            query=self._query,
+            client_headers=[],
+            request_id=req.id,
+            prompt_tokens=estimate_prompt_tokens(req.body),
+            max_tokens=requested_max_tokens(req.body, 0),
+        )
+        status, body, attempt = 0, None, 0
+        while attempt < self._max_attempts:
+            attempt += 1
+            wait_s = min(self._backoff_max_s, 2.0 ** (attempt - 1))
+            try:
+                resp = await self._proxy.forward(call)
+            except ApiError as exc:
+                status, body = exc.status, {"error": {"code": exc.code, "message": exc.message}}
+            else:
+                status, body = resp.status_code, _json(bytes(resp.body))
+                hint = retry_after_ms(resp.headers)
+                if hint is not None:
+                    wait_s = min(self._backoff_max_s, hint / 1000.0)
+            if status not in RETRYABLE or attempt >= self._max_attempts:
+                break
+            await self._sleep(wait_s)
+        return self._doc(req, status, body, attempt)
+
+    def _doc(
+        self, req: QueuedRequest, status: int, body: dict[str, Any] | None, attempts: int
+    ) -> ResultDocument:
+        ok = 200 <= status < 300
+        error = None if ok else ((body or {}).get("error") or {"code": str(status)})
+        if error is not None and not isinstance(error, dict):
+            error = {"code": str(status), "message": str(error)}
+        usage = (body or {}).get("usage") if ok else None
+        return ResultDocument(
+            id=req.id, custom_id=req.custom_id, status="completed" if ok else "failed",
+            status_code=status, response=body if ok else None,
+            error=error,
+            usage=usage if isinstance(usage, dict) else None, deployment=req.deployment,
+            attempts=attempts, enqueued_at=req.enqueued_at, completed_at=self._clock(),
+            batch_id=req.batch_id,
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        """Cancel the background work (shutdown); unfinished lines stay queued-state."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def __repr__(self) -> str:
+        return f"<BatchWork tasks={len(self._tasks)} concurrency={self._concurrency}>"
+
+
+def _json(content: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(content)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,139 @@
+"""The chat completions routes: Azure shape and OpenAI shape, high or low priority."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.chat.governance import govern
+from ingress.chat.proxy import Call, Proxy
+from ingress.chat.targets import Target
+from ingress.chat.validation import check_chat_body, deployment_not_found
+from ingress.http.auth import Authenticator
+from ingress.http.body import parse_object, read_body
+from ingress.http.errors import bad_request
+from ingress.http.priority import PRIORITY_HEADER, parse_priority
+from ingress.metrics import IngressMetrics
+from ingress.queued.enqueue import Enqueuer, accepted, new_request_id, ttl_for
+from orchestrator.core.settings import Settings
+from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
+
+
+class ChatRoutes:
+    """`POST /openai/deployments/{deployment}/chat/completions` and `POST /v1/chat/completions`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        targets: Mapping[str, Target],
+        auth: Authenticator,
+        proxy: Proxy,
+        enqueuer: Enqueuer,
+        metrics: IngressMetrics,
+    ) -> None:
+        self._targets = targets
+        self._auth = auth
+        self._proxy = proxy
+        self._enqueuer = enqueuer
+        self._metrics = metrics
+        self._default_priority = settings.default_priority
+        self._max_body = settings.max_body_bytes
+        self._ceiling = settings.max_tokens_ceiling
+        self._default_max_tokens = settings.default_max_tokens
+        self._default_ttl_s = settings.default_ttl_s
+        self._default_query = "?api-version=" + quote(settings.azure_openai_api_version)
+
+    async def azure(self, request: Request) -> Response:
+        """Azure shape: the deployment is in the path, `api-version` passes through."""
+        query = request.scope["query_string"]
+        if b"api-version=" in query:
+            return await self._chat(
+                request, request.path_params["deployment"], "?" + query.decode("latin-1")
+            )
+        return await self._chat(request, request.path_params["deployment"], self._default_query)
+
+    async def openai(self, request: Request) -> Response:
+        """OpenAI shape: `model` names the deployment."""
+        return await self._chat(request, None, self._default_query)
+
+    async def _chat(self, request: Request, deployment: str | None, query: str) -> Response:
+        headers = request.headers
+        tenant = self._auth.tenant(headers)
+        priority = parse_priority(headers.get(PRIORITY_HEADER), self._default_priority)
+        self._metrics.request(priority)
+        raw = await read_body(request, self._max_body)
+        body = parse_object(raw)
+        check_chat_body(body)
+        if deployment is None:
+            deployment = body.get("model")
+            if not deployment:
+                raise bad_request("'model' is required: the deployment name", param="model")
+        target = self._targets.get(deployment)
+        if target is None:
+            raise deployment_not_found(deployment)
+        stream = body.get("stream") is True
+        if priority == "low":
+            return await self._enqueue(request, tenant, target, body, stream)
+        changed = False
+        strip_usage = False
+        if not stream:
+            changed = govern(body, ceiling=self._ceiling, default=self._default_max_tokens)
+        elif target.provisioned or target.spillover is not None:
+            strip_usage = not _wants_usage(body)
+            if strip_usage:
+                options = body.get("stream_options") or {}
+                body["stream_options"] = {**options, "include_usage": True}
+                changed = True
+        provisioned = target.provisioned
+        call = Call(
+            target=target,
+            payload=json.dumps(body, separators=(",", ":")).encode() if changed else raw,
+            query=query,
+            client_headers=request.headers.raw,
+            request_id=new_request_id(),
+            prompt_tokens=estimate_prompt_tokens(body) if provisioned else 0,
+            max_tokens=requested_max_tokens(body, self._default_max_tokens) if provisioned else 0,
+            stream=stream,
+            strip_usage=strip_usage,
+        )
+        return await self._proxy.forward(call)
+
+    async def _enqueue(
+        self, request: Request, tenant: str, target: Target, body: dict[str, Any], stream: bool
+    ) -> Response:
+        if stream:
+            raise bad_request(
+                "stream: true cannot be queued: a low-priority request is answered as one "
+                "document (GET /v1/requests/{id}); send it without stream or with x-priority: high",
+                param="stream",
+            )
+        if not target.provisioned:
+            raise bad_request(
+                f"deployment {target.name!r} is a standard deployment; low priority fills "
+                "provisioned (PTU) deployments only",
+                code="not_provisioned",
+            )
+        govern(body, ceiling=self._ceiling, default=self._default_max_tokens)
+        headers = request.headers
+        req = self._enqueuer.build(
+            target.name,
+            body,
+            tenant=tenant,
+            reply_key_header=headers.get("x-reply-key"),
+            ttl_s=ttl_for(headers.get("x-ptu-ttl-s"), self._default_ttl_s),
+        )
+        await self._enqueuer.put(req)
+        return accepted(req)
+
+    def __repr__(self) -> str:
+        return f"<ChatRoutes deployments={','.join(self._targets)}>"
+
+
+def _wants_usage(body: Mapping[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True

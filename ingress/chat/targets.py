@@ -1,0 +1,57 @@
+"""Where high-priority calls go: per-deployment targets and the shared HTTP client."""
+
+from __future__ import annotations
+
+import http.cookiejar
+from dataclasses import dataclass
+
+import httpx2
+
+from orchestrator.core.settings import Settings
+
+CHAT_PATH = "/openai/deployments/{name}/chat/completions"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A deployment's chat completions URL and how to treat its calls."""
+
+    name: str
+    url: str
+    provisioned: bool
+    spillover: Target | None = None
+
+
+def targets(settings: Settings) -> dict[str, Target]:
+    """One Target per configured deployment, spillover links resolved."""
+    endpoint = (settings.azure_openai_endpoint or "http://127.0.0.1:8081").rstrip("/")
+    plain = {
+        d.name: Target(
+            d.name, endpoint + CHAT_PATH.format(name=d.name), d.kind == "provisioned", None
+        )
+        for d in settings.deployments
+    }
+    out: dict[str, Target] = {}
+    for d in settings.deployments:
+        base = plain[d.name]
+        spill = plain.get(d.spillover) if d.spillover else None
+        out[d.name] = Target(base.name, base.url, base.provisioned, spill)
+    return out
+
+
+def make_client(settings: Settings) -> httpx2.AsyncClient:
+    """The one pooled HTTP/1.1 keep-alive client for every upstream call.
+
+    Cookies are never stored: the client is shared by all tenants.
+    """
+    no_cookies = http.cookiejar.CookieJar(
+        policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+    )
+    return httpx2.AsyncClient(
+        timeout=httpx2.Timeout(settings.request_timeout_s, connect=10.0),
+        limits=httpx2.Limits(
+            max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0
+        ),
+        cookies=no_cookies,
+        follow_redirects=False,
+    )

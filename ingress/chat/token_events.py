@@ -1,0 +1,127 @@
+"""Admit/complete token events for high-priority calls to provisioned deployments.
+
+Events are recorded in background tasks so the hot path never waits on Redis:
+`admit` is scheduled just before the upstream call, `complete` (which awaits its
+`admit` first, so the estimate always sees them in order) after the response.
+A call the deployment refused or failed (any non-2xx) completes with zero
+tokens, which takes its admission charge back out of the estimate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from orchestrator.core.schemas import TokenEvent
+
+log = structlog.get_logger(__name__)
+
+
+class TokenSink(Protocol):
+    """Where token events go (the utilisation EstimateStore)."""
+
+    async def record(self, event: TokenEvent) -> Any:
+        """Fold one event into the estimate."""
+
+
+class TokenEvents:
+    """Fire-and-forget admit/complete events with their tasks kept referenced."""
+
+    def __init__(self, sink: TokenSink | None, *, clock: Callable[[], float] = time.time) -> None:
+        self._sink = sink
+        self._clock = clock
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def enabled(self) -> bool:
+        """True when a sink is configured."""
+        return self._sink is not None
+
+    def admit(
+        self, request_id: str, deployment: str, prompt_tokens: int, max_tokens: int
+    ) -> asyncio.Task[None] | None:
+        """Schedule the `admit` event; returns its task for `complete` to follow."""
+        if self._sink is None:
+            return None
+        event = TokenEvent(
+            request_id=request_id,
+            deployment=deployment,
+            phase="admit",
+            timestamp=self._clock(),
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+        )
+        return self._spawn(self._record(event, None))
+
+    def complete(
+        self,
+        admitted: asyncio.Task[None] | None,
+        request_id: str,
+        deployment: str,
+        max_tokens: int,
+        usage: dict[str, Any] | None,
+    ) -> None:
+        """Schedule the `complete` event with the actual usage (None: nothing was used)."""
+        if self._sink is None:
+            return
+        prompt, completion, cached = usage_counts(usage)
+        event = TokenEvent(
+            request_id=request_id,
+            deployment=deployment,
+            phase="complete",
+            timestamp=self._clock(),
+            prompt_tokens=prompt,
+            max_tokens=max_tokens,
+            completion_tokens=completion,
+            cached_tokens=cached,
+        )
+        self._spawn(self._record(event, admitted))
+
+    async def drain(self) -> None:
+        """Wait for the pending events (at shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _record(self, event: TokenEvent, after: asyncio.Task[None] | None) -> None:
+        if after is not None and not after.done():
+            await asyncio.wait([after])
+        assert self._sink is not None
+        try:
+            await self._sink.record(event)
+        except Exception as exc:  # the estimate is a hint; a lost event must not fail a call
+            log.warning(
+                "token_event_failed",
+                request_id=event.request_id,
+                phase=event.phase,
+                error=repr(exc),
+            )
+
+    def __repr__(self) -> str:
+        return f"<TokenEvents enabled={self.enabled} pending={len(self._tasks)}>"
+
+
+def usage_counts(usage: dict[str, Any] | None) -> tuple[int, int, int]:
+    """(prompt, completion, cached) tokens of an OpenAI `usage` object; zeros when absent."""
+    if not usage:
+        return 0, 0, 0
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    return (
+        _count(usage.get("prompt_tokens")),
+        _count(usage.get("completion_tokens")),
+        _count(cached),
+    )
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -1,0 +1,60 @@
+"""Tenants: which caller a request comes from, from its API key.
+
+`PTU_API_KEYS` maps API key -> tenant. The key arrives as the `api-key` header
+(Azure style) or `Authorization: Bearer <key>` (OpenAI style). Without configured
+keys the ingress has one tenant, `default`, and `ptu ingress` binds loopback only.
+The tenant scopes reply keys, queued requests, files and batches.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+
+from ingress.http.errors import ApiError
+
+DEFAULT_TENANT = "default"
+
+
+class Authenticator:
+    """Maps the caller's API key to its tenant."""
+
+    def __init__(self, api_keys: Mapping[str, str]) -> None:
+        self._keys = dict(api_keys)
+
+    @property
+    def open(self) -> bool:
+        """True when no keys are configured (single tenant, loopback only)."""
+        return not self._keys
+
+    def tenant(self, headers: Mapping[str, str]) -> str:
+        """The caller's tenant; raises ApiError 401 for a missing or unknown key."""
+        if not self._keys:
+            return DEFAULT_TENANT
+        key = headers.get("api-key")
+        if not key:
+            auth = headers.get("authorization", "")
+            scheme, _, token = auth.partition(" ")
+            key = token.strip() if scheme.lower() == "bearer" else ""
+        tenant = self._keys.get(key) if key else None
+        if tenant is None:
+            raise ApiError(
+                401,
+                "invalid_api_key",
+                "missing or unknown API key: send it as the api-key header "
+                "or Authorization: Bearer <key>",
+            )
+        return tenant
+
+    def __repr__(self) -> str:
+        return f"<Authenticator tenants={len(set(self._keys.values()))} open={self.open}>"
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback bind address (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,36 @@
+"""`ptu ingress`: run the HTTP gateway under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ingress.app import create_app
+from ingress.http.auth import is_loopback
+from ingress.server import serve_until, uvicorn_config
+from orchestrator.core import logs
+from orchestrator.core.runtime import run_until_signal
+from orchestrator.core.settings import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--host` (127.0.0.1) and `--port` (8080)."""
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+
+
+def run(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Serve until SIGTERM/SIGINT, then drain open connections for up to PTU_DRAIN_TIMEOUT_S."""
+    assert settings is not None
+    if not settings.api_keys and not is_loopback(args.host):
+        print(
+            f"ptu ingress: refusing to bind {args.host}: without PTU_API_KEYS the ingress "
+            "has no authentication and serves loopback only",
+            file=sys.stderr,
+        )
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    config = uvicorn_config(
+        create_app(settings), args.host, args.port, drain_s=settings.drain_timeout_s
+    )
+    return run_until_signal(lambda stop: serve_until(config, stop))

@@ -1,0 +1,193 @@
+"""Low priority: validate, register, enqueue, answer 202.
+
+Order matters for "nothing half-enqueued": the request record is written first
+(so a worker that is quick never finds a message without one), then the message
+is put; if the put fails the record is deleted and the client gets 503 with
+`retry-after`, so a request is either fully accepted or not at all.
+
+`x-reply-key` (optional) names the Redis list the result is pushed to; it must
+lie in the caller's namespace, `ptu:reply:<tenant>:<anything>`, so a tenant can
+never write into another tenant's keys. Without it the reply key is
+`ptu:reply:<request id>`. `x-ptu-ttl-s` (optional, seconds) sets the deadline,
+default `PTU_DEFAULT_TTL_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import structlog
+from redis.exceptions import RedisError
+from starlette.responses import JSONResponse
+
+from ingress.http.errors import ApiError, bad_request
+from ingress.metrics import IngressMetrics
+from orchestrator.core.errors import QueueUnavailable
+from orchestrator.core.results import ResultStore
+from orchestrator.core.schemas import QueuedRequest, default_reply_key
+from orchestrator.queues.base import Queue
+
+log = structlog.get_logger(__name__)
+
+MAX_TTL_S = 30 * 86_400.0
+RETRY_AFTER_S = "2"
+_REPLY_KEY_CHARS = re.compile(r"[!-~]{1,200}")
+
+
+def new_request_id() -> str:
+    """`req_<uuid hex>`."""
+    return "req_" + uuid.uuid4().hex
+
+
+def reply_key_for(header: str | None, tenant: str, request_id: str) -> str:
+    """The reply key: the caller's `x-reply-key` if it lies in its namespace, else the default."""
+    if header is None:
+        return default_reply_key(request_id)
+    prefix = f"ptu:reply:{tenant}:"
+    if (
+        not _REPLY_KEY_CHARS.fullmatch(header)
+        or not header.startswith(prefix)
+        or len(header) == len(prefix)
+    ):
+        raise bad_request(
+            f"x-reply-key must start with {prefix!r}, add a suffix, and be at most 200 "
+            "printable characters without spaces",
+            code="invalid_reply_key",
+            param="x-reply-key",
+        )
+    return header
+
+
+def ttl_for(header: str | None, default: float) -> float:
+    """The request's time to live in seconds, from `x-ptu-ttl-s` or the default."""
+    if header is None:
+        return default
+    try:
+        ttl = float(header)
+    except ValueError:
+        ttl = math.nan
+    if not (0 < ttl <= MAX_TTL_S):
+        raise bad_request(
+            f"x-ptu-ttl-s must be a number of seconds in (0, {MAX_TTL_S:.0f}]",
+            code="invalid_ttl",
+            param="x-ptu-ttl-s",
+        )
+    return ttl
+
+
+def unavailable(detail: str) -> ApiError:
+    """The 503 answered when the queue (or its Redis) cannot take a request."""
+    return ApiError(
+        503,
+        "queue_unavailable",
+        f"the queue is unavailable, nothing was enqueued; retry later ({detail[:200]})",
+        headers={"retry-after": RETRY_AFTER_S},
+    )
+
+
+class Enqueuer:
+    """Registers and enqueues QueuedRequests, all-or-nothing per request."""
+
+    def __init__(
+        self,
+        results: ResultStore,
+        queues: Mapping[str, Queue],
+        metrics: IngressMetrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._results = results
+        self._queues = queues
+        self._metrics = metrics
+        self.clock = clock
+
+    def build(
+        self,
+        deployment: str,
+        body: dict[str, Any],
+        *,
+        tenant: str,
+        reply_key_header: str | None = None,
+        reply_key: str | None = None,
+        ttl_s: float,
+        custom_id: str | None = None,
+        batch_id: str | None = None,
+        request_id: str | None = None,
+    ) -> QueuedRequest:
+        """A QueuedRequest stamped now, with its deadline and reply key.
+
+        `reply_key` (trusted, set by the ingress itself) wins over `reply_key_header`
+        (the client's, checked against its namespace).
+        """
+        rid = request_id or new_request_id()
+        now = self.clock()
+        return QueuedRequest(
+            id=rid,
+            deployment=deployment,
+            body=body,
+            tenant=tenant,
+            custom_id=custom_id,
+            reply_key=reply_key or reply_key_for(reply_key_header, tenant, rid),
+            enqueued_at=now,
+            deadline=now + ttl_s,
+            batch_id=batch_id,
+        )
+
+    async def put(self, req: QueuedRequest) -> None:
+        """Register then enqueue; on failure undo the record and raise ApiError 503."""
+        queue = self._queues[req.deployment]
+        try:
+            await self._results.register(req)
+        except RedisError as exc:
+            self._metrics.enqueue_failed(req.deployment)
+            raise unavailable(f"record: {exc}") from exc
+        try:
+            await queue.put(req)
+        except (QueueUnavailable, RedisError) as exc:
+            self._metrics.enqueue_failed(req.deployment)
+            await self._forget(req.id)
+            log.warning("enqueue_failed", request_id=req.id, deployment=req.deployment)
+            raise unavailable(str(exc)) from exc
+        self._metrics.enqueued(req.deployment)
+        log.debug("request_enqueued", request_id=req.id, deployment=req.deployment)
+
+    async def put_many(self, reqs: Sequence[QueuedRequest], concurrency: int = 64) -> int:
+        """Put every request, `concurrency` at a time; returns how many were enqueued.
+
+        Stops at the first failure (raising its ApiError) after the requests already
+        in flight finish; requests put before it stay enqueued.
+        """
+        done = 0
+        for start in range(0, len(reqs), concurrency):
+            chunk = reqs[start : start + concurrency]
+            outcomes = await asyncio.gather(*(self.put(r) for r in chunk), return_exceptions=True)
+            failures = [o for o in outcomes if isinstance(o, BaseException)]
+            done += len(outcomes) - len(failures)
+            if failures:
+                log.warning("enqueue_many_stopped", enqueued=done, total=len(reqs))
+                raise failures[0]
+        return done
+
+    async def _forget(self, request_id: str) -> None:
+        try:
+            await self._results.forget(request_id)
+        except RedisError as exc:
+            log.error("enqueue_forget_failed", request_id=request_id, error=repr(exc))
+
+    def __repr__(self) -> str:
+        return f"<Enqueuer deployments={','.join(self._queues)}>"
+
+
+def accepted(req: QueuedRequest) -> JSONResponse:
+    """The 202 answer to an enqueued request."""
+    return JSONResponse(
+        {"id": req.id, "object": "queued_request", "status": "queued", "reply_key": req.reply_key},
+        status_code=202,
+        headers={"location": f"/v1/requests/{req.id}"},
+    )

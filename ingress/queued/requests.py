@@ -1,0 +1,80 @@
+"""`GET /v1/requests/{id}?wait=SECONDS`: a queued request's result, long-polled.
+
+200 with the result document once it exists; 202 with the request's status
+while it is queued or in progress; 404 when it is unknown or another tenant's
+(the two are indistinguishable on purpose). `wait` is capped at 60 s.
+"""
+
+from __future__ import annotations
+
+import math
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ingress.http.auth import Authenticator
+from ingress.http.errors import ApiError, bad_request
+from orchestrator.core.results import ResultStore
+
+MAX_WAIT_S = 60.0
+
+
+def wait_for(value: str | None) -> float:
+    """The `wait` query parameter in seconds (0 when absent), capped at MAX_WAIT_S."""
+    if value is None or value == "":
+        return 0.0
+    try:
+        wait = float(value)
+    except ValueError:
+        wait = math.nan
+    if not wait >= 0 or math.isinf(wait):
+        raise bad_request("wait must be a non-negative number of seconds", param="wait")
+    return min(wait, MAX_WAIT_S)
+
+
+def not_found(request_id: str) -> ApiError:
+    """The 404 for an unknown (or someone else's) request."""
+    return ApiError(404, "request_not_found", f"no request {request_id[:100]!r}")
+
+
+class RequestsApi:
+    """The result retrieval route."""
+
+    def __init__(self, results: ResultStore, auth: Authenticator) -> None:
+        self._results = results
+        self._auth = auth
+
+    async def get(self, request: Request) -> Response:
+        """The result document (200), the status (202) or 404."""
+        tenant = self._auth.tenant(request.headers)
+        request_id = request.path_params["request_id"]
+        wait = wait_for(request.query_params.get("wait"))
+        try:
+            state = await self._results.get(request_id)
+            if state is None or state.tenant != tenant:
+                raise not_found(request_id)
+            if state.result is None and wait > 0:
+                state = await self._results.wait(request_id, wait)
+        except RedisError as exc:
+            raise ApiError(
+                503, "store_unavailable", "the result store is unavailable; retry later",
+                headers={"retry-after": "2"},
+            ) from exc  # fmt: skip
+        if state is None:
+            raise not_found(request_id)
+        if state.result is not None:
+            return Response(state.result.model_dump_json(), media_type="application/json")
+        return JSONResponse(
+            {
+                "id": request_id,
+                "object": "queued_request",
+                "status": state.status,
+                "reply_key": state.reply_key,
+            },
+            status_code=202,
+            headers={"retry-after": "1"},
+        )
+
+    def __repr__(self) -> str:
+        return f"<RequestsApi results={self._results!r}>"

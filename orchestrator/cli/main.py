@@ -1,0 +1,78 @@
+"""The `ptu` command: one verb per process kind.
+
+Each verb lives in its own module exposing `add_arguments(parser)` and
+`run(args, settings) -> int`; only the chosen verb's module is imported, so
+`ptu simulator` never loads the Azure SDKs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+from orchestrator.core.errors import ConfigError, PTUError
+from orchestrator.core.settings import Settings, load_settings
+
+VERBS: dict[str, tuple[str, str]] = {
+    "simulator": ("simulator.cli", "run the Azure OpenAI PTU simulator"),
+    "ingress": ("ingress.main", "run the HTTP gateway"),
+    "worker": ("orchestrator.worker.main", "run the long-lived low-priority consumer"),
+    "estimator": ("orchestrator.estimator.main", "fold token events into the utilisation estimate"),
+    "submit": ("orchestrator.cli.submit", "submit a Batch JSONL file through the ingress"),
+    "status": ("orchestrator.cli.status", "live view of utilisation, concurrency and queues"),
+    "demo": ("bench.scenarios.demo", "embedded all-in-one demo run"),
+    "bench": ("bench.cli", "run a benchmark scenario"),
+}
+NO_SETTINGS = {"simulator", "demo", "bench"}
+
+
+class VerbModule(Protocol):
+    """What a verb module provides."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Declare the verb's flags."""
+
+    def run(self, args: argparse.Namespace, settings: Settings | None) -> int:
+        """Run the verb; return the exit status."""
+
+
+def _top_help() -> str:
+    lines = ["usage: ptu VERB [options]", "", "verbs:"]
+    lines += [f"  {verb:<10} {text}" for verb, (_, text) in VERBS.items()]
+    lines += ["", "ptu VERB --help shows a verb's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script `ptu`."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if not args_in or args_in[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0 if args_in else 2
+    verb, rest = args_in[0], args_in[1:]
+    if verb not in VERBS:
+        print(f"ptu: unknown verb {verb!r} (one of: {', '.join(VERBS)})", file=sys.stderr)
+        return 2
+    module_name, text = VERBS[verb]
+    module: VerbModule = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"ptu {verb}", description=text)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        settings = None if verb in NO_SETTINGS else load_settings()
+        return module.run(args, settings)
+    except ConfigError as exc:
+        print(f"ptu {verb}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except PTUError as exc:
+        print(f"ptu {verb}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

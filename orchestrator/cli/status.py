@@ -1,0 +1,213 @@
+"""`ptu status`: a live view per deployment of utilisation, concurrency, queue and throughput.
+
+Everything comes from shared state, so it works from any machine with the Redis
+URL: the utilisation from the configured source, the limit from the throttle
+curve, the global in-flight count from the slot table, the queue depth from the
+queue backend, and throughput and results from the workers' heartbeats
+(`keys.WORKERS`; heartbeats older than their `ttl_s` are ignored). "In flight"
+counts leased slots: a worker leases a slot before it waits for a message, so an
+idle lane shows one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from orchestrator.core import keys
+from orchestrator.core.errors import PTUError, QueueUnavailable, UtilisationUnavailable
+from orchestrator.core.runtime import run_until_signal
+from orchestrator.core.settings import Settings
+from orchestrator.queues.factory import make_queue
+from orchestrator.throttle.policy import concurrency_limit
+from orchestrator.throttle.slots import SlotTable
+from orchestrator.utilisation.base import UtilisationSource
+from orchestrator.utilisation.factory import make_source
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSummary:
+    """What the live workers report for one deployment."""
+
+    workers: int = 0
+    in_flight: int = 0
+    throughput_per_s: float = 0.0
+    completed: int = 0
+    failed: int = 0
+    expired: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One deployment's line in the view."""
+
+    deployment: str
+    utilisation: float | None
+    reading_age_s: float | None
+    stale: bool
+    limit: int
+    max_concurrency: int
+    global_in_flight: int | None
+    queue_depth: int | None
+    workers: WorkerSummary
+
+
+def summarise(heartbeats: Sequence[Mapping[str, Any]], now: float) -> dict[str, WorkerSummary]:
+    """Fold fresh heartbeats into per-deployment sums (stale ones are dead workers)."""
+    sums: dict[str, dict[str, float]] = {}
+    for beat in heartbeats:
+        at, ttl = beat.get("at"), beat.get("ttl_s", 15.0)
+        if not isinstance(at, int | float) or now - at > ttl:
+            continue
+        for name, lane in (beat.get("deployments") or {}).items():
+            acc = sums.setdefault(name, dict.fromkeys(WorkerSummary.__slots__, 0.0))
+            acc["workers"] += 1
+            for field in ("in_flight", "throughput_per_s", "completed", "failed", "expired"):
+                value = lane.get(field)
+                acc[field] += value if isinstance(value, int | float) else 0
+    return {
+        name: WorkerSummary(
+            workers=int(a["workers"]),
+            in_flight=int(a["in_flight"]),
+            throughput_per_s=a["throughput_per_s"],
+            completed=int(a["completed"]),
+            failed=int(a["failed"]),
+            expired=int(a["expired"]),
+        )
+        for name, a in sums.items()
+    }
+
+
+async def read_heartbeats(redis: aioredis.Redis) -> list[dict[str, Any]]:
+    """Every worker heartbeat document (malformed ones skipped)."""
+    raw = await redis.hgetall(keys.WORKERS)
+    out = []
+    for value in raw.values():
+        try:
+            doc = json.loads(value)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            out.append(doc)
+    return out
+
+
+async def collect(
+    settings: Settings, redis: aioredis.Redis, source: UtilisationSource, now: float
+) -> list[Row]:
+    """One snapshot of every configured deployment."""
+    workers = summarise(await read_heartbeats(redis), now)
+    rows = []
+    for d in settings.deployments:
+        lower, upper, maximum = settings.thresholds(d)
+        try:
+            reading = await source.read(d.name)
+        except UtilisationUnavailable:
+            reading = None
+        stale = reading is None or reading.age(now) > source.max_age_s
+        limit = 0
+        if reading is not None and not stale:
+            limit = concurrency_limit(reading.value, lower, upper, maximum)
+        queue = make_queue(settings, d.name, redis, "ptu-status")
+        try:
+            depth: int | None = await queue.depth()
+        except QueueUnavailable:
+            depth = None
+        finally:
+            await queue.close()
+        rows.append(
+            Row(
+                deployment=d.name,
+                utilisation=None if reading is None else reading.value,
+                reading_age_s=None if reading is None else reading.age(now),
+                stale=stale,
+                limit=limit,
+                max_concurrency=maximum,
+                global_in_flight=await SlotTable(redis, d.name).count(),
+                queue_depth=depth,
+                workers=workers.get(d.name, WorkerSummary()),
+            )
+        )
+    return rows
+
+
+def _num(value: float | int | None, fmt: str = "{}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def render(rows: Sequence[Row], source: str) -> Table:
+    """The rich table of a snapshot."""
+    table = Table(title=f"ptu status (utilisation source: {source})")
+    for header in (
+        "deployment", "utilisation", "age", "limit", "in flight", "queued", "workers",
+        "results/s", "completed", "failed", "expired",
+    ):  # fmt: skip
+        table.add_column(header, justify="left" if header == "deployment" else "right")
+    for r in rows:
+        util = _num(r.utilisation, "{:.1%}")
+        if r.stale:
+            util += " (stale)"
+        w = r.workers
+        table.add_row(
+            r.deployment,
+            util,
+            _num(r.reading_age_s, "{:.1f}s"),
+            f"{r.limit}/{r.max_concurrency}",
+            _num(r.global_in_flight),
+            _num(r.queue_depth),
+            str(w.workers),
+            f"{w.throughput_per_s:.1f}",
+            str(w.completed),
+            str(w.failed),
+            str(w.expired),
+        )
+    return table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--once` and `--interval`."""
+    parser.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    parser.add_argument("--interval", type=float, default=1.0, help="refresh period (s)")
+
+
+def run(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Show the view until SIGINT/SIGTERM (or once)."""
+    assert settings is not None
+    if not settings.deployments:
+        raise PTUError("PTU_DEPLOYMENTS is empty: nothing to show")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # piped output: do not squeeze the columns to 80
+
+    async def main(stop: asyncio.Event) -> int:
+        redis = aioredis.Redis.from_url(settings.redis_url)
+        source = make_source(settings, redis)
+        name = settings.utilization_source
+        try:
+            rows = await collect(settings, redis, source, time.time())
+            if args.once:
+                console.print(render(rows, name))
+                return 0
+            with Live(render(rows, name), console=console, auto_refresh=False) as live:
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):  # the refresh interval passed
+                        await asyncio.wait_for(stop.wait(), timeout=args.interval)
+                    rows = await collect(settings, redis, source, time.time())
+                    live.update(render(rows, name), refresh=True)
+            return 0
+        finally:
+            await source.close()
+            await redis.aclose()
+
+    return run_until_signal(main)

@@ -1,0 +1,179 @@
+"""Process configuration: every `PTU_*` variable, validated once at start-up."""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from orchestrator.core import capacity
+from orchestrator.core.errors import ConfigError
+
+Priority = Literal["high", "low"]
+
+
+class DeploymentConfig(BaseModel):
+    """One Azure OpenAI deployment the orchestrator manages."""
+
+    name: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    kind: Literal["provisioned", "standard"] = "provisioned"
+    ptus: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0, description="standard deployments: tokens/min")
+    input_tpm_per_ptu: int | None = Field(default=None, gt=0)
+    output_weight: float | None = Field(default=None, gt=0)
+    lower_threshold: float | None = Field(default=None, ge=0, le=1)
+    upper_threshold: float | None = Field(default=None, ge=0, le=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    spillover: str | None = Field(default=None, description="standard deployment to use on 429")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.kind == "provisioned":
+            if self.ptus is None:
+                raise ValueError(f"deployment {self.name!r}: provisioned needs 'ptus'")
+            if capacity.lookup(self.model) is None and self.input_tpm_per_ptu is None:
+                raise ValueError(
+                    f"deployment {self.name!r}: unknown model {self.model!r}; "
+                    "give 'input_tpm_per_ptu' (and 'output_weight')"
+                )
+        elif self.tpm is None:
+            raise ValueError(f"deployment {self.name!r}: standard needs 'tpm'")
+        lo, hi = self.lower_threshold, self.upper_threshold
+        if lo is not None and hi is not None and lo >= hi:
+            raise ValueError(f"deployment {self.name!r}: lower_threshold must be below upper")
+        return self
+
+    @property
+    def capacity_tpm(self) -> float:
+        """Input-token equivalents per minute this deployment drains."""
+        if self.kind == "standard":
+            assert self.tpm is not None
+            return float(self.tpm)
+        assert self.ptus is not None
+        known = capacity.lookup(self.model)
+        per_ptu = self.input_tpm_per_ptu or (known.input_tpm_per_ptu if known else 0)
+        return float(self.ptus * per_ptu)
+
+    @property
+    def weight(self) -> float:
+        """Input-token equivalents charged per output token."""
+        if self.output_weight is not None:
+            return self.output_weight
+        known = capacity.lookup(self.model)
+        return known.output_weight if known else 1.0
+
+
+class Settings(BaseSettings):
+    """All configuration, read from `PTU_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="PTU_", extra="ignore")
+
+    # state and queue
+    redis_url: str = "redis://localhost:6379/0"
+    queue_backend: Literal["redis", "eventhubs"] = "redis"
+    queue_claim_idle_s: float = Field(
+        default=60.0, gt=0, description="redis queue: reclaim a dead consumer's entries after this"
+    )
+    utilization_source: Literal["estimate", "azure_monitor"] = "estimate"
+    # throttle
+    lower_threshold: float = Field(default=0.20, ge=0, le=1)
+    upper_threshold: float = Field(default=0.90, ge=0, le=1)
+    max_concurrency: int = Field(default=10, ge=1)
+    deployments: list[DeploymentConfig] = Field(default_factory=list)
+    estimate_window_s: float = Field(default=60.0, gt=0)
+    estimate_max_age_s: float = Field(default=5.0, gt=0)
+    monitor_max_age_s: float = Field(default=300.0, gt=0)
+    slot_lease_s: float = Field(default=30.0, gt=0)
+    # upstream
+    azure_openai_endpoint: str | None = None
+    azure_openai_api_key: SecretStr | None = None
+    azure_openai_api_version: str = "2024-10-21"
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    # delivery
+    default_priority: Priority = "high"
+    max_attempts: int = Field(default=5, ge=1)
+    default_ttl_s: float = Field(default=86_400.0, gt=0)
+    reply_ttl_s: int = Field(default=86_400, gt=0)
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    backoff_base_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+    # azure monitor source
+    azure_monitor_endpoint: str | None = None
+    azure_resource_id: str | None = None
+    azure_monitor_poll_s: float = Field(default=30.0, gt=0)
+    azure_monitor_ca_file: str | None = Field(
+        default=None, description="CA bundle to trust for the metrics endpoint (local simulator)"
+    )
+    # event hubs backend
+    eventhub_namespace: str | None = None
+    eventhub_connection_string: SecretStr | None = None
+    eventhub_name: str = "ptu-requests"
+    eventhub_consumer_group: str = "$Default"
+    eventhub_token_events_name: str = "ptu-token-events"
+    # ingress
+    api_keys: dict[str, str] = Field(default_factory=dict, description="api key -> tenant")
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_tokens_ceiling: int = Field(default=2_000, gt=0)
+    default_max_tokens: int = Field(default=1_000, gt=0)
+    spillover_wait_ms: int = Field(default=0, ge=0)
+    # observability
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.lower_threshold >= self.upper_threshold:
+            raise ValueError(
+                f"lower_threshold: {self.lower_threshold} must be below "
+                f"PTU_UPPER_THRESHOLD ({self.upper_threshold})"
+            )
+        names = [d.name for d in self.deployments]
+        if len(names) != len(set(names)):
+            raise ValueError("deployments: names must be unique")
+        for d in self.deployments:
+            if d.spillover is not None and d.spillover not in names:
+                raise ValueError(f"deployments: spillover {d.spillover!r} is not a deployment")
+        return self
+
+    def deployment(self, name: str) -> DeploymentConfig | None:
+        """The deployment called `name`, if configured."""
+        return next((d for d in self.deployments if d.name == name), None)
+
+    def thresholds(self, d: DeploymentConfig) -> tuple[float, float, int]:
+        """(lower, upper, max_concurrency) for a deployment, its overrides applied."""
+        lo = d.lower_threshold if d.lower_threshold is not None else self.lower_threshold
+        hi = d.upper_threshold if d.upper_threshold is not None else self.upper_threshold
+        m = d.max_concurrency if d.max_concurrency is not None else self.max_concurrency
+        if lo >= hi:
+            raise ConfigError(f"PTU_DEPLOYMENTS: {d.name}: lower threshold must be below upper")
+        return lo, hi, m
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "PTU_*"
+    head = f"PTU_{str(loc[0]).upper()}"
+    rest = ".".join(str(p) for p in loc[1:])
+    return f"{head} [{rest}]" if rest else head
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the environment; raise ConfigError with one clear line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        cause = exc.__cause__
+        field = str(exc).split('"')[1] if '"' in str(exc) else "*"
+        raise ConfigError(f"PTU_{field.upper()}: not valid JSON ({cause})") from exc
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        loc = tuple(err["loc"])
+        if not loc and ": " in msg:
+            # model-level checks name their field first: "lower_threshold: ..."
+            field, msg = msg.split(": ", 1)
+            loc = (field,)
+        raise ConfigError(f"{_variable(loc)}: {msg}") from exc

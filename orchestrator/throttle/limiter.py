@@ -1,0 +1,204 @@
+"""The global low-priority throttle of one deployment (DESIGN.md §3).
+
+The limit comes from the throttle curve applied to a fresh utilisation reading
+(re-read at most every `poll_s`); a stale or missing reading gives 0 (fail
+closed). The count it limits is global: every worker's in-flight calls are
+leases in one Redis sorted set, and one script checks "count < limit" and adds
+the lease atomically, so N workers together never exceed the limit. A dead
+worker's leases expire after `lease_s`; a live worker keeps its own alive with
+`renew()` (or `keep_leases()`). When the limit drops below the count, in-flight
+calls finish and nothing new starts until the count is below the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.settings import DeploymentConfig
+from orchestrator.throttle.policy import concurrency_limit
+from orchestrator.throttle.slots import Slot, SlotTable
+from orchestrator.utilisation.base import Reading, UtilisationSource
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["Slot", "Throttle"]
+
+
+class Throttle:
+    """Adaptive, Redis-shared concurrency limiter for one deployment's low-priority calls."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        deployment: DeploymentConfig,
+        source: UtilisationSource,
+        *,
+        lower: float,
+        upper: float,
+        max_concurrency: int,
+        lease_s: float,
+        worker_id: str,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        poll_s: float = 0.1,
+    ) -> None:
+        concurrency_limit(0.0, lower, upper, max_concurrency)  # validates the arguments
+        if lease_s <= 0 or poll_s <= 0:
+            raise ValueError("lease_s and poll_s must be positive")
+        self.deployment = deployment.name
+        self._source = source
+        self._lower, self._upper, self._max = lower, upper, max_concurrency
+        self.lease_s = lease_s
+        self._worker_id = worker_id
+        self._clock = clock
+        self._sleep = sleep
+        self._poll_s = poll_s
+        self._table = SlotTable(redis, deployment.name)
+        self._held: dict[str, Slot] = {}
+        self._limit = 0
+        self._reading: Reading | None = None
+        self._refreshed_at: float | None = None
+        self._released = asyncio.Event()
+
+    @property
+    def limit(self) -> int:
+        """The global concurrency limit computed from the last reading."""
+        return self._limit
+
+    @property
+    def in_flight(self) -> int:
+        """Slots this worker holds."""
+        return len(self._held)
+
+    @property
+    def reading(self) -> Reading | None:
+        """The last reading (None when the source had none)."""
+        return self._reading
+
+    async def refresh(self) -> int:
+        """Recompute the limit from a fresh reading unless one is under `poll_s` old."""
+        now = self._clock()
+        if self._refreshed_at is not None and now - self._refreshed_at < self._poll_s:
+            return self._limit
+        self._refreshed_at = now
+        reason = "ok"
+        try:
+            reading: Reading | None = await self._source.read(self.deployment)
+        except UtilisationUnavailable as exc:
+            reading, reason = None, "unavailable"
+            log.debug("utilisation_unavailable", deployment=self.deployment, error=str(exc))
+        self._reading = reading
+        if reading is None:
+            limit = 0
+        elif reading.age(self._clock()) > self._source.max_age_s:
+            limit, reason = 0, "stale"
+        else:
+            limit = concurrency_limit(reading.value, self._lower, self._upper, self._max)
+        if limit != self._limit:
+            log.info(
+                "throttle_limit_changed",
+                deployment=self.deployment,
+                limit=limit,
+                previous=self._limit,
+                reason=reason,
+                utilisation=None if reading is None else round(reading.value, 4),
+            )
+        self._limit = limit
+        return limit
+
+    async def acquire(self, stop: asyncio.Event) -> Slot | None:
+        """Wait for a global slot under the current limit; None once `stop` is set first."""
+        while not stop.is_set():
+            limit = await self.refresh()
+            wait = self._poll_s
+            # the global count is at least ours: no need to ask Redis when we fill the limit
+            if limit > len(self._held):
+                member = f"{self._worker_id}:{uuid.uuid4().hex[:16]}"
+                try:
+                    attempt = await self._table.try_lease(member, limit, self.lease_s)
+                except RedisError as exc:
+                    log.warning("slot_lease_failed", deployment=self.deployment, error=repr(exc))
+                else:
+                    if attempt.leased:
+                        slot = Slot(member, self.deployment, self._clock())
+                        self._held[member] = slot
+                        return slot
+                    wait = max(wait, attempt.paused_s)
+            await self._wait(stop, wait)
+        return None
+
+    async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
+        """Sleep `seconds`, waking early on stop or on a local release."""
+        self._released.clear()
+        waiters = [
+            asyncio.ensure_future(self._sleep(seconds)),
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self._released.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def release(self, slot: Slot) -> None:
+        """Hand a slot back (idempotent); on a Redis error its lease simply expires."""
+        if self._held.pop(slot.id, None) is None:
+            return
+        self._released.set()
+        try:
+            await self._table.release([slot.id])
+        except RedisError as exc:
+            log.warning("slot_release_failed", deployment=self.deployment, error=repr(exc))
+
+    async def renew(self) -> None:
+        """Extend the leases of this worker's slots to now + lease_s."""
+        members = list(self._held)
+        if not members:
+            return
+        try:
+            readded = await self._table.renew(members, self.lease_s)
+            if readded:
+                log.warning("slot_leases_lost", deployment=self.deployment, count=readded)
+            # a slot released while the renewal was in flight must not stay re-added
+            gone = [m for m in members if m not in self._held]
+            await self._table.release(gone)
+        except RedisError as exc:
+            log.warning("slot_renew_failed", deployment=self.deployment, error=repr(exc))
+
+    async def keep_leases(self) -> None:
+        """Renew this worker's leases every lease_s / 3 until cancelled."""
+        while True:
+            await self._sleep(self.lease_s / 3)
+            await self.renew()
+
+    async def pause_for(self, seconds: float) -> None:
+        """Pause new slots for this deployment on every worker (after a low-priority 429)."""
+        try:
+            left = await self._table.pause(seconds)
+        except RedisError as exc:
+            log.warning("throttle_pause_failed", deployment=self.deployment, error=repr(exc))
+            return
+        log.info("throttle_paused", deployment=self.deployment, seconds=round(left, 3))
+
+    async def global_in_flight(self) -> int:
+        """Live slots of all workers for this deployment."""
+        return await self._table.count()
+
+    def __repr__(self) -> str:
+        r = self._reading
+        util = "-" if r is None else f"{r.value:.2f}"
+        age = "-" if r is None else f"{r.age(self._clock()):.1f}s"
+        return (
+            f"<Throttle deployment={self.deployment} limit={self._limit} "
+            f"in_flight={self.in_flight} utilisation={util} age={age}>"
+        )

@@ -1,0 +1,353 @@
+"""One queued request from delivery to result: deadline, call, retries, exactly-once completion.
+
+The dispatcher receives a delivery together with the throttle slot the worker
+leased for it. It calls the deployment while holding the slot, and hands the
+slot back as soon as the call ends, also between retries: waiting for a retry
+never occupies low-priority capacity. The result is written (idempotently, by
+request id) before the delivery is acknowledged, and both happen shielded from
+cancellation, so a shutdown can interrupt a call but never half-record one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+from redis.exceptions import RedisError
+
+from orchestrator.core.errors import PTUError, UpstreamError, UpstreamThrottled, UpstreamTimeout
+from orchestrator.core.retry import RetryPolicy, decide
+from orchestrator.core.schemas import QueuedRequest, ResultDocument, ResultStatus, TokenEvent
+from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
+from orchestrator.queues.base import Delivery, Queue
+from orchestrator.throttle.slots import Slot
+from orchestrator.worker.protocols import ResultSink, SlotLimiter, TokenRecorder, pause
+from orchestrator.worker.upstream import Upstream, UpstreamResponse
+
+if TYPE_CHECKING:
+    from orchestrator.worker.metrics import WorkerMetrics
+
+log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
+
+CLIENT_REQUEST_ID_HEADER = "x-ms-client-request-id"
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    """Knobs of request handling, from settings."""
+
+    retry: RetryPolicy
+    request_timeout_s: float
+    default_max_tokens: int
+    max_deliveries: int = 10
+    """A message delivered more often than this (it kept killing workers) is dead-lettered."""
+
+
+class Dispatcher:
+    """Handles deliveries of one deployment's queue."""
+
+    def __init__(
+        self,
+        deployment: str,
+        *,
+        queue: Queue,
+        throttle: SlotLimiter,
+        results: ResultSink,
+        upstream: Upstream,
+        config: DispatchConfig,
+        tokens: TokenRecorder | None = None,
+        metrics: WorkerMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] | None = None,
+    ) -> None:
+        import random
+
+        self.deployment = deployment
+        self._queue = queue
+        self._throttle = throttle
+        self._results = results
+        self._upstream = upstream
+        self._config = config
+        self._tokens = tokens
+        self._metrics = metrics
+        self._clock = clock
+        self._sleep = sleep
+        self._rand = rand if rand is not None else random.Random().random
+        self.bookkeeping: set[asyncio.Task[Any]] = set()
+        """Shielded writes still running; the worker awaits them before exiting."""
+        self.counts: dict[str, int] = {"completed": 0, "failed": 0, "expired": 0, "retries": 0}
+        self.completions: list[float] = []
+        """Clock times of recent results (the worker trims it to compute throughput)."""
+
+    async def handle(
+        self, delivery: Delivery, slot: Slot, stop: asyncio.Event
+    ) -> ResultStatus | None:
+        """Process one delivery holding `slot`; the status written, or None if not finished."""
+        message = delivery.message
+        held: list[Slot | None] = [slot]
+        with structlog.contextvars.bound_contextvars(
+            request_id=message.id, deployment=self.deployment
+        ):
+            try:
+                return await self._process(delivery, held, stop)
+            except Exception:
+                log.exception("dispatch_failed", delivery_count=delivery.delivery_count)
+                return None
+            finally:
+                await self._release(held)
+
+    async def _process(
+        self, delivery: Delivery, held: list[Slot | None], stop: asyncio.Event
+    ) -> ResultStatus | None:
+        message = delivery.message
+        if await self._already_done(message.id):
+            await self._release(held)
+            await self._shielded(self._queue.ack(delivery))
+            log.info("redelivery_already_completed", delivery_count=delivery.delivery_count)
+            return None
+        if delivery.delivery_count > self._config.max_deliveries:
+            await self._release(held)
+            error = {
+                "code": "too_many_deliveries",
+                "message": "the request kept interrupting workers",
+            }
+            doc = self._doc(message, "failed", attempts=0, status_code=None, error=error)
+            return await self._finish(delivery, doc, dead_letter="too many deliveries")
+        await self._mark_in_progress(message.id)
+        attempt = 0
+        while True:
+            if self._clock() >= message.deadline:
+                await self._release(held)
+                error = {"code": "expired", "message": "the deadline passed before the call"}
+                doc = self._doc(message, "expired", attempts=attempt, status_code=None, error=error)
+                return await self._finish(delivery, doc)
+            attempt += 1
+            try:
+                response = await self._call(message, delivery.delivery_count, attempt)
+            except UpstreamError as err:
+                await self._release(held)
+                decision = decide(err, attempt, self._config.retry, self._rand)
+                if isinstance(err, UpstreamThrottled):
+                    await self._throttle.pause_for(err.retry_after_s or decision.delay_s or 1.0)
+                if decision.action == "fail":
+                    log.warning(
+                        "request_failed", status_code=err.status_code, reason=decision.reason
+                    )
+                    doc = self._failed(message, err, attempt)
+                    reason = decision.reason if err.retryable else None
+                    return await self._finish(delivery, doc, dead_letter=reason)
+                self.counts["retries"] += 1
+                log.info(
+                    "request_retry",
+                    status_code=err.status_code,
+                    attempt=attempt,
+                    delay_s=round(decision.delay_s, 3),
+                    reason=decision.reason,
+                )
+                wait = min(decision.delay_s, max(0.0, message.deadline - self._clock()))
+                if not await pause(wait, stop, self._sleep):
+                    log.info("request_left_for_redelivery", attempt=attempt)
+                    return None
+                held[0] = await self._throttle.acquire(stop)
+                if held[0] is None:
+                    log.info("request_left_for_redelivery", attempt=attempt)
+                    return None
+                continue
+            await self._release(held)
+            doc = self._doc(
+                message,
+                "completed",
+                attempts=attempt,
+                status_code=response.status_code,
+                response=response.body,
+                usage=response.usage,
+            )
+            return await self._finish(delivery, doc)
+
+    async def _call(
+        self, message: QueuedRequest, delivery_count: int, attempt: int
+    ) -> UpstreamResponse:
+        event_id = f"{message.id}:{delivery_count}:{attempt}"
+        prompt = estimate_prompt_tokens(message.body)
+        budget = requested_max_tokens(message.body, self._config.default_max_tokens)
+        await self._record(event_id, "admit", prompt_tokens=prompt, max_tokens=budget)
+        started = self._clock()
+        status, answered = 0, False
+        try:
+            async with asyncio.timeout(self._config.request_timeout_s):
+                response = await self._upstream.chat(
+                    self.deployment, message.body, headers={CLIENT_REQUEST_ID_HEADER: message.id}
+                )
+            answered = True
+        except TimeoutError:
+            status = 408
+            raise UpstreamTimeout("no answer within the request timeout", status_code=408) from None
+        except UpstreamError as err:
+            status = err.status_code
+            raise
+        finally:
+            if not answered:
+                # failed or cancelled: refund the admitted completion budget
+                await self._shielded(self._record(event_id, "complete"))
+                if self._metrics is not None and status:
+                    self._metrics.call(self.deployment, status, self._clock() - started)
+        usage = response.usage or {}
+        prompt_actual = _int(usage.get("prompt_tokens"))
+        completion = _int(usage.get("completion_tokens"))
+        details = usage.get("prompt_tokens_details")
+        cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        await self._shielded(
+            self._record(
+                event_id,
+                "complete",
+                prompt_tokens=prompt_actual,
+                completion_tokens=completion,
+                cached_tokens=cached,
+            )
+        )
+        latency = self._clock() - started
+        if self._metrics is not None:
+            self._metrics.call(self.deployment, response.status_code, latency)
+            self._metrics.usage(self.deployment, prompt_actual, completion)
+        log.info(
+            "upstream_call_completed",
+            attempt=attempt,
+            latency_s=round(latency, 3),
+            prompt_tokens=prompt_actual,
+            completion_tokens=completion,
+            finish_reason=response.finish_reason,
+        )
+        return response
+
+    async def _finish(
+        self, delivery: Delivery, doc: ResultDocument, dead_letter: str | None = None
+    ) -> ResultStatus | None:
+        """Write the result, then ack (or dead-letter); shielded from cancellation."""
+        return await self._shielded(self._write_then_ack(delivery, doc, dead_letter))
+
+    async def _write_then_ack(
+        self, delivery: Delivery, doc: ResultDocument, dead_letter: str | None
+    ) -> ResultStatus | None:
+        try:
+            wrote = await self._results.complete(doc, delivery.message.reply_key)
+        except (RedisError, PTUError) as exc:
+            log.error("result_write_failed", status=doc.status, error=repr(exc))
+            return None  # not acked: the message comes back and is tried again
+        try:
+            if wrote and dead_letter is not None:
+                await self._queue.dead_letter(delivery, dead_letter)
+            else:
+                await self._queue.ack(delivery)
+        except PTUError as exc:
+            # the result is written: a redelivery will only be acked
+            log.warning("ack_failed", error=repr(exc))
+        if not wrote:
+            log.info("result_already_written", status=doc.status)
+            return None
+        self.counts[doc.status] += 1
+        self.completions.append(self._clock())
+        if self._metrics is not None:
+            self._metrics.result(self.deployment, doc.status)
+        log.info(
+            "request_finished",
+            status=doc.status,
+            status_code=doc.status_code,
+            attempts=doc.attempts,
+            queued_s=round(doc.completed_at - doc.enqueued_at, 3),
+        )
+        return doc.status
+
+    def _doc(
+        self,
+        message: QueuedRequest,
+        status: ResultStatus,
+        *,
+        attempts: int,
+        status_code: int | None,
+        response: dict[str, Any] | None = None,
+        usage: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> ResultDocument:
+        return ResultDocument(
+            id=message.id,
+            custom_id=message.custom_id,
+            status=status,
+            status_code=status_code,
+            response=response,
+            error=error,
+            usage=usage,
+            deployment=message.deployment,
+            attempts=attempts,
+            enqueued_at=message.enqueued_at,
+            completed_at=self._clock(),
+            batch_id=message.batch_id,
+        )
+
+    def _failed(self, message: QueuedRequest, err: UpstreamError, attempts: int) -> ResultDocument:
+        inner = err.body.get("error") if isinstance(err.body, dict) else None
+        error = dict(inner) if isinstance(inner, dict) else {"code": str(err.status_code)}
+        error.setdefault("message", str(err))
+        return self._doc(
+            message, "failed", attempts=attempts, status_code=err.status_code, error=error
+        )
+
+    async def _already_done(self, request_id: str) -> bool:
+        try:
+            state = await self._results.get(request_id)
+        except (RedisError, PTUError) as exc:
+            log.warning("result_lookup_failed", error=repr(exc))
+            return False  # completion is idempotent anyway
+        return state is not None and state.result is not None
+
+    async def _mark_in_progress(self, request_id: str) -> None:
+        try:
+            await self._results.mark_in_progress(request_id)
+        except (RedisError, PTUError) as exc:
+            log.warning("mark_in_progress_failed", error=repr(exc))
+
+    async def _record(self, event_id: str, phase: str, **counts: int) -> None:
+        if self._tokens is None:
+            return
+        event = TokenEvent(
+            request_id=event_id,
+            deployment=self.deployment,
+            phase="admit" if phase == "admit" else "complete",
+            timestamp=self._clock(),
+            prompt_tokens=counts.get("prompt_tokens", 0),
+            max_tokens=counts.get("max_tokens", 0),
+            completion_tokens=counts.get("completion_tokens", 0),
+            cached_tokens=counts.get("cached_tokens", 0),
+        )
+        try:
+            await self._tokens.record(event)
+        except PTUError as exc:
+            log.warning("token_event_failed", phase=phase, error=repr(exc))
+
+    async def _release(self, held: list[Slot | None]) -> None:
+        slot, held[0] = held[0], None
+        if slot is not None:
+            await self._shielded(self._throttle.release(slot))
+
+    async def _shielded(self, work: Coroutine[Any, Any, _T]) -> _T:
+        """Run `work` to completion even if the caller is cancelled (tracked for shutdown)."""
+        task = asyncio.ensure_future(work)
+        self.bookkeeping.add(task)
+        task.add_done_callback(self.bookkeeping.discard)
+        return await asyncio.shield(task)
+
+    def __repr__(self) -> str:
+        c = self.counts
+        return (
+            f"<Dispatcher deployment={self.deployment} completed={c['completed']} "
+            f"failed={c['failed']} expired={c['expired']} retries={c['retries']}>"
+        )
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -1,0 +1,259 @@
+"""The long-lived low-priority consumer: one lane per deployment, concurrency set by the throttle.
+
+Each lane loops: lease a throttle slot, THEN receive one message (so a full or
+paused deployment never takes work off the queue), and hand both to a task of
+the dispatcher. Task references live in a set with a discard callback. A
+housekeeping task renews slot leases, refreshes the metrics and writes the
+heartbeat `ptu status` reads. On stop: stop pulling, give in-flight calls
+`drain_timeout_s` to finish, cancel the rest (their messages stay unacknowledged
+and are delivered again), then wait for any shielded result writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from redis.exceptions import RedisError
+
+from orchestrator.core import keys
+from orchestrator.core.errors import QueueUnavailable
+from orchestrator.core.retry import backoff_s
+from orchestrator.queues.base import Delivery, Queue
+from orchestrator.worker.dispatch import Dispatcher
+from orchestrator.worker.protocols import SlotLimiter, pause
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from orchestrator.worker.metrics import WorkerMetrics
+
+log = structlog.get_logger(__name__)
+
+THROUGHPUT_WINDOW_S = 10.0
+
+
+@dataclass(slots=True)
+class Lane:
+    """Everything one deployment's consumer loop needs."""
+
+    deployment: str
+    queue: Queue
+    throttle: SlotLimiter
+    dispatcher: Dispatcher
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerTiming:
+    """Intervals of the worker loop (seconds)."""
+
+    drain_timeout_s: float = 30.0
+    receive_timeout_s: float = 1.0
+    heartbeat_s: float = 1.0
+    renew_s: float = 10.0
+    heartbeat_ttl_s: float = 15.0
+    """`ptu status` ignores heartbeats older than this."""
+
+
+class Worker:
+    """Runs the lanes of one worker process until stopped."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        lanes: Sequence[Lane],
+        *,
+        timing: WorkerTiming | None = None,
+        redis: aioredis.Redis | None = None,
+        metrics: WorkerMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.worker_id = worker_id
+        self.lanes = list(lanes)
+        self.timing = timing or WorkerTiming()
+        self._redis = redis
+        self._metrics = metrics
+        self._clock = clock
+        self._sleep = sleep
+        self._rand = rand
+        self._tasks: dict[str, set[asyncio.Task[Any]]] = {lane.deployment: set() for lane in lanes}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then drain and return."""
+        log.info("worker_started", worker_id=self.worker_id, deployments=self._names())
+        lanes_done = asyncio.Event()
+        house = asyncio.create_task(self._housekeeping(lanes_done), name="worker-housekeeping")
+        try:
+            async with asyncio.TaskGroup() as group:
+                for lane in self.lanes:
+                    group.create_task(self._run_lane(lane, stop), name=f"lane-{lane.deployment}")
+        finally:
+            # ended between two beats rather than cancelled in the middle of a write
+            lanes_done.set()
+            await asyncio.gather(house, return_exceptions=True)
+            await self._forget_heartbeat()
+        log.info("worker_stopped", worker_id=self.worker_id)
+
+    def in_flight(self, deployment: str) -> int:
+        """Dispatch tasks of a deployment still running."""
+        return len(self._tasks.get(deployment, ()))
+
+    async def _run_lane(self, lane: Lane, stop: asyncio.Event) -> None:
+        tasks = self._tasks[lane.deployment]
+        failures = 0
+        while not stop.is_set():
+            slot = await lane.throttle.acquire(stop)
+            if slot is None:
+                break
+            try:
+                deliveries = await self._receive(lane.queue, stop)
+            except QueueUnavailable as exc:
+                await lane.throttle.release(slot)
+                failures += 1
+                delay = backoff_s(min(failures, 8), 0.5, 15.0, self._rand())
+                log.warning("queue_receive_failed", deployment=lane.deployment, error=str(exc))
+                await pause(delay, stop, self._sleep)
+                continue
+            except BaseException:
+                await asyncio.shield(lane.throttle.release(slot))
+                raise
+            failures = 0
+            if not deliveries:
+                await lane.throttle.release(slot)
+                continue
+            delivery = deliveries[0]
+            if self._metrics is not None and delivery.delivery_count == 1:
+                self._metrics.lag(lane.deployment, self._clock() - delivery.message.enqueued_at)
+            task = asyncio.create_task(
+                lane.dispatcher.handle(delivery, slot, stop), name=f"req-{delivery.message.id}"
+            )
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await self._drain(lane, tasks)
+
+    async def _receive(self, queue: Queue, stop: asyncio.Event) -> list[Delivery]:
+        """One message, or [] on timeout or stop (a stop interrupts the blocking read)."""
+        receiver = asyncio.ensure_future(queue.receive(1, self.timing.receive_timeout_s))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({receiver, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not receiver.done():
+                # entries the server handed out meanwhile stay pending and are reclaimed
+                receiver.cancel()
+            await asyncio.gather(stopper, receiver, return_exceptions=True)
+        if receiver.cancelled():
+            return []
+        return receiver.result()
+
+    async def _drain(self, lane: Lane, tasks: set[asyncio.Task[Any]]) -> None:
+        if tasks:
+            log.info("worker_draining", deployment=lane.deployment, in_flight=len(tasks))
+            everything = asyncio.ensure_future(asyncio.wait(set(tasks)))
+            timer = asyncio.ensure_future(self._sleep(self.timing.drain_timeout_s))
+            await asyncio.wait({everything, timer}, return_when=asyncio.FIRST_COMPLETED)
+            for fut in (everything, timer):
+                fut.cancel()
+            await asyncio.gather(everything, timer, return_exceptions=True)
+            left = [t for t in tasks if not t.done()]
+            if left:
+                log.warning("worker_drain_timeout", deployment=lane.deployment, cancelled=len(left))
+                for task in left:
+                    task.cancel()
+                await asyncio.gather(*left, return_exceptions=True)
+        pending = list(lane.dispatcher.bookkeeping)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _housekeeping(self, done: asyncio.Event) -> None:
+        last_renew = self._clock()
+        while not done.is_set():
+            now = self._clock()
+            if now - last_renew >= self.timing.renew_s:
+                last_renew = now
+                for lane in self.lanes:
+                    await lane.throttle.renew()
+            try:
+                await self._heartbeat()
+            except (RedisError, QueueUnavailable) as exc:
+                log.warning("heartbeat_failed", error=repr(exc))
+            await pause(self.timing.heartbeat_s, done, self._sleep)
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The heartbeat document: per deployment limit, in-flight, reading, counts, rate."""
+        now = self._clock()
+        lanes: dict[str, Any] = {}
+        for lane in self.lanes:
+            throttle, dispatcher = lane.throttle, lane.dispatcher
+            recent = [t for t in dispatcher.completions if now - t <= THROUGHPUT_WINDOW_S]
+            dispatcher.completions[:] = recent
+            reading = throttle.reading
+            try:
+                depth: int | None = await lane.queue.depth()
+            except QueueUnavailable:
+                depth = None
+            try:
+                global_in_flight: int | None = await throttle.global_in_flight()
+            except RedisError:
+                global_in_flight = None
+            lanes[lane.deployment] = {
+                "limit": throttle.limit,
+                "in_flight": throttle.in_flight,
+                "global_in_flight": global_in_flight,
+                "queue_depth": depth,
+                "utilisation": None if reading is None else reading.value,
+                "reading_age_s": None if reading is None else reading.age(now),
+                "source": None if reading is None else reading.source,
+                "throughput_per_s": len(recent) / THROUGHPUT_WINDOW_S,
+                **dispatcher.counts,
+            }
+            if self._metrics is not None:
+                self._metrics.observe_throttle(
+                    lane.deployment, throttle.limit, throttle.in_flight, reading, now
+                )
+                if depth is not None:
+                    self._metrics.queue_depth.labels(lane.deployment).set(depth)
+                if global_in_flight is not None:
+                    self._metrics.global_in_flight.labels(lane.deployment).set(global_in_flight)
+        return {
+            "worker_id": self.worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "at": now,
+            "ttl_s": self.timing.heartbeat_ttl_s,
+            "deployments": lanes,
+        }
+
+    async def _heartbeat(self) -> None:
+        doc = await self.snapshot()
+        if self._redis is not None:
+            await self._redis.hset(keys.WORKERS, self.worker_id, json.dumps(doc))
+
+    async def _forget_heartbeat(self) -> None:
+        if self._redis is None:
+            return
+        try:
+            await asyncio.shield(self._redis.hdel(keys.WORKERS, self.worker_id))
+        except RedisError as exc:
+            log.warning("heartbeat_remove_failed", error=repr(exc))
+
+    def _names(self) -> list[str]:
+        return [lane.deployment for lane in self.lanes]
+
+    def __repr__(self) -> str:
+        lanes = " ".join(
+            f"{lane.deployment}:limit={lane.throttle.limit},in_flight={self.in_flight(lane.deployment)}"
+            for lane in self.lanes
+        )
+        return f"<Worker id={self.worker_id} {lanes}>"

@@ -1,0 +1,184 @@
+"""`ptu worker`: the long-lived low-priority consumer process.
+
+The entry point is the one place that picks implementations: the configured
+queue backend and utilisation source, the Redis-shared throttle, the Redis
+result store, and the Azure OpenAI upstream (API key or Entra ID).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from orchestrator.core import logs
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.results import ResultStore
+from orchestrator.core.retry import RetryPolicy
+from orchestrator.core.runtime import run_until_signal
+from orchestrator.core.settings import DeploymentConfig, Settings
+from orchestrator.queues.base import Queue
+from orchestrator.queues.factory import make_queue
+from orchestrator.throttle.limiter import Throttle
+from orchestrator.utilisation.base import UtilisationSource
+from orchestrator.utilisation.estimate.store import EstimateStore
+from orchestrator.utilisation.factory import make_source
+from orchestrator.worker.dispatch import DispatchConfig, Dispatcher
+from orchestrator.worker.loop import Lane, Worker, WorkerTiming
+from orchestrator.worker.metrics import WorkerMetrics
+from orchestrator.worker.upstream import AzureUpstream, Upstream
+
+log = structlog.get_logger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--deployment` (repeatable), `--worker-id`, `--metrics-port`."""
+    parser.add_argument(
+        "--deployment",
+        action="append",
+        metavar="NAME",
+        help="deployment to consume for (repeatable; default: every provisioned one)",
+    )
+    parser.add_argument(
+        "--worker-id",
+        default=None,
+        help="consumer name and slot owner (default HOST-PID)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics on this port (default PTU_METRICS_PORT; unset: off)",
+    )
+
+
+def select_deployments(settings: Settings, names: Sequence[str] | None) -> list[DeploymentConfig]:
+    """The named deployments, or every provisioned one; ConfigError when none or unknown."""
+    if names:
+        chosen = []
+        for name in names:
+            d = settings.deployment(name)
+            if d is None:
+                raise ConfigError(f"PTU_DEPLOYMENTS: no deployment named {name!r}")
+            chosen.append(d)
+        return chosen
+    chosen = [d for d in settings.deployments if d.kind == "provisioned"]
+    if not chosen:
+        raise ConfigError("PTU_DEPLOYMENTS: the worker needs at least one provisioned deployment")
+    return chosen
+
+
+@dataclass
+class Built:
+    """A wired worker and what must be closed after it ran."""
+
+    worker: Worker
+    queues: list[Queue]
+    source: UtilisationSource
+    upstream: Upstream
+    extras: list[Any] = field(default_factory=list)
+
+    async def close(self) -> None:
+        """Close queues, the source and the upstream client."""
+        for queue in self.queues:
+            await queue.close()
+        await self.source.close()
+        await self.upstream.close()
+
+
+def build_worker(
+    settings: Settings,
+    redis: aioredis.Redis,
+    deployments: Sequence[DeploymentConfig],
+    worker_id: str,
+    *,
+    upstream: Upstream | None = None,
+    metrics: WorkerMetrics | None = None,
+    source: UtilisationSource | None = None,
+    timing: WorkerTiming | None = None,
+) -> Built:
+    """Wire lanes for `deployments` from settings (collaborators may be passed in)."""
+    source = source if source is not None else make_source(settings, redis)
+    upstream = upstream if upstream is not None else AzureUpstream.from_settings(settings)
+    # the worker's own calls always feed the estimate, whichever source drives the throttle
+    tokens = EstimateStore(
+        redis,
+        settings.deployments,
+        window_s=settings.estimate_window_s,
+        max_age_s=settings.estimate_max_age_s,
+    )
+    results = ResultStore(redis, settings.reply_ttl_s)
+    config = DispatchConfig(
+        retry=RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s),
+        request_timeout_s=settings.request_timeout_s,
+        default_max_tokens=settings.default_max_tokens,
+    )
+    lanes, queues = [], []
+    for d in deployments:
+        lower, upper, maximum = settings.thresholds(d)
+        throttle = Throttle(
+            redis,
+            d,
+            source,
+            lower=lower,
+            upper=upper,
+            max_concurrency=maximum,
+            lease_s=settings.slot_lease_s,
+            worker_id=worker_id,
+        )
+        queue = make_queue(settings, d.name, redis, worker_id)
+        queues.append(queue)
+        dispatcher = Dispatcher(
+            d.name,
+            queue=queue,
+            throttle=throttle,
+            results=results,
+            upstream=upstream,
+            config=config,
+            tokens=tokens,
+            metrics=metrics,
+        )
+        lanes.append(Lane(d.name, queue, throttle, dispatcher))
+    timing = timing or WorkerTiming(
+        drain_timeout_s=settings.drain_timeout_s, renew_s=settings.slot_lease_s / 3
+    )
+    worker = Worker(worker_id, lanes, timing=timing, redis=redis, metrics=metrics)
+    return Built(worker, queues, source, upstream)
+
+
+def run(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Consume until SIGTERM/SIGINT, then drain."""
+    assert settings is not None
+    logs.configure(settings.log_level, settings.log_format)
+    deployments = select_deployments(settings, args.deployment)
+    if not settings.azure_openai_endpoint:
+        raise ConfigError("PTU_AZURE_OPENAI_ENDPOINT: required by the worker")
+    worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+
+    async def main(stop: asyncio.Event) -> int:
+        structlog.contextvars.bind_contextvars(worker_id=worker_id)
+        metrics = WorkerMetrics()
+        if port is not None:
+            bound = metrics.serve(port)
+            log.info("metrics_serving", port=bound)
+        redis = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            built = build_worker(settings, redis, deployments, worker_id, metrics=metrics)
+            try:
+                await built.worker.run(stop)
+            finally:
+                await built.close()
+        finally:
+            await redis.aclose()
+            metrics.close()
+        return 0
+
+    return run_until_signal(main)

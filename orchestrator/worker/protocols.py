@@ -1,0 +1,83 @@
+"""What the worker needs from its collaborators, as protocols (implementations are chosen by
+the entry point), plus the stop-aware sleep the worker and dispatcher share."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+from orchestrator.core.schemas import ResultDocument, TokenEvent
+from orchestrator.throttle.slots import Slot
+
+if TYPE_CHECKING:
+    from orchestrator.core.results import RequestState
+    from orchestrator.utilisation.base import Reading
+
+
+class SlotLimiter(Protocol):
+    """The throttle as the worker uses it (`orchestrator.throttle.limiter.Throttle`)."""
+
+    @property
+    def limit(self) -> int:
+        """Global concurrency the policy allows now."""
+
+    @property
+    def in_flight(self) -> int:
+        """Slots this worker holds."""
+
+    @property
+    def reading(self) -> Reading | None:
+        """The last utilisation reading."""
+
+    async def acquire(self, stop: asyncio.Event) -> Slot | None:
+        """Wait for a global slot; None once `stop` is set first."""
+
+    async def release(self, slot: Slot) -> None:
+        """Hand a slot back (idempotent)."""
+
+    async def renew(self) -> None:
+        """Extend this worker's leases."""
+
+    async def pause_for(self, seconds: float) -> None:
+        """Stop new slots on every worker for `seconds`."""
+
+    async def global_in_flight(self) -> int:
+        """Slots leased by all workers."""
+
+
+class ResultSink(Protocol):
+    """Exactly-once results (`orchestrator.core.results.ResultStore`)."""
+
+    async def get(self, request_id: str) -> RequestState | None:
+        """The request's record and result, if any."""
+
+    async def mark_in_progress(self, request_id: str) -> None:
+        """Move a queued request to in_progress."""
+
+    async def complete(self, doc: ResultDocument, reply_key: str) -> bool:
+        """Write the result once per id; True when this call wrote it."""
+
+
+class TokenRecorder(Protocol):
+    """Where token events go (`EstimateStore.record`)."""
+
+    async def record(self, event: TokenEvent) -> None:
+        """Fold one event into the utilisation estimate."""
+
+
+async def pause(
+    seconds: float, stop: asyncio.Event, sleep: Callable[[float], Awaitable[None]]
+) -> bool:
+    """Sleep `seconds` with `sleep` unless `stop` is set first; True when the sleep ran out."""
+    if stop.is_set():
+        return False
+    sleeper = asyncio.ensure_future(sleep(seconds))
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for fut in (sleeper, stopper):
+            fut.cancel()
+        await asyncio.gather(sleeper, stopper, return_exceptions=True)
+    return not stop.is_set()

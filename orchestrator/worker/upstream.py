@@ -1,0 +1,231 @@
+"""The Azure OpenAI client of the worker, with errors translated at this boundary.
+
+`AzureUpstream` wraps `openai.AsyncAzureOpenAI` with the SDK's own retries off
+(`max_retries=0`: the worker owns retries and the throttle), labels every call
+with `x-ptu-priority`, reads response headers through `with_raw_response`, and
+turns the SDK's exceptions into `orchestrator.core.errors` by type and status code:
+429 → UpstreamThrottled (retry-after from `retry-after-ms`, else `retry-after`),
+408 and client timeouts → UpstreamTimeout, anything else → UpstreamError.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import openai
+import structlog
+
+from orchestrator.core.errors import ConfigError, UpstreamError, UpstreamThrottled, UpstreamTimeout
+
+if TYPE_CHECKING:
+    import httpx2
+
+    from orchestrator.core.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+PRIORITY_HEADER = "x-ptu-priority"
+UTILISATION_HEADER = "azure-openai-deployment-utilization"
+COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
+CONNECTION_FAILED_STATUS = 503
+"""Status recorded when no response arrived at all (retryable, like a 5xx)."""
+
+# fields the worker never forwards: the deployment is in the URL, and a queued
+# request is answered as one document, never streamed
+_DROPPED_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    """A successful chat completion and what its headers said."""
+
+    body: dict[str, Any]
+    status_code: int = 200
+    request_id: str | None = None
+    utilisation_hint: float | None = None
+    """`azure-openai-deployment-utilization` as a fraction, when the service sent it."""
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """The `usage` object of the completion."""
+        usage = self.body.get("usage")
+        return usage if isinstance(usage, dict) else None
+
+    @property
+    def finish_reason(self) -> str | None:
+        """The first choice's finish reason."""
+        choices = self.body.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            reason = choices[0].get("finish_reason")
+            return reason if isinstance(reason, str) else None
+        return None
+
+
+class Upstream(Protocol):
+    """Sends one chat completion to a deployment."""
+
+    async def chat(
+        self,
+        deployment: str,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> UpstreamResponse:
+        """Call the deployment once, without retrying.
+
+        Raises UpstreamThrottled (429), UpstreamTimeout (408 or no answer in
+        time) or UpstreamError (any other failure, with its status and body).
+        """
+
+    async def close(self) -> None:
+        """Release the HTTP client and credentials."""
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms`, else `retry-after` (numeric form only)."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw) / scale
+        except ValueError:
+            continue
+        if value >= 0:
+            return value
+    return None
+
+
+def parse_utilisation(raw: str | None) -> float | None:
+    """`"42.5%"` → 0.425; None when absent or malformed (the header is only a hint)."""
+    if raw is None:
+        return None
+    try:
+        return float(raw.strip().removesuffix("%")) / 100.0
+    except ValueError:
+        return None
+
+
+def _error_body(response: httpx2.Response) -> dict[str, object]:
+    try:
+        data = json.loads(response.text)
+    except ValueError:
+        return {"error": {"code": str(response.status_code), "message": response.text[:500]}}
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return data
+    return {"error": {"code": str(response.status_code), "message": str(data)[:500]}}
+
+
+def map_error(exc: openai.OpenAIError) -> UpstreamError:
+    """Translate an SDK exception by its type and status code."""
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamTimeout("upstream call timed out", status_code=408)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        body = _error_body(exc.response)
+        if status == 429:
+            retry_after = parse_retry_after(exc.response.headers)
+            return UpstreamThrottled(
+                "upstream throttled", status_code=429, body=body, retry_after_s=retry_after
+            )
+        if status == 408:
+            return UpstreamTimeout("upstream timed out", status_code=408, body=body)
+        return UpstreamError(f"upstream answered {status}", status_code=status, body=body)
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamError("upstream unreachable", status_code=CONNECTION_FAILED_STATUS)
+    return UpstreamError(f"upstream client error: {type(exc).__name__}", status_code=500)
+
+
+class AzureUpstream:
+    """Chat completions against an Azure OpenAI resource (or the simulator)."""
+
+    def __init__(
+        self,
+        client: openai.AsyncAzureOpenAI,
+        *,
+        timeout_s: float,
+        credential: Any | None = None,
+    ) -> None:
+        self._client = client
+        self._timeout_s = timeout_s
+        self._credential = credential
+        self.calls = 0
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        priority: str = "low",
+        http_client: httpx2.AsyncClient | None = None,
+    ) -> AzureUpstream:
+        """Client for `PTU_AZURE_OPENAI_ENDPOINT`: API key if set, else Entra ID."""
+        if not settings.azure_openai_endpoint:
+            raise ConfigError("PTU_AZURE_OPENAI_ENDPOINT: required by the worker")
+        common: dict[str, Any] = {
+            "azure_endpoint": settings.azure_openai_endpoint,
+            "api_version": settings.azure_openai_api_version,
+            "max_retries": 0,
+            "timeout": settings.request_timeout_s,
+            "default_headers": {PRIORITY_HEADER: priority},
+            "http_client": http_client,
+        }
+        credential: Any | None = None
+        if settings.azure_openai_api_key is not None:
+            client = openai.AsyncAzureOpenAI(
+                api_key=settings.azure_openai_api_key.get_secret_value(), **common
+            )
+        else:
+            from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
+
+            credential = DefaultAzureCredential()
+            provider = get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE)
+            client = openai.AsyncAzureOpenAI(azure_ad_token_provider=provider, **common)
+        return cls(client, timeout_s=settings.request_timeout_s, credential=credential)
+
+    async def chat(
+        self,
+        deployment: str,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> UpstreamResponse:
+        """Call `deployment` once with `body`; see `Upstream.chat`."""
+        extra = {k: v for k, v in body.items() if k not in _DROPPED_FIELDS}
+        self.calls += 1
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=deployment,
+                messages=cast(Any, body.get("messages", [])),
+                extra_body=extra or None,
+                extra_headers=dict(headers) if headers else None,
+                timeout=self._timeout_s,
+            )
+        except openai.OpenAIError as exc:
+            raise map_error(exc) from exc
+        try:
+            data = json.loads(raw.text)
+        except ValueError as exc:
+            raise UpstreamError(
+                "upstream answered with a body that is not JSON", status_code=502
+            ) from exc
+        if not isinstance(data, dict):
+            raise UpstreamError("upstream answered with a non-object body", status_code=502)
+        return UpstreamResponse(
+            body=data,
+            status_code=raw.status_code,
+            request_id=raw.headers.get("apim-request-id") or raw.headers.get("x-request-id"),
+            utilisation_hint=parse_utilisation(raw.headers.get(UTILISATION_HEADER)),
+        )
+
+    async def close(self) -> None:
+        """Close the HTTP client and the Entra credential, if any."""
+        await self._client.close()
+        if self._credential is not None:
+            await self._credential.close()
+
+    def __repr__(self) -> str:
+        return f"<AzureUpstream endpoint={self._client.base_url} calls={self.calls}>"
