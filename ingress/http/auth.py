@@ -1,7 +1,7 @@
 """Tenants: which caller a request comes from, from its API key.
 
-`PTU_API_KEYS` maps API key -> tenant. The key arrives as the `api-key` header
-(Azure style) or `Authorization: Bearer <key>` (OpenAI style). Without configured
+`PTU_API_KEYS` maps API key (or `sha256:<hex>` of it) -> tenant. The key arrives as
+the `api-key` header (Azure style) or `Authorization: Bearer <key>` (OpenAI style). Without configured
 keys the ingress has one tenant, `default`, and `ptu ingress` binds loopback only.
 The tenant scopes reply keys, queued requests, files and batches.
 """
@@ -12,31 +12,32 @@ import ipaddress
 from collections.abc import Mapping
 
 from ingress.http.errors import ApiError
+from orchestrator.tenants.config import DEFAULT_TENANT, Tenancy
 
-DEFAULT_TENANT = "default"
+__all__ = ["DEFAULT_TENANT", "Authenticator", "is_loopback"]
 
 
 class Authenticator:
     """Maps the caller's API key to its tenant."""
 
-    def __init__(self, api_keys: Mapping[str, str]) -> None:
-        self._keys = dict(api_keys)
+    def __init__(self, api_keys: Mapping[str, str] | Tenancy) -> None:
+        self.tenancy = api_keys if isinstance(api_keys, Tenancy) else Tenancy((), api_keys)
 
     @property
     def open(self) -> bool:
         """True when no keys are configured (single tenant, loopback only)."""
-        return not self._keys
+        return self.tenancy.open
 
     def tenant(self, headers: Mapping[str, str]) -> str:
         """The caller's tenant; raises ApiError 401 for a missing or unknown key."""
-        if not self._keys:
+        if self.tenancy.open:
             return DEFAULT_TENANT
         key = headers.get("api-key")
         if not key:
             auth = headers.get("authorization", "")
             scheme, _, token = auth.partition(" ")
             key = token.strip() if scheme.lower() == "bearer" else ""
-        tenant = self._keys.get(key) if key else None
+        tenant = self.tenancy.tenant_for_key(key) if key else None
         if tenant is None:
             raise ApiError(
                 401,
@@ -47,7 +48,7 @@ class Authenticator:
         return tenant
 
     def __repr__(self) -> str:
-        return f"<Authenticator tenants={len(set(self._keys.values()))} open={self.open}>"
+        return f"<Authenticator {self.tenancy!r}>"
 
 
 def is_loopback(host: str) -> bool:

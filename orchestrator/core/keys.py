@@ -97,3 +97,38 @@ def tenant_files(tenant: str) -> str:
 def tenant_batches(tenant: str) -> str:
     """Sorted set of a tenant's batch ids (score = created_at), for listing."""
     return f"{PREFIX}:tenant-batches:{tenant}"
+
+
+def tenant_queue(deployment: str, tenant: str) -> str:
+    """Redis Stream of one tenant's low-priority requests for a deployment.
+
+    The `default` tenant keeps the deployment's original stream (`queue`), so a
+    single-tenant installation's keys are unchanged.
+    """
+    return queue(deployment) if tenant == "default" else f"{PREFIX}:queue:{deployment}:t:{tenant}"
+
+
+def fair_share(deployment: str) -> str:
+    """Hash of a deployment's fair-share state: `a:<tenant>` backlog flags, `v:<tenant>`
+    virtual service (tokens / weight) and `floor` (see `orchestrator.tenants.fair`)."""
+    return f"{PREFIX}:fair:{deployment}"
+
+
+def tenant_usage(tenant: str, hour: int) -> str:
+    """Hash of a tenant's token usage in one UTC hour (`hour` = epoch seconds // 3600);
+    fields `<deployment>|<priority>|<prompt|cached|completion|requests>`."""
+    return f"{PREFIX}:usage:{tenant}:{hour}"
+
+
+def tenant_minute(tenant: str, minute: int) -> str:
+    """Counter of a tenant's tokens in one minute (epoch seconds // 60), for tokens_per_minute."""
+    return f"{PREFIX}:tpm:{tenant}:{minute}"
+
+
+def tenant_quota(tenant: str, period_start: int) -> str:
+    """Counter of a tenant's tokens in the quota period starting at `period_start` (epoch s)."""
+    return f"{PREFIX}:quota:{tenant}:{period_start}"
+
+
+USAGE_TENANTS = f"{PREFIX}:usage-tenants"
+"""Set of tenants that have usage recorded, for `ptu usage`."""

@@ -43,6 +43,7 @@ class ResultDocument(BaseModel):
     enqueued_at: float
     completed_at: float
     batch_id: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    tenant: str = "default"
 
 
 class TokenEvent(BaseModel):
@@ -62,3 +63,4 @@ class TokenEvent(BaseModel):
     max_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
     cached_tokens: int = Field(default=0, ge=0)
+    tenant: str = "default"

@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from orchestrator.core import capacity
 from orchestrator.core.errors import ConfigError
+from orchestrator.tenants.config import TenantConfig, check_tenants
 
 Priority = Literal["high", "low"]
 
@@ -113,7 +114,13 @@ class Settings(BaseSettings):
     eventhub_consumer_group: str = "$Default"
     eventhub_token_events_name: str = "ptu-token-events"
     # ingress
-    api_keys: dict[str, str] = Field(default_factory=dict, description="api key -> tenant")
+    api_keys: dict[str, str] = Field(
+        default_factory=dict, description="api key (or sha256:<hex> of it) -> tenant"
+    )
+    tenants: list[TenantConfig] = Field(default_factory=list)
+    ptu_hourly_price: float | None = Field(
+        default=None, ge=0, description="price of one PTU-hour, for `ptu usage` cost shares"
+    )
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     max_tokens_ceiling: int = Field(default=2_000, gt=0)
     default_max_tokens: int = Field(default=1_000, gt=0)
@@ -136,6 +143,9 @@ class Settings(BaseSettings):
         for d in self.deployments:
             if d.spillover is not None and d.spillover not in names:
                 raise ValueError(f"deployments: spillover {d.spillover!r} is not a deployment")
+        problem = check_tenants(self.tenants, self.api_keys)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     def deployment(self, name: str) -> DeploymentConfig | None:

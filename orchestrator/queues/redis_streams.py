@@ -57,13 +57,14 @@ class RedisStreamsQueue:
         *,
         group: str = "ptu-workers",
         claim_idle_s: float = 60.0,
+        stream: str | None = None,
     ) -> None:
         self.redis = redis
         self.deployment = deployment
         self.consumer = consumer
         self.group = group
         self.claim_idle_s = claim_idle_s
-        self.stream = keys.queue(deployment)
+        self.stream = stream or keys.queue(deployment)
         self.dead_letter_stream = keys.dead_letter(deployment)
         self._group_ready = False
         self._claim_cursor = "0-0"

@@ -25,7 +25,7 @@ from orchestrator.core.schemas import QueuedRequest, ResultDocument, ResultStatu
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
 from orchestrator.queues.base import Delivery, Queue
 from orchestrator.throttle.slots import Slot
-from orchestrator.worker.protocols import ResultSink, SlotLimiter, TokenRecorder, pause
+from orchestrator.worker.protocols import QuotaGate, ResultSink, SlotLimiter, TokenRecorder, pause
 from orchestrator.worker.upstream import Upstream, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ class Dispatcher:
         upstream: Upstream,
         config: DispatchConfig,
         tokens: TokenRecorder | None = None,
+        quota: QuotaGate | None = None,
         metrics: WorkerMetrics | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -75,6 +76,7 @@ class Dispatcher:
         self._upstream = upstream
         self._config = config
         self._tokens = tokens
+        self._quota = quota
         self._metrics = metrics
         self._clock = clock
         self._sleep = sleep
@@ -119,6 +121,11 @@ class Dispatcher:
             }
             doc = self._doc(message, "failed", attempts=0, status_code=None, error=error)
             return await self._finish(delivery, doc, dead_letter="too many deliveries")
+        refused = await self._over_quota(message)
+        if refused is not None:
+            await self._release(held)
+            doc = self._doc(message, "failed", attempts=0, status_code=403, error=refused)
+            return await self._finish(delivery, doc)
         await self._mark_in_progress(message.id)
         attempt = 0
         while True:
@@ -176,7 +183,9 @@ class Dispatcher:
         event_id = f"{message.id}:{delivery_count}:{attempt}"
         prompt = estimate_prompt_tokens(message.body)
         budget = requested_max_tokens(message.body, self._config.default_max_tokens)
-        await self._record(event_id, "admit", prompt_tokens=prompt, max_tokens=budget)
+        await self._record(
+            event_id, message.tenant, "admit", prompt_tokens=prompt, max_tokens=budget
+        )
         started = self._clock()
         status, answered = 0, False
         try:
@@ -194,7 +203,7 @@ class Dispatcher:
         finally:
             if not answered:
                 # failed or cancelled: refund the admitted completion budget
-                await self._shielded(self._record(event_id, "complete"))
+                await self._shielded(self._record(event_id, message.tenant, "complete"))
                 if self._metrics is not None and status:
                     self._metrics.call(self.deployment, status, self._clock() - started)
         usage = response.usage or {}
@@ -205,6 +214,7 @@ class Dispatcher:
         await self._shielded(
             self._record(
                 event_id,
+                message.tenant,
                 "complete",
                 prompt_tokens=prompt_actual,
                 completion_tokens=completion,
@@ -254,6 +264,14 @@ class Dispatcher:
         self.completions.append(self._clock())
         if self._metrics is not None:
             self._metrics.result(self.deployment, doc.status)
+            status: str = doc.status
+            if doc.status_code == 429:
+                status = "throttled"
+            elif doc.error and doc.error.get("code") == "token_quota_exceeded":
+                status = "limited"
+            elif doc.status == "failed" and doc.status_code and doc.status_code < 500:
+                status = "rejected"
+            self._metrics.tenants.finished(delivery.message.tenant, self.deployment, "low", status)
         log.info(
             "request_finished",
             status=doc.status,
@@ -287,6 +305,7 @@ class Dispatcher:
             enqueued_at=message.enqueued_at,
             completed_at=self._clock(),
             batch_id=message.batch_id,
+            tenant=message.tenant,
         )
 
     def _failed(self, message: QueuedRequest, err: UpstreamError, attempts: int) -> ResultDocument:
@@ -305,13 +324,27 @@ class Dispatcher:
             return False  # completion is idempotent anyway
         return state is not None and state.result is not None
 
+    async def _over_quota(self, message: QueuedRequest) -> dict[str, Any] | None:
+        """The error of a request whose tenant's quota is used up (it counts when it runs)."""
+        if self._quota is None:
+            return None
+        need = estimate_prompt_tokens(message.body)
+        try:
+            refusal = await self._quota.refusal(message.tenant, need)
+        except (RedisError, PTUError) as exc:
+            log.warning("quota_check_failed", error=repr(exc))
+            return None
+        if refusal is None or refusal.status != 403:
+            return None  # tokens per minute bind at the ingress; a queued request waits its turn
+        return {"code": refusal.code, "message": refusal.message, "type": "insufficient_quota"}
+
     async def _mark_in_progress(self, request_id: str) -> None:
         try:
             await self._results.mark_in_progress(request_id)
         except (RedisError, PTUError) as exc:
             log.warning("mark_in_progress_failed", error=repr(exc))
 
-    async def _record(self, event_id: str, phase: str, **counts: int) -> None:
+    async def _record(self, event_id: str, tenant: str, phase: str, **counts: int) -> None:
         if self._tokens is None:
             return
         event = TokenEvent(
@@ -323,6 +356,7 @@ class Dispatcher:
             max_tokens=counts.get("max_tokens", 0),
             completion_tokens=counts.get("completion_tokens", 0),
             cached_tokens=counts.get("cached_tokens", 0),
+            tenant=tenant,
         )
         try:
             await self._tokens.record(event)

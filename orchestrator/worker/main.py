@@ -26,10 +26,14 @@ from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue
+from orchestrator.queues.fair import FairShareState
+from orchestrator.tenants.config import Tenancy
+from orchestrator.tenants.ledger import UsageLedger
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.base import UtilisationSource
 from orchestrator.utilisation.estimate.store import EstimateStore
 from orchestrator.utilisation.factory import make_source
+from orchestrator.worker.accounting import WorkerAccounting
 from orchestrator.worker.dispatch import DispatchConfig, Dispatcher
 from orchestrator.worker.loop import Lane, Worker, WorkerTiming
 from orchestrator.worker.metrics import WorkerMetrics
@@ -115,6 +119,15 @@ def build_worker(
         max_age_s=settings.estimate_max_age_s,
     )
     results = ResultStore(redis, settings.reply_ttl_s)
+    tenancy = Tenancy(settings.tenants, settings.api_keys)
+    ledger = UsageLedger(redis, tenancy)
+    accounting = WorkerAccounting(
+        tokens,
+        ledger,
+        {d.name: FairShareState(redis, d.name) for d in deployments},
+        tenancy,
+        metrics.tenants if metrics is not None else None,
+    )
     config = DispatchConfig(
         retry=RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s),
         request_timeout_s=settings.request_timeout_s,
@@ -142,7 +155,8 @@ def build_worker(
             results=results,
             upstream=upstream,
             config=config,
-            tokens=tokens,
+            tokens=accounting,
+            quota=ledger,
             metrics=metrics,
         )
         lanes.append(Lane(d.name, queue, throttle, dispatcher))
@@ -165,7 +179,10 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
 
     async def main(stop: asyncio.Event) -> int:
         structlog.contextvars.bind_contextvars(worker_id=worker_id)
-        metrics = WorkerMetrics()
+        metrics = WorkerMetrics(
+            tenants=Tenancy(settings.tenants, settings.api_keys).names(),
+            deployments=[d.name for d in settings.deployments],
+        )
         if port is not None:
             bound = metrics.serve(port)
             log.info("metrics_serving", port=bound)

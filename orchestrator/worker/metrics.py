@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from orchestrator.tenants.metrics import TenantMetrics
 from orchestrator.utilisation.base import Reading
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
@@ -15,10 +17,17 @@ _LAG_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14_400, 86_400)
 class WorkerMetrics:
     """The worker's gauges, counters and histograms, labelled by deployment."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        tenants: Iterable[str] = ("default",),
+        deployments: Iterable[str] = (),
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._server: WSGIServer | None = None
         r = self.registry
+        self.tenants = TenantMetrics(r, tenants, deployments)
         self.utilisation = Gauge(
             "ptu_worker_utilisation_ratio",
             "Last utilisation reading (1 = 100 %)",

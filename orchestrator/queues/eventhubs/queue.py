@@ -125,10 +125,20 @@ class EventHubsQueue:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, deployment: str, redis: aioredis.Redis, consumer: str
+        cls,
+        settings: Settings,
+        deployment: str,
+        redis: aioredis.Redis,
+        consumer: str,
+        tenant: str = "default",
     ) -> EventHubsQueue:
-        """Clients for the hub `{PTU_EVENTHUB_NAME}-{deployment}`, checkpoints in Redis."""
+        """Clients for the hub `{PTU_EVENTHUB_NAME}-{deployment}`, checkpoints in Redis.
+
+        A tenant other than `default` has a hub of its own, `...-{deployment}-{tenant}`.
+        """
         hub = f"{settings.eventhub_name}-{deployment}"
+        if tenant != "default":
+            hub += f"-{tenant}"
         store = RedisCheckpointStore(redis)
         group = settings.eventhub_consumer_group
         auth = EventHubAuth(settings)

@@ -1,0 +1,1 @@
+"""Tenants: who a request belongs to, their fair share, token limits and usage."""

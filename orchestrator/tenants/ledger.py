@@ -1,0 +1,164 @@
+"""Token usage per tenant in Redis: hourly records for `ptu usage`, counters for the limits.
+
+Every finished call (high priority at the ingress, low priority at the worker)
+is recorded once, with its actual usage, in one MULTI on the tenant's own keys:
+the hour's usage hash (`<deployment>|<priority>|<kind>` fields, kept
+`RETENTION_S`), the minute counter the tokens-per-minute limit reads, and, when
+the tenant has a quota, the period counter. Every ingress replica and worker
+shares these keys, so the limits hold across replicas.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import structlog
+
+from orchestrator.core import keys
+from orchestrator.tenants.config import Tenancy
+from orchestrator.tenants.limits import MINUTE_S, Refusal, decide, period_bounds
+
+log = structlog.get_logger(__name__)
+
+HOUR_S = 3600
+RETENTION_S = 400 * 86_400
+"""Hourly usage is kept a little over a year, for chargeback."""
+KINDS = ("prompt", "cached", "completion", "requests")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The tokens of one finished request."""
+
+    tenant: str
+    deployment: str
+    priority: str
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        """Prompt plus completion tokens: what limits and quotas count."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """Usage of one tenant on one deployment at one priority in one UTC hour."""
+
+    tenant: str
+    deployment: str
+    priority: str
+    hour: int
+    """Epoch seconds of the hour's start."""
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    requests: int
+
+
+class UsageLedger:
+    """Records usage and answers the limit checks, on Redis."""
+
+    def __init__(
+        self, redis: aioredis.Redis, tenancy: Tenancy, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._redis = redis
+        self._tenancy = tenancy
+        self._clock = clock
+        self._registered: set[str] = set()
+
+    async def record(self, use: Usage) -> None:
+        """Add one request's usage to its hour, minute and quota period (one MULTI)."""
+        now = self._clock()
+        tenant = use.tenant
+        usage_key = keys.tenant_usage(tenant, int(now // HOUR_S))
+        minute_key = keys.tenant_minute(tenant, int(now // MINUTE_S))
+        base = f"{use.deployment}|{use.priority}|"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(usage_key, base + "prompt", use.prompt_tokens)
+            pipe.hincrby(usage_key, base + "cached", use.cached_tokens)
+            pipe.hincrby(usage_key, base + "completion", use.completion_tokens)
+            pipe.hincrby(usage_key, base + "requests", 1)
+            pipe.expire(usage_key, RETENTION_S)
+            pipe.incrby(minute_key, use.total)
+            pipe.expire(minute_key, 3 * MINUTE_S)
+            config = self._tenancy.config(tenant)
+            if config.token_quota is not None:
+                start, end = period_bounds(config.token_quota_period, now)
+                quota_key = keys.tenant_quota(tenant, start)
+                pipe.incrby(quota_key, use.total)
+                pipe.expireat(quota_key, end + 86_400)
+            await pipe.execute()
+        if tenant not in self._registered:
+            await self._redis.sadd(keys.USAGE_TENANTS, tenant)
+            self._registered.add(tenant)
+
+    async def refusal(self, tenant: str, need: int) -> Refusal | None:
+        """Why `tenant` may not send `need` more tokens now; None (no Redis call) if unlimited."""
+        config = self._tenancy.config(tenant)
+        if not config.limited:
+            return None
+        now = self._clock()
+        minute = int(now // MINUTE_S)
+        names = [keys.tenant_minute(tenant, minute - 1), keys.tenant_minute(tenant, minute)]
+        if config.token_quota is not None:
+            start, _ = period_bounds(config.token_quota_period, now)
+            names.append(keys.tenant_quota(tenant, start))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.get(name)
+            values = [int(v or 0) for v in await pipe.execute()]
+        return decide(
+            config,
+            previous_minute=values[0],
+            current_minute=values[1],
+            period_used=values[2] if len(values) > 2 else 0,
+            need=need,
+            now=now,
+        )
+
+    async def rows(self, since: float, until: float) -> list[UsageRow]:
+        """Every recorded hour that starts in [since, until), for every tenant."""
+        tenants = sorted(
+            {_text(t) for t in await self._redis.smembers(keys.USAGE_TENANTS)}
+            | set(self._tenancy.names())
+        )
+        # every hour that overlaps [since, until): usage is kept at hourly resolution
+        hours = list(range(int(since // HOUR_S), math.ceil(until / HOUR_S)))
+        out: list[UsageRow] = []
+        for tenant in tenants:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for h in hours:
+                    pipe.hgetall(keys.tenant_usage(tenant, h))
+                replies = await pipe.execute()
+            for h, fields in zip(hours, replies, strict=True):
+                out.extend(_rows(tenant, h, fields))
+        return out
+
+    def __repr__(self) -> str:
+        return f"<UsageLedger {self._tenancy!r}>"
+
+
+def _rows(tenant: str, hour: int, fields: dict[bytes | str, bytes | str]) -> Iterable[UsageRow]:
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for raw_name, raw_value in fields.items():
+        deployment, _, rest = _text(raw_name).rpartition("|")
+        deployment, _, priority = deployment.rpartition("|")
+        if rest not in KINDS or not deployment:
+            continue
+        counts.setdefault((deployment, priority), dict.fromkeys(KINDS, 0))[rest] = int(raw_value)
+    for (deployment, priority), c in sorted(counts.items()):
+        yield UsageRow(
+            tenant, deployment, priority, hour * HOUR_S,
+            c["prompt"], c["cached"], c["completion"], c["requests"],
+        )  # fmt: skip
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

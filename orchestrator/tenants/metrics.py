@@ -1,0 +1,71 @@
+"""Per-tenant Prometheus counters, the same names at the ingress and the worker.
+
+Label sets are bounded: `tenant` is one of the configured tenants (anything else
+is counted as `other`), `deployment` one of the configured deployments (else
+`other`), `priority` is `high` or `low`, and `status` one of `STATUSES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter
+
+STATUSES = ("completed", "failed", "expired", "throttled", "rejected", "limited")
+"""completed: answered 2xx; failed: 5xx, timeout or given up; expired: deadline passed;
+throttled: the deployment answered 429; rejected: another 4xx; limited: refused by the
+tenant's own tokens-per-minute limit or quota."""
+OTHER = "other"
+TOKEN_KINDS = ("prompt", "cached", "completion")
+
+
+class TenantMetrics:
+    """`ptu_tenant_tokens_total` and `ptu_tenant_requests_total` in a given registry."""
+
+    def __init__(
+        self, registry: CollectorRegistry, tenants: Iterable[str], deployments: Iterable[str]
+    ) -> None:
+        self._tenants = frozenset(tenants)
+        self._deployments = frozenset(deployments)
+        self.tokens = Counter(
+            "ptu_tenant_tokens",
+            "Tokens used, by tenant, deployment, priority and kind (prompt includes cached)",
+            ["tenant", "deployment", "priority", "kind"],
+            registry=registry,
+        )
+        self.requests = Counter(
+            "ptu_tenant_requests",
+            "Requests finished, by tenant, deployment, priority and status",
+            ["tenant", "deployment", "priority", "status"],
+            registry=registry,
+        )
+
+    def label(self, tenant: str, deployment: str) -> tuple[str, str]:
+        """The bounded (tenant, deployment) labels."""
+        return (
+            tenant if tenant in self._tenants else OTHER,
+            deployment if deployment in self._deployments else OTHER,
+        )
+
+    def used(
+        self, tenant: str, deployment: str, priority: str, prompt: int, cached: int, completion: int
+    ) -> None:
+        """Count the tokens of one call."""
+        t, d = self.label(tenant, deployment)
+        for kind, n in zip(TOKEN_KINDS, (prompt, cached, completion), strict=True):
+            if n:
+                self.tokens.labels(t, d, priority, kind).inc(n)
+
+    def finished(self, tenant: str, deployment: str, priority: str, status: str) -> None:
+        """Count one finished request."""
+        t, d = self.label(tenant, deployment)
+        self.requests.labels(t, d, priority, status if status in STATUSES else "failed").inc()
+
+
+def http_status(code: int) -> str:
+    """The `status` label of an HTTP answer."""
+    if code < 300:
+        return "completed"
+    if code == 429:
+        return "throttled"
+    return "rejected" if code < 500 and code != 408 else "failed"
