@@ -33,7 +33,9 @@ from ingress.batch.files import FileRoutes, FileStore
 from ingress.batch.routes import BatchRoutes
 from ingress.batch.runner import BatchWork
 from ingress.batch.store import BatchStore
+from ingress.chat.accounting import Accounting
 from ingress.chat.credentials import UpstreamAuth, upstream_auth
+from ingress.chat.limits import TenantLimits
 from ingress.chat.proxy import Proxy
 from ingress.chat.routes import ChatRoutes
 from ingress.chat.targets import make_client, targets
@@ -48,6 +50,8 @@ from orchestrator.core.results import ResultStore
 from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue
+from orchestrator.tenants.config import Tenancy
+from orchestrator.tenants.ledger import UsageLedger
 from orchestrator.utilisation.estimate.store import EstimateStore
 
 log = structlog.get_logger(__name__)
@@ -70,11 +74,14 @@ class _Parts:
     estimate: EstimateStore | None
     events: TokenEvents
     metrics: IngressMetrics = field(default_factory=IngressMetrics)
+    accounting: Accounting | None = None
     owned: set[str] = field(default_factory=set)
 
     async def close(self) -> None:
-        """Wait for pending token events, then close what the app created."""
+        """Wait for pending token events and usage writes, then close what the app created."""
         await self.events.drain()
+        if self.accounting is not None:
+            await self.accounting.drain()
         if "auth" in self.owned:
             await self.upstream.close()
         if "http" in self.owned:
@@ -151,21 +158,27 @@ def create_app(
     from settings (tests, benchmarks); `clock` stamps requests and token events.
     """
     parts = _parts(settings, redis, http_client, queues, token_sink, auth, clock)
-    metrics = parts.metrics
+    tenancy = Tenancy(settings.tenants, settings.api_keys)
+    metrics = parts.metrics = IngressMetrics(
+        tenants=tenancy.names(), deployments=[d.name for d in settings.deployments]
+    )
+    ledger = UsageLedger(parts.redis, tenancy, clock=clock)
+    accounting = parts.accounting = Accounting(metrics, ledger)
     deployments = targets(settings)
     results = ResultStore(parts.redis, settings.reply_ttl_s)
-    tenants = Authenticator(settings.api_keys)
+    tenants = Authenticator(tenancy)
     proxy = Proxy(
         parts.http, parts.upstream, parts.events, metrics,
-        spillover_wait_ms=settings.spillover_wait_ms,
+        spillover_wait_ms=settings.spillover_wait_ms, accounting=accounting,
     )  # fmt: skip
     enqueuer = Enqueuer(results, parts.queues, metrics, clock=clock)
-    chat = ChatRoutes(settings, deployments, tenants, proxy, enqueuer, metrics)
+    limits = TenantLimits(tenancy, ledger, accounting)
+    chat = ChatRoutes(settings, deployments, tenants, proxy, enqueuer, metrics, limits)
     requests_api = RequestsApi(results, tenants)
     document = openapi_document([d.name for d in settings.deployments])
     files = FileStore(parts.redis, clock=clock)
     work = BatchWork(
-        results, proxy, deployments,
+        results, proxy, deployments, quota=ledger,
         query="?api-version=" + quote(settings.azure_openai_api_version),
         concurrency=settings.max_concurrency, max_attempts=settings.max_attempts,
         backoff_max_s=settings.backoff_max_s, clock=clock,
@@ -173,7 +186,7 @@ def create_app(
     file_routes = FileRoutes(files, tenants, deployments)
     batches = BatchRoutes(
         settings, deployments, tenants, BatchStore(parts.redis, clock=clock), files, enqueuer,
-        work, metrics, clock=clock,
+        work, metrics, limits=limits, clock=clock,
     )  # fmt: skip
 
     async def healthz(request: Request) -> Response:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from orchestrator.tenants.metrics import TenantMetrics
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
 class IngressMetrics:
@@ -11,9 +17,20 @@ class IngressMetrics:
 
     content_type = CONTENT_TYPE_PLAIN_0_0_4
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, tenants: Iterable[str] = ("default",), deployments: Iterable[str] = ()
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.tenants = TenantMetrics(r, tenants, deployments)
+        self.latency = Histogram(
+            "ptu_ingress_high_latency_seconds",
+            "High-priority calls: time to first byte (phase=ttfb) and to the last (phase=total)",
+            ["deployment", "phase"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._deployments = frozenset(deployments)
         self._requests = Counter(
             "ptu_ingress_chat_requests", "Chat completions received", ["priority"], registry=r
         )
@@ -67,6 +84,12 @@ class IngressMetrics:
     def batch_created(self) -> None:
         """One batch created."""
         self._batches.inc()
+
+    def high_latency(self, deployment: str, ttfb_s: float, total_s: float) -> None:
+        """Observe one high-priority call's time to first byte and total time."""
+        label = deployment if deployment in self._deployments else "other"
+        self.latency.labels(label, "ttfb").observe(ttfb_s)
+        self.latency.labels(label, "total").observe(total_s)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

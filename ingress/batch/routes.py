@@ -32,6 +32,7 @@ from ingress.batch.jsonl import ENDPOINTS, BatchLine, output_line, parse_input, 
 from ingress.batch.runner import BatchWork
 from ingress.batch.store import BatchStore, batch_object
 from ingress.chat.governance import govern
+from ingress.chat.limits import TenantLimits
 from ingress.chat.targets import Target
 from ingress.http.auth import Authenticator
 from ingress.http.body import read_json_object
@@ -82,9 +83,11 @@ class BatchRoutes:
         work: BatchWork,
         metrics: IngressMetrics,
         *,
+        limits: TenantLimits | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._targets = targets
+        self._limits = limits or TenantLimits(auth.tenancy, None, None)
         self._auth = auth
         self._store = store
         self._files = files
@@ -110,6 +113,11 @@ class BatchRoutes:
         if priority == "low":
             self._check_provisioned(lines)
         batch_id = "batch_" + uuid.uuid4().hex
+        # a tenant already over its limits gets no batch; lines that run after its quota
+        # is used up get their own token_quota_exceeded result (orchestrator.tenants.quota)
+        first = lines[0] if lines else None
+        if first is not None:
+            await self._limits.admit(tenant, first.deployment, priority, batch_id, first.body)
         reply_key = f"ptu:reply:{tenant}:{batch_id}"
         reqs = [self._request(line, tenant, batch_id, reply_key) for line in lines]
         now = self._clock()
@@ -163,7 +171,12 @@ class BatchRoutes:
                 )  # fmt: skip
             lines = await self._store.requests(batch_id)
             closing = self._work.close_lines(
-                batch_id, fields["reply_key"], lines, "batch_cancelled", "the batch was cancelled"
+                batch_id,
+                fields["reply_key"],
+                lines,
+                "batch_cancelled",
+                "the batch was cancelled",
+                tenant,
             )
             self._work.spawn(closing, "cancel")
         return JSONResponse(batch_object(await self._store.get(tenant, batch_id)))
@@ -187,7 +200,8 @@ class BatchRoutes:
         self, line: BatchLine, tenant: str, batch_id: str, reply_key: str
     ) -> QueuedRequest:
         body = dict(line.body)
-        govern(body, ceiling=self._ceiling, default=self._default_max_tokens)
+        ceiling = self._limits.ceiling(tenant, self._ceiling)
+        govern(body, ceiling=ceiling, default=self._default_max_tokens)
         return self._enqueuer.build(
             line.deployment, body, tenant=tenant, reply_key=reply_key,
             ttl_s=COMPLETION_WINDOW_S, custom_id=line.custom_id, batch_id=batch_id,
@@ -204,7 +218,12 @@ class BatchRoutes:
             )  # fmt: skip
             lines = [(r.id, r.custom_id or "", r.deployment) for r in reqs]
             closing = self._work.close_lines(
-                batch_id, reply_key, lines, "batch_failed", "the batch could not be enqueued"
+                batch_id,
+                reply_key,
+                lines,
+                "batch_failed",
+                "the batch could not be enqueued",
+                reqs[0].tenant if reqs else "default",
             )
             self._work.spawn(closing, "close_failed_batch")
             raise

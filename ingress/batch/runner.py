@@ -34,6 +34,7 @@ from orchestrator.core import keys
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import QueuedRequest, ResultDocument
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
+from orchestrator.tenants.quota import QUOTA_STATUS, QuotaGate, quota_error
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +56,7 @@ class BatchWork:
         concurrency: int,
         max_attempts: int,
         backoff_max_s: float,
+        quota: QuotaGate | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -65,6 +67,7 @@ class BatchWork:
         self._concurrency = concurrency
         self._max_attempts = max_attempts
         self._backoff_max_s = backoff_max_s
+        self._quota = quota
         self._clock = clock
         self._sleep = sleep
         self._tasks: set[asyncio.Task[None]] = set()
@@ -97,7 +100,11 @@ class BatchWork:
                 if state is None or state.status != "queued":
                     return  # cancelled (or otherwise finished) meanwhile
                 await self._results.mark_in_progress(req.id)
-                doc = await self._call(req)
+                refused = await quota_error(self._quota, req.tenant, req.body)
+                if refused is not None:
+                    doc = self._doc(req, QUOTA_STATUS, {"error": refused}, 0)
+                else:
+                    doc = await self._call(req)
                 await self._results.complete(doc, req.reply_key)
 
         await asyncio.gather(*(one(r) for r in reqs))
@@ -109,6 +116,7 @@ class BatchWork:
         lines: Sequence[tuple[str, str, str]],
         code: str,
         message: str,
+        tenant: str = "default",
     ) -> int:
         """Give every still-queued line a failed result with `code`; returns how many."""
         closed = 0
@@ -123,7 +131,7 @@ class BatchWork:
                 ResultDocument(
                     id=rid, custom_id=cid, status="failed", status_code=None,
                     error={"code": code, "message": message}, deployment=dep, attempts=0,
-                    enqueued_at=now, completed_at=now, batch_id=batch_id,
+                    enqueued_at=now, completed_at=now, batch_id=batch_id, tenant=tenant,
                 )
                 for (rid, cid, dep), status in zip(chunk, statuses, strict=True)
                 if status in (b"queued", "queued")
@@ -143,6 +151,7 @@ class BatchWork:
             request_id=req.id,
             prompt_tokens=estimate_prompt_tokens(req.body),
             max_tokens=requested_max_tokens(req.body, 0),
+            tenant=req.tenant,
         )
         status, body, attempt = 0, None, 0
         while attempt < self._max_attempts:
@@ -176,7 +185,7 @@ class BatchWork:
             error=error,
             usage=usage if isinstance(usage, dict) else None, deployment=req.deployment,
             attempts=attempts, enqueued_at=req.enqueued_at, completed_at=self._clock(),
-            batch_id=req.batch_id,
+            batch_id=req.batch_id, tenant=req.tenant,
         )  # fmt: skip
 
     async def stop(self) -> None:

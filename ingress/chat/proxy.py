@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,7 @@ import structlog
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from ingress.chat.accounting import Accounting, Outcome
 from ingress.chat.credentials import UpstreamAuth
 from ingress.chat.sse import SSEFilter
 from ingress.chat.targets import Target
@@ -40,6 +43,7 @@ _DROP_REQUEST = frozenset(
 _FIXED_HEADERS = ((b"content-type", b"application/json"), (b"x-ptu-priority", b"high"))
 _URL_CACHE_SIZE = 256
 _DECODER = json.JSONDecoder()
+_FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z_]{1,40})"')
 _DROP_RESPONSE = frozenset(
     b"connection keep-alive transfer-encoding content-length content-encoding "
     b"date server upgrade trailer set-cookie".split()
@@ -59,6 +63,8 @@ class Call:
     max_tokens: int
     stream: bool = False
     strip_usage: bool = False
+    tenant: str = "default"
+    priority: str = "high"
 
 
 def forwarded_headers(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
@@ -99,9 +105,13 @@ class Proxy:
         metrics: IngressMetrics,
         *,
         spillover_wait_ms: int,
+        accounting: Accounting | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._client = client
+        self._accounting = accounting
+        self._timer = timer
         self._auth = auth
         self._events = events
         self._metrics = metrics
@@ -134,18 +144,26 @@ class Proxy:
             self._auth_seen = auth
             self._auth_raw = [(k.encode(), v.encode()) for k, v in auth.items()]
         headers.extend(self._auth_raw)
-        resp, used, admitted = await self._send_spilling(call, headers)
+        started = self._timer()
+        try:
+            resp, used, admitted = await self._send_spilling(call, headers)
+        except ApiError as exc:
+            self.ended(call, call.target, exc.status, started, None, None, None)
+            raise
+        ttfb = self._timer() - started
         if used is not call.target:
             self._metrics.spillover(call.target.name, used.name)
         if call.stream and resp.status_code == 200 and _is_sse(resp):
             sse = SSEFilter(strip_usage=call.strip_usage)
-            return UpstreamStream(resp, sse, call, used, admitted, self)
+            return UpstreamStream(resp, sse, call, used, admitted, self, (started, ttfb))
         content = await resp.aread() if call.stream else resp.content
         if call.stream:
             await resp.aclose()
+        usage = _usage_of(content) if resp.status_code < 300 else None
         if used.provisioned:
-            usage = _usage_of(content) if resp.status_code < 300 else None
             self.finished(admitted, call, used, usage)
+        if self._accounting is not None:
+            self.ended(call, used, resp.status_code, started, ttfb, usage, _finish_reason(content))
         out = Response(content, status_code=resp.status_code)
         out.raw_headers.extend(passed_headers(resp.headers.raw))
         if used is not call.target:
@@ -161,7 +179,37 @@ class Proxy:
     ) -> None:
         """Record the `complete` token event of a call to a provisioned deployment."""
         if used.provisioned:
-            self._events.complete(admitted, call.request_id, used.name, call.max_tokens, usage)
+            self._events.complete(
+                admitted, call.request_id, used.name, call.max_tokens, usage, call.tenant
+            )
+
+    def ended(
+        self,
+        call: Call,
+        used: Target,
+        status_code: int,
+        started: float,
+        ttfb_s: float | None,
+        usage: dict[str, Any] | None,
+        finish_reason: str | None,
+    ) -> None:
+        """Account for a finished call: counters, latency, access log, usage ledger."""
+        if self._accounting is None:
+            return
+        self._accounting.finished(
+            Outcome(
+                request_id=call.request_id,
+                tenant=call.tenant,
+                deployment=call.target.name,
+                priority=call.priority,
+                status_code=status_code,
+                latency_s=self._timer() - started,
+                ttfb_s=ttfb_s,
+                usage=usage,
+                finish_reason=finish_reason,
+                spillover=used.name if used is not call.target else None,
+            )
+        )
 
     async def _send_spilling(
         self, call: Call, headers: list[tuple[bytes, bytes]]
@@ -192,7 +240,9 @@ class Proxy:
     def _admit(self, call: Call, target: Target) -> asyncio.Task[None] | None:
         if not target.provisioned:
             return None
-        return self._events.admit(call.request_id, target.name, call.prompt_tokens, call.max_tokens)
+        return self._events.admit(
+            call.request_id, target.name, call.prompt_tokens, call.max_tokens, call.tenant
+        )
 
     async def _send(
         self,
@@ -232,8 +282,11 @@ class UpstreamStream(Response):
         used: Target,
         admitted: asyncio.Task[None] | None,
         proxy: Proxy,
+        timing: tuple[float, float],
     ) -> None:
         self.status_code = upstream.status_code
+        self._timing = timing
+        self._finish_reason: str | None = None
         self.background = None
         self.raw_headers = passed_headers(upstream.headers.raw)
         if used is not call.target:
@@ -254,6 +307,8 @@ class UpstreamStream(Response):
                  "headers": self.raw_headers}
             )  # fmt: skip
             async for chunk in self._upstream.aiter_raw():
+                if b'"finish_reason"' in chunk:
+                    self._finish_reason = _finish_reason(chunk) or self._finish_reason
                 out = sse.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
@@ -265,6 +320,10 @@ class UpstreamStream(Response):
             await self._upstream.aclose()
             usage = sse.usage or _approximate_usage(self._call, sse)
             self._proxy.finished(self._admitted, self._call, self._used, usage)
+            started, ttfb = self._timing
+            self._proxy.ended(
+                self._call, self._used, self.status_code, started, ttfb, usage, self._finish_reason
+            )
 
 
 def _is_sse(resp: httpx2.Response) -> bool:
@@ -282,6 +341,12 @@ def _usage_of(content: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return usage if isinstance(usage, dict) else None
+
+
+def _finish_reason(content: bytes) -> str | None:
+    """The last `finish_reason` string in a completion or SSE chunk."""
+    found = _FINISH_REASON.findall(content[-4096:]) if content else None
+    return found[-1].decode() if found else None
 
 
 def _approximate_usage(call: Call, sse: SSEFilter) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.chat.governance import govern
+from ingress.chat.limits import TenantLimits
 from ingress.chat.proxy import Call, Proxy
 from ingress.chat.targets import Target
 from ingress.chat.validation import check_chat_body, deployment_not_found
@@ -35,8 +36,10 @@ class ChatRoutes:
         proxy: Proxy,
         enqueuer: Enqueuer,
         metrics: IngressMetrics,
+        limits: TenantLimits | None = None,
     ) -> None:
         self._targets = targets
+        self._limits = limits or TenantLimits(auth.tenancy, None, None)
         self._auth = auth
         self._proxy = proxy
         self._enqueuer = enqueuer
@@ -77,12 +80,15 @@ class ChatRoutes:
         if target is None:
             raise deployment_not_found(deployment)
         stream = body.get("stream") is True
+        request_id = new_request_id()
+        await self._limits.admit(tenant, target.name, priority, request_id, body)
+        ceiling = self._limits.ceiling(tenant, self._ceiling)
         if priority == "low":
-            return await self._enqueue(request, tenant, target, body, stream)
+            return await self._enqueue(request, tenant, target, body, stream, ceiling, request_id)
         changed = False
         strip_usage = False
         if not stream:
-            changed = govern(body, ceiling=self._ceiling, default=self._default_max_tokens)
+            changed = govern(body, ceiling=ceiling, default=self._default_max_tokens)
         elif target.provisioned or target.spillover is not None:
             strip_usage = not _wants_usage(body)
             if strip_usage:
@@ -95,16 +101,24 @@ class ChatRoutes:
             payload=json.dumps(body, separators=(",", ":")).encode() if changed else raw,
             query=query,
             client_headers=request.headers.raw,
-            request_id=new_request_id(),
+            request_id=request_id,
             prompt_tokens=estimate_prompt_tokens(body) if provisioned else 0,
             max_tokens=requested_max_tokens(body, self._default_max_tokens) if provisioned else 0,
             stream=stream,
             strip_usage=strip_usage,
+            tenant=tenant,
         )
         return await self._proxy.forward(call)
 
     async def _enqueue(
-        self, request: Request, tenant: str, target: Target, body: dict[str, Any], stream: bool
+        self,
+        request: Request,
+        tenant: str,
+        target: Target,
+        body: dict[str, Any],
+        stream: bool,
+        ceiling: int,
+        request_id: str,
     ) -> Response:
         if stream:
             raise bad_request(
@@ -118,12 +132,13 @@ class ChatRoutes:
                 "provisioned (PTU) deployments only",
                 code="not_provisioned",
             )
-        govern(body, ceiling=self._ceiling, default=self._default_max_tokens)
+        govern(body, ceiling=ceiling, default=self._default_max_tokens)
         headers = request.headers
         req = self._enqueuer.build(
             target.name,
             body,
             tenant=tenant,
+            request_id=request_id,
             reply_key_header=headers.get("x-reply-key"),
             ttl_s=ttl_for(headers.get("x-ptu-ttl-s"), self._default_ttl_s),
         )

@@ -42,7 +42,12 @@ class TokenEvents:
         return self._sink is not None
 
     def admit(
-        self, request_id: str, deployment: str, prompt_tokens: int, max_tokens: int
+        self,
+        request_id: str,
+        deployment: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        tenant: str = "default",
     ) -> asyncio.Task[None] | None:
         """Schedule the `admit` event; returns its task for `complete` to follow."""
         if self._sink is None:
@@ -54,6 +59,7 @@ class TokenEvents:
             timestamp=self._clock(),
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens,
+            tenant=tenant,
         )
         return self._spawn(self._record(event, None))
 
@@ -64,6 +70,7 @@ class TokenEvents:
         deployment: str,
         max_tokens: int,
         usage: dict[str, Any] | None,
+        tenant: str = "default",
     ) -> None:
         """Schedule the `complete` event with the actual usage (None: nothing was used)."""
         if self._sink is None:
@@ -78,6 +85,7 @@ class TokenEvents:
             max_tokens=max_tokens,
             completion_tokens=completion,
             cached_tokens=cached,
+            tenant=tenant,
         )
         self._spawn(self._record(event, admitted))
 

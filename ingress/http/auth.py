@@ -1,8 +1,9 @@
 """Tenants: which caller a request comes from, from its API key.
 
 `PTU_API_KEYS` maps API key (or `sha256:<hex>` of it) -> tenant. The key arrives as
-the `api-key` header (Azure style) or `Authorization: Bearer <key>` (OpenAI style). Without configured
-keys the ingress has one tenant, `default`, and `ptu ingress` binds loopback only.
+the `api-key` header (Azure style) or `Authorization: Bearer <key>` (OpenAI style).
+Without configured keys the ingress has one tenant, `default`, and `ptu ingress`
+binds loopback only.
 The tenant scopes reply keys, queued requests, files and batches.
 """
 

@@ -24,8 +24,9 @@ from orchestrator.core.retry import RetryPolicy, decide
 from orchestrator.core.schemas import QueuedRequest, ResultDocument, ResultStatus, TokenEvent
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
 from orchestrator.queues.base import Delivery, Queue
+from orchestrator.tenants.quota import QUOTA_STATUS, QuotaGate, quota_error
 from orchestrator.throttle.slots import Slot
-from orchestrator.worker.protocols import QuotaGate, ResultSink, SlotLimiter, TokenRecorder, pause
+from orchestrator.worker.protocols import ResultSink, SlotLimiter, TokenRecorder, pause
 from orchestrator.worker.upstream import Upstream, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -121,10 +122,10 @@ class Dispatcher:
             }
             doc = self._doc(message, "failed", attempts=0, status_code=None, error=error)
             return await self._finish(delivery, doc, dead_letter="too many deliveries")
-        refused = await self._over_quota(message)
+        refused = await quota_error(self._quota, message.tenant, message.body)
         if refused is not None:
             await self._release(held)
-            doc = self._doc(message, "failed", attempts=0, status_code=403, error=refused)
+            doc = self._doc(message, "failed", attempts=0, status_code=QUOTA_STATUS, error=refused)
             return await self._finish(delivery, doc)
         await self._mark_in_progress(message.id)
         attempt = 0
@@ -323,20 +324,6 @@ class Dispatcher:
             log.warning("result_lookup_failed", error=repr(exc))
             return False  # completion is idempotent anyway
         return state is not None and state.result is not None
-
-    async def _over_quota(self, message: QueuedRequest) -> dict[str, Any] | None:
-        """The error of a request whose tenant's quota is used up (it counts when it runs)."""
-        if self._quota is None:
-            return None
-        need = estimate_prompt_tokens(message.body)
-        try:
-            refusal = await self._quota.refusal(message.tenant, need)
-        except (RedisError, PTUError) as exc:
-            log.warning("quota_check_failed", error=repr(exc))
-            return None
-        if refusal is None or refusal.status != 403:
-            return None  # tokens per minute bind at the ingress; a queued request waits its turn
-        return {"code": refusal.code, "message": refusal.message, "type": "insufficient_quota"}
 
     async def _mark_in_progress(self, request_id: str) -> None:
         try:

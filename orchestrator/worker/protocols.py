@@ -12,7 +12,6 @@ from orchestrator.throttle.slots import Slot
 
 if TYPE_CHECKING:
     from orchestrator.core.results import RequestState
-    from orchestrator.tenants.limits import Refusal
     from orchestrator.utilisation.base import Reading
 
 
@@ -65,13 +64,6 @@ class TokenRecorder(Protocol):
 
     async def record(self, event: TokenEvent) -> None:
         """Fold one event into the utilisation estimate."""
-
-
-class QuotaGate(Protocol):
-    """A tenant's token limits (`orchestrator.tenants.ledger.UsageLedger.refusal`)."""
-
-    async def refusal(self, tenant: str, need: int) -> Refusal | None:
-        """Why `tenant` may not use `need` more tokens now; None when it may."""
 
 
 async def pause(

@@ -71,9 +71,12 @@ async def http(ingress: IngressThread) -> AsyncIterator[httpx2.AsyncClient]:
         yield client
 
 
-async def _stand_in_worker(redis: aioredis.Redis, deployment: str = "ptu") -> QueuedRequest:
-    """Takes one message off the queue and completes it, as the worker would."""
-    queue = RedisStreamsQueue(redis, deployment, "test-worker")
+async def _stand_in_worker(
+    redis: aioredis.Redis, deployment: str = "ptu", tenant: str = "default"
+) -> QueuedRequest:
+    """Takes one message off the tenant's queue and completes it, as the worker would."""
+    stream = keys.tenant_queue(deployment, tenant)
+    queue = RedisStreamsQueue(redis, deployment, "test-worker", stream=stream)
     try:
         deliveries = await queue.receive(1, 5.0)
         assert len(deliveries) == 1
@@ -292,7 +295,8 @@ async def test_tenants_cannot_read_each_other(
                      "x-reply-key": "ptu:reply:alpha:inbox"},
         )  # fmt: skip
         assert wrong_namespace.status_code == 400
-    await _stand_in_worker(redis)
+    msg = await _stand_in_worker(redis, tenant="alpha")
+    assert msg.tenant == "alpha"
 
 
 class DownQueue:

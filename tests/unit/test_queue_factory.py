@@ -10,14 +10,20 @@ import redis.asyncio as aioredis
 from orchestrator.core.errors import MissingDependencyError
 from orchestrator.core.settings import load_settings
 from orchestrator.queues.factory import make_queue
+from orchestrator.queues.fair import FairShareQueue
 from orchestrator.queues.redis_streams import RedisStreamsQueue
 
 
-async def test_redis_backend_is_default() -> None:
+async def test_redis_backend_is_default_in_fair_share_per_tenant() -> None:
     client = aioredis.Redis()  # never connected: construction does no I/O
     q = make_queue(load_settings(), "d1", client, "worker-1")
-    assert isinstance(q, RedisStreamsQueue)
-    assert (q.stream, q.consumer) == ("ptu:queue:d1", "worker-1")
+    assert isinstance(q, FairShareQueue)
+    default, other = q.inner("default"), q.inner("team-a")
+    assert isinstance(default, RedisStreamsQueue) and isinstance(other, RedisStreamsQueue)
+    # the default tenant keeps the deployment's original stream
+    assert (default.stream, default.consumer) == ("ptu:queue:d1", "worker-1")
+    assert other.stream == "ptu:queue:d1:t:team-a"
+    assert other.dead_letter_stream == default.dead_letter_stream == "ptu:dlq:d1"
     await client.aclose()
 
 
