@@ -1,4 +1,5 @@
-"""One contract suite for every `Queue` implementation (memory twin and Redis Streams)."""
+"""One contract suite for every `Queue` implementation (memory twin, Redis Streams, and the
+fair-share layer over per-tenant Redis Streams)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import redis.asyncio as aioredis
 from orchestrator.core import keys
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues.base import Delivery, Queue
+from orchestrator.queues.fair import FairShareQueue
 from orchestrator.queues.memory import InMemoryQueue
 from orchestrator.queues.redis_streams import RedisStreamsQueue
 
@@ -55,7 +57,18 @@ async def _redis_dead(redis: aioredis.Redis) -> list[tuple[str, str]]:
     ]
 
 
-@pytest.fixture(params=["memory", "redis"])
+def _fair(redis: aioredis.Redis, name: str) -> Queue:
+    def inner(tenant: str) -> Queue:
+        stream = keys.tenant_queue(DEPLOYMENT, tenant)
+        return RedisStreamsQueue(redis, DEPLOYMENT, name, claim_idle_s=CLAIM_S, stream=stream)
+
+    # two configured tenants: the multi-tenant path, not the single-queue shortcut
+    return FairShareQueue(
+        redis, DEPLOYMENT, inner, tenants={"default": 1.0, "other": 2.0}, sweep_s=CLAIM_S
+    )
+
+
+@pytest.fixture(params=["memory", "redis", "fair"])
 async def backend(request: pytest.FixtureRequest, redis: aioredis.Redis) -> AsyncIterator[Backend]:
     if request.param == "memory":
         shared = InMemoryQueue(DEPLOYMENT, visibility_s=CLAIM_S)
@@ -64,11 +77,13 @@ async def backend(request: pytest.FixtureRequest, redis: aioredis.Redis) -> Asyn
             return [(m.id, reason) for m, reason in shared.dead_letters]
 
         b = Backend(consumer=lambda _name: shared, dead_letters=mem_dead)
-    else:
+    elif request.param == "redis":
         b = Backend(
             consumer=lambda name: RedisStreamsQueue(redis, DEPLOYMENT, name, claim_idle_s=CLAIM_S),
             dead_letters=lambda: _redis_dead(redis),
         )
+    else:
+        b = Backend(consumer=lambda name: _fair(redis, name), dead_letters=lambda: _redis_dead(redis))
     yield b
     for q in b.opened:
         await q.close()
