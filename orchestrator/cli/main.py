@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from importlib import metadata
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Protocol
 
 from orchestrator.core.errors import ConfigError, PTUError
