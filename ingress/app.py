@@ -167,8 +167,7 @@ def create_app(
     work = BatchWork(
         results, proxy, deployments,
         query="?api-version=" + quote(settings.azure_openai_api_version),
-        concurrency=settings.max_concurrency, max_attempts=settings.max_attempts,
-        backoff_max_s=settings.backoff_max_s, clock=clock,
+        concurrency=settings.max_concurrency, retry=settings.retry_policy(), clock=clock,
     )  # fmt: skip
     file_routes = FileRoutes(files, tenants, deployments)
     batches = BatchRoutes(

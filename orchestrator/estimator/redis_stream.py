@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from orchestrator.core import keys, stream_entries
 from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.retry import outage_delay_s
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.utilisation.estimate.store import EVENT_FIELD, EstimateStore
 
@@ -111,6 +113,7 @@ class Estimator:
         claim_idle_s: float = 30.0,
         horizon_s: float = 300.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         if not 0 < block_ms < 5000:
             raise ValueError("block_ms must be between 0 and 5000 (redis-py socket timeout)")
@@ -122,6 +125,7 @@ class Estimator:
         self._claim_idle_ms = int(claim_idle_s * 1000)
         self._horizon_s = horizon_s
         self._sleep = sleep
+        self._rand = rand
         self._group_ready = False
         self._own_pending = True  # first drain our own unacknowledged entries (restart)
         self._claimed_at = 0.0
@@ -206,7 +210,8 @@ class Estimator:
                 self._group_ready = False  # e.g. the stream was deleted: create it again
                 self._own_pending = True  # entries read but not acknowledged come back first
                 log.warning("estimator_step_failed", error=repr(exc)[:300], failures=failures)
-                await self._sleep(min(5.0, 0.2 * 2**failures))
+                # capped low: while the estimator is down, readings go stale
+                await self._sleep(outage_delay_s(failures, self._rand(), base_s=0.4, max_s=5.0))
         log.info("estimator_stopped", applied=self.applied, skipped=self.skipped)
 
     def __repr__(self) -> str:

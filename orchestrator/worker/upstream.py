@@ -19,6 +19,7 @@ import openai
 import structlog
 
 from orchestrator.core.errors import ConfigError, UpstreamError, UpstreamThrottled, UpstreamTimeout
+from orchestrator.core.retry import parse_retry_after
 
 if TYPE_CHECKING:
     import httpx2
@@ -82,21 +83,6 @@ class Upstream(Protocol):
 
     async def close(self) -> None:
         """Release the HTTP client and credentials."""
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms`, else `retry-after` (numeric form only)."""
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            value = float(raw) / scale
-        except ValueError:
-            continue
-        if value >= 0:
-            return value
-    return None
 
 
 def parse_utilisation(raw: str | None) -> float | None:
