@@ -36,7 +36,7 @@ from orchestrator.core import keys
 from orchestrator.core.errors import UpstreamError
 from orchestrator.core.results import ResultStore
 from orchestrator.core.retry import RetryPolicy, decide, parse_retry_after
-from orchestrator.core.schemas import QueuedRequest, ResultDocument
+from orchestrator.core.schemas import QueuedRequest, ResultDocument, error_object
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
 
 log = structlog.get_logger(__name__)
@@ -173,18 +173,16 @@ class BatchWork:
     def _doc(
         self, req: QueuedRequest, status: int, body: dict[str, Any] | None, attempts: int
     ) -> ResultDocument:
-        ok = 200 <= status < 300
-        error = None if ok else ((body or {}).get("error") or {"code": str(status)})
-        if error is not None and not isinstance(error, dict):
-            error = {"code": str(status), "message": str(error)}
-        usage = (body or {}).get("usage") if ok else None
-        return ResultDocument(
-            id=req.id, custom_id=req.custom_id, status="completed" if ok else "failed",
-            status_code=status, response=body if ok else None,
-            error=error,
-            usage=usage if isinstance(usage, dict) else None, deployment=req.deployment,
-            attempts=attempts, enqueued_at=req.enqueued_at, completed_at=self._clock(),
-            batch_id=req.batch_id,
+        when = self._clock()
+        if not 200 <= status < 300:
+            error = error_object(status, body)
+            return ResultDocument.for_request(
+                req, "failed", completed_at=when, attempts=attempts, status_code=status, error=error
+            )
+        usage = (body or {}).get("usage")
+        return ResultDocument.for_request(
+            req, "completed", completed_at=when, attempts=attempts, status_code=status,
+            response=body, usage=usage if isinstance(usage, dict) else None,
         )  # fmt: skip
 
     async def stop(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import structlog
 
 from orchestrator.core.schemas import TokenEvent
+from orchestrator.core.tokens import usage_counts
 
 log = structlog.get_logger(__name__)
 
@@ -108,20 +109,3 @@ class TokenEvents:
 
     def __repr__(self) -> str:
         return f"<TokenEvents enabled={self.enabled} pending={len(self._tasks)}>"
-
-
-def usage_counts(usage: dict[str, Any] | None) -> tuple[int, int, int]:
-    """(prompt, completion, cached) tokens of an OpenAI `usage` object; zeros when absent."""
-    if not usage:
-        return 0, 0, 0
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    return (
-        _count(usage.get("prompt_tokens")),
-        _count(usage.get("completion_tokens")),
-        _count(cached),
-    )
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
