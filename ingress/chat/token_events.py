@@ -12,27 +12,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.tokens import usage_counts
+from orchestrator.utilisation.base import TokenRecorder
 
 log = structlog.get_logger(__name__)
-
-
-class TokenSink(Protocol):
-    """Where token events go (the utilisation EstimateStore)."""
-
-    async def record(self, event: TokenEvent) -> Any:
-        """Fold one event into the estimate."""
 
 
 class TokenEvents:
     """Fire-and-forget admit/complete events with their tasks kept referenced."""
 
-    def __init__(self, sink: TokenSink | None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, sink: TokenRecorder | None, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self._sink = sink
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()

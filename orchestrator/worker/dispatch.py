@@ -31,7 +31,8 @@ from orchestrator.core.schemas import (
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens, usage_counts
 from orchestrator.queues.base import Delivery, Queue
 from orchestrator.throttle.slots import Slot
-from orchestrator.worker.protocols import ResultSink, SlotLimiter, TokenRecorder, pause
+from orchestrator.utilisation.base import TokenRecorder
+from orchestrator.worker.protocols import ResultSink, SlotLimiter, pause
 from orchestrator.worker.upstream import Upstream, UpstreamResponse
 
 if TYPE_CHECKING:
