@@ -30,9 +30,9 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from pydantic import ValidationError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from orchestrator.core import keys, stream_entries
+from orchestrator.core import keys, redis_replies
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.retry import outage_delay_s
 from orchestrator.core.schemas import TokenEvent
@@ -135,19 +135,15 @@ class Estimator:
     async def _ensure_group(self) -> None:
         if self._group_ready:
             return
-        try:
-            await self._redis.xgroup_create(keys.TOKEN_EVENTS, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):  # BUSYGROUP: the group exists already
-                raise
+        await redis_replies.ensure_group(self._redis, keys.TOKEN_EVENTS, GROUP)
         self._group_ready = True
 
-    async def _next_entries(self) -> list[stream_entries.Entry]:
+    async def _next_entries(self) -> list[redis_replies.Entry]:
         if self._own_pending:
             reply = await self._redis.xreadgroup(
                 GROUP, self.consumer, {keys.TOKEN_EVENTS: "0"}, count=self._batch
             )
-            entries = stream_entries.read_entries(reply)
+            entries = redis_replies.read_entries(reply)
             if entries:
                 return entries
             self._own_pending = False
@@ -156,7 +152,7 @@ class Estimator:
             reply = await self._redis.xautoclaim(
                 keys.TOKEN_EVENTS, GROUP, self.consumer, self._claim_idle_ms, count=self._batch
             )
-            entries = stream_entries.entries(reply[1])
+            entries = redis_replies.entries(reply[1])
             if entries:
                 return entries
         reply = await self._redis.xreadgroup(
@@ -166,7 +162,7 @@ class Estimator:
             count=self._batch,
             block=self._block_ms,
         )
-        return stream_entries.read_entries(reply)
+        return redis_replies.read_entries(reply)
 
     async def step(self) -> int:
         """Read, apply, acknowledge and heartbeat once; returns entries handled."""
