@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,13 +25,13 @@ from redis.exceptions import RedisError, ResponseError
 from orchestrator.core import keys, redis_replies
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.schemas import QueuedRequest
+from orchestrator.queues import dead_letter
 from orchestrator.queues.base import Delivery
 
 log = structlog.get_logger(__name__)
 
 FIELD = "message"
 """The stream entry field holding the QueuedRequest JSON."""
-DEAD_LETTER_MAXLEN = 100_000
 """Approximate cap of a dead-letter stream, so a failure storm cannot exhaust memory."""
 
 
@@ -208,22 +207,17 @@ class RedisStreamsQueue:
         return out
 
     async def _dead_letter_raw(self, token: str, payload: str, reason: str, count: int) -> None:
-        record = {
-            FIELD: payload,
-            "reason": reason,
-            "entry_id": token,
-            "delivery_count": str(count),
-            "consumer": self.consumer,
-            "dead_lettered_at": json.dumps(time.time()),
-        }
+        fields = dead_letter.entry(
+            payload,
+            reason=reason,
+            token=token,
+            delivery_count=count,
+            consumer=self.consumer,
+            at=time.time(),
+        )
         async with _mapped("dead_letter", self.stream):
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xadd(
-                    self.dead_letter_stream,
-                    record,  # type: ignore[arg-type]
-                    maxlen=DEAD_LETTER_MAXLEN,
-                    approximate=True,
-                )
+                dead_letter.add(pipe, self.deployment, fields)
                 pipe.xack(self.stream, self.group, token)
                 pipe.xdel(self.stream, token)
                 await pipe.execute()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -36,6 +35,7 @@ from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.core.settings import Settings
+from orchestrator.queues import dead_letter
 from orchestrator.queues.base import Delivery
 from orchestrator.queues.eventhubs.auth import EventHubAuth
 from orchestrator.queues.eventhubs.checkpoint_redis import RedisCheckpointStore
@@ -306,18 +306,18 @@ class EventHubsQueue:
             return 1
 
     async def _dead_letter_raw(self, token: str, payload: str, reason: str, count: int) -> None:
-        record: dict[Any, Any] = {
-            "message": payload,
-            "reason": reason,
-            "entry_id": token,
-            "delivery_count": str(count),
-            "consumer": self.consumer,
-            "dead_lettered_at": json.dumps(time.time()),
-        }
+        fields = dead_letter.entry(
+            payload,
+            reason=reason,
+            token=token,
+            delivery_count=count,
+            consumer=self.consumer,
+            at=time.time(),
+        )
         async with _mapped("dead_letter", self.eventhub):
-            await self.redis.xadd(
-                keys.dead_letter(self.deployment), record, maxlen=100_000, approximate=True
-            )
+            async with self.redis.pipeline(transaction=False) as pipe:
+                dead_letter.add(pipe, self.deployment, fields)
+                await pipe.execute()
 
     def __repr__(self) -> str:
         tracked = sum(len(m) for m in self._marks.values())
