@@ -105,6 +105,7 @@ class EventHubsQueue:
         deployment: str,
         consumer: str,
         *,
+        namespace: str,
         checkpoint_store: Any,
         consumer_group: str = "$Default",
         buffer_size: int = 64,
@@ -115,6 +116,8 @@ class EventHubsQueue:
         self.deployment = deployment
         self.consumer = consumer
         self.consumer_group = consumer_group
+        self.namespace = namespace
+        """Fully qualified namespace host: the checkpoint store's key for this hub."""
         self.checkpoint_store = checkpoint_store
         self.eventhub = consumer_client.eventhub_name
         self._buffer: asyncio.Queue[_Received] = asyncio.Queue(maxsize=buffer_size)
@@ -136,7 +139,7 @@ class EventHubsQueue:
         consumer_client = auth.consumer(hub, group, store)
         queue = cls(
             producer, consumer_client, redis, deployment, consumer,
-            checkpoint_store=store, consumer_group=group,
+            namespace=auth.namespace, checkpoint_store=store, consumer_group=group,
         )  # fmt: skip
         queue._closers = auth.closers
         return queue
@@ -201,9 +204,8 @@ class EventHubsQueue:
     async def depth(self) -> int:
         """Events enqueued after each partition's checkpoint (waiting or in flight)."""
         async with _mapped("depth", self.eventhub):
-            namespace = self.consumer_client._address.hostname
             stored = await self.checkpoint_store.list_checkpoints(
-                namespace, self.eventhub, self.consumer_group
+                self.namespace, self.eventhub, self.consumer_group
             )
             checkpoints = {c["partition_id"]: c for c in stored}
             total = 0
