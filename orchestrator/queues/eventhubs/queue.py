@@ -18,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -39,40 +38,10 @@ from orchestrator.queues import dead_letter
 from orchestrator.queues.base import Delivery
 from orchestrator.queues.eventhubs.auth import EventHubAuth
 from orchestrator.queues.eventhubs.checkpoint_redis import RedisCheckpointStore
+from orchestrator.queues.eventhubs.low_water_mark import LowWaterMark
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 DELIVERY_COUNT_TTL_S = 7 * 86_400
-
-
-class LowWaterMark(Generic[T]):
-    """Events of one partition in receive order; says how far a checkpoint may go."""
-
-    def __init__(self) -> None:
-        self._order: deque[str] = deque()
-        self._items: dict[str, T] = {}
-        self._done: set[str] = set()
-
-    def track(self, key: str, item: T) -> None:
-        """Record a received event (keys arrive in partition order)."""
-        if key not in self._items:
-            self._order.append(key)
-        self._items[key] = item
-
-    def ack(self, key: str) -> T | None:
-        """Mark `key` done; return the newest event the checkpoint may now move to, if any."""
-        if key not in self._items:
-            return None
-        self._done.add(key)
-        advanced: T | None = None
-        while self._order and self._order[0] in self._done:
-            head = self._order.popleft()
-            self._done.discard(head)
-            advanced = self._items.pop(head)
-        return advanced
-
-    def __len__(self) -> int:
-        return len(self._order)
 
 
 @dataclass(frozen=True, slots=True)
