@@ -18,8 +18,8 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError
 
-from ingress.chat.token_events import usage_counts
 from ingress.metrics import IngressMetrics
+from orchestrator.core.tokens import usage_counts
 from orchestrator.tenants.ledger import Usage, UsageLedger
 from orchestrator.tenants.metrics import http_status
 

@@ -15,7 +15,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from ingress.chat.targets import Target
 from ingress.chat.token_events import TokenEvents
 from ingress.http.errors import ApiError
 from ingress.metrics import IngressMetrics
+from orchestrator.core.retry import parse_retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -80,18 +81,6 @@ def passed_headers(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
         if name not in _DROP_RESPONSE:
             out.append((name, v))
     return out
-
-
-def retry_after_ms(headers: Mapping[str, str]) -> float | None:
-    """`retry-after-ms`, else `retry-after` seconds, in milliseconds; None when absent."""
-    for name, scale in (("retry-after-ms", 1.0), ("retry-after", 1000.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                return max(0.0, float(value) * scale)
-            except ValueError:
-                continue
-    return None
 
 
 class Proxy:
@@ -153,7 +142,8 @@ class Proxy:
         ttfb = self._timer() - started
         if used is not call.target:
             self._metrics.spillover(call.target.name, used.name)
-        if call.stream and resp.status_code == 200 and _is_sse(resp):
+        # The request decides: some upstreams stream without `text/event-stream`.
+        if call.stream and resp.status_code == 200:
             sse = SSEFilter(strip_usage=call.strip_usage)
             return UpstreamStream(resp, sse, call, used, admitted, self, (started, ttfb))
         content = await resp.aread() if call.stream else resp.content
@@ -224,10 +214,10 @@ class Proxy:
         if spill is None:
             return resp, target, admitted
         self.finished(admitted, call, target, None)
-        wait_ms = retry_after_ms(resp.headers)
+        wait_s = parse_retry_after(resp.headers)
         await resp.aclose()
-        if wait_ms is not None and wait_ms <= self._spillover_wait_ms:
-            await self._sleep(wait_ms / 1000.0)
+        if wait_s is not None and wait_s * 1000.0 <= self._spillover_wait_ms:
+            await self._sleep(wait_s)
             admitted = self._admit(call, target)
             resp = await self._send(target, call, headers, admitted)
             if resp.status_code != 429:
@@ -288,7 +278,10 @@ class UpstreamStream(Response):
         self._timing = timing
         self._finish_reason: str | None = None
         self.background = None
-        self.raw_headers = passed_headers(upstream.headers.raw)
+        self.raw_headers = [
+            (k, v) for k, v in passed_headers(upstream.headers.raw) if k != b"content-type"
+        ]
+        self.raw_headers.append((b"content-type", b"text/event-stream"))
         if used is not call.target:
             self.raw_headers.append((b"x-ptu-spillover", used.name.encode()))
         self._upstream = upstream
@@ -324,10 +317,6 @@ class UpstreamStream(Response):
             self._proxy.ended(
                 self._call, self._used, self.status_code, started, ttfb, usage, self._finish_reason
             )
-
-
-def _is_sse(resp: httpx2.Response) -> bool:
-    return resp.headers.get("content-type", "").startswith("text/event-stream")
 
 
 def _usage_of(content: bytes) -> dict[str, Any] | None:

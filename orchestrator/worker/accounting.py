@@ -20,7 +20,7 @@ from orchestrator.queues.fair import FairShareState
 from orchestrator.tenants.config import Tenancy
 from orchestrator.tenants.ledger import Usage, UsageLedger
 from orchestrator.tenants.metrics import TenantMetrics
-from orchestrator.worker.protocols import TokenRecorder
+from orchestrator.utilisation.base import TokenRecorder
 
 log = structlog.get_logger(__name__)
 

@@ -83,7 +83,9 @@ async def backend(request: pytest.FixtureRequest, redis: aioredis.Redis) -> Asyn
             dead_letters=lambda: _redis_dead(redis),
         )
     else:
-        b = Backend(consumer=lambda name: _fair(redis, name), dead_letters=lambda: _redis_dead(redis))
+        b = Backend(
+            consumer=lambda name: _fair(redis, name), dead_letters=lambda: _redis_dead(redis)
+        )
     yield b
     for q in b.opened:
         await q.close()

@@ -90,11 +90,9 @@ async def run_two_workers(
     settings: Settings, redis: aioredis.Redis, ids: list[str], timeout_s: float = 90.0
 ) -> dict[str, ResultDocument]:
     timing = WorkerTiming(receive_timeout_s=0.2, heartbeat_s=0.2, drain_timeout_s=2)
+    source = StaticSource({DEP: 0.0})
     built = [
-        build_worker(
-            settings, redis, settings.deployments, name,
-            source=StaticSource({DEP: 0.0}), timing=timing,
-        )  # fmt: skip
+        build_worker(settings, redis, settings.deployments, name, source=source, timing=timing)
         for name in ("w1", "w2")
     ]
     stop = asyncio.Event()

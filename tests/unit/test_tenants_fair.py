@@ -42,7 +42,9 @@ def test_plan(
     assert decision.floor == new_floor
 
 
-@pytest.mark.parametrize(("tokens", "weight", "cost"), [(300, 1, 300), (300, 3, 100), (-60, 2, -30)])
+@pytest.mark.parametrize(
+    ("tokens", "weight", "cost"), [(300, 1, 300), (300, 3, 100), (-60, 2, -30)]
+)
 def test_charge_is_tokens_per_weight(tokens: float, weight: float, cost: float) -> None:
     assert fair.charge(tokens, weight) == cost
 
