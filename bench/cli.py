@@ -15,6 +15,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "closed-loop load against the simulator's leaky bucket",
     ),
     "throttle-curve": ("bench.scenarios.throttle_curve", "low-priority concurrency vs utilisation"),
+    "fairness": ("bench.scenarios.fairness", "one tenant's big batch beside another's small one"),
 }
 
 
