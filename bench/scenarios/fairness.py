@@ -91,8 +91,8 @@ async def submit(http: httpx2.AsyncClient, key: str, tenant: str, n: int, max_to
 
 async def results(redis: aioredis.Redis, batch_id: str) -> list[ResultDocument]:
     """The results written so far for a batch's lines."""
-    raw: list[bytes] = await redis.lrange(keys.batch_requests(batch_id), 0, -1)  # type: ignore[misc]
-    ids = [v.decode() for v in raw]
+    raw = await redis.lrange(keys.batch_requests(batch_id), 0, -1)
+    ids = [v.decode() if isinstance(v, bytes) else v for v in raw]
     store = ResultStore(redis, 3600)
     out = []
     for rid in ids:
