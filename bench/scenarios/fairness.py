@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ PROMPT = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class FairnessConfig:
     """Sizes of the run."""
 
@@ -258,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
         "big": args.big, "small": args.small, "delay_s": args.delay_s,
         "max_concurrency": args.max_concurrency,
     }  # fmt: skip
-    cfg = FairnessConfig(**{**cfg.__dict__, **{k: v for k, v in overrides.items() if v}})
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v})
     rows = run_fairness(cfg, Path(args.out))
     print(report.markdown_table(rows, list(rows[0])))
     return 0

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from orchestrator.worker.metrics import WorkerMetrics
 
 log = structlog.get_logger(__name__)
+access_log = structlog.get_logger("ptu.access")
 _T = TypeVar("_T")
 
 CLIENT_REQUEST_ID_HEADER = "x-ms-client-request-id"
@@ -283,6 +284,7 @@ class Dispatcher:
             attempts=doc.attempts,
             queued_s=round(doc.completed_at - doc.enqueued_at, 3),
         )
+        _access(doc)
         return doc.status
 
     def _doc(
@@ -364,3 +366,26 @@ class Dispatcher:
             f"<Dispatcher deployment={self.deployment} completed={c['completed']} "
             f"failed={c['failed']} expired={c['expired']} retries={c['retries']}>"
         )
+
+
+def _access(doc: ResultDocument) -> None:
+    """The low-priority request's access log line, in the ingress's format (`ptu.access`)."""
+    prompt, completion, cached = usage_counts(doc.usage)
+    choices = (doc.response or {}).get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    access_log.info(
+        "access",
+        request_id=doc.id,
+        tenant=doc.tenant,
+        deployment=doc.deployment,
+        priority="low",
+        status=doc.status_code,
+        result=doc.status,
+        latency_ms=round((doc.completed_at - doc.enqueued_at) * 1000, 1),
+        prompt_tokens=prompt,
+        cached_tokens=cached,
+        completion_tokens=completion,
+        finish_reason=first.get("finish_reason") if isinstance(first, dict) else None,
+        spillover=None,
+        batch_id=doc.batch_id,
+    )
