@@ -61,9 +61,9 @@ class Accounting:
         tenants = self._metrics.tenants
         tenants.finished(outcome.tenant, used, outcome.priority, status)
         if prompt or completion:
-            tenants.used(outcome.tenant, used, outcome.priority, prompt, cached, completion)
+            use = Usage(outcome.tenant, used, outcome.priority, prompt, cached, completion)
+            tenants.used(use)
             if self._ledger is not None:
-                use = Usage(outcome.tenant, used, outcome.priority, prompt, cached, completion)
                 self._spawn(self._record(use))
         if outcome.ttfb_s is not None:
             self._metrics.high_latency(used, outcome.ttfb_s, outcome.latency_s)

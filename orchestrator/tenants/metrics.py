@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter
 
+from orchestrator.tenants.ledger import Usage
+
 STATUSES = ("completed", "failed", "expired", "throttled", "rejected", "limited")
 """completed: answered 2xx; failed: 5xx, timeout or given up; expired: deadline passed;
 throttled: the deployment answered 429; rejected: another 4xx; limited: refused by the
@@ -47,14 +49,13 @@ class TenantMetrics:
             deployment if deployment in self._deployments else OTHER,
         )
 
-    def used(
-        self, tenant: str, deployment: str, priority: str, prompt: int, cached: int, completion: int
-    ) -> None:
+    def used(self, use: Usage) -> None:
         """Count the tokens of one call."""
-        t, d = self.label(tenant, deployment)
-        for kind, n in zip(TOKEN_KINDS, (prompt, cached, completion), strict=True):
+        t, d = self.label(use.tenant, use.deployment)
+        counts = (use.prompt_tokens, use.cached_tokens, use.completion_tokens)
+        for kind, n in zip(TOKEN_KINDS, counts, strict=True):
             if n:
-                self.tokens.labels(t, d, priority, kind).inc(n)
+                self.tokens.labels(t, d, use.priority, kind).inc(n)
 
     def finished(self, tenant: str, deployment: str, priority: str, status: str) -> None:
         """Count one finished request."""

@@ -67,25 +67,17 @@ class WorkerAccounting:
             await state.charge(event.tenant, actual - estimate, weight)
         if actual <= 0:
             return  # refused, failed or cancelled: nothing was used
-        await self._ledger.record(
-            Usage(
-                event.tenant,
-                event.deployment,
-                "low",
-                event.prompt_tokens,
-                event.cached_tokens,
-                event.completion_tokens,
-            )
+        use = Usage(
+            event.tenant,
+            event.deployment,
+            "low",
+            event.prompt_tokens,
+            event.cached_tokens,
+            event.completion_tokens,
         )
+        await self._ledger.record(use)
         if self._metrics is not None:
-            self._metrics.used(
-                event.tenant,
-                event.deployment,
-                "low",
-                event.prompt_tokens,
-                event.cached_tokens,
-                event.completion_tokens,
-            )
+            self._metrics.used(use)
 
     def __repr__(self) -> str:
         return f"<WorkerAccounting pending={len(self._charged)} inner={self._inner!r}>"
