@@ -38,7 +38,8 @@ import redis.asyncio as aioredis
 from bench.harness.runner import Policy, prepare
 from bench.harness.stack import DEPLOYMENT, SimulatorOptions, Stack, sigterm_as_interrupt
 from bench.report import tables as report
-from orchestrator.core import keys, logs
+from ingress.batch.store import BatchStore
+from orchestrator.core import logs
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import ResultDocument
 
@@ -91,11 +92,10 @@ async def submit(http: httpx2.AsyncClient, key: str, tenant: str, n: int, max_to
 
 async def results(redis: aioredis.Redis, batch_id: str) -> list[ResultDocument]:
     """The results written so far for a batch's lines."""
-    raw = await redis.lrange(keys.batch_requests(batch_id), 0, -1)
-    ids = [v.decode() if isinstance(v, bytes) else v for v in raw]
+    lines = await BatchStore(redis).requests(batch_id)
     store = ResultStore(redis, 3600)
     out = []
-    for rid in ids:
+    for rid, _, _ in lines:
         state = await store.get(rid)
         if state is not None and state.result is not None:
             out.append(state.result)
