@@ -9,8 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from orchestrator.core import capacity
 from orchestrator.core.errors import ConfigError
-
-Priority = Literal["high", "low"]
+from orchestrator.core.schemas import Priority
 
 
 class DeploymentConfig(BaseModel):

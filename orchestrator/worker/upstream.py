@@ -19,6 +19,7 @@ import openai
 import structlog
 
 from orchestrator.core.errors import ConfigError, UpstreamError, UpstreamThrottled, UpstreamTimeout
+from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
 
 if TYPE_CHECKING:
     import httpx2
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-PRIORITY_HEADER = "x-ptu-priority"
 UTILISATION_HEADER = "azure-openai-deployment-utilization"
 COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 CONNECTION_FAILED_STATUS = 503
@@ -170,7 +170,7 @@ class AzureUpstream:
             "api_version": settings.azure_openai_api_version,
             "max_retries": 0,
             "timeout": settings.request_timeout_s,
-            "default_headers": {PRIORITY_HEADER: priority},
+            "default_headers": {PRIORITY_LABEL_HEADER: priority},
             "http_client": http_client,
         }
         credential: Any | None = None
