@@ -32,6 +32,11 @@ class Sample:
     high_throttled: int
     view: float | None = None
     """The worker's view: what its utilisation source read at the same moment."""
+    bg_requests: int = 0
+    """Calls of the simulator's bypassing background traffic so far."""
+    bg_throttled: int = 0
+    correction: float | None = None
+    """The calibration's correction at the same moment (None while nothing publishes one)."""
 
 
 def parse_state(body: dict[str, Any], deployment: str, t: float) -> Sample:
@@ -41,6 +46,7 @@ def parse_state(body: dict[str, Any], deployment: str, t: float) -> Sample:
     peaks = d.get("peak_in_flight_by_priority", {})
     by = d.get("by_priority", {})
     low, high = by.get("low", {}), by.get("high", {})
+    background = d.get("background", {})
     return Sample(
         t=t,
         utilization=float(d["utilization"]),
@@ -51,6 +57,8 @@ def parse_state(body: dict[str, Any], deployment: str, t: float) -> Sample:
         low_throttled=int(low.get("throttled", 0)),
         high_requests=int(high.get("requests", 0)),
         high_throttled=int(high.get("throttled", 0)),
+        bg_requests=int(background.get("requests", 0)),
+        bg_throttled=int(background.get("throttled", 0)),
     )
 
 
@@ -65,6 +73,7 @@ class Sampler:
     interval_s: float = 0.1
     clock: Callable[[], float] = time.time
     view: Callable[[], Awaitable[float | None]] | None = None
+    correction: Callable[[], Awaitable[float | None]] | None = None
     samples: list[Sample] = field(default_factory=list)
     errors: int = 0
     _task: asyncio.Task[None] | None = None
@@ -92,6 +101,8 @@ class Sampler:
             return None
         if self.view is not None:
             sample = replace(sample, view=await self.view())
+        if self.correction is not None:
+            sample = replace(sample, correction=await self.correction())
         self.samples.append(sample)
         return sample
 
