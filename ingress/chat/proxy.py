@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from ingress.chat.targets import Target
 from ingress.chat.token_events import TokenEvents
 from ingress.http.errors import ApiError
 from ingress.metrics import IngressMetrics
+from orchestrator.core.retry import parse_retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -74,18 +75,6 @@ def passed_headers(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
         if name not in _DROP_RESPONSE:
             out.append((name, v))
     return out
-
-
-def retry_after_ms(headers: Mapping[str, str]) -> float | None:
-    """`retry-after-ms`, else `retry-after` seconds, in milliseconds; None when absent."""
-    for name, scale in (("retry-after-ms", 1.0), ("retry-after", 1000.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                return max(0.0, float(value) * scale)
-            except ValueError:
-                continue
-    return None
 
 
 class Proxy:
@@ -137,7 +126,8 @@ class Proxy:
         resp, used, admitted = await self._send_spilling(call, headers)
         if used is not call.target:
             self._metrics.spillover(call.target.name, used.name)
-        if call.stream and resp.status_code == 200 and _is_sse(resp):
+        # The request decides: some upstreams stream without `text/event-stream`.
+        if call.stream and resp.status_code == 200:
             sse = SSEFilter(strip_usage=call.strip_usage)
             return UpstreamStream(resp, sse, call, used, admitted, self)
         content = await resp.aread() if call.stream else resp.content
@@ -176,10 +166,10 @@ class Proxy:
         if spill is None:
             return resp, target, admitted
         self.finished(admitted, call, target, None)
-        wait_ms = retry_after_ms(resp.headers)
+        wait_s = parse_retry_after(resp.headers)
         await resp.aclose()
-        if wait_ms is not None and wait_ms <= self._spillover_wait_ms:
-            await self._sleep(wait_ms / 1000.0)
+        if wait_s is not None and wait_s * 1000.0 <= self._spillover_wait_ms:
+            await self._sleep(wait_s)
             admitted = self._admit(call, target)
             resp = await self._send(target, call, headers, admitted)
             if resp.status_code != 429:
@@ -235,7 +225,10 @@ class UpstreamStream(Response):
     ) -> None:
         self.status_code = upstream.status_code
         self.background = None
-        self.raw_headers = passed_headers(upstream.headers.raw)
+        self.raw_headers = [
+            (k, v) for k, v in passed_headers(upstream.headers.raw) if k != b"content-type"
+        ]
+        self.raw_headers.append((b"content-type", b"text/event-stream"))
         if used is not call.target:
             self.raw_headers.append((b"x-ptu-spillover", used.name.encode()))
         self._upstream = upstream
@@ -265,10 +258,6 @@ class UpstreamStream(Response):
             await self._upstream.aclose()
             usage = sse.usage or _approximate_usage(self._call, sse)
             self._proxy.finished(self._admitted, self._call, self._used, usage)
-
-
-def _is_sse(resp: httpx2.Response) -> bool:
-    return resp.headers.get("content-type", "").startswith("text/event-stream")
 
 
 def _usage_of(content: bytes) -> dict[str, Any] | None:
