@@ -25,7 +25,7 @@ from bench.harness.traffic import (
 )
 from bench.harness.workload import PlannedCall
 from bench.report.metrics import PolicyRun
-from bench.report.views import correction_view, worker_view
+from bench.report.views import worker_view
 
 log = structlog.get_logger(__name__)
 
@@ -117,7 +117,6 @@ async def drive(
         sampler = Sampler(client, stack.sim_url, deployment, clock.t0)
         if policy.batch == "queued":
             sampler.view = await worker_view(stack, policy.worker_env, exits)
-            sampler.correction = await correction_view(stack, policy.worker_env, exits)
         sampler.start()
         stop = asyncio.Event()
         hp = asyncio.create_task(

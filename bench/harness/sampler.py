@@ -35,8 +35,6 @@ class Sample:
     bg_requests: int = 0
     """Calls of the simulator's bypassing background traffic so far."""
     bg_throttled: int = 0
-    correction: float | None = None
-    """The calibration's correction at the same moment (None while nothing publishes one)."""
 
 
 def parse_state(body: dict[str, Any], deployment: str, t: float) -> Sample:
@@ -73,7 +71,6 @@ class Sampler:
     interval_s: float = 0.1
     clock: Callable[[], float] = time.time
     view: Callable[[], Awaitable[float | None]] | None = None
-    correction: Callable[[], Awaitable[float | None]] | None = None
     samples: list[Sample] = field(default_factory=list)
     errors: int = 0
     _task: asyncio.Task[None] | None = None
@@ -101,8 +98,6 @@ class Sampler:
             return None
         if self.view is not None:
             sample = replace(sample, view=await self.view())
-        if self.correction is not None:
-            sample = replace(sample, correction=await self.correction())
         self.samples.append(sample)
         return sample
 

@@ -215,33 +215,6 @@ def plot_latency_cdf(runs: Sequence[PolicyRun], path: Path) -> None:
     plot_cdfs(series, path, "high-priority latency ms (successful calls)")
 
 
-def _estimates(ax: Axes, run: PolicyRun, lower: float, upper: float) -> None:
-    t = [s.t for s in run.samples]
-    ax.plot(t, [s.utilization for s in run.samples], color="tab:blue", lw=1, label="true")
-    view = [s.view if s.view is not None else float("nan") for s in run.samples]
-    ax.plot(t, view, color="tab:orange", lw=0.9, ls="--", label="estimate (worker's reading)")
-    if any(s.correction is not None for s in run.samples):
-        correction = [
-            s.correction if s.correction is not None else float("nan") for s in run.samples
-        ]
-        ax.plot(t, correction, color="tab:purple", lw=0.9, ls=":", label="correction")
-    ax.axhline(upper, color="tab:red", ls="--", lw=1, label=f"upper {upper:g}")
-    ax.axhline(lower, color="tab:gray", ls=":", lw=1, label=f"lower {lower:g}")
-    ax.axhline(1.0, color="black", lw=0.6)
-    throttled = [r.at for r in run.hp if r.status == 429]
-    if throttled:
-        ax.scatter(
-            throttled,
-            [1.02] * len(throttled),
-            marker="x",
-            s=14,
-            color="tab:red",
-            label=f"{len(throttled)} interactive 429s",
-        )
-    ax.set_ylabel("utilisation")
-    ax.set_ylim(bottom=0, top=max(1.15, *(s.utilization for s in run.samples)) + 0.05)
-
-
 def plot_estimates(
     runs: Sequence[PolicyRun],
     path: Path,
@@ -250,15 +223,30 @@ def plot_estimates(
     burst: tuple[float, float] | None = None,
     title: str | None = None,
 ) -> None:
-    """Runs side by side: the true level, the estimate (and the correction), thresholds."""
+    """Runs side by side: the true level, the worker's reading, thresholds, interactive 429s.
+
+    Each panel is `_utilisation`'s, so whatever it shows of the worker's source (the
+    calibrated estimate's model, observation and correction) shows here too.
+    """
     if not runs:
         return
     fig, axes = plt.subplots(
         1, len(runs), figsize=(6.5 * len(runs), 3.8), sharey=True, squeeze=False
     )
     for ax, run in zip(axes[0], runs, strict=True):
-        _estimates(ax, run, lower, upper)
-        _shade(ax, burst, pending_window(run) if run.batch_start is not None else None)
+        _utilisation(ax, run, lower, upper, burst)
+        _shade(ax, None, pending_window(run) if run.batch_start is not None else None)
+        throttled = [r.at for r in run.hp if r.status == 429]
+        if throttled:
+            ax.scatter(
+                throttled,
+                [1.03] * len(throttled),
+                marker="x",
+                s=14,
+                color="tab:red",
+                label=f"{len(throttled)} interactive 429s",
+            )
+        ax.set_ylim(0, max(1.15, *(s.utilization + 0.05 for s in run.samples)))
         ax.set_title(run.description, fontsize=9, loc="left")
         ax.set_xlabel("seconds (orange: burst, green: batch pending)")
     axes[0][0].legend(loc="upper right", fontsize=7)

@@ -42,9 +42,7 @@ def _source(stack: Stack, env: Mapping[str, str], deployment: DeploymentConfig) 
     sim = stack.sim
     if env.get("PTU_UTILIZATION_SOURCE", "estimate") == "estimate":
         client = aioredis.Redis.from_url(stack.redis_url)
-        # the window the orchestrator is told, which a robustness reality may set apart
-        window_s = float(env.get("PTU_ESTIMATE_WINDOW_S", sim.window_s))
-        store = EstimateStore(client, [deployment], window_s=window_s, max_age_s=5.0)
+        store = EstimateStore(client, [deployment], window_s=sim.window_s, max_age_s=5.0)
         return store, client.aclose
     from orchestrator.utilisation.azure_monitor import AzureMonitorSource
 
@@ -77,15 +75,3 @@ async def worker_view(
             return None
 
     return read
-
-
-async def correction_view(
-    stack: Stack, env: Mapping[str, str], exits: contextlib.AsyncExitStack
-) -> View | None:
-    """A reader of the calibration's correction (true level minus model), or None.
-
-    The place for the calibrated estimate (`PTU_CALIBRATION=auto`) to plug in its
-    per-deployment correction: return a reader here and `Sampler` records it beside the
-    truth and the estimate, and the robustness plots draw it. None: no correction series.
-    """
-    return None

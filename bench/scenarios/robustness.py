@@ -91,7 +91,7 @@ def _workload(duration_s: float, lp_requests: int) -> MixedWorkload:
 def full_config(seed: int = 7) -> RobustnessConfig:
     """Every default reality: 50 s of traffic per run, ~90 s with start-up, ~22 min for 7 x 2."""
     realities = parse_realities(",".join(DEFAULT_REALITIES))
-    return RobustnessConfig(_workload(50.0, 60), _told(seed), realities, grace_s=15.0, seed=seed)
+    return RobustnessConfig(_workload(50.0, 70), _told(seed), realities, grace_s=15.0, seed=seed)
 
 
 def quick_config(seed: int = 7) -> RobustnessConfig:
