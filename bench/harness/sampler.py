@@ -32,6 +32,9 @@ class Sample:
     high_throttled: int
     view: float | None = None
     """The worker's view: what its utilisation source read at the same moment."""
+    bg_requests: int = 0
+    """Calls of the simulator's bypassing background traffic so far."""
+    bg_throttled: int = 0
 
 
 def parse_state(body: dict[str, Any], deployment: str, t: float) -> Sample:
@@ -41,6 +44,7 @@ def parse_state(body: dict[str, Any], deployment: str, t: float) -> Sample:
     peaks = d.get("peak_in_flight_by_priority", {})
     by = d.get("by_priority", {})
     low, high = by.get("low", {}), by.get("high", {})
+    background = d.get("background", {})
     return Sample(
         t=t,
         utilization=float(d["utilization"]),
@@ -51,6 +55,8 @@ def parse_state(body: dict[str, Any], deployment: str, t: float) -> Sample:
         low_throttled=int(low.get("throttled", 0)),
         high_requests=int(high.get("requests", 0)),
         high_throttled=int(high.get("throttled", 0)),
+        bg_requests=int(background.get("requests", 0)),
+        bg_throttled=int(background.get("throttled", 0)),
     )
 
 

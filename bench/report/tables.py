@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-from bench.report.metrics import RESULT_KEYS, PolicyRun
+from bench.report.metrics import RESULT_KEYS, PolicyRun, pending_window
 
 HEADERS = {
     "policy": "policy",
@@ -41,7 +41,18 @@ HEADERS = {
     "ratio_p99": "ratio p99",
     "enqueue_per_s": "enqueues/s (1 ingress)",
     "worker_results_per_s": "results/s (1 worker)",
+    "reality": "reality",
+    "calibration": "calibration",
+    "hp_429": "interactive 429s",
+    "bypass_429": "bypass 429s",
+    "bypass_429_rate": "bypass 429 rate",
+    "util_x_upper": "x upper",
+    "est_mae_pts": "estimate MAE pts",
 }
+
+
+TEXT_COLUMNS = ("policy", "reality", "calibration")
+"""Columns aligned left; the rest are figures."""
 
 
 def _cell(value: Any) -> str:
@@ -55,7 +66,7 @@ def _cell(value: Any) -> str:
 def markdown_table(rows: Sequence[dict[str, Any]], keys: Sequence[str] = RESULT_KEYS) -> str:
     """A Markdown table of `rows` with one column per key."""
     head = "| " + " | ".join(HEADERS.get(k, k) for k in keys) + " |"
-    rule = "|" + "|".join("---" if k == "policy" else "---:" for k in keys) + "|"
+    rule = "|" + "|".join("---" if k in TEXT_COLUMNS else "---:" for k in keys) + "|"
     body = ["| " + " | ".join(_cell(row.get(k)) for k in keys) + " |" for row in rows]
     return "\n".join([head, rule, *body])
 
@@ -202,3 +213,45 @@ def plot_latency_cdf(runs: Sequence[PolicyRun], path: Path) -> None:
     """Cumulative distribution of successful high-priority latency, one line per policy."""
     series = {run.policy: [r.latency_s * 1000 for r in run.hp if r.status == 200] for run in runs}
     plot_cdfs(series, path, "high-priority latency ms (successful calls)")
+
+
+def plot_estimates(
+    runs: Sequence[PolicyRun],
+    path: Path,
+    lower: float,
+    upper: float,
+    burst: tuple[float, float] | None = None,
+    title: str | None = None,
+) -> None:
+    """Runs side by side: the true level, the worker's reading, thresholds, interactive 429s.
+
+    Each panel is `_utilisation`'s, so whatever it shows of the worker's source (the
+    calibrated estimate's model, observation and correction) shows here too.
+    """
+    if not runs:
+        return
+    fig, axes = plt.subplots(
+        1, len(runs), figsize=(6.5 * len(runs), 3.8), sharey=True, squeeze=False
+    )
+    for ax, run in zip(axes[0], runs, strict=True):
+        _utilisation(ax, run, lower, upper, burst)
+        _shade(ax, None, pending_window(run) if run.batch_start is not None else None)
+        throttled = [r.at for r in run.hp if r.status == 429]
+        if throttled:
+            ax.scatter(
+                throttled,
+                [1.03] * len(throttled),
+                marker="x",
+                s=14,
+                color="tab:red",
+                label=f"{len(throttled)} interactive 429s",
+            )
+        ax.set_ylim(0, max(1.15, *(s.utilization + 0.05 for s in run.samples)))
+        ax.set_title(run.description, fontsize=9, loc="left")
+        ax.set_xlabel("seconds (orange: burst, green: batch pending)")
+    axes[0][0].legend(loc="upper right", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
