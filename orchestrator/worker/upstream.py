@@ -19,6 +19,10 @@ import openai
 import structlog
 
 from orchestrator.core.errors import ConfigError, UpstreamError, UpstreamThrottled, UpstreamTimeout
+from orchestrator.utilisation.estimate.calibration import (
+    UTILISATION_HEADER,
+    parse_utilisation,
+)
 
 if TYPE_CHECKING:
     import httpx2
@@ -28,7 +32,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 PRIORITY_HEADER = "x-ptu-priority"
-UTILISATION_HEADER = "azure-openai-deployment-utilization"
 COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 CONNECTION_FAILED_STATUS = 503
 """Status recorded when no response arrived at all (retryable, like a 5xx)."""
@@ -97,16 +100,6 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
         if value >= 0:
             return value
     return None
-
-
-def parse_utilisation(raw: str | None) -> float | None:
-    """`"42.5%"` → 0.425; None when absent or malformed (the header is only a hint)."""
-    if raw is None:
-        return None
-    try:
-        return float(raw.strip().removesuffix("%")) / 100.0
-    except ValueError:
-        return None
 
 
 def _error_body(response: httpx2.Response) -> dict[str, object]:

@@ -45,7 +45,8 @@ from orchestrator.core import keys
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
-from orchestrator.utilisation.base import Reading
+from orchestrator.utilisation.base import Calibration, Reading
+from orchestrator.utilisation.estimate.calibration import DEFAULT_PARAMS, CalibrationParams
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +76,7 @@ class EstimateStore:
         clock: Callable[[], float] = time.time,
         time_source: Literal["server", "clock"] = "server",
         dedupe_ttl_s: float = 3600.0,
+        calibration: CalibrationParams | None = DEFAULT_PARAMS,
     ) -> None:
         if window_s <= 0 or max_age_s <= 0 or dedupe_ttl_s <= 0:
             raise ValueError("window_s, max_age_s and dedupe_ttl_s must be positive")
@@ -86,6 +88,9 @@ class EstimateStore:
         # "clock" drives the bucket from `clock` instead of the server's TIME (tests)
         self._time_source = time_source
         self._dedupe_ttl_ms = int(dedupe_ttl_s * 1000)
+        self.calibration = calibration
+        """The correction filter's constants; None = the open-loop model alone."""
+        self._cal_args = calibration.script_args() if calibration else ["", "", "", "", ""]
         self._record = redis.register_script(_lua("record"))
         self._read = redis.register_script(_lua("read"))
         self._heartbeat = redis.register_script(_lua("heartbeat"))
@@ -118,6 +123,11 @@ class EstimateStore:
             repr(d.capacity_tpm / 60.0),
             self._dedupe_ttl_ms,
             self._now_arg(),
+            repr(d.capacity_tpm / 60.0 * self.window_s),
+            "" if event.utilisation is None else repr(event.utilisation),
+            repr(event.utilisation_age_s),
+            "" if event.retry_after_ms is None else repr(event.retry_after_ms / 1000.0),
+            *self._cal_args,
         ]
         bucket, req = keys.estimate(d.name), keys.estimate_request(d.name, event.request_id)
         try:
@@ -168,19 +178,33 @@ class EstimateStore:
         rate = d.capacity_tpm / 60.0
         local_now = self._clock()
         now_arg = repr(local_now) if self._time_source == "clock" else ""
+        cal = self._cal_args[2:4]
         try:
             reply = await self._read(
-                keys=[keys.estimate(deployment), keys.TOKEN_EVENTS], args=[repr(rate), now_arg]
+                keys=[keys.estimate(deployment), keys.TOKEN_EVENTS],
+                args=[repr(rate), now_arg, *cal],
             )
         except RedisError as exc:
             raise UtilisationUnavailable(f"estimate {deployment}: read failed: {exc}") from exc
         if reply is None:
             raise UtilisationUnavailable(f"estimate {deployment}: no feeder has written it yet")
-        level, heartbeat_age, lag_age = (float(x) for x in reply)
+        text = [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
+        level, heartbeat_age, lag_age = (float(x) for x in text[:3])
         if heartbeat_age < 0:
             raise UtilisationUnavailable(f"estimate {deployment}: no feeder heartbeat yet")
         age = max(heartbeat_age, lag_age)
-        return Reading(level / (rate * self.window_s), local_now - age, SOURCE)
+        model = level / (rate * self.window_s)
+        if self.calibration is None:
+            return Reading(model, local_now - age, SOURCE)
+        detail = Calibration(
+            model=model,
+            correction=float(text[3]),
+            correction_age_s=_optional(text[4]),
+            observed=_optional(text[5]),
+            observed_age_s=_optional(text[6]),
+            throttled_s=float(text[7]),
+        )
+        return Reading(calibrated(detail), local_now - age, SOURCE, detail)
 
     async def close(self) -> None:
         """Nothing to release: the Redis client belongs to the caller."""
@@ -188,6 +212,16 @@ class EstimateStore:
     def __repr__(self) -> str:
         names = ",".join(self._deployments)
         return f"<EstimateStore deployments={names} window_s={self.window_s:g}>"
+
+
+def calibrated(detail: Calibration) -> float:
+    """The calibrated utilisation: model + correction, and at least 100 % while throttled."""
+    value = max(0.0, detail.model + detail.correction)
+    return max(value, 1.0) if detail.throttled_s > 0 else value
+
+
+def _optional(text: str) -> float | None:
+    return float(text) if text else None
 
 
 async def publish(redis: aioredis.Redis, event: TokenEvent) -> None:
