@@ -17,6 +17,7 @@ from bench.harness.stack import API_KEY, Stack
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.utilisation.base import UtilisationSource
+from orchestrator.utilisation.estimate.calibration import params_for
 from orchestrator.utilisation.estimate.store import EstimateStore
 
 View = Callable[[], Awaitable[float | None]]
@@ -42,7 +43,13 @@ def _source(stack: Stack, env: Mapping[str, str], deployment: DeploymentConfig) 
     sim = stack.sim
     if env.get("PTU_UTILIZATION_SOURCE", "estimate") == "estimate":
         client = aioredis.Redis.from_url(stack.redis_url)
-        store = EstimateStore(client, [deployment], window_s=sim.window_s, max_age_s=5.0)
+        store = EstimateStore(
+            client,
+            [deployment],
+            window_s=float(env.get("PTU_ESTIMATE_WINDOW_S", sim.window_s)),
+            max_age_s=5.0,
+            calibration=params_for(env.get("PTU_CALIBRATION", "auto")),  # type: ignore[arg-type]
+        )
         return store, client.aclose
     from orchestrator.utilisation.azure_monitor import AzureMonitorSource
 

@@ -60,7 +60,9 @@ def store(redis: Any, clock: Clock, params: CalibrationParams | None = PARAMS) -
 _ids = iter(range(10**9))
 
 
-def obs(value: float | None = None, *, age: float = 0.0, retry_ms: float | None = None) -> TokenEvent:
+def obs(
+    value: float | None = None, *, age: float = 0.0, retry_ms: float | None = None
+) -> TokenEvent:
     """A zero-token `complete` carrying the deployment's signals (its own request id)."""
     return TokenEvent(
         request_id=f"r{next(_ids)}",
