@@ -16,11 +16,11 @@ import redis.asyncio as aioredis
 from bench.harness.stack import API_KEY, Stack
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.settings import DeploymentConfig
-from orchestrator.utilisation.base import UtilisationSource
+from orchestrator.utilisation.base import Reading, UtilisationSource
 from orchestrator.utilisation.estimate.calibration import params_for
 from orchestrator.utilisation.estimate.store import EstimateStore
 
-View = Callable[[], Awaitable[float | None]]
+View = Callable[[], Awaitable[Reading | None]]
 
 
 class StaticToken:
@@ -75,9 +75,9 @@ async def worker_view(
     source, close = _source(stack, env, deployment)
     exits.push_async_callback(close)
 
-    async def read() -> float | None:
+    async def read() -> Reading | None:
         try:
-            return (await source.read(sim.deployment)).value
+            return await source.read(sim.deployment)
         except UtilisationUnavailable:
             return None
 
