@@ -24,8 +24,14 @@ DEPLOYMENT = DeploymentConfig(
     name="d", model="custom", ptus=10, input_tpm_per_ptu=600, output_weight=2
 )
 PARAMS = CalibrationParams(
-    tau_up=0.5, tau_down=2.0, negative_decay_s=2.0, positive_decay_s=30.0, max_observation_age_s=5
+    tau_up=0.5,
+    tau_down=2.0,
+    negative_decay_s=2.0,
+    positive_decay_s=30.0,
+    max_observation_age_s=5,
+    trend_s=0,  # the tables check the bias alone; the trend has its own tests
 )
+TREND = CalibrationParams(trend_s=4.0, max_trend=0.2)
 
 
 class Clock:
@@ -243,3 +249,43 @@ def test_header_and_modes() -> None:
     assert params_for("auto") is not None
     with pytest.raises(ValueError):
         CalibrationParams(tau_up=0)
+
+
+async def _ramp(redis: Any, params: CalibrationParams, clock: Clock) -> EstimateStore:
+    """The deployment fills 5 points a second more than the model sees, observed at 10 Hz."""
+    s = store(redis, clock, params)
+    await s.heartbeat()
+    for i in range(100):
+        clock.now += 0.1
+        await s.record(obs(0.05 * (i + 1) * 0.1))
+    await s.heartbeat()
+    return s
+
+
+async def test_the_trend_follows_a_steadily_growing_error() -> None:
+    lags = {}
+    for name, params in (("bias", PARAMS), ("trend", TREND)):
+        redis = fakeredis.FakeAsyncRedis()
+        clock = Clock()
+        s = await _ramp(redis, params, clock)
+        lags[name] = 0.5 - (await s.read("d")).value
+        clock.now += 0.5  # between observations the trend keeps extrapolating
+        await s.heartbeat()
+        ahead = (await s.read("d")).value - (0.5 - lags[name])
+        if name == "trend":  # 0.5 s x 5 points/s
+            assert ahead == pytest.approx(0.025, abs=0.01)
+        else:
+            assert ahead <= 0  # the bias alone only decays
+        await redis.aclose()
+    assert lags["trend"] < 0.005 < lags["bias"]
+
+
+async def test_the_trend_fades_without_observations(fake_redis: fakeredis.FakeAsyncRedis) -> None:
+    clock = Clock()
+    s = await _ramp(fake_redis, TREND, clock)
+    before = (await s.read("d")).value
+    clock.now += 60
+    await s.heartbeat()
+    after = (await s.read("d")).value
+    # at most one second of trend more than before, then the positive decay takes it down
+    assert after <= before

@@ -30,12 +30,20 @@ class CalibrationParams:
     """A positive one (unseen load, a 429) fades slowly: forgetting it costs 429s."""
     max_observation_age_s: float = 5.0
     """Older observations describe a past the model has already moved on from: ignored."""
+    trend_s: float = 4.0
+    """Horizon over which the trend (an error that grows steadily) is learnt; 0 = no trend.
+
+    At least 2 x tau_down keeps the filter from oscillating (critical damping of an
+    alpha-beta filter); it extrapolates at most 1 s past the newest signal.
+    """
+    max_trend: float = 0.2
+    """Bound of the trend, in fractions of capacity per second."""
 
     def __post_init__(self) -> None:
         if min(self.tau_up, self.tau_down, self.negative_decay_s, self.positive_decay_s) <= 0:
             raise ValueError("calibration time constants must be positive")
-        if self.max_observation_age_s < 0:
-            raise ValueError("max_observation_age_s must not be negative")
+        if min(self.max_observation_age_s, self.trend_s, self.max_trend) < 0:
+            raise ValueError("max_observation_age_s, trend_s and max_trend must not be negative")
 
     def script_args(self) -> list[str]:
         """The trailing ARGV of `record.lua` that turn calibration on."""
@@ -45,6 +53,8 @@ class CalibrationParams:
             repr(self.negative_decay_s),
             repr(self.positive_decay_s),
             repr(self.max_observation_age_s),
+            repr(self.trend_s),
+            repr(self.max_trend),
         ]
 
 

@@ -36,12 +36,13 @@ if #first > 0 then
 end
 local c, c_age, obs, obs_age, floor_left = 0, '', '', '', 0
 if ARGV[3] ~= '' then
-  local f = redis.call('HMGET', KEYS[1], 'c', 'c_at', 'obs', 'obs_at', 'floor', 'throttled_at')
+  local f = redis.call('HMGET', KEYS[1], 'c', 'c_at', 'obs', 'obs_at', 'floor', 'throttled_at', 'v')
   if f[1] then
     local dt = math.max(0, now - tonumber(f[2]))
     c = tonumber(f[1])
     if c < 0 then c = c * math.exp(-dt / tonumber(ARGV[3]))
     else c = c * math.exp(-dt / tonumber(ARGV[4])) end
+    c = c + tonumber(f[7] or '0') * math.min(dt, 1)
     -- the correction is as old as the newest signal behind it (observation or 429)
     local newest = tonumber(f[4] or '0')
     if f[6] then newest = math.max(newest, tonumber(f[6])) end

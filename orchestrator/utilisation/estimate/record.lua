@@ -6,8 +6,8 @@
 --       6 weight, 7 drain per second, 8 dedupe ttl ms, 9 now in epoch seconds ('' = TIME),
 --       10 full level (100 %, in tokens), 11 observed utilisation ('' = none),
 --       12 observation age s, 13 retry-after s ('' = not a 429),
---       14..18 tau up, tau down, negative decay s, positive decay s, max observation age s
---       (14 = '' : calibration off).
+--       14..20 tau up, tau down, negative decay s, positive decay s, max observation age s,
+--       trend s (0 = no trend), max trend per s (14 = '' : calibration off).
 -- Returns 1 when applied, 0 for a duplicate.
 local function now_s(arg)
   if arg ~= '' then return tonumber(arg) end
@@ -51,23 +51,37 @@ redis.call('HSET', KEYS[1], 'level', tostring(level), 'at', tostring(now))
 if ARGV[14] == '' or (ARGV[11] == '' and ARGV[13] == '') then return 1 end
 
 -- calibration: the correction c (a fraction of capacity) moves toward what the deployment
--- reports; between observations it decays toward 0, fast when negative, slowly when positive
+-- reports, with a trend v (per second) for errors that grow steadily (the model's drain or
+-- increments are off), learnt over trend_s; between observations c decays toward 0 (fast
+-- when negative, slowly when positive)
 local tau_up, tau_down = tonumber(ARGV[14]), tonumber(ARGV[15])
 local decay_neg, decay_pos, max_age = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
+local trend_s, max_trend = tonumber(ARGV[19]), tonumber(ARGV[20])
 local m = level / tonumber(ARGV[10])
-local c = tonumber(redis.call('HGET', KEYS[1], 'c') or '0')
-local c_at = tonumber(redis.call('HGET', KEYS[1], 'c_at') or now)
+local f = redis.call('HMGET', KEYS[1], 'c', 'c_at', 'v', 'obs_at')
+local c, c_at, v = tonumber(f[1] or '0'), tonumber(f[2] or now), tonumber(f[3] or '0')
 local dt = math.max(0, now - c_at)
 if c < 0 then c = c * math.exp(-dt / decay_neg) else c = c * math.exp(-dt / decay_pos) end
+-- the trend extrapolates for at most one second after the newest signal, then stops
+c = c + v * math.min(dt, 1)
+if dt > 1 then v = 0 end
 if ARGV[11] ~= '' and tonumber(ARGV[12]) <= max_age then
   local h, t_obs = tonumber(ARGV[11]), now - tonumber(ARGV[12])
-  local last = redis.call('HGET', KEYS[1], 'obs_at')
+  local last = f[4]
   local err = h - (m + c)
   local tau = tau_down
   if err > 0 then tau = tau_up end
-  local gain = 1
-  if last then gain = 1 - math.exp(-math.max(0, t_obs - tonumber(last)) / tau) end
+  local gain, since = 1, 0
+  if last then
+    since = math.max(0, t_obs - tonumber(last))
+    gain = 1 - math.exp(-since / tau)
+  end
   c = c + gain * err
+  if last and trend_s > 0 then
+    -- the trend learns from the corrections it failed to predict, over trend_s
+    local per_s = (1 - math.exp(-since / trend_s)) / math.max(since, 1e-3)
+    v = math.max(-max_trend, math.min(max_trend, v + gain * err * per_s))
+  end
   if not last or t_obs >= tonumber(last) then
     redis.call('HSET', KEYS[1], 'obs', tostring(h), 'obs_at', tostring(t_obs))
   end
@@ -75,9 +89,10 @@ end
 if ARGV[13] ~= '' then
   -- a 429: the deployment is at or above 100 % now, and stays there for retry-after
   c = math.max(c, 1 - m)
+  v = math.max(v, 0)
   local floor = tonumber(redis.call('HGET', KEYS[1], 'floor') or '0')
   redis.call('HSET', KEYS[1], 'floor', tostring(math.max(floor, now + tonumber(ARGV[13]))),
     'throttled_at', tostring(now))
 end
-redis.call('HSET', KEYS[1], 'c', tostring(c), 'c_at', tostring(now))
+redis.call('HSET', KEYS[1], 'c', tostring(c), 'c_at', tostring(now), 'v', tostring(v))
 return 1

@@ -90,7 +90,7 @@ class EstimateStore:
         self._dedupe_ttl_ms = int(dedupe_ttl_s * 1000)
         self.calibration = calibration
         """The correction filter's constants; None = the open-loop model alone."""
-        self._cal_args = calibration.script_args() if calibration else ["", "", "", "", ""]
+        self._cal_args = calibration.script_args() if calibration else [""] * 7
         self._record = redis.register_script(_lua("record"))
         self._read = redis.register_script(_lua("read"))
         self._heartbeat = redis.register_script(_lua("heartbeat"))
