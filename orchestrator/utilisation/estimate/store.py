@@ -27,6 +27,37 @@ clock, make a reading's age:
   after it. A dead estimator therefore makes readings stale as soon as one
   published event waits longer than `max_age_s`, even while in-process feeders
   keep heartbeating. Stream ids are server time, so this is skew-free too.
+
+Calibration (`PTU_CALIBRATION=auto`, the default): the bucket is a model, and a real
+deployment departs from it (other applications call it directly, it serves less than
+the capacity table says, its bucket is smaller, or its utilisation is not a bucket
+level at all). The deployment tells the truth itself, so a reading is
+`max(0, model + c)` where the correction `c` is learnt from its signals:
+- the `azure-openai-deployment-utilization` header of every response the ingress
+  (interactive calls, high-priority batch lines) and the worker see. It travels with
+  the `complete` token event (a stream's header, known at its first byte, in an
+  `observe` event), so the hot path makes no extra round trip. The error
+  `h - (model + c)` moves `c` with a time-based gain `1 - exp(-dt / tau)`, `dt` the
+  time since the previous observation, so the correction's speed does not depend on
+  the call rate: fast (`tau_up`) when the deployment is fuller than we think, since a
+  miss costs interactive 429s, slower (`tau_down`) when it is emptier, so the header's
+  noise averages out and leans safe. A trend `v` (an alpha-beta filter) follows errors
+  that grow steadily, which is what a wrong capacity or unseen traffic does to a
+  bucket; it extrapolates at most 1 s past the newest signal.
+- every 429, of any priority: the deployment is at or above 100 % now and until
+  `retry-after-ms`. The reading is at least 1.0 until then (`floor`), and `c` becomes
+  at least `1 - model`: without headers, this is how the estimate learns load it
+  cannot see.
+Safety: without fresh signals a negative correction (the model over-estimates) fades
+within seconds and a positive one (unseen load, a 429) fades over `positive_decay_s`,
+so when the signals vanish or disagree the estimate leans toward less low-priority
+work. The filter runs in the scripts, on the server clock, on the deployment's own
+hash: every worker, ingress replica and `ptu estimator` shares one correction and
+observations from several processes combine as if from one. A reading's age is still
+the model's (the feeders' heartbeats and the stream lag); the correction's own age
+(the newest signal behind it) is shown beside it, with the model, the last observed
+value and the unseen share, in `Reading.calibration`. `PTU_CALIBRATION=off` ignores
+every signal: today's open-loop model exactly.
 """
 
 from __future__ import annotations
