@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from ingress.chat.targets import Target
 from ingress.chat.token_events import TokenEvents
 from ingress.http.errors import ApiError
 from ingress.metrics import IngressMetrics
+from orchestrator.core.retry import parse_retry_after
 from orchestrator.utilisation.estimate.calibration import header_utilisation
 
 log = structlog.get_logger(__name__)
@@ -75,18 +76,6 @@ def passed_headers(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
         if name not in _DROP_RESPONSE:
             out.append((name, v))
     return out
-
-
-def retry_after_ms(headers: Mapping[str, str]) -> float | None:
-    """`retry-after-ms`, else `retry-after` seconds, in milliseconds; None when absent."""
-    for name, scale in (("retry-after-ms", 1.0), ("retry-after", 1000.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                return max(0.0, float(value) * scale)
-            except ValueError:
-                continue
-    return None
 
 
 class Proxy:
@@ -173,7 +162,7 @@ class Proxy:
         if answer is not None:
             utilisation = header_utilisation(answer.headers)
             if answer.status_code == 429:
-                retry = retry_after_ms(answer.headers) or 0.0
+                retry = 1000.0 * (parse_retry_after(answer.headers) or 0.0)
         self._events.complete(
             admitted, call.request_id, used.name, call.max_tokens, usage,
             utilisation=utilisation, retry_after_ms=retry,
@@ -199,10 +188,10 @@ class Proxy:
         if spill is None:
             return resp, target, admitted
         self.finished(admitted, call, target, None, resp)
-        wait_ms = retry_after_ms(resp.headers)
+        wait_s = parse_retry_after(resp.headers)
         await resp.aclose()
-        if wait_ms is not None and wait_ms <= self._spillover_wait_ms:
-            await self._sleep(wait_ms / 1000.0)
+        if wait_s is not None and wait_s * 1000.0 <= self._spillover_wait_ms:
+            await self._sleep(wait_s)
             admitted = self._admit(call, target)
             resp = await self._send(target, call, headers, admitted)
             if resp.status_code != 429:

@@ -12,26 +12,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from orchestrator.core.schemas import TokenEvent
+from orchestrator.core.tokens import usage_counts
+from orchestrator.utilisation.base import TokenRecorder
 
 log = structlog.get_logger(__name__)
-
-
-class TokenSink(Protocol):
-    """Where token events go (the utilisation EstimateStore)."""
-
-    async def record(self, event: TokenEvent) -> Any:
-        """Fold one event into the estimate."""
 
 
 class TokenEvents:
     """Fire-and-forget admit/complete events with their tasks kept referenced."""
 
-    def __init__(self, sink: TokenSink | None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, sink: TokenRecorder | None, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self._sink = sink
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
@@ -133,20 +130,3 @@ class TokenEvents:
 
     def __repr__(self) -> str:
         return f"<TokenEvents enabled={self.enabled} pending={len(self._tasks)}>"
-
-
-def usage_counts(usage: dict[str, Any] | None) -> tuple[int, int, int]:
-    """(prompt, completion, cached) tokens of an OpenAI `usage` object; zeros when absent."""
-    if not usage:
-        return 0, 0, 0
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    return (
-        _count(usage.get("prompt_tokens")),
-        _count(usage.get("completion_tokens")),
-        _count(cached),
-    )
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -34,7 +34,7 @@ from orchestrator.core.errors import PTUError, QueueUnavailable, UtilisationUnav
 from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
 from orchestrator.queues.factory import make_queue
-from orchestrator.throttle.policy import concurrency_limit
+from orchestrator.throttle.policy import Curve, limit_for
 from orchestrator.throttle.slots import SlotTable
 from orchestrator.utilisation.base import Calibration, UtilisationSource
 from orchestrator.utilisation.factory import make_source
@@ -116,15 +116,12 @@ async def collect(
     workers = summarise(await read_heartbeats(redis), now)
     rows = []
     for d in settings.deployments:
-        lower, upper, maximum = settings.thresholds(d)
+        curve = Curve(*settings.thresholds(d))
         try:
             reading = await source.read(d.name)
         except UtilisationUnavailable:
             reading = None
-        stale = reading is None or reading.age(now) > source.max_age_s
-        limit = 0
-        if reading is not None and not stale:
-            limit = concurrency_limit(reading.value, lower, upper, maximum)
+        limit, reason = limit_for(reading, now, source.max_age_s, curve)
         queue = make_queue(settings, d.name, redis, "ptu-status")
         try:
             depth: int | None = await queue.depth()
@@ -137,9 +134,9 @@ async def collect(
                 deployment=d.name,
                 utilisation=None if reading is None else reading.value,
                 reading_age_s=None if reading is None else reading.age(now),
-                stale=stale,
+                stale=reason != "ok",
                 limit=limit,
-                max_concurrency=maximum,
+                max_concurrency=curve.maximum,
                 global_in_flight=await SlotTable(redis, d.name).count(),
                 queue_depth=depth,
                 workers=workers.get(d.name, WorkerSummary()),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field
 
@@ -43,6 +44,58 @@ class ResultDocument(BaseModel):
     enqueued_at: float
     completed_at: float
     batch_id: str | None = Field(default=None, exclude_if=lambda v: v is None)
+
+    @classmethod
+    def for_request(
+        cls,
+        request: QueuedRequest,
+        status: ResultStatus,
+        *,
+        completed_at: float,
+        attempts: int,
+        status_code: int | None = None,
+        response: dict[str, Any] | None = None,
+        usage: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> Self:
+        """The result of `request`: its ids, deployment and enqueue time, plus the outcome.
+
+        The one constructor the worker and the ingress's in-process batch lines use,
+        so both write the same document for the same outcome.
+        """
+        return cls(
+            id=request.id,
+            custom_id=request.custom_id,
+            status=status,
+            status_code=status_code,
+            response=response,
+            error=error,
+            usage=usage,
+            deployment=request.deployment,
+            attempts=attempts,
+            enqueued_at=request.enqueued_at,
+            completed_at=completed_at,
+            batch_id=request.batch_id,
+        )
+
+
+def error_object(
+    status_code: int, body: Mapping[str, Any] | None, message: str | None = None
+) -> dict[str, Any]:
+    """The result's `error` from an upstream error body: its `error` object when it has one.
+
+    Without one the code is the status; `message` fills in a missing message.
+    """
+    inner = body.get("error") if body is not None else None
+    if isinstance(inner, Mapping):
+        error = dict(inner)
+    elif inner:
+        error = {"code": str(status_code), "message": str(inner)}
+    else:
+        error = {"code": str(status_code)}
+    if message is not None:
+        error.setdefault("message", message)
+    return error
 
 
 class TokenEvent(BaseModel):

@@ -1,9 +1,12 @@
-"""The utilisation contract: how full a PTU deployment is, and how fresh that is."""
+"""The utilisation contract: how full a PTU deployment is, how fresh that is, and what feeds it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from orchestrator.core.schemas import TokenEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +61,16 @@ class UtilisationSource(Protocol):
 
     async def close(self) -> None:
         """Release clients and connections."""
+
+
+class TokenRecorder(Protocol):
+    """Where token events go: the worker's and the ingress's calls feed the estimate through it.
+
+    Implemented by `EstimateStore.record` (and by test doubles). Recording is
+    idempotent per (request id, phase); a recorder that cannot reach its store
+    raises a `PTUError` (`UtilisationUnavailable`), which callers log and pass:
+    the estimate is a hint, and a lost event must never fail a call.
+    """
+
+    async def record(self, event: TokenEvent) -> None:
+        """Fold one event into the utilisation estimate."""

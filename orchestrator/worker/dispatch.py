@@ -21,11 +21,18 @@ from redis.exceptions import RedisError
 
 from orchestrator.core.errors import PTUError, UpstreamError, UpstreamThrottled, UpstreamTimeout
 from orchestrator.core.retry import RetryPolicy, decide
-from orchestrator.core.schemas import QueuedRequest, ResultDocument, ResultStatus, TokenEvent
-from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
+from orchestrator.core.schemas import (
+    QueuedRequest,
+    ResultDocument,
+    ResultStatus,
+    TokenEvent,
+    error_object,
+)
+from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens, usage_counts
 from orchestrator.queues.base import Delivery, Queue
 from orchestrator.throttle.slots import Slot
-from orchestrator.worker.protocols import ResultSink, SlotLimiter, TokenRecorder, pause
+from orchestrator.utilisation.base import TokenRecorder
+from orchestrator.worker.protocols import ResultSink, SlotLimiter, pause
 from orchestrator.worker.upstream import Upstream, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -202,11 +209,7 @@ class Dispatcher:
                 if self._metrics is not None and status:
                     self._metrics.call(self.deployment, status, self._clock() - started)
         answered_at = self._clock()
-        usage = response.usage or {}
-        prompt_actual = _int(usage.get("prompt_tokens"))
-        completion = _int(usage.get("completion_tokens"))
-        details = usage.get("prompt_tokens_details")
-        cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        prompt_actual, completion, cached = usage_counts(response.usage)
         await self._shielded(
             self._record(
                 event_id,
@@ -281,25 +284,19 @@ class Dispatcher:
         usage: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
     ) -> ResultDocument:
-        return ResultDocument(
-            id=message.id,
-            custom_id=message.custom_id,
-            status=status,
+        return ResultDocument.for_request(
+            message,
+            status,
+            completed_at=self._clock(),
+            attempts=attempts,
             status_code=status_code,
             response=response,
-            error=error,
             usage=usage,
-            deployment=message.deployment,
-            attempts=attempts,
-            enqueued_at=message.enqueued_at,
-            completed_at=self._clock(),
-            batch_id=message.batch_id,
+            error=error,
         )
 
     def _failed(self, message: QueuedRequest, err: UpstreamError, attempts: int) -> ResultDocument:
-        inner = err.body.get("error") if isinstance(err.body, dict) else None
-        error = dict(inner) if isinstance(inner, dict) else {"code": str(err.status_code)}
-        error.setdefault("message", str(err))
+        error = error_object(err.status_code, err.body, str(err))
         return self._doc(
             message, "failed", attempts=attempts, status_code=err.status_code, error=error
         )
@@ -367,7 +364,3 @@ class Dispatcher:
             f"<Dispatcher deployment={self.deployment} completed={c['completed']} "
             f"failed={c['failed']} expired={c['expired']} retries={c['retries']}>"
         )
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

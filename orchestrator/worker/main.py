@@ -21,7 +21,6 @@ import structlog
 from orchestrator.core import logs
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.results import ResultStore
-from orchestrator.core.retry import RetryPolicy
 from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.base import Queue
@@ -118,7 +117,7 @@ def build_worker(
     )
     results = ResultStore(redis, settings.reply_ttl_s)
     config = DispatchConfig(
-        retry=RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s),
+        retry=settings.retry_policy(),
         request_timeout_s=settings.request_timeout_s,
         default_max_tokens=settings.default_max_tokens,
     )
