@@ -31,7 +31,7 @@ PARAMS = CalibrationParams(
     max_observation_age_s=5,
     trend_s=0,  # the tables check the bias alone; the trend has its own tests
 )
-TREND = CalibrationParams(trend_s=4.0, max_trend=0.2)
+TREND = CalibrationParams(trend_s=4.0, max_trend=0.2, lookahead_s=0)
 
 
 class Clock:
@@ -289,3 +289,13 @@ async def test_the_trend_fades_without_observations(fake_redis: fakeredis.FakeAs
     after = (await s.read("d")).value
     # at most one second of trend more than before, then the positive decay takes it down
     assert after <= before
+
+
+async def test_a_rising_trend_is_read_ahead() -> None:
+    values = []
+    for lookahead in (0.0, 1.0):
+        redis = fakeredis.FakeAsyncRedis()
+        s = await _ramp(redis, CalibrationParams(trend_s=4.0, lookahead_s=lookahead), Clock())
+        values.append((await s.read("d")).value)
+        await redis.aclose()
+    assert values[1] - values[0] == pytest.approx(0.05, abs=0.01)  # 1 s x 5 points/s

@@ -38,12 +38,18 @@ class CalibrationParams:
     """
     max_trend: float = 0.2
     """Bound of the trend, in fractions of capacity per second."""
+    lookahead_s: float = 1.0
+    """A rising trend is read this far ahead: where the level goes, not where it is."""
 
     def __post_init__(self) -> None:
         if min(self.tau_up, self.tau_down, self.negative_decay_s, self.positive_decay_s) <= 0:
             raise ValueError("calibration time constants must be positive")
-        if min(self.max_observation_age_s, self.trend_s, self.max_trend) < 0:
-            raise ValueError("max_observation_age_s, trend_s and max_trend must not be negative")
+        if min(self.max_observation_age_s, self.trend_s, self.max_trend, self.lookahead_s) < 0:
+            raise ValueError("observation age, trend and look-ahead must not be negative")
+
+    def read_args(self) -> list[str]:
+        """The trailing ARGV of `read.lua`."""
+        return [repr(self.negative_decay_s), repr(self.positive_decay_s), repr(self.lookahead_s)]
 
     def script_args(self) -> list[str]:
         """The trailing ARGV of `record.lua` that turn calibration on."""

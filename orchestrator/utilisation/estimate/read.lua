@@ -2,7 +2,7 @@
 -- that knowledge is.
 -- KEYS[1] bucket hash; KEYS[2] the token-event stream.
 -- ARGV: 1 drain per second, 2 now in epoch seconds ('' = the server's TIME),
---       3 negative decay s, 4 positive decay s ('' = calibration off).
+--       3 negative decay s, 4 positive decay s ('' = calibration off), 5 look-ahead s.
 -- Returns nil when no feeder ever wrote the bucket, else, as strings: {level, heartbeat age,
 -- lag age, correction, correction age, observed, observation age, floor left}: heartbeat age
 -- is -1 without a heartbeat; lag age is how long the oldest stream entry not yet folded in
@@ -42,7 +42,9 @@ if ARGV[3] ~= '' then
     c = tonumber(f[1])
     if c < 0 then c = c * math.exp(-dt / tonumber(ARGV[3]))
     else c = c * math.exp(-dt / tonumber(ARGV[4])) end
-    c = c + tonumber(f[7] or '0') * math.min(dt, 1)
+    -- the trend extrapolates up to 1 s past the newest signal, and a rising one looks ahead
+    local v = tonumber(f[7] or '0')
+    c = c + v * math.min(dt, 1) + math.max(0, v) * tonumber(ARGV[5])
     -- the correction is as old as the newest signal behind it (observation or 429)
     local newest = tonumber(f[4] or '0')
     if f[6] then newest = math.max(newest, tonumber(f[6])) end

@@ -209,7 +209,7 @@ class EstimateStore:
         rate = d.capacity_tpm / 60.0
         local_now = self._clock()
         now_arg = repr(local_now) if self._time_source == "clock" else ""
-        cal = self._cal_args[2:4]
+        cal = self.calibration.read_args() if self.calibration else ["", "", ""]
         try:
             reply = await self._read(
                 keys=[keys.estimate(deployment), keys.TOKEN_EVENTS],
