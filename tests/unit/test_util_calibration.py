@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 from typing import Any
 
 import fakeredis
 import pytest
 
 from orchestrator.core.schemas import TokenEvent
-from orchestrator.core.settings import DeploymentConfig
 from orchestrator.utilisation.estimate.calibration import (
     CalibrationParams,
     header_utilisation,
@@ -18,11 +16,10 @@ from orchestrator.utilisation.estimate.calibration import (
     parse_utilisation,
 )
 from orchestrator.utilisation.estimate.store import EstimateStore
+from tests.unit.test_util_estimate import DEPLOYMENT, Clock, fake_redis
 
-# 10 PTU x 600 TPM = 100 tokens/s; window 10 s -> 100 % = 1,000 tokens; output weight 2
-DEPLOYMENT = DeploymentConfig(
-    name="d", model="custom", ptus=10, input_tpm_per_ptu=600, output_weight=2
-)
+__all__ = ["fake_redis"]  # the fixture, shared with the estimate's own tests
+
 PARAMS = CalibrationParams(
     tau_up=0.5,
     tau_down=2.0,
@@ -32,23 +29,6 @@ PARAMS = CalibrationParams(
     trend_s=0,  # the tables check the bias alone; the trend has its own tests
 )
 TREND = CalibrationParams(trend_s=4.0, max_trend=0.2, lookahead_s=0)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 5_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-async def fake_redis() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
-    client = fakeredis.FakeAsyncRedis()
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def store(redis: Any, clock: Clock, params: CalibrationParams | None = PARAMS) -> EstimateStore:
