@@ -29,6 +29,7 @@ from ingress.chat.token_events import TokenEvents
 from ingress.http.errors import ApiError
 from ingress.metrics import IngressMetrics
 from orchestrator.core.retry import parse_retry_after
+from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
 from orchestrator.utilisation.estimate.calibration import header_utilisation
 
 log = structlog.get_logger(__name__)
@@ -39,7 +40,10 @@ _DROP_REQUEST = frozenset(
     b"transfer-encoding te trailer upgrade expect cookie proxy-authorization "
     b"proxy-connection accept-encoding x-priority x-reply-key".split()
 )
-_FIXED_HEADERS = ((b"content-type", b"application/json"), (b"x-ptu-priority", b"high"))
+_FIXED_HEADERS = (
+    (b"content-type", b"application/json"),
+    (PRIORITY_LABEL_HEADER.encode(), b"high"),
+)
 _URL_CACHE_SIZE = 256
 _DECODER = json.JSONDecoder()
 _DROP_RESPONSE = frozenset(

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, get_args
 
 from pydantic import BaseModel, Field
 
 ResultStatus = Literal["completed", "failed", "expired"]
+
+Priority = Literal["high", "low"]
+"""Which path a request takes: `high` is proxied at once, `low` waits for idle PTU capacity."""
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)
+PRIORITY_HEADER = "x-priority"
+"""The client's request header that chooses the priority (DESIGN.md §5)."""
+PRIORITY_LABEL_HEADER = "x-ptu-priority"
+"""The label a caller puts on its calls to the deployment so the simulator counts them
+apart (`/sim/state` per priority); never read by the ingress and never a routing decision."""
 
 
 def default_reply_key(request_id: str) -> str:

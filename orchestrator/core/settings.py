@@ -10,8 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from orchestrator.core import capacity
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.retry import RetryPolicy
-
-Priority = Literal["high", "low"]
+from orchestrator.core.schemas import Priority
 
 
 class DeploymentConfig(BaseModel):

@@ -21,6 +21,7 @@ import structlog
 from orchestrator.core.entra import EntraTokens, default_entra_tokens
 from orchestrator.core.errors import ConfigError, UpstreamError, UpstreamThrottled, UpstreamTimeout
 from orchestrator.core.retry import parse_retry_after
+from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
 from orchestrator.utilisation.estimate.calibration import (
     UTILISATION_HEADER,
     parse_utilisation,
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-PRIORITY_HEADER = "x-ptu-priority"
 CONNECTION_FAILED_STATUS = 503
 """Status recorded when no response arrived at all (retryable, like a 5xx)."""
 
@@ -149,7 +149,7 @@ class AzureUpstream:
             "api_version": settings.azure_openai_api_version,
             "max_retries": 0,
             "timeout": settings.request_timeout_s,
-            "default_headers": {PRIORITY_HEADER: priority},
+            "default_headers": {PRIORITY_LABEL_HEADER: priority},
             "http_client": http_client,
         }
         tokens: EntraTokens | None = None
