@@ -49,6 +49,7 @@ from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue
 from orchestrator.utilisation.base import TokenRecorder
+from orchestrator.utilisation.estimate.calibration import params_for
 from orchestrator.utilisation.estimate.store import EstimateStore
 
 log = structlog.get_logger(__name__)
@@ -122,6 +123,7 @@ def _parts(
             window_s=settings.estimate_window_s,
             max_age_s=settings.estimate_max_age_s,
             clock=clock,
+            calibration=params_for(settings.calibration),
         )
         token_sink = estimate
     return _Parts(

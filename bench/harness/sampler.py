@@ -12,6 +12,8 @@ from typing import Any
 import httpx2
 import structlog
 
+from orchestrator.utilisation.base import Calibration, Reading
+
 log = structlog.get_logger(__name__)
 
 
@@ -35,6 +37,8 @@ class Sample:
     bg_requests: int = 0
     """Calls of the simulator's bypassing background traffic so far."""
     bg_throttled: int = 0
+    calibration: Calibration | None = None
+    """What the view was made of (model, observed, correction), for the calibrated estimate."""
 
 
 def parse_state(body: dict[str, Any], deployment: str, t: float) -> Sample:
@@ -70,7 +74,7 @@ class Sampler:
     t0: float
     interval_s: float = 0.1
     clock: Callable[[], float] = time.time
-    view: Callable[[], Awaitable[float | None]] | None = None
+    view: Callable[[], Awaitable[Reading | None]] | None = None
     samples: list[Sample] = field(default_factory=list)
     errors: int = 0
     _task: asyncio.Task[None] | None = None
@@ -97,7 +101,9 @@ class Sampler:
             log.debug("sample_failed", error=str(exc))
             return None
         if self.view is not None:
-            sample = replace(sample, view=await self.view())
+            reading = await self.view()
+            if reading is not None:
+                sample = replace(sample, view=reading.value, calibration=reading.calibration)
         self.samples.append(sample)
         return sample
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from math import nan
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
+from bench.harness.sampler import Sample
 from bench.report.metrics import RESULT_KEYS, PolicyRun, pending_window
 
 HEADERS = {
@@ -88,13 +90,31 @@ def write_results(
 
 def write_timeseries(run: PolicyRun, path: Path) -> None:
     """The run's samples as CSV: time, true utilisation, worker's view, low in flight."""
-    lines = ["t_s,utilization,worker_view,low_in_flight,low_peak,low_throttled,high_throttled"]
+    lines = [
+        "t_s,utilization,worker_view,low_in_flight,low_peak,low_throttled,high_throttled,"
+        "model,observed,correction"
+    ]
     lines += [
-        f"{s.t:.2f},{s.utilization:.4f},{'' if s.view is None else f'{s.view:.4f}'},"
-        f"{s.low_in_flight},{s.low_peak},{s.low_throttled},{s.high_throttled}"
+        f"{s.t:.2f},{s.utilization:.4f},{_opt(s.view)},"
+        f"{s.low_in_flight},{s.low_peak},{s.low_throttled},{s.high_throttled},"
+        + ",".join(_opt(v) for v in _calibration(s))
         for s in run.samples
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _opt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _calibration(s: Sample) -> tuple[float | None, float | None, float | None]:
+    """(model, observed, correction) of a sample; Nones without a calibrated estimate."""
+    c = s.calibration
+    return (None, None, None) if c is None else (c.model, c.observed, c.correction)
+
+
+def _series(samples: Sequence[Sample], index: int) -> list[float]:
+    return [nan if (v := _calibration(s)[index]) is None else v for s in samples]
 
 
 def _shade(ax: Axes, burst: tuple[float, float] | None, batch: tuple[float, float] | None) -> None:
@@ -113,6 +133,13 @@ def _utilisation(
         view = [s.view if s.view is not None else float("nan") for s in run.samples]
         source = run.settings.get("PTU_UTILIZATION_SOURCE", "estimate")
         ax.plot(t, view, color="tab:orange", lw=0.9, ls="--", label=f"worker's view ({source})")
+    if any(s.calibration is not None for s in run.samples):
+        ax.plot(t, _series(run.samples, 0), color="tab:gray", lw=0.7, label="model (uncalibrated)")
+        ax.plot(t, _series(run.samples, 1), color="tab:cyan", lw=0.6, label="observed (header)")
+        ax.plot(
+            t, _series(run.samples, 2), color="tab:purple", lw=0.8, ls=":",
+            label="correction (> 0: unseen traffic)",
+        )  # fmt: skip
     ax.axhline(upper, color="tab:red", ls="--", lw=1, label=f"upper {upper:g}")
     ax.axhline(lower, color="tab:gray", ls=":", lw=1, label=f"lower {lower:g}")
     ax.axhline(1.0, color="black", lw=0.6)

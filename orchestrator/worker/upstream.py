@@ -22,6 +22,10 @@ from orchestrator.core.entra import EntraTokens, default_entra_tokens
 from orchestrator.core.errors import ConfigError, UpstreamError, UpstreamThrottled, UpstreamTimeout
 from orchestrator.core.retry import parse_retry_after
 from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
+from orchestrator.utilisation.estimate.calibration import (
+    UTILISATION_HEADER,
+    parse_utilisation,
+)
 
 if TYPE_CHECKING:
     import httpx2
@@ -30,7 +34,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-UTILISATION_HEADER = "azure-openai-deployment-utilization"
 CONNECTION_FAILED_STATUS = 503
 """Status recorded when no response arrived at all (retryable, like a 5xx)."""
 
@@ -83,16 +86,6 @@ class Upstream(Protocol):
 
     async def close(self) -> None:
         """Release the HTTP client and credentials."""
-
-
-def parse_utilisation(raw: str | None) -> float | None:
-    """`"42.5%"` → 0.425; None when absent or malformed (the header is only a hint)."""
-    if raw is None:
-        return None
-    try:
-        return float(raw.strip().removesuffix("%")) / 100.0
-    except ValueError:
-        return None
 
 
 def _error_body(response: httpx2.Response) -> dict[str, object]:
