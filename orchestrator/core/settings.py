@@ -10,9 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from orchestrator.core import capacity
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.retry import RetryPolicy
+from orchestrator.core.schemas import Priority
 from orchestrator.tenants.config import TenantConfig, check_tenants
-
-Priority = Literal["high", "low"]
 
 
 class DeploymentConfig(BaseModel):
@@ -79,6 +78,9 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="redis queue: reclaim a dead consumer's entries after this"
     )
     utilization_source: Literal["estimate", "azure_monitor"] = "estimate"
+    calibration: Literal["auto", "off"] = Field(
+        default="auto", description="estimate: learn from the deployment's own signals, or not"
+    )
     # throttle
     lower_threshold: float = Field(default=0.20, ge=0, le=1)
     upper_threshold: float = Field(default=0.90, ge=0, le=1)

@@ -30,6 +30,7 @@ from orchestrator.tenants.config import Tenancy
 from orchestrator.tenants.ledger import UsageLedger
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.base import UtilisationSource
+from orchestrator.utilisation.estimate.calibration import params_for
 from orchestrator.utilisation.estimate.store import EstimateStore
 from orchestrator.utilisation.factory import make_source
 from orchestrator.worker.accounting import WorkerAccounting
@@ -116,6 +117,7 @@ def build_worker(
         settings.deployments,
         window_s=settings.estimate_window_s,
         max_age_s=settings.estimate_max_age_s,
+        calibration=params_for(settings.calibration),
     )
     results = ResultStore(redis, settings.reply_ttl_s)
     tenancy = Tenancy(settings.tenants, settings.api_keys)
