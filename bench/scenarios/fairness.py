@@ -140,6 +140,9 @@ async def one_weight(stack: Stack, cfg: FairnessConfig, weight_b: float) -> dict
     redis = aioredis.Redis.from_url(stack.redis_url)
     async with httpx2.AsyncClient(base_url=stack.ingress_url, timeout=60.0) as http:
         try:
+            # warm up (connections, the first utilisation reading) outside the measurement
+            warm = await submit(http, "key-a", "a", cfg.small, cfg.max_tokens)
+            await wait_all(redis, warm, cfg.small, cfg.timeout_s)
             created = time.time()
             alone_id = await submit(http, "key-b", "b", cfg.small, cfg.max_tokens)
             alone = await wait_all(redis, alone_id, cfg.small, cfg.timeout_s)

@@ -55,12 +55,15 @@ class FairShareState:
         self.key = keys.fair_share(deployment)
         self._raise_to = redis.register_script(_RAISE_TO)
 
-    async def read(self) -> tuple[set[str], set[str], dict[str, float], float]:
-        """(backlogged, known, virtual service, floor)."""
+    async def read(
+        self,
+    ) -> tuple[set[str], set[str], dict[str, float], float, dict[str, float]]:
+        """(backlogged, known, virtual service, floor, pending part of the virtual service)."""
         fields = await self.redis.hgetall(self.key)
         active: set[str] = set()
         known: set[str] = set()
         virtual: dict[str, float] = {}
+        pending: dict[str, float] = {}
         floor = 0.0
         for raw, value in fields.items():
             name = raw.decode() if isinstance(raw, bytes) else raw
@@ -69,11 +72,13 @@ class FairShareState:
                 active.add(tenant)
             elif kind == "v":
                 virtual[tenant] = float(value)
+            elif kind == "p":
+                pending[tenant] = float(value)
             elif name == "floor":
                 floor = float(value)
             if tenant:
                 known.add(tenant)
-        return active, known, virtual, floor
+        return active, known, virtual, floor, pending
 
     async def flag(self, tenant: str) -> None:
         """Mark `tenant` backlogged."""
@@ -89,11 +94,17 @@ class FairShareState:
             await self._raise_to(keys=[self.key], args=[f"v:{tenant}", repr(value)])
         await self._raise_to(keys=[self.key], args=["floor", repr(decision.floor)])
 
-    async def charge(self, tenant: str, tokens: float, weight: float) -> None:
-        """Add `tokens` (negative: a refund) worth of service to `tenant`."""
-        amount = fair.charge(tokens, weight)
-        if amount:
-            await self.redis.hincrbyfloat(self.key, f"v:{tenant}", amount)
+    async def charge(
+        self, tenant: str, tokens: float, weight: float, *, pending: float = 0.0
+    ) -> None:
+        """Add `tokens` (negative: a refund) worth of service to `tenant`, of which
+        `pending` tokens (negative: settled now) are an estimate for a call in flight."""
+        amount, estimate = fair.charge(tokens, weight), fair.charge(pending, weight)
+        if amount or estimate:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hincrbyfloat(self.key, f"v:{tenant}", amount)
+                pipe.hincrbyfloat(self.key, f"p:{tenant}", estimate)
+                await pipe.execute()
 
 
 class FairShareQueue:
@@ -142,7 +153,7 @@ class FairShareQueue:
         deadline = loop.time() + max(0.0, timeout_s)
         while True:
             try:
-                active, known, virtual, floor = await self.state.read()
+                active, known, virtual, floor, pending = await self.state.read()
             except RedisError as exc:
                 raise QueueUnavailable(f"fair-share state {self.state.key}: {exc}") from exc
             known |= self._configured
@@ -150,7 +161,7 @@ class FairShareQueue:
             sweep = now >= self._next_sweep
             if sweep:
                 self._next_sweep = now + self._sweep_s
-            decision = fair.plan(active, virtual, floor)
+            decision = fair.plan(active, virtual, floor, pending)
             if decision.lifts or decision.floor != floor:
                 await self._apply(decision)
             order = list(decision.order)
@@ -182,7 +193,7 @@ class FairShareQueue:
     async def depth(self) -> int:
         """Messages waiting or in flight, summed over the known tenants."""
         try:
-            _, known, _, _ = await self.state.read()
+            _, known, _, _, _ = await self.state.read()
         except RedisError as exc:
             raise QueueUnavailable(f"fair-share state {self.state.key}: {exc}") from exc
         total = 0

@@ -9,13 +9,17 @@ an infinitely small quantum (start-time fair queueing).
 
 An idle tenant must not bank credit: one idle all night would otherwise return
 with a tiny `v` and lock the others out until it caught up. So the system keeps a
-`floor`, the least `v` among backlogged tenants, never decreasing; a tenant that
-becomes backlogged below it is lifted to it. It then competes from "now": it gets
-its share at once, but no more. With one backlogged tenant, it gets every slot.
+`floor`, never decreasing; a tenant that becomes backlogged below it is lifted to
+it. It then competes from "now": it gets its share at once, but no more. With one
+backlogged tenant, it gets every slot.
 
 Calls are charged when they start (prompt estimate + `max_tokens`) and settled
 with the actual tokens when they end, so concurrent slots do not all go to one
-tenant before its first call finishes.
+tenant before its first call finishes. The part of `v` still only estimated (calls
+in flight) is `pending`; the floor is the least *settled* service (`v - pending`)
+among backlogged tenants, so a newcomer starts level with what the others have
+been served, and their calls in flight count against them as they should (lifting
+it to their estimates would hand them that many tokens of advantage).
 """
 
 from __future__ import annotations
@@ -36,8 +40,15 @@ class Plan:
     """The new floor."""
 
 
-def plan(active: Iterable[str], virtual: Mapping[str, float], floor: float) -> Plan:
-    """Order the backlogged tenants `active` for service, given each one's virtual service."""
+def plan(
+    active: Iterable[str],
+    virtual: Mapping[str, float],
+    floor: float,
+    pending: Mapping[str, float] | None = None,
+) -> Plan:
+    """Order the backlogged tenants `active` for service, given each one's virtual service
+    (`pending` of it still estimated, for calls in flight)."""
+    pending = pending or {}
     current: dict[str, float] = {}
     lifts: dict[str, float] = {}
     for tenant in active:
@@ -47,7 +58,8 @@ def plan(active: Iterable[str], virtual: Mapping[str, float], floor: float) -> P
             v = floor
         current[tenant] = v
     order = sorted(current, key=lambda t: (current[t], t))
-    new_floor = max(floor, current[order[0]]) if order else floor
+    settled = [current[t] - max(0.0, pending.get(t, 0.0)) for t in order]
+    new_floor = max(floor, min(settled)) if order else floor
     return Plan(order=order, lifts=lifts, floor=new_floor)
 
 

@@ -59,12 +59,12 @@ class WorkerAccounting:
             estimate = event.prompt_tokens + event.max_tokens
             self._charged[event.request_id] = estimate
             if state is not None:
-                await state.charge(event.tenant, estimate, weight)
+                await state.charge(event.tenant, estimate, weight, pending=estimate)
             return
         actual = event.prompt_tokens + event.completion_tokens
         estimate = self._charged.pop(event.request_id, 0)
         if state is not None:
-            await state.charge(event.tenant, actual - estimate, weight)
+            await state.charge(event.tenant, actual - estimate, weight, pending=-estimate)
         if actual <= 0:
             return  # refused, failed or cancelled: nothing was used
         use = Usage(
