@@ -28,28 +28,6 @@ from orchestrator.tenants import fair
         (["a", "c"], {"a": 7.0, "b": 1.0, "c": 8.0}, 5.0, ["a", "c"], {}, 7.0),
     ],
 )
-@pytest.mark.parametrize(
-    ("virtual", "pending", "floor", "order", "lifts", "new_floor"),
-    [
-        # a's 300 in flight are still estimates: the newcomer starts at a's settled 700,
-        # so a's calls in flight count against a
-        ({"a": 1000.0}, {"a": 300.0}, 600.0, ["b", "a"], {"b": 600.0}, 700.0),
-        # no call in flight: the plain floor
-        ({"a": 1000.0, "b": 1000.0}, {}, 900.0, ["a", "b"], {}, 1000.0),
-    ],
-)
-def test_plan_floor_is_settled_service(
-    virtual: dict[str, float],
-    pending: dict[str, float],
-    floor: float,
-    order: list[str],
-    lifts: dict[str, float],
-    new_floor: float,
-) -> None:
-    decision = fair.plan(["a", "b"], virtual, floor, pending)
-    assert (decision.order, decision.lifts, decision.floor) == (order, lifts, new_floor)
-
-
 def test_plan(
     active: list[str],
     virtual: dict[str, float],
@@ -128,3 +106,27 @@ def test_a_late_tenant_gets_its_share_at_once_but_no_back_credit() -> None:
 def test_a_lone_tenant_gets_every_slot() -> None:
     served = _serve({"a": 1, "b": 5}, {"a": 10, "b": 10}, {"a": 500}, {}, 500)
     assert served == {"a": 5000, "b": 0}
+
+
+@pytest.mark.parametrize(
+    ("virtual", "pending", "floor", "order", "lifts", "new_floor"),
+    [
+        # a's 300 in flight are still estimates: the newcomer starts at the floor, below
+        # a's settled 700, so a's calls in flight count against a
+        ({"a": 1000.0}, {"a": 300.0}, 600.0, ["b", "a"], {"b": 600.0}, 600.0),
+        # the floor rises to the least settled service, not to the estimates
+        ({"a": 1000.0, "b": 900.0}, {"a": 300.0}, 0.0, ["b", "a"], {}, 700.0),
+        # no call in flight: the plain floor
+        ({"a": 1000.0, "b": 1000.0}, {}, 900.0, ["a", "b"], {}, 1000.0),
+    ],
+)
+def test_plan_floor_is_settled_service(
+    virtual: dict[str, float],
+    pending: dict[str, float],
+    floor: float,
+    order: list[str],
+    lifts: dict[str, float],
+    new_floor: float,
+) -> None:
+    decision = fair.plan(["a", "b"], virtual, floor, pending)
+    assert (decision.order, decision.lifts, decision.floor) == (order, lifts, new_floor)
