@@ -12,7 +12,9 @@ simulator reset, ingress and two workers started with `PTU_TENANTS`):
 3. A's batch is cancelled, the workers drain, and `ptu usage` (run as the CLI)
    must equal the simulator's own prompt and completion counters exactly.
 
-Every line is the same request, so a share in tokens is a share of the work. A
+Every line is the same request, so a share in tokens is a share of the work; a
+call's tokens are counted evenly over its run (`started_at` to `completed_at` of
+its result), so a share is of the capacity used inside the window. A
 note on the bound: a tenant that arrives while another holds every slot gets its
 slots only as they free up, and then its weight share of them, so with equal
 weights and more lines than `max_concurrency` its makespan is near
@@ -120,12 +122,23 @@ def _tokens(doc: ResultDocument) -> int:
     return int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
 
 
-def shares(a: list[ResultDocument], b: list[ResultDocument]) -> dict[str, float]:
-    """Token shares of lines finished while both had work: in (B's first, B's last] result."""
-    start = min(d.completed_at for d in b)
+def _within(doc: ResultDocument, start: float, end: float) -> float:
+    """The tokens of a call spread evenly over its run, the part inside [start, end]."""
+    if doc.status != "completed" or doc.started_at is None:
+        return 0.0
+    began, ended = doc.started_at, doc.completed_at
+    overlap = max(0.0, min(end, ended) - max(start, began))
+    return _tokens(doc) * (
+        overlap / (ended - began) if ended > began else float(start <= ended <= end)
+    )
+
+
+def shares(a: list[ResultDocument], b: list[ResultDocument], start: float) -> dict[str, float]:
+    """Token shares while both had work: from B's submission to B's last result, each
+    call's tokens counted for the part of its run inside that window."""
     end = max(d.completed_at for d in b)
-    ta = sum(_tokens(d) for d in a if start < d.completed_at <= end and d.status == "completed")
-    tb = sum(_tokens(d) for d in b if start < d.completed_at <= end)
+    ta = sum(_within(d, start, end) for d in a)
+    tb = sum(_within(d, start, end) for d in b)
     total = ta + tb
     return {"a": ta / total if total else 0.0, "b": tb / total if total else 0.0}
 
@@ -155,7 +168,7 @@ async def one_weight(stack: Stack, cfg: FairnessConfig, weight_b: float) -> dict
             beside = await wait_all(redis, beside_id, cfg.small, cfg.timeout_s)
             beside_s = makespan(created, beside)
             a_docs = await results(redis, big_id)
-            split = shares(a_docs, beside)
+            split = shares(a_docs, beside, created)
             cancel = await http.post(f"/v1/batches/{big_id}/cancel", headers={"api-key": "key-a"})
             cancel.raise_for_status()
             await wait_all(redis, big_id, cfg.big, cfg.timeout_s)

@@ -53,6 +53,9 @@ class ResultDocument(BaseModel):
     enqueued_at: float
     completed_at: float
     batch_id: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    started_at: float | None = Field(default=None, exclude_if=lambda v: v is None)
+    """When the call that produced a completed result started (service time = completed_at
+    - started_at; the rest since enqueued_at was waiting)."""
     tenant: str = "default"
 
     @classmethod

@@ -145,6 +145,7 @@ class Dispatcher:
                 return await self._finish(delivery, doc)
             attempt += 1
             try:
+                called_at = self._clock()
                 response = await self._call(message, delivery.delivery_count, attempt)
             except UpstreamError as err:
                 await self._release(held)
@@ -184,6 +185,7 @@ class Dispatcher:
                 response=response.body,
                 usage=response.usage,
             )
+            doc.started_at = called_at
             return await self._finish(delivery, doc)
 
     async def _call(
