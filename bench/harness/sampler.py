@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -11,6 +10,8 @@ from typing import Any
 
 import httpx2
 import structlog
+
+from orchestrator.core.runtime import pause
 
 log = structlog.get_logger(__name__)
 
@@ -100,8 +101,7 @@ class Sampler:
             started = self.clock()
             await self.sample_once()
             delay = max(0.0, self.interval_s - (self.clock() - started))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), delay)
+            await pause(delay, stopping)
 
     def start(self) -> None:
         """Start sampling in the background."""

@@ -22,6 +22,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.runtime import pause
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.throttle.policy import Curve, concurrency_limit, limit_for
 from orchestrator.throttle.slots import Slot, SlotTable
@@ -132,17 +133,7 @@ class Throttle:
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
         """Sleep `seconds`, waking early on stop or on a local release."""
         self._released.clear()
-        waiters = [
-            asyncio.ensure_future(self._sleep(seconds)),
-            asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(self._released.wait()),
-        ]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        await pause(seconds, stop, self._released, sleep=self._sleep)
 
     async def release(self, slot: Slot) -> None:
         """Hand a slot back (idempotent); on a Redis error its lease simply expires."""
