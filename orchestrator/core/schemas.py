@@ -10,11 +10,6 @@ from pydantic import BaseModel, Field
 ResultStatus = Literal["completed", "failed", "expired"]
 
 
-def default_reply_key(request_id: str) -> str:
-    """The reply key used when the requester names none (DESIGN.md §5)."""
-    return f"ptu:reply:{request_id}"
-
-
 class QueuedRequest(BaseModel):
     """A low-priority chat completion waiting for idle PTU capacity."""
 

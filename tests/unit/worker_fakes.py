@@ -10,10 +10,11 @@ from typing import Any
 import fakeredis
 import redis.asyncio as aioredis
 
+from orchestrator.core import keys
 from orchestrator.core.errors import UpstreamError
 from orchestrator.core.results import ResultStore
 from orchestrator.core.retry import RetryPolicy
-from orchestrator.core.schemas import QueuedRequest, TokenEvent, default_reply_key
+from orchestrator.core.schemas import QueuedRequest, TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.queues.memory import InMemoryQueue
 from orchestrator.throttle.limiter import Throttle
@@ -131,7 +132,7 @@ def request(request_id: str, *, deadline: float = T0 + 3600, **body: Any) -> Que
         id=request_id,
         deployment=DEPLOYMENT.name,
         body={"messages": [{"role": "user", "content": "hello " * 10}], "max_tokens": 50, **body},
-        reply_key=default_reply_key(request_id),
+        reply_key=keys.reply(request_id),
         enqueued_at=T0 - 5,
         deadline=deadline,
         custom_id=f"c-{request_id}",
@@ -159,7 +160,7 @@ class Rig:
         await self.queue.put(message)
 
     async def replies(self, request_id: str) -> list[str]:
-        raw = await self.redis.lrange(default_reply_key(request_id), 0, -1)
+        raw = await self.redis.lrange(keys.reply(request_id), 0, -1)
         return [r.decode() if isinstance(r, bytes) else r for r in raw]
 
     async def global_slots(self) -> int:
