@@ -91,12 +91,6 @@ def bad_request(
     return ApiError(400, code, message, param=param)
 
 
-async def api_error_handler(request: Request, exc: Exception) -> Response:
-    """Starlette handler for ApiError."""
-    assert isinstance(exc, ApiError)
-    return exc.response()
-
-
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 answered in the envelope."""
     assert isinstance(exc, HTTPException)

@@ -8,10 +8,9 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator.core import keys
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
-from orchestrator.utilisation.estimate.store import EstimateStore, publish
+from orchestrator.utilisation.estimate.store import EstimateStore
 
 # 10 PTU x 600 TPM = 100 tokens/s; window 10 s -> 100 % = 1,000 tokens; output weight 2
 DEPLOYMENT = DeploymentConfig(
@@ -62,11 +61,3 @@ async def test_concurrent_redeliveries_count_once(redis: aioredis.Redis) -> None
     await asyncio.gather(*(store.record(admit) for _ in range(20)))
     await asyncio.gather(*(store.record(done) for _ in range(20)))
     assert (await store.read("d")).value == pytest.approx(0.2, abs=0.01)
-
-
-async def test_publish_appends_to_the_event_stream(redis: aioredis.Redis) -> None:
-    e = event("a", "admit", 100, max_tokens=10)
-    await publish(redis, e)
-    entries = await redis.xrange(keys.TOKEN_EVENTS)
-    assert len(entries) == 1
-    assert TokenEvent.model_validate_json(entries[0][1][b"event"]) == e

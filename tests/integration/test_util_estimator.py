@@ -17,7 +17,8 @@ from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.estimator.redis_stream import GROUP, Estimator
-from orchestrator.utilisation.estimate.store import EstimateStore, publish
+from orchestrator.utilisation.estimate.store import EstimateStore
+from tests.support.token_events import publish
 
 # 10 PTU x 600 TPM = 100 tokens/s; window 100 s -> 100 % = 10,000 tokens; output weight 2
 DEPLOYMENT = DeploymentConfig(

@@ -18,10 +18,12 @@ is exact even when the reader's clock is skewed against the server.
 Staleness: an empty bucket with no events is a true "0 %" only while its
 feeders are alive and nothing waits unapplied. Two signals, both on the server
 clock, make a reading's age:
-- heartbeat: every feeder (the ingress and the worker recording in-process via
-  `keep_alive()`, `ptu estimator` after each read) writes `hb` at least every
-  `max_age_s / 3`; when all feeders die, readings age past `max_age_s` and the
-  throttle fails closed. `record()` alone does not count as a heartbeat.
+- heartbeat: the feeders that see high-priority traffic (the ingress through
+  `keep_alive()`, `ptu estimator` after each read) write `hb` at least every
+  `max_age_s / 3`; when they all die, readings age past `max_age_s` and the
+  throttle fails closed. `record()` alone does not count as a heartbeat, and the
+  worker, which records its own calls, deliberately does not heartbeat: it knows
+  only the low-priority share, so a worker alone must not make "0 %" look fresh.
 - stream lag: `ptu estimator` stores the id of the newest `TOKEN_EVENTS` entry
   it folded in (`applied`); a reading is at least as old as the oldest entry
   after it. A dead estimator therefore makes readings stale as soon as one
@@ -52,8 +54,6 @@ log = structlog.get_logger(__name__)
 SOURCE = "estimate"
 EVENT_FIELD = "event"
 """The stream entry field holding a token event's JSON."""
-EVENTS_MAXLEN = 100_000
-"""Approximate cap of the token-event stream (old events carry no information)."""
 
 _SCRIPTS = Path(__file__).parent
 
@@ -188,19 +188,3 @@ class EstimateStore:
     def __repr__(self) -> str:
         names = ",".join(self._deployments)
         return f"<EstimateStore deployments={names} window_s={self.window_s:g}>"
-
-
-async def publish(redis: aioredis.Redis, event: TokenEvent) -> None:
-    """Append a token event to `keys.TOKEN_EVENTS` for `ptu estimator` to fold in.
-
-    Raises UtilisationUnavailable when Redis cannot take it.
-    """
-    try:
-        await redis.xadd(
-            keys.TOKEN_EVENTS,
-            {EVENT_FIELD: event.model_dump_json()},
-            maxlen=EVENTS_MAXLEN,
-            approximate=True,
-        )
-    except RedisError as exc:
-        raise UtilisationUnavailable(f"token event publish failed: {exc}") from exc
