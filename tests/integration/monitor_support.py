@@ -10,8 +10,7 @@ from typing import Any
 import uvicorn
 from azure.core.credentials import AccessToken
 
-from orchestrator.core.serving import ServerThread
-from orchestrator.testing.embedded_redis import free_port
+from orchestrator.core.serving import ServerThread, free_port
 from simulator.tls import TLSFiles
 
 T0 = 1_800_000_000 - 1_800_000_000 % 60
