@@ -61,8 +61,15 @@ class TokenEvents:
         deployment: str,
         max_tokens: int,
         usage: dict[str, Any] | None,
+        *,
+        utilisation: float | None = None,
+        retry_after_ms: float | None = None,
     ) -> None:
-        """Schedule the `complete` event with the actual usage (None: nothing was used)."""
+        """Schedule the `complete` event with the actual usage (None: nothing was used).
+
+        `utilisation` (the response's header) and `retry_after_ms` (a 429) are the
+        deployment's own signals, observed now; the estimate calibrates itself on them.
+        """
         if self._sink is None:
             return
         prompt, completion, cached = usage_counts(usage)
@@ -75,6 +82,24 @@ class TokenEvents:
             max_tokens=max_tokens,
             completion_tokens=completion,
             cached_tokens=cached,
+            utilisation=utilisation,
+            retry_after_ms=retry_after_ms,
+        )
+        self._spawn(self._record(event, admitted))
+
+    def observe(
+        self, admitted: asyncio.Task[None] | None, request_id: str, deployment: str, value: float
+    ) -> None:
+        """Schedule an `observe` event: the utilisation a stream's headers reported now."""
+        if self._sink is None:
+            return
+        event = TokenEvent(
+            request_id=request_id,
+            deployment=deployment,
+            phase="observe",
+            timestamp=self._clock(),
+            prompt_tokens=0,
+            utilisation=value,
         )
         self._spawn(self._record(event, admitted))
 

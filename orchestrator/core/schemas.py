@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, get_args
 
 from pydantic import BaseModel, Field
 
 ResultStatus = Literal["completed", "failed", "expired"]
+
+Priority = Literal["high", "low"]
+"""Which path a request takes: `high` is proxied at once, `low` waits for idle PTU capacity."""
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)
+PRIORITY_HEADER = "x-priority"
+"""The client's request header that chooses the priority (DESIGN.md §5)."""
+PRIORITY_LABEL_HEADER = "x-ptu-priority"
+"""The label a caller puts on its calls to the deployment so the simulator counts them
+apart (`/sim/state` per priority); never read by the ingress and never a routing decision."""
 
 
 class QueuedRequest(BaseModel):
@@ -100,13 +109,22 @@ class TokenEvent(BaseModel):
     starts; `complete` reconciles with the actual completion tokens. A gateway
     that only reports completions (APIM `log-to-eventhub`) sends `complete`
     without a prior `admit`; the estimator then charges the actual tokens once.
+
+    The deployment's own signals travel with the event so the estimate can calibrate
+    itself: `utilisation` is the `azure-openai-deployment-utilization` header of the
+    response (a fraction), true `utilisation_age_s` before the event was made;
+    `retry_after_ms` marks a 429. An `observe` event carries only those (a stream's
+    header, known at its first byte) and charges nothing.
     """
 
     request_id: str
     deployment: str
-    phase: Literal["admit", "complete"]
+    phase: Literal["admit", "complete", "observe"]
     timestamp: float
     prompt_tokens: int = Field(ge=0)
     max_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
     cached_tokens: int = Field(default=0, ge=0)
+    utilisation: float | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
+    utilisation_age_s: float = Field(default=0.0, ge=0, exclude_if=lambda v: v == 0)
+    retry_after_ms: float | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)

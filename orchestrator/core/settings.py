@@ -17,8 +17,7 @@ from pydantic_settings import (
 from orchestrator.core import capacity
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.retry import RetryPolicy
-
-Priority = Literal["high", "low"]
+from orchestrator.core.schemas import Priority
 
 
 class DeploymentConfig(BaseModel):
@@ -101,6 +100,9 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="redis queue: reclaim a dead consumer's entries after this"
     )
     utilization_source: Literal["estimate", "azure_monitor"] = "estimate"
+    calibration: Literal["auto", "off"] = Field(
+        default="auto", description="estimate: learn from the deployment's own signals, or not"
+    )
     # throttle
     lower_threshold: float = Field(default=0.20, ge=0, le=1)
     upper_threshold: float = Field(default=0.90, ge=0, le=1)

@@ -10,6 +10,28 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, slots=True)
+class Calibration:
+    """How a calibrated estimate was made: the model, what the deployment said, the correction."""
+
+    model: float
+    """The open-loop token-event model alone (fraction)."""
+    correction: float
+    """What the deployment's own signals add to the model now (fraction; may be negative)."""
+    correction_age_s: float | None
+    """Seconds since the newest signal behind the correction (None: never corrected)."""
+    observed: float | None
+    """The newest utilisation the deployment reported (header), if any."""
+    observed_age_s: float | None
+    throttled_s: float = 0.0
+    """Seconds the deployment still refuses calls after a 429 (the reading is >= 100 %)."""
+
+    @property
+    def unseen(self) -> float:
+        """Share of capacity used by load the model cannot see (the positive correction)."""
+        return max(0.0, self.correction)
+
+
+@dataclass(frozen=True, slots=True)
 class Reading:
     """A utilisation value (0..1, may exceed 1) and when it was true."""
 
@@ -17,6 +39,8 @@ class Reading:
     observed_at: float
     """Epoch seconds at which `value` described the deployment."""
     source: str
+    calibration: Calibration | None = None
+    """How the estimate source built `value` (None for other sources or calibration off)."""
 
     def age(self, now: float) -> float:
         """Seconds since the value was true."""

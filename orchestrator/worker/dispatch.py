@@ -186,7 +186,7 @@ class Dispatcher:
         budget = requested_max_tokens(message.body, self._config.default_max_tokens)
         await self._record(event_id, "admit", prompt_tokens=prompt, max_tokens=budget)
         started = self._clock()
-        status, answered = 0, False
+        status, answered, retry_after_ms = 0, False, None
         try:
             async with asyncio.timeout(self._config.request_timeout_s):
                 response = await self._upstream.chat(
@@ -198,13 +198,18 @@ class Dispatcher:
             raise UpstreamTimeout("no answer within the request timeout", status_code=408) from None
         except UpstreamError as err:
             status = err.status_code
+            if isinstance(err, UpstreamThrottled):  # the estimate learns ">= 100 % for a while"
+                retry_after_ms = 1000.0 * (err.retry_after_s or 0.0)
             raise
         finally:
             if not answered:
                 # failed or cancelled: refund the admitted completion budget
-                await self._shielded(self._record(event_id, "complete"))
+                await self._shielded(
+                    self._record(event_id, "complete", retry_after_ms=retry_after_ms)
+                )
                 if self._metrics is not None and status:
                     self._metrics.call(self.deployment, status, self._clock() - started)
+        answered_at = self._clock()
         prompt_actual, completion, cached = usage_counts(response.usage)
         await self._shielded(
             self._record(
@@ -213,6 +218,8 @@ class Dispatcher:
                 prompt_tokens=prompt_actual,
                 completion_tokens=completion,
                 cached_tokens=cached,
+                utilisation=response.utilisation_hint,
+                observed_at=answered_at,
             )
         )
         latency = self._clock() - started
@@ -309,18 +316,31 @@ class Dispatcher:
         except (RedisError, PTUError) as exc:
             log.warning("mark_in_progress_failed", error=repr(exc))
 
-    async def _record(self, event_id: str, phase: str, **counts: int) -> None:
+    async def _record(
+        self,
+        event_id: str,
+        phase: str,
+        *,
+        utilisation: float | None = None,
+        observed_at: float | None = None,
+        retry_after_ms: float | None = None,
+        **counts: int,
+    ) -> None:
         if self._tokens is None:
             return
+        now = self._clock()
         event = TokenEvent(
             request_id=event_id,
             deployment=self.deployment,
             phase="admit" if phase == "admit" else "complete",
-            timestamp=self._clock(),
+            timestamp=now,
             prompt_tokens=counts.get("prompt_tokens", 0),
             max_tokens=counts.get("max_tokens", 0),
             completion_tokens=counts.get("completion_tokens", 0),
             cached_tokens=counts.get("cached_tokens", 0),
+            utilisation=utilisation,
+            utilisation_age_s=max(0.0, now - observed_at) if observed_at is not None else 0.0,
+            retry_after_ms=retry_after_ms,
         )
         try:
             await self._tokens.record(event)

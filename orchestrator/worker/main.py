@@ -26,6 +26,7 @@ from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.base import UtilisationSource
+from orchestrator.utilisation.estimate.calibration import params_for
 from orchestrator.utilisation.estimate.store import EstimateStore
 from orchestrator.utilisation.factory import make_source
 from orchestrator.worker.dispatch import DispatchConfig, Dispatcher
@@ -110,6 +111,7 @@ def build_worker(
         settings.deployments,
         window_s=settings.estimate_window_s,
         max_age_s=settings.estimate_max_age_s,
+        calibration=params_for(settings.calibration),
     )
     results = ResultStore(redis, settings.reply_ttl_s)
     config = DispatchConfig(

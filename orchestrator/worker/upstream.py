@@ -21,6 +21,11 @@ import structlog
 from orchestrator.core.entra import EntraTokens, default_entra_tokens
 from orchestrator.core.errors import ConfigError, UpstreamError, UpstreamThrottled, UpstreamTimeout
 from orchestrator.core.retry import parse_retry_after
+from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
+from orchestrator.utilisation.estimate.calibration import (
+    UTILISATION_HEADER,
+    parse_utilisation,
+)
 
 if TYPE_CHECKING:
     import httpx2
@@ -29,8 +34,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-PRIORITY_HEADER = "x-ptu-priority"
-UTILISATION_HEADER = "azure-openai-deployment-utilization"
 CONNECTION_FAILED_STATUS = 503
 """Status recorded when no response arrived at all (retryable, like a 5xx)."""
 
@@ -83,16 +86,6 @@ class Upstream(Protocol):
 
     async def close(self) -> None:
         """Release the HTTP client and credentials."""
-
-
-def parse_utilisation(raw: str | None) -> float | None:
-    """`"42.5%"` → 0.425; None when absent or malformed (the header is only a hint)."""
-    if raw is None:
-        return None
-    try:
-        return float(raw.strip().removesuffix("%")) / 100.0
-    except ValueError:
-        return None
 
 
 def _error_body(response: httpx2.Response) -> dict[str, object]:
@@ -156,7 +149,7 @@ class AzureUpstream:
             "api_version": settings.azure_openai_api_version,
             "max_retries": 0,
             "timeout": settings.request_timeout_s,
-            "default_headers": {PRIORITY_HEADER: priority},
+            "default_headers": {PRIORITY_LABEL_HEADER: priority},
             "http_client": http_client,
         }
         tokens: EntraTokens | None = None

@@ -101,6 +101,9 @@ async def test_plain_call_passes_status_headers_and_records_events() -> None:
         ("admit", 10, 100, 0),
         ("complete", 11, 100, 5),
     ]
+    # the deployment's header travels with the complete event, for the calibration
+    assert [e.utilisation for e in sink.events] == [None, 0.425]
+    assert sink.events[1].retry_after_ms is None
 
 
 async def test_429_without_spillover_reaches_the_client_with_retry_headers() -> None:
@@ -115,6 +118,27 @@ async def test_429_without_spillover_reaches_the_client_with_retry_headers() -> 
         ("admit", 0, 10),
         ("complete", 0, 0),
     ]
+    assert sink.events[1].retry_after_ms == 1500  # ">= 100 % for 1.5 s"
+
+
+async def test_a_stream_is_observed_at_its_first_byte() -> None:
+    def sse(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(
+            200,
+            content=b'data: {"choices":[]}\n\ndata: [DONE]\n\n',
+            headers={"content-type": "text/event-stream",
+                     "azure-openai-deployment-utilization": "61%"},
+        )  # fmt: skip
+
+    sink = Sink()
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(sse))
+    events = TokenEvents(sink, clock=lambda: 1000.0)
+    proxy = Proxy(client, ApiKeyAuth("key"), events, IngressMetrics(), spillover_wait_ms=0)
+    call = _call(PTU)
+    call.stream = True
+    await proxy.forward(call)  # the headers arrived: the stream has not been relayed yet
+    await events.drain()
+    assert [(e.phase, e.utilisation) for e in sink.events] == [("admit", None), ("observe", 0.61)]
 
 
 async def test_429_spills_to_the_standard_deployment() -> None:
