@@ -17,16 +17,6 @@ T0 = 1_800_000_000 - 1_800_000_000 % 60
 """A minute boundary, 2027-01-15."""
 
 
-class FakeClock:
-    """The server's notion of now, moved by the test."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class StaticCredential:
     """The smallest AsyncTokenCredential: azure-core's bearer policy only calls get_token."""
 

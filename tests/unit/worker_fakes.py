@@ -21,25 +21,10 @@ from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.static import StaticSource
 from orchestrator.worker.dispatch import DispatchConfig, Dispatcher
 from orchestrator.worker.upstream import UpstreamResponse
+from tests.support.clock import FakeClock
 
 DEPLOYMENT = DeploymentConfig(name="dep", model="gpt-4o-mini", ptus=15)
 T0 = 1_700_000_000.0
-
-
-class FakeTime:
-    """A clock that only moves when `sleep` is awaited; records every sleep."""
-
-    def __init__(self, start: float = T0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
 
 
 class Parked:
@@ -154,8 +139,8 @@ class Rig:
     results: ResultStore
     upstream: FakeUpstream
     tokens: TokenLog
-    time: FakeTime
-    throttle_time: FakeTime
+    time: FakeClock
+    throttle_time: FakeClock
     dispatcher: Dispatcher
     paused: list[float] = field(default_factory=list)
 
@@ -181,8 +166,8 @@ def make_rig(
     upstream: FakeUpstream | None = None,
 ) -> Rig:
     redis = fakeredis.FakeAsyncRedis()
-    time_ = FakeTime()
-    throttle_time = FakeTime()
+    time_ = FakeClock(T0)
+    throttle_time = FakeClock(T0)
     queue = InMemoryQueue(DEPLOYMENT.name, visibility_s=3600, clock=time_.clock)
     source = StaticSource({DEPLOYMENT.name: utilisation}, clock=throttle_time.clock)
     throttle = Throttle(
