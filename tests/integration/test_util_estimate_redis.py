@@ -8,25 +8,14 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.utilisation.estimate.store import EstimateStore
+from tests.support.token_events import event
 
 # 10 PTU x 600 TPM = 100 tokens/s; window 10 s -> 100 % = 1,000 tokens; output weight 2
 DEPLOYMENT = DeploymentConfig(
     name="d", model="custom", ptus=10, input_tpm_per_ptu=600, output_weight=2
 )
-
-
-def event(rid: str, phase: str, prompt: int, **kw: int) -> TokenEvent:
-    return TokenEvent(
-        request_id=rid,
-        deployment="d",
-        phase=phase,
-        timestamp=time.time(),
-        prompt_tokens=prompt,
-        **kw,
-    )  # type: ignore[arg-type]
 
 
 async def test_server_clock_drains_the_bucket(redis: aioredis.Redis) -> None:
