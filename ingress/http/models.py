@@ -28,7 +28,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from ingress.http.errors import ApiError, invalid
+from ingress.http.errors import ApiError, ErrorEnvelope, invalid
 from orchestrator.core.results import RequestStatus
 from orchestrator.core.schemas import PRIORITIES, PRIORITY_HEADER, Priority
 
@@ -42,6 +42,7 @@ BatchEndpoint = Literal["/v1/chat/completions", "/chat/completions"]
 """What a batch line may call (its `url`) and a batch names as its `endpoint`."""
 
 M = TypeVar("M", bound=BaseModel)
+__all__ = ["ErrorEnvelope"]  # the error answer's model lives with the error type
 
 
 class _Body(BaseModel):
@@ -278,16 +279,3 @@ class Health(BaseModel):
 
     status: Literal["ok"]
     redis: Literal["ok", "unavailable"]
-
-
-class ErrorDetail(BaseModel):
-    code: str | None
-    message: str
-    type: str
-    param: str | None = None
-
-
-class ErrorEnvelope(BaseModel):
-    """Every error answer: OpenAI's envelope, so SDK clients raise their typed errors."""
-
-    error: ErrorDetail

@@ -39,6 +39,7 @@ DEPLOYMENTS: list[dict[str, Any]] = [
     {"name": "ptu", "model": "gpt-4o-mini", "ptus": 15, "spillover": "paygo"},
     {"name": "paygo", "model": "gpt-4o-mini", "kind": "standard", "tpm": 100_000_000},
 ]
+STREAM_CAP = 256
 NAMESPACE_CHECKED = frozenset({"x-reply-key"})
 """Parameters with a rule the schema cannot state (the key must be in the caller's namespace)."""
 
@@ -97,7 +98,22 @@ def _params_of(case: Any) -> Mapping[str, object]:
     return {**(case.headers or {}), **(case.query or {})}
 
 
+def _bounded_output(case: Any) -> None:
+    """Cap a streamed completion's length: the simulator would stream every token asked for.
+
+    (A real deployment refuses a limit above the model's output maximum; the
+    ingress passes a streaming request's limit through as sent, by design.)
+    """
+    body = case.body
+    if isinstance(body, dict) and body.get("stream") is True:
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = body.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > STREAM_CAP:
+                body[name] = STREAM_CAP
+
+
 def _check(case: Any, stack: IngressThread, store: redis.Redis, mode: GenerationMode) -> None:
+    _bounded_output(case)
     response = case.call(base_url=stack.url, timeout=30)
     status = response.status_code
     where = f"{case.method} {case.formatted_path} {case.headers} {case.query}"
