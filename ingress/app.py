@@ -36,7 +36,7 @@ from ingress.chat.credentials import UpstreamAuth, upstream_auth
 from ingress.chat.proxy import Proxy
 from ingress.chat.routes import ChatRoutes
 from ingress.chat.targets import make_client, targets
-from ingress.chat.token_events import TokenEvents, TokenSink
+from ingress.chat.token_events import TokenEvents
 from ingress.http import errors
 from ingress.http.auth import Authenticator
 from ingress.http.models import Health
@@ -48,6 +48,8 @@ from orchestrator.core.results import ResultStore
 from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue
+from orchestrator.utilisation.base import TokenRecorder
+from orchestrator.utilisation.estimate.calibration import params_for
 from orchestrator.utilisation.estimate.store import EstimateStore
 
 log = structlog.get_logger(__name__)
@@ -91,7 +93,7 @@ def _parts(
     redis: aioredis.Redis | None,
     http_client: httpx2.AsyncClient | None,
     queues: Mapping[str, Queue] | None,
-    token_sink: TokenSink | None,
+    token_sink: TokenRecorder | None,
     auth: UpstreamAuth | None,
     clock: Callable[[], float],
 ) -> _Parts:
@@ -121,6 +123,7 @@ def _parts(
             window_s=settings.estimate_window_s,
             max_age_s=settings.estimate_max_age_s,
             clock=clock,
+            calibration=params_for(settings.calibration),
         )
         token_sink = estimate
     return _Parts(
@@ -141,7 +144,7 @@ def create_app(
     redis: aioredis.Redis | None = None,
     http_client: httpx2.AsyncClient | None = None,
     queues: Mapping[str, Queue] | None = None,
-    token_sink: TokenSink | None = None,
+    token_sink: TokenRecorder | None = None,
     auth: UpstreamAuth | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
@@ -169,8 +172,7 @@ def create_app(
     work = BatchWork(
         results, proxy, deployments,
         query="?api-version=" + quote(settings.azure_openai_api_version),
-        concurrency=settings.max_concurrency, max_attempts=settings.max_attempts,
-        backoff_max_s=settings.backoff_max_s, clock=clock,
+        concurrency=settings.max_concurrency, retry=settings.retry_policy(), clock=clock,
     )  # fmt: skip
     file_routes = FileRoutes(files, tenants, deployments)
     batches = BatchRoutes(

@@ -7,13 +7,14 @@ import json
 import pytest
 
 from ingress.chat.governance import check_chat_body, govern
-from ingress.chat.proxy import forwarded_headers, passed_headers, retry_after_ms
+from ingress.chat.proxy import forwarded_headers, passed_headers
 from ingress.http.auth import DEFAULT_TENANT, Authenticator, is_loopback
 from ingress.http.errors import ApiError, envelope, error_type
 from ingress.http.models import MAX_WAIT_S, parse_priority
 from ingress.http.models import parse_ttl as ttl_for
 from ingress.http.models import parse_wait as wait_for
 from ingress.queued.enqueue import reply_key_for
+from orchestrator.core.retry import parse_retry_after
 
 
 @pytest.mark.parametrize(
@@ -227,10 +228,11 @@ def test_chat_bodies_the_api_allows_pass(body: dict[str, object]) -> None:
 def test_retry_after_prefers_milliseconds() -> None:
     import httpx2
 
-    assert retry_after_ms(httpx2.Headers({"retry-after-ms": "250", "retry-after": "1"})) == 250
-    assert retry_after_ms(httpx2.Headers({"retry-after": "2"})) == 2000
-    assert retry_after_ms(httpx2.Headers({"retry-after-ms": "x"})) is None
-    assert retry_after_ms(httpx2.Headers({})) is None
+    # the proxy reads upstream headers as httpx2.Headers (case-insensitive)
+    assert parse_retry_after(httpx2.Headers({"Retry-After-Ms": "250", "retry-after": "1"})) == 0.25
+    assert parse_retry_after(httpx2.Headers({"retry-after": "2"})) == 2.0
+    assert parse_retry_after(httpx2.Headers({"retry-after-ms": "x"})) is None
+    assert parse_retry_after(httpx2.Headers({})) is None
 
 
 def test_header_filters() -> None:
