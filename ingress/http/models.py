@@ -28,7 +28,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from ingress.http.errors import ApiError, ErrorEnvelope, invalid
+from ingress.http.errors import ApiError, invalid
 from orchestrator.core.results import RequestStatus
 from orchestrator.core.schemas import PRIORITIES, PRIORITY_HEADER, Priority
 
@@ -42,7 +42,6 @@ BatchEndpoint = Literal["/v1/chat/completions", "/chat/completions"]
 """What a batch line may call (its `url`) and a batch names as its `endpoint`."""
 
 M = TypeVar("M", bound=BaseModel)
-__all__ = ["ErrorEnvelope"]  # the error answer's model lives with the error type
 
 
 class _Body(BaseModel):

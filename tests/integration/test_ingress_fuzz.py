@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from ingress.app import create_app
-from ingress.http.models import ErrorEnvelope, QueuedRequestStatus
+from ingress.http.errors import ErrorEnvelope
+from ingress.http.models import QueuedRequestStatus
 from ingress.http.openapi import JSON, Operation, documented_routes
 from ingress.server import IngressThread
 from orchestrator.core import keys
