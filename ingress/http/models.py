@@ -279,16 +279,3 @@ class Health(BaseModel):
 
     status: Literal["ok"]
     redis: Literal["ok", "unavailable"]
-
-
-class ErrorDetail(BaseModel):
-    code: str | None
-    message: str
-    type: str
-    param: str | None = None
-
-
-class ErrorEnvelope(BaseModel):
-    """Every error answer: OpenAI's envelope, so SDK clients raise their typed errors."""
-
-    error: ErrorDetail
