@@ -45,7 +45,9 @@ level at all). The deployment tells the truth itself, so a reading is
   miss costs interactive 429s, slower (`tau_down`) when it is emptier, so the header's
   noise averages out and leans safe. A trend `v` (an alpha-beta filter) follows errors
   that grow steadily, which is what a wrong capacity or unseen traffic does to a
-  bucket; it extrapolates at most 1 s past the newest signal.
+  bucket; it extrapolates at most 1 s past the newest signal, and while it rises a
+  reading looks `lookahead_s` ahead (where the level is going: a sticky, sliding-window
+  deployment cannot shed load as fast as our bucket drains it).
 - every 429, of any priority: the deployment is at or above 100 % now and until
   `retry-after-ms`. The reading is at least 1.0 until then (`floor`), and `c` becomes
   at least `1 - model`: without headers, this is how the estimate learns load it
