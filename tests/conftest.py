@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator.testing.embedded_redis import EmbeddedRedis
+from bench.harness.embedded_redis import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

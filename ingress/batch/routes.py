@@ -50,6 +50,7 @@ from ingress.http.models import (
 from ingress.http.openapi import Reply, operation
 from ingress.metrics import IngressMetrics
 from ingress.queued.enqueue import Enqueuer
+from orchestrator.core import keys
 from orchestrator.core.schemas import PRIORITY_HEADER, QueuedRequest
 from orchestrator.core.settings import Settings
 
@@ -113,7 +114,7 @@ class BatchRoutes:
         first = lines[0] if lines else None
         if first is not None:
             await self._limits.admit(tenant, first.deployment, priority, batch_id, first.body)
-        reply_key = f"ptu:reply:{tenant}:{batch_id}"
+        reply_key = keys.tenant_reply(tenant, batch_id)
         reqs = [self._request(line, tenant, batch_id, reply_key) for line in lines]
         now = self._clock()
         fields = {

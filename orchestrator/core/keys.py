@@ -99,6 +99,21 @@ def tenant_batches(tenant: str) -> str:
     return f"{PREFIX}:tenant-batches:{tenant}"
 
 
+def reply(request_id: str) -> str:
+    """Default reply list of a request whose requester named none (DESIGN.md §5)."""
+    return f"{PREFIX}:reply:{request_id}"
+
+
+def tenant_reply_prefix(tenant: str) -> str:
+    """Start of every reply key a tenant may name itself (`x-reply-key`, batch replies)."""
+    return f"{PREFIX}:reply:{tenant}:"
+
+
+def tenant_reply(tenant: str, suffix: str) -> str:
+    """A reply list in a tenant's namespace, e.g. the one of a batch."""
+    return tenant_reply_prefix(tenant) + suffix
+
+
 def tenant_queue(deployment: str, tenant: str) -> str:
     """Redis Stream of one tenant's low-priority requests for a deployment.
 

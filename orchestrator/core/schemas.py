@@ -19,11 +19,6 @@ PRIORITY_LABEL_HEADER = "x-ptu-priority"
 apart (`/sim/state` per priority); never read by the ingress and never a routing decision."""
 
 
-def default_reply_key(request_id: str) -> str:
-    """The reply key used when the requester names none (DESIGN.md §5)."""
-    return f"ptu:reply:{request_id}"
-
-
 class QueuedRequest(BaseModel):
     """A low-priority chat completion waiting for idle PTU capacity."""
 

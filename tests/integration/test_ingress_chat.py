@@ -327,7 +327,7 @@ async def test_queue_unavailable_is_503_and_nothing_half_enqueued(
 
 
 async def test_redis_unreachable_is_503(sim: SimulatorThread) -> None:
-    from orchestrator.testing.embedded_redis import free_port
+    from orchestrator.core.serving import free_port
 
     settings = _settings(f"redis://127.0.0.1:{free_port()}/0", sim)
     with IngressThread(settings) as down:

@@ -17,8 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
+from orchestrator.core import keys
 from orchestrator.core.results import ResultStore
-from orchestrator.core.schemas import QueuedRequest, ResultDocument, default_reply_key
+from orchestrator.core.schemas import QueuedRequest, ResultDocument
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.factory import make_queue
 from orchestrator.tenants.config import Tenancy, TenantConfig
@@ -75,7 +76,7 @@ async def enqueue(
             deployment=DEP,
             body={"messages": MESSAGES, "max_tokens": max_tokens},
             tenant=tenant,
-            reply_key=default_reply_key(rid),
+            reply_key=keys.reply(rid),
             enqueued_at=now,
             deadline=now + 600,
         )

