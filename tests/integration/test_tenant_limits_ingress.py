@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx2
 import pytest
 
-from orchestrator.testing.embedded_redis import free_port
+from orchestrator.core.serving import free_port
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
 
