@@ -44,6 +44,7 @@ from ingress.http.openapi import openapi_document
 from ingress.metrics import IngressMetrics
 from ingress.queued.enqueue import Enqueuer
 from ingress.queued.requests import RequestsApi
+from orchestrator.core import redis_client
 from orchestrator.core.results import ResultStore
 from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
@@ -105,10 +106,12 @@ def _parts(
     if redis is None:
         # a blocking pool waits for a free connection instead of failing at 100 in use;
         # every long-poll (`?wait=`) holds one connection while it waits
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_WAIT_S
+        redis = redis_client.connect(
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            pool_timeout_s=REDIS_POOL_WAIT_S,
         )
-        redis = aioredis.Redis.from_pool(pool)
     provisioned = [d for d in settings.deployments if d.kind == "provisioned"]
     if queues is None:
         consumer = f"ingress-{socket.gethostname()}-{os.getpid()}"

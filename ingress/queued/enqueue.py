@@ -8,8 +8,8 @@ is put; if the put fails the record is deleted and the client gets 503 with
 `x-reply-key` (optional) names the Redis list the result is pushed to; it must
 lie in the caller's namespace, `ptu:reply:<tenant>:<anything>`, so a tenant can
 never write into another tenant's keys. Without it the reply key is
-`ptu:reply:<request id>`. `x-ptu-ttl-s` (optional, seconds) sets the deadline,
-default `PTU_DEFAULT_TTL_S`.
+`ptu:reply:{<request id>}` (in the request's Redis Cluster slot). `x-ptu-ttl-s`
+(optional, seconds) sets the deadline, default `PTU_DEFAULT_TTL_S`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ log = structlog.get_logger(__name__)
 
 MAX_TTL_S = 30 * 86_400.0
 RETRY_AFTER_S = "2"
-_REPLY_KEY_CHARS = re.compile(r"[!-~]{1,200}")
+_REPLY_KEY_CHARS = re.compile(r"[!-z|~]{1,200}")
+"""Printable ASCII without spaces and without braces: a brace would change the key's
+Redis Cluster slot, which `keys.reply_pushed` must share."""
 
 
 def new_request_id() -> str:
@@ -57,7 +59,7 @@ def reply_key_for(header: str | None, tenant: str, request_id: str) -> str:
     ):
         raise bad_request(
             f"x-reply-key must start with {prefix!r}, add a suffix, and be at most 200 "
-            "printable characters without spaces",
+            "printable characters without spaces or braces",
             code="invalid_reply_key",
             param="x-reply-key",
         )

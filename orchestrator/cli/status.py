@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from orchestrator.core import keys
+from orchestrator.core import keys, redis_client
 from orchestrator.core.errors import PTUError, QueueUnavailable, UtilisationUnavailable
 from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         console = Console(width=160)  # piped output: do not squeeze the columns to 80
 
     async def main(stop: asyncio.Event) -> int:
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
         source = make_source(settings, redis)
         name = settings.utilization_source
         try:

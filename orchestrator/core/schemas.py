@@ -6,12 +6,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from orchestrator.core import keys
+
 ResultStatus = Literal["completed", "failed", "expired"]
 
 
 def default_reply_key(request_id: str) -> str:
     """The reply key used when the requester names none (DESIGN.md §5)."""
-    return f"ptu:reply:{request_id}"
+    return keys.default_reply(request_id)
 
 
 class QueuedRequest(BaseModel):

@@ -31,3 +31,14 @@ def read_entries(reply: Any) -> list[Entry]:
     if raw and isinstance(raw[0], list):  # RESP3 legacy shape wraps the entry list once more
         raw = raw[0]
     return entries(raw)
+
+
+def script_entries(raw: Any) -> list[Entry]:
+    """Entries as a Lua script returns them: `[id, [field, value, ...]]`, deleted ones skipped."""
+    out: list[Entry] = []
+    for item in raw or []:
+        if not item or len(item) < 2 or not item[1]:
+            continue
+        flat = [text(v) for v in item[1]]
+        out.append((text(item[0]), dict(zip(flat[::2], flat[1::2], strict=True))))
+    return out

@@ -50,6 +50,17 @@ class Queue(Protocol):
         offset whose predecessors are all acknowledged.
         """
 
+    async def release(self, delivery: Delivery) -> None:
+        """Give an unfinished delivery back for immediate redelivery (to any consumer).
+
+        For a worker that gave up on a message without a result (its result write
+        failed, the dispatch raised, it is shutting down): the message is delivered
+        again without waiting for this consumer to die, and the attempt counts
+        (the next delivery's `delivery_count` is higher). Idempotent; releasing an
+        acknowledged delivery does nothing. Raises QueueUnavailable when the backend
+        cannot be reached: the message then comes back as a dead consumer's would.
+        """
+
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move a delivery to the dead-letter store with a reason, then ack it."""
 

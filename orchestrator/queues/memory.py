@@ -82,6 +82,13 @@ class InMemoryQueue:
         """Forget the message for good; acking twice or after redelivery is harmless."""
         self._entries.pop(delivery.token, None)
 
+    async def release(self, delivery: Delivery) -> None:
+        """Make the entry visible again now; its next delivery counts one more."""
+        entry = self._entries.get(delivery.token)
+        if entry is not None:
+            entry.visible_at = self._clock()
+            self._changed.set()
+
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Record the message with its reason in `dead_letters`, then ack it."""
         if delivery.token in self._entries:

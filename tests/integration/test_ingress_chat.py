@@ -206,7 +206,7 @@ async def test_openai_shape_low_priority_with_ttl(
         headers={"x-priority": "low", "x-ptu-ttl-s": "30"},
     )
     assert resp.status_code == 202
-    assert resp.json()["reply_key"] == f"ptu:reply:{resp.json()['id']}"
+    assert resp.json()["reply_key"] == keys.default_reply(resp.json()["id"])
     msg = await _stand_in_worker(redis)
     assert msg.deadline - msg.enqueued_at == pytest.approx(30)
     assert msg.body["max_tokens"] == 2000

@@ -71,6 +71,10 @@ class LowWaterMark(Generic[T]):
             advanced = self._items.pop(head)
         return advanced
 
+    def holds(self, key: str) -> bool:
+        """True while `key` is tracked and not yet acknowledged."""
+        return key in self._items and key not in self._done
+
     def __len__(self) -> int:
         return len(self._order)
 
@@ -120,6 +124,7 @@ class EventHubsQueue:
         self._buffer: asyncio.Queue[_Received] = asyncio.Queue(maxsize=buffer_size)
         self._marks: dict[str, LowWaterMark[tuple[PartitionContext, EventData]]] = {}
         self._generation: dict[str, int] = {}
+        self._released: deque[_Received] = deque()
         self._receiver: asyncio.Task[None] | None = None
         self._closers: list[Any] = []
 
@@ -154,6 +159,10 @@ class EventHubsQueue:
         out: list[Delivery] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout_s)
+        while self._released and len(out) < max_count:
+            again = self._released.popleft()
+            if self._generation.get(again.partition_id) == again.generation:
+                out.append(again.delivery)
         while not out:
             remaining = deadline - loop.time()
             try:
@@ -184,6 +193,17 @@ class EventHubsQueue:
         context, event = advanced
         async with _mapped("checkpoint", self.eventhub):
             await context.update_checkpoint(event)
+
+    async def release(self, delivery: Delivery) -> None:
+        """Hand the event to this consumer's next `receive` (Event Hubs cannot redeliver one
+        event); the checkpoint stays behind it. Dropped when the partition moved away."""
+        partition_id, offset = delivery.token.split(":", 1)
+        mark = self._marks.get(partition_id)
+        if mark is None or not mark.holds(offset):
+            return
+        count = await self._count_delivery(partition_id, offset)
+        again = Delivery(message=delivery.message, token=delivery.token, delivery_count=count)
+        self._released.append(_Received(again, partition_id, self._generation.get(partition_id, 0)))
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """XADD the message and reason to the Redis dead-letter stream, then ack."""

@@ -1,9 +1,10 @@
 -- A deployment's bucket drained up to now, and how old that knowledge is.
--- KEYS[1] bucket hash; KEYS[2] the token-event stream.
+-- KEYS[1] bucket hash (one key: the token-event stream is another Cluster slot, so the
+-- caller reads the stream lag after this script).
 -- ARGV: drain per second, now in epoch seconds ('' = the server's TIME).
--- Returns nil when no feeder ever wrote the bucket, else {level, heartbeat age, lag age}
--- as strings: heartbeat age is -1 without a heartbeat; lag age is how long the oldest
--- stream entry not yet folded in (after the bucket's `applied` id) has waited, else 0.
+-- Returns nil when no feeder ever wrote the bucket, else {level, heartbeat age, now,
+-- applied} as strings: heartbeat age is -1 without a heartbeat; `now` is the clock the
+-- script used (epoch s); `applied` is the newest token-event id folded in, or ''.
 local function now_s(arg)
   if arg ~= '' then return tonumber(arg) end
   local t = redis.call('TIME')
@@ -18,16 +19,5 @@ level = math.max(0, level - tonumber(ARGV[1]) * math.max(0, now - at))
 local hb = redis.call('HGET', KEYS[1], 'hb')
 local hb_age = '-1'
 if hb then hb_age = tostring(math.max(0, now - tonumber(hb))) end
-local applied = redis.call('HGET', KEYS[1], 'applied')
-local first
-if applied then
-  first = redis.call('XRANGE', KEYS[2], '(' .. applied, '+', 'COUNT', 1)
-else
-  first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-end
-local lag_age = 0
-if #first > 0 then
-  local ms = tonumber(string.match(first[1][1], '^(%d+)'))
-  lag_age = math.max(0, now - ms / 1000)
-end
-return {tostring(level), hb_age, tostring(lag_age)}
+local applied = redis.call('HGET', KEYS[1], 'applied') or ''
+return {tostring(level), hb_age, tostring(now), applied}

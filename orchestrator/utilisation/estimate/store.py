@@ -134,11 +134,12 @@ class EstimateStore:
         entry it has folded in; older entries still unapplied make readings stale.
         Raises UtilisationUnavailable when Redis cannot be reached.
         """
-        names = [keys.estimate(n) for n in self._deployments]
-        if not names:
-            return
         try:
-            await self._heartbeat(keys=names, args=[self._now_arg(), applied or ""])
+            for name in self._deployments:
+                # one call per deployment: each bucket is in its own Cluster slot
+                await self._heartbeat(
+                    keys=[keys.estimate(name)], args=[self._now_arg(), applied or ""]
+                )
         except RedisError as exc:
             raise UtilisationUnavailable(f"estimate heartbeat failed: {exc}") from exc
 
@@ -169,18 +170,30 @@ class EstimateStore:
         local_now = self._clock()
         now_arg = repr(local_now) if self._time_source == "clock" else ""
         try:
-            reply = await self._read(
-                keys=[keys.estimate(deployment), keys.TOKEN_EVENTS], args=[repr(rate), now_arg]
-            )
+            reply = await self._read(keys=[keys.estimate(deployment)], args=[repr(rate), now_arg])
+            if reply is None:
+                raise UtilisationUnavailable(f"estimate {deployment}: no feeder has written it yet")
+            level, heartbeat_age, server_now = (float(x) for x in reply[:3])
+            lag_age = await self._lag_age(_text(reply[3]), server_now)
         except RedisError as exc:
             raise UtilisationUnavailable(f"estimate {deployment}: read failed: {exc}") from exc
-        if reply is None:
-            raise UtilisationUnavailable(f"estimate {deployment}: no feeder has written it yet")
-        level, heartbeat_age, lag_age = (float(x) for x in reply)
         if heartbeat_age < 0:
             raise UtilisationUnavailable(f"estimate {deployment}: no feeder heartbeat yet")
         age = max(heartbeat_age, lag_age)
         return Reading(level / (rate * self.window_s), local_now - age, SOURCE)
+
+    async def _lag_age(self, applied: str, now: float) -> float:
+        """How long the oldest token event after `applied` has waited (0 when none).
+
+        Read after the bucket, not with it (another slot): an event folded in
+        meanwhile can only make the reading look older, never fresher.
+        """
+        start = f"({applied}" if applied else "-"
+        first = await self._redis.xrange(keys.TOKEN_EVENTS, start, "+", count=1)
+        if not first:
+            return 0.0
+        entry_ms = int(_text(first[0][0]).split("-", 1)[0])
+        return max(0.0, now - entry_ms / 1000.0)
 
     async def close(self) -> None:
         """Nothing to release: the Redis client belongs to the caller."""
@@ -188,6 +201,10 @@ class EstimateStore:
     def __repr__(self) -> str:
         names = ",".join(self._deployments)
         return f"<EstimateStore deployments={names} window_s={self.window_s:g}>"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def publish(redis: aioredis.Redis, event: TokenEvent) -> None:
