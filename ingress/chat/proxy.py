@@ -137,7 +137,8 @@ class Proxy:
         resp, used, admitted = await self._send_spilling(call, headers)
         if used is not call.target:
             self._metrics.spillover(call.target.name, used.name)
-        if call.stream and resp.status_code == 200 and _is_sse(resp):
+        # The request decides: some upstreams stream without `text/event-stream`.
+        if call.stream and resp.status_code == 200:
             sse = SSEFilter(strip_usage=call.strip_usage)
             return UpstreamStream(resp, sse, call, used, admitted, self)
         content = await resp.aread() if call.stream else resp.content
@@ -235,7 +236,10 @@ class UpstreamStream(Response):
     ) -> None:
         self.status_code = upstream.status_code
         self.background = None
-        self.raw_headers = passed_headers(upstream.headers.raw)
+        self.raw_headers = [
+            (k, v) for k, v in passed_headers(upstream.headers.raw) if k != b"content-type"
+        ]
+        self.raw_headers.append((b"content-type", b"text/event-stream"))
         if used is not call.target:
             self.raw_headers.append((b"x-ptu-spillover", used.name.encode()))
         self._upstream = upstream
@@ -265,10 +269,6 @@ class UpstreamStream(Response):
             await self._upstream.aclose()
             usage = sse.usage or _approximate_usage(self._call, sse)
             self._proxy.finished(self._admitted, self._call, self._used, usage)
-
-
-def _is_sse(resp: httpx2.Response) -> bool:
-    return resp.headers.get("content-type", "").startswith("text/event-stream")
 
 
 def _usage_of(content: bytes) -> dict[str, Any] | None:
