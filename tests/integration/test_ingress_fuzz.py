@@ -26,6 +26,7 @@ from orchestrator.core import keys
 from orchestrator.core.settings import load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
+from tests import redis_mode
 
 MAX_EXAMPLES = 10
 DEPLOYMENTS: list[dict[str, Any]] = [
@@ -55,7 +56,7 @@ def stack(redis_url: str) -> Iterator[IngressThread]:
 
 @pytest.fixture(scope="module")
 def store(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    client = redis_mode.connect_sync(redis_url)
     yield client
     client.close()
 

@@ -14,6 +14,7 @@ from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.queues.redis_streams import RedisStreamsQueue
 from orchestrator.testing.embedded_redis import free_port
+from tests import redis_mode
 from tests.integration.test_queue_contract import DEPLOYMENT, request
 
 
@@ -22,7 +23,7 @@ async def short_timeout_client(
     redis_url: str, redis: aioredis.Redis
 ) -> AsyncIterator[aioredis.Redis]:
     """A client whose socket timeout (0.4 s) is far shorter than the waits below."""
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=0.4)
+    client = redis_mode.connect(redis_url, socket_timeout=0.4)
     try:
         yield client
     finally:

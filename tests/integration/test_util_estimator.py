@@ -18,6 +18,7 @@ from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.estimator.redis_stream import GROUP, Estimator
 from orchestrator.utilisation.estimate.store import EstimateStore, publish
+from tests import redis_mode
 
 # 10 PTU x 600 TPM = 100 tokens/s; window 100 s -> 100 % = 10,000 tokens; output weight 2
 DEPLOYMENT = DeploymentConfig(
@@ -99,7 +100,7 @@ async def test_old_entries_are_acknowledged_unapplied(redis: aioredis.Redis) -> 
 
 
 async def test_idle_blocking_read_survives_a_short_socket_timeout(redis_url: str) -> None:
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=1.5)
+    client = redis_mode.connect(redis_url, socket_timeout=1.5)
     try:
         await client.flushdb()
         est = Estimator(client, store(client), consumer="c1", block_ms=1000)

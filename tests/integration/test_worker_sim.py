@@ -31,6 +31,7 @@ from orchestrator.worker.upstream import AzureUpstream
 from simulator.config import SimConfig
 from simulator.openai import tokens
 from simulator.server import SimulatorThread
+from tests import redis_mode
 
 DEP = "dep"
 MESSAGES = [{"role": "user", "content": "Summarise the quarterly report in one line."}]
@@ -262,7 +263,7 @@ async def test_blocking_read_longer_than_the_socket_timeout_survives(
     sim: SimulatorThread, redis_url: str, http: httpx2.AsyncClient
 ) -> None:
     # a client with a 1 s socket timeout, a worker whose receive waits 3 s, idle for 2.5 s
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=1.0)
+    client = redis_mode.connect(redis_url, socket_timeout=1.0)
     await client.flushdb()
     timing = WorkerTiming(receive_timeout_s=3.0, heartbeat_s=0.5, drain_timeout_s=2)
     try:
