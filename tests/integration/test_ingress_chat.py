@@ -21,6 +21,7 @@ from orchestrator.core.settings import Settings, load_settings
 from orchestrator.queues.redis_streams import RedisStreamsQueue
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
+from tests import redis_mode
 
 API_VERSION = "2024-10-21"
 MESSAGES: Any = [{"role": "user", "content": "Say hello to the provisioned deployment."}]
@@ -45,6 +46,7 @@ def sim() -> Iterator[SimulatorThread]:
 def _settings(redis_url: str, sim: SimulatorThread, **extra: Any) -> Settings:
     return load_settings(
         redis_url=redis_url,
+        redis_cluster=redis_mode.CLUSTER,
         azure_openai_endpoint=sim.url,
         azure_openai_api_key="resource-key",
         deployments=DEPLOYMENTS,

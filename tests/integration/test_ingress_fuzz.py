@@ -45,6 +45,7 @@ def stack(redis_url: str) -> Iterator[IngressThread]:
     with SimulatorThread(config) as sim:
         settings = load_settings(
             redis_url=redis_url,
+            redis_cluster=redis_mode.CLUSTER,
             azure_openai_endpoint=sim.url,
             azure_openai_api_key="k",
             deployments=DEPLOYMENTS,

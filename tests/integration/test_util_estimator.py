@@ -131,7 +131,7 @@ async def test_run_applies_until_stopped(redis: aioredis.Redis) -> None:
 async def test_cli_runs_until_sigterm(redis: aioredis.Redis, redis_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PTU_")}
     env |= {
-        "PTU_REDIS_URL": redis_url,
+        **redis_mode.env(redis_url),
         "PTU_DEPLOYMENTS": json.dumps([DEPLOYMENT.model_dump(exclude_none=True)]),
         "PTU_ESTIMATE_WINDOW_S": "100",
     }

@@ -58,6 +58,7 @@ async def http(sim: SimulatorThread) -> AsyncIterator[httpx2.AsyncClient]:
 def make_settings(sim: SimulatorThread, redis_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "redis_url": redis_url,
+        "redis_cluster": redis_mode.CLUSTER,
         "deployments": [DeploymentConfig(name=DEP, model="gpt-4o-mini", ptus=15)],
         "azure_openai_endpoint": sim.url,
         "azure_openai_api_key": SecretStr("k"),
