@@ -84,11 +84,15 @@ def ttl_for(header: str | None, default: float) -> float:
 
 
 def unavailable(detail: str) -> ApiError:
-    """The 503 answered when the queue (or its Redis) cannot take a request."""
+    """The 503 answered when the queue (or its Redis) cannot take a request.
+
+    `detail` is logged, never answered: it names internal hosts and ports.
+    """
+    log.warning("queue_unavailable", detail=detail[:500])
     return ApiError(
         503,
         "queue_unavailable",
-        f"the queue is unavailable, nothing was enqueued; retry later ({detail[:200]})",
+        "the queue is unavailable, nothing was enqueued; retry later",
         headers={"retry-after": RETRY_AFTER_S},
     )
 
@@ -156,6 +160,10 @@ class Enqueuer:
             await self._forget(req.id)
             log.warning("enqueue_failed", request_id=req.id, deployment=req.deployment)
             raise unavailable(str(exc)) from exc
+        except BaseException:
+            # not accepted, so no record may stay behind to answer "queued" for days
+            await asyncio.shield(self._forget(req.id))
+            raise
         self._metrics.enqueued(req.deployment)
         log.debug("request_enqueued", request_id=req.id, deployment=req.deployment)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import structlog
 
 from orchestrator.core.schemas import QueuedRequest
-from orchestrator.queues.base import Delivery
+from orchestrator.queues.base import Delivery, read_delivery
 
 log = structlog.get_logger(__name__)
 
@@ -48,8 +48,8 @@ class InMemoryQueue:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
-        self.dead_letters: list[tuple[QueuedRequest, str]] = []
-        """(message, reason) of every dead-lettered delivery, oldest first."""
+        self.dead_letters: list[tuple[QueuedRequest | None, str]] = []
+        """(message, reason) of every dead-lettered delivery, oldest first (None: unreadable)."""
 
     async def put(self, message: QueuedRequest) -> None:
         """Append a message; stored as JSON like the real backends."""
@@ -123,8 +123,12 @@ class InMemoryQueue:
                 continue
             entry.deliveries += 1
             entry.visible_at = now + self.visibility_s
-            message = QueuedRequest.model_validate_json(entry.payload)
-            out.append(Delivery(message=message, token=token, delivery_count=entry.deliveries))
+            delivery = read_delivery(entry.payload, token, entry.deliveries, self.deployment)
+            if delivery is None:
+                self.dead_letters.append((None, "unreadable message without a request id"))
+                del self._entries[token]
+                break  # the dict changed: the next receive goes on
+            out.append(delivery)
         return out
 
     def _next_visible(self) -> float | None:

@@ -35,13 +35,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
 from orchestrator.core import keys, redis_client, stream_entries
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.schemas import QueuedRequest
-from orchestrator.queues.base import Delivery
+from orchestrator.queues.base import Delivery, read_delivery
 
 log = structlog.get_logger(__name__)
 
@@ -176,7 +175,7 @@ class RedisStreamsQueue:
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """XADD the message with its reason to the dead-letter stream and ack, atomically."""
-        payload = delivery.message.model_dump_json()
+        payload = delivery.payload or delivery.message.model_dump_json()
         await self._dead_letter_raw(delivery.token, payload, reason, delivery.delivery_count)
         log.warning(
             "message_dead_lettered",
@@ -315,16 +314,15 @@ class RedisStreamsQueue:
         out: list[Delivery] = []
         for entry_id, fields in entries:
             payload = fields.get(FIELD, "")
-            try:
-                message = QueuedRequest.model_validate_json(payload)
-            except ValidationError as exc:
-                # a poison entry would be redelivered forever: park it instead
-                reason = f"unparseable message: {exc.errors()[0]['msg']}"
-                await self._dead_letter_raw(entry_id, payload, reason, counts.get(entry_id, 1))
+            count = counts.get(entry_id, 1)
+            delivery = read_delivery(payload, entry_id, count, self.deployment)
+            if delivery is None:
+                # no request id to answer: park it, a poison entry would come back forever
+                reason = "unreadable message without a request id"
+                await self._dead_letter_raw(entry_id, payload, reason, count)
                 log.error("poison_message_dead_lettered", stream=self.stream, entry_id=entry_id)
                 continue
-            count = counts.get(entry_id, 1)
-            out.append(Delivery(message=message, token=entry_id, delivery_count=count))
+            out.append(delivery)
         return out
 
     async def _dead_letter_raw(self, token: str, payload: str, reason: str, count: int) -> None:

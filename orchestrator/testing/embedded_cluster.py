@@ -47,9 +47,9 @@ class EmbeddedCluster:
             for i, client in enumerate(clients):
                 first = i * share
                 last = SLOTS - 1 if i == len(clients) - 1 else first + share - 1
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)  # type: ignore[no-untyped-call]
             for node, bus in zip(self.nodes[1:], self.bus_ports[1:], strict=True):
-                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)  # type: ignore[no-untyped-call]
             deadline = time.monotonic() + timeout_s
             while not all(_ok(c, len(clients)) for c in clients):
                 if time.monotonic() > deadline:
@@ -80,7 +80,7 @@ class EmbeddedCluster:
 
 
 def _ok(client: redis.Redis, masters: int) -> bool:
-    info = client.execute_command("CLUSTER", "INFO")
+    info = client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
     text = info.decode() if isinstance(info, bytes) else str(info)
     fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
     return (

@@ -118,6 +118,9 @@ class Dispatcher:
         self, delivery: Delivery, held: list[Slot | None], stop: asyncio.Event
     ) -> ResultStatus | None:
         message = delivery.message
+        if delivery.unreadable is not None:
+            await self._release(held)
+            return await self._answer_unreadable(delivery, delivery.unreadable)
         if await self._already_done(message.id):
             await self._release(held)
             # the first completion may have stopped between its steps: finish them
@@ -183,6 +186,34 @@ class Dispatcher:
                 usage=response.usage,
             )
             return await self._finish(delivery, doc)
+
+    async def _answer_unreadable(self, delivery: Delivery, reason: str) -> ResultStatus | None:
+        """A message the worker cannot read still gets its `failed` result, then is parked.
+
+        Its record (written by the ingress) supplies what the message cannot: reply
+        key, batch, custom id.
+        """
+        request_id = delivery.message.id
+        log.error("message_unreadable", reason=reason)
+        state = await self._results.get(request_id)
+        reply_key = state.reply_key if state and state.reply_key else delivery.message.reply_key
+        now = self._clock()
+        doc = ResultDocument(
+            id=request_id,
+            custom_id=state.custom_id if state else None,
+            status="failed",
+            error={"code": "unreadable_message", "message": reason},
+            deployment=(state.deployment if state else None) or self.deployment,
+            enqueued_at=now,
+            completed_at=now,
+            batch_id=state.batch_id if state else None,
+        )
+        message = delivery.message.model_copy(update={"reply_key": reply_key})
+        return await self._finish(
+            Delivery(message, delivery.token, delivery.delivery_count, reason, delivery.payload),
+            doc,
+            dead_letter=reason,
+        )
 
     async def _call(
         self, message: QueuedRequest, delivery_count: int, attempt: int

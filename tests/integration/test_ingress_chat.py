@@ -338,6 +338,7 @@ async def test_redis_unreachable_is_503(sim: SimulatorThread) -> None:
             health = await http.get("/healthz")
     assert resp.status_code == 503
     assert "retry-after" in resp.headers
+    assert "127.0.0.1" not in resp.text and str(settings.redis_url) not in resp.text
     assert health.json()["redis"] == "unavailable"
 
 

@@ -10,6 +10,7 @@ import pytest
 from orchestrator.core import keys
 from orchestrator.core.errors import UpstreamError, UpstreamThrottled, UpstreamTimeout
 from orchestrator.queues.base import Delivery
+from orchestrator.queues.memory import _Entry
 from orchestrator.throttle.slots import Slot
 from tests.unit.worker_fakes import T0, FakeUpstream, Rig, make_rig, request
 
@@ -262,3 +263,19 @@ async def test_redelivery_of_a_written_result_settles_then_acks_without_a_call()
     assert rig.upstream.calls == []
     assert [json.loads(r)["id"] for r in await rig.replies("r1")] == ["r1"]
     assert await rig.queue.depth() == 0
+
+
+async def test_unreadable_message_gets_a_failed_result_with_its_cause() -> None:
+    rig = make_rig()
+    good = request("r1")
+    await rig.results.register(good)
+    deep = "[" * 300 + "]" * 300  # deeper than the worker's parser reads
+    payload = good.model_dump_json().replace('"body":{', f'"body":{{"x":{deep},', 1)
+    rig.queue._entries["1"] = _Entry(payload=payload)  # as a producer that skipped the check
+    assert await _run_one(rig) == "failed"
+    doc = await _result(rig, "r1")
+    assert doc["error"]["code"] == "unreadable_message"  # type: ignore[index]
+    assert "recursion" in doc["error"]["message"].lower()  # type: ignore[index]
+    assert rig.upstream.calls == [] and await rig.queue.depth() == 0
+    [(message, reason)] = rig.queue.dead_letters
+    assert message is not None and message.id == "r1" and reason.startswith("unreadable")

@@ -29,14 +29,13 @@ import structlog
 from azure.eventhub import EventData
 from azure.eventhub.aio import EventHubConsumerClient, EventHubProducerClient, PartitionContext
 from azure.eventhub.exceptions import EventHubError
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.core.settings import Settings
-from orchestrator.queues.base import Delivery
+from orchestrator.queues.base import Delivery, read_delivery
 from orchestrator.queues.eventhubs.auth import EventHubAuth
 from orchestrator.queues.eventhubs.checkpoint_redis import RedisCheckpointStore
 
@@ -207,9 +206,8 @@ class EventHubsQueue:
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """XADD the message and reason to the Redis dead-letter stream, then ack."""
-        await self._dead_letter_raw(
-            delivery.token, delivery.message.model_dump_json(), reason, delivery.delivery_count
-        )
+        payload = delivery.payload or delivery.message.model_dump_json()
+        await self._dead_letter_raw(delivery.token, payload, reason, delivery.delivery_count)
         log.warning(
             "message_dead_lettered",
             deployment=self.deployment,
@@ -286,17 +284,15 @@ class EventHubsQueue:
         token = f"{pid}:{offset}"
         count = await self._count_delivery(pid, offset)
         payload = event.body_as_str()
-        try:
-            message = QueuedRequest.model_validate_json(payload)
-        except ValidationError as exc:
-            reason = f"unparseable message: {exc.errors()[0]['msg']}"
+        delivery = read_delivery(payload, token, count, self.deployment)
+        if delivery is None:
+            reason = "unreadable message without a request id"
             await self._dead_letter_raw(token, payload, reason, count)
             log.error("poison_message_dead_lettered", eventhub=self.eventhub, token=token)
             advanced = mark.ack(offset)
             if advanced is not None:
                 await context.update_checkpoint(advanced[1])
             return
-        delivery = Delivery(message=message, token=token, delivery_count=count)
         await self._buffer.put(_Received(delivery, pid, generation))
 
     async def _on_partition_close(self, context: PartitionContext, reason: Any) -> None:
