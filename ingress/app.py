@@ -40,11 +40,13 @@ from ingress.chat.targets import make_client, targets
 from ingress.chat.token_events import TokenEvents, TokenSink
 from ingress.http import errors
 from ingress.http.auth import Authenticator
+from ingress.http.health import readiness
 from ingress.http.openapi import openapi_document
 from ingress.metrics import IngressMetrics
 from ingress.queued.enqueue import Enqueuer
 from ingress.queued.requests import RequestsApi
 from orchestrator.core import redis_client
+from orchestrator.core.incarnation import Incarnation, watch_incarnation
 from orchestrator.core.results import ResultStore
 from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
@@ -55,6 +57,7 @@ log = structlog.get_logger(__name__)
 
 REDIS_MAX_CONNECTIONS = 1024
 REDIS_POOL_WAIT_S = 5.0
+
 PREFIXES = ("/v1", "/openai", "/openai/v1")
 """Where the OpenAI-shaped routes live: OpenAI clients use /v1, AzureOpenAI clients /openai."""
 
@@ -162,9 +165,10 @@ def create_app(
         parts.http, parts.upstream, parts.events, metrics,
         spillover_wait_ms=settings.spillover_wait_ms,
     )  # fmt: skip
-    enqueuer = Enqueuer(results, parts.queues, metrics, clock=clock)
+    incarnation = Incarnation(parts.redis, on_loss=metrics.redis_data_lost.inc, clock=clock)
+    enqueuer = Enqueuer(results, parts.queues, metrics, clock=clock, ids=incarnation.new_request_id)
     chat = ChatRoutes(settings, deployments, tenants, proxy, enqueuer, metrics)
-    requests_api = RequestsApi(results, tenants)
+    requests_api = RequestsApi(results, tenants, issued_before_loss=incarnation.issued_before)
     document = openapi_document([d.name for d in settings.deployments])
     files = FileStore(parts.redis, clock=clock)
     work = BatchWork(
@@ -187,6 +191,12 @@ def create_app(
             store = "unavailable"
         return JSONResponse({"status": "ok", "redis": store})
 
+    async def readyz(request: Request) -> Response:
+        checks = await readiness(parts.redis, parts.queues, parts.estimate)
+        ready = all(v == "ok" for v in checks.values())
+        body = {"status": "ready" if ready else "not_ready", "checks": checks}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
@@ -206,6 +216,7 @@ def create_app(
         Route("/openai/deployments/{deployment}/chat/completions", chat.azure, methods=["POST"]),
         Route("/v1/requests/{request_id}", requests_api.get, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
@@ -229,13 +240,15 @@ def create_app(
         beat = asyncio.create_task(
             parts.estimate.keep_alive() if parts.estimate else asyncio.Event().wait()
         )
+        watch = asyncio.create_task(watch_incarnation(incarnation))
         log.info("ingress_started", deployments=list(deployments), open=tenants.open)
         try:
             yield
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            for task in (beat, watch):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await work.stop()
             await parts.close()
 

@@ -107,11 +107,13 @@ class Enqueuer:
         metrics: IngressMetrics,
         *,
         clock: Callable[[], float] = time.time,
+        ids: Callable[[], str] = new_request_id,
     ) -> None:
         self._results = results
         self._queues = queues
         self._metrics = metrics
         self.clock = clock
+        self._ids = ids
 
     def build(
         self,
@@ -131,7 +133,7 @@ class Enqueuer:
         `reply_key` (trusted, set by the ingress itself) wins over `reply_key_header`
         (the client's, checked against its namespace).
         """
-        rid = request_id or new_request_id()
+        rid = request_id or self._ids()
         now = self.clock()
         return QueuedRequest(
             id=rid,

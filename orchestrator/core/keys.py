@@ -33,6 +33,8 @@ TOKEN_EVENTS = f"{PREFIX}:token-events"
 """Stream of TokenEvent JSON (field `event`) consumed by `ptu estimator`."""
 WORKERS = f"{PREFIX}:workers"
 """Hash worker_id -> JSON heartbeat (deployments, limits, in-flight) for `ptu status`."""
+READY_PROBE = f"{PREFIX}:ready-probe"
+"""Written (with a short expiry) by `/readyz` to prove Redis takes writes."""
 INCARNATION = f"{PREFIX}:incarnation"
 """The Redis data set's run id, written once; a process seeing it change knows data was lost."""
 

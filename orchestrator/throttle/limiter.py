@@ -28,6 +28,8 @@ from orchestrator.throttle.slots import Slot, SlotTable
 from orchestrator.utilisation.base import Reading, UtilisationSource
 
 log = structlog.get_logger(__name__)
+CLOSED_WARN_S = 30.0
+"""How often a worker repeats why its limit is 0 while the reading stays unusable."""
 
 __all__ = ["Slot", "Throttle"]
 
@@ -66,6 +68,7 @@ class Throttle:
         self._limit = 0
         self._reading: Reading | None = None
         self._refreshed_at: float | None = None
+        self._closed_warned_at: float | None = None
         self._released = asyncio.Event()
 
     @property
@@ -89,19 +92,21 @@ class Throttle:
         if self._refreshed_at is not None and now - self._refreshed_at < self._poll_s:
             return self._limit
         self._refreshed_at = now
-        reason = "ok"
+        reason, cause = "ok", ""
         try:
             reading: Reading | None = await self._source.read(self.deployment)
         except UtilisationUnavailable as exc:
-            reading, reason = None, "unavailable"
-            log.debug("utilisation_unavailable", deployment=self.deployment, error=str(exc))
+            reading, reason, cause = None, "unavailable", str(exc)
         self._reading = reading
         if reading is None:
             limit = 0
-        elif reading.age(self._clock()) > self._source.max_age_s:
+        elif (age := reading.age(self._clock())) > self._source.max_age_s:
             limit, reason = 0, "stale"
+            cause = f"reading is {age:.1f}s old (max {self._source.max_age_s:g}s)"
         else:
             limit = concurrency_limit(reading.value, self._lower, self._upper, self._max)
+        if cause:
+            self._warn_closed(reason, cause, now)
         if limit != self._limit:
             log.info(
                 "throttle_limit_changed",
@@ -113,6 +118,19 @@ class Throttle:
             )
         self._limit = limit
         return limit
+
+    def _warn_closed(self, reason: str, cause: str, now: float) -> None:
+        """Say why low priority is paused (fail closed): at once, then every CLOSED_WARN_S."""
+        if self._closed_warned_at is not None and now - self._closed_warned_at < CLOSED_WARN_S:
+            return
+        self._closed_warned_at = now
+        log.warning(
+            "throttle_closed",
+            deployment=self.deployment,
+            reason=reason,
+            cause=cause,
+            hint="no low-priority call starts until utilisation is readable and fresh",
+        )
 
     async def acquire(self, stop: asyncio.Event) -> Slot | None:
         """Wait for a global slot under the current limit; None once `stop` is set first."""
