@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,9 @@ from ingress.chat.targets import Target
 from ingress.chat.token_events import TokenEvents
 from ingress.http.errors import ApiError
 from ingress.metrics import IngressMetrics
+from orchestrator.core.retry import parse_retry_after
+from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
+from orchestrator.utilisation.estimate.calibration import header_utilisation
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +40,10 @@ _DROP_REQUEST = frozenset(
     b"transfer-encoding te trailer upgrade expect cookie proxy-authorization "
     b"proxy-connection accept-encoding x-priority x-reply-key".split()
 )
-_FIXED_HEADERS = ((b"content-type", b"application/json"), (b"x-ptu-priority", b"high"))
+_FIXED_HEADERS = (
+    (b"content-type", b"application/json"),
+    (PRIORITY_LABEL_HEADER.encode(), b"high"),
+)
 _URL_CACHE_SIZE = 256
 _DECODER = json.JSONDecoder()
 _DROP_RESPONSE = frozenset(
@@ -74,18 +80,6 @@ def passed_headers(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
         if name not in _DROP_RESPONSE:
             out.append((name, v))
     return out
-
-
-def retry_after_ms(headers: Mapping[str, str]) -> float | None:
-    """`retry-after-ms`, else `retry-after` seconds, in milliseconds; None when absent."""
-    for name, scale in (("retry-after-ms", 1.0), ("retry-after", 1000.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                return max(0.0, float(value) * scale)
-            except ValueError:
-                continue
-    return None
 
 
 class Proxy:
@@ -146,7 +140,7 @@ class Proxy:
             await resp.aclose()
         if used.provisioned:
             usage = _usage_of(content) if resp.status_code < 300 else None
-            self.finished(admitted, call, used, usage)
+            self.finished(admitted, call, used, usage, resp)
         out = Response(content, status_code=resp.status_code)
         out.raw_headers.extend(passed_headers(resp.headers.raw))
         if used is not call.target:
@@ -159,10 +153,31 @@ class Proxy:
         call: Call,
         used: Target,
         usage: dict[str, Any] | None,
+        answer: httpx2.Response | None = None,
     ) -> None:
-        """Record the `complete` token event of a call to a provisioned deployment."""
-        if used.provisioned:
-            self._events.complete(admitted, call.request_id, used.name, call.max_tokens, usage)
+        """Record the `complete` token event of a call to a provisioned deployment.
+
+        With the deployment's `answer`, the event carries its utilisation header and,
+        for a 429, its retry-after (the estimate calibrates itself on both).
+        """
+        if not used.provisioned:
+            return
+        utilisation = retry = None
+        if answer is not None:
+            utilisation = header_utilisation(answer.headers)
+            if answer.status_code == 429:
+                retry = 1000.0 * (parse_retry_after(answer.headers) or 0.0)
+        self._events.complete(
+            admitted, call.request_id, used.name, call.max_tokens, usage,
+            utilisation=utilisation, retry_after_ms=retry,
+        )  # fmt: skip
+
+    def observed(self, admitted: asyncio.Task[None] | None, call: Call, used: Target,
+                 answer: httpx2.Response) -> None:  # fmt: skip
+        """Record the utilisation a stream's headers reported at its first byte."""
+        utilisation = header_utilisation(answer.headers) if used.provisioned else None
+        if utilisation is not None:
+            self._events.observe(admitted, call.request_id, used.name, utilisation)
 
     async def _send_spilling(
         self, call: Call, headers: list[tuple[bytes, bytes]]
@@ -176,16 +191,16 @@ class Proxy:
         self._metrics.throttled(target.name)
         if spill is None:
             return resp, target, admitted
-        self.finished(admitted, call, target, None)
-        wait_ms = retry_after_ms(resp.headers)
+        self.finished(admitted, call, target, None, resp)
+        wait_s = parse_retry_after(resp.headers)
         await resp.aclose()
-        if wait_ms is not None and wait_ms <= self._spillover_wait_ms:
-            await self._sleep(wait_ms / 1000.0)
+        if wait_s is not None and wait_s * 1000.0 <= self._spillover_wait_ms:
+            await self._sleep(wait_s)
             admitted = self._admit(call, target)
             resp = await self._send(target, call, headers, admitted)
             if resp.status_code != 429:
                 return resp, target, admitted
-            self.finished(admitted, call, target, None)
+            self.finished(admitted, call, target, None, resp)
             await resp.aclose()
         log.info("spillover", request_id=call.request_id, ptu=target.name, to=spill.name)
         return await self._send(spill, call, headers, None), spill, None
@@ -248,6 +263,7 @@ class UpstreamStream(Response):
         self._used = used
         self._admitted = admitted
         self._proxy = proxy
+        proxy.observed(admitted, call, used, upstream)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the status, then each whole event as it arrives."""

@@ -6,7 +6,11 @@ curve, the global in-flight count from the slot table, the queue depth from the
 queue backend, and throughput and results from the workers' heartbeats
 (`keys.WORKERS`; heartbeats older than their `ttl_s` are ignored). "In flight"
 counts leased slots: a worker leases a slot before it waits for a message, so an
-idle lane shows one.
+idle lane shows one. With the calibrated estimate, the view also shows what the
+reading is made of: the token-event model, the deployment's newest utilisation
+header, the correction learnt from the deployment's signals (with its age, and the
+time left of a 429's pause) and the unseen share (load the model cannot see: other
+applications on the same PTU, or capacity the table over-states).
 """
 
 from __future__ import annotations
@@ -31,9 +35,9 @@ from orchestrator.core.errors import PTUError, QueueUnavailable, UtilisationUnav
 from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
 from orchestrator.queues.factory import make_queue
-from orchestrator.throttle.policy import concurrency_limit
+from orchestrator.throttle.policy import Curve, limit_for
 from orchestrator.throttle.slots import SlotTable
-from orchestrator.utilisation.base import UtilisationSource
+from orchestrator.utilisation.base import Calibration, UtilisationSource
 from orchestrator.utilisation.factory import make_source
 
 
@@ -62,6 +66,8 @@ class Row:
     global_in_flight: int | None
     queue_depth: int | None
     workers: WorkerSummary
+    calibration: Calibration | None = None
+    """Model, observed value and correction behind `utilisation` (calibrated estimate)."""
 
 
 def summarise(heartbeats: Sequence[Mapping[str, Any]], now: float) -> dict[str, WorkerSummary]:
@@ -111,15 +117,12 @@ async def collect(
     workers = summarise(await read_heartbeats(redis), now)
     rows = []
     for d in settings.deployments:
-        lower, upper, maximum = settings.thresholds(d)
+        curve = Curve(*settings.thresholds(d))
         try:
             reading = await source.read(d.name)
         except UtilisationUnavailable:
             reading = None
-        stale = reading is None or reading.age(now) > source.max_age_s
-        limit = 0
-        if reading is not None and not stale:
-            limit = concurrency_limit(reading.value, lower, upper, maximum)
+        limit, reason = limit_for(reading, now, source.max_age_s, curve)
         queue = make_queue(settings, d.name, redis, "ptu-status")
         try:
             depth: int | None = await queue.depth()
@@ -132,12 +135,13 @@ async def collect(
                 deployment=d.name,
                 utilisation=None if reading is None else reading.value,
                 reading_age_s=None if reading is None else reading.age(now),
-                stale=stale,
+                stale=reason != "ok",
                 limit=limit,
-                max_concurrency=maximum,
+                max_concurrency=curve.maximum,
                 global_in_flight=await SlotTable(redis, d.name).count(),
                 queue_depth=depth,
                 workers=workers.get(d.name, WorkerSummary()),
+                calibration=None if reading is None else reading.calibration,
             )
         )
     return rows
@@ -162,8 +166,8 @@ def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None =
     """The rich table of a snapshot (with the data-loss line as its caption, if any)."""
     table = Table(title=f"ptu status (utilisation source: {source})", caption=loss_line(marker))
     for header in (
-        "deployment", "utilisation", "age", "limit", "in flight", "queued", "workers",
-        "results/s", "completed", "failed", "expired",
+        "deployment", "utilisation", "age", "model", "observed", "correction", "unseen",
+        "limit", "in flight", "queued", "workers", "results/s", "completed", "failed", "expired",
     ):  # fmt: skip
         table.add_column(header, justify="left" if header == "deployment" else "right")
     for r in rows:
@@ -175,6 +179,7 @@ def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None =
             r.deployment,
             util,
             _num(r.reading_age_s, "{:.1f}s"),
+            *calibration_cells(r.calibration),
             f"{r.limit}/{r.max_concurrency}",
             _num(r.global_in_flight),
             _num(r.queue_depth),
@@ -185,6 +190,21 @@ def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None =
             str(w.expired),
         )
     return table
+
+
+def calibration_cells(cal: Calibration | None) -> tuple[str, str, str, str]:
+    """Model, observed (with its age), correction (with its age) and unseen share, as text."""
+    if cal is None:
+        return "-", "-", "-", "-"
+    observed = _num(cal.observed, "{:.1%}")
+    if cal.observed_age_s is not None:
+        observed += f" ({cal.observed_age_s:.1f}s)"
+    correction = f"{cal.correction:+.1%}"
+    if cal.correction_age_s is not None:
+        correction += f" ({cal.correction_age_s:.1f}s)"
+    if cal.throttled_s > 0:
+        correction += f" 429 {cal.throttled_s:.1f}s"
+    return f"{cal.model:.1%}", observed, correction, f"{cal.unseen:.1%}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

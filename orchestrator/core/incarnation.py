@@ -21,13 +21,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
 from orchestrator.core import keys
+from orchestrator.core.redis_replies import text
 
 log = structlog.get_logger(__name__)
 
@@ -44,14 +44,10 @@ class Marker:
     lost_at: float | None = None
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 async def read(redis: aioredis.Redis) -> Marker | None:
     """The current marker, or None when the key does not exist."""
     raw = await redis.hgetall(keys.INCARNATION)
-    fields = {_s(k): _s(v) for k, v in (raw or {}).items()}
+    fields = {text(k): text(v) for k, v in (raw or {}).items()}
     if "id" not in fields:
         return None
     return Marker(
@@ -89,7 +85,7 @@ class Incarnation:
             pipe.hsetnx(keys.INCARNATION, "since", repr(self._clock()))
             pipe.hget(keys.INCARNATION, "id")
             _, _, raw = await pipe.execute()
-        now_id = _s(raw)
+        now_id = text(raw)
         known, self.current = self.current, now_id
         if known is not None and known != now_id:
             self.losses += 1

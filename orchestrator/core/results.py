@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import redis.asyncio as aioredis
 import structlog
 
 from orchestrator.core import keys
+from orchestrator.core.redis_replies import text
 from orchestrator.core.schemas import QueuedRequest, ResultDocument
 
 log = structlog.get_logger(__name__)
@@ -97,10 +98,6 @@ class RequestState:
     deployment: str | None = None
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class ResultStore:
     """Request records, idempotent completion and long-poll waits, all in Redis."""
 
@@ -151,7 +148,7 @@ class ResultStore:
         )
         wrote = bool(decided == 1)
         if not wrote:
-            payload = _s(decided)
+            payload = text(decided)
             doc = ResultDocument.model_validate_json(payload)
         await self._fan_out(doc, payload, reply_key)
         if wrote:
@@ -165,8 +162,8 @@ class ResultStore:
         raw = await self.redis.get(keys.result(request_id))
         if raw is None:
             return False
-        text = _s(raw)
-        await self._fan_out(ResultDocument.model_validate_json(text), text, reply_key)
+        payload = text(raw)
+        await self._fan_out(ResultDocument.model_validate_json(payload), payload, reply_key)
         return True
 
     async def _fan_out(self, doc: ResultDocument, payload: str, reply_key: str) -> None:
@@ -186,7 +183,7 @@ class ResultStore:
             pipe.hgetall(keys.request(request_id))
             pipe.get(keys.result(request_id))
             raw_record, raw_result = await pipe.execute()
-        record = {_s(k): _s(v) for k, v in (raw_record or {}).items()}
+        record = {text(k): text(v) for k, v in (raw_record or {}).items()}
         result = ResultDocument.model_validate_json(raw_result) if raw_result else None
         if not record and result is None:
             return None

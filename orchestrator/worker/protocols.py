@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from orchestrator.core.schemas import ResultDocument, TokenEvent
+from orchestrator.core.schemas import ResultDocument
 from orchestrator.throttle.slots import Slot
 
 if TYPE_CHECKING:
@@ -60,13 +60,6 @@ class ResultSink(Protocol):
 
     async def settle(self, request_id: str, reply_key: str) -> bool:
         """Finish the reply push and batch count of a written result (idempotent)."""
-
-
-class TokenRecorder(Protocol):
-    """Where token events go (`EstimateStore.record`)."""
-
-    async def record(self, event: TokenEvent) -> None:
-        """Fold one event into the utilisation estimate."""
 
 
 async def pause(
