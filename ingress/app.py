@@ -198,13 +198,16 @@ def create_app(
 
     @operation(
         "readiness: Redis takes writes, every queue answers, utilisation is readable",
-        {200: Reply("ready, check by check", Readiness), 503: Reply("not ready", Readiness)},
+        {200: Reply("ready, check by check", Readiness)},
+        errors=(503,),
     )
     async def readyz(request: Request) -> Response:
         checks = await readiness(parts.redis, parts.queues, parts.estimate)
-        ready = all(v == "ok" for v in checks.values())
-        body = {"status": "ready" if ready else "not_ready", "checks": checks}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        failing = {name: state for name, state in checks.items() if state != "ok"}
+        if failing:
+            detail = "; ".join(f"{name}: {state}" for name, state in failing.items())
+            raise errors.ApiError(503, "not_ready", f"not ready: {detail}"[:1000])
+        return JSONResponse(Readiness(status="ready", checks=checks).model_dump())
 
     @operation("Prometheus metrics", {200: Reply("text exposition", media_type="text/plain")})
     async def prometheus(request: Request) -> Response:

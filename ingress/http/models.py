@@ -283,9 +283,9 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    """Whether this ingress can take work: each check "ok" or "unavailable (<error type>)"."""
+    """This ingress can take work: every check "ok" (else 503 `not_ready` naming the rest)."""
 
-    status: Literal["ready", "not_ready"]
+    status: Literal["ready"]
     checks: dict[str, str]
 
 
