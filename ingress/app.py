@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -37,7 +38,7 @@ from ingress.chat.proxy import Proxy
 from ingress.chat.routes import ChatRoutes
 from ingress.chat.targets import make_client, targets
 from ingress.chat.token_events import TokenEvents
-from ingress.http import errors
+from ingress.http import errors, limits
 from ingress.http.auth import Authenticator
 from ingress.http.health import readiness
 from ingress.http.models import Health, Readiness
@@ -260,7 +261,8 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers=errors.exception_handlers(metrics),
+        middleware=[Middleware(limits.RequestLimits)],
+        exception_handlers={**errors.exception_handlers(metrics), **limits.handlers()},
     )
     app.state.openapi = openapi_document(routes, [d.name for d in settings.deployments])
     app.state.metrics = metrics
