@@ -9,17 +9,17 @@ replicas: the suite tests slot routing and the one-slot rule, not failover.
 from __future__ import annotations
 
 import time
-from types import TracebackType
+from typing import Self
 
 import redis
 
 from orchestrator.core.errors import PTUError
-from orchestrator.testing.embedded_redis import EmbeddedRedis, free_port
+from orchestrator.testing.embedded_redis import EmbeddedRedis, Managed, free_port
 
 SLOTS = 16384
 
 
-class EmbeddedCluster:
+class EmbeddedCluster(Managed):
     """Three cluster-enabled servers sharing the slots; a context manager."""
 
     def __init__(self, masters: int = 3) -> None:
@@ -37,7 +37,7 @@ class EmbeddedCluster:
         """URL of the first node (any node would do: the client discovers the rest)."""
         return self.nodes[0].url
 
-    def start(self, timeout_s: float = 30.0) -> EmbeddedCluster:
+    def start(self, timeout_s: float = 30.0) -> Self:
         """Start the nodes, assign the slots, join them and wait for `cluster_state:ok`."""
         try:
             for node in self.nodes:
@@ -66,14 +66,6 @@ class EmbeddedCluster:
         """Stop every node."""
         for node in self.nodes:
             node.stop()
-
-    def __enter__(self) -> EmbeddedCluster:
-        return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<EmbeddedCluster ports={[n.port for n in self.nodes]}>"

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import structlog
 
@@ -45,7 +46,27 @@ def server_binary() -> str:
     return str(get_binary_path())
 
 
-class EmbeddedRedis:
+class Managed:
+    """start() on entering a `with` block, stop() on leaving it."""
+
+    def start(self, timeout_s: float = 10.0) -> Self:
+        """Start and wait until ready."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop and clean up."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedRedis(Managed):
     """A throwaway server process; use as a context manager or start()/stop()."""
 
     def __init__(
@@ -68,7 +89,7 @@ class EmbeddedRedis:
         """Connection URL of the server."""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
+    def start(self, timeout_s: float = 10.0) -> Self:
         """Start the server and wait until it answers PING."""
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="ptu-redis-")
@@ -114,7 +135,7 @@ class EmbeddedRedis:
             self._proc.stderr.close()
         self._proc = None
 
-    def restart(self, timeout_s: float = 30.0) -> EmbeddedRedis:
+    def restart(self, timeout_s: float = 30.0) -> Self:
         """Start again on the same port and data directory (after `kill`)."""
         return self.start(timeout_s)
 
@@ -133,14 +154,6 @@ class EmbeddedRedis:
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
-
-    def __enter__(self) -> EmbeddedRedis:
-        return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         running = self._proc is not None and self._proc.poll() is None
