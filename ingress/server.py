@@ -15,9 +15,8 @@ import uvicorn
 
 from ingress.app import create_app
 from ingress.http import limits
-from orchestrator.core.serving import ServerThread, serve_until
+from orchestrator.core.serving import ServerThread, free_port, serve_until
 from orchestrator.core.settings import Settings
-from orchestrator.testing.embedded_redis import free_port
 
 __all__ = ["IngressThread", "serve_until", "uvicorn_config"]
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator.testing.embedded_cluster import EmbeddedCluster
-from orchestrator.testing.embedded_redis import EmbeddedRedis
+from bench.harness.embedded_cluster import EmbeddedCluster
+from bench.harness.embedded_redis import EmbeddedRedis
 from tests import redis_mode
 
 

@@ -83,8 +83,13 @@ def _told(seed: int) -> SimulatorOptions:
 
 
 def _workload(duration_s: float, lp_requests: int) -> MixedWorkload:
+    # the burst comes early (from 20 % of the run), while the batch is still pending
     return MixedWorkload(
-        duration_s=duration_s, hp_share=0.30, burst_share=0.60, lp_requests=lp_requests
+        duration_s=duration_s,
+        hp_share=0.30,
+        burst_share=0.60,
+        burst_start=0.2,
+        lp_requests=lp_requests,
     )
 
 

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from ingress.http.errors import ApiError, invalid
+from orchestrator.core import keys
 from orchestrator.core.results import RequestStatus
 from orchestrator.core.schemas import PRIORITIES, PRIORITY_HEADER, Priority
 
@@ -158,7 +159,7 @@ def parse_ttl(value: str | None, default: float) -> float:
 
 def parse_reply_key(value: str, tenant: str) -> str:
     """`x-reply-key`: a key of the documented shape inside `ptu:reply:<tenant>:`."""
-    prefix = f"ptu:reply:{tenant}:"
+    prefix = keys.tenant_reply_prefix(tenant)
     try:
         key = _REPLY_KEY.validate_python(value)
     except ValidationError:
@@ -287,16 +288,3 @@ class Readiness(BaseModel):
 
     status: Literal["ready"]
     checks: dict[str, str]
-
-
-class ErrorDetail(BaseModel):
-    code: str | None
-    message: str
-    type: str
-    param: str | None = None
-
-
-class ErrorEnvelope(BaseModel):
-    """Every error answer: OpenAI's envelope, so SDK clients raise their typed errors."""
-
-    error: ErrorDetail

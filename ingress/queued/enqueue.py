@@ -28,9 +28,10 @@ from ingress.http import errors
 from ingress.http.errors import ApiError
 from ingress.http.models import QueuedRequestStatus, parse_reply_key
 from ingress.metrics import IngressMetrics
+from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.results import ResultStore
-from orchestrator.core.schemas import QueuedRequest, default_reply_key
+from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues.base import Queue
 
 log = structlog.get_logger(__name__)
@@ -44,7 +45,7 @@ def new_request_id() -> str:
 def reply_key_for(header: str | None, tenant: str, request_id: str) -> str:
     """The reply key: the caller's `x-reply-key` if it lies in its namespace, else the default."""
     if header is None:
-        return default_reply_key(request_id)
+        return keys.reply(request_id)
     return parse_reply_key(header, tenant)
 
 

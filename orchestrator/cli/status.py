@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,7 @@ from rich.table import Table
 
 from orchestrator.core import incarnation, keys, redis_client
 from orchestrator.core.errors import PTUError, QueueUnavailable, UtilisationUnavailable
-from orchestrator.core.runtime import run_until_signal
+from orchestrator.core.runtime import pause, run_until_signal
 from orchestrator.core.settings import Settings
 from orchestrator.queues.factory import make_queue
 from orchestrator.throttle.policy import Curve, limit_for
@@ -238,8 +237,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
                 return 0
             with Live(table, console=console, auto_refresh=False) as live:
                 while not stop.is_set():
-                    with contextlib.suppress(TimeoutError):  # the refresh interval passed
-                        await asyncio.wait_for(stop.wait(), timeout=args.interval)
+                    await pause(args.interval, stop)
                     live.update(await snapshot(), refresh=True)
             return 0
         except (RedisError, OSError) as exc:

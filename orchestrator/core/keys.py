@@ -126,11 +126,6 @@ def result_channel(request_id: str) -> str:
     return f"{PREFIX}:done:{request_id}"
 
 
-def default_reply(request_id: str) -> str:
-    """The reply key of a request whose requester named none (DESIGN.md §5)."""
-    return f"{PREFIX}:reply:{{{request_id}}}"
-
-
 def reply_pushed(reply_key: str, request_id: str) -> str:
     """Marker that a request's result was pushed to `reply_key`: in that key's slot.
 
@@ -195,3 +190,19 @@ def eventhub_checkpoints(namespace: str, eventhub: str, consumer_group: str) -> 
 def eventhub_deliveries(eventhub: str, partition_id: str, offset: str) -> str:
     """Counter of how often one Event Hubs event was delivered (Event Hubs keeps none)."""
     return f"{PREFIX}:{{eh:{eventhub}:{partition_id}}}:dlv:{offset}"
+
+
+def reply(request_id: str) -> str:
+    """Default reply list of a request whose requester named none (DESIGN.md §5); in the
+    request's slot."""
+    return f"{PREFIX}:reply:{{{request_id}}}"
+
+
+def tenant_reply_prefix(tenant: str) -> str:
+    """Start of every reply key a tenant may name itself (`x-reply-key`, batch replies)."""
+    return f"{PREFIX}:reply:{tenant}:"
+
+
+def tenant_reply(tenant: str, suffix: str) -> str:
+    """A reply list in a tenant's namespace, e.g. the one of a batch."""
+    return tenant_reply_prefix(tenant) + suffix

@@ -7,8 +7,6 @@ from typing import Any, Literal, Self, get_args
 
 from pydantic import BaseModel, Field
 
-from orchestrator.core import keys
-
 ResultStatus = Literal["completed", "failed", "expired"]
 
 Priority = Literal["high", "low"]
@@ -42,11 +40,6 @@ def json_depth(value: Any) -> int:
         deepest = max(deepest, depth)
         stack.extend((child, depth + 1) for child in children)
     return deepest
-
-
-def default_reply_key(request_id: str) -> str:
-    """The reply key used when the requester names none (DESIGN.md §5)."""
-    return keys.default_reply(request_id)
 
 
 class QueuedRequest(BaseModel):

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from orchestrator.core import capacity
 from orchestrator.core.errors import ConfigError
@@ -63,6 +70,22 @@ class DeploymentConfig(BaseModel):
             return self.output_weight
         known = capacity.lookup(self.model)
         return known.output_weight if known else 1.0
+
+
+def _invalid(field: str, message: str) -> PydanticCustomError:
+    """A model-level error that names its field in structured form (`ctx["field"]`)."""
+    return PydanticCustomError("invalid_setting", "{message}", {"field": field, "message": message})
+
+
+class _EnvSource(EnvSettingsSource):
+    """The `PTU_*` environment, with malformed JSON reported as the variable that holds it."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        """Decode a JSON-valued variable; ConfigError naming it when it is not JSON."""
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError as exc:
+            raise ConfigError(f"PTU_{field_name.upper()}: not valid JSON ({exc})") from exc
 
 
 class Settings(BaseSettings):
@@ -134,19 +157,32 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment (JSON errors named by variable), then secrets."""
+        return init_settings, _EnvSource(settings_cls), dotenv_settings, file_secret_settings
+
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.lower_threshold >= self.upper_threshold:
-            raise ValueError(
-                f"lower_threshold: {self.lower_threshold} must be below "
-                f"PTU_UPPER_THRESHOLD ({self.upper_threshold})"
+            raise _invalid(
+                "lower_threshold",
+                f"{self.lower_threshold} must be below PTU_UPPER_THRESHOLD "
+                f"({self.upper_threshold})",
             )
         names = [d.name for d in self.deployments]
         if len(names) != len(set(names)):
-            raise ValueError("deployments: names must be unique")
+            raise _invalid("deployments", "names must be unique")
         for d in self.deployments:
             if d.spillover is not None and d.spillover not in names:
-                raise ValueError(f"deployments: spillover {d.spillover!r} is not a deployment")
+                raise _invalid("deployments", f"spillover {d.spillover!r} is not a deployment")
         return self
 
     def deployment(self, name: str) -> DeploymentConfig | None:
@@ -175,20 +211,21 @@ def _variable(loc: tuple[int | str, ...]) -> str:
     return f"{head} [{rest}]" if rest else head
 
 
+def _message(err: ErrorDetails) -> tuple[tuple[int | str, ...], str]:
+    """Where an error is and what it says, from pydantic's structured fields, not its text."""
+    ctx = err.get("ctx") or {}
+    loc = tuple(err["loc"])
+    if err["type"] == "invalid_setting":  # a model-level check names its field
+        return (str(ctx["field"]), *loc), str(ctx["message"])
+    if err["type"] == "value_error" and "error" in ctx:  # a validator's own ValueError
+        return loc, str(ctx["error"])
+    return loc, err["msg"]
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read and validate the environment; raise ConfigError with one clear line."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
-    except SettingsError as exc:
-        cause = exc.__cause__
-        field = str(exc).split('"')[1] if '"' in str(exc) else "*"
-        raise ConfigError(f"PTU_{field.upper()}: not valid JSON ({cause})") from exc
     except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        loc = tuple(err["loc"])
-        if not loc and ": " in msg:
-            # model-level checks name their field first: "lower_threshold: ..."
-            field, msg = msg.split(": ", 1)
-            loc = (field,)
+        loc, msg = _message(exc.errors()[0])
         raise ConfigError(f"{_variable(loc)}: {msg}") from exc

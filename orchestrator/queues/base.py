@@ -17,7 +17,8 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
-from orchestrator.core.schemas import QueuedRequest, default_reply_key
+from orchestrator.core import keys
+from orchestrator.core.schemas import QueuedRequest
 
 _LEADING_ID = re.compile(r'\s*\{\s*"id"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
 
@@ -60,7 +61,7 @@ def read_delivery(
         id=request_id,
         deployment=deployment,
         body={},
-        reply_key=default_reply_key(request_id),
+        reply_key=keys.reply(request_id),
         enqueued_at=0.0,
         deadline=0.0,
     )

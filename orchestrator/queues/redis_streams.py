@@ -319,17 +319,12 @@ class RedisStreamsQueue:
         return out
 
     async def _dead_letter_raw(self, token: str, payload: str, reason: str, count: int) -> None:
-        fields = dead_letter.entry(
-            payload,
-            reason=reason,
-            token=token,
-            delivery_count=count,
-            consumer=self.consumer,
-            at=time.time(),
-        )
         async with _mapped("dead_letter", self.stream):
             async with self.redis.pipeline(transaction=True) as pipe:
-                dead_letter.add(pipe, self.deployment, fields)
+                dead_letter.add(
+                    pipe, self.deployment, payload, reason=reason, token=token,
+                    delivery_count=count, consumer=self.consumer, at=time.time(),
+                )  # fmt: skip
                 pipe.xack(self.stream, self.group, token)
                 pipe.xdel(self.stream, token)
                 await pipe.execute()

@@ -6,8 +6,9 @@ closed). The count it limits is global: every worker's in-flight calls are
 leases in one Redis sorted set, and one script checks "count < limit" and adds
 the lease atomically, so N workers together never exceed the limit. A dead
 worker's leases expire after `lease_s`; a live worker keeps its own alive with
-`renew()` (or `keep_leases()`). When the limit drops below the count, in-flight
-calls finish and nothing new starts until the count is below the limit.
+`renew()` (the worker's housekeeping calls it every `renew_s`). When the limit
+drops below the count, in-flight calls finish and nothing new starts until the
+count is below the limit.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.runtime import pause
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.throttle.policy import Curve, concurrency_limit, limit_for
 from orchestrator.throttle.slots import Slot, SlotTable
@@ -153,17 +155,7 @@ class Throttle:
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
         """Sleep `seconds`, waking early on stop or on a local release."""
         self._released.clear()
-        waiters = [
-            asyncio.ensure_future(self._sleep(seconds)),
-            asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(self._released.wait()),
-        ]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        await pause(seconds, stop, self._released, sleep=self._sleep)
 
     async def release(self, slot: Slot) -> None:
         """Hand a slot back (idempotent); on a Redis error its lease simply expires."""
@@ -189,12 +181,6 @@ class Throttle:
             await self._table.release(gone)
         except RedisError as exc:
             log.warning("slot_renew_failed", deployment=self.deployment, error=repr(exc))
-
-    async def keep_leases(self) -> None:
-        """Renew this worker's leases every lease_s / 3 until cancelled."""
-        while True:
-            await self._sleep(self.lease_s / 3)
-            await self.renew()
 
     async def pause_for(self, seconds: float) -> None:
         """Pause new slots for this deployment on every worker (after a low-priority 429)."""

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from orchestrator.core.errors import PTUError, UpstreamError, UpstreamThrottled, UpstreamTimeout
 from orchestrator.core.retry import RetryPolicy, decide
+from orchestrator.core.runtime import pause
 from orchestrator.core.schemas import (
     QueuedRequest,
     ResultDocument,
@@ -38,7 +39,7 @@ from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_token
 from orchestrator.queues.base import Delivery, Queue
 from orchestrator.throttle.slots import Slot
 from orchestrator.utilisation.base import TokenRecorder
-from orchestrator.worker.protocols import ResultSink, SlotLimiter, pause
+from orchestrator.worker.protocols import ResultSink, SlotLimiter
 from orchestrator.worker.upstream import Upstream, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ class Dispatcher:
                     reason=decision.reason,
                 )
                 wait = min(decision.delay_s, max(0.0, message.deadline - self._clock()))
-                if not await pause(wait, stop, self._sleep):
+                if not await pause(wait, stop, sleep=self._sleep):
                     log.info("request_left_for_redelivery", attempt=attempt)
                     return None
                 held[0] = await self._throttle.acquire(stop)

@@ -28,9 +28,10 @@ from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.incarnation import Incarnation
 from orchestrator.core.retry import outage_delay_s
+from orchestrator.core.runtime import pause
 from orchestrator.queues.base import Delivery, Queue
 from orchestrator.worker.dispatch import Dispatcher
-from orchestrator.worker.protocols import SlotLimiter, pause
+from orchestrator.worker.protocols import SlotLimiter
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -127,7 +128,7 @@ class Worker:
                 failures += 1
                 delay = outage_delay_s(failures, self._rand())
                 log.warning("queue_receive_failed", deployment=lane.deployment, error=str(exc))
-                await pause(delay, stop, self._sleep)
+                await pause(delay, stop, sleep=self._sleep)
                 continue
             except BaseException:
                 await asyncio.shield(lane.throttle.release(slot))
@@ -195,7 +196,7 @@ class Worker:
                 await self._heartbeat()
             except (RedisError, QueueUnavailable) as exc:
                 log.warning("heartbeat_failed", error=repr(exc))
-            await pause(self.timing.heartbeat_s, done, self._sleep)
+            await pause(self.timing.heartbeat_s, done, sleep=self._sleep)
 
     async def snapshot(self) -> dict[str, Any]:
         """The heartbeat document: per deployment limit, in-flight, reading, counts, rate."""

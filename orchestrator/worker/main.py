@@ -12,8 +12,7 @@ import asyncio
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import structlog
@@ -83,7 +82,6 @@ class Built:
     queues: list[Queue]
     source: UtilisationSource
     upstream: Upstream
-    extras: list[Any] = field(default_factory=list)
 
     async def close(self) -> None:
         """Close queues, the source and the upstream client."""

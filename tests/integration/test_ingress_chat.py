@@ -208,7 +208,7 @@ async def test_openai_shape_low_priority_with_ttl(
         headers={"x-priority": "low", "x-ptu-ttl-s": "30"},
     )
     assert resp.status_code == 202
-    assert resp.json()["reply_key"] == keys.default_reply(resp.json()["id"])
+    assert resp.json()["reply_key"] == keys.reply(resp.json()["id"])
     msg = await _stand_in_worker(redis)
     assert msg.deadline - msg.enqueued_at == pytest.approx(30)
     assert msg.body["max_tokens"] == 2000
@@ -325,7 +325,7 @@ async def test_queue_unavailable_is_503_and_nothing_half_enqueued(
 
 
 async def test_redis_unreachable_is_503(sim: SimulatorThread) -> None:
-    from orchestrator.testing.embedded_redis import free_port
+    from orchestrator.core.serving import free_port
 
     settings = _settings(f"redis://127.0.0.1:{free_port()}/0", sim)
     with IngressThread(settings) as down:

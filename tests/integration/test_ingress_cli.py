@@ -11,7 +11,7 @@ import time
 
 import httpx2
 
-from orchestrator.testing.embedded_redis import free_port
+from orchestrator.core.serving import free_port
 from tests import redis_mode
 
 

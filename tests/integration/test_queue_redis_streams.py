@@ -12,8 +12,8 @@ from redis.backoff import NoBackoff
 
 from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
+from orchestrator.core.serving import free_port
 from orchestrator.queues.redis_streams import RedisStreamsQueue
-from orchestrator.testing.embedded_redis import free_port
 from tests import redis_mode
 from tests.integration.test_queue_contract import DEPLOYMENT, request
 

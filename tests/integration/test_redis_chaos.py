@@ -20,11 +20,11 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
+from bench.harness.embedded_redis import EmbeddedRedis
 from ingress.server import IngressThread
 from orchestrator.cli.status import loss_line
 from orchestrator.core import incarnation, keys, redis_client
 from orchestrator.core.settings import DeploymentConfig, Settings
-from orchestrator.testing.embedded_redis import EmbeddedRedis
 from orchestrator.utilisation.static import StaticSource
 from orchestrator.worker.loop import WorkerTiming
 from orchestrator.worker.main import build_worker
@@ -86,7 +86,7 @@ async def replies(redis: aioredis.Redis, ids: list[str]) -> dict[str, int]:
     """Result documents on each id's reply key."""
     async with redis.pipeline(transaction=False) as pipe:
         for rid in ids:
-            pipe.llen(keys.default_reply(rid))
+            pipe.llen(keys.reply(rid))
         counts = await pipe.execute()
     return dict(zip(ids, (int(c) for c in counts), strict=True))
 

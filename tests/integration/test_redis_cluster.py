@@ -37,7 +37,7 @@ def message(
         deployment="d0",
         body={"messages": [{"role": "user", "content": "hi"}]},
         tenant="acme",
-        reply_key=reply_key or keys.default_reply(rid),
+        reply_key=reply_key or keys.reply(rid),
         enqueued_at=now,
         deadline=now + 600,
         batch_id=batch_id,

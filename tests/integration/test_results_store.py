@@ -182,8 +182,8 @@ async def test_a_completion_cut_off_after_its_decision_is_settled_once(
 
 
 def test_completion_keys_of_one_step_share_a_slot() -> None:
-    assert keys.same_slot(keys.result("r1"), keys.request("r1"), keys.default_reply("r1"))
-    for reply in ("ptu:reply:acme:inbox", keys.default_reply("r1"), "tenant:acme:inbox"):
+    assert keys.same_slot(keys.result("r1"), keys.request("r1"), keys.reply("r1"))
+    for reply in ("ptu:reply:acme:inbox", keys.reply("r1"), "tenant:acme:inbox"):
         assert keys.same_slot(reply, keys.reply_pushed(reply, "r1"))
     assert keys.same_slot(keys.batch_results("b1"), keys.batch("b1"), keys.batch_requests("b1"))
     assert keys.same_slot(keys.estimate("d"), keys.estimate_request("d", "x"), keys.slots("d"))

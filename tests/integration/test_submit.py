@@ -122,7 +122,7 @@ async def test_server_side_validation_is_one_line(ingress: IngressThread, tmp_pa
 
 
 async def test_unreachable_ingress(tmp_path: Path) -> None:
-    from orchestrator.testing.embedded_redis import free_port
+    from orchestrator.core.serving import free_port
 
     path = tmp_path / "ok.jsonl"
     path.write_text(_line(1))

@@ -142,7 +142,13 @@ async def test_live_worker_keeps_its_leases(clients: list[aioredis.Redis]) -> No
     other = worker(clients[1], source, "other", lease_s=0.3)
     stop = asyncio.Event()
     slots = [await live.acquire(stop) for _ in range(2)]
-    keeper = asyncio.create_task(live.keep_leases())
+
+    async def keep_leases() -> None:  # what the worker's housekeeping does
+        while True:
+            await asyncio.sleep(live.lease_s / 3)
+            await live.renew()
+
+    keeper = asyncio.create_task(keep_leases())
     try:
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(other.acquire(stop), timeout=1.0)

@@ -14,11 +14,11 @@ import redis.asyncio as aioredis
 
 from orchestrator.core import keys
 from orchestrator.core.errors import UtilisationUnavailable
-from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.estimator.redis_stream import GROUP, Estimator
-from orchestrator.utilisation.estimate.store import EstimateStore, publish
+from orchestrator.utilisation.estimate.store import EstimateStore
 from tests import redis_mode
+from tests.support.token_events import event, publish
 
 # 10 PTU x 600 TPM = 100 tokens/s; window 100 s -> 100 % = 10,000 tokens; output weight 2
 DEPLOYMENT = DeploymentConfig(
@@ -28,17 +28,6 @@ DEPLOYMENT = DeploymentConfig(
 
 def store(redis: aioredis.Redis) -> EstimateStore:
     return EstimateStore(redis, [DEPLOYMENT], window_s=100.0, max_age_s=2.0)
-
-
-def event(rid: str, phase: str, prompt: int, **kw: int) -> TokenEvent:
-    return TokenEvent(
-        request_id=rid,
-        deployment="d",
-        phase=phase,
-        timestamp=time.time(),
-        prompt_tokens=prompt,
-        **kw,
-    )  # type: ignore[arg-type]
 
 
 async def test_events_are_applied_acknowledged_and_once(redis: aioredis.Redis) -> None:

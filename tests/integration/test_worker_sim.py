@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 from bench.harness.identity import IdentityEndpoint
 from orchestrator.core import keys
 from orchestrator.core.results import ResultStore
-from orchestrator.core.schemas import QueuedRequest, ResultDocument, default_reply_key
+from orchestrator.core.schemas import QueuedRequest, ResultDocument
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.redis_streams import RedisStreamsQueue
 from orchestrator.utilisation.static import StaticSource
@@ -86,7 +86,7 @@ async def enqueue(redis: aioredis.Redis, n: int, **fields: Any) -> list[str]:
             id=rid,
             deployment=DEP,
             body=body,
-            reply_key=default_reply_key(rid),
+            reply_key=keys.reply(rid),
             enqueued_at=now,
             deadline=fields.get("deadline", now + 600),
         )
@@ -164,7 +164,7 @@ async def test_queued_requests_complete_once_with_low_priority_calls(
         assert doc.usage["prompt_tokens"] == prompt
         assert doc.response is not None and doc.response["choices"][0]["message"]["content"]
     for rid in ids:
-        assert await redis.llen(default_reply_key(rid)) == 1
+        assert await redis.llen(keys.reply(rid)) == 1
     state = await sim_state(http)
     assert state["by_priority"]["low"]["requests"] == 20
     assert 1 <= state["peak_in_flight_by_priority"]["low"] <= 4

@@ -13,8 +13,9 @@ import httpx2
 import redis.asyncio as aioredis
 
 from orchestrator.cli.status import collect
+from orchestrator.core import keys
 from orchestrator.core.results import ResultStore
-from orchestrator.core.schemas import QueuedRequest, default_reply_key
+from orchestrator.core.schemas import QueuedRequest
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.redis_streams import RedisStreamsQueue
 from orchestrator.utilisation.static import StaticSource
@@ -37,7 +38,7 @@ async def enqueue(redis: aioredis.Redis, n: int) -> list[str]:
             id=rid,
             deployment=DEP.name,
             body={"messages": [{"role": "user", "content": "hi"}]},
-            reply_key=default_reply_key(rid),
+            reply_key=keys.reply(rid),
             enqueued_at=time.time(),
             deadline=time.time() + 600,
         )

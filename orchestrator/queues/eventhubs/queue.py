@@ -290,17 +290,12 @@ class EventHubsQueue:
             return 1
 
     async def _dead_letter_raw(self, token: str, payload: str, reason: str, count: int) -> None:
-        fields = dead_letter.entry(
-            payload,
-            reason=reason,
-            token=token,
-            delivery_count=count,
-            consumer=self.consumer,
-            at=time.time(),
-        )
         async with _mapped("dead_letter", self.eventhub):
             async with self.redis.pipeline(transaction=False) as pipe:
-                dead_letter.add(pipe, self.deployment, fields)
+                dead_letter.add(
+                    pipe, self.deployment, payload, reason=reason, token=token,
+                    delivery_count=count, consumer=self.consumer, at=time.time(),
+                )  # fmt: skip
                 await pipe.execute()
 
     def __repr__(self) -> str:

