@@ -20,8 +20,9 @@ from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import QueuedRequest, ResultDocument, TokenEvent
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.redis_streams import RedisStreamsQueue
-from orchestrator.utilisation.estimate.store import EstimateStore, publish
+from orchestrator.utilisation.estimate.store import EstimateStore
 from orchestrator.utilisation.factory import make_source
+from tests.support.token_events import publish
 
 DEPLOYMENTS = [
     DeploymentConfig(name=f"d{i}", model="gpt-4o-mini", ptus=15) for i in range(4)
