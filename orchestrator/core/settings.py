@@ -95,9 +95,15 @@ class Settings(BaseSettings):
 
     # state and queue
     redis_url: str = "redis://localhost:6379/0"
+    redis_cluster: bool = Field(
+        default=False, description="true: Redis Cluster (PTU_REDIS_URL names any node)"
+    )
     queue_backend: Literal["redis", "eventhubs"] = "redis"
     queue_claim_idle_s: float = Field(
-        default=60.0, gt=0, description="redis queue: reclaim a dead consumer's entries after this"
+        default=60.0, gt=0, description="redis queue: reclaim entries idle this long (safety net)"
+    )
+    queue_liveness_s: float = Field(
+        default=5.0, gt=0, description="redis queue: a consumer silent this long is dead"
     )
     utilization_source: Literal["estimate", "azure_monitor"] = "estimate"
     calibration: Literal["auto", "off"] = Field(
@@ -111,7 +117,9 @@ class Settings(BaseSettings):
     estimate_window_s: float = Field(default=60.0, gt=0)
     estimate_max_age_s: float = Field(default=5.0, gt=0)
     monitor_max_age_s: float = Field(default=300.0, gt=0)
-    slot_lease_s: float = Field(default=30.0, gt=0)
+    slot_lease_s: float = Field(
+        default=6.0, gt=0, description="a crashed worker's slots are free after this"
+    )
     # upstream
     azure_openai_endpoint: str | None = None
     azure_openai_api_key: SecretStr | None = None

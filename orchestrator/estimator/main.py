@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
-from orchestrator.core import logs
+from orchestrator.core import logs, redis_client
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     logs.configure(settings.log_level, settings.log_format)
 
     async def main(stop: asyncio.Event) -> int:
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
         store = EstimateStore(
             redis,
             settings.deployments,

@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
+from orchestrator.core.incarnation import Incarnation
 from orchestrator.core.retry import outage_delay_s
 from orchestrator.core.runtime import pause
 from orchestrator.queues.base import Delivery, Queue
@@ -88,6 +89,10 @@ class Worker:
         self._sleep = sleep
         self._rand = rand
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {lane.deployment: set() for lane in lanes}
+        self.incarnation = (
+            Incarnation(redis, on_loss=self._count_loss, clock=clock) if redis is not None else None
+        )
+        """Watches the Redis data set's identity: a wipe is logged and counted."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then drain and return."""
@@ -186,6 +191,8 @@ class Worker:
                 for lane in self.lanes:
                     await lane.throttle.renew()
             try:
+                if self.incarnation is not None:
+                    await self.incarnation.check()
                 await self._heartbeat()
             except (RedisError, QueueUnavailable) as exc:
                 log.warning("heartbeat_failed", error=repr(exc))
@@ -248,6 +255,10 @@ class Worker:
             await asyncio.shield(self._redis.hdel(keys.WORKERS, self.worker_id))
         except RedisError as exc:
             log.warning("heartbeat_remove_failed", error=repr(exc))
+
+    def _count_loss(self) -> None:
+        if self._metrics is not None:
+            self._metrics.redis_data_lost.inc()
 
     def _names(self) -> list[str]:
         return [lane.deployment for lane in self.lanes]

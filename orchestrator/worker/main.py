@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 import structlog
 
-from orchestrator.core import logs
+from orchestrator.core import logs, redis_client
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.results import ResultStore
 from orchestrator.core.runtime import run_until_signal
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         if port is not None:
             bound = metrics.serve(port)
             log.info("metrics_serving", port=bound)
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
         try:
             built = build_worker(settings, redis, deployments, worker_id, metrics=metrics)
             try:

@@ -31,6 +31,7 @@ from orchestrator.worker.upstream import AzureUpstream
 from simulator.config import SimConfig
 from simulator.openai import tokens
 from simulator.server import SimulatorThread
+from tests import redis_mode
 
 DEP = "dep"
 MESSAGES = [{"role": "user", "content": "Summarise the quarterly report in one line."}]
@@ -57,6 +58,7 @@ async def http(sim: SimulatorThread) -> AsyncIterator[httpx2.AsyncClient]:
 def make_settings(sim: SimulatorThread, redis_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "redis_url": redis_url,
+        "redis_cluster": redis_mode.CLUSTER,
         "deployments": [DeploymentConfig(name=DEP, model="gpt-4o-mini", ptus=15)],
         "azure_openai_endpoint": sim.url,
         "azure_openai_api_key": SecretStr("k"),
@@ -262,7 +264,7 @@ async def test_blocking_read_longer_than_the_socket_timeout_survives(
     sim: SimulatorThread, redis_url: str, http: httpx2.AsyncClient
 ) -> None:
     # a client with a 1 s socket timeout, a worker whose receive waits 3 s, idle for 2.5 s
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=1.0)
+    client = redis_mode.connect(redis_url, socket_timeout=1.0)
     await client.flushdb()
     timing = WorkerTiming(receive_timeout_s=3.0, heartbeat_s=0.5, drain_timeout_s=2)
     try:
