@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from orchestrator.core.errors import MissingDependencyError
+from orchestrator.core.errors import ConfigError, MissingDependencyError
 from orchestrator.core.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -103,12 +103,52 @@ class EntraAuth:
         return f"<EntraAuth refresh_at={self._refresh_at:.0f}>"
 
 
-def upstream_auth(settings: Settings) -> UpstreamAuth:
-    """ApiKeyAuth when a key is configured, else EntraAuth on DefaultAzureCredential."""
-    if settings.azure_openai_api_key is not None:
-        return ApiKeyAuth(settings.azure_openai_api_key.get_secret_value())
+def _entra() -> EntraAuth:
     try:
         from azure.identity.aio import DefaultAzureCredential
     except ImportError as exc:
         raise MissingDependencyError("azure-identity", "azure") from exc
     return EntraAuth(DefaultAzureCredential())
+
+
+def upstream_auth(settings: Settings) -> UpstreamAuth:
+    """ApiKeyAuth when a key is configured, else EntraAuth on DefaultAzureCredential."""
+    if settings.azure_openai_api_key is not None:
+        return ApiKeyAuth(settings.azure_openai_api_key.get_secret_value())
+    return _entra()
+
+
+def deployment_auths(settings: Settings, default: UpstreamAuth) -> dict[str, UpstreamAuth]:
+    """Each deployment's credential: `default` unless its entry names `api_key_env`.
+
+    Raises ConfigError when a named key variable is unset.
+    """
+    out: dict[str, UpstreamAuth] = {}
+    by_key: dict[str, UpstreamAuth] = {}
+    for d in settings.deployments:
+        if d.api_key_env is None:
+            out[d.name] = default
+            continue
+        key = settings.api_key_of(d)
+        assert key is not None
+        secret = key.get_secret_value()
+        out[d.name] = by_key.setdefault(secret, ApiKeyAuth(secret))
+    return out
+
+
+async def check_credentials(auths: dict[str, UpstreamAuth], timeout_s: float = 30.0) -> None:
+    """Obtain every credential once before serving; ConfigError naming the one that fails."""
+    seen: set[int] = set()
+    for name, auth in auths.items():
+        if id(auth) in seen:
+            continue
+        seen.add(id(auth))
+        try:
+            async with asyncio.timeout(timeout_s):
+                await auth.headers()
+        except Exception as exc:  # any credential failure is a start-up error
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"upstream credential for deployment {name!r}: cannot obtain an Entra ID token "
+                f"({first[:200]}); set PTU_AZURE_OPENAI_API_KEY or the deployment's api_key_env"
+            ) from exc

@@ -97,3 +97,18 @@ def tenant_files(tenant: str) -> str:
 def tenant_batches(tenant: str) -> str:
     """Sorted set of a tenant's batch ids (score = created_at), for listing."""
     return f"{PREFIX}:tenant-batches:{tenant}"
+
+
+def breaker(deployment: str) -> str:
+    """Hash of a deployment's shared circuit breaker: state, open-until (server ms), epoch."""
+    return f"{PREFIX}:breaker:{deployment}"
+
+
+def breaker_probe(deployment: str) -> str:
+    """Set (with an expiry) while one process runs the half-open probe of a deployment."""
+    return f"{PREFIX}:breaker-probe:{deployment}"
+
+
+def result_counts(deployment: str) -> str:
+    """Hash status -> count of results written for a deployment (survives restarts)."""
+    return f"{PREFIX}:counts:{deployment}"

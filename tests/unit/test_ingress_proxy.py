@@ -17,7 +17,7 @@ from ingress.metrics import IngressMetrics
 from orchestrator.core.schemas import TokenEvent
 
 STD = Target("std", "http://up/openai/deployments/std/chat/completions", False)
-PTU = Target("ptu", "http://up/openai/deployments/ptu/chat/completions", True, STD)
+PTU = Target("ptu", "http://up/openai/deployments/ptu/chat/completions", True, (STD,))
 PTU_ALONE = Target("ptu", PTU.url, True)
 OK_BODY = {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 5}}
 
