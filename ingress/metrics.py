@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+from orchestrator.breaker.machine import GAUGE
 
 
 class IngressMetrics:
@@ -66,7 +66,7 @@ class IngressMetrics:
 
     def circuit(self, deployment: str, state: str) -> None:
         """A breaker changed state (0 closed, 1 half-open, 2 open)."""
-        self._circuit.labels(deployment).set(CIRCUIT_STATES[state])
+        self._circuit.labels(deployment).set(GAUGE[state])
 
     def enqueued(self, deployment: str, count: int = 1) -> None:
         """Requests put on a deployment's queue."""

@@ -32,6 +32,8 @@ Outcome = Literal["ok", "error", "throttled", "unreachable"]
 Transition = Literal["opened", "closed"]
 
 BUCKETS = 10
+GAUGE = {"closed": 0, "half_open": 1, "open": 2}
+"""A state as the number the `*_circuit_state` gauges show."""
 
 
 @dataclass(frozen=True, slots=True)

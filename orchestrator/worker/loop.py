@@ -112,6 +112,8 @@ class Worker:
         tasks = self._tasks[lane.deployment]
         failures = 0
         while not stop.is_set():
+            if not await self._fresh_allowed(lane, stop):
+                continue
             slot = await lane.throttle.acquire(stop)
             if slot is None:
                 break
@@ -140,6 +142,30 @@ class Worker:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         await self._drain(lane, tasks)
+
+    async def _fresh_allowed(self, lane: Lane, stop: asyncio.Event) -> bool:
+        """May the lane take a fresh message now? If not, wait a little and say no.
+
+        Not while retries of this worker wait for a slot (they go first, so the oldest
+        requests are not the ones that run out of time), and not while the deployment's
+        breaker is open; half-open, one message is taken to be the probe unless one of
+        ours already waits to be it.
+        """
+        dispatcher = lane.dispatcher
+        breaker = dispatcher.breaker
+        wait = 0.0
+        if dispatcher.ready_retries > 0:
+            wait = 0.05
+        elif breaker is not None:
+            await breaker.sync()
+            if breaker.state == "open":
+                wait = min(max(breaker.open_left(), 0.05), 1.0)
+            elif breaker.state == "half_open" and dispatcher.gated > 0:
+                wait = 0.25
+        if wait <= 0:
+            return True
+        await pause(wait, stop, self._sleep)
+        return False
 
     async def _receive(self, queue: Queue, stop: asyncio.Event) -> list[Delivery]:
         """One message, or [] on timeout or stop (a stop interrupts the blocking read)."""

@@ -18,10 +18,17 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import openai
 import structlog
 
-from orchestrator.core.errors import ConfigError, UpstreamError, UpstreamThrottled, UpstreamTimeout
+from orchestrator.core.errors import (
+    ConfigError,
+    UpstreamError,
+    UpstreamThrottled,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 if TYPE_CHECKING:
     import httpx2
+    from pydantic import SecretStr
 
     from orchestrator.core.settings import Settings
 
@@ -109,6 +116,21 @@ def parse_utilisation(raw: str | None) -> float | None:
         return None
 
 
+MISCONFIGURED_STATUSES = frozenset({401, 403, 404})
+"""Answers no retry can change: wrong key, no access, no such deployment at this endpoint."""
+
+
+def connection_cause(exc: BaseException) -> str:
+    """The innermost cause of a connection failure, one line (`ConnectError: [Errno 111] ...`)."""
+    inner: BaseException = exc
+    while inner.__cause__ is not None or inner.__context__ is not None:
+        nxt = inner.__cause__ or inner.__context__
+        assert nxt is not None
+        inner = nxt
+    text = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
+    return f"{type(inner).__name__}: {text}"[:200] if text else type(inner).__name__
+
+
 def _error_body(response: httpx2.Response) -> dict[str, object]:
     try:
         data = json.loads(response.text)
@@ -133,9 +155,22 @@ def map_error(exc: openai.OpenAIError) -> UpstreamError:
             )
         if status == 408:
             return UpstreamTimeout("upstream timed out", status_code=408, body=body)
+        if status in MISCONFIGURED_STATUSES:
+            inner = body.get("error")
+            code = inner.get("code") if isinstance(inner, dict) else None
+            return UpstreamUnreachable(
+                f"upstream answered {status}",
+                status_code=status,
+                body=body,
+                cause=f"HTTP {status} {code or ''}".strip(),
+            )
         return UpstreamError(f"upstream answered {status}", status_code=status, body=body)
     if isinstance(exc, openai.APIConnectionError):
-        return UpstreamError("upstream unreachable", status_code=CONNECTION_FAILED_STATUS)
+        return UpstreamUnreachable(
+            "upstream unreachable",
+            status_code=CONNECTION_FAILED_STATUS,
+            cause=connection_cause(exc),
+        )
     return UpstreamError(f"upstream client error: {type(exc).__name__}", status_code=500)
 
 
@@ -153,6 +188,7 @@ class AzureUpstream:
         self._timeout_s = timeout_s
         self._credential = credential
         self.calls = 0
+        self.endpoint = str(client.base_url)
 
     @classmethod
     def from_settings(
@@ -161,12 +197,16 @@ class AzureUpstream:
         *,
         priority: str = "low",
         http_client: httpx2.AsyncClient | None = None,
+        endpoint: str | None = None,
+        api_key: SecretStr | None = None,
     ) -> AzureUpstream:
-        """Client for `PTU_AZURE_OPENAI_ENDPOINT`: API key if set, else Entra ID."""
-        if not settings.azure_openai_endpoint:
+        """Client for `endpoint` (default: the global one); the key if set, else Entra ID."""
+        endpoint = endpoint or settings.azure_openai_endpoint
+        if not endpoint:
             raise ConfigError("PTU_AZURE_OPENAI_ENDPOINT: required by the worker")
+        key = api_key if api_key is not None else settings.azure_openai_api_key
         common: dict[str, Any] = {
-            "azure_endpoint": settings.azure_openai_endpoint,
+            "azure_endpoint": endpoint,
             "api_version": settings.azure_openai_api_version,
             "max_retries": 0,
             "timeout": settings.request_timeout_s,
@@ -174,17 +214,22 @@ class AzureUpstream:
             "http_client": http_client,
         }
         credential: Any | None = None
-        if settings.azure_openai_api_key is not None:
-            client = openai.AsyncAzureOpenAI(
-                api_key=settings.azure_openai_api_key.get_secret_value(), **common
-            )
+        if key is not None:
+            client = openai.AsyncAzureOpenAI(api_key=key.get_secret_value(), **common)
         else:
             from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
 
             credential = DefaultAzureCredential()
             provider = get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE)
             client = openai.AsyncAzureOpenAI(azure_ad_token_provider=provider, **common)
-        return cls(client, timeout_s=settings.request_timeout_s, credential=credential)
+        up = cls(client, timeout_s=settings.request_timeout_s, credential=credential)
+        up.endpoint = endpoint
+        return up
+
+    async def check_credential(self) -> None:
+        """Obtain an Entra ID token once (a no-op with an API key); raises what the SDK raises."""
+        if self._credential is not None:
+            await self._credential.get_token(COGNITIVE_SERVICES_SCOPE)
 
     async def chat(
         self,
