@@ -19,9 +19,9 @@ from rich.console import Console
 from bench.harness.runner import Policy, drive, prepare
 from bench.harness.stack import SimulatorOptions, Stack, sigterm_as_interrupt
 from bench.harness.workload import MixedWorkload, batch_calls, interactive_calls
+from bench.report import tables as report
 from bench.report.dashboard import Dashboard, summary_table
 from bench.report.metrics import PolicyRun, summarise
-from bench.report import tables as report
 from bench.scenarios.mixed import capacity_of
 from orchestrator.core import logs
 from orchestrator.core.settings import Settings

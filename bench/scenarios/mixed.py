@@ -36,8 +36,8 @@ from bench.harness.workload import (
     interactive_calls,
     static_concurrency,
 )
-from bench.report.metrics import RESULT_KEYS, PolicyRun, summarise
 from bench.report import tables as report
+from bench.report.metrics import RESULT_KEYS, PolicyRun, summarise
 from orchestrator.core import logs
 from simulator.config import DEFAULT_RESOURCE_ID, parse_deployment
 

@@ -28,8 +28,8 @@ import redis.asyncio as aioredis
 from bench.harness.runner import Policy, prepare
 from bench.harness.stack import API_KEY, SimulatorOptions, Stack, sigterm_as_interrupt
 from bench.harness.traffic import chat_url
-from bench.report.metrics import percentile
 from bench.report import tables as report
+from bench.report.metrics import percentile
 from orchestrator.core import keys, logs
 
 BODY: dict[str, Any] = {

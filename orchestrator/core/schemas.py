@@ -26,6 +26,8 @@ class QueuedRequest(BaseModel):
     enqueued_at: float
     deadline: float
     batch_id: str | None = None
+    replay_of: str | None = None
+    """Id of the dead-lettered request this one replays (`ptu dlq replay`)."""
 
 
 class ResultDocument(BaseModel):
@@ -43,6 +45,7 @@ class ResultDocument(BaseModel):
     enqueued_at: float
     completed_at: float
     batch_id: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    replay_of: str | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class TokenEvent(BaseModel):

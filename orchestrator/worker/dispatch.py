@@ -412,6 +412,7 @@ class Dispatcher:
             enqueued_at=message.enqueued_at,
             completed_at=self._clock(),
             batch_id=message.batch_id,
+            replay_of=message.replay_of,
         )
 
     def _failed(self, message: QueuedRequest, err: UpstreamError, attempts: int) -> ResultDocument:

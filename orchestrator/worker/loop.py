@@ -242,6 +242,7 @@ class Worker:
                 "reading_age_s": None if reading is None else reading.age(now),
                 "source": None if reading is None else reading.source,
                 "throughput_per_s": len(recent) / THROUGHPUT_WINDOW_S,
+                "circuit": None if dispatcher.breaker is None else dispatcher.breaker.state,
                 **dispatcher.counts,
             }
             if self._metrics is not None:
@@ -250,6 +251,12 @@ class Worker:
                 )
                 if depth is not None:
                     self._metrics.queue_depth.labels(lane.deployment).set(depth)
+                if self._redis is not None:
+                    try:
+                        letters = await self._redis.xlen(keys.dead_letter(lane.deployment))
+                        self._metrics.dead_letters.labels(lane.deployment).set(letters)
+                    except RedisError as exc:
+                        log.debug("dead_letter_depth_failed", error=repr(exc))
                 if global_in_flight is not None:
                     self._metrics.global_in_flight.labels(lane.deployment).set(global_in_flight)
         return {
