@@ -26,10 +26,13 @@ from simulator.openai import chat, tokens
 from simulator.openai.bucket import retry_after_ms, retry_after_s
 from simulator.openai.calls import ChatCall, ChatError, parse_body, parse_call
 from simulator.openai.deployments import Decision, Deployment
+from simulator.openai.header import header_value
 from simulator.openai.latency import generation_s
 
 log = structlog.get_logger(__name__)
 SAMPLE_INTERVAL_S = 1.0
+TICK_S = 0.1
+"""Background calls and the header's history advance this often."""
 DEFAULT_API_VERSION = "2024-10-21"
 
 
@@ -53,6 +56,10 @@ class Simulator:
                 ttft_ms=config.ttft_ms,
                 rng=random.Random(f"{config.seed}:{spec.name}"),
                 now=now,
+                utilisation_model=config.utilisation_model,
+                utilisation_header=config.utilisation_header,
+                background_share=config.background_share,
+                noise_rng=random.Random(f"{config.seed}:{spec.name}:header"),
             )
             for spec in config.deployments
         }
@@ -76,7 +83,9 @@ class Simulator:
             # a 429 reports the level it was refused at, so it never reads below 100 %
             throttled = decision is not None and decision.status == 429
             util = decision.utilization if throttled and decision else deployment.utilization(now)
-            headers["azure-openai-deployment-utilization"] = f"{util * 100.0:.1f}%"
+            shown = deployment.reported_utilization(now, util)
+            if shown is not None:
+                headers["azure-openai-deployment-utilization"] = header_value(shown)
         else:
             toks, reqs = deployment.limiter.remaining(now)
             if decision is not None and decision.remaining_tokens is not None:
@@ -213,15 +222,32 @@ class Simulator:
         headers["cache-control"] = "no-cache"
         return StreamingResponse(chunks(), headers=headers, media_type="text/event-stream")
 
+    def tick(self, now: float) -> None:
+        """Advance background traffic and header history; record background calls."""
+        for deployment in self.deployments.values():
+            for status, call in deployment.tick(now):
+                self.recorder.add_request(now, deployment.name, status)
+                if status == 200:
+                    self.recorder.add_tokens(
+                        now, deployment.name, call.prompt_tokens, call.completion_tokens
+                    )
+
+    def sample(self, now: float) -> None:
+        """One Azure Monitor utilisation sample (the truth) per provisioned deployment."""
+        for deployment in self.deployments.values():
+            if deployment.meter is not None:
+                self.recorder.sample(now, deployment.name, deployment.utilization(now) * 100.0)
+
     async def sample_forever(self) -> None:
-        """Feed the metrics recorder one utilisation sample per provisioned deployment a second."""
-        while True:
+        """Tick every `TICK_S`; feed the metrics recorder once every `SAMPLE_INTERVAL_S`."""
+        # counted in ticks, not by the injected clock, which tests may hold still
+        ticks_per_sample = round(SAMPLE_INTERVAL_S / TICK_S)
+        for count in itertools.count():
             now = self.clock()
-            for deployment in self.deployments.values():
-                if deployment.bucket is not None:
-                    util = deployment.utilization(now) * 100.0
-                    self.recorder.sample(now, deployment.name, util)
-            await asyncio.sleep(SAMPLE_INTERVAL_S)
+            self.tick(now)
+            if count % ticks_per_sample == 0:
+                self.sample(now)
+            await asyncio.sleep(TICK_S)
 
 
 def create_app(config: SimConfig, *, clock: Callable[[], float] = time.time) -> Starlette:

@@ -15,6 +15,8 @@ from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
 from simulator.app import create_app
 from simulator.config import DEFAULT_DEPLOYMENT, DEFAULT_RESOURCE_ID, SimConfig
+from simulator.openai.header import HEADER_MODES
+from simulator.openai.meter import MODELS as UTILISATION_MODELS
 from simulator.server import ForegroundServer, uvicorn_config
 from simulator.tls import write_self_signed
 
@@ -39,6 +41,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--monitor-lag-s", type=float, default=90.0, help="metrics ingestion lag")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--utilisation-model",
+        choices=UTILISATION_MODELS,
+        default="bucket",
+        help="bucket: level of a bucket drained at capacity; sliding: charges over the window",
+    )
+    parser.add_argument(
+        "--utilisation-header",
+        choices=HEADER_MODES,
+        default="exact",
+        help="noisy: the value of 1 s earlier +/- up to 5 points; absent: no header",
+    )
+    parser.add_argument(
+        "--background-share",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="share of capacity consumed by traffic that bypasses everything (0..1)",
+    )
     parser.add_argument("--https", action="store_true", help="serve TLS with a throwaway CA")
     parser.add_argument("--tls-dir", type=Path, default=None, help="where --https writes ca.pem")
     parser.add_argument("--resource-id", default=DEFAULT_RESOURCE_ID)
@@ -66,6 +87,9 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         seed=args.seed,
         api_key=args.api_key,
         resource_id=args.resource_id,
+        utilisation_model=args.utilisation_model,
+        utilisation_header=args.utilisation_header,
+        background_share=args.background_share,
     )
     with contextlib.ExitStack() as stack:
         certfile = keyfile = ca_pem = None

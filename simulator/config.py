@@ -7,6 +7,8 @@ from typing import Literal
 
 from orchestrator.core.capacity import lookup
 from orchestrator.core.errors import ConfigError
+from simulator.openai.header import HEADER_MODES
+from simulator.openai.meter import MODELS as UTILISATION_MODELS
 
 DEFAULT_RESOURCE_ID = (
     "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/sim"
@@ -91,6 +93,9 @@ class SimConfig:
     seed: int = 0
     api_key: str | None = None
     resource_id: str = DEFAULT_RESOURCE_ID
+    utilisation_model: str = "bucket"
+    utilisation_header: str = "exact"
+    background_share: float = 0.0
 
     def __post_init__(self) -> None:
         names = [d.name for d in self.deployments]
@@ -100,6 +105,12 @@ class SimConfig:
             raise ConfigError("--window-s must be positive")
         if self.tbt_ms < 0 or self.ttft_ms < 0:
             raise ConfigError("--tbt-ms and --ttft-ms must not be negative")
+        if self.utilisation_model not in UTILISATION_MODELS:
+            raise ConfigError(f"--utilisation-model must be one of {', '.join(UTILISATION_MODELS)}")
+        if self.utilisation_header not in HEADER_MODES:
+            raise ConfigError(f"--utilisation-header must be one of {', '.join(HEADER_MODES)}")
+        if not 0.0 <= self.background_share <= 1.0:
+            raise ConfigError("--background-share must be between 0 and 1")
 
     @classmethod
     def from_specs(cls, specs: list[str] | tuple[str, ...], **kwargs: object) -> SimConfig:

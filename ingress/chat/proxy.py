@@ -185,6 +185,7 @@ class Proxy:
         headers.extend(_FIXED_HEADERS)
         answer = await self._send_spilling(call, headers)
         resp, used = answer.resp, answer.used
+        # The request decides: some upstreams stream without `text/event-stream`.
         if answer.chunks is not None:
             sse = SSEFilter(strip_usage=call.strip_usage)
             return UpstreamStream(answer, sse, call, self)
@@ -309,7 +310,7 @@ class Proxy:
         resp: httpx2.Response | None = None
         try:
             resp = await self._client.send(request, stream=call.stream)
-            if not (call.stream and resp.status_code == 200 and _is_sse(resp)):
+            if not (call.stream and resp.status_code == 200):
                 return _Answer(resp, target, admitted)
             chunks = resp.aiter_raw()
             first = b""
@@ -365,7 +366,10 @@ class UpstreamStream(Response):
         upstream = answer.resp
         self.status_code = upstream.status_code
         self.background = None
-        self.raw_headers = passed_headers(upstream.headers.raw)
+        self.raw_headers = [
+            (k, v) for k, v in passed_headers(upstream.headers.raw) if k != b"content-type"
+        ]
+        self.raw_headers.append((b"content-type", b"text/event-stream"))
         self.raw_headers.extend(answered_by(call, answer.used))
         self._answer = answer
         self._sse = sse
@@ -396,10 +400,6 @@ class UpstreamStream(Response):
             await answer.resp.aclose()
             usage = sse.usage or _approximate_usage(self._call, sse)
             self._proxy.finished(answer.admitted, self._call, answer.used, usage)
-
-
-def _is_sse(resp: httpx2.Response) -> bool:
-    return resp.headers.get("content-type", "").startswith("text/event-stream")
 
 
 def _usage_of(content: bytes) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Protocol
 
 from orchestrator.core.errors import ConfigError, PTUError
@@ -40,10 +41,18 @@ class VerbModule(Protocol):
         """Run the verb; return the exit status."""
 
 
+def version() -> str:
+    """The installed distribution's version."""
+    try:
+        return metadata.version("ptu-orchestrator")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
 def _top_help() -> str:
     lines = ["usage: ptu VERB [options]", "", "verbs:"]
     lines += [f"  {verb:<10} {text}" for verb, (_, text) in VERBS.items()]
-    lines += ["", "ptu VERB --help shows a verb's options."]
+    lines += ["", "ptu VERB --help shows a verb's options; ptu --version the version."]
     return "\n".join(lines)
 
 
@@ -53,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_in or args_in[0] in ("-h", "--help"):
         print(_top_help())
         return 0 if args_in else 2
+    if args_in[0] in ("-V", "--version"):
+        print(f"ptu {version()}")
+        return 0
     verb, rest = args_in[0], args_in[1:]
     if verb not in VERBS:
         print(f"ptu: unknown verb {verb!r} (one of: {', '.join(VERBS)})", file=sys.stderr)

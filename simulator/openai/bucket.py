@@ -83,8 +83,11 @@ class LeakyBucket:
         self._level = level + cost
         return Admission(True, self._level / self.full)
 
-    def reconcile(self, now: float, delta: float) -> None:
-        """Correct an admitted call's cost by `delta` (negative when it used less)."""
+    def reconcile(self, now: float, delta: float, admitted_at: float | None = None) -> None:
+        """Correct an admitted call's cost by `delta` (negative when it used less).
+
+        `admitted_at` does not matter to a bucket: the level has no memory of when.
+        """
         self._level = max(0.0, self.level(now) + delta)
 
     def set_capacity(self, now: float, capacity_tpm: float) -> None:

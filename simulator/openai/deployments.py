@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from simulator.config import DeploymentSpec
-from simulator.openai.bucket import LeakyBucket, charge
+from simulator.openai.background import BackgroundCall, BackgroundSchedule, call_shape
+from simulator.openai.bucket import charge
+from simulator.openai.header import HEADER_MODES, UtilisationHistory, reported
 from simulator.openai.latency import ttft_s
+from simulator.openai.meter import MODELS, Meter, make_meter, switch
 from simulator.openai.standard import StandardLimiter
 
 UNLABELLED = "unlabelled"
@@ -21,8 +24,15 @@ PATCHABLE = (
     "timeout_rate",
     "spike_rate",
     "spike_ms",
+    "background_share",
 )
-RATES = ("error_rate", "timeout_rate", "spike_rate")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "utilisation_model": MODELS,
+    "utilisation_header": HEADER_MODES,
+}
+"""Fields of a PATCH body that take one of a few names rather than a number."""
+PROVISIONED_ONLY = ("ptus", "background_share", *CHOICES)
+RATES = ("error_rate", "timeout_rate", "spike_rate", "background_share")
 
 
 @dataclass(slots=True)
@@ -55,12 +65,23 @@ class Counters:
 
 
 @dataclass(slots=True)
+class BackgroundCounters:
+    """Totals of the synthetic bypassing traffic, kept apart from real callers'."""
+
+    requests: int = 0
+    throttled: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(slots=True)
 class Ticket:
     """An admitted call, handed back at completion to reconcile its cost."""
 
     priority: str
     prompt_tokens: int
     admitted_output_tokens: int
+    admitted_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +110,10 @@ class Deployment:
         ttft_ms: float,
         rng: random.Random,
         now: float = 0.0,
+        utilisation_model: str = "bucket",
+        utilisation_header: str = "exact",
+        background_share: float = 0.0,
+        noise_rng: random.Random | None = None,
     ) -> None:
         self.spec = spec
         self.window_s = window_s
@@ -96,11 +121,18 @@ class Deployment:
         self.ttft_ms = ttft_ms
         self.faults = Faults()
         self.counters = Counters()
+        self.background_counters = BackgroundCounters()
         self._rng = rng
-        self.bucket: LeakyBucket | None = None
+        self._noise_rng = noise_rng or random.Random(0)
+        self.meter: Meter | None = None
         self.limiter: StandardLimiter | None = None
+        self.utilisation_model = utilisation_model
+        self.utilisation_header = utilisation_header
+        self.history = UtilisationHistory()
+        self.background = BackgroundSchedule(0.0, now)
         if spec.kind == "provisioned":
-            self.bucket = LeakyBucket(spec.capacity_tpm, window_s, now)
+            self.meter = make_meter(utilisation_model, spec.capacity_tpm, window_s, now)
+            self.background.set_share(now, background_share)
         else:
             self.limiter = StandardLimiter(spec.tpm)
         self.in_flight: dict[str, int] = {}
@@ -114,17 +146,47 @@ class Deployment:
     @property
     def capacity_tpm(self) -> float:
         """Current capacity in input-token equivalents (or TPM quota) per minute."""
-        if self.bucket is not None:
-            return self.bucket.capacity_tpm
+        if self.meter is not None:
+            return self.meter.capacity_tpm
         assert self.limiter is not None
         return self.limiter.tpm
 
     def utilization(self, now: float) -> float:
-        """Bucket level (provisioned) or share of this minute's quota (standard)."""
-        if self.bucket is not None:
-            return self.bucket.utilization(now)
+        """The true level (provisioned, under its model) or share of this minute's quota."""
+        if self.meter is not None:
+            return self.meter.utilization(now)
         assert self.limiter is not None
         return self.limiter.utilization(now)
+
+    def reported_utilization(self, now: float, exact: float) -> float | None:
+        """What the utilisation header says now (None: no header), `exact` being the truth."""
+        self.history.record(now, self.utilization(now))
+        return reported(self.utilisation_header, now, exact, self.history, self._noise_rng)
+
+    def tick(self, now: float) -> list[tuple[int, BackgroundCall]]:
+        """Sample the truth for the header history and send the background calls now due.
+
+        Returns each background call with its status (200 or 429), for Azure Monitor.
+        """
+        if self.meter is None:
+            return []
+        self.history.record(now, self.meter.utilization(now))
+        due = self.background.due(now)
+        if not due:
+            return []
+        call = call_shape(self.background.share, self.meter.capacity_tpm, self.spec.output_weight)
+        sent: list[tuple[int, BackgroundCall]] = []
+        bg = self.background_counters
+        for _ in range(due):
+            bg.requests += 1
+            if self.meter.try_admit(now, call.charge).admitted:
+                bg.prompt_tokens += call.prompt_tokens
+                bg.completion_tokens += call.completion_tokens
+                sent.append((200, call))
+            else:
+                bg.throttled += 1
+                sent.append((429, call))
+        return sent
 
     def admit(
         self,
@@ -139,9 +201,9 @@ class Deployment:
         self.counters.requests += 1
         self.counters.bump(priority, "requests")
         remaining: tuple[int | None, int | None] = (None, None)
-        if self.bucket is not None:
+        if self.meter is not None:
             cost = charge(prompt_tokens, cached_tokens, output_tokens, self.spec.output_weight)
-            admission = self.bucket.try_admit(now, cost)
+            admission = self.meter.try_admit(now, cost)
             admitted, wait = admission.admitted, admission.retry_after_s
         else:
             assert self.limiter is not None
@@ -152,7 +214,7 @@ class Deployment:
             self.counters.throttled += 1
             self.counters.bump(priority, "throttled")
             return Decision(429, self.utilization(now), None, wait, *remaining)
-        ticket = Ticket(priority, prompt_tokens - cached_tokens, output_tokens)
+        ticket = Ticket(priority, prompt_tokens - cached_tokens, output_tokens, now)
         status = self._draw_fault()
         if status != 200:
             self.counters.errors += 1
@@ -177,17 +239,17 @@ class Deployment:
         return 200
 
     def _refund(self, now: float, ticket: Ticket) -> None:
-        if self.bucket is not None:
+        if self.meter is not None:
             cost = ticket.prompt_tokens + ticket.admitted_output_tokens * self.spec.output_weight
-            self.bucket.reconcile(now, -cost)
+            self.meter.reconcile(now, -cost, ticket.admitted_at)
 
     def complete(
         self, now: float, ticket: Ticket, prompt_tokens: int, completion_tokens: int
     ) -> None:
         """Reconcile an admitted call with its actual output and count its tokens."""
-        if self.bucket is not None:
+        if self.meter is not None:
             delta = (completion_tokens - ticket.admitted_output_tokens) * self.spec.output_weight
-            self.bucket.reconcile(now, delta)
+            self.meter.reconcile(now, delta, ticket.admitted_at)
         left = self.in_flight.get(ticket.priority, 0) - 1
         self.in_flight[ticket.priority] = max(0, left)
         self.counters.prompt_tokens += prompt_tokens
@@ -196,27 +258,43 @@ class Deployment:
 
     def patch(self, now: float, changes: dict[str, Any]) -> None:
         """Apply a validated `PATCH /sim/deployments/{name}` body."""
-        unknown = sorted(set(changes) - set(PATCHABLE))
+        unknown = sorted(set(changes) - set(PATCHABLE) - set(CHOICES))
         if unknown:
             raise ValueError(f"unknown field(s): {', '.join(unknown)}")
         values: dict[str, float] = {}
+        names: dict[str, str] = {}
         for key, value in changes.items():
+            if key in CHOICES:
+                if value not in CHOICES[key]:
+                    raise ValueError(f"{key} must be one of {', '.join(CHOICES[key])}")
+                names[key] = value
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{key} must be a non-negative number")
             if key in RATES and value > 1:
                 raise ValueError(f"{key} must be between 0 and 1")
             values[key] = float(value)
-        if "ptus" in values and self.bucket is None:
-            raise ValueError("ptus applies to provisioned deployments only; use tpm")
+        if self.meter is None:
+            misplaced = [k for k in PROVISIONED_ONLY if k in changes]
+            if misplaced:
+                hint = "; use tpm" if "ptus" in misplaced else ""
+                raise ValueError(f"{misplaced[0]} applies to provisioned deployments only{hint}")
         if "tpm" in values and self.limiter is None:
             raise ValueError("tpm applies to standard deployments only; use ptus")
         if values.get("ptus", 1.0) <= 0 or values.get("tpm", 1.0) <= 0:
             raise ValueError("capacity must be positive")
-        self._apply(now, values)
+        self._apply(now, values, names)
 
-    def _apply(self, now: float, values: dict[str, float]) -> None:
-        if "ptus" in values and self.bucket is not None:
-            self.bucket.set_capacity(now, values["ptus"] * self.spec.input_tpm_per_ptu)
+    def _apply(self, now: float, values: dict[str, float], names: dict[str, str]) -> None:
+        if self.meter is not None:
+            if "ptus" in values:
+                self.meter.set_capacity(now, values["ptus"] * self.spec.input_tpm_per_ptu)
+            if "background_share" in values:
+                self.background.set_share(now, values["background_share"])
+            if "utilisation_model" in names:
+                self.utilisation_model = names["utilisation_model"]
+                self.meter = switch(self.meter, self.utilisation_model, now)
+            self.utilisation_header = names.get("utilisation_header", self.utilisation_header)
         if "tpm" in values and self.limiter is not None:
             self.limiter.tpm = values["tpm"]
         self.tbt_ms = values.get("tbt_ms", self.tbt_ms)
@@ -227,13 +305,16 @@ class Deployment:
 
     def reset(self, now: float) -> None:
         """Empty the bucket or windows, in-flight bookkeeping, peaks and counters."""
-        if self.bucket is not None:
-            self.bucket.reset(now)
+        if self.meter is not None:
+            capacity = self.meter.capacity_tpm
+            self.meter = make_meter(self.utilisation_model, capacity, self.window_s, now)
         if self.limiter is not None:
             self.limiter.reset()
         self.in_flight.clear()
         self.peak_in_flight.clear()
         self.counters = Counters()
+        self.background_counters = BackgroundCounters()
+        self.history = UtilisationHistory()
 
     def reset_peaks(self) -> None:
         """Start peak tracking again from the current in-flight counts."""
@@ -262,6 +343,24 @@ class Deployment:
             "faults": {
                 k: getattr(self.faults, k)
                 for k in ("error_rate", "timeout_rate", "spike_rate", "spike_ms")
+            },
+            **self._reality(),
+        }
+
+    def _reality(self) -> dict[str, Any]:
+        """How this deployment departs from the orchestrator's model (provisioned only)."""
+        if self.meter is None:
+            return {}
+        bg = self.background_counters
+        return {
+            "utilisation_model": self.utilisation_model,
+            "utilisation_header": self.utilisation_header,
+            "background": {
+                "share": self.background.share,
+                "requests": bg.requests,
+                "throttled": bg.throttled,
+                "prompt_tokens": bg.prompt_tokens,
+                "completion_tokens": bg.completion_tokens,
             },
         }
 

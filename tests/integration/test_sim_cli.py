@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx2
+import pytest
 
 from orchestrator.testing.embedded_redis import free_port
 
@@ -22,6 +23,8 @@ def test_https_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             "--deployment", "a=gpt-4o:15",
             "--deployment", "b=gpt-4o-mini:50000:standard",
             "--window-s", "10", "--tbt-ms", "0", "--ttft-ms", "0", "--seed", "4",
+            "--utilisation-model", "sliding", "--utilisation-header", "absent",
+            "--background-share", "0.1",
             "--api-key", "k", "--https", "--tls-dir", str(tmp_path), "--log-level", "warning",
         ],
         stdout=subprocess.PIPE,
@@ -42,6 +45,7 @@ def test_https_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             )
             assert reply.status_code == 200
             assert reply.json()["usage"]["completion_tokens"] <= 5
+            assert "azure-openai-deployment-utilization" not in reply.headers
             denied = http.post(
                 "/openai/v1/chat/completions",
                 json={"model": "a", "messages": [{"role": "user", "content": "hi"}]},
@@ -50,6 +54,8 @@ def test_https_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             assert denied.status_code == 401
             state = http.get("/sim/state").json()["deployments"]
         assert state["a"]["capacity_tpm"] == 37_500 and state["a"]["window_s"] == 10.0
+        assert state["a"]["utilisation_model"] == "sliding"
+        assert state["a"]["background"]["share"] == 0.1
         assert state["b"]["kind"] == "standard"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
@@ -62,12 +68,20 @@ def test_https_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
                 stream.close()
 
 
-def test_bad_deployment_spec_exits_2() -> None:
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--deployment", "x=nope:15"], ["--deployment", "nope"]),
+        (["--background-share", "1.5"], ["--background-share"]),
+    ],
+)
+def test_bad_flags_exit_2_naming_the_flag(flags: list[str], named: list[str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "simulator", "--deployment", "x=nope:15"],
+        [sys.executable, "-m", "orchestrator", "simulator", *flags],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 2
-    assert "--deployment" in done.stderr and "nope" in done.stderr
+    assert all(word in done.stderr for word in named), done.stderr
+    assert "Traceback" not in done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
@@ -261,3 +262,43 @@ def test_an_unparseable_upstream_url_is_400_not_500() -> None:
     with pytest.raises(ApiError) as info:
         proxy._url(PTU, "?x=" + "a" * 70_000)
     assert info.value.status == 400 and info.value.code == "invalid_query"
+
+
+async def test_a_streaming_request_is_relayed_as_sse_whatever_the_upstream_content_type() -> None:
+    """Some upstreams (e.g. microsoft/aoai-api-simulator) stream without `text/event-stream`."""
+    events = [
+        b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n',
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+
+    class Events(httpx2.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for event in events:
+                yield event
+
+    def upstream(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, stream=Events(), headers={"content-type": "text/plain"})
+
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(upstream))
+    sink = Sink()
+    events_out = TokenEvents(sink, clock=lambda: 1000.0)
+    proxy = Proxy(client, ApiKeyAuth("key"), events_out, IngressMetrics(), spillover_wait_ms=0)
+    call = _call(PTU_ALONE)
+    call.stream = True
+    resp = await proxy.forward(call)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    await resp({"type": "http"}, receive, send)
+    await proxy._events.drain()
+    headers = dict(sent[0]["headers"])
+    assert headers[b"content-type"] == b"text/event-stream"
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b"".join(events)
+    assert [e.phase for e in sink.events] == ["admit", "complete"]
+    assert sink.events[-1].completion_tokens == 1

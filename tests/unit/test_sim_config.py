@@ -57,3 +57,15 @@ def test_config_defaults_and_validation() -> None:
         SimConfig.from_specs([], window_s=0)
     with pytest.raises(ConfigError, match="tbt"):
         SimConfig.from_specs([], tbt_ms=-1)
+
+
+def test_reality_knobs_default_to_the_orchestrator_model_and_are_validated() -> None:
+    config = SimConfig.from_specs([])
+    assert (config.utilisation_model, config.utilisation_header) == ("bucket", "exact")
+    assert config.background_share == 0.0
+    with pytest.raises(ConfigError, match="--utilisation-model"):
+        SimConfig.from_specs([], utilisation_model="rate")
+    with pytest.raises(ConfigError, match="--utilisation-header"):
+        SimConfig.from_specs([], utilisation_header="sometimes")
+    with pytest.raises(ConfigError, match="--background-share"):
+        SimConfig.from_specs([], background_share=1.2)

@@ -101,6 +101,10 @@ def test_spike_adds_to_ttft() -> None:
         ({"tbt_ms": "fast"}, "non-negative"),
         ({"tpm": 1000}, "standard deployments only"),
         ({"ptus": 0}, "positive"),
+        ({"background_share": 1.5}, "between 0 and 1"),
+        ({"background_share": "lots"}, "non-negative"),
+        ({"utilisation_model": "rate"}, "bucket, sliding"),
+        ({"utilisation_header": 3}, "exact, noisy, absent"),
     ],
 )
 def test_patch_validation(changes: dict[str, Any], message: str) -> None:
@@ -115,8 +119,9 @@ def test_patch_capacity_and_reset() -> None:
     s = standard()
     s.patch(0.0, {"tpm": 20_000})
     assert s.capacity_tpm == 20_000
-    with pytest.raises(ValueError, match="provisioned deployments only"):
-        s.patch(0.0, {"ptus": 15})
+    for field, value in (("ptus", 15), ("background_share", 0.2), ("utilisation_model", "bucket")):
+        with pytest.raises(ValueError, match=f"{field} applies to provisioned deployments only"):
+            s.patch(0.0, {field: value})
     decision = d.admit(0.0, prompt_tokens=100, output_tokens=10, priority="high")
     assert decision.ticket is not None
     d.reset_peaks()
