@@ -141,6 +141,7 @@ def test_wrong_endpoint_pauses_then_the_right_one_completes_everything(tmp_path:
         stack.start_simulator()
         client = redis.Redis.from_url(stack.redis_url)
         ids = enqueue(stack.redis_url, PTU, 20)
+        stack.start_estimator(stack.base_env())  # keeps the estimate fresh: no ingress here
         wrong = f"http://127.0.0.1:{free_port()}"
         stack.start_worker(stack.base_env(PTU_AZURE_OPENAI_ENDPOINT=wrong, PTU_MAX_ATTEMPTS="2"))
         log_file = tmp_path / "logs" / "worker.log"
@@ -175,6 +176,7 @@ def test_dlq_replay_yields_exactly_one_new_result(tmp_path: Path) -> None:
         env = stack.base_env(PTU_MAX_ATTEMPTS="1", PTU_BREAKER_MIN_CALLS="1000")
         _patch(stack.sim_url, PTU, error_rate=1.0)
         (rid,) = enqueue(stack.redis_url, PTU, 1)
+        stack.start_estimator(env)
         stack.start_worker(env)
         wait_for(lambda: results_written(client, [rid]) == 1, stack, 30)
         assert client.xlen(keys.dead_letter(PTU)) == 1
