@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 import structlog
 
-from orchestrator.core.errors import ConfigError, MissingDependencyError
+from orchestrator.core.errors import MissingDependencyError
 from orchestrator.core.settings import Settings
+from orchestrator.core.startup import credential_error
 
 log = structlog.get_logger(__name__)
 
@@ -147,8 +148,4 @@ async def check_credentials(auths: dict[str, UpstreamAuth], timeout_s: float = 3
             async with asyncio.timeout(timeout_s):
                 await auth.headers()
         except Exception as exc:  # any credential failure is a start-up error
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(
-                f"upstream credential for deployment {name!r}: cannot obtain an Entra ID token "
-                f"({first[:200]}); set PTU_AZURE_OPENAI_API_KEY or the deployment's api_key_env"
-            ) from exc
+            raise credential_error(f"deployment {name!r}", exc) from exc

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -24,17 +24,17 @@ from redis.exceptions import RedisError
 
 from orchestrator.breaker.machine import Breaker, BreakerConfig, Outcome, State, Verdict
 from orchestrator.core import keys
+from orchestrator.throttle.slots import NOW_MS
+
+if TYPE_CHECKING:
+    from orchestrator.core.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-_NOW_MS = """
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
 
 # KEYS: breaker hash. Returns {state, ms left open, epoch, reason, trips}.
 _READ = (
-    _NOW_MS
+    NOW_MS
     + """
 local v = redis.call('HMGET', KEYS[1], 'state', 'until_ms', 'epoch', 'reason', 'trips')
 local state = v[1] or 'closed'
@@ -46,7 +46,7 @@ return {state, left, tonumber(v[3] or '0'), v[4] or '', tonumber(v[5] or '0')}
 
 # KEYS: breaker hash, probe key. ARGV: open ms, reason. Never shortens a longer open time.
 _TRIP = (
-    _NOW_MS
+    NOW_MS
     + """
 local until_ms = now_ms + tonumber(ARGV[1])
 local old = tonumber(redis.call('HGET', KEYS[1], 'until_ms') or '0')
@@ -64,7 +64,7 @@ return until_ms - now_ms
 
 # KEYS: breaker hash, probe key. Closes unless someone re-opened it meanwhile. New epoch.
 _CLOSE = (
-    _NOW_MS
+    NOW_MS
     + """
 local until_ms = tonumber(redis.call('HGET', KEYS[1], 'until_ms') or '0')
 if redis.call('HGET', KEYS[1], 'state') == 'open' and until_ms > now_ms then return -1 end
@@ -211,7 +211,7 @@ class SharedBreaker:
         return f"<SharedBreaker deployment={self.deployment} {self.machine!r}>"
 
 
-def breaker_config(settings: Any, *, probe_timeout_s: float | None = None) -> BreakerConfig:
+def breaker_config(settings: Settings, *, probe_timeout_s: float | None = None) -> BreakerConfig:
     """The breaker thresholds from `Settings` (`PTU_BREAKER_*`, `PTU_SPILLOVER_WAIT_MS`)."""
     return BreakerConfig(
         failure_rate=settings.breaker_failure_rate,

@@ -80,8 +80,9 @@ async def check_redis(redis: aioredis.Redis, url: str, timeout_s: float = 5.0) -
         async with _timeout(timeout_s):
             await redis.ping()
     except (RedisError, OSError, TimeoutError) as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"PTU_REDIS_URL: cannot reach {_without_password(url)}: {text}") from exc
+        raise ConfigError(
+            f"PTU_REDIS_URL: cannot reach {_without_password(url)}: {first_line(exc)}"
+        ) from exc
 
 
 def check_port(host: str, port: int, what: str) -> None:
@@ -94,6 +95,20 @@ def check_port(host: str, port: int, what: str) -> None:
         except OSError as exc:
             cause = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
             raise ConfigError(f"{what}: cannot listen on {host}:{port}: {cause}") from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: its message's first line, else its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def credential_error(where: str, exc: BaseException) -> ConfigError:
+    """The one-line start-up error for an upstream credential that cannot be obtained."""
+    return ConfigError(
+        f"upstream credential for {where}: cannot obtain an Entra ID token ({first_line(exc)}); "
+        "set PTU_AZURE_OPENAI_API_KEY or the deployment's api_key_env"
+    )
 
 
 def _without_password(url: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.settings import DeploymentConfig, Settings
+from orchestrator.core.startup import credential_error
 from orchestrator.worker.upstream import AzureUpstream, Upstream, UpstreamResponse
 
 
@@ -56,11 +57,7 @@ class RoutedUpstream:
             try:
                 await up.check_credential()
             except Exception as exc:  # any credential failure is a start-up error
-                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ConfigError(
-                    f"upstream credential for {up.endpoint}: cannot obtain an Entra ID token "
-                    f"({text[:200]}); set PTU_AZURE_OPENAI_API_KEY or the deployment's api_key_env"
-                ) from exc
+                raise credential_error(up.endpoint, exc) from exc
 
     async def chat(
         self,
