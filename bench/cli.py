@@ -14,6 +14,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "bench.scenarios.saturation",
         "closed-loop load against the simulator's leaky bucket",
     ),
+    "robustness": (
+        "bench.scenarios.robustness",
+        "the mixed workload under deployments that disagree with our model, calibration off/on",
+    ),
     "throttle-curve": ("bench.scenarios.throttle_curve", "low-priority concurrency vs utilisation"),
 }
 

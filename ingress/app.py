@@ -24,7 +24,6 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -37,10 +36,11 @@ from ingress.chat.credentials import UpstreamAuth, deployment_auths, upstream_au
 from ingress.chat.proxy import Proxy
 from ingress.chat.routes import ChatRoutes
 from ingress.chat.targets import make_client, targets
-from ingress.chat.token_events import TokenEvents, TokenSink
+from ingress.chat.token_events import TokenEvents
 from ingress.http import errors
 from ingress.http.auth import Authenticator
-from ingress.http.openapi import openapi_document
+from ingress.http.models import Health
+from ingress.http.openapi import Reply, openapi_document, operation
 from ingress.metrics import IngressMetrics
 from ingress.queued.enqueue import Enqueuer
 from ingress.queued.requests import RequestsApi
@@ -49,6 +49,8 @@ from orchestrator.core.results import ResultStore
 from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue
+from orchestrator.utilisation.base import TokenRecorder
+from orchestrator.utilisation.estimate.calibration import params_for
 from orchestrator.utilisation.estimate.store import EstimateStore
 
 log = structlog.get_logger(__name__)
@@ -92,7 +94,7 @@ def _parts(
     redis: aioredis.Redis | None,
     http_client: httpx2.AsyncClient | None,
     queues: Mapping[str, Queue] | None,
-    token_sink: TokenSink | None,
+    token_sink: TokenRecorder | None,
     auth: UpstreamAuth | None,
     clock: Callable[[], float],
 ) -> _Parts:
@@ -122,6 +124,7 @@ def _parts(
             window_s=settings.estimate_window_s,
             max_age_s=settings.estimate_max_age_s,
             clock=clock,
+            calibration=params_for(settings.calibration),
         )
         token_sink = estimate
     return _Parts(
@@ -142,11 +145,14 @@ def create_app(
     redis: aioredis.Redis | None = None,
     http_client: httpx2.AsyncClient | None = None,
     queues: Mapping[str, Queue] | None = None,
-    token_sink: TokenSink | None = None,
+    token_sink: TokenRecorder | None = None,
     auth: UpstreamAuth | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
     """The ingress ASGI app; clients passed in are the caller's to close, the rest its own.
+
+    Its routes are the table below, each handler carrying its `@operation`
+    contract; `app.state.openapi` is the document generated from that table.
 
     `queues` (deployment -> Queue), `token_sink` and `auth` replace the ones built
     from settings (tests, benchmarks); `clock` stamps requests and token events.
@@ -171,13 +177,11 @@ def create_app(
     enqueuer = Enqueuer(results, parts.queues, metrics, clock=clock)
     chat = ChatRoutes(settings, deployments, tenants, proxy, enqueuer, metrics)
     requests_api = RequestsApi(results, tenants)
-    document = openapi_document([d.name for d in settings.deployments])
     files = FileStore(parts.redis, clock=clock)
     work = BatchWork(
         results, proxy, deployments,
         query="?api-version=" + quote(settings.azure_openai_api_version),
-        concurrency=settings.max_concurrency, max_attempts=settings.max_attempts,
-        backoff_max_s=settings.backoff_max_s, clock=clock,
+        concurrency=settings.max_concurrency, retry=settings.retry_policy(), clock=clock,
     )  # fmt: skip
     file_routes = FileRoutes(files, tenants, deployments)
     batches = BatchRoutes(
@@ -185,6 +189,7 @@ def create_app(
         work, metrics, clock=clock,
     )  # fmt: skip
 
+    @operation("liveness", {200: Reply("alive", Health)})
     async def healthz(request: Request) -> Response:
         try:
             await parts.redis.ping()
@@ -193,20 +198,13 @@ def create_app(
             store = "unavailable"
         return JSONResponse({"status": "ok", "redis": store})
 
+    @operation("Prometheus metrics", {200: Reply("text exposition", media_type="text/plain")})
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
+    @operation("this document (OpenAPI 3.1)", {200: Reply("the document")})
     async def openapi(request: Request) -> Response:
-        return JSONResponse(document)
-
-    async def api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, errors.ApiError)
-        metrics.error(exc.code)
-        return exc.response()
-
-    async def store_unavailable(request: Request, exc: Exception) -> Response:
-        log.warning("store_unavailable", path=request.url.path, error=repr(exc))
-        return await api_error(request, errors.unavailable("the state store (Redis)"))
+        return JSONResponse(request.app.state.openapi)
 
     routes = [
         Route("/openai/deployments/{deployment}/chat/completions", chat.azure, methods=["POST"]),
@@ -248,13 +246,9 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={
-            errors.ApiError: api_error,
-            RedisError: store_unavailable,
-            HTTPException: errors.http_exception_handler,
-            Exception: errors.unhandled_error_handler,
-        },
+        exception_handlers=errors.exception_handlers(metrics),
     )
+    app.state.openapi = openapi_document(routes, [d.name for d in settings.deployments])
     app.state.metrics = metrics
     app.state.results = results
     return app

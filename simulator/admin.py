@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from simulator.monitor.recorder import MetricsRecorder
 from simulator.openai.deployments import Deployment
 
 log = structlog.get_logger(__name__)
@@ -25,8 +26,16 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": str(status), "message": message}}, status_code=status)
 
 
-def admin_routes(deployments: Mapping[str, Deployment], clock: Callable[[], float]) -> list[Route]:
-    """Routes to inspect and steer the simulated deployments."""
+def admin_routes(
+    deployments: Mapping[str, Deployment],
+    clock: Callable[[], float],
+    recorder: MetricsRecorder | None = None,
+) -> list[Route]:
+    """Routes to inspect and steer the simulated deployments.
+
+    `POST /sim/reset` keeps the Azure Monitor history, as the real service would after a
+    quiet spell; `?metrics=1` forgets it too, for a benchmark that wants a fresh resource.
+    """
 
     async def state(request: Request) -> JSONResponse:
         now = clock()
@@ -59,7 +68,10 @@ def admin_routes(deployments: Mapping[str, Deployment], clock: Callable[[], floa
         now = clock()
         for deployment in deployments.values():
             deployment.reset(now)
-        log.info("simulator_reset", deployments=list(deployments))
+        metrics = request.query_params.get("metrics", "") not in ("", "0", "false")
+        if metrics and recorder is not None:
+            recorder.clear()
+        log.info("simulator_reset", deployments=list(deployments), metrics=metrics)
         return JSONResponse(snapshot(deployments, now))
 
     return [

@@ -276,7 +276,7 @@ def create_app(config: SimConfig, *, clock: Callable[[], float] = time.time) -> 
             "/openai/deployments/{deployment}/chat/completions", deployment_chat, methods=["POST"]
         ),
         Route("/openai/v1/chat/completions", v1_chat, methods=["POST"]),
-        *admin_routes(sim.deployments, clock),
+        *admin_routes(sim.deployments, clock, sim.recorder),
         *monitor_routes(sim.recorder, config.resource_id, clock),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

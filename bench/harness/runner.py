@@ -60,20 +60,38 @@ class LiveRun:
     stack_check: Callable[[], None]
 
 
-def prepare(stack: Stack, policy: Policy, workers: int = 1) -> None:
-    """Give `policy` a clean stack: fresh ingress, estimator and workers, empty Redis, reset sim."""
+def prepare(
+    stack: Stack,
+    policy: Policy,
+    workers: int = 1,
+    *,
+    sim_patch: Mapping[str, object] | None = None,
+    fresh_metrics: bool = False,
+) -> None:
+    """Give `policy` a clean stack: fresh ingress, estimator and workers, empty Redis, reset sim.
+
+    `sim_patch` is applied to the simulated deployment first (a robustness reality);
+    `fresh_metrics` also forgets the simulator's Azure Monitor history.
+    """
     for name in [n for n in stack.children if n != "simulator"]:
         stack.stop(name)
     with redis.Redis.from_url(stack.redis_url) as client:
         client.flushall()
-    httpx2.post(f"{stack.sim_url}/sim/reset", verify=stack.verify, timeout=5.0).raise_for_status()
+    sim = stack.sim_url
+    if sim_patch:
+        httpx2.patch(
+            f"{sim}/sim/deployments/{stack.sim.deployment}",
+            json=dict(sim_patch),
+            verify=stack.verify,
+            timeout=5.0,
+        ).raise_for_status()
+    reset = f"{sim}/sim/reset" + ("?metrics=1" if fresh_metrics else "")
+    httpx2.post(reset, verify=stack.verify, timeout=5.0).raise_for_status()
     env = stack.base_env(**policy.worker_env)
-    stack.start_ingress(env)
-    if policy.batch == "queued":
-        if policy.source == "estimate":
-            stack.start_estimator(env)
-        for i in range(workers):
-            stack.start_worker(env, name=f"worker-{i}")
+    queued = policy.batch == "queued"
+    stack.start_orchestrator(
+        env, estimator=queued and policy.source == "estimate", workers=workers if queued else 0
+    )
 
 
 async def drive(

@@ -12,6 +12,8 @@ from typing import Any
 import httpx2
 import structlog
 
+from orchestrator.utilisation.base import Calibration, Reading
+
 log = structlog.get_logger(__name__)
 
 
@@ -32,6 +34,11 @@ class Sample:
     high_throttled: int
     view: float | None = None
     """The worker's view: what its utilisation source read at the same moment."""
+    bg_requests: int = 0
+    """Calls of the simulator's bypassing background traffic so far."""
+    bg_throttled: int = 0
+    calibration: Calibration | None = None
+    """What the view was made of (model, observed, correction), for the calibrated estimate."""
 
 
 def parse_state(body: dict[str, Any], deployment: str, t: float) -> Sample:
@@ -41,6 +48,7 @@ def parse_state(body: dict[str, Any], deployment: str, t: float) -> Sample:
     peaks = d.get("peak_in_flight_by_priority", {})
     by = d.get("by_priority", {})
     low, high = by.get("low", {}), by.get("high", {})
+    background = d.get("background", {})
     return Sample(
         t=t,
         utilization=float(d["utilization"]),
@@ -51,6 +59,8 @@ def parse_state(body: dict[str, Any], deployment: str, t: float) -> Sample:
         low_throttled=int(low.get("throttled", 0)),
         high_requests=int(high.get("requests", 0)),
         high_throttled=int(high.get("throttled", 0)),
+        bg_requests=int(background.get("requests", 0)),
+        bg_throttled=int(background.get("throttled", 0)),
     )
 
 
@@ -64,7 +74,7 @@ class Sampler:
     t0: float
     interval_s: float = 0.1
     clock: Callable[[], float] = time.time
-    view: Callable[[], Awaitable[float | None]] | None = None
+    view: Callable[[], Awaitable[Reading | None]] | None = None
     samples: list[Sample] = field(default_factory=list)
     errors: int = 0
     _task: asyncio.Task[None] | None = None
@@ -91,7 +101,9 @@ class Sampler:
             log.debug("sample_failed", error=str(exc))
             return None
         if self.view is not None:
-            sample = replace(sample, view=await self.view())
+            reading = await self.view()
+            if reading is not None:
+                sample = replace(sample, view=reading.value, calibration=reading.calibration)
         self.samples.append(sample)
         return sample
 

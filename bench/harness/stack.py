@@ -50,17 +50,26 @@ class SimulatorOptions:
     monitor_lag_s: float = 15.0
     https: bool = False
     seed: int = 0
+    served_ptus: float | None = None
+    """What the simulator serves when it differs from `ptus`, what the orchestrator is told."""
+    utilisation_model: str = "bucket"
+    utilisation_header: str = "exact"
+    background_share: float = 0.0
 
     def argv(self, port: int, tls_dir: Path) -> list[str]:
         """Command-line flags for `ptu simulator`."""
+        served = self.ptus if self.served_ptus is None else self.served_ptus
         args = [
             "--port", str(port),
-            "--deployment", f"{self.deployment}={self.model}:{self.ptus}",
+            "--deployment", f"{self.deployment}={self.model}:{served:g}",
             "--window-s", f"{self.window_s:g}",
             "--tbt-ms", f"{self.tbt_ms:g}",
             "--ttft-ms", f"{self.ttft_ms:g}",
             "--monitor-lag-s", f"{self.monitor_lag_s:g}",
             "--seed", str(self.seed),
+            "--utilisation-model", self.utilisation_model,
+            "--utilisation-header", self.utilisation_header,
+            "--background-share", f"{self.background_share:g}",
             "--api-key", API_KEY,
             "--log-level", "warning",
         ]  # fmt: skip
@@ -195,6 +204,35 @@ class Stack:
                     raise PTUError(f"{name} did not report ready within {ready_timeout_s:g} s")
                 time.sleep(0.05)
 
+    def start_orchestrator(
+        self, env: Mapping[str, str], *, estimator: bool, workers: int, timeout_s: float = 60.0
+    ) -> str:
+        """Start the ingress, the estimator (optional) and `workers` workers at once.
+
+        All are spawned before any is waited for: each process spends seconds importing,
+        and on a loaded machine starting them one after the other costs that many times over.
+        """
+        port = free_port()
+        self.ingress_url = f"http://127.0.0.1:{port}"
+        with redis.Redis.from_url(env.get("PTU_REDIS_URL", self.redis_url)) as client:
+            before = set(client.hkeys(keys.WORKERS))
+            self._spawn("ingress", ["ingress", "--port", str(port)], env)
+            if estimator:
+                self._spawn("estimator", ["estimator"], env)
+            names = [f"worker-{i}" for i in range(workers)]
+            for name in names:
+                self._spawn(name, ["worker"], env)
+            self._wait_http("ingress", f"{self.ingress_url}/healthz", timeout_s=timeout_s)
+            deadline = time.monotonic() + timeout_s
+            while len(set(client.hkeys(keys.WORKERS)) - before) < workers:
+                self.check_alive()
+                if time.monotonic() > deadline:
+                    raise PTUError(f"workers did not report ready within {timeout_s:g} s")
+                time.sleep(0.05)
+        if estimator:
+            self._settle("estimator")
+        return self.ingress_url
+
     def start_estimator(self, env: Mapping[str, str]) -> None:
         """Start `ptu estimator`."""
         self._spawn("estimator", ["estimator"], env)
@@ -264,9 +302,9 @@ class Stack:
         log.debug("child_started", name=name, pid=proc.pid)
         return child
 
-    def _wait_http(self, name: str, url: str, tls: bool = False) -> None:
+    def _wait_http(self, name: str, url: str, tls: bool = False, timeout_s: float = 30.0) -> None:
         child = self.children[name]
-        deadline = time.monotonic() + 30.0
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not child.alive():
                 raise PTUError(f"{name} exited at start: {child.tail()}")

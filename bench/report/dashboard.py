@@ -14,6 +14,7 @@ from rich.text import Text
 
 from bench.harness.runner import LiveRun
 from bench.report.metrics import percentile
+from orchestrator.utilisation.base import Calibration
 
 BAR_WIDTH = 40
 RECENT_S = 10.0
@@ -35,6 +36,9 @@ class Snapshot:
     hp_p50_ms: float | None
     hp_p95_ms: float | None
     in_burst: bool
+    estimate: float | None = None
+    """What the worker's utilisation source reads now."""
+    calibration: Calibration | None = None
 
 
 def snapshot(live: LiveRun, burst: tuple[float, float]) -> Snapshot:
@@ -58,6 +62,8 @@ def snapshot(live: LiveRun, burst: tuple[float, float]) -> Snapshot:
         hp_p50_ms=percentile(recent, 50),
         hp_p95_ms=percentile(recent, 95),
         in_burst=burst[0] <= t < burst[1],
+        estimate=latest.view if latest else None,
+        calibration=latest.calibration if latest else None,
     )
 
 
@@ -88,6 +94,12 @@ def render(s: Snapshot, title: str, lower: float, upper: float) -> Group:
     util = utilisation_bar(s.utilization, lower, upper)
     util.append(f" {s.utilization:4.2f}")
     grid.add_row("true utilisation", util)
+    if s.estimate is not None:
+        est = utilisation_bar(s.estimate, lower, upper)
+        est.append(f" {s.estimate:4.2f}")
+        grid.add_row("estimate", est)
+    if s.calibration is not None:
+        grid.add_row("calibration", calibration_line(s.calibration))
     grid.add_row("low in flight", Text("▮" * s.low_in_flight + f"  {s.low_in_flight}"))
     grid.add_row("queue", f"{s.queued} waiting, {s.completed}/{s.batch} completed")
     grid.add_row(
@@ -100,12 +112,22 @@ def render(s: Snapshot, title: str, lower: float, upper: float) -> Group:
     return Group(header, grid, legend)
 
 
+def calibration_line(c: Calibration) -> str:
+    """Model, observed, correction and unseen share, in points of utilisation."""
+    observed = "-" if c.observed is None else f"{c.observed:.2f}"
+    return (
+        f"model {c.model:.2f}  observed {observed}  correction {c.correction:+.2f}  "
+        f"unseen traffic {c.unseen:.0%}"
+    )
+
+
 def status_line(s: Snapshot) -> str:
     """The same numbers on one line, for logs and non-terminals."""
     return (
         f"t={s.t:4.0f}s util={s.utilization:4.2f} low_in_flight={s.low_in_flight} "
         f"queued={s.queued} completed={s.completed}/{s.batch} hp_calls={s.hp_calls} "
         f"hp_p95={_ms(s.hp_p95_ms)} hp_429={s.hp_429}{' burst' if s.in_burst else ''}"
+        + ("" if s.calibration is None else f" {calibration_line(s.calibration)}")
     )
 
 

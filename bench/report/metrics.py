@@ -144,3 +144,33 @@ def summarise(run: PolicyRun, upper: float, baseline_p99_ms: float | None) -> di
         settings=run.settings,
     )
     return row
+
+
+def estimate_error(samples: Sequence[Sample], after_s: float) -> tuple[float | None, float]:
+    """(mean absolute error in points, share of samples with no reading) after `after_s`.
+
+    The error compares what the worker's source read with the simulator's true level at
+    the same moment, both as fractions of 100 %; samples without a reading (stale: the
+    worker pauses) count in the second figure, not in the error.
+    """
+    inside = [s for s in samples if s.t >= after_s]
+    read = [s for s in inside if s.view is not None]
+    if not inside:
+        return None, 0.0
+    missing = (len(inside) - len(read)) / len(inside)
+    if not read:
+        return None, missing
+    mae = sum(abs((s.view or 0.0) - s.utilization) for s in read) / len(read) * 100.0
+    return mae, missing
+
+
+def background_counts(samples: Sequence[Sample]) -> tuple[int, int]:
+    """(requests, 429s) of the simulator's bypassing traffic between first and last sample.
+
+    The background stream runs from the simulator's reset on, while the orchestrator's
+    processes start; only what it met during the run counts.
+    """
+    if not samples:
+        return 0, 0
+    first, last = samples[0], samples[-1]
+    return last.bg_requests - first.bg_requests, last.bg_throttled - first.bg_throttled

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from math import nan
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-from bench.report.metrics import RESULT_KEYS, PolicyRun
+from bench.harness.sampler import Sample
+from bench.report.metrics import RESULT_KEYS, PolicyRun, pending_window
 
 HEADERS = {
     "policy": "policy",
@@ -41,7 +43,18 @@ HEADERS = {
     "ratio_p99": "ratio p99",
     "enqueue_per_s": "enqueues/s (1 ingress)",
     "worker_results_per_s": "results/s (1 worker)",
+    "reality": "reality",
+    "calibration": "calibration",
+    "hp_429": "interactive 429s",
+    "bypass_429": "bypass 429s",
+    "bypass_429_rate": "bypass 429 rate",
+    "util_x_upper": "x upper",
+    "est_mae_pts": "estimate MAE pts",
 }
+
+
+TEXT_COLUMNS = ("policy", "reality", "calibration")
+"""Columns aligned left; the rest are figures."""
 
 
 def _cell(value: Any) -> str:
@@ -55,7 +68,7 @@ def _cell(value: Any) -> str:
 def markdown_table(rows: Sequence[dict[str, Any]], keys: Sequence[str] = RESULT_KEYS) -> str:
     """A Markdown table of `rows` with one column per key."""
     head = "| " + " | ".join(HEADERS.get(k, k) for k in keys) + " |"
-    rule = "|" + "|".join("---" if k == "policy" else "---:" for k in keys) + "|"
+    rule = "|" + "|".join("---" if k in TEXT_COLUMNS else "---:" for k in keys) + "|"
     body = ["| " + " | ".join(_cell(row.get(k)) for k in keys) + " |" for row in rows]
     return "\n".join([head, rule, *body])
 
@@ -77,13 +90,31 @@ def write_results(
 
 def write_timeseries(run: PolicyRun, path: Path) -> None:
     """The run's samples as CSV: time, true utilisation, worker's view, low in flight."""
-    lines = ["t_s,utilization,worker_view,low_in_flight,low_peak,low_throttled,high_throttled"]
+    lines = [
+        "t_s,utilization,worker_view,low_in_flight,low_peak,low_throttled,high_throttled,"
+        "model,observed,correction"
+    ]
     lines += [
-        f"{s.t:.2f},{s.utilization:.4f},{'' if s.view is None else f'{s.view:.4f}'},"
-        f"{s.low_in_flight},{s.low_peak},{s.low_throttled},{s.high_throttled}"
+        f"{s.t:.2f},{s.utilization:.4f},{_opt(s.view)},"
+        f"{s.low_in_flight},{s.low_peak},{s.low_throttled},{s.high_throttled},"
+        + ",".join(_opt(v) for v in _calibration(s))
         for s in run.samples
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _opt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _calibration(s: Sample) -> tuple[float | None, float | None, float | None]:
+    """(model, observed, correction) of a sample; Nones without a calibrated estimate."""
+    c = s.calibration
+    return (None, None, None) if c is None else (c.model, c.observed, c.correction)
+
+
+def _series(samples: Sequence[Sample], index: int) -> list[float]:
+    return [nan if (v := _calibration(s)[index]) is None else v for s in samples]
 
 
 def _shade(ax: Axes, burst: tuple[float, float] | None, batch: tuple[float, float] | None) -> None:
@@ -102,6 +133,13 @@ def _utilisation(
         view = [s.view if s.view is not None else float("nan") for s in run.samples]
         source = run.settings.get("PTU_UTILIZATION_SOURCE", "estimate")
         ax.plot(t, view, color="tab:orange", lw=0.9, ls="--", label=f"worker's view ({source})")
+    if any(s.calibration is not None for s in run.samples):
+        ax.plot(t, _series(run.samples, 0), color="tab:gray", lw=0.7, label="model (uncalibrated)")
+        ax.plot(t, _series(run.samples, 1), color="tab:cyan", lw=0.6, label="observed (header)")
+        ax.plot(
+            t, _series(run.samples, 2), color="tab:purple", lw=0.8, ls=":",
+            label="correction (> 0: unseen traffic)",
+        )  # fmt: skip
     ax.axhline(upper, color="tab:red", ls="--", lw=1, label=f"upper {upper:g}")
     ax.axhline(lower, color="tab:gray", ls=":", lw=1, label=f"lower {lower:g}")
     ax.axhline(1.0, color="black", lw=0.6)
@@ -202,3 +240,45 @@ def plot_latency_cdf(runs: Sequence[PolicyRun], path: Path) -> None:
     """Cumulative distribution of successful high-priority latency, one line per policy."""
     series = {run.policy: [r.latency_s * 1000 for r in run.hp if r.status == 200] for run in runs}
     plot_cdfs(series, path, "high-priority latency ms (successful calls)")
+
+
+def plot_estimates(
+    runs: Sequence[PolicyRun],
+    path: Path,
+    lower: float,
+    upper: float,
+    burst: tuple[float, float] | None = None,
+    title: str | None = None,
+) -> None:
+    """Runs side by side: the true level, the worker's reading, thresholds, interactive 429s.
+
+    Each panel is `_utilisation`'s, so whatever it shows of the worker's source (the
+    calibrated estimate's model, observation and correction) shows here too.
+    """
+    if not runs:
+        return
+    fig, axes = plt.subplots(
+        1, len(runs), figsize=(6.5 * len(runs), 3.8), sharey=True, squeeze=False
+    )
+    for ax, run in zip(axes[0], runs, strict=True):
+        _utilisation(ax, run, lower, upper, burst)
+        _shade(ax, None, pending_window(run) if run.batch_start is not None else None)
+        throttled = [r.at for r in run.hp if r.status == 429]
+        if throttled:
+            ax.scatter(
+                throttled,
+                [1.03] * len(throttled),
+                marker="x",
+                s=14,
+                color="tab:red",
+                label=f"{len(throttled)} interactive 429s",
+            )
+        ax.set_ylim(0, max(1.15, *(s.utilization + 0.05 for s in run.samples)))
+        ax.set_title(run.description, fontsize=9, loc="left")
+        ax.set_xlabel("seconds (orange: burst, green: batch pending)")
+    axes[0][0].legend(loc="upper right", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -16,10 +16,11 @@ import redis.asyncio as aioredis
 from bench.harness.stack import API_KEY, Stack
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.settings import DeploymentConfig
-from orchestrator.utilisation.base import UtilisationSource
+from orchestrator.utilisation.base import Reading, UtilisationSource
+from orchestrator.utilisation.estimate.calibration import params_for
 from orchestrator.utilisation.estimate.store import EstimateStore
 
-View = Callable[[], Awaitable[float | None]]
+View = Callable[[], Awaitable[Reading | None]]
 
 
 class StaticToken:
@@ -42,7 +43,13 @@ def _source(stack: Stack, env: Mapping[str, str], deployment: DeploymentConfig) 
     sim = stack.sim
     if env.get("PTU_UTILIZATION_SOURCE", "estimate") == "estimate":
         client = aioredis.Redis.from_url(stack.redis_url)
-        store = EstimateStore(client, [deployment], window_s=sim.window_s, max_age_s=5.0)
+        store = EstimateStore(
+            client,
+            [deployment],
+            window_s=float(env.get("PTU_ESTIMATE_WINDOW_S", sim.window_s)),
+            max_age_s=5.0,
+            calibration=params_for(env.get("PTU_CALIBRATION", "auto")),  # type: ignore[arg-type]
+        )
         return store, client.aclose
     from orchestrator.utilisation.azure_monitor import AzureMonitorSource
 
@@ -68,9 +75,9 @@ async def worker_view(
     source, close = _source(stack, env, deployment)
     exits.push_async_callback(close)
 
-    async def read() -> float | None:
+    async def read() -> Reading | None:
         try:
-            return (await source.read(sim.deployment)).value
+            return await source.read(sim.deployment)
         except UtilisationUnavailable:
             return None
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 import redis.asyncio as aioredis
+from openai.types import FileDeleted, FileObject
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -21,13 +22,17 @@ from ingress.batch.jsonl import parse_input
 from ingress.http.auth import Authenticator
 from ingress.http.body import read_body
 from ingress.http.errors import ApiError, bad_request
+from ingress.http.models import FileList, FileListQuery, FilePath, FileUpload
 from ingress.http.multipart import parse_form
+from ingress.http.openapi import Reply, operation
 from orchestrator.core import keys
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 """The Batch API's input file limit."""
 FILE_TTL_S = 2 * 86_400
 """How long files are kept: the 24 h completion window plus a day to fetch results."""
+OCTETS = "application/octet-stream"
+FILE = {200: Reply("the file", FileObject)}
 _META = ("id", "tenant", "filename", "purpose", "bytes", "created_at", "expires_at")
 
 
@@ -159,6 +164,7 @@ class FileRoutes:
         self._auth = auth
         self._deployments = deployments
 
+    @operation("upload a batch JSONL file", FILE, errors=(400, 401, 413, 503), form=FileUpload)
     async def upload(self, request: Request) -> Response:
         """Validate a batch JSONL upload and store it."""
         tenant = self._auth.tenant(request.headers)
@@ -176,17 +182,26 @@ class FileRoutes:
                                       upload.content)  # fmt: skip
         return JSONResponse(file_object(meta))
 
+    @operation("file metadata", FILE, errors=(401, 404, 503), path=FilePath)
     async def retrieve(self, request: Request) -> Response:
         """A file's metadata."""
         tenant = self._auth.tenant(request.headers)
         return JSONResponse(file_object(await self._store.meta(tenant, _file_id(request))))
 
+    @operation(
+        "file content", {200: Reply("the file's bytes (JSONL)", media_type=OCTETS)},
+        errors=(401, 404, 503), path=FilePath,
+    )  # fmt: skip
     async def content(self, request: Request) -> Response:
         """A file's bytes."""
         tenant = self._auth.tenant(request.headers)
         data = await self._store.content(tenant, _file_id(request))
-        return Response(data, media_type="application/octet-stream")
+        return Response(data, media_type=OCTETS)
 
+    @operation(
+        "delete a file", {200: Reply("deleted", FileDeleted)}, errors=(401, 404, 503),
+        path=FilePath,
+    )  # fmt: skip
     async def delete(self, request: Request) -> Response:
         """Delete a file."""
         tenant = self._auth.tenant(request.headers)
@@ -194,6 +209,10 @@ class FileRoutes:
         await self._store.delete(tenant, file_id)
         return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
+    @operation(
+        "list files", {200: Reply("the files", FileList)}, errors=(400, 401, 503),
+        query=FileListQuery,
+    )  # fmt: skip
     async def list_files(self, request: Request) -> Response:
         """The tenant's files, newest first."""
         tenant = self._auth.tenant(request.headers)

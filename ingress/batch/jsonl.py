@@ -16,16 +16,16 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
-from ingress.chat.governance import LIMIT_FIELDS, govern
-from ingress.chat.validation import check_chat_body
+from ingress.chat.governance import check_chat_body
 from ingress.http.body import loads_strict
 from ingress.http.errors import ApiError, bad_request
+from ingress.http.models import BatchEndpoint
 from orchestrator.core.schemas import ResultDocument
 
 MAX_LINES = 100_000
-ENDPOINTS = ("/v1/chat/completions", "/chat/completions")
+ENDPOINTS: tuple[str, ...] = get_args(BatchEndpoint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,6 @@ def _check_line(number: int, obj: object, deployments: Collection[str]) -> Batch
         )
     try:
         check_chat_body(body)
-        govern({k: body[k] for k in LIMIT_FIELDS if k in body}, ceiling=1, default=1)
     except ApiError as exc:
         raise _line_error(number, f"body: {exc.message}") from exc
     if body.get("stream") is True:

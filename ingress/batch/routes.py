@@ -24,11 +24,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
+from openai.types import Batch
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ingress.batch.files import FileStore, limit_param, page
-from ingress.batch.jsonl import ENDPOINTS, BatchLine, output_line, parse_input, render, succeeded
+from ingress.batch.jsonl import BatchLine, output_line, parse_input, render, succeeded
 from ingress.batch.runner import BatchWork
 from ingress.batch.store import BatchStore, batch_object
 from ingress.chat.governance import govern
@@ -36,36 +37,25 @@ from ingress.chat.targets import Target
 from ingress.http.auth import Authenticator
 from ingress.http.body import read_json_object
 from ingress.http.errors import ApiError, bad_request
-from ingress.http.priority import PRIORITY_HEADER, parse_priority
+from ingress.http.models import (
+    BatchCreateRequest,
+    BatchList,
+    BatchListQuery,
+    BatchPath,
+    PriorityHeaders,
+    parse_priority,
+    validated,
+)
+from ingress.http.openapi import Reply, operation
 from ingress.metrics import IngressMetrics
 from ingress.queued.enqueue import Enqueuer
-from orchestrator.core.schemas import QueuedRequest
+from orchestrator.core.schemas import PRIORITY_HEADER, QueuedRequest
 from orchestrator.core.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 COMPLETION_WINDOW_S = 86_400.0
-WINDOWS = ("24h",)
-
-
-def _create_params(body: dict[str, Any]) -> tuple[str, str, str, dict[str, str] | None]:
-    input_file_id = body.get("input_file_id")
-    if not isinstance(input_file_id, str) or not input_file_id:
-        raise bad_request("input_file_id must be a file id", param="input_file_id")
-    endpoint = body.get("endpoint")
-    if endpoint not in ENDPOINTS:
-        raise bad_request(f"endpoint must be one of {', '.join(ENDPOINTS)}", param="endpoint")
-    window = body.get("completion_window")
-    if window not in WINDOWS:
-        raise bad_request("completion_window must be '24h'", param="completion_window")
-    metadata = body.get("metadata")
-    if metadata is not None and not (
-        isinstance(metadata, dict)
-        and len(metadata) <= 16
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
-    ):
-        raise bad_request("metadata must map at most 16 strings to strings", param="metadata")
-    return input_file_id, str(endpoint), str(window), metadata
+BATCH = {200: Reply("the batch", Batch)}
 
 
 class BatchRoutes:
@@ -96,12 +86,17 @@ class BatchRoutes:
         self._ceiling = settings.max_tokens_ceiling
         self._default_max_tokens = settings.default_max_tokens
 
+    @operation(
+        "create a batch", BATCH, errors=(400, 401, 404, 413, 503),
+        body=BatchCreateRequest, headers=PriorityHeaders,
+    )  # fmt: skip
     async def create(self, request: Request) -> Response:
         """Validate, record and enqueue a batch; answers the Batch object."""
         tenant = self._auth.tenant(request.headers)
         priority = parse_priority(request.headers.get(PRIORITY_HEADER), "low")
         body = await read_json_object(request, self._max_body)
-        input_file_id, endpoint, window, metadata = _create_params(body)
+        params = validated(BatchCreateRequest, body)
+        input_file_id, metadata = params.input_file_id, params.metadata
         meta = await self._files.meta(tenant, input_file_id)
         if meta["purpose"] != "batch":
             raise bad_request("input_file_id must be a file uploaded with purpose 'batch'",
@@ -114,8 +109,8 @@ class BatchRoutes:
         reqs = [self._request(line, tenant, batch_id, reply_key) for line in lines]
         now = self._clock()
         fields = {
-            "id": batch_id, "tenant": tenant, "status": "validating", "endpoint": endpoint,
-            "input_file_id": input_file_id, "completion_window": window,
+            "id": batch_id, "tenant": tenant, "status": "validating", "endpoint": params.endpoint,
+            "input_file_id": input_file_id, "completion_window": params.completion_window,
             "created_at": str(int(now)), "expires_at": str(int(now + COMPLETION_WINDOW_S)),
             "total": str(len(reqs)), "completed": "0", "failed": "0", "priority": priority,
             "reply_key": reply_key, "metadata": json.dumps(metadata) if metadata else "",
@@ -131,6 +126,7 @@ class BatchRoutes:
         log.info("batch_created", batch_id=batch_id, lines=len(reqs), priority=priority)
         return JSONResponse(batch_object(await self._store.get(tenant, batch_id)))
 
+    @operation("retrieve a batch", BATCH, errors=(401, 404, 503), path=BatchPath)
     async def retrieve(self, request: Request) -> Response:
         """The Batch object; builds the output files once every line has a result."""
         tenant = self._auth.tenant(request.headers)
@@ -146,6 +142,7 @@ class BatchRoutes:
             fields = await self._store.get(tenant, batch_id)
         return JSONResponse(batch_object(fields))
 
+    @operation("cancel a batch", BATCH, errors=(401, 404, 409, 503), path=BatchPath)
     async def cancel(self, request: Request) -> Response:
         """Cancel: still-queued lines get a `batch_cancelled` result; the batch ends cancelled."""
         tenant = self._auth.tenant(request.headers)
@@ -168,6 +165,10 @@ class BatchRoutes:
             self._work.spawn(closing, "cancel")
         return JSONResponse(batch_object(await self._store.get(tenant, batch_id)))
 
+    @operation(
+        "list batches", {200: Reply("the batches", BatchList)}, errors=(400, 401, 503),
+        query=BatchListQuery,
+    )  # fmt: skip
     async def list_batches(self, request: Request) -> Response:
         """The tenant's batches, newest first."""
         tenant = self._auth.tenant(request.headers)

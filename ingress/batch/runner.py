@@ -3,10 +3,11 @@
 High priority (`x-priority: high` on batch create): the lines do not wait in the
 queue; this ingress process calls the deployment for them right away through the
 high-priority proxy (spillover and token events included), `concurrency` at a
-time, retrying 429/408/5xx after `retry-after-ms` (or a capped backoff) up to
-`PTU_MAX_ATTEMPTS`. This run lives in the process that accepted the batch: if
-that process stops, its unfinished lines stay queued-state and the batch stays
-in progress until cancelled. Low priority, the default, is durable.
+time, retrying as the worker does (`orchestrator.core.retry.decide`: 429/408/5xx,
+`retry-after-ms` or a capped jittered backoff, up to `PTU_MAX_ATTEMPTS`). This
+run lives in the process that accepted the batch: if that process stops, its
+unfinished lines stay queued-state and the batch stays in progress until cancelled.
+Low priority, the default, is durable.
 
 Closing lines early (cancel, or an enqueue that failed half-way): every line
 still `queued` gets a failed result with a code (`batch_cancelled`,
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -27,19 +29,20 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError
 
-from ingress.chat.proxy import Call, Proxy, retry_after_ms
+from ingress.chat.proxy import Call, Proxy
 from ingress.chat.targets import Target
 from ingress.http.errors import ApiError
 from orchestrator.core import keys
+from orchestrator.core.errors import UpstreamError
 from orchestrator.core.results import ResultStore
-from orchestrator.core.schemas import QueuedRequest, ResultDocument
+from orchestrator.core.retry import RetryPolicy, decide, parse_retry_after
+from orchestrator.core.schemas import QueuedRequest, ResultDocument, error_object
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
 
 log = structlog.get_logger(__name__)
 
 CHUNK = 50
 """Lines written concurrently: bounded so a big batch never drains the Redis pool."""
-RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class BatchWork:
@@ -53,20 +56,20 @@ class BatchWork:
         *,
         query: str,
         concurrency: int,
-        max_attempts: int,
-        backoff_max_s: float,
+        retry: RetryPolicy,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self._results = results
         self._proxy = proxy
         self._targets = targets
         self._query = query
         self._concurrency = concurrency
-        self._max_attempts = max_attempts
-        self._backoff_max_s = backoff_max_s
+        self._retry = retry
         self._clock = clock
         self._sleep = sleep
+        self._rand = rand
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, coro: Awaitable[Any], name: str) -> None:
@@ -144,39 +147,42 @@ class BatchWork:
             prompt_tokens=estimate_prompt_tokens(req.body),
             max_tokens=requested_max_tokens(req.body, 0),
         )
-        status, body, attempt = 0, None, 0
-        while attempt < self._max_attempts:
+        attempt = 0
+        while True:
             attempt += 1
-            wait_s = min(self._backoff_max_s, 2.0 ** (attempt - 1))
+            retry_after_s: float | None = None
+            body: dict[str, Any] | None
             try:
                 resp = await self._proxy.forward(call)
             except ApiError as exc:
                 status, body = exc.status, {"error": {"code": exc.code, "message": exc.message}}
             else:
                 status, body = resp.status_code, _json(bytes(resp.body))
-                hint = retry_after_ms(resp.headers)
-                if hint is not None:
-                    wait_s = min(self._backoff_max_s, hint / 1000.0)
-            if status not in RETRYABLE or attempt >= self._max_attempts:
+                retry_after_s = parse_retry_after(resp.headers)
+            if 200 <= status < 300:
                 break
-            await self._sleep(wait_s)
+            failure = UpstreamError(
+                f"upstream answered {status}", status_code=status, retry_after_s=retry_after_s
+            )
+            decision = decide(failure, attempt, self._retry, self._rand)
+            if decision.action == "fail":
+                break
+            await self._sleep(decision.delay_s)
         return self._doc(req, status, body, attempt)
 
     def _doc(
         self, req: QueuedRequest, status: int, body: dict[str, Any] | None, attempts: int
     ) -> ResultDocument:
-        ok = 200 <= status < 300
-        error = None if ok else ((body or {}).get("error") or {"code": str(status)})
-        if error is not None and not isinstance(error, dict):
-            error = {"code": str(status), "message": str(error)}
-        usage = (body or {}).get("usage") if ok else None
-        return ResultDocument(
-            id=req.id, custom_id=req.custom_id, status="completed" if ok else "failed",
-            status_code=status, response=body if ok else None,
-            error=error,
-            usage=usage if isinstance(usage, dict) else None, deployment=req.deployment,
-            attempts=attempts, enqueued_at=req.enqueued_at, completed_at=self._clock(),
-            batch_id=req.batch_id,
+        when = self._clock()
+        if not 200 <= status < 300:
+            error = error_object(status, body)
+            return ResultDocument.for_request(
+                req, "failed", completed_at=when, attempts=attempts, status_code=status, error=error
+            )
+        usage = (body or {}).get("usage")
+        return ResultDocument.for_request(
+            req, "completed", completed_at=when, attempts=attempts, status_code=status,
+            response=body, usage=usage if isinstance(usage, dict) else None,
         )  # fmt: skip
 
     async def stop(self) -> None:

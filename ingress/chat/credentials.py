@@ -1,48 +1,19 @@
 """Upstream authentication: the PTU resource's API key, or an Entra ID token.
 
-With `PTU_AZURE_OPENAI_API_KEY` every call carries `api-key`. Without it the
-ingress asks `azure.identity.aio.DefaultAzureCredential` for a
-`https://cognitiveservices.azure.com/.default` token and reuses it until five
-minutes before it expires, so the hot path awaits nothing but a cached value.
+With `PTU_AZURE_OPENAI_API_KEY` every call carries `api-key`. Without it every
+call carries `Authorization: Bearer …` from `orchestrator.core.entra`, the same
+cached `DefaultAzureCredential` token provider the worker hands the openai SDK,
+so the hot path awaits nothing but a cached value.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-import structlog
-
-from orchestrator.core.errors import MissingDependencyError
+from orchestrator.core.entra import EntraTokens, default_entra_tokens
 from orchestrator.core.settings import Settings
 from orchestrator.core.startup import credential_error
-
-log = structlog.get_logger(__name__)
-
-SCOPE = "https://cognitiveservices.azure.com/.default"
-REFRESH_MARGIN_S = 300.0
-
-
-class _Token(Protocol):
-    @property
-    def token(self) -> str:
-        """The bearer token."""
-
-    @property
-    def expires_on(self) -> int:
-        """Expiry, epoch seconds."""
-
-
-class TokenCredential(Protocol):
-    """The part of azure-core's async credential the cache needs."""
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> _Token:
-        """A token for `scopes`."""
-
-    async def close(self) -> None:
-        """Release the credential's resources."""
 
 
 class UpstreamAuth(Protocol):
@@ -73,50 +44,28 @@ class ApiKeyAuth:
 
 
 class EntraAuth:
-    """A cached Entra ID bearer token, refreshed shortly before it expires."""
+    """`Authorization: Bearer <token>` from a cached Entra ID token provider."""
 
-    def __init__(
-        self, credential: TokenCredential, *, clock: Callable[[], float] = time.time
-    ) -> None:
-        self._credential = credential
-        self._clock = clock
-        self._headers: dict[str, str] = {}
-        self._refresh_at = 0.0
-        self._lock = asyncio.Lock()
+    def __init__(self, tokens: EntraTokens) -> None:
+        self._tokens = tokens
 
     async def headers(self) -> dict[str, str]:
-        """`Authorization: Bearer <token>`, fetching a new token only when due."""
-        if self._clock() < self._refresh_at:
-            return self._headers
-        async with self._lock:
-            if self._clock() >= self._refresh_at:
-                token = await self._credential.get_token(SCOPE)
-                self._headers = {"authorization": f"Bearer {token.token}"}
-                self._refresh_at = token.expires_on - REFRESH_MARGIN_S
-                log.info("entra_token_refreshed", expires_on=token.expires_on)
-        return self._headers
+        """The bearer header; the provider asks the credential only when the token is due."""
+        return {"authorization": f"Bearer {await self._tokens.token()}"}
 
     async def close(self) -> None:
         """Close the credential."""
-        await self._credential.close()
+        await self._tokens.close()
 
     def __repr__(self) -> str:
-        return f"<EntraAuth refresh_at={self._refresh_at:.0f}>"
-
-
-def _entra() -> EntraAuth:
-    try:
-        from azure.identity.aio import DefaultAzureCredential
-    except ImportError as exc:
-        raise MissingDependencyError("azure-identity", "azure") from exc
-    return EntraAuth(DefaultAzureCredential())
+        return f"<EntraAuth {self._tokens!r}>"
 
 
 def upstream_auth(settings: Settings) -> UpstreamAuth:
     """ApiKeyAuth when a key is configured, else EntraAuth on DefaultAzureCredential."""
     if settings.azure_openai_api_key is not None:
         return ApiKeyAuth(settings.azure_openai_api_key.get_secret_value())
-    return _entra()
+    return EntraAuth(default_entra_tokens())
 
 
 def deployment_auths(settings: Settings, default: UpstreamAuth) -> dict[str, UpstreamAuth]:

@@ -1,4 +1,11 @@
-"""max_tokens governance for calls that return one document (non-streaming).
+"""What the ingress checks and changes in a chat completions body before it leaves.
+
+`check_chat_body` validates the body against `ChatCompletionRequest` (the model
+the OpenAPI document is generated from): a non-empty `messages` list of objects
+with a string `role`, booleans and objects where the API has them, positive
+integer token limits. Everything else passes through as sent.
+
+`govern` applies max_tokens governance to calls that return one document (non-streaming).
 
 Why: the PTU charges `max_tokens` x output weight at admission, so an absent or
 huge `max_tokens` reserves capacity that is never used, and a long non-streaming
@@ -9,7 +16,8 @@ generation (6-8k tokens at ~33 tok/s) outlives a 60 s client window and ends in
   `PTU_MAX_TOKENS_CEILING` (default 2,000);
 - when neither is given, `max_tokens` is set to `PTU_DEFAULT_MAX_TOKENS`
   (default 1,000, itself capped at the ceiling);
-- an explicit `null` counts as absent; a value that is not a positive integer is a 400.
+- an explicit `null` counts as absent (a value that is not a positive integer was
+  already refused by `check_chat_body`).
 
 Streaming calls are left as sent: the client sees tokens as they come, so a long
 answer is neither wasted nor timed out.
@@ -19,19 +27,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingress.http.errors import bad_request
+from ingress.http.models import ChatCompletionRequest, validated
 
 LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
 
 
-def _checked(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise bad_request(f"{name} must be a positive integer", param=name)
-    return value
+def check_chat_body(body: dict[str, Any], where: str = "") -> None:
+    """400 (prefixed with `where`) unless `body` fits `ChatCompletionRequest`."""
+    validated(ChatCompletionRequest, body, where)
 
 
 def govern(body: dict[str, Any], *, ceiling: int, default: int) -> bool:
-    """Apply the ceiling and the default to `body` in place; True when it changed."""
+    """Apply the ceiling and the default to `body` in place; True when it changed.
+
+    `body` has passed `check_chat_body`: its limits are positive integers or null.
+    """
     changed = False
     present = False
     for name in LIMIT_FIELDS:
@@ -43,7 +53,7 @@ def govern(body: dict[str, Any], *, ceiling: int, default: int) -> bool:
             changed = True
             continue
         present = True
-        if _checked(name, value) > ceiling:
+        if value > ceiling:
             body[name] = ceiling
             changed = True
     if not present:

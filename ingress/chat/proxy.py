@@ -37,6 +37,9 @@ from ingress.http.errors import ApiError
 from ingress.metrics import IngressMetrics
 from orchestrator.breaker.machine import Outcome
 from orchestrator.breaker.shared import SharedBreaker
+from orchestrator.core.retry import parse_retry_after
+from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
+from orchestrator.utilisation.estimate.calibration import header_utilisation
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +49,10 @@ _DROP_REQUEST = frozenset(
     b"transfer-encoding te trailer upgrade expect cookie proxy-authorization "
     b"proxy-connection accept-encoding x-priority x-reply-key".split()
 )
-_FIXED_HEADERS = ((b"content-type", b"application/json"), (b"x-ptu-priority", b"high"))
+_FIXED_HEADERS = (
+    (b"content-type", b"application/json"),
+    (PRIORITY_LABEL_HEADER.encode(), b"high"),
+)
 DEPLOYMENT_HEADER = b"x-ptu-deployment"
 """Response header naming the deployment that answered (the target or a spillover)."""
 _URL_CACHE_SIZE = 256
@@ -85,18 +91,6 @@ def passed_headers(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
         if name not in _DROP_RESPONSE:
             out.append((name, v))
     return out
-
-
-def retry_after_ms(headers: Mapping[str, str]) -> float | None:
-    """`retry-after-ms`, else `retry-after` seconds, in milliseconds; None when absent."""
-    for name, scale in (("retry-after-ms", 1.0), ("retry-after", 1000.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                return max(0.0, float(value) * scale)
-            except ValueError:
-                continue
-    return None
 
 
 class _Failed(Exception):
@@ -194,7 +188,7 @@ class Proxy:
             await resp.aclose()
         if used.provisioned:
             usage = _usage_of(content) if resp.status_code < 300 else None
-            self.finished(answer.admitted, call, used, usage)
+            self.finished(answer.admitted, call, used, usage, resp)
         out = Response(content, status_code=resp.status_code)
         out.raw_headers.extend(passed_headers(resp.headers.raw))
         out.raw_headers.extend(answered_by(call, used))
@@ -206,10 +200,31 @@ class Proxy:
         call: Call,
         used: Target,
         usage: dict[str, Any] | None,
+        answer: httpx2.Response | None = None,
     ) -> None:
-        """Record the `complete` token event of a call to a provisioned deployment."""
-        if used.provisioned:
-            self._events.complete(admitted, call.request_id, used.name, call.max_tokens, usage)
+        """Record the `complete` token event of a call to a provisioned deployment.
+
+        With the deployment's `answer`, the event carries its utilisation header and,
+        for a 429, its retry-after (the estimate calibrates itself on both).
+        """
+        if not used.provisioned:
+            return
+        utilisation = retry = None
+        if answer is not None:
+            utilisation = header_utilisation(answer.headers)
+            if answer.status_code == 429:
+                retry = 1000.0 * (parse_retry_after(answer.headers) or 0.0)
+        self._events.complete(
+            admitted, call.request_id, used.name, call.max_tokens, usage,
+            utilisation=utilisation, retry_after_ms=retry,
+        )  # fmt: skip
+
+    def observed(self, admitted: asyncio.Task[None] | None, call: Call, used: Target,
+                 answer: httpx2.Response) -> None:  # fmt: skip
+        """Record the utilisation a stream's headers reported at its first byte."""
+        utilisation = header_utilisation(answer.headers) if used.provisioned else None
+        if utilisation is not None:
+            self._events.observe(admitted, call.request_id, used.name, utilisation)
 
     async def _send_spilling(self, call: Call, base: list[tuple[bytes, bytes]]) -> _Answer:
         """Try the deployment, then its spillover chain, until one answers usefully.
@@ -259,7 +274,8 @@ class Proxy:
                 return failed.reason
             status = answer.resp.status_code
             reason = spill_reason(status)
-            wait_ms = retry_after_ms(answer.resp.headers) if status == 429 else None
+            wait_s = parse_retry_after(answer.resp.headers) if status == 429 else None
+            wait_ms = None if wait_s is None else wait_s * 1000.0
             if breaker is not None:
                 await breaker.record(
                     _outcome(reason),
@@ -270,7 +286,7 @@ class Proxy:
                 self._metrics.throttled(target.name)
             if reason is None or last:
                 return answer
-            self.finished(admitted, call, target, None)
+            self.finished(admitted, call, target, None, answer.resp)
             await answer.resp.aclose()
             if (
                 status == 429
@@ -372,6 +388,7 @@ class UpstreamStream(Response):
         self.raw_headers.append((b"content-type", b"text/event-stream"))
         self.raw_headers.extend(answered_by(call, answer.used))
         self._answer = answer
+        proxy.observed(answer.admitted, call, answer.used, upstream)
         self._sse = sse
         self._call = call
         self._proxy = proxy

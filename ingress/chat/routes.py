@@ -7,21 +7,44 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from openai.types.chat import ChatCompletion
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.chat.governance import govern
 from ingress.chat.proxy import Call, Proxy
-from ingress.chat.targets import Target
-from ingress.chat.validation import check_chat_body, deployment_not_found
+from ingress.chat.targets import Target, target_for
 from ingress.http.auth import Authenticator
 from ingress.http.body import parse_object, read_body
 from ingress.http.errors import bad_request
-from ingress.http.priority import PRIORITY_HEADER, parse_priority
+from ingress.http.models import (
+    AzureChatPath,
+    AzureChatQuery,
+    ChatCompletionRequest,
+    ChatHeaders,
+    OpenAIChatCompletionRequest,
+    QueuedRequestStatus,
+    parse_priority,
+    parse_ttl,
+    validated,
+)
+from ingress.http.openapi import Reply, operation
 from ingress.metrics import IngressMetrics
-from ingress.queued.enqueue import Enqueuer, accepted, new_request_id, ttl_for
+from ingress.queued.enqueue import Enqueuer, accepted, new_request_id
+from orchestrator.core.schemas import PRIORITY_HEADER
 from orchestrator.core.settings import Settings
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
+
+REPLIES = {
+    200: Reply(
+        "the deployment's answer (JSON, or an SSE stream when stream is true)",
+        ChatCompletion,
+        also=("text/event-stream",),
+    ),
+    202: Reply("queued (low priority): GET the Location for the result", QueuedRequestStatus),
+}
+ERRORS = (400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504)
+"""The ingress's own errors and those a deployment answers, passed through as sent."""
 
 
 class ChatRoutes:
@@ -48,6 +71,15 @@ class ChatRoutes:
         self._default_ttl_s = settings.default_ttl_s
         self._default_query = "?api-version=" + quote(settings.azure_openai_api_version)
 
+    @operation(
+        "chat completion, Azure shape",
+        REPLIES,
+        errors=ERRORS,
+        body=ChatCompletionRequest,
+        path=AzureChatPath,
+        query=AzureChatQuery,
+        headers=ChatHeaders,
+    )
     async def azure(self, request: Request) -> Response:
         """Azure shape: the deployment is in the path, `api-version` passes through."""
         query = request.scope["query_string"]
@@ -57,6 +89,13 @@ class ChatRoutes:
             )
         return await self._chat(request, request.path_params["deployment"], self._default_query)
 
+    @operation(
+        "chat completion, OpenAI shape",
+        REPLIES,
+        errors=ERRORS,
+        body=OpenAIChatCompletionRequest,
+        headers=ChatHeaders,
+    )
     async def openai(self, request: Request) -> Response:
         """OpenAI shape: `model` names the deployment."""
         return await self._chat(request, None, self._default_query)
@@ -68,14 +107,11 @@ class ChatRoutes:
         self._metrics.request(priority)
         raw = await read_body(request, self._max_body)
         body = parse_object(raw)
-        check_chat_body(body)
         if deployment is None:
-            deployment = body.get("model")
-            if not deployment:
-                raise bad_request("'model' is required: the deployment name", param="model")
-        target = self._targets.get(deployment)
-        if target is None:
-            raise deployment_not_found(deployment)
+            deployment = validated(OpenAIChatCompletionRequest, body).model
+        else:
+            validated(ChatCompletionRequest, body)
+        target = target_for(self._targets, deployment)
         stream = body.get("stream") is True
         if priority == "low":
             return await self._enqueue(request, tenant, target, body, stream)
@@ -125,7 +161,7 @@ class ChatRoutes:
             body,
             tenant=tenant,
             reply_key_header=headers.get("x-reply-key"),
-            ttl_s=ttl_for(headers.get("x-ptu-ttl-s"), self._default_ttl_s),
+            ttl_s=parse_ttl(headers.get("x-ptu-ttl-s"), self._default_ttl_s),
         )
         await self._enqueuer.put(req)
         return accepted(req)

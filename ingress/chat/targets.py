@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx2
 
 from ingress.chat.credentials import UpstreamAuth
+from ingress.http.errors import ApiError
 from orchestrator.core.settings import Settings
 
 CHAT_PATH = "/openai/deployments/{name}/chat/completions"
@@ -71,3 +72,16 @@ def make_client(settings: Settings) -> httpx2.AsyncClient:
         cookies=no_cookies,
         follow_redirects=False,
     )
+
+
+def target_for(known: Mapping[str, Target], name: str) -> Target:
+    """The deployment's Target; 404 `DeploymentNotFound` for one this ingress does not manage."""
+    target = known.get(name)
+    if target is None:
+        raise ApiError(
+            404,
+            "DeploymentNotFound",
+            f"the deployment {name[:100]!r} is not managed by this ingress",
+            param="model",
+        )
+    return target

@@ -12,26 +12,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from orchestrator.core.schemas import TokenEvent
+from orchestrator.core.tokens import usage_counts
+from orchestrator.utilisation.base import TokenRecorder
 
 log = structlog.get_logger(__name__)
-
-
-class TokenSink(Protocol):
-    """Where token events go (the utilisation EstimateStore)."""
-
-    async def record(self, event: TokenEvent) -> Any:
-        """Fold one event into the estimate."""
 
 
 class TokenEvents:
     """Fire-and-forget admit/complete events with their tasks kept referenced."""
 
-    def __init__(self, sink: TokenSink | None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, sink: TokenRecorder | None, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self._sink = sink
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
@@ -64,8 +61,15 @@ class TokenEvents:
         deployment: str,
         max_tokens: int,
         usage: dict[str, Any] | None,
+        *,
+        utilisation: float | None = None,
+        retry_after_ms: float | None = None,
     ) -> None:
-        """Schedule the `complete` event with the actual usage (None: nothing was used)."""
+        """Schedule the `complete` event with the actual usage (None: nothing was used).
+
+        `utilisation` (the response's header) and `retry_after_ms` (a 429) are the
+        deployment's own signals, observed now; the estimate calibrates itself on them.
+        """
         if self._sink is None:
             return
         prompt, completion, cached = usage_counts(usage)
@@ -78,6 +82,24 @@ class TokenEvents:
             max_tokens=max_tokens,
             completion_tokens=completion,
             cached_tokens=cached,
+            utilisation=utilisation,
+            retry_after_ms=retry_after_ms,
+        )
+        self._spawn(self._record(event, admitted))
+
+    def observe(
+        self, admitted: asyncio.Task[None] | None, request_id: str, deployment: str, value: float
+    ) -> None:
+        """Schedule an `observe` event: the utilisation a stream's headers reported now."""
+        if self._sink is None:
+            return
+        event = TokenEvent(
+            request_id=request_id,
+            deployment=deployment,
+            phase="observe",
+            timestamp=self._clock(),
+            prompt_tokens=0,
+            utilisation=value,
         )
         self._spawn(self._record(event, admitted))
 
@@ -108,20 +130,3 @@ class TokenEvents:
 
     def __repr__(self) -> str:
         return f"<TokenEvents enabled={self.enabled} pending={len(self._tasks)}>"
-
-
-def usage_counts(usage: dict[str, Any] | None) -> tuple[int, int, int]:
-    """(prompt, completion, cached) tokens of an OpenAI `usage` object; zeros when absent."""
-    if not usage:
-        return 0, 0, 0
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    return (
-        _count(usage.get("prompt_tokens")),
-        _count(usage.get("completion_tokens")),
-        _count(cached),
-    )
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -1,4 +1,4 @@
-"""The OpenAI error envelope and the ingress's own error type.
+"""The OpenAI error envelope, the ingress's own error type and the app's error handlers.
 
 Every error the ingress answers looks like OpenAI's:
 `{"error": {"code": ..., "message": ..., "type": ..., "param": null}}`, so SDK
@@ -8,12 +8,22 @@ clients raise their usual typed exceptions (`BadRequestError`, `NotFoundError`..
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import structlog
+from pydantic import ValidationError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from ingress.metrics import IngressMetrics
+
+ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
+RETRY_AFTER_S = "2"
+"""What a 503 tells the client to wait before retrying."""
 
 log = structlog.get_logger(__name__)
 
@@ -91,30 +101,61 @@ def bad_request(
     return ApiError(400, code, message, param=param)
 
 
-async def api_error_handler(request: Request, exc: Exception) -> Response:
-    """Starlette handler for ApiError."""
-    assert isinstance(exc, ApiError)
-    return exc.response()
+def invalid(exc: ValidationError, where: str = "") -> ApiError:
+    """The 400 for a value that does not fit its model, naming the first wrong field.
+
+    Built from pydantic's structured errors (`loc`, `msg`), never from its message text.
+    """
+    first = exc.errors(include_url=False, include_input=False)[0]
+    param = "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]
+    ).lstrip(".")
+    prefix = f"{where}: " if where else ""
+    return bad_request(f"{prefix}{param or 'body'}: {first['msg']}", param=param or None)
 
 
-async def http_exception_handler(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 answered in the envelope."""
-    assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
-
-
-async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
-    """Last resort: log with context and answer 500 in the envelope."""
-    log.error("ingress_unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc)
-    return error_response(500, "internal_error", "the ingress failed to handle the request")
-
-
-def unavailable(what: str) -> ApiError:
+def unavailable(what: str, *, code: str = "service_unavailable", detail: str = "") -> ApiError:
     """The 503 for a backing store that cannot be reached; the client should retry."""
+    suffix = f" ({detail[:200]})" if detail else ""
     return ApiError(
         503,
-        "service_unavailable",
-        f"{what} is unavailable; nothing was changed, retry later",
-        headers={"retry-after": "2"},
+        code,
+        f"{what} is unavailable; nothing was changed, retry later{suffix}",
+        headers={"retry-after": RETRY_AFTER_S},
     )
+
+
+def exception_handlers(metrics: IngressMetrics) -> dict[Any, ExceptionHandler]:
+    """Starlette's handlers: every error the app answers leaves in the envelope, counted.
+
+    `ApiError` is answered as raised; a Redis error that no handler translated is a
+    503 (nothing was changed); Starlette's own 404/405 get the envelope; anything
+    else is logged with context and answered 500.
+    """
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        metrics.error(exc.code)
+        return exc.response()
+
+    async def store_unavailable(request: Request, exc: Exception) -> Response:
+        log.warning("store_unavailable", path=request.url.path, error=repr(exc))
+        return await api_error(request, unavailable("the state store (Redis)"))
+
+    async def http_exception(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        metrics.error(code)
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    async def unhandled(request: Request, exc: Exception) -> Response:
+        log.error("ingress_unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc)
+        metrics.error("internal_error")
+        return error_response(500, "internal_error", "the ingress failed to handle the request")
+
+    return {
+        ApiError: api_error,
+        RedisError: store_unavailable,
+        HTTPException: http_exception,
+        Exception: unhandled,
+    }

@@ -1,289 +1,234 @@
-"""The OpenAPI 3 document of the ingress's own routes (served at /openapi.json)."""
+"""`/openapi.json`, generated from the app's route table and the models of each route.
+
+A handler states its contract with `@operation(...)`: a summary, the models of
+its body, path, query and headers (`ingress.http.models`), what it answers and
+its error statuses. `openapi_document(app.routes, deployments)` walks the route
+table, so every route is in the document with exactly its methods (HEAD, which
+Starlette adds to every GET, is left out), and a route without an operation is
+an error at start-up rather than a gap in the document. Adding a route is one
+line in the route table plus one `@operation` on its handler.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from starlette.routing import BaseRoute, Route
+
+from ingress.http.models import DEPLOYMENT_MARK, ErrorEnvelope
 
 Schema = dict[str, Any]
-_REF = "#/components/schemas/"
+F = TypeVar("F", bound=Callable[..., Any])
+REF = "#/components/schemas/{model}"
+DEPLOYMENT_SCHEMA = "Deployment"
+_ATTRIBUTE = "openapi_operation"
+_IGNORED_METHODS = frozenset({"HEAD"})
+JSON = "application/json"
 
 
-def _ref(name: str) -> Schema:
-    return {"$ref": _REF + name}
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One documented answer: a description and its body (a model, or a media type only)."""
+
+    description: str
+    model: type[BaseModel] | None = None
+    media_type: str = JSON
+    also: tuple[str, ...] = ()
+    """Further media types of the same answer (an SSE stream of a chat completion)."""
 
 
-def _json(schema: Schema) -> Schema:
-    return {"content": {"application/json": {"schema": schema}}}
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """What one handler accepts and answers; the document is built from these."""
+
+    summary: str
+    responses: Mapping[int, Reply]
+    errors: tuple[int, ...] = ()
+    body: type[BaseModel] | None = None
+    form: type[BaseModel] | None = None
+    path: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    headers: type[BaseModel] | None = None
+    models: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        models = [(m, "validation") for m in (self.body, self.form, self.path, self.query,
+                                               self.headers) if m is not None]  # fmt: skip
+        models += [(r.model, "serialization") for r in self.responses.values() if r.model]
+        if self.errors:
+            models.append((ErrorEnvelope, "serialization"))
+        object.__setattr__(self, "models", tuple(models))
 
 
-def _errors(*codes: int) -> dict[str, Schema]:
-    return {str(c): {"description": "error", **_json(_ref("Error"))} for c in codes}
+def operation(
+    summary: str,
+    responses: Mapping[int, Reply],
+    *,
+    errors: Iterable[int] = (),
+    body: type[BaseModel] | None = None,
+    form: type[BaseModel] | None = None,
+    path: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    headers: type[BaseModel] | None = None,
+) -> Callable[[F], F]:
+    """Decorate a handler with its contract (read back by `operation_of`)."""
+    op = Operation(
+        summary, dict(responses), tuple(sorted(set(errors))),
+        body=body, form=form, path=path, query=query, headers=headers,
+    )  # fmt: skip
+
+    def attach(handler: F) -> F:
+        setattr(handler, _ATTRIBUTE, op)
+        return handler
+
+    return attach
 
 
-def _header(name: str, schema: Schema, description: str) -> Schema:
-    return {
-        "name": name,
-        "in": "header",
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
+def operation_of(endpoint: object) -> Operation:
+    """The contract of a route's handler; TypeError when it has none."""
+    op = getattr(endpoint, _ATTRIBUTE, None)
+    if not isinstance(op, Operation):
+        raise TypeError(f"{endpoint!r} has no @operation: every route must be documented")
+    return op
 
 
-def _path(name: str, description: str) -> Schema:
-    return {
-        "name": name,
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string"},
-        "description": description,
-    }
+def documented_routes(routes: Iterable[BaseRoute]) -> list[tuple[Route, str, Operation]]:
+    """(route, method, operation) for every route and method of the table, HEAD aside."""
+    out = []
+    for route in routes:
+        if not isinstance(route, Route) or route.methods is None:
+            raise TypeError(f"{route!r}: only Routes with explicit methods can be documented")
+        op = operation_of(route.endpoint)
+        declared = set(op.path.model_fields) if op.path else set()
+        if declared != set(route.param_convertors):
+            raise TypeError(f"{route.path}: path parameters {sorted(route.param_convertors)} "
+                            f"but the operation's path model has {sorted(declared)}")  # fmt: skip
+        out += [(route, m, op) for m in sorted(route.methods - _IGNORED_METHODS)]
+    return out
 
 
-_PRIORITY = _header("x-priority", {"type": "string", "enum": ["high", "low"]}, "routing")
-_CHAT_HEADERS = [
-    _PRIORITY,
-    _header(
-        "x-reply-key",
-        {"type": "string", "pattern": "^ptu:reply:[A-Za-z0-9_-]{1,20}:[A-Za-z0-9_:-]{1,60}$"},
-        "low priority: the Redis list for the result, in the caller's namespace "
-        "ptu:reply:<tenant>:<suffix>",
-    ),
-    _header(
-        "x-ptu-ttl-s",
-        {"type": "string", "pattern": "^[1-9][0-9]{0,5}$"},
-        "low priority: seconds until the deadline (default PTU_DEFAULT_TTL_S)",
-    ),
-]
+def _content(media_type: str, schema: Schema | None) -> Schema:
+    return {media_type: {"schema": schema} if schema is not None else {}}
 
 
-def _chat_op(summary: str, extra_params: list[Schema], body: str) -> Schema:
-    return {
-        "summary": summary,
-        "parameters": extra_params + _CHAT_HEADERS,
-        "requestBody": {"required": True, **_json(_ref(body))},
-        "responses": {
-            "200": {
-                "description": "completion (JSON, or SSE when stream is true)",
-                **_json({"type": "object"}),
-            },
-            "202": {"description": "queued (low priority)", **_json(_ref("QueuedRequest"))},
-            **_errors(400, 401, 404, 408, 413, 429, 500, 502, 503, 504),
-        },
-    }
+def _optional(schema: Schema) -> Schema:
+    """An optional parameter's schema without its `null` branch: absent is its None."""
+    schema.pop("default", None)
+    options = [o for o in schema.get("anyOf", ()) if o != {"type": "null"}]
+    if "anyOf" in schema and len(options) == 1:
+        del schema["anyOf"]
+        schema.update(options[0])
+    return schema
 
 
-def _schemas(deployments: list[str]) -> dict[str, Schema]:
-    message = {
-        "type": "object",
-        "required": ["role", "content"],
-        "properties": {"role": {"type": "string"}, "content": {"type": "string"}},
-    }
-    model: Schema = {"type": "string", "enum": deployments} if deployments else {"type": "string"}
-    chat = {
-        "model": model,
-        "messages": {"type": "array", "minItems": 1, "items": message},
-        "max_tokens": {"type": "integer", "minimum": 1, "maximum": 100_000},
-        "stream": {"type": "boolean"},
-    }
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["code", "message", "type"],
-                    "properties": {
-                        "code": {"type": ["string", "null"]},
-                        "message": {"type": "string"},
-                        "type": {"type": "string"},
-                    },
-                }
-            },
-        },
-        "ChatRequest": {
-            "type": "object",
-            "required": ["messages"],
-            "properties": chat,
-        },
-        "ChatRequestOpenAI": {
-            "type": "object",
-            "required": ["model", "messages"],
-            "properties": chat,
-        },
-        "QueuedRequest": {
-            "type": "object",
-            "required": ["id", "object", "status", "reply_key"],
-            "properties": {
-                "id": {"type": "string"},
-                "object": {"type": "string", "enum": ["queued_request"]},
-                "status": {"type": "string"},
-                "reply_key": {"type": "string"},
-            },
-        },
-        "BatchCreate": {
-            "type": "object",
-            "required": ["input_file_id", "endpoint", "completion_window"],
-            "properties": {
-                "input_file_id": {"type": "string"},
-                "endpoint": {
-                    "type": "string",
-                    "enum": ["/v1/chat/completions", "/chat/completions"],
-                },
-                "completion_window": {"type": "string", "enum": ["24h"]},
-                "metadata": {
-                    "type": ["object", "null"],
-                    "additionalProperties": {"type": "string"},
-                },
-            },
-        },
-        "Batch": {"type": "object", "required": ["id", "object", "status"]},
-        "File": {"type": "object", "required": ["id", "object", "bytes", "purpose"]},
-        "List": {"type": "object", "required": ["object", "data"]},
-    }
+def _parameters(
+    where: Literal["path", "query", "header"], definition: Schema | None
+) -> list[Schema]:
+    if definition is None:
+        return []
+    required = set(definition.get("required", ()))
+    params = []
+    for name, schema in definition["properties"].items():
+        description = schema.pop("description", None)
+        schema.pop("title", None)
+        param: Schema = {"name": name, "in": where, "required": where == "path" or name in
+                         required, "schema": _optional(schema)}  # fmt: skip
+        if description:
+            param["description"] = description
+        params.append(param)
+    return params
 
 
-def _ok(description: str, schema: Schema) -> dict[str, Schema]:
-    return {"200": {"description": description, **_json(schema)}}
+class _Schemas:
+    """The components of the document and each model's schema, from one pydantic pass."""
+
+    def __init__(self, ops: Iterable[Operation]) -> None:
+        wanted = list(dict.fromkeys(m for op in ops for m in op.models))
+        refs, defs = models_json_schema(wanted, ref_template=REF)
+        self.components: dict[str, Schema] = dict(defs.get("$defs", {}))
+        self._refs = refs
+        self._inline: set[str] = set()
+
+    def ref(self, model: type[BaseModel], mode: JsonSchemaMode) -> Schema:
+        return dict(self._refs[(model, mode)])
+
+    def inline(self, model: type[BaseModel] | None) -> Schema | None:
+        """A parameter model's own definition (parameters are listed, not referenced)."""
+        if model is None:
+            return None
+        name = self._refs[(model, "validation")]["$ref"].rsplit("/", 1)[1]
+        self._inline.add(name)
+        return dict(self.components[name])
+
+    def finished(self) -> dict[str, Schema]:
+        return {k: v for k, v in sorted(self.components.items()) if k not in self._inline}
 
 
-def _batch_paths(prefix: str) -> dict[str, Schema]:
-    fid = _path("file_id", "file id")
-    bid = _path("batch_id", "batch id")
-    upload = {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["file", "purpose"],
-                "properties": {
-                    "file": {"type": "string", "format": "binary"},
-                    "purpose": {"type": "string", "enum": ["batch"]},
-                },
-            }
-        }
-    }
-    return {
-        f"{prefix}/files": {
-            "post": {
-                "summary": "upload a batch JSONL file",
-                "requestBody": {"required": True, "content": upload},
-                "responses": {**_ok("file", _ref("File")), **_errors(400, 401, 413, 503)},
-            },
-            "get": {
-                "summary": "list files",
-                "responses": {**_ok("files", _ref("List")), **_errors(401, 503)},
-            },
-        },
-        f"{prefix}/files/{{file_id}}": {
-            "get": {
-                "summary": "file metadata",
-                "parameters": [fid],
-                "responses": {**_ok("file", _ref("File")), **_errors(401, 404, 503)},
-            },
-            "delete": {
-                "summary": "delete a file",
-                "parameters": [fid],
-                "responses": {**_ok("deleted", {"type": "object"}), **_errors(401, 404, 503)},
-            },
-        },
-        f"{prefix}/files/{{file_id}}/content": {
-            "get": {
-                "summary": "file content",
-                "parameters": [fid],
-                "responses": {"200": {"description": "JSONL"}, **_errors(401, 404, 503)},
-            },
-        },
-        f"{prefix}/batches": {
-            "post": {
-                "summary": "create a batch",
-                "parameters": [_PRIORITY],
-                "requestBody": {"required": True, **_json(_ref("BatchCreate"))},
-                "responses": {**_ok("batch", _ref("Batch")), **_errors(400, 401, 404, 413, 503)},
-            },
-            "get": {
-                "summary": "list batches",
-                "responses": {**_ok("batches", _ref("List")), **_errors(401, 503)},
-            },
-        },
-        f"{prefix}/batches/{{batch_id}}": {
-            "get": {
-                "summary": "retrieve a batch",
-                "parameters": [bid],
-                "responses": {**_ok("batch", _ref("Batch")), **_errors(401, 404, 503)},
-            },
-        },
-        f"{prefix}/batches/{{batch_id}}/cancel": {
-            "post": {
-                "summary": "cancel a batch",
-                "parameters": [bid],
-                "responses": {**_ok("batch", _ref("Batch")), **_errors(401, 404, 409, 503)},
-            },
-        },
-    }
+def _operation(op: Operation, schemas: _Schemas) -> Schema:
+    out: Schema = {"summary": op.summary}
+    params = (
+        _parameters("path", schemas.inline(op.path))
+        + _parameters("query", schemas.inline(op.query))
+        + _parameters("header", schemas.inline(op.headers))
+    )
+    if params:
+        out["parameters"] = params
+    if op.body is not None:
+        content = _content(JSON, schemas.ref(op.body, "validation"))
+        out["requestBody"] = {"required": True, "content": content}
+    if op.form is not None:
+        content = _content("multipart/form-data", schemas.ref(op.form, "validation"))
+        out["requestBody"] = {"required": True, "content": content}
+    responses: Schema = {}
+    for status, reply in sorted(op.responses.items()):
+        model = schemas.ref(reply.model, "serialization") if reply.model else None
+        if model is None and reply.media_type == JSON:
+            model = {"type": "object"}
+        content = _content(reply.media_type, model)
+        for other in reply.also:
+            content.update(_content(other, None))
+        responses[str(status)] = {"description": reply.description, "content": content}
+    error = schemas.ref(ErrorEnvelope, "serialization") if op.errors else None
+    for status in op.errors:
+        responses[str(status)] = {"description": "error", "content": _content(JSON, error)}
+    out["responses"] = responses
+    return out
 
 
-def openapi_document(
-    deployments: Sequence[str], prefixes: tuple[str, ...] = ("/v1", "/openai")
-) -> Schema:
-    """The document: chat completions, result retrieval, files and batches, health, metrics."""
+def _deployment_refs(node: Any) -> Any:
+    """`node` with every marked deployment name replaced by a reference to the enum."""
+    if isinstance(node, dict):
+        if node.get(DEPLOYMENT_MARK):
+            return {"$ref": REF.format(model=DEPLOYMENT_SCHEMA)}
+        return {k: _deployment_refs(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_deployment_refs(v) for v in node]
+    return node
+
+
+def openapi_document(routes: Iterable[BaseRoute], deployments: Sequence[str]) -> Schema:
+    """The OpenAPI 3.1 document of `routes`; `deployments` fill the Deployment enum."""
+    table = documented_routes(routes)
+    schemas = _Schemas(op for _, _, op in table)
+    paths: dict[str, Schema] = {}
+    for route, method, op in table:
+        paths.setdefault(route.path, {})[method.lower()] = _operation(op, schemas)
+    paths = _deployment_refs(paths)
+    components = _deployment_refs(schemas.finished())
     names = list(deployments)
-    model: Schema = {"type": "string", "enum": names} if names else {"type": "string"}
-    paths: dict[str, Schema] = {
-        "/openai/deployments/{deployment}/chat/completions": {
-            "post": _chat_op(
-                "chat completion, Azure shape",
-                [
-                    {**_path("deployment", "deployment name"), "schema": model},
-                    {
-                        "name": "api-version",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string"},
-                    },
-                ],
-                "ChatRequest",
-            )
-        },
-        "/v1/chat/completions": {
-            "post": _chat_op("chat completion, OpenAI shape", [], "ChatRequestOpenAI")
-        },
-        "/v1/requests/{request_id}": {
-            "get": {
-                "summary": "a queued request's result",
-                "parameters": [
-                    _path("request_id", "request id"),
-                    {
-                        "name": "wait",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "number", "minimum": 0, "maximum": 60},
-                    },
-                ],
-                "responses": {
-                    **_ok("result document", {"type": "object"}),
-                    "202": {"description": "still queued", **_json(_ref("QueuedRequest"))},
-                    **_errors(400, 401, 404, 503),
-                },
-            }
-        },
-        "/healthz": {"get": {"summary": "liveness", "responses": _ok("ok", {"type": "object"})}},
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus metrics",
-                "responses": {"200": {"description": "text exposition"}},
-            }
-        },
-    }
-    for prefix in prefixes:
-        paths.update(_batch_paths(prefix))
+    components[DEPLOYMENT_SCHEMA] = (
+        {"type": "string", "enum": names} if names else {"type": "string"}
+    )
     return {
         "openapi": "3.1.0",
         "info": {"title": "ptu-orchestrator ingress", "version": "1.0.0"},
         "paths": paths,
         "components": {
-            "schemas": _schemas(names),
+            "schemas": components,
             "securitySchemes": {
                 "apiKey": {"type": "apiKey", "in": "header", "name": "api-key"},
                 "bearer": {"type": "http", "scheme": "bearer"},

@@ -15,8 +15,6 @@ default `PTU_DEFAULT_TTL_S`.
 from __future__ import annotations
 
 import asyncio
-import math
-import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +24,9 @@ import structlog
 from redis.exceptions import RedisError
 from starlette.responses import JSONResponse
 
-from ingress.http.errors import ApiError, bad_request
+from ingress.http import errors
+from ingress.http.errors import ApiError
+from ingress.http.models import QueuedRequestStatus, parse_reply_key
 from ingress.metrics import IngressMetrics
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.results import ResultStore
@@ -34,10 +34,6 @@ from orchestrator.core.schemas import QueuedRequest, default_reply_key
 from orchestrator.queues.base import Queue
 
 log = structlog.get_logger(__name__)
-
-MAX_TTL_S = 30 * 86_400.0
-RETRY_AFTER_S = "2"
-_REPLY_KEY_CHARS = re.compile(r"[!-~]{1,200}")
 
 
 def new_request_id() -> str:
@@ -49,46 +45,12 @@ def reply_key_for(header: str | None, tenant: str, request_id: str) -> str:
     """The reply key: the caller's `x-reply-key` if it lies in its namespace, else the default."""
     if header is None:
         return default_reply_key(request_id)
-    prefix = f"ptu:reply:{tenant}:"
-    if (
-        not _REPLY_KEY_CHARS.fullmatch(header)
-        or not header.startswith(prefix)
-        or len(header) == len(prefix)
-    ):
-        raise bad_request(
-            f"x-reply-key must start with {prefix!r}, add a suffix, and be at most 200 "
-            "printable characters without spaces",
-            code="invalid_reply_key",
-            param="x-reply-key",
-        )
-    return header
-
-
-def ttl_for(header: str | None, default: float) -> float:
-    """The request's time to live in seconds, from `x-ptu-ttl-s` or the default."""
-    if header is None:
-        return default
-    try:
-        ttl = float(header)
-    except ValueError:
-        ttl = math.nan
-    if not (0 < ttl <= MAX_TTL_S):
-        raise bad_request(
-            f"x-ptu-ttl-s must be a number of seconds in (0, {MAX_TTL_S:.0f}]",
-            code="invalid_ttl",
-            param="x-ptu-ttl-s",
-        )
-    return ttl
+    return parse_reply_key(header, tenant)
 
 
 def unavailable(detail: str) -> ApiError:
     """The 503 answered when the queue (or its Redis) cannot take a request."""
-    return ApiError(
-        503,
-        "queue_unavailable",
-        f"the queue is unavailable, nothing was enqueued; retry later ({detail[:200]})",
-        headers={"retry-after": RETRY_AFTER_S},
-    )
+    return errors.unavailable("the queue", code="queue_unavailable", detail=detail)
 
 
 class Enqueuer:
@@ -187,7 +149,7 @@ class Enqueuer:
 def accepted(req: QueuedRequest) -> JSONResponse:
     """The 202 answer to an enqueued request."""
     return JSONResponse(
-        {"id": req.id, "object": "queued_request", "status": "queued", "reply_key": req.reply_key},
+        QueuedRequestStatus(id=req.id, status="queued", reply_key=req.reply_key).model_dump(),
         status_code=202,
         headers={"location": f"/v1/requests/{req.id}"},
     )

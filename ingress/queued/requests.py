@@ -7,30 +7,16 @@ while it is queued or in progress; 404 when it is unknown or another tenant's
 
 from __future__ import annotations
 
-import math
-
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ingress.http.auth import Authenticator
-from ingress.http.errors import ApiError, bad_request
+from ingress.http.errors import ApiError, unavailable
+from ingress.http.models import QueuedRequestStatus, RequestPath, WaitQuery, parse_wait
+from ingress.http.openapi import Reply, operation
 from orchestrator.core.results import ResultStore
-
-MAX_WAIT_S = 60.0
-
-
-def wait_for(value: str | None) -> float:
-    """The `wait` query parameter in seconds (0 when absent), capped at MAX_WAIT_S."""
-    if value is None or value == "":
-        return 0.0
-    try:
-        wait = float(value)
-    except ValueError:
-        wait = math.nan
-    if not wait >= 0 or math.isinf(wait):
-        raise bad_request("wait must be a non-negative number of seconds", param="wait")
-    return min(wait, MAX_WAIT_S)
+from orchestrator.core.schemas import ResultDocument
 
 
 def not_found(request_id: str) -> ApiError:
@@ -45,11 +31,21 @@ class RequestsApi:
         self._results = results
         self._auth = auth
 
+    @operation(
+        "a queued request's result",
+        {
+            200: Reply("the result document", ResultDocument),
+            202: Reply("still queued or in progress", QueuedRequestStatus),
+        },
+        errors=(400, 401, 404, 503),
+        path=RequestPath,
+        query=WaitQuery,
+    )
     async def get(self, request: Request) -> Response:
         """The result document (200), the status (202) or 404."""
         tenant = self._auth.tenant(request.headers)
         request_id = request.path_params["request_id"]
-        wait = wait_for(request.query_params.get("wait"))
+        wait = parse_wait(request.query_params.get("wait"))
         try:
             state = await self._results.get(request_id)
             if state is None or state.tenant != tenant:
@@ -57,21 +53,14 @@ class RequestsApi:
             if state.result is None and wait > 0:
                 state = await self._results.wait(request_id, wait)
         except RedisError as exc:
-            raise ApiError(
-                503, "store_unavailable", "the result store is unavailable; retry later",
-                headers={"retry-after": "2"},
-            ) from exc  # fmt: skip
+            raise unavailable("the result store", code="store_unavailable") from exc
         if state is None:
             raise not_found(request_id)
         if state.result is not None:
             return Response(state.result.model_dump_json(), media_type="application/json")
+        queued = QueuedRequestStatus(id=request_id, status=state.status, reply_key=state.reply_key)
         return JSONResponse(
-            {
-                "id": request_id,
-                "object": "queued_request",
-                "status": state.status,
-                "reply_key": state.reply_key,
-            },
+            queued.model_dump(),
             status_code=202,
             headers={"retry-after": "1"},
         )

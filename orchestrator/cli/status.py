@@ -8,7 +8,11 @@ queue backend, and throughput and results from the workers' heartbeats
 the circuit breaker and the dead-letter depth are read from Redis, so they survive
 worker restarts. "In flight"
 counts leased slots: a worker leases a slot before it waits for a message, so an
-idle lane shows one.
+idle lane shows one. With the calibrated estimate, the view also shows what the
+reading is made of: the token-event model, the deployment's newest utilisation
+header, the correction learnt from the deployment's signals (with its age, and the
+time left of a 429's pause) and the unseen share (load the model cannot see: other
+applications on the same PTU, or capacity the table over-states).
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
 from orchestrator.queues.dead_letters import DeadLetterStore
 from orchestrator.queues.factory import make_queue
-from orchestrator.throttle.policy import concurrency_limit
+from orchestrator.throttle.policy import Curve, limit_for
 from orchestrator.throttle.slots import SlotTable
-from orchestrator.utilisation.base import UtilisationSource
+from orchestrator.utilisation.base import Calibration, UtilisationSource
 from orchestrator.utilisation.factory import make_source
 
 
@@ -70,6 +74,8 @@ class Row:
     dead_letters: int = 0
     counts: Mapping[str, int] | None = None
     """Results written since the start of time (Redis), by status."""
+    calibration: Calibration | None = None
+    """Model, observed value and correction behind `utilisation` (calibrated estimate)."""
 
 
 def summarise(heartbeats: Sequence[Mapping[str, Any]], now: float) -> dict[str, WorkerSummary]:
@@ -119,15 +125,12 @@ async def collect(
     workers = summarise(await read_heartbeats(redis), now)
     rows = []
     for d in settings.deployments:
-        lower, upper, maximum = settings.thresholds(d)
+        curve = Curve(*settings.thresholds(d))
         try:
             reading = await source.read(d.name)
         except UtilisationUnavailable:
             reading = None
-        stale = reading is None or reading.age(now) > source.max_age_s
-        limit = 0
-        if reading is not None and not stale:
-            limit = concurrency_limit(reading.value, lower, upper, maximum)
+        limit, reason = limit_for(reading, now, source.max_age_s, curve)
         queue = make_queue(settings, d.name, redis, "ptu-status")
         try:
             depth: int | None = await queue.depth()
@@ -142,9 +145,9 @@ async def collect(
                 deployment=d.name,
                 utilisation=None if reading is None else reading.value,
                 reading_age_s=None if reading is None else reading.age(now),
-                stale=stale,
+                stale=reason != "ok",
                 limit=limit,
-                max_concurrency=maximum,
+                max_concurrency=curve.maximum,
                 global_in_flight=await SlotTable(redis, d.name).count(),
                 queue_depth=depth,
                 workers=workers.get(d.name, WorkerSummary()),
@@ -152,6 +155,7 @@ async def collect(
                 circuit_left_s=view.open_left_s,
                 dead_letters=await DeadLetterStore(redis, d.name).depth(),
                 counts={_text(k): int(v) for k, v in counts.items()},
+                calibration=None if reading is None else reading.calibration,
             )
         )
     return rows
@@ -169,8 +173,9 @@ def render(rows: Sequence[Row], source: str) -> Table:
     """The rich table of a snapshot."""
     table = Table(title=f"ptu status (utilisation source: {source})")
     for header in (
-        "deployment", "utilisation", "age", "limit", "in flight", "queued", "workers",
-        "results/s", "completed", "failed", "expired", "circuit", "dead letters",
+        "deployment", "utilisation", "age", "model", "observed", "correction", "unseen",
+        "limit", "in flight", "queued", "workers", "results/s", "completed", "failed", "expired",
+        "circuit", "dead letters",
     ):  # fmt: skip
         table.add_column(header, justify="left" if header == "deployment" else "right")
     for r in rows:
@@ -184,6 +189,7 @@ def render(rows: Sequence[Row], source: str) -> Table:
             r.deployment,
             util,
             _num(r.reading_age_s, "{:.1f}s"),
+            *calibration_cells(r.calibration),
             f"{r.limit}/{r.max_concurrency}",
             _num(r.global_in_flight),
             _num(r.queue_depth),
@@ -196,6 +202,21 @@ def render(rows: Sequence[Row], source: str) -> Table:
             str(r.dead_letters),
         )
     return table
+
+
+def calibration_cells(cal: Calibration | None) -> tuple[str, str, str, str]:
+    """Model, observed (with its age), correction (with its age) and unseen share, as text."""
+    if cal is None:
+        return "-", "-", "-", "-"
+    observed = _num(cal.observed, "{:.1%}")
+    if cal.observed_age_s is not None:
+        observed += f" ({cal.observed_age_s:.1f}s)"
+    correction = f"{cal.correction:+.1%}"
+    if cal.correction_age_s is not None:
+        correction += f" ({cal.correction_age_s:.1f}s)"
+    if cal.throttled_s > 0:
+        correction += f" 429 {cal.throttled_s:.1f}s"
+    return f"{cal.model:.1%}", observed, correction, f"{cal.unseen:.1%}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import redis.asyncio as aioredis
 import structlog
 
 from orchestrator.core import keys
+from orchestrator.core.redis_replies import text
 from orchestrator.core.schemas import QueuedRequest, ResultDocument
 
 log = structlog.get_logger(__name__)
@@ -70,10 +71,6 @@ class RequestState:
     custom_id: str | None = None
     batch_id: str | None = None
     deployment: str | None = None
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class ResultStore:
@@ -142,7 +139,7 @@ class ResultStore:
             pipe.hgetall(keys.request(request_id))
             pipe.get(keys.result(request_id))
             raw_record, raw_result = await pipe.execute()
-        record = {_s(k): _s(v) for k, v in (raw_record or {}).items()}
+        record = {text(k): text(v) for k, v in (raw_record or {}).items()}
         result = ResultDocument.model_validate_json(raw_result) if raw_result else None
         if not record and result is None:
             return None

@@ -4,11 +4,16 @@ DESIGN.md §4: 429, 408, 5xx and timeouts are retried, honouring the service's
 `retry-after-ms` when given and otherwise waiting a capped, jittered exponential
 backoff; after `max_attempts` calls the request fails for good. Any other 4xx
 fails at once. The decision reads the error's type and status code only.
+
+This module is the one place for retry timing: the worker's upstream calls
+(`decide`), the ingress's in-process batch lines (`decide` on the status the
+proxy got), and the back-off of long-lived loops whose backend is down
+(`outage_delay_s`: the worker's queue reads, the estimator's steps).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,3 +78,34 @@ def decide(
     if error.retry_after_s is not None and error.retry_after_s >= 0:
         return Decision("retry", min(error.retry_after_s, policy.max_s), "retry-after")
     return Decision("retry", backoff_s(attempt, policy.base_s, policy.max_s, rand()), "backoff")
+
+
+def outage_delay_s(
+    failures: int, draw: float, *, base_s: float = 0.5, max_s: float = 15.0
+) -> float:
+    """Wait before retrying a backend after `failures` consecutive failures of a loop.
+
+    Processes never give up on their backend (a Redis restart must not need a
+    worker restart), so there is no attempt limit: the backoff grows to `max_s`
+    and stays there; `draw` spreads replicas that failed together.
+    """
+    return backoff_s(max(1, failures), base_s, max_s, draw)
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms`, else `retry-after` (numeric form only).
+
+    Azure OpenAI sends both on a 429 (AZURE_FACTS.md §1); a negative or
+    non-numeric value (e.g. the HTTP-date form of `retry-after`) is ignored.
+    """
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw) / scale
+        except ValueError:
+            continue
+        if value >= 0:
+            return value
+    return None

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, Self, get_args
 
 from pydantic import BaseModel, Field
 
 ResultStatus = Literal["completed", "failed", "expired"]
+
+Priority = Literal["high", "low"]
+"""Which path a request takes: `high` is proxied at once, `low` waits for idle PTU capacity."""
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)
+PRIORITY_HEADER = "x-priority"
+"""The client's request header that chooses the priority (DESIGN.md §5)."""
+PRIORITY_LABEL_HEADER = "x-ptu-priority"
+"""The label a caller puts on its calls to the deployment so the simulator counts them
+apart (`/sim/state` per priority); never read by the ingress and never a routing decision."""
 
 
 def default_reply_key(request_id: str) -> str:
@@ -47,6 +57,59 @@ class ResultDocument(BaseModel):
     batch_id: str | None = Field(default=None, exclude_if=lambda v: v is None)
     replay_of: str | None = Field(default=None, exclude_if=lambda v: v is None)
 
+    @classmethod
+    def for_request(
+        cls,
+        request: QueuedRequest,
+        status: ResultStatus,
+        *,
+        completed_at: float,
+        attempts: int,
+        status_code: int | None = None,
+        response: dict[str, Any] | None = None,
+        usage: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> Self:
+        """The result of `request`: its ids, deployment and enqueue time, plus the outcome.
+
+        The one constructor the worker and the ingress's in-process batch lines use,
+        so both write the same document for the same outcome.
+        """
+        return cls(
+            id=request.id,
+            custom_id=request.custom_id,
+            status=status,
+            status_code=status_code,
+            response=response,
+            error=error,
+            usage=usage,
+            deployment=request.deployment,
+            attempts=attempts,
+            enqueued_at=request.enqueued_at,
+            completed_at=completed_at,
+            batch_id=request.batch_id,
+            replay_of=request.replay_of,
+        )
+
+
+def error_object(
+    status_code: int, body: Mapping[str, Any] | None, message: str | None = None
+) -> dict[str, Any]:
+    """The result's `error` from an upstream error body: its `error` object when it has one.
+
+    Without one the code is the status; `message` fills in a missing message.
+    """
+    inner = body.get("error") if body is not None else None
+    if isinstance(inner, Mapping):
+        error = dict(inner)
+    elif inner:
+        error = {"code": str(status_code), "message": str(inner)}
+    else:
+        error = {"code": str(status_code)}
+    if message is not None:
+        error.setdefault("message", message)
+    return error
+
 
 class TokenEvent(BaseModel):
     """Token accounting for one call to a PTU deployment, fed to the estimate.
@@ -55,13 +118,22 @@ class TokenEvent(BaseModel):
     starts; `complete` reconciles with the actual completion tokens. A gateway
     that only reports completions (APIM `log-to-eventhub`) sends `complete`
     without a prior `admit`; the estimator then charges the actual tokens once.
+
+    The deployment's own signals travel with the event so the estimate can calibrate
+    itself: `utilisation` is the `azure-openai-deployment-utilization` header of the
+    response (a fraction), true `utilisation_age_s` before the event was made;
+    `retry_after_ms` marks a 429. An `observe` event carries only those (a stream's
+    header, known at its first byte) and charges nothing.
     """
 
     request_id: str
     deployment: str
-    phase: Literal["admit", "complete"]
+    phase: Literal["admit", "complete", "observe"]
     timestamp: float
     prompt_tokens: int = Field(ge=0)
     max_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
     cached_tokens: int = Field(default=0, ge=0)
+    utilisation: float | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
+    utilisation_age_s: float = Field(default=0.0, ge=0, exclude_if=lambda v: v == 0)
+    retry_after_ms: float | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)

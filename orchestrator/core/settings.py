@@ -20,8 +20,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from orchestrator.core import capacity
 from orchestrator.core.errors import ConfigError
-
-Priority = Literal["high", "low"]
+from orchestrator.core.retry import RetryPolicy
+from orchestrator.core.schemas import Priority
 
 
 def check_endpoint(value: str | None) -> str | None:
@@ -143,6 +143,9 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="redis queue: reclaim a dead consumer's entries after this"
     )
     utilization_source: Literal["estimate", "azure_monitor"] = "estimate"
+    calibration: Literal["auto", "off"] = Field(
+        default="auto", description="estimate: learn from the deployment's own signals, or not"
+    )
     # throttle
     lower_threshold: float = Field(default=0.20, ge=0, le=1)
     upper_threshold: float = Field(default=0.90, ge=0, le=1)
@@ -244,6 +247,10 @@ class Settings(BaseSettings):
     def deployment(self, name: str) -> DeploymentConfig | None:
         """The deployment called `name`, if configured."""
         return next((d for d in self.deployments if d.name == name), None)
+
+    def retry_policy(self) -> RetryPolicy:
+        """Upstream retries: `PTU_MAX_ATTEMPTS`, `PTU_BACKOFF_BASE_S`, `PTU_BACKOFF_MAX_S`."""
+        return RetryPolicy(self.max_attempts, self.backoff_base_s, self.backoff_max_s)
 
     def thresholds(self, d: DeploymentConfig) -> tuple[float, float, int]:
         """(lower, upper, max_concurrency) for a deployment, its overrides applied."""

@@ -7,7 +7,8 @@ charges (`simulator/openai/tokens.py`): about four characters of text per token
 low-detail image charge; other non-text parts and tool calls are counted from
 their JSON text, and so are tool and function definitions. The `complete` event carries the
 service's actual usage, so the estimate only has to be close for the short
-time a call is in flight.
+time a call is in flight. `usage_counts` reads that usage, the same way for the
+worker's calls and the ingress's proxied ones.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 CHARS_PER_TOKEN = 4.0
 TOKENS_PER_MESSAGE = 3
@@ -71,7 +72,31 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
 def requested_max_tokens(body: Mapping[str, Any], default: int) -> int:
     """The completion budget the request asks for (`max_completion_tokens` wins), else default."""
     for key in ("max_completion_tokens", "max_tokens"):
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        value = _count(body.get(key))
+        if value:
             return value
     return default
+
+
+class UsageCounts(NamedTuple):
+    """The token counts of an OpenAI `usage` object (0 where absent or malformed)."""
+
+    prompt: int
+    completion: int
+    cached: int
+
+
+def usage_counts(usage: Mapping[str, Any] | None) -> UsageCounts:
+    """(prompt, completion, cached) tokens of an OpenAI `usage` object; zeros when absent."""
+    if not usage:
+        return UsageCounts(0, 0, 0)
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, Mapping) else 0
+    return UsageCounts(
+        _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), _count(cached)
+    )
+
+
+def _count(value: object) -> int:
+    """A positive int as itself; anything else (bool, float, negative, None) as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

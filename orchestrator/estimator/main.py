@@ -20,6 +20,7 @@ from orchestrator.core.errors import ConfigError
 from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
 from orchestrator.estimator.redis_stream import Estimator
+from orchestrator.utilisation.estimate.calibration import params_for
 from orchestrator.utilisation.estimate.store import EstimateStore
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
             settings.deployments,
             window_s=settings.estimate_window_s,
             max_age_s=settings.estimate_max_age_s,
+            calibration=params_for(settings.calibration),
         )
         try:
             estimator = make_estimator(args, settings, redis, store)

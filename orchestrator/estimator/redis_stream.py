@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -29,10 +30,11 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from pydantic import ValidationError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from orchestrator.core import keys, stream_entries
+from orchestrator.core import keys, redis_replies
 from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.retry import outage_delay_s
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.utilisation.estimate.store import EVENT_FIELD, EstimateStore
 
@@ -111,6 +113,7 @@ class Estimator:
         claim_idle_s: float = 30.0,
         horizon_s: float = 300.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         if not 0 < block_ms < 5000:
             raise ValueError("block_ms must be between 0 and 5000 (redis-py socket timeout)")
@@ -122,6 +125,7 @@ class Estimator:
         self._claim_idle_ms = int(claim_idle_s * 1000)
         self._horizon_s = horizon_s
         self._sleep = sleep
+        self._rand = rand
         self._group_ready = False
         self._own_pending = True  # first drain our own unacknowledged entries (restart)
         self._claimed_at = 0.0
@@ -131,19 +135,15 @@ class Estimator:
     async def _ensure_group(self) -> None:
         if self._group_ready:
             return
-        try:
-            await self._redis.xgroup_create(keys.TOKEN_EVENTS, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):  # BUSYGROUP: the group exists already
-                raise
+        await redis_replies.ensure_group(self._redis, keys.TOKEN_EVENTS, GROUP)
         self._group_ready = True
 
-    async def _next_entries(self) -> list[stream_entries.Entry]:
+    async def _next_entries(self) -> list[redis_replies.Entry]:
         if self._own_pending:
             reply = await self._redis.xreadgroup(
                 GROUP, self.consumer, {keys.TOKEN_EVENTS: "0"}, count=self._batch
             )
-            entries = stream_entries.read_entries(reply)
+            entries = redis_replies.read_entries(reply)
             if entries:
                 return entries
             self._own_pending = False
@@ -152,7 +152,7 @@ class Estimator:
             reply = await self._redis.xautoclaim(
                 keys.TOKEN_EVENTS, GROUP, self.consumer, self._claim_idle_ms, count=self._batch
             )
-            entries = stream_entries.entries(reply[1])
+            entries = redis_replies.entries(reply[1])
             if entries:
                 return entries
         reply = await self._redis.xreadgroup(
@@ -162,7 +162,7 @@ class Estimator:
             count=self._batch,
             block=self._block_ms,
         )
-        return stream_entries.read_entries(reply)
+        return redis_replies.read_entries(reply)
 
     async def step(self) -> int:
         """Read, apply, acknowledge and heartbeat once; returns entries handled."""
@@ -206,7 +206,8 @@ class Estimator:
                 self._group_ready = False  # e.g. the stream was deleted: create it again
                 self._own_pending = True  # entries read but not acknowledged come back first
                 log.warning("estimator_step_failed", error=repr(exc)[:300], failures=failures)
-                await self._sleep(min(5.0, 0.2 * 2**failures))
+                # capped low: while the estimator is down, readings go stale
+                await self._sleep(outage_delay_s(failures, self._rand(), base_s=0.4, max_s=5.0))
         log.info("estimator_stopped", applied=self.applied, skipped=self.skipped)
 
     def __repr__(self) -> str:

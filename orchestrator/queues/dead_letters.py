@@ -28,7 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from orchestrator.core import keys, stream_entries
+from orchestrator.core import keys, redis_replies
 from orchestrator.core.errors import PTUError
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import QueuedRequest
@@ -87,13 +87,13 @@ class DeadLetterStore:
     async def entries(self, count: int = 100) -> list[DeadLetter]:
         """The oldest `count` entries."""
         reply = await self.redis.xrange(self.stream, count=count)
-        return [self._entry(entry_id, fields) for entry_id, fields in stream_entries.entries(reply)]
+        return [self._entry(entry_id, fields) for entry_id, fields in redis_replies.entries(reply)]
 
     async def find(self, ident: str) -> DeadLetter | None:
         """The entry with this entry id or request id."""
         if "-" in ident and ident.replace("-", "").isdigit():
             reply = await self.redis.xrange(self.stream, min=ident, max=ident, count=1)
-            found = stream_entries.entries(reply)
+            found = redis_replies.entries(reply)
             return self._entry(*found[0]) if found else None
         for letter in await self.entries(count=100_000):
             if letter.request_id == ident:

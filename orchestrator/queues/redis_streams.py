@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,16 +22,16 @@ import structlog
 from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
-from orchestrator.core import keys, stream_entries
+from orchestrator.core import keys, redis_replies
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.schemas import QueuedRequest
+from orchestrator.queues import dead_letter
 from orchestrator.queues.base import Delivery
 
 log = structlog.get_logger(__name__)
 
 FIELD = "message"
 """The stream entry field holding the QueuedRequest JSON."""
-DEAD_LETTER_MAXLEN = 100_000
 """Approximate cap of a dead-letter stream, so a failure storm cannot exhaust memory."""
 
 
@@ -94,7 +93,7 @@ class RedisStreamsQueue:
                         block_ms = self._block_ms(deadline - loop.time())
                         out = await self._read_new(max_count, block_ms)
                 except ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
+                    if redis_replies.error_code(exc) != "NOGROUP":
                         raise
                     await self._ensure_group(force=True)  # the stream was deleted under us
                     continue
@@ -143,12 +142,7 @@ class RedisStreamsQueue:
     async def _ensure_group(self, *, force: bool = False) -> None:
         if self._group_ready and not force:
             return
-        try:
-            # id "0": messages put before the first worker started are consumed too
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await redis_replies.ensure_group(self.redis, self.stream, self.group)
         self._group_ready = True
 
     def _block_ms(self, remaining_s: float) -> int:
@@ -171,8 +165,8 @@ class RedisStreamsQueue:
         )
         # continue the PEL scan where it stopped, so idle entries behind many live ones are
         # reached too; the server returns "0-0" when the scan has wrapped around
-        self._claim_cursor = stream_entries.text(reply[0])
-        claimed = stream_entries.entries(reply[1])
+        self._claim_cursor = redis_replies.text(reply[0])
+        claimed = redis_replies.entries(reply[1])
         if not claimed:
             return []
         pending = await self.redis.xpending_range(
@@ -183,7 +177,7 @@ class RedisStreamsQueue:
             count=len(claimed) + len(self._in_flight) + 10,
             consumername=self.consumer,
         )
-        counts = {stream_entries.text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        counts = {redis_replies.text(p["message_id"]): int(p["times_delivered"]) for p in pending}
         log.info("queue_entries_claimed", stream=self.stream, count=len(claimed))
         return await self._deliveries(claimed, counts)
 
@@ -192,10 +186,10 @@ class RedisStreamsQueue:
         reply = await self.redis.xreadgroup(
             self.group, self.consumer, streams, count=max_count, block=block_ms
         )
-        return await self._deliveries(stream_entries.read_entries(reply), {})
+        return await self._deliveries(redis_replies.read_entries(reply), {})
 
     async def _deliveries(
-        self, entries: list[stream_entries.Entry], counts: dict[str, int]
+        self, entries: list[redis_replies.Entry], counts: dict[str, int]
     ) -> list[Delivery]:
         out: list[Delivery] = []
         for entry_id, fields in entries:
@@ -213,22 +207,17 @@ class RedisStreamsQueue:
         return out
 
     async def _dead_letter_raw(self, token: str, payload: str, reason: str, count: int) -> None:
-        record = {
-            FIELD: payload,
-            "reason": reason,
-            "entry_id": token,
-            "delivery_count": str(count),
-            "consumer": self.consumer,
-            "dead_lettered_at": json.dumps(time.time()),
-        }
+        fields = dead_letter.entry(
+            payload,
+            reason=reason,
+            token=token,
+            delivery_count=count,
+            consumer=self.consumer,
+            at=time.time(),
+        )
         async with _mapped("dead_letter", self.stream):
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xadd(
-                    self.dead_letter_stream,
-                    record,  # type: ignore[arg-type]
-                    maxlen=DEAD_LETTER_MAXLEN,
-                    approximate=True,
-                )
+                dead_letter.add(pipe, self.deployment, fields)
                 pipe.xack(self.stream, self.group, token)
                 pipe.xdel(self.stream, token)
                 await pipe.execute()
@@ -258,7 +247,7 @@ class RedisStreamsQueue:
             count=max(len(self._in_flight), 1) + 100,
             consumername=self.consumer,
         )
-        owned = {stream_entries.text(p["message_id"]) for p in pending}
+        owned = {redis_replies.text(p["message_id"]) for p in pending}
         # entries another consumer claimed (we looked dead) are no longer ours to refresh
         self._in_flight &= owned
         if self._in_flight:

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.settings import DeploymentConfig
-from orchestrator.throttle.policy import concurrency_limit
+from orchestrator.throttle.policy import Curve, concurrency_limit, limit_for
 from orchestrator.throttle.slots import Slot, SlotTable
 from orchestrator.utilisation.base import Reading, UtilisationSource
 
@@ -50,12 +50,12 @@ class Throttle:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         poll_s: float = 0.1,
     ) -> None:
-        concurrency_limit(0.0, lower, upper, max_concurrency)  # validates the arguments
+        self._curve = Curve(lower, upper, max_concurrency)
+        concurrency_limit(0.0, *self._curve)  # validates the arguments
         if lease_s <= 0 or poll_s <= 0:
             raise ValueError("lease_s and poll_s must be positive")
         self.deployment = deployment.name
         self._source = source
-        self._lower, self._upper, self._max = lower, upper, max_concurrency
         self.lease_s = lease_s
         self._worker_id = worker_id
         self._clock = clock
@@ -89,19 +89,13 @@ class Throttle:
         if self._refreshed_at is not None and now - self._refreshed_at < self._poll_s:
             return self._limit
         self._refreshed_at = now
-        reason = "ok"
         try:
             reading: Reading | None = await self._source.read(self.deployment)
         except UtilisationUnavailable as exc:
-            reading, reason = None, "unavailable"
+            reading = None
             log.debug("utilisation_unavailable", deployment=self.deployment, error=str(exc))
         self._reading = reading
-        if reading is None:
-            limit = 0
-        elif reading.age(self._clock()) > self._source.max_age_s:
-            limit, reason = 0, "stale"
-        else:
-            limit = concurrency_limit(reading.value, self._lower, self._upper, self._max)
+        limit, reason = limit_for(reading, self._clock(), self._source.max_age_s, self._curve)
         if limit != self._limit:
             log.info(
                 "throttle_limit_changed",

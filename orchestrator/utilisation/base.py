@@ -1,9 +1,34 @@
-"""The utilisation contract: how full a PTU deployment is, and how fresh that is."""
+"""The utilisation contract: how full a PTU deployment is, how fresh that is, and what feeds it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from orchestrator.core.schemas import TokenEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """How a calibrated estimate was made: the model, what the deployment said, the correction."""
+
+    model: float
+    """The open-loop token-event model alone (fraction)."""
+    correction: float
+    """What the deployment's own signals add to the model now (fraction; may be negative)."""
+    correction_age_s: float | None
+    """Seconds since the newest signal behind the correction (None: never corrected)."""
+    observed: float | None
+    """The newest utilisation the deployment reported (header), if any."""
+    observed_age_s: float | None
+    throttled_s: float = 0.0
+    """Seconds the deployment still refuses calls after a 429 (the reading is >= 100 %)."""
+
+    @property
+    def unseen(self) -> float:
+        """Share of capacity used by load the model cannot see (the positive correction)."""
+        return max(0.0, self.correction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +39,8 @@ class Reading:
     observed_at: float
     """Epoch seconds at which `value` described the deployment."""
     source: str
+    calibration: Calibration | None = None
+    """How the estimate source built `value` (None for other sources or calibration off)."""
 
     def age(self, now: float) -> float:
         """Seconds since the value was true."""
@@ -34,3 +61,16 @@ class UtilisationSource(Protocol):
 
     async def close(self) -> None:
         """Release clients and connections."""
+
+
+class TokenRecorder(Protocol):
+    """Where token events go: the worker's and the ingress's calls feed the estimate through it.
+
+    Implemented by `EstimateStore.record` (and by test doubles). Recording is
+    idempotent per (request id, phase); a recorder that cannot reach its store
+    raises a `PTUError` (`UtilisationUnavailable`), which callers log and pass:
+    the estimate is a hint, and a lost event must never fail a call.
+    """
+
+    async def record(self, event: TokenEvent) -> None:
+        """Fold one event into the utilisation estimate."""

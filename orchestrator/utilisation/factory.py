@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from orchestrator.core.errors import ConfigError, MissingDependencyError
 from orchestrator.core.settings import Settings
 from orchestrator.utilisation.base import UtilisationSource
+from orchestrator.utilisation.estimate.calibration import params_for
 
 if TYPE_CHECKING:
     from orchestrator.utilisation.azure_monitor import AzureMonitorSource
@@ -25,6 +26,7 @@ def make_source(settings: Settings, redis: aioredis.Redis) -> UtilisationSource:
         settings.deployments,
         window_s=settings.estimate_window_s,
         max_age_s=settings.estimate_max_age_s,
+        calibration=params_for(settings.calibration),
     )
 
 

@@ -29,11 +29,18 @@ from orchestrator.core.errors import (
     UpstreamUnreachable,
 )
 from orchestrator.core.retry import RetryPolicy, decide
-from orchestrator.core.schemas import QueuedRequest, ResultDocument, ResultStatus, TokenEvent
-from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
+from orchestrator.core.schemas import (
+    QueuedRequest,
+    ResultDocument,
+    ResultStatus,
+    TokenEvent,
+    error_object,
+)
+from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens, usage_counts
 from orchestrator.queues.base import Delivery, Queue
 from orchestrator.throttle.slots import Slot
-from orchestrator.worker.protocols import ResultSink, SlotLimiter, TokenRecorder, pause
+from orchestrator.utilisation.base import TokenRecorder
+from orchestrator.worker.protocols import ResultSink, SlotLimiter, pause
 from orchestrator.worker.upstream import Upstream, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -302,7 +309,7 @@ class Dispatcher:
         else:
             await self._record(event_id, "admit", prompt_tokens=prompt, max_tokens=budget)
         started = self._clock()
-        status, answered = 0, False
+        status, answered, retry_after_ms = 0, False, None
         try:
             async with asyncio.timeout(self._config.request_timeout_s):
                 response = await self._upstream.chat(
@@ -314,18 +321,19 @@ class Dispatcher:
             raise UpstreamTimeout("no answer within the request timeout", status_code=408) from None
         except UpstreamError as err:
             status = err.status_code
+            if isinstance(err, UpstreamThrottled):  # the estimate learns ">= 100 % for a while"
+                retry_after_ms = 1000.0 * (err.retry_after_s or 0.0)
             raise
         finally:
             if not answered:
                 # failed or cancelled: refund the admitted completion budget
-                await self._shielded(self._record(event_id, "complete"))
+                await self._shielded(
+                    self._record(event_id, "complete", retry_after_ms=retry_after_ms)
+                )
                 if self._metrics is not None and status:
                     self._metrics.call(self.deployment, status, self._clock() - started)
-        usage = response.usage or {}
-        prompt_actual = _int(usage.get("prompt_tokens"))
-        completion = _int(usage.get("completion_tokens"))
-        details = usage.get("prompt_tokens_details")
-        cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        answered_at = self._clock()
+        prompt_actual, completion, cached = usage_counts(response.usage)
         await self._shielded(
             self._record(
                 event_id,
@@ -333,6 +341,8 @@ class Dispatcher:
                 prompt_tokens=prompt_actual,
                 completion_tokens=completion,
                 cached_tokens=cached,
+                utilisation=response.utilisation_hint,
+                observed_at=answered_at,
             )
         )
         latency = self._clock() - started
@@ -399,26 +409,19 @@ class Dispatcher:
         usage: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
     ) -> ResultDocument:
-        return ResultDocument(
-            id=message.id,
-            custom_id=message.custom_id,
-            status=status,
+        return ResultDocument.for_request(
+            message,
+            status,
+            completed_at=self._clock(),
+            attempts=attempts,
             status_code=status_code,
             response=response,
-            error=error,
             usage=usage,
-            deployment=message.deployment,
-            attempts=attempts,
-            enqueued_at=message.enqueued_at,
-            completed_at=self._clock(),
-            batch_id=message.batch_id,
-            replay_of=message.replay_of,
+            error=error,
         )
 
     def _failed(self, message: QueuedRequest, err: UpstreamError, attempts: int) -> ResultDocument:
-        inner = err.body.get("error") if isinstance(err.body, dict) else None
-        error = dict(inner) if isinstance(inner, dict) else {"code": str(err.status_code)}
-        error.setdefault("message", str(err))
+        error = error_object(err.status_code, err.body, str(err))
         return self._doc(
             message, "failed", attempts=attempts, status_code=err.status_code, error=error
         )
@@ -437,18 +440,31 @@ class Dispatcher:
         except (RedisError, PTUError) as exc:
             log.warning("mark_in_progress_failed", error=repr(exc))
 
-    async def _record(self, event_id: str, phase: str, **counts: int) -> None:
+    async def _record(
+        self,
+        event_id: str,
+        phase: str,
+        *,
+        utilisation: float | None = None,
+        observed_at: float | None = None,
+        retry_after_ms: float | None = None,
+        **counts: int,
+    ) -> None:
         if self._tokens is None:
             return
+        now = self._clock()
         event = TokenEvent(
             request_id=event_id,
             deployment=self.deployment,
             phase="admit" if phase == "admit" else "complete",
-            timestamp=self._clock(),
+            timestamp=now,
             prompt_tokens=counts.get("prompt_tokens", 0),
             max_tokens=counts.get("max_tokens", 0),
             completion_tokens=counts.get("completion_tokens", 0),
             cached_tokens=counts.get("cached_tokens", 0),
+            utilisation=utilisation,
+            utilisation_age_s=max(0.0, now - observed_at) if observed_at is not None else 0.0,
+            retry_after_ms=retry_after_ms,
         )
         try:
             await self._tokens.record(event)
@@ -490,7 +506,3 @@ def _outcome(err: UpstreamError) -> Outcome:
     if isinstance(err, UpstreamThrottled):
         return "throttled"
     return "error" if err.retryable else "ok"
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
-from orchestrator.core.retry import backoff_s
+from orchestrator.core.retry import outage_delay_s
 from orchestrator.queues.base import Delivery, Queue
 from orchestrator.worker.dispatch import Dispatcher
 from orchestrator.worker.protocols import SlotLimiter, pause
@@ -122,7 +122,7 @@ class Worker:
             except QueueUnavailable as exc:
                 await lane.throttle.release(slot)
                 failures += 1
-                delay = backoff_s(min(failures, 8), 0.5, 15.0, self._rand())
+                delay = outage_delay_s(failures, self._rand())
                 log.warning("queue_receive_failed", deployment=lane.deployment, error=str(exc))
                 await pause(delay, stop, self._sleep)
                 continue

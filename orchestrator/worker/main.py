@@ -22,7 +22,6 @@ from orchestrator.breaker.shared import SharedBreaker, breaker_config
 from orchestrator.core import logs, startup
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.results import ResultStore
-from orchestrator.core.retry import RetryPolicy
 from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.base import Queue
@@ -30,6 +29,7 @@ from orchestrator.queues.factory import make_queue
 from orchestrator.throttle.admission import Admission
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.base import UtilisationSource
+from orchestrator.utilisation.estimate.calibration import params_for
 from orchestrator.utilisation.estimate.store import EstimateStore
 from orchestrator.utilisation.factory import make_source
 from orchestrator.worker.dispatch import DispatchConfig, Dispatcher
@@ -118,10 +118,11 @@ def build_worker(
         settings.deployments,
         window_s=settings.estimate_window_s,
         max_age_s=settings.estimate_max_age_s,
+        calibration=params_for(settings.calibration),
     )
     results = ResultStore(redis, settings.reply_ttl_s)
     config = DispatchConfig(
-        retry=RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s),
+        retry=settings.retry_policy(),
         request_timeout_s=settings.request_timeout_s,
         default_max_tokens=settings.default_max_tokens,
     )

@@ -32,6 +32,36 @@ class WorkerMetrics:
             ["deployment"],
             registry=r,
         )
+        self.model = Gauge(
+            "ptu_worker_utilisation_model_ratio",
+            "The estimate's open-loop token-event model, before calibration",
+            ["deployment"],
+            registry=r,
+        )
+        self.observed = Gauge(
+            "ptu_worker_utilisation_observed_ratio",
+            "The newest utilisation the deployment reported (azure-openai-deployment-utilization)",
+            ["deployment"],
+            registry=r,
+        )
+        self.correction = Gauge(
+            "ptu_worker_utilisation_correction_ratio",
+            "What calibration adds to the model (negative: the model over-estimates)",
+            ["deployment"],
+            registry=r,
+        )
+        self.correction_age = Gauge(
+            "ptu_worker_utilisation_correction_age_seconds",
+            "Age of the newest deployment signal behind the correction",
+            ["deployment"],
+            registry=r,
+        )
+        self.unseen = Gauge(
+            "ptu_worker_unseen_traffic_ratio",
+            "Share of capacity used by load the model cannot see (other callers, capacity)",
+            ["deployment"],
+            registry=r,
+        )
         self.limit = Gauge(
             "ptu_worker_concurrency_limit",
             "Global low-priority concurrency the policy allows",
@@ -109,6 +139,15 @@ class WorkerMetrics:
         if reading is not None:
             self.utilisation.labels(deployment).set(reading.value)
             self.utilisation_age.labels(deployment).set(reading.age(now))
+            cal = reading.calibration
+            if cal is not None:
+                self.model.labels(deployment).set(cal.model)
+                self.correction.labels(deployment).set(cal.correction)
+                self.unseen.labels(deployment).set(cal.unseen)
+                if cal.observed is not None:
+                    self.observed.labels(deployment).set(cal.observed)
+                if cal.correction_age_s is not None:
+                    self.correction_age.labels(deployment).set(cal.correction_age_s)
 
     def call(self, deployment: str, status_code: int, latency_s: float) -> None:
         """Count one upstream attempt and its duration."""

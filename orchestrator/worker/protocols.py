@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from orchestrator.core.schemas import ResultDocument, TokenEvent
+from orchestrator.core.schemas import ResultDocument
 from orchestrator.throttle.slots import Slot
 
 if TYPE_CHECKING:
@@ -57,13 +57,6 @@ class ResultSink(Protocol):
 
     async def complete(self, doc: ResultDocument, reply_key: str) -> bool:
         """Write the result once per id; True when this call wrote it."""
-
-
-class TokenRecorder(Protocol):
-    """Where token events go (`EstimateStore.record`)."""
-
-    async def record(self, event: TokenEvent) -> None:
-        """Fold one event into the utilisation estimate."""
 
 
 async def pause(

@@ -18,12 +18,19 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import openai
 import structlog
 
+from orchestrator.core.entra import EntraTokens, default_entra_tokens
 from orchestrator.core.errors import (
     ConfigError,
     UpstreamError,
     UpstreamThrottled,
     UpstreamTimeout,
     UpstreamUnreachable,
+)
+from orchestrator.core.retry import parse_retry_after
+from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
+from orchestrator.utilisation.estimate.calibration import (
+    UTILISATION_HEADER,
+    parse_utilisation,
 )
 
 if TYPE_CHECKING:
@@ -34,9 +41,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-PRIORITY_HEADER = "x-ptu-priority"
-UTILISATION_HEADER = "azure-openai-deployment-utilization"
-COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 CONNECTION_FAILED_STATUS = 503
 """Status recorded when no response arrived at all (retryable, like a 5xx)."""
 
@@ -89,31 +93,6 @@ class Upstream(Protocol):
 
     async def close(self) -> None:
         """Release the HTTP client and credentials."""
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms`, else `retry-after` (numeric form only)."""
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            value = float(raw) / scale
-        except ValueError:
-            continue
-        if value >= 0:
-            return value
-    return None
-
-
-def parse_utilisation(raw: str | None) -> float | None:
-    """`"42.5%"` → 0.425; None when absent or malformed (the header is only a hint)."""
-    if raw is None:
-        return None
-    try:
-        return float(raw.strip().removesuffix("%")) / 100.0
-    except ValueError:
-        return None
 
 
 MISCONFIGURED_STATUSES = frozenset({401, 403, 404})
@@ -182,7 +161,7 @@ class AzureUpstream:
         client: openai.AsyncAzureOpenAI,
         *,
         timeout_s: float,
-        credential: Any | None = None,
+        credential: EntraTokens | None = None,
     ) -> None:
         self._client = client
         self._timeout_s = timeout_s
@@ -210,26 +189,23 @@ class AzureUpstream:
             "api_version": settings.azure_openai_api_version,
             "max_retries": 0,
             "timeout": settings.request_timeout_s,
-            "default_headers": {PRIORITY_HEADER: priority},
+            "default_headers": {PRIORITY_LABEL_HEADER: priority},
             "http_client": http_client,
         }
-        credential: Any | None = None
+        tokens: EntraTokens | None = None
         if key is not None:
             client = openai.AsyncAzureOpenAI(api_key=key.get_secret_value(), **common)
         else:
-            from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
-
-            credential = DefaultAzureCredential()
-            provider = get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE)
-            client = openai.AsyncAzureOpenAI(azure_ad_token_provider=provider, **common)
-        up = cls(client, timeout_s=settings.request_timeout_s, credential=credential)
+            tokens = default_entra_tokens()
+            client = openai.AsyncAzureOpenAI(azure_ad_token_provider=tokens.token, **common)
+        up = cls(client, timeout_s=settings.request_timeout_s, credential=tokens)
         up.endpoint = endpoint
         return up
 
     async def check_credential(self) -> None:
         """Obtain an Entra ID token once (a no-op with an API key); raises what the SDK raises."""
         if self._credential is not None:
-            await self._credential.get_token(COGNITIVE_SERVICES_SCOPE)
+            await self._credential.token()
 
     async def chat(
         self,

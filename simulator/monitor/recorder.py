@@ -164,6 +164,10 @@ class MetricsRecorder:
             self._prune(now)
         metrics.setdefault(metric, {}).setdefault(key, _Agg()).add(value)
 
+    def clear(self) -> None:
+        """Forget every minute (a fresh resource; `POST /sim/reset?metrics=1`)."""
+        self._minutes.clear()
+
     def _prune(self, now: float) -> None:
         cutoff = now - self.retention_s
         for minute in [m for m in self._minutes if m + GRAIN_S <= cutoff]:

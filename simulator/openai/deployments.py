@@ -25,13 +25,14 @@ PATCHABLE = (
     "spike_rate",
     "spike_ms",
     "background_share",
+    "window_s",
 )
 CHOICES: dict[str, tuple[str, ...]] = {
     "utilisation_model": MODELS,
     "utilisation_header": HEADER_MODES,
 }
 """Fields of a PATCH body that take one of a few names rather than a number."""
-PROVISIONED_ONLY = ("ptus", "background_share", *CHOICES)
+PROVISIONED_ONLY = ("ptus", "background_share", "window_s", *CHOICES)
 RATES = ("error_rate", "timeout_rate", "spike_rate", "background_share")
 
 
@@ -283,12 +284,16 @@ class Deployment:
             raise ValueError("tpm applies to standard deployments only; use ptus")
         if values.get("ptus", 1.0) <= 0 or values.get("tpm", 1.0) <= 0:
             raise ValueError("capacity must be positive")
+        if values.get("window_s", 1.0) <= 0:
+            raise ValueError("window_s must be positive")
         self._apply(now, values, names)
 
     def _apply(self, now: float, values: dict[str, float], names: dict[str, str]) -> None:
         if self.meter is not None:
             if "ptus" in values:
                 self.meter.set_capacity(now, values["ptus"] * self.spec.input_tpm_per_ptu)
+            if "window_s" in values:  # the level is kept; the 100 % mark moves
+                self.window_s = self.meter.window_s = values["window_s"]
             if "background_share" in values:
                 self.background.set_share(now, values["background_share"])
             if "utilisation_model" in names:

@@ -59,6 +59,7 @@ class Harness:
             self.redis,
             "d1",
             name,
+            namespace=NS,
             checkpoint_store=self.store,
             consumer_group=CG,
         )
@@ -178,6 +179,7 @@ async def test_factory_builds_eventhubs_queue(redis: aioredis.Redis) -> None:
     q = make_queue(settings, "gpt-4o", redis, "worker-1")
     assert isinstance(q, EventHubsQueue)
     assert q.eventhub == "ptu-requests-gpt-4o"
+    assert q.namespace == "fake.servicebus.windows.net"  # what the SDK names to the store
     assert "eventhub=ptu-requests-gpt-4o consumer=worker-1" in repr(q)
     await q.close()
     with pytest.raises(ConfigError, match="PTU_EVENTHUB_NAMESPACE"):

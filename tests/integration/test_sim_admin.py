@@ -48,7 +48,7 @@ async def test_state_shape_and_priority_counters(http: httpx2.AsyncClient) -> No
     ptu = state["deployments"]["ptu"]
     assert ptu["kind"] == "provisioned" and ptu["model"] == "gpt-4o-mini"
     assert ptu["capacity_tpm"] == 15 * 37_000 and ptu["window_s"] == 60.0
-    assert 0.0 < ptu["utilization"] < 0.01
+    assert 0.0 <= ptu["utilization"] < 0.01  # four tiny calls drain within milliseconds
     assert ptu["requests"] == 4 and ptu["throttled"] == 0 and ptu["errors"] == 0
     assert ptu["in_flight"] == 0
     assert ptu["prompt_tokens"] > 0 and ptu["completion_tokens"] > 0

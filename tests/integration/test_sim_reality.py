@@ -153,3 +153,22 @@ async def test_patch_errors(http: httpx2.AsyncClient) -> None:
     standard = await http.patch("/sim/deployments/paygo", json={"background_share": 0.1})
     assert standard.status_code == 400
     assert "provisioned deployments only" in standard.json()["error"]["message"]
+
+
+async def test_reset_forgets_monitor_history_only_when_asked(
+    http: httpx2.AsyncClient, sim: SimulatorThread
+) -> None:
+    simulator: Simulator = sim.app.state.simulator  # type: ignore[attr-defined]
+    await http.post(CHAT, json=body(5))
+    await asyncio.sleep(1.2)  # at least one 1 Hz utilisation sample
+    assert simulator.recorder.deployments()
+    assert (await http.post("/sim/reset")).status_code == 200
+    assert simulator.recorder.deployments()  # like Azure Monitor: the past stays
+    assert (await http.post("/sim/reset", params={"metrics": 1})).status_code == 200
+    assert simulator.recorder.deployments() in ([], ["bg", "ptu"])  # a tick may land after
+    assert all(
+        not p.count
+        for p in simulator.recorder.query(
+            time.time() + 3600, "AzureOpenAIRequests", time.time() - 60, time.time() + 1, split=()
+        )[0].points
+    )

@@ -22,6 +22,7 @@ from bench.harness.workload import (
 from bench.report.dashboard import Snapshot, render, status_line, utilisation_bar
 from bench.report.metrics import RESULT_KEYS, PolicyRun, percentile, summarise, utilisation_stats
 from bench.report.tables import markdown_table
+from orchestrator.utilisation.base import Calibration
 
 CAP = Capacity(capacity_tpm=555_000, output_weight=3.0, window_s=10.0)
 
@@ -177,3 +178,20 @@ def test_dashboard_renders_and_status_line_is_plain() -> None:
     assert "interactive burst" in text and "4/20 completed" in text and "0.85" in text
     line = status_line(snap)
     assert "util=0.85" in line and "completed=4/20" in line and line.endswith("burst")
+
+
+def test_dashboard_shows_the_calibration() -> None:
+    cal = Calibration(
+        model=0.42, correction=0.25, correction_age_s=0.3, observed=0.7, observed_age_s=0.3
+    )
+    snap = Snapshot(
+        12.0, 60.0, 0.7, 3, 10, 4, 20, 100, 0, 1200.0, 1500.0, False, estimate=0.67,
+        calibration=cal,
+    )  # fmt: skip
+    console = Console(width=120, record=True)
+    console.print(render(snap, "title", 0.2, 0.9))
+    text = console.export_text()
+    assert "estimate" in text and "0.67" in text
+    assert "model 0.42" in text and "observed 0.70" in text and "correction +0.25" in text
+    assert "unseen traffic 25%" in text
+    assert "unseen traffic 25%" in status_line(snap)

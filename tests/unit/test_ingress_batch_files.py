@@ -38,7 +38,7 @@ def test_valid_file_with_blank_lines() -> None:
         ("[1]", "line 1: not a JSON object"),
         (json.dumps({"method": "POST"}), "line 1: 'custom_id'"),
         (_line("a") + "\n" + _line("a"), "line 2: duplicate custom_id 'a' (first on line 1)"),
-        (_line("a", messages=[]), "line 1: body: 'messages'"),
+        (_line("a", messages=[]), "line 1: body: messages: "),
         (_line("a", model="other"), "line 1: body.model 'other' is not a deployment here"),
         (_line("a", max_completion_tokens="9"), "line 1: body: max_completion_tokens"),
         ('{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": 1}',

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
 import pytest
+from azure.core.credentials import AccessToken
 
 from ingress.chat.credentials import ApiKeyAuth, EntraAuth
 from ingress.chat.proxy import Call, Proxy
@@ -15,6 +17,7 @@ from ingress.chat.targets import Target
 from ingress.chat.token_events import TokenEvents
 from ingress.http.errors import ApiError
 from ingress.metrics import IngressMetrics
+from orchestrator.core.entra import COGNITIVE_SERVICES_SCOPE, EntraTokens
 from orchestrator.core.schemas import TokenEvent
 
 STD = Target("std", "http://up/openai/deployments/std/chat/completions", False)
@@ -98,6 +101,9 @@ async def test_plain_call_passes_status_headers_and_records_events() -> None:
         ("admit", 10, 100, 0),
         ("complete", 11, 100, 5),
     ]
+    # the deployment's header travels with the complete event, for the calibration
+    assert [e.utilisation for e in sink.events] == [None, 0.425]
+    assert sink.events[1].retry_after_ms is None
 
 
 async def test_429_without_spillover_reaches_the_client_with_retry_headers() -> None:
@@ -112,6 +118,27 @@ async def test_429_without_spillover_reaches_the_client_with_retry_headers() -> 
         ("admit", 0, 10),
         ("complete", 0, 0),
     ]
+    assert sink.events[1].retry_after_ms == 1500  # ">= 100 % for 1.5 s"
+
+
+async def test_a_stream_is_observed_at_its_first_byte() -> None:
+    def sse(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(
+            200,
+            content=b'data: {"choices":[]}\n\ndata: [DONE]\n\n',
+            headers={"content-type": "text/event-stream",
+                     "azure-openai-deployment-utilization": "61%"},
+        )  # fmt: skip
+
+    sink = Sink()
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(sse))
+    events = TokenEvents(sink, clock=lambda: 1000.0)
+    proxy = Proxy(client, ApiKeyAuth("key"), events, IngressMetrics(), spillover_wait_ms=0)
+    call = _call(PTU)
+    call.stream = True
+    await proxy.forward(call)  # the headers arrived: the stream has not been relayed yet
+    await events.drain()
+    assert [(e.phase, e.utilisation) for e in sink.events] == [("admit", None), ("observe", 0.61)]
 
 
 async def test_429_spills_to_the_standard_deployment() -> None:
@@ -182,35 +209,40 @@ async def test_standard_target_records_no_events() -> None:
 
 
 class FakeCredential:
-    def __init__(self) -> None:
+    """An async credential whose tokens live `lifetime_s` from now (real wall clock)."""
+
+    def __init__(self, lifetime_s: float) -> None:
+        self.lifetime_s = lifetime_s
         self.calls = 0
+        self.scopes: list[tuple[str, ...]] = []
         self.closed = False
 
-    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         self.calls += 1
-
-        class Token:
-            token = f"t{self.calls}"
-            expires_on = 1000 + 3600 * self.calls
-
-        return Token()
+        self.scopes.append(scopes)
+        return AccessToken(f"t{self.calls}", int(time.time() + self.lifetime_s))
 
     async def close(self) -> None:
         self.closed = True
 
 
-async def test_entra_token_is_cached_until_shortly_before_expiry() -> None:
-    now = [1000.0]
-    cred = FakeCredential()
-    auth = EntraAuth(cred, clock=lambda: now[0])
+async def test_entra_token_is_cached_while_it_is_far_from_expiry() -> None:
+    cred = FakeCredential(lifetime_s=3600)
+    auth = EntraAuth(EntraTokens(cred))  # type: ignore[arg-type]
     assert await auth.headers() == {"authorization": "Bearer t1"}
-    now[0] = 1000 + 3600 - 301
     assert await auth.headers() == {"authorization": "Bearer t1"}
-    now[0] = 1000 + 3600 - 299
-    assert await auth.headers() == {"authorization": "Bearer t2"}
-    assert cred.calls == 2
+    assert cred.calls == 1
+    assert cred.scopes == [(COGNITIVE_SERVICES_SCOPE,)]
     await auth.close()
     assert cred.closed
+
+
+async def test_entra_token_is_refreshed_shortly_before_expiry() -> None:
+    cred = FakeCredential(lifetime_s=60)  # inside azure-core's 5-minute refresh window
+    auth = EntraAuth(EntraTokens(cred))  # type: ignore[arg-type]
+    assert await auth.headers() == {"authorization": "Bearer t1"}
+    assert await auth.headers() == {"authorization": "Bearer t2"}
+    assert cred.calls == 2
 
 
 async def test_complete_waits_for_its_admit() -> None:

@@ -6,14 +6,15 @@ import json
 
 import pytest
 
-from ingress.chat.governance import govern
-from ingress.chat.proxy import forwarded_headers, passed_headers, retry_after_ms
-from ingress.chat.validation import check_chat_body
+from ingress.chat.governance import check_chat_body, govern
+from ingress.chat.proxy import forwarded_headers, passed_headers
 from ingress.http.auth import DEFAULT_TENANT, Authenticator, is_loopback
 from ingress.http.errors import ApiError, envelope, error_type
-from ingress.http.priority import parse_priority
-from ingress.queued.enqueue import reply_key_for, ttl_for
-from ingress.queued.requests import MAX_WAIT_S, wait_for
+from ingress.http.models import MAX_WAIT_S, parse_priority
+from ingress.http.models import parse_ttl as ttl_for
+from ingress.http.models import parse_wait as wait_for
+from ingress.queued.enqueue import reply_key_for
+from orchestrator.core.retry import parse_retry_after
 
 
 @pytest.mark.parametrize(
@@ -69,10 +70,12 @@ def test_governance_default_never_exceeds_the_ceiling() -> None:
 
 
 @pytest.mark.parametrize("value", [0, -1, "10", 1.5, True, [1]])
-def test_governance_rejects_non_positive_integers(value: object) -> None:
-    with pytest.raises(ApiError) as info:
-        govern({"max_tokens": value}, ceiling=2000, default=1000)
-    assert info.value.status == 400
+def test_token_limits_must_be_positive_integers(value: object) -> None:
+    for name in ("max_tokens", "max_completion_tokens"):
+        with pytest.raises(ApiError) as info:
+            check_chat_body({"messages": [{"role": "user"}], name: value})
+        assert info.value.status == 400
+        assert info.value.param == name
 
 
 def test_open_authenticator_has_one_tenant() -> None:
@@ -190,6 +193,8 @@ def test_api_error_response_carries_headers() -> None:
         {"messages": [{"role": "user"}], "stream": "yes"},
         {"messages": [{"role": "user"}], "stream_options": 1},
         {"messages": [{"role": "user"}], "model": 3},
+        {"messages": [{"role": 7}]},
+        {"messages": [{"role": "user"}], "max_tokens": "10"},
     ],
 )
 def test_chat_body_checks(body: dict[str, object]) -> None:
@@ -199,13 +204,35 @@ def test_chat_body_checks(body: dict[str, object]) -> None:
     assert info.value.message.startswith("line 3: ")
 
 
+def test_chat_body_errors_name_the_field() -> None:
+    with pytest.raises(ApiError) as info:
+        check_chat_body({"messages": [{"role": "user"}, {"content": "x"}]})
+    assert info.value.param == "messages[1].role"
+    assert info.value.message.startswith("messages[1].role: ")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": [{"role": "user", "content": "hi"}]},
+        {"messages": [{"role": "tool", "content": None, "tool_call_id": "c1"}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+        {"messages": [{"role": "developer"}], "stream": None, "max_tokens": None},
+        {"messages": [{"role": "user"}], "temperature": 0.2, "tools": [], "n": 1},
+    ],
+)
+def test_chat_bodies_the_api_allows_pass(body: dict[str, object]) -> None:
+    check_chat_body(body)
+
+
 def test_retry_after_prefers_milliseconds() -> None:
     import httpx2
 
-    assert retry_after_ms(httpx2.Headers({"retry-after-ms": "250", "retry-after": "1"})) == 250
-    assert retry_after_ms(httpx2.Headers({"retry-after": "2"})) == 2000
-    assert retry_after_ms(httpx2.Headers({"retry-after-ms": "x"})) is None
-    assert retry_after_ms(httpx2.Headers({})) is None
+    # the proxy reads upstream headers as httpx2.Headers (case-insensitive)
+    assert parse_retry_after(httpx2.Headers({"Retry-After-Ms": "250", "retry-after": "1"})) == 0.25
+    assert parse_retry_after(httpx2.Headers({"retry-after": "2"})) == 2.0
+    assert parse_retry_after(httpx2.Headers({"retry-after-ms": "x"})) is None
+    assert parse_retry_after(httpx2.Headers({})) is None
 
 
 def test_header_filters() -> None:

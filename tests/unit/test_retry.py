@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.core.errors import UpstreamError, UpstreamThrottled, UpstreamTimeout
-from orchestrator.core.retry import RetryPolicy, backoff_s, decide
+from orchestrator.core.retry import RetryPolicy, backoff_s, decide, outage_delay_s
 
 POLICY = RetryPolicy(max_attempts=4, base_s=1.0, max_s=10.0)
 
@@ -79,3 +79,20 @@ def test_policy_validates() -> None:
         RetryPolicy(max_attempts=0, base_s=1, max_s=1)
     with pytest.raises(ValueError):
         RetryPolicy(max_attempts=1, base_s=0, max_s=1)
+
+
+@pytest.mark.parametrize(
+    ("failures", "draw", "expected"),
+    [
+        (1, 0.0, 0.25),
+        (1, 1.0, 0.5),
+        (3, 1.0, 2.0),
+        (10, 0.0, 7.5),
+        (10_000, 1.0, 15.0),
+        (0, 1.0, 0.5),
+    ],
+)
+def test_outage_delay_grows_to_its_cap_and_never_gives_up(
+    failures: int, draw: float, expected: float
+) -> None:
+    assert outage_delay_s(failures, draw) == pytest.approx(expected)

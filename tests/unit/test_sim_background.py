@@ -124,3 +124,16 @@ def test_standard_deployments_have_no_reality_knobs() -> None:
     s = Deployment(spec, window_s=60, tbt_ms=10, ttft_ms=50, rng=random.Random(0))
     assert s.tick(1.0) == []
     assert "background" not in s.state(1.0) and "utilisation_model" not in s.state(1.0)
+
+
+def test_patch_window_moves_the_full_mark_and_keeps_the_level() -> None:
+    d = deployment()
+    assert d.admit(0.0, prompt_tokens=46_250, output_tokens=0).status == 200  # 50 % of 10 s
+    d.patch(0.0, {"window_s": 5.0})
+    assert d.utilization(0.0) == pytest.approx(1.0)  # the same level is a full 5 s bucket
+    assert d.admit(0.0, prompt_tokens=1, output_tokens=0).status == 429
+    assert d.state(0.0)["window_s"] == 5.0
+    d.reset(1.0)
+    assert d.state(1.0)["window_s"] == 5.0
+    with pytest.raises(ValueError, match="window_s must be positive"):
+        d.patch(1.0, {"window_s": 0})

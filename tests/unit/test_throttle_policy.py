@@ -4,7 +4,8 @@ import itertools
 
 import pytest
 
-from orchestrator.throttle.policy import concurrency_limit
+from orchestrator.throttle.policy import Curve, Limit, concurrency_limit, limit_for
+from orchestrator.utilisation.base import Reading
 
 
 @pytest.mark.parametrize(
@@ -34,3 +35,22 @@ def test_monotone_non_increasing() -> None:
 def test_rejects_bad_arguments(lo: float, hi: float, m: int) -> None:
     with pytest.raises(ValueError):
         concurrency_limit(0.5, lo, hi, m)
+
+
+CURVE = Curve(0.20, 0.90, 10)
+
+
+@pytest.mark.parametrize(
+    ("reading", "now", "expected"),
+    [
+        (None, 100.0, Limit(0, "missing")),
+        (Reading(0.10, 100.0, "estimate"), 100.0, Limit(10, "ok")),
+        (Reading(0.10, 95.0, "estimate"), 100.0, Limit(10, "ok")),  # exactly max age: fresh
+        (Reading(0.10, 94.9, "estimate"), 100.0, Limit(0, "stale")),  # older: fail closed
+        (Reading(0.55, 99.0, "estimate"), 100.0, Limit(5, "ok")),
+        (Reading(0.95, 99.0, "estimate"), 100.0, Limit(0, "ok")),  # paused by the curve
+        (Reading(0.10, 101.0, "estimate"), 100.0, Limit(10, "ok")),  # from the future: age 0
+    ],
+)
+def test_limit_for_a_reading(reading: Reading | None, now: float, expected: Limit) -> None:
+    assert limit_for(reading, now, 5.0, CURVE) == expected

@@ -11,8 +11,9 @@ import pytest
 from pydantic import SecretStr
 
 from orchestrator.core.errors import ConfigError, UpstreamError, UpstreamThrottled, UpstreamTimeout
+from orchestrator.core.retry import parse_retry_after
 from orchestrator.core.settings import Settings
-from orchestrator.worker.upstream import AzureUpstream, parse_retry_after, parse_utilisation
+from orchestrator.worker.upstream import AzureUpstream, parse_utilisation
 
 COMPLETION = {
     "id": "chatcmpl-1",

@@ -75,6 +75,17 @@ async def test_429_pauses_the_deployment_and_retries_after_retry_after() -> None
     assert [e.request_id for e in rig.tokens.events] == ["r1:1:1"] * 2 + ["r1:1:2"] * 2
     refund = rig.tokens.events[1]
     assert (refund.phase, refund.completion_tokens, refund.prompt_tokens) == ("complete", 0, 0)
+    assert refund.retry_after_ms == 2500  # the estimate learns ">= 100 % for 2.5 s"
+    assert rig.tokens.events[3].retry_after_ms is None
+
+
+async def test_the_utilisation_header_travels_with_the_complete_event() -> None:
+    rig = make_rig(upstream=FakeUpstream(utilisation=0.42))
+    await rig.put(request("r1"))
+    assert await _run_one(rig) == "completed"
+    admit, complete = rig.tokens.events
+    assert admit.utilisation is None
+    assert (complete.utilisation, complete.utilisation_age_s) == (0.42, 0.0)
 
 
 async def test_retryable_errors_back_off_then_fail_and_dead_letter() -> None:

@@ -71,6 +71,8 @@ class FakeUpstream:
     active: int = 0
     peak: int = 0
     on_call: Callable[[str], None] | None = None
+    utilisation: float | None = None
+    """The utilisation header every success carries (None: no header)."""
 
     async def chat(self, deployment: str, body: Any, *, headers: Any = None) -> UpstreamResponse:
         request_id = (headers or {}).get("x-ms-client-request-id", "")
@@ -91,7 +93,9 @@ class FakeUpstream:
             if isinstance(outcome, UpstreamError):
                 raise outcome
             body_out = outcome or completion(request_id)
-            return UpstreamResponse(body=body_out, status_code=200)
+            return UpstreamResponse(
+                body=body_out, status_code=200, utilisation_hint=self.utilisation
+            )
         finally:
             self.active -= 1
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from azure.eventhub import parse_connection_string
 from azure.eventhub.aio import EventHubConsumerClient, EventHubProducerClient
 
 from orchestrator.core.errors import ConfigError
@@ -33,6 +34,14 @@ class EventHubAuth:
         from azure.identity.aio import DefaultAzureCredential
 
         self._credential = DefaultAzureCredential()
+
+    @property
+    def namespace(self) -> str:
+        """The fully qualified namespace host, as the SDK names it to the checkpoint store."""
+        if self._connection_string is not None:
+            return parse_connection_string(self._connection_string).fully_qualified_namespace
+        assert self._namespace is not None
+        return self._namespace
 
     @property
     def closers(self) -> list[Any]:

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from azure.eventhub.aio import CheckpointStore
 
 from orchestrator.core import keys
+from orchestrator.core.redis_replies import text
 
 # KEYS[1] ownership hash. ARGV: groups of (partition_id, expected etag or "", new etag, owner_id)
 # Returns {claim time as string, won partition ids...}
@@ -46,10 +47,6 @@ return out
 """
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class RedisCheckpointStore(CheckpointStore):
     """Partition ownership and checkpoints for `EventHubConsumerClient`, kept in Redis."""
 
@@ -70,7 +67,7 @@ class RedisCheckpointStore(CheckpointStore):
             out.append(
                 {
                     **scope,
-                    "partition_id": _s(pid),
+                    "partition_id": text(pid),
                     "owner_id": stored["owner_id"],
                     "etag": stored["etag"],
                     "last_modified_time": float(stored["last_modified_time"]),
@@ -103,8 +100,8 @@ class RedisCheckpointStore(CheckpointStore):
                     ownership.get("owner_id") or "",
                 ]
             reply = await self._claim(keys=[key], args=args)
-            claimed_at = float(_s(reply[0]))
-            winners = {_s(pid) for pid in reply[1:]}
+            claimed_at = float(text(reply[0]))
+            winners = {text(pid) for pid in reply[1:]}
             for ownership in group:
                 if ownership["partition_id"] in winners:
                     ownership["etag"] = etags[ownership["partition_id"]]
@@ -133,7 +130,7 @@ class RedisCheckpointStore(CheckpointStore):
         raw = await self.redis.hgetall(key)
         scope = _scope(fully_qualified_namespace, eventhub_name, consumer_group)
         return [
-            {**scope, "partition_id": _s(pid), **json.loads(value)}
+            {**scope, "partition_id": text(pid), **json.loads(value)}
             for pid, value in sorted(raw.items())
         ]
 

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -36,43 +34,14 @@ from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.core.settings import Settings
+from orchestrator.queues import dead_letter
 from orchestrator.queues.base import Delivery
 from orchestrator.queues.eventhubs.auth import EventHubAuth
 from orchestrator.queues.eventhubs.checkpoint_redis import RedisCheckpointStore
+from orchestrator.queues.eventhubs.low_water_mark import LowWaterMark
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 DELIVERY_COUNT_TTL_S = 7 * 86_400
-
-
-class LowWaterMark(Generic[T]):
-    """Events of one partition in receive order; says how far a checkpoint may go."""
-
-    def __init__(self) -> None:
-        self._order: deque[str] = deque()
-        self._items: dict[str, T] = {}
-        self._done: set[str] = set()
-
-    def track(self, key: str, item: T) -> None:
-        """Record a received event (keys arrive in partition order)."""
-        if key not in self._items:
-            self._order.append(key)
-        self._items[key] = item
-
-    def ack(self, key: str) -> T | None:
-        """Mark `key` done; return the newest event the checkpoint may now move to, if any."""
-        if key not in self._items:
-            return None
-        self._done.add(key)
-        advanced: T | None = None
-        while self._order and self._order[0] in self._done:
-            head = self._order.popleft()
-            self._done.discard(head)
-            advanced = self._items.pop(head)
-        return advanced
-
-    def __len__(self) -> int:
-        return len(self._order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +74,7 @@ class EventHubsQueue:
         deployment: str,
         consumer: str,
         *,
+        namespace: str,
         checkpoint_store: Any,
         consumer_group: str = "$Default",
         buffer_size: int = 64,
@@ -115,6 +85,8 @@ class EventHubsQueue:
         self.deployment = deployment
         self.consumer = consumer
         self.consumer_group = consumer_group
+        self.namespace = namespace
+        """Fully qualified namespace host: the checkpoint store's key for this hub."""
         self.checkpoint_store = checkpoint_store
         self.eventhub = consumer_client.eventhub_name
         self._buffer: asyncio.Queue[_Received] = asyncio.Queue(maxsize=buffer_size)
@@ -136,7 +108,7 @@ class EventHubsQueue:
         consumer_client = auth.consumer(hub, group, store)
         queue = cls(
             producer, consumer_client, redis, deployment, consumer,
-            checkpoint_store=store, consumer_group=group,
+            namespace=auth.namespace, checkpoint_store=store, consumer_group=group,
         )  # fmt: skip
         queue._closers = auth.closers
         return queue
@@ -201,9 +173,8 @@ class EventHubsQueue:
     async def depth(self) -> int:
         """Events enqueued after each partition's checkpoint (waiting or in flight)."""
         async with _mapped("depth", self.eventhub):
-            namespace = self.consumer_client._address.hostname
             stored = await self.checkpoint_store.list_checkpoints(
-                namespace, self.eventhub, self.consumer_group
+                self.namespace, self.eventhub, self.consumer_group
             )
             checkpoints = {c["partition_id"]: c for c in stored}
             total = 0
@@ -306,18 +277,18 @@ class EventHubsQueue:
             return 1
 
     async def _dead_letter_raw(self, token: str, payload: str, reason: str, count: int) -> None:
-        record: dict[Any, Any] = {
-            "message": payload,
-            "reason": reason,
-            "entry_id": token,
-            "delivery_count": str(count),
-            "consumer": self.consumer,
-            "dead_lettered_at": json.dumps(time.time()),
-        }
+        fields = dead_letter.entry(
+            payload,
+            reason=reason,
+            token=token,
+            delivery_count=count,
+            consumer=self.consumer,
+            at=time.time(),
+        )
         async with _mapped("dead_letter", self.eventhub):
-            await self.redis.xadd(
-                keys.dead_letter(self.deployment), record, maxlen=100_000, approximate=True
-            )
+            async with self.redis.pipeline(transaction=False) as pipe:
+                dead_letter.add(pipe, self.deployment, fields)
+                await pipe.execute()
 
     def __repr__(self) -> str:
         tracked = sum(len(m) for m in self._marks.values())

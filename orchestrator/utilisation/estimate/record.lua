@@ -1,7 +1,13 @@
--- Fold one token event into a deployment's leaky bucket, at most once per (request, phase).
--- KEYS[1] bucket hash {level, at, hb, applied}; KEYS[2] the request's charge record.
--- ARGV: phase, prompt, cached, max_tokens, completion, weight, drain per second,
---       dedupe ttl ms, now in epoch seconds ('' = the server's TIME).
+-- Fold one token event into a deployment's leaky bucket, at most once per (request, phase),
+-- then (calibration on) let the deployment's own signal carried by the event correct it.
+-- KEYS[1] bucket hash {level, at, hb, applied, c, c_at, obs, obs_at, floor}; KEYS[2] the
+-- request's charge record.
+-- ARGV: 1 phase (admit|complete|observe), 2 prompt, 3 cached, 4 max_tokens, 5 completion,
+--       6 weight, 7 drain per second, 8 dedupe ttl ms, 9 now in epoch seconds ('' = TIME),
+--       10 full level (100 %, in tokens), 11 observed utilisation ('' = none),
+--       12 observation age s, 13 retry-after s ('' = not a 429),
+--       14..20 tau up, tau down, negative decay s, positive decay s, max observation age s,
+--       trend s (0 = no trend), max trend per s (14 = '' : calibration off).
 -- Returns 1 when applied, 0 for a duplicate.
 local function now_s(arg)
   if arg ~= '' then return tonumber(arg) end
@@ -16,13 +22,13 @@ local prompt, cached = tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_tokens, completion = tonumber(ARGV[4]), tonumber(ARGV[5])
 local weight, rate = tonumber(ARGV[6]), tonumber(ARGV[7])
 local input = math.max(0, prompt - cached)
-local delta
+local delta = 0
 if phase == 'admit' then
   -- an admit arriving after its complete changes nothing: the complete charged it all
   if redis.call('HEXISTS', KEYS[2], 'complete') == 1 then return 0 end
   delta = input + max_tokens * weight
   redis.call('HSET', KEYS[2], 'admit', 1, 'input', input, 'max_tokens', max_tokens)
-else
+elseif phase == 'complete' then
   if redis.call('HEXISTS', KEYS[2], 'admit') == 1 then
     local charged_input = tonumber(redis.call('HGET', KEYS[2], 'input'))
     local charged_max = tonumber(redis.call('HGET', KEYS[2], 'max_tokens'))
@@ -33,6 +39,8 @@ else
     delta = input + completion * weight
   end
   redis.call('HSET', KEYS[2], 'complete', 1)
+else
+  redis.call('HSET', KEYS[2], 'observe', 1)
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
 local level = tonumber(redis.call('HGET', KEYS[1], 'level') or '0')
@@ -40,4 +48,51 @@ local at = tonumber(redis.call('HGET', KEYS[1], 'at') or now)
 level = math.max(0, level - rate * math.max(0, now - at))
 level = math.max(0, level + delta)
 redis.call('HSET', KEYS[1], 'level', tostring(level), 'at', tostring(now))
+if ARGV[14] == '' or (ARGV[11] == '' and ARGV[13] == '') then return 1 end
+
+-- calibration: the correction c (a fraction of capacity) moves toward what the deployment
+-- reports, with a trend v (per second) for errors that grow steadily (the model's drain or
+-- increments are off), learnt over trend_s; between observations c decays toward 0 (fast
+-- when negative, slowly when positive)
+local tau_up, tau_down = tonumber(ARGV[14]), tonumber(ARGV[15])
+local decay_neg, decay_pos, max_age = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
+local trend_s, max_trend = tonumber(ARGV[19]), tonumber(ARGV[20])
+local m = level / tonumber(ARGV[10])
+local f = redis.call('HMGET', KEYS[1], 'c', 'c_at', 'v', 'obs_at')
+local c, c_at, v = tonumber(f[1] or '0'), tonumber(f[2] or now), tonumber(f[3] or '0')
+local dt = math.max(0, now - c_at)
+if c < 0 then c = c * math.exp(-dt / decay_neg) else c = c * math.exp(-dt / decay_pos) end
+-- the trend extrapolates for at most one second after the newest signal, then stops
+c = c + v * math.min(dt, 1)
+if dt > 1 then v = 0 end
+if ARGV[11] ~= '' and tonumber(ARGV[12]) <= max_age then
+  local h, t_obs = tonumber(ARGV[11]), now - tonumber(ARGV[12])
+  local last = f[4]
+  local err = h - (m + c)
+  local tau = tau_down
+  if err > 0 then tau = tau_up end
+  local gain, since = 1, 0
+  if last then
+    since = math.max(0, t_obs - tonumber(last))
+    gain = 1 - math.exp(-since / tau)
+  end
+  c = c + gain * err
+  if last and trend_s > 0 then
+    -- the trend learns from the corrections it failed to predict, over trend_s
+    local per_s = (1 - math.exp(-since / trend_s)) / math.max(since, 1e-3)
+    v = math.max(-max_trend, math.min(max_trend, v + gain * err * per_s))
+  end
+  if not last or t_obs >= tonumber(last) then
+    redis.call('HSET', KEYS[1], 'obs', tostring(h), 'obs_at', tostring(t_obs))
+  end
+end
+if ARGV[13] ~= '' then
+  -- a 429: the deployment is at or above 100 % now, and stays there for retry-after
+  c = math.max(c, 1 - m)
+  v = math.max(v, 0)
+  local floor = tonumber(redis.call('HGET', KEYS[1], 'floor') or '0')
+  redis.call('HSET', KEYS[1], 'floor', tostring(math.max(floor, now + tonumber(ARGV[13]))),
+    'throttled_at', tostring(now))
+end
+redis.call('HSET', KEYS[1], 'c', tostring(c), 'c_at', tostring(now), 'v', tostring(v))
 return 1

@@ -27,6 +27,37 @@ clock, make a reading's age:
   after it. A dead estimator therefore makes readings stale as soon as one
   published event waits longer than `max_age_s`, even while in-process feeders
   keep heartbeating. Stream ids are server time, so this is skew-free too.
+
+Calibration (`PTU_CALIBRATION=auto`, the default): the bucket is a model, and a real
+deployment departs from it (other applications call it directly, it serves less than
+the capacity table says, its bucket is smaller, or its utilisation is not a bucket
+level at all). The deployment tells the truth itself, so a reading is
+`max(0, model + c)` where the correction `c` is learnt from its signals:
+- the `azure-openai-deployment-utilization` header of every response the ingress
+  (interactive calls, high-priority batch lines) and the worker see. It travels with
+  the `complete` token event (a stream's header, known at its first byte, in an
+  `observe` event), so the hot path makes no extra round trip. The error
+  `h - (model + c)` moves `c` with a time-based gain `1 - exp(-dt / tau)`, `dt` the
+  time since the previous observation, so the correction's speed does not depend on
+  the call rate: fast (`tau_up`) when the deployment is fuller than we think, since a
+  miss costs interactive 429s, slower (`tau_down`) when it is emptier, so the header's
+  noise averages out and leans safe. A trend `v` (an alpha-beta filter) follows errors
+  that grow steadily, which is what a wrong capacity or unseen traffic does to a
+  bucket; it extrapolates at most 1 s past the newest signal.
+- every 429, of any priority: the deployment is at or above 100 % now and until
+  `retry-after-ms`. The reading is at least 1.0 until then (`floor`), and `c` becomes
+  at least `1 - model`: without headers, this is how the estimate learns load it
+  cannot see.
+Safety: without fresh signals a negative correction (the model over-estimates) fades
+within seconds and a positive one (unseen load, a 429) fades over `positive_decay_s`,
+so when the signals vanish or disagree the estimate leans toward less low-priority
+work. The filter runs in the scripts, on the server clock, on the deployment's own
+hash: every worker, ingress replica and `ptu estimator` shares one correction and
+observations from several processes combine as if from one. A reading's age is still
+the model's (the feeders' heartbeats and the stream lag); the correction's own age
+(the newest signal behind it) is shown beside it, with the model, the last observed
+value and the unseen share, in `Reading.calibration`. `PTU_CALIBRATION=off` ignores
+every signal: today's open-loop model exactly.
 """
 
 from __future__ import annotations
@@ -45,7 +76,8 @@ from orchestrator.core import keys
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
-from orchestrator.utilisation.base import Reading
+from orchestrator.utilisation.base import Calibration, Reading
+from orchestrator.utilisation.estimate.calibration import DEFAULT_PARAMS, CalibrationParams
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +107,7 @@ class EstimateStore:
         clock: Callable[[], float] = time.time,
         time_source: Literal["server", "clock"] = "server",
         dedupe_ttl_s: float = 3600.0,
+        calibration: CalibrationParams | None = DEFAULT_PARAMS,
     ) -> None:
         if window_s <= 0 or max_age_s <= 0 or dedupe_ttl_s <= 0:
             raise ValueError("window_s, max_age_s and dedupe_ttl_s must be positive")
@@ -86,6 +119,9 @@ class EstimateStore:
         # "clock" drives the bucket from `clock` instead of the server's TIME (tests)
         self._time_source = time_source
         self._dedupe_ttl_ms = int(dedupe_ttl_s * 1000)
+        self.calibration = calibration
+        """The correction filter's constants; None = the open-loop model alone."""
+        self._cal_args = calibration.script_args() if calibration else [""] * 7
         self._record = redis.register_script(_lua("record"))
         self._read = redis.register_script(_lua("read"))
         self._heartbeat = redis.register_script(_lua("heartbeat"))
@@ -118,6 +154,11 @@ class EstimateStore:
             repr(d.capacity_tpm / 60.0),
             self._dedupe_ttl_ms,
             self._now_arg(),
+            repr(d.capacity_tpm / 60.0 * self.window_s),
+            "" if event.utilisation is None else repr(event.utilisation),
+            repr(event.utilisation_age_s),
+            "" if event.retry_after_ms is None else repr(event.retry_after_ms / 1000.0),
+            *self._cal_args,
         ]
         bucket, req = keys.estimate(d.name), keys.estimate_request(d.name, event.request_id)
         try:
@@ -168,19 +209,33 @@ class EstimateStore:
         rate = d.capacity_tpm / 60.0
         local_now = self._clock()
         now_arg = repr(local_now) if self._time_source == "clock" else ""
+        cal = self.calibration.read_args() if self.calibration else ["", "", ""]
         try:
             reply = await self._read(
-                keys=[keys.estimate(deployment), keys.TOKEN_EVENTS], args=[repr(rate), now_arg]
+                keys=[keys.estimate(deployment), keys.TOKEN_EVENTS],
+                args=[repr(rate), now_arg, *cal],
             )
         except RedisError as exc:
             raise UtilisationUnavailable(f"estimate {deployment}: read failed: {exc}") from exc
         if reply is None:
             raise UtilisationUnavailable(f"estimate {deployment}: no feeder has written it yet")
-        level, heartbeat_age, lag_age = (float(x) for x in reply)
+        text = [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
+        level, heartbeat_age, lag_age = (float(x) for x in text[:3])
         if heartbeat_age < 0:
             raise UtilisationUnavailable(f"estimate {deployment}: no feeder heartbeat yet")
         age = max(heartbeat_age, lag_age)
-        return Reading(level / (rate * self.window_s), local_now - age, SOURCE)
+        model = level / (rate * self.window_s)
+        if self.calibration is None:
+            return Reading(model, local_now - age, SOURCE)
+        detail = Calibration(
+            model=model,
+            correction=float(text[3]),
+            correction_age_s=_optional(text[4]),
+            observed=_optional(text[5]),
+            observed_age_s=_optional(text[6]),
+            throttled_s=float(text[7]),
+        )
+        return Reading(calibrated(detail), local_now - age, SOURCE, detail)
 
     async def close(self) -> None:
         """Nothing to release: the Redis client belongs to the caller."""
@@ -188,6 +243,16 @@ class EstimateStore:
     def __repr__(self) -> str:
         names = ",".join(self._deployments)
         return f"<EstimateStore deployments={names} window_s={self.window_s:g}>"
+
+
+def calibrated(detail: Calibration) -> float:
+    """The calibrated utilisation: model + correction, and at least 100 % while throttled."""
+    value = max(0.0, detail.model + detail.correction)
+    return max(value, 1.0) if detail.throttled_s > 0 else value
+
+
+def _optional(text: str) -> float | None:
+    return float(text) if text else None
 
 
 async def publish(redis: aioredis.Redis, event: TokenEvent) -> None:

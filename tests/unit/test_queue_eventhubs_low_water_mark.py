@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.queues.eventhubs.queue import LowWaterMark
+from orchestrator.queues.eventhubs.low_water_mark import LowWaterMark
 
 # received: offsets in partition order; acks: (offset acked, checkpoint it allows or None)
 CASES = [
@@ -49,3 +49,11 @@ def test_events_received_after_an_ack_extend_the_window() -> None:
     mark.track("3", "3")
     assert mark.ack("3") is None
     assert mark.ack("2") == "3"
+
+
+def test_repr_shows_the_live_state() -> None:
+    mark: LowWaterMark[str] = LowWaterMark()
+    mark.track("1", "a")
+    mark.track("2", "b")
+    mark.ack("2")
+    assert repr(mark) == "<LowWaterMark tracked=2 done=1 head=1>"

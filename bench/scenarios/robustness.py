@@ -1,0 +1,262 @@
+"""`ptu bench robustness`: the mixed workload under deployments that disagree with our model.
+
+For every reality (see `realities.py`) the same seeded workload runs twice, once with
+`PTU_CALIBRATION=off` (the open-loop token-event model alone) and once with the default
+configuration (calibrated), side by side: interactive traffic through the ingress at
+~30 % of the capacity the orchestrator is told, with a burst to ~60 %, and one
+low-priority batch through the worker. One simulator serves the whole benchmark; each run
+patches it into its reality and resets it with its Azure Monitor history (so no run sees
+another's minutes), flushes Redis and starts fresh orchestrator processes. The
+orchestrator is always told the nominal deployment (15 PTU, `PTU_ESTIMATE_WINDOW_S` 10),
+whatever the simulator serves. The Azure Monitor emulation is configured in every run
+(`PTU_AZURE_MONITOR_ENDPOINT` + `PTU_AZURE_RESOURCE_ID`, short ingestion lag), as it would
+be on a real deployment; it is the calibration's only slow signal when the header is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from bench.harness.identity import IdentityEndpoint
+from bench.harness.runner import Policy, drive, prepare
+from bench.harness.stack import API_KEY, SimulatorOptions, Stack, sigterm_as_interrupt
+from bench.harness.workload import MixedWorkload, batch_calls, interactive_calls
+from bench.report import tables as report
+from bench.report.metrics import PolicyRun, background_counts, estimate_error, summarise
+from bench.scenarios.mixed import capacity_of
+from bench.scenarios.realities import (
+    DEFAULT_REALITIES,
+    QUICK_REALITIES,
+    Reality,
+    parse_realities,
+    simulator_patch,
+)
+from orchestrator.core import logs
+from orchestrator.core.errors import ConfigError
+from simulator.config import DEFAULT_RESOURCE_ID
+
+log = structlog.get_logger(__name__)
+
+CALIBRATIONS = ("off", "auto")
+ERROR_AFTER_S = 10.0
+TABLE_KEYS = (
+    "reality",
+    "calibration",
+    "hp_429",
+    "hp_429_rate",
+    "bypass_429",
+    "bypass_429_rate",
+    "util_mean",
+    "util_x_upper",
+    "time_above_upper_s",
+    "lp_makespan_s",
+    "lp_completed",
+    "lp_failed",
+    "est_mae_pts",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RobustnessConfig:
+    """Everything one `bench robustness` run needs."""
+
+    workload: MixedWorkload
+    told: SimulatorOptions
+    realities: tuple[Reality, ...]
+    calibrations: tuple[str, ...] = CALIBRATIONS
+    lower: float = 0.2
+    upper: float = 0.9
+    max_concurrency: int = 20
+    grace_s: float = 20.0
+    monitor_poll_s: float = 5.0
+    seed: int = 7
+
+
+def _told(seed: int) -> SimulatorOptions:
+    return SimulatorOptions(https=True, seed=seed, monitor_lag_s=5.0)
+
+
+def _workload(duration_s: float, lp_requests: int) -> MixedWorkload:
+    return MixedWorkload(
+        duration_s=duration_s, hp_share=0.30, burst_share=0.60, lp_requests=lp_requests
+    )
+
+
+def full_config(seed: int = 7) -> RobustnessConfig:
+    """Every default reality: 50 s of traffic per run, ~90 s with start-up, ~22 min for 7 x 2."""
+    realities = parse_realities(",".join(DEFAULT_REALITIES))
+    return RobustnessConfig(_workload(50.0, 70), _told(seed), realities, grace_s=15.0, seed=seed)
+
+
+def quick_config(seed: int = 7) -> RobustnessConfig:
+    """CI-sized: two realities (one a combination), 12 s of traffic per run, ~3 min."""
+    realities = parse_realities(",".join(QUICK_REALITIES))
+    return RobustnessConfig(_workload(12.0, 12), _told(seed), realities, grace_s=4.0, seed=seed)
+
+
+def policy(cfg: RobustnessConfig, stack: Stack, identity: dict[str, str], mode: str) -> Policy:
+    """The worker settings of one run: the nominal deployment, monitor configured."""
+    env = {
+        "PTU_LOWER_THRESHOLD": f"{cfg.lower:g}",
+        "PTU_UPPER_THRESHOLD": f"{cfg.upper:g}",
+        "PTU_MAX_CONCURRENCY": str(cfg.max_concurrency),
+        "PTU_DEPLOYMENTS": cfg.told.deployments_json(),
+        "PTU_ESTIMATE_WINDOW_S": f"{cfg.told.window_s:g}",
+        "PTU_AZURE_MONITOR_ENDPOINT": stack.sim_url,
+        "PTU_AZURE_RESOURCE_ID": DEFAULT_RESOURCE_ID,
+        "PTU_AZURE_MONITOR_POLL_S": f"{cfg.monitor_poll_s:g}",
+        "PTU_AZURE_MONITOR_CA_FILE": str(stack.ca_file),
+        **identity,
+    }
+    if mode != "auto":  # the default run leaves PTU_CALIBRATION unset: it is the default
+        env["PTU_CALIBRATION"] = mode
+    label = "default (auto)" if mode == "auto" else mode
+    return Policy(mode, f"calibration {label}", "queued", env)
+
+
+def reality_row(reality: Reality, mode: str, run: PolicyRun, upper: float) -> dict[str, Any]:
+    """One results.json row: the mixed summary plus what robustness adds."""
+    row = summarise(run, upper, None)
+    bg_requests, bg_429 = background_counts(run.samples)
+    mae, missing = estimate_error(run.samples, ERROR_AFTER_S)
+    util = row["util_mean"]
+    row.update(
+        reality=reality.name,
+        reality_description=reality.describe(),
+        calibration=mode,
+        hp_429=f"{row['hp_429']} / {row['hp_calls']}",
+        hp_429_count=row["hp_429"],
+        bypass_429=f"{bg_429} / {bg_requests}" if bg_requests else "-",
+        bypass_429_count=bg_429,
+        bypass_requests=bg_requests,
+        bypass_429_rate=round(bg_429 / bg_requests, 4) if bg_requests else None,
+        util_x_upper=None if util is None else round(util / upper, 3),
+        est_mae_pts=None if mae is None else round(mae, 2),
+        est_unavailable_share=round(missing, 3),
+    )
+    return row
+
+
+def run_robustness(cfg: RobustnessConfig, out: Path) -> list[dict[str, Any]]:
+    """Run every reality under every calibration mode, write the outputs, return the rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    model = cfg.told.deployment
+    hp_calls = interactive_calls(cfg.workload, capacity_of(cfg.told), model, cfg.seed)
+    lp_calls = batch_calls(cfg.workload, model, cfg.seed)
+    rows: list[dict[str, Any]] = []
+    runs: dict[str, list[PolicyRun]] = {}
+    with (
+        sigterm_as_interrupt(),
+        IdentityEndpoint(API_KEY) as identity,
+        Stack(out / "run", cfg.told) as stack,
+    ):
+        stack.start_redis()
+        stack.start_simulator()
+        for reality in cfg.realities:
+            patch = simulator_patch(cfg.told, reality)
+            for mode in cfg.calibrations:
+                log.info("robustness_run_started", reality=reality.name, calibration=mode)
+                chosen = policy(cfg, stack, identity.env, mode)
+                prepare(stack, chosen, sim_patch=patch, fresh_metrics=True)
+                run = asyncio.run(
+                    drive(stack, chosen, hp_calls, lp_calls, cfg.workload.duration_s, cfg.grace_s)
+                )
+                runs.setdefault(reality.name, []).append(run)
+                rows.append(reality_row(reality, mode, run, cfg.upper))
+                log.info("robustness_run_finished", reality=reality.name, calibration=mode)
+    _write(cfg, out, rows, runs, len(hp_calls))
+    return rows
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+
+
+def _write(
+    cfg: RobustnessConfig,
+    out: Path,
+    rows: list[dict[str, Any]],
+    runs: dict[str, list[PolicyRun]],
+    n_hp: int,
+) -> None:
+    wl, told = cfg.workload, cfg.told
+    cap = capacity_of(told)
+    notes = [
+        f"the orchestrator is told: {told.model} x {told.ptus} PTU ({cap.capacity_tpm:,.0f} TPM),"
+        f" window {told.window_s:g} s; TTFT {told.ttft_ms:g} ms, TBT {told.tbt_ms:g} ms",
+        f"interactive (through the ingress): {n_hp} calls over {wl.duration_s:g} s at "
+        f"{wl.hp_share:.0%} of the told capacity, burst to {wl.burst_share:.0%} during "
+        f"{wl.burst_window[0]:g}-{wl.burst_window[1]:g} s",
+        f"batch: {wl.lp_requests} requests of ~{wl.lp.prompt_tokens} prompt tokens, max_tokens "
+        f"{wl.lp.max_tokens}, at {wl.batch_at_s:g} s; thresholds {cfg.lower:g} / {cfg.upper:g}, "
+        f"max concurrency {cfg.max_concurrency}; seed {cfg.seed}",
+        "calibration off = PTU_CALIBRATION=off; auto = the default configuration",
+        "bypass 429s = the simulator's own background traffic (another app calling the "
+        "deployment directly), counted apart from ours",
+        "true util = the simulator's utilisation (under its own model) sampled at 10 Hz while "
+        "the batch is pending; x upper = that mean / the upper threshold",
+        f"estimate MAE = mean |worker's reading - true level| in points after the first "
+        f"{ERROR_AFTER_S:g} s (EstimateStore.read() from Redis, sampled beside the truth)",
+        f"Azure Monitor emulation: PT1M, {told.monitor_lag_s:g} s ingestion lag, polled every "
+        f"{cfg.monitor_poll_s:g} s",
+        *(f"{r.name}: {r.describe()}" for r in cfg.realities),
+    ]
+    report.write_results(out, rows, "bench robustness: realities x calibration", notes, TABLE_KEYS)
+    for reality in cfg.realities:
+        pair = runs.get(reality.name, [])
+        report.plot_estimates(
+            pair,
+            out / f"reality_{_slug(reality.name)}.png",
+            cfg.lower,
+            cfg.upper,
+            wl.burst_window,
+            f"{reality.name}: {reality.describe()}",
+        )
+        for run in pair:
+            report.write_timeseries(run, out / f"timeseries_{_slug(reality.name)}_{run.policy}.csv")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `ptu bench robustness` (besides --out, --quick, --seed)."""
+    parser.add_argument(
+        "--realities",
+        help=f"comma-separated reality specs, knobs joined by '+' (default: "
+        f"{','.join(DEFAULT_REALITIES)}; e.g. bypass=0.2+capacity=0.85)",
+    )
+    parser.add_argument(
+        "--calibrations", default=",".join(CALIBRATIONS), help="modes side by side: off,auto"
+    )
+    parser.add_argument("--duration-s", type=float, help="interactive traffic per run")
+    parser.add_argument("--lp-requests", type=int, help="batch size")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the scenario from the command line."""
+    logs.configure("warning", "console")
+    cfg = quick_config(args.seed) if args.quick else full_config(args.seed)
+    try:
+        realities = parse_realities(args.realities) if args.realities else cfg.realities
+        modes = tuple(m.strip() for m in args.calibrations.split(",") if m.strip())
+        unknown = sorted(set(modes) - set(CALIBRATIONS))
+        if unknown or not modes:
+            raise ConfigError(f"--calibrations: one or more of {', '.join(CALIBRATIONS)}")
+    except ConfigError as exc:
+        print(f"ptu bench robustness: {exc}")
+        return 2
+    wl = cfg.workload
+    if args.duration_s:
+        wl = replace(wl, duration_s=args.duration_s)
+    if args.lp_requests:
+        wl = replace(wl, lp_requests=args.lp_requests)
+    cfg = replace(cfg, workload=wl, realities=realities, calibrations=modes)
+    out = Path(args.out)
+    rows = run_robustness(cfg, out)
+    print(report.markdown_table(rows, TABLE_KEYS))
+    print(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}, {out}/reality_*.png")
+    return 0

@@ -1,0 +1,293 @@
+"""The ingress's HTTP contract: the shapes of its requests, parameters and answers.
+
+These models are the one definition of what a route accepts and returns: the
+handlers validate with them and `/openapi.json` is generated from them
+(`ingress.http.openapi`), so the document cannot drift from the checks. OpenAI's
+own objects come from the `openai` SDK (`Batch`, `FileObject`, `FileDeleted`,
+`ChatCompletion`); where the ingress accepts more or less than the SDK's types
+say (a message is any object with a string `role`; a batch runs chat completions
+only), the model here says what the code really does.
+
+Request bodies are strict (no `"1"` for 1, no `1.0` for `max_tokens`) and keep
+unknown fields: everything the ingress does not check is passed to the
+deployment as sent. Header and query values are text, so their types convert.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+from openai.types import Batch, FileObject
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
+
+from ingress.http.errors import ApiError, invalid
+from orchestrator.core.results import RequestStatus
+from orchestrator.core.schemas import PRIORITIES, PRIORITY_HEADER, Priority
+
+DEPLOYMENT_MARK = "x-ptu-deployment"
+"""Marks a deployment name in a schema: the document lists the app's deployments there."""
+DeploymentName = Annotated[str, WithJsonSchema({"type": "string", DEPLOYMENT_MARK: True})]
+MAX_TTL_S = 30 * 86_400.0
+MAX_WAIT_S = 60.0
+REPLY_KEY_PATTERN = r"^ptu:reply:[!-~]+:[!-~]+$"
+BatchEndpoint = Literal["/v1/chat/completions", "/chat/completions"]
+"""What a batch line may call (its `url`) and a batch names as its `endpoint`."""
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+
+# --- parameters (path, query, headers) ---------------------------------------------
+
+TtlSeconds = Annotated[float, Field(gt=0, le=MAX_TTL_S, allow_inf_nan=False)]
+ReplyKey = Annotated[str, Field(pattern=REPLY_KEY_PATTERN, max_length=200)]
+WaitSeconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+_TTL: TypeAdapter[float] = TypeAdapter(TtlSeconds)
+_REPLY_KEY: TypeAdapter[str] = TypeAdapter(ReplyKey)
+_WAIT: TypeAdapter[float] = TypeAdapter(WaitSeconds)
+
+
+class PriorityHeaders(_Params):
+    x_priority: Priority | None = Field(
+        None,
+        alias=PRIORITY_HEADER,
+        description="high: proxied now; low: queued for idle PTU capacity (case-insensitive). "
+        "Default: PTU_DEFAULT_PRIORITY for chat completions, low for batches",
+    )
+
+
+class ChatHeaders(PriorityHeaders):
+    x_reply_key: ReplyKey | None = Field(
+        None,
+        alias="x-reply-key",
+        description="low priority: the Redis list the result is pushed to; must lie in the "
+        "caller's namespace ptu:reply:<tenant>:<suffix>",
+    )
+    x_ptu_ttl_s: TtlSeconds | None = Field(
+        None,
+        alias="x-ptu-ttl-s",
+        description="low priority: seconds until the deadline (default PTU_DEFAULT_TTL_S)",
+    )
+
+
+class AzureChatPath(_Params):
+    deployment: DeploymentName
+
+
+class AzureChatQuery(_Params):
+    api_version: str | None = Field(None, alias="api-version")
+
+
+class RequestPath(_Params):
+    request_id: str
+
+
+class WaitQuery(_Params):
+    wait: WaitSeconds | None = Field(
+        None, description=f"seconds to wait for the result (capped at {MAX_WAIT_S:.0f})"
+    )
+
+
+class FilePath(_Params):
+    file_id: str
+
+
+class BatchPath(_Params):
+    batch_id: str
+
+
+class FileListQuery(_Params):
+    limit: int | None = Field(None, ge=1, le=10_000)
+
+
+class BatchListQuery(_Params):
+    limit: int | None = Field(None, ge=1, le=100)
+
+
+def parse_priority(value: str | None, default: Priority) -> Priority:
+    """`x-priority` (case-insensitive, surrounding spaces ignored); default when absent.
+
+    Anything other than high or low is a 400: a typo must not silently send batch
+    work to the interactive path or the other way round.
+    """
+    if value is None:
+        return default
+    normalised = value.strip().lower()
+    for priority in PRIORITIES:
+        if normalised == priority:
+            return priority
+    raise ApiError(
+        400,
+        "invalid_priority",
+        f"{PRIORITY_HEADER} must be 'high' or 'low', got {value[:40]!r}",
+        param=PRIORITY_HEADER,
+    )
+
+
+def parse_ttl(value: str | None, default: float) -> float:
+    """`x-ptu-ttl-s`: the request's time to live in seconds, or the default."""
+    if value is None:
+        return default
+    try:
+        return _TTL.validate_python(value)
+    except ValidationError:
+        raise ApiError(
+            400,
+            "invalid_ttl",
+            f"x-ptu-ttl-s must be a number of seconds in (0, {MAX_TTL_S:.0f}]",
+            param="x-ptu-ttl-s",
+        ) from None
+
+
+def parse_reply_key(value: str, tenant: str) -> str:
+    """`x-reply-key`: a key of the documented shape inside `ptu:reply:<tenant>:`."""
+    prefix = f"ptu:reply:{tenant}:"
+    try:
+        key = _REPLY_KEY.validate_python(value)
+    except ValidationError:
+        key = ""
+    if not key.startswith(prefix) or len(key) == len(prefix):
+        raise ApiError(
+            400,
+            "invalid_reply_key",
+            f"x-reply-key must start with {prefix!r}, add a suffix, and be at most 200 "
+            "printable characters without spaces",
+            param="x-reply-key",
+        )
+    return key
+
+
+def parse_wait(value: str | None) -> float:
+    """The `wait` query parameter in seconds (0 when absent), capped at MAX_WAIT_S."""
+    if value is None or value == "":
+        return 0.0
+    try:
+        return min(_WAIT.validate_python(value), MAX_WAIT_S)
+    except ValidationError:
+        raise ApiError(
+            400,
+            "invalid_request",
+            "wait must be a non-negative number of seconds",
+            param="wait",
+        ) from None
+
+
+# --- request bodies ----------------------------------------------------------------
+
+
+class ChatMessage(_Body):
+    """One message: any object with a string `role`; its content is passed as sent."""
+
+    role: str
+    content: Any = None
+
+
+class ChatCompletionRequest(_Body):
+    """A chat completions body (Azure shape: the deployment is in the path)."""
+
+    model: DeploymentName | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    max_tokens: PositiveInt | None = None
+    max_completion_tokens: PositiveInt | None = None
+
+
+class OpenAIChatCompletionRequest(ChatCompletionRequest):
+    """A chat completions body, OpenAI shape: `model` names the deployment."""
+
+    model: DeploymentName
+
+
+class BatchCreateRequest(BaseModel):
+    """`POST /batches` (unknown fields are ignored)."""
+
+    model_config = ConfigDict(strict=True)
+
+    input_file_id: str = Field(min_length=1)
+    endpoint: BatchEndpoint
+    completion_window: Literal["24h"]
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+
+
+class FileUpload(BaseModel):
+    """`POST /files` (multipart/form-data): a batch JSONL file."""
+
+    file: bytes
+    purpose: Literal["batch"]
+
+
+def validated(model: type[M], data: object, where: str = "") -> M:
+    """`data` as `model`, else a 400 naming the first field that is wrong."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(exc, where) from None
+
+
+# --- answers -------------------------------------------------------------------------
+
+
+class QueuedRequestStatus(BaseModel):
+    """A low-priority request that has no result yet (the 202 of enqueue and of retrieval)."""
+
+    id: str
+    object: Literal["queued_request"] = "queued_request"
+    status: RequestStatus
+    """`queued` or `in_progress`; the record's last status if its result has expired."""
+    reply_key: str
+
+
+class FileList(BaseModel):
+    """A page of files (everything in one page)."""
+
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class BatchList(BaseModel):
+    """A page of batches (everything in one page)."""
+
+    object: Literal["list"] = "list"
+    data: list[Batch]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class Health(BaseModel):
+    """Liveness, and whether the state store (Redis) answers."""
+
+    status: Literal["ok"]
+    redis: Literal["ok", "unavailable"]
+
+
+class ErrorDetail(BaseModel):
+    code: str | None
+    message: str
+    type: str
+    param: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error answer: OpenAI's envelope, so SDK clients raise their typed errors."""
+
+    error: ErrorDetail

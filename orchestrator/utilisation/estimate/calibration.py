@@ -1,0 +1,88 @@
+"""How the estimate calibrates itself: the filter's constants and the signals it reads.
+
+The filter itself runs inside Redis (`record.lua` updates, `read.lua` reads), so every
+process shares one correction per deployment; see the store's module docstring for the
+mechanism and the reasons behind each constant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+UTILISATION_HEADER = "azure-openai-deployment-utilization"
+
+CalibrationMode = Literal["auto", "off"]
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationParams:
+    """Time constants (seconds) of the correction filter."""
+
+    tau_up: float = 0.5
+    """Gain when the deployment says "fuller than the model": fast, a miss costs 429s."""
+    tau_down: float = 2.0
+    """Gain when it says "emptier": slower, so noise averages out and errors lean safe."""
+    negative_decay_s: float = 2.0
+    """A negative correction (model over-estimates) fades this fast without fresh backing."""
+    positive_decay_s: float = 30.0
+    """A positive one (unseen load, a 429) fades slowly: forgetting it costs 429s."""
+    max_observation_age_s: float = 5.0
+    """Older observations describe a past the model has already moved on from: ignored."""
+    trend_s: float = 4.0
+    """Horizon over which the trend (an error that grows steadily) is learnt; 0 = no trend.
+
+    At least 2 x tau_down keeps the filter from oscillating (critical damping of an
+    alpha-beta filter); it extrapolates at most 1 s past the newest signal.
+    """
+    max_trend: float = 0.2
+    """Bound of the trend, in fractions of capacity per second."""
+    lookahead_s: float = 1.0
+    """A rising trend is read this far ahead: where the level goes, not where it is."""
+
+    def __post_init__(self) -> None:
+        if min(self.tau_up, self.tau_down, self.negative_decay_s, self.positive_decay_s) <= 0:
+            raise ValueError("calibration time constants must be positive")
+        if min(self.max_observation_age_s, self.trend_s, self.max_trend, self.lookahead_s) < 0:
+            raise ValueError("observation age, trend and look-ahead must not be negative")
+
+    def read_args(self) -> list[str]:
+        """The trailing ARGV of `read.lua`."""
+        return [repr(self.negative_decay_s), repr(self.positive_decay_s), repr(self.lookahead_s)]
+
+    def script_args(self) -> list[str]:
+        """The trailing ARGV of `record.lua` that turn calibration on."""
+        return [
+            repr(self.tau_up),
+            repr(self.tau_down),
+            repr(self.negative_decay_s),
+            repr(self.positive_decay_s),
+            repr(self.max_observation_age_s),
+            repr(self.trend_s),
+            repr(self.max_trend),
+        ]
+
+
+DEFAULT_PARAMS = CalibrationParams()
+
+
+def params_for(mode: CalibrationMode) -> CalibrationParams | None:
+    """The filter of `PTU_CALIBRATION` (None = off: the open-loop model alone)."""
+    return DEFAULT_PARAMS if mode == "auto" else None
+
+
+def parse_utilisation(raw: str | None) -> float | None:
+    """`"42.5%"` → 0.425; None when absent or malformed (the header is only a hint)."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip().removesuffix("%")) / 100.0
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def header_utilisation(headers: Mapping[str, str]) -> float | None:
+    """The deployment's utilisation header of a response, as a fraction."""
+    return parse_utilisation(headers.get(UTILISATION_HEADER))
