@@ -328,6 +328,8 @@ class Proxy:
             resp = await self._client.send(request, stream=call.stream)
             if not (call.stream and resp.status_code == 200):
                 return _Answer(resp, target, admitted)
+            if resp.is_stream_consumed:  # already buffered (an in-process transport)
+                return _Answer(resp, target, admitted, resp.content, _nothing())
             chunks = resp.aiter_raw()
             first = b""
             async for chunk in chunks:
@@ -368,6 +370,12 @@ def _api_error(failed: _Failed) -> ApiError:
     if failed.reason == "timeout":
         return ApiError(504, "upstream_timeout", f"deployment {name} timed out")
     return ApiError(502, "upstream_unavailable", f"deployment {name} is unreachable")
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    empty: tuple[bytes, ...] = ()
+    for chunk in empty:
+        yield chunk
 
 
 async def _close(resp: httpx2.Response | None) -> None:
