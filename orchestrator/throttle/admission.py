@@ -9,9 +9,8 @@ deployment's window capacity (`capacity_tpm x window_s / 60`, the level that rea
 call waits for the bucket to drain. A call bigger than the whole headroom still runs
 once the bucket is (nearly) empty, or it could never run at all.
 
-Within one worker admissions of a deployment are serialised (check, then charge the
-estimate, then let the next one check), so concurrent calls cannot all pass on the
-same reading.
+Within one worker, the charges admitted since the last reading are added to it, so
+concurrent calls cannot all pass on the same reading.
 """
 
 from __future__ import annotations
@@ -22,9 +21,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.settings import DeploymentConfig
-from orchestrator.utilisation.base import UtilisationSource
+from orchestrator.utilisation.base import Reading
 
 log = structlog.get_logger(__name__)
 
@@ -45,29 +43,37 @@ def admits(utilisation: float, charge: float, upper: float) -> bool:
 
 
 class Admission:
-    """Waits until a call's charge fits under the upper threshold of one deployment."""
+    """Waits until a call's charge fits under the upper threshold of one deployment.
+
+    `current` gives the throttle's reading (cached, re-read at most every poll); the
+    charges this worker admitted since that reading was taken are added to it, so calls
+    admitted together cannot all pass on one reading. A newer reading already contains
+    them (admit events are recorded before each call) and resets the tally.
+    """
 
     def __init__(
         self,
         deployment: DeploymentConfig,
-        source: UtilisationSource,
+        current: Callable[[], Awaitable[Reading | None]],
         *,
         upper: float,
         window_s: float,
+        max_age_s: float,
         poll_s: float = 0.1,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.deployment = deployment.name
-        self._source = source
+        self._current = current
         self._upper = upper
         self._weight = deployment.weight
         self._capacity = deployment.capacity_tpm * window_s / 60.0
+        self._max_age_s = max_age_s
         self._poll_s = poll_s
         self._clock = clock
         self._sleep = sleep
-        self.lock = asyncio.Lock()
-        """Held from the check until the caller has charged the estimate."""
+        self._pending = 0.0
+        self._pending_since: float | None = None
         self.waits = 0
 
     def charge(self, prompt_tokens: int, max_tokens: int) -> float:
@@ -75,18 +81,19 @@ class Admission:
         return charge_of(prompt_tokens, max_tokens, self._weight, self._capacity)
 
     async def wait(self, prompt_tokens: int, max_tokens: int) -> None:
-        """Return once the call fits; call with `lock` held. A missing reading never blocks:
-        the throttle already fails closed on it."""
+        """Return once the call fits, and count its charge. A missing or stale reading never
+        blocks here: the throttle already fails closed on it."""
         charge = self.charge(prompt_tokens, max_tokens)
         logged = False
         while True:
-            try:
-                reading = await self._source.read(self.deployment)
-            except UtilisationUnavailable:
+            reading = await self._current()
+            if reading is None or reading.age(self._clock()) > self._max_age_s:
                 return
-            if reading.age(self._clock()) > self._source.max_age_s:
-                return
-            if admits(reading.value, charge, self._upper):
+            if reading.observed_at != self._pending_since:
+                self._pending, self._pending_since = 0.0, reading.observed_at
+            # no await between this check and the tally: concurrent calls see each other
+            if admits(reading.value + self._pending, charge, self._upper):
+                self._pending += charge
                 return
             if not logged:
                 self.waits += 1
@@ -95,6 +102,7 @@ class Admission:
                     "admission_waiting",
                     deployment=self.deployment,
                     utilisation=round(reading.value, 4),
+                    pending=round(self._pending, 4),
                     charge=round(charge, 4),
                 )
             await self._sleep(self._poll_s)

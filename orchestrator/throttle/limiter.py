@@ -108,6 +108,11 @@ class Throttle:
         self._limit = limit
         return limit
 
+    async def current(self) -> Reading | None:
+        """The reading behind the limit, re-read unless under `poll_s` old."""
+        await self.refresh()
+        return self._reading
+
     async def acquire(self, stop: asyncio.Event) -> Slot | None:
         """Wait for a global slot under the current limit; None once `stop` is set first."""
         while not stop.is_set():

@@ -303,11 +303,8 @@ class Dispatcher:
         prompt = estimate_prompt_tokens(message.body)
         budget = requested_max_tokens(message.body, self._config.default_max_tokens)
         if self._admission is not None:
-            async with self._admission.lock:  # check, then charge, before the next check
-                await self._admission.wait(prompt, budget)
-                await self._record(event_id, "admit", prompt_tokens=prompt, max_tokens=budget)
-        else:
-            await self._record(event_id, "admit", prompt_tokens=prompt, max_tokens=budget)
+            await self._admission.wait(prompt, budget)
+        await self._record(event_id, "admit", prompt_tokens=prompt, max_tokens=budget)
         started = self._clock()
         status, answered, retry_after_ms = 0, False, None
         try:

@@ -137,7 +137,6 @@ def build_worker(
             endpoint=upstream.endpoint(d.name) if isinstance(upstream, RoutedUpstream) else "",
             on_change=metrics.circuit if metrics is not None else None,
         )
-        admission = Admission(d, source, upper=upper, window_s=settings.estimate_window_s)
         throttle = Throttle(
             redis,
             d,
@@ -147,6 +146,13 @@ def build_worker(
             max_concurrency=maximum,
             lease_s=settings.slot_lease_s,
             worker_id=worker_id,
+        )
+        admission = Admission(
+            d,
+            throttle.current,
+            upper=upper,
+            window_s=settings.estimate_window_s,
+            max_age_s=source.max_age_s,
         )
         queue = make_queue(settings, d.name, redis, worker_id)
         queues.append(queue)
