@@ -45,6 +45,9 @@ class IngressMetrics:
             registry=r,
         )
         self._batches = Counter("ptu_ingress_batches", "Batches created", registry=r)
+        self.redis_data_lost = Counter(
+            "ptu_redis_data_lost", "Times Redis was seen to have lost its data set", registry=r
+        )
         self._high = self._requests.labels("high")
         self._low = self._requests.labels("low")
 

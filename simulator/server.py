@@ -8,8 +8,7 @@ from pathlib import Path
 
 import uvicorn
 
-from orchestrator.core.serving import ForegroundServer, ServerThread
-from orchestrator.testing.embedded_redis import free_port
+from orchestrator.core.serving import ForegroundServer, ServerThread, free_port
 from simulator.app import create_app
 from simulator.config import SimConfig
 

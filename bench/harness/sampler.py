@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -12,6 +11,7 @@ from typing import Any
 import httpx2
 import structlog
 
+from orchestrator.core.runtime import pause
 from orchestrator.utilisation.base import Calibration, Reading
 
 log = structlog.get_logger(__name__)
@@ -112,8 +112,7 @@ class Sampler:
             started = self.clock()
             await self.sample_once()
             delay = max(0.0, self.interval_s - (self.clock() - started))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), delay)
+            await pause(delay, stopping)
 
     def start(self) -> None:
         """Start sampling in the background."""

@@ -26,9 +26,10 @@ import httpx2
 import redis
 import structlog
 
+from bench.harness.embedded_redis import EmbeddedRedis
 from orchestrator.core import keys
 from orchestrator.core.errors import PTUError
-from orchestrator.testing.embedded_redis import EmbeddedRedis, free_port
+from orchestrator.core.serving import free_port
 
 log = structlog.get_logger(__name__)
 
@@ -164,7 +165,7 @@ class Stack:
 
     def start_redis(self) -> str:
         """Start the embedded Redis-compatible server."""
-        self.redis = EmbeddedRedis().start()
+        self.redis = EmbeddedRedis(aof=True).start()  # as production should run it
         return self.redis.url
 
     def start_simulator(self) -> str:

@@ -83,8 +83,13 @@ def _told(seed: int) -> SimulatorOptions:
 
 
 def _workload(duration_s: float, lp_requests: int) -> MixedWorkload:
+    # the burst comes early (from 20 % of the run), while the batch is still pending
     return MixedWorkload(
-        duration_s=duration_s, hp_share=0.30, burst_share=0.60, lp_requests=lp_requests
+        duration_s=duration_s,
+        hp_share=0.30,
+        burst_share=0.60,
+        burst_start=0.2,
+        lp_requests=lp_requests,
     )
 
 
@@ -95,7 +100,7 @@ def full_config(seed: int = 7) -> RobustnessConfig:
 
 
 def quick_config(seed: int = 7) -> RobustnessConfig:
-    """CI-sized: two realities (one a combination), 12 s of traffic per run, ~3 min."""
+    """CI-sized: one reality (a combination) x 2, 12 s of traffic per run, ~2 min."""
     realities = parse_realities(",".join(QUICK_REALITIES))
     return RobustnessConfig(_workload(12.0, 12), _told(seed), realities, grace_s=4.0, seed=seed)
 

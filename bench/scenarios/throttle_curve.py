@@ -30,9 +30,9 @@ import redis.asyncio as aioredis
 from bench.harness.sampler import Sample, Sampler
 from bench.harness.stack import API_KEY, SimulatorOptions, Stack, sigterm_as_interrupt
 from bench.report.tables import markdown_table
-from orchestrator.core import logs
+from orchestrator.core import keys, logs
 from orchestrator.core.results import ResultStore
-from orchestrator.core.schemas import QueuedRequest, TokenEvent, default_reply_key
+from orchestrator.core.schemas import QueuedRequest, TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.core.tokens import estimate_prompt_tokens
 from orchestrator.queues.redis_streams import RedisStreamsQueue
@@ -157,7 +157,7 @@ async def enqueue_backlog(redis_url: str, n: int) -> None:
         rid = f"lp-{i:05d}-{uuid.uuid4().hex[:6]}"
         message = QueuedRequest(
             id=rid, deployment=DEPLOYMENT, body={"messages": LP_MESSAGES, "max_tokens": 1},
-            reply_key=default_reply_key(rid), enqueued_at=now, deadline=now + 3600,
+            reply_key=keys.reply(rid), enqueued_at=now, deadline=now + 3600,
         )  # fmt: skip
         await results.register(message)
         await queue.put(message)

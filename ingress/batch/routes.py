@@ -49,6 +49,7 @@ from ingress.http.models import (
 from ingress.http.openapi import Reply, operation
 from ingress.metrics import IngressMetrics
 from ingress.queued.enqueue import Enqueuer
+from orchestrator.core import keys
 from orchestrator.core.schemas import PRIORITY_HEADER, QueuedRequest
 from orchestrator.core.settings import Settings
 
@@ -105,7 +106,7 @@ class BatchRoutes:
         if priority == "low":
             self._check_provisioned(lines)
         batch_id = "batch_" + uuid.uuid4().hex
-        reply_key = f"ptu:reply:{tenant}:{batch_id}"
+        reply_key = keys.tenant_reply(tenant, batch_id)
         reqs = [self._request(line, tenant, batch_id, reply_key) for line in lines]
         now = self._clock()
         fields = {
@@ -197,8 +198,10 @@ class BatchRoutes:
     async def _enqueue(self, batch_id: str, reply_key: str, reqs: list[QueuedRequest]) -> None:
         try:
             await self._enqueuer.put_many(reqs)
-        except ApiError as exc:
-            error = {"code": "enqueue_failed", "message": exc.message, "line": None}
+        except Exception as exc:
+            # whatever stopped the enqueue, the batch ends failed and every line gets a result
+            message = exc.message if isinstance(exc, ApiError) else "internal error"
+            error = {"code": "enqueue_failed", "message": message, "line": None}
             await self._store.update(
                 batch_id, status="failed", failed_at=str(int(self._clock())),
                 errors=json.dumps([error]),

@@ -7,12 +7,11 @@ clients raise their usual typed exceptions (`BadRequestError`, `NotFoundError`..
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -71,10 +70,23 @@ class ApiError(Exception):
         )
 
 
+class ErrorDetail(BaseModel):
+    code: str | None
+    message: str
+    type: str
+    param: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error answer: OpenAI's envelope, so SDK clients raise their typed errors."""
+
+    error: ErrorDetail
+
+
 def envelope(status: int, code: str, message: str, param: str | None = None) -> bytes:
     """The JSON bytes of an OpenAI error envelope."""
-    err = {"code": code, "message": message, "type": error_type(status), "param": param}
-    return json.dumps({"error": err}).encode()
+    detail = ErrorDetail(code=code, message=message, type=error_type(status), param=param)
+    return ErrorEnvelope(error=detail).model_dump_json().encode()
 
 
 def error_response(
@@ -115,12 +127,16 @@ def invalid(exc: ValidationError, where: str = "") -> ApiError:
 
 
 def unavailable(what: str, *, code: str = "service_unavailable", detail: str = "") -> ApiError:
-    """The 503 for a backing store that cannot be reached; the client should retry."""
-    suffix = f" ({detail[:200]})" if detail else ""
+    """The 503 for a backing store that cannot be reached; the client should retry.
+
+    `detail` is logged, never answered: it names internal hosts and ports.
+    """
+    if detail:
+        log.warning("backend_unavailable", what=what, code=code, detail=detail[:500])
     return ApiError(
         503,
         code,
-        f"{what} is unavailable; nothing was changed, retry later{suffix}",
+        f"{what} is unavailable; nothing was changed, retry later",
         headers={"retry-after": RETRY_AFTER_S},
     )
 

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from ingress.http.errors import ApiError, invalid
+from orchestrator.core import keys
 from orchestrator.core.results import RequestStatus
 from orchestrator.core.schemas import PRIORITIES, PRIORITY_HEADER, Priority
 
@@ -37,7 +38,9 @@ DEPLOYMENT_MARK = "x-ptu-deployment"
 DeploymentName = Annotated[str, WithJsonSchema({"type": "string", DEPLOYMENT_MARK: True})]
 MAX_TTL_S = 30 * 86_400.0
 MAX_WAIT_S = 60.0
-REPLY_KEY_PATTERN = r"^ptu:reply:[!-~]+:[!-~]+$"
+REPLY_KEY_PATTERN = r"^ptu:reply:[!-z|~]+:[!-z|~]+$"
+"""Printable ASCII without spaces or braces: a brace would move the key to another Redis
+Cluster slot than `keys.reply_pushed` computes for it."""
 BatchEndpoint = Literal["/v1/chat/completions", "/chat/completions"]
 """What a batch line may call (its `url`) and a batch names as its `endpoint`."""
 
@@ -156,7 +159,7 @@ def parse_ttl(value: str | None, default: float) -> float:
 
 def parse_reply_key(value: str, tenant: str) -> str:
     """`x-reply-key`: a key of the documented shape inside `ptu:reply:<tenant>:`."""
-    prefix = f"ptu:reply:{tenant}:"
+    prefix = keys.tenant_reply_prefix(tenant)
     try:
         key = _REPLY_KEY.validate_python(value)
     except ValidationError:
@@ -166,7 +169,7 @@ def parse_reply_key(value: str, tenant: str) -> str:
             400,
             "invalid_reply_key",
             f"x-reply-key must start with {prefix!r}, add a suffix, and be at most 200 "
-            "printable characters without spaces",
+            "printable characters without spaces or braces",
             param="x-reply-key",
         )
     return key
@@ -280,14 +283,8 @@ class Health(BaseModel):
     redis: Literal["ok", "unavailable"]
 
 
-class ErrorDetail(BaseModel):
-    code: str | None
-    message: str
-    type: str
-    param: str | None = None
+class Readiness(BaseModel):
+    """This ingress can take work: every check "ok" (else 503 `not_ready` naming the rest)."""
 
-
-class ErrorEnvelope(BaseModel):
-    """Every error answer: OpenAI's envelope, so SDK clients raise their typed errors."""
-
-    error: ErrorDetail
+    status: Literal["ready"]
+    checks: dict[str, str]

@@ -19,7 +19,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.routing import BaseRoute, Route
 
-from ingress.http.models import DEPLOYMENT_MARK, ErrorEnvelope
+from ingress.http.errors import ErrorEnvelope
+from ingress.http.models import DEPLOYMENT_MARK
 
 Schema = dict[str, Any]
 F = TypeVar("F", bound=Callable[..., Any])

@@ -8,8 +8,8 @@ is put; if the put fails the record is deleted and the client gets 503 with
 `x-reply-key` (optional) names the Redis list the result is pushed to; it must
 lie in the caller's namespace, `ptu:reply:<tenant>:<anything>`, so a tenant can
 never write into another tenant's keys. Without it the reply key is
-`ptu:reply:<request id>`. `x-ptu-ttl-s` (optional, seconds) sets the deadline,
-default `PTU_DEFAULT_TTL_S`.
+`ptu:reply:{<request id>}` (in the request's Redis Cluster slot). `x-ptu-ttl-s`
+(optional, seconds) sets the deadline, default `PTU_DEFAULT_TTL_S`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from ingress.http import errors
 from ingress.http.errors import ApiError
 from ingress.http.models import QueuedRequestStatus, parse_reply_key
 from ingress.metrics import IngressMetrics
+from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.results import ResultStore
-from orchestrator.core.schemas import QueuedRequest, default_reply_key
+from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues.base import Queue
 
 log = structlog.get_logger(__name__)
@@ -44,7 +45,7 @@ def new_request_id() -> str:
 def reply_key_for(header: str | None, tenant: str, request_id: str) -> str:
     """The reply key: the caller's `x-reply-key` if it lies in its namespace, else the default."""
     if header is None:
-        return default_reply_key(request_id)
+        return keys.reply(request_id)
     return parse_reply_key(header, tenant)
 
 
@@ -63,11 +64,13 @@ class Enqueuer:
         metrics: IngressMetrics,
         *,
         clock: Callable[[], float] = time.time,
+        ids: Callable[[], str] = new_request_id,
     ) -> None:
         self._results = results
         self._queues = queues
         self._metrics = metrics
         self.clock = clock
+        self._ids = ids
 
     def build(
         self,
@@ -87,7 +90,7 @@ class Enqueuer:
         `reply_key` (trusted, set by the ingress itself) wins over `reply_key_header`
         (the client's, checked against its namespace).
         """
-        rid = request_id or new_request_id()
+        rid = request_id or self._ids()
         now = self.clock()
         return QueuedRequest(
             id=rid,
@@ -116,6 +119,10 @@ class Enqueuer:
             await self._forget(req.id)
             log.warning("enqueue_failed", request_id=req.id, deployment=req.deployment)
             raise unavailable(str(exc)) from exc
+        except BaseException:
+            # not accepted, so no record may stay behind to answer "queued" for days
+            await asyncio.shield(self._forget(req.id))
+            raise
         self._metrics.enqueued(req.deployment)
         log.debug("request_enqueued", request_id=req.id, deployment=req.deployment)
 

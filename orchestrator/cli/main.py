@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Protocol
 
-from orchestrator.core.errors import ConfigError, PTUError
+from orchestrator.core.errors import ConfigError, MissingDependencyError, PTUError
 from orchestrator.core.settings import Settings, load_settings
 
 VERBS: dict[str, tuple[str, str]] = {
@@ -70,7 +70,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ptu: unknown verb {verb!r} (one of: {', '.join(VERBS)})", file=sys.stderr)
         return 2
     module_name, text = VERBS[verb]
-    module: VerbModule = importlib.import_module(module_name)
+    try:
+        module: VerbModule = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".", 1)[0]
+        missing = MissingDependencyError.from_import(exc)
+        if missing is not None:
+            print(f"ptu {verb}: {missing}", file=sys.stderr)
+        elif top in ("bench", "simulator"):  # the production image carries the runtime only
+            print(f"ptu {verb}: this installation has no {top} package", file=sys.stderr)
+        else:
+            raise
+        return 1
     parser = argparse.ArgumentParser(prog=f"ptu {verb}", description=text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -27,14 +26,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from orchestrator.breaker.shared import read_view
-from orchestrator.core import keys
+from orchestrator.core import incarnation, keys, redis_client
 from orchestrator.core.errors import PTUError, QueueUnavailable, UtilisationUnavailable
-from orchestrator.core.runtime import run_until_signal
+from orchestrator.core.runtime import pause, run_until_signal
 from orchestrator.core.settings import Settings
 from orchestrator.queues.dead_letters import DeadLetterStore
 from orchestrator.queues.factory import make_queue
@@ -169,9 +169,20 @@ def _num(value: float | int | None, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def render(rows: Sequence[Row], source: str) -> Table:
-    """The rich table of a snapshot."""
-    table = Table(title=f"ptu status (utilisation source: {source})")
+def loss_line(marker: incarnation.Marker | None) -> str | None:
+    """The line saying Redis lost its data, when it did (see `orchestrator.core.incarnation`)."""
+    if marker is None or marker.lost_from is None:
+        return None
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(marker.lost_at or 0))
+    return (
+        f"Redis lost its data at {at} UTC (data set {marker.lost_from} -> {marker.id}): "
+        "requests accepted before then are gone; run Redis with AOF (appendfsync everysec)"
+    )
+
+
+def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None = None) -> Table:
+    """The rich table of a snapshot (with the data-loss line as its caption, if any)."""
+    table = Table(title=f"ptu status (utilisation source: {source})", caption=loss_line(marker))
     for header in (
         "deployment", "utilisation", "age", "model", "observed", "correction", "unseen",
         "limit", "in flight", "queued", "workers", "results/s", "completed", "failed", "expired",
@@ -235,21 +246,26 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         console = Console(width=160)  # piped output: do not squeeze the columns to 80
 
     async def main(stop: asyncio.Event) -> int:
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
         source = make_source(settings, redis)
         name = settings.utilization_source
-        try:
+
+        async def snapshot() -> Table:
             rows = await collect(settings, redis, source, time.time())
+            return render(rows, name, await incarnation.read(redis))
+
+        try:
+            table = await snapshot()
             if args.once:
-                console.print(render(rows, name))
+                console.print(table)
                 return 0
-            with Live(render(rows, name), console=console, auto_refresh=False) as live:
+            with Live(table, console=console, auto_refresh=False) as live:
                 while not stop.is_set():
-                    with contextlib.suppress(TimeoutError):  # the refresh interval passed
-                        await asyncio.wait_for(stop.wait(), timeout=args.interval)
-                    rows = await collect(settings, redis, source, time.time())
-                    live.update(render(rows, name), refresh=True)
+                    await pause(args.interval, stop)
+                    live.update(await snapshot(), refresh=True)
             return 0
+        except (RedisError, OSError) as exc:
+            raise PTUError(f"cannot reach Redis (PTU_REDIS_URL): {type(exc).__name__}") from exc
         finally:
             await source.close()
             await redis.aclose()

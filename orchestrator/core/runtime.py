@@ -1,4 +1,4 @@
-"""Process plumbing for long-lived verbs: signals become an asyncio.Event."""
+"""Process plumbing for long-lived verbs: signals become an asyncio.Event, sleeps end on it."""
 
 from __future__ import annotations
 
@@ -32,3 +32,27 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
         return asyncio.run(runner())
     except asyncio.CancelledError:
         return 130
+
+
+async def pause(
+    seconds: float,
+    *events: asyncio.Event,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> bool:
+    """Sleep `seconds` with `sleep` unless one of `events` is set first.
+
+    True when the sleep ran out with no event set. `sleep` is injected so tests
+    drive time; the events (usually the process's stop) cut the wait short, which
+    is how every loop here stays responsive to SIGTERM without cancellation.
+    """
+    if any(e.is_set() for e in events):
+        return False
+    sleeper = asyncio.ensure_future(sleep(seconds))
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait({sleeper, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for fut in (sleeper, *waiters):
+            fut.cancel()
+        await asyncio.gather(sleeper, *waiters, return_exceptions=True)
+    return not any(e.is_set() for e in events)

@@ -18,10 +18,28 @@ PRIORITY_LABEL_HEADER = "x-ptu-priority"
 """The label a caller puts on its calls to the deployment so the simulator counts them
 apart (`/sim/state` per priority); never read by the ingress and never a routing decision."""
 
+MAX_BODY_DEPTH = 64
+"""Deepest JSON nesting a request body may have. The worker reads a message with
+pydantic-core, which refuses JSON nested deeper than about 200 levels (and cannot
+serialise much deeper values at all): the ingress refuses deeper bodies before the
+202, with a wide margin for the envelope around the body. Real chat bodies (tool
+schemas included) stay far below it."""
 
-def default_reply_key(request_id: str) -> str:
-    """The reply key used when the requester names none (DESIGN.md §5)."""
-    return f"ptu:reply:{request_id}"
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (a scalar is 0, `[]` and `{}` are 1); iterative."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 class QueuedRequest(BaseModel):

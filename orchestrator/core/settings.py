@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -16,7 +16,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from orchestrator.core import capacity
 from orchestrator.core.errors import ConfigError
@@ -130,6 +137,22 @@ class DeploymentConfig(BaseModel):
         return known.output_weight if known else 1.0
 
 
+def _invalid(field: str, message: str) -> PydanticCustomError:
+    """A model-level error that names its field in structured form (`ctx["field"]`)."""
+    return PydanticCustomError("invalid_setting", "{message}", {"field": field, "message": message})
+
+
+class _EnvSource(EnvSettingsSource):
+    """The `PTU_*` environment, with malformed JSON reported as the variable that holds it."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        """Decode a JSON-valued variable; ConfigError naming it when it is not JSON."""
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError as exc:
+            raise ConfigError(f"PTU_{field_name.upper()}: not valid JSON ({exc})") from exc
+
+
 class Settings(BaseSettings):
     """All configuration, read from `PTU_*` environment variables."""
 
@@ -138,9 +161,15 @@ class Settings(BaseSettings):
 
     # state and queue
     redis_url: str = "redis://localhost:6379/0"
+    redis_cluster: bool = Field(
+        default=False, description="true: Redis Cluster (PTU_REDIS_URL names any node)"
+    )
     queue_backend: Literal["redis", "eventhubs"] = "redis"
     queue_claim_idle_s: float = Field(
-        default=60.0, gt=0, description="redis queue: reclaim a dead consumer's entries after this"
+        default=60.0, gt=0, description="redis queue: reclaim entries idle this long (safety net)"
+    )
+    queue_liveness_s: float = Field(
+        default=5.0, gt=0, description="redis queue: a consumer silent this long is dead"
     )
     utilization_source: Literal["estimate", "azure_monitor"] = "estimate"
     calibration: Literal["auto", "off"] = Field(
@@ -154,7 +183,9 @@ class Settings(BaseSettings):
     estimate_window_s: float = Field(default=60.0, gt=0)
     estimate_max_age_s: float = Field(default=5.0, gt=0)
     monitor_max_age_s: float = Field(default=300.0, gt=0)
-    slot_lease_s: float = Field(default=30.0, gt=0)
+    slot_lease_s: float = Field(
+        default=6.0, gt=0, description="a crashed worker's slots are free after this"
+    )
     # upstream
     azure_openai_endpoint: str | None = None
     azure_openai_api_key: SecretStr | None = None
@@ -208,20 +239,33 @@ class Settings(BaseSettings):
     def _endpoint(cls, value: str | None) -> str | None:
         return check_endpoint(value)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment (JSON errors named by variable), then secrets."""
+        return init_settings, _EnvSource(settings_cls), dotenv_settings, file_secret_settings
+
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.lower_threshold >= self.upper_threshold:
-            raise ValueError(
-                f"lower_threshold: {self.lower_threshold} must be below "
-                f"PTU_UPPER_THRESHOLD ({self.upper_threshold})"
+            raise _invalid(
+                "lower_threshold",
+                f"{self.lower_threshold} must be below PTU_UPPER_THRESHOLD "
+                f"({self.upper_threshold})",
             )
         names = [d.name for d in self.deployments]
         if len(names) != len(set(names)):
-            raise ValueError("deployments: names must be unique")
+            raise _invalid("deployments", "names must be unique")
         for d in self.deployments:
             for spill in d.spillover:
                 if spill not in names:
-                    raise ValueError(f"deployments: spillover {spill!r} is not a deployment")
+                    raise _invalid("deployments", f"spillover {spill!r} is not a deployment")
         return self
 
     def endpoint_of(self, d: DeploymentConfig) -> str | None:
@@ -270,20 +314,21 @@ def _variable(loc: tuple[int | str, ...]) -> str:
     return f"{head} [{rest}]" if rest else head
 
 
+def _message(err: ErrorDetails) -> tuple[tuple[int | str, ...], str]:
+    """Where an error is and what it says, from pydantic's structured fields, not its text."""
+    ctx = err.get("ctx") or {}
+    loc = tuple(err["loc"])
+    if err["type"] == "invalid_setting":  # a model-level check names its field
+        return (str(ctx["field"]), *loc), str(ctx["message"])
+    if err["type"] == "value_error" and "error" in ctx:  # a validator's own ValueError
+        return loc, str(ctx["error"])
+    return loc, err["msg"]
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read and validate the environment; raise ConfigError with one clear line."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
-    except SettingsError as exc:
-        cause = exc.__cause__
-        field = str(exc).split('"')[1] if '"' in str(exc) else "*"
-        raise ConfigError(f"PTU_{field.upper()}: not valid JSON ({cause})") from exc
     except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        loc = tuple(err["loc"])
-        if not loc and ": " in msg:
-            # model-level checks name their field first: "lower_threshold: ..."
-            field, msg = msg.split(": ", 1)
-            loc = (field,)
+        loc, msg = _message(exc.errors()[0])
         raise ConfigError(f"{_variable(loc)}: {msg}") from exc

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
-from orchestrator.core import logs, startup
+from orchestrator.core import logs, redis_client, startup
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     startup.announce(settings, "estimator")
 
     async def main(stop: asyncio.Event) -> int:
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
         try:
             await startup.check_redis(redis, settings.redis_url)
         except ConfigError:

@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 from orchestrator.core import keys, redis_replies
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.retry import outage_delay_s
+from orchestrator.core.runtime import pause
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.utilisation.estimate.store import EVENT_FIELD, EstimateStore
 
@@ -207,7 +208,8 @@ class Estimator:
                 self._own_pending = True  # entries read but not acknowledged come back first
                 log.warning("estimator_step_failed", error=repr(exc)[:300], failures=failures)
                 # capped low: while the estimator is down, readings go stale
-                await self._sleep(outage_delay_s(failures, self._rand(), base_s=0.4, max_s=5.0))
+                delay = outage_delay_s(failures, self._rand(), base_s=0.4, max_s=5.0)
+                await pause(delay, stop, sleep=self._sleep)
         log.info("estimator_stopped", applied=self.applied, skipped=self.skipped)
 
     def __repr__(self) -> str:

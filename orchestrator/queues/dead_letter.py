@@ -21,11 +21,19 @@ MAXLEN = 100_000
 MESSAGE_FIELD = "message"
 
 
-def entry(
-    payload: str, *, reason: str, token: str, delivery_count: int, consumer: str, at: float
-) -> dict[str, str]:
-    """The fields of one dead-letter entry."""
-    return {
+def add(
+    pipe: Pipeline,
+    deployment: str,
+    payload: str,
+    *,
+    reason: str,
+    token: str,
+    delivery_count: int,
+    consumer: str,
+    at: float,
+) -> None:
+    """Queue the XADD of one entry on `pipe`, so the caller can ack in the same transaction."""
+    fields = {
         MESSAGE_FIELD: payload,
         "reason": reason,
         "entry_id": token,
@@ -33,10 +41,6 @@ def entry(
         "consumer": consumer,
         "dead_lettered_at": json.dumps(at),
     }
-
-
-def add(pipe: Pipeline, deployment: str, fields: dict[str, str]) -> None:
-    """Queue the XADD of `fields` on `pipe`, so the caller can ack in the same transaction."""
     pipe.xadd(
         keys.dead_letter(deployment),
         fields,  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from orchestrator.core import redis_client
 from orchestrator.core.errors import MissingDependencyError
 from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
@@ -21,4 +22,11 @@ def make_queue(settings: Settings, deployment: str, redis: aioredis.Redis, consu
         return EventHubsQueue.from_settings(settings, deployment, redis, consumer)
     from orchestrator.queues.redis_streams import RedisStreamsQueue
 
-    return RedisStreamsQueue(redis, deployment, consumer, claim_idle_s=settings.queue_claim_idle_s)
+    return RedisStreamsQueue(
+        redis,
+        deployment,
+        consumer,
+        claim_idle_s=settings.queue_claim_idle_s,
+        liveness_s=settings.queue_liveness_s,
+        socket_timeout_s=redis_client.socket_timeout(redis),
+    )

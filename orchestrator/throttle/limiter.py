@@ -6,8 +6,9 @@ closed). The count it limits is global: every worker's in-flight calls are
 leases in one Redis sorted set, and one script checks "count < limit" and adds
 the lease atomically, so N workers together never exceed the limit. A dead
 worker's leases expire after `lease_s`; a live worker keeps its own alive with
-`renew()` (or `keep_leases()`). When the limit drops below the count, in-flight
-calls finish and nothing new starts until the count is below the limit.
+`renew()` (the worker's housekeeping calls it every `renew_s`). When the limit
+drops below the count, in-flight calls finish and nothing new starts until the
+count is below the limit.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ import structlog
 from redis.exceptions import RedisError
 
 from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.runtime import pause
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.throttle.policy import Curve, concurrency_limit, limit_for
 from orchestrator.throttle.slots import Slot, SlotTable
 from orchestrator.utilisation.base import Reading, UtilisationSource
 
 log = structlog.get_logger(__name__)
+CLOSED_WARN_S = 30.0
+"""How often a worker repeats why its limit is 0 while the reading stays unusable."""
 
 __all__ = ["Slot", "Throttle"]
 
@@ -66,6 +70,7 @@ class Throttle:
         self._limit = 0
         self._reading: Reading | None = None
         self._refreshed_at: float | None = None
+        self._closed_warned_at: float | None = None
         self._released = asyncio.Event()
 
     @property
@@ -89,13 +94,18 @@ class Throttle:
         if self._refreshed_at is not None and now - self._refreshed_at < self._poll_s:
             return self._limit
         self._refreshed_at = now
+        cause = ""
         try:
             reading: Reading | None = await self._source.read(self.deployment)
         except UtilisationUnavailable as exc:
-            reading = None
-            log.debug("utilisation_unavailable", deployment=self.deployment, error=str(exc))
+            reading, cause = None, str(exc)
         self._reading = reading
         limit, reason = limit_for(reading, self._clock(), self._source.max_age_s, self._curve)
+        if reading is not None and reason == "stale":
+            age = reading.age(self._clock())
+            cause = f"reading is {age:.1f}s old (max {self._source.max_age_s:g}s)"
+        if limit == 0 and cause:
+            self._warn_closed(reason, cause, now)
         if limit != self._limit:
             log.info(
                 "throttle_limit_changed",
@@ -112,6 +122,19 @@ class Throttle:
         """The reading behind the limit, re-read unless under `poll_s` old."""
         await self.refresh()
         return self._reading
+
+    def _warn_closed(self, reason: str, cause: str, now: float) -> None:
+        """Say why low priority is paused (fail closed): at once, then every CLOSED_WARN_S."""
+        if self._closed_warned_at is not None and now - self._closed_warned_at < CLOSED_WARN_S:
+            return
+        self._closed_warned_at = now
+        log.warning(
+            "throttle_closed",
+            deployment=self.deployment,
+            reason=reason,
+            cause=cause,
+            hint="no low-priority call starts until utilisation is readable and fresh",
+        )
 
     async def acquire(self, stop: asyncio.Event) -> Slot | None:
         """Wait for a global slot under the current limit; None once `stop` is set first."""
@@ -137,17 +160,7 @@ class Throttle:
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
         """Sleep `seconds`, waking early on stop or on a local release."""
         self._released.clear()
-        waiters = [
-            asyncio.ensure_future(self._sleep(seconds)),
-            asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(self._released.wait()),
-        ]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        await pause(seconds, stop, self._released, sleep=self._sleep)
 
     async def release(self, slot: Slot) -> None:
         """Hand a slot back (idempotent); on a Redis error its lease simply expires."""
@@ -173,12 +186,6 @@ class Throttle:
             await self._table.release(gone)
         except RedisError as exc:
             log.warning("slot_renew_failed", deployment=self.deployment, error=repr(exc))
-
-    async def keep_leases(self) -> None:
-        """Renew this worker's leases every lease_s / 3 until cancelled."""
-        while True:
-            await self._sleep(self.lease_s / 3)
-            await self.renew()
 
     async def pause_for(self, seconds: float) -> None:
         """Pause new slots for this deployment on every worker (after a low-priority 429)."""

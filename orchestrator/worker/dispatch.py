@@ -6,6 +6,12 @@ slot back as soon as the call ends, also between retries: waiting for a retry
 never occupies low-priority capacity. The result is written (idempotently, by
 request id) before the delivery is acknowledged, and both happen shielded from
 cancellation, so a shutdown can interrupt a call but never half-record one.
+
+Every path that does not acknowledge (the result write failed, the dispatch
+raised, a shutdown interrupted the call or a retry wait) releases the delivery,
+so another consumer takes it at once instead of it staying owned by a live
+worker that gave up on it. A redelivery of a request whose result exists only
+finishes the result's fan-out (`ResultSink.settle`) and acknowledges.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from orchestrator.core.errors import (
     UpstreamUnreachable,
 )
 from orchestrator.core.retry import RetryPolicy, decide
+from orchestrator.core.runtime import pause
 from orchestrator.core.schemas import (
     QueuedRequest,
     ResultDocument,
@@ -40,7 +47,7 @@ from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_token
 from orchestrator.queues.base import Delivery, Queue
 from orchestrator.throttle.slots import Slot
 from orchestrator.utilisation.base import TokenRecorder
-from orchestrator.worker.protocols import ResultSink, SlotLimiter, pause
+from orchestrator.worker.protocols import ResultSink, SlotLimiter
 from orchestrator.worker.upstream import Upstream, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -101,6 +108,8 @@ class Dispatcher:
         self._clock = clock
         self._sleep = sleep
         self._rand = rand if rand is not None else random.Random().random
+        self._settled: set[str] = set()
+        """Tokens of deliveries being handled that were acknowledged or dead-lettered."""
         self.bookkeeping: set[asyncio.Task[Any]] = set()
         """Shielded writes still running; the worker awaits them before exiting."""
         self.breaker = breaker
@@ -131,14 +140,23 @@ class Dispatcher:
                 return None
             finally:
                 await self._release(held)
+                if delivery.token in self._settled:
+                    self._settled.discard(delivery.token)
+                else:
+                    await self._shielded(self._give_back(delivery))
 
     async def _process(
         self, delivery: Delivery, held: list[Slot | None], stop: asyncio.Event
     ) -> ResultStatus | None:
         message = delivery.message
+        if delivery.unreadable is not None:
+            await self._release(held)
+            return await self._answer_unreadable(delivery, delivery.unreadable)
         if await self._already_done(message.id):
             await self._release(held)
-            await self._shielded(self._queue.ack(delivery))
+            # the first completion may have stopped between its steps: finish them
+            await self._shielded(self._results.settle(message.id, message.reply_key))
+            await self._shielded(self._ack(delivery))
             log.info("redelivery_already_completed", delivery_count=delivery.delivery_count)
             return None
         if delivery.delivery_count > self._config.max_deliveries:
@@ -222,7 +240,9 @@ class Dispatcher:
             delay_s=round(delay_s, 3),
             reason=reason,
         )
-        if not await pause(min(delay_s, max(0.0, deadline - self._clock())), stop, self._sleep):
+        if not await pause(
+            min(delay_s, max(0.0, deadline - self._clock())), stop, sleep=self._sleep
+        ):
             return False
         self.ready_retries += 1
         try:
@@ -264,7 +284,7 @@ class Dispatcher:
             wait = min(max(self.breaker.open_left(), 0.25), 1.0)
             self.gated += 1
             try:
-                if not await pause(wait, stop, self._sleep):
+                if not await pause(wait, stop, sleep=self._sleep):
                     return None
             finally:
                 self.gated -= 1
@@ -295,6 +315,34 @@ class Dispatcher:
             self._warned_unreachable = False
             return False
         return err.retryable and not isinstance(err, UpstreamThrottled)
+
+    async def _answer_unreadable(self, delivery: Delivery, reason: str) -> ResultStatus | None:
+        """A message the worker cannot read still gets its `failed` result, then is parked.
+
+        Its record (written by the ingress) supplies what the message cannot: reply
+        key, batch, custom id.
+        """
+        request_id = delivery.message.id
+        log.error("message_unreadable", reason=reason)
+        state = await self._results.get(request_id)
+        reply_key = state.reply_key if state and state.reply_key else delivery.message.reply_key
+        now = self._clock()
+        doc = ResultDocument(
+            id=request_id,
+            custom_id=state.custom_id if state else None,
+            status="failed",
+            error={"code": "unreadable_message", "message": reason},
+            deployment=(state.deployment if state else None) or self.deployment,
+            enqueued_at=now,
+            completed_at=now,
+            batch_id=state.batch_id if state else None,
+        )
+        message = delivery.message.model_copy(update={"reply_key": reply_key})
+        return await self._finish(
+            Delivery(message, delivery.token, delivery.delivery_count, reason, delivery.payload),
+            doc,
+            dead_letter=reason,
+        )
 
     async def _call(
         self, message: QueuedRequest, delivery_count: int, attempt: int
@@ -369,14 +417,15 @@ class Dispatcher:
             wrote = await self._results.complete(doc, delivery.message.reply_key)
         except (RedisError, PTUError) as exc:
             log.error("result_write_failed", status=doc.status, error=repr(exc))
-            return None  # not acked: the message comes back and is tried again
+            return None  # released by `handle`: another consumer finishes it
         try:
             if wrote and dead_letter is not None:
                 await self._queue.dead_letter(delivery, dead_letter)
+                self._settled.add(delivery.token)
             else:
-                await self._queue.ack(delivery)
+                await self._ack(delivery)
         except PTUError as exc:
-            # the result is written: a redelivery will only be acked
+            # the result is written: a redelivery will only settle and ack
             log.warning("ack_failed", error=repr(exc))
         if not wrote:
             log.info("result_already_written", status=doc.status)
@@ -430,6 +479,20 @@ class Dispatcher:
             log.warning("result_lookup_failed", error=repr(exc))
             return False  # completion is idempotent anyway
         return state is not None and state.result is not None
+
+    async def _ack(self, delivery: Delivery) -> None:
+        await self._queue.ack(delivery)
+        self._settled.add(delivery.token)
+
+    async def _give_back(self, delivery: Delivery) -> None:
+        """Release a delivery this dispatcher will not finish (logged, never raised)."""
+        try:
+            await self._queue.release(delivery)
+        except (RedisError, PTUError) as exc:
+            # unreachable queue: the entry moves once this consumer looks dead
+            log.warning("release_failed", error=repr(exc))
+        else:
+            log.info("delivery_released", delivery_count=delivery.delivery_count)
 
     async def _mark_in_progress(self, request_id: str) -> None:
         try:

@@ -26,10 +26,12 @@ from redis.exceptions import RedisError
 
 from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
+from orchestrator.core.incarnation import Incarnation
 from orchestrator.core.retry import outage_delay_s
+from orchestrator.core.runtime import pause
 from orchestrator.queues.base import Delivery, Queue
 from orchestrator.worker.dispatch import Dispatcher
-from orchestrator.worker.protocols import SlotLimiter, pause
+from orchestrator.worker.protocols import SlotLimiter
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -87,6 +89,10 @@ class Worker:
         self._sleep = sleep
         self._rand = rand
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {lane.deployment: set() for lane in lanes}
+        self.incarnation = (
+            Incarnation(redis, on_loss=self._count_loss, clock=clock) if redis is not None else None
+        )
+        """Watches the Redis data set's identity: a wipe is logged and counted."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then drain and return."""
@@ -124,7 +130,7 @@ class Worker:
                 failures += 1
                 delay = outage_delay_s(failures, self._rand())
                 log.warning("queue_receive_failed", deployment=lane.deployment, error=str(exc))
-                await pause(delay, stop, self._sleep)
+                await pause(delay, stop, sleep=self._sleep)
                 continue
             except BaseException:
                 await asyncio.shield(lane.throttle.release(slot))
@@ -164,7 +170,7 @@ class Worker:
                 wait = 0.25
         if wait <= 0:
             return True
-        await pause(wait, stop, self._sleep)
+        await pause(wait, stop, sleep=self._sleep)
         return False
 
     async def _receive(self, queue: Queue, stop: asyncio.Event) -> list[Delivery]:
@@ -211,10 +217,12 @@ class Worker:
                 for lane in self.lanes:
                     await lane.throttle.renew()
             try:
+                if self.incarnation is not None:
+                    await self.incarnation.check()
                 await self._heartbeat()
             except (RedisError, QueueUnavailable) as exc:
                 log.warning("heartbeat_failed", error=repr(exc))
-            await pause(self.timing.heartbeat_s, done, self._sleep)
+            await pause(self.timing.heartbeat_s, done, sleep=self._sleep)
 
     async def snapshot(self) -> dict[str, Any]:
         """The heartbeat document: per deployment limit, in-flight, reading, counts, rate."""
@@ -280,6 +288,10 @@ class Worker:
             await asyncio.shield(self._redis.hdel(keys.WORKERS, self.worker_id))
         except RedisError as exc:
             log.warning("heartbeat_remove_failed", error=repr(exc))
+
+    def _count_loss(self) -> None:
+        if self._metrics is not None:
+            self._metrics.redis_data_lost.inc()
 
     def _names(self) -> list[str]:
         return [lane.deployment for lane in self.lanes]

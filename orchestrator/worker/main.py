@@ -12,14 +12,13 @@ import asyncio
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import structlog
 
 from orchestrator.breaker.shared import SharedBreaker, breaker_config
-from orchestrator.core import logs, startup
+from orchestrator.core import logs, redis_client, startup
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.results import ResultStore
 from orchestrator.core.runtime import run_until_signal
@@ -86,7 +85,6 @@ class Built:
     queues: list[Queue]
     source: UtilisationSource
     upstream: Upstream
-    extras: list[Any] = field(default_factory=list)
 
     async def close(self) -> None:
         """Close queues, the source and the upstream client."""
@@ -195,7 +193,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         if port is not None:
             bound = metrics.serve(port)
             log.info("metrics_serving", port=bound)
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
         try:
             await startup.check_redis(redis, settings.redis_url)
             await upstream.check_credentials()

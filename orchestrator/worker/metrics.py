@@ -83,6 +83,9 @@ class WorkerMetrics:
         self.queue_depth = Gauge(
             "ptu_worker_queue_depth", "Messages waiting or in flight", ["deployment"], registry=r
         )
+        self.redis_data_lost = Counter(
+            "ptu_redis_data_lost", "Times Redis was seen to have lost its data set", registry=r
+        )
         self.results = Counter(
             "ptu_worker_results", "Results written, by status", ["deployment", "status"], registry=r
         )

@@ -1,10 +1,9 @@
 """What the worker needs from its collaborators, as protocols (implementations are chosen by
-the entry point), plus the stop-aware sleep the worker and dispatcher share."""
+the entry point)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from orchestrator.core.schemas import ResultDocument
@@ -58,19 +57,5 @@ class ResultSink(Protocol):
     async def complete(self, doc: ResultDocument, reply_key: str) -> bool:
         """Write the result once per id; True when this call wrote it."""
 
-
-async def pause(
-    seconds: float, stop: asyncio.Event, sleep: Callable[[float], Awaitable[None]]
-) -> bool:
-    """Sleep `seconds` with `sleep` unless `stop` is set first; True when the sleep ran out."""
-    if stop.is_set():
-        return False
-    sleeper = asyncio.ensure_future(sleep(seconds))
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for fut in (sleeper, stopper):
-            fut.cancel()
-        await asyncio.gather(sleeper, stopper, return_exceptions=True)
-    return not stop.is_set()
+    async def settle(self, request_id: str, reply_key: str) -> bool:
+        """Finish the reply push and batch count of a written result (idempotent)."""

@@ -59,7 +59,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
 def parse_call(request: Request, body: dict[str, Any], seed: int) -> ChatCall:
     """Token counts, stream options and priority label of a parsed request."""
     try:
-        max_tokens = tokens.requested_max_tokens(body)
+        max_tokens = tokens.validated_max_tokens(body)
     except ValueError as exc:
         raise _invalid(str(exc), "max_tokens", "invalid_value") from None
     forced_text = request.headers.get("x-sim-completion-tokens")

@@ -1,9 +1,11 @@
 """Token counts the simulator charges and reports, without a tokenizer.
 
-Prompt tokens follow OpenAI's chat accounting (3 tokens per message, 1 per name,
-3 to prime the reply) with about 4 characters per text token and 85 tokens per
-image part (a low-detail image); tool definitions and response formats count
-from their JSON text. `orchestrator/core/tokens.py` estimates the same way.
+Prompt tokens are `orchestrator.core.tokens.estimate_prompt_tokens`, the one
+definition the orchestrator's `admit` events use too: OpenAI's chat accounting
+(3 tokens per message, 1 per name, 3 to prime the reply) with about 4 characters
+per text token and 85 per image part. The simulator charging exactly what the
+orchestrator estimates is deliberate: where the simulated deployment disagrees
+with the orchestrator's model is set by the reality knobs, not by accident here.
 
 When a request gives no `max_tokens` / `max_completion_tokens`, admission assumes
 `DEFAULT_MAX_TOKENS_ESTIMATE` (1,000) output tokens: Azure documents that it
@@ -23,59 +25,22 @@ import json
 import math
 from typing import Any
 
-CHARS_PER_TOKEN = 4.0
-TOKENS_PER_MESSAGE = 3
-TOKENS_PER_NAME = 1
-REPLY_PRIMING_TOKENS = 3
-IMAGE_PART_TOKENS = 85
+from orchestrator.core.tokens import estimate_prompt_tokens
+
+__all__ = [
+    "admission_output_tokens",
+    "completion_length",
+    "content_fraction",
+    "estimate_prompt_tokens",
+    "validated_max_tokens",
+]
+
 DEFAULT_MAX_TOKENS_ESTIMATE = 1_000
 UNBOUNDED_MIN, UNBOUNDED_MAX = 16, 512
 BOUNDED_MIN_FRACTION = 0.2
 
 
-def _text_tokens(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
-
-
-def _content_tokens(content: Any) -> int:
-    if content is None:
-        return 0
-    if isinstance(content, str):
-        return _text_tokens(content)
-    if isinstance(content, list):
-        total = 0
-        for part in content:
-            if isinstance(part, dict) and part.get("type") == "text":
-                total += _text_tokens(str(part.get("text", "")))
-            elif isinstance(part, dict) and part.get("type") == "image_url":
-                total += IMAGE_PART_TOKENS
-            else:
-                total += _text_tokens(json.dumps(part))
-        return total
-    return _text_tokens(json.dumps(content, separators=(",", ":")))
-
-
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """Prompt tokens of a chat request body (about 4 characters per token)."""
-    total = REPLY_PRIMING_TOKENS
-    messages = body.get("messages")
-    for message in messages if isinstance(messages, list) else []:
-        total += TOKENS_PER_MESSAGE
-        if not isinstance(message, dict):
-            total += _text_tokens(json.dumps(message))
-            continue
-        total += _content_tokens(message.get("content"))
-        if "name" in message:
-            total += TOKENS_PER_NAME
-        if message.get("tool_calls"):
-            total += _text_tokens(json.dumps(message["tool_calls"]))
-    for key in ("tools", "functions", "response_format"):
-        if key in body:
-            total += _text_tokens(json.dumps(body[key], separators=(",", ":")))
-    return total
-
-
-def requested_max_tokens(body: dict[str, Any]) -> int | None:
+def validated_max_tokens(body: dict[str, Any]) -> int | None:
     """`max_completion_tokens` or `max_tokens` from the body; None when neither is given."""
     for key in ("max_completion_tokens", "max_tokens"):
         value = body.get(key)

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from bench.harness.stack import Stack
 from orchestrator.core import keys
 from orchestrator.core.results import ResultStore
-from orchestrator.core.schemas import QueuedRequest, default_reply_key
+from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues.redis_streams import RedisStreamsQueue
 
 MESSAGES = [{"role": "user", "content": "Tag this support ticket with a category."}]
@@ -31,7 +31,7 @@ async def _enqueue(redis_url: str, deployment: str, n: int, max_tokens: int) -> 
             id=rid,
             deployment=deployment,
             body={"messages": MESSAGES, "max_tokens": max_tokens},
-            reply_key=default_reply_key(rid),
+            reply_key=keys.reply(rid),
             enqueued_at=now,
             deadline=now + 3600,
         )
@@ -59,7 +59,7 @@ def reply_counts(client: redis.Redis, ids: list[str]) -> list[int]:
     """Length of each id's reply list (exactly-once means all 1)."""
     pipe = client.pipeline(transaction=False)
     for rid in ids:
-        pipe.llen(default_reply_key(rid))
+        pipe.llen(keys.reply(rid))
     return [int(x) for x in pipe.execute()]
 
 

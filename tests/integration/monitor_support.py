@@ -10,22 +10,11 @@ from typing import Any
 import uvicorn
 from azure.core.credentials import AccessToken
 
-from orchestrator.core.serving import ServerThread
-from orchestrator.testing.embedded_redis import free_port
+from orchestrator.core.serving import ServerThread, free_port
 from simulator.tls import TLSFiles
 
 T0 = 1_800_000_000 - 1_800_000_000 % 60
 """A minute boundary, 2027-01-15."""
-
-
-class FakeClock:
-    """The server's notion of now, moved by the test."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class StaticCredential:

@@ -18,8 +18,9 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 
 from ingress.server import IngressThread
+from orchestrator.core import keys
 from orchestrator.core.results import ResultStore
-from orchestrator.core.schemas import QueuedRequest, default_reply_key
+from orchestrator.core.schemas import QueuedRequest
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.redis_streams import RedisStreamsQueue
 from orchestrator.utilisation.estimate.calibration import params_for
@@ -91,7 +92,7 @@ async def enqueue(redis: aioredis.Redis, n: int) -> None:
     now = time.time()
     for i in range(n):
         msg = QueuedRequest(
-            id=f"lp-{i}", deployment=DEP, body=dict(BODY), reply_key=default_reply_key(f"lp-{i}"),
+            id=f"lp-{i}", deployment=DEP, body=dict(BODY), reply_key=keys.reply(f"lp-{i}"),
             enqueued_at=now, deadline=now + 60,
         )  # fmt: skip
         await results.register(msg)

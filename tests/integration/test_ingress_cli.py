@@ -11,13 +11,14 @@ import time
 
 import httpx2
 
-from orchestrator.testing.embedded_redis import free_port
+from orchestrator.core.serving import free_port
+from tests import redis_mode
 
 
 def _env(redis_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PTU_")}
     env.update(
-        PTU_REDIS_URL=redis_url,
+        **redis_mode.env(redis_url),
         PTU_AZURE_OPENAI_ENDPOINT="http://127.0.0.1:9",
         PTU_AZURE_OPENAI_API_KEY="k",
         PTU_DEPLOYMENTS=json.dumps([{"name": "ptu", "model": "gpt-4o-mini", "ptus": 15}]),

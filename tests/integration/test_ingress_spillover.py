@@ -13,6 +13,7 @@ from ingress.server import IngressThread
 from orchestrator.core.settings import load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
+from tests import redis_mode
 
 MESSAGES: Any = [{"role": "user", "content": "hello"}]
 
@@ -32,6 +33,7 @@ def sim() -> Iterator[SimulatorThread]:
 def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
     settings = load_settings(
         redis_url=redis_url,
+        redis_cluster=redis_mode.CLUSTER,
         azure_openai_endpoint=sim.url,
         azure_openai_api_key="k",
         deployments=[

@@ -11,6 +11,7 @@ import pytest
 
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
+from tests.support.clock import FakeClock
 
 CHAT = "/openai/deployments/{}/chat/completions?api-version=2024-10-21"
 BODY = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 20}
@@ -120,9 +121,9 @@ async def test_patch_and_reset(http: httpx2.AsyncClient) -> None:
 
 
 async def test_retry_after_ms_is_exact_with_a_controlled_clock() -> None:
-    now = [1_000.0]
+    clock = FakeClock(1_000.0)
     config = SimConfig.from_specs(["tiny=gpt-4o:15"], window_s=10, tbt_ms=0, ttft_ms=0)
-    with SimulatorThread(config, clock=lambda: now[0]) as server:
+    with SimulatorThread(config, clock=clock) as server:
         async with httpx2.AsyncClient(base_url=server.url, headers={"api-key": "k"}) as http:
             fill = {"messages": BODY["messages"], "max_tokens": 3_000}
             first = await http.post(
@@ -132,9 +133,9 @@ async def test_retry_after_ms_is_exact_with_a_controlled_clock() -> None:
             refused = await http.post(CHAT.format("tiny"), json=BODY)
             assert refused.status_code == 429
             wait_ms = int(refused.headers["retry-after-ms"])
-            now[0] += wait_ms / 1000.0 - 0.01
+            clock.advance(wait_ms / 1000.0 - 0.01)
             assert (await http.post(CHAT.format("tiny"), json=BODY)).status_code == 429
-            now[0] += 0.01
+            clock.advance(0.01)
             admitted = await http.post(CHAT.format("tiny"), json=BODY)
             assert admitted.status_code == 200
             assert float(admitted.headers["azure-openai-deployment-utilization"][:-1]) < 110

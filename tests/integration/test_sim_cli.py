@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from orchestrator.testing.embedded_redis import free_port
+from orchestrator.core.serving import free_port
 
 
 def test_https_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:

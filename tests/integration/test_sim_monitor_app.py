@@ -20,7 +20,8 @@ from simulator.app import create_app
 from simulator.config import DEFAULT_RESOURCE_ID, SimConfig
 from simulator.monitor.recorder import MetricsRecorder
 from simulator.tls import TLSFiles, write_self_signed
-from tests.integration.monitor_support import T0, FakeClock, StaticCredential, serve_tls
+from tests.integration.monitor_support import T0, StaticCredential, serve_tls
+from tests.support.clock import FakeClock
 
 UTIL = "AzureOpenAIProvisionedManagedUtilizationV2"
 DEPLOYMENT = "gpt-4o-mini-ptu"

@@ -20,6 +20,7 @@ from orchestrator.cli.submit import SubmitError, custom_ids, submit
 from orchestrator.core.settings import load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
+from tests import redis_mode
 from tests.integration.test_ingress_batch import worker_process
 
 DEPLOYMENTS: list[dict[str, Any]] = [{"name": "ptu", "model": "gpt-4o-mini", "ptus": 15}]
@@ -40,7 +41,8 @@ def sim() -> Iterator[SimulatorThread]:
 @pytest.fixture(scope="module")
 def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
     settings = load_settings(
-        redis_url=redis_url, azure_openai_endpoint=sim.url, azure_openai_api_key="k",
+        redis_url=redis_url, redis_cluster=redis_mode.CLUSTER,
+        azure_openai_endpoint=sim.url, azure_openai_api_key="k",
         deployments=DEPLOYMENTS,
     )  # fmt: skip
     with IngressThread(settings) as server:
@@ -120,7 +122,7 @@ async def test_server_side_validation_is_one_line(ingress: IngressThread, tmp_pa
 
 
 async def test_unreachable_ingress(tmp_path: Path) -> None:
-    from orchestrator.testing.embedded_redis import free_port
+    from orchestrator.core.serving import free_port
 
     path = tmp_path / "ok.jsonl"
     path.write_text(_line(1))

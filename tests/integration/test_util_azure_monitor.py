@@ -18,7 +18,8 @@ from orchestrator.utilisation.azure_monitor import AzureMonitorSource
 from simulator.monitor.recorder import MetricsRecorder
 from simulator.monitor.routes import monitor_routes
 from simulator.tls import TLSFiles, write_self_signed
-from tests.integration.monitor_support import T0, FakeClock, StaticCredential, serve_tls
+from tests.integration.monitor_support import T0, StaticCredential, serve_tls
+from tests.support.clock import FakeClock
 
 RESOURCE_ID = (
     "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/sim"

@@ -8,26 +8,14 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator.core import keys
-from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
-from orchestrator.utilisation.estimate.store import EstimateStore, publish
+from orchestrator.utilisation.estimate.store import EstimateStore
+from tests.support.token_events import event
 
 # 10 PTU x 600 TPM = 100 tokens/s; window 10 s -> 100 % = 1,000 tokens; output weight 2
 DEPLOYMENT = DeploymentConfig(
     name="d", model="custom", ptus=10, input_tpm_per_ptu=600, output_weight=2
 )
-
-
-def event(rid: str, phase: str, prompt: int, **kw: int) -> TokenEvent:
-    return TokenEvent(
-        request_id=rid,
-        deployment="d",
-        phase=phase,
-        timestamp=time.time(),
-        prompt_tokens=prompt,
-        **kw,
-    )  # type: ignore[arg-type]
 
 
 async def test_server_clock_drains_the_bucket(redis: aioredis.Redis) -> None:
@@ -65,11 +53,3 @@ async def test_concurrent_redeliveries_count_once(redis: aioredis.Redis) -> None
     await asyncio.gather(*(store.record(admit) for _ in range(20)))
     await asyncio.gather(*(store.record(done) for _ in range(20)))
     assert (await store.read("d")).value == pytest.approx(0.2, abs=0.01)
-
-
-async def test_publish_appends_to_the_event_stream(redis: aioredis.Redis) -> None:
-    e = event("a", "admit", 100, max_tokens=10)
-    await publish(redis, e)
-    entries = await redis.xrange(keys.TOKEN_EVENTS)
-    assert len(entries) == 1
-    assert TokenEvent.model_validate_json(entries[0][1][b"event"]) == e

@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 from bench.harness.identity import IdentityEndpoint
 from orchestrator.core import keys
 from orchestrator.core.results import ResultStore
-from orchestrator.core.schemas import QueuedRequest, ResultDocument, default_reply_key
+from orchestrator.core.schemas import QueuedRequest, ResultDocument
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.redis_streams import RedisStreamsQueue
 from orchestrator.utilisation.static import StaticSource
@@ -31,6 +31,7 @@ from orchestrator.worker.upstream import AzureUpstream
 from simulator.config import SimConfig
 from simulator.openai import tokens
 from simulator.server import SimulatorThread
+from tests import redis_mode
 
 DEP = "dep"
 MESSAGES = [{"role": "user", "content": "Summarise the quarterly report in one line."}]
@@ -61,6 +62,7 @@ NO_BREAKER: dict[str, Any] = {"breaker_min_calls": 1_000_000}
 def make_settings(sim: SimulatorThread, redis_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "redis_url": redis_url,
+        "redis_cluster": redis_mode.CLUSTER,
         "deployments": [DeploymentConfig(name=DEP, model="gpt-4o-mini", ptus=15)],
         "azure_openai_endpoint": sim.url,
         "azure_openai_api_key": SecretStr("k"),
@@ -88,7 +90,7 @@ async def enqueue(redis: aioredis.Redis, n: int, **fields: Any) -> list[str]:
             id=rid,
             deployment=DEP,
             body=body,
-            reply_key=default_reply_key(rid),
+            reply_key=keys.reply(rid),
             enqueued_at=now,
             deadline=fields.get("deadline", now + 600),
         )
@@ -166,7 +168,7 @@ async def test_queued_requests_complete_once_with_low_priority_calls(
         assert doc.usage["prompt_tokens"] == prompt
         assert doc.response is not None and doc.response["choices"][0]["message"]["content"]
     for rid in ids:
-        assert await redis.llen(default_reply_key(rid)) == 1
+        assert await redis.llen(keys.reply(rid)) == 1
     state = await sim_state(http)
     assert state["by_priority"]["low"]["requests"] == 20
     assert 1 <= state["peak_in_flight_by_priority"]["low"] <= 4
@@ -268,7 +270,7 @@ async def test_blocking_read_longer_than_the_socket_timeout_survives(
     sim: SimulatorThread, redis_url: str, http: httpx2.AsyncClient
 ) -> None:
     # a client with a 1 s socket timeout, a worker whose receive waits 3 s, idle for 2.5 s
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=1.0)
+    client = redis_mode.connect(redis_url, socket_timeout=1.0)
     await client.flushdb()
     timing = WorkerTiming(receive_timeout_s=3.0, heartbeat_s=0.5, drain_timeout_s=2)
     try:

@@ -7,6 +7,7 @@ import sys
 import pytest
 import redis.asyncio as aioredis
 
+from orchestrator.core import keys
 from orchestrator.core.errors import MissingDependencyError
 from orchestrator.core.settings import load_settings
 from orchestrator.queues.factory import make_queue
@@ -17,7 +18,7 @@ async def test_redis_backend_is_default() -> None:
     client = aioredis.Redis()  # never connected: construction does no I/O
     q = make_queue(load_settings(), "d1", client, "worker-1")
     assert isinstance(q, RedisStreamsQueue)
-    assert (q.stream, q.consumer) == ("ptu:queue:d1", "worker-1")
+    assert (q.stream, q.consumer) == (keys.queue("d1"), "worker-1")
     await client.aclose()
 
 

@@ -8,14 +8,7 @@ import pytest
 
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues.memory import InMemoryQueue
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def message(i: int) -> QueuedRequest:
@@ -26,11 +19,11 @@ def message(i: int) -> QueuedRequest:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
-async def test_unacked_comes_back_after_visibility(clock: Clock) -> None:
+async def test_unacked_comes_back_after_visibility(clock: FakeClock) -> None:
     q = InMemoryQueue("d", visibility_s=30.0, clock=clock)
     await q.put(message(1))
     [d1] = await q.receive(5, timeout_s=0)
@@ -51,7 +44,7 @@ async def test_unacked_comes_back_after_visibility(clock: Clock) -> None:
     [(0.0, ["r3"]), (9.9, ["r3"]), (10.0, ["r1", "r2", "r3"])],
 )
 async def test_only_expired_deliveries_return(
-    clock: Clock, advance: float, expected_ids: list[str]
+    clock: FakeClock, advance: float, expected_ids: list[str]
 ) -> None:
     q = InMemoryQueue("d", visibility_s=10.0, clock=clock)
     await q.put(message(1))
@@ -63,7 +56,7 @@ async def test_only_expired_deliveries_return(
     assert [d.message.id for d in got] == expected_ids
 
 
-async def test_dead_letter_records_reason_and_acks(clock: Clock) -> None:
+async def test_dead_letter_records_reason_and_acks(clock: FakeClock) -> None:
     q = InMemoryQueue("d", visibility_s=1.0, clock=clock)
     await q.put(message(1))
     [d] = await q.receive(1, timeout_s=0)
@@ -74,7 +67,7 @@ async def test_dead_letter_records_reason_and_acks(clock: Clock) -> None:
     assert await q.receive(1, timeout_s=0) == []
 
 
-async def test_repr_is_live(clock: Clock) -> None:
+async def test_repr_is_live(clock: FakeClock) -> None:
     q = InMemoryQueue("gpt", visibility_s=10.0, clock=clock)
     await q.put(message(1))
     await q.put(message(2))

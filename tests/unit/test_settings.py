@@ -65,3 +65,28 @@ def test_per_deployment_thresholds_override(monkeypatch: pytest.MonkeyPatch) -> 
     )
     s = load_settings()
     assert s.thresholds(s.deployments[0]) == (0.1, 0.9, 4)
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"PTU_LOWER_THRESHOLD": "0.95"}, "PTU_LOWER_THRESHOLD: 0.95 must be below"),
+        ({"PTU_API_KEYS": "nope"}, "PTU_API_KEYS: not valid JSON"),
+        (
+            {"PTU_DEPLOYMENTS": '[{"name":"a","model":"llama","ptus":5}]'},
+            "PTU_DEPLOYMENTS [0]: deployment 'a': unknown model 'llama'",
+        ),
+        (
+            {"PTU_DEPLOYMENTS": '[{"name":"a","model":"gpt-4o","ptus":5,"spillover":"b"}]'},
+            "PTU_DEPLOYMENTS: spillover 'b' is not a deployment",
+        ),
+    ],
+)
+def test_the_line_names_the_variable_and_the_problem(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], line: str
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value).startswith(line), str(info.value)

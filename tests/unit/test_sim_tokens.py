@@ -39,14 +39,14 @@ def test_prompt_estimate(body: dict[str, object], expected: int) -> None:
         ({"max_tokens": None}, None),
     ],
 )
-def test_requested_max_tokens(body: dict[str, object], expected: int | None) -> None:
-    assert tokens.requested_max_tokens(body) == expected
+def test_validated_max_tokens(body: dict[str, object], expected: int | None) -> None:
+    assert tokens.validated_max_tokens(body) == expected
 
 
 @pytest.mark.parametrize("bad", [0, -3, "10", 2.5, True])
-def test_requested_max_tokens_rejects(bad: object) -> None:
+def test_validated_max_tokens_rejects(bad: object) -> None:
     with pytest.raises(ValueError):
-        tokens.requested_max_tokens({"max_tokens": bad})
+        tokens.validated_max_tokens({"max_tokens": bad})
 
 
 def test_admission_estimate_when_absent() -> None:

@@ -1,47 +1,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import fakeredis
 import pytest
 
+from orchestrator.core import keys
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.static import StaticSource
+from tests.support.clock import FakeClock
 
 DEPLOYMENT = DeploymentConfig(name="gpt-4o", model="gpt-4o", ptus=50)
-
-
-class FakeTime:
-    """A clock that only moves when the code under test sleeps."""
-
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-@pytest.fixture
-async def fake_redis() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
-    client = fakeredis.FakeAsyncRedis()
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def make(
     redis: fakeredis.FakeAsyncRedis,
     source: StaticSource,
-    t: FakeTime,
+    t: FakeClock,
     *,
     worker_id: str = "w1",
     poll_s: float = 0.1,
@@ -70,7 +47,7 @@ async def spin_until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition never held")
 
 
-async def stop_after(t: FakeTime, sleeps: int, stop: asyncio.Event) -> None:
+async def stop_after(t: FakeClock, sleeps: int, stop: asyncio.Event) -> None:
     await spin_until(lambda: len(t.sleeps) >= sleeps)
     stop.set()
 
@@ -92,7 +69,7 @@ async def stop_after(t: FakeTime, sleeps: int, stop: asyncio.Event) -> None:
 async def test_limit_follows_reading_and_age(
     fake_redis: fakeredis.FakeAsyncRedis, value: float, age: float, expected: int
 ) -> None:
-    t = FakeTime()
+    t = FakeClock()
     source = StaticSource(max_age_s=5.0, clock=t.clock)
     source.set("gpt-4o", value, observed_at=t.now - age)
     throttle = make(fake_redis, source, t)
@@ -101,7 +78,7 @@ async def test_limit_follows_reading_and_age(
 
 
 async def test_unavailable_reading_gives_zero(fake_redis: fakeredis.FakeAsyncRedis) -> None:
-    t = FakeTime()
+    t = FakeClock()
     source = StaticSource(clock=t.clock)
     throttle = make(fake_redis, source, t)
     assert await throttle.refresh() == 0
@@ -116,7 +93,7 @@ async def test_unavailable_reading_gives_zero(fake_redis: fakeredis.FakeAsyncRed
 async def test_reading_is_polled_at_most_every_poll_s(
     fake_redis: fakeredis.FakeAsyncRedis,
 ) -> None:
-    t = FakeTime()
+    t = FakeClock()
     source = StaticSource({"gpt-4o": 0.0}, clock=t.clock)
     throttle = make(fake_redis, source, t, poll_s=1.0)
     await throttle.refresh()
@@ -132,7 +109,7 @@ async def test_reading_is_polled_at_most_every_poll_s(
 async def test_acquire_stops_at_limit_and_release_frees(
     fake_redis: fakeredis.FakeAsyncRedis,
 ) -> None:
-    t = FakeTime()
+    t = FakeClock()
     source = StaticSource({"gpt-4o": 0.55}, clock=t.clock)  # limit 5
     throttle = make(fake_redis, source, t)
     stop = asyncio.Event()
@@ -152,7 +129,7 @@ async def test_acquire_stops_at_limit_and_release_frees(
 
 
 async def test_shrinking_limit_lets_in_flight_finish(fake_redis: fakeredis.FakeAsyncRedis) -> None:
-    t = FakeTime()
+    t = FakeClock()
     source = StaticSource({"gpt-4o": 0.0}, clock=t.clock)
     throttle = make(fake_redis, source, t)
     stop = asyncio.Event()
@@ -175,7 +152,7 @@ async def test_shrinking_limit_lets_in_flight_finish(fake_redis: fakeredis.FakeA
 
 
 async def test_limit_is_shared_by_workers(fake_redis: fakeredis.FakeAsyncRedis) -> None:
-    t = FakeTime()
+    t = FakeClock()
     source = StaticSource({"gpt-4o": 0.55}, clock=t.clock)  # limit 5
     a = make(fake_redis, source, t, worker_id="a")
     b = make(fake_redis, source, t, worker_id="b")
@@ -191,7 +168,7 @@ async def test_limit_is_shared_by_workers(fake_redis: fakeredis.FakeAsyncRedis) 
 
 
 async def test_pause_blocks_every_worker(fake_redis: fakeredis.FakeAsyncRedis) -> None:
-    t = FakeTime()
+    t = FakeClock()
     source = StaticSource({"gpt-4o": 0.0}, clock=t.clock)
     a = make(fake_redis, source, t, worker_id="a")
     b = make(fake_redis, source, t, worker_id="b")
@@ -208,7 +185,7 @@ async def test_pause_blocks_every_worker(fake_redis: fakeredis.FakeAsyncRedis) -
 
 
 async def test_stop_already_set_returns_none(fake_redis: fakeredis.FakeAsyncRedis) -> None:
-    t = FakeTime()
+    t = FakeClock()
     throttle = make(fake_redis, StaticSource({"gpt-4o": 0.0}, clock=t.clock), t)
     stop = asyncio.Event()
     stop.set()
@@ -216,11 +193,11 @@ async def test_stop_already_set_returns_none(fake_redis: fakeredis.FakeAsyncRedi
 
 
 async def test_renew_readds_a_reaped_lease(fake_redis: fakeredis.FakeAsyncRedis) -> None:
-    t = FakeTime()
+    t = FakeClock()
     throttle = make(fake_redis, StaticSource({"gpt-4o": 0.0}, clock=t.clock), t)
     slot = await throttle.acquire(asyncio.Event())
     assert slot is not None
-    await fake_redis.zrem("ptu:slots:gpt-4o", slot.id)  # as if another worker reaped it
+    await fake_redis.zrem(keys.slots("gpt-4o"), slot.id)  # as if another worker reaped it
     await throttle.renew()
     assert await throttle.global_in_flight() == 1
     await throttle.release(slot)
@@ -229,7 +206,7 @@ async def test_renew_readds_a_reaped_lease(fake_redis: fakeredis.FakeAsyncRedis)
 
 
 async def test_repr_is_live(fake_redis: fakeredis.FakeAsyncRedis) -> None:
-    t = FakeTime()
+    t = FakeClock()
     source = StaticSource(clock=t.clock)
     throttle = make(fake_redis, source, t)
     assert repr(throttle) == (

@@ -16,9 +16,8 @@ from orchestrator.utilisation.estimate.calibration import (
     parse_utilisation,
 )
 from orchestrator.utilisation.estimate.store import EstimateStore
-from tests.unit.test_util_estimate import DEPLOYMENT, Clock, fake_redis
-
-__all__ = ["fake_redis"]  # the fixture, shared with the estimate's own tests
+from tests.support.clock import FakeClock
+from tests.unit.test_util_estimate import DEPLOYMENT, START
 
 PARAMS = CalibrationParams(
     tau_up=0.5,
@@ -31,7 +30,7 @@ PARAMS = CalibrationParams(
 TREND = CalibrationParams(trend_s=4.0, max_trend=0.2, lookahead_s=0)
 
 
-def store(redis: Any, clock: Clock, params: CalibrationParams | None = PARAMS) -> EstimateStore:
+def store(redis: Any, clock: FakeClock, params: CalibrationParams | None = PARAMS) -> EstimateStore:
     return EstimateStore(
         redis,
         [DEPLOYMENT],
@@ -135,7 +134,7 @@ CASES: dict[str, tuple[list[tuple[float, TokenEvent]], float, float]] = {
 @pytest.mark.parametrize("name", list(CASES))
 async def test_filter(fake_redis: fakeredis.FakeAsyncRedis, name: str) -> None:
     events, value, correction = CASES[name]
-    clock = Clock()
+    clock = FakeClock(START)
     s = store(fake_redis, clock)
     await s.heartbeat()
     for advance, event in events:
@@ -149,7 +148,7 @@ async def test_filter(fake_redis: fakeredis.FakeAsyncRedis, name: str) -> None:
 
 
 async def test_off_is_the_open_loop_model(fake_redis: fakeredis.FakeAsyncRedis) -> None:
-    clock = Clock()
+    clock = FakeClock(START)
     s = store(fake_redis, clock, params=None)
     await s.heartbeat()
     for event in (charge(300), obs(0.9), obs(retry_ms=2000)):
@@ -164,7 +163,7 @@ async def test_off_is_the_open_loop_model(fake_redis: fakeredis.FakeAsyncRedis) 
 async def test_reading_shows_model_observation_and_ages(
     fake_redis: fakeredis.FakeAsyncRedis,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(START)
     s = store(fake_redis, clock)
     await s.heartbeat()
     await s.record(charge(200))
@@ -182,7 +181,7 @@ async def test_reading_shows_model_observation_and_ages(
 
 
 async def test_throttled_time_counts_down(fake_redis: fakeredis.FakeAsyncRedis) -> None:
-    clock = Clock()
+    clock = FakeClock(START)
     s = store(fake_redis, clock)
     await s.heartbeat()
     await s.record(obs(retry_ms=3000))
@@ -194,7 +193,7 @@ async def test_throttled_time_counts_down(fake_redis: fakeredis.FakeAsyncRedis) 
 
 
 async def test_observe_events_charge_nothing(fake_redis: fakeredis.FakeAsyncRedis) -> None:
-    clock = Clock()
+    clock = FakeClock(START)
     s = store(fake_redis, clock)
     await s.heartbeat()
     await s.record(charge(400))
@@ -231,7 +230,7 @@ def test_header_and_modes() -> None:
         CalibrationParams(tau_up=0)
 
 
-async def _ramp(redis: Any, params: CalibrationParams, clock: Clock) -> EstimateStore:
+async def _ramp(redis: Any, params: CalibrationParams, clock: FakeClock) -> EstimateStore:
     """The deployment fills 5 points a second more than the model sees, observed at 10 Hz."""
     s = store(redis, clock, params)
     await s.heartbeat()
@@ -246,7 +245,7 @@ async def test_the_trend_follows_a_steadily_growing_error() -> None:
     lags = {}
     for name, params in (("bias", PARAMS), ("trend", TREND)):
         redis = fakeredis.FakeAsyncRedis()
-        clock = Clock()
+        clock = FakeClock(START)
         s = await _ramp(redis, params, clock)
         lags[name] = 0.5 - (await s.read("d")).value
         clock.now += 0.5  # between observations the trend keeps extrapolating
@@ -261,7 +260,7 @@ async def test_the_trend_follows_a_steadily_growing_error() -> None:
 
 
 async def test_the_trend_fades_without_observations(fake_redis: fakeredis.FakeAsyncRedis) -> None:
-    clock = Clock()
+    clock = FakeClock(START)
     s = await _ramp(fake_redis, TREND, clock)
     before = (await s.read("d")).value
     clock.now += 60
@@ -275,7 +274,9 @@ async def test_a_rising_trend_is_read_ahead() -> None:
     values = []
     for lookahead in (0.0, 1.0):
         redis = fakeredis.FakeAsyncRedis()
-        s = await _ramp(redis, CalibrationParams(trend_s=4.0, lookahead_s=lookahead), Clock())
+        s = await _ramp(
+            redis, CalibrationParams(trend_s=4.0, lookahead_s=lookahead), FakeClock(START)
+        )
         values.append((await s.read("d")).value)
         await redis.aclose()
     assert values[1] - values[0] == pytest.approx(0.05, abs=0.01)  # 1 s x 5 points/s

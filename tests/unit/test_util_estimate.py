@@ -1,16 +1,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import fakeredis
 import pytest
 
+from orchestrator.core import keys
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.utilisation.estimate.store import EstimateStore
+from tests.support.clock import FakeClock
 
 # 10 PTU x 600 TPM = 100 tokens/s; window 10 s -> 100 % = 1,000 tokens; output weight 2
 DEPLOYMENT = DeploymentConfig(
@@ -18,24 +19,10 @@ DEPLOYMENT = DeploymentConfig(
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 5_000.0
-
-    def __call__(self) -> float:
-        return self.now
+START = 5_000.0
 
 
-@pytest.fixture
-async def fake_redis() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
-    client = fakeredis.FakeAsyncRedis()
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-def store(redis: Any, clock: Clock) -> EstimateStore:
+def store(redis: Any, clock: FakeClock) -> EstimateStore:
     return EstimateStore(
         redis, [DEPLOYMENT], window_s=10.0, max_age_s=5.0, clock=clock, time_source="clock"
     )
@@ -119,7 +106,7 @@ CASES: dict[str, tuple[list[tuple[float, TokenEvent]], float]] = {
 @pytest.mark.parametrize("name", list(CASES))
 async def test_bucket(fake_redis: fakeredis.FakeAsyncRedis, name: str) -> None:
     events, expected = CASES[name]
-    clock = Clock()
+    clock = FakeClock(START)
     s = store(fake_redis, clock)
     await s.heartbeat()
     for advance, event in events:
@@ -132,7 +119,7 @@ async def test_bucket(fake_redis: fakeredis.FakeAsyncRedis, name: str) -> None:
 
 
 async def test_read_drains_up_to_now(fake_redis: fakeredis.FakeAsyncRedis) -> None:
-    clock = Clock()
+    clock = FakeClock(START)
     s = store(fake_redis, clock)
     await s.record(ev("a", "admit", 800))
     await s.heartbeat()
@@ -144,7 +131,7 @@ async def test_read_drains_up_to_now(fake_redis: fakeredis.FakeAsyncRedis) -> No
 async def test_age_is_time_since_the_feeder_heartbeat(
     fake_redis: fakeredis.FakeAsyncRedis,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(START)
     s = store(fake_redis, clock)
     await s.heartbeat()
     clock.now += 1.0
@@ -160,7 +147,7 @@ async def test_age_is_time_since_the_feeder_heartbeat(
 async def test_idle_bucket_with_live_feeder_is_fresh_zero(
     fake_redis: fakeredis.FakeAsyncRedis,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(START)
     s = store(fake_redis, clock)
     await s.heartbeat()
     reading = await s.read("d")
@@ -169,7 +156,7 @@ async def test_idle_bucket_with_live_feeder_is_fresh_zero(
 
 @pytest.mark.parametrize("setup", ["nothing", "events_without_heartbeat", "unknown_deployment"])
 async def test_unavailable(fake_redis: fakeredis.FakeAsyncRedis, setup: str) -> None:
-    s = store(fake_redis, Clock())
+    s = store(fake_redis, FakeClock(START))
     name = "d"
     if setup == "events_without_heartbeat":
         await s.record(ev("a", "admit", 100))
@@ -183,23 +170,23 @@ async def test_unavailable(fake_redis: fakeredis.FakeAsyncRedis, setup: str) -> 
 async def test_events_for_unknown_deployments_are_ignored(
     fake_redis: fakeredis.FakeAsyncRedis,
 ) -> None:
-    s = store(fake_redis, Clock())
+    s = store(fake_redis, FakeClock(START))
     event = ev("a", "admit", 100).model_copy(update={"deployment": "other"})
     await s.record(event)
     assert await fake_redis.keys("*") == []
 
 
 async def test_dedupe_records_expire(fake_redis: fakeredis.FakeAsyncRedis) -> None:
-    s = store(fake_redis, Clock())
+    s = store(fake_redis, FakeClock(START))
     await s.record(ev("a", "admit", 100))
-    ttl = await fake_redis.pttl("ptu:est-req:d:a")
+    ttl = await fake_redis.pttl(keys.estimate_request("d", "a"))
     assert 0 < ttl <= 3_600_000
 
 
 async def test_keep_alive_heartbeats_until_cancelled(
     fake_redis: fakeredis.FakeAsyncRedis,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(START)
     s = store(fake_redis, clock)
     sleeps: list[float] = []
 

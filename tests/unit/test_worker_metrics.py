@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.utilisation.base import Reading
+from orchestrator.utilisation.base import Calibration, Reading
 from orchestrator.worker.metrics import WorkerMetrics
 
 
@@ -46,3 +46,22 @@ def test_each_instance_has_its_own_registry() -> None:
         is None
     )
     assert repr(a).startswith("<WorkerMetrics collectors=")
+
+
+def test_metrics_show_the_calibration() -> None:
+    m = WorkerMetrics()
+    cal = Calibration(
+        model=0.3, correction=0.25, correction_age_s=0.5, observed=0.56, observed_age_s=0.5
+    )
+    m.observe_throttle("d", 5, 3, Reading(0.55, 100.0, "estimate", cal), now=101.0)
+    m.observe_throttle("e", 5, 3, Reading(0.2, 100.0, "estimate"), now=101.0)  # calibration off
+
+    def value(name: str, deployment: str) -> float | None:
+        return m.registry.get_sample_value(name, {"deployment": deployment})
+
+    assert value("ptu_worker_utilisation_model_ratio", "d") == 0.3
+    assert value("ptu_worker_utilisation_observed_ratio", "d") == 0.56
+    assert value("ptu_worker_utilisation_correction_ratio", "d") == 0.25
+    assert value("ptu_worker_utilisation_correction_age_seconds", "d") == 0.5
+    assert value("ptu_worker_unseen_traffic_ratio", "d") == 0.25
+    assert value("ptu_worker_utilisation_model_ratio", "e") is None

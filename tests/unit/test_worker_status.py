@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from orchestrator.cli.status import Row, WorkerSummary, render, summarise
+from orchestrator.cli.status import Row, WorkerSummary, calibration_cells, render, summarise
+from orchestrator.utilisation.base import Calibration
 
 NOW = 1_000.0
 
@@ -41,3 +42,17 @@ def test_render_shows_every_column_and_marks_stale_readings() -> None:
         assert cell in line_a
     line_b = next(line for line in text.splitlines() if "ptu-b" in line)
     assert "- (stale)" in line_b and "0/10" in line_b
+
+
+def test_render_shows_what_the_calibrated_estimate_is_made_of() -> None:
+    cal = Calibration(
+        model=0.31, correction=0.24, correction_age_s=0.2, observed=0.56, observed_age_s=0.2,
+        throttled_s=1.5,
+    )  # fmt: skip
+    row = Row("ptu-a", 0.55, 0.1, False, 5, 10, 4, 0, WorkerSummary(), calibration=cal)
+    console = Console(record=True, width=220)
+    console.print(render([row], "estimate"))
+    line = next(line for line in console.export_text().splitlines() if "ptu-a" in line)
+    for cell in ("31.0%", "56.0% (0.2s)", "+24.0% (0.2s) 429 1.5s", "24.0%"):
+        assert cell in line
+    assert calibration_cells(None) == ("-", "-", "-", "-")

