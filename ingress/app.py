@@ -33,7 +33,7 @@ from ingress.batch.files import FileRoutes, FileStore
 from ingress.batch.routes import BatchRoutes
 from ingress.batch.runner import BatchWork
 from ingress.batch.store import BatchStore
-from ingress.chat.credentials import UpstreamAuth, upstream_auth
+from ingress.chat.credentials import UpstreamAuth, deployment_auths, upstream_auth
 from ingress.chat.proxy import Proxy
 from ingress.chat.routes import ChatRoutes
 from ingress.chat.targets import make_client, targets
@@ -46,6 +46,7 @@ from ingress.http.openapi import Reply, openapi_document, operation
 from ingress.metrics import IngressMetrics
 from ingress.queued.enqueue import Enqueuer
 from ingress.queued.requests import RequestsApi
+from orchestrator.breaker.shared import SharedBreaker, breaker_config
 from orchestrator.core import redis_client
 from orchestrator.core.incarnation import Incarnation, watch_incarnation
 from orchestrator.core.results import ResultStore
@@ -165,12 +166,20 @@ def create_app(
     """
     parts = _parts(settings, redis, http_client, queues, token_sink, auth, clock)
     metrics = parts.metrics
-    deployments = targets(settings)
+    deployments = targets(settings, deployment_auths(settings, parts.upstream))
     results = ResultStore(parts.redis, settings.reply_ttl_s)
     tenants = Authenticator(settings.api_keys)
+    config = breaker_config(settings)
+    breakers = {
+        d.name: SharedBreaker(
+            parts.redis, d.name, config, endpoint=settings.endpoint_of(d) or "",
+            on_change=metrics.circuit,
+        )
+        for d in settings.deployments
+    }  # fmt: skip
     proxy = Proxy(
         parts.http, parts.upstream, parts.events, metrics,
-        spillover_wait_ms=settings.spillover_wait_ms,
+        spillover_wait_ms=settings.spillover_wait_ms, breakers=breakers,
     )  # fmt: skip
     incarnation = Incarnation(parts.redis, on_loss=metrics.redis_data_lost.inc, clock=clock)
     enqueuer = Enqueuer(results, parts.queues, metrics, clock=clock, ids=incarnation.new_request_id)

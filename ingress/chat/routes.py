@@ -119,7 +119,7 @@ class ChatRoutes:
         strip_usage = False
         if not stream:
             changed = govern(body, ceiling=self._ceiling, default=self._default_max_tokens)
-        elif target.provisioned or target.spillover is not None:
+        elif target.provisioned or target.spillover:
             strip_usage = not _wants_usage(body)
             if strip_usage:
                 options = body.get("stream_options") or {}

@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "estimator": ("orchestrator.estimator.main", "fold token events into the utilisation estimate"),
     "submit": ("orchestrator.cli.submit", "submit a Batch JSONL file through the ingress"),
     "status": ("orchestrator.cli.status", "live view of utilisation, concurrency and queues"),
+    "dlq": ("orchestrator.cli.dlq", "list, show, replay or purge dead-lettered requests"),
     "demo": ("bench.scenarios.demo", "embedded all-in-one demo run"),
     "bench": ("bench.cli", "run a benchmark scenario"),
 }

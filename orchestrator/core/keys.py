@@ -206,3 +206,18 @@ def tenant_reply_prefix(tenant: str) -> str:
 def tenant_reply(tenant: str, suffix: str) -> str:
     """A reply list in a tenant's namespace, e.g. the one of a batch."""
     return tenant_reply_prefix(tenant) + suffix
+
+
+def breaker(deployment: str) -> str:
+    """Hash of a deployment's shared circuit breaker: state, open-until (server ms), epoch."""
+    return f"{_d(deployment)}:breaker"
+
+
+def breaker_probe(deployment: str) -> str:
+    """Set (with an expiry) while one process runs the half-open probe of a deployment."""
+    return f"{_d(deployment)}:breaker-probe"
+
+
+def result_counts(deployment: str) -> str:
+    """Hash status -> count of results written for a deployment (survives restarts)."""
+    return f"{_d(deployment)}:counts"

@@ -54,6 +54,8 @@ class QueuedRequest(BaseModel):
     enqueued_at: float
     deadline: float
     batch_id: str | None = None
+    replay_of: str | None = None
+    """Id of the dead-lettered request this one replays (`ptu dlq replay`)."""
 
 
 class ResultDocument(BaseModel):
@@ -71,6 +73,7 @@ class ResultDocument(BaseModel):
     enqueued_at: float
     completed_at: float
     batch_id: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    replay_of: str | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @classmethod
     def for_request(
@@ -103,6 +106,7 @@ class ResultDocument(BaseModel):
             enqueued_at=request.enqueued_at,
             completed_at=completed_at,
             batch_id=request.batch_id,
+            replay_of=request.replay_of,
         )
 
 

@@ -118,6 +118,11 @@ class Throttle:
         self._limit = limit
         return limit
 
+    async def current(self) -> Reading | None:
+        """The reading behind the limit, re-read unless under `poll_s` old."""
+        await self.refresh()
+        return self._reading
+
     def _warn_closed(self, reason: str, cause: str, now: float) -> None:
         """Say why low priority is paused (fail closed): at once, then every CLOSED_WARN_S."""
         if self._closed_warned_at is not None and now - self._closed_warned_at < CLOSED_WARN_S:

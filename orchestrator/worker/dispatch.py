@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from redis.exceptions import RedisError
 
-from orchestrator.core.errors import PTUError, UpstreamError, UpstreamThrottled, UpstreamTimeout
+from orchestrator.breaker.machine import Outcome, Verdict
+from orchestrator.core import keys
+from orchestrator.core.errors import (
+    PTUError,
+    UpstreamError,
+    UpstreamThrottled,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from orchestrator.core.retry import RetryPolicy, decide
 from orchestrator.core.runtime import pause
 from orchestrator.core.schemas import (
@@ -43,6 +51,10 @@ from orchestrator.worker.protocols import ResultSink, SlotLimiter
 from orchestrator.worker.upstream import Upstream, UpstreamResponse
 
 if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from orchestrator.breaker.shared import SharedBreaker
+    from orchestrator.throttle.admission import Admission
     from orchestrator.worker.metrics import WorkerMetrics
 
 log = structlog.get_logger(__name__)
@@ -76,6 +88,9 @@ class Dispatcher:
         config: DispatchConfig,
         tokens: TokenRecorder | None = None,
         metrics: WorkerMetrics | None = None,
+        breaker: SharedBreaker | None = None,
+        admission: Admission | None = None,
+        counts_redis: aioredis.Redis | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] | None = None,
@@ -97,6 +112,14 @@ class Dispatcher:
         """Tokens of deliveries being handled that were acknowledged or dead-lettered."""
         self.bookkeeping: set[asyncio.Task[Any]] = set()
         """Shielded writes still running; the worker awaits them before exiting."""
+        self.breaker = breaker
+        self._admission = admission
+        self._counts_redis = counts_redis
+        self.gated = 0
+        """Requests of this dispatcher waiting for the breaker to let a call through."""
+        self.ready_retries = 0
+        """Retries whose backoff is over, waiting for a slot: they go before fresh messages."""
+        self._warned_unreachable = False
         self.counts: dict[str, int] = {"completed": 0, "failed": 0, "expired": 0, "retries": 0}
         self.completions: list[float] = []
         """Clock times of recent results (the worker trims it to compute throughput)."""
@@ -145,18 +168,31 @@ class Dispatcher:
             doc = self._doc(message, "failed", attempts=0, status_code=None, error=error)
             return await self._finish(delivery, doc, dead_letter="too many deliveries")
         await self._mark_in_progress(message.id)
+        return await self._attempts(delivery, held, stop)
+
+    async def _attempts(
+        self, delivery: Delivery, held: list[Slot | None], stop: asyncio.Event
+    ) -> ResultStatus | None:
+        """Call until a result: retries back off, an outage waits without spending attempts."""
+        message = delivery.message
         attempt = 0
         while True:
             if self._clock() >= message.deadline:
-                await self._release(held)
-                error = {"code": "expired", "message": "the deadline passed before the call"}
-                doc = self._doc(message, "expired", attempts=attempt, status_code=None, error=error)
-                return await self._finish(delivery, doc)
+                return await self._expire(delivery, held, attempt)
+            verdict = await self._gate(held, stop, message.deadline)
+            if verdict is None:
+                if stop.is_set():
+                    log.info("request_left_for_redelivery", attempt=attempt)
+                    return None
+                continue  # the deadline passed while the breaker was open
             attempt += 1
             try:
                 response = await self._call(message, delivery.delivery_count, attempt)
             except UpstreamError as err:
                 await self._release(held)
+                if await self._outage(err, verdict == "probe"):
+                    attempt -= 1  # the deployment's failure, not the request's: not spent
+                    continue
                 decision = decide(err, attempt, self._config.retry, self._rand)
                 if isinstance(err, UpstreamThrottled):
                     await self._throttle.pause_for(err.retry_after_s or decision.delay_s or 1.0)
@@ -165,26 +201,16 @@ class Dispatcher:
                         "request_failed", status_code=err.status_code, reason=decision.reason
                     )
                     doc = self._failed(message, err, attempt)
-                    reason = decision.reason if err.retryable else None
-                    return await self._finish(delivery, doc, dead_letter=reason)
-                self.counts["retries"] += 1
-                log.info(
-                    "request_retry",
-                    status_code=err.status_code,
-                    attempt=attempt,
-                    delay_s=round(decision.delay_s, 3),
-                    reason=decision.reason,
-                )
-                wait = min(decision.delay_s, max(0.0, message.deadline - self._clock()))
-                if not await pause(wait, stop, sleep=self._sleep):
-                    log.info("request_left_for_redelivery", attempt=attempt)
-                    return None
-                held[0] = await self._throttle.acquire(stop)
-                if held[0] is None:
+                    return await self._finish(delivery, doc, dead_letter=decision.reason)
+                if not await self._retry_wait(
+                    err, decision.delay_s, decision.reason, attempt, message.deadline, held, stop
+                ):
                     log.info("request_left_for_redelivery", attempt=attempt)
                     return None
                 continue
             await self._release(held)
+            if self.breaker is not None:
+                await self.breaker.record("ok", probe=verdict == "probe")
             doc = self._doc(
                 message,
                 "completed",
@@ -194,6 +220,101 @@ class Dispatcher:
                 usage=response.usage,
             )
             return await self._finish(delivery, doc)
+
+    async def _retry_wait(
+        self,
+        err: UpstreamError,
+        delay_s: float,
+        reason: str,
+        attempt: int,
+        deadline: float,
+        held: list[Slot | None],
+        stop: asyncio.Event,
+    ) -> bool:
+        """Back off, then take a slot ahead of fresh messages; False on stop."""
+        self.counts["retries"] += 1
+        log.info(
+            "request_retry",
+            status_code=err.status_code,
+            attempt=attempt,
+            delay_s=round(delay_s, 3),
+            reason=reason,
+        )
+        if not await pause(
+            min(delay_s, max(0.0, deadline - self._clock())), stop, sleep=self._sleep
+        ):
+            return False
+        self.ready_retries += 1
+        try:
+            held[0] = await self._throttle.acquire(stop)
+        finally:
+            self.ready_retries -= 1
+        return held[0] is not None
+
+    async def _expire(
+        self, delivery: Delivery, held: list[Slot | None], attempts: int
+    ) -> ResultStatus | None:
+        await self._release(held)
+        error = {"code": "expired", "message": "the deadline passed before the call"}
+        doc = self._doc(
+            delivery.message, "expired", attempts=attempts, status_code=None, error=error
+        )
+        return await self._finish(delivery, doc, dead_letter="expired")
+
+    async def _gate(
+        self, held: list[Slot | None], stop: asyncio.Event, deadline: float
+    ) -> Verdict | None:
+        """Hold a slot and the breaker's permission; None on stop or when the deadline passed.
+
+        While the breaker is open the request waits here without a slot and without
+        spending an attempt; in half-open state only the process that won the probe
+        calls, everyone else keeps waiting.
+        """
+        while True:
+            if held[0] is None:
+                held[0] = await self._throttle.acquire(stop)
+                if held[0] is None:
+                    return None
+            if self.breaker is None:
+                return "call"
+            verdict = await self.breaker.allow()
+            if verdict != "reject":
+                return verdict
+            await self._release(held)
+            wait = min(max(self.breaker.open_left(), 0.25), 1.0)
+            self.gated += 1
+            try:
+                if not await pause(wait, stop, sleep=self._sleep):
+                    return None
+            finally:
+                self.gated -= 1
+            if self._clock() >= deadline:
+                return None
+
+    async def _outage(self, err: UpstreamError, probe: bool) -> bool:
+        """Record a failure in the breaker; True when it is the deployment's (not spent).
+
+        An unreachable or misconfigured upstream, and any retryable failure that leaves
+        the breaker open, pause the deployment: the request waits for the breaker instead
+        of burning its attempts against a deployment that cannot answer.
+        """
+        if self.breaker is None:
+            return False
+        await self.breaker.record(_outcome(err), retry_after_s=err.retry_after_s, probe=probe)
+        if isinstance(err, UpstreamUnreachable):
+            if self.breaker.state == "open" and not self._warned_unreachable:
+                self._warned_unreachable = True
+                log.warning(
+                    "upstream_unreachable_paused",
+                    endpoint=self.breaker.endpoint,
+                    cause=err.cause,
+                    paused_s=round(self.breaker.open_left(), 1),
+                )
+            return True
+        if self.breaker.state == "closed":
+            self._warned_unreachable = False
+            return False
+        return err.retryable and not isinstance(err, UpstreamThrottled)
 
     async def _answer_unreadable(self, delivery: Delivery, reason: str) -> ResultStatus | None:
         """A message the worker cannot read still gets its `failed` result, then is parked.
@@ -229,6 +350,8 @@ class Dispatcher:
         event_id = f"{message.id}:{delivery_count}:{attempt}"
         prompt = estimate_prompt_tokens(message.body)
         budget = requested_max_tokens(message.body, self._config.default_max_tokens)
+        if self._admission is not None:
+            await self._admission.wait(prompt, budget)
         await self._record(event_id, "admit", prompt_tokens=prompt, max_tokens=budget)
         started = self._clock()
         status, answered, retry_after_ms = 0, False, None
@@ -308,6 +431,7 @@ class Dispatcher:
             log.info("result_already_written", status=doc.status)
             return None
         self.counts[doc.status] += 1
+        await self._count(doc.status)
         self.completions.append(self._clock())
         if self._metrics is not None:
             self._metrics.result(self.deployment, doc.status)
@@ -407,6 +531,15 @@ class Dispatcher:
         except PTUError as exc:
             log.warning("token_event_failed", phase=phase, error=repr(exc))
 
+    async def _count(self, status: str) -> None:
+        """The deployment's result counters in Redis, which outlive any worker."""
+        if self._counts_redis is None:
+            return
+        try:
+            await self._counts_redis.hincrby(keys.result_counts(self.deployment), status, 1)
+        except RedisError as exc:
+            log.warning("result_count_failed", status=status, error=repr(exc))
+
     async def _release(self, held: list[Slot | None]) -> None:
         slot, held[0] = held[0], None
         if slot is not None:
@@ -425,3 +558,11 @@ class Dispatcher:
             f"<Dispatcher deployment={self.deployment} completed={c['completed']} "
             f"failed={c['failed']} expired={c['expired']} retries={c['retries']}>"
         )
+
+
+def _outcome(err: UpstreamError) -> Outcome:
+    if isinstance(err, UpstreamUnreachable):
+        return "unreachable"
+    if isinstance(err, UpstreamThrottled):
+        return "throttled"
+    return "error" if err.retryable else "ok"

@@ -118,6 +118,8 @@ class Worker:
         tasks = self._tasks[lane.deployment]
         failures = 0
         while not stop.is_set():
+            if not await self._fresh_allowed(lane, stop):
+                continue
             slot = await lane.throttle.acquire(stop)
             if slot is None:
                 break
@@ -146,6 +148,30 @@ class Worker:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         await self._drain(lane, tasks)
+
+    async def _fresh_allowed(self, lane: Lane, stop: asyncio.Event) -> bool:
+        """May the lane take a fresh message now? If not, wait a little and say no.
+
+        Not while retries of this worker wait for a slot (they go first, so the oldest
+        requests are not the ones that run out of time), and not while the deployment's
+        breaker is open; half-open, one message is taken to be the probe unless one of
+        ours already waits to be it.
+        """
+        dispatcher = lane.dispatcher
+        breaker = dispatcher.breaker
+        wait = 0.0
+        if dispatcher.ready_retries > 0:
+            wait = 0.05
+        elif breaker is not None:
+            await breaker.sync()
+            if breaker.state == "open":
+                wait = min(max(breaker.open_left(), 0.05), 1.0)
+            elif breaker.state == "half_open" and dispatcher.gated > 0:
+                wait = 0.25
+        if wait <= 0:
+            return True
+        await pause(wait, stop, sleep=self._sleep)
+        return False
 
     async def _receive(self, queue: Queue, stop: asyncio.Event) -> list[Delivery]:
         """One message, or [] on timeout or stop (a stop interrupts the blocking read)."""
@@ -224,6 +250,7 @@ class Worker:
                 "reading_age_s": None if reading is None else reading.age(now),
                 "source": None if reading is None else reading.source,
                 "throughput_per_s": len(recent) / THROUGHPUT_WINDOW_S,
+                "circuit": None if dispatcher.breaker is None else dispatcher.breaker.state,
                 **dispatcher.counts,
             }
             if self._metrics is not None:
@@ -232,6 +259,12 @@ class Worker:
                 )
                 if depth is not None:
                     self._metrics.queue_depth.labels(lane.deployment).set(depth)
+                if self._redis is not None:
+                    try:
+                        letters = await self._redis.xlen(keys.dead_letter(lane.deployment))
+                        self._metrics.dead_letters.labels(lane.deployment).set(letters)
+                    except RedisError as exc:
+                        log.debug("dead_letter_depth_failed", error=repr(exc))
                 if global_in_flight is not None:
                     self._metrics.global_in_flight.labels(lane.deployment).set(global_in_flight)
         return {

@@ -6,6 +6,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from orchestrator.breaker.machine import GAUGE
 from orchestrator.utilisation.base import Reading
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
@@ -114,6 +115,23 @@ class WorkerMetrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+
+        self.circuit_state = Gauge(
+            "ptu_worker_circuit_state",
+            "Circuit breaker of the deployment: 0 closed, 1 half-open, 2 open",
+            ["deployment"],
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            "ptu_worker_dead_letters",
+            "Requests in the deployment's dead-letter store",
+            ["deployment"],
+            registry=r,
+        )
+
+    def circuit(self, deployment: str, state: str) -> None:
+        """The deployment's breaker changed state."""
+        self.circuit_state.labels(deployment).set(GAUGE.get(state, 0))
 
     def observe_throttle(
         self, deployment: str, limit: int, in_flight: int, reading: Reading | None, now: float

@@ -89,7 +89,8 @@ def test_a_taken_port_is_a_one_line_error(redis_url: str) -> None:
             text=True,
             timeout=60,
         )
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1] == (
-        f"ptu ingress: cannot serve on 127.0.0.1:{port} (see the error above)"
-    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"ptu ingress: configuration error: --port: cannot listen on 127.0.0.1:{port}: "
+        "already in use"
+    ]

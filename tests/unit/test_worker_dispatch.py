@@ -110,7 +110,7 @@ async def test_retryable_errors_back_off_then_fail_and_dead_letter() -> None:
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 422])
-async def test_other_4xx_fail_at_once_without_dead_letter(status: int) -> None:
+async def test_other_4xx_fail_at_once_into_the_dead_letter_store(status: int) -> None:
     error = UpstreamError(
         "bad", status_code=status, body={"error": {"code": "bad", "message": "m"}}
     )
@@ -121,7 +121,9 @@ async def test_other_4xx_fail_at_once_without_dead_letter(status: int) -> None:
     assert rig.upstream.calls_for("r1") == 1 and rig.time.sleeps == []
     doc = await _result(rig, "r1")
     assert doc["status_code"] == status and doc["error"] == {"code": "bad", "message": "m"}
-    assert rig.queue.dead_letters == [] and await rig.queue.depth() == 0
+    ((message, reason),) = rig.queue.dead_letters
+    assert message.id == "r1" and reason == f"status {status} is not retryable"
+    assert await rig.queue.depth() == 0
 
 
 async def test_expired_request_gets_expired_result_without_a_call() -> None:
