@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test check fmt lint typecheck bench clean
+.PHONY: install demo test test-cluster check fmt lint typecheck bench clean
 
 $(UV):
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -28,8 +28,24 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/ptu demo
 
+# The Redis-facing integration subset runs again on a real 3-master cluster: the
+# stores, queue, estimate, throttle and completion code are where a key in the wrong
+# slot would fail (CROSSSLOT), and together they take about a minute; the rest of
+# the suite talks to Redis only through them. `make test-cluster` runs all of
+# tests/integration on the cluster.
+CLUSTER_SUBSET := tests/integration/test_queue_contract.py \
+	tests/integration/test_queue_redis_streams.py \
+	tests/integration/test_results_store.py \
+	tests/integration/test_util_estimate_redis.py \
+	tests/integration/test_throttle_global.py \
+	tests/integration/test_redis_cluster.py
+
 test: install
 	$(BIN)/pytest
+	PTU_TEST_REDIS=cluster $(BIN)/pytest -q $(CLUSTER_SUBSET)
+
+test-cluster: install
+	PTU_TEST_REDIS=cluster $(BIN)/pytest tests/integration
 
 fmt: install
 	$(BIN)/ruff format .

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -33,19 +34,23 @@ from ingress.batch.routes import BatchRoutes
 from ingress.batch.runner import BatchWork
 from ingress.batch.store import BatchStore
 from ingress.chat.accounting import Accounting
-from ingress.chat.credentials import UpstreamAuth, upstream_auth
+from ingress.chat.credentials import UpstreamAuth, deployment_auths, upstream_auth
 from ingress.chat.limits import TenantLimits
 from ingress.chat.proxy import Proxy
 from ingress.chat.routes import ChatRoutes
 from ingress.chat.targets import make_client, targets
 from ingress.chat.token_events import TokenEvents
-from ingress.http import errors
+from ingress.http import errors, limits
 from ingress.http.auth import Authenticator
-from ingress.http.models import Health
+from ingress.http.health import readiness
+from ingress.http.models import Health, Readiness
 from ingress.http.openapi import Reply, openapi_document, operation
 from ingress.metrics import IngressMetrics
 from ingress.queued.enqueue import Enqueuer
 from ingress.queued.requests import RequestsApi
+from orchestrator.breaker.shared import SharedBreaker, breaker_config
+from orchestrator.core import redis_client
+from orchestrator.core.incarnation import Incarnation, watch_incarnation
 from orchestrator.core.results import ResultStore
 from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
@@ -60,6 +65,7 @@ log = structlog.get_logger(__name__)
 
 REDIS_MAX_CONNECTIONS = 1024
 REDIS_POOL_WAIT_S = 5.0
+
 PREFIXES = ("/v1", "/openai", "/openai/v1")
 """Where the OpenAI-shaped routes live: OpenAI clients use /v1, AzureOpenAI clients /openai."""
 
@@ -114,10 +120,12 @@ def _parts(
     if redis is None:
         # a blocking pool waits for a free connection instead of failing at 100 in use;
         # every long-poll (`?wait=`) holds one connection while it waits
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_WAIT_S
+        redis = redis_client.connect(
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            pool_timeout_s=REDIS_POOL_WAIT_S,
         )
-        redis = aioredis.Redis.from_pool(pool)
     provisioned = [d for d in settings.deployments if d.kind == "provisioned"]
     if queues is None:
         consumer = f"ingress-{socket.gethostname()}-{os.getpid()}"
@@ -170,17 +178,26 @@ def create_app(
     )
     ledger = UsageLedger(parts.redis, tenancy, clock=clock)
     accounting = parts.accounting = Accounting(metrics, ledger)
-    deployments = targets(settings)
+    deployments = targets(settings, deployment_auths(settings, parts.upstream))
     results = ResultStore(parts.redis, settings.reply_ttl_s)
     tenants = Authenticator(tenancy)
+    config = breaker_config(settings)
+    breakers = {
+        d.name: SharedBreaker(
+            parts.redis, d.name, config, endpoint=settings.endpoint_of(d) or "",
+            on_change=metrics.circuit,
+        )
+        for d in settings.deployments
+    }  # fmt: skip
     proxy = Proxy(
         parts.http, parts.upstream, parts.events, metrics,
-        spillover_wait_ms=settings.spillover_wait_ms, accounting=accounting,
+        spillover_wait_ms=settings.spillover_wait_ms, breakers=breakers, accounting=accounting,
     )  # fmt: skip
-    enqueuer = Enqueuer(results, parts.queues, metrics, clock=clock)
-    limits = TenantLimits(tenancy, ledger, accounting)
-    chat = ChatRoutes(settings, deployments, tenants, proxy, enqueuer, metrics, limits)
-    requests_api = RequestsApi(results, tenants)
+    incarnation = Incarnation(parts.redis, on_loss=metrics.redis_data_lost.inc, clock=clock)
+    enqueuer = Enqueuer(results, parts.queues, metrics, clock=clock, ids=incarnation.new_request_id)
+    tenant_limits = TenantLimits(tenancy, ledger, accounting)
+    chat = ChatRoutes(settings, deployments, tenants, proxy, enqueuer, metrics, tenant_limits)
+    requests_api = RequestsApi(results, tenants, issued_before_loss=incarnation.issued_before)
     files = FileStore(parts.redis, clock=clock)
     work = BatchWork(
         results, proxy, deployments, quota=ledger,
@@ -190,7 +207,7 @@ def create_app(
     file_routes = FileRoutes(files, tenants, deployments)
     batches = BatchRoutes(
         settings, deployments, tenants, BatchStore(parts.redis, clock=clock), files, enqueuer,
-        work, metrics, limits=limits, clock=clock,
+        work, metrics, limits=tenant_limits, clock=clock,
     )  # fmt: skip
 
     @operation("liveness", {200: Reply("alive", Health)})
@@ -201,6 +218,19 @@ def create_app(
         except (RedisError, OSError):
             store = "unavailable"
         return JSONResponse({"status": "ok", "redis": store})
+
+    @operation(
+        "readiness: Redis takes writes, every queue answers, utilisation is readable",
+        {200: Reply("ready, check by check", Readiness)},
+        errors=(503,),
+    )
+    async def readyz(request: Request) -> Response:
+        checks = await readiness(parts.redis, parts.queues, parts.estimate)
+        failing = {name: state for name, state in checks.items() if state != "ok"}
+        if failing:
+            detail = "; ".join(f"{name}: {state}" for name, state in failing.items())
+            raise errors.ApiError(503, "not_ready", f"not ready: {detail}"[:1000])
+        return JSONResponse(Readiness(status="ready", checks=checks).model_dump())
 
     @operation("Prometheus metrics", {200: Reply("text exposition", media_type="text/plain")})
     async def prometheus(request: Request) -> Response:
@@ -214,6 +244,7 @@ def create_app(
         Route("/openai/deployments/{deployment}/chat/completions", chat.azure, methods=["POST"]),
         Route("/v1/requests/{request_id}", requests_api.get, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
@@ -237,20 +268,23 @@ def create_app(
         beat = asyncio.create_task(
             parts.estimate.keep_alive() if parts.estimate else asyncio.Event().wait()
         )
+        watch = asyncio.create_task(watch_incarnation(incarnation))
         log.info("ingress_started", deployments=list(deployments), open=tenants.open)
         try:
             yield
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            for task in (beat, watch):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await work.stop()
             await parts.close()
 
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers=errors.exception_handlers(metrics),
+        middleware=[Middleware(limits.RequestLimits)],
+        exception_handlers={**errors.exception_handlers(metrics), **limits.handlers()},
     )
     app.state.openapi = openapi_document(routes, [d.name for d in settings.deployments])
     app.state.metrics = metrics

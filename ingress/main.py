@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
+import redis.asyncio as aioredis
+
 from ingress.app import create_app
+from ingress.chat.credentials import check_credentials, deployment_auths, upstream_auth
 from ingress.http.auth import is_loopback
 from ingress.server import serve_until, uvicorn_config
-from orchestrator.core import logs
+from orchestrator.core import logs, startup
 from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
 
@@ -17,6 +21,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`--host` (127.0.0.1) and `--port` (8080)."""
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+
+
+async def _preflight(settings: Settings) -> None:
+    """Redis reachable and every upstream credential obtainable, before serving."""
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        await startup.check_redis(redis, settings.redis_url)
+    finally:
+        await redis.aclose()
+    default = upstream_auth(settings)
+    try:
+        await check_credentials(deployment_auths(settings, default))
+    finally:
+        await default.close()
 
 
 def run(args: argparse.Namespace, settings: Settings | None) -> int:
@@ -30,6 +48,9 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         )
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    startup.announce(settings, "ingress")
+    startup.check_port(args.host, args.port, "--port")
+    asyncio.run(_preflight(settings))
     config = uvicorn_config(
         create_app(settings), args.host, args.port, drain_s=settings.drain_timeout_s
     )

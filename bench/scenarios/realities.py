@@ -27,7 +27,7 @@ from simulator.openai.header import HEADER_MODES
 from simulator.openai.meter import MODELS
 
 DEFAULT_REALITIES = ("nominal", "bypass", "capacity", "bucket", "sliding", "noisy", "absent")
-QUICK_REALITIES = ("nominal", "bypass+noisy")
+QUICK_REALITIES = ("bypass+noisy",)
 _DEFAULTS = {"bypass": 0.3, "capacity": 0.8, "bucket": 0.5}
 _RANGES = {"bypass": (0.0, 0.9), "capacity": (0.1, 2.0), "bucket": (0.1, 4.0)}
 _ALIASES = {

@@ -100,7 +100,7 @@ def full_config(seed: int = 7) -> RobustnessConfig:
 
 
 def quick_config(seed: int = 7) -> RobustnessConfig:
-    """CI-sized: two realities (one a combination), 12 s of traffic per run, ~3 min."""
+    """CI-sized: one reality (a combination) x 2, 12 s of traffic per run, ~2 min."""
     realities = parse_realities(",".join(QUICK_REALITIES))
     return RobustnessConfig(_workload(12.0, 12), _told(seed), realities, grace_s=4.0, seed=seed)
 

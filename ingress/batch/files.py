@@ -91,6 +91,9 @@ class FileStore:
             mapping: dict[str, str | bytes] = {**meta, "content": content}
             pipe.hset(keys.file(meta["id"]), mapping=mapping)  # type: ignore[arg-type]
             pipe.expire(keys.file(meta["id"]), FILE_TTL_S)
+            await pipe.execute()
+        # the tenant's index is another slot: written after the file it names
+        async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(index, {meta["id"]: now})
             pipe.zremrangebyscore(index, 0, now - FILE_TTL_S)
             pipe.expire(index, FILE_TTL_S)

@@ -212,8 +212,10 @@ class BatchRoutes:
     async def _enqueue(self, batch_id: str, reply_key: str, reqs: list[QueuedRequest]) -> None:
         try:
             await self._enqueuer.put_many(reqs)
-        except ApiError as exc:
-            error = {"code": "enqueue_failed", "message": exc.message, "line": None}
+        except Exception as exc:
+            # whatever stopped the enqueue, the batch ends failed and every line gets a result
+            message = exc.message if isinstance(exc, ApiError) else "internal error"
+            error = {"code": "enqueue_failed", "message": message, "line": None}
             await self._store.update(
                 batch_id, status="failed", failed_at=str(int(self._clock())),
                 errors=json.dumps([error]),

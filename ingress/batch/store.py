@@ -1,9 +1,10 @@
 """Batch state in Redis: the batch hash, its request list, and the finalisation claim.
 
 `keys.batch(id)` holds the batch's fields; `ResultStore.complete` increments its
-`completed` / `failed` counters and appends to `keys.batch_results(id)` as lines
-finish. `keys.batch_requests(id)` lists `[request_id, custom_id, deployment]` in
-input order. Everything expires `BATCH_TTL_S` after creation.
+`completed` / `failed` counters and records each line's document in the hash
+`keys.batch_results(id)` (once per request id) as lines finish.
+`keys.batch_requests(id)` lists `[request_id, custom_id, deployment]` in input
+order. Everything expires `BATCH_TTL_S` after creation.
 """
 
 from __future__ import annotations
@@ -87,7 +88,11 @@ class BatchStore:
             for start in range(0, len(entries), 10_000):
                 pipe.rpush(keys.batch_requests(batch_id), *entries[start : start + 10_000])
             pipe.expire(keys.batch_requests(batch_id), BATCH_TTL_S)
-            index = keys.tenant_batches(fields["tenant"])
+            await pipe.execute()
+        # the tenant's index is another slot: written after, so it never names a
+        # batch that does not exist (listing skips ids that expired meanwhile)
+        index = keys.tenant_batches(fields["tenant"])
+        async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(index, {batch_id: now})
             pipe.zremrangebyscore(index, 0, now - BATCH_TTL_S)
             pipe.expire(index, BATCH_TTL_S)
@@ -131,7 +136,7 @@ class BatchStore:
 
     async def results(self, batch_id: str) -> dict[str, ResultDocument]:
         """The result documents written so far, by request id."""
-        raw = await self.redis.lrange(keys.batch_results(batch_id), 0, -1)
+        raw = await self.redis.hvals(keys.batch_results(batch_id))
         docs = (ResultDocument.model_validate_json(r) for r in raw)
         return {d.id: d for d in docs}
 

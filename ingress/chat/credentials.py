@@ -8,10 +8,12 @@ so the hot path awaits nothing but a cached value.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from orchestrator.core.entra import EntraTokens, default_entra_tokens
 from orchestrator.core.settings import Settings
+from orchestrator.core.startup import credential_error
 
 
 class UpstreamAuth(Protocol):
@@ -64,3 +66,35 @@ def upstream_auth(settings: Settings) -> UpstreamAuth:
     if settings.azure_openai_api_key is not None:
         return ApiKeyAuth(settings.azure_openai_api_key.get_secret_value())
     return EntraAuth(default_entra_tokens())
+
+
+def deployment_auths(settings: Settings, default: UpstreamAuth) -> dict[str, UpstreamAuth]:
+    """Each deployment's credential: `default` unless its entry names `api_key_env`.
+
+    Raises ConfigError when a named key variable is unset.
+    """
+    out: dict[str, UpstreamAuth] = {}
+    by_key: dict[str, UpstreamAuth] = {}
+    for d in settings.deployments:
+        if d.api_key_env is None:
+            out[d.name] = default
+            continue
+        key = settings.api_key_of(d)
+        assert key is not None
+        secret = key.get_secret_value()
+        out[d.name] = by_key.setdefault(secret, ApiKeyAuth(secret))
+    return out
+
+
+async def check_credentials(auths: dict[str, UpstreamAuth], timeout_s: float = 30.0) -> None:
+    """Obtain every credential once before serving; ConfigError naming the one that fails."""
+    seen: set[int] = set()
+    for name, auth in auths.items():
+        if id(auth) in seen:
+            continue
+        seen.add(id(auth))
+        try:
+            async with asyncio.timeout(timeout_s):
+                await auth.headers()
+        except Exception as exc:  # any credential failure is a start-up error
+            raise credential_error(f"deployment {name!r}", exc) from exc

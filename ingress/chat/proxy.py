@@ -1,12 +1,19 @@
-"""High priority: straight to the PTU deployment, spilling to a standard one on 429.
+"""High priority: straight to the PTU deployment, spilling over along its chain on failure.
 
 One shared pooled client; the request body is forwarded as received unless
 governance or the usage option changed it; status and headers (retry-after-ms,
 retry-after, azure-openai-deployment-utilization, x-ratelimit-*) come back as the
-deployment sent them. Spillover, for a deployment with `spillover` configured:
-on 429, when `retry-after-ms` <= `PTU_SPILLOVER_WAIT_MS` the ingress waits and
-tries the PTU once more, otherwise (or if that retry is throttled too) it calls the
-standard deployment. Without spillover the 429 reaches the client unchanged.
+deployment sent them, plus `x-ptu-deployment` naming the deployment that answered.
+
+Spillover, for a deployment with a `spillover` chain (one or more deployments, on
+any resource): a 429, 408, 5xx, 401/403, timeout or connection error moves the call
+to the next deployment of the chain; for a stream, only before its first bytes are
+relayed (they are read before the client sees the status). On a 429 with
+`retry-after-ms` <= `PTU_SPILLOVER_WAIT_MS` the ingress first waits and tries the same
+deployment once more. A deployment whose circuit breaker is open is skipped without a
+call (reason `circuit_open`); the last deployment of the chain is always called, so
+without spillover the client gets what the PTU answers. Every hop is counted in
+`ptu_ingress_spillover_total{deployment,to,reason}`.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +31,16 @@ import structlog
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ingress.chat.accounting import Accounting, Outcome
+from ingress.chat.accounting import Accounting
+from ingress.chat.accounting import Outcome as CallOutcome
 from ingress.chat.credentials import UpstreamAuth
 from ingress.chat.sse import SSEFilter
 from ingress.chat.targets import Target
 from ingress.chat.token_events import TokenEvents
 from ingress.http.errors import ApiError
 from ingress.metrics import IngressMetrics
+from orchestrator.breaker.machine import Outcome
+from orchestrator.breaker.shared import SharedBreaker
 from orchestrator.core.retry import parse_retry_after
 from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
 from orchestrator.utilisation.estimate.calibration import header_utilisation
@@ -47,6 +57,8 @@ _FIXED_HEADERS = (
     (b"content-type", b"application/json"),
     (PRIORITY_LABEL_HEADER.encode(), b"high"),
 )
+DEPLOYMENT_HEADER = b"x-ptu-deployment"
+"""Response header naming the deployment that answered (the target or a spillover)."""
 _URL_CACHE_SIZE = 256
 _DECODER = json.JSONDecoder()
 _FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z_]{1,40})"')
@@ -88,8 +100,41 @@ def passed_headers(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
     return out
 
 
+class _Failed(Exception):
+    """No response from a target: timed out (`timeout`) or not reachable (`connection`)."""
+
+    def __init__(self, reason: str, target: Target) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.target = target
+
+
+@dataclass(slots=True)
+class _Answer:
+    """The response chosen for the client, from which target, and its first stream bytes."""
+
+    resp: httpx2.Response
+    used: Target
+    admitted: asyncio.Task[None] | None
+    first: bytes = b""
+    chunks: AsyncIterator[bytes] | None = None
+
+
+def spill_reason(status: int) -> str | None:
+    """Why a response is worth trying the next deployment for; None when it is the answer."""
+    if status == 429:
+        return "429"
+    if status == 408:
+        return "408"
+    if status >= 500:
+        return "5xx"
+    if status in (401, 403):
+        return "auth"
+    return None
+
+
 class Proxy:
-    """Forwards high-priority calls; owns spillover and the token events around them."""
+    """Forwards high-priority calls; owns spillover, the breakers and the token events."""
 
     def __init__(
         self,
@@ -99,6 +144,7 @@ class Proxy:
         metrics: IngressMetrics,
         *,
         spillover_wait_ms: int,
+        breakers: Mapping[str, SharedBreaker] | None = None,
         accounting: Accounting | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         timer: Callable[[], float] = time.perf_counter,
@@ -110,9 +156,9 @@ class Proxy:
         self._events = events
         self._metrics = metrics
         self._spillover_wait_ms = spillover_wait_ms
+        self._breakers = dict(breakers or {})
         self._sleep = sleep
-        self._auth_seen: dict[str, str] | None = None
-        self._auth_raw: list[tuple[bytes, bytes]] = []
+        self._auth_raw: dict[int, tuple[dict[str, str], list[tuple[bytes, bytes]]]] = {}
         self._urls: dict[str, httpx2.URL] = {}
 
     def _url(self, target: Target, query: str) -> httpx2.URL:
@@ -129,40 +175,42 @@ class Proxy:
             self._urls[key] = url
         return url
 
+    async def _headers(self, target: Target, base: list[tuple[bytes, bytes]]) -> list[Any]:
+        auth = target.auth or self._auth
+        current = await auth.headers()
+        cached = self._auth_raw.get(id(auth))
+        if cached is None or cached[0] is not current:  # re-encode only when it changed
+            cached = (current, [(k.encode(), v.encode()) for k, v in current.items()])
+            self._auth_raw[id(auth)] = cached
+        return base + cached[1]
+
     async def forward(self, call: Call) -> Response:
         """The deployment's answer to `call`, streamed when the call streams."""
         headers = forwarded_headers(call.client_headers)
         headers.extend(_FIXED_HEADERS)
-        auth = await self._auth.headers()
-        if auth is not self._auth_seen:  # re-encode only when the credential changed
-            self._auth_seen = auth
-            self._auth_raw = [(k.encode(), v.encode()) for k, v in auth.items()]
-        headers.extend(self._auth_raw)
         started = self._timer()
         try:
-            resp, used, admitted = await self._send_spilling(call, headers)
+            answer = await self._send_spilling(call, headers)
         except ApiError as exc:
             self.ended(call, call.target, exc.status, started, None, None, None)
             raise
         ttfb = self._timer() - started
-        if used is not call.target:
-            self._metrics.spillover(call.target.name, used.name)
+        resp, used = answer.resp, answer.used
         # The request decides: some upstreams stream without `text/event-stream`.
-        if call.stream and resp.status_code == 200:
+        if answer.chunks is not None:
             sse = SSEFilter(strip_usage=call.strip_usage)
-            return UpstreamStream(resp, sse, call, used, admitted, self, (started, ttfb))
+            return UpstreamStream(answer, sse, call, self, (started, ttfb))
         content = await resp.aread() if call.stream else resp.content
         if call.stream:
             await resp.aclose()
         usage = _usage_of(content) if resp.status_code < 300 else None
         if used.provisioned:
-            self.finished(admitted, call, used, usage, resp)
+            self.finished(answer.admitted, call, used, usage, resp)
         if self._accounting is not None:
             self.ended(call, used, resp.status_code, started, ttfb, usage, _finish_reason(content))
         out = Response(content, status_code=resp.status_code)
         out.raw_headers.extend(passed_headers(resp.headers.raw))
-        if used is not call.target:
-            out.raw_headers.append((b"x-ptu-spillover", used.name.encode()))
+        out.raw_headers.extend(answered_by(call, used))
         return out
 
     def finished(
@@ -211,7 +259,7 @@ class Proxy:
         if self._accounting is None:
             return
         self._accounting.finished(
-            Outcome(
+            CallOutcome(
                 request_id=call.request_id,
                 tenant=call.tenant,
                 deployment=call.target.name,
@@ -225,31 +273,82 @@ class Proxy:
             )
         )
 
-    async def _send_spilling(
-        self, call: Call, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[httpx2.Response, Target, asyncio.Task[None] | None]:
-        target = call.target
-        admitted = self._admit(call, target)
-        resp = await self._send(target, call, headers, admitted)
-        spill = target.spillover
-        if resp.status_code != 429:
-            return resp, target, admitted
-        self._metrics.throttled(target.name)
-        if spill is None:
-            return resp, target, admitted
-        self.finished(admitted, call, target, None, resp)
-        wait_s = parse_retry_after(resp.headers)
-        await resp.aclose()
-        if wait_s is not None and wait_s * 1000.0 <= self._spillover_wait_ms:
-            await self._sleep(wait_s)
+    async def _send_spilling(self, call: Call, base: list[tuple[bytes, bytes]]) -> _Answer:
+        """Try the deployment, then its spillover chain, until one answers usefully.
+
+        A target is skipped while its breaker is open (unless it is the last one left);
+        a 429, 408, 5xx, 401/403, timeout or connection error moves on to the next target;
+        the last target's answer (or error) is the client's.
+        """
+        chain = (call.target, *call.target.spillover)
+        for i, target in enumerate(chain):
+            last = i == len(chain) - 1
+            breaker = self._breakers.get(target.name)
+            verdict = await breaker.allow() if breaker is not None else "call"
+            if verdict == "reject" and not last:
+                self._spilled(call, target, chain[i + 1], "circuit_open")
+                continue
+            tracked = breaker if verdict != "reject" else None  # a forced call is not counted
+            answer = await self._try(call, target, base, tracked, verdict == "probe", last)
+            if isinstance(answer, _Answer):
+                return answer
+            self._spilled(call, target, chain[i + 1], answer)
+        raise AssertionError("the last target always answers")  # pragma: no cover
+
+    async def _try(
+        self,
+        call: Call,
+        target: Target,
+        base: list[tuple[bytes, bytes]],
+        breaker: SharedBreaker | None,
+        probe: bool,
+        last: bool,
+    ) -> _Answer | str:
+        """One target's answer, or the reason to move on to the next target."""
+        headers = await self._headers(target, base)
+        waited = False
+        while True:
             admitted = self._admit(call, target)
-            resp = await self._send(target, call, headers, admitted)
-            if resp.status_code != 429:
-                return resp, target, admitted
-            self.finished(admitted, call, target, None, resp)
-            await resp.aclose()
-        log.info("spillover", request_id=call.request_id, ptu=target.name, to=spill.name)
-        return await self._send(spill, call, headers, None), spill, None
+            try:
+                answer = await self._send(target, call, headers, admitted)
+            except _Failed as failed:
+                self.finished(admitted, call, target, None)
+                if breaker is not None:
+                    outcome: Outcome = "error" if failed.reason == "timeout" else "unreachable"
+                    await breaker.record(outcome, probe=probe)
+                if last:
+                    raise _api_error(failed) from failed
+                return failed.reason
+            status = answer.resp.status_code
+            reason = spill_reason(status)
+            wait_s = parse_retry_after(answer.resp.headers) if status == 429 else None
+            wait_ms = None if wait_s is None else wait_s * 1000.0
+            if breaker is not None:
+                await breaker.record(
+                    _outcome(reason),
+                    retry_after_s=None if wait_ms is None else wait_ms / 1000.0,
+                    probe=probe,
+                )
+            if status == 429:
+                self._metrics.throttled(target.name)
+            if reason is None or last:
+                return answer
+            self.finished(admitted, call, target, None, answer.resp)
+            await answer.resp.aclose()
+            if (
+                status == 429
+                and not waited
+                and wait_ms is not None
+                and wait_ms <= self._spillover_wait_ms
+            ):
+                waited = True
+                await self._sleep(wait_ms / 1000.0)
+                continue
+            return reason
+
+    def _spilled(self, call: Call, frm: Target, to: Target, reason: str) -> None:
+        self._metrics.spillover(frm.name, to.name, reason)
+        log.info("spillover", request_id=call.request_id, ptu=frm.name, to=to.name, reason=reason)
 
     def _admit(self, call: Call, target: Target) -> asyncio.Task[None] | None:
         if not target.provisioned:
@@ -264,25 +363,73 @@ class Proxy:
         call: Call,
         headers: list[tuple[bytes, bytes]],
         admitted: asyncio.Task[None] | None,
-    ) -> httpx2.Response:
+    ) -> _Answer:
+        """The response of one target; a stream's first bytes are read here, before relaying.
+
+        Raises _Failed on a timeout or a connection error (also one before a stream's
+        first bytes), so the caller can still spill over.
+        """
         request = self._client.build_request(
             "POST", self._url(target, call.query), content=call.payload, headers=headers
         )
+        resp: httpx2.Response | None = None
         try:
-            return await self._client.send(request, stream=call.stream)
+            resp = await self._client.send(request, stream=call.stream)
+            if not (call.stream and resp.status_code == 200):
+                return _Answer(resp, target, admitted)
+            if resp.is_stream_consumed:  # already buffered (an in-process transport)
+                return _Answer(resp, target, admitted, resp.content, _nothing())
+            chunks = resp.aiter_raw()
+            first = b""
+            async for chunk in chunks:
+                first = chunk
+                break
+            return _Answer(resp, target, admitted, first, chunks)
         except httpx2.TimeoutException as exc:
-            self.finished(admitted, call, target, None)
             log.warning("upstream_timeout", deployment=target.name, error=repr(exc))
-            raise ApiError(504, "upstream_timeout", f"deployment {target.name} timed out") from exc
+            await _close(resp)
+            raise _Failed("timeout", target) from exc
         except httpx2.HTTPError as exc:
-            self.finished(admitted, call, target, None)
             log.warning("upstream_unreachable", deployment=target.name, error=repr(exc))
-            raise ApiError(
-                502, "upstream_unavailable", f"deployment {target.name} is unreachable"
-            ) from exc
+            await _close(resp)
+            raise _Failed("connection", target) from exc
 
     def __repr__(self) -> str:
         return f"<Proxy spillover_wait_ms={self._spillover_wait_ms} events={self._events!r}>"
+
+
+def answered_by(call: Call, used: Target) -> list[tuple[bytes, bytes]]:
+    """`x-ptu-deployment` naming the deployment that answered (+ `x-ptu-spillover` if not ours)."""
+    out = [(DEPLOYMENT_HEADER, used.name.encode())]
+    if used is not call.target:
+        out.append((b"x-ptu-spillover", used.name.encode()))
+    return out
+
+
+def _outcome(reason: str | None) -> Outcome:
+    if reason is None:
+        return "ok"
+    if reason == "429":
+        return "throttled"
+    return "unreachable" if reason == "auth" else "error"
+
+
+def _api_error(failed: _Failed) -> ApiError:
+    name = failed.target.name
+    if failed.reason == "timeout":
+        return ApiError(504, "upstream_timeout", f"deployment {name} timed out")
+    return ApiError(502, "upstream_unavailable", f"deployment {name} is unreachable")
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    empty: tuple[bytes, ...] = ()
+    for chunk in empty:
+        yield chunk
+
+
+async def _close(resp: httpx2.Response | None) -> None:
+    if resp is not None:
+        await resp.aclose()
 
 
 class UpstreamStream(Response):
@@ -290,14 +437,13 @@ class UpstreamStream(Response):
 
     def __init__(
         self,
-        upstream: httpx2.Response,
+        answer: _Answer,
         sse: SSEFilter,
         call: Call,
-        used: Target,
-        admitted: asyncio.Task[None] | None,
         proxy: Proxy,
         timing: tuple[float, float],
     ) -> None:
+        upstream = answer.resp
         self.status_code = upstream.status_code
         self._timing = timing
         self._finish_reason: str | None = None
@@ -306,27 +452,32 @@ class UpstreamStream(Response):
             (k, v) for k, v in passed_headers(upstream.headers.raw) if k != b"content-type"
         ]
         self.raw_headers.append((b"content-type", b"text/event-stream"))
-        if used is not call.target:
-            self.raw_headers.append((b"x-ptu-spillover", used.name.encode()))
-        self._upstream = upstream
+        self.raw_headers.extend(answered_by(call, answer.used))
+        self._answer = answer
+        proxy.observed(answer.admitted, call, answer.used, upstream)
         self._sse = sse
         self._call = call
-        self._used = used
-        self._admitted = admitted
         self._proxy = proxy
-        proxy.observed(admitted, call, used, upstream)
+
+    def _note_finish(self, chunk: bytes) -> None:
+        if b'"finish_reason"' in chunk:
+            self._finish_reason = _finish_reason(chunk) or self._finish_reason
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the status, then each whole event as it arrives."""
-        sse = self._sse
+        sse, answer = self._sse, self._answer
         try:
             await send(
                 {"type": "http.response.start", "status": self.status_code,
                  "headers": self.raw_headers}
             )  # fmt: skip
-            async for chunk in self._upstream.aiter_raw():
-                if b'"finish_reason"' in chunk:
-                    self._finish_reason = _finish_reason(chunk) or self._finish_reason
+            self._note_finish(answer.first)
+            out = sse.feed(answer.first)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+            assert answer.chunks is not None
+            async for chunk in answer.chunks:
+                self._note_finish(chunk)
                 out = sse.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
@@ -335,12 +486,12 @@ class UpstreamStream(Response):
             log.warning("upstream_stream_broken", request_id=self._call.request_id, error=repr(exc))
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            await self._upstream.aclose()
+            await answer.resp.aclose()
             usage = sse.usage or _approximate_usage(self._call, sse)
-            self._proxy.finished(self._admitted, self._call, self._used, usage)
+            self._proxy.finished(answer.admitted, self._call, answer.used, usage)
             started, ttfb = self._timing
             self._proxy.ended(
-                self._call, self._used, self.status_code, started, ttfb, usage, self._finish_reason
+                self._call, answer.used, self.status_code, started, ttfb, usage, self._finish_reason
             )
 
 

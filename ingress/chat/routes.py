@@ -116,7 +116,7 @@ class ChatRoutes:
             validated(ChatCompletionRequest, body)
         target = target_for(self._targets, deployment)
         stream = body.get("stream") is True
-        request_id = new_request_id()
+        request_id = self._enqueuer.new_id() if priority == "low" else new_request_id()
         await self._limits.admit(tenant, target.name, priority, request_id, body)
         ceiling = self._limits.ceiling(tenant, self._ceiling)
         if priority == "low":
@@ -125,7 +125,7 @@ class ChatRoutes:
         strip_usage = False
         if not stream:
             changed = govern(body, ceiling=ceiling, default=self._default_max_tokens)
-        elif target.provisioned or target.spillover is not None:
+        elif target.provisioned or target.spillover:
             strip_usage = not _wants_usage(body)
             if strip_usage:
                 options = body.get("stream_options") or {}

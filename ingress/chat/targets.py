@@ -8,37 +8,52 @@ from dataclasses import dataclass
 
 import httpx2
 
+from ingress.chat.credentials import UpstreamAuth
 from ingress.http.errors import ApiError
 from orchestrator.core.settings import Settings
 
 CHAT_PATH = "/openai/deployments/{name}/chat/completions"
+LOCAL_ENDPOINT = "http://127.0.0.1:8081"
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A deployment's chat completions URL and how to treat its calls."""
+    """A deployment's chat completions URL, how to treat its calls, and where to spill over.
+
+    `spillover` is the ordered chain tried when this deployment fails; `auth` the
+    credential of the deployment's resource (None: the proxy's default credential).
+    """
 
     name: str
     url: str
     provisioned: bool
-    spillover: Target | None = None
+    spillover: tuple[Target, ...] = ()
+    auth: UpstreamAuth | None = None
 
 
-def targets(settings: Settings) -> dict[str, Target]:
-    """One Target per configured deployment, spillover links resolved."""
-    endpoint = (settings.azure_openai_endpoint or "http://127.0.0.1:8081").rstrip("/")
-    plain = {
+def targets(
+    settings: Settings, auths: Mapping[str, UpstreamAuth] | None = None
+) -> dict[str, Target]:
+    """One Target per configured deployment, spillover chains resolved.
+
+    `auths` maps deployment name to its resource's credential (see `credentials.auths`).
+    """
+    auths = auths or {}
+    plain: dict[str, Target] = {}
+    for d in settings.deployments:
+        endpoint = (settings.endpoint_of(d) or LOCAL_ENDPOINT).rstrip("/")
+        url = endpoint + CHAT_PATH.format(name=d.name)
+        plain[d.name] = Target(d.name, url, d.kind == "provisioned", (), auths.get(d.name))
+    return {
         d.name: Target(
-            d.name, endpoint + CHAT_PATH.format(name=d.name), d.kind == "provisioned", None
+            d.name,
+            plain[d.name].url,
+            plain[d.name].provisioned,
+            tuple(plain[s] for s in d.spillover),
+            plain[d.name].auth,
         )
         for d in settings.deployments
     }
-    out: dict[str, Target] = {}
-    for d in settings.deployments:
-        base = plain[d.name]
-        spill = plain.get(d.spillover) if d.spillover else None
-        out[d.name] = Target(base.name, base.url, base.provisioned, spill)
-    return out
 
 
 def make_client(settings: Settings) -> httpx2.AsyncClient:

@@ -8,6 +8,7 @@ from typing import Any
 from starlette.requests import Request
 
 from ingress.http.errors import ApiError, bad_request
+from orchestrator.core.schemas import MAX_BODY_DEPTH, json_depth
 
 
 def _no_constants(name: str) -> Any:
@@ -38,11 +39,14 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def loads_strict(raw: bytes | str) -> Any:
-    """json.loads without NaN/Infinity or lone surrogates; ValueError on anything else."""
+    """json.loads without NaN/Infinity, lone surrogates or nesting deeper than
+    `MAX_BODY_DEPTH`; ValueError on anything else."""
     try:
         value = json.loads(raw, parse_constant=_no_constants)
     except RecursionError as exc:
-        raise ValueError("JSON nested too deeply") from exc
+        raise ValueError(f"JSON nested deeper than {MAX_BODY_DEPTH} levels") from exc
+    if json_depth(value) > MAX_BODY_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_BODY_DEPTH} levels")
     escapes = (b"\\ud", b"\\uD") if isinstance(raw, bytes) else ("\\ud", "\\uD")
     if escapes[0] in raw or escapes[1] in raw:  # type: ignore[operator]
         # a lone UTF-16 surrogate parses but can never be re-encoded as UTF-8 later

@@ -127,12 +127,16 @@ def invalid(exc: ValidationError, where: str = "") -> ApiError:
 
 
 def unavailable(what: str, *, code: str = "service_unavailable", detail: str = "") -> ApiError:
-    """The 503 for a backing store that cannot be reached; the client should retry."""
-    suffix = f" ({detail[:200]})" if detail else ""
+    """The 503 for a backing store that cannot be reached; the client should retry.
+
+    `detail` is logged, never answered: it names internal hosts and ports.
+    """
+    if detail:
+        log.warning("backend_unavailable", what=what, code=code, detail=detail[:500])
     return ApiError(
         503,
         code,
-        f"{what} is unavailable; nothing was changed, retry later{suffix}",
+        f"{what} is unavailable; nothing was changed, retry later",
         headers={"retry-after": RETRY_AFTER_S},
     )
 

@@ -38,7 +38,9 @@ DEPLOYMENT_MARK = "x-ptu-deployment"
 DeploymentName = Annotated[str, WithJsonSchema({"type": "string", DEPLOYMENT_MARK: True})]
 MAX_TTL_S = 30 * 86_400.0
 MAX_WAIT_S = 60.0
-REPLY_KEY_PATTERN = r"^ptu:reply:[!-~]+:[!-~]+$"
+REPLY_KEY_PATTERN = r"^ptu:reply:[!-z|~]+:[!-z|~]+$"
+"""Printable ASCII without spaces or braces: a brace would move the key to another Redis
+Cluster slot than `keys.reply_pushed` computes for it."""
 BatchEndpoint = Literal["/v1/chat/completions", "/chat/completions"]
 """What a batch line may call (its `url`) and a batch names as its `endpoint`."""
 
@@ -167,7 +169,7 @@ def parse_reply_key(value: str, tenant: str) -> str:
             400,
             "invalid_reply_key",
             f"x-reply-key must start with {prefix!r}, add a suffix, and be at most 200 "
-            "printable characters without spaces",
+            "printable characters without spaces or braces",
             param="x-reply-key",
         )
     return key
@@ -279,3 +281,10 @@ class Health(BaseModel):
 
     status: Literal["ok"]
     redis: Literal["ok", "unavailable"]
+
+
+class Readiness(BaseModel):
+    """This ingress can take work: every check "ok" (else 503 `not_ready` naming the rest)."""
+
+    status: Literal["ready"]
+    checks: dict[str, str]

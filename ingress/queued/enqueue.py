@@ -8,8 +8,8 @@ is put; if the put fails the record is deleted and the client gets 503 with
 `x-reply-key` (optional) names the Redis list the result is pushed to; it must
 lie in the caller's namespace, `ptu:reply:<tenant>:<anything>`, so a tenant can
 never write into another tenant's keys. Without it the reply key is
-`ptu:reply:<request id>`. `x-ptu-ttl-s` (optional, seconds) sets the deadline,
-default `PTU_DEFAULT_TTL_S`.
+`ptu:reply:{<request id>}` (in the request's Redis Cluster slot). `x-ptu-ttl-s`
+(optional, seconds) sets the deadline, default `PTU_DEFAULT_TTL_S`.
 """
 
 from __future__ import annotations
@@ -64,11 +64,17 @@ class Enqueuer:
         metrics: IngressMetrics,
         *,
         clock: Callable[[], float] = time.time,
+        ids: Callable[[], str] = new_request_id,
     ) -> None:
         self._results = results
         self._queues = queues
         self._metrics = metrics
         self.clock = clock
+        self._ids = ids
+
+    def new_id(self) -> str:
+        """A fresh id for a request this ingress will queue (see `ids`)."""
+        return self._ids()
 
     def build(
         self,
@@ -88,7 +94,7 @@ class Enqueuer:
         `reply_key` (trusted, set by the ingress itself) wins over `reply_key_header`
         (the client's, checked against its namespace).
         """
-        rid = request_id or new_request_id()
+        rid = request_id or self._ids()
         now = self.clock()
         return QueuedRequest(
             id=rid,
@@ -117,6 +123,10 @@ class Enqueuer:
             await self._forget(req.id)
             log.warning("enqueue_failed", request_id=req.id, deployment=req.deployment)
             raise unavailable(str(exc)) from exc
+        except BaseException:
+            # not accepted, so no record may stay behind to answer "queued" for days
+            await asyncio.shield(self._forget(req.id))
+            raise
         self._metrics.enqueued(req.deployment)
         log.debug("request_enqueued", request_id=req.id, deployment=req.deployment)
 

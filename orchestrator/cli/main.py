@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "submit": ("orchestrator.cli.submit", "submit a Batch JSONL file through the ingress"),
     "status": ("orchestrator.cli.status", "live view of utilisation, concurrency and queues"),
     "usage": ("orchestrator.cli.usage", "token usage per tenant or deployment over a period"),
+    "dlq": ("orchestrator.cli.dlq", "list, show, replay or purge dead-lettered requests"),
     "demo": ("bench.scenarios.demo", "embedded all-in-one demo run"),
     "bench": ("bench.cli", "run a benchmark scenario"),
 }

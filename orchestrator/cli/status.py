@@ -4,7 +4,9 @@ Everything comes from shared state, so it works from any machine with the Redis
 URL: the utilisation from the configured source, the limit from the throttle
 curve, the global in-flight count from the slot table, the queue depth from the
 queue backend, and throughput and results from the workers' heartbeats
-(`keys.WORKERS`; heartbeats older than their `ttl_s` are ignored). "In flight"
+(`keys.WORKERS`; heartbeats older than their `ttl_s` are ignored). Result counts,
+the circuit breaker and the dead-letter depth are read from Redis, so they survive
+worker restarts. "In flight"
 counts leased slots: a worker leases a slot before it waits for a message, so an
 idle lane shows one. With the calibrated estimate, the view also shows what the
 reading is made of: the token-event model, the deployment's newest utilisation
@@ -24,14 +26,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from orchestrator.core import keys
+from orchestrator.breaker.shared import read_view
+from orchestrator.core import incarnation, keys, redis_client
 from orchestrator.core.errors import PTUError, QueueUnavailable, UtilisationUnavailable
 from orchestrator.core.runtime import pause, run_until_signal
 from orchestrator.core.settings import Settings
+from orchestrator.queues.dead_letters import DeadLetterStore
 from orchestrator.queues.factory import make_queue
 from orchestrator.throttle.policy import Curve, limit_for
 from orchestrator.throttle.slots import SlotTable
@@ -64,6 +69,11 @@ class Row:
     global_in_flight: int | None
     queue_depth: int | None
     workers: WorkerSummary
+    circuit: str = "closed"
+    circuit_left_s: float = 0.0
+    dead_letters: int = 0
+    counts: Mapping[str, int] | None = None
+    """Results written since the start of time (Redis), by status."""
     calibration: Calibration | None = None
     """Model, observed value and correction behind `utilisation` (calibrated estimate)."""
 
@@ -128,6 +138,8 @@ async def collect(
             depth = None
         finally:
             await queue.close()
+        view = await read_view(redis, d.name)
+        counts = await redis.hgetall(keys.result_counts(d.name))
         rows.append(
             Row(
                 deployment=d.name,
@@ -139,22 +151,42 @@ async def collect(
                 global_in_flight=await SlotTable(redis, d.name).count(),
                 queue_depth=depth,
                 workers=workers.get(d.name, WorkerSummary()),
+                circuit=view.state,
+                circuit_left_s=view.open_left_s,
+                dead_letters=await DeadLetterStore(redis, d.name).depth(),
+                counts={_text(k): int(v) for k, v in counts.items()},
                 calibration=None if reading is None else reading.calibration,
             )
         )
     return rows
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _num(value: float | int | None, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def render(rows: Sequence[Row], source: str) -> Table:
-    """The rich table of a snapshot."""
-    table = Table(title=f"ptu status (utilisation source: {source})")
+def loss_line(marker: incarnation.Marker | None) -> str | None:
+    """The line saying Redis lost its data, when it did (see `orchestrator.core.incarnation`)."""
+    if marker is None or marker.lost_from is None:
+        return None
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(marker.lost_at or 0))
+    return (
+        f"Redis lost its data at {at} UTC (data set {marker.lost_from} -> {marker.id}): "
+        "requests accepted before then are gone; run Redis with AOF (appendfsync everysec)"
+    )
+
+
+def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None = None) -> Table:
+    """The rich table of a snapshot (with the data-loss line as its caption, if any)."""
+    table = Table(title=f"ptu status (utilisation source: {source})", caption=loss_line(marker))
     for header in (
         "deployment", "utilisation", "age", "model", "observed", "correction", "unseen",
         "limit", "in flight", "queued", "workers", "results/s", "completed", "failed", "expired",
+        "circuit", "dead letters",
     ):  # fmt: skip
         table.add_column(header, justify="left" if header == "deployment" else "right")
     for r in rows:
@@ -162,6 +194,8 @@ def render(rows: Sequence[Row], source: str) -> Table:
         if r.stale:
             util += " (stale)"
         w = r.workers
+        total = r.counts or {}
+        circuit = r.circuit if r.circuit != "open" else f"open {r.circuit_left_s:.0f}s"
         table.add_row(
             r.deployment,
             util,
@@ -172,9 +206,11 @@ def render(rows: Sequence[Row], source: str) -> Table:
             _num(r.queue_depth),
             str(w.workers),
             f"{w.throughput_per_s:.1f}",
-            str(w.completed),
-            str(w.failed),
-            str(w.expired),
+            str(total.get("completed", w.completed)),
+            str(total.get("failed", w.failed)),
+            str(total.get("expired", w.expired)),
+            circuit,
+            str(r.dead_letters),
         )
     return table
 
@@ -210,20 +246,26 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         console = Console(width=160)  # piped output: do not squeeze the columns to 80
 
     async def main(stop: asyncio.Event) -> int:
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
         source = make_source(settings, redis)
         name = settings.utilization_source
-        try:
+
+        async def snapshot() -> Table:
             rows = await collect(settings, redis, source, time.time())
+            return render(rows, name, await incarnation.read(redis))
+
+        try:
+            table = await snapshot()
             if args.once:
-                console.print(render(rows, name))
+                console.print(table)
                 return 0
-            with Live(render(rows, name), console=console, auto_refresh=False) as live:
+            with Live(table, console=console, auto_refresh=False) as live:
                 while not stop.is_set():
                     await pause(args.interval, stop)
-                    rows = await collect(settings, redis, source, time.time())
-                    live.update(render(rows, name), refresh=True)
+                    live.update(await snapshot(), refresh=True)
             return 0
+        except (RedisError, OSError) as exc:
+            raise PTUError(f"cannot reach Redis (PTU_REDIS_URL): {type(exc).__name__}") from exc
         finally:
             await source.close()
             await redis.aclose()

@@ -73,5 +73,17 @@ class UpstreamTimeout(UpstreamError):
     """The call did not finish within its timeout (mapped to status 408)."""
 
 
+class UpstreamUnreachable(UpstreamError):
+    """No request can succeed as configured: connection refused, DNS, TLS, 401/403/404.
+
+    `cause` is one line for the operator (it names no secret); such a failure pauses
+    the deployment instead of spending a request's attempts.
+    """
+
+    def __init__(self, message: str, *, status_code: int, cause: str, **kwargs: object) -> None:
+        super().__init__(message, status_code=status_code, **kwargs)  # type: ignore[arg-type]
+        self.cause = cause
+
+
 class UtilisationUnavailable(PTUError):
     """No utilisation reading could be obtained."""

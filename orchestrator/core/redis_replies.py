@@ -69,3 +69,14 @@ async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
     except ResponseError as exc:
         if error_code(exc) != "BUSYGROUP":
             raise
+
+
+def script_entries(raw: Any) -> list[Entry]:
+    """Entries as a Lua script returns them: `[id, [field, value, ...]]`, deleted ones skipped."""
+    out: list[Entry] = []
+    for item in raw or []:
+        if not item or len(item) < 2 or not item[1]:
+            continue
+        flat = [text(v) for v in item[1]]
+        out.append((text(item[0]), dict(zip(flat[::2], flat[1::2], strict=True))))
+    return out

@@ -1,9 +1,21 @@
 """Request records and exactly-once result delivery (DESIGN.md §4, §5).
 
-The existence of `keys.result(id)` is the completion marker. `complete` checks it
-and writes the result, the reply push, the request status and the batch counters
-in one Lua script, so concurrent or redelivered completions of one request id
-produce exactly one result document on the reply key.
+The existence of `keys.result(id)` is the completion marker. Completion spans three
+entities that Redis Cluster may hold on three nodes (the request, the reply key its
+requester chose, the batch), so it is three atomic scripts, one per slot:
+
+1. decide (request slot): unless a result exists, write it and the request status
+   and notify waiters. Exactly one completion of a request id ever wins here; a
+   loser gets the winner's document back.
+2. push (reply key slot): RPUSH the winning document, guarded by a marker key in the
+   reply key's own slot (`keys.reply_pushed`), so it is pushed at most once.
+3. count (batch slot): HSETNX the document into the batch's results by request id
+   and bump the counter only when it was new.
+
+Steps 2 and 3 are idempotent and always run with the stored winning document, so
+any caller can re-drive them (`settle`): the worker acknowledges a delivery only
+after all three returned, and a redelivery of a completed request settles before
+it acks. A crash between steps therefore delays the push, never doubles or loses it.
 """
 
 from __future__ import annotations
@@ -24,30 +36,43 @@ log = structlog.get_logger(__name__)
 
 RequestStatus = Literal["queued", "in_progress", "completed", "failed", "expired"]
 
-# KEYS: result, reply, request, batch results list, batch hash, notify channel
-# ARGV: doc JSON, reply ttl s, status, reply key, has batch (0/1), counter field
-_COMPLETE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
-end
+# Step 1, in the request's slot: the exactly-once decision.
+# KEYS: result, request. ARGV: doc JSON, reply ttl s, status, reply key, notify channel.
+# Returns 1 when written, else the document already there.
+_DECIDE = """
+local existing = redis.call('GET', KEYS[1])
+if existing then return existing end
 local ttl = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ttl)
-redis.call('HSET', KEYS[3], 'status', ARGV[3], 'reply_key', ARGV[4])
-if redis.call('TTL', KEYS[3]) < ttl then
-  redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('HSET', KEYS[2], 'status', ARGV[3], 'reply_key', ARGV[4])
+if redis.call('TTL', KEYS[2]) < ttl then
+  redis.call('EXPIRE', KEYS[2], ttl)
 end
-if ARGV[5] == '1' then
-  redis.call('RPUSH', KEYS[4], ARGV[1])
-  redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
-  local bttl = redis.call('PTTL', KEYS[5])
-  if bttl > 0 then
-    redis.call('PEXPIRE', KEYS[4], bttl)
-  end
-end
-redis.call('PUBLISH', KEYS[6], ARGV[3])
+redis.call('PUBLISH', ARGV[5], ARGV[3])
 return 1
+"""
+
+# Step 2, in the reply key's slot: push once (the marker lives in that slot too).
+# KEYS: reply list, pushed marker. ARGV: doc JSON, reply ttl s. Returns 1 when pushed.
+_PUSH = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+  redis.call('RPUSH', KEYS[1], ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# Step 3, in the batch's slot: record and count the line once.
+# KEYS: batch results hash, batch hash. ARGV: request id, doc JSON, counter field.
+_COUNT = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+  local bttl = redis.call('PTTL', KEYS[2])
+  if bttl > 0 then redis.call('PEXPIRE', KEYS[1], bttl) end
+  return 1
+end
+return 0
 """
 
 # KEYS: request record. Only a queued request moves to in_progress.
@@ -79,7 +104,9 @@ class ResultStore:
     def __init__(self, redis: aioredis.Redis, reply_ttl_s: int) -> None:
         self.redis = redis
         self.reply_ttl_s = int(reply_ttl_s)
-        self._complete = redis.register_script(_COMPLETE)
+        self._decide = redis.register_script(_DECIDE)
+        self._push = redis.register_script(_PUSH)
+        self._count = redis.register_script(_COUNT)
         self._mark = redis.register_script(_MARK_IN_PROGRESS)
 
     async def register(self, req: QueuedRequest) -> None:
@@ -110,28 +137,45 @@ class ResultStore:
     async def complete(self, doc: ResultDocument, reply_key: str) -> bool:
         """Write the result once per `doc.id`; True when this call wrote it.
 
-        Atomically: result key, RPUSH to `reply_key` (both expire after the reply
-        TTL), request status, batch results list and counters, and a notification.
+        The reply push and batch count follow (see the module docstring); when this
+        returns, all three are done. Raises RedisError when a step failed: calling
+        again (or `settle`) finishes the job without a second result.
         """
         payload = doc.model_dump_json()
-        batch = doc.batch_id or ""
-        counter = "completed" if doc.status == "completed" else "failed"
-        wrote = await self._complete(
-            keys=[
-                keys.result(doc.id),
-                reply_key,
-                keys.request(doc.id),
-                keys.batch_results(batch),
-                keys.batch(batch),
-                keys.result_channel(doc.id),
-            ],
-            args=[payload, self.reply_ttl_s, doc.status, reply_key, "1" if batch else "0", counter],
+        decided = await self._decide(
+            keys=[keys.result(doc.id), keys.request(doc.id)],
+            args=[payload, self.reply_ttl_s, doc.status, reply_key, keys.result_channel(doc.id)],
         )
+        wrote = bool(decided == 1)
+        if not wrote:
+            payload = text(decided)
+            doc = ResultDocument.model_validate_json(payload)
+        await self._fan_out(doc, payload, reply_key)
         if wrote:
-            log.info("result_written", request_id=doc.id, status=doc.status, reply_key=reply_key)
+            log.info("result_written", request_id=doc.id, status=doc.status)
         else:
             log.info("result_duplicate_ignored", request_id=doc.id)
-        return bool(wrote)
+        return wrote
+
+    async def settle(self, request_id: str, reply_key: str) -> bool:
+        """Finish the push and batch count of a written result; False when none exists."""
+        raw = await self.redis.get(keys.result(request_id))
+        if raw is None:
+            return False
+        payload = text(raw)
+        await self._fan_out(ResultDocument.model_validate_json(payload), payload, reply_key)
+        return True
+
+    async def _fan_out(self, doc: ResultDocument, payload: str, reply_key: str) -> None:
+        await self._push(
+            keys=[reply_key, keys.reply_pushed(reply_key, doc.id)], args=[payload, self.reply_ttl_s]
+        )
+        if doc.batch_id:
+            counter = "completed" if doc.status == "completed" else "failed"
+            await self._count(
+                keys=[keys.batch_results(doc.batch_id), keys.batch(doc.batch_id)],
+                args=[doc.id, payload, counter],
+            )
 
     async def get(self, request_id: str) -> RequestState | None:
         """The request's state, or None when it is unknown (or long expired)."""

@@ -18,6 +18,29 @@ PRIORITY_LABEL_HEADER = "x-ptu-priority"
 """The label a caller puts on its calls to the deployment so the simulator counts them
 apart (`/sim/state` per priority); never read by the ingress and never a routing decision."""
 
+MAX_BODY_DEPTH = 64
+"""Deepest JSON nesting a request body may have. The worker reads a message with
+pydantic-core, which refuses JSON nested deeper than about 200 levels (and cannot
+serialise much deeper values at all): the ingress refuses deeper bodies before the
+202, with a wide margin for the envelope around the body. Real chat bodies (tool
+schemas included) stay far below it."""
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (a scalar is 0, `[]` and `{}` are 1); iterative."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
 
 class QueuedRequest(BaseModel):
     """A low-priority chat completion waiting for idle PTU capacity."""
@@ -31,6 +54,8 @@ class QueuedRequest(BaseModel):
     enqueued_at: float
     deadline: float
     batch_id: str | None = None
+    replay_of: str | None = None
+    """Id of the dead-lettered request this one replays (`ptu dlq replay`)."""
 
 
 class ResultDocument(BaseModel):
@@ -48,6 +73,7 @@ class ResultDocument(BaseModel):
     enqueued_at: float
     completed_at: float
     batch_id: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    replay_of: str | None = Field(default=None, exclude_if=lambda v: v is None)
     started_at: float | None = Field(default=None, exclude_if=lambda v: v is None)
     """When the call that produced a completed result started (service time = completed_at
     - started_at; the rest since enqueued_at was waiting)."""
@@ -84,6 +110,7 @@ class ResultDocument(BaseModel):
             enqueued_at=request.enqueued_at,
             completed_at=completed_at,
             batch_id=request.batch_id,
+            replay_of=request.replay_of,
             tenant=request.tenant,
         )
 

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import (
@@ -21,8 +32,42 @@ from orchestrator.core.schemas import Priority
 from orchestrator.tenants.config import TenantConfig, check_tenants
 
 
+def check_endpoint(value: str | None) -> str | None:
+    """An Azure OpenAI resource endpoint: `http(s)://host[:port]`, no path (raises ValueError)."""
+    if value is None:
+        return None
+    value = value.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(
+            f"{value!r} is not an endpoint URL: give https://<resource>.openai.azure.com"
+        )
+    if parts.path.rstrip("/").endswith("/openai") or parts.path in ("/openai",):
+        raise ValueError(f"{value!r}: drop the '/openai' suffix (the client adds the path)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{value!r}: an endpoint has no path or query (scheme://host[:port])")
+    return value
+
+
+def check_redis_url(value: str) -> str:
+    """`redis://`, `rediss://` or `unix://` with a numeric database index (raises ValueError)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
+        raise ValueError(f"{value!r} is not a Redis URL: give redis://HOST:PORT/DB")
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        raise ValueError(f"{value!r}: the database index {db!r} is not a number")
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: {exc}") from None
+    return value
+
+
 class DeploymentConfig(BaseModel):
     """One Azure OpenAI deployment the orchestrator manages."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1)
     model: str = Field(min_length=1)
@@ -34,10 +79,30 @@ class DeploymentConfig(BaseModel):
     lower_threshold: float | None = Field(default=None, ge=0, le=1)
     upper_threshold: float | None = Field(default=None, ge=0, le=1)
     max_concurrency: int | None = Field(default=None, ge=1)
-    spillover: str | None = Field(default=None, description="standard deployment to use on 429")
+    spillover: list[str] = Field(
+        default_factory=list, description="deployments to try, in order, when this one fails"
+    )
+    endpoint: str | None = Field(default=None, description="resource endpoint; default global")
+    api_key_env: str | None = Field(
+        default=None, description="name of the variable holding this resource's key"
+    )
+
+    @field_validator("spillover", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return check_endpoint(value)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
+        if self.name in self.spillover:
+            raise ValueError(f"deployment {self.name!r}: cannot spill over to itself")
         if self.kind == "provisioned":
             if self.ptus is None:
                 raise ValueError(f"deployment {self.name!r}: provisioned needs 'ptus'")
@@ -93,12 +158,19 @@ class Settings(BaseSettings):
     """All configuration, read from `PTU_*` environment variables."""
 
     model_config = SettingsConfigDict(env_prefix="PTU_", extra="ignore")
+    # secrets named by `api_key_env` are read once here, never elsewhere
 
     # state and queue
     redis_url: str = "redis://localhost:6379/0"
+    redis_cluster: bool = Field(
+        default=False, description="true: Redis Cluster (PTU_REDIS_URL names any node)"
+    )
     queue_backend: Literal["redis", "eventhubs"] = "redis"
     queue_claim_idle_s: float = Field(
-        default=60.0, gt=0, description="redis queue: reclaim a dead consumer's entries after this"
+        default=60.0, gt=0, description="redis queue: reclaim entries idle this long (safety net)"
+    )
+    queue_liveness_s: float = Field(
+        default=5.0, gt=0, description="redis queue: a consumer silent this long is dead"
     )
     utilization_source: Literal["estimate", "azure_monitor"] = "estimate"
     calibration: Literal["auto", "off"] = Field(
@@ -112,7 +184,9 @@ class Settings(BaseSettings):
     estimate_window_s: float = Field(default=60.0, gt=0)
     estimate_max_age_s: float = Field(default=5.0, gt=0)
     monitor_max_age_s: float = Field(default=300.0, gt=0)
-    slot_lease_s: float = Field(default=30.0, gt=0)
+    slot_lease_s: float = Field(
+        default=6.0, gt=0, description="a crashed worker's slots are free after this"
+    )
     # upstream
     azure_openai_endpoint: str | None = None
     azure_openai_api_key: SecretStr | None = None
@@ -151,10 +225,26 @@ class Settings(BaseSettings):
     max_tokens_ceiling: int = Field(default=2_000, gt=0)
     default_max_tokens: int = Field(default=1_000, gt=0)
     spillover_wait_ms: int = Field(default=0, ge=0)
+    # circuit breaker (per upstream deployment, shared through Redis)
+    breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    breaker_min_calls: int = Field(default=5, ge=1)
+    breaker_window_s: float = Field(default=30.0, gt=0)
+    breaker_open_s: float = Field(default=10.0, gt=0)
+    breaker_max_open_s: float = Field(default=300.0, gt=0)
     # observability
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return check_redis_url(value)
+
+    @field_validator("azure_openai_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return check_endpoint(value)
 
     @classmethod
     def settings_customise_sources(
@@ -180,13 +270,34 @@ class Settings(BaseSettings):
         if len(names) != len(set(names)):
             raise _invalid("deployments", "names must be unique")
         for d in self.deployments:
-            if d.spillover is not None and d.spillover not in names:
-                raise _invalid("deployments", f"spillover {d.spillover!r} is not a deployment")
+            for spill in d.spillover:
+                if spill not in names:
+                    raise _invalid("deployments", f"spillover {spill!r} is not a deployment")
         problem = check_tenants(self.tenants, self.api_keys)
         if problem is not None:
             field, _, message = problem.partition(": ")
             raise _invalid(field, message)
         return self
+
+    def endpoint_of(self, d: DeploymentConfig) -> str | None:
+        """The resource endpoint serving `d`: its own, else `PTU_AZURE_OPENAI_ENDPOINT`."""
+        return d.endpoint or self.azure_openai_endpoint
+
+    def api_key_of(
+        self, d: DeploymentConfig, environ: Mapping[str, str] | None = None
+    ) -> SecretStr | None:
+        """The key for `d`'s resource: from `api_key_env` when named, else the global one.
+
+        Raises ConfigError when `api_key_env` names a variable that is unset or empty.
+        """
+        if d.api_key_env is None:
+            return self.azure_openai_api_key
+        value = (os.environ if environ is None else environ).get(d.api_key_env, "")
+        if not value.strip():
+            raise ConfigError(
+                f"PTU_DEPLOYMENTS: {d.name}: api_key_env names {d.api_key_env}, which is not set"
+            )
+        return SecretStr(value.strip())
 
     def deployment(self, name: str) -> DeploymentConfig | None:
         """The deployment called `name`, if configured."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
-from orchestrator.core import logs
+from orchestrator.core import logs, redis_client, startup
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
@@ -59,9 +59,15 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     if not settings.deployments:
         raise ConfigError("PTU_DEPLOYMENTS: the estimator needs at least one deployment")
     logs.configure(settings.log_level, settings.log_format)
+    startup.announce(settings, "estimator")
 
     async def main(stop: asyncio.Event) -> int:
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+        try:
+            await startup.check_redis(redis, settings.redis_url)
+        except ConfigError:
+            await redis.aclose()
+            raise
         store = EstimateStore(
             redis,
             settings.deployments,

@@ -10,10 +10,17 @@ by request id), not the queue's.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
+from pydantic import ValidationError
+
+from orchestrator.core import keys
 from orchestrator.core.schemas import QueuedRequest
+
+_LEADING_ID = re.compile(r'\s*\{\s*"id"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +32,52 @@ class Delivery:
     """Backend handle: a stream entry id, or `partition:offset` for Event Hubs."""
     delivery_count: int = 1
     """How many times this message has been delivered (1 on first delivery)."""
+    unreadable: str | None = None
+    """Why the stored message could not be read; `message` then holds only its id
+    (the dispatcher answers it with a `failed` result and dead-letters it)."""
+    payload: str | None = None
+    """The stored text of an unreadable message, kept for the dead-letter store."""
+
+
+def read_delivery(
+    payload: str, token: str, delivery_count: int, deployment: str
+) -> Delivery | None:
+    """The delivery of a stored message, with the worker's own parser.
+
+    A message that does not parse still yields a delivery when its request id can
+    be recovered (`unreadable` set), so its requester gets a `failed` result rather
+    than silence; None only when not even the id can be read.
+    """
+    try:
+        message = QueuedRequest.model_validate_json(payload)
+    except ValidationError as exc:
+        reason = f"unreadable message: {exc.errors()[0]['msg']}"
+    else:
+        return Delivery(message=message, token=token, delivery_count=delivery_count)
+    request_id = _request_id(payload)
+    if request_id is None:
+        return None
+    placeholder = QueuedRequest(
+        id=request_id,
+        deployment=deployment,
+        body={},
+        reply_key=keys.reply(request_id),
+        enqueued_at=0.0,
+        deadline=0.0,
+    )
+    return Delivery(placeholder, token, delivery_count, unreadable=reason, payload=payload)
+
+
+def _request_id(payload: str) -> str | None:
+    """The `id` of a serialised QueuedRequest (its first field), without a full parse."""
+    match = _LEADING_ID.match(payload)
+    if match is None:
+        return None
+    try:
+        value = json.loads(f'"{match.group(1)}"')
+    except ValueError:
+        return None
+    return value if isinstance(value, str) and value else None
 
 
 class Queue(Protocol):
@@ -48,6 +101,17 @@ class Queue(Protocol):
 
         Ordered-offset backends (Event Hubs) checkpoint only up to the lowest
         offset whose predecessors are all acknowledged.
+        """
+
+    async def release(self, delivery: Delivery) -> None:
+        """Give an unfinished delivery back for immediate redelivery (to any consumer).
+
+        For a worker that gave up on a message without a result (its result write
+        failed, the dispatch raised, it is shutting down): the message is delivered
+        again without waiting for this consumer to die, and the attempt counts
+        (the next delivery's `delivery_count` is higher). Idempotent; releasing an
+        acknowledged delivery does nothing. Raises QueueUnavailable when the backend
+        cannot be reached: the message then comes back as a dead consumer's would.
         """
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from orchestrator.core import keys
+from orchestrator.core import keys, redis_client
 from orchestrator.core.errors import MissingDependencyError
 from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
@@ -33,6 +33,8 @@ def make_tenant_queue(
         deployment,
         consumer,
         claim_idle_s=settings.queue_claim_idle_s,
+        liveness_s=settings.queue_liveness_s,
+        socket_timeout_s=redis_client.socket_timeout(redis),
         stream=keys.tenant_queue(deployment, tenant),
     )
 

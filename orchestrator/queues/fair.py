@@ -13,6 +13,9 @@ flag cleared and its queue looked at once more, so a put racing the clear is nev
 missed (the put writes the message before the flag). Every `sweep_s` the receive
 also looks at every known tenant, which finds messages whose flag was never set
 (a producer that died between its two writes) and entries left by dead consumers.
+A flagged tenant whose queue gives nothing keeps its flag while its queue still holds
+entries (in flight, or released by a consumer and not yet taken over), so a
+`release` reaches any consumer at once rather than at the next sweep.
 
 Charging (tokens / weight added to the tenant's virtual service) is done by
 `FairShareState.charge`, called from the worker's token accounting: the estimate
@@ -185,6 +188,12 @@ class FairShareQueue:
         tenant, inner = self._unwrap(delivery)
         await self.inner(tenant).ack(inner)
 
+    async def release(self, delivery: Delivery) -> None:
+        """Release on the tenant's queue, then flag the tenant so any consumer looks there."""
+        tenant, inner = self._unwrap(delivery)
+        await self.inner(tenant).release(inner)
+        await self._flag(tenant)
+
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Dead-letter through the tenant's queue (the deployment's dead-letter store)."""
         tenant, inner = self._unwrap(delivery)
@@ -213,6 +222,8 @@ class FairShareQueue:
             if got and not flagged:
                 await self._flag(tenant)
             return self._wrap(tenant, got)
+        if await queue.depth() > 0:
+            return []  # entries in flight or released: keep the flag, look again next time
         # empty: clear the flag, then look once more (a put between the two reads re-flags)
         try:
             await self.state.unflag(tenant)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import structlog
 
 from orchestrator.core.schemas import QueuedRequest
-from orchestrator.queues.base import Delivery
+from orchestrator.queues.base import Delivery, read_delivery
 
 log = structlog.get_logger(__name__)
 
@@ -48,8 +48,8 @@ class InMemoryQueue:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
-        self.dead_letters: list[tuple[QueuedRequest, str]] = []
-        """(message, reason) of every dead-lettered delivery, oldest first."""
+        self.dead_letters: list[tuple[QueuedRequest | None, str]] = []
+        """(message, reason) of every dead-lettered delivery, oldest first (None: unreadable)."""
 
     async def put(self, message: QueuedRequest) -> None:
         """Append a message; stored as JSON like the real backends."""
@@ -81,6 +81,13 @@ class InMemoryQueue:
     async def ack(self, delivery: Delivery) -> None:
         """Forget the message for good; acking twice or after redelivery is harmless."""
         self._entries.pop(delivery.token, None)
+
+    async def release(self, delivery: Delivery) -> None:
+        """Make the entry visible again now; its next delivery counts one more."""
+        entry = self._entries.get(delivery.token)
+        if entry is not None:
+            entry.visible_at = self._clock()
+            self._changed.set()
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Record the message with its reason in `dead_letters`, then ack it."""
@@ -116,8 +123,12 @@ class InMemoryQueue:
                 continue
             entry.deliveries += 1
             entry.visible_at = now + self.visibility_s
-            message = QueuedRequest.model_validate_json(entry.payload)
-            out.append(Delivery(message=message, token=token, delivery_count=entry.deliveries))
+            delivery = read_delivery(entry.payload, token, entry.deliveries, self.deployment)
+            if delivery is None:
+                self.dead_letters.append((None, "unreadable message without a request id"))
+                del self._entries[token]
+                break  # the dict changed: the next receive goes on
+            out.append(delivery)
         return out
 
     def _next_visible(self) -> float | None:

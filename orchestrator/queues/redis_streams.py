@@ -1,38 +1,70 @@
 """Redis Streams queue: one stream per deployment, one consumer group for all workers.
 
-put = XADD; receive = XAUTOCLAIM (entries left idle by dead consumers) then
-XREADGROUP BLOCK; ack = XACK + XDEL in one transaction. Deleting acknowledged
-entries keeps the stream holding exactly the messages waiting or in flight, so
-`depth` is a plain XLEN and memory stays bounded without a MAXLEN that could trim
-unconsumed work. A live consumer refreshes the idle time of its in-flight entries
-(XCLAIM JUSTID) every `claim_idle_s / 3`, so only a dead consumer's entries, never
-a slow call's, reach the claim timeout and get delivered again.
+put = XADD; receive = take over dead consumers' entries, then XREADGROUP BLOCK;
+ack = XACK + XDEL in one transaction. Deleting acknowledged entries keeps the
+stream holding exactly the messages waiting or in flight, so `depth` is a plain
+XLEN and memory stays bounded without a MAXLEN that could trim unconsumed work.
+
+Liveness, not idle time, decides when a consumer's entries move: a receiving
+consumer keeps `keys.consumer_alive` set (expiry `liveness_s`, renewed every third
+of it). Every receive (at most once a second, and every `liveness_s / 4`; blocking
+reads are cut to that length) looks at the group's
+pending summary; the entries of a consumer whose key is gone are taken over by one
+Lua script that re-checks the owner of each entry, so two live consumers never
+both take one entry. A crashed worker's work therefore moves within `liveness_s`
+(a few seconds), while a slow call, whose consumer is alive, never moves. Exactly-
+once results do not depend on this: a consumer presumed dead that was only stalled
+at worst repeats a call whose second result is discarded.
+
+`release` hands an entry to the pseudo consumer `RELEASED`, which is never alive,
+so the next receive of any consumer takes it over (its delivery count rises).
+XAUTOCLAIM after `claim_idle_s` stays as a safety net for entries whose owner
+still looks alive but stopped refreshing them (XCLAIM JUSTID every
+`claim_idle_s / 3`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
-from orchestrator.core import keys, redis_replies
+from orchestrator.core import keys, redis_client, redis_replies
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues import dead_letter
-from orchestrator.queues.base import Delivery
+from orchestrator.queues.base import Delivery, read_delivery
 
 log = structlog.get_logger(__name__)
 
 FIELD = "message"
 """The stream entry field holding the QueuedRequest JSON."""
-"""Approximate cap of a dead-letter stream, so a failure storm cannot exhaust memory."""
+RELEASED = "ptu-released"
+"""Pseudo consumer owning released entries until a live consumer takes them over."""
+
+# KEYS: stream, the owner's liveness key. ARGV: group, owner, taker, max count.
+# Takes over up to `max count` entries of `owner` unless it is alive; each entry's
+# owner is re-checked inside the script, so concurrent takers never share an entry.
+# Returns {entries as XCLAIM returns them, their ids, delivery counts after the claim}.
+_TAKE_OVER = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {{}, {}, {}} end
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[4]), ARGV[2])
+if #pending == 0 then return {{}, {}, {}} end
+local ids, counts = {}, {}
+for i, p in ipairs(pending) do
+  ids[i] = p[1]
+  counts[i] = p[4] + 1
+end
+local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, unpack(ids))
+return {claimed, ids, counts}
+"""
 
 
 @contextlib.asynccontextmanager
@@ -56,6 +88,8 @@ class RedisStreamsQueue:
         *,
         group: str = "ptu-workers",
         claim_idle_s: float = 60.0,
+        liveness_s: float = 5.0,
+        socket_timeout_s: float | None = None,
         stream: str | None = None,
     ) -> None:
         self.redis = redis
@@ -63,8 +97,18 @@ class RedisStreamsQueue:
         self.consumer = consumer
         self.group = group
         self.claim_idle_s = claim_idle_s
+        self.liveness_s = liveness_s
+        self.socket_timeout_s = (
+            socket_timeout_s if socket_timeout_s is not None else redis_client.socket_timeout(redis)
+        )
+        self._alive_key = keys.consumer_alive(deployment, consumer)
+        self._take_over = redis.register_script(_TAKE_OVER)
+        self._last_scan = -math.inf
+        self._beater: asyncio.Task[None] | None = None
         self.stream = stream or keys.queue(deployment)
         self.dead_letter_stream = keys.dead_letter(deployment)
+        if not keys.same_slot(self.stream, self.dead_letter_stream, self._alive_key):
+            raise ValueError(f"stream {self.stream!r} is not in deployment {deployment!r}'s slot")
         self._group_ready = False
         self._claim_cursor = "0-0"
         self._in_flight: set[str] = set()
@@ -87,9 +131,12 @@ class RedisStreamsQueue:
         deadline = loop.time() + max(0.0, timeout_s)
         async with _mapped("receive", self.stream):
             await self._ensure_group()
+            await self._ensure_alive()
             while not self._closed:
                 try:
-                    out = await self._claim(max_count)
+                    out = await self._take_over_dead(max_count, loop.time())
+                    if not out:
+                        out = await self._claim(max_count)
                     if not out:
                         block_ms = self._block_ms(deadline - loop.time())
                         out = await self._read_new(max_count, block_ms)
@@ -112,9 +159,24 @@ class RedisStreamsQueue:
                 await pipe.execute()
         self._in_flight.discard(delivery.token)
 
+    async def release(self, delivery: Delivery) -> None:
+        """Hand the entry to `RELEASED`; the next receive of any consumer takes it over."""
+        self._in_flight.discard(delivery.token)
+        async with _mapped("release", self.stream):
+            await self.redis.xclaim(
+                self.stream,
+                self.group,
+                RELEASED,
+                min_idle_time=0,
+                message_ids=[delivery.token],
+                justid=True,
+            )
+        self._last_scan = -math.inf  # look for it (and others) on the next receive
+        log.info("queue_entry_released", stream=self.stream, entry_id=delivery.token)
+
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """XADD the message with its reason to the dead-letter stream and ack, atomically."""
-        payload = delivery.message.model_dump_json()
+        payload = delivery.payload or delivery.message.model_dump_json()
         await self._dead_letter_raw(delivery.token, payload, reason, delivery.delivery_count)
         log.warning(
             "message_dead_lettered",
@@ -130,13 +192,18 @@ class RedisStreamsQueue:
             return int(await self.redis.xlen(self.stream))
 
     async def close(self) -> None:
-        """Stop refreshing in-flight entries; they become claimable after `claim_idle_s`."""
+        """Stop refreshing and declare this consumer gone: its unacked entries move at once."""
         self._closed = True
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-            self._refresher = None
+        for task in (self._refresher, self._beater):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._refresher = self._beater = None
+        try:
+            await self.redis.delete(self._alive_key)
+        except RedisError as exc:
+            log.warning("queue_liveness_clear_failed", stream=self.stream, error=repr(exc))
 
     # -- internals ---------------------------------------------------------------------
 
@@ -146,10 +213,58 @@ class RedisStreamsQueue:
         await redis_replies.ensure_group(self.redis, self.stream, self.group)
         self._group_ready = True
 
+    async def _ensure_alive(self) -> None:
+        if self._beater is None or self._beater.done():
+            await self._beat()
+            self._beater = asyncio.create_task(self._beat_loop())
+
+    async def _beat(self) -> None:
+        await self.redis.set(self._alive_key, self.consumer, px=max(1, int(self.liveness_s * 1000)))
+
+    async def _beat_loop(self) -> None:
+        """Keep this consumer's liveness key alive while it runs."""
+        while not self._closed:
+            await asyncio.sleep(self.liveness_s / 3)
+            try:
+                await self._beat()
+            except RedisError as exc:
+                log.warning("queue_liveness_failed", stream=self.stream, error=repr(exc))
+
+    async def _take_over_dead(self, max_count: int, now: float) -> list[Delivery]:
+        """Entries of consumers that are not alive (or released ones), at most every `_scan_s`."""
+        if now - self._last_scan < self._scan_s:
+            return []
+        self._last_scan = now
+        summary = await self.redis.xpending(self.stream, self.group)
+        owners = [
+            redis_replies.text(c["name"])
+            for c in summary.get("consumers") or []
+            if int(c["pending"]) > 0 and redis_replies.text(c["name"]) != self.consumer
+        ]
+        for owner in owners:
+            alive = keys.consumer_alive(self.deployment, owner)
+            reply: Any = await self._take_over(
+                keys=[self.stream, alive], args=[self.group, owner, self.consumer, max_count]
+            )
+            claimed = redis_replies.script_entries(reply[0])
+            if claimed:
+                ids = (redis_replies.text(i) for i in reply[1])
+                counts = dict(zip(ids, (int(c) for c in reply[2]), strict=True))
+                log.info(
+                    "queue_entries_taken_over", stream=self.stream, owner=owner, count=len(claimed)
+                )
+                return await self._deliveries(claimed, counts)
+        return []
+
+    @property
+    def _scan_s(self) -> float:
+        """How often to look for dead consumers' (and released) entries."""
+        return min(self.liveness_s / 4, 1.0)
+
     def _block_ms(self, remaining_s: float) -> int:
-        socket_timeout = self.redis.connection_pool.connection_kwargs.get("socket_timeout")
-        # wake up now and then to reclaim entries that went idle while we were blocked
-        slice_s = min(remaining_s, max(self.claim_idle_s / 2, 0.05))
+        socket_timeout = self.socket_timeout_s
+        # wake up now and then to take over entries of consumers that died meanwhile
+        slice_s = min(remaining_s, max(min(self.claim_idle_s / 2, self._scan_s), 0.05))
         if socket_timeout:
             slice_s = min(slice_s, float(socket_timeout) / 2)
         # BLOCK 0 means forever in Redis: never send it
@@ -195,16 +310,15 @@ class RedisStreamsQueue:
         out: list[Delivery] = []
         for entry_id, fields in entries:
             payload = fields.get(FIELD, "")
-            try:
-                message = QueuedRequest.model_validate_json(payload)
-            except ValidationError as exc:
-                # a poison entry would be redelivered forever: park it instead
-                reason = f"unparseable message: {exc.errors()[0]['msg']}"
-                await self._dead_letter_raw(entry_id, payload, reason, counts.get(entry_id, 1))
+            count = counts.get(entry_id, 1)
+            delivery = read_delivery(payload, entry_id, count, self.deployment)
+            if delivery is None:
+                # no request id to answer: park it, a poison entry would come back forever
+                reason = "unreadable message without a request id"
+                await self._dead_letter_raw(entry_id, payload, reason, count)
                 log.error("poison_message_dead_lettered", stream=self.stream, entry_id=entry_id)
                 continue
-            count = counts.get(entry_id, 1)
-            out.append(Delivery(message=message, token=entry_id, delivery_count=count))
+            out.append(delivery)
         return out
 
     async def _dead_letter_raw(self, token: str, payload: str, reason: str, count: int) -> None:

@@ -30,6 +30,8 @@ from orchestrator.throttle.slots import Slot, SlotTable
 from orchestrator.utilisation.base import Reading, UtilisationSource
 
 log = structlog.get_logger(__name__)
+CLOSED_WARN_S = 30.0
+"""How often a worker repeats why its limit is 0 while the reading stays unusable."""
 
 __all__ = ["Slot", "Throttle"]
 
@@ -68,6 +70,7 @@ class Throttle:
         self._limit = 0
         self._reading: Reading | None = None
         self._refreshed_at: float | None = None
+        self._closed_warned_at: float | None = None
         self._released = asyncio.Event()
 
     @property
@@ -91,13 +94,18 @@ class Throttle:
         if self._refreshed_at is not None and now - self._refreshed_at < self._poll_s:
             return self._limit
         self._refreshed_at = now
+        cause = ""
         try:
             reading: Reading | None = await self._source.read(self.deployment)
         except UtilisationUnavailable as exc:
-            reading = None
-            log.debug("utilisation_unavailable", deployment=self.deployment, error=str(exc))
+            reading, cause = None, str(exc)
         self._reading = reading
         limit, reason = limit_for(reading, self._clock(), self._source.max_age_s, self._curve)
+        if reading is not None and reason == "stale":
+            age = reading.age(self._clock())
+            cause = f"reading is {age:.1f}s old (max {self._source.max_age_s:g}s)"
+        if limit == 0 and cause:
+            self._warn_closed(reason, cause, now)
         if limit != self._limit:
             log.info(
                 "throttle_limit_changed",
@@ -109,6 +117,24 @@ class Throttle:
             )
         self._limit = limit
         return limit
+
+    async def current(self) -> Reading | None:
+        """The reading behind the limit, re-read unless under `poll_s` old."""
+        await self.refresh()
+        return self._reading
+
+    def _warn_closed(self, reason: str, cause: str, now: float) -> None:
+        """Say why low priority is paused (fail closed): at once, then every CLOSED_WARN_S."""
+        if self._closed_warned_at is not None and now - self._closed_warned_at < CLOSED_WARN_S:
+            return
+        self._closed_warned_at = now
+        log.warning(
+            "throttle_closed",
+            deployment=self.deployment,
+            reason=reason,
+            cause=cause,
+            hint="no low-priority call starts until utilisation is readable and fresh",
+        )
 
     async def acquire(self, stop: asyncio.Event) -> Slot | None:
         """Wait for a global slot under the current limit; None once `stop` is set first."""

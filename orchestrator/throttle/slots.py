@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from orchestrator.core import keys
 
-_NOW_MS = """
+NOW_MS = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
@@ -24,7 +24,7 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # KEYS: slots, pause. ARGV: limit, member, lease ms.
 # Returns {1, count} when leased, {0, count} when full, {-1, pause ms left} when paused.
 _ACQUIRE = (
-    _NOW_MS
+    NOW_MS
     + """
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then return {-1, paused} end
@@ -41,7 +41,7 @@ return {0, n}
 # KEYS: slots. ARGV: lease ms, members... Re-adds a member whose lease was reaped: the
 # call is still in flight, so counting it is the truth. Returns how many were re-added.
 _RENEW = (
-    _NOW_MS
+    NOW_MS
     + """
 local expiry = now_ms + tonumber(ARGV[1])
 local readded = 0
@@ -54,7 +54,7 @@ return readded
 
 # KEYS: slots. Live leases (expired ones removed).
 _COUNT = (
-    _NOW_MS
+    NOW_MS
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
 return redis.call('ZCARD', KEYS[1])

@@ -6,6 +6,12 @@ slot back as soon as the call ends, also between retries: waiting for a retry
 never occupies low-priority capacity. The result is written (idempotently, by
 request id) before the delivery is acknowledged, and both happen shielded from
 cancellation, so a shutdown can interrupt a call but never half-record one.
+
+Every path that does not acknowledge (the result write failed, the dispatch
+raised, a shutdown interrupted the call or a retry wait) releases the delivery,
+so another consumer takes it at once instead of it staying owned by a live
+worker that gave up on it. A redelivery of a request whose result exists only
+finishes the result's fan-out (`ResultSink.settle`) and acknowledges.
 """
 
 from __future__ import annotations
@@ -19,7 +25,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from redis.exceptions import RedisError
 
-from orchestrator.core.errors import PTUError, UpstreamError, UpstreamThrottled, UpstreamTimeout
+from orchestrator.breaker.machine import Outcome, Verdict
+from orchestrator.core import keys
+from orchestrator.core.errors import (
+    PTUError,
+    UpstreamError,
+    UpstreamThrottled,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from orchestrator.core.retry import RetryPolicy, decide
 from orchestrator.core.runtime import pause
 from orchestrator.core.schemas import (
@@ -38,6 +52,10 @@ from orchestrator.worker.protocols import ResultSink, SlotLimiter
 from orchestrator.worker.upstream import Upstream, UpstreamResponse
 
 if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from orchestrator.breaker.shared import SharedBreaker
+    from orchestrator.throttle.admission import Admission
     from orchestrator.worker.metrics import WorkerMetrics
 
 log = structlog.get_logger(__name__)
@@ -73,6 +91,9 @@ class Dispatcher:
         tokens: TokenRecorder | None = None,
         quota: QuotaGate | None = None,
         metrics: WorkerMetrics | None = None,
+        breaker: SharedBreaker | None = None,
+        admission: Admission | None = None,
+        counts_redis: aioredis.Redis | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] | None = None,
@@ -91,8 +112,18 @@ class Dispatcher:
         self._clock = clock
         self._sleep = sleep
         self._rand = rand if rand is not None else random.Random().random
+        self._settled: set[str] = set()
+        """Tokens of deliveries being handled that were acknowledged or dead-lettered."""
         self.bookkeeping: set[asyncio.Task[Any]] = set()
         """Shielded writes still running; the worker awaits them before exiting."""
+        self.breaker = breaker
+        self._admission = admission
+        self._counts_redis = counts_redis
+        self.gated = 0
+        """Requests of this dispatcher waiting for the breaker to let a call through."""
+        self.ready_retries = 0
+        """Retries whose backoff is over, waiting for a slot: they go before fresh messages."""
+        self._warned_unreachable = False
         self.counts: dict[str, int] = {"completed": 0, "failed": 0, "expired": 0, "retries": 0}
         self.completions: list[float] = []
         """Clock times of recent results (the worker trims it to compute throughput)."""
@@ -113,14 +144,23 @@ class Dispatcher:
                 return None
             finally:
                 await self._release(held)
+                if delivery.token in self._settled:
+                    self._settled.discard(delivery.token)
+                else:
+                    await self._shielded(self._give_back(delivery))
 
     async def _process(
         self, delivery: Delivery, held: list[Slot | None], stop: asyncio.Event
     ) -> ResultStatus | None:
         message = delivery.message
+        if delivery.unreadable is not None:
+            await self._release(held)
+            return await self._answer_unreadable(delivery, delivery.unreadable)
         if await self._already_done(message.id):
             await self._release(held)
-            await self._shielded(self._queue.ack(delivery))
+            # the first completion may have stopped between its steps: finish them
+            await self._shielded(self._results.settle(message.id, message.reply_key))
+            await self._shielded(self._ack(delivery))
             log.info("redelivery_already_completed", delivery_count=delivery.delivery_count)
             return None
         if delivery.delivery_count > self._config.max_deliveries:
@@ -137,19 +177,32 @@ class Dispatcher:
             doc = self._doc(message, "failed", attempts=0, status_code=QUOTA_STATUS, error=refused)
             return await self._finish(delivery, doc)
         await self._mark_in_progress(message.id)
+        return await self._attempts(delivery, held, stop)
+
+    async def _attempts(
+        self, delivery: Delivery, held: list[Slot | None], stop: asyncio.Event
+    ) -> ResultStatus | None:
+        """Call until a result: retries back off, an outage waits without spending attempts."""
+        message = delivery.message
         attempt = 0
         while True:
             if self._clock() >= message.deadline:
-                await self._release(held)
-                error = {"code": "expired", "message": "the deadline passed before the call"}
-                doc = self._doc(message, "expired", attempts=attempt, status_code=None, error=error)
-                return await self._finish(delivery, doc)
+                return await self._expire(delivery, held, attempt)
+            verdict = await self._gate(held, stop, message.deadline)
+            if verdict is None:
+                if stop.is_set():
+                    log.info("request_left_for_redelivery", attempt=attempt)
+                    return None
+                continue  # the deadline passed while the breaker was open
             attempt += 1
             try:
                 called_at = self._clock()
                 response = await self._call(message, delivery.delivery_count, attempt)
             except UpstreamError as err:
                 await self._release(held)
+                if await self._outage(err, verdict == "probe"):
+                    attempt -= 1  # the deployment's failure, not the request's: not spent
+                    continue
                 decision = decide(err, attempt, self._config.retry, self._rand)
                 if isinstance(err, UpstreamThrottled):
                     await self._throttle.pause_for(err.retry_after_s or decision.delay_s or 1.0)
@@ -158,26 +211,16 @@ class Dispatcher:
                         "request_failed", status_code=err.status_code, reason=decision.reason
                     )
                     doc = self._failed(message, err, attempt)
-                    reason = decision.reason if err.retryable else None
-                    return await self._finish(delivery, doc, dead_letter=reason)
-                self.counts["retries"] += 1
-                log.info(
-                    "request_retry",
-                    status_code=err.status_code,
-                    attempt=attempt,
-                    delay_s=round(decision.delay_s, 3),
-                    reason=decision.reason,
-                )
-                wait = min(decision.delay_s, max(0.0, message.deadline - self._clock()))
-                if not await pause(wait, stop, sleep=self._sleep):
-                    log.info("request_left_for_redelivery", attempt=attempt)
-                    return None
-                held[0] = await self._throttle.acquire(stop)
-                if held[0] is None:
+                    return await self._finish(delivery, doc, dead_letter=decision.reason)
+                if not await self._retry_wait(
+                    err, decision.delay_s, decision.reason, attempt, message.deadline, held, stop
+                ):
                     log.info("request_left_for_redelivery", attempt=attempt)
                     return None
                 continue
             await self._release(held)
+            if self.breaker is not None:
+                await self.breaker.record("ok", probe=verdict == "probe")
             doc = self._doc(
                 message,
                 "completed",
@@ -189,12 +232,138 @@ class Dispatcher:
             doc.started_at = called_at
             return await self._finish(delivery, doc)
 
+    async def _retry_wait(
+        self,
+        err: UpstreamError,
+        delay_s: float,
+        reason: str,
+        attempt: int,
+        deadline: float,
+        held: list[Slot | None],
+        stop: asyncio.Event,
+    ) -> bool:
+        """Back off, then take a slot ahead of fresh messages; False on stop."""
+        self.counts["retries"] += 1
+        log.info(
+            "request_retry",
+            status_code=err.status_code,
+            attempt=attempt,
+            delay_s=round(delay_s, 3),
+            reason=reason,
+        )
+        if not await pause(
+            min(delay_s, max(0.0, deadline - self._clock())), stop, sleep=self._sleep
+        ):
+            return False
+        self.ready_retries += 1
+        try:
+            held[0] = await self._throttle.acquire(stop)
+        finally:
+            self.ready_retries -= 1
+        return held[0] is not None
+
+    async def _expire(
+        self, delivery: Delivery, held: list[Slot | None], attempts: int
+    ) -> ResultStatus | None:
+        await self._release(held)
+        error = {"code": "expired", "message": "the deadline passed before the call"}
+        doc = self._doc(
+            delivery.message, "expired", attempts=attempts, status_code=None, error=error
+        )
+        return await self._finish(delivery, doc, dead_letter="expired")
+
+    async def _gate(
+        self, held: list[Slot | None], stop: asyncio.Event, deadline: float
+    ) -> Verdict | None:
+        """Hold a slot and the breaker's permission; None on stop or when the deadline passed.
+
+        While the breaker is open the request waits here without a slot and without
+        spending an attempt; in half-open state only the process that won the probe
+        calls, everyone else keeps waiting.
+        """
+        while True:
+            if held[0] is None:
+                held[0] = await self._throttle.acquire(stop)
+                if held[0] is None:
+                    return None
+            if self.breaker is None:
+                return "call"
+            verdict = await self.breaker.allow()
+            if verdict != "reject":
+                return verdict
+            await self._release(held)
+            wait = min(max(self.breaker.open_left(), 0.25), 1.0)
+            self.gated += 1
+            try:
+                if not await pause(wait, stop, sleep=self._sleep):
+                    return None
+            finally:
+                self.gated -= 1
+            if self._clock() >= deadline:
+                return None
+
+    async def _outage(self, err: UpstreamError, probe: bool) -> bool:
+        """Record a failure in the breaker; True when it is the deployment's (not spent).
+
+        An unreachable or misconfigured upstream, and any retryable failure that leaves
+        the breaker open, pause the deployment: the request waits for the breaker instead
+        of burning its attempts against a deployment that cannot answer.
+        """
+        if self.breaker is None:
+            return False
+        await self.breaker.record(_outcome(err), retry_after_s=err.retry_after_s, probe=probe)
+        if isinstance(err, UpstreamUnreachable):
+            if self.breaker.state == "open" and not self._warned_unreachable:
+                self._warned_unreachable = True
+                log.warning(
+                    "upstream_unreachable_paused",
+                    endpoint=self.breaker.endpoint,
+                    cause=err.cause,
+                    paused_s=round(self.breaker.open_left(), 1),
+                )
+            return True
+        if self.breaker.state == "closed":
+            self._warned_unreachable = False
+            return False
+        return err.retryable and not isinstance(err, UpstreamThrottled)
+
+    async def _answer_unreadable(self, delivery: Delivery, reason: str) -> ResultStatus | None:
+        """A message the worker cannot read still gets its `failed` result, then is parked.
+
+        Its record (written by the ingress) supplies what the message cannot: reply
+        key, batch, custom id.
+        """
+        request_id = delivery.message.id
+        log.error("message_unreadable", reason=reason)
+        state = await self._results.get(request_id)
+        reply_key = state.reply_key if state and state.reply_key else delivery.message.reply_key
+        now = self._clock()
+        doc = ResultDocument(
+            id=request_id,
+            custom_id=state.custom_id if state else None,
+            status="failed",
+            error={"code": "unreadable_message", "message": reason},
+            deployment=(state.deployment if state else None) or self.deployment,
+            enqueued_at=now,
+            completed_at=now,
+            batch_id=state.batch_id if state else None,
+            tenant=state.tenant if state else delivery.message.tenant,
+        )
+        message = delivery.message.model_copy(update={"reply_key": reply_key})
+        return await self._finish(
+            Delivery(message, delivery.token, delivery.delivery_count, reason, delivery.payload),
+            doc,
+            dead_letter=reason,
+        )
+
     async def _call(
         self, message: QueuedRequest, delivery_count: int, attempt: int
     ) -> UpstreamResponse:
         event_id = f"{message.id}:{delivery_count}:{attempt}"
         prompt = estimate_prompt_tokens(message.body)
         budget = requested_max_tokens(message.body, self._config.default_max_tokens)
+        if self._admission is not None:
+            await self._admission.wait(prompt, budget)
         await self._record(
             event_id, message.tenant, "admit", prompt_tokens=prompt, max_tokens=budget
         )
@@ -265,19 +434,21 @@ class Dispatcher:
             wrote = await self._results.complete(doc, delivery.message.reply_key)
         except (RedisError, PTUError) as exc:
             log.error("result_write_failed", status=doc.status, error=repr(exc))
-            return None  # not acked: the message comes back and is tried again
+            return None  # released by `handle`: another consumer finishes it
         try:
             if wrote and dead_letter is not None:
                 await self._queue.dead_letter(delivery, dead_letter)
+                self._settled.add(delivery.token)
             else:
-                await self._queue.ack(delivery)
+                await self._ack(delivery)
         except PTUError as exc:
-            # the result is written: a redelivery will only be acked
+            # the result is written: a redelivery will only settle and ack
             log.warning("ack_failed", error=repr(exc))
         if not wrote:
             log.info("result_already_written", status=doc.status)
             return None
         self.counts[doc.status] += 1
+        await self._count(doc.status)
         self.completions.append(self._clock())
         if self._metrics is not None:
             self._metrics.result(self.deployment, doc.status)
@@ -335,6 +506,20 @@ class Dispatcher:
             return False  # completion is idempotent anyway
         return state is not None and state.result is not None
 
+    async def _ack(self, delivery: Delivery) -> None:
+        await self._queue.ack(delivery)
+        self._settled.add(delivery.token)
+
+    async def _give_back(self, delivery: Delivery) -> None:
+        """Release a delivery this dispatcher will not finish (logged, never raised)."""
+        try:
+            await self._queue.release(delivery)
+        except (RedisError, PTUError) as exc:
+            # unreachable queue: the entry moves once this consumer looks dead
+            log.warning("release_failed", error=repr(exc))
+        else:
+            log.info("delivery_released", delivery_count=delivery.delivery_count)
+
     async def _mark_in_progress(self, request_id: str) -> None:
         try:
             await self._results.mark_in_progress(request_id)
@@ -373,6 +558,15 @@ class Dispatcher:
             await self._tokens.record(event)
         except PTUError as exc:
             log.warning("token_event_failed", phase=phase, error=repr(exc))
+
+    async def _count(self, status: str) -> None:
+        """The deployment's result counters in Redis, which outlive any worker."""
+        if self._counts_redis is None:
+            return
+        try:
+            await self._counts_redis.hincrby(keys.result_counts(self.deployment), status, 1)
+        except RedisError as exc:
+            log.warning("result_count_failed", status=status, error=repr(exc))
 
     async def _release(self, held: list[Slot | None]) -> None:
         slot, held[0] = held[0], None
@@ -415,3 +609,11 @@ def _access(doc: ResultDocument) -> None:
         spillover=None,
         batch_id=doc.batch_id,
     )
+
+
+def _outcome(err: UpstreamError) -> Outcome:
+    if isinstance(err, UpstreamUnreachable):
+        return "unreachable"
+    if isinstance(err, UpstreamThrottled):
+        return "throttled"
+    return "error" if err.retryable else "ok"

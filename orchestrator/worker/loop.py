@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
+from orchestrator.core.incarnation import Incarnation
 from orchestrator.core.retry import outage_delay_s
 from orchestrator.core.runtime import pause
 from orchestrator.queues.base import Delivery, Queue
@@ -88,6 +89,10 @@ class Worker:
         self._sleep = sleep
         self._rand = rand
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {lane.deployment: set() for lane in lanes}
+        self.incarnation = (
+            Incarnation(redis, on_loss=self._count_loss, clock=clock) if redis is not None else None
+        )
+        """Watches the Redis data set's identity: a wipe is logged and counted."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then drain and return."""
@@ -113,6 +118,8 @@ class Worker:
         tasks = self._tasks[lane.deployment]
         failures = 0
         while not stop.is_set():
+            if not await self._fresh_allowed(lane, stop):
+                continue
             slot = await lane.throttle.acquire(stop)
             if slot is None:
                 break
@@ -141,6 +148,30 @@ class Worker:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         await self._drain(lane, tasks)
+
+    async def _fresh_allowed(self, lane: Lane, stop: asyncio.Event) -> bool:
+        """May the lane take a fresh message now? If not, wait a little and say no.
+
+        Not while retries of this worker wait for a slot (they go first, so the oldest
+        requests are not the ones that run out of time), and not while the deployment's
+        breaker is open; half-open, one message is taken to be the probe unless one of
+        ours already waits to be it.
+        """
+        dispatcher = lane.dispatcher
+        breaker = dispatcher.breaker
+        wait = 0.0
+        if dispatcher.ready_retries > 0:
+            wait = 0.05
+        elif breaker is not None:
+            await breaker.sync()
+            if breaker.state == "open":
+                wait = min(max(breaker.open_left(), 0.05), 1.0)
+            elif breaker.state == "half_open" and dispatcher.gated > 0:
+                wait = 0.25
+        if wait <= 0:
+            return True
+        await pause(wait, stop, sleep=self._sleep)
+        return False
 
     async def _receive(self, queue: Queue, stop: asyncio.Event) -> list[Delivery]:
         """One message, or [] on timeout or stop (a stop interrupts the blocking read)."""
@@ -186,6 +217,8 @@ class Worker:
                 for lane in self.lanes:
                     await lane.throttle.renew()
             try:
+                if self.incarnation is not None:
+                    await self.incarnation.check()
                 await self._heartbeat()
             except (RedisError, QueueUnavailable) as exc:
                 log.warning("heartbeat_failed", error=repr(exc))
@@ -217,6 +250,7 @@ class Worker:
                 "reading_age_s": None if reading is None else reading.age(now),
                 "source": None if reading is None else reading.source,
                 "throughput_per_s": len(recent) / THROUGHPUT_WINDOW_S,
+                "circuit": None if dispatcher.breaker is None else dispatcher.breaker.state,
                 **dispatcher.counts,
             }
             if self._metrics is not None:
@@ -225,6 +259,12 @@ class Worker:
                 )
                 if depth is not None:
                     self._metrics.queue_depth.labels(lane.deployment).set(depth)
+                if self._redis is not None:
+                    try:
+                        letters = await self._redis.xlen(keys.dead_letter(lane.deployment))
+                        self._metrics.dead_letters.labels(lane.deployment).set(letters)
+                    except RedisError as exc:
+                        log.debug("dead_letter_depth_failed", error=repr(exc))
                 if global_in_flight is not None:
                     self._metrics.global_in_flight.labels(lane.deployment).set(global_in_flight)
         return {
@@ -248,6 +288,10 @@ class Worker:
             await asyncio.shield(self._redis.hdel(keys.WORKERS, self.worker_id))
         except RedisError as exc:
             log.warning("heartbeat_remove_failed", error=repr(exc))
+
+    def _count_loss(self) -> None:
+        if self._metrics is not None:
+            self._metrics.redis_data_lost.inc()
 
     def _names(self) -> list[str]:
         return [lane.deployment for lane in self.lanes]

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 import structlog
 
-from orchestrator.core import logs
+from orchestrator.breaker.shared import SharedBreaker, breaker_config
+from orchestrator.core import logs, redis_client, startup
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.results import ResultStore
 from orchestrator.core.runtime import run_until_signal
@@ -27,6 +28,7 @@ from orchestrator.queues.factory import make_queue
 from orchestrator.queues.fair import FairShareState
 from orchestrator.tenants.config import Tenancy
 from orchestrator.tenants.ledger import UsageLedger
+from orchestrator.throttle.admission import Admission
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.base import UtilisationSource
 from orchestrator.utilisation.estimate.calibration import params_for
@@ -36,7 +38,8 @@ from orchestrator.worker.accounting import WorkerAccounting
 from orchestrator.worker.dispatch import DispatchConfig, Dispatcher
 from orchestrator.worker.loop import Lane, Worker, WorkerTiming
 from orchestrator.worker.metrics import WorkerMetrics
-from orchestrator.worker.upstream import AzureUpstream, Upstream
+from orchestrator.worker.upstream import Upstream
+from orchestrator.worker.upstreams import RoutedUpstream
 
 log = structlog.get_logger(__name__)
 
@@ -108,7 +111,9 @@ def build_worker(
 ) -> Built:
     """Wire lanes for `deployments` from settings (collaborators may be passed in)."""
     source = source if source is not None else make_source(settings, redis)
-    upstream = upstream if upstream is not None else AzureUpstream.from_settings(settings)
+    upstream = (
+        upstream if upstream is not None else RoutedUpstream.from_settings(settings, deployments)
+    )
     # the worker's own calls always feed the estimate, whichever source drives the throttle
     tokens = EstimateStore(
         redis,
@@ -133,8 +138,16 @@ def build_worker(
         default_max_tokens=settings.default_max_tokens,
     )
     lanes, queues = [], []
+    breaker_cfg = breaker_config(settings)
     for d in deployments:
         lower, upper, maximum = settings.thresholds(d)
+        breaker = SharedBreaker(
+            redis,
+            d.name,
+            breaker_cfg,
+            endpoint=upstream.endpoint(d.name) if isinstance(upstream, RoutedUpstream) else "",
+            on_change=metrics.circuit if metrics is not None else None,
+        )
         throttle = Throttle(
             redis,
             d,
@@ -144,6 +157,13 @@ def build_worker(
             max_concurrency=maximum,
             lease_s=settings.slot_lease_s,
             worker_id=worker_id,
+        )
+        admission = Admission(
+            d,
+            throttle.current,
+            upper=upper,
+            window_s=settings.estimate_window_s,
+            max_age_s=source.max_age_s,
         )
         queue = make_queue(settings, d.name, redis, worker_id)
         queues.append(queue)
@@ -157,6 +177,9 @@ def build_worker(
             tokens=accounting,
             quota=ledger,
             metrics=metrics,
+            breaker=breaker,
+            admission=admission,
+            counts_redis=redis,
         )
         lanes.append(Lane(d.name, queue, throttle, dispatcher))
     timing = timing or WorkerTiming(
@@ -170,11 +193,13 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     """Consume until SIGTERM/SIGINT, then drain."""
     assert settings is not None
     logs.configure(settings.log_level, settings.log_format)
+    startup.announce(settings, "worker")
     deployments = select_deployments(settings, args.deployment)
-    if not settings.azure_openai_endpoint:
-        raise ConfigError("PTU_AZURE_OPENAI_ENDPOINT: required by the worker")
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    upstream = RoutedUpstream.from_settings(settings, deployments)
+    if port:
+        startup.check_port("127.0.0.1", port, "PTU_METRICS_PORT")
 
     async def main(stop: asyncio.Event) -> int:
         structlog.contextvars.bind_contextvars(worker_id=worker_id)
@@ -185,9 +210,13 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         if port is not None:
             bound = metrics.serve(port)
             log.info("metrics_serving", port=bound)
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
         try:
-            built = build_worker(settings, redis, deployments, worker_id, metrics=metrics)
+            await startup.check_redis(redis, settings.redis_url)
+            await upstream.check_credentials()
+            built = build_worker(
+                settings, redis, deployments, worker_id, metrics=metrics, upstream=upstream
+            )
             try:
                 await built.worker.run(stop)
             finally:

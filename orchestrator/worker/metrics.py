@@ -7,6 +7,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from orchestrator.breaker.machine import GAUGE
 from orchestrator.tenants.metrics import TenantMetrics
 from orchestrator.utilisation.base import Reading
 
@@ -91,6 +92,9 @@ class WorkerMetrics:
         self.queue_depth = Gauge(
             "ptu_worker_queue_depth", "Messages waiting or in flight", ["deployment"], registry=r
         )
+        self.redis_data_lost = Counter(
+            "ptu_redis_data_lost", "Times Redis was seen to have lost its data set", registry=r
+        )
         self.results = Counter(
             "ptu_worker_results", "Results written, by status", ["deployment", "status"], registry=r
         )
@@ -120,6 +124,23 @@ class WorkerMetrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+
+        self.circuit_state = Gauge(
+            "ptu_worker_circuit_state",
+            "Circuit breaker of the deployment: 0 closed, 1 half-open, 2 open",
+            ["deployment"],
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            "ptu_worker_dead_letters",
+            "Requests in the deployment's dead-letter store",
+            ["deployment"],
+            registry=r,
+        )
+
+    def circuit(self, deployment: str, state: str) -> None:
+        """The deployment's breaker changed state."""
+        self.circuit_state.labels(deployment).set(GAUGE.get(state, 0))
 
     def observe_throttle(
         self, deployment: str, limit: int, in_flight: int, reading: Reading | None, now: float

@@ -56,3 +56,6 @@ class ResultSink(Protocol):
 
     async def complete(self, doc: ResultDocument, reply_key: str) -> bool:
         """Write the result once per id; True when this call wrote it."""
+
+    async def settle(self, request_id: str, reply_key: str) -> bool:
+        """Finish the reply push and batch count of a written result (idempotent)."""

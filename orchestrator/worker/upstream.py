@@ -19,7 +19,13 @@ import openai
 import structlog
 
 from orchestrator.core.entra import EntraTokens, default_entra_tokens
-from orchestrator.core.errors import ConfigError, UpstreamError, UpstreamThrottled, UpstreamTimeout
+from orchestrator.core.errors import (
+    ConfigError,
+    UpstreamError,
+    UpstreamThrottled,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from orchestrator.core.retry import parse_retry_after
 from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
 from orchestrator.utilisation.estimate.calibration import (
@@ -29,6 +35,7 @@ from orchestrator.utilisation.estimate.calibration import (
 
 if TYPE_CHECKING:
     import httpx2
+    from pydantic import SecretStr
 
     from orchestrator.core.settings import Settings
 
@@ -88,6 +95,21 @@ class Upstream(Protocol):
         """Release the HTTP client and credentials."""
 
 
+MISCONFIGURED_STATUSES = frozenset({401, 403, 404})
+"""Answers no retry can change: wrong key, no access, no such deployment at this endpoint."""
+
+
+def connection_cause(exc: BaseException) -> str:
+    """The innermost cause of a connection failure, one line (`ConnectError: [Errno 111] ...`)."""
+    inner: BaseException = exc
+    while inner.__cause__ is not None or inner.__context__ is not None:
+        nxt = inner.__cause__ or inner.__context__
+        assert nxt is not None
+        inner = nxt
+    text = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
+    return f"{type(inner).__name__}: {text}"[:200] if text else type(inner).__name__
+
+
 def _error_body(response: httpx2.Response) -> dict[str, object]:
     try:
         data = json.loads(response.text)
@@ -112,9 +134,22 @@ def map_error(exc: openai.OpenAIError) -> UpstreamError:
             )
         if status == 408:
             return UpstreamTimeout("upstream timed out", status_code=408, body=body)
+        if status in MISCONFIGURED_STATUSES:
+            inner = body.get("error")
+            code = inner.get("code") if isinstance(inner, dict) else None
+            return UpstreamUnreachable(
+                f"upstream answered {status}",
+                status_code=status,
+                body=body,
+                cause=f"HTTP {status} {code or ''}".strip(),
+            )
         return UpstreamError(f"upstream answered {status}", status_code=status, body=body)
     if isinstance(exc, openai.APIConnectionError):
-        return UpstreamError("upstream unreachable", status_code=CONNECTION_FAILED_STATUS)
+        return UpstreamUnreachable(
+            "upstream unreachable",
+            status_code=CONNECTION_FAILED_STATUS,
+            cause=connection_cause(exc),
+        )
     return UpstreamError(f"upstream client error: {type(exc).__name__}", status_code=500)
 
 
@@ -132,6 +167,7 @@ class AzureUpstream:
         self._timeout_s = timeout_s
         self._credential = credential
         self.calls = 0
+        self.endpoint = str(client.base_url)
 
     @classmethod
     def from_settings(
@@ -140,12 +176,16 @@ class AzureUpstream:
         *,
         priority: str = "low",
         http_client: httpx2.AsyncClient | None = None,
+        endpoint: str | None = None,
+        api_key: SecretStr | None = None,
     ) -> AzureUpstream:
-        """Client for `PTU_AZURE_OPENAI_ENDPOINT`: API key if set, else Entra ID."""
-        if not settings.azure_openai_endpoint:
+        """Client for `endpoint` (default: the global one); the key if set, else Entra ID."""
+        endpoint = endpoint or settings.azure_openai_endpoint
+        if not endpoint:
             raise ConfigError("PTU_AZURE_OPENAI_ENDPOINT: required by the worker")
+        key = api_key if api_key is not None else settings.azure_openai_api_key
         common: dict[str, Any] = {
-            "azure_endpoint": settings.azure_openai_endpoint,
+            "azure_endpoint": endpoint,
             "api_version": settings.azure_openai_api_version,
             "max_retries": 0,
             "timeout": settings.request_timeout_s,
@@ -153,14 +193,19 @@ class AzureUpstream:
             "http_client": http_client,
         }
         tokens: EntraTokens | None = None
-        if settings.azure_openai_api_key is not None:
-            client = openai.AsyncAzureOpenAI(
-                api_key=settings.azure_openai_api_key.get_secret_value(), **common
-            )
+        if key is not None:
+            client = openai.AsyncAzureOpenAI(api_key=key.get_secret_value(), **common)
         else:
             tokens = default_entra_tokens()
             client = openai.AsyncAzureOpenAI(azure_ad_token_provider=tokens.token, **common)
-        return cls(client, timeout_s=settings.request_timeout_s, credential=tokens)
+        up = cls(client, timeout_s=settings.request_timeout_s, credential=tokens)
+        up.endpoint = endpoint
+        return up
+
+    async def check_credential(self) -> None:
+        """Obtain an Entra ID token once (a no-op with an API key); raises what the SDK raises."""
+        if self._credential is not None:
+            await self._credential.token()
 
     async def chat(
         self,

@@ -22,6 +22,7 @@ from orchestrator.core import keys
 from orchestrator.core.settings import Settings, load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
+from tests import redis_mode
 
 DEPLOYMENTS = [
     {"name": "ptu", "model": "gpt-4o-mini", "ptus": 15},
@@ -59,6 +60,7 @@ def sim() -> Iterator[SimulatorThread]:
 def _settings(redis_url: str, sim: SimulatorThread, **extra: Any) -> Settings:
     return load_settings(
         redis_url=redis_url,
+        redis_cluster=redis_mode.CLUSTER,
         azure_openai_endpoint=sim.url,
         azure_openai_api_key="k",
         deployments=DEPLOYMENTS,
@@ -84,7 +86,7 @@ def worker_process(
     """`ptu worker` as a real process, consuming `only` (default: every provisioned one)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PTU_")}
     env.update(
-        PTU_REDIS_URL=redis_url,
+        **redis_mode.env(redis_url),
         PTU_AZURE_OPENAI_ENDPOINT=sim_url,
         PTU_AZURE_OPENAI_API_KEY=api_key,
         PTU_DEPLOYMENTS=json.dumps(deployments),

@@ -21,6 +21,7 @@ from orchestrator.core.settings import Settings, load_settings
 from orchestrator.queues.redis_streams import RedisStreamsQueue
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
+from tests import redis_mode
 
 API_VERSION = "2024-10-21"
 MESSAGES: Any = [{"role": "user", "content": "Say hello to the provisioned deployment."}]
@@ -45,6 +46,7 @@ def sim() -> Iterator[SimulatorThread]:
 def _settings(redis_url: str, sim: SimulatorThread, **extra: Any) -> Settings:
     return load_settings(
         redis_url=redis_url,
+        redis_cluster=redis_mode.CLUSTER,
         azure_openai_endpoint=sim.url,
         azure_openai_api_key="resource-key",
         deployments=DEPLOYMENTS,
@@ -209,7 +211,7 @@ async def test_openai_shape_low_priority_with_ttl(
         headers={"x-priority": "low", "x-ptu-ttl-s": "30"},
     )
     assert resp.status_code == 202
-    assert resp.json()["reply_key"] == f"ptu:reply:{resp.json()['id']}"
+    assert resp.json()["reply_key"] == keys.reply(resp.json()["id"])
     msg = await _stand_in_worker(redis)
     assert msg.deadline - msg.enqueued_at == pytest.approx(30)
     assert msg.body["max_tokens"] == 2000
@@ -340,6 +342,7 @@ async def test_redis_unreachable_is_503(sim: SimulatorThread) -> None:
             health = await http.get("/healthz")
     assert resp.status_code == 503
     assert "retry-after" in resp.headers
+    assert "127.0.0.1" not in resp.text and str(settings.redis_url) not in resp.text
     assert health.json()["redis"] == "unavailable"
 
 

@@ -12,12 +12,13 @@ import time
 import httpx2
 
 from orchestrator.core.serving import free_port
+from tests import redis_mode
 
 
 def _env(redis_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PTU_")}
     env.update(
-        PTU_REDIS_URL=redis_url,
+        **redis_mode.env(redis_url),
         PTU_AZURE_OPENAI_ENDPOINT="http://127.0.0.1:9",
         PTU_AZURE_OPENAI_API_KEY="k",
         PTU_DEPLOYMENTS=json.dumps([{"name": "ptu", "model": "gpt-4o-mini", "ptus": 15}]),
@@ -88,7 +89,8 @@ def test_a_taken_port_is_a_one_line_error(redis_url: str) -> None:
             text=True,
             timeout=60,
         )
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1] == (
-        f"ptu ingress: cannot serve on 127.0.0.1:{port} (see the error above)"
-    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"ptu ingress: configuration error: --port: cannot listen on 127.0.0.1:{port}: "
+        "already in use"
+    ]

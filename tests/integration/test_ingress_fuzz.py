@@ -34,6 +34,7 @@ from orchestrator.core.settings import Settings, load_settings
 from orchestrator.queues.memory import InMemoryQueue
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
+from tests import redis_mode
 
 MAX_EXAMPLES = 10
 DEPLOYMENTS: list[dict[str, Any]] = [
@@ -48,6 +49,7 @@ NAMESPACE_CHECKED = frozenset({"x-reply-key"})
 def _settings(redis_url: str, endpoint: str) -> Settings:
     return load_settings(
         redis_url=redis_url,
+        redis_cluster=redis_mode.CLUSTER,
         azure_openai_endpoint=endpoint,
         azure_openai_api_key="k",
         deployments=DEPLOYMENTS,
@@ -85,7 +87,7 @@ def stack(redis_url: str) -> Iterator[IngressThread]:
 
 @pytest.fixture(scope="module")
 def store(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    client = redis_mode.connect_sync(redis_url)
     yield client
     client.close()
 

@@ -13,6 +13,7 @@ from ingress.server import IngressThread
 from orchestrator.core.settings import load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
+from tests import redis_mode
 
 MESSAGES: Any = [{"role": "user", "content": "hello"}]
 
@@ -32,6 +33,7 @@ def sim() -> Iterator[SimulatorThread]:
 def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
     settings = load_settings(
         redis_url=redis_url,
+        redis_cluster=redis_mode.CLUSTER,
         azure_openai_endpoint=sim.url,
         azure_openai_api_key="k",
         deployments=[
@@ -70,12 +72,16 @@ def test_saturated_ptu_spills_and_clients_see_no_429(
             assert any(c.choices for c in raw.parse())
         else:
             assert raw.parse().choices[0].message.content
+        assert raw.headers.get("x-ptu-deployment") in ("ptu", "paygo")
     state = _state(sim)
     assert spilled >= 11
-    assert state["ptu"]["throttled"] >= 11
+    # the first 429's retry-after (minutes) opens the breaker: the rest skip the PTU
+    assert 1 <= state["ptu"]["throttled"] <= 2
     assert state["paygo"]["requests"] == spilled
     metrics = httpx2.get(ingress.url + "/metrics").text
-    assert 'ptu_ingress_spillover_total{deployment="ptu",to="paygo"}' in metrics
+    assert 'ptu_ingress_spillover_total{deployment="ptu",reason="429",to="paygo"} 1.0' in metrics
+    assert 'reason="circuit_open",to="paygo"}' in metrics
+    assert 'ptu_ingress_circuit_state{deployment="ptu"} 2.0' in metrics
 
 
 def test_without_spillover_the_429_and_its_headers_reach_the_client(

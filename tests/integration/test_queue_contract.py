@@ -41,6 +41,7 @@ class Backend:
 
     consumer: Callable[[str], Queue]
     dead_letters: Callable[[], object]
+    crash: Callable[[Queue], None]
     opened: list[Queue] = field(default_factory=list)
 
     def make(self, name: str) -> Queue:
@@ -57,35 +58,69 @@ async def _redis_dead(redis: aioredis.Redis) -> list[tuple[str, str]]:
     ]
 
 
-def _fair(redis: aioredis.Redis, name: str) -> Queue:
+def _crash_redis(q: Queue) -> None:
+    """What a SIGKILL leaves: no more liveness beats or refreshes, nothing cleaned up."""
+    assert isinstance(q, RedisStreamsQueue)
+    for task in (q._beater, q._refresher):
+        if task is not None:
+            task.cancel()
+
+
+def _fair(redis: aioredis.Redis, name: str, timeout_s: float) -> Queue:
     def inner(tenant: str) -> Queue:
         stream = keys.tenant_queue(DEPLOYMENT, tenant)
-        return RedisStreamsQueue(redis, DEPLOYMENT, name, claim_idle_s=CLAIM_S, stream=stream)
+        return RedisStreamsQueue(
+            redis, DEPLOYMENT, name, claim_idle_s=timeout_s, liveness_s=timeout_s, stream=stream
+        )
 
     # two configured tenants: the multi-tenant path, not the single-queue shortcut
     return FairShareQueue(
-        redis, DEPLOYMENT, inner, tenants={"default": 1.0, "other": 2.0}, sweep_s=CLAIM_S
+        redis, DEPLOYMENT, inner, tenants={"default": 1.0, "other": 2.0}, sweep_s=timeout_s
+    )
+
+
+def _crash_fair(q: Queue) -> None:
+    assert isinstance(q, FairShareQueue)
+    for tenant in ("default", "other"):
+        _crash_redis(q.inner(tenant))
+
+
+def _make_backend(kind: str, redis: aioredis.Redis, timeout_s: float) -> Backend:
+    """Consumers whose dead peers' (or, memory, un-acked) entries move after `timeout_s`."""
+    if kind == "memory":
+        shared = InMemoryQueue(DEPLOYMENT, visibility_s=timeout_s)
+
+        async def mem_dead() -> list[tuple[str, str]]:
+            return [(m.id, reason) for m, reason in shared.dead_letters]
+
+        return Backend(consumer=lambda _name: shared, dead_letters=mem_dead, crash=lambda q: None)
+    if kind == "fair":
+        return Backend(
+            consumer=lambda name: _fair(redis, name, timeout_s),
+            dead_letters=lambda: _redis_dead(redis),
+            crash=_crash_fair,
+        )
+    return Backend(
+        consumer=lambda name: RedisStreamsQueue(
+            redis, DEPLOYMENT, name, claim_idle_s=timeout_s, liveness_s=timeout_s
+        ),
+        dead_letters=lambda: _redis_dead(redis),
+        crash=_crash_redis,
     )
 
 
 @pytest.fixture(params=["memory", "redis", "fair"])
 async def backend(request: pytest.FixtureRequest, redis: aioredis.Redis) -> AsyncIterator[Backend]:
-    if request.param == "memory":
-        shared = InMemoryQueue(DEPLOYMENT, visibility_s=CLAIM_S)
+    b = _make_backend(request.param, redis, CLAIM_S)
+    yield b
+    for q in b.opened:
+        await q.close()
 
-        async def mem_dead() -> list[tuple[str, str]]:
-            return [(m.id, reason) for m, reason in shared.dead_letters]
 
-        b = Backend(consumer=lambda _name: shared, dead_letters=mem_dead)
-    elif request.param == "redis":
-        b = Backend(
-            consumer=lambda name: RedisStreamsQueue(redis, DEPLOYMENT, name, claim_idle_s=CLAIM_S),
-            dead_letters=lambda: _redis_dead(redis),
-        )
-    else:
-        b = Backend(
-            consumer=lambda name: _fair(redis, name), dead_letters=lambda: _redis_dead(redis)
-        )
+@pytest.fixture(params=["memory", "redis", "fair"])
+async def patient(request: pytest.FixtureRequest, redis: aioredis.Redis) -> AsyncIterator[Backend]:
+    """A backend whose timeouts (60 s) no test waits for: what moves, moves by `release`."""
+    b = _make_backend(request.param, redis, 60.0)
     yield b
     for q in b.opened:
         await q.close()
@@ -139,8 +174,8 @@ async def test_unacked_delivery_of_dead_consumer_is_redelivered(backend: Backend
     dead, alive = backend.make("w-dead"), backend.make("w-alive")
     await dead.put(request(1))
     [first] = await dead.receive(1, timeout_s=1.0)
-    await dead.close()  # crashed: never acks
-    assert await alive.receive(1, timeout_s=0.05) == []  # not before the claim timeout
+    backend.crash(dead)  # never acks, never says goodbye
+    assert await alive.receive(1, timeout_s=0.05) == []  # not before the timeout
     got = await alive.receive(1, timeout_s=CLAIM_S * 10)
     assert [d.message.id for d in got] == ["req-1"]
     assert got[0].delivery_count == 2
@@ -180,3 +215,40 @@ async def test_concurrent_consumers_share_without_duplicates(backend: Backend) -
     ids = [d.message.id for d in a + b]
     assert sorted(ids) == sorted(f"req-{i}" for i in range(30))
     assert await producer.depth() == 0
+
+
+async def test_released_delivery_comes_back_at_once_counting_the_attempt(patient: Backend) -> None:
+    owner, other = patient.make("w-owner"), patient.make("w-other")
+    await owner.put(request(1))
+    [first] = await owner.receive(1, timeout_s=1.0)
+    assert await other.receive(1, timeout_s=0.05) == []
+    await owner.release(first)
+    started = time.monotonic()
+    [again] = await other.receive(1, timeout_s=10.0)
+    assert time.monotonic() - started < 10.0  # long before the 60 s timeouts
+    assert again.message == first.message and again.delivery_count == 2
+    await other.ack(again)
+    await owner.release(first)  # releasing a finished delivery changes nothing
+    assert await other.receive(1, timeout_s=0.2) == []
+    assert await owner.depth() == 0
+
+
+async def test_release_of_an_acked_delivery_does_nothing(patient: Backend) -> None:
+    q = patient.make("w1")
+    await q.put(request(1))
+    [got] = await q.receive(1, timeout_s=1.0)
+    await q.ack(got)
+    await q.release(got)
+    assert await q.receive(1, timeout_s=0.2) == []
+    assert await q.depth() == 0
+
+
+async def test_closed_consumer_hands_its_entries_over_at_once(patient: Backend) -> None:
+    leaving, staying = patient.make("w-leaving"), patient.make("w-staying")
+    await leaving.put(request(1))
+    [first] = await leaving.receive(1, timeout_s=1.0)
+    await leaving.release(first)  # a draining worker gives back what it will not finish
+    await leaving.close()
+    [again] = await staying.receive(1, timeout_s=10.0)
+    assert again.message.id == "req-1"
+    await staying.ack(again)

@@ -14,6 +14,7 @@ from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.serving import free_port
 from orchestrator.queues.redis_streams import RedisStreamsQueue
+from tests import redis_mode
 from tests.integration.test_queue_contract import DEPLOYMENT, request
 
 
@@ -22,7 +23,7 @@ async def short_timeout_client(
     redis_url: str, redis: aioredis.Redis
 ) -> AsyncIterator[aioredis.Redis]:
     """A client whose socket timeout (0.4 s) is far shorter than the waits below."""
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=0.4)
+    client = redis_mode.connect(redis_url, socket_timeout=0.4)
     try:
         yield client
     finally:
@@ -65,7 +66,7 @@ async def test_poison_entry_is_dead_lettered_not_raised(redis: aioredis.Redis) -
     assert [d.message.id for d in got] == ["req-1", "req-2"]
     dead = await redis.xrange(keys.dead_letter(DEPLOYMENT))
     assert [f[b"message"] for _, f in dead] == [b"{not json", b""]
-    assert all(f[b"reason"].startswith(b"unparseable message") for _, f in dead)
+    assert all(f[b"reason"].startswith(b"unreadable message") for _, f in dead)  # no id to answer
     assert await q.depth() == 2  # the two good ones, in flight
 
 
@@ -130,7 +131,7 @@ async def test_repr_is_live(redis: aioredis.Redis) -> None:
     await q.put(request(2))
     got = await q.receive(2, timeout_s=1.0)
     assert repr(q) == (
-        "<RedisStreamsQueue stream=ptu:queue:gpt-4o-mini-ptu group=ptu-workers "
+        "<RedisStreamsQueue stream=ptu:{d:gpt-4o-mini-ptu}:queue group=ptu-workers "
         "consumer=w9 in_flight=2 claim_idle_s=5.0>"
     )
     await q.ack(got[0])

@@ -116,8 +116,8 @@ async def test_batch_results_and_counters(redis: aioredis.Redis) -> None:
             await store.complete(doc(rid, status, batch_id="b1"), f"ptu:reply:{rid}")
     counters = await redis.hgetall(keys.batch("b1"))
     assert counters[b"completed"] == b"2" and counters[b"failed"] == b"2"
-    listed = await redis.lrange(keys.batch_results("b1"), 0, -1)
-    assert [ResultDocument.model_validate_json(x).id for x in listed] == ["a", "b", "c", "d"]
+    listed = await redis.hvals(keys.batch_results("b1"))
+    assert sorted(ResultDocument.model_validate_json(x).id for x in listed) == ["a", "b", "c", "d"]
     assert 4000 < await redis.ttl(keys.batch_results("b1")) <= 5000
 
 
@@ -153,3 +153,38 @@ async def test_wait_returns_at_once_when_done(redis: aioredis.Redis) -> None:
     await store.complete(doc(), "ptu:reply:r1")
     state = await store.wait("r1", timeout_s=30.0)
     assert state is not None and state.status == "completed"
+
+
+async def test_a_completion_cut_off_after_its_decision_is_settled_once(
+    redis: aioredis.Redis,
+) -> None:
+    """Crash after step 1 (result written) before the push: settle pushes it, once."""
+    store = ResultStore(redis, reply_ttl_s=TTL)
+    await store.register(queued(batch_id="b9"))
+    await redis.hset(keys.batch("b9"), mapping={"status": "in_progress", "completed": 0})
+    await redis.expire(keys.batch("b9"), 5000)
+    reply = "ptu:reply:acme:inbox"
+    winner = doc(batch_id="b9")
+    # step 1 alone, as a worker killed right after it would leave things
+    await store._decide(
+        keys=[keys.result("r1"), keys.request("r1")],
+        args=[winner.model_dump_json(), TTL, "completed", reply, keys.result_channel("r1")],
+    )
+    assert await redis.llen(reply) == 0
+    for _ in range(3):  # the redelivery settles; later ones find nothing left to do
+        assert await store.settle("r1", reply)
+    assert not await store.complete(doc(batch_id="b9", status="failed"), reply)  # loses
+    assert [ResultDocument.model_validate_json(x) for x in await redis.lrange(reply, 0, -1)] == [
+        winner
+    ]
+    assert (await redis.hgetall(keys.batch("b9")))[b"completed"] == b"1"
+    assert await store.settle("nobody", reply) is False
+
+
+def test_completion_keys_of_one_step_share_a_slot() -> None:
+    assert keys.same_slot(keys.result("r1"), keys.request("r1"), keys.reply("r1"))
+    for reply in ("ptu:reply:acme:inbox", keys.reply("r1"), "tenant:acme:inbox"):
+        assert keys.same_slot(reply, keys.reply_pushed(reply, "r1"))
+    assert keys.same_slot(keys.batch_results("b1"), keys.batch("b1"), keys.batch_requests("b1"))
+    assert keys.same_slot(keys.estimate("d"), keys.estimate_request("d", "x"), keys.slots("d"))
+    assert not keys.same_slot(keys.request("r1"), keys.batch("b1"))

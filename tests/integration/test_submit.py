@@ -20,6 +20,7 @@ from orchestrator.cli.submit import SubmitError, custom_ids, submit
 from orchestrator.core.settings import load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
+from tests import redis_mode
 from tests.integration.test_ingress_batch import worker_process
 
 DEPLOYMENTS: list[dict[str, Any]] = [{"name": "ptu", "model": "gpt-4o-mini", "ptus": 15}]
@@ -40,7 +41,8 @@ def sim() -> Iterator[SimulatorThread]:
 @pytest.fixture(scope="module")
 def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
     settings = load_settings(
-        redis_url=redis_url, azure_openai_endpoint=sim.url, azure_openai_api_key="k",
+        redis_url=redis_url, redis_cluster=redis_mode.CLUSTER,
+        azure_openai_endpoint=sim.url, azure_openai_api_key="k",
         deployments=DEPLOYMENTS,
     )  # fmt: skip
     with IngressThread(settings) as server:

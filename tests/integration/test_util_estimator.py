@@ -17,6 +17,7 @@ from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.estimator.redis_stream import GROUP, Estimator
 from orchestrator.utilisation.estimate.store import EstimateStore
+from tests import redis_mode
 from tests.support.token_events import event, publish
 
 # 10 PTU x 600 TPM = 100 tokens/s; window 100 s -> 100 % = 10,000 tokens; output weight 2
@@ -88,7 +89,7 @@ async def test_old_entries_are_acknowledged_unapplied(redis: aioredis.Redis) -> 
 
 
 async def test_idle_blocking_read_survives_a_short_socket_timeout(redis_url: str) -> None:
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=1.5)
+    client = redis_mode.connect(redis_url, socket_timeout=1.5)
     try:
         await client.flushdb()
         est = Estimator(client, store(client), consumer="c1", block_ms=1000)
@@ -119,7 +120,7 @@ async def test_run_applies_until_stopped(redis: aioredis.Redis) -> None:
 async def test_cli_runs_until_sigterm(redis: aioredis.Redis, redis_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PTU_")}
     env |= {
-        "PTU_REDIS_URL": redis_url,
+        **redis_mode.env(redis_url),
         "PTU_DEPLOYMENTS": json.dumps([DEPLOYMENT.model_dump(exclude_none=True)]),
         "PTU_ESTIMATE_WINDOW_S": "100",
     }

@@ -27,6 +27,7 @@ from orchestrator.core.settings import DeploymentConfig
 from orchestrator.estimator.eventhubs import EventHubsEstimator
 from orchestrator.queues.eventhubs.checkpoint_redis import RedisCheckpointStore
 from orchestrator.utilisation.estimate.store import EstimateStore
+from tests import redis_mode
 from tests.integration.eventhubs_fakes import CG, NS, FakeConsumerClient, FakeHub
 
 TOKEN_HUB = "ptu-token-events"
@@ -248,7 +249,7 @@ async def test_cli_with_eventhubs_backend_and_no_namespace_is_a_config_error(
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PTU_")}
     env |= {
-        "PTU_REDIS_URL": redis_url,
+        **redis_mode.env(redis_url),
         "PTU_QUEUE_BACKEND": "eventhubs",
         "PTU_DEPLOYMENTS": json.dumps([DEPLOYMENT.model_dump(exclude_none=True)]),
     }

@@ -31,6 +31,7 @@ from orchestrator.worker.upstream import AzureUpstream
 from simulator.config import SimConfig
 from simulator.openai import tokens
 from simulator.server import SimulatorThread
+from tests import redis_mode
 
 DEP = "dep"
 MESSAGES = [{"role": "user", "content": "Summarise the quarterly report in one line."}]
@@ -54,9 +55,14 @@ async def http(sim: SimulatorThread) -> AsyncIterator[httpx2.AsyncClient]:
         yield client
 
 
+NO_BREAKER: dict[str, Any] = {"breaker_min_calls": 1_000_000}
+"""Keeps the circuit breaker closed, for tests of the retry budget itself."""
+
+
 def make_settings(sim: SimulatorThread, redis_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "redis_url": redis_url,
+        "redis_cluster": redis_mode.CLUSTER,
         "deployments": [DeploymentConfig(name=DEP, model="gpt-4o-mini", ptus=15)],
         "azure_openai_endpoint": sim.url,
         "azure_openai_api_key": SecretStr("k"),
@@ -176,7 +182,7 @@ async def test_5xx_is_retried_then_failed_and_dead_lettered(
 ) -> None:
     await http.patch(f"/sim/deployments/{DEP}", json={"error_rate": 1.0})
     ids = await enqueue(redis, 3)
-    done = await run_worker(make_settings(sim, redis_url), redis, ids)
+    done = await run_worker(make_settings(sim, redis_url, **NO_BREAKER), redis, ids)
 
     for doc in done.values():
         assert (doc.status, doc.status_code, doc.attempts) == ("failed", 500, 3)
@@ -191,7 +197,7 @@ async def test_408_is_retried_then_failed_with_408(
 ) -> None:
     await http.patch(f"/sim/deployments/{DEP}", json={"timeout_rate": 1.0})
     ids = await enqueue(redis, 2)
-    done = await run_worker(make_settings(sim, redis_url, max_attempts=2), redis, ids)
+    done = await run_worker(make_settings(sim, redis_url, max_attempts=2, **NO_BREAKER), redis, ids)
 
     assert {(d.status, d.status_code, d.attempts) for d in done.values()} == {("failed", 408, 2)}
     assert await redis.xlen(keys.dead_letter(DEP)) == 2
@@ -202,7 +208,9 @@ async def test_intermittent_faults_are_retried_to_success(
 ) -> None:
     await http.patch(f"/sim/deployments/{DEP}", json={"error_rate": 0.3, "timeout_rate": 0.1})
     ids = await enqueue(redis, 20)
-    done = await run_worker(make_settings(sim, redis_url, max_attempts=10), redis, ids)
+    done = await run_worker(
+        make_settings(sim, redis_url, max_attempts=10, **NO_BREAKER), redis, ids
+    )
 
     assert {d.status for d in done.values()} == {"completed"}
     assert max(d.attempts for d in done.values()) > 1
@@ -247,14 +255,14 @@ async def test_expired_requests_get_expired_results_without_calls(
     assert (await sim_state(http))["requests"] == 0
 
 
-async def test_bad_request_fails_at_once_without_dead_letter(
+async def test_bad_request_fails_at_once_into_the_dead_letter_store(
     sim: SimulatorThread, redis_url: str, redis: aioredis.Redis, http: httpx2.AsyncClient
 ) -> None:
     ids = await enqueue(redis, 2, body={"max_tokens": -3})
     done = await run_worker(make_settings(sim, redis_url), redis, ids)
 
     assert {(d.status, d.status_code, d.attempts) for d in done.values()} == {("failed", 400, 1)}
-    assert await redis.xlen(keys.dead_letter(DEP)) == 0
+    assert await redis.xlen(keys.dead_letter(DEP)) == 2
     assert await redis.xlen(keys.queue(DEP)) == 0
 
 
@@ -262,7 +270,7 @@ async def test_blocking_read_longer_than_the_socket_timeout_survives(
     sim: SimulatorThread, redis_url: str, http: httpx2.AsyncClient
 ) -> None:
     # a client with a 1 s socket timeout, a worker whose receive waits 3 s, idle for 2.5 s
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=1.0)
+    client = redis_mode.connect(redis_url, socket_timeout=1.0)
     await client.flushdb()
     timing = WorkerTiming(receive_timeout_s=3.0, heartbeat_s=0.5, drain_timeout_s=2)
     try:

@@ -22,6 +22,7 @@ from orchestrator.utilisation.static import StaticSource
 from orchestrator.worker.loop import WorkerTiming
 from orchestrator.worker.main import build_worker
 from orchestrator.worker.metrics import WorkerMetrics
+from tests import redis_mode
 from tests.unit.worker_fakes import FakeUpstream
 
 DEP = DeploymentConfig(name="dep", model="gpt-4o-mini", ptus=15)
@@ -59,7 +60,9 @@ async def eventually(check: object, timeout_s: float = 10.0) -> None:
 async def test_status_and_metrics_show_a_running_worker(
     redis_url: str, redis: aioredis.Redis
 ) -> None:
-    settings = Settings(redis_url=redis_url, deployments=[DEP], max_concurrency=10)
+    settings = Settings(
+        redis_url=redis_url, redis_cluster=redis_mode.CLUSTER, deployments=[DEP], max_concurrency=10
+    )
     source = StaticSource({DEP.name: 0.55})  # limit floor(10 - 9 * 0.5) = 5
     gate = asyncio.Event()
     upstream = FakeUpstream(gate=gate)
@@ -126,7 +129,7 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 def test_status_once_prints_a_snapshot(redis_url: str) -> None:
     out = _cli(
-        ["status", "--once"], {"PTU_REDIS_URL": redis_url, "PTU_DEPLOYMENTS": DEPLOYMENTS_JSON}
+        ["status", "--once"], {**redis_mode.env(redis_url), "PTU_DEPLOYMENTS": DEPLOYMENTS_JSON}
     )
     assert out.returncode == 0, out.stderr
     line = next(line for line in out.stdout.splitlines() if "│ dep " in line)
@@ -134,12 +137,12 @@ def test_status_once_prints_a_snapshot(redis_url: str) -> None:
 
 
 def test_worker_cli_rejects_bad_configuration_with_one_line(redis_url: str) -> None:
-    env = {"PTU_REDIS_URL": redis_url, "PTU_DEPLOYMENTS": DEPLOYMENTS_JSON}
+    env = {**redis_mode.env(redis_url), "PTU_DEPLOYMENTS": DEPLOYMENTS_JSON}
     unknown = _cli(["worker", "--deployment", "nope"], env)
     assert unknown.returncode == 2
     assert "PTU_DEPLOYMENTS: no deployment named 'nope'" in unknown.stderr
     no_endpoint = _cli(["worker"], env)
     assert no_endpoint.returncode == 2
     assert "PTU_AZURE_OPENAI_ENDPOINT: required by the worker" in no_endpoint.stderr
-    nothing = _cli(["worker"], {"PTU_REDIS_URL": redis_url})
+    nothing = _cli(["worker"], redis_mode.env(redis_url))
     assert nothing.returncode == 2 and "PTU_DEPLOYMENTS" in nothing.stderr

@@ -21,7 +21,7 @@ from orchestrator.core.entra import COGNITIVE_SERVICES_SCOPE, EntraTokens
 from orchestrator.core.schemas import TokenEvent
 
 STD = Target("std", "http://up/openai/deployments/std/chat/completions", False)
-PTU = Target("ptu", "http://up/openai/deployments/ptu/chat/completions", True, STD)
+PTU = Target("ptu", "http://up/openai/deployments/ptu/chat/completions", True, (STD,))
 PTU_ALONE = Target("ptu", PTU.url, True)
 OK_BODY = {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 5}}
 
@@ -334,3 +334,78 @@ async def test_a_streaming_request_is_relayed_as_sse_whatever_the_upstream_conte
     assert b"".join(m.get("body", b"") for m in sent[1:]) == b"".join(events)
     assert [e.phase for e in sink.events] == ["admit", "complete"]
     assert sink.events[-1].completion_tokens == 1
+
+
+EU = Target("eu", "http://eu/openai/deployments/eu/chat/completions", False)
+CHAIN = Target("ptu", PTU.url, True, (STD, EU))
+
+
+@pytest.mark.parametrize(
+    ("script", "used", "path"),
+    [
+        ([(500, {}), (200, {})], "std", ["ptu", "std"]),
+        ([(503, {}), (408, {}), (200, {})], "eu", ["ptu", "std", "eu"]),
+        ([(401, {}), (200, {})], "std", ["ptu", "std"]),
+        ([(400, {})], "ptu", ["ptu"]),  # the caller's mistake: no other deployment fixes it
+        ([(500, {}), (502, {}), (504, {})], "eu", ["ptu", "std", "eu"]),  # the last one's answer
+    ],
+)
+async def test_failures_move_along_the_spillover_chain(
+    script: list[tuple[int, dict[str, str]]], used: str, path: list[str]
+) -> None:
+    up = Upstream(script)
+    proxy, _ = _proxy(up, Sink())
+    status, headers, _ = await _forward(proxy, _call(CHAIN))
+    assert up.deployments == path
+    assert status == script[-1][0]
+    assert headers["x-ptu-deployment"] == used
+
+
+async def test_timeout_and_refused_connection_spill_over() -> None:
+    seen: list[str] = []
+
+    def flaky(request: httpx2.Request) -> httpx2.Response:
+        name = request.url.path.split("/")[3]
+        seen.append(name)
+        if name == "ptu":
+            raise httpx2.ReadTimeout("slow")
+        if name == "std":
+            raise httpx2.ConnectError("refused")
+        return httpx2.Response(200, json=OK_BODY)
+
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(flaky))
+    metrics = IngressMetrics()
+    proxy = Proxy(client, ApiKeyAuth("k"), TokenEvents(Sink()), metrics, spillover_wait_ms=0)
+    resp = await proxy.forward(_call(CHAIN))
+    assert resp.status_code == 200 and resp.headers["x-ptu-deployment"] == "eu"
+    assert seen == ["ptu", "std", "eu"]
+    text = metrics.render().decode()
+    assert 'deployment="ptu",reason="timeout",to="std"' in text
+    assert 'deployment="std",reason="connection",to="eu"' in text
+
+
+async def test_a_stream_broken_before_its_first_byte_spills_over() -> None:
+    class Broken(httpx2.AsyncByteStream):
+        async def __aiter__(self):  # type: ignore[no-untyped-def]
+            raise httpx2.ReadError("reset")
+            yield b""
+
+    class Events(httpx2.AsyncByteStream):
+        async def __aiter__(self):  # type: ignore[no-untyped-def]
+            yield b'data: {"choices":[]}\n\ndata: [DONE]\n\n'
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        if request.url.path.split("/")[3] == "ptu":
+            return httpx2.Response(
+                200, headers={"content-type": "text/event-stream"}, stream=Broken()
+            )
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=Events())
+
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
+    proxy = Proxy(
+        client, ApiKeyAuth("k"), TokenEvents(Sink()), IngressMetrics(), spillover_wait_ms=0
+    )
+    call = _call(CHAIN)
+    call.stream = True
+    resp = await proxy.forward(call)
+    assert dict(resp.headers)["x-ptu-deployment"] == "std"

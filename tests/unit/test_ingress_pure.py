@@ -127,7 +127,7 @@ def test_loopback_detection(host: str, loopback: bool) -> None:
 
 
 def test_reply_key_default_and_namespace() -> None:
-    assert reply_key_for(None, "alpha", "req_1") == "ptu:reply:req_1"
+    assert reply_key_for(None, "alpha", "req_1") == "ptu:reply:{req_1}"
     assert reply_key_for("ptu:reply:alpha:mine", "alpha", "req_1") == "ptu:reply:alpha:mine"
 
 
@@ -141,6 +141,8 @@ def test_reply_key_default_and_namespace() -> None:
         "ptu:reply:alpha:with space",
         "ptu:reply:alpha:" + "x" * 300,
         "ptu:reply:alphabet:x",
+        "ptu:reply:alpha:{other}",
+        "ptu:reply:alpha:x}",
     ],
 )
 def test_reply_key_outside_the_namespace_is_rejected(key: str) -> None:

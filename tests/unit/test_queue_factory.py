@@ -7,6 +7,7 @@ import sys
 import pytest
 import redis.asyncio as aioredis
 
+from orchestrator.core import keys
 from orchestrator.core.errors import MissingDependencyError
 from orchestrator.core.settings import load_settings
 from orchestrator.queues.factory import make_queue
@@ -21,9 +22,11 @@ async def test_redis_backend_is_default_in_fair_share_per_tenant() -> None:
     default, other = q.inner("default"), q.inner("team-a")
     assert isinstance(default, RedisStreamsQueue) and isinstance(other, RedisStreamsQueue)
     # the default tenant keeps the deployment's original stream
-    assert (default.stream, default.consumer) == ("ptu:queue:d1", "worker-1")
-    assert other.stream == "ptu:queue:d1:t:team-a"
-    assert other.dead_letter_stream == default.dead_letter_stream == "ptu:dlq:d1"
+    assert (default.stream, default.consumer) == (keys.queue("d1"), "worker-1")
+    assert other.stream == keys.tenant_queue("d1", "team-a") != default.stream
+    assert other.dead_letter_stream == default.dead_letter_stream == keys.dead_letter("d1")
+    # one deployment's per-tenant streams share its slot (their scripts touch the dlq)
+    assert keys.same_slot(other.stream, default.stream, keys.dead_letter("d1"))
     await client.aclose()
 
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 import fakeredis
 import pytest
 
+from orchestrator.core import keys
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.static import StaticSource
@@ -196,7 +197,7 @@ async def test_renew_readds_a_reaped_lease(fake_redis: fakeredis.FakeAsyncRedis)
     throttle = make(fake_redis, StaticSource({"gpt-4o": 0.0}, clock=t.clock), t)
     slot = await throttle.acquire(asyncio.Event())
     assert slot is not None
-    await fake_redis.zrem("ptu:slots:gpt-4o", slot.id)  # as if another worker reaped it
+    await fake_redis.zrem(keys.slots("gpt-4o"), slot.id)  # as if another worker reaped it
     await throttle.renew()
     assert await throttle.global_in_flight() == 1
     await throttle.release(slot)

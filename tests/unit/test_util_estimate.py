@@ -6,6 +6,7 @@ from typing import Any
 import fakeredis
 import pytest
 
+from orchestrator.core import keys
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
@@ -178,7 +179,7 @@ async def test_events_for_unknown_deployments_are_ignored(
 async def test_dedupe_records_expire(fake_redis: fakeredis.FakeAsyncRedis) -> None:
     s = store(fake_redis, FakeClock(START))
     await s.record(ev("a", "admit", 100))
-    ttl = await fake_redis.pttl("ptu:est-req:d:a")
+    ttl = await fake_redis.pttl(keys.estimate_request("d", "a"))
     assert 0 < ttl <= 3_600_000
 
 

@@ -7,8 +7,10 @@ import json
 
 import pytest
 
+from orchestrator.core import keys
 from orchestrator.core.errors import UpstreamError, UpstreamThrottled, UpstreamTimeout
 from orchestrator.queues.base import Delivery
+from orchestrator.queues.memory import _Entry
 from orchestrator.throttle.slots import Slot
 from tests.unit.worker_fakes import T0, FakeUpstream, Rig, make_rig, request
 
@@ -108,7 +110,7 @@ async def test_retryable_errors_back_off_then_fail_and_dead_letter() -> None:
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 422])
-async def test_other_4xx_fail_at_once_without_dead_letter(status: int) -> None:
+async def test_other_4xx_fail_at_once_into_the_dead_letter_store(status: int) -> None:
     error = UpstreamError(
         "bad", status_code=status, body={"error": {"code": "bad", "message": "m"}}
     )
@@ -119,7 +121,9 @@ async def test_other_4xx_fail_at_once_without_dead_letter(status: int) -> None:
     assert rig.upstream.calls_for("r1") == 1 and rig.time.sleeps == []
     doc = await _result(rig, "r1")
     assert doc["status_code"] == status and doc["error"] == {"code": "bad", "message": "m"}
-    assert rig.queue.dead_letters == [] and await rig.queue.depth() == 0
+    ((message, reason),) = rig.queue.dead_letters
+    assert message.id == "r1" and reason == f"status {status} is not retryable"
+    assert await rig.queue.depth() == 0
 
 
 async def test_expired_request_gets_expired_result_without_a_call() -> None:
@@ -174,7 +178,7 @@ async def test_concurrent_duplicates_write_one_result() -> None:
     assert await rig.queue.depth() == 0  # the loser acked too
 
 
-async def test_stop_during_retry_wait_leaves_the_message_for_redelivery() -> None:
+async def test_stop_during_retry_wait_releases_the_message_for_redelivery() -> None:
     stop = asyncio.Event()
     throttled = UpstreamThrottled("t", status_code=429, retry_after_s=5)
     upstream = FakeUpstream(script={"r1": [throttled]}, on_call=lambda _: stop.set())
@@ -183,8 +187,10 @@ async def test_stop_during_retry_wait_leaves_the_message_for_redelivery() -> Non
 
     assert await _run_one(rig, stop) is None
     assert await rig.replies("r1") == []
-    assert await rig.queue.depth() == 1 and rig.queue.in_flight() == 1  # not acked
+    assert await rig.queue.depth() == 1 and rig.queue.in_flight() == 0  # released, not acked
     assert await rig.global_slots() == 0
+    [again] = await rig.queue.receive(1, 0)  # at once, not after the visibility timeout
+    assert again.delivery_count == 2
 
 
 async def test_cancelled_call_releases_slot_refunds_tokens_and_does_not_ack() -> None:
@@ -204,7 +210,8 @@ async def test_cancelled_call_releases_slot_refunds_tokens_and_does_not_ack() ->
 
     assert await rig.global_slots() == 0
     assert [e.phase for e in rig.tokens.events] == ["admit", "complete"]
-    assert await rig.replies("r1") == [] and rig.queue.in_flight() == 1
+    assert await rig.replies("r1") == [] and rig.queue.in_flight() == 0  # released
+    assert await rig.queue.depth() == 1
 
 
 async def test_call_timeout_is_retried_as_408() -> None:
@@ -231,3 +238,57 @@ async def test_message_delivered_too_often_is_dead_lettered() -> None:
         "message": "the request kept interrupting workers",
     }
     assert rig.queue.dead_letters[0][1] == "too many deliveries"
+
+
+async def test_failed_result_write_releases_and_the_redelivery_completes_once() -> None:
+    rig = make_rig()
+    await rig.put(request("r1"))
+    real = rig.results.complete
+    failures = [ConnectionError("redis restarted")]
+
+    async def flaky(doc, reply_key):  # type: ignore[no-untyped-def]
+        if failures:
+            from redis.exceptions import ConnectionError as RedisConnectionError
+
+            raise RedisConnectionError(str(failures.pop()))
+        return await real(doc, reply_key)
+
+    rig.results.complete = flaky  # type: ignore[method-assign]
+    assert await _run_one(rig) is None
+    assert rig.queue.in_flight() == 0 and await rig.queue.depth() == 1  # released
+    assert await _run_one(rig) == "completed"
+    assert len(await rig.replies("r1")) == 1 and await rig.queue.depth() == 0
+
+
+async def test_redelivery_of_a_written_result_settles_then_acks_without_a_call() -> None:
+    rig = make_rig()
+    await rig.put(request("r1"))
+    delivery, slot = await _take(rig)
+    first = rig.dispatcher._doc(delivery.message, "completed", attempts=1, status_code=200)
+    # step 1 of completion only, as if the worker died before the reply push
+    await rig.results._decide(
+        keys=[keys.result("r1"), keys.request("r1")],
+        args=[first.model_dump_json(), 3600, "completed", delivery.message.reply_key, "ch"],
+    )
+    await rig.queue.release(delivery)
+    await rig.throttle.release(slot)
+    assert await _run_one(rig) is None  # nothing new written
+    assert rig.upstream.calls == []
+    assert [json.loads(r)["id"] for r in await rig.replies("r1")] == ["r1"]
+    assert await rig.queue.depth() == 0
+
+
+async def test_unreadable_message_gets_a_failed_result_with_its_cause() -> None:
+    rig = make_rig()
+    good = request("r1")
+    await rig.results.register(good)
+    deep = "[" * 300 + "]" * 300  # deeper than the worker's parser reads
+    payload = good.model_dump_json().replace('"body":{', f'"body":{{"x":{deep},', 1)
+    rig.queue._entries["1"] = _Entry(payload=payload)  # as a producer that skipped the check
+    assert await _run_one(rig) == "failed"
+    doc = await _result(rig, "r1")
+    assert doc["error"]["code"] == "unreadable_message"  # type: ignore[index]
+    assert "recursion" in doc["error"]["message"].lower()  # type: ignore[index]
+    assert rig.upstream.calls == [] and await rig.queue.depth() == 0
+    [(message, reason)] = rig.queue.dead_letters
+    assert message is not None and message.id == "r1" and reason.startswith("unreadable")

@@ -128,7 +128,7 @@ async def test_stop_drains_in_flight_calls_and_leaves_the_rest_queued() -> None:
     assert await rig.global_slots() == 0
 
 
-async def test_drain_timeout_cancels_calls_and_leaves_them_unacknowledged() -> None:
+async def test_drain_timeout_cancels_calls_and_releases_them_unacknowledged() -> None:
     rig = make_rig(max_concurrency=2, upstream=FakeUpstream(hang=True))
     ids = await fill(rig, 4)
     parked = Parked()
@@ -143,7 +143,9 @@ async def test_drain_timeout_cancels_calls_and_leaves_them_unacknowledged() -> N
     await run
 
     assert sum((await replies(rig, ids)).values()) == 0
-    assert rig.queue.in_flight() == 2 and await rig.queue.depth() == 4  # redeliverable
+    assert (
+        rig.queue.in_flight() == 0 and await rig.queue.depth() == 4
+    )  # released: redelivered at once
     assert await rig.global_slots() == 0
     assert [e.phase for e in rig.tokens.events].count("complete") == 2  # budgets refunded
 

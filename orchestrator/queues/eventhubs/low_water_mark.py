@@ -44,6 +44,10 @@ class LowWaterMark(Generic[T]):
             advanced = self._items.pop(head)
         return advanced
 
+    def holds(self, key: str) -> bool:
+        """True while `key` is tracked and not yet acknowledged."""
+        return key in self._items and key not in self._done
+
     def __len__(self) -> int:
         return len(self._order)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,6 @@ import structlog
 from azure.eventhub import EventData
 from azure.eventhub.aio import EventHubConsumerClient, EventHubProducerClient, PartitionContext
 from azure.eventhub.exceptions import EventHubError
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from orchestrator.core import keys
@@ -35,7 +35,7 @@ from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.core.settings import Settings
 from orchestrator.queues import dead_letter
-from orchestrator.queues.base import Delivery
+from orchestrator.queues.base import Delivery, read_delivery
 from orchestrator.queues.eventhubs.auth import EventHubAuth
 from orchestrator.queues.eventhubs.checkpoint_redis import RedisCheckpointStore
 from orchestrator.queues.eventhubs.low_water_mark import LowWaterMark
@@ -85,6 +85,7 @@ class EventHubsQueue:
         self.deployment = deployment
         self.consumer = consumer
         self.consumer_group = consumer_group
+        self._released: deque[_Received] = deque()
         self.namespace = namespace
         """Fully qualified namespace host: the checkpoint store's key for this hub."""
         self.checkpoint_store = checkpoint_store
@@ -136,6 +137,10 @@ class EventHubsQueue:
         out: list[Delivery] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout_s)
+        while self._released and len(out) < max_count:
+            again = self._released.popleft()
+            if self._generation.get(again.partition_id) == again.generation:
+                out.append(again.delivery)
         while not out:
             remaining = deadline - loop.time()
             try:
@@ -167,11 +172,21 @@ class EventHubsQueue:
         async with _mapped("checkpoint", self.eventhub):
             await context.update_checkpoint(event)
 
+    async def release(self, delivery: Delivery) -> None:
+        """Hand the event to this consumer's next `receive` (Event Hubs cannot redeliver one
+        event); the checkpoint stays behind it. Dropped when the partition moved away."""
+        partition_id, offset = delivery.token.split(":", 1)
+        mark = self._marks.get(partition_id)
+        if mark is None or not mark.holds(offset):
+            return
+        count = await self._count_delivery(partition_id, offset)
+        again = Delivery(message=delivery.message, token=delivery.token, delivery_count=count)
+        self._released.append(_Received(again, partition_id, self._generation.get(partition_id, 0)))
+
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """XADD the message and reason to the Redis dead-letter stream, then ack."""
-        await self._dead_letter_raw(
-            delivery.token, delivery.message.model_dump_json(), reason, delivery.delivery_count
-        )
+        payload = delivery.payload or delivery.message.model_dump_json()
+        await self._dead_letter_raw(delivery.token, payload, reason, delivery.delivery_count)
         log.warning(
             "message_dead_lettered",
             deployment=self.deployment,
@@ -247,17 +262,15 @@ class EventHubsQueue:
         token = f"{pid}:{offset}"
         count = await self._count_delivery(pid, offset)
         payload = event.body_as_str()
-        try:
-            message = QueuedRequest.model_validate_json(payload)
-        except ValidationError as exc:
-            reason = f"unparseable message: {exc.errors()[0]['msg']}"
+        delivery = read_delivery(payload, token, count, self.deployment)
+        if delivery is None:
+            reason = "unreadable message without a request id"
             await self._dead_letter_raw(token, payload, reason, count)
             log.error("poison_message_dead_lettered", eventhub=self.eventhub, token=token)
             advanced = mark.ack(offset)
             if advanced is not None:
                 await context.update_checkpoint(advanced[1])
             return
-        delivery = Delivery(message=message, token=token, delivery_count=count)
         await self._buffer.put(_Received(delivery, pid, generation))
 
     async def _on_partition_close(self, context: PartitionContext, reason: Any) -> None:

@@ -1,6 +1,6 @@
 -- Declare a feeder alive for each bucket; optionally advance the bucket's `applied`
 -- stream id (the newest token-event entry folded in), never moving it backwards.
--- KEYS: bucket hashes. ARGV: now in epoch seconds ('' = the server's TIME), applied id|''.
+-- KEYS: bucket hashes (the caller passes one: each deployment is its own Cluster slot). ARGV: now in epoch seconds ('' = the server's TIME), applied id|''.
 local function now_s(arg)
   if arg ~= '' then return tonumber(arg) end
   local t = redis.call('TIME')

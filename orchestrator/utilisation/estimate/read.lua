@@ -1,12 +1,13 @@
 -- A deployment's bucket drained up to now, its correction decayed up to now, and how old
 -- that knowledge is.
--- KEYS[1] bucket hash; KEYS[2] the token-event stream.
+-- KEYS[1] bucket hash (one key: the token-event stream is another Cluster slot, so the
+-- caller reads the stream lag after this script, from the `applied` id returned).
 -- ARGV: 1 drain per second, 2 now in epoch seconds ('' = the server's TIME),
 --       3 negative decay s, 4 positive decay s ('' = calibration off), 5 look-ahead s.
 -- Returns nil when no feeder ever wrote the bucket, else, as strings: {level, heartbeat age,
--- lag age, correction, correction age, observed, observation age, floor left}: heartbeat age
--- is -1 without a heartbeat; lag age is how long the oldest stream entry not yet folded in
--- (after the bucket's `applied` id) has waited, else 0; correction and floor left are 0 and
+-- now, correction, correction age, observed, observation age, floor left, applied}: heartbeat age
+-- is -1 without a heartbeat; now is the clock the script used (epoch s); applied is the
+-- newest token-event id folded in, or ''; correction and floor left are 0 and
 -- the ages and observed are '' when there is none (or calibration is off).
 local function now_s(arg)
   if arg ~= '' then return tonumber(arg) end
@@ -22,18 +23,7 @@ level = math.max(0, level - tonumber(ARGV[1]) * math.max(0, now - at))
 local hb = redis.call('HGET', KEYS[1], 'hb')
 local hb_age = '-1'
 if hb then hb_age = tostring(math.max(0, now - tonumber(hb))) end
-local applied = redis.call('HGET', KEYS[1], 'applied')
-local first
-if applied then
-  first = redis.call('XRANGE', KEYS[2], '(' .. applied, '+', 'COUNT', 1)
-else
-  first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-end
-local lag_age = 0
-if #first > 0 then
-  local ms = tonumber(string.match(first[1][1], '^(%d+)'))
-  lag_age = math.max(0, now - ms / 1000)
-end
+local applied = redis.call('HGET', KEYS[1], 'applied') or ''
 local c, c_age, obs, obs_age, floor_left = 0, '', '', '', 0
 if ARGV[3] ~= '' then
   local f = redis.call('HMGET', KEYS[1], 'c', 'c_at', 'obs', 'obs_at', 'floor', 'throttled_at', 'v')
@@ -53,5 +43,5 @@ if ARGV[3] ~= '' then
   if f[3] then obs, obs_age = f[3], tostring(math.max(0, now - tonumber(f[4]))) end
   if f[5] then floor_left = math.max(0, tonumber(f[5]) - now) end
 end
-return {tostring(level), hb_age, tostring(lag_age), tostring(c), c_age, obs, obs_age,
-  tostring(floor_left)}
+return {tostring(level), hb_age, tostring(now), tostring(c), c_age, obs, obs_age,
+  tostring(floor_left), applied}

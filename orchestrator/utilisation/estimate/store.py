@@ -76,8 +76,9 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from orchestrator.core import keys, redis_replies
+from orchestrator.core import keys
 from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.redis_replies import text
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.utilisation.base import Calibration, Reading
@@ -177,11 +178,12 @@ class EstimateStore:
         entry it has folded in; older entries still unapplied make readings stale.
         Raises UtilisationUnavailable when Redis cannot be reached.
         """
-        names = [keys.estimate(n) for n in self._deployments]
-        if not names:
-            return
         try:
-            await self._heartbeat(keys=names, args=[self._now_arg(), applied or ""])
+            for name in self._deployments:
+                # one call per deployment: each bucket is in its own Cluster slot
+                await self._heartbeat(
+                    keys=[keys.estimate(name)], args=[self._now_arg(), applied or ""]
+                )
         except RedisError as exc:
             raise UtilisationUnavailable(f"estimate heartbeat failed: {exc}") from exc
 
@@ -214,15 +216,15 @@ class EstimateStore:
         cal = self.calibration.read_args() if self.calibration else ["", "", ""]
         try:
             reply = await self._read(
-                keys=[keys.estimate(deployment), keys.TOKEN_EVENTS],
-                args=[repr(rate), now_arg, *cal],
+                keys=[keys.estimate(deployment)], args=[repr(rate), now_arg, *cal]
             )
+            if reply is None:
+                raise UtilisationUnavailable(f"estimate {deployment}: no feeder has written it yet")
+            fields = [text(x) for x in reply]
+            level, heartbeat_age, server_now = (float(x) for x in fields[:3])
+            lag_age = await self._lag_age(fields[8], server_now)
         except RedisError as exc:
             raise UtilisationUnavailable(f"estimate {deployment}: read failed: {exc}") from exc
-        if reply is None:
-            raise UtilisationUnavailable(f"estimate {deployment}: no feeder has written it yet")
-        values = [redis_replies.text(x) for x in reply]
-        level, heartbeat_age, lag_age = (float(x) for x in values[:3])
         if heartbeat_age < 0:
             raise UtilisationUnavailable(f"estimate {deployment}: no feeder heartbeat yet")
         age = max(heartbeat_age, lag_age)
@@ -231,13 +233,26 @@ class EstimateStore:
             return Reading(model, local_now - age, SOURCE)
         detail = Calibration(
             model=model,
-            correction=float(values[3]),
-            correction_age_s=_optional(values[4]),
-            observed=_optional(values[5]),
-            observed_age_s=_optional(values[6]),
-            throttled_s=float(values[7]),
+            correction=float(fields[3]),
+            correction_age_s=_optional(fields[4]),
+            observed=_optional(fields[5]),
+            observed_age_s=_optional(fields[6]),
+            throttled_s=float(fields[7]),
         )
         return Reading(calibrated(detail), local_now - age, SOURCE, detail)
+
+    async def _lag_age(self, applied: str, now: float) -> float:
+        """How long the oldest token event after `applied` has waited (0 when none).
+
+        Read after the bucket, not with it (another slot): an event folded in
+        meanwhile can only make the reading look older, never fresher.
+        """
+        start = f"({applied}" if applied else "-"
+        first = await self._redis.xrange(keys.TOKEN_EVENTS, start, "+", count=1)
+        if not first:
+            return 0.0
+        entry_ms = int(text(first[0][0]).split("-", 1)[0])
+        return max(0.0, now - entry_ms / 1000.0)
 
     async def close(self) -> None:
         """Nothing to release: the Redis client belongs to the caller."""

@@ -1,0 +1,224 @@
+"""The breaker of one deployment shared by every ingress replica and worker through Redis.
+
+Each process keeps its own `Breaker` (the sliding window counts its own calls; a
+process needs no round trip to count). What is shared is the verdict: a trip is
+written to the hash `keys.breaker(d)` (state, open-until in the *server's*
+milliseconds, so skewed hosts agree, and an epoch bumped at every closing); every
+process reads it at most every `sync_s` and adopts it. Once the open time is over the
+hash reads as half-open everywhere, and only the process that wins
+`SET keys.breaker_probe(d) NX PX` sends the probe; its success closes the breaker for
+all (new epoch), its failure re-opens it for all. A Redis error never blocks traffic:
+the local breaker decides alone until Redis answers again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from orchestrator.breaker.machine import Breaker, BreakerConfig, Outcome, State, Verdict
+from orchestrator.core import keys
+from orchestrator.throttle.slots import NOW_MS
+
+if TYPE_CHECKING:
+    from orchestrator.core.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+# KEYS: breaker hash. Returns {state, ms left open, epoch, reason, trips}.
+_READ = (
+    NOW_MS
+    + """
+local v = redis.call('HMGET', KEYS[1], 'state', 'until_ms', 'epoch', 'reason', 'trips')
+local state = v[1] or 'closed'
+local left = math.max(0, tonumber(v[2] or '0') - now_ms)
+if state == 'open' and left == 0 then state = 'half_open' end
+return {state, left, tonumber(v[3] or '0'), v[4] or '', tonumber(v[5] or '0')}
+"""
+)
+
+# KEYS: breaker hash, probe key. ARGV: open ms, reason. Never shortens a longer open time.
+_TRIP = (
+    NOW_MS
+    + """
+local until_ms = now_ms + tonumber(ARGV[1])
+local old = tonumber(redis.call('HGET', KEYS[1], 'until_ms') or '0')
+if redis.call('HGET', KEYS[1], 'state') ~= 'open' or old <= now_ms then
+  redis.call('HINCRBY', KEYS[1], 'trips', 1)
+end
+if until_ms > old or redis.call('HGET', KEYS[1], 'state') ~= 'open' then
+  redis.call('HSET', KEYS[1], 'until_ms', until_ms)
+end
+redis.call('HSET', KEYS[1], 'state', 'open', 'reason', ARGV[2])
+redis.call('DEL', KEYS[2])
+return until_ms - now_ms
+"""
+)
+
+# KEYS: breaker hash, probe key. Closes unless someone re-opened it meanwhile. New epoch.
+_CLOSE = (
+    NOW_MS
+    + """
+local until_ms = tonumber(redis.call('HGET', KEYS[1], 'until_ms') or '0')
+if redis.call('HGET', KEYS[1], 'state') == 'open' and until_ms > now_ms then return -1 end
+redis.call('HSET', KEYS[1], 'state', 'closed', 'until_ms', 0, 'reason', '')
+redis.call('DEL', KEYS[2])
+return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerView:
+    """The shared state of one breaker as `ptu status` shows it."""
+
+    deployment: str
+    state: State
+    open_left_s: float
+    reason: str
+    trips: int
+
+
+async def read_view(redis: aioredis.Redis, deployment: str) -> BreakerView:
+    """The shared breaker state of `deployment` (closed when never tripped)."""
+    reply: Any = await redis.eval(_READ, 1, keys.breaker(deployment))
+    state, left, _epoch, reason, trips = _decode(reply)
+    return BreakerView(deployment, state, left, reason, trips)
+
+
+def _decode(reply: Any) -> tuple[State, float, int, str, int]:
+    raw_state = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+    state: State = raw_state if raw_state in ("open", "half_open") else "closed"  # type: ignore[assignment]
+    reason = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
+    return state, int(reply[1]) / 1000.0, int(reply[2]), reason, int(reply[4])
+
+
+class SharedBreaker:
+    """One deployment's breaker: local counting, verdict shared through Redis."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        deployment: str,
+        config: BreakerConfig,
+        *,
+        endpoint: str = "",
+        sync_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[str, State], None] | None = None,
+    ) -> None:
+        self.deployment = deployment
+        self.endpoint = endpoint
+        self.machine = Breaker(config)
+        self._redis = redis
+        self._key = keys.breaker(deployment)
+        self._probe_key = keys.breaker_probe(deployment)
+        self._read = redis.register_script(_READ)
+        self._trip = redis.register_script(_TRIP)
+        self._close = redis.register_script(_CLOSE)
+        self._sync_s = sync_s
+        self._clock = clock
+        self._synced_at: float | None = None
+        self._on_change = on_change
+        self._probe_ms = max(1, round(config.probe_timeout_s * 1000))
+
+    @property
+    def state(self) -> State:
+        """The local copy's state (as of the last sync)."""
+        return self.machine.state
+
+    async def allow(self) -> Verdict:
+        """`call`, `probe` (this process won the one half-open trial) or `reject`."""
+        await self.sync()
+        verdict = self.machine.allow(self._clock())
+        if verdict != "probe":
+            return verdict
+        try:
+            won = await self._redis.set(self._probe_key, "1", nx=True, px=self._probe_ms)
+        except RedisError as exc:
+            log.warning("breaker_redis_failed", deployment=self.deployment, error=repr(exc))
+            return "probe"
+        return "probe" if won else "reject"
+
+    async def record(
+        self, outcome: Outcome, *, retry_after_s: float | None = None, probe: bool = False
+    ) -> None:
+        """Fold a finished call in; share a trip or a closing with every process."""
+        before = self.machine.state
+        change = self.machine.record(
+            self._clock(), outcome, retry_after_s=retry_after_s, probe=probe
+        )
+        try:
+            if change == "opened":
+                left = self.machine.open_left(self._clock())
+                await self._trip(
+                    keys=[self._key, self._probe_key],
+                    args=[max(1, round(left * 1000)), self.machine.reason],
+                )
+            elif change == "closed":
+                epoch = int(await self._close(keys=[self._key, self._probe_key]))
+                if epoch >= 0:
+                    self.machine.epoch = max(self.machine.epoch, epoch)
+        except RedisError as exc:
+            log.warning("breaker_redis_failed", deployment=self.deployment, error=repr(exc))
+        if self.machine.state != before:
+            self._changed(before)
+
+    async def sync(self, *, force: bool = False) -> None:
+        """Adopt the shared state, at most every `sync_s` unless forced."""
+        now = self._clock()
+        if not force and self._synced_at is not None and now - self._synced_at < self._sync_s:
+            return
+        self._synced_at = now
+        try:
+            reply: Any = await self._read(keys=[self._key])
+        except RedisError as exc:
+            log.warning("breaker_redis_failed", deployment=self.deployment, error=repr(exc))
+            return
+        state, left, epoch, reason, _trips = _decode(reply)
+        before = self.machine.state
+        self.machine.adopt(self._clock(), state, left, epoch)
+        if state == "open" and reason:
+            self.machine.reason = reason
+        if self.machine.state != before:
+            self._changed(before)
+
+    def open_left(self) -> float:
+        """Seconds the local copy stays open."""
+        return self.machine.open_left(self._clock())
+
+    def _changed(self, before: State) -> None:
+        m = self.machine
+        event = "circuit_opened" if m.state == "open" else f"circuit_{m.state}"
+        log.info(
+            event,
+            deployment=self.deployment,
+            previous=before,
+            reason=m.reason or None,
+            open_s=round(m.open_left(self._clock()), 3),
+        )
+        if self._on_change is not None:
+            self._on_change(self.deployment, m.state)
+
+    def __repr__(self) -> str:
+        return f"<SharedBreaker deployment={self.deployment} {self.machine!r}>"
+
+
+def breaker_config(settings: Settings, *, probe_timeout_s: float | None = None) -> BreakerConfig:
+    """The breaker thresholds from `Settings` (`PTU_BREAKER_*`, `PTU_SPILLOVER_WAIT_MS`)."""
+    return BreakerConfig(
+        failure_rate=settings.breaker_failure_rate,
+        min_calls=settings.breaker_min_calls,
+        window_s=settings.breaker_window_s,
+        open_s=settings.breaker_open_s,
+        max_open_s=max(settings.breaker_max_open_s, settings.breaker_open_s),
+        throttle_grace_s=settings.spillover_wait_ms / 1000.0,
+        probe_timeout_s=probe_timeout_s or settings.request_timeout_s,
+    )

@@ -1,0 +1,135 @@
+"""Detecting a wiped Redis: the data set's incarnation marker.
+
+Redis without persistence (or a failover to an empty replica) comes back empty, and
+every queued request, record and result is gone. Nothing in the data says so: a
+poller would get `404 request_not_found`, the same as for a typo. So the first
+process to see a Redis writes `keys.INCARNATION` once (HSETNX: a random 8-hex id
+and the time), and every long-lived process re-reads it every second or so. When
+the id it knew has changed or vanished, the data it knew is gone: it logs
+`redis_data_lost` at error, counts it (`ptu_redis_data_lost_total`), and records the
+loss in the new marker (`lost_from`, `lost_at`), which `ptu status` shows.
+
+Request ids start with the incarnation id that issued them (`req_<id><rest>`), so
+a request whose record is missing and whose id names an older incarnation was
+lost with that data, and answers `410 request_lost` instead of 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from orchestrator.core import keys
+from orchestrator.core.redis_replies import text
+
+log = structlog.get_logger(__name__)
+
+ID_LEN = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """What the incarnation key says."""
+
+    id: str
+    since: float
+    lost_from: str | None = None
+    lost_at: float | None = None
+
+
+async def read(redis: aioredis.Redis) -> Marker | None:
+    """The current marker, or None when the key does not exist."""
+    raw = await redis.hgetall(keys.INCARNATION)
+    fields = {text(k): text(v) for k, v in (raw or {}).items()}
+    if "id" not in fields:
+        return None
+    return Marker(
+        id=fields["id"],
+        since=float(fields.get("since", "0")),
+        lost_from=fields.get("lost_from") or None,
+        lost_at=float(fields["lost_at"]) if fields.get("lost_at") else None,
+    )
+
+
+class Incarnation:
+    """One process's view of the Redis data set's identity; `check` it periodically."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        on_loss: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._on_loss = on_loss
+        self._clock = clock
+        self.current: str | None = None
+        self.losses = 0
+
+    async def check(self) -> str:
+        """Create the marker if missing; report a loss when the id changed. Returns the id.
+
+        Raises RedisError when Redis cannot be reached (nothing concluded).
+        """
+        candidate = uuid.uuid4().hex[:ID_LEN]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(keys.INCARNATION, "id", candidate)
+            pipe.hsetnx(keys.INCARNATION, "since", repr(self._clock()))
+            pipe.hget(keys.INCARNATION, "id")
+            _, _, raw = await pipe.execute()
+        now_id = text(raw)
+        known, self.current = self.current, now_id
+        if known is not None and known != now_id:
+            self.losses += 1
+            await self._redis.hset(
+                keys.INCARNATION, mapping={"lost_from": known, "lost_at": repr(self._clock())}
+            )
+            log.error(
+                "redis_data_lost",
+                previous=known,
+                current=now_id,
+                hint="Redis came back empty: queued requests and results are gone; "
+                "run it with AOF (appendfsync everysec)",
+            )
+            if self._on_loss is not None:
+                self._on_loss()
+        return now_id
+
+    def new_request_id(self) -> str:
+        """`req_` + 32 hex digits, the first ones naming this incarnation (once known)."""
+        rest = uuid.uuid4().hex
+        if self.current is None:
+            return "req_" + rest
+        return "req_" + self.current + rest[len(self.current) :]
+
+    def issued_before(self, request_id: str) -> bool:
+        """True when `request_id` was issued by another (older) incarnation than the current."""
+        if self.current is None or not request_id.startswith("req_"):
+            return False
+        issued = request_id[4 : 4 + ID_LEN]
+        return len(request_id) == 36 and issued != self.current
+
+    def __repr__(self) -> str:
+        return f"<Incarnation current={self.current} losses={self.losses}>"
+
+
+async def watch_incarnation(
+    incarnation: Incarnation,
+    interval_s: float = 1.0,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """`check` every `interval_s` until cancelled (an unreachable Redis is logged, retried)."""
+    while True:
+        try:
+            await incarnation.check()
+        except (RedisError, OSError) as exc:
+            log.warning("incarnation_check_failed", error=repr(exc))
+        await sleep(interval_s)

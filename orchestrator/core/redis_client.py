@@ -1,0 +1,87 @@
+"""The one way every process connects to Redis: single server or Redis Cluster, with retry.
+
+`PTU_REDIS_CLUSTER=true` builds a `redis.asyncio.RedisCluster` from `PTU_REDIS_URL`
+(any node: the client discovers the others and follows MOVED/ASK); otherwise a plain
+client on a blocking pool. Both are typed as `redis.asyncio.Redis`: the commands the
+project uses exist on both with the same signatures, and every multi-key script or
+transaction stays in one slot (`orchestrator.core.keys`).
+
+Retry: redis-py connections retry nothing unless told to, so the first command on
+every pooled connection after a Redis restart or failover would fail although the
+server is back. Every client here retries connection and timeout errors with
+capped jittered backoff (about `RETRY_BUDGET_S` in all). A retried command may have
+been applied once already; every write the project sends is idempotent or made so:
+SET/HSET/ZADD of the same values, scripts guarded by a marker (results, estimate
+charges, slot leases), and XADD whose duplicate entry is a redelivery the
+exactly-once result write absorbs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError, TimeoutError
+
+RETRIES = 8
+RETRY_BASE_S = 0.05
+RETRY_CAP_S = 2.0
+RETRY_BUDGET_S = 7.0
+"""Roughly the sum of the backoff caps: long enough for a local restart or an Azure
+failover's reconnect, short enough that a caller learns of an outage in seconds."""
+
+
+def retry_policy() -> Retry:
+    """Capped jittered backoff on connection and timeout errors."""
+    return Retry(
+        ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S),
+        RETRIES,
+        supported_errors=(ConnectionError, TimeoutError, OSError),  # type: ignore[arg-type]
+    )
+
+
+def connect(
+    url: str,
+    *,
+    cluster: bool = False,
+    max_connections: int | None = None,
+    pool_timeout_s: float | None = None,
+    socket_timeout_s: float | None = None,
+    decode_responses: bool = False,
+) -> aioredis.Redis:
+    """A client for `url`; `cluster` selects Redis Cluster. Connects lazily (no I/O here)."""
+    options: dict[str, Any] = {
+        "retry": retry_policy(),
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": 5.0,
+        "decode_responses": decode_responses,
+        "health_check_interval": 30,
+    }
+    if cluster:
+        client = RedisCluster.from_url(url, max_connections=max_connections or 1024, **options)
+        # same command surface; see the module docstring
+        return cast(aioredis.Redis, client)
+    if max_connections is not None:
+        # a blocking pool waits for a free connection instead of failing when all are in use
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=pool_timeout_s, **options
+        )
+        return aioredis.Redis.from_pool(pool)
+    return aioredis.Redis.from_url(url, **options)
+
+
+def socket_timeout(client: aioredis.Redis) -> float | None:
+    """The read timeout a client's connections use (None: no timeout)."""
+    if isinstance(client, RedisCluster):
+        value = client.get_connection_kwargs().get("socket_timeout")
+    else:
+        value = client.connection_pool.connection_kwargs.get("socket_timeout")
+    return float(value) if value else None
+
+
+def is_cluster(client: aioredis.Redis) -> bool:
+    """True for a Redis Cluster client."""
+    return isinstance(client, RedisCluster)

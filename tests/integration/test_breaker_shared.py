@@ -1,0 +1,59 @@
+"""The breaker shared through a real Redis: a trip in one process opens it in another, one
+probe at a time, and a probe's success closes it everywhere."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from orchestrator.breaker.machine import BreakerConfig
+from orchestrator.breaker.shared import SharedBreaker, read_view
+
+CFG = BreakerConfig(min_calls=2, open_s=0.3, max_open_s=5.0, probe_timeout_s=5.0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_trip_probe_and_close_are_shared(redis: aioredis.Redis) -> None:
+    clock = Clock()
+    a = SharedBreaker(redis, "d", CFG, sync_s=0.0, clock=clock)
+    b = SharedBreaker(redis, "d", CFG, sync_s=0.0, clock=clock)
+    assert await a.allow() == "call" and await b.allow() == "call"
+    await a.record("error")
+    await a.record("error")
+    assert a.state == "open"
+    assert await b.allow() == "reject" and b.state == "open"  # adopted from Redis
+    view = await read_view(redis, "d")
+    assert view.state == "open" and view.trips == 1 and 0 < view.open_left_s <= 0.3
+
+    # the open time passes on the server (its clock decides) and locally
+    await redis.hset("ptu:breaker:d", "until_ms", 0)
+    clock.now += 1.0
+    verdicts = [await a.allow(), await b.allow()]
+    assert sorted(verdicts) == ["probe", "reject"]  # exactly one probe across processes
+    prober = a if verdicts[0] == "probe" else b
+    other = b if prober is a else a
+    await prober.record("ok", probe=True)
+    assert prober.state == "closed"
+    await other.sync(force=True)
+    assert other.state == "closed" and await other.allow() == "call"
+    assert (await read_view(redis, "d")).state == "closed"
+
+
+async def test_a_failed_probe_reopens_for_everyone(redis: aioredis.Redis) -> None:
+    clock = Clock()
+    a = SharedBreaker(redis, "e", CFG, sync_s=0.0, clock=clock)
+    b = SharedBreaker(redis, "e", CFG, sync_s=0.0, clock=clock)
+    await a.record("unreachable")
+    await redis.hset("ptu:breaker:e", "until_ms", 0)
+    clock.now += 1.0
+    assert await a.allow() == "probe"
+    await a.record("error", probe=True)
+    assert a.state == "open"
+    assert await b.allow() == "reject"
+    assert (await read_view(redis, "e")).trips == 2
