@@ -19,11 +19,11 @@ from typing import Any
 import httpx2
 import pytest
 import redis
-from orchestrator.testing.embedded_redis import free_port
 
 from bench.harness.stack import API_KEY, SimulatorOptions, Stack
 from orchestrator.core import keys
 from orchestrator.core.schemas import default_reply_key
+from orchestrator.core.serving import free_port
 from tests.e2e.worker_helpers import MESSAGES, enqueue, results_written, wait_for
 
 OUTAGE_S = float(os.environ.get("OUTAGE_S", "30"))
