@@ -73,6 +73,8 @@ class Incarnation:
         self._clock = clock
         self.current: str | None = None
         self.losses = 0
+        self.lost: set[str] = set()
+        """Incarnations known to have been wiped (seen here or recorded in the marker)."""
 
     async def check(self) -> str:
         """Create the marker if missing; report a loss when the id changed. Returns the id.
@@ -84,11 +86,15 @@ class Incarnation:
             pipe.hsetnx(keys.INCARNATION, "id", candidate)
             pipe.hsetnx(keys.INCARNATION, "since", repr(self._clock()))
             pipe.hget(keys.INCARNATION, "id")
-            _, _, raw = await pipe.execute()
+            pipe.hget(keys.INCARNATION, "lost_from")
+            _, _, raw, lost_from = await pipe.execute()
+        if lost_from is not None:
+            self.lost.add(text(lost_from))
         now_id = text(raw)
         known, self.current = self.current, now_id
         if known is not None and known != now_id:
             self.losses += 1
+            self.lost.add(known)
             await self._redis.hset(
                 keys.INCARNATION, mapping={"lost_from": known, "lost_at": repr(self._clock())}
             )
@@ -111,11 +117,11 @@ class Incarnation:
         return "req_" + self.current + rest[len(self.current) :]
 
     def issued_before(self, request_id: str) -> bool:
-        """True when `request_id` was issued by another (older) incarnation than the current."""
-        if self.current is None or not request_id.startswith("req_"):
+        """True when `request_id` was issued by an incarnation known to have been wiped
+        (so a random or mistyped id still answers 404)."""
+        if not request_id.startswith("req_") or len(request_id) != 36:
             return False
-        issued = request_id[4 : 4 + ID_LEN]
-        return len(request_id) == 36 and issued != self.current
+        return request_id[4 : 4 + ID_LEN] in self.lost
 
     def __repr__(self) -> str:
         return f"<Incarnation current={self.current} losses={self.losses}>"

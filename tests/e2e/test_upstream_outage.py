@@ -19,11 +19,10 @@ from typing import Any
 import httpx2
 import pytest
 import redis
-from orchestrator.testing.embedded_redis import free_port
 
 from bench.harness.stack import API_KEY, SimulatorOptions, Stack
 from orchestrator.core import keys
-from orchestrator.core.schemas import default_reply_key
+from orchestrator.core.serving import free_port
 from tests.e2e.worker_helpers import MESSAGES, enqueue, results_written, wait_for
 
 OUTAGE_S = float(os.environ.get("OUTAGE_S", "30"))
@@ -195,7 +194,7 @@ def test_dlq_replay_yields_exactly_one_new_result(tmp_path: Path) -> None:
         again = _dlq(env, "replay", rid)  # the entry is gone: nothing more is queued
         assert again.returncode == 1
 
-        docs = [json.loads(x) for x in client.lrange(default_reply_key(rid), 0, -1)]
+        docs = [json.loads(x) for x in client.lrange(keys.reply(rid), 0, -1)]
         assert [(d["id"], d["status"]) for d in docs] == [(rid, "failed"), (new_id, "completed")]
         assert docs[1]["replay_of"] == rid
         assert client.xlen(keys.dead_letter(PTU)) == 0

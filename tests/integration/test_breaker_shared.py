@@ -7,6 +7,7 @@ import redis.asyncio as aioredis
 
 from orchestrator.breaker.machine import BreakerConfig
 from orchestrator.breaker.shared import SharedBreaker, read_view
+from orchestrator.core import keys
 
 CFG = BreakerConfig(min_calls=2, open_s=0.3, max_open_s=5.0, probe_timeout_s=5.0)
 
@@ -32,7 +33,7 @@ async def test_trip_probe_and_close_are_shared(redis: aioredis.Redis) -> None:
     assert view.state == "open" and view.trips == 1 and 0 < view.open_left_s <= 0.3
 
     # the open time passes on the server (its clock decides) and locally
-    await redis.hset("ptu:breaker:d", "until_ms", 0)
+    await redis.hset(keys.breaker("d"), "until_ms", 0)
     clock.now += 1.0
     verdicts = [await a.allow(), await b.allow()]
     assert sorted(verdicts) == ["probe", "reject"]  # exactly one probe across processes
@@ -50,7 +51,7 @@ async def test_a_failed_probe_reopens_for_everyone(redis: aioredis.Redis) -> Non
     a = SharedBreaker(redis, "e", CFG, sync_s=0.0, clock=clock)
     b = SharedBreaker(redis, "e", CFG, sync_s=0.0, clock=clock)
     await a.record("unreachable")
-    await redis.hset("ptu:breaker:e", "until_ms", 0)
+    await redis.hset(keys.breaker("e"), "until_ms", 0)
     clock.now += 1.0
     assert await a.allow() == "probe"
     await a.record("error", probe=True)

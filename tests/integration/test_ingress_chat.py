@@ -333,7 +333,8 @@ async def test_redis_unreachable_is_503(sim: SimulatorThread) -> None:
 
     settings = _settings(f"redis://127.0.0.1:{free_port()}/0", sim)
     with IngressThread(settings) as down:
-        async with httpx2.AsyncClient(base_url=down.url) as http:
+        # the Redis client retries for several seconds before the ingress gives up
+        async with httpx2.AsyncClient(base_url=down.url, timeout=60) as http:
             resp = await http.post(
                 "/v1/chat/completions",
                 json={"model": "ptu", "messages": MESSAGES},
