@@ -16,6 +16,7 @@ import pytest
 from orchestrator.core.serving import free_port
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
+from tests import redis_mode
 
 DEP = "ptu"
 MESSAGES = [{"role": "user", "content": "Summarise the quarterly report in one line."}]
@@ -31,6 +32,7 @@ def _env(redis_url: str, sim_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PTU_")}
     env.update(
         PTU_REDIS_URL=redis_url,
+        PTU_REDIS_CLUSTER="true" if redis_mode.CLUSTER else "false",
         PTU_AZURE_OPENAI_ENDPOINT=sim_url,
         PTU_AZURE_OPENAI_API_KEY="k",
         PTU_DEPLOYMENTS=json.dumps([{"name": DEP, "model": "gpt-4o-mini", "ptus": 15}]),
