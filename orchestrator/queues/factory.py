@@ -14,7 +14,7 @@ from orchestrator.core.errors import MissingDependencyError
 from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
 from orchestrator.queues.fair import FairShareQueue
-from orchestrator.tenants.config import Tenancy
+from orchestrator.tenants.config import DEFAULT_TENANT, Tenancy
 
 
 def make_tenant_queue(
@@ -43,13 +43,15 @@ def make_queue(settings: Settings, deployment: str, redis: aioredis.Redis, consu
     """The configured `Queue` for one deployment, consumed as `consumer`, in fair share."""
     tenancy = Tenancy(settings.tenants, settings.api_keys)
     _check_backend(settings)  # at start-up, not at the first message
-    return FairShareQueue(
+    queue = FairShareQueue(
         redis,
         deployment,
         lambda tenant: make_tenant_queue(settings, deployment, redis, consumer, tenant),
         tenants=tenancy.weights(),
         sweep_s=max(0.5, min(5.0, settings.queue_claim_idle_s / 2)),
     )
+    queue.inner(DEFAULT_TENANT)  # a backend misconfiguration stops start-up, not the first message
+    return queue
 
 
 def _check_backend(settings: Settings) -> None:

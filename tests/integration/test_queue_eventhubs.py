@@ -23,6 +23,7 @@ from orchestrator.queues.base import Delivery
 from orchestrator.queues.eventhubs.checkpoint_redis import RedisCheckpointStore
 from orchestrator.queues.eventhubs.queue import EventHubsQueue
 from orchestrator.queues.factory import make_queue
+from orchestrator.queues.fair import FairShareQueue
 from tests.integration.eventhubs_fakes import CG, HUB, NS, FakeConsumerClient, FakeHub
 from tests.integration.test_queue_contract import request
 
@@ -153,7 +154,7 @@ async def test_poison_event_is_dead_lettered_and_passed(harness: Harness) -> Non
     assert await harness.checkpoints() == {"0": 1}
     [(_, fields)] = await harness.redis.xrange(keys.dead_letter("d1"))
     assert fields[b"message"] == b"{not json"
-    assert fields[b"reason"].startswith(b"unparseable message")
+    assert fields[b"reason"].startswith(b"unreadable message")
 
 
 async def test_dead_letter_goes_to_redis_and_acks(harness: Harness) -> None:
@@ -176,7 +177,8 @@ async def test_send_failure_is_queue_unavailable(harness: Harness) -> None:
 async def test_factory_builds_eventhubs_queue(redis: aioredis.Redis) -> None:
     conn = "Endpoint=sb://fake.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=v"
     settings = load_settings(queue_backend="eventhubs", eventhub_connection_string=conn)
-    q = make_queue(settings, "gpt-4o", redis, "worker-1")
+    fair = make_queue(settings, "gpt-4o", redis, "worker-1")
+    q = fair.inner("default") if isinstance(fair, FairShareQueue) else fair
     assert isinstance(q, EventHubsQueue)
     assert q.eventhub == "ptu-requests-gpt-4o"
     assert q.namespace == "fake.servicebus.windows.net"  # what the SDK names to the store
