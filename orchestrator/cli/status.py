@@ -243,7 +243,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         raise PTUError("PTU_DEPLOYMENTS is empty: nothing to show")
     console = Console()
     if not console.is_terminal:
-        console = Console(width=160)  # piped output: do not squeeze the columns to 80
+        console = Console(width=240)  # piped output: no cell squeezed onto two lines
 
     async def main(stop: asyncio.Event) -> int:
         redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
