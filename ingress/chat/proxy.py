@@ -43,6 +43,7 @@ from orchestrator.breaker.machine import Outcome
 from orchestrator.breaker.shared import SharedBreaker
 from orchestrator.core.retry import parse_retry_after
 from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
+from orchestrator.telemetry.base import NOOP_CALL, OFF, LLMCall, Telemetry
 from orchestrator.utilisation.estimate.calibration import header_utilisation
 
 log = structlog.get_logger(__name__)
@@ -83,6 +84,8 @@ class Call:
     strip_usage: bool = False
     tenant: str = "default"
     priority: str = "high"
+    span: LLMCall = NOOP_CALL
+    """The GenAI client span of the call (ended with its outcome in `Proxy.ended`)."""
 
 
 def forwarded_headers(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
@@ -148,7 +151,9 @@ class Proxy:
         accounting: Accounting | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         timer: Callable[[], float] = time.perf_counter,
+        telemetry: Telemetry = OFF,
     ) -> None:
+        self._telemetry = telemetry
         self._client = client
         self._accounting = accounting
         self._timer = timer
@@ -188,6 +193,11 @@ class Proxy:
         """The deployment's answer to `call`, streamed when the call streams."""
         headers = forwarded_headers(call.client_headers)
         headers.extend(_FIXED_HEADERS)
+        if self._telemetry.enabled:
+            call.span = self._telemetry.llm_call(
+                call.target.name, request_id=call.request_id, priority=call.priority,
+                tenant=call.tenant, max_tokens=call.max_tokens or None,
+            )  # fmt: skip
         started = self._timer()
         try:
             answer = await self._send_spilling(call, headers)
@@ -206,8 +216,7 @@ class Proxy:
         usage = _usage_of(content) if resp.status_code < 300 else None
         if used.provisioned:
             self.finished(answer.admitted, call, used, usage, resp)
-        if self._accounting is not None:
-            self.ended(call, used, resp.status_code, started, ttfb, usage, _finish_reason(content))
+        self.ended(call, used, resp.status_code, started, ttfb, usage, _finish_reason(content))
         out = Response(content, status_code=resp.status_code)
         out.raw_headers.extend(passed_headers(resp.headers.raw))
         out.raw_headers.extend(answered_by(call, used))
@@ -255,7 +264,8 @@ class Proxy:
         usage: dict[str, Any] | None,
         finish_reason: str | None,
     ) -> None:
-        """Account for a finished call: counters, latency, access log, usage ledger."""
+        """Account for a finished call: its span, counters, latency, access log, usage ledger."""
+        call.span.end(status_code, usage=usage, finish_reason=finish_reason)
         if self._accounting is None:
             return
         self._accounting.finished(

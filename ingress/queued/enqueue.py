@@ -33,6 +33,7 @@ from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues.base import Queue
+from orchestrator.telemetry.base import OFF, Telemetry
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +66,9 @@ class Enqueuer:
         *,
         clock: Callable[[], float] = time.time,
         ids: Callable[[], str] = new_request_id,
+        telemetry: Telemetry = OFF,
     ) -> None:
+        self._telemetry = telemetry
         self._results = results
         self._queues = queues
         self._metrics = metrics
@@ -117,7 +120,8 @@ class Enqueuer:
             self._metrics.enqueue_failed(req.deployment)
             raise unavailable(f"record: {exc}") from exc
         try:
-            await queue.put(req)
+            with self._telemetry.producing(req):  # carries the trace in the message
+                await queue.put(req)
         except (QueueUnavailable, RedisError) as exc:
             self._metrics.enqueue_failed(req.deployment)
             await self._forget(req.id)

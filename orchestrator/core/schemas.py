@@ -56,6 +56,9 @@ class QueuedRequest(BaseModel):
     batch_id: str | None = None
     replay_of: str | None = None
     """Id of the dead-lettered request this one replays (`ptu dlq replay`)."""
+    traceparent: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    """W3C trace context of the ingress's enqueue span, so the worker continues its trace
+    (`orchestrator.telemetry`); absent while tracing is off."""
 
 
 class ResultDocument(BaseModel):

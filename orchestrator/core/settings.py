@@ -235,6 +235,25 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # OpenTelemetry (see orchestrator.telemetry): the standard variables, read here to
+    # decide whether to export at all; the SDK reads the others (headers, protocol, ...)
+    otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
+    otel_traces_exporter: str | None = Field(default=None, validation_alias="OTEL_TRACES_EXPORTER")
+    otel_metrics_exporter: str | None = Field(
+        default=None, validation_alias="OTEL_METRICS_EXPORTER"
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    otel_exporter_otlp_metrics_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+    )
+    applicationinsights_connection_string: SecretStr | None = Field(
+        default=None, validation_alias="APPLICATIONINSIGHTS_CONNECTION_STRING"
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -320,7 +339,8 @@ class Settings(BaseSettings):
 def _variable(loc: tuple[int | str, ...]) -> str:
     if not loc:
         return "PTU_*"
-    head = f"PTU_{str(loc[0]).upper()}"
+    first = str(loc[0])
+    head = first if first.isupper() else f"PTU_{first.upper()}"  # an alias: OTEL_*
     rest = ".".join(str(p) for p in loc[1:])
     return f"{head} [{rest}]" if rest else head
 
