@@ -75,7 +75,9 @@ def _of_trace(exporter: InMemorySpanExporter, trace_id: int) -> list[ReadableSpa
 
 
 def _one(spans: list[ReadableSpan], kind: SpanKind, service: str) -> ReadableSpan:
-    found = [s for s in spans if s.kind == kind and s.resource.attributes["service.name"] == service]
+    found = [
+        s for s in spans if s.kind == kind and s.resource.attributes["service.name"] == service
+    ]
     assert len(found) == 1, [(s.name, s.kind) for s in spans]
     return found[0]
 

@@ -1,0 +1,83 @@
+"""Which telemetry the standard variables select, and what the off path costs."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.schemas import QueuedRequest
+from orchestrator.core.settings import load_settings
+from orchestrator.telemetry import factory
+from orchestrator.telemetry.base import NOOP_CALL, OFF
+from orchestrator.telemetry.factory import Plan, plan
+
+ENDPOINT = "http://127.0.0.1:4318"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, Plan()),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": ENDPOINT}, Plan("otlp", "otlp")),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ENDPOINT}, Plan("otlp", None)),
+        ({"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": ENDPOINT}, Plan(None, "otlp")),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": ENDPOINT, "OTEL_METRICS_EXPORTER": "none"},
+         Plan("otlp", None)),
+        ({"OTEL_TRACES_EXPORTER": "console"}, Plan("console", None)),
+        ({"OTEL_TRACES_EXPORTER": "otlp,console", "OTEL_METRICS_EXPORTER": "otlp"},
+         Plan("otlp", "otlp")),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": ENDPOINT, "OTEL_SDK_DISABLED": "true"}, Plan()),
+        ({"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=0"},
+         Plan(appinsights=True)),
+    ],
+)  # fmt: skip
+def test_plan_from_standard_variables(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: Plan
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    chosen = plan(load_settings())
+    assert chosen == expected
+    assert chosen.enabled == (expected != Plan())
+
+
+def test_unknown_exporter_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "jaeger")
+    with pytest.raises(ConfigError, match=r"^OTEL_TRACES_EXPORTER: 'jaeger'"):
+        factory.from_settings(load_settings(), "ptu-ingress")
+
+
+def test_invalid_standard_variable_is_named_without_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "maybe")
+    with pytest.raises(ConfigError, match=r"^OTEL_SDK_DISABLED: "):
+        load_settings()
+
+
+def test_default_is_off_and_its_objects_are_shared() -> None:
+    tracing = factory.from_settings(load_settings(), "ptu-worker")
+    assert tracing is OFF and not tracing.enabled
+    call = tracing.llm_call("d", request_id="r", priority="low", tenant="t")
+    assert call is NOOP_CALL
+    call.end(200, usage={"prompt_tokens": 1})
+    message = QueuedRequest(
+        id="r", deployment="d", body={}, reply_key="k", enqueued_at=0.0, deadline=1.0
+    )
+    with tracing.producing(message):
+        pass
+    assert message.traceparent is None
+    assert "traceparent" not in message.model_dump_json()
+
+
+def test_otlp_provider_is_built_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", ENDPOINT)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "ptu-ingress-eu")
+    tracing = factory.from_settings(load_settings(), "ptu-ingress")
+    try:
+        assert tracing.enabled
+        resource = tracing._provider.resource  # type: ignore[attr-defined]
+        assert resource.attributes["service.name"] == "ptu-ingress-eu"  # the variable wins
+        assert repr(tracing) == "<Tracing system=redis metrics=True>"
+    finally:
+        tracing.shutdown()
