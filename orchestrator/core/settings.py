@@ -213,6 +213,16 @@ class Settings(BaseSettings):
     eventhub_name: str = "ptu-requests"
     eventhub_consumer_group: str = "$Default"
     eventhub_token_events_name: str = "ptu-token-events"
+    eventhub_checkpoint_store: Literal["redis", "blob"] = Field(
+        default="redis", description="where the request hubs' checkpoints live"
+    )
+    eventhub_checkpoint_blob_url: str | None = Field(
+        default=None, description="blob store: https://<account>.blob.core.windows.net"
+    )
+    eventhub_checkpoint_container: str = "ptu-checkpoints"
+    eventhub_checkpoint_connection_string: SecretStr | None = Field(
+        default=None, description="blob store with a key (or Azurite) instead of Entra ID"
+    )
     # ingress
     api_keys: dict[str, str] = Field(
         default_factory=dict, description="api key (or sha256:<hex> of it) -> tenant"
@@ -292,6 +302,16 @@ class Settings(BaseSettings):
             for spill in d.spillover:
                 if spill not in names:
                     raise _invalid("deployments", f"spillover {spill!r} is not a deployment")
+        if (
+            self.eventhub_checkpoint_store == "blob"
+            and self.eventhub_checkpoint_blob_url is None
+            and self.eventhub_checkpoint_connection_string is None
+        ):
+            raise _invalid(
+                "eventhub_checkpoint_blob_url",
+                "required (or PTU_EVENTHUB_CHECKPOINT_CONNECTION_STRING) when "
+                "PTU_EVENTHUB_CHECKPOINT_STORE=blob",
+            )
         problem = check_tenants(self.tenants, self.api_keys)
         if problem is not None:
             field, _, message = problem.partition(": ")

@@ -144,6 +144,8 @@ def build_worker(
     breaker_cfg = breaker_config(settings)
     for d in deployments:
         lower, upper, maximum = settings.thresholds(d)
+        if metrics is not None:
+            metrics.thresholds(d.name, lower, upper)
         breaker = SharedBreaker(
             redis,
             d.name,
