@@ -23,7 +23,14 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --locked --all-extras --python $(PY)
 	@touch $@
 
-install: $(VENV)/.installed
+# The npm validators of the custom resources in deploy/k8s (tests/unit/test_deploy_k8s.py).
+VALIDATE := deploy/validate
+$(VALIDATE)/node_modules/.installed: $(VALIDATE)/package.json $(VALIDATE)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix $(VALIDATE) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the custom-resource checks of deploy/k8s will be skipped"; fi
+
+install: $(VENV)/.installed $(VALIDATE)/node_modules/.installed
 
 demo: install
 	$(BIN)/ptu demo
@@ -64,4 +71,4 @@ bench: install
 	$(BIN)/ptu bench mixed --out bench-out
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache $(VALIDATE)/node_modules
