@@ -138,5 +138,5 @@ async def test_the_setting_selects_the_blob_store(redis: aioredis.Redis, azurite
 
 
 def test_the_blob_store_needs_an_account() -> None:
-    with pytest.raises(ConfigError, match="^PTU_EVENTHUB_CHECKPOINT_BLOB_URL: required"):
+    with pytest.raises(ConfigError, match=r"^PTU_EVENTHUB_CHECKPOINT_BLOB_URL: required"):
         load_settings(queue_backend="eventhubs", eventhub_checkpoint_store="blob")
