@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from orchestrator.core.errors import ConfigError
@@ -81,3 +86,29 @@ def test_otlp_provider_is_built_from_the_environment(monkeypatch: pytest.MonkeyP
         assert repr(tracing) == "<Tracing system=redis metrics=True>"
     finally:
         tracing.shutdown()
+
+
+def test_application_insights_through_the_distro(tmp_path: Path) -> None:
+    # a subprocess: the distro installs global providers, which must not leak into the suite
+    script = (
+        "from orchestrator.core.settings import load_settings\n"
+        "from orchestrator.telemetry import factory\n"
+        "t = factory.from_settings(load_settings(), 'ptu-worker')\n"
+        "assert t.enabled, t\n"
+        "call = t.llm_call('d', request_id='r', priority='low', tenant='t', max_tokens=5)\n"
+        "call.end(200, usage={'prompt_tokens': 3, 'completion_tokens': 2}, finish_reason='stop')\n"
+        "t.shutdown()\n"
+        "print('done', repr(t))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PTU_", "OTEL_"))}
+    env["TMPDIR"] = str(tmp_path)  # the distro's offline retry storage
+    env["APPLICATIONINSIGHTS_CONNECTION_STRING"] = (
+        "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+        "IngestionEndpoint=http://127.0.0.1:9/"  # discard port: nothing leaves the machine
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "done <Tracing system=redis metrics=True>" in done.stdout
+    assert "exporter=application_insights" in done.stdout + done.stderr
