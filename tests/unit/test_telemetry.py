@@ -112,3 +112,44 @@ def test_application_insights_through_the_distro(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "done <Tracing system=redis metrics=True>" in done.stdout
     assert "exporter=application_insights" in done.stdout + done.stderr
+
+
+def test_genai_calls_record_duration_and_token_usage_metrics() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from orchestrator.telemetry.otel import Tracing
+
+    reader, spans = InMemoryMetricReader(), InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracing = Tracing(provider, MeterProvider(metric_readers=[reader]))
+    ok = tracing.llm_call("ptu", request_id="r1", priority="low", tenant="t", max_tokens=9)
+    ok.end(200, usage={"prompt_tokens": 30, "completion_tokens": 7}, finish_reason="stop")
+    ok.end(500)  # a second end changes nothing
+    failed = tracing.llm_call("ptu", request_id="r2", priority="high", tenant="t")
+    failed.end(429)
+    data = reader.get_metrics_data()
+    assert data is not None
+    metrics = {
+        m.name: m.data.data_points
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    }
+    tokens = {
+        p.attributes["gen_ai.token.type"]: p.sum for p in metrics["gen_ai.client.token.usage"]
+    }
+    assert tokens == {"input": 30, "output": 7}
+    durations = metrics["gen_ai.client.operation.duration"]
+    assert sorted(p.count for p in durations) == [1, 1]  # one ok, one with error.type
+    assert {p.attributes.get("error.type") for p in durations} == {None, "429"}
+    first, second = spans.get_finished_spans()
+    assert first.attributes is not None and second.attributes is not None
+    assert first.attributes["gen_ai.usage.input_tokens"] == 30
+    assert first.attributes["http.response.status_code"] == 200
+    assert second.attributes["error.type"] == "429" and not second.status.is_ok
+    tracing.shutdown()
