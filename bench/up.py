@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -99,10 +100,10 @@ def redis_answers(url: str) -> bool:
         return False
 
 
-def listening(host: str, port: int) -> bool:
-    """Whether something accepts connections at host:port."""
+def port_taken(port: int) -> bool:
+    """Whether 127.0.0.1:port cannot be bound (something listens there)."""
     try:
-        startup.check_port(host, port, "port")
+        startup.check_port("127.0.0.1", port, "port")
     except ConfigError:
         return True
     return False
@@ -122,17 +123,24 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
-def plan(settings: Settings, args: argparse.Namespace) -> Plan:
+def plan(
+    settings: Settings,
+    args: argparse.Namespace,
+    *,
+    redis_up: Callable[[str], bool] = redis_answers,
+    taken: Callable[[int], bool] = port_taken,
+) -> Plan:
     """Decide what to start; ConfigError naming the variable that prevents it."""
     if not settings.deployments:
         raise ConfigError("PTU_DEPLOYMENTS: ptu up needs at least one deployment")
     if args.workers < 0:
         raise ConfigError("--workers must be 0 or more")
     port = ingress_port(settings)
-    startup.check_port("127.0.0.1", port, "PTU_INGRESS_URL")
+    if taken(port):
+        raise ConfigError(f"PTU_INGRESS_URL: cannot listen on 127.0.0.1:{port}: already in use")
     notes = []
     redis_port = None
-    if redis_answers(settings.redis_url):
+    if redis_up(settings.redis_url):
         notes.append(f"redis: using the server at {settings.redis_url}")
     else:
         parts = urlsplit(settings.redis_url)
@@ -151,7 +159,7 @@ def plan(settings: Settings, args: argparse.Namespace) -> Plan:
         sim_port = parts.port or (443 if parts.scheme == "https" else 80)
         if parts.scheme != "http":
             raise ConfigError("PTU_AZURE_OPENAI_ENDPOINT: ptu up's simulator serves http://")
-        if listening("127.0.0.1", sim_port):
+        if taken(sim_port):
             notes.append(f"upstream: using what listens at {endpoint} (no simulator started)")
             sim_port = None
         elif settings.azure_openai_api_key is None:
