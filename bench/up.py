@@ -169,7 +169,11 @@ def plan(
     else:
         notes.append(f"upstream: {endpoint} (no simulator started)")
     estimator = args.estimator or settings.queue_backend == "eventhubs"
-    return Plan(redis_port, sim_port, port, estimator, args.workers, notes)
+    workers = args.workers
+    if workers and not any(d.kind == "provisioned" for d in settings.deployments):
+        notes.append("worker: none started (PTU_DEPLOYMENTS has no provisioned deployment)")
+        workers = 0
+    return Plan(redis_port, sim_port, port, estimator, workers, notes)
 
 
 class LogFollower:
@@ -207,6 +211,19 @@ def child_env(settings: Settings, environ: dict[str, str]) -> dict[str, str]:
     if settings.log_format == "auto":
         env["PTU_LOG_FORMAT"] = "console" if renders_console("auto", sys.stderr) else "json"
     return env
+
+
+def failure(stack: Stack, exc: PTUError) -> str:
+    """One line for a stack that could not start or stay up: the dead child's last words."""
+    dead = next((c for c in stack.children.values() if not c.alive()), None)
+    if dead is None:
+        return str(exc).splitlines()[0]
+    lines = [x for x in dead.tail(4000).splitlines() if x.strip()]
+    last = lines[-1].strip() if lines else "no output"
+    return (
+        f"{dead.name} exited with code {dead.proc.returncode}: {last[:300]} "
+        f"(log: {dead.log_path}); stopped everything"
+    )
 
 
 def say(text: str) -> None:
@@ -248,21 +265,14 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     env = child_env(settings, dict(os.environ))
     workdir = args.logs or Path(tempfile.mkdtemp(prefix="ptu-up-"))
     follower = None if args.quiet else LogFollower(workdir / "logs", sys.stderr)
-    with contextlib.ExitStack() as cleanup:
+    with sigterm_as_interrupt(), Stack(workdir) as stack:
         try:
-            cleanup.enter_context(sigterm_as_interrupt())
-            stack = cleanup.enter_context(Stack(workdir))
             start(stack, settings, p, env)
             say(f"ready; logs in {workdir / 'logs'}; Ctrl-C stops everything")
             while True:
                 if follower is not None:
                     follower.poll()
-                dead = next((c for c in stack.children.values() if not c.alive()), None)
-                if dead is not None:
-                    raise PTUError(
-                        f"{dead.name} exited with code {dead.proc.returncode} "
-                        f"(log: {dead.log_path}); stopped everything"
-                    )
+                stack.check_alive()
                 time.sleep(POLL_S)
         except KeyboardInterrupt:
             say("stopping")
@@ -270,6 +280,6 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
             if follower is not None:
                 with contextlib.suppress(OSError):
                     follower.poll()
-            raise PTUError(str(exc).splitlines()[0]) from None
+            raise PTUError(failure(stack, exc)) from None
     say("stopped")
     return 0
