@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import ipaddress
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -261,6 +262,8 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     """Start the stack, follow its logs until Ctrl-C or a child's exit, stop everything."""
     assert settings is not None
     logs.configure("warning", settings.log_format)  # the supervisor's own: problems only
+    # Ctrl-C stops the stack even when started from a script that ignores SIGINT (`ptu up &`)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     p = plan(settings, args)
     env = child_env(settings, dict(os.environ))
     workdir = args.logs or Path(tempfile.mkdtemp(prefix="ptu-up-"))
