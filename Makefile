@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test test-cluster check fmt lint typecheck bench clean
+.PHONY: install demo up test test-cluster check fmt lint typecheck bench clean
 
 $(UV):
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -27,6 +27,12 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/ptu demo
+
+# The local stack in the foreground (Ctrl-C stops it), configured by .env: the README's
+# "Using it" (a first run copies .env.example).
+up: install
+	@test -f .env || cp .env.example .env
+	set -a; . ./.env; set +a; $(BIN)/ptu up
 
 # The Redis-facing integration subset runs again on a real 3-master cluster: the
 # stores, queue, estimate, throttle and completion code are where a key in the wrong
