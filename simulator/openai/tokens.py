@@ -25,7 +25,7 @@ import json
 import math
 from typing import Any
 
-from orchestrator.core.tokens import estimate_prompt_tokens
+from orchestrator.core.tokens import LIMIT_FIELDS, estimate_prompt_tokens
 
 __all__ = [
     "admission_output_tokens",
@@ -41,8 +41,8 @@ BOUNDED_MIN_FRACTION = 0.2
 
 
 def validated_max_tokens(body: dict[str, Any]) -> int | None:
-    """`max_completion_tokens` or `max_tokens` from the body; None when neither is given."""
-    for key in ("max_completion_tokens", "max_tokens"):
+    """`max_completion_tokens`, `max_tokens` or `max_output_tokens`; None when none is given."""
+    for key in LIMIT_FIELDS:
         value = body.get(key)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
