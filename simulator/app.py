@@ -172,9 +172,12 @@ class Simulator:
             text = "".join(chat.completion_tokens_text(n, created)).lstrip()
             truncated = _truncated(call, n)
             payload = writer.body(
-                "incomplete" if truncated else "completed", text=text, output_tokens=n, truncated=truncated,
+                "incomplete" if truncated else "completed",
+                text=text,
+                output_tokens=n,
+                truncated=truncated,
                 completed_at=int(self.clock()),
-            )  # fmt: skip
+            )
             return _json(200, payload, self.headers(deployment, decision))
         payload = chat.completion_body(
             completion_id=completion_id,

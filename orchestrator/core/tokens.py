@@ -114,7 +114,7 @@ class UsageCounts(NamedTuple):
 
 
 def usage_counts(usage: Mapping[str, Any] | None) -> UsageCounts:
-    """(prompt, completion, cached) tokens of a chat or Responses `usage` object; zeros if absent."""
+    """(prompt, completion, cached) tokens of a chat or Responses `usage`; zeros when absent."""
     if not usage:
         return UsageCounts(0, 0, 0)
     if "input_tokens" in usage or "output_tokens" in usage:  # the Responses API's names
