@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -330,3 +331,18 @@ async def test_a_batch_line_is_checked_as_its_url_says(
         file=("c.jsonl", json.dumps(response_line).encode()), purpose="batch"
     )
     assert ok.purpose == "batch"
+
+
+def test_the_readme_responses_example_runs_as_written(
+    ingress: IngressThread, worker: subprocess.Popen[bytes]
+) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### The Responses API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("http://127.0.0.1:8080", ingress.url).replace("gpt-4o-mini-ptu", "ptu")
+    scope: dict[str, Any] = {"print": lambda *args: None}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["raw"].http_response.status_code == 202
+    done = scope["done"]
+    assert done["status"] == "completed", done
+    assert Response.model_validate(done["response"]).output_text
