@@ -7,14 +7,15 @@ per text token and 85 per image part. The simulator charging exactly what the
 orchestrator estimates is deliberate: where the simulated deployment disagrees
 with the orchestrator's model is set by the reality knobs, not by accident here.
 
-When a request gives no `max_tokens` / `max_completion_tokens`, admission assumes
-`DEFAULT_MAX_TOKENS_ESTIMATE` (1,000) output tokens: Azure documents that it
+When a request gives no `max_tokens` / `max_completion_tokens` (a response: no
+`max_output_tokens`), admission assumes `DEFAULT_MAX_TOKENS_ESTIMATE` (1,000)
+output tokens: Azure documents that it
 estimates a missing max_tokens and that this lowers concurrency; the figure is
 ours (the orchestrator's `PTU_DEFAULT_MAX_TOKENS` default is the same).
 
-Completion lengths are deterministic: a hash of the seed and the messages picks a
-fraction in [0, 1); with a max_tokens the length is between 20 % and 100 % of it,
-without one between 16 and 512 tokens. `x-sim-completion-tokens` overrides the
+Completion lengths are deterministic: a hash of the seed and the messages (a
+response's instructions and input) picks a fraction in [0, 1); with a max_tokens
+the length is between 20 % and 100 % of it, without one between 16 and 512 tokens. `x-sim-completion-tokens` overrides the
 length, still capped at max_tokens.
 """
 
