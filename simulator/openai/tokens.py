@@ -15,8 +15,8 @@ ours (the orchestrator's `PTU_DEFAULT_MAX_TOKENS` default is the same).
 
 Completion lengths are deterministic: a hash of the seed and the messages (a
 response's instructions and input) picks a fraction in [0, 1); with a max_tokens
-the length is between 20 % and 100 % of it, without one between 16 and 512 tokens. `x-sim-completion-tokens` overrides the
-length, still capped at max_tokens.
+the length is between 20 % and 100 % of it, without one between 16 and 512 tokens.
+`x-sim-completion-tokens` overrides the length, still capped at max_tokens.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import httpx2
+import openai
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import SecretStr, TypeAdapter
@@ -191,3 +192,29 @@ def test_the_endpoint_travels_in_the_message_only_when_it_is_not_chat() -> None:
     assert "endpoint" not in json.loads(chat.model_dump_json())
     moved = chat.model_copy(update={"endpoint": "responses"})
     assert QueuedRequest.model_validate_json(moved.model_dump_json()).endpoint == "responses"
+
+
+async def test_the_v1_client_keeps_the_entra_token_of_the_resource() -> None:
+    seen: list[httpx2.Request] = []
+    answer = _writer().body("completed", text="done", output_tokens=1)
+
+    def handler(req: httpx2.Request) -> httpx2.Response:
+        seen.append(req)
+        return httpx2.Response(200, json=answer)
+
+    async def token() -> str:
+        return "entra-token"
+
+    client = openai.AsyncAzureOpenAI(
+        azure_endpoint="http://res.test", azure_ad_token_provider=token, api_version="2024-10-21",
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)), max_retries=0,
+    )  # fmt: skip
+    upstream = AzureUpstream(client, timeout_s=5)
+    await upstream.responses("dep", {"input": "hi"})
+    await upstream.chat("dep", {"messages": [{"role": "user", "content": "hi"}]})
+    await upstream.close()
+    assert [str(r.url) for r in seen] == [
+        "http://res.test/openai/v1/responses",
+        "http://res.test/openai/deployments/dep/chat/completions?api-version=2024-10-21",
+    ]
+    assert {r.headers["authorization"] for r in seen} == {"Bearer entra-token"}
