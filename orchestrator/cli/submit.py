@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import openai
 from rich.console import Console
@@ -27,6 +27,9 @@ from orchestrator.cli.ingress_client import message as _message
 from orchestrator.core.settings import Settings
 
 TERMINAL = ("completed", "failed", "cancelled", "expired")
+BatchEndpoint = Literal["/v1/chat/completions", "/v1/responses"]
+CHAT: BatchEndpoint = "/v1/chat/completions"
+RESPONSES: BatchEndpoint = "/v1/responses"
 
 
 class SubmitError(Exception):
@@ -76,6 +79,15 @@ def custom_ids(path: Path) -> list[str]:
     if not ids:
         raise SubmitError(f"{path}: no requests in the file")
     return ids
+
+
+def batch_endpoint(path: Path) -> BatchEndpoint:
+    """The batch's `endpoint`: `/v1/responses` when the first line calls it, else chat."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            obj = json.loads(line)
+            return RESPONSES if isinstance(obj, dict) and obj.get("url") == RESPONSES else CHAT
+    return CHAT
 
 
 def _lines(content: str) -> list[dict[str, Any]]:
@@ -156,7 +168,7 @@ def submit(
         uploaded = client.files.create(file=(path.name, path.read_bytes()), purpose="batch")
         batch = client.batches.create(
             input_file_id=uploaded.id,
-            endpoint="/v1/chat/completions",
+            endpoint=batch_endpoint(path),
             completion_window="24h",
             extra_headers={"x-priority": priority},
         )
