@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test test-cluster check fmt lint typecheck bench clean
+.PHONY: install demo up test test-cluster check fmt lint typecheck bench clean
 
 $(UV):
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -35,6 +35,12 @@ install: $(VENV)/.installed $(VALIDATE)/node_modules/.installed
 demo: install
 	$(BIN)/ptu demo
 
+# The local stack in the foreground (Ctrl-C stops it), configured by .env: the README's
+# "Using it" (a first run copies .env.example).
+up: install
+	@test -f .env || cp .env.example .env
+	set -a; . ./.env; set +a; $(BIN)/ptu up
+
 # The Redis-facing integration subset runs again on a real 3-master cluster: the
 # stores, queue, estimate, throttle and completion code are where a key in the wrong
 # slot would fail (CROSSSLOT), and together they take about a minute; the rest of
@@ -45,7 +51,8 @@ CLUSTER_SUBSET := tests/integration/test_queue_contract.py \
 	tests/integration/test_results_store.py \
 	tests/integration/test_util_estimate_redis.py \
 	tests/integration/test_throttle_global.py \
-	tests/integration/test_redis_cluster.py
+	tests/integration/test_redis_cluster.py \
+	tests/integration/test_cli_redis_verbs.py
 
 test: install
 	$(BIN)/pytest

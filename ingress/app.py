@@ -263,6 +263,7 @@ def create_app(
     for p in PREFIXES:
         routes += [
             Route(f"{p}/chat/completions", chat.openai, methods=["POST"]),
+            Route(f"{p}/responses", chat.responses, methods=["POST"]),
             Route(f"{p}/files", file_routes.upload, methods=["POST"]),
             Route(f"{p}/files", file_routes.list_files, methods=["GET"]),
             Route(f"{p}/files/{{file_id}}", file_routes.retrieve, methods=["GET"]),

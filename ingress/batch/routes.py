@@ -203,9 +203,9 @@ class BatchRoutes:
     ) -> QueuedRequest:
         body = dict(line.body)
         ceiling = self._limits.ceiling(tenant, self._ceiling)
-        govern(body, ceiling=ceiling, default=self._default_max_tokens)
+        govern(body, ceiling=ceiling, default=self._default_max_tokens, endpoint=line.endpoint)
         return self._enqueuer.build(
-            line.deployment, body, tenant=tenant, reply_key=reply_key,
+            line.deployment, body, endpoint=line.endpoint, tenant=tenant, reply_key=reply_key,
             ttl_s=COMPLETION_WINDOW_S, custom_id=line.custom_id, batch_id=batch_id,
         )  # fmt: skip
 

@@ -14,6 +14,11 @@ deployment once more. A deployment whose circuit breaker is open is skipped with
 call (reason `circuit_open`); the last deployment of the chain is always called, so
 without spillover the client gets what the PTU answers. Every hop is counted in
 `ptu_ingress_spillover_total{deployment,to,reason}`.
+
+A Responses API call goes to the resource's `/openai/v1/responses` (versionless; the
+deployment is the body's `model`, rewritten to the spillover deployment's name when
+the call moves on); its usage is read from the response's `usage`, for a stream from
+the final `response.completed` event.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from ingress.metrics import IngressMetrics
 from orchestrator.breaker.machine import Outcome
 from orchestrator.breaker.shared import SharedBreaker
 from orchestrator.core.retry import parse_retry_after
-from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
+from orchestrator.core.schemas import PRIORITY_LABEL_HEADER, Endpoint
 from orchestrator.telemetry.base import NOOP_CALL, OFF, LLMCall, Telemetry
 from orchestrator.utilisation.estimate.calibration import header_utilisation
 
@@ -71,7 +76,7 @@ _DROP_RESPONSE = frozenset(
 
 @dataclass(slots=True)
 class Call:
-    """One high-priority chat completion on its way upstream."""
+    """One high-priority chat completion (or response) on its way upstream."""
 
     target: Target
     payload: bytes
@@ -84,8 +89,17 @@ class Call:
     strip_usage: bool = False
     tenant: str = "default"
     priority: str = "high"
+    endpoint: Endpoint = "chat/completions"
     span: LLMCall = NOOP_CALL
     """The GenAI client span of the call (ended with its outcome in `Proxy.ended`)."""
+
+    def payload_for(self, target: Target) -> bytes:
+        """The body sent to `target`: a response names its deployment in `model`."""
+        if self.endpoint != "responses" or target is self.target:
+            return self.payload
+        body = json.loads(self.payload)
+        body["model"] = target.name
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def forwarded_headers(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
@@ -166,9 +180,11 @@ class Proxy:
         self._auth_raw: dict[int, tuple[dict[str, str], list[tuple[bytes, bytes]]]] = {}
         self._urls: dict[str, httpx2.URL] = {}
 
-    def _url(self, target: Target, query: str) -> httpx2.URL:
+    def _url(
+        self, target: Target, query: str, endpoint: Endpoint = "chat/completions"
+    ) -> httpx2.URL:
         """The parsed upstream URL, cached: parsing costs more than the rest of the call."""
-        key = target.url + query
+        key = (target.responses_url if endpoint == "responses" else target.url) + query
         url = self._urls.get(key)
         if url is None:
             if len(self._urls) >= _URL_CACHE_SIZE:
@@ -380,7 +396,10 @@ class Proxy:
         first bytes), so the caller can still spill over.
         """
         request = self._client.build_request(
-            "POST", self._url(target, call.query), content=call.payload, headers=headers
+            "POST",
+            self._url(target, call.query, call.endpoint),
+            content=call.payload_for(target),
+            headers=headers,
         )
         resp: httpx2.Response | None = None
         try:

@@ -31,7 +31,7 @@ from ingress.metrics import IngressMetrics
 from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.results import ResultStore
-from orchestrator.core.schemas import QueuedRequest
+from orchestrator.core.schemas import Endpoint, QueuedRequest
 from orchestrator.queues.base import Queue
 from orchestrator.telemetry.base import OFF, Telemetry
 
@@ -91,6 +91,7 @@ class Enqueuer:
         custom_id: str | None = None,
         batch_id: str | None = None,
         request_id: str | None = None,
+        endpoint: Endpoint = "chat/completions",
     ) -> QueuedRequest:
         """A QueuedRequest stamped now, with its deadline and reply key.
 
@@ -103,6 +104,7 @@ class Enqueuer:
             id=rid,
             deployment=deployment,
             body=body,
+            endpoint=endpoint,
             tenant=tenant,
             custom_id=custom_id,
             reply_key=reply_key or reply_key_for(reply_key_header, tenant, rid),

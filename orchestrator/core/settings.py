@@ -241,9 +241,18 @@ class Settings(BaseSettings):
     breaker_window_s: float = Field(default=30.0, gt=0)
     breaker_open_s: float = Field(default=10.0, gt=0)
     breaker_max_open_s: float = Field(default=300.0, gt=0)
+    # client verbs (`ptu submit`, `ptu result`, `ptu batches`) and `ptu up`
+    ingress_url: str = Field(
+        default="http://127.0.0.1:8080", description="where the client verbs reach the ingress"
+    )
+    ingress_api_key: SecretStr | None = Field(
+        default=None, description="the key the client verbs present (when it has PTU_API_KEYS)"
+    )
     # observability
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "console"] = "json"
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console when stderr is a terminal, else json"
+    )
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     # OpenTelemetry (see orchestrator.telemetry): the standard variables, read here to
     # decide whether to export at all; the SDK reads the others (headers, protocol, ...)
@@ -274,6 +283,14 @@ class Settings(BaseSettings):
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
         return check_endpoint(value)
+
+    @field_validator("ingress_url")
+    @classmethod
+    def _ingress_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ValueError(f"{value!r} is not a base URL: give http://HOST:PORT")
+        return value.strip().rstrip("/")
 
     @classmethod
     def settings_customise_sources(

@@ -384,7 +384,12 @@ class Dispatcher:
         )
         try:
             async with asyncio.timeout(self._config.request_timeout_s):
-                response = await self._upstream.chat(
+                send = (
+                    self._upstream.responses
+                    if message.endpoint == "responses"
+                    else self._upstream.chat
+                )
+                response = await send(
                     self.deployment, message.body, headers={CLIENT_REQUEST_ID_HEADER: message.id}
                 )
             answered = True

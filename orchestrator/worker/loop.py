@@ -89,6 +89,8 @@ class Worker:
         self._sleep = sleep
         self._rand = rand
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {lane.deployment: set() for lane in lanes}
+        self._waiting: dict[str, bool] = {lane.deployment: False for lane in lanes}
+        """Lanes holding a slot while they wait for a message: capacity ready, not work."""
         self.incarnation = (
             Incarnation(redis, on_loss=self._count_loss, clock=clock) if redis is not None else None
         )
@@ -123,6 +125,7 @@ class Worker:
             slot = await lane.throttle.acquire(stop)
             if slot is None:
                 break
+            self._waiting[lane.deployment] = True
             try:
                 deliveries = await self._receive(lane.queue, stop)
             except QueueUnavailable as exc:
@@ -135,6 +138,8 @@ class Worker:
             except BaseException:
                 await asyncio.shield(lane.throttle.release(slot))
                 raise
+            finally:
+                self._waiting[lane.deployment] = False
             failures = 0
             if not deliveries:
                 await lane.throttle.release(slot)
@@ -244,6 +249,10 @@ class Worker:
             lanes[lane.deployment] = {
                 "limit": throttle.limit,
                 "in_flight": throttle.in_flight,
+                # of those slots, the one a lane holds while it waits for a message; and the
+                # messages taken off the queue and not finished (calling, or waiting to retry)
+                "waiting": int(self._waiting[lane.deployment]),
+                "requests_in_flight": self.in_flight(lane.deployment),
                 "global_in_flight": global_in_flight,
                 "queue_depth": depth,
                 "utilisation": None if reading is None else reading.value,
