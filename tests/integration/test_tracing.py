@@ -195,3 +195,16 @@ def test_probes_are_not_traced(ingress: IngressThread, exporter: InMemorySpanExp
     assert httpx2.get(ingress.url + "/healthz").status_code == 200
     assert httpx2.get(ingress.url + "/metrics").status_code == 200
     assert exporter.get_finished_spans() == ()
+
+
+def test_a_responses_api_call_is_traced_with_its_usage(
+    ingress: IngressThread, exporter: InMemorySpanExporter
+) -> None:
+    exporter.clear()
+    client = openai.OpenAI(base_url=ingress.url + "/v1", api_key="unused", max_retries=0)
+    response = client.responses.create(model=DEP, input="Trace a response.", max_output_tokens=16)
+    assert response.usage is not None
+    (call,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
+    assert call.attributes is not None
+    assert call.attributes["gen_ai.usage.input_tokens"] == response.usage.input_tokens
+    assert call.attributes["gen_ai.usage.output_tokens"] == response.usage.output_tokens
