@@ -201,13 +201,17 @@ class LogFollower:
         self._out.flush()
 
 
+_PASSED = ("PTU_", "OTEL_", "APPLICATIONINSIGHTS_CONNECTION_STRING")
+
+
 def child_env(settings: Settings, environ: dict[str, str]) -> dict[str, str]:
     """The `PTU_*` environment of the children: the caller's, logs readable where they go.
 
     The children log to files, so `auto` would mean JSON; when `ptu up` itself writes to a
-    terminal they log console lines instead, which is what it shows there.
+    terminal they log console lines instead, which is what it shows there. The standard
+    OpenTelemetry variables pass too, so `ptu up` traces when they ask it to.
     """
-    env = {k: v for k, v in environ.items() if k.startswith("PTU_")}
+    env = {k: v for k, v in environ.items() if k.startswith(_PASSED)}
     env["PTU_LOG_LEVEL"] = settings.log_level
     if settings.log_format == "auto":
         env["PTU_LOG_FORMAT"] = "console" if renders_console("auto", sys.stderr) else "json"

@@ -74,8 +74,17 @@ def test_the_simulator_serves_the_deployments_as_configured() -> None:
 
 def test_children_get_the_callers_ptu_variables_only() -> None:
     settings = Settings(**LOCAL, log_level="debug")  # type: ignore[arg-type]
-    env = child_env(settings, {"PTU_REDIS_URL": "redis://x:1/0", "HOME": "/h", "PTU_X": "1"})
+    env = child_env(
+        settings,
+        {
+            "PTU_REDIS_URL": "redis://x:1/0",
+            "HOME": "/h",
+            "PTU_X": "1",
+            "OTEL_TRACES_EXPORTER": "otlp",
+        },
+    )
     assert env["PTU_REDIS_URL"] == "redis://x:1/0" and env["PTU_X"] == "1"
+    assert env["OTEL_TRACES_EXPORTER"] == "otlp"  # the standard telemetry variables pass too
     assert "HOME" not in env and env["PTU_LOG_LEVEL"] == "debug"
     expected = "console" if sys.stderr.isatty() else "json"
     assert env["PTU_LOG_FORMAT"] == expected
