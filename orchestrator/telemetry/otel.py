@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from opentelemetry import trace
 from opentelemetry.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.resources import Resource
@@ -157,8 +158,7 @@ class Tracing(Telemetry):
 
     @contextlib.contextmanager
     def server(self, method: str, path: str, headers: Mapping[str, str]) -> Iterator[ServerSpan]:
-        """See `Telemetry.server`."""
-
+        """See `Telemetry.server`; its log lines carry the trace id."""
         parent = self._w3c.extract(headers)
         with self._tracer.start_as_current_span(
             method,
@@ -166,12 +166,12 @@ class Tracing(Telemetry):
             kind=SpanKind.SERVER,
             attributes={"http.request.method": method, "url.path": path},
         ) as span:
-            yield _Server(span, method)
+            with _logged(span):
+                yield _Server(span, method)
 
     @contextlib.contextmanager
     def producing(self, request: QueuedRequest) -> Iterator[None]:
         """See `Telemetry.producing`."""
-
         attributes = self._messaging(request, "send")
         with self._tracer.start_as_current_span(
             f"send {request.deployment}", kind=SpanKind.PRODUCER, attributes=attributes
@@ -183,8 +183,10 @@ class Tracing(Telemetry):
 
     @contextlib.contextmanager
     def consuming(self, request: QueuedRequest, delivery_count: int) -> Iterator[None]:
-        """See `Telemetry.consuming`; a message without a `traceparent` starts a new trace."""
+        """See `Telemetry.consuming`; a message without a `traceparent` starts a new trace.
 
+        The worker's log lines of the request carry the trace id, as the ingress's do.
+        """
         carrier = {"traceparent": request.traceparent} if request.traceparent else {}
         attributes = self._messaging(request, "process")
         attributes["messaging.message.delivery_count"] = delivery_count
@@ -194,8 +196,9 @@ class Tracing(Telemetry):
             context=self._w3c.extract(carrier),
             kind=SpanKind.CONSUMER,
             attributes=attributes,
-        ):
-            yield
+        ) as span:
+            with _logged(span):
+                yield
 
     def outcome(self, status: str, status_code: int | None) -> None:
         """See `Telemetry.outcome`."""
@@ -263,3 +266,11 @@ class Tracing(Telemetry):
 
     def __repr__(self) -> str:
         return f"<Tracing system={self._system} metrics={self._histograms is not None}>"
+
+
+def _logged(span: Span) -> contextlib.AbstractContextManager[None]:
+    """Bind the span's trace id into structlog's context (log lines join their trace)."""
+    context = span.get_span_context()
+    return structlog.contextvars.bound_contextvars(
+        trace_id=format(context.trace_id, "032x"), span_id=format(context.span_id, "016x")
+    )

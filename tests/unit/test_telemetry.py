@@ -153,3 +153,23 @@ def test_genai_calls_record_duration_and_token_usage_metrics() -> None:
     assert first.attributes["http.response.status_code"] == 200
     assert second.attributes["error.type"] == "429" and not second.status.is_ok
     tracing.shutdown()
+
+
+def test_log_lines_of_a_traced_request_carry_its_trace_id() -> None:
+    import structlog
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from orchestrator.telemetry.otel import Tracing
+
+    tracing = Tracing.in_memory(InMemorySpanExporter(), "ptu-worker")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    message = QueuedRequest(
+        id="r", deployment="d", body={}, reply_key="k", enqueued_at=0.0, deadline=1.0,
+        traceparent=f"00-{trace_id}-00f067aa0ba902b7-01",
+    )  # fmt: skip
+    with tracing.consuming(message, 1):
+        assert structlog.contextvars.get_contextvars()["trace_id"] == trace_id
+    assert "trace_id" not in structlog.contextvars.get_contextvars()
+    with tracing.server("POST", "/v1/chat/completions", {"traceparent": message.traceparent}):
+        assert structlog.contextvars.get_contextvars()["trace_id"] == trace_id
+    tracing.shutdown()
