@@ -149,3 +149,27 @@ def test_the_prometheus_rule_manifest_holds_the_same_groups() -> None:
     rules = [d for d in docs if d["kind"] == "PrometheusRule"]
     assert len(rules) == 1
     assert rules[0]["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
+
+
+def _kept_labels(expr: str) -> set[str]:
+    """Labels an alert's result keeps: those its aggregations group `by`."""
+    kept: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+            assert str(node.modifier.type).endswith("By"), f"`without` in {expr!r}"
+            kept.update(node.modifier.labels)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return kept
+
+
+def test_alert_annotations_name_only_labels_the_alert_keeps() -> None:
+    for rule in alert_rules():
+        text = " ".join(rule["annotations"].values())
+        used = set(re.findall(r"\$labels\.(\w+)", text))
+        assert used <= _kept_labels(rule["expr"]), rule["alert"]
+    assert _kept_labels("sum by (deployment) (rate(ptu_worker_results_total[5m]))") == {
+        "deployment"
+    }
+    assert _kept_labels("sum(rate(ptu_worker_results_total[5m]))") == set()
