@@ -112,15 +112,17 @@ def test_a_lone_tenant_gets_every_slot() -> None:
     ("virtual", "pending", "floor", "order", "lifts", "new_floor"),
     [
         # a's 300 in flight are still estimates: the newcomer starts at the floor, below
-        # a's settled 700, so a's calls in flight count against a
+        # a's 850 (its calls in flight half served), so they count against a
         ({"a": 1000.0}, {"a": 300.0}, 600.0, ["b", "a"], {"b": 600.0}, 600.0),
-        # the floor rises to the least settled service, not to the estimates
-        ({"a": 1000.0, "b": 900.0}, {"a": 300.0}, 0.0, ["b", "a"], {}, 700.0),
+        # the floor rises to the least service with calls in flight half served
+        ({"a": 1000.0, "b": 900.0}, {"a": 300.0}, 0.0, ["b", "a"], {}, 850.0),
+        # ... which may be below another tenant's (b's calls in flight weigh too)
+        ({"a": 1000.0, "b": 900.0}, {"a": 100.0, "b": 200.0}, 0.0, ["b", "a"], {}, 800.0),
         # no call in flight: the plain floor
         ({"a": 1000.0, "b": 1000.0}, {}, 900.0, ["a", "b"], {}, 1000.0),
     ],
 )
-def test_plan_floor_is_settled_service(
+def test_plan_floor_counts_calls_in_flight_half_served(
     virtual: dict[str, float],
     pending: dict[str, float],
     floor: float,
