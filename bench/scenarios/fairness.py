@@ -6,13 +6,14 @@ simulator reset, ingress and two workers started with `PTU_TENANTS`):
 1. B alone: B submits `small` lines as a batch; its makespan is the time from the
    batch create to its last line's result.
 2. B beside A: A submits a `big`-line batch, `delay_s` later B submits its `small`
-   lines again. B's makespan is measured the same way. The token shares are those
-   of the window in which both had lines waiting: from B's submission to the start
-   of B's last call. After that B has nothing left to start, so the slots its last
-   calls free go to A whatever the weights; a window to B's last result (reported
-   too, `share_b_to_b_done`) measures that tail and the start-up, not the share: even
-   a B given every slot from its arrival cannot reach 0.75 in it with 20 lines on
-   10 slots (A's calls in flight hold the slots for the first call duration).
+   lines again. B's makespan is measured the same way. The token shares are those of
+   the window in which both had lines waiting: from B's first line queued (the batch's
+   lines are queued as its file is read) to the start of B's last call. After that B
+   has nothing left to start, so the slots its last calls free go to A whatever the
+   weights; a window to B's last result (reported too, `share_b_to_b_done`) measures
+   that tail and the start-up, not the share: even a B given every slot from its
+   arrival cannot reach 0.75 in it with 20 lines on 10 slots (A's calls in flight hold
+   the slots for the first call duration).
 3. A's batch is cancelled, the workers drain, and `ptu usage` (run as the CLI)
    must equal the simulator's own prompt and completion counters exactly.
 
@@ -157,12 +158,13 @@ def spread_shares(runs: list[Run], start: float, end: float) -> dict[str, float]
 
 
 def shares(
-    a: list[ResultDocument], b: list[ResultDocument], start: float
+    a: list[ResultDocument], b: list[ResultDocument]
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Token shares while both had lines waiting (B's submission to the start of B's last
-    call), and, for comparison, to B's last result (which adds the tail in which B had
-    nothing left to start and its last calls finished beside A's)."""
+    """Token shares while both had lines waiting (B's first line queued to the start of
+    B's last call), and, for comparison, to B's last result (which adds the tail in
+    which B had nothing left to start and its last calls finished beside A's)."""
     runs = _runs("a", a) + _runs("b", b)
+    start = min(d.enqueued_at for d in b)
     last_start = max(r.started for r in runs if r.tenant == "b")
     last_result = max(d.completed_at for d in b)
     return spread_shares(runs, start, last_start), spread_shares(runs, start, last_result)
@@ -195,7 +197,7 @@ async def one_weight(
             beside = await wait_all(redis, beside_id, cfg.small, cfg.timeout_s)
             beside_s = makespan(created, beside)
             a_docs = await results(redis, big_id)
-            split, to_done = shares(a_docs, beside, created)
+            split, to_done = shares(a_docs, beside)
             _timeline(out, weight_b, created, a_docs, beside)
             cancel = await http.post(f"/v1/batches/{big_id}/cancel", headers={"api-key": "key-a"})
             cancel.raise_for_status()

@@ -76,3 +76,35 @@ def plan(
 def charge(tokens: float, weight: float) -> float:
     """The virtual service `tokens` cost a tenant of `weight`."""
     return tokens / weight
+
+
+RATIO_ALPHA = 0.2
+"""Weight of the newest call in the moving average of actual over estimated tokens."""
+RATIO_BOUNDS = (0.05, 2.0)
+
+
+class Expectation:
+    """The tokens a call is expected to use: its estimate (prompt + `max_tokens`) times
+    the moving average of actual over estimated tokens seen for its tenant.
+
+    Clients ask for more `max_tokens` than they use. Charged at its estimate, a call
+    would be mostly refunded when it ends: a tenant's calls in flight would look
+    larger than they are, and its virtual service would fall as they end, handing it
+    back slots from a tenant that has just arrived.
+    """
+
+    def __init__(self) -> None:
+        self._ratio: dict[str, float] = {}
+
+    def expected(self, tenant: str, estimate: int) -> int:
+        """The charge for a call estimated at `estimate` tokens (at least 1)."""
+        return max(1, round(estimate * self._ratio.get(tenant, 1.0)))
+
+    def learn(self, tenant: str, estimate: int, actual: int) -> None:
+        """Fold in a call that was answered."""
+        if estimate <= 0 or actual <= 0:
+            return
+        low, high = RATIO_BOUNDS
+        seen = min(high, max(low, actual / estimate))
+        ratio = self._ratio.get(tenant, 1.0)
+        self._ratio[tenant] = ratio + RATIO_ALPHA * (seen - ratio)

@@ -132,3 +132,28 @@ def test_plan_floor_counts_calls_in_flight_half_served(
 ) -> None:
     decision = fair.plan(["a", "b"], virtual, floor, pending)
     assert (decision.order, decision.lifts, decision.floor) == (order, lifts, new_floor)
+
+
+@pytest.mark.parametrize(
+    ("seen", "estimate", "expected"),
+    [
+        # nothing seen yet: the estimate itself
+        ([], 100, 100),
+        # calls that used 40 of 100: the charge moves towards 40 of every 100 estimated
+        ([(100, 40)] * 30, 100, 40),
+        ([(100, 40)] * 30, 250, 100),
+        # refused or failed calls (nothing used) teach nothing
+        ([(100, 0)] * 30, 100, 100),
+        # bounded: never less than 1 token, never more than twice the estimate
+        ([(100, 1)] * 100, 10, 1),
+        ([(10, 900)] * 100, 100, 200),
+    ],
+)
+def test_expectation_scales_estimates_by_what_calls_used(
+    seen: list[tuple[int, int]], estimate: int, expected: int
+) -> None:
+    expect = fair.Expectation()
+    for est, actual in seen:
+        expect.learn("a", est, actual)
+    assert expect.expected("a", estimate) == expected
+    assert expect.expected("other", estimate) == estimate  # per tenant
