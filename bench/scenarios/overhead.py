@@ -5,7 +5,7 @@
    a second ingress where the caller is a tenant with a tokens-per-minute limit
    (`PTU_TENANTS`, `PTU_API_KEYS`: every request checked against the limit, every
    answer recorded in the usage ledger), one at a time, in one run (so all three
-   see the same machine load).
+   see the same machine load), each arm first in turn.
 2. Enqueue requests per second one ingress process sustains (`x-priority: low`,
    a fixed number of concurrent clients).
 3. Results per second one worker dispatches: the queue from step 2 drained by a
@@ -88,7 +88,9 @@ async def measure_latency(
         arms.append((url, {"x-priority": "high", "api-key": TENANT_KEY}, limited))
     async with httpx2.AsyncClient(timeout=30.0) as client:
         for i in range(pairs + 20):
-            for url, headers, sink in arms:
+            # each arm in turn goes first, so none always follows another
+            turn = i % len(arms)
+            for url, headers, sink in arms[turn:] + arms[:turn]:
                 started = time.perf_counter()
                 response = await client.post(url, json=BODY, headers=headers)
                 elapsed = time.perf_counter() - started
