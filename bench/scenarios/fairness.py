@@ -7,13 +7,14 @@ simulator reset, ingress and two workers started with `PTU_TENANTS`):
    batch create to its last line's result.
 2. B beside A: A submits a `big`-line batch, `delay_s` later B submits its `small`
    lines again. B's makespan is measured the same way. The token shares are those of
-   the window in which both had lines waiting: from B's first line queued (the batch's
-   lines are queued as its file is read) to the start of B's last call. After that B
-   has nothing left to start, so the slots its last calls free go to A whatever the
-   weights; a window to B's last result (reported too, `share_b_to_b_done`) measures
-   that tail and the start-up, not the share: even a B given every slot from its
-   arrival cannot reach 0.75 in it with 20 lines on 10 slots (A's calls in flight hold
-   the slots for the first call duration).
+   the window in which both had lines waiting: from B's first line reaching its
+   queue (the stream entry's id; B's lines are stamped when the batch is built and
+   queued a moment later) to the start of B's last call. After that B has nothing
+   left to start, so the slots its last calls free go to A whatever the weights. A
+   window from B's submission to its last result (reported too,
+   `share_b_to_b_done`) measures those edges, not the share: even a B given every
+   slot from its arrival cannot reach 0.75 in it with 20 lines on 10 slots (A's
+   calls in flight hold the slots for the first call duration).
 3. A's batch is cancelled, the workers drain, and `ptu usage` (run as the CLI)
    must equal the simulator's own prompt and completion counters exactly.
 
@@ -47,7 +48,7 @@ from bench.harness.runner import Policy, prepare
 from bench.harness.stack import DEPLOYMENT, SimulatorOptions, Stack, sigterm_as_interrupt
 from bench.report import tables as report
 from ingress.batch.store import BatchStore
-from orchestrator.core import logs
+from orchestrator.core import keys, logs
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import ResultDocument
 
@@ -158,16 +159,32 @@ def spread_shares(runs: list[Run], start: float, end: float) -> dict[str, float]
 
 
 def shares(
-    a: list[ResultDocument], b: list[ResultDocument]
+    a: list[ResultDocument], b: list[ResultDocument], submitted: float, queued: float | None
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Token shares while both had lines waiting (B's first line queued to the start of
-    B's last call), and, for comparison, to B's last result (which adds the tail in
-    which B had nothing left to start and its last calls finished beside A's)."""
+    """Token shares while both had lines waiting (B's first line queued, else the start of
+    its first call, to the start of its last call), and, for comparison, from B's
+    submission to its last result (which adds the time before B's lines were queued and
+    the tail in which B had nothing left to start and its last calls ran beside A's)."""
     runs = _runs("a", a) + _runs("b", b)
-    start = min(d.enqueued_at for d in b)
-    last_start = max(r.started for r in runs if r.tenant == "b")
+    b_starts = [r.started for r in runs if r.tenant == "b"]
     last_result = max(d.completed_at for d in b)
-    return spread_shares(runs, start, last_start), spread_shares(runs, start, last_result)
+    start = queued if queued is not None else min(b_starts)
+    return (
+        spread_shares(runs, start, max(b_starts)),
+        spread_shares(runs, submitted, last_result),
+    )
+
+
+async def first_queued(redis: aioredis.Redis, tenant: str, since: float) -> float | None:
+    """When the first of `tenant`'s lines queued after `since` reached its stream (the
+    entry id is the Redis server's clock in ms); None when none is left to see."""
+    stream = keys.tenant_queue(DEPLOYMENT, tenant)
+    entries = await redis.xrange(stream, min=f"{int(since * 1000)}-0", count=1)
+    if not entries:
+        return None
+    entry_id = entries[0][0]
+    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return int(text.split("-")[0]) / 1000.0
 
 
 def makespan(created: float, docs: list[ResultDocument]) -> float:
@@ -194,10 +211,11 @@ async def one_weight(
             await asyncio.sleep(cfg.delay_s)
             created = time.time()
             beside_id = await submit(http, "key-b", "b", cfg.small, cfg.max_tokens)
+            queued = await first_queued(redis, "b", created)
             beside = await wait_all(redis, beside_id, cfg.small, cfg.timeout_s)
             beside_s = makespan(created, beside)
             a_docs = await results(redis, big_id)
-            split, to_done = shares(a_docs, beside)
+            split, to_done = shares(a_docs, beside, created, queued)
             _timeline(out, weight_b, created, a_docs, beside)
             cancel = await http.post(f"/v1/batches/{big_id}/cancel", headers={"api-key": "key-a"})
             cancel.raise_for_status()
