@@ -216,7 +216,8 @@ async def one_weight(
             beside_s = makespan(created, beside)
             a_docs = await results(redis, big_id)
             split, to_done = shares(a_docs, beside, created, queued)
-            _timeline(out, weight_b, created, a_docs, beside)
+            first_start = min(d.started_at or d.completed_at for d in beside)
+            _timeline(out, weight_b, created, queued, a_docs, beside)
             cancel = await http.post(f"/v1/batches/{big_id}/cancel", headers={"api-key": "key-a"})
             cancel.raise_for_status()
             await wait_all(redis, big_id, cfg.big, cfg.timeout_s)
@@ -237,6 +238,8 @@ async def one_weight(
         "share_b_expected": round(expected_b, 3),
         "share_error": round(abs(split.get("b", 0.0) - expected_b) / expected_b, 3),
         "share_b_to_b_done": round(to_done.get("b", 0.0), 3),
+        # from B's first line queued to its first call: how soon the scheduler served B
+        "b_first_wait_s": None if queued is None else round(first_start - queued, 3),
         "usage_prompt": usage["prompt_tokens"],
         "sim_prompt": sim["prompt_tokens"],
         "usage_completion": usage["completion_tokens"],
@@ -247,16 +250,26 @@ async def one_weight(
 
 
 def _timeline(
-    out: Path, weight_b: float, created: float, a: list[ResultDocument], b: list[ResultDocument]
+    out: Path,
+    weight_b: float,
+    created: float,
+    queued: float | None,
+    a: list[ResultDocument],
+    b: list[ResultDocument],
 ) -> None:
     """Every call of the run beside A (tenant, start, end, tokens; seconds from B's
-    submission) in `timeline-b<weight>.json`, so the shares can be checked by hand."""
+    submission) and when B's first line was queued, in `timeline-b<weight>.json`, so the
+    shares can be checked by hand."""
     runs = sorted(_runs("a", a) + _runs("b", b), key=lambda r: r.started)
-    rows = [
+    calls = [
         [r.tenant, round(r.started - created, 4), round(r.ended - created, 4), r.tokens]
         for r in runs
     ]
-    (out / f"timeline-b{weight_b:g}.json").write_text(json.dumps(rows) + "\n")
+    doc = {
+        "b_first_queued_s": None if queued is None else round(queued - created, 4),
+        "calls": calls,
+    }
+    (out / f"timeline-b{weight_b:g}.json").write_text(json.dumps(doc) + "\n")
 
 
 async def _drained(stack: Stack, timeout_s: float = 60.0) -> None:
