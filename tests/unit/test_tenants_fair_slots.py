@@ -186,3 +186,18 @@ def test_a_lone_tenant_keeps_every_slot_and_banks_no_credit() -> None:
     after = [r for r in sim.runs if r.started >= arrived + 1.0]
     share_b = sum(1 for r in after if r.tenant == "b") / len(after)
     assert 0.4 <= share_b <= 0.6  # its share, not a burst to make up for its idle time
+
+
+@pytest.mark.parametrize(
+    ("runs", "window", "share_b"),
+    [
+        # wholly inside: plain token counts
+        ([Run("a", 1, 2, 100), Run("b", 1, 2, 300)], (0, 10), 0.75),
+        # a call half inside the window counts half its tokens
+        ([Run("a", 0, 2, 100), Run("b", 1, 2, 50)], (1, 5), 0.5),
+        # outside the window: not counted at all
+        ([Run("a", 0, 1, 100), Run("b", 2, 3, 100), Run("a", 6, 7, 999)], (0.5, 5), 2 / 3),
+    ],
+)
+def test_spread_shares(runs: list[Run], window: tuple[float, float], share_b: float) -> None:
+    assert spread_shares(runs, *window)["b"] == pytest.approx(share_b)
