@@ -58,8 +58,8 @@ from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue
 from orchestrator.telemetry import factory as telemetry
 from orchestrator.telemetry.base import Telemetry
+from orchestrator.tenants.cached import CachedLedger
 from orchestrator.tenants.config import Tenancy
-from orchestrator.tenants.ledger import UsageLedger
 from orchestrator.utilisation.base import TokenRecorder
 from orchestrator.utilisation.estimate.calibration import params_for
 from orchestrator.utilisation.estimate.store import EstimateStore
@@ -86,6 +86,7 @@ class _Parts:
     events: TokenEvents
     metrics: IngressMetrics = field(default_factory=IngressMetrics)
     accounting: Accounting | None = None
+    ledger: CachedLedger | None = None
     owned: set[str] = field(default_factory=set)
 
     async def close(self) -> None:
@@ -93,6 +94,8 @@ class _Parts:
         await self.events.drain()
         if self.accounting is not None:
             await self.accounting.drain()
+        if self.ledger is not None:
+            await self.ledger.close()
         if "auth" in self.owned:
             await self.upstream.close()
         if "http" in self.owned:
@@ -184,7 +187,9 @@ def create_app(
     metrics = parts.metrics = IngressMetrics(
         tenants=tenancy.names(), deployments=[d.name for d in settings.deployments]
     )
-    ledger = UsageLedger(parts.redis, tenancy, clock=clock)
+    # limit checks on a copy of the counters re-read at most every 0.2 s: no Redis round
+    # trip per request on the high-priority path (orchestrator.tenants.cached)
+    ledger = parts.ledger = CachedLedger(parts.redis, tenancy, clock=clock)
     accounting = parts.accounting = Accounting(metrics, ledger)
     deployments = targets(settings, deployment_auths(settings, parts.upstream))
     results = ResultStore(parts.redis, settings.reply_ttl_s)

@@ -182,13 +182,18 @@ class Stack:
         self._wait_http("simulator", f"{self.sim_url}/sim/state", tls=self.sim.https)
         return self.sim_url
 
-    def start_ingress(self, env: Mapping[str, str]) -> str:
-        """Start `ptu ingress` with the given PTU_* settings and wait for /healthz."""
+    def start_ingress(self, env: Mapping[str, str], name: str = "ingress") -> str:
+        """Start `ptu ingress` with the given PTU_* settings and wait for /healthz; its URL.
+
+        Another `name` starts a second ingress beside the stack's own (`ingress_url`).
+        """
         port = free_port()
-        self.ingress_url = f"http://127.0.0.1:{port}"
-        self._spawn("ingress", ["ingress", "--port", str(port)], env)
-        self._wait_http("ingress", f"{self.ingress_url}/healthz")
-        return self.ingress_url
+        url = f"http://127.0.0.1:{port}"
+        if name == "ingress":
+            self.ingress_url = url
+        self._spawn(name, ["ingress", "--port", str(port)], env)
+        self._wait_http(name, f"{url}/healthz")
+        return url
 
     def start_worker(
         self, env: Mapping[str, str], name: str = "worker", *, ready_timeout_s: float = 30.0
