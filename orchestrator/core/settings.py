@@ -185,7 +185,7 @@ class Settings(BaseSettings):
     estimate_max_age_s: float = Field(default=5.0, gt=0)
     monitor_max_age_s: float = Field(default=300.0, gt=0)
     slot_lease_s: float = Field(
-        default=6.0, gt=0, description="a crashed worker's slots are free after this"
+        default=2.0, gt=0, description="a crashed worker's slots are free after this"
     )
     # upstream
     azure_openai_endpoint: str | None = None

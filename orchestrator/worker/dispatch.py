@@ -285,7 +285,10 @@ class Dispatcher:
 
         While the breaker is open the request waits here without a slot and without
         spending an attempt; in half-open state only the process that won the probe
-        calls, everyone else keeps waiting.
+        calls, everyone else keeps waiting. The delivery is kept rather than released:
+        every consumer shares the breaker, so another one could not call either, and each
+        release counts a delivery (`max_deliveries` would fail requests of a long outage).
+        A stop releases it (`handle`), a crash frees it within the liveness time.
         """
         while True:
             if held[0] is None:

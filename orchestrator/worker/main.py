@@ -189,7 +189,7 @@ def build_worker(
         )
         lanes.append(Lane(d.name, queue, throttle, dispatcher))
     timing = timing or WorkerTiming(
-        drain_timeout_s=settings.drain_timeout_s, renew_s=settings.slot_lease_s / 3
+        drain_timeout_s=settings.drain_timeout_s, renew_s=settings.slot_lease_s / 4
     )
     worker = Worker(worker_id, lanes, timing=timing, redis=redis, metrics=metrics)
     return Built(worker, queues, source, upstream)
