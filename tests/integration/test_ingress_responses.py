@@ -59,6 +59,13 @@ class Sink:
         raise AssertionError(f"no complete event: {self.events}")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_redis(redis_url: str) -> None:
+    """Nothing an earlier module left: its queued `ptu` requests would reach this worker."""
+    with redis_mode.connect_sync(redis_url) as client:
+        client.flushdb()
+
+
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimulatorThread]:
     config = SimConfig.from_specs(
