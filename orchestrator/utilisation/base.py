@@ -24,6 +24,9 @@ class Calibration:
     observed_age_s: float | None
     throttled_s: float = 0.0
     """Seconds the deployment still refuses calls after a 429 (the reading is >= 100 %)."""
+    model_kind: str = "bucket"
+    """Which meaning of utilisation explains the deployment's reports best: `bucket` (ours),
+    `bucket/2` (a bucket half the assumed window) or `sliding` (charges over the window)."""
 
     @property
     def unseen(self) -> float:

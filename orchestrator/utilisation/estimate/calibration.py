@@ -40,16 +40,32 @@ class CalibrationParams:
     """Bound of the trend, in fractions of capacity per second."""
     lookahead_s: float = 0.5
     """A rising trend is read this far ahead: where the level goes, not where it is."""
+    score_s: float = 10.0
+    """Horizon of each candidate model's score (the mean square of its prediction errors)."""
+    min_scored: int = 5
+    """Observations before the candidates are compared; until then our bucket alone counts."""
+    plausible_ratio: float = 1.5
+    """A candidate scoring within this factor of the best is plausible: the highest of the
+    plausible ones is read, so a close call errs toward less low-priority work."""
 
     def __post_init__(self) -> None:
         if min(self.tau_up, self.tau_down, self.negative_decay_s, self.positive_decay_s) <= 0:
             raise ValueError("calibration time constants must be positive")
         if min(self.max_observation_age_s, self.trend_s, self.max_trend, self.lookahead_s) < 0:
             raise ValueError("observation age, trend and look-ahead must not be negative")
+        if self.score_s <= 0 or self.min_scored < 0 or self.plausible_ratio < 1:
+            raise ValueError("score horizon must be positive and the plausible ratio >= 1")
 
-    def read_args(self) -> list[str]:
-        """The trailing ARGV of `read.lua`."""
-        return [repr(self.negative_decay_s), repr(self.positive_decay_s), repr(self.lookahead_s)]
+    def read_args(self, full: float) -> list[str]:
+        """The trailing ARGV of `read.lua` (`full`: the level of 100 %, in tokens)."""
+        return [
+            repr(self.negative_decay_s),
+            repr(self.positive_decay_s),
+            repr(self.lookahead_s),
+            repr(full),
+            str(self.min_scored),
+            repr(self.plausible_ratio),
+        ]
 
     def script_args(self) -> list[str]:
         """The trailing ARGV of `record.lua` that turn calibration on."""
@@ -61,6 +77,7 @@ class CalibrationParams:
             repr(self.max_observation_age_s),
             repr(self.trend_s),
             repr(self.max_trend),
+            repr(self.score_s),
         ]
 
 

@@ -3,12 +3,16 @@
 -- KEYS[1] bucket hash (one key: the token-event stream is another Cluster slot, so the
 -- caller reads the stream lag after this script, from the `applied` id returned).
 -- ARGV: 1 drain per second, 2 now in epoch seconds ('' = the server's TIME),
---       3 negative decay s, 4 positive decay s ('' = calibration off), 5 look-ahead s.
+--       3 negative decay s ('' = calibration off), 4 positive decay s, 5 look-ahead s,
+--       6 full level (100 %, in tokens), 7 observations before the candidates are compared,
+--       8 how much worse than the best a plausible candidate may score (a ratio).
 -- Returns nil when no feeder ever wrote the bucket, else, as strings: {level, heartbeat age,
--- now, correction, correction age, observed, observation age, floor left, applied}: heartbeat age
+-- now, correction, correction age, observed, observation age, floor left, applied, model,
+-- model kind}: heartbeat age
 -- is -1 without a heartbeat; now is the clock the script used (epoch s); applied is the
 -- newest token-event id folded in, or ''; correction and floor left are 0 and
--- the ages and observed are '' when there is none (or calibration is off).
+-- the ages, observed, model and kind are '' when there is none (or calibration is off);
+-- model is the chosen candidate's value (fraction) and kind its name (bucket|bucket/2|sliding).
 local function now_s(arg)
   if arg ~= '' then return tonumber(arg) end
   local t = redis.call('TIME')
@@ -24,24 +28,64 @@ local hb = redis.call('HGET', KEYS[1], 'hb')
 local hb_age = '-1'
 if hb then hb_age = tostring(math.max(0, now - tonumber(hb))) end
 local applied = redis.call('HGET', KEYS[1], 'applied') or ''
-local c, c_age, obs, obs_age, floor_left = 0, '', '', '', 0
+local c, c_age, obs, obs_age, floor_left, model, kind = 0, '', '', '', 0, '', ''
 if ARGV[3] ~= '' then
-  local f = redis.call('HMGET', KEYS[1], 'c', 'c_at', 'obs', 'obs_at', 'floor', 'throttled_at', 'v')
+  local full, min_obs, ratio = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+  local f = redis.call('HMGET', KEYS[1], 'c_at', 'obs', 'obs_at', 'floor', 'throttled_at', 'nobs')
   if f[1] then
-    local dt = math.max(0, now - tonumber(f[2]))
-    c = tonumber(f[1])
-    if c < 0 then c = c * math.exp(-dt / tonumber(ARGV[3]))
-    else c = c * math.exp(-dt / tonumber(ARGV[4])) end
-    -- the trend extrapolates up to 1 s past the newest signal, and a rising one looks ahead
-    local v = tonumber(f[7] or '0')
-    c = c + v * math.min(dt, 1) + math.max(0, v) * tonumber(ARGV[5])
+    local dt = math.max(0, now - tonumber(f[1]))
+    -- the sliding-window model: charges booked in the last SLOTS slots of the window
+    local SLOTS = 20
+    local unpack = unpack or table.unpack
+    local cur = math.floor(now / (full / tonumber(ARGV[1]) / SLOTS))
+    local fields = {}
+    for i = 0, SLOTS - 1 do fields[#fields + 1] = 'r' .. i end
+    local cells = redis.call('HMGET', KEYS[1], unpack(fields))
+    local total = 0
+    for i = 1, SLOTS do
+      if cells[i] then
+        local at, value = string.match(cells[i], '^(-?[%d.e+]+):(.+)$')
+        if tonumber(at) > cur - SLOTS then total = total + tonumber(value) end
+      end
+    end
+    local bucket = level / full
+    local models = {{'', 'bucket', bucket}, {'h', 'bucket/2', 2 * bucket},
+      {'s', 'sliding', math.max(0, total) / full}}
+    -- every candidate as calibrated now, and its score (mean square error before learning)
+    local values, best = {}, math.huge
+    local scored = tonumber(f[6] or '0') >= min_obs
+    for i, candidate in ipairs(models) do
+      local k = candidate[1]
+      local g = redis.call('HMGET', KEYS[1], 'c' .. k, 'v' .. k, 'e' .. k)
+      local ci = tonumber(g[1] or '0')
+      if ci < 0 then ci = ci * math.exp(-dt / tonumber(ARGV[3]))
+      else ci = ci * math.exp(-dt / tonumber(ARGV[4])) end
+      -- the trend extrapolates up to 1 s past the newest signal, and a rising one looks ahead
+      local v = tonumber(g[2] or '0')
+      ci = ci + v * math.min(dt, 1) + math.max(0, v) * tonumber(ARGV[5])
+      local e = tonumber(g[3] or '0')
+      values[i] = {candidate[2], candidate[3], ci, e}
+      best = math.min(best, e)
+    end
+    -- the reading is the highest of the plausible candidates: our bucket until enough
+    -- observations have been scored, then every candidate scoring within `ratio` of the
+    -- best (a close call between two meanings errs toward less low-priority work)
+    local chosen = nil
+    for i, item in ipairs(values) do
+      local plausible = i == 1
+      if scored then plausible = item[4] <= ratio * best + 1e-4 end
+      if plausible and (chosen == nil or item[2] + item[3] > chosen[2] + chosen[3]) then
+        chosen = item
+      end
+    end
+    kind, model, c = chosen[1], tostring(chosen[2]), chosen[3]
     -- the correction is as old as the newest signal behind it (observation or 429)
-    local newest = tonumber(f[4] or '0')
-    if f[6] then newest = math.max(newest, tonumber(f[6])) end
+    local newest = tonumber(f[3] or '0')
+    if f[5] then newest = math.max(newest, tonumber(f[5])) end
     c_age = tostring(math.max(0, now - newest))
   end
-  if f[3] then obs, obs_age = f[3], tostring(math.max(0, now - tonumber(f[4]))) end
-  if f[5] then floor_left = math.max(0, tonumber(f[5]) - now) end
+  if f[2] then obs, obs_age = f[2], tostring(math.max(0, now - tonumber(f[3]))) end
+  if f[4] then floor_left = math.max(0, tonumber(f[4]) - now) end
 end
 return {tostring(level), hb_age, tostring(now), tostring(c), c_age, obs, obs_age,
-  tostring(floor_left), applied}
+  tostring(floor_left), applied, model, kind}

@@ -1,13 +1,14 @@
 -- Fold one token event into a deployment's leaky bucket, at most once per (request, phase),
 -- then (calibration on) let the deployment's own signal carried by the event correct it.
--- KEYS[1] bucket hash {level, at, hb, applied, c, c_at, obs, obs_at, floor}; KEYS[2] the
+-- KEYS[1] bucket hash {level, at, hb, applied, r0..r19 (sliding slots), c|ch|cs, v.., e..,
+-- c_at, obs, obs_at, nobs, floor}; KEYS[2] the
 -- request's charge record.
 -- ARGV: 1 phase (admit|complete|observe), 2 prompt, 3 cached, 4 max_tokens, 5 completion,
 --       6 weight, 7 drain per second, 8 dedupe ttl ms, 9 now in epoch seconds ('' = TIME),
 --       10 full level (100 %, in tokens), 11 observed utilisation ('' = none),
 --       12 observation age s, 13 retry-after s ('' = not a 429),
---       14..20 tau up, tau down, negative decay s, positive decay s, max observation age s,
---       trend s (0 = no trend), max trend per s (14 = '' : calibration off).
+--       14..21 tau up, tau down, negative decay s, positive decay s, max observation age s,
+--       trend s (0 = no trend), max trend per s, score s (14 = '' : calibration off).
 -- Returns 1 when applied, 0 for a duplicate.
 local function now_s(arg)
   if arg ~= '' then return tonumber(arg) end
@@ -48,51 +49,113 @@ local at = tonumber(redis.call('HGET', KEYS[1], 'at') or now)
 level = math.max(0, level - rate * math.max(0, now - at))
 level = math.max(0, level + delta)
 redis.call('HSET', KEYS[1], 'level', tostring(level), 'at', tostring(now))
-if ARGV[14] == '' or (ARGV[11] == '' and ARGV[13] == '') then return 1 end
+if ARGV[14] == '' then return 1 end
 
--- calibration: the correction c (a fraction of capacity) moves toward what the deployment
--- reports, with a trend v (per second) for errors that grow steadily (the model's drain or
+-- the sliding-window model: the same charges summed over the trailing window, in SLOTS
+-- slots; a completion corrects the slot of its admission (it leaves the window with it)
+local SLOTS = 20
+local unpack = unpack or table.unpack
+local full = tonumber(ARGV[10])
+local slot_s = full / rate / SLOTS
+local cur = math.floor(now / slot_s)
+local function book(slot, amount)
+  if amount == 0 or cur - slot >= SLOTS then return end
+  local field = 'r' .. (slot % SLOTS)
+  local cell = redis.call('HGET', KEYS[1], field)
+  local sum = 0
+  if cell then
+    local at, value = string.match(cell, '^(-?[%d.e+]+):(.+)$')
+    if tonumber(at) == slot then sum = tonumber(value) end
+  end
+  redis.call('HSET', KEYS[1], field, string.format('%.0f', slot) .. ':' .. tostring(sum + amount))
+end
+if phase == 'admit' then
+  redis.call('HSET', KEYS[2], 'slot', string.format('%.0f', cur))
+  book(cur, delta)
+elseif phase == 'complete' then
+  book(tonumber(redis.call('HGET', KEYS[2], 'slot') or cur), delta)
+end
+if ARGV[11] == '' and ARGV[13] == '' then return 1 end
+local function sliding()
+  local fields = {}
+  for i = 0, SLOTS - 1 do fields[#fields + 1] = 'r' .. i end
+  local cells = redis.call('HMGET', KEYS[1], unpack(fields))
+  local total = 0
+  for i = 1, SLOTS do
+    if cells[i] then
+      local at, value = string.match(cells[i], '^(-?[%d.e+]+):(.+)$')
+      if tonumber(at) > cur - SLOTS then total = total + tonumber(value) end
+    end
+  end
+  return math.max(0, total) / full
+end
+
+-- calibration: each candidate model of what the deployment means by utilisation (our
+-- bucket; a bucket half the assumed size, i.e. twice our level; the sliding window) has its
+-- own correction c (a fraction of capacity) that moves toward what the deployment reports,
+-- with a trend v (per second) for errors that grow steadily (the model's drain or
 -- increments are off), learnt over trend_s; between observations c decays toward 0 (fast
--- when negative, slowly when positive)
+-- when negative, slowly when positive). Each candidate also keeps a score, the mean square
+-- of the errors it made before learning from them (over score_s), by which the reading
+-- chooses among them.
 local tau_up, tau_down = tonumber(ARGV[14]), tonumber(ARGV[15])
 local decay_neg, decay_pos, max_age = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
 local trend_s, max_trend = tonumber(ARGV[19]), tonumber(ARGV[20])
-local m = level / tonumber(ARGV[10])
-local f = redis.call('HMGET', KEYS[1], 'c', 'c_at', 'v', 'obs_at')
-local c, c_at, v = tonumber(f[1] or '0'), tonumber(f[2] or now), tonumber(f[3] or '0')
+local score_s = tonumber(ARGV[21])
+local bucket = level / full
+local models = {{'', bucket}, {'h', 2 * bucket}, {'s', sliding()}}
+local shared = redis.call('HMGET', KEYS[1], 'c_at', 'obs_at', 'nobs')
+local c_at = tonumber(shared[1] or now)
+local last = shared[2]
 local dt = math.max(0, now - c_at)
-if c < 0 then c = c * math.exp(-dt / decay_neg) else c = c * math.exp(-dt / decay_pos) end
--- the trend extrapolates for at most one second after the newest signal, then stops
-c = c + v * math.min(dt, 1)
-if dt > 1 then v = 0 end
-if ARGV[11] ~= '' and tonumber(ARGV[12]) <= max_age then
-  local h, t_obs = tonumber(ARGV[11]), now - tonumber(ARGV[12])
-  local last = f[4]
-  local err = h - (m + c)
-  local tau = tau_down
-  if err > 0 then tau = tau_up end
-  local gain, since = 1, 0
-  if last then
-    since = math.max(0, t_obs - tonumber(last))
-    gain = 1 - math.exp(-since / tau)
+local fresh = ARGV[11] ~= '' and tonumber(ARGV[12]) <= max_age
+local h, t_obs, since = 0, now, 0
+if fresh then
+  h, t_obs = tonumber(ARGV[11]), now - tonumber(ARGV[12])
+  if last then since = math.max(0, t_obs - tonumber(last)) end
+end
+for _, model in ipairs(models) do
+  local k, m = model[1], model[2]
+  local f = redis.call('HMGET', KEYS[1], 'c' .. k, 'v' .. k, 'e' .. k)
+  local c, v, e = tonumber(f[1] or '0'), tonumber(f[2] or '0'), tonumber(f[3] or '0')
+  if c < 0 then c = c * math.exp(-dt / decay_neg) else c = c * math.exp(-dt / decay_pos) end
+  -- the trend extrapolates for at most one second after the newest signal, then stops
+  c = c + v * math.min(dt, 1)
+  if dt > 1 then v = 0 end
+  if fresh then
+    local err = h - (m + c)
+    local tau = tau_down
+    if err > 0 then tau = tau_up end
+    local gain = 1
+    if last then
+      gain = 1 - math.exp(-since / tau)
+      local w = 1 - math.exp(-since / score_s)
+      e = e + w * (err * err - e)
+    end
+    c = c + gain * err
+    if last and trend_s > 0 then
+      -- the trend learns from the corrections it failed to predict, over trend_s
+      local per_s = (1 - math.exp(-since / trend_s)) / math.max(since, 1e-3)
+      v = math.max(-max_trend, math.min(max_trend, v + gain * err * per_s))
+    end
   end
-  c = c + gain * err
-  if last and trend_s > 0 then
-    -- the trend learns from the corrections it failed to predict, over trend_s
-    local per_s = (1 - math.exp(-since / trend_s)) / math.max(since, 1e-3)
-    v = math.max(-max_trend, math.min(max_trend, v + gain * err * per_s))
+  if ARGV[13] ~= '' then
+    -- a 429: the deployment is at or above 100 % now, and stays there for retry-after
+    c = math.max(c, 1 - m)
+    v = math.max(v, 0)
   end
+  redis.call('HSET', KEYS[1], 'c' .. k, tostring(c), 'v' .. k, tostring(v), 'e' .. k, tostring(e))
+end
+if fresh then
+  if last then redis.call('HINCRBY', KEYS[1], 'nobs', 1) end
   if not last or t_obs >= tonumber(last) then
     redis.call('HSET', KEYS[1], 'obs', tostring(h), 'obs_at', tostring(t_obs))
   end
 end
 if ARGV[13] ~= '' then
-  -- a 429: the deployment is at or above 100 % now, and stays there for retry-after
-  c = math.max(c, 1 - m)
-  v = math.max(v, 0)
   local floor = tonumber(redis.call('HGET', KEYS[1], 'floor') or '0')
   redis.call('HSET', KEYS[1], 'floor', tostring(math.max(floor, now + tonumber(ARGV[13]))),
     'throttled_at', tostring(now))
 end
-redis.call('HSET', KEYS[1], 'c', tostring(c), 'c_at', tostring(now), 'v', tostring(v))
+redis.call('HSET', KEYS[1], 'c_at', tostring(now))
 return 1

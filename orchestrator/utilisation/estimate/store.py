@@ -124,7 +124,7 @@ class EstimateStore:
         self._dedupe_ttl_ms = int(dedupe_ttl_s * 1000)
         self.calibration = calibration
         """The correction filter's constants; None = the open-loop model alone."""
-        self._cal_args = calibration.script_args() if calibration else [""] * 7
+        self._cal_args = calibration.script_args() if calibration else [""] * 8
         self._record = redis.register_script(_lua("record"))
         self._read = redis.register_script(_lua("read"))
         self._heartbeat = redis.register_script(_lua("heartbeat"))
@@ -213,7 +213,8 @@ class EstimateStore:
         rate = d.capacity_tpm / 60.0
         local_now = self._clock()
         now_arg = repr(local_now) if self._time_source == "clock" else ""
-        cal = self.calibration.read_args() if self.calibration else ["", "", ""]
+        full = rate * self.window_s
+        cal = self.calibration.read_args(full) if self.calibration else [""] * 6
         try:
             reply = await self._read(
                 keys=[keys.estimate(deployment)], args=[repr(rate), now_arg, *cal]
@@ -228,16 +229,17 @@ class EstimateStore:
         if heartbeat_age < 0:
             raise UtilisationUnavailable(f"estimate {deployment}: no feeder heartbeat yet")
         age = max(heartbeat_age, lag_age)
-        model = level / (rate * self.window_s)
+        model = level / full
         if self.calibration is None:
             return Reading(model, local_now - age, SOURCE)
         detail = Calibration(
-            model=model,
+            model=float(fields[9]) if fields[9] else model,
             correction=float(fields[3]),
             correction_age_s=_optional(fields[4]),
             observed=_optional(fields[5]),
             observed_age_s=_optional(fields[6]),
             throttled_s=float(fields[7]),
+            model_kind=fields[10] or "bucket",
         )
         return Reading(calibrated(detail), local_now - age, SOURCE, detail)
 
