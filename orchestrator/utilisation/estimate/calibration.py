@@ -53,8 +53,19 @@ class CalibrationParams:
             raise ValueError("calibration time constants must be positive")
         if min(self.max_observation_age_s, self.trend_s, self.max_trend, self.lookahead_s) < 0:
             raise ValueError("observation age, trend and look-ahead must not be negative")
-        if self.score_s <= 0 or self.min_scored < 0 or self.plausible_ratio < 1:
-            raise ValueError("score horizon must be positive and the plausible ratio >= 1")
+        if (
+            self.score_s <= 0
+            or self.drift_decay_s <= 0
+            or self.min_scored < 0
+            or self.plausible_ratio < 1
+        ):
+            raise ValueError(
+                "score horizon and drift decay must be positive and the plausible ratio >= 1"
+            )
+
+    drift_decay_s: float = 300.0
+    """An Azure Monitor minute's drift (the deployment fuller than the model's peak of that
+    minute) fades this fast; it counts only while no fresh header is seen."""
 
     def read_args(self, full: float) -> list[str]:
         """The trailing ARGV of `read.lua` (`full`: the level of 100 %, in tokens)."""
@@ -65,6 +76,8 @@ class CalibrationParams:
             repr(full),
             str(self.min_scored),
             repr(self.plausible_ratio),
+            repr(self.max_observation_age_s),
+            repr(self.drift_decay_s),
         ]
 
     def script_args(self) -> list[str]:

@@ -5,7 +5,8 @@
 -- ARGV: 1 drain per second, 2 now in epoch seconds ('' = the server's TIME),
 --       3 negative decay s ('' = calibration off), 4 positive decay s, 5 look-ahead s,
 --       6 full level (100 %, in tokens), 7 observations before the candidates are compared,
---       8 how much worse than the best a plausible candidate may score (a ratio).
+--       8 how much worse than the best a plausible candidate may score (a ratio),
+--       9 max observation age s (older: the header is missing), 10 drift decay s.
 -- Returns nil when no feeder ever wrote the bucket, else, as strings: {level, heartbeat age,
 -- now, correction, correction age, observed, observation age, floor left, applied, model,
 -- model kind}: heartbeat age
@@ -83,6 +84,17 @@ if ARGV[3] ~= '' then
     local newest = tonumber(f[3] or '0')
     if f[5] then newest = math.max(newest, tonumber(f[5])) end
     c_age = tostring(math.max(0, now - newest))
+  end
+  -- without a fresh header, the newest Azure Monitor minute's drift is the slow signal: the
+  -- reading is at least our bucket plus that drift, fading over `drift decay` s
+  local d = redis.call('HMGET', KEYS[1], 'drift', 'drift_at')
+  local headerless = not f[3] or now - tonumber(f[3]) > tonumber(ARGV[9])
+  if d[1] and headerless then
+    local bucket = level / full
+    local drift = tonumber(d[1]) * math.exp(-math.max(0, now - tonumber(d[2])) / tonumber(ARGV[10]))
+    if model == '' then model, kind = tostring(bucket), 'bucket' end
+    c = math.max(c, bucket + drift - tonumber(model))
+    if c_age == '' then c_age = tostring(math.max(0, now - tonumber(d[2]))) end
   end
   if f[2] then obs, obs_age = f[2], tostring(math.max(0, now - tonumber(f[3]))) end
   if f[4] then floor_left = math.max(0, tonumber(f[4]) - now) end

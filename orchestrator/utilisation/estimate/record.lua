@@ -1,7 +1,7 @@
 -- Fold one token event into a deployment's leaky bucket, at most once per (request, phase),
 -- then (calibration on) let the deployment's own signal carried by the event correct it.
 -- KEYS[1] bucket hash {level, at, hb, applied, r0..r19 (sliding slots), c|ch|cs, v.., e..,
--- c_at, obs, obs_at, nobs, floor}; KEYS[2] the
+-- c_at, obs, obs_at, nobs, floor, mx0..mx19 (minute peaks), drift, drift_at, drift_minute}; KEYS[2] the
 -- request's charge record.
 -- ARGV: 1 phase (admit|complete|observe), 2 prompt, 3 cached, 4 max_tokens, 5 completion,
 --       6 weight, 7 drain per second, 8 dedupe ttl ms, 9 now in epoch seconds ('' = TIME),
@@ -69,6 +69,17 @@ local function book(slot, amount)
   end
   redis.call('HSET', KEYS[1], field, string.format('%.0f', slot) .. ':' .. tostring(sum + amount))
 end
+-- the model's highest level of each minute (20 kept), which an Azure Monitor minute, the
+-- deployment's own maximum of that minute, is compared with (monitor.lua)
+local minute = math.floor(now / 60)
+local peak_field = 'mx' .. (minute % 20)
+local peak_cell = redis.call('HGET', KEYS[1], peak_field)
+local peak = level / full
+if peak_cell then
+  local at, value = string.match(peak_cell, '^(-?[%d.e+]+):(.+)$')
+  if tonumber(at) == minute then peak = math.max(peak, tonumber(value)) end
+end
+redis.call('HSET', KEYS[1], peak_field, string.format('%.0f', minute) .. ':' .. tostring(peak))
 if phase == 'admit' then
   redis.call('HSET', KEYS[2], 'slot', string.format('%.0f', cur))
   book(cur, delta)

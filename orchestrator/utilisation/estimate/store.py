@@ -83,6 +83,7 @@ from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.utilisation.base import Calibration, Reading
 from orchestrator.utilisation.estimate.calibration import DEFAULT_PARAMS, CalibrationParams
+from orchestrator.utilisation.estimate.drift import MonitorDrift
 
 log = structlog.get_logger(__name__)
 
@@ -128,6 +129,8 @@ class EstimateStore:
         self._record = redis.register_script(_lua("record"))
         self._read = redis.register_script(_lua("read"))
         self._heartbeat = redis.register_script(_lua("heartbeat"))
+        self._monitor = redis.register_script(_lua("monitor"))
+        self._drift: MonitorDrift | None = None
 
     @property
     def deployments(self) -> list[str]:
@@ -198,6 +201,34 @@ class EstimateStore:
                 log.warning("estimate_heartbeat_failed", error=str(exc))
             await sleep(self.max_age_s / 3)
 
+    def attach_monitor(self, drift: MonitorDrift) -> None:
+        """Let Azure Monitor minutes correct slow drift (polled in the background by `read`)."""
+        if self.calibration is None:
+            raise ValueError("the Azure Monitor drift needs calibration on")
+        self._drift = drift
+
+    async def fold_monitor(
+        self, deployment: str, minute_start: float, value: float
+    ) -> float | None:
+        """Fold one Azure Monitor minute (its Maximum, a fraction) into `deployment`'s estimate.
+
+        Returns the drift stored (how much fuller the deployment was than the model's peak of
+        that minute, never negative), or None when that minute or a newer one was folded
+        already. Raises UtilisationUnavailable when Redis cannot be reached.
+        """
+        if deployment not in self._deployments:
+            raise UtilisationUnavailable(f"estimate: deployment {deployment!r} is not tracked")
+        try:
+            reply = await self._monitor(
+                keys=[keys.estimate(deployment)], args=[repr(minute_start), repr(value)]
+            )
+        except RedisError as exc:
+            raise UtilisationUnavailable(
+                f"estimate {deployment}: monitor fold failed: {exc}"
+            ) from exc
+        stored = text(reply)
+        return float(stored) if stored else None
+
     async def read(self, deployment: str) -> Reading:
         """The bucket level drained up to now, as old as its feeders' knowledge.
 
@@ -210,11 +241,13 @@ class EstimateStore:
         d = self._deployments.get(deployment)
         if d is None:
             raise UtilisationUnavailable(f"estimate: deployment {deployment!r} is not tracked")
+        if self._drift is not None:
+            self._drift.kick(self.fold_monitor)
         rate = d.capacity_tpm / 60.0
         local_now = self._clock()
         now_arg = repr(local_now) if self._time_source == "clock" else ""
         full = rate * self.window_s
-        cal = self.calibration.read_args(full) if self.calibration else [""] * 6
+        cal = self.calibration.read_args(full) if self.calibration else [""] * 8
         try:
             reply = await self._read(
                 keys=[keys.estimate(deployment)], args=[repr(rate), now_arg, *cal]
@@ -257,7 +290,9 @@ class EstimateStore:
         return max(0.0, now - entry_ms / 1000.0)
 
     async def close(self) -> None:
-        """Nothing to release: the Redis client belongs to the caller."""
+        """Stop the Azure Monitor drift, if any; the Redis client belongs to the caller."""
+        if self._drift is not None:
+            await self._drift.close()
 
     def __repr__(self) -> str:
         names = ",".join(self._deployments)
