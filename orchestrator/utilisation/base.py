@@ -27,6 +27,9 @@ class Calibration:
     model_kind: str = "bucket"
     """Which meaning of utilisation explains the deployment's reports best: `bucket` (ours),
     `bucket/2` (a bucket half the assumed window) or `sliding` (charges over the window)."""
+    ahead: float | None = None
+    """The highest level expected soon if no low-priority call starts (the sliding meaning:
+    charges stay a window while the traffic we do not control goes on); None: as now."""
 
     @property
     def unseen(self) -> float:
@@ -44,6 +47,12 @@ class Reading:
     source: str
     calibration: Calibration | None = None
     """How the estimate source built `value` (None for other sources or calibration off)."""
+
+    @property
+    def steer(self) -> float:
+        """What the throttle steers by: the value, or where the deployment is going if higher."""
+        ahead = None if self.calibration is None else self.calibration.ahead
+        return self.value if ahead is None else max(self.value, ahead)
 
     def age(self, now: float) -> float:
         """Seconds since the value was true."""

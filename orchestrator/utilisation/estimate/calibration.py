@@ -67,6 +67,13 @@ class CalibrationParams:
     """An Azure Monitor minute's drift (the deployment fuller than the model's peak of that
     minute) fades this fast; it counts only while no fresh header is seen."""
 
+    growth: float = 2.0
+    """Under the sliding meaning, a charge stays a whole window: the throttle steers by where
+    the window goes if the traffic we do not control (interactive calls, other apps) goes
+    on at this factor x its recent rate while the oldest charges age out."""
+    rate_s: float = 2.0
+    """Over how many seconds that recent rate is measured."""
+
     def read_args(self, full: float) -> list[str]:
         """The trailing ARGV of `read.lua` (`full`: the level of 100 %, in tokens)."""
         return [
@@ -78,6 +85,8 @@ class CalibrationParams:
             repr(self.plausible_ratio),
             repr(self.max_observation_age_s),
             repr(self.drift_decay_s),
+            repr(self.growth),
+            repr(self.rate_s),
         ]
 
     def script_args(self) -> list[str]:

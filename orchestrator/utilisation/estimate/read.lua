@@ -6,14 +6,17 @@
 --       3 negative decay s ('' = calibration off), 4 positive decay s, 5 look-ahead s,
 --       6 full level (100 %, in tokens), 7 observations before the candidates are compared,
 --       8 how much worse than the best a plausible candidate may score (a ratio),
---       9 max observation age s (older: the header is missing), 10 drift decay s.
+--       9 max observation age s (older: the header is missing), 10 drift decay s,
+--       11 how much the traffic we do not control may grow (factor), 12 over which s its
+--       recent rate is measured.
 -- Returns nil when no feeder ever wrote the bucket, else, as strings: {level, heartbeat age,
 -- now, correction, correction age, observed, observation age, floor left, applied, model,
--- model kind}: heartbeat age
+-- model kind, ahead}: heartbeat age
 -- is -1 without a heartbeat; now is the clock the script used (epoch s); applied is the
 -- newest token-event id folded in, or ''; correction and floor left are 0 and
 -- the ages, observed, model and kind are '' when there is none (or calibration is off);
--- model is the chosen candidate's value (fraction) and kind its name (bucket|bucket/2|sliding).
+-- model is the chosen candidate's value (fraction) and kind its name (bucket|bucket/2|sliding);
+-- ahead is the highest level a plausible candidate expects while nothing of ours starts.
 local function now_s(arg)
   if arg ~= '' then return tonumber(arg) end
   local t = redis.call('TIME')
@@ -29,7 +32,7 @@ local hb = redis.call('HGET', KEYS[1], 'hb')
 local hb_age = '-1'
 if hb then hb_age = tostring(math.max(0, now - tonumber(hb))) end
 local applied = redis.call('HGET', KEYS[1], 'applied') or ''
-local c, c_age, obs, obs_age, floor_left, model, kind = 0, '', '', '', 0, '', ''
+local c, c_age, obs, obs_age, floor_left, model, kind, peak = 0, '', '', '', 0, '', '', ''
 if ARGV[3] ~= '' then
   local full, min_obs, ratio = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
   local f = redis.call('HMGET', KEYS[1], 'c_at', 'obs', 'obs_at', 'floor', 'throttled_at', 'nobs')
@@ -38,20 +41,36 @@ if ARGV[3] ~= '' then
     -- the sliding-window model: charges booked in the last SLOTS slots of the window
     local SLOTS = 20
     local unpack = unpack or table.unpack
-    local cur = math.floor(now / (full / tonumber(ARGV[1]) / SLOTS))
+    local slot_s = full / tonumber(ARGV[1]) / SLOTS
+    local cur = math.floor(now / slot_s)
     local fields = {}
     for i = 0, SLOTS - 1 do fields[#fields + 1] = 'r' .. i end
     local cells = redis.call('HMGET', KEYS[1], unpack(fields))
-    local total = 0
+    local factor, recent_slots = tonumber(ARGV[11]), math.max(1, math.ceil(tonumber(ARGV[12]) / slot_s))
+    local total, recent, by_age = 0, 0, {}
+    for age = 0, SLOTS - 1 do by_age[age] = 0 end
     for i = 1, SLOTS do
       if cells[i] then
-        local at, value = string.match(cells[i], '^(-?[%d.e+]+):(.+)$')
-        if tonumber(at) > cur - SLOTS then total = total + tonumber(value) end
+        local at, value, own = string.match(cells[i], '^(-?[%d.e+]+):([^:]+):?(.*)$')
+        local age = cur - tonumber(at)
+        if age >= 0 and age < SLOTS then
+          total = total + tonumber(value)
+          by_age[age] = by_age[age] + tonumber(value)
+          if age < recent_slots then recent = recent + tonumber(value) - (tonumber(own) or 0) end
+        end
       end
     end
+    -- where the window goes if nothing of ours starts: the traffic we do not control goes on
+    -- at `factor` x its recent rate while the oldest charges age out, one slot at a time
+    local rate = math.max(0, recent) / ((recent_slots - 1) * slot_s + (now - cur * slot_s))
+    local ahead, expired = total, 0
+    for k = 1, SLOTS do
+      ahead = math.max(ahead, total - expired + factor * rate * ((cur + k) * slot_s - now))
+      expired = expired + by_age[SLOTS - k]
+    end
     local bucket = level / full
-    local models = {{'', 'bucket', bucket}, {'h', 'bucket/2', 2 * bucket},
-      {'s', 'sliding', math.max(0, total) / full}}
+    local models = {{'', 'bucket', bucket, bucket}, {'h', 'bucket/2', 2 * bucket, 2 * bucket},
+      {'s', 'sliding', math.max(0, total) / full, math.max(0, ahead) / full}}
     -- every candidate as calibrated now, and its score (mean square error before learning)
     local values, best = {}, math.huge
     local scored = tonumber(f[6] or '0') >= min_obs
@@ -65,21 +84,22 @@ if ARGV[3] ~= '' then
       local v = tonumber(g[2] or '0')
       ci = ci + v * math.min(dt, 1) + math.max(0, v) * tonumber(ARGV[5])
       local e = tonumber(g[3] or '0')
-      values[i] = {candidate[2], candidate[3], ci, e}
+      values[i] = {candidate[2], candidate[3], ci, e, candidate[4] + ci}
       best = math.min(best, e)
     end
     -- the reading is the highest of the plausible candidates: our bucket until enough
     -- observations have been scored, then every candidate scoring within `ratio` of the
     -- best (a close call between two meanings errs toward less low-priority work)
-    local chosen = nil
+    local chosen, most = nil, 0
     for i, item in ipairs(values) do
       local plausible = i == 1
       if scored then plausible = item[4] <= ratio * best + 1e-4 end
-      if plausible and (chosen == nil or item[2] + item[3] > chosen[2] + chosen[3]) then
-        chosen = item
+      if plausible then
+        if chosen == nil or item[2] + item[3] > chosen[2] + chosen[3] then chosen = item end
+        most = math.max(most, item[5])
       end
     end
-    kind, model, c = chosen[1], tostring(chosen[2]), chosen[3]
+    kind, model, c, peak = chosen[1], tostring(chosen[2]), chosen[3], tostring(most)
     -- the correction is as old as the newest signal behind it (observation or 429)
     local newest = tonumber(f[3] or '0')
     if f[5] then newest = math.max(newest, tonumber(f[5])) end
@@ -100,4 +120,4 @@ if ARGV[3] ~= '' then
   if f[4] then floor_left = math.max(0, tonumber(f[4]) - now) end
 end
 return {tostring(level), hb_age, tostring(now), tostring(c), c_age, obs, obs_age,
-  tostring(floor_left), applied, model, kind}
+  tostring(floor_left), applied, model, kind, peak}

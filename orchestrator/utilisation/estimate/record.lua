@@ -8,7 +8,8 @@
 --       10 full level (100 %, in tokens), 11 observed utilisation ('' = none),
 --       12 observation age s, 13 retry-after s ('' = not a 429),
 --       14..21 tau up, tau down, negative decay s, positive decay s, max observation age s,
---       trend s (0 = no trend), max trend per s, score s (14 = '' : calibration off).
+--       trend s (0 = no trend), max trend per s, score s (14 = '' : calibration off),
+--       22 '1' when the event is the worker's own (low priority), else ''.
 -- Returns 1 when applied, 0 for a duplicate.
 local function now_s(arg)
   if arg ~= '' then return tonumber(arg) end
@@ -58,16 +59,20 @@ local unpack = unpack or table.unpack
 local full = tonumber(ARGV[10])
 local slot_s = full / rate / SLOTS
 local cur = math.floor(now / slot_s)
+-- a slot is 'index:charges:low-priority charges' (the worker's own calls, ARGV[22] = '1')
+local low = ARGV[22] == '1'
 local function book(slot, amount)
   if amount == 0 or cur - slot >= SLOTS then return end
   local field = 'r' .. (slot % SLOTS)
   local cell = redis.call('HGET', KEYS[1], field)
-  local sum = 0
+  local sum, lp = 0, 0
   if cell then
-    local at, value = string.match(cell, '^(-?[%d.e+]+):(.+)$')
-    if tonumber(at) == slot then sum = tonumber(value) end
+    local at, value, own = string.match(cell, '^(-?[%d.e+]+):([^:]+):?(.*)$')
+    if tonumber(at) == slot then sum, lp = tonumber(value), tonumber(own) or 0 end
   end
-  redis.call('HSET', KEYS[1], field, string.format('%.0f', slot) .. ':' .. tostring(sum + amount))
+  if low then lp = lp + amount end
+  redis.call('HSET', KEYS[1], field,
+    string.format('%.0f', slot) .. ':' .. tostring(sum + amount) .. ':' .. tostring(lp))
 end
 -- the model's highest level of each minute (20 kept), which an Azure Monitor minute, the
 -- deployment's own maximum of that minute, is compared with (monitor.lua)
@@ -94,7 +99,7 @@ local function sliding()
   local total = 0
   for i = 1, SLOTS do
     if cells[i] then
-      local at, value = string.match(cells[i], '^(-?[%d.e+]+):(.+)$')
+      local at, value = string.match(cells[i], '^(-?[%d.e+]+):([^:]+)')
       if tonumber(at) > cur - SLOTS then total = total + tonumber(value) end
     end
   end

@@ -112,6 +112,7 @@ class EstimateStore:
         time_source: Literal["server", "clock"] = "server",
         dedupe_ttl_s: float = 3600.0,
         calibration: CalibrationParams | None = DEFAULT_PARAMS,
+        low_priority: bool = False,
     ) -> None:
         if window_s <= 0 or max_age_s <= 0 or dedupe_ttl_s <= 0:
             raise ValueError("window_s, max_age_s and dedupe_ttl_s must be positive")
@@ -126,6 +127,8 @@ class EstimateStore:
         self.calibration = calibration
         """The correction filter's constants; None = the open-loop model alone."""
         self._cal_args = calibration.script_args() if calibration else [""] * 8
+        # the worker's own calls are marked: the traffic it does not control is the rest
+        self._cal_args.append("1" if low_priority else "")
         self._record = redis.register_script(_lua("record"))
         self._read = redis.register_script(_lua("read"))
         self._heartbeat = redis.register_script(_lua("heartbeat"))
@@ -247,7 +250,7 @@ class EstimateStore:
         local_now = self._clock()
         now_arg = repr(local_now) if self._time_source == "clock" else ""
         full = rate * self.window_s
-        cal = self.calibration.read_args(full) if self.calibration else [""] * 8
+        cal = self.calibration.read_args(full) if self.calibration else [""] * 10
         try:
             reply = await self._read(
                 keys=[keys.estimate(deployment)], args=[repr(rate), now_arg, *cal]
@@ -273,6 +276,7 @@ class EstimateStore:
             observed_age_s=_optional(fields[6]),
             throttled_s=float(fields[7]),
             model_kind=fields[10] or "bucket",
+            ahead=_optional(fields[11]),
         )
         return Reading(calibrated(detail), local_now - age, SOURCE, detail)
 
