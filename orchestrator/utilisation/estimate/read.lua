@@ -38,35 +38,40 @@ if ARGV[3] ~= '' then
   local f = redis.call('HMGET', KEYS[1], 'c_at', 'obs', 'obs_at', 'floor', 'throttled_at', 'nobs')
   if f[1] then
     local dt = math.max(0, now - tonumber(f[1]))
-    -- the sliding-window model: charges booked in the last SLOTS slots of the window
+    -- the sliding-window model: charges booked in slots of window / SLOTS, the oldest of
+    -- the SLOTS + 1 kept leaving the window in proportion to the time gone
     local SLOTS = 20
     local unpack = unpack or table.unpack
     local slot_s = full / tonumber(ARGV[1]) / SLOTS
     local cur = math.floor(now / slot_s)
     local fields = {}
-    for i = 0, SLOTS - 1 do fields[#fields + 1] = 'r' .. i end
+    for i = 0, SLOTS do fields[#fields + 1] = 'r' .. i end
     local cells = redis.call('HMGET', KEYS[1], unpack(fields))
-    local factor, recent_slots = tonumber(ARGV[11]), math.max(1, math.ceil(tonumber(ARGV[12]) / slot_s))
+    local factor = tonumber(ARGV[11])
+    local recent_slots = math.max(1, math.ceil(tonumber(ARGV[12]) / slot_s))
     local total, recent, by_age = 0, 0, {}
-    for age = 0, SLOTS - 1 do by_age[age] = 0 end
-    for i = 1, SLOTS do
+    for age = 0, SLOTS do by_age[age] = 0 end
+    for i = 1, SLOTS + 1 do
       if cells[i] then
         local at, value, own = string.match(cells[i], '^(-?[%d.e+]+):([^:]+):?(.*)$')
         local age = cur - tonumber(at)
-        if age >= 0 and age < SLOTS then
-          total = total + tonumber(value)
-          by_age[age] = by_age[age] + tonumber(value)
+        if age >= 0 and age <= SLOTS then
+          local inside = math.max(0, math.min(1, ((tonumber(at) + 1 + SLOTS) * slot_s - now) / slot_s))
+          total = total + tonumber(value) * inside
+          by_age[age] = tonumber(value)
           if age < recent_slots then recent = recent + tonumber(value) - (tonumber(own) or 0) end
         end
       end
     end
     -- where the window goes if nothing of ours starts: the traffic we do not control goes on
-    -- at `factor` x its recent rate while the oldest charges age out, one slot at a time
+    -- at `factor` x its recent rate while the oldest charges age out; the highest point is
+    -- now or when a slot starts leaving (slot age SLOTS - k at (cur + 1 + k) x slot_s)
     local rate = math.max(0, recent) / ((recent_slots - 1) * slot_s + (now - cur * slot_s))
-    local ahead, expired = total, 0
-    for k = 1, SLOTS do
-      ahead = math.max(ahead, total - expired + factor * rate * ((cur + k) * slot_s - now))
-      expired = expired + by_age[SLOTS - k]
+    local ahead, left = total, 0
+    for age = 0, SLOTS - 1 do left = left + by_age[age] end
+    for k = 0, SLOTS - 1 do
+      ahead = math.max(ahead, left + factor * rate * ((cur + 1 + k) * slot_s - now))
+      left = left - by_age[SLOTS - 1 - k]
     end
     local bucket = level / full
     local models = {{'', 'bucket', bucket, bucket}, {'h', 'bucket/2', 2 * bucket, 2 * bucket},

@@ -52,8 +52,9 @@ level = math.max(0, level + delta)
 redis.call('HSET', KEYS[1], 'level', tostring(level), 'at', tostring(now))
 if ARGV[14] == '' then return 1 end
 
--- the sliding-window model: the same charges summed over the trailing window, in SLOTS
--- slots; a completion corrects the slot of its admission (it leaves the window with it)
+-- the sliding-window model: the same charges summed over the trailing window, in slots of
+-- window / SLOTS (SLOTS + 1 kept: the oldest is leaving, in proportion to the time gone);
+-- a completion corrects the slot of its admission (it leaves the window with it)
 local SLOTS = 20
 local unpack = unpack or table.unpack
 local full = tonumber(ARGV[10])
@@ -62,8 +63,8 @@ local cur = math.floor(now / slot_s)
 -- a slot is 'index:charges:low-priority charges' (the worker's own calls, ARGV[22] = '1')
 local low = ARGV[22] == '1'
 local function book(slot, amount)
-  if amount == 0 or cur - slot >= SLOTS then return end
-  local field = 'r' .. (slot % SLOTS)
+  if amount == 0 or cur - slot > SLOTS then return end
+  local field = 'r' .. (slot % (SLOTS + 1))
   local cell = redis.call('HGET', KEYS[1], field)
   local sum, lp = 0, 0
   if cell then
@@ -94,13 +95,15 @@ end
 if ARGV[11] == '' and ARGV[13] == '' then return 1 end
 local function sliding()
   local fields = {}
-  for i = 0, SLOTS - 1 do fields[#fields + 1] = 'r' .. i end
+  for i = 0, SLOTS do fields[#fields + 1] = 'r' .. i end
   local cells = redis.call('HMGET', KEYS[1], unpack(fields))
   local total = 0
-  for i = 1, SLOTS do
+  for i = 1, SLOTS + 1 do
     if cells[i] then
       local at, value = string.match(cells[i], '^(-?[%d.e+]+):([^:]+)')
-      if tonumber(at) > cur - SLOTS then total = total + tonumber(value) end
+      -- the share of the slot still inside the window (charges spread evenly in a slot)
+      local inside = ((tonumber(at) + 1 + SLOTS) * slot_s - now) / slot_s
+      total = total + tonumber(value) * math.max(0, math.min(1, inside))
     end
   end
   return math.max(0, total) / full
