@@ -42,6 +42,12 @@ class CalibrationParams:
     """A rising trend is read this far ahead: where the level goes, not where it is."""
     score_s: float = 10.0
     """Horizon of each candidate model's score (the mean square of its prediction errors)."""
+    header_lag_s: float = 1.0
+    """Each meaning is also tried with the header describing the level this long ago (a
+    deployment reporting a delayed value); the scores tell which is right."""
+    noise_band: float = 0.05
+    """An error up to this (the header's own noise) takes the slow gain either way: the fast
+    gain is for a real miss, and noise must not bias the correction upward."""
     min_scored: int = 5
     """Observations before the candidates are compared; until then our bucket alone counts."""
     plausible_ratio: float = 1.5
@@ -101,6 +107,10 @@ class CalibrationParams:
             repr(self.max_trend),
             repr(self.score_s),
         ]
+
+    def tail_args(self) -> list[str]:
+        """The ARGV of `record.lua` after the low-priority mark: header lag, noise band."""
+        return [repr(self.header_lag_s), repr(self.noise_band)]
 
 
 DEFAULT_PARAMS = CalibrationParams()

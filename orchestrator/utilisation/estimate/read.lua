@@ -40,18 +40,18 @@ if ARGV[3] ~= '' then
     local dt = math.max(0, now - tonumber(f[1]))
     -- the sliding-window model: charges booked in slots of window / SLOTS, the oldest of
     -- the SLOTS + 1 kept leaving the window in proportion to the time gone
-    local SLOTS = 20
+    local SLOTS, KEEP = 20, 28
     local unpack = unpack or table.unpack
     local slot_s = full / tonumber(ARGV[1]) / SLOTS
     local cur = math.floor(now / slot_s)
     local fields = {}
-    for i = 0, SLOTS do fields[#fields + 1] = 'r' .. i end
+    for i = 0, KEEP - 1 do fields[#fields + 1] = 'r' .. i end
     local cells = redis.call('HMGET', KEYS[1], unpack(fields))
     local factor = tonumber(ARGV[11])
     local recent_slots = math.max(1, math.ceil(tonumber(ARGV[12]) / slot_s))
     local total, recent, by_age = 0, 0, {}
     for age = 0, SLOTS do by_age[age] = 0 end
-    for i = 1, SLOTS + 1 do
+    for i = 1, KEEP do
       if cells[i] then
         local at, value, own = string.match(cells[i], '^(-?[%d.e+]+):([^:]+):?(.*)$')
         local age = cur - tonumber(at)
@@ -74,8 +74,10 @@ if ARGV[3] ~= '' then
       left = left - by_age[SLOTS - 1 - k]
     end
     local bucket = level / full
+    local slide, slide_ahead = math.max(0, total) / full, math.max(0, ahead) / full
     local models = {{'', 'bucket', bucket, bucket}, {'h', 'bucket/2', 2 * bucket, 2 * bucket},
-      {'s', 'sliding', math.max(0, total) / full, math.max(0, ahead) / full}}
+      {'s', 'sliding', slide, slide_ahead}, {'l', 'bucket', bucket, bucket},
+      {'hl', 'bucket/2', 2 * bucket, 2 * bucket}, {'sl', 'sliding', slide, slide_ahead}}
     -- every candidate as calibrated now, and its score (mean square error before learning)
     local values, best = {}, math.huge
     local scored = tonumber(f[6] or '0') >= min_obs

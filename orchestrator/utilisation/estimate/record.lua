@@ -9,7 +9,8 @@
 --       12 observation age s, 13 retry-after s ('' = not a 429),
 --       14..21 tau up, tau down, negative decay s, positive decay s, max observation age s,
 --       trend s (0 = no trend), max trend per s, score s (14 = '' : calibration off),
---       22 '1' when the event is the worker's own (low priority), else ''.
+--       22 '1' when the event is the worker's own (low priority), else '', 23 header lag s,
+--       24 noise band (errors up to it take the slow gain either way).
 -- Returns 1 when applied, 0 for a duplicate.
 local function now_s(arg)
   if arg ~= '' then return tonumber(arg) end
@@ -53,9 +54,10 @@ redis.call('HSET', KEYS[1], 'level', tostring(level), 'at', tostring(now))
 if ARGV[14] == '' then return 1 end
 
 -- the sliding-window model: the same charges summed over the trailing window, in slots of
--- window / SLOTS (SLOTS + 1 kept: the oldest is leaving, in proportion to the time gone);
--- a completion corrects the slot of its admission (it leaves the window with it)
-local SLOTS = 20
+-- window / SLOTS (KEEP kept: the oldest leave in proportion to the time gone, and a few
+-- seconds of the past stay known); a completion corrects the slot of its admission (it
+-- leaves the window with it)
+local SLOTS, KEEP = 20, 28
 local unpack = unpack or table.unpack
 local full = tonumber(ARGV[10])
 local slot_s = full / rate / SLOTS
@@ -63,8 +65,8 @@ local cur = math.floor(now / slot_s)
 -- a slot is 'index:charges:low-priority charges' (the worker's own calls, ARGV[22] = '1')
 local low = ARGV[22] == '1'
 local function book(slot, amount)
-  if amount == 0 or cur - slot > SLOTS then return end
-  local field = 'r' .. (slot % (SLOTS + 1))
+  if amount == 0 or cur - slot >= KEEP then return end
+  local field = 'r' .. (slot % KEEP)
   local cell = redis.call('HGET', KEYS[1], field)
   local sum, lp = 0, 0
   if cell then
@@ -93,20 +95,29 @@ elseif phase == 'complete' then
   book(tonumber(redis.call('HGET', KEYS[2], 'slot') or cur), delta)
 end
 if ARGV[11] == '' and ARGV[13] == '' then return 1 end
-local function sliding()
+-- the charges as they were at `t_at` (charges spread evenly in a slot): the sliding sum then,
+-- and what was booked after it, both as fractions of 100 %
+local window = full / rate
+local function history(t_at)
   local fields = {}
-  for i = 0, SLOTS do fields[#fields + 1] = 'r' .. i end
+  for i = 0, KEEP - 1 do fields[#fields + 1] = 'r' .. i end
   local cells = redis.call('HMGET', KEYS[1], unpack(fields))
-  local total = 0
-  for i = 1, SLOTS + 1 do
+  local inside, after = 0, 0
+  for i = 1, KEEP do
     if cells[i] then
       local at, value = string.match(cells[i], '^(-?[%d.e+]+):([^:]+)')
-      -- the share of the slot still inside the window (charges spread evenly in a slot)
-      local inside = ((tonumber(at) + 1 + SLOTS) * slot_s - now) / slot_s
-      total = total + tonumber(value) * math.max(0, math.min(1, inside))
+      local j, v = tonumber(at), tonumber(value)
+      if cur - j < KEEP then
+        local start = j * slot_s
+        local before = math.max(0, math.min(1, (t_at - start) / slot_s))
+        if j == cur then before = math.max(0, math.min(1, (t_at - start) / math.max(now - start, 1e-9))) end
+        local alive = math.max(0, math.min(1, (start + slot_s + window - t_at) / slot_s))
+        inside = inside + v * math.min(before, alive)
+        after = after + v * (1 - before)
+      end
     end
   end
-  return math.max(0, total) / full
+  return math.max(0, inside) / full, after / full
 end
 
 -- calibration: each candidate model of what the deployment means by utilisation (our
@@ -120,9 +131,9 @@ end
 local tau_up, tau_down = tonumber(ARGV[14]), tonumber(ARGV[15])
 local decay_neg, decay_pos, max_age = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
 local trend_s, max_trend = tonumber(ARGV[19]), tonumber(ARGV[20])
-local score_s = tonumber(ARGV[21])
+local score_s, band = tonumber(ARGV[21]), tonumber(ARGV[24])
 local bucket = level / full
-local models = {{'', bucket}, {'h', 2 * bucket}, {'s', sliding()}}
+local lag = tonumber(ARGV[23])
 local shared = redis.call('HMGET', KEYS[1], 'c_at', 'obs_at', 'nobs')
 local c_at = tonumber(shared[1] or now)
 local last = shared[2]
@@ -133,8 +144,15 @@ if fresh then
   h, t_obs = tonumber(ARGV[11]), now - tonumber(ARGV[12])
   if last then since = math.max(0, t_obs - tonumber(last)) end
 end
+-- every meaning twice: the header telling the level now, or `lag` s late (a deployment that
+-- reports a delayed value); {suffix, value now, value the observation is compared with}
+local slide_now = history(now)
+local slide_then, since_then = history(t_obs - lag)
+local bucket_then = math.max(0, bucket - since_then + (now - t_obs + lag) / window)
+local models = {{'', bucket, bucket}, {'h', 2 * bucket, 2 * bucket}, {'s', slide_now, slide_now},
+  {'l', bucket, bucket_then}, {'hl', 2 * bucket, 2 * bucket_then}, {'sl', slide_now, slide_then}}
 for _, model in ipairs(models) do
-  local k, m = model[1], model[2]
+  local k, m, seen = model[1], model[2], model[3]
   local f = redis.call('HMGET', KEYS[1], 'c' .. k, 'v' .. k, 'e' .. k)
   local c, v, e = tonumber(f[1] or '0'), tonumber(f[2] or '0'), tonumber(f[3] or '0')
   if c < 0 then c = c * math.exp(-dt / decay_neg) else c = c * math.exp(-dt / decay_pos) end
@@ -142,9 +160,10 @@ for _, model in ipairs(models) do
   c = c + v * math.min(dt, 1)
   if dt > 1 then v = 0 end
   if fresh then
-    local err = h - (m + c)
+    local err = h - (seen + c)
+    -- fuller than the model by more than the header's noise: the fast gain
     local tau = tau_down
-    if err > 0 then tau = tau_up end
+    if err > band then tau = tau_up end
     local gain = 1
     if last then
       gain = 1 - math.exp(-since / tau)

@@ -129,6 +129,7 @@ class EstimateStore:
         self._cal_args = calibration.script_args() if calibration else [""] * 8
         # the worker's own calls are marked: the traffic it does not control is the rest
         self._cal_args.append("1" if low_priority else "")
+        self._cal_args += calibration.tail_args() if calibration else ["", ""]
         self._record = redis.register_script(_lua("record"))
         self._read = redis.register_script(_lua("read"))
         self._heartbeat = redis.register_script(_lua("heartbeat"))
