@@ -78,6 +78,18 @@ if ARGV[3] ~= '' then
     local models = {{'', 'bucket', bucket, bucket}, {'h', 'bucket/2', 2 * bucket, 2 * bucket},
       {'s', 'sliding', slide, slide_ahead}, {'l', 'bucket', bucket, bucket},
       {'hl', 'bucket/2', 2 * bucket, 2 * bucket}, {'sl', 'sliding', slide, slide_ahead}}
+    -- the corrected bucket (a level of its own, see record.lua) as of now
+    local xs = redis.call('HMGET', KEYS[1], 'x', 'ux', 'xl', 'uxl', 'x_at')
+    local corrected = {}
+    if xs[5] then
+      local xdt = math.max(0, now - tonumber(xs[5]))
+      for i = 1, 2 do
+        local ux = tonumber(xs[2 * i])
+        if ux < 0 then ux = ux * math.exp(-xdt / tonumber(ARGV[3]))
+        else ux = ux * math.exp(-xdt / tonumber(ARGV[4])) end
+        corrected[i] = math.max(0, tonumber(xs[2 * i - 1]) + (ux - tonumber(ARGV[1]) / full) * xdt)
+      end
+    end
     -- every candidate as calibrated now, and its score (mean square error before learning)
     local values, best = {}, math.huge
     local scored = tonumber(f[6] or '0') >= min_obs
@@ -93,6 +105,13 @@ if ARGV[3] ~= '' then
       local e = tonumber(g[3] or '0')
       values[i] = {candidate[2], candidate[3], ci, e, candidate[4] + ci}
       best = math.min(best, e)
+    end
+    for i, k in ipairs({'x', 'xl'}) do
+      if corrected[i] then
+        local e = tonumber(redis.call('HGET', KEYS[1], 'e' .. k) or '0')
+        values[#values + 1] = {'bucket', bucket, corrected[i] - bucket, e, corrected[i]}
+        best = math.min(best, e)
+      end
     end
     -- the reading is the highest of the plausible candidates: our bucket until enough
     -- observations have been scored, then every candidate scoring within `ratio` of the

@@ -94,10 +94,27 @@ if phase == 'admit' then
 elseif phase == 'complete' then
   book(tonumber(redis.call('HGET', KEYS[2], 'slot') or cur), delta)
 end
+-- the corrected bucket, a level of its own (twice: for a header on time and one `lag` s
+-- late): filled by our charges and by an unseen inflow u it learns (other applications,
+-- less capacity than the table), drained as ours, and set toward what the deployment
+-- reports; u fades without news (fast when negative, slowly when positive)
+local window = full / rate
+local xs = redis.call('HMGET', KEYS[1], 'x', 'ux', 'xl', 'uxl', 'x_at')
+local xdt = math.max(0, now - tonumber(xs[5] or now))
+local states = {}
+for i, k in ipairs({'x', 'xl'}) do
+  local lx, ux = tonumber(xs[2 * i - 1] or tostring(level / full)), tonumber(xs[2 * i] or '0')
+  lx = math.max(0, lx + (ux - 1 / window) * xdt)
+  lx = math.max(0, lx + delta / full)
+  if ux < 0 then ux = ux * math.exp(-xdt / tonumber(ARGV[16]))
+  else ux = ux * math.exp(-xdt / tonumber(ARGV[17])) end
+  states[k] = {lx, ux}
+end
+redis.call('HSET', KEYS[1], 'x', tostring(states.x[1]), 'ux', tostring(states.x[2]),
+  'xl', tostring(states.xl[1]), 'uxl', tostring(states.xl[2]), 'x_at', tostring(now))
 if ARGV[11] == '' and ARGV[13] == '' then return 1 end
 -- the charges as they were at `t_at` (charges spread evenly in a slot): the sliding sum then,
 -- and what was booked after it, both as fractions of 100 %
-local window = full / rate
 local function history(t_at)
   local fields = {}
   for i = 0, KEEP - 1 do fields[#fields + 1] = 'r' .. i end
@@ -183,6 +200,34 @@ for _, model in ipairs(models) do
     v = math.max(v, 0)
   end
   redis.call('HSET', KEYS[1], 'c' .. k, tostring(c), 'v' .. k, tostring(v), 'e' .. k, tostring(e))
+end
+for _, k in ipairs({'x', 'xl'}) do
+  local lx, ux = states[k][1], states[k][2]
+  local e = tonumber(redis.call('HGET', KEYS[1], 'e' .. k) or '0')
+  if fresh then
+    local seen = lx
+    if k == 'xl' then seen = math.max(0, lx - since_then + (now - t_obs + lag) * (1 / window - ux)) end
+    local err = h - seen
+    local tau = tau_down
+    if err > band then tau = tau_up end
+    local gain = 1
+    if last then
+      gain = 1 - math.exp(-since / tau)
+      e = e + (1 - math.exp(-since / score_s)) * (err * err - e)
+    end
+    lx = math.max(0, lx + gain * err)
+    if last and trend_s > 0 then
+      -- the inflow learns from the level changes it failed to predict, over trend_s; it
+      -- never outruns the drain (a deployment cannot fill forever without refusing calls)
+      local per_s = (1 - math.exp(-since / trend_s)) / math.max(since, 1e-3)
+      ux = math.max(-max_trend, math.min(0.9 / window, ux + gain * err * per_s))
+    end
+  end
+  if ARGV[13] ~= '' then
+    lx = math.max(lx, 1)
+    ux = math.max(ux, 0)
+  end
+  redis.call('HSET', KEYS[1], k, tostring(lx), 'u' .. k, tostring(ux), 'e' .. k, tostring(e))
 end
 if fresh then
   if last then redis.call('HINCRBY', KEYS[1], 'nobs', 1) end
