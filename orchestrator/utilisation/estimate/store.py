@@ -33,25 +33,42 @@ clock, make a reading's age:
 Calibration (`PTU_CALIBRATION=auto`, the default): the bucket is a model, and a real
 deployment departs from it (other applications call it directly, it serves less than
 the capacity table says, its bucket is smaller, or its utilisation is not a bucket
-level at all). The deployment tells the truth itself, so a reading is
-`max(0, model + c)` where the correction `c` is learnt from its signals:
+level at all). The deployment tells the truth itself:
 - the `azure-openai-deployment-utilization` header of every response the ingress
   (interactive calls, high-priority batch lines) and the worker see. It travels with
   the `complete` token event (a stream's header, known at its first byte, in an
-  `observe` event), so the hot path makes no extra round trip. The error
-  `h - (model + c)` moves `c` with a time-based gain `1 - exp(-dt / tau)`, `dt` the
-  time since the previous observation, so the correction's speed does not depend on
-  the call rate: fast (`tau_up`) when the deployment is fuller than we think, since a
-  miss costs interactive 429s, slower (`tau_down`) when it is emptier, so the header's
-  noise averages out and leans safe. A trend `v` (an alpha-beta filter) follows errors
-  that grow steadily, which is what a wrong capacity or unseen traffic does to a
-  bucket; it extrapolates at most 1 s past the newest signal, and while it rises a
-  reading looks `lookahead_s` ahead (where the level is going: a sticky, sliding-window
-  deployment cannot shed load as fast as our bucket drains it).
+  `observe` event), so the hot path makes no extra round trip;
 - every 429, of any priority: the deployment is at or above 100 % now and until
-  `retry-after-ms`. The reading is at least 1.0 until then (`floor`), and `c` becomes
-  at least `1 - model`: without headers, this is how the estimate learns load it
-  cannot see.
+  `retry-after-ms`. The reading is at least 1.0 until then (`floor`) and every candidate
+  below becomes at least 100 %: without headers, this is how the estimate learns load it
+  cannot see;
+- the Azure Monitor minute (`drift.py`, when the endpoint and resource are configured):
+  while no fresh header is seen, a reading is at least the bucket plus how much fuller
+  the deployment was than the model's own peak of that minute, fading over minutes.
+
+The filter is a bank of candidate models (multiple-model estimation), since what the
+deployment means by utilisation is not documented: our bucket, a bucket half the assumed
+window (twice our level), the sliding window (the same charges summed over the trailing
+window, in 20 slots of the hash), and a corrected bucket (a level of its own, set toward
+the reports and fed by a learnt unseen inflow: other applications, a capacity below the
+table). Each is tried twice, with the header on time and `header_lag_s` late (a deployment
+reporting a delayed value). Every candidate but the corrected bucket keeps its own
+additive correction `c` and trend `v` (an alpha-beta filter): the error moves it with a
+time-based gain `1 - exp(-dt / tau)`, so its speed does not depend on the call rate; fast
+(`tau_up`) when the deployment is fuller than the candidate by more than the header's
+noise (`noise_band`), since a miss costs interactive 429s, slow (`tau_down`) otherwise, so
+the noise averages out without a bias. Every candidate is scored by the mean square of
+its errors before it learnt from them (its one-step prediction error, over `score_s`);
+after `min_scored` observations, the reading is the highest of the candidates scoring
+within `plausible_ratio` of the best, so a close call leans toward less low-priority
+work. `Reading.calibration` names the meaning chosen.
+
+The throttle steers by `Reading.steer`, not only the value: under the sliding meaning a
+charge stays a whole window, so it looks ahead to the highest level the window reaches
+if no low-priority call starts while the traffic we do not control (everything but the
+worker's own calls, which its store marks) goes on at `growth` x its recent rate and the
+oldest charges age out. The value itself stays the estimate of the level now.
+
 Safety: without fresh signals a negative correction (the model over-estimates) fades
 within seconds and a positive one (unseen load, a 429) fades over `positive_decay_s`,
 so when the signals vanish or disagree the estimate leans toward less low-priority
