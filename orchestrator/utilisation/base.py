@@ -14,7 +14,8 @@ class Calibration:
     """How a calibrated estimate was made: the model, what the deployment said, the correction."""
 
     model: float
-    """The open-loop token-event model alone (fraction)."""
+    """The token-event model alone (fraction), under the meaning of utilisation learnt
+    (`model_kind`: our bucket, a bucket half the size, the sliding window)."""
     correction: float
     """What the deployment's own signals add to the model now (fraction; may be negative)."""
     correction_age_s: float | None
