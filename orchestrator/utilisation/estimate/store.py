@@ -222,6 +222,11 @@ class EstimateStore:
                 log.warning("estimate_heartbeat_failed", error=str(exc))
             await sleep(self.max_age_s / 3)
 
+    @property
+    def drift(self) -> MonitorDrift | None:
+        """The Azure Monitor drift feeding this store, if attached."""
+        return self._drift
+
     def attach_monitor(self, drift: MonitorDrift) -> None:
         """Let Azure Monitor minutes correct slow drift (polled in the background by `read`)."""
         if self.calibration is None:
