@@ -78,7 +78,8 @@ class CalibrationParams:
     the window goes if the traffic we do not control (interactive calls, other apps) goes
     on at this factor x its recent rate while the oldest charges age out."""
     rate_s: float = 2.0
-    """Over how many seconds that recent rate is measured."""
+    """Over how many seconds that recent rate is measured (the higher of it and of a rate
+    over three times as long counts)."""
 
     def read_args(self, full: float) -> list[str]:
         """The trailing ARGV of `read.lua` (`full`: the level of 100 %, in tokens)."""

@@ -49,7 +49,7 @@ if ARGV[3] ~= '' then
     local cells = redis.call('HMGET', KEYS[1], unpack(fields))
     local factor = tonumber(ARGV[11])
     local recent_slots = math.max(1, math.ceil(tonumber(ARGV[12]) / slot_s))
-    local total, recent, by_age = 0, 0, {}
+    local total, recent, longer, by_age = 0, 0, 0, {}
     for age = 0, SLOTS do by_age[age] = 0 end
     for i = 1, KEEP do
       if cells[i] then
@@ -59,14 +59,20 @@ if ARGV[3] ~= '' then
           local inside = math.max(0, math.min(1, ((tonumber(at) + 1 + SLOTS) * slot_s - now) / slot_s))
           total = total + tonumber(value) * inside
           by_age[age] = tonumber(value)
-          if age < recent_slots then recent = recent + tonumber(value) - (tonumber(own) or 0) end
+          local theirs = tonumber(value) - (tonumber(own) or 0)
+          if age < recent_slots then recent = recent + theirs end
+          if age < 3 * recent_slots then longer = longer + theirs end
         end
       end
     end
     -- where the window goes if nothing of ours starts: the traffic we do not control goes on
     -- at `factor` x its recent rate while the oldest charges age out; the highest point is
     -- now or when a slot starts leaving (slot age SLOTS - k at (cur + 1 + k) x slot_s)
-    local rate = math.max(0, recent) / ((recent_slots - 1) * slot_s + (now - cur * slot_s))
+    -- the recent rate is the higher of the last rate_s and of three times as long (a lull
+    -- in interactive traffic is no promise)
+    local part = now - cur * slot_s
+    local rate = math.max(0, recent / ((recent_slots - 1) * slot_s + part),
+      longer / ((3 * recent_slots - 1) * slot_s + part))
     local ahead, left = total, 0
     for age = 0, SLOTS - 1 do left = left + by_age[age] end
     for k = 0, SLOTS - 1 do
