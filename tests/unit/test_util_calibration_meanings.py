@@ -146,3 +146,29 @@ async def test_close_calls_read_the_highest_meaning() -> None:
     assert reading.value == pytest.approx(0.6)
     assert reading.calibration is not None and reading.calibration.model_kind == "bucket/2"
     await redis.aclose()
+
+
+async def test_when_the_header_stops_every_meaning_counts_again() -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    clock = FakeClock(START)
+    ours, _ = stores(redis, clock, DEFAULT_PARAMS)
+    await ours.heartbeat()
+    meter = LeakyBucket(TPM, 10.0, clock.now)
+    for step in range(100):  # our bucket exactly: the other meanings score worse
+        clock.now += 0.1
+        tokens = 60 if step % 20 < 5 else 5
+        meter.try_admit(clock.now, tokens)
+        await ours.record(event(tokens))
+        await ours.record(event(0, "complete", meter.utilization(clock.now)))
+    await ours.heartbeat()
+    with_header = await ours.read("d")
+    clock.now += DEFAULT_PARAMS.max_observation_age_s + 0.5
+    await ours.heartbeat()
+    without = await ours.read("d")
+    assert with_header.calibration is not None and without.calibration is not None
+    assert with_header.calibration.model_kind == "bucket"
+    # the sliding window still holds every charge: the highest meaning, so less batch work
+    # than our bucket (here the truth) alone would allow
+    assert without.calibration.model_kind == "sliding"
+    assert without.value > meter.utilization(clock.now) + 0.1
+    await redis.aclose()

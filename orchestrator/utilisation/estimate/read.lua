@@ -119,13 +119,31 @@ if ARGV[3] ~= '' then
         best = math.min(best, e)
       end
     end
+    -- the learnt sizes (record.lua): k x our bucket or window + b; a sliding one looks ahead
+    local sized = {{'k', 'bucket', bucket, bucket}, {'kl', 'bucket', bucket, bucket},
+      {'q', 'sliding', slide, slide_ahead}, {'ql', 'sliding', slide, slide_ahead}}
+    for _, item in ipairs(sized) do
+      local k = item[1]
+      local g = redis.call('HMGET', KEYS[1], k, 'b' .. k, 'e' .. k)
+      if g[1] then
+        local size, b = tonumber(g[1]), tonumber(g[2])
+        if b < 0 then b = b * math.exp(-dt / tonumber(ARGV[3]))
+        else b = b * math.exp(-dt / tonumber(ARGV[4])) end
+        local kind = item[2]
+        if size > 1.2 or size < 0.8 then kind = kind .. string.format(' x%.1f', size) end
+        values[#values + 1] = {kind, size * item[3], b, tonumber(g[3]), size * item[4] + b}
+        best = math.min(best, tonumber(g[3]))
+      end
+    end
     -- the reading is the highest of the plausible candidates: our bucket until enough
     -- observations have been scored, then every candidate scoring within `ratio` of the
     -- best (a close call between two meanings errs toward less low-priority work)
+    -- once the header stops, no score is fresh: every candidate is plausible again
+    local stopped = scored and (not f[3] or now - tonumber(f[3]) > tonumber(ARGV[9]))
     local chosen, most = nil, 0
     for i, item in ipairs(values) do
       local plausible = i == 1
-      if scored then plausible = item[4] <= ratio * best + 1e-4 end
+      if scored then plausible = stopped or item[4] <= ratio * best + 1e-4 end
       if plausible then
         if chosen == nil or item[2] + item[3] > chosen[2] + chosen[3] then chosen = item end
         most = math.max(most, item[5])

@@ -229,6 +229,38 @@ for _, k in ipairs({'x', 'xl'}) do
   end
   redis.call('HSET', KEYS[1], k, tostring(lx), 'u' .. k, tostring(ux), 'e' .. k, tostring(e))
 end
+-- a bucket or a sliding window of a size we learn: the deployment's level as k x ours + b
+-- (a bucket F x ours reads 1/F x our level, a capacity F x the table 1/F x our charges), by
+-- recursive least squares forgetting over score_s, on time and `lag` s late; k stays
+-- within [0.25, 4]
+for _, pair in ipairs({{'k', bucket}, {'kl', bucket_then}, {'q', slide_now}, {'ql', slide_then}}) do
+  local k, m = pair[1], pair[2]
+  local g = redis.call('HMGET', KEYS[1], k, 'b' .. k, 'p1' .. k, 'p2' .. k, 'p3' .. k, 'e' .. k)
+  local gain_k, b = tonumber(g[1] or '1'), tonumber(g[2] or '0')
+  local p1, p2, p3 = tonumber(g[3] or '1'), tonumber(g[4] or '0'), tonumber(g[5] or '1')
+  local e = tonumber(g[6] or '0')
+  if b < 0 then b = b * math.exp(-dt / decay_neg) else b = b * math.exp(-dt / decay_pos) end
+  if fresh then
+    local err = h - (gain_k * m + b)
+    if last then
+      e = e + (1 - math.exp(-since / score_s)) * (err * err - e)
+      local lambda = math.exp(-since / score_s)
+      local q1, q2 = p1 * m + p2, p2 * m + p3
+      local denom = lambda + m * q1 + q2
+      local g1, g2 = q1 / denom, q2 / denom
+      gain_k = math.max(0.25, math.min(4, gain_k + g1 * err))
+      b = b + g2 * err
+      p1, p2, p3 = (p1 - g1 * q1) / lambda, (p2 - g1 * q2) / lambda, (p3 - g2 * q2) / lambda
+      -- bounded, so a long quiet spell cannot make the next observation jump the estimate
+      p1, p3 = math.min(p1, 100), math.min(p3, 100)
+    else
+      b = err + b
+    end
+  end
+  if ARGV[13] ~= '' then b = math.max(b, 1 - gain_k * bucket) end
+  redis.call('HSET', KEYS[1], k, tostring(gain_k), 'b' .. k, tostring(b), 'p1' .. k, tostring(p1),
+    'p2' .. k, tostring(p2), 'p3' .. k, tostring(p3), 'e' .. k, tostring(e))
+end
 if fresh then
   if last then redis.call('HINCRBY', KEYS[1], 'nobs', 1) end
   if not last or t_obs >= tonumber(last) then
