@@ -94,15 +94,17 @@ def write_results(
 
 
 def write_timeseries(run: PolicyRun, path: Path) -> None:
-    """The run's samples as CSV: time, true utilisation, worker's view, low in flight."""
+    """The run's samples as CSV: time, true utilisation, worker's view, low in flight, and for
+    the calibrated estimate its model, observation, correction, look-ahead and meaning."""
     lines = [
         "t_s,utilization,worker_view,low_in_flight,low_peak,low_throttled,high_throttled,"
-        "model,observed,correction"
+        "model,observed,correction,ahead,meaning"
     ]
     lines += [
         f"{s.t:.2f},{s.utilization:.4f},{_opt(s.view)},"
         f"{s.low_in_flight},{s.low_peak},{s.low_throttled},{s.high_throttled},"
         + ",".join(_opt(v) for v in _calibration(s))
+        + f",{_ahead(s)},{'' if s.calibration is None else s.calibration.model_kind}"
         for s in run.samples
     ]
     path.write_text("\n".join(lines) + "\n")
@@ -116,6 +118,11 @@ def _calibration(s: Sample) -> tuple[float | None, float | None, float | None]:
     """(model, observed, correction) of a sample; Nones without a calibrated estimate."""
     c = s.calibration
     return (None, None, None) if c is None else (c.model, c.observed, c.correction)
+
+
+def _ahead(s: Sample) -> str:
+    """Where the throttle saw the deployment going (calibrated estimate only)."""
+    return "" if s.calibration is None else _opt(s.calibration.ahead)
 
 
 def _series(samples: Sequence[Sample], index: int) -> list[float]:

@@ -111,6 +111,11 @@ class AzureMonitorSource:
         self._task: asyncio.Task[None] | None = None
         self._timeout_s = max(10.0, poll_s)
 
+    @property
+    def deployments(self) -> list[str]:
+        """Names of the deployments this source tracks."""
+        return list(self._names)
+
     async def refresh(self) -> None:
         """Query the metric for all tracked deployments now; on failure keep the old readings."""
         end = datetime.fromtimestamp(self._clock(), UTC)

@@ -14,7 +14,8 @@ class Calibration:
     """How a calibrated estimate was made: the model, what the deployment said, the correction."""
 
     model: float
-    """The open-loop token-event model alone (fraction)."""
+    """The token-event model alone (fraction), under the meaning of utilisation learnt
+    (`model_kind`: our bucket, a bucket half the size, the sliding window)."""
     correction: float
     """What the deployment's own signals add to the model now (fraction; may be negative)."""
     correction_age_s: float | None
@@ -24,6 +25,12 @@ class Calibration:
     observed_age_s: float | None
     throttled_s: float = 0.0
     """Seconds the deployment still refuses calls after a 429 (the reading is >= 100 %)."""
+    model_kind: str = "bucket"
+    """Which meaning of utilisation explains the deployment's reports best: `bucket` (ours),
+    `bucket/2` (a bucket half the assumed window) or `sliding` (charges over the window)."""
+    ahead: float | None = None
+    """The highest level expected soon if no low-priority call starts (the sliding meaning:
+    charges stay a window while the traffic we do not control goes on); None: as now."""
 
     @property
     def unseen(self) -> float:
@@ -41,6 +48,12 @@ class Reading:
     source: str
     calibration: Calibration | None = None
     """How the estimate source built `value` (None for other sources or calibration off)."""
+
+    @property
+    def steer(self) -> float:
+        """What the throttle steers by: the value, or where the deployment is going if higher."""
+        ahead = None if self.calibration is None else self.calibration.ahead
+        return self.value if ahead is None else max(self.value, ahead)
 
     def age(self, now: float) -> float:
         """Seconds since the value was true."""

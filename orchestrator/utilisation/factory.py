@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
+import structlog
 
 from orchestrator.core.errors import ConfigError, MissingDependencyError
 from orchestrator.core.settings import Settings
 from orchestrator.utilisation.base import UtilisationSource
 from orchestrator.utilisation.estimate.calibration import params_for
+
+log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
     from orchestrator.utilisation.azure_monitor import AzureMonitorSource
@@ -21,13 +24,27 @@ def make_source(settings: Settings, redis: aioredis.Redis) -> UtilisationSource:
         return _azure_monitor(settings)
     from orchestrator.utilisation.estimate.store import EstimateStore
 
-    return EstimateStore(
+    store = EstimateStore(
         redis,
         settings.deployments,
         window_s=settings.estimate_window_s,
         max_age_s=settings.estimate_max_age_s,
         calibration=params_for(settings.calibration),
     )
+    monitored = settings.azure_monitor_endpoint and settings.azure_resource_id
+    if store.calibration is not None and monitored:
+        # the Azure Monitor minute corrects slow drift while the header is missing
+        from orchestrator.utilisation.estimate.drift import MonitorDrift
+
+        try:
+            monitor = _azure_monitor(settings)
+        except MissingDependencyError as exc:
+            log.warning("monitor_drift_unavailable", error=str(exc))
+            return store
+        store.attach_monitor(
+            MonitorDrift(monitor, monitor.deployments, poll_s=settings.azure_monitor_poll_s)
+        )
+    return store
 
 
 def _azure_monitor(settings: Settings) -> AzureMonitorSource:

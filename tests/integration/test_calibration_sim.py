@@ -141,7 +141,10 @@ async def test_replicas_and_a_worker_share_one_correction(
     )
     real = await truth(admin)
     assert calibrated.calibration is not None and open_loop.calibration is None
-    assert open_loop.value == pytest.approx(calibrated.calibration.model, abs=0.05)
+    # the simulator counts charges over a sliding window: the meaning learnt, whose model
+    # (the same token events summed over the window) is at least the open-loop bucket's
+    assert calibrated.calibration.model_kind == "sliding"
+    assert open_loop.value <= calibrated.calibration.model + 0.05
     assert real - open_loop.value > 0.25  # the model alone misses the bypassing load
     assert calibrated.value == pytest.approx(real, abs=0.12)
     assert calibrated.calibration.unseen > 0.2

@@ -187,3 +187,31 @@ def test_factory_names_the_missing_extra(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setitem(sys.modules, "azure.identity.aio", None)
     with pytest.raises(MissingDependencyError, match=r"\[azure\]"):
         make_source(load_settings(), fakeredis.FakeAsyncRedis())
+
+
+@pytest.mark.parametrize(
+    ("calibration", "monitored", "drift"),
+    [("auto", True, True), ("off", True, False), ("auto", False, False)],
+)
+async def test_factory_estimate_folds_monitor_minutes_when_configured(
+    monkeypatch: pytest.MonkeyPatch, calibration: str, monitored: bool, drift: bool
+) -> None:
+    monkeypatch.setenv("PTU_DEPLOYMENTS", DEPLOYMENTS)
+    monkeypatch.setenv("PTU_CALIBRATION", calibration)
+    if monitored:
+        monkeypatch.setenv("PTU_AZURE_MONITOR_ENDPOINT", "https://eastus.metrics.monitor.azure.com")
+        monkeypatch.setenv("PTU_AZURE_RESOURCE_ID", "/subscriptions/s/resourceGroups/g/x")
+    source = make_source(load_settings(), fakeredis.FakeAsyncRedis())
+    assert isinstance(source, EstimateStore)
+    assert (source.drift is not None) is drift
+    await source.close()
+
+
+def test_factory_estimate_without_the_azure_extra_runs_without_the_drift(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PTU_AZURE_MONITOR_ENDPOINT", "https://eastus.metrics.monitor.azure.com")
+    monkeypatch.setenv("PTU_AZURE_RESOURCE_ID", "/subscriptions/s/resourceGroups/g/x")
+    monkeypatch.setitem(sys.modules, "azure.identity.aio", None)
+    source = make_source(load_settings(), fakeredis.FakeAsyncRedis())
+    assert isinstance(source, EstimateStore) and source.drift is None

@@ -56,6 +56,8 @@ def test_render_shows_what_the_calibrated_estimate_is_made_of() -> None:
     for cell in ("31.0%", "56.0% (0.2s)", "+24.0% (0.2s) 429 1.5s", "24.0%"):
         assert cell in line
     assert calibration_cells(None) == ("-", "-", "-", "-")
+    sliding = Calibration(0.4, 0.05, 0.1, 0.45, 0.1, model_kind="sliding")
+    assert calibration_cells(sliding)[0] == "40.0% sliding"
 
 
 def test_waiting_lanes_and_in_flight_requests_are_apart_and_queued_excludes_in_flight() -> None:

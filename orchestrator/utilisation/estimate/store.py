@@ -33,25 +33,42 @@ clock, make a reading's age:
 Calibration (`PTU_CALIBRATION=auto`, the default): the bucket is a model, and a real
 deployment departs from it (other applications call it directly, it serves less than
 the capacity table says, its bucket is smaller, or its utilisation is not a bucket
-level at all). The deployment tells the truth itself, so a reading is
-`max(0, model + c)` where the correction `c` is learnt from its signals:
+level at all). The deployment tells the truth itself:
 - the `azure-openai-deployment-utilization` header of every response the ingress
   (interactive calls, high-priority batch lines) and the worker see. It travels with
   the `complete` token event (a stream's header, known at its first byte, in an
-  `observe` event), so the hot path makes no extra round trip. The error
-  `h - (model + c)` moves `c` with a time-based gain `1 - exp(-dt / tau)`, `dt` the
-  time since the previous observation, so the correction's speed does not depend on
-  the call rate: fast (`tau_up`) when the deployment is fuller than we think, since a
-  miss costs interactive 429s, slower (`tau_down`) when it is emptier, so the header's
-  noise averages out and leans safe. A trend `v` (an alpha-beta filter) follows errors
-  that grow steadily, which is what a wrong capacity or unseen traffic does to a
-  bucket; it extrapolates at most 1 s past the newest signal, and while it rises a
-  reading looks `lookahead_s` ahead (where the level is going: a sticky, sliding-window
-  deployment cannot shed load as fast as our bucket drains it).
+  `observe` event), so the hot path makes no extra round trip;
 - every 429, of any priority: the deployment is at or above 100 % now and until
-  `retry-after-ms`. The reading is at least 1.0 until then (`floor`), and `c` becomes
-  at least `1 - model`: without headers, this is how the estimate learns load it
-  cannot see.
+  `retry-after-ms`. The reading is at least 1.0 until then (`floor`) and every candidate
+  below becomes at least 100 %: without headers, this is how the estimate learns load it
+  cannot see;
+- the Azure Monitor minute (`drift.py`, when the endpoint and resource are configured):
+  while no fresh header is seen, a reading is at least the bucket plus how much fuller
+  the deployment was than the model's own peak of that minute, fading over minutes.
+
+The filter is a bank of candidate models (multiple-model estimation), since what the
+deployment means by utilisation is not documented: our bucket, a bucket half the assumed
+window (twice our level), the sliding window (the same charges summed over the trailing
+window, in 20 slots of the hash), and a corrected bucket (a level of its own, set toward
+the reports and fed by a learnt unseen inflow: other applications, a capacity below the
+table). Each is tried twice, with the header on time and `header_lag_s` late (a deployment
+reporting a delayed value). Every candidate but the corrected bucket keeps its own
+additive correction `c` and trend `v` (an alpha-beta filter): the error moves it with a
+time-based gain `1 - exp(-dt / tau)`, so its speed does not depend on the call rate; fast
+(`tau_up`) when the deployment is fuller than the candidate by more than the header's
+noise (`noise_band`), since a miss costs interactive 429s, slow (`tau_down`) otherwise, so
+the noise averages out without a bias. Every candidate is scored by the mean square of
+its errors before it learnt from them (its one-step prediction error, over `score_s`);
+after `min_scored` observations, the reading is the highest of the candidates scoring
+within `plausible_ratio` of the best, so a close call leans toward less low-priority
+work. `Reading.calibration` names the meaning chosen.
+
+The throttle steers by `Reading.steer`, not only the value: under the sliding meaning a
+charge stays a whole window, so it looks ahead to the highest level the window reaches
+if no low-priority call starts while the traffic we do not control (everything but the
+worker's own calls, which its store marks) goes on at `growth` x its recent rate and the
+oldest charges age out. The value itself stays the estimate of the level now.
+
 Safety: without fresh signals a negative correction (the model over-estimates) fades
 within seconds and a positive one (unseen load, a 429) fades over `positive_decay_s`,
 so when the signals vanish or disagree the estimate leans toward less low-priority
@@ -83,6 +100,7 @@ from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.utilisation.base import Calibration, Reading
 from orchestrator.utilisation.estimate.calibration import DEFAULT_PARAMS, CalibrationParams
+from orchestrator.utilisation.estimate.drift import MonitorDrift
 
 log = structlog.get_logger(__name__)
 
@@ -111,6 +129,7 @@ class EstimateStore:
         time_source: Literal["server", "clock"] = "server",
         dedupe_ttl_s: float = 3600.0,
         calibration: CalibrationParams | None = DEFAULT_PARAMS,
+        low_priority: bool = False,
     ) -> None:
         if window_s <= 0 or max_age_s <= 0 or dedupe_ttl_s <= 0:
             raise ValueError("window_s, max_age_s and dedupe_ttl_s must be positive")
@@ -124,10 +143,15 @@ class EstimateStore:
         self._dedupe_ttl_ms = int(dedupe_ttl_s * 1000)
         self.calibration = calibration
         """The correction filter's constants; None = the open-loop model alone."""
-        self._cal_args = calibration.script_args() if calibration else [""] * 7
+        self._cal_args = calibration.script_args() if calibration else [""] * 8
+        # the worker's own calls are marked: the traffic it does not control is the rest
+        self._cal_args.append("1" if low_priority else "")
+        self._cal_args += calibration.tail_args() if calibration else ["", ""]
         self._record = redis.register_script(_lua("record"))
         self._read = redis.register_script(_lua("read"))
         self._heartbeat = redis.register_script(_lua("heartbeat"))
+        self._monitor = redis.register_script(_lua("monitor"))
+        self._drift: MonitorDrift | None = None
 
     @property
     def deployments(self) -> list[str]:
@@ -198,6 +222,39 @@ class EstimateStore:
                 log.warning("estimate_heartbeat_failed", error=str(exc))
             await sleep(self.max_age_s / 3)
 
+    @property
+    def drift(self) -> MonitorDrift | None:
+        """The Azure Monitor drift feeding this store, if attached."""
+        return self._drift
+
+    def attach_monitor(self, drift: MonitorDrift) -> None:
+        """Let Azure Monitor minutes correct slow drift (polled in the background by `read`)."""
+        if self.calibration is None:
+            raise ValueError("the Azure Monitor drift needs calibration on")
+        self._drift = drift
+
+    async def fold_monitor(
+        self, deployment: str, minute_start: float, value: float
+    ) -> float | None:
+        """Fold one Azure Monitor minute (its Maximum, a fraction) into `deployment`'s estimate.
+
+        Returns the drift stored (how much fuller the deployment was than the model's peak of
+        that minute, never negative), or None when that minute or a newer one was folded
+        already. Raises UtilisationUnavailable when Redis cannot be reached.
+        """
+        if deployment not in self._deployments:
+            raise UtilisationUnavailable(f"estimate: deployment {deployment!r} is not tracked")
+        try:
+            reply = await self._monitor(
+                keys=[keys.estimate(deployment)], args=[repr(minute_start), repr(value)]
+            )
+        except RedisError as exc:
+            raise UtilisationUnavailable(
+                f"estimate {deployment}: monitor fold failed: {exc}"
+            ) from exc
+        stored = text(reply)
+        return float(stored) if stored else None
+
     async def read(self, deployment: str) -> Reading:
         """The bucket level drained up to now, as old as its feeders' knowledge.
 
@@ -210,10 +267,13 @@ class EstimateStore:
         d = self._deployments.get(deployment)
         if d is None:
             raise UtilisationUnavailable(f"estimate: deployment {deployment!r} is not tracked")
+        if self._drift is not None:
+            self._drift.kick(self.fold_monitor)
         rate = d.capacity_tpm / 60.0
         local_now = self._clock()
         now_arg = repr(local_now) if self._time_source == "clock" else ""
-        cal = self.calibration.read_args() if self.calibration else ["", "", ""]
+        full = rate * self.window_s
+        cal = self.calibration.read_args(full) if self.calibration else [""] * 10
         try:
             reply = await self._read(
                 keys=[keys.estimate(deployment)], args=[repr(rate), now_arg, *cal]
@@ -228,16 +288,18 @@ class EstimateStore:
         if heartbeat_age < 0:
             raise UtilisationUnavailable(f"estimate {deployment}: no feeder heartbeat yet")
         age = max(heartbeat_age, lag_age)
-        model = level / (rate * self.window_s)
+        model = level / full
         if self.calibration is None:
             return Reading(model, local_now - age, SOURCE)
         detail = Calibration(
-            model=model,
+            model=float(fields[9]) if fields[9] else model,
             correction=float(fields[3]),
             correction_age_s=_optional(fields[4]),
             observed=_optional(fields[5]),
             observed_age_s=_optional(fields[6]),
             throttled_s=float(fields[7]),
+            model_kind=fields[10] or "bucket",
+            ahead=_optional(fields[11]),
         )
         return Reading(calibrated(detail), local_now - age, SOURCE, detail)
 
@@ -255,7 +317,9 @@ class EstimateStore:
         return max(0.0, now - entry_ms / 1000.0)
 
     async def close(self) -> None:
-        """Nothing to release: the Redis client belongs to the caller."""
+        """Stop the Azure Monitor drift, if any; the Redis client belongs to the caller."""
+        if self._drift is not None:
+            await self._drift.close()
 
     def __repr__(self) -> str:
         names = ",".join(self._deployments)
