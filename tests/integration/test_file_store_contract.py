@@ -22,9 +22,7 @@ def azurite() -> Iterator[str]:
 
 
 @pytest.fixture(params=["local", "blob"])
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[FileStore]:
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FileStore]:
     if request.param == "local":
         made: FileStore = LocalFileStore(tmp_path / "files")
     else:

@@ -11,6 +11,8 @@ unless a credential is passed in (the emulator's account key in tests).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -61,16 +63,19 @@ class BlobFileStore:
         """Upload `source` in blocks, then delete it."""
         check_name(name)
         await self._ensure_container()
+        path = str(source)
         try:
-            with Path(source).open("rb") as handle:
-                size = Path(source).stat().st_size
+            handle = await asyncio.to_thread(open, path, "rb")
+            with handle:
+                size = os.fstat(handle.fileno()).st_size
                 await self._container.upload_blob(
                     name, handle, length=size, overwrite=True, max_concurrency=2
                 )
         except AzureError as exc:
             raise FileStoreUnavailable(f"cannot store {name}: {exc}") from exc
         finally:
-            Path(source).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     async def read(self, name: str, offset: int = 0) -> AsyncIterator[bytes]:
         """Ranged downloads of the blob from `offset`."""

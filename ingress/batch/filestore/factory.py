@@ -1,4 +1,4 @@
-"""The file store of the settings: Blob Storage when `PTU_BLOB_ACCOUNT_URL` is set, else a directory."""
+"""The configured file store: Blob Storage when `PTU_BLOB_ACCOUNT_URL` is set, else a directory."""
 
 from __future__ import annotations
 
