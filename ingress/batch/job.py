@@ -43,7 +43,7 @@ from orchestrator.core import keys, redis_client
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import QueuedRequest, ResultDocument
 from orchestrator.core.settings import Settings
-from orchestrator.queues.base import Queue
+from orchestrator.queues.base import BulkPut, Queue
 from orchestrator.queues.factory import make_queue
 from orchestrator.tenants.config import Tenancy
 
@@ -51,6 +51,8 @@ log = structlog.get_logger(__name__)
 
 CHUNK = 500
 """Lines enqueued (or looked up) per round trip batch; the unit a crash may repeat."""
+PARALLEL = 32
+"""Single commands in flight at once (a cluster client's pool raises rather than waits)."""
 SLICE_S = 10.0
 """An expansion job returns after this long, so other batches' jobs get their turn."""
 LEASE_S = 60.0
@@ -188,8 +190,17 @@ async def _commit(
     status = await ctx.redis.hmget(keys.batch(batch_id), ["status", "final_status"])
     if _text(status[0]) not in ("validating", "in_progress") or status[1] is not None:
         return False
-    await asyncio.gather(*(ctx.results.register(r, only_new=True) for r in chunk))
-    await asyncio.gather(*(ctx.queues[r.deployment].put(r) for r in chunk))
+    await ctx.results.register_new(chunk)
+    by_deployment: dict[str, list[QueuedRequest]] = {}
+    for req in chunk:
+        by_deployment.setdefault(req.deployment, []).append(req)
+    for deployment, group in by_deployment.items():
+        queue = ctx.queues[deployment]
+        if isinstance(queue, BulkPut):
+            await queue.put_many(group)
+        else:
+            for start in range(0, len(group), PARALLEL):
+                await asyncio.gather(*(queue.put(r) for r in group[start : start + PARALLEL]))
     last = int(chunk[-1].id.rsplit("_", 1)[1])
     await ctx.batches.update(batch_id, cursor=str(last + 1), cursor_offset=str(end))
     await ctx.batches.transition(batch_id, ["validating"], "in_progress")
@@ -233,8 +244,10 @@ async def close(ctx: JobContext, batch_id: str, owner: str, reason: str) -> str:
             for rid, (_, obj), there in zip(ids, pending, exists, strict=True)
             if not there
         ]  # fmt: skip
-        wrote = await asyncio.gather(*(ctx.results.complete(d, f["reply_key"]) for d in docs))
-        closed += sum(wrote)
+        for start in range(0, len(docs), PARALLEL):
+            part = docs[start : start + PARALLEL]
+            wrote = await asyncio.gather(*(ctx.results.complete(d, f["reply_key"]) for d in part))
+            closed += sum(wrote)
         pending.clear()
 
     try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -95,6 +96,18 @@ return 0
 """
 
 
+def _record(req: QueuedRequest) -> dict[str, str]:
+    return {
+        "status": "queued",
+        "tenant": req.tenant,
+        "reply_key": req.reply_key,
+        "custom_id": req.custom_id or "",
+        "batch_id": req.batch_id or "",
+        "deployment": req.deployment,
+        "enqueued_at": repr(req.enqueued_at),
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class RequestState:
     """What is known about a request: its record and, once written, its result."""
@@ -126,15 +139,7 @@ class ResultStore:
         `only_new`: leave an existing record as it is (a batch line queued again after
         a crash may have finished meanwhile).
         """
-        record = {
-            "status": "queued",
-            "tenant": req.tenant,
-            "reply_key": req.reply_key,
-            "custom_id": req.custom_id or "",
-            "batch_id": req.batch_id or "",
-            "deployment": req.deployment,
-            "enqueued_at": repr(req.enqueued_at),
-        }
+        record = _record(req)
         key = keys.request(req.id)
         if only_new:
             pairs = [x for kv in record.items() for x in kv]
@@ -144,6 +149,22 @@ class ResultStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=record)  # type: ignore[arg-type]
             pipe.expireat(key, math.ceil(req.deadline + self.reply_ttl_s))
+            await pipe.execute()
+
+    async def register_new(self, reqs: Sequence[QueuedRequest]) -> None:
+        """Create the records of those requests that have none (batch expansion), in two
+        pipelined round trips. A record written between the two (its line finished
+        meanwhile) is set back to `queued`, which its result still overrides."""
+        ids = [keys.request(r.id) for r in reqs]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in ids:
+                pipe.exists(key)
+            there = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for req, key, exists in zip(reqs, ids, there, strict=True):
+                if not exists:
+                    pipe.hset(key, mapping=_record(req))  # type: ignore[arg-type]
+                    pipe.expireat(key, math.ceil(req.deadline + self.reply_ttl_s))
             await pipe.execute()
 
     async def forget(self, request_id: str) -> None:
