@@ -31,11 +31,13 @@ from starlette.routing import Route
 
 from ingress.batch.files import FileRoutes, Files
 from ingress.batch.filestore.factory import make_file_store
+from ingress.batch.job import warm as job_warm
 from ingress.batch.jobs import BatchJobs
 from ingress.batch.offload import Offload
 from ingress.batch.routes import BatchRoutes
 from ingress.batch.runner import BatchWork
 from ingress.batch.store import BatchStore
+from ingress.batch.validate import warm as validate_warm
 from ingress.chat.accounting import Accounting
 from ingress.chat.credentials import UpstreamAuth, deployment_auths, upstream_auth
 from ingress.chat.limits import TenantLimits
@@ -279,11 +281,15 @@ def create_app(
         )
         watch = asyncio.create_task(watch_incarnation(incarnation))
         sweeper = asyncio.create_task(jobs.run())
+        warming = [
+            asyncio.create_task(validator.warm(validate_warm)),
+            asyncio.create_task(job_runner.warm(job_warm)),
+        ]
         log.info("ingress_started", deployments=list(deployments), open=tenants.open)
         try:
             yield
         finally:
-            for task in (beat, watch, sweeper):
+            for task in (beat, watch, sweeper, *warming):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

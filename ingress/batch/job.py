@@ -111,6 +111,10 @@ async def context(settings: Settings) -> AsyncIterator[JobContext]:
         await ctx.close()
 
 
+def warm() -> None:
+    """Nothing: importing this module in the offload process is the warm-up."""
+
+
 def run_job(settings: Settings, action: str, batch_id: str, owner: str) -> str:
     """Run one job to its end in this process; returns its outcome (for logs and tests)."""
     return asyncio.run(_run(settings, action, batch_id, owner))

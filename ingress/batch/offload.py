@@ -51,6 +51,13 @@ class Offload:
             self._shutdown()
             raise
 
+    async def warm(self, fn: Callable[[], object]) -> None:
+        """Start the worker now (it imports what `fn`'s module needs), not at the first job."""
+        try:
+            await self.run(fn)
+        except Exception as exc:  # the first real job starts it again and reports
+            log.warning("offload_warm_failed", pool=self.name, error=repr(exc))
+
     def _shutdown(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)

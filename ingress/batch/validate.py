@@ -38,3 +38,8 @@ def validate_file(path: str, deployments: list[str]) -> Summary | str:
     except ApiError as exc:
         return exc.message
     return Summary(count, used)
+
+
+def warm() -> None:
+    """Import the validation code in the offload process ahead of the first upload."""
+    import ingress.batch.jsonl  # noqa: F401
