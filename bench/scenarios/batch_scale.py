@@ -194,6 +194,8 @@ async def _drive(
                     )
                     worker_at = time.time()
                     stack.start_worker(stack.base_env(**worker_env))
+                row["completed_lines"] = int(fields.get("completed", 0))
+                row["failed_lines"] = int(fields.get("failed", 0))
                 if fields.get("status") in ("completed", "failed", "cancelled", "expired"):
                     completed_at = time.time()
                     row["final_status"] = fields["status"]
@@ -201,6 +203,8 @@ async def _drive(
                     row["failed_lines"] = int(fields.get("failed", 0))
                     break
             await asyncio.sleep(0.1)
+        else:
+            row["final_status"] = f"timed out after {cfg.timeout_s:g} s"
         uploader.join(timeout=10)
     finally:
         stop.set()
@@ -223,8 +227,9 @@ async def _drive(
         "create_status": events.get("create_status"),
         "all_queued_s": round(queued_at - cr0, 2) if queued_at else None,
         "lines_per_s_e2e": round(cfg.lines / (completed_at - cr0), 1) if completed_at else None,
-        "worker_lines_per_s": round(cfg.lines / (completed_at - worker_at), 1)
-        if completed_at and worker_at else None,
+        "worker_lines_per_s": round(
+            row.get("completed_lines", 0) / ((completed_at or time.time()) - worker_at), 1
+        ) if worker_at else None,
         "p50_before_ms": _r(before["p50"]), "p99_before_ms": _r(before["p99"]),
         "p50_upload_ms": _r(upload["p50"]), "p99_upload_ms": _r(upload["p99"]),
         "p50_create_ms": _r(create["p50"]), "p99_create_ms": _r(create["p99"]),
