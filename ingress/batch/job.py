@@ -55,8 +55,9 @@ PARALLEL = 32
 """Single commands in flight at once (a cluster client's pool raises rather than waits)."""
 SLICE_S = 10.0
 """An expansion job returns after this long, so other batches' jobs get their turn."""
-LEASE_S = 60.0
-"""A job's lease; renewed every chunk, so it only runs out when the job's process died."""
+LEASE_S = 15.0
+"""A job's lease; renewed every chunk, so it only runs out when the job's process died
+(another ingress then resumes the batch this long after)."""
 REASONS = {
     "batch_cancelled": ("failed", "the batch was cancelled"),
     "batch_expired": ("expired", "the batch did not complete within its completion window"),
@@ -126,7 +127,7 @@ async def _run(settings: Settings, action: str, batch_id: str, owner: str) -> st
             if action == "expand":
                 return await expand(ctx, batch_id, owner)
             if action == "finalize":
-                return await finalize(ctx, batch_id)
+                return await finalize(ctx, batch_id, owner)
             if action == "expire":
                 await ctx.batches.update(
                     batch_id, final_status="expired", expired_at=str(int(time.time()))
@@ -268,7 +269,7 @@ async def close(ctx: JobContext, batch_id: str, owner: str, reason: str) -> str:
     return "closed"
 
 
-async def finalize(ctx: JobContext, batch_id: str) -> str:
+async def finalize(ctx: JobContext, batch_id: str, owner: str) -> str:
     """Write the output and error files and the final status (under the claim)."""
     if not await ctx.batches.claim_finalization(batch_id):
         return "claimed_elsewhere"
@@ -281,6 +282,7 @@ async def finalize(ctx: JobContext, batch_id: str) -> str:
             pending: list[tuple[int, dict[str, Any]]] = []
 
             async def flush() -> None:
+                await _renew(ctx, batch_id, owner)
                 ids = [line_request_id(batch_id, i) for i, _ in pending]
                 async with ctx.redis.pipeline(transaction=False) as pipe:
                     for rid in ids:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx2
+import pytest
 import redis
 
 from bench.harness.stack import SimulatorOptions, Stack
@@ -15,7 +16,7 @@ from orchestrator.core import keys
 from tests.e2e.worker_helpers import sigkill, wait_for
 
 DEPLOYMENT = "kill-ptu"
-N = 6_000
+N = 4_000
 
 
 def _file(n: int) -> bytes:
@@ -29,6 +30,7 @@ def _file(n: int) -> bytes:
     )  # fmt: skip
 
 
+@pytest.mark.timeout(400)
 def test_ingress_and_worker_sigkilled_once_each(tmp_path: Path) -> None:
     sim = SimulatorOptions(
         deployment=DEPLOYMENT, model="gpt-4o-mini", ptus=2000, window_s=10, tbt_ms=0, ttft_ms=0

@@ -106,8 +106,8 @@ async def test_cancel_closes_every_line_then_the_files_have_one_line_each(
     assert await job.close(ctx, "batch_t", "me", "batch_cancelled") == "closed"  # idempotent
     fields = await ctx.batches.fields("batch_t")
     assert int(fields["completed"]) + int(fields["failed"]) == n
-    assert await job.finalize(ctx, "batch_t") == "finalized"
-    assert await job.finalize(ctx, "batch_t") == "claimed_elsewhere"
+    assert await job.finalize(ctx, "batch_t", "me") == "finalized"
+    assert await job.finalize(ctx, "batch_t", "me") == "claimed_elsewhere"
     fields = await ctx.batches.fields("batch_t")
     assert fields["status"] == "cancelled" and fields["cancelled_at"]
     out = await _content(ctx, fields["output_file_id"])
