@@ -154,6 +154,12 @@ async def _drive(
     stack: Stack, cfg: BatchScaleConfig, path: Path, worker_env: dict[str, str]
 ) -> dict[str, Any]:
     ingress_pid = stack.children["ingress"].proc.pid
+    # the ingress starts its validation and job processes at start-up: "before" is measured
+    # once they are up and idle, not while they import
+    deadline = time.time() + 60
+    while len(_children(ingress_pid)) < 2 and time.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(3.0)
     file_bytes = path.stat().st_size  # noqa: ASYNC240 (before any traffic)
     r = redis.Redis.from_url(stack.redis_url, decode_responses=True)
     url = chat_url(stack.ingress_url, stack.sim.deployment)
@@ -166,6 +172,7 @@ async def _drive(
     try:
         t_before = time.time()
         await asyncio.sleep(cfg.before_s)
+        t_before = max(t_before, time.time() - cfg.before_s + 1.0)
         mem_before = int(r.info("memory")["used_memory"])
         context = multiprocessing.get_context("spawn")
         queue = context.Queue()
@@ -298,14 +305,21 @@ def _write(row: dict[str, Any], out: Path) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`--lines` overrides the file size."""
     parser.add_argument("--lines", type=int, default=None, help="lines in the file")
+    parser.add_argument(
+        "--timeout-s", type=float, default=None, help="stop (and report) after this long"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the scenario from the command line."""
     logs.configure("warning", "console")
     cfg = QUICK if args.quick else BatchScaleConfig()
-    if args.lines:
-        cfg = BatchScaleConfig(lines=args.lines, before_s=cfg.before_s, timeout_s=cfg.timeout_s)
+    if args.lines or args.timeout_s:
+        cfg = BatchScaleConfig(
+            lines=args.lines or cfg.lines,
+            before_s=cfg.before_s,
+            timeout_s=args.timeout_s or cfg.timeout_s,
+        )
     row = run_batch_scale(cfg, Path(args.out))
     print(Path(args.out, "results.md").read_text())
     return 0 if row.get("final_status") == "completed" else 1

@@ -116,13 +116,23 @@ class BatchPath(_Params):
 
 class FileListQuery(_Params):
     limit: int | None = Field(None, ge=1, le=10_000)
-    after: str | None = Field(None, description="the id of the last file of the previous page")
+    after: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="the id of the last file of the previous page",
+    )
     order: Literal["asc", "desc"] | None = Field(None, description="by created_at; default desc")
 
 
 class BatchListQuery(_Params):
     limit: int | None = Field(None, ge=1, le=100)
-    after: str | None = Field(None, description="the id of the last batch of the previous page")
+    after: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="the id of the last batch of the previous page",
+    )
 
 
 def parse_priority(value: str | None, default: Priority) -> Priority:
