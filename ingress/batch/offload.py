@@ -3,7 +3,8 @@
 Validating a 200 MB file or expanding it into 100,000 queued requests is seconds
 of JSON parsing. In a thread it would still hold the GIL against the event loop
 that serves interactive calls, so it runs in a child process (`spawn`: no state
-forked from a running event loop), started on first use and kept. `inline=True`
+forked from a running event loop) at a lower CPU priority (`NICENESS`), started at
+start-up and kept. `inline=True`
 runs the same functions in a thread instead (tests whose components live in this
 process). A child that dies takes only its job with it: the pool is replaced.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -22,6 +24,15 @@ import structlog
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+
+NICENESS = 10
+"""How much lower the offload process's CPU priority is: when the machine is busy, the
+kernel serves the ingress (interactive calls) first and batch work with what is left."""
+
+
+def _lower_priority() -> None:
+    os.nice(NICENESS)
 
 
 class Offload:
@@ -38,7 +49,9 @@ class Offload:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix=self.name)
             else:
                 context = multiprocessing.get_context("spawn")
-                self._executor = ProcessPoolExecutor(1, mp_context=context)
+                self._executor = ProcessPoolExecutor(
+                    1, mp_context=context, initializer=_lower_priority
+                )
         return self._executor
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
