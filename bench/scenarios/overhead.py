@@ -1,8 +1,11 @@
 """`ptu bench overhead`: what the ingress and the worker cost, against an instant upstream.
 
 1. Added latency of the ingress on the high-priority non-streaming path: the
-   same call alternately straight to the simulator and through the ingress,
-   one at a time, in one run (so both see the same machine load).
+   same call in turn straight to the simulator, through the ingress, and through
+   a second ingress where the caller is a tenant with a tokens-per-minute limit
+   (`PTU_TENANTS`, `PTU_API_KEYS`: every request checked against the limit, every
+   answer recorded in the usage ledger), one at a time, in one run (so all three
+   see the same machine load), each arm first in turn.
 2. Enqueue requests per second one ingress process sustains (`x-priority: low`,
    a fixed number of concurrent clients).
 3. Results per second one worker dispatches: the queue from step 2 drained by a
@@ -58,21 +61,36 @@ def _sim() -> SimulatorOptions:
     return SimulatorOptions(ptus=1000, tbt_ms=0.0, ttft_ms=0.0, window_s=60.0)
 
 
+TENANT_KEY = "bench-tenant-key"
+TENANTS = [{"name": "metered", "tokens_per_minute": 1_000_000_000}]
+"""The limited tenant of the third arm: a limit checked on every request, never reached."""
+
+
+def tenant_env() -> dict[str, str]:
+    """PTU_* settings of the ingress whose caller is a tenant with a per-minute limit."""
+    return {"PTU_TENANTS": json.dumps(TENANTS), "PTU_API_KEYS": json.dumps({TENANT_KEY: "metered"})}
+
+
 async def measure_latency(
-    stack: Stack, pairs: int
-) -> tuple[dict[str, Any], list[float], list[float]]:
-    """Interleaved direct / via-ingress calls; p50 and p99 of each and of the difference."""
+    stack: Stack, pairs: int, tenant_url: str | None = None
+) -> tuple[dict[str, Any], list[float], list[float], list[float]]:
+    """Interleaved direct / via-ingress (/ via the tenant ingress) calls; p50 and p99 of
+    each and of the difference to direct."""
     direct_url = chat_url(stack.sim_url, stack.sim.deployment)
     ingress_url = chat_url(stack.ingress_url, stack.sim.deployment)
     direct: list[float] = []
     via: list[float] = []
+    limited: list[float] = []
     headers_direct = {"api-key": API_KEY, "x-ptu-priority": "high"}
+    arms = [(direct_url, headers_direct, direct), (ingress_url, {"x-priority": "high"}, via)]
+    if tenant_url is not None:
+        url = chat_url(tenant_url, stack.sim.deployment)
+        arms.append((url, {"x-priority": "high", "api-key": TENANT_KEY}, limited))
     async with httpx2.AsyncClient(timeout=30.0) as client:
         for i in range(pairs + 20):
-            for url, headers, sink in (
-                (direct_url, headers_direct, direct),
-                (ingress_url, {"x-priority": "high"}, via),
-            ):
+            # each arm in turn goes first, so none always follows another
+            turn = i % len(arms)
+            for url, headers, sink in arms[turn:] + arms[:turn]:
                 started = time.perf_counter()
                 response = await client.post(url, json=BODY, headers=headers)
                 elapsed = time.perf_counter() - started
@@ -82,7 +100,7 @@ async def measure_latency(
     d50, d99 = percentile(direct, 50), percentile(direct, 99)
     v50, v99 = percentile(via, 50), percentile(via, 99)
     assert d50 is not None and d99 is not None and v50 is not None and v99 is not None
-    row = {
+    row: dict[str, Any] = {
         "calls_each": len(direct),
         "direct_p50_ms": round(d50, 2),
         "direct_p99_ms": round(d99, 2),
@@ -93,7 +111,17 @@ async def measure_latency(
         "ratio_p50": round(v50 / d50, 2),
         "ratio_p99": round(v99 / d99, 2),
     }
-    return row, direct, via
+    t50, t99 = percentile(limited, 50), percentile(limited, 99)
+    if t50 is not None and t99 is not None:
+        row["tenant_p50_ms"] = round(t50, 2)
+        row["tenant_p99_ms"] = round(t99, 2)
+        row["tenant_added_p50_ms"] = round(t50 - d50, 2)
+        row["tenant_added_p99_ms"] = round(t99 - d99, 2)
+        # the tenant limit's cost: its added p50 over the plain ingress's added p50
+        row["tenant_vs_plain_added_p50"] = (
+            round((t50 - d50) / (v50 - d50), 2) if v50 > d50 else None
+        )
+    return row, direct, via, limited
 
 
 async def measure_enqueue(
@@ -165,7 +193,11 @@ def run_overhead(cfg: OverheadConfig, out: Path) -> dict[str, Any]:
         stack.start_redis()
         stack.start_simulator()
         prepare(stack, Policy("overhead", "ingress only", "none", worker_env))
-        latency, direct, via = asyncio.run(measure_latency(stack, cfg.latency_pairs))
+        tenant_url = stack.start_ingress(stack.base_env(**worker_env, **tenant_env()), "tenants")
+        latency, direct, via, limited = asyncio.run(
+            measure_latency(stack, cfg.latency_pairs, tenant_url)
+        )
+        stack.stop("tenants")
         row.update(latency)
         enqueue, ids = asyncio.run(
             measure_enqueue(stack, cfg.enqueue_requests, cfg.enqueue_concurrency)
@@ -177,7 +209,11 @@ def run_overhead(cfg: OverheadConfig, out: Path) -> dict[str, Any]:
         row.update(asyncio.run(measure_dispatch(stack, ids, cfg.worker_timeout_s)))
     _write(row, out)
     report.plot_cdfs(
-        {"direct to the deployment": direct, "through the ingress": via},
+        {
+            "direct to the deployment": direct,
+            "through the ingress": via,
+            "through the ingress, tenant with a limit": limited,
+        },
         out / "latency_cdf.png",
         "high-priority latency ms, instant upstream",
     )
@@ -189,6 +225,11 @@ def _write(row: dict[str, Any], out: Path) -> None:
         "direct_p50_ms", "direct_p99_ms", "ingress_p50_ms", "ingress_p99_ms",
         "added_p50_ms", "added_p99_ms", "ratio_p50", "ratio_p99",
         "enqueue_per_s", "worker_results_per_s",
+    ]  # fmt: skip
+    tenant_keys = [
+        "ingress_p50_ms", "ingress_p99_ms", "added_p50_ms", "added_p99_ms",
+        "tenant_p50_ms", "tenant_p99_ms", "tenant_added_p50_ms", "tenant_added_p99_ms",
+        "tenant_vs_plain_added_p50",
     ]  # fmt: skip
     (out / "results.json").write_text(json.dumps([row], indent=2) + "\n")
     lines = [
@@ -202,6 +243,11 @@ def _write(row: dict[str, Any], out: Path) -> None:
         f"{row.get('enqueue_concurrency')} concurrent clients to one ingress process",
         "- dispatch: one worker draining that queue against the instant upstream, "
         "from its first call to the last result",
+        "",
+        "Tenant limits, side by side in the same latency run: a second ingress whose caller "
+        "is a tenant with a tokens-per-minute limit (checked on every request, never reached):",
+        "",
+        report.markdown_table([row], [k for k in tenant_keys if k in row]),
     ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 

@@ -187,9 +187,13 @@ async def _probe_round(http: httpx2.AsyncClient, fill_tokens: int) -> Probe:
     small = {"messages": [{"role": "user", "content": "probe"}], "max_tokens": 1}
     early_status = None
     if wait_ms >= 50:
+        refused_at = time.monotonic()
         await asyncio.sleep(wait_ms * EARLY_SHARE / 1000.0)
+        sent_at = time.monotonic()
         early = await http.post(PATH, json=small)
-        early_status = early.status_code
+        # a retry that a busy machine sent after `retry-after-ms` is no early retry: not counted
+        if (sent_at - refused_at) * 1000.0 < wait_ms:
+            early_status = early.status_code
         wait_ms = int(early.headers["retry-after-ms"]) if early.status_code == 429 else 0
     await asyncio.sleep(wait_ms / 1000.0)
     on_time = await http.post(PATH, json=small)

@@ -1,6 +1,8 @@
 // Azure resources for ptu-orchestrator beside an existing Azure OpenAI account:
-// Event Hubs (request queue + token events), Azure Cache for Redis (state,
-// replies, estimate, slots), a user-assigned identity with the roles it needs.
+// Event Hubs (request queue + token events), a storage account for the request hubs'
+// checkpoints (PTU_EVENTHUB_CHECKPOINT_STORE=blob, read by KEDA's Event Hubs scaler),
+// Azure Cache for Redis (state, replies, estimate, slots), a user-assigned identity
+// with the roles it needs.
 targetScope = 'resourceGroup'
 
 @description('Name prefix for the new resources.')
@@ -41,6 +43,31 @@ resource tokenEvents 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' = {
   properties: { partitionCount: 2, messageRetentionInDays: 1 }
 }
 
+// Event Hubs checkpoints as blob metadata (PTU_EVENTHUB_CHECKPOINT_CONTAINER)
+resource checkpoints 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: take('${prefix}ckpt${uniqueString(resourceGroup().id)}', 24)
+  location: location
+  kind: 'StorageV2'
+  sku: { name: 'Standard_LRS' }
+  properties: {
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+  }
+}
+
+resource blobs 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: checkpoints
+  name: 'default'
+}
+
+resource checkpointContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobs
+  name: 'ptu-checkpoints'
+  properties: { publicAccess: 'None' }
+}
+
 resource redis 'Microsoft.Cache/redis@2024-03-01' = {
   name: '${prefix}-${uniqueString(resourceGroup().id)}'
   location: location
@@ -55,6 +82,7 @@ var roles = {
   cognitiveServicesOpenAIUser: '5e0bd9bd-7b93-4f28-af87-19fc36ad61bd'
   monitoringReader: '43d0d8ad-25c7-4714-9337-8ba259a9fe05'
   eventHubsDataOwner: 'f526a384-b230-433a-b45c-95f59c4a2dec'
+  storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 }
 
 resource openAiUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
@@ -87,7 +115,18 @@ resource ehOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
+resource checkpointWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: checkpoints
+  name: guid(checkpoints.id, identity.id, roles.storageBlobDataContributor)
+  properties: {
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+  }
+}
+
 output identityClientId string = identity.properties.clientId
 output eventHubNamespace string = '${ehNamespace.name}.servicebus.windows.net'
 output redisHost string = redis.properties.hostName
 output azureResourceId string = openAi.id
+output checkpointBlobUrl string = checkpoints.properties.primaryEndpoints.blob

@@ -1,9 +1,10 @@
 """Batch files: validating input JSONL as Azure does, writing output and error JSONL.
 
 Input line (AZURE_FACTS §6): `{"custom_id", "method": "POST", "url":
-"/v1/chat/completions" | "/chat/completions", "body": {...}}`; `body.model`
-names a deployment of this ingress; `custom_id`s are unique; at most 100,000
-lines. Blank lines are ignored. Every problem is a 400 naming the line.
+"/v1/chat/completions" | "/chat/completions" | "/v1/responses", "body": {...}}`;
+`body.model` names a deployment of this ingress; the body is checked as the url's
+API takes it; `custom_id`s are unique; at most 100,000 lines. Blank lines are
+ignored. Every problem is a 400 naming the line.
 
 Output line: `{"id", "custom_id", "response": {"status_code", "request_id",
 "body"}, "error": null}`; a line that failed, expired or was cancelled goes to
@@ -18,11 +19,11 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, get_args
 
-from ingress.chat.governance import check_chat_body
+from ingress.chat.governance import check_chat_body, check_responses_body
 from ingress.http.body import loads_strict
 from ingress.http.errors import ApiError, bad_request
-from ingress.http.models import BatchEndpoint
-from orchestrator.core.schemas import ResultDocument
+from ingress.http.models import RESPONSES_URL, BatchEndpoint
+from orchestrator.core.schemas import Endpoint, ResultDocument
 
 MAX_LINES = 100_000
 ENDPOINTS: tuple[str, ...] = get_args(BatchEndpoint)
@@ -36,6 +37,7 @@ class BatchLine:
     custom_id: str
     deployment: str
     body: dict[str, Any]
+    endpoint: Endpoint = "chat/completions"
 
 
 def _line_error(number: int, message: str) -> ApiError:
@@ -43,10 +45,15 @@ def _line_error(number: int, message: str) -> ApiError:
 
 
 BODY_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
-    url: check_chat_body for url in ENDPOINTS
+    url: check_responses_body if url == RESPONSES_URL else check_chat_body for url in ENDPOINTS
 }
 """The one place that knows which endpoints a batch line may name, and how its body is
 checked for each (ApiError 400 from the endpoint's own check)."""
+
+
+def line_endpoint(url: object) -> Endpoint:
+    """The API a (validated) line's `url` names."""
+    return "responses" if url == RESPONSES_URL else "chat/completions"
 
 
 def _check_line(number: int, obj: object, deployments: Collection[str]) -> BatchLine:
@@ -69,13 +76,14 @@ def _check_line(number: int, obj: object, deployments: Collection[str]) -> Batch
         raise _line_error(
             number, f"body.model {str(model)[:100]!r} is not a deployment here (known: {known})"
         )
+    endpoint = line_endpoint(obj["url"])
     try:
         check_body(body)
     except ApiError as exc:
         raise _line_error(number, f"body: {exc.message}") from exc
     if body.get("stream") is True:
         raise _line_error(number, "body.stream must not be true in a batch")
-    return BatchLine(number, custom_id, model, body)
+    return BatchLine(number, custom_id, model, body, endpoint)
 
 
 def scan(raw_lines: Iterable[bytes], deployments: Collection[str]) -> Iterator[BatchLine]:

@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ingress.batch.jsonl import line_endpoint
 from ingress.batch.store import line_request_id
 from ingress.chat.governance import govern
 from orchestrator.core.schemas import QueuedRequest
@@ -61,11 +62,13 @@ def line_request(
 ) -> QueuedRequest:
     """The queued request of a validated line (its body governed like any queued call)."""
     body = dict(obj["body"])
-    govern(body, ceiling=ceiling, default=default_max_tokens)
+    endpoint = line_endpoint(obj.get("url"))
+    govern(body, ceiling=ceiling, default=default_max_tokens, endpoint=endpoint)
     return QueuedRequest(
         id=line_request_id(batch_id, index),
         deployment=str(body["model"]),
         body=body,
+        endpoint=endpoint,
         tenant=tenant,
         custom_id=str(obj["custom_id"]),
         reply_key=reply_key,

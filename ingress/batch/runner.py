@@ -118,12 +118,13 @@ class BatchWork:
         call = Call(
             target=target,
             payload=json.dumps(req.body, separators=(",", ":")).encode(),
-            query=self._query,
+            query=self._query if req.endpoint == "chat/completions" else "",
             client_headers=[],
             request_id=req.id,
             prompt_tokens=estimate_prompt_tokens(req.body),
             max_tokens=requested_max_tokens(req.body, 0),
             tenant=req.tenant,
+            endpoint=req.endpoint,
         )
         attempt = 0
         while True:

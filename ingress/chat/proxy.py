@@ -14,6 +14,11 @@ deployment once more. A deployment whose circuit breaker is open is skipped with
 call (reason `circuit_open`); the last deployment of the chain is always called, so
 without spillover the client gets what the PTU answers. Every hop is counted in
 `ptu_ingress_spillover_total{deployment,to,reason}`.
+
+A Responses API call goes to the resource's `/openai/v1/responses` (versionless; the
+deployment is the body's `model`, rewritten to the spillover deployment's name when
+the call moves on); its usage is read from the response's `usage`, for a stream from
+the final `response.completed` event.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from ingress.metrics import IngressMetrics
 from orchestrator.breaker.machine import Outcome
 from orchestrator.breaker.shared import SharedBreaker
 from orchestrator.core.retry import parse_retry_after
-from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
+from orchestrator.core.schemas import PRIORITY_LABEL_HEADER, Endpoint
+from orchestrator.telemetry.base import NOOP_CALL, OFF, LLMCall, Telemetry
 from orchestrator.utilisation.estimate.calibration import header_utilisation
 
 log = structlog.get_logger(__name__)
@@ -70,7 +76,7 @@ _DROP_RESPONSE = frozenset(
 
 @dataclass(slots=True)
 class Call:
-    """One high-priority chat completion on its way upstream."""
+    """One high-priority chat completion (or response) on its way upstream."""
 
     target: Target
     payload: bytes
@@ -83,6 +89,17 @@ class Call:
     strip_usage: bool = False
     tenant: str = "default"
     priority: str = "high"
+    endpoint: Endpoint = "chat/completions"
+    span: LLMCall = NOOP_CALL
+    """The GenAI client span of the call (ended with its outcome in `Proxy.ended`)."""
+
+    def payload_for(self, target: Target) -> bytes:
+        """The body sent to `target`: a response names its deployment in `model`."""
+        if self.endpoint != "responses" or target is self.target:
+            return self.payload
+        body = json.loads(self.payload)
+        body["model"] = target.name
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def forwarded_headers(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
@@ -148,7 +165,9 @@ class Proxy:
         accounting: Accounting | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         timer: Callable[[], float] = time.perf_counter,
+        telemetry: Telemetry = OFF,
     ) -> None:
+        self._telemetry = telemetry
         self._client = client
         self._accounting = accounting
         self._timer = timer
@@ -161,9 +180,11 @@ class Proxy:
         self._auth_raw: dict[int, tuple[dict[str, str], list[tuple[bytes, bytes]]]] = {}
         self._urls: dict[str, httpx2.URL] = {}
 
-    def _url(self, target: Target, query: str) -> httpx2.URL:
+    def _url(
+        self, target: Target, query: str, endpoint: Endpoint = "chat/completions"
+    ) -> httpx2.URL:
         """The parsed upstream URL, cached: parsing costs more than the rest of the call."""
-        key = target.url + query
+        key = (target.responses_url if endpoint == "responses" else target.url) + query
         url = self._urls.get(key)
         if url is None:
             if len(self._urls) >= _URL_CACHE_SIZE:
@@ -188,6 +209,11 @@ class Proxy:
         """The deployment's answer to `call`, streamed when the call streams."""
         headers = forwarded_headers(call.client_headers)
         headers.extend(_FIXED_HEADERS)
+        if self._telemetry.enabled:
+            call.span = self._telemetry.llm_call(
+                call.target.name, request_id=call.request_id, priority=call.priority,
+                tenant=call.tenant, max_tokens=call.max_tokens or None,
+            )  # fmt: skip
         started = self._timer()
         try:
             answer = await self._send_spilling(call, headers)
@@ -206,8 +232,7 @@ class Proxy:
         usage = _usage_of(content) if resp.status_code < 300 else None
         if used.provisioned:
             self.finished(answer.admitted, call, used, usage, resp)
-        if self._accounting is not None:
-            self.ended(call, used, resp.status_code, started, ttfb, usage, _finish_reason(content))
+        self.ended(call, used, resp.status_code, started, ttfb, usage, _finish_reason(content))
         out = Response(content, status_code=resp.status_code)
         out.raw_headers.extend(passed_headers(resp.headers.raw))
         out.raw_headers.extend(answered_by(call, used))
@@ -255,7 +280,8 @@ class Proxy:
         usage: dict[str, Any] | None,
         finish_reason: str | None,
     ) -> None:
-        """Account for a finished call: counters, latency, access log, usage ledger."""
+        """Account for a finished call: its span, counters, latency, access log, usage ledger."""
+        call.span.end(status_code, usage=usage, finish_reason=finish_reason)
         if self._accounting is None:
             return
         self._accounting.finished(
@@ -370,7 +396,10 @@ class Proxy:
         first bytes), so the caller can still spill over.
         """
         request = self._client.build_request(
-            "POST", self._url(target, call.query), content=call.payload, headers=headers
+            "POST",
+            self._url(target, call.query, call.endpoint),
+            content=call.payload_for(target),
+            headers=headers,
         )
         resp: httpx2.Response | None = None
         try:

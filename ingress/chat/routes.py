@@ -1,4 +1,8 @@
-"""The chat completions routes: Azure shape and OpenAI shape, high or low priority."""
+"""The chat completions routes (Azure shape and OpenAI shape) and the Responses API routes.
+
+Both APIs take the same path: high priority is proxied, low priority queued with the
+endpoint it calls (`QueuedRequest.endpoint`), so the worker calls the same API.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from openai.types.chat import ChatCompletion
+from openai.types.responses import Response as ResponseObject
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -25,6 +30,7 @@ from ingress.http.models import (
     ChatHeaders,
     OpenAIChatCompletionRequest,
     QueuedRequestStatus,
+    ResponsesRequest,
     parse_priority,
     parse_ttl,
     validated,
@@ -32,7 +38,7 @@ from ingress.http.models import (
 from ingress.http.openapi import Reply, operation
 from ingress.metrics import IngressMetrics
 from ingress.queued.enqueue import Enqueuer, accepted, new_request_id
-from orchestrator.core.schemas import PRIORITY_HEADER
+from orchestrator.core.schemas import PRIORITY_HEADER, Endpoint
 from orchestrator.core.settings import Settings
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
 
@@ -44,12 +50,20 @@ REPLIES = {
     ),
     202: Reply("queued (low priority): GET the Location for the result", QueuedRequestStatus),
 }
+RESPONSES_REPLIES = {
+    200: Reply(
+        "the deployment's response (JSON, or an SSE stream of events when stream is true)",
+        ResponseObject,
+        also=("text/event-stream",),
+    ),
+    202: REPLIES[202],
+}
 ERRORS = (400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504)
 """The ingress's own errors and those a deployment answers, passed through as sent."""
 
 
 class ChatRoutes:
-    """`POST /openai/deployments/{deployment}/chat/completions` and `POST /v1/chat/completions`."""
+    """`POST …/chat/completions` (Azure and OpenAI shapes) and `POST …/responses`."""
 
     def __init__(
         self,
@@ -103,14 +117,38 @@ class ChatRoutes:
         """OpenAI shape: `model` names the deployment."""
         return await self._chat(request, None, self._default_query)
 
-    async def _chat(self, request: Request, deployment: str | None, query: str) -> Response:
+    @operation(
+        "create a response (Responses API)",
+        RESPONSES_REPLIES,
+        errors=ERRORS,
+        body=ResponsesRequest,
+        query=AzureChatQuery,
+        headers=ChatHeaders,
+    )
+    async def responses(self, request: Request) -> Response:
+        """The Responses API: `model` names the deployment; called on the v1 surface upstream.
+
+        Any `api-version` is the client's own (Azure's older `/openai/responses`): the
+        resource's v1 Responses API takes none.
+        """
+        return await self._chat(request, None, "", "responses")
+
+    async def _chat(
+        self,
+        request: Request,
+        deployment: str | None,
+        query: str,
+        endpoint: Endpoint = "chat/completions",
+    ) -> Response:
         headers = request.headers
         tenant = self._auth.tenant(headers)
         priority = parse_priority(headers.get(PRIORITY_HEADER), self._default_priority)
         self._metrics.request(priority)
         raw = await read_body(request, self._max_body)
         body = parse_object(raw)
-        if deployment is None:
+        if endpoint == "responses":
+            deployment = validated(ResponsesRequest, body).model
+        elif deployment is None:
             deployment = validated(OpenAIChatCompletionRequest, body).model
         else:
             validated(ChatCompletionRequest, body)
@@ -120,12 +158,16 @@ class ChatRoutes:
         await self._limits.admit(tenant, target.name, priority, request_id, body)
         ceiling = self._limits.ceiling(tenant, self._ceiling)
         if priority == "low":
-            return await self._enqueue(request, tenant, target, body, stream, ceiling, request_id)
+            return await self._enqueue(
+                request, tenant, target, body, stream, ceiling, request_id, endpoint
+            )
         changed = False
         strip_usage = False
         if not stream:
-            changed = govern(body, ceiling=ceiling, default=self._default_max_tokens)
-        elif target.provisioned or target.spillover:
+            changed = govern(
+                body, ceiling=ceiling, default=self._default_max_tokens, endpoint=endpoint
+            )
+        elif endpoint == "chat/completions" and (target.provisioned or target.spillover):
             strip_usage = not _wants_usage(body)
             if strip_usage:
                 options = body.get("stream_options") or {}
@@ -143,6 +185,7 @@ class ChatRoutes:
             stream=stream,
             strip_usage=strip_usage,
             tenant=tenant,
+            endpoint=endpoint,
         )
         return await self._proxy.forward(call)
 
@@ -155,6 +198,7 @@ class ChatRoutes:
         stream: bool,
         ceiling: int,
         request_id: str,
+        endpoint: Endpoint,
     ) -> Response:
         if stream:
             raise bad_request(
@@ -168,11 +212,12 @@ class ChatRoutes:
                 "provisioned (PTU) deployments only",
                 code="not_provisioned",
             )
-        govern(body, ceiling=ceiling, default=self._default_max_tokens)
+        govern(body, ceiling=ceiling, default=self._default_max_tokens, endpoint=endpoint)
         headers = request.headers
         req = self._enqueuer.build(
             target.name,
             body,
+            endpoint=endpoint,
             tenant=tenant,
             request_id=request_id,
             reply_key_header=headers.get("x-reply-key"),

@@ -5,6 +5,10 @@ The ingress asks the deployment for `stream_options.include_usage` so the
 it, the extra chunk (`choices: []` with a `usage` object) is dropped from what
 the client sees; everything else, including Azure's empty first chunk with
 `prompt_filter_results`, is forwarded unchanged, event by event.
+
+A Responses API stream needs no option: its final event (`response.completed`, or
+`response.incomplete` / `response.failed`) carries the whole response with its
+`usage`, which is read there and forwarded like every other event.
 """
 
 from __future__ import annotations
@@ -64,6 +68,9 @@ class SSEFilter:
         if not isinstance(usage, dict):
             if obj.get("choices"):
                 self.content_events += 1
+            response = obj.get("response")  # a Responses API event
+            if isinstance(response, dict) and isinstance(response.get("usage"), dict):
+                self.usage = response["usage"]
             return True
         self.usage = usage
         return not (self.strip_usage and not obj.get("choices"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.cookiejar
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from ingress.http.errors import ApiError
 from orchestrator.core.settings import Settings
 
 CHAT_PATH = "/openai/deployments/{name}/chat/completions"
+RESPONSES_PATH = "/openai/v1/responses"
+"""The Responses API of a resource: the v1 surface, versionless, the deployment in `model`."""
 LOCAL_ENDPOINT = "http://127.0.0.1:8081"
 
 
@@ -21,7 +24,8 @@ class Target:
     """A deployment's chat completions URL, how to treat its calls, and where to spill over.
 
     `spillover` is the ordered chain tried when this deployment fails; `auth` the
-    credential of the deployment's resource (None: the proxy's default credential).
+    credential of the deployment's resource (None: the proxy's default credential);
+    `responses_url` its resource's Responses API.
     """
 
     name: str
@@ -29,6 +33,7 @@ class Target:
     provisioned: bool
     spillover: tuple[Target, ...] = ()
     auth: UpstreamAuth | None = None
+    responses_url: str = LOCAL_ENDPOINT + RESPONSES_PATH
 
 
 def targets(
@@ -43,15 +48,12 @@ def targets(
     for d in settings.deployments:
         endpoint = (settings.endpoint_of(d) or LOCAL_ENDPOINT).rstrip("/")
         url = endpoint + CHAT_PATH.format(name=d.name)
-        plain[d.name] = Target(d.name, url, d.kind == "provisioned", (), auths.get(d.name))
+        plain[d.name] = Target(
+            d.name, url, d.kind == "provisioned", (), auths.get(d.name),
+            responses_url=endpoint + RESPONSES_PATH,
+        )  # fmt: skip
     return {
-        d.name: Target(
-            d.name,
-            plain[d.name].url,
-            plain[d.name].provisioned,
-            tuple(plain[s] for s in d.spillover),
-            plain[d.name].auth,
-        )
+        d.name: dataclasses.replace(plain[d.name], spillover=tuple(plain[s] for s in d.spillover))
         for d in settings.deployments
     }
 

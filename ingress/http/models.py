@@ -4,9 +4,10 @@ These models are the one definition of what a route accepts and returns: the
 handlers validate with them and `/openapi.json` is generated from them
 (`ingress.http.openapi`), so the document cannot drift from the checks. OpenAI's
 own objects come from the `openai` SDK (`Batch`, `FileObject`, `FileDeleted`,
-`ChatCompletion`); where the ingress accepts more or less than the SDK's types
-say (a message is any object with a string `role`; a batch runs chat completions
-only), the model here says what the code really does.
+`ChatCompletion`, `Response`); where the ingress accepts more or less than the SDK's
+types say (a message is any object with a string `role`; a batch runs chat completions
+and responses only; no background responses), the model here says what the code
+really does.
 
 Request bodies are strict (no `"1"` for 1, no `1.0` for `max_tokens`) and keep
 unknown fields: everything the ingress does not check is passed to the
@@ -41,8 +42,10 @@ MAX_WAIT_S = 60.0
 REPLY_KEY_PATTERN = r"^ptu:reply:[!-z|~]+:[!-z|~]+$"
 """Printable ASCII without spaces or braces: a brace would move the key to another Redis
 Cluster slot than `keys.reply_pushed` computes for it."""
-BatchEndpoint = Literal["/v1/chat/completions", "/chat/completions"]
+BatchEndpoint = Literal["/v1/chat/completions", "/chat/completions", "/v1/responses"]
 """What a batch line may call (its `url`) and a batch names as its `endpoint`."""
+RESPONSES_URL = "/v1/responses"
+"""The batch `url` of a Responses API line; every other batch url is chat completions."""
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -228,6 +231,22 @@ class OpenAIChatCompletionRequest(ChatCompletionRequest):
     """A chat completions body, OpenAI shape: `model` names the deployment."""
 
     model: DeploymentName
+
+
+class ResponsesRequest(_Body):
+    """A Responses API body: `model` names the deployment; the rest passes as sent."""
+
+    model: DeploymentName
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    max_output_tokens: PositiveInt | None = None
+    background: Literal[False] | None = Field(
+        None,
+        description="background responses are not served here: a low-priority request is "
+        "queued instead (x-priority: low) and its result read from GET /v1/requests/{id}",
+    )
 
 
 class BatchCreateRequest(BaseModel):

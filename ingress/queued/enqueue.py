@@ -31,8 +31,9 @@ from ingress.metrics import IngressMetrics
 from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.results import ResultStore
-from orchestrator.core.schemas import QueuedRequest
+from orchestrator.core.schemas import Endpoint, QueuedRequest
 from orchestrator.queues.base import Queue
+from orchestrator.telemetry.base import OFF, Telemetry
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +66,9 @@ class Enqueuer:
         *,
         clock: Callable[[], float] = time.time,
         ids: Callable[[], str] = new_request_id,
+        telemetry: Telemetry = OFF,
     ) -> None:
+        self._telemetry = telemetry
         self._results = results
         self._queues = queues
         self._metrics = metrics
@@ -88,6 +91,7 @@ class Enqueuer:
         custom_id: str | None = None,
         batch_id: str | None = None,
         request_id: str | None = None,
+        endpoint: Endpoint = "chat/completions",
     ) -> QueuedRequest:
         """A QueuedRequest stamped now, with its deadline and reply key.
 
@@ -100,6 +104,7 @@ class Enqueuer:
             id=rid,
             deployment=deployment,
             body=body,
+            endpoint=endpoint,
             tenant=tenant,
             custom_id=custom_id,
             reply_key=reply_key or reply_key_for(reply_key_header, tenant, rid),
@@ -117,7 +122,8 @@ class Enqueuer:
             self._metrics.enqueue_failed(req.deployment)
             raise unavailable(f"record: {exc}") from exc
         try:
-            await queue.put(req)
+            with self._telemetry.producing(req):  # carries the trace in the message
+                await queue.put(req)
         except (QueueUnavailable, RedisError) as exc:
             self._metrics.enqueue_failed(req.deployment)
             await self._forget(req.id)

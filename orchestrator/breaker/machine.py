@@ -86,10 +86,9 @@ class Breaker:
 
     def allow(self, now: float) -> Verdict:
         """May a call start now? `probe`: yes, as the one half-open trial call."""
+        self.advance(now)
         if self.state == "open":
-            if now < self.open_until:
-                return "reject"
-            self.state, self.probing_since = "half_open", None
+            return "reject"
         if self.state == "half_open":
             since = self.probing_since
             if since is not None and now - since < self.config.probe_timeout_s:
@@ -97,6 +96,18 @@ class Breaker:
             self.probing_since = now
             return "probe"
         return "call"
+
+    def advance(self, now: float) -> bool:
+        """Open becomes half-open once the open time is over; True when it just did.
+
+        Every reader of `state` advances first: a process that only looks at the
+        state (a worker lane deciding whether to take a message) would otherwise see
+        `open` forever once the open time passed, and never send the probe.
+        """
+        if self.state == "open" and now >= self.open_until:
+            self.state, self.probing_since = "half_open", None
+            return True
+        return False
 
     def open_left(self, now: float) -> float:
         """Seconds until the circuit may be probed (0 when closed or half-open)."""
@@ -147,6 +158,7 @@ class Breaker:
                 self.state, self.probing_since = "half_open", None
             elif self.state == "open":
                 self.open_until = min(self.open_until, now)
+                self.advance(now)
         elif epoch > self.epoch and self.state != "closed":
             self._close()
         self.epoch = max(self.epoch, epoch)

@@ -131,7 +131,11 @@ class SharedBreaker:
 
     @property
     def state(self) -> State:
-        """The local copy's state (as of the last sync)."""
+        """The local copy's state (as of the last sync; an open time that is over reads
+        as half-open)."""
+        before = self.machine.state
+        if self.machine.advance(self._clock()):
+            self._changed(before)
         return self.machine.state
 
     async def allow(self) -> Verdict:
@@ -185,6 +189,7 @@ class SharedBreaker:
         state, left, epoch, reason, _trips = _decode(reply)
         before = self.machine.state
         self.machine.adopt(self._clock(), state, left, epoch)
+        self.machine.advance(self._clock())
         if state == "open" and reason:
             self.machine.reason = reason
         if self.machine.state != before:

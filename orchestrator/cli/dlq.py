@@ -9,7 +9,7 @@ import sys
 
 import redis.asyncio as aioredis
 
-from orchestrator.core import startup
+from orchestrator.core import redis_client, startup
 from orchestrator.core.errors import ConfigError, PTUError
 from orchestrator.core.results import ResultStore
 from orchestrator.core.settings import Settings
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings, names: list[str]) -> int:
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
+    redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
     try:
         await startup.check_redis(redis, settings.redis_url)
         found = 0

@@ -16,13 +16,17 @@ from typing import Protocol
 
 from orchestrator.core.errors import ConfigError, MissingDependencyError, PTUError
 from orchestrator.core.settings import Settings, load_settings
+from orchestrator.core.variables import variables_read_by
 
 VERBS: dict[str, tuple[str, str]] = {
     "simulator": ("simulator.cli", "run the Azure OpenAI PTU simulator"),
     "ingress": ("ingress.main", "run the HTTP gateway"),
     "worker": ("orchestrator.worker.main", "run the long-lived low-priority consumer"),
     "estimator": ("orchestrator.estimator.main", "fold token events into the utilisation estimate"),
+    "up": ("bench.up", "start the local stack in the foreground; Ctrl-C stops it"),
     "submit": ("orchestrator.cli.submit", "submit a Batch JSONL file through the ingress"),
+    "result": ("orchestrator.cli.result", "print a queued request's result document"),
+    "batches": ("orchestrator.cli.batches", "list, show or cancel the ingress's batches"),
     "status": ("orchestrator.cli.status", "live view of utilisation, concurrency and queues"),
     "usage": ("orchestrator.cli.usage", "token usage per tenant or deployment over a period"),
     "dlq": ("orchestrator.cli.dlq", "list, show, replay or purge dead-lettered requests"),
@@ -30,6 +34,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "bench": ("bench.cli", "run a benchmark scenario"),
 }
 NO_SETTINGS = {"simulator", "demo", "bench"}
+PASSES_ENVIRONMENT = {"up"}
+"""Verbs that hand every `PTU_*` variable on to the processes they start."""
 
 
 class VerbModule(Protocol):
@@ -48,6 +54,23 @@ def version() -> str:
         return metadata.version("ptu-orchestrator")
     except metadata.PackageNotFoundError:  # running from a source tree that is not installed
         return "unknown"
+
+
+def environment_help(verb: str) -> str:
+    """The help's closing paragraph: the `PTU_*` variables the verb reads, from the settings."""
+    names = variables_read_by(verb)
+    if not names:
+        return "environment: reads no PTU_* variable"
+    lines, line = ["environment (PTU_* variables read; see the README's Configuration):"], " "
+    for name in names:
+        if len(line) + len(name) + 1 > 78:
+            lines.append(line)
+            line = " "
+        line += f" {name}"
+    lines.append(line)
+    if verb in PASSES_ENVIRONMENT:
+        lines.append("and every PTU_* variable is passed on to the processes it starts")
+    return "\n".join(lines)
 
 
 def _top_help() -> str:
@@ -83,7 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             raise
         return 1
-    parser = argparse.ArgumentParser(prog=f"ptu {verb}", description=text)
+    parser = argparse.ArgumentParser(
+        prog=f"ptu {verb}",
+        description=text,
+        epilog=environment_help(verb),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:

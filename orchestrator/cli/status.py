@@ -6,9 +6,11 @@ curve, the global in-flight count from the slot table, the queue depth from the
 queue backend, and throughput and results from the workers' heartbeats
 (`keys.WORKERS`; heartbeats older than their `ttl_s` are ignored). Result counts,
 the circuit breaker and the dead-letter depth are read from Redis, so they survive
-worker restarts. "In flight"
-counts leased slots: a worker leases a slot before it waits for a message, so an
-idle lane shows one. With the calibrated estimate, the view also shows what the
+worker restarts. The work columns do not overlap (see `LEGEND`): a worker leases
+a slot before it waits for a message, so an idle lane holds one without any work,
+shown as "waiting", not "in flight"; and the queue's depth counts messages taken
+but not yet acknowledged, so "queued" is the depth less the requests in flight.
+With the calibrated estimate, the view also shows what the
 reading is made of: the token-event model, the deployment's newest utilisation
 header, the correction learnt from the deployment's signals (with its age, and the
 time left of a 429's pause) and the unseen share (load the model cannot see: other
@@ -54,6 +56,25 @@ class WorkerSummary:
     completed: int = 0
     failed: int = 0
     expired: int = 0
+    waiting: int = 0
+    """Lanes holding a slot while they wait for a message."""
+    requests: int = 0
+    """Requests taken off the queue and not finished (calling, or waiting to retry)."""
+
+
+LEGEND = "\n".join(
+    (
+        "in flight: requests taken off the queue and not finished (calling, or waiting to retry)",
+        "waiting:   worker lanes holding a slot while they wait for a message (ready, no work)",
+        "queued:    requests no worker has taken yet",
+        "limit:     low-priority calls the throttle allows now / at most",
+    )
+)
+
+
+def queued(depth: int | None, in_flight: int) -> int | None:
+    """Requests still waiting in the queue: its depth less those workers hold (never < 0)."""
+    return None if depth is None else max(0, depth - in_flight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +99,18 @@ class Row:
     """Model, observed value and correction behind `utilisation` (calibrated estimate)."""
 
 
+_BEAT_FIELDS = {
+    "in_flight": "in_flight",
+    "throughput_per_s": "throughput_per_s",
+    "completed": "completed",
+    "failed": "failed",
+    "expired": "expired",
+    "waiting": "waiting",
+    "requests": "requests_in_flight",
+}
+"""`WorkerSummary` field -> the heartbeat lane's key it sums."""
+
+
 def summarise(heartbeats: Sequence[Mapping[str, Any]], now: float) -> dict[str, WorkerSummary]:
     """Fold fresh heartbeats into per-deployment sums (stale ones are dead workers)."""
     sums: dict[str, dict[str, float]] = {}
@@ -88,8 +121,8 @@ def summarise(heartbeats: Sequence[Mapping[str, Any]], now: float) -> dict[str, 
         for name, lane in (beat.get("deployments") or {}).items():
             acc = sums.setdefault(name, dict.fromkeys(WorkerSummary.__slots__, 0.0))
             acc["workers"] += 1
-            for field in ("in_flight", "throughput_per_s", "completed", "failed", "expired"):
-                value = lane.get(field)
+            for field, key in _BEAT_FIELDS.items():
+                value = lane.get(key)
                 acc[field] += value if isinstance(value, int | float) else 0
     return {
         name: WorkerSummary(
@@ -99,6 +132,8 @@ def summarise(heartbeats: Sequence[Mapping[str, Any]], now: float) -> dict[str, 
             completed=int(a["completed"]),
             failed=int(a["failed"]),
             expired=int(a["expired"]),
+            waiting=int(a["waiting"]),
+            requests=int(a["requests"]),
         )
         for name, a in sums.items()
     }
@@ -182,11 +217,16 @@ def loss_line(marker: incarnation.Marker | None) -> str | None:
 
 def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None = None) -> Table:
     """The rich table of a snapshot (with the data-loss line as its caption, if any)."""
-    table = Table(title=f"ptu status (utilisation source: {source})", caption=loss_line(marker))
+    loss = loss_line(marker)
+    table = Table(
+        title=f"ptu status (utilisation source: {source})",
+        caption=LEGEND if loss is None else f"{loss}\n{LEGEND}",
+        caption_justify="left",
+    )
     for header in (
         "deployment", "utilisation", "age", "model", "observed", "correction", "unseen",
-        "limit", "in flight", "queued", "workers", "results/s", "completed", "failed", "expired",
-        "circuit", "dead letters",
+        "limit", "in flight", "waiting", "queued", "workers", "results/s", "completed", "failed",
+        "expired", "circuit", "dead letters",
     ):  # fmt: skip
         table.add_column(header, justify="left" if header == "deployment" else "right")
     for r in rows:
@@ -202,8 +242,9 @@ def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None =
             _num(r.reading_age_s, "{:.1f}s"),
             *calibration_cells(r.calibration),
             f"{r.limit}/{r.max_concurrency}",
-            _num(r.global_in_flight),
-            _num(r.queue_depth),
+            str(w.requests),
+            str(w.waiting),
+            _num(queued(r.queue_depth, w.requests)),
             str(w.workers),
             f"{w.throughput_per_s:.1f}",
             str(total.get("completed", w.completed)),

@@ -16,15 +16,20 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import openai
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from orchestrator.cli import ingress_client
+from orchestrator.cli.ingress_client import message as _message
 from orchestrator.core.settings import Settings
 
 TERMINAL = ("completed", "failed", "cancelled", "expired")
+BatchEndpoint = Literal["/v1/chat/completions", "/v1/responses"]
+CHAT: BatchEndpoint = "/v1/chat/completions"
+RESPONSES: BatchEndpoint = "/v1/responses"
 
 
 class SubmitError(Exception):
@@ -47,8 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="results JSONL (default: FILE with .results.jsonl)"
     )
-    parser.add_argument("--url", default="http://127.0.0.1:8080", help="ingress base URL")
-    parser.add_argument("--api-key", default=None, help="ingress API key (when it has keys)")
+    ingress_client.add_arguments(parser)
     parser.add_argument("--poll-s", type=float, default=1.0, help="seconds between polls")
 
 
@@ -75,6 +79,15 @@ def custom_ids(path: Path) -> list[str]:
     if not ids:
         raise SubmitError(f"{path}: no requests in the file")
     return ids
+
+
+def batch_endpoint(path: Path) -> BatchEndpoint:
+    """The batch's `endpoint`: `/v1/responses` when the first line calls it, else chat."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            obj = json.loads(line)
+            return RESPONSES if isinstance(obj, dict) and obj.get("url") == RESPONSES else CHAT
+    return CHAT
 
 
 def _lines(content: str) -> list[dict[str, Any]]:
@@ -155,7 +168,7 @@ def submit(
         uploaded = client.files.create(file=(path.name, path.read_bytes()), purpose="batch")
         batch = client.batches.create(
             input_file_id=uploaded.id,
-            endpoint="/v1/chat/completions",
+            endpoint=batch_endpoint(path),
             completion_window="24h",
             extra_headers={"x-priority": priority},
         )
@@ -180,21 +193,12 @@ def submit(
     return 0 if batch.status == "completed" and failed == 0 else 1
 
 
-def _message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-    return str(exc.message)
-
-
 def run(args: argparse.Namespace, settings: Settings | None) -> int:
-    """The verb: builds an SDK client for `--url` and submits the file."""
+    """The verb: builds an SDK client for `--url` (or `PTU_INGRESS_URL`) and submits the file."""
+    assert settings is not None
     out = args.out or args.file.with_suffix(".results.jsonl")
-    client = openai.OpenAI(
-        base_url=args.url.rstrip("/") + "/v1", api_key=args.api_key or "unused", max_retries=2
-    )
+    url = ingress_client.base_url(args, settings)
+    client = ingress_client.connect(args, settings, max_retries=2)
     console = Console(stderr=True)
     try:
         return submit(
@@ -204,7 +208,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         print(f"ptu submit: {exc}", file=sys.stderr)
         return exc.status
     except openai.APIConnectionError:
-        print(f"ptu submit: cannot reach the ingress at {args.url}", file=sys.stderr)
+        print(f"ptu submit: cannot reach the ingress at {url}", file=sys.stderr)
         return 1
     except openai.APIStatusError as exc:
         print(

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from orchestrator.core import redis_client
 from orchestrator.core.errors import PTUError
 from orchestrator.core.settings import Settings
 from orchestrator.tenants.config import Tenancy
@@ -197,7 +196,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     period = period_of(parse_time(args.since, now), parse_time(args.until, now))
 
     async def main() -> list[UsageRow]:
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
         try:
             ledger = UsageLedger(redis, Tenancy(settings.tenants, settings.api_keys))
             return await ledger.rows(period.start, period.end)

@@ -24,7 +24,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import (
+    ConnectionError,
+    CrossSlotTransactionError,
+    InvalidPipelineStack,
+    RedisClusterException,
+    TimeoutError,
+)
 
 RETRIES = 8
 RETRY_BASE_S = 0.05
@@ -41,6 +47,24 @@ def retry_policy() -> Retry:
         RETRIES,
         supported_errors=(ConnectionError, TimeoutError, OSError),  # type: ignore[arg-type]
     )
+
+
+class ClusterClient(RedisCluster):
+    """`RedisCluster` whose unreachable cluster is a `ConnectionError` like a single server's.
+
+    redis-py raises `RedisClusterException`, which is no `RedisError`, when no node
+    answers or the slots are not covered: every `except RedisError` in the project (a
+    503 `queue_unavailable`, a paused throttle, a warning) would miss it and the caller
+    would see a 500. Misuse (a cross-slot transaction, a bad pipeline) stays as it is.
+    """
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except (CrossSlotTransactionError, InvalidPipelineStack):
+            raise
+        except RedisClusterException as exc:
+            raise ConnectionError(f"Redis Cluster unavailable: {exc}") from exc
 
 
 def connect(
@@ -61,7 +85,7 @@ def connect(
         "health_check_interval": 30,
     }
     if cluster:
-        client = RedisCluster.from_url(url, max_connections=max_connections or 1024, **options)
+        client = ClusterClient.from_url(url, max_connections=max_connections or 1024, **options)
         # same command surface; see the module docstring
         return cast(aioredis.Redis, client)
     if max_connections is not None:

@@ -14,6 +14,9 @@ Priority = Literal["high", "low"]
 PRIORITIES: tuple[Priority, ...] = get_args(Priority)
 PRIORITY_HEADER = "x-priority"
 """The client's request header that chooses the priority (DESIGN.md §5)."""
+Endpoint = Literal["chat/completions", "responses"]
+"""Which API of the deployment a request calls: chat completions or the Responses API."""
+ENDPOINTS: tuple[Endpoint, ...] = get_args(Endpoint)
 PRIORITY_LABEL_HEADER = "x-ptu-priority"
 """The label a caller puts on its calls to the deployment so the simulator counts them
 apart (`/sim/state` per priority); never read by the ingress and never a routing decision."""
@@ -43,11 +46,13 @@ def json_depth(value: Any) -> int:
 
 
 class QueuedRequest(BaseModel):
-    """A low-priority chat completion waiting for idle PTU capacity."""
+    """A low-priority request (chat completion or response) waiting for idle PTU capacity."""
 
     id: str
     deployment: str
     body: dict[str, Any]
+    endpoint: Endpoint = Field(default="chat/completions", exclude_if=lambda v: v == ENDPOINTS[0])
+    """The API the worker calls with `body` (absent from the message: chat completions)."""
     tenant: str = "default"
     custom_id: str | None = None
     reply_key: str
@@ -56,6 +61,9 @@ class QueuedRequest(BaseModel):
     batch_id: str | None = None
     replay_of: str | None = None
     """Id of the dead-lettered request this one replays (`ptu dlq replay`)."""
+    traceparent: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    """W3C trace context of the ingress's enqueue span, so the worker continues its trace
+    (`orchestrator.telemetry`); absent while tracing is off."""
 
 
 class ResultDocument(BaseModel):

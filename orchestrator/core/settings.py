@@ -187,7 +187,7 @@ class Settings(BaseSettings):
     estimate_max_age_s: float = Field(default=5.0, gt=0)
     monitor_max_age_s: float = Field(default=300.0, gt=0)
     slot_lease_s: float = Field(
-        default=6.0, gt=0, description="a crashed worker's slots are free after this"
+        default=2.0, gt=0, description="a crashed worker's slots are free after this"
     )
     # upstream
     azure_openai_endpoint: str | None = None
@@ -215,6 +215,16 @@ class Settings(BaseSettings):
     eventhub_name: str = "ptu-requests"
     eventhub_consumer_group: str = "$Default"
     eventhub_token_events_name: str = "ptu-token-events"
+    eventhub_checkpoint_store: Literal["redis", "blob"] = Field(
+        default="redis", description="where the request hubs' checkpoints live"
+    )
+    eventhub_checkpoint_blob_url: str | None = Field(
+        default=None, description="blob store: https://<account>.blob.core.windows.net"
+    )
+    eventhub_checkpoint_container: str = "ptu-checkpoints"
+    eventhub_checkpoint_connection_string: SecretStr | None = Field(
+        default=None, description="blob store with a key (or Azurite) instead of Entra ID"
+    )
     # ingress
     api_keys: dict[str, str] = Field(
         default_factory=dict, description="api key (or sha256:<hex> of it) -> tenant"
@@ -242,10 +252,38 @@ class Settings(BaseSettings):
     breaker_window_s: float = Field(default=30.0, gt=0)
     breaker_open_s: float = Field(default=10.0, gt=0)
     breaker_max_open_s: float = Field(default=300.0, gt=0)
+    # client verbs (`ptu submit`, `ptu result`, `ptu batches`) and `ptu up`
+    ingress_url: str = Field(
+        default="http://127.0.0.1:8080", description="where the client verbs reach the ingress"
+    )
+    ingress_api_key: SecretStr | None = Field(
+        default=None, description="the key the client verbs present (when it has PTU_API_KEYS)"
+    )
     # observability
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "console"] = "json"
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console when stderr is a terminal, else json"
+    )
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # OpenTelemetry (see orchestrator.telemetry): the standard variables, read here to
+    # decide whether to export at all; the SDK reads the others (headers, protocol, ...)
+    otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
+    otel_traces_exporter: str | None = Field(default=None, validation_alias="OTEL_TRACES_EXPORTER")
+    otel_metrics_exporter: str | None = Field(
+        default=None, validation_alias="OTEL_METRICS_EXPORTER"
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    otel_exporter_otlp_metrics_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+    )
+    applicationinsights_connection_string: SecretStr | None = Field(
+        default=None, validation_alias="APPLICATIONINSIGHTS_CONNECTION_STRING"
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -256,6 +294,14 @@ class Settings(BaseSettings):
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
         return check_endpoint(value)
+
+    @field_validator("ingress_url")
+    @classmethod
+    def _ingress_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ValueError(f"{value!r} is not a base URL: give http://HOST:PORT")
+        return value.strip().rstrip("/")
 
     @classmethod
     def settings_customise_sources(
@@ -284,6 +330,16 @@ class Settings(BaseSettings):
             for spill in d.spillover:
                 if spill not in names:
                     raise _invalid("deployments", f"spillover {spill!r} is not a deployment")
+        if (
+            self.eventhub_checkpoint_store == "blob"
+            and self.eventhub_checkpoint_blob_url is None
+            and self.eventhub_checkpoint_connection_string is None
+        ):
+            raise _invalid(
+                "eventhub_checkpoint_blob_url",
+                "required (or PTU_EVENTHUB_CHECKPOINT_CONNECTION_STRING) when "
+                "PTU_EVENTHUB_CHECKPOINT_STORE=blob",
+            )
         problem = check_tenants(self.tenants, self.api_keys)
         if problem is not None:
             field, _, message = problem.partition(": ")
@@ -331,7 +387,8 @@ class Settings(BaseSettings):
 def _variable(loc: tuple[int | str, ...]) -> str:
     if not loc:
         return "PTU_*"
-    head = f"PTU_{str(loc[0]).upper()}"
+    first = str(loc[0])
+    head = first if first.isupper() else f"PTU_{first.upper()}"  # an alias: OTEL_*
     rest = ".".join(str(p) for p in loc[1:])
     return f"{head} [{rest}]" if rest else head
 

@@ -1,4 +1,4 @@
-"""Token counts of a chat request before it is sent, for the `admit` token event.
+"""Token counts of a request before it is sent, for the `admit` token event.
 
 The estimate is deliberately simple and the same accounting the simulator
 charges (`simulator/openai/tokens.py`): about four characters of text per token
@@ -9,6 +9,14 @@ their JSON text, and so are tool and function definitions. The `complete` event 
 service's actual usage, so the estimate only has to be close for the short
 time a call is in flight. `usage_counts` reads that usage, the same way for the
 worker's calls and the ingress's proxied ones.
+
+One estimate serves both APIs: a chat completions body's `messages`, and a Responses
+API body's `input` (a string, or a list of items: messages count like chat messages,
+other items such as function call outputs by their JSON text) and `instructions`
+(counted as one system message). `max_output_tokens` is the Responses API's
+`max_tokens`; its `usage` says `input_tokens` / `output_tokens` /
+`input_tokens_details.cached_tokens` where chat says `prompt_tokens` /
+`completion_tokens` / `prompt_tokens_details.cached_tokens`.
 """
 
 from __future__ import annotations
@@ -23,6 +31,10 @@ TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3
 IMAGE_PART_TOKENS = 85
+TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+IMAGE_PARTS = frozenset({"image_url", "input_image"})
+LIMIT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+"""Where a request states its completion budget (chat: the first two; Responses: the last)."""
 
 
 def text_tokens(text: str) -> int:
@@ -38,9 +50,10 @@ def _content_tokens(content: object) -> int:
     if isinstance(content, list):
         total = 0
         for part in content:
-            if isinstance(part, Mapping) and part.get("type") == "text":
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if kind in TEXT_PARTS:
                 total += text_tokens(str(part.get("text", "")))
-            elif isinstance(part, Mapping) and part.get("type") == "image_url":
+            elif kind in IMAGE_PARTS:
                 total += IMAGE_PART_TOKENS
             else:
                 total += text_tokens(json.dumps(part))
@@ -48,30 +61,44 @@ def _content_tokens(content: object) -> int:
     return text_tokens(json.dumps(content, separators=(",", ":")))
 
 
+def _message_tokens(message: Mapping[str, Any]) -> int:
+    total = TOKENS_PER_MESSAGE + _content_tokens(message.get("content"))
+    if "name" in message:
+        total += TOKENS_PER_NAME
+    if message.get("tool_calls"):
+        total += text_tokens(json.dumps(message["tool_calls"]))
+    return total
+
+
+def _items_tokens(items: object) -> int:
+    """Chat `messages`, or Responses `input` / `instructions` (a string or a list of items)."""
+    if isinstance(items, str):
+        return TOKENS_PER_MESSAGE + text_tokens(items)
+    if not isinstance(items, list):
+        return 0
+    total = 0
+    for item in items:
+        if isinstance(item, Mapping) and "role" in item:
+            total += _message_tokens(item)
+        else:  # a function call output, a reasoning item, a reference: its JSON text
+            total += TOKENS_PER_MESSAGE + text_tokens(json.dumps(item, separators=(",", ":")))
+    return total
+
+
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
-    """Estimated prompt tokens of a chat completions request body."""
+    """Estimated prompt tokens of a chat completions or Responses API request body."""
     total = REPLY_PRIMING_TOKENS
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            total += TOKENS_PER_MESSAGE
-            if not isinstance(message, Mapping):
-                total += text_tokens(json.dumps(message))
-                continue
-            total += _content_tokens(message.get("content"))
-            if "name" in message:
-                total += TOKENS_PER_NAME
-            if message.get("tool_calls"):
-                total += text_tokens(json.dumps(message["tool_calls"]))
-    for key in ("tools", "functions", "response_format"):
+    for key in ("messages", "instructions", "input"):
+        total += _items_tokens(body.get(key))
+    for key in ("tools", "functions", "response_format", "text"):
         if key in body:
             total += text_tokens(json.dumps(body[key], separators=(",", ":")))
     return total
 
 
 def requested_max_tokens(body: Mapping[str, Any], default: int) -> int:
-    """The completion budget the request asks for (`max_completion_tokens` wins), else default."""
-    for key in ("max_completion_tokens", "max_tokens"):
+    """The completion budget the request asks for (`max_completion_tokens` first), else default."""
+    for key in LIMIT_FIELDS:
         value = _count(body.get(key))
         if value:
             return value
@@ -87,14 +114,17 @@ class UsageCounts(NamedTuple):
 
 
 def usage_counts(usage: Mapping[str, Any] | None) -> UsageCounts:
-    """(prompt, completion, cached) tokens of an OpenAI `usage` object; zeros when absent."""
+    """(prompt, completion, cached) tokens of a chat or Responses `usage`; zeros when absent."""
     if not usage:
         return UsageCounts(0, 0, 0)
-    details = usage.get("prompt_tokens_details")
+    if "input_tokens" in usage or "output_tokens" in usage:  # the Responses API's names
+        prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
+        details = usage.get("input_tokens_details")
+    else:
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, Mapping) else 0
-    return UsageCounts(
-        _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), _count(cached)
-    )
+    return UsageCounts(_count(prompt), _count(completion), _count(cached))
 
 
 def _count(value: object) -> int:

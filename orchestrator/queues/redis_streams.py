@@ -8,7 +8,8 @@ XLEN and memory stays bounded without a MAXLEN that could trim unconsumed work.
 Liveness, not idle time, decides when a consumer's entries move: a receiving
 consumer keeps `keys.consumer_alive` set (expiry `liveness_s`, renewed every third
 of it). Every receive (at most once a second, and every `liveness_s / 4`; blocking
-reads are cut to that length) looks at the group's
+reads are cut to that length; at once again after a take-over that filled the receive,
+so a dead consumer's backlog moves at receive speed) looks at the group's
 pending summary; the entries of a consumer whose key is gone are taken over by one
 Lua script that re-checks the owner of each entry, so two live consumers never
 both take one entry. A crashed worker's work therefore moves within `liveness_s`
@@ -298,6 +299,10 @@ class RedisStreamsQueue:
                 log.info(
                     "queue_entries_taken_over", stream=self.stream, owner=owner, count=len(claimed)
                 )
+                if len(claimed) >= max_count:
+                    # the owner may hold more: look again on the next receive instead of
+                    # taking one entry per scan interval
+                    self._last_scan = -math.inf
                 return await self._deliveries(claimed, counts)
         return []
 

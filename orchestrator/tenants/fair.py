@@ -16,16 +16,25 @@ backlogged tenant, it gets every slot.
 Calls are charged when they start (prompt estimate + `max_tokens`) and settled
 with the actual tokens when they end, so concurrent slots do not all go to one
 tenant before its first call finishes. The part of `v` still only estimated (calls
-in flight) is `pending`; the floor is the least *settled* service (`v - pending`)
-among backlogged tenants, so a newcomer starts level with what the others have
-been served, and their calls in flight count against them as they should (lifting
-it to their estimates would hand them that many tokens of advantage).
+in flight) is `pending`. The floor is the least service among backlogged tenants
+counting their calls in flight as half served (`IN_FLIGHT_SERVED`): calls run
+non-preemptively, so a newcomer finds every slot held by the others' calls, which
+are on average half done. Starting it level with that service gives it the freed
+slots until it has caught up with what an ideal fluid share (every backlogged
+tenant served at once by weight) would have given it since it arrived: no less
+(lifting it to the others' full estimates would let their calls in flight count
+for nothing against them), and no more (counting their calls in flight as not
+served at all would hand it a whole round of their calls as credit).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+IN_FLIGHT_SERVED = 0.5
+"""The part of a call in flight taken as already served when the floor is set: calls in
+flight are on average half done (their starts are spread over one call duration)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +67,44 @@ def plan(
             v = floor
         current[tenant] = v
     order = sorted(current, key=lambda t: (current[t], t))
-    settled = [current[t] - max(0.0, pending.get(t, 0.0)) for t in order]
-    new_floor = max(floor, min(settled)) if order else floor
+    unserved = 1.0 - IN_FLIGHT_SERVED
+    served = [current[t] - unserved * max(0.0, pending.get(t, 0.0)) for t in order]
+    new_floor = max(floor, min(served)) if order else floor
     return Plan(order=order, lifts=lifts, floor=new_floor)
 
 
 def charge(tokens: float, weight: float) -> float:
     """The virtual service `tokens` cost a tenant of `weight`."""
     return tokens / weight
+
+
+RATIO_ALPHA = 0.2
+"""Weight of the newest call in the moving average of actual over estimated tokens."""
+RATIO_BOUNDS = (0.05, 2.0)
+
+
+class Expectation:
+    """The tokens a call is expected to use: its estimate (prompt + `max_tokens`) times
+    the moving average of actual over estimated tokens seen for its tenant.
+
+    Clients ask for more `max_tokens` than they use. Charged at its estimate, a call
+    would be mostly refunded when it ends: a tenant's calls in flight would look
+    larger than they are, and its virtual service would fall as they end, handing it
+    back slots from a tenant that has just arrived.
+    """
+
+    def __init__(self) -> None:
+        self._ratio: dict[str, float] = {}
+
+    def expected(self, tenant: str, estimate: int) -> int:
+        """The charge for a call estimated at `estimate` tokens (at least 1)."""
+        return max(1, round(estimate * self._ratio.get(tenant, 1.0)))
+
+    def learn(self, tenant: str, estimate: int, actual: int) -> None:
+        """Fold in a call that was answered."""
+        if estimate <= 0 or actual <= 0:
+            return
+        low, high = RATIO_BOUNDS
+        seen = min(high, max(low, actual / estimate))
+        ratio = self._ratio.get(tenant, 1.0)
+        self._ratio[tenant] = ratio + RATIO_ALPHA * (seen - ratio)

@@ -62,6 +62,19 @@ class UsageRow:
     requests: int
 
 
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """What a tenant's limits read: the minute counters and the quota period's."""
+
+    minute: int
+    """The current minute (epoch seconds // 60)."""
+    period: int
+    """Start of the current quota period (0: no quota)."""
+    previous_minute: int
+    current_minute: int
+    period_used: int
+
+
 class UsageLedger:
     """Records usage and answers the limit checks, on Redis."""
 
@@ -105,23 +118,30 @@ class UsageLedger:
         if not config.limited:
             return None
         now = self._clock()
+        counters = await self.counters(tenant, now)
+        return decide(
+            config,
+            previous_minute=counters.previous_minute,
+            current_minute=counters.current_minute,
+            period_used=counters.period_used,
+            need=need,
+            now=now,
+        )
+
+    async def counters(self, tenant: str, now: float) -> Counters:
+        """The counters `tenant`'s limits read at `now` (one pipelined round trip)."""
+        config = self._tenancy.config(tenant)
         minute = int(now // MINUTE_S)
         names = [keys.tenant_minute(tenant, minute - 1), keys.tenant_minute(tenant, minute)]
+        period = 0
         if config.token_quota is not None:
-            start, _ = period_bounds(config.token_quota_period, now)
-            names.append(keys.tenant_quota(tenant, start))
+            period, _ = period_bounds(config.token_quota_period, now)
+            names.append(keys.tenant_quota(tenant, period))
         async with self._redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.get(name)
             values = [int(v or 0) for v in await pipe.execute()]
-        return decide(
-            config,
-            previous_minute=values[0],
-            current_minute=values[1],
-            period_used=values[2] if len(values) > 2 else 0,
-            need=need,
-            now=now,
-        )
+        return Counters(minute, period, values[0], values[1], values[2] if len(values) > 2 else 0)
 
     async def rows(self, since: float, until: float) -> list[UsageRow]:
         """Every recorded hour that starts in [since, until), for every tenant."""

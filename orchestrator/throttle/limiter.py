@@ -6,7 +6,7 @@ closed). The count it limits is global: every worker's in-flight calls are
 leases in one Redis sorted set, and one script checks "count < limit" and adds
 the lease atomically, so N workers together never exceed the limit. A dead
 worker's leases expire after `lease_s`; a live worker keeps its own alive with
-`renew()` (the worker's housekeeping calls it every `renew_s`). When the limit
+`renew()` (a task of the worker calls it every quarter of the lease). When the limit
 drops below the count, in-flight calls finish and nothing new starts until the
 count is below the limit.
 """
@@ -179,11 +179,13 @@ class Throttle:
             return
         try:
             readded = await self._table.renew(members, self.lease_s)
-            if readded:
-                log.warning("slot_leases_lost", deployment=self.deployment, count=readded)
-            # a slot released while the renewal was in flight must not stay re-added
+            # a slot released while the renewal was in flight must not stay re-added (nor
+            # count as a lost lease: its release simply reached Redis first)
             gone = [m for m in members if m not in self._held]
             await self._table.release(gone)
+            lost = [m for m in readded if m in self._held]
+            if lost:
+                log.warning("slot_leases_lost", deployment=self.deployment, count=len(lost))
         except RedisError as exc:
             log.warning("slot_renew_failed", deployment=self.deployment, error=repr(exc))
 

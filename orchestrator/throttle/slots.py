@@ -39,14 +39,14 @@ return {0, n}
 )
 
 # KEYS: slots. ARGV: lease ms, members... Re-adds a member whose lease was reaped: the
-# call is still in flight, so counting it is the truth. Returns how many were re-added.
+# call is still in flight, so counting it is the truth. Returns the re-added members.
 _RENEW = (
     NOW_MS
     + """
 local expiry = now_ms + tonumber(ARGV[1])
-local readded = 0
+local readded = {}
 for i = 2, #ARGV do
-  readded = readded + redis.call('ZADD', KEYS[1], expiry, ARGV[i])
+  if redis.call('ZADD', KEYS[1], expiry, ARGV[i]) == 1 then readded[#readded + 1] = ARGV[i] end
 end
 return readded
 """
@@ -116,11 +116,12 @@ class SlotTable:
         if members:
             await self._redis.zrem(self._slots, *members)
 
-    async def renew(self, members: Sequence[str], lease_s: float) -> int:
-        """Extend leases to now + lease_s; returns how many had expired and were re-added."""
+    async def renew(self, members: Sequence[str], lease_s: float) -> list[str]:
+        """Extend leases to now + lease_s; the members that had expired and were re-added."""
         if not members:
-            return 0
-        return int(await self._renew(keys=[self._slots], args=[_ms(lease_s), *members]))
+            return []
+        reply: Any = await self._renew(keys=[self._slots], args=[_ms(lease_s), *members])
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in reply]
 
     async def count(self) -> int:
         """Live leases of all workers."""

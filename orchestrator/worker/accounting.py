@@ -1,11 +1,12 @@
 """The worker's token accounting: the estimate, the fair-share charges and the usage ledger.
 
-`WorkerAccounting` is the worker's `TokenRecorder`: every token event the
-dispatcher emits passes through it. An `admit` charges the tenant's fair share
-with the call's estimate (prompt + `max_tokens`), its `complete` settles the
-charge with the actual tokens and, for a call that was answered, records the
-usage (ledger, counters). Accounting is best effort after the estimate: a Redis
-error is logged, never fails the call.
+`WorkerAccounting` is the worker's `TokenRecorder`: every token event the dispatcher
+emits passes through it. An `admit` charges the tenant's fair share with the tokens
+the call is expected to use, its `complete` settles the charge with the actual tokens
+and, for a call that was answered, records the usage (ledger, counters). The
+expectation (`Expectation`) is the call's estimate scaled by the ratio of actual
+to estimated tokens this worker has seen for the tenant on the deployment. Accounting
+is best effort after the estimate: a Redis error is logged, never fails the call.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from redis.exceptions import RedisError
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.queues.fair import FairShareState
 from orchestrator.tenants.config import Tenancy
+from orchestrator.tenants.fair import Expectation
 from orchestrator.tenants.ledger import Usage, UsageLedger
 from orchestrator.tenants.metrics import TenantMetrics
 from orchestrator.utilisation.base import TokenRecorder
@@ -42,6 +44,8 @@ class WorkerAccounting:
         self._tenancy = tenancy
         self._metrics = metrics
         self._charged: dict[str, int] = {}
+        self._estimated: dict[str, int] = {}
+        self._expect: dict[str, Expectation] = {}
 
     async def record(self, event: TokenEvent) -> None:
         """Fold `event` into the estimate, then into the tenant's share and usage."""
@@ -55,18 +59,23 @@ class WorkerAccounting:
     async def _account(self, event: TokenEvent) -> None:
         weight = self._tenancy.config(event.tenant).weight
         state = self._fair.get(event.deployment)
+        expect = self._expect.setdefault(event.deployment, Expectation())
         if event.phase == "admit":
             estimate = event.prompt_tokens + event.max_tokens
-            self._charged[event.request_id] = estimate
+            expected = expect.expected(event.tenant, estimate)
+            self._charged[event.request_id] = expected
+            self._estimated[event.request_id] = estimate
             if state is not None:
-                await state.charge(event.tenant, estimate, weight, pending=estimate)
+                await state.charge(event.tenant, expected, weight, pending=expected)
             return
         actual = event.prompt_tokens + event.completion_tokens
-        estimate = self._charged.pop(event.request_id, 0)
+        charged = self._charged.pop(event.request_id, 0)
+        estimate = self._estimated.pop(event.request_id, 0)
         if state is not None:
-            await state.charge(event.tenant, actual - estimate, weight, pending=-estimate)
+            await state.charge(event.tenant, actual - charged, weight, pending=-charged)
         if actual <= 0:
             return  # refused, failed or cancelled: nothing was used
+        expect.learn(event.tenant, estimate, actual)
         use = Usage(
             event.tenant,
             event.deployment,

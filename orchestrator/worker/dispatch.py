@@ -45,6 +45,7 @@ from orchestrator.core.schemas import (
 )
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens, usage_counts
 from orchestrator.queues.base import Delivery, Queue
+from orchestrator.telemetry.base import OFF, Telemetry
 from orchestrator.tenants.quota import QUOTA_STATUS, QuotaGate, quota_error
 from orchestrator.throttle.slots import Slot
 from orchestrator.utilisation.base import TokenRecorder
@@ -94,6 +95,7 @@ class Dispatcher:
         breaker: SharedBreaker | None = None,
         admission: Admission | None = None,
         counts_redis: aioredis.Redis | None = None,
+        telemetry: Telemetry = OFF,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] | None = None,
@@ -109,6 +111,7 @@ class Dispatcher:
         self._tokens = tokens
         self._quota = quota
         self._metrics = metrics
+        self._telemetry = telemetry
         self._clock = clock
         self._sleep = sleep
         self._rand = rand if rand is not None else random.Random().random
@@ -134,8 +137,11 @@ class Dispatcher:
         """Process one delivery holding `slot`; the status written, or None if not finished."""
         message = delivery.message
         held: list[Slot | None] = [slot]
-        with structlog.contextvars.bound_contextvars(
-            request_id=message.id, deployment=self.deployment
+        with (
+            structlog.contextvars.bound_contextvars(
+                request_id=message.id, deployment=self.deployment
+            ),
+            self._telemetry.consuming(message, delivery.delivery_count),
         ):
             try:
                 return await self._process(delivery, held, stop)
@@ -279,7 +285,10 @@ class Dispatcher:
 
         While the breaker is open the request waits here without a slot and without
         spending an attempt; in half-open state only the process that won the probe
-        calls, everyone else keeps waiting.
+        calls, everyone else keeps waiting. The delivery is kept rather than released:
+        every consumer shares the breaker, so another one could not call either, and each
+        release counts a delivery (`max_deliveries` would fail requests of a long outage).
+        A stop releases it (`handle`), a crash frees it within the liveness time.
         """
         while True:
             if held[0] is None:
@@ -369,9 +378,21 @@ class Dispatcher:
         )
         started = self._clock()
         status, answered, retry_after_ms = 0, False, None
+        span = self._telemetry.llm_call(
+            self.deployment,
+            request_id=message.id,
+            priority="low",
+            tenant=message.tenant,
+            max_tokens=budget,
+        )
         try:
             async with asyncio.timeout(self._config.request_timeout_s):
-                response = await self._upstream.chat(
+                send = (
+                    self._upstream.responses
+                    if message.endpoint == "responses"
+                    else self._upstream.chat
+                )
+                response = await send(
                     self.deployment, message.body, headers={CLIENT_REQUEST_ID_HEADER: message.id}
                 )
             answered = True
@@ -385,6 +406,7 @@ class Dispatcher:
             raise
         finally:
             if not answered:
+                span.end(status or None, error=None if status else "interrupted")
                 # failed or cancelled: refund the admitted completion budget
                 await self._shielded(
                     self._record(
@@ -394,6 +416,13 @@ class Dispatcher:
                 if self._metrics is not None and status:
                     self._metrics.call(self.deployment, status, self._clock() - started)
         answered_at = self._clock()
+        span.end(
+            response.status_code,
+            usage=response.usage,
+            finish_reason=response.finish_reason,
+            response_model=_text(response.body.get("model")),
+            response_id=_text(response.body.get("id")),
+        )
         prompt_actual, completion, cached = usage_counts(response.usage)
         await self._shielded(
             self._record(
@@ -448,6 +477,7 @@ class Dispatcher:
             log.info("result_already_written", status=doc.status)
             return None
         self.counts[doc.status] += 1
+        self._telemetry.outcome(doc.status, doc.status_code)
         await self._count(doc.status)
         self.completions.append(self._clock())
         if self._metrics is not None:
@@ -609,6 +639,10 @@ def _access(doc: ResultDocument) -> None:
         spillover=None,
         batch_id=doc.batch_id,
     )
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _outcome(err: UpstreamError) -> Outcome:

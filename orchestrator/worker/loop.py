@@ -2,9 +2,11 @@
 
 Each lane loops: lease a throttle slot, THEN receive one message (so a full or
 paused deployment never takes work off the queue), and hand both to a task of
-the dispatcher. Task references live in a set with a discard callback. A
-housekeeping task renews slot leases, refreshes the metrics and writes the
-heartbeat `ptu status` reads. On stop: stop pulling, give in-flight calls
+the dispatcher. Task references live in a set with a discard callback. A task of
+its own renews the slot leases (every `renew_s`, with nothing else in its way: a
+crashed worker's slots are free once its leases run out, so leases are short and
+a late renewal must not let a live one lapse); a housekeeping task refreshes the
+metrics and writes the heartbeat `ptu status` reads. On stop: stop pulling, give in-flight calls
 `drain_timeout_s` to finish, cancel the rest (their messages stay unacknowledged
 and are delivered again), then wait for any shielded result writes.
 """
@@ -60,7 +62,8 @@ class WorkerTiming:
     drain_timeout_s: float = 30.0
     receive_timeout_s: float = 1.0
     heartbeat_s: float = 1.0
-    renew_s: float = 10.0
+    renew_s: float = 0.5
+    """How often slot leases are renewed (a fraction of `PTU_SLOT_LEASE_S`)."""
     heartbeat_ttl_s: float = 15.0
     """`ptu status` ignores heartbeats older than this."""
 
@@ -89,6 +92,8 @@ class Worker:
         self._sleep = sleep
         self._rand = rand
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {lane.deployment: set() for lane in lanes}
+        self._waiting: dict[str, bool] = {lane.deployment: False for lane in lanes}
+        """Lanes holding a slot while they wait for a message: capacity ready, not work."""
         self.incarnation = (
             Incarnation(redis, on_loss=self._count_loss, clock=clock) if redis is not None else None
         )
@@ -99,6 +104,7 @@ class Worker:
         log.info("worker_started", worker_id=self.worker_id, deployments=self._names())
         lanes_done = asyncio.Event()
         house = asyncio.create_task(self._housekeeping(lanes_done), name="worker-housekeeping")
+        renewer = asyncio.create_task(self._renew_leases(lanes_done), name="worker-leases")
         try:
             async with asyncio.TaskGroup() as group:
                 for lane in self.lanes:
@@ -106,7 +112,7 @@ class Worker:
         finally:
             # ended between two beats rather than cancelled in the middle of a write
             lanes_done.set()
-            await asyncio.gather(house, return_exceptions=True)
+            await asyncio.gather(house, renewer, return_exceptions=True)
             await self._forget_heartbeat()
         log.info("worker_stopped", worker_id=self.worker_id)
 
@@ -123,6 +129,7 @@ class Worker:
             slot = await lane.throttle.acquire(stop)
             if slot is None:
                 break
+            self._waiting[lane.deployment] = True
             try:
                 deliveries = await self._receive(lane.queue, stop)
             except QueueUnavailable as exc:
@@ -135,6 +142,8 @@ class Worker:
             except BaseException:
                 await asyncio.shield(lane.throttle.release(slot))
                 raise
+            finally:
+                self._waiting[lane.deployment] = False
             failures = 0
             if not deliveries:
                 await lane.throttle.release(slot)
@@ -208,14 +217,14 @@ class Worker:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
+    async def _renew_leases(self, done: asyncio.Event) -> None:
+        """Keep this worker's slot leases alive (each throttle logs its own failures)."""
+        while await pause(self.timing.renew_s, done, sleep=self._sleep):
+            for lane in self.lanes:
+                await lane.throttle.renew()
+
     async def _housekeeping(self, done: asyncio.Event) -> None:
-        last_renew = self._clock()
         while not done.is_set():
-            now = self._clock()
-            if now - last_renew >= self.timing.renew_s:
-                last_renew = now
-                for lane in self.lanes:
-                    await lane.throttle.renew()
             try:
                 if self.incarnation is not None:
                     await self.incarnation.check()
@@ -244,6 +253,10 @@ class Worker:
             lanes[lane.deployment] = {
                 "limit": throttle.limit,
                 "in_flight": throttle.in_flight,
+                # of those slots, the one a lane holds while it waits for a message; and the
+                # messages taken off the queue and not finished (calling, or waiting to retry)
+                "waiting": int(self._waiting[lane.deployment]),
+                "requests_in_flight": self.in_flight(lane.deployment),
                 "global_in_flight": global_in_flight,
                 "queue_depth": depth,
                 "utilisation": None if reading is None else reading.value,

@@ -26,6 +26,8 @@ from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue
 from orchestrator.queues.fair import FairShareState
+from orchestrator.telemetry import factory as telemetry
+from orchestrator.telemetry.base import OFF, Telemetry
 from orchestrator.tenants.config import Tenancy
 from orchestrator.tenants.ledger import UsageLedger
 from orchestrator.throttle.admission import Admission
@@ -108,6 +110,7 @@ def build_worker(
     metrics: WorkerMetrics | None = None,
     source: UtilisationSource | None = None,
     timing: WorkerTiming | None = None,
+    tracing: Telemetry = OFF,
 ) -> Built:
     """Wire lanes for `deployments` from settings (collaborators may be passed in)."""
     source = source if source is not None else make_source(settings, redis)
@@ -141,6 +144,8 @@ def build_worker(
     breaker_cfg = breaker_config(settings)
     for d in deployments:
         lower, upper, maximum = settings.thresholds(d)
+        if metrics is not None:
+            metrics.thresholds(d.name, lower, upper)
         breaker = SharedBreaker(
             redis,
             d.name,
@@ -180,10 +185,11 @@ def build_worker(
             breaker=breaker,
             admission=admission,
             counts_redis=redis,
+            telemetry=tracing,
         )
         lanes.append(Lane(d.name, queue, throttle, dispatcher))
     timing = timing or WorkerTiming(
-        drain_timeout_s=settings.drain_timeout_s, renew_s=settings.slot_lease_s / 3
+        drain_timeout_s=settings.drain_timeout_s, renew_s=settings.slot_lease_s / 4
     )
     worker = Worker(worker_id, lanes, timing=timing, redis=redis, metrics=metrics)
     return Built(worker, queues, source, upstream)
@@ -198,6 +204,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
     upstream = RoutedUpstream.from_settings(settings, deployments)
+    tracing = telemetry.from_settings(settings, "ptu-worker")
     if port:
         startup.check_port("127.0.0.1", port, "PTU_METRICS_PORT")
 
@@ -215,7 +222,13 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
             await startup.check_redis(redis, settings.redis_url)
             await upstream.check_credentials()
             built = build_worker(
-                settings, redis, deployments, worker_id, metrics=metrics, upstream=upstream
+                settings,
+                redis,
+                deployments,
+                worker_id,
+                metrics=metrics,
+                upstream=upstream,
+                tracing=tracing,
             )
             try:
                 await built.worker.run(stop)
@@ -224,6 +237,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         finally:
             await redis.aclose()
             metrics.close()
+            tracing.shutdown()
         return 0
 
     return run_until_signal(main)

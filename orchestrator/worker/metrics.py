@@ -71,6 +71,18 @@ class WorkerMetrics:
             ["deployment"],
             registry=r,
         )
+        self.lower_threshold = Gauge(
+            "ptu_worker_lower_threshold_ratio",
+            "Utilisation at or below which low priority runs at full concurrency",
+            ["deployment"],
+            registry=r,
+        )
+        self.upper_threshold = Gauge(
+            "ptu_worker_upper_threshold_ratio",
+            "Utilisation at or above which low priority is paused",
+            ["deployment"],
+            registry=r,
+        )
         self.limit = Gauge(
             "ptu_worker_concurrency_limit",
             "Global low-priority concurrency the policy allows",
@@ -137,6 +149,11 @@ class WorkerMetrics:
             ["deployment"],
             registry=r,
         )
+
+    def thresholds(self, deployment: str, lower: float, upper: float) -> None:
+        """The deployment's throttle thresholds (dashboards draw utilisation against them)."""
+        self.lower_threshold.labels(deployment).set(lower)
+        self.upper_threshold.labels(deployment).set(upper)
 
     def circuit(self, deployment: str, state: str) -> None:
         """The deployment's breaker changed state."""

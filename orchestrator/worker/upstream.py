@@ -6,6 +6,11 @@ with `x-ptu-priority`, reads response headers through `with_raw_response`, and
 turns the SDK's exceptions into `orchestrator.core.errors` by type and status code:
 429 → UpstreamThrottled (retry-after from `retry-after-ms`, else `retry-after`),
 408 and client timeouts → UpstreamTimeout, anything else → UpstreamError.
+
+A queued Responses API request (`responses`) goes to the resource's v1 surface,
+`{endpoint}/openai/v1/responses`, which takes no `api-version` and names the
+deployment in `model`: a copy of the same client (same credential, same pool) with
+that base URL.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import openai
 import structlog
+from openai import omit
 
 from orchestrator.core.entra import EntraTokens, default_entra_tokens
 from orchestrator.core.errors import (
@@ -44,9 +50,11 @@ log = structlog.get_logger(__name__)
 CONNECTION_FAILED_STATUS = 503
 """Status recorded when no response arrived at all (retryable, like a 5xx)."""
 
-# fields the worker never forwards: the deployment is in the URL, and a queued
-# request is answered as one document, never streamed
+# fields the worker never forwards: the deployment is in the URL (a response's
+# `model` is set to it), and a queued request is answered as one document, never streamed
 _DROPPED_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
+_RESPONSES_DROPPED = frozenset({"model", "stream", "stream_options"})
+V1_PATH = "/openai/v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +75,11 @@ class UpstreamResponse:
 
     @property
     def finish_reason(self) -> str | None:
-        """The first choice's finish reason."""
+        """The first choice's finish reason (a response's incomplete reason, else its status)."""
+        if "choices" not in self.body and isinstance(self.body.get("status"), str):
+            details = self.body.get("incomplete_details")
+            reason = details.get("reason") if isinstance(details, dict) else None
+            return reason if isinstance(reason, str) else str(self.body["status"])
         choices = self.body.get("choices")
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
             reason = choices[0].get("finish_reason")
@@ -76,7 +88,7 @@ class UpstreamResponse:
 
 
 class Upstream(Protocol):
-    """Sends one chat completion to a deployment."""
+    """Sends one chat completion, or one response (Responses API), to a deployment."""
 
     async def chat(
         self,
@@ -90,6 +102,15 @@ class Upstream(Protocol):
         Raises UpstreamThrottled (429), UpstreamTimeout (408 or no answer in
         time) or UpstreamError (any other failure, with its status and body).
         """
+
+    async def responses(
+        self,
+        deployment: str,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> UpstreamResponse:
+        """Create one response (Responses API) on the deployment; raises as `chat` does."""
 
     async def close(self) -> None:
         """Release the HTTP client and credentials."""
@@ -168,6 +189,7 @@ class AzureUpstream:
         self._credential = credential
         self.calls = 0
         self.endpoint = str(client.base_url)
+        self._v1: openai.AsyncAzureOpenAI | None = None
 
     @classmethod
     def from_settings(
@@ -227,20 +249,32 @@ class AzureUpstream:
             )
         except openai.OpenAIError as exc:
             raise map_error(exc) from exc
+        return _answer(raw)
+
+    async def responses(
+        self,
+        deployment: str,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> UpstreamResponse:
+        """Create one response on `deployment` (v1 surface); see `Upstream.responses`."""
+        if self._v1 is None:
+            base = str(self._client.base_url).rstrip("/").removesuffix("/openai") + V1_PATH
+            self._v1 = self._client.with_options(base_url=base)
+        extra = {k: v for k, v in body.items() if k not in _RESPONSES_DROPPED}
+        self.calls += 1
         try:
-            data = json.loads(raw.text)
-        except ValueError as exc:
-            raise UpstreamError(
-                "upstream answered with a body that is not JSON", status_code=502
-            ) from exc
-        if not isinstance(data, dict):
-            raise UpstreamError("upstream answered with a non-object body", status_code=502)
-        return UpstreamResponse(
-            body=data,
-            status_code=raw.status_code,
-            request_id=raw.headers.get("apim-request-id") or raw.headers.get("x-request-id"),
-            utilisation_hint=parse_utilisation(raw.headers.get(UTILISATION_HEADER)),
-        )
+            raw = await self._v1.responses.with_raw_response.create(
+                model=deployment,
+                extra_body=extra or None,
+                extra_headers=dict(headers) if headers else None,
+                extra_query={"api-version": omit},  # the v1 surface is versionless
+                timeout=self._timeout_s,
+            )
+        except openai.OpenAIError as exc:
+            raise map_error(exc) from exc
+        return _answer(raw)
 
     async def close(self) -> None:
         """Close the HTTP client and the Entra credential, if any."""
@@ -250,3 +284,21 @@ class AzureUpstream:
 
     def __repr__(self) -> str:
         return f"<AzureUpstream endpoint={self._client.base_url} calls={self.calls}>"
+
+
+def _answer(raw: Any) -> UpstreamResponse:
+    """The parsed body and headers of a successful raw SDK response."""
+    try:
+        data = json.loads(raw.text)
+    except ValueError as exc:
+        raise UpstreamError(
+            "upstream answered with a body that is not JSON", status_code=502
+        ) from exc
+    if not isinstance(data, dict):
+        raise UpstreamError("upstream answered with a non-object body", status_code=502)
+    return UpstreamResponse(
+        body=data,
+        status_code=raw.status_code,
+        request_id=raw.headers.get("apim-request-id") or raw.headers.get("x-request-id"),
+        utilisation_hint=parse_utilisation(raw.headers.get(UTILISATION_HEADER)),
+    )

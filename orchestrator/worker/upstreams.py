@@ -72,6 +72,22 @@ class RoutedUpstream:
             raise ConfigError(f"PTU_DEPLOYMENTS: no upstream client for {deployment!r}")
         return await up.chat(deployment, body, headers=headers)
 
+    async def responses(
+        self,
+        deployment: str,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> UpstreamResponse:
+        """Create one response on `deployment`'s resource (see `Upstream.responses`)."""
+        return await self._client(deployment).responses(deployment, body, headers=headers)
+
+    def _client(self, deployment: str) -> AzureUpstream:
+        up = self._by_deployment.get(deployment)
+        if up is None:
+            raise ConfigError(f"PTU_DEPLOYMENTS: no upstream client for {deployment!r}")
+        return up
+
     async def close(self) -> None:
         """Close every resource's client."""
         for up in self.clients:

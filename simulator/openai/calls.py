@@ -1,4 +1,4 @@
-"""Parsing a chat completions request into what the simulator acts on."""
+"""Parsing a chat completions or Responses API request into what the simulator acts on."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from starlette.requests import Request
 
 from simulator.openai import chat, tokens
 from simulator.openai.deployments import UNLABELLED
+from simulator.openai.responses import MIN_OUTPUT_TOKENS
+
+RESPONSES = "responses"
 
 
 class ChatError(Exception):
@@ -23,7 +26,7 @@ class ChatError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ChatCall:
-    """The parts of a chat completions request the simulator acts on."""
+    """The parts of a chat completions (or Responses API) request the simulator acts on."""
 
     body: dict[str, Any]
     prompt_tokens: int
@@ -32,6 +35,7 @@ class ChatCall:
     stream: bool
     include_usage: bool
     priority: str
+    endpoint: str = "chat/completions"
 
 
 def _invalid(message: str, param: str | None = None, code: str | None = None) -> ChatError:
@@ -40,14 +44,44 @@ def _invalid(message: str, param: str | None = None, code: str | None = None) ->
     )
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
-    """The JSON body with a non-empty `messages` list, or a 400 ChatError."""
+def _object(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except ValueError:
         raise _invalid(chat.MSG_400_JSON) from None
     if not isinstance(body, dict):
         raise _invalid(chat.MSG_400_JSON)
+    return body
+
+
+def parse_responses_body(raw: bytes) -> dict[str, Any]:
+    """A Responses API body: a `model`, an `input` string or list, or a 400 ChatError."""
+    body = _object(raw)
+    if not isinstance(body.get("model"), str):
+        raise _invalid(
+            "Missing required parameter: 'model'.", "model", "missing_required_parameter"
+        )
+    given = body.get("input")
+    if not isinstance(given, str | list) or not given:
+        raise _invalid(
+            "Missing required parameter: 'input'.", "input", "missing_required_parameter"
+        )
+    limit = body.get("max_output_tokens")
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int) or limit < MIN_OUTPUT_TOKENS
+    ):
+        raise _invalid(
+            "Invalid 'max_output_tokens': integer below minimum value. Expected a value >= "
+            f"{MIN_OUTPUT_TOKENS}, but got {str(limit)[:40]} instead.",
+            "max_output_tokens",
+            "integer_below_min_value",
+        )
+    return body
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The JSON body with a non-empty `messages` list, or a 400 ChatError."""
+    body = _object(raw)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _invalid(
@@ -56,7 +90,9 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def parse_call(request: Request, body: dict[str, Any], seed: int) -> ChatCall:
+def parse_call(
+    request: Request, body: dict[str, Any], seed: int, endpoint: str = "chat/completions"
+) -> ChatCall:
     """Token counts, stream options and priority label of a parsed request."""
     try:
         max_tokens = tokens.validated_max_tokens(body)
@@ -69,7 +105,8 @@ def parse_call(request: Request, body: dict[str, Any], seed: int) -> ChatCall:
             forced = int(forced_text)
         except ValueError:
             raise _invalid("x-sim-completion-tokens must be an integer") from None
-    fraction = tokens.content_fraction(seed, body["messages"])
+    said = [body.get("instructions"), body["input"]] if endpoint == RESPONSES else body["messages"]
+    fraction = tokens.content_fraction(seed, said)
     options = body.get("stream_options")
     label = request.headers.get("x-ptu-priority", "").strip().lower()[:32]
     return ChatCall(
@@ -80,4 +117,5 @@ def parse_call(request: Request, body: dict[str, Any], seed: int) -> ChatCall:
         stream=body.get("stream") is True,
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         priority=label or UNLABELLED,
+        endpoint=endpoint,
     )

@@ -7,15 +7,16 @@ per text token and 85 per image part. The simulator charging exactly what the
 orchestrator estimates is deliberate: where the simulated deployment disagrees
 with the orchestrator's model is set by the reality knobs, not by accident here.
 
-When a request gives no `max_tokens` / `max_completion_tokens`, admission assumes
-`DEFAULT_MAX_TOKENS_ESTIMATE` (1,000) output tokens: Azure documents that it
+When a request gives no `max_tokens` / `max_completion_tokens` (a response: no
+`max_output_tokens`), admission assumes `DEFAULT_MAX_TOKENS_ESTIMATE` (1,000)
+output tokens: Azure documents that it
 estimates a missing max_tokens and that this lowers concurrency; the figure is
 ours (the orchestrator's `PTU_DEFAULT_MAX_TOKENS` default is the same).
 
-Completion lengths are deterministic: a hash of the seed and the messages picks a
-fraction in [0, 1); with a max_tokens the length is between 20 % and 100 % of it,
-without one between 16 and 512 tokens. `x-sim-completion-tokens` overrides the
-length, still capped at max_tokens.
+Completion lengths are deterministic: a hash of the seed and the messages (a
+response's instructions and input) picks a fraction in [0, 1); with a max_tokens
+the length is between 20 % and 100 % of it, without one between 16 and 512 tokens.
+`x-sim-completion-tokens` overrides the length, still capped at max_tokens.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import json
 import math
 from typing import Any
 
-from orchestrator.core.tokens import estimate_prompt_tokens
+from orchestrator.core.tokens import LIMIT_FIELDS, estimate_prompt_tokens
 
 __all__ = [
     "admission_output_tokens",
@@ -41,8 +42,8 @@ BOUNDED_MIN_FRACTION = 0.2
 
 
 def validated_max_tokens(body: dict[str, Any]) -> int | None:
-    """`max_completion_tokens` or `max_tokens` from the body; None when neither is given."""
-    for key in ("max_completion_tokens", "max_tokens"):
+    """`max_completion_tokens`, `max_tokens` or `max_output_tokens`; None when none is given."""
+    for key in LIMIT_FIELDS:
         value = body.get(key)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -137,11 +137,6 @@ def test_outage_loses_nothing_and_high_priority_spills_to_the_second_region(
         client.close()
 
 
-@pytest.mark.xfail(
-    reason="known bug: after the paused worker is stopped, its replacement does not finish the "
-    "requests within 60 s since consumer-liveness takeover and the breaker landed together",
-    strict=False,
-)
 def test_wrong_endpoint_pauses_then_the_right_one_completes_everything(tmp_path: Path) -> None:
     sim = SimulatorOptions(deployment=PTU, ptus=100, window_s=10, tbt_ms=0, ttft_ms=20)
     with Stack(tmp_path, sim) as stack:
@@ -162,7 +157,11 @@ def test_wrong_endpoint_pauses_then_the_right_one_completes_everything(tmp_path:
         stack.stop("worker")
 
         stack.start_worker(stack.base_env(), name="worker-2")
+        started = time.monotonic()
         wait_for(lambda: results_written(client, ids) == 20, stack, 60)
+        took = time.monotonic() - started
+        # the breaker the first worker left open waits out its open time, then one probe
+        print(f"\nrestarted with the right endpoint: 20 results {took:.1f} s after its start")
         assert _statuses(client, ids) == {"completed": 20}
         client.close()
 

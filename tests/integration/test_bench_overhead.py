@@ -22,6 +22,10 @@ def test_tiny_overhead_run(tmp_path: Path) -> None:
     assert row["calls_each"] == 20
     for key in ("direct_p50_ms", "ingress_p50_ms", "ingress_p99_ms", "ratio_p50"):
         assert row[key] > 0
+    # the tenant-with-a-limit arm, side by side in the same run
+    added = row["tenant_p50_ms"] - row["direct_p50_ms"]
+    assert row["tenant_p50_ms"] > 0 and abs(row["tenant_added_p50_ms"] - added) <= 0.011
+    assert "tenant / plain added p50" in (tmp_path / "results.md").read_text()
     assert row["enqueue_accepted"] == 30 and row["enqueue_per_s"] > 0
     assert row["worker_results"] == 30 and row["worker_results_per_s"] > 0
     assert "results/s (1 worker)" in (tmp_path / "results.md").read_text()

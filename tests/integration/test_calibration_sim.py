@@ -29,6 +29,7 @@ from orchestrator.worker.loop import WorkerTiming
 from orchestrator.worker.main import build_worker
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
+from tests import redis_mode
 
 DEP = "ptu"
 WINDOW_S = 4.0
@@ -49,6 +50,7 @@ def sim() -> Iterator[SimulatorThread]:
 def settings(sim: SimulatorThread, redis_url: str, **extra: Any) -> Settings:
     values: dict[str, Any] = {
         "redis_url": redis_url,
+        "redis_cluster": redis_mode.CLUSTER,
         "deployments": [DeploymentConfig(name=DEP, model="gpt-4o-mini", ptus=1)],
         "azure_openai_endpoint": sim.url,
         "azure_openai_api_key": SecretStr("k"),

@@ -56,6 +56,9 @@ def _settings(redis_url: str, sim: SimulatorThread, **extra: Any) -> Settings:
 
 @pytest.fixture(scope="module")
 def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
+    # nothing an earlier module left (an open breaker of `ptu` would send calls to paygo)
+    with redis_mode.connect_sync(redis_url) as client:
+        client.flushdb()
     with IngressThread(_settings(redis_url, sim)) as server:
         yield server
 

@@ -111,7 +111,7 @@ def _bounded_output(case: Any) -> None:
     """
     body = case.body
     if isinstance(body, dict) and body.get("stream") is True:
-        for name in ("max_tokens", "max_completion_tokens"):
+        for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             value = body.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value > STREAM_CAP:
                 body[name] = STREAM_CAP
@@ -143,7 +143,7 @@ def _check(case: Any, stack: IngressThread, store: redis.Redis, mode: Generation
         accepted = QueuedRequestStatus.model_validate_json(response.content)
         record = store.hgetall(keys.request(accepted.id))
         assert record[b"status"] in (b"queued", b"in_progress")
-        if case.path.endswith("/chat/completions"):
+        if case.path.endswith(("/chat/completions", "/responses")):
             assert _header(response, "location") == f"/v1/requests/{accepted.id}"
         entries = store.xrange(keys.queue(record[b"deployment"].decode()))
         assert any(json.loads(fields[b"message"])["id"] == accepted.id for _, fields in entries), (
@@ -174,9 +174,11 @@ def test_route_invariants(
     _examples(SCHEMA[path][method].as_strategy(generation_mode=mode), check)
 
 
-@pytest.mark.parametrize("path", [p for m, p in OPERATIONS if p.endswith("/chat/completions")])
+@pytest.mark.parametrize(
+    "path", [p for m, p in OPERATIONS if p.endswith(("/chat/completions", "/responses"))]
+)
 def test_low_priority_chat_invariants(stack: IngressThread, store: redis.Redis, path: str) -> None:
-    """Valid chat completions sent at low priority: each 202 is recorded and on the queue."""
+    """Valid chat completions and responses sent at low priority: each 202 is on the queue."""
     statuses: list[int] = []
 
     def low(case: Any) -> None:
@@ -208,6 +210,17 @@ _valid_line = st.fixed_dictionaries(
         ),
     }
 )
+_valid_response_line = st.fixed_dictionaries(
+    {
+        "custom_id": _text.filter(bool),
+        "method": st.just("POST"),
+        "url": st.just("/v1/responses"),
+        "body": st.fixed_dictionaries(
+            {"model": st.sampled_from(["ptu", "paygo"]), "input": _text.filter(bool)},
+            optional={"max_output_tokens": st.integers(16, 5000), "instructions": _text},
+        ),
+    }
+)
 _bad_line = st.one_of(
     _text,
     st.dictionaries(_text, st.integers() | _text, max_size=3).map(json.dumps),
@@ -217,7 +230,12 @@ _bad_line = st.one_of(
     _valid_line.map(lambda x: json.dumps({**x, "body": {**x["body"], "stream": True}})),
 )
 _file = st.tuples(
-    st.lists(_valid_line, min_size=1, max_size=6, unique_by=lambda x: x["custom_id"]),
+    st.lists(
+        st.one_of(_valid_line, _valid_response_line),
+        min_size=1,
+        max_size=6,
+        unique_by=lambda x: x["custom_id"],
+    ),
     st.one_of(st.none(), st.none(), st.none(), _bad_line, st.just("duplicate")),
     st.integers(0, 6),
 ).map(

@@ -252,3 +252,17 @@ async def test_closed_consumer_hands_its_entries_over_at_once(patient: Backend) 
     [again] = await staying.receive(1, timeout_s=10.0)
     assert again.message.id == "req-1"
     await staying.ack(again)
+
+
+async def test_trace_context_travels_with_the_message(backend: Backend) -> None:
+    q = backend.make("w1")
+    traced = request(1).model_copy(
+        update={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    )
+    await q.put(traced)
+    await q.put(request(2))
+    got = await q.receive(10, timeout_s=1.0)
+    assert [d.message.traceparent for d in got] == [traced.traceparent, None]
+    assert "traceparent" not in request(2).model_dump_json()  # tracing off: message unchanged
+    for d in got:
+        await q.ack(d)

@@ -108,6 +108,15 @@ async def test_put_receive_ack_checkpoints_each_partition(harness: Harness) -> N
     assert await q.receive(5, timeout_s=0.1) == []
 
 
+async def test_trace_context_travels_in_the_event(harness: Harness) -> None:
+    q = harness.queue()
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    await q.put(request(1).model_copy(update={"traceparent": parent}))
+    got = await receive_all(q, 1)
+    assert got[0].message.traceparent == parent
+    await q.ack(got[0])
+
+
 async def test_checkpoint_waits_for_the_lowest_unacked_offset(harness: Harness) -> None:
     harness.hub.logs = {"0": []}
     q = harness.queue()

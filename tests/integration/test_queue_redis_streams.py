@@ -155,3 +155,19 @@ async def test_dead_entry_behind_many_live_ones_is_reclaimed(redis: aioredis.Red
     assert len(held) == 30
     await live.close()
     await other.close()
+
+
+async def test_a_dead_consumers_backlog_moves_at_receive_speed(redis: aioredis.Redis) -> None:
+    producer = RedisStreamsQueue(redis, DEPLOYMENT, "ingress")
+    for i in range(5):
+        await producer.put(request(i))
+    dead = RedisStreamsQueue(redis, DEPLOYMENT, "w-dead")
+    held = await dead.receive(5, timeout_s=1.0)
+    await dead.close()
+    other = RedisStreamsQueue(redis, DEPLOYMENT, "w-other")
+    # each receive is far shorter than the scan interval (1 s): a take-over that filled
+    # the receive looks again at once rather than one entry per interval
+    got = [await other.receive(1, timeout_s=0.05) for _ in range(5)]
+    assert [[d.message.id for d in g] for g in got] == [[d.message.id] for d in held]
+    assert {d.delivery_count for g in got for d in g} == {2}
+    await other.close()

@@ -10,16 +10,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
+from redis.exceptions import ConnectionError
 
 from ingress.batch.files import Files
 from ingress.batch.filestore.local import LocalFileStore
 from ingress.batch.store import BatchStore, line_request_id
 from orchestrator.cli.status import collect
-from orchestrator.core import keys
+from orchestrator.core import keys, redis_client
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import QueuedRequest, ResultDocument, TokenEvent
+from orchestrator.core.serving import free_port
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.redis_streams import RedisStreamsQueue
 from orchestrator.utilisation.estimate.store import EstimateStore
@@ -111,3 +114,12 @@ async def test_queue_estimate_and_status(redis: aioredis.Redis, redis_url: str) 
     rows = await collect(settings, redis, make_source(settings, redis), time.time())
     assert [r.deployment for r in rows] == [d.name for d in DEPLOYMENTS]
     assert rows[0].queue_depth == 0
+
+
+async def test_an_unreachable_cluster_is_a_connection_error() -> None:
+    # redis-py's own RedisClusterException is no RedisError: every `except RedisError`
+    # (503 queue_unavailable, a closed throttle) would miss it
+    client = redis_client.connect(f"redis://127.0.0.1:{free_port()}/0", cluster=True)
+    with pytest.raises(ConnectionError, match="Redis Cluster unavailable"):
+        await client.ping()
+    await client.aclose()

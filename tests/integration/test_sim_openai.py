@@ -191,3 +191,65 @@ async def test_standard_rate_limit_headers(azure: openai.AsyncAzureOpenAI) -> No
     headers = throttled.value.response.headers
     assert 1 <= int(headers["retry-after"]) <= 10
     assert "x-ratelimit-remaining-tokens" in headers
+
+
+async def _sim_state(sim: SimulatorThread, name: str) -> dict[str, object]:
+    async with httpx2.AsyncClient() as http:
+        state: dict[str, object] = (await http.get(f"{sim.url}/sim/state")).json()
+    return state["deployments"][name]  # type: ignore[index, no-any-return]
+
+
+async def test_responses_charge_the_bucket_as_the_same_chat_call(
+    sim: SimulatorThread, azure: openai.AsyncAzureOpenAI
+) -> None:
+    text = MESSAGES[0]["content"]
+    forced = {"x-sim-completion-tokens": "20"}
+    await azure.chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,
+        max_tokens=100,
+        extra_headers=forced,  # type: ignore[arg-type]
+    )
+    after_chat = await _sim_state(sim, "tiny")
+    async with httpx2.AsyncClient() as http:
+        await http.post(f"{sim.url}/sim/reset")
+    v1 = openai.AsyncOpenAI(base_url=sim.url + "/openai/v1", api_key="secret", max_retries=0)
+    raw = await v1.responses.with_raw_response.create(
+        model="tiny", input=text, max_output_tokens=100, extra_headers=forced
+    )
+    after_response = await _sim_state(sim, "tiny")
+    response = raw.parse()
+    assert response.usage is not None and response.usage.output_tokens == 20
+    assert response.usage.input_tokens == tokens.estimate_prompt_tokens({"input": text})
+    assert response.usage.input_tokens == tokens.estimate_prompt_tokens({"messages": MESSAGES})
+    assert raw.headers["azure-openai-deployment-utilization"].endswith("%")
+    assert raw.headers["x-ms-deployment-name"] == "tiny" and raw.headers["apim-request-id"]
+    # the same prompt estimate and output: the same charge (the level itself drains too fast
+    # to compare between two calls; the charge is a function of these counts)
+    for key in ("prompt_tokens", "completion_tokens", "requests"):
+        assert after_response[key] == after_chat[key], key
+    await v1.close()
+
+
+async def test_responses_throttle_and_refuse_as_azure_does(
+    sim: SimulatorThread, azure: openai.AsyncAzureOpenAI
+) -> None:
+    await azure.responses.create(
+        model="tiny", input="fill it", max_output_tokens=4_000,
+        extra_headers={"x-sim-completion-tokens": "4000"},
+    )  # fmt: skip
+    with pytest.raises(openai.RateLimitError) as throttled:
+        await azure.responses.create(model="tiny", input="again", max_output_tokens=16)
+    headers = throttled.value.response.headers
+    assert 8_000 < int(headers["retry-after-ms"]) < 10_000 and headers["retry-after"]
+    with pytest.raises(openai.NotFoundError):
+        await azure.responses.create(model="nope", input="hi")
+    with pytest.raises(openai.BadRequestError) as low:
+        await azure.responses.create(model="ptu", input="hi", max_output_tokens=8)
+    assert low.value.code == "integer_below_min_value"
+    async with httpx2.AsyncClient() as http:
+        url = f"{sim.url}/openai/v1/responses"
+        missing = await http.post(url, json={"model": "ptu"}, headers={"api-key": "secret"})
+        anonymous = await http.post(url, json={"model": "ptu", "input": "hi"})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "input"
+    assert anonymous.status_code == 401

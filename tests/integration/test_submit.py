@@ -129,3 +129,22 @@ async def test_unreachable_ingress(tmp_path: Path) -> None:
     status, output = await _ptu_submit(str(path), "--url", f"http://127.0.0.1:{free_port()}")
     assert status == 1
     assert output.strip().splitlines()[-1].startswith("ptu submit: cannot reach the ingress")
+
+
+def test_submit_a_file_of_responses_lines(ingress: IngressThread, tmp_path: Path) -> None:
+    source = tmp_path / "responses.jsonl"
+    lines = [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses",
+         "body": {"model": "ptu", "input": f"q{i}", "max_output_tokens": 16}}
+        for i in range(3)
+    ]  # fmt: skip
+    source.write_text("\n".join(json.dumps(x) for x in lines))
+    out = tmp_path / "responses-out.jsonl"
+    client = openai.OpenAI(base_url=ingress.url + "/v1", api_key="x", max_retries=0)
+    status = submit(client, source, out, priority="high", poll_s=0.05,
+                    console=Console(file=io.StringIO(), width=120))  # fmt: skip
+    assert status == 0
+    results = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["response"]["body"]["object"] for r in results] == ["response"] * 3
+    (batch,) = [b for b in client.batches.list().data if b.endpoint == "/v1/responses"]
+    assert batch.request_counts is not None and batch.request_counts.completed == 3

@@ -245,6 +245,28 @@ async def test_429_pauses_every_slot_and_retries_after_retry_after(
     assert max(retries) > 1.0  # waited the service's retry-after-ms, not the short backoff
 
 
+async def test_a_fresh_worker_probes_a_breaker_another_process_left_open(
+    sim: SimulatorThread, redis_url: str, redis: aioredis.Redis, http: httpx2.AsyncClient
+) -> None:
+    # a previous worker (wrong endpoint) tripped the breaker and exited; this worker never
+    # had a call of its own in flight, so only its lane's look at the state can start the
+    # probe once the open time is over
+    seconds, micros = await redis.time()
+    until_ms = seconds * 1000 + micros // 1000 + 1000
+    await redis.hset(
+        keys.breaker(DEP),
+        mapping={"state": "open", "until_ms": until_ms, "reason": "unreachable", "trips": 1},
+    )
+    ids = await enqueue(redis, 5)
+    started = time.monotonic()
+    done = await run_worker(make_settings(sim, redis_url), redis, ids, timeout_s=15.0)
+
+    assert {d.status for d in done.values()} == {"completed"}
+    assert time.monotonic() - started >= 0.9  # nothing was called while it was open
+    assert (await sim_state(http))["requests"] == 5
+    assert (await redis.hget(keys.breaker(DEP), "state")) == b"closed"
+
+
 async def test_expired_requests_get_expired_results_without_calls(
     sim: SimulatorThread, redis_url: str, redis: aioredis.Redis, http: httpx2.AsyncClient
 ) -> None:

@@ -12,7 +12,7 @@ import uuid
 import httpx2
 import redis.asyncio as aioredis
 
-from orchestrator.cli.status import collect
+from orchestrator.cli.status import collect, queued
 from orchestrator.core import keys
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import QueuedRequest
@@ -88,6 +88,9 @@ async def test_status_and_metrics_show_a_running_worker(
         assert row.utilisation == 0.55 and not row.stale
         assert row.global_in_flight == 5 and row.queue_depth == 12
         assert row.workers.workers == 1
+        # five requests calling, no lane waiting (the limit is used up), seven still queued
+        assert (row.workers.requests, row.workers.waiting) == (5, 0)
+        assert queued(row.queue_depth, row.workers.requests) == 7
 
         async with httpx2.AsyncClient() as http:
             text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
@@ -102,7 +105,14 @@ async def test_status_and_metrics_show_a_running_worker(
             return rows[0].workers.completed == 12 and rows[0].queue_depth == 0
 
         await eventually(all_done)
-        # an idle lane keeps the one slot it leased before waiting for the next message
+
+        # an idle lane keeps the one slot it leased before waiting for the next message:
+        # shown as waiting, not as a request in flight
+        async def idle() -> bool:
+            w = (await collect(settings, redis, source, time.time()))[0].workers
+            return (w.requests, w.waiting) == (0, 1)
+
+        await eventually(idle)
         assert (await collect(settings, redis, source, time.time()))[0].global_in_flight <= 1
     finally:
         gate.set()

@@ -64,6 +64,14 @@ def test_open_rejects_until_its_time_then_lets_one_probe() -> None:
     assert b.allow(8.1) == "probe"  # the first probe never reported: given up after 3 s
 
 
+def test_an_open_time_that_is_over_reads_as_half_open_without_a_call() -> None:
+    b = Breaker(CFG)
+    b.adopt(0.0, "open", 5.0, 0)  # adopted from another process, never called here
+    assert not b.advance(4.9) and b.state == "open"
+    assert b.advance(5.0) and b.state == "half_open"
+    assert b.allow(5.0) == "probe"
+
+
 @pytest.mark.parametrize(
     ("outcome", "state", "until"),
     [("ok", "closed", 0.0), ("error", "open", 11.0), ("unreachable", "open", 11.0)],
@@ -89,7 +97,7 @@ def test_closing_clears_the_window() -> None:
     [
         ("closed", "open", 4.0, 0, "open", 14.0),
         ("closed", "half_open", 0.0, 0, "half_open", 0.0),
-        ("open", "half_open", 0.0, 0, "open", 10.0),  # shared says the time is over
+        ("open", "half_open", 0.0, 0, "half_open", 10.0),  # shared says the time is over
         ("open", "closed", 0.0, 1, "closed", 0.0),  # someone's probe succeeded
         ("open", "closed", 0.0, 0, "open", 15.0),  # same epoch: our own trip not shared yet
     ],

@@ -54,8 +54,15 @@ async def test_every_route_is_documented_with_its_methods(app: Any) -> None:
     }
     documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
     assert documented == table
-    assert len(table) == 36  # with /readyz
-    for path in ("/openai/v1/chat/completions", "/openai/chat/completions", "/openapi.json"):
+    assert len(table) == 39  # with /readyz and the three /responses
+    for path in (
+        "/openai/v1/chat/completions",
+        "/openai/chat/completions",
+        "/openapi.json",
+        "/v1/responses",
+        "/openai/responses",
+        "/openai/v1/responses",
+    ):
         assert path in document["paths"]
     assert ("/openai/v1/batches/{batch_id}/cancel", "post") in documented
 

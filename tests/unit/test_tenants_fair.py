@@ -112,15 +112,17 @@ def test_a_lone_tenant_gets_every_slot() -> None:
     ("virtual", "pending", "floor", "order", "lifts", "new_floor"),
     [
         # a's 300 in flight are still estimates: the newcomer starts at the floor, below
-        # a's settled 700, so a's calls in flight count against a
+        # a's 850 (its calls in flight half served), so they count against a
         ({"a": 1000.0}, {"a": 300.0}, 600.0, ["b", "a"], {"b": 600.0}, 600.0),
-        # the floor rises to the least settled service, not to the estimates
-        ({"a": 1000.0, "b": 900.0}, {"a": 300.0}, 0.0, ["b", "a"], {}, 700.0),
+        # the floor rises to the least service with calls in flight half served
+        ({"a": 1000.0, "b": 900.0}, {"a": 300.0}, 0.0, ["b", "a"], {}, 850.0),
+        # ... which may be below another tenant's (b's calls in flight weigh too)
+        ({"a": 1000.0, "b": 900.0}, {"a": 100.0, "b": 200.0}, 0.0, ["b", "a"], {}, 800.0),
         # no call in flight: the plain floor
         ({"a": 1000.0, "b": 1000.0}, {}, 900.0, ["a", "b"], {}, 1000.0),
     ],
 )
-def test_plan_floor_is_settled_service(
+def test_plan_floor_counts_calls_in_flight_half_served(
     virtual: dict[str, float],
     pending: dict[str, float],
     floor: float,
@@ -130,3 +132,28 @@ def test_plan_floor_is_settled_service(
 ) -> None:
     decision = fair.plan(["a", "b"], virtual, floor, pending)
     assert (decision.order, decision.lifts, decision.floor) == (order, lifts, new_floor)
+
+
+@pytest.mark.parametrize(
+    ("seen", "estimate", "expected"),
+    [
+        # nothing seen yet: the estimate itself
+        ([], 100, 100),
+        # calls that used 40 of 100: the charge moves towards 40 of every 100 estimated
+        ([(100, 40)] * 30, 100, 40),
+        ([(100, 40)] * 30, 250, 100),
+        # refused or failed calls (nothing used) teach nothing
+        ([(100, 0)] * 30, 100, 100),
+        # bounded: never less than 1 token, never more than twice the estimate
+        ([(100, 1)] * 100, 10, 1),
+        ([(10, 900)] * 100, 100, 200),
+    ],
+)
+def test_expectation_scales_estimates_by_what_calls_used(
+    seen: list[tuple[int, int]], estimate: int, expected: int
+) -> None:
+    expect = fair.Expectation()
+    for est, actual in seen:
+        expect.learn("a", est, actual)
+    assert expect.expected("a", estimate) == expected
+    assert expect.expected("other", estimate) == estimate  # per tenant

@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import fakeredis
 import pytest
+from structlog.testing import capture_logs
 
 from orchestrator.core import keys
 from orchestrator.core.settings import DeploymentConfig
@@ -203,6 +204,28 @@ async def test_renew_readds_a_reaped_lease(fake_redis: fakeredis.FakeAsyncRedis)
     await throttle.release(slot)
     await throttle.renew()
     assert await throttle.global_in_flight() == 0
+
+
+async def test_a_release_that_overtakes_the_renewal_is_no_lost_lease(
+    fake_redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    t = FakeClock()
+    throttle = make(fake_redis, StaticSource({"gpt-4o": 0.0}, clock=t.clock), t)
+    kept, released = [await throttle.acquire(asyncio.Event()) for _ in range(2)]
+    assert kept is not None and released is not None
+    table = throttle._table
+    renew = table.renew
+
+    async def released_meanwhile(members: list[str], lease_s: float) -> list[str]:
+        await throttle.release(released)  # its ZREM reaches Redis before the renewal
+        return await renew(members, lease_s)
+
+    table.renew = released_meanwhile  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        await throttle.renew()
+    assert [e for e in logs if e["event"] == "slot_leases_lost"] == []
+    assert await throttle.global_in_flight() == 1  # the released one did not stay re-added
+    await throttle.release(kept)
 
 
 async def test_repr_is_live(fake_redis: fakeredis.FakeAsyncRedis) -> None:

@@ -56,3 +56,30 @@ def test_render_shows_what_the_calibrated_estimate_is_made_of() -> None:
     for cell in ("31.0%", "56.0% (0.2s)", "+24.0% (0.2s) 429 1.5s", "24.0%"):
         assert cell in line
     assert calibration_cells(None) == ("-", "-", "-", "-")
+
+
+def test_waiting_lanes_and_in_flight_requests_are_apart_and_queued_excludes_in_flight() -> None:
+    beats = [
+        beat(NOW, a={"in_flight": 3, "waiting": 1, "requests_in_flight": 2}),
+        beat(NOW, a={"in_flight": 1, "waiting": 1, "requests_in_flight": 0}),
+    ]
+    w = summarise(beats, NOW)["a"]
+    assert (w.in_flight, w.waiting, w.requests) == (4, 2, 2)
+    row = Row("ptu-a", 0.1, 0.2, False, 10, 10, 4, 9, w)
+    console = Console(record=True, width=260)
+    console.print(render([row], "estimate"))
+    text = console.export_text()
+    header = next(line for line in text.splitlines() if "deployment" in line)
+    cells = [c.strip() for c in next(x for x in text.splitlines() if "ptu-a" in x).split("│")]
+    names = [c.strip() for c in header.split("┃")]
+    values = dict(zip(names, cells, strict=True))
+    # 9 messages in the stream, 2 of them taken by workers: 7 still queued
+    assert (values["in flight"], values["waiting"], values["queued"]) == ("2", "2", "7")
+    assert "waiting:   worker lanes holding a slot" in text
+    assert "queued:    requests no worker has taken yet" in text
+
+
+def test_queued_is_never_negative_and_unknown_stays_unknown() -> None:
+    from orchestrator.cli.status import queued
+
+    assert queued(3, 5) == 0 and queued(None, 1) is None and queued(12, 5) == 7

@@ -59,6 +59,8 @@ class FakeUpstream:
     on_call: Callable[[str], None] | None = None
     utilisation: float | None = None
     """The utilisation header every success carries (None: no header)."""
+    endpoints: list[str] = field(default_factory=list)
+    """`responses` for each call made through `responses` (it then answers as `chat`)."""
 
     async def chat(self, deployment: str, body: Any, *, headers: Any = None) -> UpstreamResponse:
         request_id = (headers or {}).get("x-ms-client-request-id", "")
@@ -84,6 +86,12 @@ class FakeUpstream:
             )
         finally:
             self.active -= 1
+
+    async def responses(
+        self, deployment: str, body: Any, *, headers: Any = None
+    ) -> UpstreamResponse:
+        self.endpoints.append("responses")
+        return await self.chat(deployment, body, headers=headers)
 
     async def close(self) -> None:
         return None

@@ -105,14 +105,20 @@ class EventHubsQueue:
         consumer: str,
         tenant: str = "default",
     ) -> EventHubsQueue:
-        """Clients for the hub `{PTU_EVENTHUB_NAME}-{deployment}`, checkpoints in Redis.
+        """Clients for the hub `{PTU_EVENTHUB_NAME}-{deployment}`, checkpoints in Redis
+        (or in Blob storage with `PTU_EVENTHUB_CHECKPOINT_STORE=blob`, which KEDA reads).
 
         A tenant other than `default` has a hub of its own, `...-{deployment}-{tenant}`.
         """
         hub = f"{settings.eventhub_name}-{deployment}"
         if tenant != "default":
             hub += f"-{tenant}"
-        store = RedisCheckpointStore(redis)
+        store: Any = RedisCheckpointStore(redis)
+        closers: list[Any] = []
+        if settings.eventhub_checkpoint_store == "blob":
+            from orchestrator.queues.eventhubs.checkpoint_blob import blob_checkpoint_store
+
+            store, closers = blob_checkpoint_store(settings)
         group = settings.eventhub_consumer_group
         auth = EventHubAuth(settings)
         producer = auth.producer(hub)
@@ -121,7 +127,7 @@ class EventHubsQueue:
             producer, consumer_client, redis, deployment, consumer,
             namespace=auth.namespace, checkpoint_store=store, consumer_group=group,
         )  # fmt: skip
-        queue._closers = auth.closers
+        queue._closers = [*closers, *auth.closers]
         return queue
 
     async def put(self, message: QueuedRequest) -> None:

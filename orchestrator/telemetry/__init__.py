@@ -1,0 +1,1 @@
+"""OpenTelemetry for every process: the contract (`base`), `otel`, `factory`."""

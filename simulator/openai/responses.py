@@ -1,0 +1,171 @@
+"""Builders for Responses API bodies and their stream of events, in the SDK's shapes.
+
+`POST /openai/v1/responses` (and the older `/openai/responses?api-version=…`) names
+the deployment in the body's `model`. A non-streaming call answers one `response`
+object; `stream: true` answers the event sequence the `openai` SDK parses
+(`openai.types.responses`), each as `event: <type>` + `data: {…}` with a growing
+`sequence_number` and no `[DONE]` line:
+
+    response.created, response.in_progress, response.output_item.added,
+    response.content_part.added, response.output_text.delta (one per token),
+    response.output_text.done, response.content_part.done, response.output_item.done,
+    response.completed (or response.incomplete when max_output_tokens cut it short)
+
+The last event carries the whole response with its `usage` (`input_tokens`,
+`output_tokens`, `input_tokens_details.cached_tokens`, `total_tokens`). A response
+cut at `max_output_tokens` has status `incomplete` and `incomplete_details.reason`
+`max_output_tokens`, as the service reports it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from simulator.openai.chat import model_version
+
+MIN_OUTPUT_TOKENS = 16
+"""The service refuses a `max_output_tokens` below this."""
+
+
+def usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    """The `usage` object of a response."""
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _message(item_id: str, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    }
+
+
+class ResponseWriter:
+    """Renders one response: its body at any stage, and its stream of events."""
+
+    def __init__(
+        self,
+        *,
+        response_id: str,
+        created: int,
+        model: str,
+        body: dict[str, Any],
+        input_tokens: int,
+    ) -> None:
+        self.response_id = response_id
+        self.item_id = "msg_" + response_id.removeprefix("resp_")
+        self.created = created
+        self.model = model_version(model)
+        self.request = body
+        self.input_tokens = input_tokens
+        self._sequence = 0
+
+    def body(
+        self,
+        status: str,
+        *,
+        text: str | None = None,
+        output_tokens: int = 0,
+        truncated: bool = False,
+        completed_at: int | None = None,
+    ) -> dict[str, Any]:
+        """The `response` object: `in_progress` without output, else with its one message."""
+        req = self.request
+        output = []
+        if text is not None:
+            item_status = "incomplete" if truncated else "completed"
+            output = [_message(self.item_id, item_status, [_text_part(text)])]
+        finished = status != "in_progress"
+        return {
+            "id": self.response_id,
+            "object": "response",
+            "created_at": self.created,
+            "status": status,
+            "background": False,
+            "completed_at": completed_at if finished else None,
+            "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if truncated else None,
+            "instructions": req.get("instructions"),
+            "max_output_tokens": req.get("max_output_tokens"),
+            "max_tool_calls": None,
+            "metadata": req.get("metadata") or {},
+            "model": self.model,
+            "output": output,
+            "parallel_tool_calls": True,
+            "previous_response_id": req.get("previous_response_id"),
+            "reasoning": {"effort": None, "summary": None},
+            "service_tier": "default",
+            "store": req.get("store", True),
+            "temperature": req.get("temperature", 1.0),
+            "text": {"format": {"type": "text"}, "verbosity": "medium"},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": req.get("top_p", 1.0),
+            "truncation": "disabled",
+            "usage": usage(self.input_tokens, output_tokens) if finished else None,
+            "user": None,
+        }
+
+    def _event(self, kind: str, payload: dict[str, Any]) -> bytes:
+        data = {"type": kind, "sequence_number": self._sequence, **payload}
+        self._sequence += 1
+        encoded = json.dumps(data, separators=(",", ":")).encode()
+        return b"event: " + kind.encode() + b"\ndata: " + encoded + b"\n\n"
+
+    def opening(self) -> list[bytes]:
+        """`response.created` and `response.in_progress`."""
+        started = self.body("in_progress")
+        return [
+            self._event("response.created", {"response": started}),
+            self._event("response.in_progress", {"response": started}),
+        ]
+
+    def item_added(self) -> list[bytes]:
+        """The message item and its text part, both still empty."""
+        place = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        return [
+            self._event(
+                "response.output_item.added",
+                {"output_index": 0, "item": _message(self.item_id, "in_progress", [])},
+            ),
+            self._event("response.content_part.added", {**place, "part": _text_part("")}),
+        ]
+
+    def delta(self, text: str) -> bytes:
+        """One `response.output_text.delta`."""
+        place = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        return self._event("response.output_text.delta", {**place, "delta": text, "logprobs": []})
+
+    def closing(
+        self, text: str, output_tokens: int, *, truncated: bool, completed_at: int
+    ) -> list[bytes]:
+        """The done events of the text, part and item, then the final response with usage."""
+        place = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        status = "incomplete" if truncated else "completed"
+        item = _message(self.item_id, status, [_text_part(text)])
+        final = self.body(
+            status,
+            text=text,
+            output_tokens=output_tokens,
+            truncated=truncated,
+            completed_at=completed_at,
+        )
+        return [
+            self._event("response.output_text.done", {**place, "text": text, "logprobs": []}),
+            self._event("response.content_part.done", {**place, "part": _text_part(text)}),
+            self._event("response.output_item.done", {"output_index": 0, "item": item}),
+            self._event(f"response.{status}", {"response": final}),
+        ]
