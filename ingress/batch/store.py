@@ -194,13 +194,14 @@ def batch_object(f: dict[str, str]) -> dict[str, Any]:
 
     errors = json.loads(f["errors"]) if f.get("errors") else None
     status = f["status"]
+    # a batch hash written only in part (a crash during create) still lists
     return {
         "id": f["id"],
         "object": "batch",
-        "endpoint": f["endpoint"],
+        "endpoint": f.get("endpoint", "/v1/chat/completions"),
         "errors": {"object": "list", "data": errors} if errors else None,
-        "input_file_id": f["input_file_id"],
-        "completion_window": f["completion_window"],
+        "input_file_id": f.get("input_file_id", ""),
+        "completion_window": f.get("completion_window", "24h"),
         "status": status,
         "output_file_id": f.get("output_file_id") or None,
         "error_file_id": f.get("error_file_id") or None,

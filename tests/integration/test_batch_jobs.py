@@ -35,6 +35,7 @@ async def ctx(
 ) -> AsyncIterator[job.JobContext]:
     async with job.context(_settings(redis_url, tmp_path)) as made:
         yield made
+    await redis.flushdb()  # leave no batch behind for later modules' ingresses
 
 
 async def _batch(ctx: job.JobContext, n: int, batch_id: str = "batch_t") -> None:
