@@ -52,6 +52,7 @@ CLUSTER_SUBSET := tests/integration/test_queue_contract.py \
 	tests/integration/test_util_estimate_redis.py \
 	tests/integration/test_throttle_global.py \
 	tests/integration/test_redis_cluster.py \
+	tests/integration/test_batch_jobs.py \
 	tests/integration/test_cli_redis_verbs.py
 
 test: install

@@ -29,10 +29,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ingress.batch.files import FileRoutes, FileStore
+from ingress.batch.files import FileRoutes, Files
+from ingress.batch.filestore.factory import make_file_store
+from ingress.batch.job import warm as job_warm
+from ingress.batch.jobs import BatchJobs
+from ingress.batch.offload import Offload
 from ingress.batch.routes import BatchRoutes
 from ingress.batch.runner import BatchWork
 from ingress.batch.store import BatchStore
+from ingress.batch.validate import warm as validate_warm
 from ingress.chat.accounting import Accounting
 from ingress.chat.credentials import UpstreamAuth, deployment_auths, upstream_auth
 from ingress.chat.limits import TenantLimits
@@ -215,16 +220,22 @@ def create_app(
     tenant_limits = TenantLimits(tenancy, ledger, accounting)
     chat = ChatRoutes(settings, deployments, tenants, proxy, enqueuer, metrics, tenant_limits)
     requests_api = RequestsApi(results, tenants, issued_before_loss=incarnation.issued_before)
-    files = FileStore(parts.redis, clock=clock)
+    files = Files(parts.redis, make_file_store(settings), clock=clock)
+    batch_store = BatchStore(parts.redis, clock=clock)
+    # validation and batch jobs run in processes of their own (in threads when the
+    # caller injected its own queues: they exist only in this process)
+    inline = queues is not None
+    validator, job_runner = Offload("validate", inline=inline), Offload("jobs", inline=inline)
+    jobs = BatchJobs(batch_store, settings, job_runner, clock=clock)
     work = BatchWork(
         results, proxy, deployments, quota=ledger,
         query="?api-version=" + quote(settings.azure_openai_api_version),
         concurrency=settings.max_concurrency, retry=settings.retry_policy(), clock=clock,
     )  # fmt: skip
-    file_routes = FileRoutes(files, tenants, deployments)
+    file_routes = FileRoutes(files, tenants, deployments, validator)
     batches = BatchRoutes(
-        settings, deployments, tenants, BatchStore(parts.redis, clock=clock), files, enqueuer,
-        work, metrics, limits=tenant_limits, clock=clock,
+        settings, deployments, tenants, batch_store, files, work, jobs, metrics,
+        limits=tenant_limits, clock=clock,
     )  # fmt: skip
 
     @operation("liveness", {200: Reply("alive", Health)})
@@ -287,15 +298,24 @@ def create_app(
             parts.estimate.keep_alive() if parts.estimate else asyncio.Event().wait()
         )
         watch = asyncio.create_task(watch_incarnation(incarnation))
+        sweeper = asyncio.create_task(jobs.run())
+        warming = [
+            asyncio.create_task(validator.warm(validate_warm)),
+            asyncio.create_task(job_runner.warm(job_warm)),
+        ]
         log.info("ingress_started", deployments=list(deployments), open=tenants.open)
         try:
             yield
         finally:
-            for task in (beat, watch):
+            for task in (beat, watch, sweeper, *warming):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await jobs.stop()
             await work.stop()
+            for offload in (validator, job_runner):
+                await offload.close()
+            await files.store.close()
             await parts.close()
             if owns_tracing:
                 tracer.shutdown()

@@ -47,7 +47,7 @@ import redis.asyncio as aioredis
 from bench.harness.runner import Policy, prepare
 from bench.harness.stack import DEPLOYMENT, SimulatorOptions, Stack, sigterm_as_interrupt
 from bench.report import tables as report
-from ingress.batch.store import BatchStore
+from ingress.batch.store import BatchStore, line_request_id
 from orchestrator.core import keys, logs
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import ResultDocument
@@ -101,11 +101,11 @@ async def submit(http: httpx2.AsyncClient, key: str, tenant: str, n: int, max_to
 
 async def results(redis: aioredis.Redis, batch_id: str) -> list[ResultDocument]:
     """The results written so far for a batch's lines."""
-    lines = await BatchStore(redis).requests(batch_id)
+    total = int((await BatchStore(redis).fields(batch_id)).get("total", "0"))
     store = ResultStore(redis, 3600)
     out = []
-    for rid, _, _ in lines:
-        state = await store.get(rid)
+    for index in range(total):
+        state = await store.get(line_request_id(batch_id, index))
         if state is not None and state.result is not None:
             out.append(state.result)
     return out

@@ -15,7 +15,7 @@ deployment answered).
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -44,6 +44,18 @@ def _line_error(number: int, message: str) -> ApiError:
     return bad_request(f"line {number}: {message}", code="invalid_batch_file")
 
 
+BODY_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    url: check_responses_body if url == RESPONSES_URL else check_chat_body for url in ENDPOINTS
+}
+"""The one place that knows which endpoints a batch line may name, and how its body is
+checked for each (ApiError 400 from the endpoint's own check)."""
+
+
+def line_endpoint(url: object) -> Endpoint:
+    """The API a (validated) line's `url` names."""
+    return "responses" if url == RESPONSES_URL else "chat/completions"
+
+
 def _check_line(number: int, obj: object, deployments: Collection[str]) -> BatchLine:
     if not isinstance(obj, dict):
         raise _line_error(number, "not a JSON object")
@@ -52,8 +64,9 @@ def _check_line(number: int, obj: object, deployments: Collection[str]) -> Batch
         raise _line_error(number, "'custom_id' must be a non-empty string")
     if obj.get("method") != "POST":
         raise _line_error(number, "'method' must be \"POST\"")
-    if obj.get("url") not in ENDPOINTS:
-        raise _line_error(number, f"'url' must be one of {', '.join(ENDPOINTS)}")
+    check_body = BODY_CHECKS.get(obj.get("url"))  # type: ignore[arg-type]
+    if check_body is None:
+        raise _line_error(number, f"'url' must be one of {', '.join(BODY_CHECKS)}")
     body = obj.get("body")
     if not isinstance(body, dict):
         raise _line_error(number, "'body' must be a JSON object")
@@ -63,9 +76,9 @@ def _check_line(number: int, obj: object, deployments: Collection[str]) -> Batch
         raise _line_error(
             number, f"body.model {str(model)[:100]!r} is not a deployment here (known: {known})"
         )
-    endpoint: Endpoint = "responses" if obj["url"] == RESPONSES_URL else "chat/completions"
+    endpoint = line_endpoint(obj["url"])
     try:
-        (check_responses_body if endpoint == "responses" else check_chat_body)(body)
+        check_body(body)
     except ApiError as exc:
         raise _line_error(number, f"body: {exc.message}") from exc
     if body.get("stream") is True:
@@ -73,21 +86,22 @@ def _check_line(number: int, obj: object, deployments: Collection[str]) -> Batch
     return BatchLine(number, custom_id, model, body, endpoint)
 
 
-def parse_input(content: bytes, deployments: Collection[str]) -> list[BatchLine]:
-    """The lines of a batch input file; ApiError 400 naming the first bad line."""
-    try:
-        text = content.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise bad_request("the file is not UTF-8 text", code="invalid_batch_file") from exc
-    lines: list[BatchLine] = []
+def scan(raw_lines: Iterable[bytes], deployments: Collection[str]) -> Iterator[BatchLine]:
+    """Validate a file line by line (bytes lines, `\n` stripped or not), yielding each
+    request; ApiError 400 naming the first bad line. Holds only the custom_ids seen."""
     seen: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    count = 0
+    for number, raw in enumerate(raw_lines, start=1):
         if not raw.strip():
             continue
-        if len(lines) >= MAX_LINES:
+        if count >= MAX_LINES:
             raise _line_error(number, f"a batch file holds at most {MAX_LINES} requests")
         try:
-            obj = loads_strict(raw)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise bad_request("the file is not UTF-8 text", code="invalid_batch_file") from exc
+        try:
+            obj = loads_strict(text)
         except ValueError as exc:
             raise _line_error(number, f"not valid JSON ({exc})") from exc
         line = _check_line(number, obj, deployments)
@@ -96,10 +110,20 @@ def parse_input(content: bytes, deployments: Collection[str]) -> list[BatchLine]
             raise _line_error(
                 number, f"duplicate custom_id {line.custom_id[:100]!r} (first on line {first})"
             )
-        lines.append(line)
-    if not lines:
+        count += 1
+        yield line
+    if not count:
         raise bad_request("the batch file has no requests", code="invalid_batch_file")
-    return lines
+
+
+def parse_input(content: bytes, deployments: Collection[str]) -> list[BatchLine]:
+    """The lines of a whole batch input file in memory (small files, tests)."""
+    return list(scan(content.split(b"\n"), deployments))
+
+
+def request_line(raw: bytes) -> dict[str, Any] | None:
+    """The object of a line of an already validated file; None for a blank line."""
+    return json.loads(raw) if raw.strip() else None
 
 
 def succeeded(doc: ResultDocument) -> bool:

@@ -9,12 +9,8 @@ run lives in the process that accepted the batch: if that process stops, its
 unfinished lines stay queued-state and the batch stays in progress until cancelled.
 Low priority, the default, is durable.
 
-Closing lines early (cancel, or an enqueue that failed half-way): every line
-still `queued` gets a failed result with a code (`batch_cancelled`,
-`batch_failed`). The worker checks for an existing result before calling, so
-those lines are skipped without any change to the worker; lines already in
-progress finish normally. `ResultStore.complete` is idempotent, so a line is
-never counted twice.
+Cancelling, expiring and finalising any batch are jobs (`ingress.batch.job`);
+`ResultStore.complete` is idempotent, so a line is never counted twice.
 """
 
 from __future__ import annotations
@@ -23,7 +19,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
@@ -32,7 +28,6 @@ from redis.exceptions import RedisError
 from ingress.chat.proxy import Call, Proxy
 from ingress.chat.targets import Target
 from ingress.http.errors import ApiError
-from orchestrator.core import keys
 from orchestrator.core.errors import UpstreamError
 from orchestrator.core.results import ResultStore
 from orchestrator.core.retry import RetryPolicy, decide, parse_retry_after
@@ -41,9 +36,6 @@ from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_token
 from orchestrator.tenants.quota import QUOTA_STATUS, QuotaGate, quota_error
 
 log = structlog.get_logger(__name__)
-
-CHUNK = 50
-"""Lines written concurrently: bounded so a big batch never drains the Redis pool."""
 
 
 class BatchWork:
@@ -88,19 +80,16 @@ class BatchWork:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def register_all(self, reqs: Sequence[QueuedRequest]) -> None:
-        """Create the request records of in-process lines."""
-        for start in range(0, len(reqs), CHUNK):
-            await asyncio.gather(*(self._results.register(r) for r in reqs[start : start + CHUNK]))
-
-    async def run_high(self, reqs: Sequence[QueuedRequest]) -> None:
-        """Call the deployment for every line now, `concurrency` at a time."""
+    async def run_high(self, reqs: AsyncIterator[QueuedRequest]) -> None:
+        """Call the deployment for every line now, `concurrency` at a time, reading the
+        lines as they are needed (never more than `concurrency` ahead of the calls)."""
         gate = asyncio.Semaphore(self._concurrency)
+        running: set[asyncio.Task[None]] = set()
 
         async def one(req: QueuedRequest) -> None:
-            async with gate:
+            try:
                 state = await self._results.get(req.id)
-                if state is None or state.status != "queued":
+                if state is not None and state.result is not None:
                     return  # cancelled (or otherwise finished) meanwhile
                 await self._results.mark_in_progress(req.id)
                 refused = await quota_error(self._quota, req.tenant, req.body)
@@ -109,40 +98,20 @@ class BatchWork:
                 else:
                     doc = await self._call(req)
                 await self._results.complete(doc, req.reply_key)
+            finally:
+                gate.release()
 
-        await asyncio.gather(*(one(r) for r in reqs))
-
-    async def close_lines(
-        self,
-        batch_id: str,
-        reply_key: str,
-        lines: Sequence[tuple[str, str, str]],
-        code: str,
-        message: str,
-        tenant: str = "default",
-    ) -> int:
-        """Give every still-queued line a failed result with `code`; returns how many."""
-        closed = 0
-        now = self._clock()
-        for start in range(0, len(lines), CHUNK):
-            chunk = lines[start : start + CHUNK]
-            async with self._results.redis.pipeline(transaction=False) as pipe:
-                for rid, _, _ in chunk:
-                    pipe.hget(keys.request(rid), "status")
-                statuses = await pipe.execute()
-            docs = [
-                ResultDocument(
-                    id=rid, custom_id=cid, status="failed", status_code=None,
-                    error={"code": code, "message": message}, deployment=dep, attempts=0,
-                    enqueued_at=now, completed_at=now, batch_id=batch_id, tenant=tenant,
-                )
-                for (rid, cid, dep), status in zip(chunk, statuses, strict=True)
-                if status in (b"queued", "queued")
-            ]  # fmt: skip
-            wrote = await asyncio.gather(*(self._results.complete(d, reply_key) for d in docs))
-            closed += sum(wrote)
-        log.info("batch_lines_closed", batch_id=batch_id, code=code, closed=closed)
-        return closed
+        try:
+            async for req in reqs:
+                await gate.acquire()
+                await self._results.register(req, only_new=True)
+                task = asyncio.ensure_future(one(req))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*running)
+        finally:
+            for task in running:
+                task.cancel()
 
     async def _call(self, req: QueuedRequest) -> ResultDocument:
         target = self._targets[req.deployment]

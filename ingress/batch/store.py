@@ -1,10 +1,13 @@
-"""Batch state in Redis: the batch hash, its request list, and the finalisation claim.
+"""Batch state in Redis: the batch hash, its job lease, the finalisation claim, the indexes.
 
-`keys.batch(id)` holds the batch's fields; `ResultStore.complete` increments its
-`completed` / `failed` counters and records each line's document in the hash
-`keys.batch_results(id)` (once per request id) as lines finish.
-`keys.batch_requests(id)` lists `[request_id, custom_id, deployment]` in input
-order. Everything expires `BATCH_TTL_S` after creation.
+`keys.batch(id)` holds the batch's fields: status, counters (`ResultStore.complete`
+bumps `completed` / `failed` once per line, marking it in `keys.batch_results(id)`),
+the expansion cursor (`cursor` = next line index, `cursor_offset` = its byte offset
+in the input file, `expanded` once every line is queued), `final_status`, and the
+job lease (`job_owner`, `job_until`). Line `i` of a batch is request
+`line_request_id(batch, i)`: ids are derived, not stored, so re-expanding a line
+after a crash names the same request. Active batches are listed in
+`keys.BATCHES_ACTIVE` until terminal. Everything expires `BATCH_TTL_S` after creation.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from ingress.batch.files import list_page
 from ingress.http.errors import ApiError
 from orchestrator.core import keys
-from orchestrator.core.schemas import ResultDocument
 
 BATCH_TTL_S = 2 * 86_400
 """The 24 h completion window plus a day to fetch the results."""
@@ -29,13 +32,15 @@ TERMINAL = frozenset({"completed", "failed", "cancelled", "expired"})
 # KEYS: batch hash. ARGV: now, lease s. Claims finalisation unless a live claim exists.
 _CLAIM = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'in_progress' and status ~= 'cancelling' and status ~= 'finalizing' then
+if status ~= 'in_progress' and status ~= 'cancelling' and status ~= 'finalizing'
+   and status ~= 'validating' then
   return 0
 end
 local at = redis.call('HGET', KEYS[1], 'finalizer_at')
 if at and tonumber(at) > tonumber(ARGV[1]) - tonumber(ARGV[2]) then return 0 end
-if status ~= 'finalizing' then redis.call('HSET', KEYS[1], 'final_status',
-  status == 'cancelling' and 'cancelled' or 'completed') end
+if status ~= 'finalizing' and not redis.call('HGET', KEYS[1], 'final_status') then
+  redis.call('HSET', KEYS[1], 'final_status', status == 'cancelling' and 'cancelled' or 'completed')
+end
 redis.call('HSET', KEYS[1], 'status', 'finalizing', 'finalizer_at', ARGV[1])
 if not redis.call('HGET', KEYS[1], 'finalizing_at') then
   redis.call('HSET', KEYS[1], 'finalizing_at', math.floor(tonumber(ARGV[1])))
@@ -56,6 +61,25 @@ end
 return status
 """
 
+# KEYS: batch hash. ARGV: owner token, now, lease s. 1 when the lease is (still) ours.
+_LEASE = """
+if not redis.call('HGET', KEYS[1], 'status') then return 0 end
+local owner = redis.call('HGET', KEYS[1], 'job_owner')
+local untl = tonumber(redis.call('HGET', KEYS[1], 'job_until') or '0')
+if owner and owner ~= ARGV[1] and untl > tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'job_owner', ARGV[1],
+  'job_until', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+return 1
+"""
+
+# KEYS: batch hash. ARGV: owner token. Gives the lease up if it is ours.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'job_owner') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'job_owner', 'job_until')
+end
+return 0
+"""
+
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -66,6 +90,11 @@ def not_found(batch_id: str) -> ApiError:
     return ApiError(404, "batch_not_found", f"no batch {batch_id[:100]!r}")
 
 
+def line_request_id(batch_id: str, index: int) -> str:
+    """The request id of line `index` (0-based, blank lines not counted) of a batch."""
+    return f"req_{batch_id.removeprefix('batch_')}_{index}"
+
+
 class BatchStore:
     """Batches of one Redis, tenant-scoped."""
 
@@ -74,23 +103,20 @@ class BatchStore:
         self._clock = clock
         self._claim = redis.register_script(_CLAIM)
         self._transition = redis.register_script(_TRANSITION)
+        self._lease = redis.register_script(_LEASE)
+        self._release = redis.register_script(_RELEASE)
 
-    async def create(
-        self, fields: dict[str, str], requests: Sequence[tuple[str, str, str]]
-    ) -> None:
-        """Write the batch hash and its request list (before any line is enqueued)."""
+    async def create(self, fields: dict[str, str]) -> None:
+        """Write the batch hash, then list it as active and in its tenant's index."""
         batch_id = fields["id"]
-        entries = [json.dumps(list(r)) for r in requests]
         now = self._clock()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]
             pipe.expire(keys.batch(batch_id), BATCH_TTL_S)
-            for start in range(0, len(entries), 10_000):
-                pipe.rpush(keys.batch_requests(batch_id), *entries[start : start + 10_000])
-            pipe.expire(keys.batch_requests(batch_id), BATCH_TTL_S)
             await pipe.execute()
-        # the tenant's index is another slot: written after, so it never names a
-        # batch that does not exist (listing skips ids that expired meanwhile)
+        # the indexes are other slots: written after, so they never name a batch that
+        # does not exist (readers skip ids that expired meanwhile)
+        await self.redis.zadd(keys.BATCHES_ACTIVE, {batch_id: now})
         index = keys.tenant_batches(fields["tenant"])
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(index, {batch_id: now})
@@ -98,10 +124,14 @@ class BatchStore:
             pipe.expire(index, BATCH_TTL_S)
             await pipe.execute()
 
+    async def fields(self, batch_id: str) -> dict[str, str]:
+        """The batch's fields, whoever owns it ({} when unknown)."""
+        raw = await self.redis.hgetall(keys.batch(batch_id))
+        return {_s(k): _s(v) for k, v in raw.items()}
+
     async def get(self, tenant: str, batch_id: str) -> dict[str, str]:
         """The batch's fields; 404 if unknown or another tenant's."""
-        raw = await self.redis.hgetall(keys.batch(batch_id))
-        fields = {_s(k): _s(v) for k, v in raw.items()}
+        fields = await self.fields(batch_id)
         if fields.get("tenant") != tenant or "status" not in fields:
             raise not_found(batch_id)
         return fields
@@ -125,35 +155,31 @@ class BatchStore:
         )
         return bool(claimed)
 
-    async def requests(self, batch_id: str) -> list[tuple[str, str, str]]:
-        """`(request_id, custom_id, deployment)` per line, in input order."""
-        raw = await self.redis.lrange(keys.batch_requests(batch_id), 0, -1)
-        out: list[tuple[str, str, str]] = []
-        for r in raw:
-            rid, cid, dep = json.loads(r)
-            out.append((str(rid), str(cid), str(dep)))
-        return out
+    async def lease(self, batch_id: str, owner: str, seconds: float) -> bool:
+        """Take or renew the batch's job lease; False while another live owner holds it."""
+        got = await self._lease(keys=[keys.batch(batch_id)], args=[owner, self._clock(), seconds])
+        return bool(got)
 
-    async def results(self, batch_id: str) -> dict[str, ResultDocument]:
-        """The result documents written so far, by request id."""
-        raw = await self.redis.hvals(keys.batch_results(batch_id))
-        docs = (ResultDocument.model_validate_json(r) for r in raw)
-        return {d.id: d for d in docs}
+    async def release(self, batch_id: str, owner: str) -> None:
+        """Give the job lease up (if still ours)."""
+        await self._release(keys=[keys.batch(batch_id)], args=[owner])
 
-    async def discard_lines(self, batch_id: str) -> None:
-        """Drop the per-line lists once the output files hold everything."""
-        await self.redis.delete(keys.batch_results(batch_id), keys.batch_requests(batch_id))
+    async def active(self, limit: int = 1000) -> list[str]:
+        """Ids of batches not yet terminal, oldest first."""
+        return [_s(b) for b in await self.redis.zrange(keys.BATCHES_ACTIVE, 0, limit - 1)]
 
-    async def list_batches(self, tenant: str, limit: int) -> list[dict[str, str]]:
-        """The tenant's newest batches."""
-        ids = await self.redis.zrevrange(keys.tenant_batches(tenant), 0, limit - 1)
-        out = []
-        for raw in ids:
-            try:
-                out.append(await self.get(tenant, _s(raw)))
-            except ApiError:
-                continue  # expired between the index and the batch
-        return out
+    async def deactivate(self, batch_id: str) -> None:
+        """Drop a terminal (or vanished) batch from the active list and its line marks."""
+        await self.redis.zrem(keys.BATCHES_ACTIVE, batch_id)
+        await self.redis.delete(keys.batch_results(batch_id))
+
+    async def list_batches(
+        self, tenant: str, limit: int, after: str | None = None
+    ) -> tuple[list[dict[str, str]], bool]:
+        """A page of the tenant's batches, newest first, and whether more follow."""
+        return await list_page(
+            self.redis, keys.tenant_batches(tenant), lambda b: self.get(tenant, b), limit, after
+        )
 
     def __repr__(self) -> str:
         return "<BatchStore>"
@@ -168,13 +194,14 @@ def batch_object(f: dict[str, str]) -> dict[str, Any]:
 
     errors = json.loads(f["errors"]) if f.get("errors") else None
     status = f["status"]
+    # a batch hash written only in part (a crash during create) still lists
     return {
         "id": f["id"],
         "object": "batch",
-        "endpoint": f["endpoint"],
+        "endpoint": f.get("endpoint", "/v1/chat/completions"),
         "errors": {"object": "list", "data": errors} if errors else None,
-        "input_file_id": f["input_file_id"],
-        "completion_window": f["completion_window"],
+        "input_file_id": f.get("input_file_id", ""),
+        "completion_window": f.get("completion_window", "24h"),
         "status": status,
         "output_file_id": f.get("output_file_id") or None,
         "error_file_id": f.get("error_file_id") or None,
@@ -184,7 +211,7 @@ def batch_object(f: dict[str, str]) -> dict[str, Any]:
         "finalizing_at": ts("finalizing_at"),
         "completed_at": ts("completed_at"),
         "failed_at": ts("failed_at"),
-        "expired_at": None,
+        "expired_at": ts("expired_at"),
         "cancelling_at": ts("cancelling_at"),
         "cancelled_at": ts("cancelled_at"),
         "request_counts": {

@@ -119,10 +119,23 @@ class BatchPath(_Params):
 
 class FileListQuery(_Params):
     limit: int | None = Field(None, ge=1, le=10_000)
+    after: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="the id of the last file of the previous page",
+    )
+    order: Literal["asc", "desc"] | None = Field(None, description="by created_at; default desc")
 
 
 class BatchListQuery(_Params):
     limit: int | None = Field(None, ge=1, le=100)
+    after: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="the id of the last batch of the previous page",
+    )
 
 
 def parse_priority(value: str | None, default: Priority) -> Priority:
@@ -276,7 +289,7 @@ class QueuedRequestStatus(BaseModel):
 
 
 class FileList(BaseModel):
-    """A page of files (everything in one page)."""
+    """A page of files; `has_more`: later pages exist (pass `after=last_id`)."""
 
     object: Literal["list"] = "list"
     data: list[FileObject]
@@ -286,7 +299,7 @@ class FileList(BaseModel):
 
 
 class BatchList(BaseModel):
-    """A page of batches (everything in one page)."""
+    """A page of batches; `has_more`: later pages exist (pass `after=last_id`)."""
 
     object: Literal["list"] = "list"
     data: list[Batch]

@@ -12,7 +12,7 @@ transaction only ever touches keys of one entity:
 |            |                     | slots, pause, consumer liveness, breaker, counts |
 | request    | `{<request id>}`    | record, result; the default reply key            |
 |            |                     | `ptu:reply:{<request id>}` shares it             |
-| batch      | `{b:<batch id>}`    | batch hash, request list, results                |
+| batch      | `{b:<batch id>}`    | batch hash, its lines' counted-once marks        |
 | file       | `{f:<file id>}`     | file hash                                        |
 | tenant     | `{t:<tenant>}`      | file and batch indexes, hourly usage, minute and |
 |            |                     | quota counters                                   |
@@ -22,7 +22,7 @@ Work that spans entities (a result is written in the request's slot, pushed to a
 reply key the caller chose, counted in its batch) is done as one atomic step per
 entity, each idempotent, and re-driven until the last succeeded (see
 `orchestrator.core.results`). Single keys with no entity (`TOKEN_EVENTS`,
-`WORKERS`, `INCARNATION`, `USAGE_TENANTS`) are never in a script with another key.
+`WORKERS`, `INCARNATION`, `USAGE_TENANTS`, `BATCHES_ACTIVE`) are never in a script with another key.
 
 Tag contents must not contain `}` (that would end the tag early): deployment,
 batch, file and tenant names are checked where they enter, request ids are ours.
@@ -149,17 +149,23 @@ def batch(batch_id: str) -> str:
 
 
 def batch_results(batch_id: str) -> str:
-    """Hash request id -> result document (JSON) of a batch's finished lines."""
+    """Hash request id -> `c`|`f` of a batch's finished lines: counts each line once (the
+    result document itself is stored once, at `result(id)`)."""
     return f"{_b(batch_id)}:results"
 
 
-def batch_requests(batch_id: str) -> str:
-    """List of a batch's request ids in input-line order."""
-    return f"{_b(batch_id)}:requests"
+BATCHES_ACTIVE = f"{PREFIX}:batches:active"
+"""Sorted set of batches not yet terminal (score = created_at): the batch jobs' work list."""
+
+
+def queue_put(stream: str, request_id: str) -> str:
+    """Marker that a request was put on `stream` (a queue stream): in the stream's slot, so
+    one script puts a batch line at most once."""
+    return f"{stream}:put:{request_id}"
 
 
 def file(file_id: str) -> str:
-    """Hash with an uploaded or produced file's metadata and content."""
+    """Hash with an uploaded or produced file's metadata (its bytes are in the file store)."""
     return f"{PREFIX}:{{f:{file_id}}}:file"
 
 

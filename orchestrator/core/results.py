@@ -8,9 +8,11 @@ requester chose, the batch), so it is three atomic scripts, one per slot:
    and notify waiters. Exactly one completion of a request id ever wins here; a
    loser gets the winner's document back.
 2. push (reply key slot): RPUSH the winning document, guarded by a marker key in the
-   reply key's own slot (`keys.reply_pushed`), so it is pushed at most once.
-3. count (batch slot): HSETNX the document into the batch's results by request id
-   and bump the counter only when it was new.
+   reply key's own slot (`keys.reply_pushed`), so it is pushed at most once. Batch
+   lines are not pushed: their results reach the batch's output file, so the document
+   is stored once, in the result key.
+3. count (batch slot): HSETNX a one-letter mark (`c`/`f`) under the request id into
+   the batch's line marks and bump the counter only when it was new.
 
 Steps 2 and 3 are idempotent and always run with the stored winning document, so
 any caller can re-drive them (`settle`): the worker acknowledges a delivery only
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -63,8 +66,8 @@ end
 return 0
 """
 
-# Step 3, in the batch's slot: record and count the line once.
-# KEYS: batch results hash, batch hash. ARGV: request id, doc JSON, counter field.
+# Step 3, in the batch's slot: count the line once.
+# KEYS: batch line marks, batch hash. ARGV: request id, mark, counter field.
 _COUNT = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
   redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
@@ -75,6 +78,14 @@ end
 return 0
 """
 
+# KEYS: request record. ARGV: ttl-at, then field, value pairs. Writes only a new record.
+_REGISTER_NEW = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIREAT', KEYS[1], ARGV[1])
+return 1
+"""
+
 # KEYS: request record. Only a queued request moves to in_progress.
 _MARK_IN_PROGRESS = """
 if redis.call('HGET', KEYS[1], 'status') == 'queued' then
@@ -83,6 +94,18 @@ if redis.call('HGET', KEYS[1], 'status') == 'queued' then
 end
 return 0
 """
+
+
+def _record(req: QueuedRequest) -> dict[str, str]:
+    return {
+        "status": "queued",
+        "tenant": req.tenant,
+        "reply_key": req.reply_key,
+        "custom_id": req.custom_id or "",
+        "batch_id": req.batch_id or "",
+        "deployment": req.deployment,
+        "enqueued_at": repr(req.enqueued_at),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,22 +131,40 @@ class ResultStore:
         self._push = redis.register_script(_PUSH)
         self._count = redis.register_script(_COUNT)
         self._mark = redis.register_script(_MARK_IN_PROGRESS)
+        self._register_new = redis.register_script(_REGISTER_NEW)
 
-    async def register(self, req: QueuedRequest) -> None:
-        """Create the request record (status queued), kept until deadline + reply TTL."""
-        record = {
-            "status": "queued",
-            "tenant": req.tenant,
-            "reply_key": req.reply_key,
-            "custom_id": req.custom_id or "",
-            "batch_id": req.batch_id or "",
-            "deployment": req.deployment,
-            "enqueued_at": repr(req.enqueued_at),
-        }
+    async def register(self, req: QueuedRequest, *, only_new: bool = False) -> None:
+        """Create the request record (status queued), kept until deadline + reply TTL.
+
+        `only_new`: leave an existing record as it is (a batch line queued again after
+        a crash may have finished meanwhile).
+        """
+        record = _record(req)
         key = keys.request(req.id)
+        if only_new:
+            pairs = [x for kv in record.items() for x in kv]
+            expire_at = math.ceil(req.deadline + self.reply_ttl_s)
+            await self._register_new(keys=[key], args=[expire_at, *pairs])
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=record)  # type: ignore[arg-type]
             pipe.expireat(key, math.ceil(req.deadline + self.reply_ttl_s))
+            await pipe.execute()
+
+    async def register_new(self, reqs: Sequence[QueuedRequest]) -> None:
+        """Create the records of those requests that have none (batch expansion), in two
+        pipelined round trips. A record written between the two (its line finished
+        meanwhile) is set back to `queued`, which its result still overrides."""
+        ids = [keys.request(r.id) for r in reqs]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in ids:
+                pipe.exists(key)
+            there = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for req, key, exists in zip(reqs, ids, there, strict=True):
+                if not exists:
+                    pipe.hset(key, mapping=_record(req))  # type: ignore[arg-type]
+                    pipe.expireat(key, math.ceil(req.deadline + self.reply_ttl_s))
             await pipe.execute()
 
     async def forget(self, request_id: str) -> None:
@@ -167,15 +208,17 @@ class ResultStore:
         return True
 
     async def _fan_out(self, doc: ResultDocument, payload: str, reply_key: str) -> None:
-        await self._push(
-            keys=[reply_key, keys.reply_pushed(reply_key, doc.id)], args=[payload, self.reply_ttl_s]
-        )
-        if doc.batch_id:
-            counter = "completed" if doc.status == "completed" else "failed"
-            await self._count(
-                keys=[keys.batch_results(doc.batch_id), keys.batch(doc.batch_id)],
-                args=[doc.id, payload, counter],
+        if not doc.batch_id:
+            await self._push(
+                keys=[reply_key, keys.reply_pushed(reply_key, doc.id)],
+                args=[payload, self.reply_ttl_s],
             )
+            return
+        counter = "completed" if doc.status == "completed" else "failed"
+        await self._count(
+            keys=[keys.batch_results(doc.batch_id), keys.batch(doc.batch_id)],
+            args=[doc.id, counter[0], counter],
+        )
 
     async def get(self, request_id: str) -> RequestState | None:
         """The request's state, or None when it is unknown (or long expired)."""

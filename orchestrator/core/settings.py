@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
@@ -235,6 +237,15 @@ class Settings(BaseSettings):
     max_tokens_ceiling: int = Field(default=2_000, gt=0)
     default_max_tokens: int = Field(default=1_000, gt=0)
     spillover_wait_ms: int = Field(default=0, ge=0)
+    # batch files (bytes; Redis keeps their metadata)
+    files_dir: str = Field(
+        default_factory=lambda: str(Path(tempfile.gettempdir()) / "ptu-files"),
+        description="local file store directory (when PTU_BLOB_ACCOUNT_URL is unset)",
+    )
+    blob_account_url: str | None = Field(
+        default=None, description="Blob Storage account URL: files go there (Entra ID)"
+    )
+    blob_container: str = Field(default="ptu-files", min_length=3, max_length=63)
     # circuit breaker (per upstream deployment, shared through Redis)
     breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
     breaker_min_calls: int = Field(default=5, ge=1)

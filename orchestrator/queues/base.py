@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pydantic import ValidationError
 
@@ -122,3 +123,15 @@ class Queue(Protocol):
 
     async def close(self) -> None:
         """Release connections; unacknowledged deliveries stay redeliverable."""
+
+
+@runtime_checkable
+class BulkPut(Protocol):
+    """A queue that can put many messages in one round trip (batch expansion uses it)."""
+
+    async def put_many(self, messages: Sequence[QueuedRequest]) -> None:
+        """`put` every message, each with `put`'s guarantees; durable when this returns.
+
+        Raises QueueUnavailable when the backend failed part-way (some may be stored;
+        putting them again is safe for batch lines, which are put at most once).
+        """

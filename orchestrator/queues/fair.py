@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import redis.asyncio as aioredis
@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.schemas import QueuedRequest
-from orchestrator.queues.base import Delivery, Queue
+from orchestrator.queues.base import BulkPut, Delivery, Queue
 from orchestrator.tenants import fair
 
 log = structlog.get_logger(__name__)
@@ -149,6 +149,23 @@ class FairShareQueue:
         except RedisError as exc:
             # the message is stored; the next sweep finds it even without its flag
             log.warning("fair_flag_failed", tenant=message.tenant, error=repr(exc))
+
+    async def put_many(self, messages: Sequence[QueuedRequest]) -> None:
+        """`put` them, per tenant in one go when its queue can, then flag each tenant once."""
+        by_tenant: dict[str, list[QueuedRequest]] = {}
+        for message in messages:
+            by_tenant.setdefault(message.tenant, []).append(message)
+        for tenant, group in by_tenant.items():
+            inner = self.inner(tenant)
+            if isinstance(inner, BulkPut):
+                await inner.put_many(group)
+            else:
+                for message in group:
+                    await inner.put(message)
+            try:
+                await self.state.flag(tenant)
+            except RedisError as exc:
+                log.warning("fair_flag_failed", tenant=tenant, error=repr(exc))
 
     async def receive(self, max_count: int, timeout_s: float) -> list[Delivery]:
         """The next messages in fair-share order, waiting up to `timeout_s` for the first."""

@@ -30,11 +30,12 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from orchestrator.core import keys, redis_client, redis_replies
@@ -45,6 +46,14 @@ from orchestrator.queues.base import Delivery, read_delivery
 
 log = structlog.get_logger(__name__)
 
+# KEYS: stream, put marker. ARGV: field, payload, marker ttl s. 1 when put, 0 when already.
+_PUT_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
+  redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"""
 FIELD = "message"
 """The stream entry field holding the QueuedRequest JSON."""
 RELEASED = "ptu-released"
@@ -104,6 +113,7 @@ class RedisStreamsQueue:
         )
         self._alive_key = keys.consumer_alive(deployment, consumer)
         self._take_over = redis.register_script(_TAKE_OVER)
+        self._put_once = redis.register_script(_PUT_ONCE)
         self._last_scan = -math.inf
         self._beater: asyncio.Task[None] | None = None
         self.stream = stream or keys.queue(deployment)
@@ -117,9 +127,44 @@ class RedisStreamsQueue:
         self._closed = False
 
     async def put(self, message: QueuedRequest) -> None:
-        """XADD the message JSON; durable (as the server's persistence) when this returns."""
+        """XADD the message JSON; durable (as the server's persistence) when this returns.
+
+        A batch line is put at most once per request id (until its deadline): one
+        script XADDs it and sets a marker in the stream's slot, so the batch expansion
+        can re-put a chunk after a crash without queueing any line twice.
+        """
         async with _mapped("put", self.stream):
-            await self.redis.xadd(self.stream, {FIELD: message.model_dump_json()})
+            payload = message.model_dump_json()
+            if message.batch_id is None:
+                await self.redis.xadd(self.stream, {FIELD: payload})
+                return
+            ttl = max(60, math.ceil(message.deadline - time.time()) + 60)
+            marker = keys.queue_put(self.stream, message.id)
+            await self._put_once(keys=[self.stream, marker], args=[FIELD, payload, ttl])
+
+    async def put_many(self, messages: Sequence[QueuedRequest]) -> None:
+        """`put` each message, pipelined: one round trip for the lot (all in this slot)."""
+        if not messages:
+            return
+        if isinstance(self.redis, RedisCluster):
+            # a cluster pipeline runs no scripts: concurrent single puts instead
+            for start in range(0, len(messages), 64):
+                await asyncio.gather(*(self.put(m) for m in messages[start : start + 64]))
+            return
+        async with _mapped("put", self.stream):
+            now = time.time()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for message in messages:
+                    payload = message.model_dump_json()
+                    if message.batch_id is None:
+                        pipe.xadd(self.stream, {FIELD: payload})
+                        continue
+                    ttl = max(60, math.ceil(message.deadline - now) + 60)
+                    marker = keys.queue_put(self.stream, message.id)
+                    await self._put_once(
+                        keys=[self.stream, marker], args=[FIELD, payload, ttl], client=pipe
+                    )
+                await pipe.execute()
 
     async def receive(self, max_count: int, timeout_s: float) -> list[Delivery]:
         """Reclaim dead consumers' idle entries first, then block for new ones.

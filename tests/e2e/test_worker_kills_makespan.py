@@ -95,7 +95,13 @@ def test_three_sigkills_cost_at_most_half_the_makespan(tmp_path: Path) -> None:
             calm_s, calm = _run(stack, http, env, "calm", [])
             kills = [N // 4, N // 2, 3 * N // 4]
             killed_s, killed = _run(stack, http, env, "kill", kills)
-        replies = [client.llen(keys.tenant_reply("default", b["id"])) for b in (calm, killed)]
+            # a batch line's result is stored once; its output file has one line per custom_id
+            outputs = [
+                http.get(f"/v1/files/{b['output_file_id']}/content").text.splitlines()
+                for b in (calm, killed)
+            ]
+        replies = [len({json.loads(x)["custom_id"] for x in out}) for out in outputs]
+        assert [len(out) for out in outputs] == [N, N]
         print(
             f"\n{N}-line batch, 2 workers: no kill {calm_s:.1f} s, 3 SIGKILLs {killed_s:.1f} s "
             f"(ratio {killed_s / calm_s:.2f}, target <= {MAX_RATIO}); counts "

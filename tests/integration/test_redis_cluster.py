@@ -8,14 +8,16 @@ is why the Makefile runs this module on the cluster too.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 from redis.exceptions import ConnectionError
 
-from ingress.batch.files import FileStore
-from ingress.batch.store import BatchStore
+from ingress.batch.files import Files
+from ingress.batch.filestore.local import LocalFileStore
+from ingress.batch.store import BatchStore, line_request_id
 from orchestrator.cli.status import collect
 from orchestrator.core import keys, redis_client
 from orchestrator.core.results import ResultStore
@@ -56,32 +58,35 @@ def result(m: QueuedRequest) -> ResultDocument:
     )  # fmt: skip
 
 
-async def test_batch_file_and_result_flow(redis: aioredis.Redis) -> None:
-    files, batches, results = FileStore(redis), BatchStore(redis), ResultStore(redis, 600)
-    meta = await files.save("acme", "in.jsonl", "batch", b'{"custom_id": "a"}\n')
-    assert await files.content("acme", meta["id"]) == b'{"custom_id": "a"}\n'
-    assert [f["id"] for f in await files.list_files("acme", 10)] == [meta["id"]]
-    lines = [
-        message(f"req_{i}", batch_id="batch_1", reply_key="ptu:reply:acme:inbox") for i in range(6)
-    ]
-    await batches.create(
-        {"id": "batch_1", "tenant": "acme", "status": "in_progress", "total": "6"},
-        [(m.id, "", m.deployment) for m in lines],
+async def test_batch_file_and_result_flow(redis: aioredis.Redis, tmp_path: Path) -> None:
+    files = Files(redis, LocalFileStore(tmp_path))
+    batches, results = BatchStore(redis), ResultStore(redis, 600)
+    staged = files.staged()
+    staged.write_bytes(b'{"custom_id": "a"}\n')
+    meta = await files.save("acme", "in.jsonl", "batch", staged, lines="1")
+    chunks = await files.chunks("acme", meta["id"])
+    assert b"".join([c async for c in chunks]) == b'{"custom_id": "a"}\n'
+    listed, more = await files.list_files("acme", 10)
+    assert [f["id"] for f in listed] == [meta["id"]] and not more
+    lines = [message(line_request_id("batch_1", i), batch_id="batch_1") for i in range(6)]
+    await batches.create({"id": "batch_1", "tenant": "acme", "status": "in_progress", "total": "6"})
+    assert await batches.lease("batch_1", "me", 30) and not await batches.lease(
+        "batch_1", "you", 30
     )
     for m in lines:
-        await results.register(m)
+        await results.register(m, only_new=True)
         await results.mark_in_progress(m.id)
         assert await results.complete(result(m), m.reply_key)
         assert not await results.complete(result(m), m.reply_key)  # exactly once
-    assert await redis.llen("ptu:reply:acme:inbox") == 6
-    assert sorted(await batches.results("batch_1")) == sorted(m.id for m in lines)
     assert (await batches.get("acme", "batch_1"))["completed"] == "6"
     assert await batches.claim_finalization("batch_1")
     assert await batches.transition("batch_1", ["finalizing"], "completed") == "completed"
-    await batches.discard_lines("batch_1")
-    assert [b["id"] for b in await batches.list_batches("acme", 10)] == ["batch_1"]
+    await batches.deactivate("batch_1")
+    assert await batches.active() == []
+    page, _ = await batches.list_batches("acme", 10)
+    assert [b["id"] for b in page] == ["batch_1"]
     await files.delete("acme", meta["id"])
-    state = await results.get("req_0")
+    state = await results.get(lines[0].id)
     assert state is not None and state.status == "completed"
 
 

@@ -116,8 +116,11 @@ async def test_batch_results_and_counters(redis: aioredis.Redis) -> None:
             await store.complete(doc(rid, status, batch_id="b1"), f"ptu:reply:{rid}")
     counters = await redis.hgetall(keys.batch("b1"))
     assert counters[b"completed"] == b"2" and counters[b"failed"] == b"2"
-    listed = await redis.hvals(keys.batch_results("b1"))
-    assert sorted(ResultDocument.model_validate_json(x).id for x in listed) == ["a", "b", "c", "d"]
+    marks = await redis.hgetall(keys.batch_results("b1"))
+    assert marks == {b"a": b"c", b"b": b"c", b"c": b"f", b"d": b"f"}  # one letter, no copy
+    for rid in outcomes:  # a batch line's document is stored once: no reply list copy
+        assert await redis.llen(f"ptu:reply:{rid}") == 0
+        assert await redis.exists(keys.result(rid))
     assert 4000 < await redis.ttl(keys.batch_results("b1")) <= 5000
 
 
@@ -174,17 +177,33 @@ async def test_a_completion_cut_off_after_its_decision_is_settled_once(
     for _ in range(3):  # the redelivery settles; later ones find nothing left to do
         assert await store.settle("r1", reply)
     assert not await store.complete(doc(batch_id="b9", status="failed"), reply)  # loses
-    assert [ResultDocument.model_validate_json(x) for x in await redis.lrange(reply, 0, -1)] == [
-        winner
-    ]
+    assert await redis.llen(reply) == 0  # a batch line is counted, not pushed
     assert (await redis.hgetall(keys.batch("b9")))[b"completed"] == b"1"
     assert await store.settle("nobody", reply) is False
+
+
+async def test_a_cut_off_completion_outside_a_batch_is_pushed_once(
+    redis: aioredis.Redis,
+) -> None:
+    store = ResultStore(redis, reply_ttl_s=TTL)
+    await store.register(queued())
+    reply = "ptu:reply:acme:inbox"
+    winner = doc()
+    await store._decide(
+        keys=[keys.result("r1"), keys.request("r1")],
+        args=[winner.model_dump_json(), TTL, "completed", reply, keys.result_channel("r1")],
+    )
+    for _ in range(3):
+        assert await store.settle("r1", reply)
+    assert not await store.complete(doc(status="failed"), reply)
+    pushed = [ResultDocument.model_validate_json(x) for x in await redis.lrange(reply, 0, -1)]
+    assert pushed == [winner]
 
 
 def test_completion_keys_of_one_step_share_a_slot() -> None:
     assert keys.same_slot(keys.result("r1"), keys.request("r1"), keys.reply("r1"))
     for reply in ("ptu:reply:acme:inbox", keys.reply("r1"), "tenant:acme:inbox"):
         assert keys.same_slot(reply, keys.reply_pushed(reply, "r1"))
-    assert keys.same_slot(keys.batch_results("b1"), keys.batch("b1"), keys.batch_requests("b1"))
+    assert keys.same_slot(keys.batch_results("b1"), keys.batch("b1"))
     assert keys.same_slot(keys.estimate("d"), keys.estimate_request("d", "x"), keys.slots("d"))
     assert not keys.same_slot(keys.request("r1"), keys.batch("b1"))

@@ -1,0 +1,1 @@
+"""Where batch files' bytes live: the `FileStore` contract and its backends."""

@@ -1,0 +1,92 @@
+"""CPU-heavy batch work off the ingress's event loop: a process of its own.
+
+Validating a 200 MB file or expanding it into 100,000 queued requests is seconds
+of JSON parsing. In a thread it would still hold the GIL against the event loop
+that serves interactive calls, so it runs in a child process (`spawn`: no state
+forked from a running event loop) at a lower CPU priority (`NICENESS`), started at
+start-up and kept. `inline=True`
+runs the same functions in a thread instead (tests whose components live in this
+process). A child that dies takes only its job with it: the pool is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+NICENESS = 10
+"""How much lower the offload process's CPU priority is: when the machine is busy, the
+kernel serves the ingress (interactive calls) first and batch work with what is left."""
+
+
+def _lower_priority() -> None:
+    os.nice(NICENESS)
+
+
+class Offload:
+    """One lazily started worker process (or thread) running blocking functions."""
+
+    def __init__(self, name: str, *, inline: bool = False) -> None:
+        self.name = name
+        self.inline = inline
+        self._executor: Executor | None = None
+
+    def _pool(self) -> Executor:
+        if self._executor is None:
+            if self.inline:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix=self.name)
+            else:
+                context = multiprocessing.get_context("spawn")
+                self._executor = ProcessPoolExecutor(
+                    1, mp_context=context, initializer=_lower_priority
+                )
+        return self._executor
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in the worker process; its exceptions are raised here."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool(), fn, *args)
+        except BrokenProcessPool:
+            log.error("offload_process_died", pool=self.name)
+            self._shutdown()
+            raise
+
+    async def warm(self, fn: Callable[[], object]) -> None:
+        """Start the worker now (it imports what `fn`'s module needs), not at the first job."""
+        try:
+            await self.run(fn)
+        except Exception as exc:  # the first real job starts it again and reports
+            log.warning("offload_warm_failed", pool=self.name, error=repr(exc))
+
+    def _shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def close(self) -> None:
+        """Stop the worker process now; a job it was running is abandoned (every job is
+        safe to run again from what Redis holds)."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        processes = list(getattr(executor, "_processes", {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        await asyncio.to_thread(executor.shutdown, True)
+
+    def __repr__(self) -> str:
+        return f"<Offload {self.name} inline={self.inline} started={self._executor is not None}>"
