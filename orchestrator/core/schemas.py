@@ -168,4 +168,10 @@ class TokenEvent(BaseModel):
     utilisation: float | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
     utilisation_age_s: float = Field(default=0.0, ge=0, exclude_if=lambda v: v == 0)
     retry_after_ms: float | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
+    spilled: bool = Field(default=False, exclude_if=lambda v: not v)
+    """The call was served by a spillover deployment: the PTU was saturated at `timestamp`."""
+    remaining_tokens: int | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
+    """`x-ratelimit-remaining-tokens` of the response, where the upstream sends it."""
+    limit_tokens: int | None = Field(default=None, gt=0, exclude_if=lambda v: v is None)
+    """`x-ratelimit-limit-tokens`, where sent (else the deployment's capacity is the limit)."""
     tenant: str = "default"

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-UTILISATION_HEADER = "azure-openai-deployment-utilization"
+from orchestrator.calls.signals import UTILISATION_HEADER, parse_utilisation
 
 CalibrationMode = Literal["auto", "off"]
 
@@ -120,17 +120,6 @@ DEFAULT_PARAMS = CalibrationParams()
 def params_for(mode: CalibrationMode) -> CalibrationParams | None:
     """The filter of `PTU_CALIBRATION` (None = off: the open-loop model alone)."""
     return DEFAULT_PARAMS if mode == "auto" else None
-
-
-def parse_utilisation(raw: str | None) -> float | None:
-    """`"42.5%"` → 0.425; None when absent or malformed (the header is only a hint)."""
-    if raw is None:
-        return None
-    try:
-        value = float(raw.strip().removesuffix("%")) / 100.0
-    except ValueError:
-        return None
-    return value if value >= 0 else None
 
 
 def header_utilisation(headers: Mapping[str, str]) -> float | None:
