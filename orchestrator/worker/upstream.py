@@ -24,6 +24,7 @@ import openai
 import structlog
 from openai import omit
 
+from orchestrator.calls.signals import UTILISATION_HEADER, parse_utilisation
 from orchestrator.core.entra import EntraTokens, default_entra_tokens
 from orchestrator.core.errors import (
     ConfigError,
@@ -34,10 +35,6 @@ from orchestrator.core.errors import (
 )
 from orchestrator.core.retry import parse_retry_after
 from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
-from orchestrator.utilisation.estimate.calibration import (
-    UTILISATION_HEADER,
-    parse_utilisation,
-)
 
 if TYPE_CHECKING:
     import httpx2

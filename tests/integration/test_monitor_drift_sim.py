@@ -21,9 +21,10 @@ import pytest
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
+from orchestrator.calls.signals import UTILISATION_HEADER
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.utilisation.azure_monitor import AzureMonitorSource
-from orchestrator.utilisation.estimate.calibration import DEFAULT_PARAMS, UTILISATION_HEADER
+from orchestrator.utilisation.estimate.calibration import DEFAULT_PARAMS
 from orchestrator.utilisation.estimate.drift import MonitorDrift
 from orchestrator.utilisation.estimate.store import EstimateStore
 from simulator.app import create_app
