@@ -1,0 +1,396 @@
+"""The estimate's filter: one state per deployment, `step` by signal, `read` at any time.
+
+Pure (no I/O, `now` passed in): the reference of what the estimate means. The store keeps
+the state in Redis and applies `step` under a compare-and-set, so every worker, ingress
+replica and `ptu estimator` builds one shared state per deployment.
+
+Levels are fractions of the deployment's nominal 100 % (`window_s` seconds of the table
+capacity); our bucket drains at `1 / window_s` per second (AZURE_FACTS.md §1).
+
+What each signal tells, and the part of the state it feeds:
+
+- **our charges** (`admit`, `complete`): `m`, our own bucket, exactly as the open-loop
+  model (`PTU_CALIBRATION=off` reads it alone). Its recent past is kept (`hist`, half a
+  second a slot) with exponential averages of it (`ema`) and of our charge rate (`rate`).
+- **the utilisation header**, whose delay and smoothing are unknown (Microsoft calls it
+  unreliable): a bank of hypotheses about what it reports, each a linear relation
+  `k x feature + c` fitted by a Kalman filter (both drift as random walks, `c` by `drift`): the level
+  `d` seconds ago (`LAGS_S`), an exponential average of it (`SMOOTHING_S`), or our charge
+  rate over the window (a rate-like meaning, such as a sliding window). `k` absorbs a bucket
+  or capacity other than the table's, `c` the load of other applications. Each hypothesis
+  is scored by its one-step prediction error (mean square over `score_s`). The header's
+  estimate of the level **now** is the best hypothesis's `k x feature(now) + c` plus `z`
+  times its prediction RMS: the relation is learnt on the past and applied to the present,
+  so a late header never lags the charges we just made. The header is *trusted* once it
+  has predicted well (`trust_rmse`) for `TRUST_N` observations; until then it may only
+  raise the reading.
+- **saturation** (a 429 of any priority, or a response that spilled to a standard
+  deployment): the censored observation "the level is at least 100 % now". It holds the
+  reading at 100 % for `retry-after`, at most `hold_s` (a minute-window limiter asks up to
+  60 s, which is its window, not how full the deployment is), lifts every header
+  hypothesis to at least 100 %, and teaches `s`, the unseen inflow: the smallest share of
+  capacity used by others that explains reaching 100 % at our own recent charge rates.
+  `s` feeds `mu`, a bucket of our charges plus that inflow. `s` is kept for minutes
+  (fading over `unseen_decay_s`), so it is learnt once, not at every saturation; a call
+  that went through while `mu` said full lowers it.
+- **`x-ratelimit-remaining-tokens`** (gateways, standard deployments, other limiters): the
+  share of the limit used, exact and on time; our charges since it was read are added.
+- **the Azure Monitor minute** (its maximum): when it was fuller than `mu`'s own peak of
+  that minute, the unseen inflow was too low.
+
+The reading is the largest of: the headerless estimate `mu`, the header's estimate (or
+only the header's, once trusted), the remaining-tokens estimate while fresh, and 100 %
+while a 429 holds; never below `scale_floor x m` (a deployment's bucket may be up to
+`1 / scale_floor` times the one assumed, not more).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+LAGS_S = (0.0, 1.0, 2.0, 3.0, 5.0, 8.0)
+"""Header delays tried: the header reports the level of this many seconds before."""
+SMOOTHING_S = (2.5, 5.0, 10.0)
+"""Header smoothings tried: the header reports an exponential average of this time constant."""
+RATE_HORIZONS = (0.5, 1.0, 2.0, 4.0, 8.0)
+"""Horizons of our charge rate, in windows: the unseen inflow a saturation implies is the
+smallest over them (the longest explains a slow fill, the shortest a burst)."""
+SLOT_S = 0.25
+HISTORY = 40
+"""Our bucket's past, `SLOT_S` a slot: enough for the longest lag plus an observation's age."""
+HYPOTHESES = (
+    *(f"lag {d:g}s" for d in LAGS_S),
+    *(f"avg {t:g}s" for t in SMOOTHING_S),
+    "rate",
+)
+TRUST_N = 8
+"""Observations before the header may lower the reading (and before hypotheses compete)."""
+MAX_UNSEEN = 0.95
+"""The unseen share never reaches the whole capacity: our own calls still go through."""
+STALE_HEADER_S = 30.0
+"""A header silent this long no longer counts as trusted: the signals may have changed."""
+NOISE = 0.03**2
+"""Variance of a header's error around its hypothesis (rounding, sampling, noise)."""
+K_DRIFT = 0.0002
+"""Variance `k` gains per second: a bucket or capacity changes seldom."""
+K_RANGE = (0.5, 3.0)
+
+
+@dataclass(frozen=True, slots=True)
+class FilterParams:
+    """The filter's tunables, each with its reason."""
+
+    drift: float = 0.002
+    """How fast other applications' load may change: the variance a hypothesis's `c` gains
+    per second (0.02: about 0.14 of capacity in one second, 0.45 in ten)."""
+    score_s: float = 20.0
+    """Horizon of the prediction-error scores that choose among hypotheses."""
+    z: float = 1.0
+    """Safety margin of the header's estimate, in RMS prediction errors of its hypothesis."""
+    trust_rmse: float = 0.08
+    """The header may lower the reading only while its best hypothesis predicts this well."""
+    unseen_decay_s: float = 300.0
+    """The learnt unseen inflow fades this slowly: other applications' load lasts minutes,
+    and unlearning it costs a saturation (interactive 429s) to learn it again."""
+    hold_s: float = 3.0
+    """A 429 holds the reading at 100 % for its retry-after, at most this long."""
+    max_age_s: float = 5.0
+    """A header or remaining-tokens reading older than this describes a past: ignored."""
+    scale_floor: float = 0.5
+    """The reading never falls below this x our own bucket (largest plausible bucket: 2x)."""
+
+    def __post_init__(self) -> None:
+        if min(self.drift, self.score_s, self.unseen_decay_s, self.max_age_s) <= 0:
+            raise ValueError("filter horizons must be positive")
+        if self.z < 0 or self.trust_rmse <= 0 or self.hold_s < 0:
+            raise ValueError("z and hold_s must not be negative, trust_rmse must be positive")
+        if not 0 < self.scale_floor <= 1:
+            raise ValueError("scale_floor must be in (0, 1]")
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """What one event tells: a charge, and what the deployment said about itself."""
+
+    delta: float = 0.0
+    """Change of our charges, in fractions of 100 % (negative: a refund at completion)."""
+    utilisation: float | None = None
+    """The utilisation header (fraction)."""
+    age_s: float = 0.0
+    """How long before the step the header or remaining tokens were read."""
+    saturated: bool = False
+    """A 429, or a response that spilled: the level was at least 100 %."""
+    retry_after_s: float | None = None
+    used: float | None = None
+    """Share of a token limit used (1 - x-ratelimit-remaining-tokens / limit)."""
+    went_through: bool = False
+    """A call completed normally (no 429, no spill): the deployment was not full."""
+    monitor: float | None = None
+    """The Azure Monitor maximum of the minute `monitor_minute` (fraction)."""
+    monitor_minute: int = 0
+
+
+@dataclass(slots=True)
+class Hypothesis:
+    """One meaning of the header: `k x feature + c`, its fit's covariance and its score."""
+
+    k: float = 1.0
+    c: float = 0.0
+    p1: float = 0.1
+    p2: float = 0.0
+    p3: float = 0.1
+    e: float = 0.0
+    """Mean square of the prediction errors (before learning from them), over score_s."""
+
+
+@dataclass(slots=True)
+class FilterState:
+    """Everything the filter knows about one deployment (serialised to one Redis field)."""
+
+    t: float
+    """Time of the last step (server clock, epoch s)."""
+    m: float = 0.0
+    """Our bucket: our charges, drained at the table capacity."""
+    hist: list[float] = field(default_factory=lambda: [0.0] * HISTORY)
+    slot: int = 0
+    """Index of the newest slot of `hist` (`t // SLOT_S`)."""
+    ema: list[float] = field(default_factory=lambda: [0.0] * len(SMOOTHING_S))
+    rate: list[float] = field(default_factory=lambda: [0.0] * len(RATE_HORIZONS))
+    """Our charge rate over each horizon, as a share of capacity."""
+    q: float = 0.0
+    """Our charges ever made (fractions of 100 %): charges since a reading are a difference."""
+    hyps: list[Hypothesis] = field(default_factory=lambda: [Hypothesis() for _ in HYPOTHESES])
+    n: int = 0
+    obs: float | None = None
+    obs_at: float | None = None
+    mu: float = 0.0
+    """Our bucket plus the unseen inflow `s`: the headerless estimate."""
+    s: float = 0.0
+    """Unseen inflow, as a share of capacity (other applications, less capacity)."""
+    hold_until: float = 0.0
+    used: float | None = None
+    used_at: float | None = None
+    used_q: float = 0.0
+    peaks: dict[str, float] = field(default_factory=dict)
+    """`mu`'s highest level per minute (the last few), for the Azure Monitor minute."""
+    monitor_minute: int = 0
+
+    def clone(self) -> FilterState:
+        """An independent copy (reading advances a copy, never the shared state)."""
+        data = self.to_json()
+        return FilterState.from_json(data)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable form."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FilterState:
+        """The inverse of `to_json`."""
+        hyps = [Hypothesis(**h) for h in data.pop("hyps", [])]
+        state = cls(**data)
+        if len(hyps) == len(HYPOTHESES):
+            state.hyps = hyps
+        return state
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What `read` returns: the reading and what it was made of."""
+
+    value: float
+    model: float
+    """Our bucket alone (the open-loop model)."""
+    headerless: float
+    """`mu`: our bucket plus the learnt unseen inflow."""
+    header: float | None
+    """The header's estimate of the level now (with its margin), if the header was seen."""
+    hypothesis: str | None
+    """The header meaning that predicts best (`lag 3s`, `avg 5s`, `rate`)."""
+    sigma: float | None
+    """RMS prediction error of that hypothesis (the filter's uncertainty)."""
+    trusted: bool
+    unseen: float
+    """The learnt unseen inflow, as a share of capacity."""
+    held_s: float
+    """Seconds a 429 still holds the reading at 100 %."""
+
+
+def _drain(level: float, dt: float, per_s: float) -> float:
+    return max(0.0, level - per_s * dt)
+
+
+def _advance(st: FilterState, now: float, window_s: float, p: FilterParams) -> None:
+    """Let time pass from `st.t` to `now`: drains, averages, history, fading."""
+    dt = max(0.0, now - st.t)
+    drain = 1.0 / window_s
+    slot = math.floor(now / SLOT_S)
+    if slot > st.slot:
+        # the level at each slot boundary passed (only drains between events)
+        for i in range(max(st.slot + 1, slot - HISTORY + 1), slot + 1):
+            st.hist[i % HISTORY] = _drain(st.m, i * SLOT_S - st.t, drain)
+        st.slot = slot
+    m = _drain(st.m, dt, drain)
+    for i, tau in enumerate(SMOOTHING_S):
+        st.ema[i] += (1.0 - math.exp(-dt / tau)) * ((st.m + m) / 2 - st.ema[i])
+    for i, h in enumerate(RATE_HORIZONS):
+        st.rate[i] *= math.exp(-dt / (h * window_s))
+    st.m = m
+    st.mu = _drain(st.mu, dt, (1.0 - st.s) * drain)
+    st.s *= math.exp(-dt / p.unseen_decay_s)
+    st.t = max(st.t, now)
+
+
+def _charge(st: FilterState, delta: float, window_s: float) -> None:
+    st.m = max(0.0, st.m + delta)
+    st.mu = max(0.0, st.mu + delta)
+    st.q += delta
+    for i, h in enumerate(RATE_HORIZONS):
+        # a leaky integrator of charges / horizon: the rate as a share of capacity
+        st.rate[i] = max(0.0, st.rate[i] + delta / h)
+    minute = str(math.floor(st.t / 60.0))
+    st.peaks[minute] = max(st.peaks.get(minute, 0.0), st.mu)
+    if len(st.peaks) > 5:
+        del st.peaks[min(st.peaks, key=int)]
+
+
+def _past(st: FilterState, t: float) -> float:
+    """Our bucket at time `t` (interpolated between slots; the oldest kept before them)."""
+    if t >= st.t:
+        return st.m
+    pos = t / SLOT_S
+    i = math.floor(pos)
+    if i >= st.slot:
+        return st.hist[st.slot % HISTORY] + (st.m - st.hist[st.slot % HISTORY]) * min(
+            1.0, (t - st.slot * SLOT_S) / max(st.t - st.slot * SLOT_S, 1e-9)
+        )
+    i = max(i, st.slot - HISTORY + 1)
+    a = st.hist[i % HISTORY]
+    b = st.hist[(i + 1) % HISTORY] if i + 1 <= st.slot else st.m
+    return a + (b - a) * min(1.0, max(0.0, pos - i))
+
+
+def _features(st: FilterState, t_obs: float) -> list[float]:
+    """Each hypothesis's feature at the time an observation describes."""
+    lagged = [_past(st, t_obs - d) for d in LAGS_S]
+    return [*lagged, *st.ema, st.rate[1]]
+
+
+def _current(st: FilterState) -> list[float]:
+    """Each hypothesis's feature of the level now (the truth is undelayed, unsmoothed)."""
+    return [st.m] * (len(LAGS_S) + len(SMOOTHING_S)) + [st.rate[1]]
+
+
+def _fit(h: Hypothesis, x: float, y: float, since: float, p: FilterParams, first: bool) -> None:
+    """One Kalman update of (k, c), both random walks, from the observation `y` of `x`."""
+    err = y - (h.k * x + h.c)
+    if first:
+        h.c = y - h.k * x
+        return
+    h.e += (1.0 - math.exp(-since / p.score_s)) * (err * err - h.e)
+    # the relation drifts: c (other applications' load) faster than k (bucket, capacity)
+    h.p1 += K_DRIFT * since
+    h.p3 += p.drift * since
+    q1, q2 = h.p1 * x + h.p2, h.p2 * x + h.p3
+    denom = NOISE + x * q1 + q2
+    g1, g2 = q1 / denom, q2 / denom
+    h.k = min(K_RANGE[1], max(K_RANGE[0], h.k + g1 * err))
+    h.c += g2 * err
+    h.p1, h.p2, h.p3 = h.p1 - g1 * q1, h.p2 - g1 * q2, h.p3 - g2 * q2
+
+
+def _saturate(st: FilterState, sig: Signal, now: float, window_s: float, p: FilterParams) -> None:
+    hold = p.hold_s if sig.retry_after_s is None else min(sig.retry_after_s, p.hold_s)
+    st.hold_until = max(st.hold_until, now + hold)
+    if st.mu < 1.0:
+        # the smallest unseen share that fills the bucket over some horizon at our rates
+        need = min(
+            1.0 - rate + (1.0 - st.mu) / h for h, rate in zip(RATE_HORIZONS, st.rate, strict=True)
+        )
+        st.s = min(MAX_UNSEEN, max(st.s, need))
+        st.mu = 1.0
+    for h, x in zip(st.hyps, _current(st), strict=True):
+        h.c = max(h.c, 1.0 - h.k * x)
+
+
+def _monitor(st: FilterState, sig: Signal, window_s: float) -> None:
+    if sig.monitor is None or sig.monitor_minute <= st.monitor_minute:
+        return
+    st.monitor_minute = sig.monitor_minute
+    peak = st.peaks.get(str(sig.monitor_minute))
+    if peak is None or sig.monitor <= peak:
+        return
+    # fuller than our bucket-with-inflow reached: the inflow was short by at least the
+    # difference spread over the minute (the bucket meaning; a rate-like metric asks more)
+    st.s = min(MAX_UNSEEN, st.s + (sig.monitor - peak) * window_s / 60.0)
+
+
+def step(
+    state: FilterState | None, sig: Signal, now: float, window_s: float, p: FilterParams
+) -> FilterState:
+    """The state after `sig` at `now` (`window_s`: seconds of table capacity that read 100 %)."""
+    st = state if state is not None else FilterState(t=now, slot=math.floor(now / SLOT_S))
+    _advance(st, now, window_s, p)
+    if sig.delta:
+        _charge(st, sig.delta, window_s)
+    if sig.utilisation is not None and sig.age_s <= p.max_age_s:
+        t_obs = now - sig.age_s
+        since = 0.0 if st.obs_at is None else max(0.0, t_obs - st.obs_at)
+        first = st.obs_at is None
+        for h, x in zip(st.hyps, _features(st, t_obs), strict=True):
+            _fit(h, x, sig.utilisation, since, p, first)
+        st.n += 1
+        if st.obs_at is None or t_obs >= st.obs_at:
+            st.obs, st.obs_at = sig.utilisation, t_obs
+    if sig.used is not None and sig.age_s <= p.max_age_s:
+        st.used, st.used_at, st.used_q = sig.used, now - sig.age_s, st.q
+    if sig.saturated:
+        _saturate(st, sig, now, window_s, p)
+    elif sig.went_through and st.mu > 1.0:
+        # it went through, so the deployment was below 100 %: less unseen inflow
+        st.s = max(0.0, st.s - (st.mu - 1.0) / RATE_HORIZONS[-1])
+        st.mu = 1.0
+    _monitor(st, sig, window_s)
+    return st
+
+
+def _header(st: FilterState, now: float, p: FilterParams) -> tuple[float, int, float, bool]:
+    """(estimate now, hypothesis index, its RMS, trusted) of the header's bank."""
+    best = min(range(len(st.hyps)), key=lambda i: st.hyps[i].e)
+    if st.n < TRUST_N or st.obs is None:
+        # too few to compare the hypotheses: the newest report itself, a level the
+        # deployment has been at, may only raise the reading
+        return st.obs or 0.0, best, math.sqrt(st.hyps[best].e), False
+    current = _current(st)
+    estimates = [h.k * x + h.c for h, x in zip(st.hyps, current, strict=True)]
+    h, x = st.hyps[best], current[best]
+    rmse = math.sqrt(h.e)
+    # the margin is the fit's own uncertainty about the level now (not the header's noise)
+    sigma = math.sqrt(max(0.0, x * x * h.p1 + 2 * x * h.p2 + h.p3))
+    fresh = st.obs_at is not None and now - st.obs_at <= STALE_HEADER_S
+    return estimates[best] + p.z * sigma, best, sigma, fresh and rmse <= p.trust_rmse
+
+
+def read(state: FilterState, now: float, window_s: float, p: FilterParams) -> Estimate:
+    """The estimate at `now` (the state is not changed)."""
+    st = state.clone()
+    _advance(st, now, window_s, p)
+    value = st.mu
+    header: float | None = None
+    name: str | None = None
+    sigma: float | None = None
+    trusted = False
+    if st.obs_at is not None:
+        header, best, sigma, trusted = _header(st, now, p)
+        name = HYPOTHESES[best]
+        value = header if trusted else max(value, header)
+    if st.used is not None and st.used_at is not None and now - st.used_at <= p.max_age_s:
+        # our charges since it was read, as a share of a minute of capacity (the limit's)
+        value = max(value, st.used + (st.q - st.used_q) * window_s / 60.0)
+    held = max(0.0, st.hold_until - now)
+    if held > 0:
+        value = max(value, 1.0)
+    value = max(value, p.scale_floor * st.m, 0.0)
+    return Estimate(value, st.m, st.mu, header, name, sigma, trusted, st.s, held)
