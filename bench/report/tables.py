@@ -95,16 +95,17 @@ def write_results(
 
 def write_timeseries(run: PolicyRun, path: Path) -> None:
     """The run's samples as CSV: time, true utilisation, worker's view, low in flight, and for
-    the calibrated estimate its model, observation, correction, look-ahead and meaning."""
+    the calibrated estimate its model, observation, correction, uncertainty, unseen share and
+    the header meaning learnt."""
     lines = [
         "t_s,utilization,worker_view,low_in_flight,low_peak,low_throttled,high_throttled,"
-        "model,observed,correction,ahead,meaning"
+        "model,observed,correction,uncertainty,unseen,meaning"
     ]
     lines += [
         f"{s.t:.2f},{s.utilization:.4f},{_opt(s.view)},"
         f"{s.low_in_flight},{s.low_peak},{s.low_throttled},{s.high_throttled},"
         + ",".join(_opt(v) for v in _calibration(s))
-        + f",{_ahead(s)},{'' if s.calibration is None else s.calibration.model_kind}"
+        + f",{_filter(s)},{'' if s.calibration is None else s.calibration.model_kind}"
         for s in run.samples
     ]
     path.write_text("\n".join(lines) + "\n")
@@ -120,9 +121,10 @@ def _calibration(s: Sample) -> tuple[float | None, float | None, float | None]:
     return (None, None, None) if c is None else (c.model, c.observed, c.correction)
 
 
-def _ahead(s: Sample) -> str:
-    """Where the throttle saw the deployment going (calibrated estimate only)."""
-    return "" if s.calibration is None else _opt(s.calibration.ahead)
+def _filter(s: Sample) -> str:
+    """The filter's uncertainty and learnt unseen share (calibrated estimate only)."""
+    c = s.calibration
+    return "," if c is None else f"{_opt(c.uncertainty)},{_opt(c.unseen)}"
 
 
 def _series(samples: Sequence[Sample], index: int) -> list[float]:

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from orchestrator.breaker.machine import GAUGE
 from orchestrator.tenants.metrics import TenantMetrics
 from orchestrator.utilisation.base import Reading
+from orchestrator.utilisation.estimate.filter import header_delay_s
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 _LAG_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14_400, 86_400)
@@ -68,6 +69,18 @@ class WorkerMetrics:
         self.unseen = Gauge(
             "ptu_worker_unseen_traffic_ratio",
             "Share of capacity used by load the model cannot see (other callers, capacity)",
+            ["deployment"],
+            registry=r,
+        )
+        self.uncertainty = Gauge(
+            "ptu_worker_utilisation_uncertainty_ratio",
+            "The estimate filter's own uncertainty about the header's reading (std. deviation)",
+            ["deployment"],
+            registry=r,
+        )
+        self.header_delay = Gauge(
+            "ptu_worker_utilisation_header_delay_seconds",
+            "The delay (or averaging time) of the utilisation header, as learnt",
             ["deployment"],
             registry=r,
         )
@@ -177,6 +190,10 @@ class WorkerMetrics:
                     self.observed.labels(deployment).set(cal.observed)
                 if cal.correction_age_s is not None:
                     self.correction_age.labels(deployment).set(cal.correction_age_s)
+                if cal.uncertainty is not None:
+                    self.uncertainty.labels(deployment).set(cal.uncertainty)
+                if (delay := header_delay_s(cal.model_kind)) is not None:
+                    self.header_delay.labels(deployment).set(delay)
 
     def call(self, deployment: str, status_code: int, latency_s: float) -> None:
         """Count one upstream attempt and its duration."""

@@ -14,7 +14,7 @@ What each signal tells, and the part of the state it feeds:
   second a slot) with exponential averages of it (`ema`) and of our charge rate (`rate`).
 - **the utilisation header**, whose delay and smoothing are unknown (Microsoft calls it
   unreliable): a bank of hypotheses about what it reports, each a linear relation
-  `k x feature + c` fitted by a Kalman filter (both drift as random walks, `c` by `drift`): the level
+  `k x feature + c` fitted by a Kalman filter (both drift as random walks): the level
   `d` seconds ago (`LAGS_S`), an exponential average of it (`SMOOTHING_S`), or our charge
   rate over the window (a rate-like meaning, such as a sliding window). `k` absorbs a bucket
   or capacity other than the table's, `c` the load of other applications. Each hypothesis
@@ -57,6 +57,12 @@ SMOOTHING_S = (2.5, 5.0, 10.0)
 RATE_HORIZONS = (0.5, 1.0, 2.0, 4.0, 8.0)
 """Horizons of our charge rate, in windows: the unseen inflow a saturation implies is the
 smallest over them (the longest explains a slow fill, the shortest a burst)."""
+FILL_HORIZON = 2
+"""The horizon (index: 2 windows) over which a saturation is explained: the unseen inflow
+learnt is what fills the bucket in that time at our own rate. Shorter horizons explain it
+by a burst of ours and learn little, so the next saturation comes soon; longer ones
+overstate the inflow after a burst. The learnt inflow fades, so an overstatement is
+unlearnt within minutes, while an understatement costs interactive 429s at once."""
 SLOT_S = 0.25
 HISTORY = 40
 """Our bucket's past, `SLOT_S` a slot: enough for the longest lag plus an observation's age."""
@@ -151,6 +157,8 @@ class FilterState:
 
     t: float
     """Time of the last step (server clock, epoch s)."""
+    born: float = 0.0
+    """Time of the first step."""
     m: float = 0.0
     """Our bucket: our charges, drained at the table capacity."""
     hist: list[float] = field(default_factory=lambda: [0.0] * HISTORY)
@@ -301,14 +309,24 @@ def _fit(h: Hypothesis, x: float, y: float, since: float, p: FilterParams, first
     h.p1, h.p2, h.p3 = h.p1 - g1 * q1, h.p2 - g1 * q2, h.p3 - g2 * q2
 
 
+def _rates(st: FilterState, now: float, window_s: float) -> list[float]:
+    """Our charge rate over each horizon, corrected for a horizon longer than the state's
+    life (a young integrator has not filled yet: read raw, it would understate our rate; at
+    most doubled, since what came before the state is unknown)."""
+    age = max(now - st.born, SLOT_S)
+    return [
+        r / max(0.5, 1.0 - math.exp(-age / (h * window_s)))
+        for h, r in zip(RATE_HORIZONS, st.rate, strict=True)
+    ]
+
+
 def _saturate(st: FilterState, sig: Signal, now: float, window_s: float, p: FilterParams) -> None:
     hold = p.hold_s if sig.retry_after_s is None else min(sig.retry_after_s, p.hold_s)
     st.hold_until = max(st.hold_until, now + hold)
     if st.mu < 1.0:
         # the smallest unseen share that fills the bucket over some horizon at our rates
-        need = min(
-            1.0 - rate + (1.0 - st.mu) / h for h, rate in zip(RATE_HORIZONS, st.rate, strict=True)
-        )
+        rate = _rates(st, now, window_s)[FILL_HORIZON]
+        need = 1.0 - rate + (1.0 - st.mu) / RATE_HORIZONS[FILL_HORIZON]
         st.s = min(MAX_UNSEEN, max(st.s, need))
         st.mu = 1.0
     for h, x in zip(st.hyps, _current(st), strict=True):
@@ -319,8 +337,9 @@ def _monitor(st: FilterState, sig: Signal, window_s: float) -> None:
     if sig.monitor is None or sig.monitor_minute <= st.monitor_minute:
         return
     st.monitor_minute = sig.monitor_minute
-    peak = st.peaks.get(str(sig.monitor_minute))
-    if peak is None or sig.monitor <= peak:
+    # a minute without our charges: our bucket-with-inflow was empty or draining
+    peak = st.peaks.get(str(sig.monitor_minute), 0.0)
+    if sig.monitor <= peak:
         return
     # fuller than our bucket-with-inflow reached: the inflow was short by at least the
     # difference spread over the minute (the bucket meaning; a rate-like metric asks more)
@@ -331,7 +350,7 @@ def step(
     state: FilterState | None, sig: Signal, now: float, window_s: float, p: FilterParams
 ) -> FilterState:
     """The state after `sig` at `now` (`window_s`: seconds of table capacity that read 100 %)."""
-    st = state if state is not None else FilterState(t=now, slot=math.floor(now / SLOT_S))
+    st = state if state is not None else FilterState(t=now, born=now, slot=math.floor(now / SLOT_S))
     _advance(st, now, window_s, p)
     if sig.delta:
         _charge(st, sig.delta, window_s)
@@ -394,3 +413,12 @@ def read(state: FilterState, now: float, window_s: float, p: FilterParams) -> Es
         value = max(value, 1.0)
     value = max(value, p.scale_floor * st.m, 0.0)
     return Estimate(value, st.m, st.mu, header, name, sigma, trusted, st.s, held)
+
+
+def header_delay_s(hypothesis: str) -> float | None:
+    """The delay (or averaging time) a hypothesis name stands for; None for `rate` or none."""
+    for prefix, values in (("lag ", LAGS_S), ("avg ", SMOOTHING_S)):
+        for value in values:
+            if hypothesis == f"{prefix}{value:g}s":
+                return value
+    return None
