@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from orchestrator.core.schemas import QueuedRequest
+    from orchestrator.worker.metrics import WorkerMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -89,9 +90,15 @@ class OutputLengths:
 class Sizer:
     """Sizes queued calls' output limits from learnt lengths, and says when to re-run one."""
 
-    def __init__(self, lengths: OutputLengths | None, params: SizingParams | None = None) -> None:
+    def __init__(
+        self,
+        lengths: OutputLengths | None,
+        params: SizingParams | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self._lengths = lengths
         self._params = params or SizingParams()
+        self._metrics = metrics
         self.counts = {"sized": 0, "reruns": 0}
         """Calls sent with a sized limit, and of them the ones run again with the caller's."""
 
@@ -116,13 +123,16 @@ class Sizer:
         """After an answered call of `plan`: learn its length; True when it must run again."""
         sized = not plan.full
         again, length = plan.outcome(answer)
+        message = plan.original
         if sized:
             self.counts["sized"] += 1
+            if self._metrics is not None:
+                outcome = "rerun" if again else "fit"
+                self._metrics.sized_calls.labels(message.deployment, outcome).inc()
         if again:
             self.counts["reruns"] += 1
             log.info("call_cut_short_rerun", sized=plan.sized, caller=plan.caller)
         if length is not None and self._lengths is not None:
-            message = plan.original
             try:
                 await self._lengths.learn(message.deployment, message.tenant, length)
             except RedisError as exc:

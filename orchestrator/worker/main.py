@@ -137,7 +137,11 @@ def build_worker(
         tenancy,
         metrics.tenants if metrics is not None else None,
     )
-    sizer = Sizer(OutputLengths(redis)) if settings.size_max_tokens == "auto" else Sizer.off()
+    sizer = (
+        Sizer(OutputLengths(redis), metrics=metrics)
+        if settings.size_max_tokens == "auto"
+        else Sizer.off()
+    )
     config = DispatchConfig(
         retry=settings.retry_policy(),
         request_timeout_s=settings.request_timeout_s,

@@ -10,6 +10,7 @@ from structlog.testing import capture_logs
 from orchestrator.core import keys
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.worker.lengths import LENGTHS_TTL_S, OutputLengths, Sizer
+from orchestrator.worker.metrics import WorkerMetrics
 from tests.support.clock import FakeClock
 
 
@@ -83,7 +84,8 @@ async def test_the_sizer_sizes_from_shared_lengths_and_learns_what_the_caller_ge
     assert (await fresh.plan(_message(max_tokens=2_000))).sized is None  # no usage: not learnt
     await writer.rerun(await writer.plan(_message(max_tokens=2_000)), _answer("stop", 100))
 
-    third = Sizer(OutputLengths(redis, clock=FakeClock()))
+    metrics = WorkerMetrics(deployments=["dep"])
+    third = Sizer(OutputLengths(redis, clock=FakeClock()), metrics=metrics)
     plan = await third.plan(_message("long", max_tokens=2_000))
     assert plan.message.body["max_tokens"] == 125  # p95 100 x 1.25
     assert await third.rerun(plan, _answer("length", 125))  # cut by us: again
@@ -91,6 +93,8 @@ async def test_the_sizer_sizes_from_shared_lengths_and_learns_what_the_caller_ge
     assert not await third.rerun(plan, _answer("stop", 900))
     assert third.counts == {"sized": 1, "reruns": 1}
     assert repr(third) == "<Sizer auto sized=1 reruns=1>"
+    sized = metrics.registry.get_sample_value
+    assert sized("ptu_worker_sized_calls_total", {"deployment": "dep", "outcome": "rerun"}) == 1
     # the cut call taught nothing, its re-run the real length
     learnt = await redis.lrange(keys.output_lengths("dep", "acme"), 0, -1)
     assert sorted(int(v) for v in learnt) == [100] * 20 + [900]
