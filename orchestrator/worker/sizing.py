@@ -16,9 +16,11 @@ still gets one result with all the output it allowed.
 
 Why these numbers:
 - `QUANTILE` 0.95 x `MARGIN` 1.25: one answer in twenty or fewer is longer than the
-  quantile, and the margin leaves room for a distribution that moves; a re-run costs about
-  one sized call more, so at a 5 % re-run rate the saving outweighs it whenever the learnt
-  limit is below ~0.9 of the caller's (`MIN_SAVING` asks for 0.75, a clear gain).
+  quantile, and the margin leaves room for a distribution that moves. A re-run costs the
+  cut call (its time, and the sized limit's worth of output generated for nothing) while
+  every call saves the reservation `caller - sized` for its whole duration.
+- `MIN_SAVING` 0.25: below a quarter of the caller's limit saved, the re-runs' added
+  latency buys too little capacity; the caller's limit goes unchanged.
 - `MIN_SAMPLES` 20: with fewer, the 95th percentile is the maximum of what was seen.
 - `WINDOW` 200: recent enough to follow a tenant whose work changes, large enough that
   the 95th percentile rests on ten answers.
