@@ -49,6 +49,7 @@ from orchestrator.telemetry.base import OFF, Telemetry
 from orchestrator.tenants.quota import QUOTA_STATUS, QuotaGate, quota_error
 from orchestrator.throttle.slots import Slot
 from orchestrator.utilisation.base import TokenRecorder
+from orchestrator.worker.lengths import Sizer
 from orchestrator.worker.protocols import ResultSink, SlotLimiter
 from orchestrator.worker.upstream import Upstream, UpstreamResponse
 
@@ -96,6 +97,7 @@ class Dispatcher:
         admission: Admission | None = None,
         counts_redis: aioredis.Redis | None = None,
         telemetry: Telemetry = OFF,
+        sizer: Sizer | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] | None = None,
@@ -112,6 +114,7 @@ class Dispatcher:
         self._quota = quota
         self._metrics = metrics
         self._telemetry = telemetry
+        self._sizer = sizer or Sizer.off()
         self._clock = clock
         self._sleep = sleep
         self._rand = rand if rand is not None else random.Random().random
@@ -190,6 +193,7 @@ class Dispatcher:
     ) -> ResultStatus | None:
         """Call until a result: retries back off, an outage waits without spending attempts."""
         message = delivery.message
+        plan = await self._sizer.plan(message)
         attempt = 0
         while True:
             if self._clock() >= message.deadline:
@@ -203,7 +207,7 @@ class Dispatcher:
             attempt += 1
             try:
                 called_at = self._clock()
-                response = await self._call(message, delivery.delivery_count, attempt)
+                response = await self._call(plan.message, delivery.delivery_count, attempt)
             except UpstreamError as err:
                 await self._release(held)
                 if await self._outage(err, verdict == "probe"):
@@ -227,6 +231,8 @@ class Dispatcher:
             await self._release(held)
             if self.breaker is not None:
                 await self.breaker.record("ok", probe=verdict == "probe")
+            if await self._sizer.rerun(plan, response.body):
+                continue  # cut short by the sized limit: again with the caller's
             doc = self._doc(
                 message,
                 "completed",

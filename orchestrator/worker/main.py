@@ -38,6 +38,7 @@ from orchestrator.utilisation.estimate.store import EstimateStore
 from orchestrator.utilisation.factory import make_source
 from orchestrator.worker.accounting import WorkerAccounting
 from orchestrator.worker.dispatch import DispatchConfig, Dispatcher
+from orchestrator.worker.lengths import OutputLengths, Sizer
 from orchestrator.worker.loop import Lane, Worker, WorkerTiming
 from orchestrator.worker.metrics import WorkerMetrics
 from orchestrator.worker.upstream import Upstream
@@ -135,6 +136,11 @@ def build_worker(
         tenancy,
         metrics.tenants if metrics is not None else None,
     )
+    sizer = (
+        Sizer(OutputLengths(redis), metrics=metrics)
+        if settings.size_max_tokens == "auto"
+        else Sizer.off()
+    )
     config = DispatchConfig(
         retry=settings.retry_policy(),
         request_timeout_s=settings.request_timeout_s,
@@ -186,6 +192,7 @@ def build_worker(
             admission=admission,
             counts_redis=redis,
             telemetry=tracing,
+            sizer=sizer,
         )
         lanes.append(Lane(d.name, queue, throttle, dispatcher))
     timing = timing or WorkerTiming(

@@ -129,6 +129,13 @@ class WorkerMetrics:
             ["deployment", "status_code"],
             registry=r,
         )
+        self.sized_calls = Counter(
+            "ptu_worker_sized_calls",
+            "Queued calls sent with a learnt output limit (outcome fit), or cut short by it and"
+            " run again with the caller's (outcome rerun)",
+            ["deployment", "outcome"],
+            registry=r,
+        )
         self.tokens = Counter(
             "ptu_worker_tokens",
             "Tokens used by completed calls",
