@@ -2,7 +2,8 @@
 -- on the version), and mark the token event applied, at most once per (request, phase).
 -- KEYS[1] the estimate hash; KEYS[2] the request's charge record.
 -- ARGV: 1 the version read, 2 the new state (JSON), 3 phase (admit|complete|observe|monitor),
---       4 input tokens charged, 5 max_tokens charged, 6 the record's time to live, ms.
+--       4 input tokens charged, 5 max_tokens charged, 6 the record's time to live, ms,
+--       7 the time of the step (epoch s; an admit's, for the sliding window's refund).
 -- Returns 1 when stored, 0 when the event was applied already (nothing stored), -1 when the
 -- state changed since it was read (nothing stored: read again and retry).
 if (redis.call('HGET', KEYS[1], 'ver') or '0') ~= ARGV[1] then return -1 end
@@ -12,7 +13,7 @@ if phase ~= 'monitor' then
   -- an admit arriving after its complete changes nothing: the complete charged it all
   if phase == 'admit' and redis.call('HEXISTS', KEYS[2], 'complete') == 1 then return 0 end
   if phase == 'admit' then
-    redis.call('HSET', KEYS[2], 'admit', 1, 'input', ARGV[4], 'max_tokens', ARGV[5])
+    redis.call('HSET', KEYS[2], 'admit', 1, 'input', ARGV[4], 'max_tokens', ARGV[5], 'at', ARGV[7])
   else
     redis.call('HSET', KEYS[2], phase, 1)
   end

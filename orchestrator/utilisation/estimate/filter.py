@@ -15,8 +15,9 @@ What each signal tells, and the part of the state it feeds:
 - **the utilisation header**, whose delay and smoothing are unknown (Microsoft calls it
   unreliable): a bank of hypotheses about what it reports, each a linear relation
   `k x feature + c` fitted by a Kalman filter (both drift as random walks): the level
-  `d` seconds ago (`LAGS_S`), an exponential average of it (`SMOOTHING_S`), or our charge
-  rate over the window (a rate-like meaning, such as a sliding window). `k` absorbs a bucket
+  `d` seconds ago (`LAGS_S`), an exponential average of it (`SMOOTHING_S`), or our charges
+  over the trailing window `d` seconds ago (a sliding window, a rate-like meaning such as
+  Azure Monitor's "PTUs consumed / deployed"; `win`). `k` absorbs a bucket
   or capacity other than the table's, `c` the load of other applications. Each hypothesis
   is scored by its one-step prediction error (mean square over `score_s`). The header's
   estimate of the level **now** is the best hypothesis's `k x feature(now) + c` plus `z`
@@ -69,10 +70,15 @@ HISTORY = 40
 HYPOTHESES = (
     *(f"lag {d:g}s" for d in LAGS_S),
     *(f"avg {t:g}s" for t in SMOOTHING_S),
-    "rate",
+    *(f"window lag {d:g}s" for d in LAGS_S),
 )
-TRUST_N = 8
-"""Observations before the header may lower the reading (and before hypotheses compete)."""
+WINDOW_SLOTS = 20
+"""Our charges are booked in slots of `window_s / WINDOW_SLOTS` for the sliding-window sums."""
+TRUST_N = 20
+"""Observations before the header may lower the reading (and before hypotheses compete)..."""
+TRUST_S = 12.0
+"""... over at least this long: longer than the longest lag tried, so each lag has been
+compared with reports that describe the same past."""
 MAX_UNSEEN = 0.95
 """The unseen share never reaches the whole capacity: our own calls still go through."""
 STALE_HEADER_S = 30.0
@@ -131,6 +137,8 @@ class Signal:
     retry_after_s: float | None = None
     used: float | None = None
     """Share of a token limit used (1 - x-ratelimit-remaining-tokens / limit)."""
+    charged_at: float | None = None
+    """When the charge a refund corrects was made (a sliding window drops it then)."""
     went_through: bool = False
     """A call completed normally (no 429, no spill): the deployment was not full."""
     monitor: float | None = None
@@ -167,10 +175,15 @@ class FilterState:
     ema: list[float] = field(default_factory=lambda: [0.0] * len(SMOOTHING_S))
     rate: list[float] = field(default_factory=lambda: [0.0] * len(RATE_HORIZONS))
     """Our charge rate over each horizon, as a share of capacity."""
+    win: list[float] = field(default_factory=list)
+    """Our charges per slot of `window_s / WINDOW_SLOTS`, a ring (enough for a window and
+    the longest lag); `win_slot` is the newest slot's index."""
+    win_slot: int = 0
     q: float = 0.0
     """Our charges ever made (fractions of 100 %): charges since a reading are a difference."""
     hyps: list[Hypothesis] = field(default_factory=lambda: [Hypothesis() for _ in HYPOTHESES])
     n: int = 0
+    first_obs: float | None = None
     obs: float | None = None
     obs_at: float | None = None
     mu: float = 0.0
@@ -216,7 +229,7 @@ class Estimate:
     header: float | None
     """The header's estimate of the level now (with its margin), if the header was seen."""
     hypothesis: str | None
-    """The header meaning that predicts best (`lag 3s`, `avg 5s`, `rate`)."""
+    """The header meaning that predicts best (`lag 3s`, `avg 5s`, `window lag 0s`)."""
     sigma: float | None
     """RMS prediction error of that hypothesis (the filter's uncertainty)."""
     trusted: bool
@@ -280,15 +293,53 @@ def _past(st: FilterState, t: float) -> float:
     return a + (b - a) * min(1.0, max(0.0, pos - i))
 
 
-def _features(st: FilterState, t_obs: float) -> list[float]:
+def _ring(window_s: float) -> tuple[float, int]:
+    """(slot width, slots kept) of the window sums: a window plus the longest lag."""
+    width = window_s / WINDOW_SLOTS
+    return width, WINDOW_SLOTS + math.ceil(max(LAGS_S) / width) + 2
+
+
+def _book(st: FilterState, delta: float, at: float, window_s: float) -> None:
+    """Book a charge (or a refund, in the slot of the charge it corrects) for window sums."""
+    width, keep = _ring(window_s)
+    if len(st.win) != keep:
+        st.win, st.win_slot = [0.0] * keep, math.floor(st.t / width)
+    now_slot = math.floor(st.t / width)
+    for i in range(max(st.win_slot + 1, now_slot - keep + 1), now_slot + 1):
+        st.win[i % keep] = 0.0  # slots entered since: empty
+    st.win_slot = max(st.win_slot, now_slot)
+    slot = min(math.floor(at / width), now_slot)
+    if now_slot - slot < keep:
+        st.win[slot % keep] += delta
+
+
+def _window(st: FilterState, t: float, window_s: float) -> float:
+    """Our charges within the window ending at `t` (a charge spread evenly in its slot)."""
+    width, keep = _ring(window_s)
+    if len(st.win) != keep:
+        return 0.0
+    total = 0.0
+    for j in range(st.win_slot - keep + 1, st.win_slot + 1):
+        start = j * width
+        end = min(start + width, st.t) if j == st.win_slot else start + width
+        span = max(end - start, 1e-9)
+        inside = min(end, t) - max(start, t - window_s)
+        if inside > 0:
+            total += st.win[j % keep] * min(1.0, inside / span)
+    return max(0.0, total)
+
+
+def _features(st: FilterState, t_obs: float, window_s: float) -> list[float]:
     """Each hypothesis's feature at the time an observation describes."""
     lagged = [_past(st, t_obs - d) for d in LAGS_S]
-    return [*lagged, *st.ema, st.rate[1]]
+    windows = [_window(st, t_obs - d, window_s) for d in LAGS_S]
+    return [*lagged, *st.ema, *windows]
 
 
-def _current(st: FilterState) -> list[float]:
+def _current(st: FilterState, window_s: float) -> list[float]:
     """Each hypothesis's feature of the level now (the truth is undelayed, unsmoothed)."""
-    return [st.m] * (len(LAGS_S) + len(SMOOTHING_S)) + [st.rate[1]]
+    window = _window(st, st.t, window_s)
+    return [st.m] * (len(LAGS_S) + len(SMOOTHING_S)) + [window] * len(LAGS_S)
 
 
 def _fit(h: Hypothesis, x: float, y: float, since: float, p: FilterParams, first: bool) -> None:
@@ -329,7 +380,7 @@ def _saturate(st: FilterState, sig: Signal, now: float, window_s: float, p: Filt
         need = 1.0 - rate + (1.0 - st.mu) / RATE_HORIZONS[FILL_HORIZON]
         st.s = min(MAX_UNSEEN, max(st.s, need))
         st.mu = 1.0
-    for h, x in zip(st.hyps, _current(st), strict=True):
+    for h, x in zip(st.hyps, _current(st, window_s), strict=True):
         h.c = max(h.c, 1.0 - h.k * x)
 
 
@@ -354,13 +405,16 @@ def step(
     _advance(st, now, window_s, p)
     if sig.delta:
         _charge(st, sig.delta, window_s)
+    if sig.delta or st.win:
+        _book(st, sig.delta, now if sig.charged_at is None else sig.charged_at, window_s)
     if sig.utilisation is not None and sig.age_s <= p.max_age_s:
         t_obs = now - sig.age_s
         since = 0.0 if st.obs_at is None else max(0.0, t_obs - st.obs_at)
         first = st.obs_at is None
-        for h, x in zip(st.hyps, _features(st, t_obs), strict=True):
+        for h, x in zip(st.hyps, _features(st, t_obs, window_s), strict=True):
             _fit(h, x, sig.utilisation, since, p, first)
         st.n += 1
+        st.first_obs = t_obs if st.first_obs is None else st.first_obs
         if st.obs_at is None or t_obs >= st.obs_at:
             st.obs, st.obs_at = sig.utilisation, t_obs
     if sig.used is not None and sig.age_s <= p.max_age_s:
@@ -375,21 +429,28 @@ def step(
     return st
 
 
-def _header(st: FilterState, now: float, p: FilterParams) -> tuple[float, int, float, bool]:
+def _header(
+    st: FilterState, now: float, window_s: float, p: FilterParams
+) -> tuple[float, int, float, bool]:
     """(estimate now, hypothesis index, its RMS, trusted) of the header's bank."""
     best = min(range(len(st.hyps)), key=lambda i: st.hyps[i].e)
-    if st.n < TRUST_N or st.obs is None:
-        # too few to compare the hypotheses: the newest report itself, a level the
-        # deployment has been at, may only raise the reading
-        return st.obs or 0.0, best, math.sqrt(st.hyps[best].e), False
-    current = _current(st)
-    estimates = [h.k * x + h.c for h, x in zip(st.hyps, current, strict=True)]
-    h, x = st.hyps[best], current[best]
+    h = st.hyps[best]
     rmse = math.sqrt(h.e)
+    fresh = st.obs_at is not None and now - st.obs_at <= STALE_HEADER_S
+    proven = (
+        st.n >= TRUST_N
+        and st.first_obs is not None
+        and now - st.first_obs >= TRUST_S
+        and rmse <= p.trust_rmse
+    )
+    if not (fresh and proven):
+        # not (or no longer) shown to predict: the newest report itself, a level the
+        # deployment has been at, may only raise the reading
+        return st.obs or 0.0, best, rmse, False
+    x = _current(st, window_s)[best]
     # the margin is the fit's own uncertainty about the level now (not the header's noise)
     sigma = math.sqrt(max(0.0, x * x * h.p1 + 2 * x * h.p2 + h.p3))
-    fresh = st.obs_at is not None and now - st.obs_at <= STALE_HEADER_S
-    return estimates[best] + p.z * sigma, best, sigma, fresh and rmse <= p.trust_rmse
+    return h.k * x + h.c + p.z * sigma, best, sigma, True
 
 
 def read(state: FilterState, now: float, window_s: float, p: FilterParams) -> Estimate:
@@ -402,7 +463,7 @@ def read(state: FilterState, now: float, window_s: float, p: FilterParams) -> Es
     sigma: float | None = None
     trusted = False
     if st.obs_at is not None:
-        header, best, sigma, trusted = _header(st, now, p)
+        header, best, sigma, trusted = _header(st, now, window_s, p)
         name = HYPOTHESES[best]
         value = header if trusted else max(value, header)
     if st.used is not None and st.used_at is not None and now - st.used_at <= p.max_age_s:
@@ -416,8 +477,8 @@ def read(state: FilterState, now: float, window_s: float, p: FilterParams) -> Es
 
 
 def header_delay_s(hypothesis: str) -> float | None:
-    """The delay (or averaging time) a hypothesis name stands for; None for `rate` or none."""
-    for prefix, values in (("lag ", LAGS_S), ("avg ", SMOOTHING_S)):
+    """The delay (or averaging time) a hypothesis name stands for; None for none."""
+    for prefix, values in (("lag ", LAGS_S), ("avg ", SMOOTHING_S), ("window lag ", LAGS_S)):
         for value in values:
             if hypothesis == f"{prefix}{value:g}s":
                 return value

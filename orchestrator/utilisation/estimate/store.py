@@ -56,6 +56,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -166,9 +167,11 @@ class EstimateStore:
                     return
                 charged = (float(loaded[9]), float(loaded[10])) if admitted else None
                 signal = self._signal(d, event, input_tokens, charged)
+                if admitted and loaded[11]:
+                    signal = replace(signal, charged_at=float(loaded[11]))
                 stepped = step(_state(state), signal, now, self.window_s, self._params)
                 args: list[str | int] = [version, _dump(stepped), event.phase]
-                args += [input_tokens, event.max_tokens, self._dedupe_ttl_ms]
+                args += [input_tokens, event.max_tokens, self._dedupe_ttl_ms, repr(now)]
                 stored = await self._commit(keys=[key, req], args=args)
                 if stored != -1:
                     return
@@ -277,7 +280,7 @@ class EstimateStore:
                     return None
                 stepped = step(state, signal, float(loaded[5]), self.window_s, self._params)
                 args: list[str | int] = [loaded[2], _dump(stepped), "monitor", 0, 0]
-                args.append(self._dedupe_ttl_ms)
+                args += [self._dedupe_ttl_ms, loaded[5]]
                 if await self._commit(keys=[key, req], args=args) != -1:
                     return stepped.s
         except RedisError as exc:
