@@ -15,7 +15,7 @@ from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
 from simulator.app import create_app
 from simulator.config import DEFAULT_DEPLOYMENT, DEFAULT_RESOURCE_ID, SimConfig
-from simulator.openai.header import HEADER_MODES
+from simulator.openai.header import DEFAULT_LAG_S, DEFAULT_SMOOTHING_S, HEADER_MODES
 from simulator.openai.meter import MODELS as UTILISATION_MODELS
 from simulator.server import ForegroundServer, uvicorn_config
 from simulator.tls import write_self_signed
@@ -51,7 +51,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--utilisation-header",
         choices=HEADER_MODES,
         default="exact",
-        help="noisy: the value of 1 s earlier +/- up to 5 points; absent: no header",
+        help="noisy: the value of 1 s earlier +/- up to 5 points; lagged: the value of"
+        " --header-lag-s earlier; smoothed: a moving average (--header-smoothing-s);"
+        " absent: no header",
+    )
+    parser.add_argument(
+        "--header-lag-s",
+        type=float,
+        default=DEFAULT_LAG_S,
+        metavar="S",
+        help="lagged header: the true level of S seconds earlier",
+    )
+    parser.add_argument(
+        "--header-smoothing-s",
+        type=float,
+        default=DEFAULT_SMOOTHING_S,
+        metavar="S",
+        help="smoothed header: exponential moving average with time constant S seconds",
     )
     parser.add_argument(
         "--background-share",
@@ -89,6 +105,8 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         resource_id=args.resource_id,
         utilisation_model=args.utilisation_model,
         utilisation_header=args.utilisation_header,
+        header_lag_s=args.header_lag_s,
+        header_smoothing_s=args.header_smoothing_s,
         background_share=args.background_share,
     )
     with contextlib.ExitStack() as stack:

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 from simulator.config import DeploymentSpec
 from simulator.openai.background import BackgroundCall, BackgroundSchedule, call_shape
 from simulator.openai.bucket import charge
-from simulator.openai.header import HEADER_MODES, UtilisationHistory, reported
+from simulator.openai.counters import (
+    UNLABELLED,
+    BackgroundCounters,
+    Counters,
+    Decision,
+    Faults,
+    Ticket,
+)
+from simulator.openai.header import (
+    DEFAULT_LAG_S,
+    DEFAULT_SMOOTHING_S,
+    HEADER_MODES,
+    HeaderReporter,
+)
+from simulator.openai.header import validate as validate_header
 from simulator.openai.latency import ttft_s
 from simulator.openai.meter import MODELS, Meter, make_meter, switch
 from simulator.openai.standard import StandardLimiter
 
-UNLABELLED = "unlabelled"
+__all__ = ["UNLABELLED", "Decision", "Deployment", "Ticket"]
+
 PATCHABLE = (
     "ptus",
     "tpm",
@@ -26,77 +40,23 @@ PATCHABLE = (
     "spike_ms",
     "background_share",
     "window_s",
+    "header_lag_s",
+    "header_smoothing_s",
 )
 CHOICES: dict[str, tuple[str, ...]] = {
     "utilisation_model": MODELS,
     "utilisation_header": HEADER_MODES,
 }
 """Fields of a PATCH body that take one of a few names rather than a number."""
-PROVISIONED_ONLY = ("ptus", "background_share", "window_s", *CHOICES)
+PROVISIONED_ONLY = (
+    "ptus",
+    "background_share",
+    "window_s",
+    "header_lag_s",
+    "header_smoothing_s",
+    *CHOICES,
+)
 RATES = ("error_rate", "timeout_rate", "spike_rate", "background_share")
-
-
-@dataclass(slots=True)
-class Faults:
-    """Fault-injection settings: fractions of calls that fail, time out or get a spike."""
-
-    error_rate: float = 0.0
-    timeout_rate: float = 0.0
-    spike_rate: float = 0.0
-    spike_ms: float = 0.0
-
-
-@dataclass(slots=True)
-class Counters:
-    """Totals since start or the last reset."""
-
-    requests: int = 0
-    throttled: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    by_priority: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def bump(self, priority: str, key: str, amount: int = 1) -> None:
-        """Add to the per-priority counter `key`."""
-        slot = self.by_priority.setdefault(
-            priority, {"requests": 0, "throttled": 0, "completion_tokens": 0}
-        )
-        slot[key] += amount
-
-
-@dataclass(slots=True)
-class BackgroundCounters:
-    """Totals of the synthetic bypassing traffic, kept apart from real callers'."""
-
-    requests: int = 0
-    throttled: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass(slots=True)
-class Ticket:
-    """An admitted call, handed back at completion to reconcile its cost."""
-
-    priority: str
-    prompt_tokens: int
-    admitted_output_tokens: int
-    admitted_at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What the deployment decided for one call; `status` 200 means go ahead."""
-
-    status: int
-    utilization: float
-    ticket: Ticket | None = None
-    retry_after_s: float = 0.0
-    remaining_tokens: int | None = None
-    remaining_requests: int | None = None
-    ttft_s: float = 0.0
-    tbt_ms: float = 0.0
 
 
 class Deployment:
@@ -115,6 +75,8 @@ class Deployment:
         utilisation_header: str = "exact",
         background_share: float = 0.0,
         noise_rng: random.Random | None = None,
+        header_lag_s: float = DEFAULT_LAG_S,
+        header_smoothing_s: float = DEFAULT_SMOOTHING_S,
     ) -> None:
         self.spec = spec
         self.window_s = window_s
@@ -124,12 +86,15 @@ class Deployment:
         self.counters = Counters()
         self.background_counters = BackgroundCounters()
         self._rng = rng
-        self._noise_rng = noise_rng or random.Random(0)
         self.meter: Meter | None = None
         self.limiter: StandardLimiter | None = None
         self.utilisation_model = utilisation_model
-        self.utilisation_header = utilisation_header
-        self.history = UtilisationHistory()
+        self.header = HeaderReporter(
+            utilisation_header,
+            lag_s=header_lag_s,
+            smoothing_s=header_smoothing_s,
+            rng=noise_rng or random.Random(0),
+        )
         self.background = BackgroundSchedule(0.0, now)
         if spec.kind == "provisioned":
             self.meter = make_meter(utilisation_model, spec.capacity_tpm, window_s, now)
@@ -159,10 +124,15 @@ class Deployment:
         assert self.limiter is not None
         return self.limiter.utilization(now)
 
+    @property
+    def utilisation_header(self) -> str:
+        """How the utilisation header is reported (`simulator.openai.header`)."""
+        return self.header.mode
+
     def reported_utilization(self, now: float, exact: float) -> float | None:
         """What the utilisation header says now (None: no header), `exact` being the truth."""
-        self.history.record(now, self.utilization(now))
-        return reported(self.utilisation_header, now, exact, self.history, self._noise_rng)
+        self.header.observe(now, self.utilization(now))
+        return self.header.report(now, exact)
 
     def tick(self, now: float) -> list[tuple[int, BackgroundCall]]:
         """Sample the truth for the header history and send the background calls now due.
@@ -171,7 +141,7 @@ class Deployment:
         """
         if self.meter is None:
             return []
-        self.history.record(now, self.meter.utilization(now))
+        self.header.observe(now, self.meter.utilization(now))
         due = self.background.due(now)
         if not due:
             return []
@@ -286,6 +256,11 @@ class Deployment:
             raise ValueError("capacity must be positive")
         if values.get("window_s", 1.0) <= 0:
             raise ValueError("window_s must be positive")
+        validate_header(
+            names.get("utilisation_header", self.header.mode),
+            values.get("header_lag_s", self.header.lag_s),
+            values.get("header_smoothing_s", self.header.smoothing_s),
+        )
         self._apply(now, values, names)
 
     def _apply(self, now: float, values: dict[str, float], names: dict[str, str]) -> None:
@@ -299,7 +274,11 @@ class Deployment:
             if "utilisation_model" in names:
                 self.utilisation_model = names["utilisation_model"]
                 self.meter = switch(self.meter, self.utilisation_model, now)
-            self.utilisation_header = names.get("utilisation_header", self.utilisation_header)
+            self.header.configure(
+                names.get("utilisation_header"),
+                values.get("header_lag_s"),
+                values.get("header_smoothing_s"),
+            )
         if "tpm" in values and self.limiter is not None:
             self.limiter.tpm = values["tpm"]
         self.tbt_ms = values.get("tbt_ms", self.tbt_ms)
@@ -319,7 +298,7 @@ class Deployment:
         self.peak_in_flight.clear()
         self.counters = Counters()
         self.background_counters = BackgroundCounters()
-        self.history = UtilisationHistory()
+        self.header.forget()
 
     def reset_peaks(self) -> None:
         """Start peak tracking again from the current in-flight counts."""
@@ -359,7 +338,9 @@ class Deployment:
         bg = self.background_counters
         return {
             "utilisation_model": self.utilisation_model,
-            "utilisation_header": self.utilisation_header,
+            "utilisation_header": self.header.mode,
+            "header_lag_s": self.header.lag_s,
+            "header_smoothing_s": self.header.smoothing_s,
             "background": {
                 "share": self.background.share,
                 "requests": bg.requests,

@@ -104,7 +104,10 @@ def test_spike_adds_to_ttft() -> None:
         ({"background_share": 1.5}, "between 0 and 1"),
         ({"background_share": "lots"}, "non-negative"),
         ({"utilisation_model": "rate"}, "bucket, sliding"),
-        ({"utilisation_header": 3}, "exact, noisy, absent"),
+        ({"utilisation_header": 3}, "exact, noisy, absent, lagged, smoothed"),
+        ({"header_lag_s": 601}, "header_lag_s must be between 0 and 600"),
+        ({"header_lag_s": -1}, "non-negative"),
+        ({"header_smoothing_s": "slow"}, "non-negative"),
     ],
 )
 def test_patch_validation(changes: dict[str, Any], message: str) -> None:
