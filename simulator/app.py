@@ -68,7 +68,7 @@ class Simulator:
                 utilisation_header=config.utilisation_header,
                 header_lag_s=config.header_lag_s,
                 header_smoothing_s=config.header_smoothing_s,
-                background_share=config.background_share,
+                background_share=config.background,
                 noise_rng=random.Random(f"{config.seed}:{spec.name}:header"),
             )
             for spec in config.deployments

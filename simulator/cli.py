@@ -76,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="share of capacity consumed by traffic that bypasses everything (0..1)",
     )
+    parser.add_argument(
+        "--background-profile",
+        default=None,
+        metavar="PROFILE",
+        help="bypass traffic over time: square:LOW,HIGH,HALF_PERIOD_S alternates between the"
+        " two shares every HALF_PERIOD_S seconds, starting LOW (or constant:S)",
+    )
     parser.add_argument("--https", action="store_true", help="serve TLS with a throwaway CA")
     parser.add_argument("--tls-dir", type=Path, default=None, help="where --https writes ca.pem")
     parser.add_argument("--resource-id", default=DEFAULT_RESOURCE_ID)
@@ -108,6 +115,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         header_lag_s=args.header_lag_s,
         header_smoothing_s=args.header_smoothing_s,
         background_share=args.background_share,
+        background_profile=args.background_profile,
     )
     with contextlib.ExitStack() as stack:
         certfile = keyfile = ca_pem = None

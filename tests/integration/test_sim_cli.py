@@ -76,6 +76,7 @@ def test_https_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         (["--deployment", "x=nope:15"], ["--deployment", "nope"]),
         (["--background-share", "1.5"], ["--background-share"]),
         (["--header-lag-s", "-1"], ["--header-lag-s"]),
+        (["--background-profile", "wave:1"], ["--background-profile", "square:LOW,HIGH"]),
         (["--header-smoothing-s", "-2"], ["--header-smoothing-s"]),
     ],
 )

@@ -190,6 +190,20 @@ async def test_background_share_is_charged_refused_and_counted_apart(
     await http.patch("/sim/deployments/bg", json={"background_share": 0})
 
 
+async def test_background_profile_square_wave(http: httpx2.AsyncClient) -> None:
+    reply = await http.patch("/sim/deployments/ptu", json={"background_profile": "square:0,0.5,1"})
+    assert reply.status_code == 200
+    assert reply.json()["background"] | {"requests": 0} == {
+        "share": 0.0, "profile": "square:0,0.5,1", "requests": 0, "throttled": 0,
+        "prompt_tokens": 0, "completion_tokens": 0,
+    }  # fmt: skip
+    await asyncio.sleep(2.2)  # LOW for 1 s, HIGH for 1 s, LOW again
+    bg = (await http.get("/sim/state")).json()["deployments"]["ptu"]["background"]
+    assert 6 <= bg["requests"] <= 14  # ~10 calls a second, in the HIGH second only
+    bad = await http.patch("/sim/deployments/ptu", json={"background_profile": "square:0,0.5"})
+    assert bad.status_code == 400 and "HALF_PERIOD_S" in bad.json()["error"]["message"]
+
+
 async def test_patch_errors(http: httpx2.AsyncClient) -> None:
     bad = await http.patch("/sim/deployments/ptu", json={"utilisation_model": "rate"})
     assert bad.status_code == 400 and "bucket, sliding" in bad.json()["error"]["message"]
