@@ -303,6 +303,7 @@ class Deployment:
             return {}
         bg = self.background_counters
         return {
+            "ptus": self.meter.capacity_tpm / self.spec.input_tpm_per_ptu,
             "utilisation_model": self.utilisation_model,
             "utilisation_header": self.header.mode,
             "header_lag_s": self.header.lag_s,
