@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 
 from simulator.openai import chat, tokens
-from simulator.openai.deployments import UNLABELLED
+from simulator.openai.counters import UNLABELLED
 from simulator.openai.responses import MIN_OUTPUT_TOKENS
 
 RESPONSES = "responses"

@@ -87,6 +87,8 @@ class Deployment:
                 self.background.set_share(now, background_share)
         else:
             self.limiter = StandardLimiter(spec.tpm)
+        self.spillover: str | None = spec.spillover
+        """The standard deployment this one spills to (deployment-level native spillover)."""
         self.in_flight: dict[str, int] = {}
         self.peak_in_flight: dict[str, int] = {}
 
@@ -202,6 +204,29 @@ class Deployment:
             cost = ticket.prompt_tokens + ticket.admitted_output_tokens * self.spec.output_weight
             self.meter.reconcile(now, -cost, ticket.admitted_at)
 
+    def spilled(self, priority: str, status: int) -> None:
+        """A call refused with `status` was served by the spillover target instead.
+
+        It is counted as spilled rather than as a 429 or an error: `throttled` and
+        `errors` count the refusals callers saw.
+        """
+        c = self.counters
+        if status == 429:
+            c.throttled -= 1
+            c.bump(priority, "throttled", -1)
+        else:
+            c.errors -= 1
+        c.spilled += 1
+        c.bump(priority, "spilled")
+
+    def spillover_failed(self) -> None:
+        """A refused call's spillover target failed too; the refusal itself was answered."""
+        self.counters.spillover_errors += 1
+
+    def served_spillover(self) -> None:
+        """This (standard) deployment served a call spilled from a provisioned one."""
+        self.counters.spillover_served += 1
+
     def complete(
         self, now: float, ticket: Ticket, prompt_tokens: int, completion_tokens: int
     ) -> None:
@@ -252,6 +277,8 @@ class Deployment:
         for key in ("error_rate", "timeout_rate", "spike_rate", "spike_ms"):
             if key in numbers:
                 setattr(self.faults, key, numbers[key])
+        if parsed.sets_spillover:
+            self.spillover = parsed.spillover
 
     def reset(self, now: float) -> None:
         """Empty the bucket or windows, in-flight bookkeeping, peaks and counters."""
@@ -287,6 +314,9 @@ class Deployment:
             "errors": c.errors,
             "prompt_tokens": c.prompt_tokens,
             "completion_tokens": c.completion_tokens,
+            "spilled": c.spilled,
+            "spillover_errors": c.spillover_errors,
+            "spillover_served": c.spillover_served,
             "by_priority": {k: dict(v) for k, v in c.by_priority.items()},
             "tbt_ms": self.tbt_ms,
             "ttft_ms": self.ttft_ms,
@@ -304,6 +334,7 @@ class Deployment:
         bg = self.background_counters
         return {
             "ptus": self.meter.capacity_tpm / self.spec.input_tpm_per_ptu,
+            "spillover": self.spillover,
             "utilisation_model": self.utilisation_model,
             "utilisation_header": self.header.mode,
             "header_lag_s": self.header.lag_s,
