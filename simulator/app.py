@@ -120,9 +120,8 @@ class Simulator:
         if deployment is None:
             return _json(404, chat.error_body("DeploymentNotFound", chat.MSG_404), {})
         try:
-            call = parse_call(
-                request, body if body is not None else parse_body(raw), self.config.seed
-            )
+            body = body if body is not None else parse_body(raw)
+            call = parse_call(request, body, self.config.seed, model=deployment.spec.model)
         except ChatError as exc:
             self.recorder.add_request(self.clock(), deployment.name, exc.status)
             return _json(exc.status, exc.body, self.headers(deployment, None))
@@ -140,7 +139,9 @@ class Simulator:
         if deployment is None:
             return _json(404, chat.error_body("DeploymentNotFound", chat.MSG_404), {})
         try:
-            call = parse_call(request, body, self.config.seed, RESPONSES)
+            call = parse_call(
+                request, body, self.config.seed, RESPONSES, model=deployment.spec.model
+            )
         except ChatError as exc:
             self.recorder.add_request(self.clock(), deployment.name, exc.status)
             return _json(exc.status, exc.body, self.headers(deployment, None))
@@ -202,9 +203,7 @@ class Simulator:
             headers = {**self.headers(deployment, decision), **(extra or {})}
             return self._stream(deployment, decision, call, headers)
         try:
-            await asyncio.sleep(
-                decision.ttft_s + generation_s(decision.tbt_ms, call.completion_tokens)
-            )
+            await asyncio.sleep(decision.ttft_s + generation_s(decision.tbt_ms, call.output_tokens))
         finally:
             self._complete(deployment, decision, call, call.completion_tokens)
         completion_id, created = self._new_id()
@@ -229,15 +228,18 @@ class Simulator:
             content="".join(chat.completion_tokens_text(n, created)).lstrip(),
             finish_reason="length" if streaming.truncated(call, n) else "stop",
             prompt_tokens=call.prompt_tokens,
-            completion_tokens=n,
+            completion_tokens=n + call.reasoning_tokens,
+            reasoning_tokens=call.reasoning_tokens,
         )
         return _json(200, payload, headers)
 
     def _complete(self, deployment: Deployment, decision: Decision, call: ChatCall, n: int) -> None:
+        """Reconcile a call that produced `n` visible tokens (and all its reasoning)."""
         assert decision.ticket is not None
         now = self.clock()
-        deployment.complete(now, decision.ticket, call.prompt_tokens, n)
-        self.recorder.add_tokens(now, deployment.name, call.prompt_tokens, n)
+        generated = n + call.reasoning_tokens
+        deployment.complete(now, decision.ticket, call.prompt_tokens, generated)
+        self.recorder.add_tokens(now, deployment.name, call.prompt_tokens, generated)
 
     def _new_id(self) -> tuple[str, int]:
         return f"chatcmpl-sim{next(self._ids):012d}", int(self.clock())
@@ -248,6 +250,7 @@ class Simulator:
         return ResponseWriter(
             response_id=f"resp_sim{next(self._ids):012d}", created=created,
             model=deployment.spec.model, body=call.body, input_tokens=call.prompt_tokens,
+            reasoning_tokens=call.reasoning_tokens, reasoning_effort=call.reasoning_effort,
         )  # fmt: skip
 
     def _throttled(

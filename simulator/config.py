@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from orchestrator.core.capacity import lookup
 from orchestrator.core.errors import ConfigError
 from simulator.openai.background import parse_profile
 from simulator.openai.header import DEFAULT_LAG_S, DEFAULT_SMOOTHING_S, HEADER_MODES, MAX_LAG_S
 from simulator.openai.meter import MODELS as UTILISATION_MODELS
+from simulator.openai.models import capacity as model_capacity
 
 DEFAULT_RESOURCE_ID = (
     "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/sim"
@@ -65,7 +65,7 @@ def parse_deployment(text: str) -> DeploymentSpec:
         raise ConfigError(f"--deployment {text!r}: {parts[1]!r} is not a number") from None
     if amount <= 0:
         raise ConfigError(f"--deployment {text!r}: capacity must be positive")
-    capacity = lookup(model)
+    capacity = model_capacity(model)
     spill, is_spill, target = parts[-1].partition("=") if len(parts) == 3 else ("", "", "")
     if len(parts) == 3 and not (is_spill and spill == "spill"):
         if parts[2] != "standard":

@@ -28,13 +28,13 @@ MIN_OUTPUT_TOKENS = 16
 """The service refuses a `max_output_tokens` below this."""
 
 
-def usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
-    """The `usage` object of a response."""
+def usage(input_tokens: int, output_tokens: int, reasoning_tokens: int = 0) -> dict[str, Any]:
+    """The `usage` object of a response; `output_tokens` includes the reasoning tokens."""
     return {
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
         "total_tokens": input_tokens + output_tokens,
     }
 
@@ -64,8 +64,13 @@ class ResponseWriter:
         model: str,
         body: dict[str, Any],
         input_tokens: int,
+        reasoning_tokens: int = 0,
+        reasoning_effort: str | None = None,
     ) -> None:
         self.response_id = response_id
+        self.reasoning_tokens = reasoning_tokens
+        """Hidden tokens a reasoning model spent, counted in `output_tokens`."""
+        self.reasoning_effort = reasoning_effort
         self.item_id = "msg_" + response_id.removeprefix("resp_")
         self.created = created
         self.model = model_version(model)
@@ -82,7 +87,10 @@ class ResponseWriter:
         truncated: bool = False,
         completed_at: int | None = None,
     ) -> dict[str, Any]:
-        """The `response` object: `in_progress` without output, else with its one message."""
+        """The `response` object: `in_progress` without output, else with its one message.
+
+        `output_tokens` are the visible ones; the usage adds the writer's reasoning tokens.
+        """
         req = self.request
         output = []
         if text is not None:
@@ -106,7 +114,7 @@ class ResponseWriter:
             "output": output,
             "parallel_tool_calls": True,
             "previous_response_id": req.get("previous_response_id"),
-            "reasoning": {"effort": None, "summary": None},
+            "reasoning": {"effort": self.reasoning_effort, "summary": None},
             "service_tier": "default",
             "store": req.get("store", True),
             "temperature": req.get("temperature", 1.0),
@@ -115,9 +123,13 @@ class ResponseWriter:
             "tools": [],
             "top_p": req.get("top_p", 1.0),
             "truncation": "disabled",
-            "usage": usage(self.input_tokens, output_tokens) if finished else None,
+            "usage": self._usage(output_tokens) if finished else None,
             "user": None,
         }
+
+    def _usage(self, visible_tokens: int) -> dict[str, Any]:
+        total = visible_tokens + self.reasoning_tokens
+        return usage(self.input_tokens, total, self.reasoning_tokens)
 
     def _event(self, kind: str, payload: dict[str, Any]) -> bytes:
         data = {"type": kind, "sequence_number": self._sequence, **payload}

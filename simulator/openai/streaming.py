@@ -2,9 +2,10 @@
 
 Chat completions stream as SSE chunks (`chat.ChunkWriter`, Azure's empty first chunk,
 `[DONE]` last); the Responses API streams its typed events (`responses.ResponseWriter`).
-Both wait the time to first token, then one time-between-tokens per token, and hand the
-number of tokens actually sent to `done` however the stream ends (a client that hangs up
-is billed for what it got).
+Both wait the time to first token and a reasoning model's hidden tokens, then one
+time-between-tokens per visible token, and hand the number of visible tokens actually sent
+to `done` however the stream ends (a client that hangs up is billed for what it got, and
+for all the reasoning, which was spent before the first visible token).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from simulator.openai.responses import ResponseWriter
 
 def truncated(call: ChatCall, n: int) -> bool:
     """True when the output stopped at the request's limit (finish reason `length`)."""
-    return call.max_tokens is not None and n >= call.max_tokens
+    return call.max_tokens is not None and n + call.reasoning_tokens >= call.max_tokens
 
 
 async def chat_chunks(
@@ -36,8 +37,8 @@ async def chat_chunks(
     emitted = 0
     try:
         yield writer.first()
-        if decision.ttft_s > 0:
-            await asyncio.sleep(decision.ttft_s)
+        if (first_s := decision.ttft_s + call.reasoning_tokens * tbt_s) > 0:
+            await asyncio.sleep(first_s)
         yield writer.role()
         for i, text in enumerate(chat.completion_tokens_text(n, created)):
             yield writer.content(text.lstrip() if i == 0 else text)
@@ -46,7 +47,7 @@ async def chat_chunks(
                 await asyncio.sleep(tbt_s)
         yield writer.finish("length" if truncated(call, n) else "stop")
         if call.include_usage:
-            yield writer.usage(call.prompt_tokens, n)
+            yield writer.usage(call.prompt_tokens, n + call.reasoning_tokens, call.reasoning_tokens)
         yield chat.SSE_DONE
     finally:
         done(emitted)
@@ -67,8 +68,8 @@ async def response_events(
     try:
         for event in writer.opening():
             yield event
-        if decision.ttft_s > 0:
-            await asyncio.sleep(decision.ttft_s)
+        if (first_s := decision.ttft_s + call.reasoning_tokens * tbt_s) > 0:
+            await asyncio.sleep(first_s)
         for event in writer.item_added():
             yield event
         for i, token in enumerate(chat.completion_tokens_text(n, created)):
