@@ -35,3 +35,8 @@ def test_every_reasoning_model_of_the_issue_can_be_deployed_as_a_ptu() -> None:
 @pytest.mark.parametrize("model", sorted(MODEL_CAPACITY))
 def test_the_orchestrators_table_wins(model: str) -> None:
     assert capacity(model) is MODEL_CAPACITY[model]
+
+
+def test_no_model_has_two_definitions() -> None:
+    twice = set(EXTRA_CAPACITY) & set(MODEL_CAPACITY)
+    assert not twice, f"now in orchestrator.core.capacity: drop {sorted(twice)} from EXTRA_CAPACITY"
