@@ -12,9 +12,11 @@ object; `stream: true` answers the event sequence the `openai` SDK parses
     response.completed (or response.incomplete when max_output_tokens cut it short)
 
 The last event carries the whole response with its `usage` (`input_tokens`,
-`output_tokens`, `input_tokens_details.cached_tokens`, `total_tokens`). A response
-cut at `max_output_tokens` has status `incomplete` and `incomplete_details.reason`
-`max_output_tokens`, as the service reports it.
+`output_tokens`, `input_tokens_details.cached_tokens`, `total_tokens`). A reasoning model's
+output starts with a reasoning item (no summary; added and done before the message) and
+its hidden tokens are counted in `output_tokens` and `output_tokens_details.reasoning_tokens`.
+A response cut at `max_output_tokens` has status `incomplete` and
+`incomplete_details.reason` `max_output_tokens`, as the service reports it.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class ResponseWriter:
         self.reasoning_tokens = reasoning_tokens
         """Hidden tokens a reasoning model spent, counted in `output_tokens`."""
         self.reasoning_effort = reasoning_effort
+        self.reasoning_id = "rs_" + response_id.removeprefix("resp_")
+        self.message_index = 1 if reasoning_tokens else 0
+        """The message follows a reasoning model's (summary-less) reasoning item."""
         self.item_id = "msg_" + response_id.removeprefix("resp_")
         self.created = created
         self.model = model_version(model)
@@ -96,6 +101,8 @@ class ResponseWriter:
         if text is not None:
             item_status = "incomplete" if truncated else "completed"
             output = [_message(self.item_id, item_status, [_text_part(text)])]
+            if self.reasoning_tokens:
+                output.insert(0, self._reasoning_item())
         finished = status != "in_progress"
         return {
             "id": self.response_id,
@@ -127,6 +134,9 @@ class ResponseWriter:
             "user": None,
         }
 
+    def _reasoning_item(self) -> dict[str, Any]:
+        return {"id": self.reasoning_id, "type": "reasoning", "summary": []}
+
     def _usage(self, visible_tokens: int) -> dict[str, Any]:
         total = visible_tokens + self.reasoning_tokens
         return usage(self.input_tokens, total, self.reasoning_tokens)
@@ -145,27 +155,36 @@ class ResponseWriter:
             self._event("response.in_progress", {"response": started}),
         ]
 
+    def _place(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "output_index": self.message_index, "content_index": 0}
+
     def item_added(self) -> list[bytes]:
-        """The message item and its text part, both still empty."""
-        place = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        """A reasoning model's reasoning item, done; the message item and its text part, empty."""
+        events = []
+        if self.reasoning_tokens:
+            reasoning = {"output_index": 0, "item": self._reasoning_item()}
+            events.append(self._event("response.output_item.added", reasoning))
+            events.append(self._event("response.output_item.done", reasoning))
+        added = {
+            "output_index": self.message_index,
+            "item": _message(self.item_id, "in_progress", []),
+        }
         return [
-            self._event(
-                "response.output_item.added",
-                {"output_index": 0, "item": _message(self.item_id, "in_progress", [])},
-            ),
-            self._event("response.content_part.added", {**place, "part": _text_part("")}),
+            *events,
+            self._event("response.output_item.added", added),
+            self._event("response.content_part.added", {**self._place(), "part": _text_part("")}),
         ]
 
     def delta(self, text: str) -> bytes:
         """One `response.output_text.delta`."""
-        place = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
-        return self._event("response.output_text.delta", {**place, "delta": text, "logprobs": []})
+        payload = {**self._place(), "delta": text, "logprobs": []}
+        return self._event("response.output_text.delta", payload)
 
     def closing(
         self, text: str, output_tokens: int, *, truncated: bool, completed_at: int
     ) -> list[bytes]:
         """The done events of the text, part and item, then the final response with usage."""
-        place = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        place = self._place()
         status = "incomplete" if truncated else "completed"
         item = _message(self.item_id, status, [_text_part(text)])
         final = self.body(
@@ -178,6 +197,8 @@ class ResponseWriter:
         return [
             self._event("response.output_text.done", {**place, "text": text, "logprobs": []}),
             self._event("response.content_part.done", {**place, "part": _text_part(text)}),
-            self._event("response.output_item.done", {"output_index": 0, "item": item}),
+            self._event(
+                "response.output_item.done", {"output_index": self.message_index, "item": item}
+            ),
             self._event(f"response.{status}", {"response": final}),
         ]

@@ -154,6 +154,24 @@ async def test_responses_count_reasoning_inside_max_output_tokens(
             reasoning > 0 and usage.output_tokens == len(response.output_text.split()) + reasoning
         )
         assert response.reasoning is not None and response.reasoning.effort == "high"
+        assert [item.type for item in response.output] == ["reasoning", "message"]
+        stream = await v1.responses.create(
+            model="o4", input="Think, then answer.", max_output_tokens=2_000, stream=True
+        )
+        events = [event async for event in stream]
+        done = [e.item.type for e in events if e.type == "response.output_item.done"]
+        assert done == ["reasoning", "message"]
+        final = events[-1]
+        assert final.type == "response.completed" and final.response.usage is not None
+        streamed = final.response.usage
+        assert streamed.output_tokens_details.reasoning_tokens > 0
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        assert final.response.output_text == text
+        assert (
+            streamed.output_tokens
+            == len(text.split()) + streamed.output_tokens_details.reasoning_tokens
+        )
+        assert {e.output_index for e in events if e.type == "response.output_text.delta"} == {1}
         cut = await v1.responses.create(model="o4", input="Think hard.", max_output_tokens=16)
         assert cut.status == "incomplete" and cut.output_text == ""
         assert cut.usage is not None and cut.usage.output_tokens_details.reasoning_tokens == 16
