@@ -77,6 +77,8 @@ class Deployment:
             rng=noise_rng or random.Random(0),
         )
         self.background = BackgroundSchedule(0.0, now)
+        self.background_capacity_tpm = spec.capacity_tpm
+        """The capacity the background share is of: the live one when the share was set."""
         if spec.kind == "provisioned":
             self.meter = make_meter(utilisation_model, spec.capacity_tpm, window_s, now)
             if isinstance(background_share, str):
@@ -133,9 +135,9 @@ class Deployment:
         due = self.background.due(now)
         if not due:
             return []
-        # of the configured capacity: a cut at run time does not make the other app send less
+        # a capacity cut after the share was set does not make the other app send less
         share = self.background.share_at(now)
-        call = call_shape(share, self.spec.capacity_tpm, self.spec.output_weight)
+        call = call_shape(share, self.background_capacity_tpm, self.spec.output_weight)
         sent: list[tuple[int, BackgroundCall]] = []
         bg = self.background_counters
         for _ in range(due):
@@ -262,6 +264,8 @@ class Deployment:
                 self.background.set_share(now, numbers["background_share"])
             if parsed.profile is not None:
                 self.background.set_profile(now, parsed.profile)
+            if "background_share" in numbers or parsed.profile is not None:
+                self.background_capacity_tpm = self.meter.capacity_tpm  # after any new ptus
             if "utilisation_model" in names:
                 self.utilisation_model = names["utilisation_model"]
                 self.meter = switch(self.meter, self.utilisation_model, now)
