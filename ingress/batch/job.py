@@ -39,6 +39,7 @@ from ingress.batch.filestore.factory import make_file_store
 from ingress.batch.jsonl import output_line, succeeded
 from ingress.batch.lines import line_request, requests_from
 from ingress.batch.store import BatchStore, line_request_id
+from ingress.chat.governance import Governance
 from orchestrator.core import keys, redis_client
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import QueuedRequest, ResultDocument
@@ -90,6 +91,7 @@ class JobContext:
             if d.kind == "provisioned"
         }
         self.tenancy = Tenancy(settings.tenants, settings.api_keys)
+        self.governance = Governance.of(settings.deployments, settings.default_max_tokens)
 
     def ceiling(self, tenant: str) -> int:
         """The tenant's `max_tokens` ceiling."""
@@ -169,7 +171,7 @@ async def expand(ctx: JobContext, batch_id: str, owner: str) -> str:
             chunk.append(line_request(
                 obj, i, batch_id=batch_id, tenant=tenant, reply_key=reply_key,
                 deadline=deadline, now=time.time(), ceiling=ceiling,
-                default_max_tokens=ctx.settings.default_max_tokens,
+                governance=ctx.governance,
             ))  # fmt: skip
             end = after
             if len(chunk) >= CHUNK:

@@ -32,6 +32,7 @@ from ingress.batch.jobs import BatchJobs
 from ingress.batch.lines import line_request, requests_from
 from ingress.batch.runner import BatchWork
 from ingress.batch.store import BatchStore, batch_object
+from ingress.chat.governance import Governance
 from ingress.chat.limits import TenantLimits
 from ingress.chat.targets import Target
 from ingress.http.auth import Authenticator
@@ -86,7 +87,7 @@ class BatchRoutes:
         self._clock = clock
         self._max_body = settings.max_body_bytes
         self._ceiling = settings.max_tokens_ceiling
-        self._default_max_tokens = settings.default_max_tokens
+        self._governance = Governance.of(settings.deployments, settings.default_max_tokens)
 
     @operation(
         "create a batch", BATCH, errors=(400, 401, 404, 413, 503),
@@ -193,7 +194,7 @@ class BatchRoutes:
             yield line_request(
                 obj, index, batch_id=f["id"], tenant=f["tenant"], reply_key=f["reply_key"],
                 deadline=float(f["expires_at"]), now=self._clock(), ceiling=ceiling,
-                default_max_tokens=self._default_max_tokens,
+                governance=self._governance,
             )  # fmt: skip
 
     def __repr__(self) -> str:

@@ -17,14 +17,7 @@ import re
 
 from orchestrator.core.capacity import ModelCapacity, lookup
 
-EXTRA_CAPACITY: dict[str, ModelCapacity] = {  # gpt-5 is in the orchestrator's table
-    "o1": ModelCapacity(3_000, 4.0, tokens_per_s=25.0),
-    "o3": ModelCapacity(3_000, 4.0, tokens_per_s=30.0),
-    "o3-mini": ModelCapacity(2_500, 4.0, tokens_per_s=60.0),
-    "o4-mini": ModelCapacity(5_400, 4.0, tokens_per_s=60.0),
-    "gpt-5-mini": ModelCapacity(23_750, 8.0, tokens_per_s=80.0),
-    "gpt-5-nano": ModelCapacity(95_000, 8.0, tokens_per_s=100.0),
-}
+EXTRA_CAPACITY: dict[str, ModelCapacity] = {}  # all in the orchestrator's table now
 REASONING_MODELS = frozenset(
     {"o1", "o1-mini", "o3", "o3-mini", "o3-pro", "o4-mini", "gpt-5", "gpt-5-mini", "gpt-5-nano"}
 )
