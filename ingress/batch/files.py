@@ -2,8 +2,9 @@
 
 A file's bytes live in the `FileStore` (`ingress.batch.filestore`: a directory or
 Blob Storage); Redis holds only its metadata (`keys.file(id)`), which expires with
-the batch state (`FILE_TTL_S`). Every file belongs to the tenant that uploaded it
-(or whose batch produced it); another tenant gets 404.
+the file: after `FILE_TTL_S`, or its own `expires_after` (`ingress.batch.expiry`).
+Every file belongs to the tenant that uploaded it (or whose batch produced it);
+another tenant gets 404.
 
 An upload never sits in memory: Starlette's form parser spools the part to a
 temporary file while the body streams in, and the body is cut off with 413 as soon
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import shutil
 import time
@@ -34,13 +34,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive
 
+from ingress.batch.expiry import upload_expiry
 from ingress.batch.filestore.base import FileMissing, FileStore, FileStoreUnavailable
 from ingress.batch.offload import Offload
 from ingress.batch.validate import Summary, validate_file
 from ingress.http.auth import Authenticator
 from ingress.http.body import too_large
 from ingress.http.errors import ApiError, bad_request, unavailable
-from ingress.http.models import FileList, FileListQuery, FilePath, FileUpload
+from ingress.http.models import MAX_EXPIRES_S, FileList, FileListQuery, FilePath, FileUpload
 from ingress.http.openapi import Reply, operation
 from orchestrator.core import keys
 
@@ -114,15 +115,20 @@ class Files:
         filename: str,
         purpose: str,
         source: Path,
+        expires_s: int | None = None,
         **extra: str,
     ) -> dict[str, str]:
-        """Put the staged file `source` into the store, then record it; returns its metadata."""
+        """Put the staged file `source` into the store, then record it; returns its metadata.
+
+        `expires_s`: its `expires_after` seconds (`ingress.batch.expiry`), else `FILE_TTL_S`.
+        """
         now = self._clock()
         size = await asyncio.to_thread(os.path.getsize, source)
+        lifetime = expires_s or FILE_TTL_S
         meta = {
             "id": new_file_id(), "tenant": tenant, "filename": filename, "purpose": purpose,
             "bytes": str(size), "created_at": str(int(now)),
-            "expires_at": str(math.ceil(now + FILE_TTL_S)), **extra,
+            "expires_at": str(int(now) + lifetime), **extra,
         }  # fmt: skip
         try:
             await self.store.put(meta["id"], source)
@@ -130,14 +136,15 @@ class Files:
             raise store_unavailable(exc) from exc
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.file(meta["id"]), mapping=meta)  # type: ignore[arg-type]
-            pipe.expire(keys.file(meta["id"]), FILE_TTL_S)
+            pipe.expire(keys.file(meta["id"]), lifetime)
             await pipe.execute()
-        # the tenant's index is another slot: written after the file it names
+        # the tenant's index is another slot: written after the file it names; it keeps
+        # ids as long as the longest lifetime, the list skips those that expired sooner
         index = keys.tenant_files(tenant)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(index, {meta["id"]: now})
-            pipe.zremrangebyscore(index, 0, now - FILE_TTL_S)
-            pipe.expire(index, FILE_TTL_S)
+            pipe.zremrangebyscore(index, 0, now - MAX_EXPIRES_S)
+            pipe.expire(index, MAX_EXPIRES_S)
             await pipe.execute()
         return meta
 
@@ -148,6 +155,8 @@ class Files:
         meta = {k: _s(v) for k, v in zip(names, values, strict=True) if v is not None}
         if meta.get("tenant") != tenant or not all(k in meta for k in _META):
             raise not_found(file_id)
+        if int(meta["expires_at"]) <= self._clock():
+            raise not_found(file_id)  # expired: gone, whatever Redis still holds
         return meta
 
     async def chunks(self, tenant: str, file_id: str) -> AsyncIterator[bytes]:
@@ -309,11 +318,14 @@ class FileRoutes:
         except HTTPException as exc:
             raise bad_request(f"malformed multipart body: {exc.detail}") from exc
         try:
-            return await self._accept(tenant, form.get("purpose"), form.get("file"))
+            expires_s = upload_expiry(form)
+            return await self._accept(tenant, form.get("purpose"), form.get("file"), expires_s)
         finally:
             await form.close()
 
-    async def _accept(self, tenant: str, purpose: object, upload: object) -> Response:
+    async def _accept(
+        self, tenant: str, purpose: object, upload: object, expires_s: int | None
+    ) -> Response:
         if purpose != "batch":
             raise bad_request("purpose must be 'batch': only batch files are supported",
                               param="purpose")  # fmt: skip
@@ -329,7 +341,7 @@ class FileRoutes:
                 raise bad_request(outcome, code="invalid_batch_file")
             summary: Summary = outcome
             meta = await self._files.save(
-                tenant, upload.filename or "upload.jsonl", "batch", staged,
+                tenant, upload.filename or "upload.jsonl", "batch", staged, expires_s,
                 lines=str(summary.lines), deployments=json.dumps(summary.deployments),
             )  # fmt: skip
         finally:

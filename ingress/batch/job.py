@@ -33,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from ingress.batch.expiry import output_expiry_s
 from ingress.batch.files import Files
 from ingress.batch.filestore.base import FileMissing
 from ingress.batch.filestore.factory import make_file_store
@@ -324,7 +325,9 @@ async def finalize(ctx: JobContext, batch_id: str, owner: str) -> str:
                              (err_path, "error_file_id", counts["errors"])):  # fmt: skip
             if n:
                 name = f"{batch_id}_{'output' if key.startswith('output') else 'error'}.jsonl"
-                saved = await ctx.files.save(tenant, name, "batch_output", Path(path))
+                saved = await ctx.files.save(
+                    tenant, name, "batch_output", Path(path), output_expiry_s(f)
+                )
                 update[key] = saved["id"]
         await ctx.batches.update(batch_id, **update)
         await ctx.batches.deactivate(batch_id)

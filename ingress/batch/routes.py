@@ -27,6 +27,7 @@ from openai.types import Batch
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ingress.batch.expiry import OUTPUT_EXPIRES, output_expiry
 from ingress.batch.files import Files, after_param, limit_param, page
 from ingress.batch.jobs import BatchJobs
 from ingress.batch.lines import line_request, requests_from
@@ -119,7 +120,7 @@ class BatchRoutes:
             "created_at": str(int(now)), "expires_at": str(int(now + COMPLETION_WINDOW_S)),
             "total": meta["lines"], "completed": "0", "failed": "0", "priority": priority,
             "reply_key": reply_key, "metadata": json.dumps(metadata) if metadata else "",
-            "cursor": "0", "cursor_offset": "0",
+            "cursor": "0", "cursor_offset": "0", OUTPUT_EXPIRES: output_expiry(params),
         }  # fmt: skip
         await self._store.create(fields)
         if priority == "high":
