@@ -11,6 +11,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from openai.types.file_create_params import ExpiresAfter
 
 from ingress.batch.files import FILE_TTL_S
 from ingress.server import IngressThread
@@ -24,7 +25,7 @@ LINE = {
     "body": {"model": "ptu", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
 }  # fmt: skip
 CONTENT = json.dumps(LINE).encode() + b"\n"
-HOUR = {"anchor": "created_at", "seconds": 3600}
+HOUR: ExpiresAfter = {"anchor": "created_at", "seconds": 3600}
 
 
 class Clock:
@@ -71,7 +72,7 @@ async def test_a_file_expires_when_it_says_and_is_gone_then(
     short = await client.files.create(
         file=("in.jsonl", CONTENT),
         purpose="batch",
-        expires_after=HOUR,  # type: ignore[typeddict-item]
+        expires_after=HOUR,
     )
     plain = await client.files.create(file=("in.jsonl", CONTENT), purpose="batch")
     assert short.expires_at == short.created_at + 3600

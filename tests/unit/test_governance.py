@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -14,7 +14,7 @@ from orchestrator.core.settings import DeploymentConfig, load_settings
 from orchestrator.core.tokens import requested_max_tokens
 from simulator.openai.models import REASONING_MODELS, is_reasoning
 
-MCT = "max_completion_tokens"
+MCT: Final = "max_completion_tokens"
 PLAIN = Rule("max_tokens")
 REASONING = Rule(MCT)
 OFF = Rule(MCT, enabled=False)
