@@ -165,7 +165,11 @@ def policies(cfg: ForeignConfig) -> dict[str, Policy]:
     }
 
 
-def probe(cfg: ForeignConfig, timeout_s: float = 10.0) -> Probe | None:
+PROBE_TIMEOUT_S = 60.0
+"""`aoai-api-simulator` spends ~12 s on its first chat call (it builds its lorem texts)."""
+
+
+def probe(cfg: ForeignConfig, timeout_s: float = PROBE_TIMEOUT_S) -> Probe | None:
     """One `max_tokens: 1` call to the deployment; None when nothing answers at the URL."""
     body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
     try:
@@ -185,7 +189,7 @@ def probe(cfg: ForeignConfig, timeout_s: float = 10.0) -> Probe | None:
 def refusal(found: Probe | None, cfg: ForeignConfig) -> str | None:
     """The one line to print when the upstream cannot serve the run, else None."""
     if found is None:
-        return f"no answer from {cfg.upstream} (start the upstream first)"
+        return f"no answer from {cfg.upstream} within {PROBE_TIMEOUT_S:g} s (is it running?)"
     if found.status in (401, 403):
         return f"{cfg.upstream} refused the API key (HTTP {found.status}); pass --api-key"
     if found.status == 404:
