@@ -304,8 +304,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = build(args.upstream, args.seed)
     chosen = tuple(a.strip() for a in args.arms.split(",") if a.strip())
     unknown = sorted(set(chosen) - set(ARMS))
-    if unknown or not chosen or args.tpm <= 0:
-        print(f"ptu bench foreign: --arms takes {', '.join(ARMS)}; --tpm must be positive")
+    if unknown or not chosen:
+        print(f"ptu bench foreign: --arms takes one or more of {', '.join(ARMS)}")
+        return 2
+    if min(args.tpm, args.max_concurrency, args.lp_requests or 1) <= 0:
+        print("ptu bench foreign: --tpm, --max-concurrency and --lp-requests must be positive")
         return 2
     wl = cfg.workload
     if args.lp_requests:
