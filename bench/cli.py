@@ -20,6 +20,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     ),
     "throttle-curve": ("bench.scenarios.throttle_curve", "low-priority concurrency vs utilisation"),
     "fairness": ("bench.scenarios.fairness", "one tenant's big batch beside another's small one"),
+    "foreign": (
+        "bench.scenarios.foreign",
+        "the product against an upstream we did not write (already running at --upstream)",
+    ),
     "batch-scale": (
         "bench.scenarios.batch_scale",
         "a 100,000-line ~200 MB batch beside interactive traffic",

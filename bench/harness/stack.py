@@ -182,6 +182,21 @@ class Stack:
         self._wait_http("simulator", f"{self.sim_url}/sim/state", tls=self.sim.https)
         return self.sim_url
 
+    def use_upstream(self, url: str) -> None:
+        """Send the orchestrator and the direct batch to an upstream this stack does not run.
+
+        Such an upstream (another simulator, a gateway) answers only the data plane: the
+        harness neither resets it nor reads its true level (`simulated` is False).
+        """
+        if "simulator" in self.children:
+            raise PTUError("the stack already runs a simulator")
+        self.sim_url = url.rstrip("/")
+
+    @property
+    def simulated(self) -> bool:
+        """Whether the upstream is the `ptu simulator` this stack runs (it answers /sim/*)."""
+        return "simulator" in self.children
+
     def start_ingress(self, env: Mapping[str, str], name: str = "ingress") -> str:
         """Start `ptu ingress` with the given PTU_* settings and wait for /healthz; its URL.
 
@@ -261,7 +276,7 @@ class Stack:
             "PTU_REDIS_URL": self.redis_url,
             "PTU_DEPLOYMENTS": self.sim.deployments_json(),
             "PTU_AZURE_OPENAI_ENDPOINT": self.sim_url,
-            "PTU_AZURE_OPENAI_API_KEY": API_KEY,
+            "PTU_AZURE_OPENAI_API_KEY": self.sim.api_key,
             "PTU_ESTIMATE_WINDOW_S": f"{self.sim.window_s:g}",
             "PTU_LOG_LEVEL": "warning",
             "PTU_DRAIN_TIMEOUT_S": "2",

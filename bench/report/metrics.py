@@ -74,6 +74,17 @@ def pending_window(run: PolicyRun) -> tuple[float, float]:
     return run.batch_start, min(stop, run.hp_end)
 
 
+def interactive_in_window(run: PolicyRun) -> tuple[int, int]:
+    """(calls, 429s) of the interactive calls started while the batch was pending.
+
+    The window is `pending_window`'s: the calls that met the batch, where a throttle that
+    lets the batch crowd the deployment shows; calls before and after only dilute the rate.
+    """
+    start, end = pending_window(run)
+    inside = [r for r in run.hp if start <= r.at <= end]
+    return len(inside), sum(1 for r in inside if r.status == 429)
+
+
 def utilisation_stats(
     samples: Sequence[Sample], start: float, end: float, upper: float
 ) -> tuple[float | None, float | None, float, float | None]:

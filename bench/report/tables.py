@@ -55,6 +55,9 @@ HEADERS = {
     "bypass_429_rate": "bypass 429 rate",
     "util_x_upper": "x upper",
     "est_mae_pts": "estimate MAE pts",
+    "window_429": "interactive 429s in batch window",
+    "window_429_rate": "429 rate in window",
+    "remaining_tokens_at_start": "upstream tokens left at start",
 }
 
 
