@@ -125,6 +125,7 @@ def build_worker(
         window_s=settings.estimate_window_s,
         max_age_s=settings.estimate_max_age_s,
         calibration=params_for(settings.calibration),
+        low_priority=True,
     )
     results = ResultStore(redis, settings.reply_ttl_s)
     tenancy = Tenancy(settings.tenants, settings.api_keys)
