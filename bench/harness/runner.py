@@ -42,6 +42,8 @@ class Policy:
     batch: BatchMode
     worker_env: Mapping[str, str] = field(default_factory=dict)
     direct_concurrency: int = 10
+    worker_module: str = "orchestrator"
+    """What `python -m` runs as the worker (`orchestrator`: `ptu worker`; see `Stack`)."""
 
     @property
     def source(self) -> str:
@@ -90,7 +92,10 @@ def prepare(
     env = stack.base_env(**policy.worker_env)
     queued = policy.batch == "queued"
     stack.start_orchestrator(
-        env, estimator=queued and policy.source == "estimate", workers=workers if queued else 0
+        env,
+        estimator=queued and policy.source == "estimate",
+        workers=workers if queued else 0,
+        worker_module=policy.worker_module,
     )
 
 
@@ -116,7 +121,7 @@ async def drive(
     ):
         sampler = Sampler(client, stack.sim_url, deployment, clock.t0)
         if policy.batch == "queued":
-            sampler.view = await worker_view(stack, policy.worker_env, exits)
+            sampler.view = await worker_view(stack, policy.worker_env, exits, policy.worker_module)
         sampler.start()
         stop = asyncio.Event()
         hp = asyncio.create_task(

@@ -29,6 +29,7 @@ def test_tiny_robustness_run_writes_results_and_cleans_up(tmp_path: Path) -> Non
     assert [(r["reality"], r["calibration"]) for r in rows] == [
         ("bypass=0.2+header=noisy", "off"),
         ("bypass=0.2+header=noisy", "auto"),
+        ("bypass=0.2+header=noisy", "oracle"),
     ]
     for row in rows:
         assert set(TABLE_KEYS) <= set(row)
@@ -40,8 +41,21 @@ def test_tiny_robustness_run_writes_results_and_cleans_up(tmp_path: Path) -> Non
     assert rows[0]["settings"]["PTU_CALIBRATION"] == "off"
     assert "PTU_CALIBRATION" not in rows[1]["settings"]  # the default configuration
     assert rows[1]["settings"]["PTU_AZURE_RESOURCE_ID"].startswith("/subscriptions/")
+    # the oracle's worker steered by the truth, and its reading was the truth, 10 Hz apart
+    oracle = rows[2]
+    assert oracle["description"] == "oracle (true level)" and oracle["lp_completed"] > 0
+    oracle_series = (tmp_path / "timeseries_bypass_0.2_header_noisy_oracle.csv").read_text()
+    points = [line.split(",") for line in oracle_series.splitlines()[1:]]
+    assert all(p[2] for p in points)  # a reading beside every sample of the truth
+    assert sum(abs(float(p[2]) - float(p[1])) for p in points) / len(points) < 0.05
+    assert oracle["util_x_oracle"] == 1.0
+    for row in rows[:2]:
+        ratio = (
+            None if row["util_mean"] is None else round(row["util_mean"] / oracle["util_mean"], 3)
+        )
+        assert row["util_x_oracle"] == ratio
     table = (tmp_path / "results.md").read_text()
-    assert table.count("\n| bypass=0.2+header=noisy |") == 2
+    assert table.count("\n| bypass=0.2+header=noisy |") == 3
     png = tmp_path / "reality_bypass_0.2_header_noisy.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     series = (tmp_path / "timeseries_bypass_0.2_header_noisy_auto.csv").read_text().splitlines()
