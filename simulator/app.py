@@ -66,7 +66,9 @@ class Simulator:
                 now=now,
                 utilisation_model=config.utilisation_model,
                 utilisation_header=config.utilisation_header,
-                background_share=config.background_share,
+                header_lag_s=config.header_lag_s,
+                header_smoothing_s=config.header_smoothing_s,
+                background_share=config.background,
                 noise_rng=random.Random(f"{config.seed}:{spec.name}:header"),
             )
             for spec in config.deployments

@@ -7,7 +7,8 @@ from typing import Literal
 
 from orchestrator.core.capacity import lookup
 from orchestrator.core.errors import ConfigError
-from simulator.openai.header import HEADER_MODES
+from simulator.openai.background import parse_profile
+from simulator.openai.header import DEFAULT_LAG_S, DEFAULT_SMOOTHING_S, HEADER_MODES, MAX_LAG_S
 from simulator.openai.meter import MODELS as UTILISATION_MODELS
 
 DEFAULT_RESOURCE_ID = (
@@ -95,7 +96,11 @@ class SimConfig:
     resource_id: str = DEFAULT_RESOURCE_ID
     utilisation_model: str = "bucket"
     utilisation_header: str = "exact"
+    header_lag_s: float = DEFAULT_LAG_S
+    header_smoothing_s: float = DEFAULT_SMOOTHING_S
     background_share: float = 0.0
+    background_profile: str | None = None
+    """`constant:S` or `square:LOW,HIGH,HALF_PERIOD_S`; replaces `background_share`."""
 
     def __post_init__(self) -> None:
         names = [d.name for d in self.deployments]
@@ -109,8 +114,24 @@ class SimConfig:
             raise ConfigError(f"--utilisation-model must be one of {', '.join(UTILISATION_MODELS)}")
         if self.utilisation_header not in HEADER_MODES:
             raise ConfigError(f"--utilisation-header must be one of {', '.join(HEADER_MODES)}")
+        if not 0.0 <= self.header_lag_s <= MAX_LAG_S:
+            raise ConfigError(f"--header-lag-s must be between 0 and {MAX_LAG_S:g}")
+        if not 0.0 <= self.header_smoothing_s < float("inf"):
+            raise ConfigError("--header-smoothing-s must be a non-negative number")
         if not 0.0 <= self.background_share <= 1.0:
             raise ConfigError("--background-share must be between 0 and 1")
+        if self.background_profile is not None:
+            if self.background_share:
+                raise ConfigError("give --background-share or --background-profile, not both")
+            try:
+                parse_profile(self.background_profile)
+            except ValueError as exc:
+                raise ConfigError(f"--background-profile: {exc}") from None
+
+    @property
+    def background(self) -> str | float:
+        """What the deployments' bypass traffic follows: the profile, else the share."""
+        return self.background_profile or self.background_share
 
     @classmethod
     def from_specs(cls, specs: list[str] | tuple[str, ...], **kwargs: object) -> SimConfig:

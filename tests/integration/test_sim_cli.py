@@ -24,6 +24,7 @@ def test_https_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             "--deployment", "b=gpt-4o-mini:50000:standard",
             "--window-s", "10", "--tbt-ms", "0", "--ttft-ms", "0", "--seed", "4",
             "--utilisation-model", "sliding", "--utilisation-header", "absent",
+            "--header-lag-s", "2.5", "--header-smoothing-s", "7",
             "--background-share", "0.1",
             "--api-key", "k", "--https", "--tls-dir", str(tmp_path), "--log-level", "warning",
         ],
@@ -55,6 +56,7 @@ def test_https_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             state = http.get("/sim/state").json()["deployments"]
         assert state["a"]["capacity_tpm"] == 37_500 and state["a"]["window_s"] == 10.0
         assert state["a"]["utilisation_model"] == "sliding"
+        assert (state["a"]["header_lag_s"], state["a"]["header_smoothing_s"]) == (2.5, 7.0)
         assert state["a"]["background"]["share"] == 0.1
         assert state["b"]["kind"] == "standard"
         proc.send_signal(signal.SIGTERM)
@@ -73,6 +75,9 @@ def test_https_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     [
         (["--deployment", "x=nope:15"], ["--deployment", "nope"]),
         (["--background-share", "1.5"], ["--background-share"]),
+        (["--header-lag-s", "-1"], ["--header-lag-s"]),
+        (["--background-profile", "wave:1"], ["--background-profile", "square:LOW,HIGH"]),
+        (["--header-smoothing-s", "-2"], ["--header-smoothing-s"]),
     ],
 )
 def test_bad_flags_exit_2_naming_the_flag(flags: list[str], named: list[str]) -> None:

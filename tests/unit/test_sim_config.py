@@ -69,3 +69,24 @@ def test_reality_knobs_default_to_the_orchestrator_model_and_are_validated() -> 
         SimConfig.from_specs([], utilisation_header="sometimes")
     with pytest.raises(ConfigError, match="--background-share"):
         SimConfig.from_specs([], background_share=1.2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"header_lag_s": -1.0}, "--header-lag-s must be between 0 and 600"),
+        ({"header_smoothing_s": float("inf")}, "--header-smoothing-s"),
+        ({"background_profile": "square:0,0.5"}, "--background-profile: .* expected"),
+        ({"background_profile": "square:0,0.5,5", "background_share": 0.2}, "not both"),
+    ],
+)
+def test_new_reality_flags_are_validated(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SimConfig.from_specs([], **kwargs)
+
+
+def test_the_background_is_the_profile_else_the_share() -> None:
+    assert SimConfig.from_specs([], background_share=0.2).background == 0.2
+    square = SimConfig.from_specs([], background_profile="square:0,0.5,15")
+    assert square.background == "square:0,0.5,15"
+    assert (square.header_lag_s, square.header_smoothing_s) == (3.0, 5.0)
