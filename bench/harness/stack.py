@@ -81,11 +81,15 @@ class SimulatorOptions:
             "--seed", str(self.seed),
             "--utilisation-model", self.utilisation_model,
             "--utilisation-header", self.utilisation_header,
-            "--background-share", f"{self.background_share:g}",
             "--api-key", self.api_key,
             "--log-level", "warning",
         ]  # fmt: skip
         optional = (
+            # the bypass traffic follows a profile or a steady share, never both
+            (
+                "--background-share",
+                self.background_share if self.background_profile is None else None,
+            ),
             ("--header-lag-s", self.header_lag_s),
             ("--header-smoothing-s", self.header_smoothing_s),
             ("--background-profile", self.background_profile),
@@ -271,6 +275,12 @@ class Stack:
         if estimator:
             self._settle("estimator")
         return self.ingress_url
+
+    def start_module(self, name: str, module: str, args: list[str], ready_url: str) -> None:
+        """Start `python -m module args` (a benchmark's own helper); wait until `ready_url`
+        answers below 500."""
+        self._spawn(name, args, {}, module=module)
+        self._wait_http(name, ready_url)
 
     def start_estimator(self, env: Mapping[str, str]) -> None:
         """Start `ptu estimator`."""

@@ -25,7 +25,6 @@ the run; the orchestrator is always told the nominal deployment.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from bench.harness.stack import SimulatorOptions
@@ -271,9 +270,9 @@ def simulator_patch(told: SimulatorOptions, reality: Reality) -> dict[str, objec
     """The same as a `PATCH /sim/deployments/{name}` body, every knob set (nothing carries over).
 
     One simulator then serves a whole benchmark: restarting it per run would cost seconds of
-    start-up each time on a loaded machine. A header delay or time constant is sent with the
-    header mode that reads it (elsewhere it means nothing), a background profile with the
-    reality that has one (`simulator_patches` ends it with its reality).
+    start-up each time on a loaded machine. The bypass traffic is a `background_share` (a
+    constant profile: it ends any square wave) or a `background_profile`; a header delay or
+    time constant is sent with the header mode that reads it (elsewhere it means nothing).
     """
     sim = simulator_options(told, reality)
     patch: dict[str, object] = {
@@ -281,27 +280,16 @@ def simulator_patch(told: SimulatorOptions, reality: Reality) -> dict[str, objec
         "window_s": sim.window_s,
         "utilisation_model": sim.utilisation_model,
         "utilisation_header": sim.utilisation_header,
-        "background_share": sim.background_share,
     }
-    optional = {
-        "header_lag_s": sim.header_lag_s,
-        "header_smoothing_s": sim.header_smoothing_s,
-        "background_profile": sim.background_profile,
-    }
-    patch.update((k, v) for k, v in optional.items() if v is not None)
+    if sim.background_profile is not None:
+        patch["background_profile"] = sim.background_profile
+    else:
+        patch["background_share"] = sim.background_share
+    if sim.header_lag_s is not None:
+        patch["header_lag_s"] = sim.header_lag_s
+    if sim.header_smoothing_s is not None:
+        patch["header_smoothing_s"] = sim.header_smoothing_s
     return patch
-
-
-def simulator_patches(
-    told: SimulatorOptions, realities: Sequence[Reality]
-) -> dict[str, dict[str, object]]:
-    """Each reality's PATCH body by name; when one reality has a background profile, every
-    body sets it (`null` for a steady share), so a square wave ends with its reality."""
-    patches = {r.name: simulator_patch(told, r) for r in realities}
-    if any(r.background_profile is not None for r in realities):
-        for patch in patches.values():
-            patch.setdefault("background_profile", None)
-    return patches
 
 
 def timed_patches(

@@ -40,18 +40,22 @@ from bench.report.metrics import PolicyRun, background_counts, estimate_error, s
 from bench.scenarios.mixed import capacity_of
 from bench.scenarios.realities import (
     DEFAULT_REALITIES,
+    OVERASK_MAX_TOKENS,
+    OVERASK_USES,
     QUICK_REALITIES,
     Reality,
     parse_realities,
-    simulator_patches,
+    simulator_patch,
     timed_patches,
 )
 from orchestrator.core import logs
 from orchestrator.core.errors import ConfigError
+from orchestrator.core.serving import free_port
 from simulator.config import DEFAULT_RESOURCE_ID
 
 log = structlog.get_logger(__name__)
 
+OUTPUT_PROXY = "bench.harness.output_proxy"
 CALIBRATIONS = ("off", "auto", "oracle")
 """The arms: calibration off, the default configuration, the oracle."""
 ERROR_AFTER_S = 10.0
@@ -118,9 +122,17 @@ def quick_config(seed: int = 7) -> RobustnessConfig:
     return RobustnessConfig(_workload(12.0, 12), _told(seed), realities, grace_s=4.0, seed=seed)
 
 
-def policy(cfg: RobustnessConfig, stack: Stack, identity: dict[str, str], mode: str) -> Policy:
-    """The worker settings of one run: the nominal deployment, monitor configured."""
+def policy(
+    cfg: RobustnessConfig,
+    stack: Stack,
+    identity: dict[str, str],
+    mode: str,
+    endpoint: str | None = None,
+) -> Policy:
+    """The worker settings of one run: the nominal deployment, monitor configured; the
+    deployment at `endpoint` when given (the overask reality's proxy), else the simulator."""
     env = {
+        "PTU_AZURE_OPENAI_ENDPOINT": endpoint or stack.sim_url,
         "PTU_LOWER_THRESHOLD": f"{cfg.lower:g}",
         "PTU_UPPER_THRESHOLD": f"{cfg.upper:g}",
         "PTU_MAX_CONCURRENCY": str(cfg.max_concurrency),
@@ -197,12 +209,28 @@ def stepper(stack: Stack, patches: Sequence[tuple[float, dict[str, object]]]) ->
     return tick
 
 
+def overasking(workload: MixedWorkload) -> MixedWorkload:
+    """The same batch, its lines asking max_tokens `OVERASK_MAX_TOKENS` (the overask reality)."""
+    return replace(workload, lp=replace(workload.lp, max_tokens=OVERASK_MAX_TOKENS))
+
+
+def start_output_proxy(stack: Stack) -> str:
+    """Start the overask reality's proxy in front of the simulator; its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ["--port", str(port), "--upstream", stack.sim_url]
+    args += ["--completion-tokens", str(OVERASK_USES)]
+    stack.start_module("output-proxy", OUTPUT_PROXY, args, f"{url}/sim/state")
+    return url
+
+
 def run_robustness(cfg: RobustnessConfig, out: Path) -> list[dict[str, Any]]:
     """Run every reality under every calibration mode, write the outputs, return the rows."""
     out.mkdir(parents=True, exist_ok=True)
     model = cfg.told.deployment
     hp_calls = interactive_calls(cfg.workload, capacity_of(cfg.told), model, cfg.seed)
-    lp_calls = batch_calls(cfg.workload, model, cfg.seed)
+    honest = batch_calls(cfg.workload, model, cfg.seed)
+    overask = batch_calls(overasking(cfg.workload), model, cfg.seed)
     rows: list[dict[str, Any]] = []
     runs: dict[str, list[PolicyRun]] = {}
     with (
@@ -212,13 +240,15 @@ def run_robustness(cfg: RobustnessConfig, out: Path) -> list[dict[str, Any]]:
     ):
         stack.start_redis()
         stack.start_simulator()
-        patches = simulator_patches(cfg.told, cfg.realities)
+        proxy = start_output_proxy(stack) if any(r.overask for r in cfg.realities) else None
         for reality in cfg.realities:
-            patch = patches[reality.name]
+            patch = simulator_patch(cfg.told, reality)
             steps = timed_patches(cfg.told, reality, cfg.workload.batch_at_s)
+            lp_calls = overask if reality.overask else honest
             for mode in cfg.calibrations:
                 log.info("robustness_run_started", reality=reality.name, calibration=mode)
-                chosen = policy(cfg, stack, identity.env, mode)
+                endpoint = proxy if reality.overask else None
+                chosen = policy(cfg, stack, identity.env, mode, endpoint)
                 prepare(stack, chosen, sim_patch=patch, fresh_metrics=True)
                 run = asyncio.run(
                     drive(
@@ -261,6 +291,9 @@ def _write(
         f"batch: {wl.lp_requests} requests of ~{wl.lp.prompt_tokens} prompt tokens, max_tokens "
         f"{wl.lp.max_tokens}, at {wl.batch_at_s:g} s; thresholds {cfg.lower:g} / {cfg.upper:g}, "
         f"max concurrency {cfg.max_concurrency}; seed {cfg.seed}",
+        f"overask: the same batch asking max_tokens {OVERASK_MAX_TOKENS} (the ingress caps it at "
+        f"PTU_MAX_TOKENS_CEILING), every low-priority call answered with {OVERASK_USES} output "
+        "tokens (bench/harness/output_proxy.py sets the simulator's x-sim-completion-tokens)",
         "calibration off = PTU_CALIBRATION=off; auto = the default configuration; oracle = "
         "the default configuration with the worker steering by the simulator's true level "
         f"(/sim/state every {ORACLE_POLL_S * 1000:g} ms; bench only)",

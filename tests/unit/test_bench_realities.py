@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,13 @@ from bench.scenarios.realities import (
     parse_reality,
     simulator_options,
     simulator_patch,
-    simulator_patches,
     split_specs,
     timed_patches,
 )
 from bench.scenarios.robustness import against_oracle
 from orchestrator.core.errors import ConfigError
+from simulator import cli as simulator_cli
+from simulator.openai.patch import parse_changes
 
 
 @pytest.mark.parametrize(
@@ -165,24 +167,19 @@ def test_new_knobs_reach_the_simulator_flags_and_patch() -> None:
     assert flags["--utilisation-header"] == "lagged"
     assert flags["--header-lag-s"] == "4"
     assert flags["--background-profile"] == "square:0,0.5,15"
-    assert "--header-smoothing-s" not in flags
+    assert "--header-smoothing-s" not in flags and "--background-share" not in flags
     assert simulator_patch(told, lagged) == {
         "ptus": 15.0,
         "window_s": 10.0,
         "utilisation_model": "bucket",
         "utilisation_header": "lagged",
-        "background_share": 0.0,
-        "background_profile": "square:0,0.5,15",
+        "background_profile": "square:0,0.5,15",  # in place of a share: never both
         "header_lag_s": 4.0,
     }
     smoothed = simulator_patch(told, parse_reality("smoothed=8"))
     assert smoothed["header_smoothing_s"] == 8.0 and smoothed["utilisation_header"] == "smoothed"
     assert "header_lag_s" not in smoothed
-    assert "background_profile" not in smoothed
-    patches = simulator_patches(told, parse_realities("square,nominal"))
-    assert patches["square"]["background_profile"] == "square:0,0.5,15"
-    assert patches["nominal"]["background_profile"] is None  # a square wave ends with it
-    assert "background_profile" not in simulator_patches(told, [parse_reality("bypass")])["bypass"]
+    assert "background_profile" not in smoothed and smoothed["background_share"] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -267,3 +264,17 @@ def test_background_counters_come_from_the_simulator_state() -> None:
     assert background_counts([start, sample]) == (100, 5)  # only what the run met
     assert background_counts([]) == (0, 0)
     assert parse_state({"deployments": {"d": {"utilization": 0.1}}}, "d", 0.0).bg_requests == 0
+
+
+@pytest.mark.parametrize("spec", [*DEFAULT_REALITIES, *QUICK_REALITIES, "square=0.1,0.4,20"])
+def test_the_simulator_accepts_every_realitys_flags_and_patches(spec: str) -> None:
+    told = SimulatorOptions(ptus=15, window_s=10.0)
+    reality = parse_reality(spec)
+    parser = argparse.ArgumentParser()
+    simulator_cli.add_arguments(parser)
+    args = parser.parse_args(simulator_options(told, reality).argv(8081, Path("/tmp")))
+    assert args.utilisation_header == reality.header
+    assert not (args.background_profile and args.background_share)
+    parse_changes(simulator_patch(told, reality), provisioned=True)
+    for _, body in timed_patches(told, reality, 3.0):
+        parse_changes(body, provisioned=True)
