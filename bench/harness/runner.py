@@ -12,6 +12,7 @@ import httpx2
 import redis
 import structlog
 
+from bench.harness.oracle import ORACLE_WORKER
 from bench.harness.sampler import Sampler
 from bench.harness.stack import API_KEY, Stack
 from bench.harness.traffic import (
@@ -30,6 +31,8 @@ from bench.report.views import worker_view
 log = structlog.get_logger(__name__)
 
 BatchMode = Literal["none", "direct", "queued"]
+ORCHESTRATOR_PROCESSES = ("ingress", "estimator", "worker")
+"""Name prefixes of the processes `prepare` restarts for each run."""
 Tick = Callable[["LiveRun"], Awaitable[None]]
 
 
@@ -75,8 +78,8 @@ def prepare(
     `sim_patch` is applied to the simulated deployment first (a robustness reality);
     `fresh_metrics` also forgets the simulator's Azure Monitor history.
     """
-    for name in [n for n in stack.children if n != "simulator"]:
-        stack.stop(name)
+    for name in [n for n in stack.children if n.startswith(ORCHESTRATOR_PROCESSES)]:
+        stack.stop(name)  # the simulator and a benchmark's helpers serve every run
     with redis.Redis.from_url(stack.redis_url) as client:
         client.flushall()
     sim = stack.sim_url
@@ -113,6 +116,8 @@ async def drive(
     clock = Clock()
     settings = {k: v for k, v in policy.worker_env.items() if k.startswith("PTU_")}
     run = PolicyRun(policy.name, policy.description, settings=settings)
+    if policy.worker_module == ORACLE_WORKER:
+        run.view_source = "oracle"
     limits = httpx2.Limits(max_connections=400, max_keepalive_connections=100)
     exits = contextlib.AsyncExitStack()
     async with (

@@ -146,7 +146,7 @@ def _utilisation(
     ax.plot(t, [s.utilization for s in run.samples], color="tab:blue", lw=1, label="utilisation")
     if any(s.view is not None for s in run.samples):
         view = [s.view if s.view is not None else float("nan") for s in run.samples]
-        source = run.settings.get("PTU_UTILIZATION_SOURCE", "estimate")
+        source = run.view_source or run.settings.get("PTU_UTILIZATION_SOURCE", "estimate")
         ax.plot(t, view, color="tab:orange", lw=0.9, ls="--", label=f"worker's view ({source})")
     if any(s.calibration is not None for s in run.samples):
         ax.plot(t, _series(run.samples, 0), color="tab:gray", lw=0.7, label="model (uncalibrated)")

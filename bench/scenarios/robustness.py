@@ -158,6 +158,7 @@ def reality_row(reality: Reality, mode: str, run: PolicyRun, upper: float) -> di
     bg_requests, bg_429 = background_counts(run.samples)
     mae, missing = estimate_error(run.samples, ERROR_AFTER_S)
     util = row["util_mean"]
+    done = [r for r in run.lp if r.status == "completed"]
     row.update(
         reality=reality.name,
         reality_description=reality.describe(),
@@ -172,6 +173,7 @@ def reality_row(reality: Reality, mode: str, run: PolicyRun, upper: float) -> di
         util_x_oracle=None,
         makespan_x_oracle=None,
         est_mae_pts=None if mae is None else round(mae, 2),
+        lp_completion_tokens_mean=_mean([r.completion_tokens for r in done]),
         est_unavailable_share=round(missing, 3),
     )
     return row
@@ -186,6 +188,10 @@ def against_oracle(rows: list[dict[str, Any]]) -> None:
             continue
         row["util_x_oracle"] = _ratio(row["util_mean"], oracle["util_mean"])
         row["makespan_x_oracle"] = _ratio(row["lp_makespan_s"], oracle["lp_makespan_s"])
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return round(sum(values) / len(values), 1) if values else None
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
