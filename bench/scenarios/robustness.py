@@ -26,17 +26,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import structlog
 
 from bench.harness.identity import IdentityEndpoint
 from bench.harness.oracle import ORACLE_WORKER
 from bench.harness.oracle import POLL_S as ORACLE_POLL_S
-from bench.harness.runner import LiveRun, Policy, Tick, drive, prepare
+from bench.harness.runner import Policy, drive, prepare
 from bench.harness.stack import API_KEY, SimulatorOptions, Stack, sigterm_as_interrupt
 from bench.harness.workload import MixedWorkload, batch_calls, interactive_calls
 from bench.report import tables as report
 from bench.report.metrics import PolicyRun, background_counts, estimate_error, summarise
+from bench.scenarios.enact import overasking, start_output_proxy, stepper
 from bench.scenarios.mixed import capacity_of
 from bench.scenarios.realities import (
     DEFAULT_REALITIES,
@@ -50,12 +50,10 @@ from bench.scenarios.realities import (
 )
 from orchestrator.core import logs
 from orchestrator.core.errors import ConfigError
-from orchestrator.core.serving import free_port
 from simulator.config import DEFAULT_RESOURCE_ID
 
 log = structlog.get_logger(__name__)
 
-OUTPUT_PROXY = "bench.harness.output_proxy"
 CALIBRATIONS = ("off", "auto", "oracle")
 """The arms: calibration off, the default configuration, the oracle."""
 ERROR_AFTER_S = 10.0
@@ -196,38 +194,6 @@ def _mean(values: Sequence[float]) -> float | None:
 
 def _ratio(value: float | None, base: float | None) -> float | None:
     return None if value is None or not base else round(value / base, 3)
-
-
-def stepper(stack: Stack, patches: Sequence[tuple[float, dict[str, object]]]) -> Tick | None:
-    """A run's tick applying each (offset, PATCH body) once the run's clock passes its offset."""
-    if not patches:
-        return None
-    pending = sorted(patches, key=lambda p: p[0])
-    url = f"{stack.sim_url}/sim/deployments/{stack.sim.deployment}"
-
-    async def tick(live: LiveRun) -> None:
-        while pending and live.clock.offset() >= pending[0][0]:
-            _, body = pending.pop(0)
-            async with httpx2.AsyncClient(verify=stack.verify, timeout=5.0) as client:
-                (await client.patch(url, json=body)).raise_for_status()
-            log.info("reality_step", at_s=round(live.clock.offset(), 2), patch=body)
-
-    return tick
-
-
-def overasking(workload: MixedWorkload) -> MixedWorkload:
-    """The same batch, its lines asking max_tokens `OVERASK_MAX_TOKENS` (the overask reality)."""
-    return replace(workload, lp=replace(workload.lp, max_tokens=OVERASK_MAX_TOKENS))
-
-
-def start_output_proxy(stack: Stack) -> str:
-    """Start the overask reality's proxy in front of the simulator; its URL."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = ["--port", str(port), "--upstream", stack.sim_url]
-    args += ["--completion-tokens", str(OVERASK_USES)]
-    stack.start_module("output-proxy", OUTPUT_PROXY, args, f"{url}/sim/state")
-    return url
 
 
 def run_robustness(cfg: RobustnessConfig, out: Path) -> list[dict[str, Any]]:
