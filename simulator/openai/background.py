@@ -10,8 +10,9 @@ sees every caller of the real deployment.
 
 The share may vary over time (`Profile`): `constant:S`, or `square:LOW,HIGH,HALF_PERIOD_S`,
 an application that alternates between two loads, starting LOW when the profile is set.
-The capacity the share is taken of is the one the deployment was configured with: another
-application does not send less because Azure serves ours with fewer PTUs for a while.
+The share is of the deployment's capacity when the share (or profile) was set, at start-up
+or by a PATCH (with a `ptus` in the same body, the new one): another application does not
+send less because Azure serves the deployment with fewer PTUs for a while.
 """
 
 from __future__ import annotations

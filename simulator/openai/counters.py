@@ -27,14 +27,20 @@ class Counters:
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    spilled: int = 0
+    """Calls this provisioned deployment refused that its spillover target served."""
+    spillover_errors: int = 0
+    """Calls it refused whose spillover target failed too (the refusal was answered)."""
+    spillover_served: int = 0
+    """Calls this standard deployment served for a provisioned one (native spillover)."""
     by_priority: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def bump(self, priority: str, key: str, amount: int = 1) -> None:
-        """Add to the per-priority counter `key`."""
+        """Add to the per-priority counter `key` (`spilled` appears once a call spills)."""
         slot = self.by_priority.setdefault(
             priority, {"requests": 0, "throttled": 0, "completion_tokens": 0}
         )
-        slot[key] += amount
+        slot[key] = slot.get(key, 0) + amount
 
 
 @dataclass(slots=True)

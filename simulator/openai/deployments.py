@@ -77,6 +77,8 @@ class Deployment:
             rng=noise_rng or random.Random(0),
         )
         self.background = BackgroundSchedule(0.0, now)
+        self.background_capacity_tpm = spec.capacity_tpm
+        """The capacity the background share is of: the live one when the share was set."""
         if spec.kind == "provisioned":
             self.meter = make_meter(utilisation_model, spec.capacity_tpm, window_s, now)
             if isinstance(background_share, str):
@@ -87,6 +89,8 @@ class Deployment:
                 self.background.set_share(now, background_share)
         else:
             self.limiter = StandardLimiter(spec.tpm)
+        self.spillover: str | None = spec.spillover
+        """The standard deployment this one spills to (deployment-level native spillover)."""
         self.in_flight: dict[str, int] = {}
         self.peak_in_flight: dict[str, int] = {}
 
@@ -131,9 +135,9 @@ class Deployment:
         due = self.background.due(now)
         if not due:
             return []
-        # of the configured capacity: a cut at run time does not make the other app send less
+        # a capacity cut after the share was set does not make the other app send less
         share = self.background.share_at(now)
-        call = call_shape(share, self.spec.capacity_tpm, self.spec.output_weight)
+        call = call_shape(share, self.background_capacity_tpm, self.spec.output_weight)
         sent: list[tuple[int, BackgroundCall]] = []
         bg = self.background_counters
         for _ in range(due):
@@ -202,6 +206,29 @@ class Deployment:
             cost = ticket.prompt_tokens + ticket.admitted_output_tokens * self.spec.output_weight
             self.meter.reconcile(now, -cost, ticket.admitted_at)
 
+    def spilled(self, priority: str, status: int) -> None:
+        """A call refused with `status` was served by the spillover target instead.
+
+        It is counted as spilled rather than as a 429 or an error: `throttled` and
+        `errors` count the refusals callers saw.
+        """
+        c = self.counters
+        if status == 429:
+            c.throttled -= 1
+            c.bump(priority, "throttled", -1)
+        else:
+            c.errors -= 1
+        c.spilled += 1
+        c.bump(priority, "spilled")
+
+    def spillover_failed(self) -> None:
+        """A refused call's spillover target failed too; the refusal itself was answered."""
+        self.counters.spillover_errors += 1
+
+    def served_spillover(self) -> None:
+        """This (standard) deployment served a call spilled from a provisioned one."""
+        self.counters.spillover_served += 1
+
     def complete(
         self, now: float, ticket: Ticket, prompt_tokens: int, completion_tokens: int
     ) -> None:
@@ -237,6 +264,8 @@ class Deployment:
                 self.background.set_share(now, numbers["background_share"])
             if parsed.profile is not None:
                 self.background.set_profile(now, parsed.profile)
+            if "background_share" in numbers or parsed.profile is not None:
+                self.background_capacity_tpm = self.meter.capacity_tpm  # after any new ptus
             if "utilisation_model" in names:
                 self.utilisation_model = names["utilisation_model"]
                 self.meter = switch(self.meter, self.utilisation_model, now)
@@ -252,6 +281,8 @@ class Deployment:
         for key in ("error_rate", "timeout_rate", "spike_rate", "spike_ms"):
             if key in numbers:
                 setattr(self.faults, key, numbers[key])
+        if parsed.sets_spillover:
+            self.spillover = parsed.spillover
 
     def reset(self, now: float) -> None:
         """Empty the bucket or windows, in-flight bookkeeping, peaks and counters."""
@@ -287,6 +318,9 @@ class Deployment:
             "errors": c.errors,
             "prompt_tokens": c.prompt_tokens,
             "completion_tokens": c.completion_tokens,
+            "spilled": c.spilled,
+            "spillover_errors": c.spillover_errors,
+            "spillover_served": c.spillover_served,
             "by_priority": {k: dict(v) for k, v in c.by_priority.items()},
             "tbt_ms": self.tbt_ms,
             "ttft_ms": self.ttft_ms,
@@ -304,6 +338,7 @@ class Deployment:
         bg = self.background_counters
         return {
             "ptus": self.meter.capacity_tpm / self.spec.input_tpm_per_ptu,
+            "spillover": self.spillover,
             "utilisation_model": self.utilisation_model,
             "utilisation_header": self.header.mode,
             "header_lag_s": self.header.lag_s,

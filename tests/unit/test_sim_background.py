@@ -239,9 +239,13 @@ def test_patch_profile_validation(changes: dict[str, object], message: str) -> N
     assert d.state(0.0)["background"]["profile"] == "constant:0"  # nothing changed
 
 
-def test_background_load_is_of_the_configured_capacity_whatever_the_live_one() -> None:
+def test_background_load_is_of_the_capacity_when_the_share_was_set() -> None:
     d = deployment(background_share=0.3, utilisation_model="sliding")
     d.patch(0.0, {"ptus": 7.5})  # half the capacity: the same calls are twice the share
     for i in range(101):
         d.tick(i * 0.1)
     assert d.utilization(10.0) == pytest.approx(0.6, rel=0.03)
+    d.patch(10.0, {"ptus": 7.5, "background_share": 0.3})  # set with the new capacity
+    for i in range(101, 202):
+        d.tick(i * 0.1)
+    assert d.utilization(20.1) == pytest.approx(0.3, rel=0.03)

@@ -90,3 +90,26 @@ def test_the_background_is_the_profile_else_the_share() -> None:
     square = SimConfig.from_specs([], background_profile="square:0,0.5,15")
     assert square.background == "square:0,0.5,15"
     assert (square.header_lag_s, square.header_smoothing_s) == (3.0, 5.0)
+
+
+def test_a_provisioned_spec_may_name_its_spillover_deployment() -> None:
+    spec = parse_deployment("ptu=gpt-4o:15:spill=paygo")
+    assert (spec.kind, spec.ptus, spec.spillover) == ("provisioned", 15.0, "paygo")
+    assert parse_deployment("ptu=gpt-4o:15").spillover is None
+    config = SimConfig.from_specs(["ptu=gpt-4o:15:spill=paygo", "paygo=gpt-4o:1000:standard"])
+    assert config.deployments[0].spillover == "paygo"
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        (["ptu=gpt-4o:15:spill="], "spill= names another, standard deployment"),
+        (["ptu=gpt-4o:15:spill=ptu"], "spill= names another"),
+        (["ptu=gpt-4o:15:spillover=x"], "'standard' or 'spill=STD'"),
+        (["ptu=gpt-4o:15:spill=paygo"], "spill=paygo is not a standard deployment"),
+        (["ptu=gpt-4o:15:spill=other", "other=gpt-4o:15"], "spill=other is not a standard"),
+    ],
+)
+def test_bad_spillover_specs(specs: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SimConfig.from_specs(specs)
