@@ -9,9 +9,12 @@ import pytest
 
 from bench.harness.sampler import Sample, parse_state
 from bench.harness.stack import SimulatorOptions
+from bench.harness.workload import MixedWorkload, batch_calls
 from bench.report.metrics import background_counts, estimate_error
+from bench.scenarios.enact import overasking
 from bench.scenarios.realities import (
     DEFAULT_REALITIES,
+    OVERASK_MAX_TOKENS,
     QUICK_REALITIES,
     Reality,
     parse_realities,
@@ -278,3 +281,13 @@ def test_the_simulator_accepts_every_realitys_flags_and_patches(spec: str) -> No
     parse_changes(simulator_patch(told, reality), provisioned=True)
     for _, body in timed_patches(told, reality, 3.0):
         parse_changes(body, provisioned=True)
+
+
+def test_the_overasking_batch_differs_only_in_what_it_asks() -> None:
+    workload = MixedWorkload(lp_requests=5)
+    honest = batch_calls(workload, "d", 7)
+    asking = batch_calls(overasking(workload), "d", 7)
+    assert [c.body["max_tokens"] for c in honest] == [150] * 5
+    assert [c.body["max_tokens"] for c in asking] == [OVERASK_MAX_TOKENS] * 5
+    assert [c.body["messages"] for c in asking] == [c.body["messages"] for c in honest]
+    assert [(c.at_s, c.custom_id) for c in asking] == [(c.at_s, c.custom_id) for c in honest]
