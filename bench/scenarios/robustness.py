@@ -303,12 +303,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--realities",
         help=f"comma-separated reality specs, knobs joined by '+' (default: "
-        f"{','.join(DEFAULT_REALITIES)}; e.g. bypass=0.2+capacity=0.85)",
+        f"{','.join(DEFAULT_REALITIES)}; e.g. bypass=0.2+capacity=0.85,step=0.6,5,20)",
     )
     parser.add_argument(
-        "--calibrations",
         "--arms",
+        "--calibrations",
         dest="calibrations",
+        metavar="ARMS",
         default=",".join(CALIBRATIONS),
         help=f"arms side by side (default {','.join(CALIBRATIONS)})",
     )
