@@ -12,6 +12,7 @@ import httpx2
 import redis
 import structlog
 
+from bench.harness.oracle import ORACLE_WORKER
 from bench.harness.sampler import Sampler
 from bench.harness.stack import Stack
 from bench.harness.traffic import (
@@ -31,6 +32,8 @@ from orchestrator.core.errors import PTUError
 log = structlog.get_logger(__name__)
 
 BatchMode = Literal["none", "direct", "queued"]
+ORCHESTRATOR_PROCESSES = ("ingress", "estimator", "worker")
+"""Name prefixes of the processes `prepare` restarts for each run."""
 Tick = Callable[["LiveRun"], Awaitable[None]]
 
 
@@ -43,6 +46,8 @@ class Policy:
     batch: BatchMode
     worker_env: Mapping[str, str] = field(default_factory=dict)
     direct_concurrency: int = 10
+    worker_module: str = "orchestrator"
+    """What `python -m` runs as the worker (`orchestrator`: `ptu worker`; see `Stack`)."""
 
     @property
     def source(self) -> str:
@@ -75,8 +80,8 @@ def prepare(
     `fresh_metrics` also forgets the simulator's Azure Monitor history. An upstream the
     stack does not run (`Stack.use_upstream`) is left as it is.
     """
-    for name in [n for n in stack.children if n != "simulator"]:
-        stack.stop(name)
+    for name in [n for n in stack.children if n.startswith(ORCHESTRATOR_PROCESSES)]:
+        stack.stop(name)  # the simulator and a benchmark's helpers serve every run
     with redis.Redis.from_url(stack.redis_url) as client:
         client.flushall()
     if stack.simulated:
@@ -86,7 +91,10 @@ def prepare(
     env = stack.base_env(**policy.worker_env)
     queued = policy.batch == "queued"
     stack.start_orchestrator(
-        env, estimator=queued and policy.source == "estimate", workers=workers if queued else 0
+        env,
+        estimator=queued and policy.source == "estimate",
+        workers=workers if queued else 0,
+        worker_module=policy.worker_module,
     )
 
 
@@ -125,6 +133,8 @@ async def drive(
     clock = Clock()
     settings = {k: v for k, v in policy.worker_env.items() if k.startswith("PTU_")}
     run = PolicyRun(policy.name, policy.description, settings=settings)
+    if policy.worker_module == ORACLE_WORKER:
+        run.view_source = "oracle"
     limits = httpx2.Limits(max_connections=400, max_keepalive_connections=100)
     exits = contextlib.AsyncExitStack()
     async with (
@@ -134,7 +144,9 @@ async def drive(
         sampler = Sampler(client, stack.sim_url, deployment, clock.t0)
         if stack.simulated:  # only our simulator tells its true level (`/sim/state`)
             if policy.batch == "queued":
-                sampler.view = await worker_view(stack, policy.worker_env, exits)
+                sampler.view = await worker_view(
+                    stack, policy.worker_env, exits, policy.worker_module
+                )
             sampler.start()
         stop = asyncio.Event()
         hp = asyncio.create_task(

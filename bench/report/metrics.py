@@ -43,6 +43,8 @@ class PolicyRun:
     lp_429: int = 0
     hp_429_sim: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+    view_source: str | None = None
+    """What the worker steered by when not its configured source (`oracle`)."""
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -280,7 +280,7 @@ def test_params_are_checked(bad: dict[str, float]) -> None:
 
 
 def test_a_window_meaning_looks_ahead_for_the_traffic_we_do_not_control() -> None:
-    st, truth, now = drive(lambda tr, t: tr.window(t))
+    st, _, now = drive(lambda tr, t: tr.window(t))
     estimate = read(st, now, W, P)
     assert estimate.hypothesis == "window lag 0s" and estimate.trusted
     assert estimate.ahead is not None and estimate.ahead >= estimate.value
