@@ -251,8 +251,9 @@ class Estimate:
     held_s: float
     """Seconds a 429 still holds the reading at 100 %."""
     ahead: float | None = None
-    """Under a window meaning: the highest level the window reaches while nothing of ours
-    that the throttle controls starts (see `GROWTH`); None otherwise."""
+    """Under a window meaning (learnt, not yet ruled out, or a token limit): the highest level
+    the window reaches while nothing of ours that the throttle controls starts (see
+    `GROWTH`); None otherwise."""
 
 
 def _drain(level: float, dt: float, per_s: float) -> float:
@@ -489,21 +490,27 @@ def read(state: FilterState, now: float, window_s: float, p: FilterParams) -> Es
     sigma: float | None = None
     trusted = False
     ahead: float | None = None
+    growth = _ahead(st, now, window_s) - _window(st, now, window_s)
     if st.obs_at is not None and now - st.obs_at <= STALE_HEADER_S:
         # the header speaks for the deployment's level: the headerless inflow is not needed
         header, best, sigma, trusted = _header(st, now, window_s, p)
         name = HYPOTHESES[best]
         value = header if trusted else max(st.m, header)
-        if trusted and best >= len(LAGS_S) + len(SMOOTHING_S):
+        if not trusted:
+            # the meaning is not known yet: it may be a window, where charges stay
+            ahead = value + growth
+        elif best >= len(LAGS_S) + len(SMOOTHING_S):
             # a window meaning: as much higher as our window sum is going to get
-            growth = _ahead(st, now, window_s) - _window(st, now, window_s)
             ahead = header + st.hyps[best].k * growth
     elif st.obs_at is not None:  # a header that fell silent: shown, not counted
         header, best, sigma, _ = _header(st, now, window_s, p)
         name = HYPOTHESES[best]
     if st.used is not None and st.used_at is not None and now - st.used_at <= p.max_age_s:
-        # our charges since it was read, as a share of a minute of capacity (the limit's)
-        value = max(value, st.used + (st.q - st.used_q) * window_s / 60.0)
+        # our charges since it was read, as a share of a minute of capacity (the limit's);
+        # a token limit counts over a window, so it looks ahead the same way
+        used = st.used + (st.q - st.used_q) * window_s / 60.0
+        value = max(value, used)
+        ahead = max(ahead or 0.0, used + growth * window_s / 60.0)
     held = max(0.0, st.hold_until - now)
     if held > 0:
         value = max(value, 1.0)
