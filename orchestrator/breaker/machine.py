@@ -15,10 +15,11 @@ It trips on any of:
   request can succeed until an operator or the network fixes it.
 
 It stays open for the upstream's `retry-after` when one was given, else `open_s`
-(capped at `max_open_s`; a throttled trip at `max_throttled_open_s`). Then exactly one caller is let through as the probe; while it
-runs everyone else is rejected; a probe that never reports is given up after
-`probe_timeout_s`. A 429 with a short `retry-after` is load, not failure: it counts as
-neither. `adopt` folds in the state other processes shared (see `shared.py`).
+(capped at `max_open_s`; a throttled trip at `max_throttled_open_s`). Then exactly one
+caller is let through as the probe; while it runs everyone else is rejected; a probe that
+never reports is given up after `probe_timeout_s`. A 429 with a short `retry-after` is
+load, not failure: it counts as neither. `adopt` folds in the state other processes shared
+(see `shared.py`).
 """
 
 from __future__ import annotations

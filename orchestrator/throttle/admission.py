@@ -92,7 +92,7 @@ class Admission:
             if reading.observed_at != self._pending_since:
                 self._pending, self._pending_since = 0.0, reading.observed_at
             # no await between this check and the tally: concurrent calls see each other
-            if admits(reading.value + self._pending, charge, self._upper):
+            if admits(reading.steer + self._pending, charge, self._upper):
                 self._pending += charge
                 return
             if not logged:
@@ -101,7 +101,7 @@ class Admission:
                 log.debug(
                     "admission_waiting",
                     deployment=self.deployment,
-                    utilisation=round(reading.value, 4),
+                    utilisation=round(reading.steer, 4),
                     pending=round(self._pending, 4),
                     charge=round(charge, 4),
                 )

@@ -56,4 +56,4 @@ def limit_for(reading: Reading | None, now: float, max_age_s: float, curve: Curv
         return Limit(0, "missing")
     if reading.age(now) > max_age_s:
         return Limit(0, "stale")
-    return Limit(concurrency_limit(reading.value, *curve), "ok")
+    return Limit(concurrency_limit(reading.steer, *curve), "ok")

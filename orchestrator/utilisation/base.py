@@ -36,6 +36,9 @@ class Calibration:
     """The filter's own uncertainty about the header's estimate (a standard deviation)."""
     trusted: bool = False
     """Whether the header has predicted well enough to lower the reading."""
+    ahead: float | None = None
+    """Under a window meaning, the highest level expected soon if no low-priority call starts
+    (charges stay a window while the traffic we do not control goes on); None: as now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,12 @@ class Reading:
     source: str
     calibration: Calibration | None = None
     """How the estimate source built `value` (None for other sources or calibration off)."""
+
+    @property
+    def steer(self) -> float:
+        """What the throttle steers by: the value, or where the deployment is going if higher."""
+        ahead = None if self.calibration is None else self.calibration.ahead
+        return self.value if ahead is None else max(self.value, ahead)
 
     def age(self, now: float) -> float:
         """Seconds since the value was true."""

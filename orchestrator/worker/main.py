@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -125,6 +125,7 @@ def build_worker(
         window_s=settings.estimate_window_s,
         max_age_s=settings.estimate_max_age_s,
         calibration=params_for(settings.calibration),
+        low_priority=True,
     )
     results = ResultStore(redis, settings.reply_ttl_s)
     tenancy = Tenancy(settings.tenants, settings.api_keys)
@@ -202,8 +203,17 @@ def build_worker(
     return Built(worker, queues, source, upstream)
 
 
-def run(args: argparse.Namespace, settings: Settings | None) -> int:
-    """Consume until SIGTERM/SIGINT, then drain."""
+def run(
+    args: argparse.Namespace,
+    settings: Settings | None,
+    *,
+    source: Callable[[Settings], UtilisationSource] | None = None,
+) -> int:
+    """Consume until SIGTERM/SIGINT, then drain.
+
+    `source` builds the throttle's utilisation source in place of the configured one (a
+    benchmark's yardstick); `ptu worker` leaves it None.
+    """
     assert settings is not None
     logs.configure(settings.log_level, settings.log_format)
     startup.announce(settings, "worker")
@@ -236,6 +246,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
                 metrics=metrics,
                 upstream=upstream,
                 tracing=tracing,
+                source=None if source is None else source(settings),
             )
             try:
                 await built.worker.run(stop)

@@ -277,3 +277,28 @@ def test_every_hypothesis_has_a_delay() -> None:
 def test_params_are_checked(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         FilterParams(**bad)  # type: ignore[arg-type]
+
+
+def test_a_window_meaning_looks_ahead_for_the_traffic_we_do_not_control() -> None:
+    st, _, now = drive(lambda tr, t: tr.window(t))
+    estimate = read(st, now, W, P)
+    assert estimate.hypothesis == "window lag 0s" and estimate.trusted
+    assert estimate.ahead is not None and estimate.ahead >= estimate.value
+    # the same charges as the throttle's own: no growth expected of them
+    controlled = FilterState.from_json(st.to_json())
+    controlled.free = [0.0] * len(controlled.free)
+    own = read(controlled, now, W, P)
+    assert own.ahead is not None and own.ahead < estimate.ahead
+
+
+def test_a_bucket_meaning_does_not_look_ahead() -> None:
+    st, _, now = drive(lambda tr, t: tr.at(t))
+    assert read(st, now, W, P).ahead is None
+
+
+def test_a_silent_header_leaves_the_headerless_estimate() -> None:
+    st = step(None, Signal(delta=0.2), T0, W, P)
+    st = step(st, Signal(utilisation=0.9), T0, W, P)
+    assert read(st, T0 + 1, W, P).value == pytest.approx(0.9)
+    later = read(st, T0 + 31, W, P)
+    assert later.value == pytest.approx(later.headerless) and later.header is not None

@@ -72,6 +72,13 @@ HYPOTHESES = (
     *(f"avg {t:g}s" for t in SMOOTHING_S),
     *(f"window lag {d:g}s" for d in LAGS_S),
 )
+FREE_RATE_S = (2.0, 6.0)
+"""Over how long the rate of the traffic we do not control is measured (the higher counts:
+the short one sees a burst start, the long one remembers it)."""
+GROWTH = 2.0
+"""Under a window meaning a charge stays a whole window, so the throttle steers by where
+the window goes if the traffic we do not control goes on at this x its recent rate while
+the oldest charges leave: an interactive burst then still fits."""
 WINDOW_SLOTS = 20
 """Our charges are booked in slots of `window_s / WINDOW_SLOTS` for the sliding-window sums."""
 TRUST_N = 20
@@ -137,6 +144,9 @@ class Signal:
     retry_after_s: float | None = None
     used: float | None = None
     """Share of a token limit used (1 - x-ratelimit-remaining-tokens / limit)."""
+    controlled: bool = False
+    """The charge is the throttle's own (a low-priority call): it stops when the throttle
+    says so, unlike interactive traffic, whose growth the window look-ahead allows for."""
     charged_at: float | None = None
     """When the charge a refund corrects was made (a sliding window drops it then)."""
     went_through: bool = False
@@ -179,6 +189,9 @@ class FilterState:
     """Our charges per slot of `window_s / WINDOW_SLOTS`, a ring (enough for a window and
     the longest lag); `win_slot` is the newest slot's index."""
     win_slot: int = 0
+    free: list[float] = field(default_factory=lambda: [0.0] * len(FREE_RATE_S))
+    """The rate of the charges we do not control (fractions of 100 % a second), over each
+    of `FREE_RATE_S`."""
     q: float = 0.0
     """Our charges ever made (fractions of 100 %): charges since a reading are a difference."""
     hyps: list[Hypothesis] = field(default_factory=lambda: [Hypothesis() for _ in HYPOTHESES])
@@ -237,6 +250,10 @@ class Estimate:
     """The learnt unseen inflow, as a share of capacity."""
     held_s: float
     """Seconds a 429 still holds the reading at 100 %."""
+    ahead: float | None = None
+    """Under a window meaning (learnt, not yet ruled out, or a token limit): the highest level
+    the window reaches while nothing of ours that the throttle controls starts (see
+    `GROWTH`); None otherwise."""
 
 
 def _drain(level: float, dt: float, per_s: float) -> float:
@@ -258,6 +275,8 @@ def _advance(st: FilterState, now: float, window_s: float, p: FilterParams) -> N
         st.ema[i] += (1.0 - math.exp(-dt / tau)) * ((st.m + m) / 2 - st.ema[i])
     for i, h in enumerate(RATE_HORIZONS):
         st.rate[i] *= math.exp(-dt / (h * window_s))
+    for i, tau in enumerate(FREE_RATE_S):
+        st.free[i] *= math.exp(-dt / tau)
     st.m = m
     st.mu = _drain(st.mu, dt, (1.0 - st.s) * drain)
     st.s *= math.exp(-dt / p.unseen_decay_s)
@@ -315,6 +334,11 @@ def _book(st: FilterState, delta: float, at: float, window_s: float) -> None:
 
 def _window(st: FilterState, t: float, window_s: float) -> float:
     """Our charges within the window ending at `t` (a charge spread evenly in its slot)."""
+    return _between(st, t - window_s, t, window_s)
+
+
+def _between(st: FilterState, lo: float, hi: float, window_s: float) -> float:
+    """Our charges booked in (lo, hi]."""
     width, keep = _ring(window_s)
     if len(st.win) != keep:
         return 0.0
@@ -323,7 +347,7 @@ def _window(st: FilterState, t: float, window_s: float) -> float:
         start = j * width
         end = min(start + width, st.t) if j == st.win_slot else start + width
         span = max(end - start, 1e-9)
-        inside = min(end, t) - max(start, t - window_s)
+        inside = min(end, hi) - max(start, lo)
         if inside > 0:
             total += st.win[j % keep] * min(1.0, inside / span)
     return max(0.0, total)
@@ -405,6 +429,9 @@ def step(
     _advance(st, now, window_s, p)
     if sig.delta:
         _charge(st, sig.delta, window_s)
+        if not sig.controlled and sig.delta > 0:
+            for i, tau in enumerate(FREE_RATE_S):
+                st.free[i] += sig.delta / tau
     if sig.delta or st.win:
         _book(st, sig.delta, now if sig.charged_at is None else sig.charged_at, window_s)
     if sig.utilisation is not None and sig.age_s <= p.max_age_s:
@@ -462,18 +489,48 @@ def read(state: FilterState, now: float, window_s: float, p: FilterParams) -> Es
     name: str | None = None
     sigma: float | None = None
     trusted = False
-    if st.obs_at is not None:
+    ahead: float | None = None
+    growth = _ahead(st, now, window_s) - _window(st, now, window_s)
+    if st.obs_at is not None and now - st.obs_at <= STALE_HEADER_S:
+        # the header speaks for the deployment's level: the headerless inflow is not needed
         header, best, sigma, trusted = _header(st, now, window_s, p)
         name = HYPOTHESES[best]
-        value = header if trusted else max(value, header)
+        value = header if trusted else max(st.m, header)
+        if not trusted:
+            # the meaning is not known yet: it may be a window, where charges stay
+            ahead = value + growth
+        elif best >= len(LAGS_S) + len(SMOOTHING_S):
+            # a window meaning: as much higher as our window sum is going to get
+            ahead = header + st.hyps[best].k * growth
+    elif st.obs_at is not None:  # a header that fell silent: shown, not counted
+        header, best, sigma, _ = _header(st, now, window_s, p)
+        name = HYPOTHESES[best]
     if st.used is not None and st.used_at is not None and now - st.used_at <= p.max_age_s:
-        # our charges since it was read, as a share of a minute of capacity (the limit's)
-        value = max(value, st.used + (st.q - st.used_q) * window_s / 60.0)
+        # our charges since it was read, as a share of a minute of capacity (the limit's);
+        # a token limit counts over a window, so it looks ahead the same way
+        used = st.used + (st.q - st.used_q) * window_s / 60.0
+        value = max(value, used)
+        ahead = max(ahead or 0.0, used + growth * window_s / 60.0)
     held = max(0.0, st.hold_until - now)
     if held > 0:
         value = max(value, 1.0)
     value = max(value, p.scale_floor * st.m, 0.0)
-    return Estimate(value, st.m, st.mu, header, name, sigma, trusted, st.s, held)
+    return Estimate(value, st.m, st.mu, header, name, sigma, trusted, st.s, held, ahead)
+
+
+def _ahead(st: FilterState, now: float, window_s: float) -> float:
+    """The highest our window sum gets over the next window if only the traffic we do not
+    control goes on, at `GROWTH` x its recent rate, while the oldest charges leave."""
+    rate = GROWTH * max(st.free)
+    width, _ = _ring(window_s)
+    current = _window(st, now, window_s)
+    best = current
+    for i in range(1, WINDOW_SLOTS + 1):
+        h = i * width
+        best = max(
+            best, current - _between(st, now - window_s, now - window_s + h, window_s) + rate * h
+        )
+    return best
 
 
 def header_delay_s(hypothesis: str) -> float | None:

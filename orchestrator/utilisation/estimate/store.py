@@ -111,6 +111,7 @@ class EstimateStore:
         time_source: Literal["server", "clock"] = "server",
         dedupe_ttl_s: float = 3600.0,
         calibration: FilterParams | None = DEFAULT_PARAMS,
+        low_priority: bool = False,
     ) -> None:
         if window_s <= 0 or max_age_s <= 0 or dedupe_ttl_s <= 0:
             raise ValueError("window_s, max_age_s and dedupe_ttl_s must be positive")
@@ -125,6 +126,8 @@ class EstimateStore:
         self.calibration = calibration
         """The filter's tunables; None = the open-loop model alone (signals ignored)."""
         self._params = calibration or DEFAULT_PARAMS
+        self._controlled = low_priority
+        """The worker's store: its charges are the throttle's own (see `Signal.controlled`)."""
         self._load = redis.register_script(_lua("load"))
         self._commit = redis.register_script(_lua("commit"))
         self._heartbeat = redis.register_script(_lua("heartbeat"))
@@ -209,6 +212,7 @@ class EstimateStore:
             used = max(0.0, 1.0 - event.remaining_tokens / limit)
         return Signal(
             delta=delta,
+            controlled=self._controlled,
             utilisation=event.utilisation,
             age_s=event.utilisation_age_s,
             saturated=saturated,
@@ -370,4 +374,5 @@ def _calibration(estimate: Estimate, state: FilterState, now: float) -> Calibrat
         unseen=estimate.unseen,
         uncertainty=estimate.sigma,
         trusted=estimate.trusted,
+        ahead=estimate.ahead,
     )
