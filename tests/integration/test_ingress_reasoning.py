@@ -14,9 +14,11 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+import redis.asyncio as aioredis
 
 from ingress.chat.governance import CAPPED_HEADER
 from ingress.server import IngressThread
+from orchestrator.core import keys
 from orchestrator.core.settings import load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
@@ -27,6 +29,7 @@ MESSAGES: Any = [{"role": "user", "content": "Think about it, then say hello."}]
 DEPLOYMENTS = [
     {"name": "o4", "model": "o4-mini", "ptus": 15},
     {"name": "o4-raw", "model": "o4-mini", "ptus": 15, "governance": False},
+    {"name": "o4-charged", "model": "o4-mini", "ptus": 15},
 ]
 LONG = {"x-sim-completion-tokens": "2500"}
 """Visible output the simulator would give without a bound (more than the 2,000 ceiling)."""
@@ -35,7 +38,10 @@ LONG = {"x-sim-completion-tokens": "2500"}
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimulatorThread]:
     config = SimConfig.from_specs(
-        ["o4=o4-mini:15", "o4-raw=o4-mini:15"], tbt_ms=0.0, ttft_ms=0.0, api_key="k"
+        ["o4=o4-mini:15", "o4-raw=o4-mini:15", "o4-charged=o4-mini:15"],
+        tbt_ms=0.0,
+        ttft_ms=0.0,
+        api_key="k",
     )
     with SimulatorThread(config) as server:
         yield server
@@ -58,7 +64,7 @@ def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
 def worker(
     redis_url: str, sim: SimulatorThread, ingress: IngressThread
 ) -> Iterator[subprocess.Popen[bytes]]:
-    with worker_process(redis_url, sim.url, DEPLOYMENTS, "o4") as proc:
+    with worker_process(redis_url, sim.url, DEPLOYMENTS, "o4", "o4-charged") as proc:
         yield proc
 
 
@@ -145,6 +151,30 @@ async def test_a_queued_request(
             doc = (await http.get(f"/v1/requests/{queued['id']}?wait=30")).json()
             assert (doc["status"], doc["status_code"]) == ("completed", 200), doc
             assert doc["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+
+
+async def test_the_admission_charge_is_the_limit_sent(
+    ingress: IngressThread,
+    worker: subprocess.Popen[bytes],
+    client: openai.AsyncOpenAI,
+    redis: aioredis.Redis,
+) -> None:
+    """The `admit` event charges the `max_completion_tokens` sent: capped high priority
+    (2,000), a queued client `max_tokens` renamed (1,500), a queued call with none (1,000)."""
+    await client.chat.completions.create(model="o4-charged", messages=MESSAGES, max_tokens=9000)
+    ids = []
+    for limit in ({"max_tokens": 1500}, {}):
+        raw = await client.chat.completions.with_raw_response.create(
+            model="o4-charged", messages=MESSAGES, extra_headers={"x-priority": "low"}, **limit
+        )
+        ids.append(json.loads(raw.http_response.content)["id"])
+    async with httpx2.AsyncClient(base_url=ingress.url, timeout=40) as http:
+        for rid in ids:
+            doc = (await http.get(f"/v1/requests/{rid}?wait=30")).json()
+            assert doc["status_code"] == 200, doc
+    records = [r async for r in redis.scan_iter(match=keys.estimate_request("o4-charged", "*"))]
+    charged = sorted([int(await redis.hget(r, "max_tokens") or 0) for r in records])
+    assert charged == [1000, 1500, 2000]
 
 
 def _line(i: int, **extra: Any) -> dict[str, Any]:
