@@ -162,12 +162,16 @@ async def test_the_admission_charge_is_the_limit_sent(
     """The `admit` event charges the `max_completion_tokens` sent: capped high priority
     (2,000), a queued client `max_tokens` renamed (1,500), a queued call with none (1,000)."""
     await client.chat.completions.create(model="o4-charged", messages=MESSAGES, max_tokens=9000)
-    ids = []
-    for limit in ({"max_tokens": 1500}, {}):
-        raw = await client.chat.completions.with_raw_response.create(
-            model="o4-charged", messages=MESSAGES, extra_headers={"x-priority": "low"}, **limit
-        )
-        ids.append(json.loads(raw.http_response.content)["id"])
+    low = {"x-priority": "low"}
+    queued = [
+        await client.chat.completions.with_raw_response.create(
+            model="o4-charged", messages=MESSAGES, max_tokens=1500, extra_headers=low
+        ),
+        await client.chat.completions.with_raw_response.create(
+            model="o4-charged", messages=MESSAGES, extra_headers=low
+        ),
+    ]
+    ids = [json.loads(raw.http_response.content)["id"] for raw in queued]
     async with httpx2.AsyncClient(base_url=ingress.url, timeout=40) as http:
         for rid in ids:
             doc = (await http.get(f"/v1/requests/{rid}?wait=30")).json()
