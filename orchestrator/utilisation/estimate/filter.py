@@ -29,8 +29,9 @@ What each signal tells, and the part of the state it feeds:
   deployment): the censored observation "the level is at least 100 % now". It holds the
   reading at 100 % for `retry-after`, at most `hold_s` (a minute-window limiter asks up to
   60 s, which is its window, not how full the deployment is), lifts every header
-  hypothesis to at least 100 %, and teaches `s`, the unseen inflow: the smallest share of
-  capacity used by others that explains reaching 100 % at our own recent charge rates.
+  hypothesis to at least 100 %, and teaches `s`, the unseen inflow: the level our bucket
+  missed, spread over the time since it was last empty (or, when it was empty, the share
+  of capacity our own recent rate leaves: the least that could have filled the deployment).
   `s` feeds `mu`, a bucket of our charges plus that inflow. `s` is kept for minutes
   (fading over `unseen_decay_s`), so it is learnt once, not at every saturation; a call
   that went through while `mu` said full lowers it.
@@ -59,11 +60,10 @@ RATE_HORIZONS = (0.5, 1.0, 2.0, 4.0, 8.0)
 """Horizons of our charge rate, in windows: the unseen inflow a saturation implies is the
 smallest over them (the longest explains a slow fill, the shortest a burst)."""
 FILL_HORIZON = 2
-"""The horizon (index: 2 windows) over which a saturation is explained: the unseen inflow
-learnt is what fills the bucket in that time at our own rate. Shorter horizons explain it
-by a burst of ours and learn little, so the next saturation comes soon; longer ones
-overstate the inflow after a burst. The learnt inflow fades, so an overstatement is
-unlearnt within minutes, while an understatement costs interactive 429s at once."""
+"""Our rate over 2 windows (the index) explains a saturation our bucket did not see coming
+while it was empty: longer horizons forget a recent rise of ours, shorter ones a lull."""
+NEED_MARGIN = 0.05
+"""An inflow just at the capacity fills nothing: a little more than the least that could."""
 SLOT_S = 0.25
 HISTORY = 40
 """Our bucket's past, `SLOT_S` a slot: enough for the longest lag plus an observation's age."""
@@ -201,6 +201,8 @@ class FilterState:
     obs_at: float | None = None
     mu: float = 0.0
     """Our bucket plus the unseen inflow `s`: the headerless estimate."""
+    filled_at: float | None = None
+    """Since when `mu` has not been empty (None: it is empty)."""
     s: float = 0.0
     """Unseen inflow, as a share of capacity (other applications, less capacity)."""
     hold_until: float = 0.0
@@ -279,6 +281,8 @@ def _advance(st: FilterState, now: float, window_s: float, p: FilterParams) -> N
         st.free[i] *= math.exp(-dt / tau)
     st.m = m
     st.mu = _drain(st.mu, dt, (1.0 - st.s) * drain)
+    if st.mu <= 0.0:
+        st.filled_at = None
     st.s *= math.exp(-dt / p.unseen_decay_s)
     st.t = max(st.t, now)
 
@@ -286,6 +290,8 @@ def _advance(st: FilterState, now: float, window_s: float, p: FilterParams) -> N
 def _charge(st: FilterState, delta: float, window_s: float) -> None:
     st.m = max(0.0, st.m + delta)
     st.mu = max(0.0, st.mu + delta)
+    if st.mu > 0.0 and st.filled_at is None:
+        st.filled_at = st.t
     st.q += delta
     for i, h in enumerate(RATE_HORIZONS):
         # a leaky integrator of charges / horizon: the rate as a share of capacity
@@ -399,9 +405,15 @@ def _saturate(st: FilterState, sig: Signal, now: float, window_s: float, p: Filt
     hold = p.hold_s if sig.retry_after_s is None else min(sig.retry_after_s, p.hold_s)
     st.hold_until = max(st.hold_until, now + hold)
     if st.mu < 1.0:
-        # the smallest unseen share that fills the bucket over some horizon at our rates
-        rate = _rates(st, now, window_s)[FILL_HORIZON]
-        need = 1.0 - rate + (1.0 - st.mu) / RATE_HORIZONS[FILL_HORIZON]
+        filled = 0.0 if st.filled_at is None else now - st.filled_at
+        if filled >= window_s / 2:
+            # the deployment filled beside our bucket since it was last empty: the inflow we
+            # missed is the level we missed, spread over that time
+            need = st.s + (1.0 - st.mu) * window_s / filled
+        else:
+            # our bucket was (nearly) empty: the deployment can only have filled if everyone's
+            # inflow passed its capacity, so others use at least what our rate leaves
+            need = 1.0 - _rates(st, now, window_s)[FILL_HORIZON] + NEED_MARGIN
         st.s = min(MAX_UNSEEN, max(st.s, need))
         st.mu = 1.0
     for h, x in zip(st.hyps, _current(st, window_s), strict=True):
