@@ -83,6 +83,11 @@ WINDOW_SLOTS = 20
 """Our charges are booked in slots of `window_s / WINDOW_SLOTS` for the sliding-window sums."""
 TRUST_N = 20
 """Observations before the header may lower the reading (and before hypotheses compete)..."""
+RULE_OUT_N = 10
+RULE_OUT_RATIO = 2.0
+"""A window meaning is ruled out, before the header is trusted, once `RULE_OUT_N` reports
+show its best hypothesis erring more than this x the best other one (RMS): a bucket drains
+while a window holds its charges, so a few seconds of load tell them apart."""
 TRUST_S = 12.0
 """... over at least this long: longer than the longest lag tried, so each lag has been
 compared with reports that describe the same past."""
@@ -508,8 +513,8 @@ def read(state: FilterState, now: float, window_s: float, p: FilterParams) -> Es
         header, best, sigma, trusted = _header(st, now, window_s, p)
         name = HYPOTHESES[best]
         value = header if trusted else max(st.m, header)
-        if not trusted:
-            # the meaning is not known yet: it may be a window, where charges stay
+        if not trusted and _window_plausible(st):
+            # the meaning is not known yet and may be a window, where charges stay
             ahead = value + growth
         elif best >= len(LAGS_S) + len(SMOOTHING_S):
             # a window meaning: as much higher as our window sum is going to get
@@ -528,6 +533,17 @@ def read(state: FilterState, now: float, window_s: float, p: FilterParams) -> Es
         value = max(value, 1.0)
     value = max(value, p.scale_floor * st.m, 0.0)
     return Estimate(value, st.m, st.mu, header, name, sigma, trusted, st.s, held, ahead)
+
+
+def _window_plausible(st: FilterState) -> bool:
+    """Whether a window meaning is still in the running: too few reports to tell, or a
+    window hypothesis predicting about as well as the best of the others."""
+    if st.n < RULE_OUT_N:
+        return True
+    first = len(LAGS_S) + len(SMOOTHING_S)
+    window = min(h.e for h in st.hyps[first:])
+    other = min(h.e for h in st.hyps[:first])
+    return window <= RULE_OUT_RATIO**2 * other
 
 
 def _ahead(st: FilterState, now: float, window_s: float) -> float:
