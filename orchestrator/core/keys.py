@@ -92,7 +92,8 @@ def consumer_alive(deployment: str, consumer: str) -> str:
 
 
 def estimate(deployment: str) -> str:
-    """Hash holding the utilisation estimate's bucket level and last update time."""
+    """Hash holding the utilisation estimate: the filter state (`st`, JSON) and its version
+    (`ver`), the feeders' heartbeat (`hb`) and the newest token-event id folded in."""
     return f"{_d(deployment)}:est"
 
 
