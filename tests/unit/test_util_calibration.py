@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import fakeredis
@@ -16,7 +15,7 @@ from orchestrator.utilisation.estimate.calibration import (
     header_utilisation,
     params_for,
 )
-from orchestrator.utilisation.estimate.filter import FilterParams
+from orchestrator.utilisation.estimate.filter import FilterParams, FilterState
 from orchestrator.utilisation.estimate.store import EstimateStore
 from tests.support.clock import FakeClock
 from tests.unit.test_util_estimate import DEPLOYMENT, START
@@ -75,8 +74,8 @@ async def test_off_is_the_open_loop_model(fake_redis: fakeredis.FakeAsyncRedis) 
     reading = await s.read("d")
     assert reading.value == pytest.approx(0.3)
     assert reading.calibration is None
-    state = json.loads(await fake_redis.hget(keys.estimate("d"), "st"))
-    assert state["obs"] is None and state["hold_until"] == 0 and state["used"] is None
+    state = FilterState.loads((await fake_redis.hget(keys.estimate("d"), "st")).decode())
+    assert state.obs is None and state.hold_until == 0 and state.used is None
 
 
 async def test_a_header_above_the_model_raises_the_reading(
@@ -149,8 +148,8 @@ async def test_observe_events_charge_nothing_and_apply_once(
     event = obs(0.6).model_copy(update={"phase": "observe"})
     await s.record(event)
     await s.record(event)  # redelivered: applied once
-    state = json.loads(await fake_redis.hget(keys.estimate("d"), "st"))
-    assert state["n"] == 1
+    state = FilterState.loads((await fake_redis.hget(keys.estimate("d"), "st")).decode())
+    assert state.n == 1
     cal = (await s.read("d")).calibration
     assert cal is not None and cal.model == pytest.approx(0.4)
 

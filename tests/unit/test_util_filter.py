@@ -251,6 +251,13 @@ def test_the_state_survives_json() -> None:
     assert read(again, now + 1, W, P) == read(st, now + 1, W, P)
 
 
+def test_the_state_survives_its_redis_form() -> None:
+    st, _, now = drive(lambda tr, t: tr.window(t - 3))
+    again = FilterState.loads(st.dumps())
+    assert again.to_json() == st.to_json()
+    assert read(again, now + 1, W, P) == read(st, now + 1, W, P)
+
+
 def test_reading_changes_nothing() -> None:
     st, _, now = drive(lambda tr, t: tr.at(t))
     before = st.to_json()

@@ -48,8 +48,11 @@ while a 429 holds; never below `scale_floor x m` (a deployment's bucket may be u
 
 from __future__ import annotations
 
+import base64
+import json
 import math
-from dataclasses import asdict, dataclass, field
+import struct
+from dataclasses import dataclass, field
 from typing import Any
 
 LAGS_S = (0.0, 1.0, 2.0, 3.0, 5.0, 8.0)
@@ -220,21 +223,62 @@ class FilterState:
 
     def clone(self) -> FilterState:
         """An independent copy (reading advances a copy, never the shared state)."""
-        data = self.to_json()
-        return FilterState.from_json(data)
+        return FilterState.from_json(self.to_json())
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable form."""
-        return asdict(self)
+        """A JSON-serialisable form (hypotheses as rows of numbers)."""
+        data = {name: getattr(self, name) for name in _SCALARS}
+        for name in _LISTS:
+            data[name] = list(getattr(self, name))
+        data["peaks"] = dict(self.peaks)
+        data["hyps"] = [[h.k, h.c, h.p1, h.p2, h.p3, h.e] for h in self.hyps]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FilterState:
         """The inverse of `to_json`."""
-        hyps = [Hypothesis(**h) for h in data.pop("hyps", [])]
-        state = cls(**data)
-        if len(hyps) == len(HYPOTHESES):
-            state.hyps = hyps
+        state = cls(**{name: data[name] for name in _SCALARS if name in data})
+        for name in _LISTS:
+            if name in data:
+                setattr(state, name, list(data[name]))
+        state.peaks = dict(data.get("peaks", {}))
+        rows = data.get("hyps", [])
+        if len(rows) == len(HYPOTHESES):
+            state.hyps = [Hypothesis(*row) for row in rows]
         return state
+
+    def dumps(self) -> str:
+        """The compact form kept in Redis: JSON for the scalars, the numbers packed."""
+        rows = [getattr(self, name) for name in _LISTS]
+        rows.append([x for h in self.hyps for x in (h.k, h.c, h.p1, h.p2, h.p3, h.e)])
+        numbers = [x for row in rows for x in row]
+        head = {name: getattr(self, name) for name in _SCALARS}
+        head["peaks"] = self.peaks
+        head["lens"] = [len(row) for row in rows]
+        packed = base64.b64encode(struct.pack(f"<{len(numbers)}d", *numbers)).decode()
+        return json.dumps(head, separators=(",", ":")) + "\n" + packed
+
+    @classmethod
+    def loads(cls, raw: str) -> FilterState:
+        """The inverse of `dumps`."""
+        text, _, packed = raw.partition("\n")
+        head = json.loads(text)
+        lens = head.pop("lens")
+        numbers = struct.unpack(f"<{sum(lens)}d", base64.b64decode(packed))
+        rows, at = [], 0
+        for n in lens:
+            rows.append(list(numbers[at : at + n]))
+            at += n
+        data = {**head, **dict(zip(_LISTS, rows, strict=False))}
+        hyps = rows[len(_LISTS)]
+        data["hyps"] = [hyps[i : i + 6] for i in range(0, len(hyps), 6)]
+        return cls.from_json(data)
+
+
+_LISTS = ("hist", "ema", "rate", "win", "free")
+_SCALARS = tuple(
+    name for name in FilterState.__dataclass_fields__ if name not in (*_LISTS, "peaks", "hyps")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,31 +387,57 @@ def _book(st: FilterState, delta: float, at: float, window_s: float) -> None:
         st.win[slot % keep] += delta
 
 
+class _Booked:
+    """Our charges booked up to any time, from the slots of `win` (a charge spread evenly in
+    its slot): prefix sums, so each window sum is two look-ups."""
+
+    __slots__ = ("_first", "_prefix", "_t", "_values", "_width")
+
+    def __init__(self, st: FilterState, window_s: float) -> None:
+        width, keep = _ring(window_s)
+        self._width, self._t = width, st.t
+        self._first = st.win_slot - keep + 1
+        self._values = (
+            [st.win[j % keep] for j in range(self._first, st.win_slot + 1)]
+            if (len(st.win) == keep)
+            else []
+        )
+        self._prefix = [0.0]
+        for v in self._values:
+            self._prefix.append(self._prefix[-1] + v)
+
+    def until(self, t: float) -> float:
+        """Charges booked in slots before `t`, the slot holding `t` pro rata."""
+        if not self._values:
+            return 0.0
+        pos = (t - self._first * self._width) / self._width
+        i = math.floor(pos)
+        if i < 0:
+            return 0.0
+        if i >= len(self._values):
+            return self._prefix[-1]
+        start = (self._first + i) * self._width
+        end = (
+            min(start + self._width, self._t) if i == len(self._values) - 1 else start + self._width
+        )
+        share = min(1.0, max(0.0, (t - start) / max(end - start, 1e-9)))
+        return self._prefix[i] + self._values[i] * share
+
+    def window(self, t: float, window_s: float) -> float:
+        """Our charges within the window ending at `t`."""
+        return max(0.0, self.until(t) - self.until(t - window_s))
+
+
 def _window(st: FilterState, t: float, window_s: float) -> float:
-    """Our charges within the window ending at `t` (a charge spread evenly in its slot)."""
-    return _between(st, t - window_s, t, window_s)
-
-
-def _between(st: FilterState, lo: float, hi: float, window_s: float) -> float:
-    """Our charges booked in (lo, hi]."""
-    width, keep = _ring(window_s)
-    if len(st.win) != keep:
-        return 0.0
-    total = 0.0
-    for j in range(st.win_slot - keep + 1, st.win_slot + 1):
-        start = j * width
-        end = min(start + width, st.t) if j == st.win_slot else start + width
-        span = max(end - start, 1e-9)
-        inside = min(end, hi) - max(start, lo)
-        if inside > 0:
-            total += st.win[j % keep] * min(1.0, inside / span)
-    return max(0.0, total)
+    """Our charges within the window ending at `t`."""
+    return _Booked(st, window_s).window(t, window_s)
 
 
 def _features(st: FilterState, t_obs: float, window_s: float) -> list[float]:
     """Each hypothesis's feature at the time an observation describes."""
     lagged = [_past(st, t_obs - d) for d in LAGS_S]
-    windows = [_window(st, t_obs - d, window_s) for d in LAGS_S]
+    booked = _Booked(st, window_s)
+    windows = [booked.window(t_obs - d, window_s) for d in LAGS_S]
     return [*lagged, *st.ema, *windows]
 
 
@@ -507,7 +577,10 @@ def read(state: FilterState, now: float, window_s: float, p: FilterParams) -> Es
     sigma: float | None = None
     trusted = False
     ahead: float | None = None
-    growth = _ahead(st, now, window_s) - _window(st, now, window_s)
+
+    def growth() -> float:
+        return _ahead(st, now, window_s) - _window(st, now, window_s)
+
     if st.obs_at is not None and now - st.obs_at <= STALE_HEADER_S:
         # the header speaks for the deployment's level: the headerless inflow is not needed
         header, best, sigma, trusted = _header(st, now, window_s, p)
@@ -515,10 +588,10 @@ def read(state: FilterState, now: float, window_s: float, p: FilterParams) -> Es
         value = header if trusted else max(st.m, header)
         if not trusted and _window_plausible(st):
             # the meaning is not known yet and may be a window, where charges stay
-            ahead = value + growth
+            ahead = value + growth()
         elif best >= len(LAGS_S) + len(SMOOTHING_S):
             # a window meaning: as much higher as our window sum is going to get
-            ahead = header + st.hyps[best].k * growth
+            ahead = header + st.hyps[best].k * growth()
     elif st.obs_at is not None:  # a header that fell silent: shown, not counted
         header, best, sigma, _ = _header(st, now, window_s, p)
         name = HYPOTHESES[best]
@@ -527,7 +600,7 @@ def read(state: FilterState, now: float, window_s: float, p: FilterParams) -> Es
         # a token limit counts over a window, so it looks ahead the same way
         used = st.used + (st.q - st.used_q) * window_s / 60.0
         value = max(value, used)
-        ahead = max(ahead or 0.0, used + growth * window_s / 60.0)
+        ahead = max(ahead or 0.0, used + growth() * window_s / 60.0)
     held = max(0.0, st.hold_until - now)
     if held > 0:
         value = max(value, 1.0)
@@ -551,13 +624,13 @@ def _ahead(st: FilterState, now: float, window_s: float) -> float:
     control goes on, at `GROWTH` x its recent rate, while the oldest charges leave."""
     rate = GROWTH * max(st.free)
     width, _ = _ring(window_s)
-    current = _window(st, now, window_s)
+    booked = _Booked(st, window_s)
+    current = booked.window(now, window_s)
+    gone = booked.until(now - window_s)
     best = current
     for i in range(1, WINDOW_SLOTS + 1):
         h = i * width
-        best = max(
-            best, current - _between(st, now - window_s, now - window_s + h, window_s) + rate * h
-        )
+        best = max(best, current - (booked.until(now - window_s + h) - gone) + rate * h)
     return best
 
 

@@ -52,7 +52,6 @@ steps the same state with the charges alone: the open-loop model exactly.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -353,11 +352,11 @@ class EstimateStore:
 
 
 def _state(raw: str) -> FilterState | None:
-    return FilterState.from_json(json.loads(raw)) if raw else None
+    return FilterState.loads(raw) if raw else None
 
 
 def _dump(state: FilterState) -> str:
-    return json.dumps(state.to_json(), separators=(",", ":"))
+    return state.dumps()
 
 
 def _calibration(estimate: Estimate, state: FilterState, now: float) -> Calibration:
