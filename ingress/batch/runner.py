@@ -28,9 +28,10 @@ from redis.exceptions import RedisError
 from ingress.chat.proxy import Call, Proxy
 from ingress.chat.targets import Target
 from ingress.http.errors import ApiError
+from orchestrator.calls.signals import read_signals
 from orchestrator.core.errors import UpstreamError
 from orchestrator.core.results import ResultStore
-from orchestrator.core.retry import RetryPolicy, decide, parse_retry_after
+from orchestrator.core.retry import RetryPolicy, decide
 from orchestrator.core.schemas import QueuedRequest, ResultDocument, error_object
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
 from orchestrator.tenants.quota import QUOTA_STATUS, QuotaGate, quota_error
@@ -137,7 +138,7 @@ class BatchWork:
                 status, body = exc.status, {"error": {"code": exc.code, "message": exc.message}}
             else:
                 status, body = resp.status_code, _json(bytes(resp.body))
-                retry_after_s = parse_retry_after(resp.headers)
+                retry_after_s = read_signals(resp.headers).retry_after_s
             if 200 <= status < 300:
                 break
             failure = UpstreamError(

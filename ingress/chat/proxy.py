@@ -46,10 +46,9 @@ from ingress.http.errors import ApiError
 from ingress.metrics import IngressMetrics
 from orchestrator.breaker.machine import Outcome
 from orchestrator.breaker.shared import SharedBreaker
-from orchestrator.core.retry import parse_retry_after
+from orchestrator.calls.signals import Signals, read_signals
 from orchestrator.core.schemas import PRIORITY_LABEL_HEADER, Endpoint
 from orchestrator.telemetry.base import NOOP_CALL, OFF, LLMCall, Telemetry
-from orchestrator.utilisation.estimate.calibration import header_utilisation
 
 log = structlog.get_logger(__name__)
 
@@ -135,6 +134,8 @@ class _Answer:
     admitted: asyncio.Task[None] | None
     first: bytes = b""
     chunks: AsyncIterator[bytes] | None = None
+    signals: Signals | None = None
+    """What the response's headers said about the deployment (read once, in `_try`)."""
 
 
 def spill_reason(status: int) -> str | None:
@@ -231,7 +232,7 @@ class Proxy:
             await resp.aclose()
         usage = _usage_of(content) if resp.status_code < 300 else None
         if used.provisioned:
-            self.finished(answer.admitted, call, used, usage, resp)
+            self.finished(answer.admitted, call, used, usage, answer)
         self.ended(call, used, resp.status_code, started, ttfb, usage, _finish_reason(content))
         out = Response(content, status_code=resp.status_code)
         out.raw_headers.extend(passed_headers(resp.headers.raw))
@@ -244,31 +245,27 @@ class Proxy:
         call: Call,
         used: Target,
         usage: dict[str, Any] | None,
-        answer: httpx2.Response | None = None,
+        answer: _Answer | None = None,
     ) -> None:
         """Record the `complete` token event of a call to a provisioned deployment.
 
-        With the deployment's `answer`, the event carries its utilisation header and,
-        for a 429, its retry-after (the estimate calibrates itself on both).
+        With the deployment's `answer`, the event carries what its headers said (the
+        estimate calibrates itself on the utilisation header, a 429's retry-after, ...).
         """
         if not used.provisioned:
             return
-        utilisation = retry = None
-        if answer is not None:
-            utilisation = header_utilisation(answer.headers)
-            if answer.status_code == 429:
-                retry = 1000.0 * (parse_retry_after(answer.headers) or 0.0)
         self._events.complete(
             admitted, call.request_id, used.name, call.max_tokens, usage, call.tenant,
-            utilisation=utilisation, retry_after_ms=retry,
+            status_code=None if answer is None else answer.resp.status_code,
+            signals=None if answer is None else answer.signals,
         )  # fmt: skip
 
-    def observed(self, admitted: asyncio.Task[None] | None, call: Call, used: Target,
-                 answer: httpx2.Response) -> None:  # fmt: skip
-        """Record the utilisation a stream's headers reported at its first byte."""
-        utilisation = header_utilisation(answer.headers) if used.provisioned else None
-        if utilisation is not None:
-            self._events.observe(admitted, call.request_id, used.name, utilisation, call.tenant)
+    def observed(self, call: Call, answer: _Answer) -> None:
+        """Record what a stream's headers reported at its first byte."""
+        if answer.used.provisioned and answer.signals is not None:
+            self._events.observe(
+                answer.admitted, call.request_id, answer.used.name, answer.signals, call.tenant
+            )
 
     def ended(
         self,
@@ -347,7 +344,8 @@ class Proxy:
                 return failed.reason
             status = answer.resp.status_code
             reason = spill_reason(status)
-            wait_s = parse_retry_after(answer.resp.headers) if status == 429 else None
+            answer.signals = read_signals(answer.resp.headers)
+            wait_s = answer.signals.retry_after_s if status == 429 else None
             wait_ms = None if wait_s is None else wait_s * 1000.0
             if breaker is not None:
                 await breaker.record(
@@ -359,7 +357,7 @@ class Proxy:
                 self._metrics.throttled(target.name)
             if reason is None or last:
                 return answer
-            self.finished(admitted, call, target, None, answer.resp)
+            self.finished(admitted, call, target, None, answer)
             await answer.resp.aclose()
             if (
                 status == 429
@@ -483,7 +481,7 @@ class UpstreamStream(Response):
         self.raw_headers.append((b"content-type", b"text/event-stream"))
         self.raw_headers.extend(answered_by(call, answer.used))
         self._answer = answer
-        proxy.observed(answer.admitted, call, answer.used, upstream)
+        proxy.observed(call, answer)
         self._sse = sse
         self._call = call
         self._proxy = proxy

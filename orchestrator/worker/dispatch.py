@@ -26,6 +26,8 @@ import structlog
 from redis.exceptions import RedisError
 
 from orchestrator.breaker.machine import Outcome, Verdict
+from orchestrator.calls import bracket
+from orchestrator.calls.signals import error_signals
 from orchestrator.core import keys
 from orchestrator.core.errors import (
     PTUError,
@@ -373,11 +375,17 @@ class Dispatcher:
         budget = requested_max_tokens(message.body, self._config.default_max_tokens)
         if self._admission is not None:
             await self._admission.wait(prompt, budget)
-        await self._record(
-            event_id, message.tenant, "admit", prompt_tokens=prompt, max_tokens=budget
-        )
+        tenant = message.tenant
+        if self._tokens is not None:
+            await self._record(
+                bracket.admit(
+                    event_id, self.deployment, prompt_tokens=prompt, max_tokens=budget,
+                    tenant=tenant, now=self._clock(),
+                )
+            )  # fmt: skip
         started = self._clock()
-        status, answered, retry_after_ms = 0, False, None
+        status, answered = 0, False
+        failure: UpstreamError | None = None
         span = self._telemetry.llm_call(
             self.deployment,
             request_id=message.id,
@@ -400,19 +408,19 @@ class Dispatcher:
             status = 408
             raise UpstreamTimeout("no answer within the request timeout", status_code=408) from None
         except UpstreamError as err:
-            status = err.status_code
-            if isinstance(err, UpstreamThrottled):  # the estimate learns ">= 100 % for a while"
-                retry_after_ms = 1000.0 * (err.retry_after_s or 0.0)
+            status, failure = err.status_code, err
             raise
         finally:
             if not answered:
                 span.end(status or None, error=None if status else "interrupted")
                 # failed or cancelled: refund the admitted completion budget
-                await self._shielded(
-                    self._record(
-                        event_id, message.tenant, "complete", retry_after_ms=retry_after_ms
-                    )
-                )
+                if self._tokens is not None:
+                    refund = bracket.complete(
+                        event_id, self.deployment, tenant=tenant, now=self._clock(),
+                        status_code=status or None,
+                        signals=error_signals(failure) if failure is not None else None,
+                    )  # fmt: skip
+                    await self._shielded(self._record(refund))
                 if self._metrics is not None and status:
                     self._metrics.call(self.deployment, status, self._clock() - started)
         answered_at = self._clock()
@@ -423,19 +431,14 @@ class Dispatcher:
             response_model=_text(response.body.get("model")),
             response_id=_text(response.body.get("id")),
         )
-        prompt_actual, completion, cached = usage_counts(response.usage)
-        await self._shielded(
-            self._record(
-                event_id,
-                message.tenant,
-                "complete",
-                prompt_tokens=prompt_actual,
-                completion_tokens=completion,
-                cached_tokens=cached,
-                utilisation=response.utilisation_hint,
-                observed_at=answered_at,
-            )
-        )
+        prompt_actual, completion, _ = usage_counts(response.usage)
+        if self._tokens is not None:
+            done = bracket.complete(
+                event_id, self.deployment, tenant=tenant, now=self._clock(),
+                usage=response.usage, status_code=response.status_code,
+                signals=response.signals, observed_at=answered_at,
+            )  # fmt: skip
+            await self._shielded(self._record(done))
         latency = self._clock() - started
         if self._metrics is not None:
             self._metrics.call(self.deployment, response.status_code, latency)
@@ -556,38 +559,14 @@ class Dispatcher:
         except (RedisError, PTUError) as exc:
             log.warning("mark_in_progress_failed", error=repr(exc))
 
-    async def _record(
-        self,
-        event_id: str,
-        tenant: str,
-        phase: str,
-        *,
-        utilisation: float | None = None,
-        observed_at: float | None = None,
-        retry_after_ms: float | None = None,
-        **counts: int,
-    ) -> None:
+    async def _record(self, event: TokenEvent) -> None:
+        """Apply one token event to the estimate (logged, never raised: it is a hint)."""
         if self._tokens is None:
             return
-        now = self._clock()
-        event = TokenEvent(
-            request_id=event_id,
-            deployment=self.deployment,
-            phase="admit" if phase == "admit" else "complete",
-            timestamp=now,
-            prompt_tokens=counts.get("prompt_tokens", 0),
-            max_tokens=counts.get("max_tokens", 0),
-            completion_tokens=counts.get("completion_tokens", 0),
-            cached_tokens=counts.get("cached_tokens", 0),
-            utilisation=utilisation,
-            utilisation_age_s=max(0.0, now - observed_at) if observed_at is not None else 0.0,
-            retry_after_ms=retry_after_ms,
-            tenant=tenant,
-        )
         try:
             await self._tokens.record(event)
         except PTUError as exc:
-            log.warning("token_event_failed", phase=phase, error=repr(exc))
+            log.warning("token_event_failed", phase=event.phase, error=repr(exc))
 
     async def _count(self, status: str) -> None:
         """The deployment's result counters in Redis, which outlive any worker."""

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import openai
 import structlog
 from openai import omit
 
-from orchestrator.calls.signals import UTILISATION_HEADER, parse_utilisation
+from orchestrator.calls.signals import Signals, read_signals
 from orchestrator.core.entra import EntraTokens, default_entra_tokens
 from orchestrator.core.errors import (
     ConfigError,
@@ -33,7 +33,6 @@ from orchestrator.core.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from orchestrator.core.retry import parse_retry_after
 from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
 
 if TYPE_CHECKING:
@@ -61,8 +60,13 @@ class UpstreamResponse:
     body: dict[str, Any]
     status_code: int = 200
     request_id: str | None = None
-    utilisation_hint: float | None = None
-    """`azure-openai-deployment-utilization` as a fraction, when the service sent it."""
+    signals: Signals = field(default_factory=Signals)
+    """What the response's headers said about the deployment (`calls.signals`)."""
+
+    @property
+    def utilisation_hint(self) -> float | None:
+        """`azure-openai-deployment-utilization` as a fraction, when the service sent it."""
+        return self.signals.utilisation
 
     @property
     def usage(self) -> dict[str, Any] | None:
@@ -145,13 +149,19 @@ def map_error(exc: openai.OpenAIError) -> UpstreamError:
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         body = _error_body(exc.response)
+        signals = read_signals(exc.response.headers)
         if status == 429:
-            retry_after = parse_retry_after(exc.response.headers)
             return UpstreamThrottled(
-                "upstream throttled", status_code=429, body=body, retry_after_s=retry_after
+                "upstream throttled",
+                status_code=429,
+                body=body,
+                retry_after_s=signals.retry_after_s,
+                signals=signals,
             )
         if status == 408:
-            return UpstreamTimeout("upstream timed out", status_code=408, body=body)
+            return UpstreamTimeout(
+                "upstream timed out", status_code=408, body=body, signals=signals
+            )
         if status in MISCONFIGURED_STATUSES:
             inner = body.get("error")
             code = inner.get("code") if isinstance(inner, dict) else None
@@ -160,8 +170,11 @@ def map_error(exc: openai.OpenAIError) -> UpstreamError:
                 status_code=status,
                 body=body,
                 cause=f"HTTP {status} {code or ''}".strip(),
+                signals=signals,
             )
-        return UpstreamError(f"upstream answered {status}", status_code=status, body=body)
+        return UpstreamError(
+            f"upstream answered {status}", status_code=status, body=body, signals=signals
+        )
     if isinstance(exc, openai.APIConnectionError):
         return UpstreamUnreachable(
             "upstream unreachable",
@@ -297,5 +310,5 @@ def _answer(raw: Any) -> UpstreamResponse:
         body=data,
         status_code=raw.status_code,
         request_id=raw.headers.get("apim-request-id") or raw.headers.get("x-request-id"),
-        utilisation_hint=parse_utilisation(raw.headers.get(UTILISATION_HEADER)),
+        signals=read_signals(raw.headers),
     )

@@ -10,6 +10,7 @@ from typing import Any
 import fakeredis
 import redis.asyncio as aioredis
 
+from orchestrator.calls.signals import Signals
 from orchestrator.core import keys
 from orchestrator.core.errors import UpstreamError
 from orchestrator.core.results import ResultStore
@@ -82,7 +83,7 @@ class FakeUpstream:
                 raise outcome
             body_out = outcome or completion(request_id)
             return UpstreamResponse(
-                body=body_out, status_code=200, utilisation_hint=self.utilisation
+                body=body_out, status_code=200, signals=Signals(utilisation=self.utilisation)
             )
         finally:
             self.active -= 1
