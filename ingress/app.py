@@ -55,6 +55,7 @@ from ingress.metrics import IngressMetrics
 from ingress.queued.enqueue import Enqueuer
 from ingress.queued.requests import RequestsApi
 from orchestrator.breaker.shared import SharedBreaker, breaker_config
+from orchestrator.calls.attempts import Pacing
 from orchestrator.core import redis_client
 from orchestrator.core.incarnation import Incarnation, watch_incarnation
 from orchestrator.core.results import ResultStore
@@ -66,8 +67,8 @@ from orchestrator.telemetry.base import Telemetry
 from orchestrator.tenants.cached import CachedLedger
 from orchestrator.tenants.config import Tenancy
 from orchestrator.utilisation.base import TokenRecorder
-from orchestrator.utilisation.estimate.calibration import params_for
 from orchestrator.utilisation.estimate.store import EstimateStore
+from orchestrator.utilisation.factory import estimate_store
 
 log = structlog.get_logger(__name__)
 
@@ -143,14 +144,7 @@ def _parts(
         queues = {d.name: make_queue(settings, d.name, redis, consumer) for d in provisioned}
     estimate = None
     if token_sink is None and provisioned:
-        estimate = EstimateStore(
-            redis,
-            provisioned,
-            window_s=settings.estimate_window_s,
-            max_age_s=settings.estimate_max_age_s,
-            clock=clock,
-            calibration=params_for(settings.calibration),
-        )
+        estimate = estimate_store(settings, redis, provisioned, clock=clock)
         token_sink = estimate
     return _Parts(
         settings=settings,
@@ -230,7 +224,8 @@ def create_app(
     work = BatchWork(
         results, proxy, deployments, quota=ledger,
         query="?api-version=" + quote(settings.azure_openai_api_version),
-        concurrency=settings.max_concurrency, retry=settings.retry_policy(), clock=clock,
+        concurrency=settings.max_concurrency, retry=settings.retry_policy(),
+        pacing=Pacing(clock=clock),
     )  # fmt: skip
     file_routes = FileRoutes(files, tenants, deployments, validator)
     batches = BatchRoutes(

@@ -37,15 +37,14 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ingress.chat.accounting import Accounting
-from ingress.chat.accounting import Outcome as CallOutcome
 from ingress.chat.credentials import UpstreamAuth
 from ingress.chat.sse import SSEFilter
 from ingress.chat.targets import Target
 from ingress.chat.token_events import TokenEvents
 from ingress.http.errors import ApiError
 from ingress.metrics import IngressMetrics
-from orchestrator.breaker.machine import Outcome
 from orchestrator.breaker.shared import SharedBreaker
+from orchestrator.calls.outcome import NoAnswer, Outcome, breaker_verdict, finish_reason
 from orchestrator.calls.signals import Signals, read_signals
 from orchestrator.core.schemas import PRIORITY_LABEL_HEADER, Endpoint
 from orchestrator.telemetry.base import NOOP_CALL, OFF, LLMCall, Telemetry
@@ -119,9 +118,9 @@ def passed_headers(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
 class _Failed(Exception):
     """No response from a target: timed out (`timeout`) or not reachable (`connection`)."""
 
-    def __init__(self, reason: str, target: Target) -> None:
+    def __init__(self, reason: NoAnswer, target: Target) -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason: NoAnswer = reason
         self.target = target
 
 
@@ -233,7 +232,8 @@ class Proxy:
         usage = _usage_of(content) if resp.status_code < 300 else None
         if used.provisioned:
             self.finished(answer.admitted, call, used, usage, answer)
-        self.ended(call, used, resp.status_code, started, ttfb, usage, _finish_reason(content))
+        reason = _finish_reason(content) if call.endpoint != "responses" else _response_end(content)
+        self.ended(call, used, resp.status_code, started, ttfb, usage, reason)
         out = Response(content, status_code=resp.status_code)
         out.raw_headers.extend(passed_headers(resp.headers.raw))
         out.raw_headers.extend(answered_by(call, used))
@@ -282,7 +282,7 @@ class Proxy:
         if self._accounting is None:
             return
         self._accounting.finished(
-            CallOutcome(
+            Outcome(
                 request_id=call.request_id,
                 tenant=call.tenant,
                 deployment=call.target.name,
@@ -337,8 +337,7 @@ class Proxy:
             except _Failed as failed:
                 self.finished(admitted, call, target, None)
                 if breaker is not None:
-                    outcome: Outcome = "error" if failed.reason == "timeout" else "unreachable"
-                    await breaker.record(outcome, probe=probe)
+                    await breaker.record(breaker_verdict(None, failed.reason), probe=probe)
                 if last:
                     raise _api_error(failed) from failed
                 return failed.reason
@@ -349,7 +348,7 @@ class Proxy:
             wait_ms = None if wait_s is None else wait_s * 1000.0
             if breaker is not None:
                 await breaker.record(
-                    _outcome(reason),
+                    breaker_verdict(status),
                     retry_after_s=None if wait_ms is None else wait_ms / 1000.0,
                     probe=probe,
                 )
@@ -431,14 +430,6 @@ def answered_by(call: Call, used: Target) -> list[tuple[bytes, bytes]]:
     if used is not call.target:
         out.append((b"x-ptu-spillover", used.name.encode()))
     return out
-
-
-def _outcome(reason: str | None) -> Outcome:
-    if reason is None:
-        return "ok"
-    if reason == "429":
-        return "throttled"
-    return "unreachable" if reason == "auth" else "error"
 
 
 def _api_error(failed: _Failed) -> ApiError:
@@ -539,6 +530,15 @@ def _finish_reason(content: bytes) -> str | None:
     """The last `finish_reason` string in a completion or SSE chunk."""
     found = _FINISH_REASON.findall(content[-4096:]) if content else None
     return found[-1].decode() if found else None
+
+
+def _response_end(content: bytes) -> str | None:
+    """A response's (Responses API) finish reason: its incomplete reason, else its status."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return None
+    return finish_reason(body) if isinstance(body, dict) else None
 
 
 def _approximate_usage(call: Call, sse: SSEFilter) -> dict[str, Any]:
