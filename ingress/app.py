@@ -43,6 +43,7 @@ from ingress.chat.credentials import UpstreamAuth, deployment_auths, upstream_au
 from ingress.chat.limits import TenantLimits
 from ingress.chat.proxy import Proxy
 from ingress.chat.routes import ChatRoutes
+from ingress.chat.spillover import SpilloverPolicy
 from ingress.chat.targets import make_client, targets
 from ingress.chat.token_events import TokenEvents
 from ingress.http import errors, limits
@@ -203,7 +204,7 @@ def create_app(
     }  # fmt: skip
     proxy = Proxy(
         parts.http, parts.upstream, parts.events, metrics,
-        spillover_wait_ms=settings.spillover_wait_ms, breakers=breakers, accounting=accounting,
+        policy=SpilloverPolicy(settings.spillover_wait_ms, breakers), accounting=accounting,
         telemetry=tracer,
     )  # fmt: skip
     incarnation = Incarnation(parts.redis, on_loss=metrics.redis_data_lost.inc, clock=clock)

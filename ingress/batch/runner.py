@@ -24,7 +24,8 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError
 
-from ingress.chat.proxy import Call, Proxy
+from ingress.chat.call import Call
+from ingress.chat.proxy import Proxy
 from ingress.chat.targets import Target
 from ingress.http.errors import ApiError
 from orchestrator.calls.attempts import Pacing, Ungated, run_attempts
@@ -33,6 +34,7 @@ from orchestrator.calls.signals import read_signals
 from orchestrator.core.results import ResultStore
 from orchestrator.core.retry import RetryPolicy
 from orchestrator.core.schemas import QueuedRequest, ResultDocument
+from orchestrator.core.tasks import TaskSet
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
 from orchestrator.tenants.quota import QUOTA_STATUS, QuotaGate, quota_error
 
@@ -62,7 +64,7 @@ class BatchWork:
         self._retry = retry
         self._quota = quota
         self._pacing = pacing or Pacing()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     def spawn(self, coro: Awaitable[Any], name: str) -> None:
         """Run `coro` in the background, logging a failure."""
@@ -73,9 +75,7 @@ class BatchWork:
             except (RedisError, ApiError) as exc:
                 log.error("batch_task_failed", task=name, error=repr(exc))
 
-        task = asyncio.ensure_future(guarded())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(guarded())
 
     async def run_high(self, reqs: AsyncIterator[QueuedRequest]) -> None:
         """Call the deployment for every line now, `concurrency` at a time, reading the
@@ -151,9 +151,7 @@ class BatchWork:
 
     async def stop(self) -> None:
         """Cancel the background work (shutdown); unfinished lines stay queued-state."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
 
     def __repr__(self) -> str:
         return f"<BatchWork tasks={len(self._tasks)} concurrency={self._concurrency}>"

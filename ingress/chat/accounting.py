@@ -10,15 +10,12 @@ never waits on Redis.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from typing import Any
-
 import structlog
 from redis.exceptions import RedisError
 
 from ingress.metrics import IngressMetrics
 from orchestrator.calls.outcome import Outcome
+from orchestrator.core.tasks import TaskSet
 from orchestrator.core.tokens import usage_counts
 from orchestrator.tenants.ledger import Usage, UsageLedger
 
@@ -31,7 +28,7 @@ class Accounting:
     def __init__(self, metrics: IngressMetrics, ledger: UsageLedger | None) -> None:
         self._metrics = metrics
         self._ledger = ledger
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     def finished(self, outcome: Outcome) -> None:
         """Record one request's end (synchronous; the ledger write is scheduled)."""
@@ -43,20 +40,14 @@ class Accounting:
             use = Usage(outcome.tenant, used, outcome.priority, prompt, cached, completion)
             tenants.used(use)
             if self._ledger is not None:
-                self._spawn(self._record(use))
+                self._tasks.spawn(self._record(use))
         if outcome.ttfb_s is not None:
             self._metrics.high_latency(used, outcome.ttfb_s, outcome.latency_s)
         outcome.log_access()
 
     async def drain(self) -> None:
         """Wait for pending ledger writes (at shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self._tasks.drain()
 
     async def _record(self, use: Usage) -> None:
         assert self._ledger is not None

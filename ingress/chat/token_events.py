@@ -19,6 +19,7 @@ import structlog
 from orchestrator.calls import bracket
 from orchestrator.calls.signals import Signals
 from orchestrator.core.schemas import TokenEvent
+from orchestrator.core.tasks import TaskSet
 from orchestrator.utilisation.base import TokenRecorder
 
 log = structlog.get_logger(__name__)
@@ -32,7 +33,7 @@ class TokenEvents:
     ) -> None:
         self._sink = sink
         self._clock = clock
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     @property
     def enabled(self) -> bool:
@@ -54,7 +55,7 @@ class TokenEvents:
             request_id, deployment, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
             tenant=tenant, now=self._clock(),
         )  # fmt: skip
-        return self._spawn(self._record(event, None))
+        return self._tasks.spawn(self._record(event, None))
 
     def complete(
         self,
@@ -79,7 +80,7 @@ class TokenEvents:
             request_id, deployment, tenant=tenant, now=self._clock(), usage=usage,
             max_tokens=max_tokens, status_code=status_code, signals=signals,
         )  # fmt: skip
-        self._spawn(self._record(event, admitted))
+        self._tasks.spawn(self._record(event, admitted))
 
     def observe(
         self,
@@ -96,18 +97,11 @@ class TokenEvents:
             request_id, deployment, tenant=tenant, now=self._clock(), signals=signals
         )
         if event is not None:
-            self._spawn(self._record(event, admitted))
+            self._tasks.spawn(self._record(event, admitted))
 
     async def drain(self) -> None:
         """Wait for the pending events (at shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        await self._tasks.drain()
 
     async def _record(self, event: TokenEvent, after: asyncio.Task[None] | None) -> None:
         if after is not None and not after.done():

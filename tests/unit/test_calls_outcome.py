@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 from ingress.chat.credentials import ApiKeyAuth
 from ingress.chat.proxy import Proxy
+from ingress.chat.spillover import SpilloverPolicy
 from ingress.chat.token_events import TokenEvents
 from ingress.metrics import IngressMetrics
 from orchestrator.calls.outcome import (
@@ -170,8 +171,8 @@ async def test_a_404_is_unreachable_for_the_ingress_breaker() -> None:
     client = httpx2.AsyncClient(transport=httpx2.MockTransport(lambda r: _answer(404)))
     breaker = _Breaker()
     proxy = Proxy(
-        client, ApiKeyAuth("key"), TokenEvents(Sink()), IngressMetrics(), spillover_wait_ms=0,
-        breakers={PTU_ALONE.name: breaker},  # type: ignore[dict-item]
+        client, ApiKeyAuth("key"), TokenEvents(Sink()), IngressMetrics(),
+        policy=SpilloverPolicy(breakers={PTU_ALONE.name: breaker}),  # type: ignore[dict-item]
     )  # fmt: skip
     resp = await proxy.forward(_call(PTU_ALONE))
     assert resp.status_code == 404
