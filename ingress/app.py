@@ -29,7 +29,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ingress.batch.files import FileRoutes, Files
+from ingress.batch.file_routes import FileRoutes
+from ingress.batch.files import Files
 from ingress.batch.filestore.factory import make_file_store
 from ingress.batch.job import warm as job_warm
 from ingress.batch.jobs import BatchJobs
@@ -56,10 +57,10 @@ from ingress.metrics import IngressMetrics
 from ingress.queued.enqueue import Enqueuer
 from ingress.queued.requests import RequestsApi
 from orchestrator.breaker.shared import SharedBreaker, breaker_config
-from orchestrator.calls.attempts import Pacing
 from orchestrator.core import redis_client
 from orchestrator.core.incarnation import Incarnation, watch_incarnation
 from orchestrator.core.results import ResultStore
+from orchestrator.core.runtime import Pacing
 from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue
@@ -69,7 +70,7 @@ from orchestrator.tenants.cached import CachedLedger
 from orchestrator.tenants.config import Tenancy
 from orchestrator.utilisation.base import TokenRecorder
 from orchestrator.utilisation.estimate.store import EstimateStore
-from orchestrator.utilisation.factory import estimate_store
+from orchestrator.utilisation.store_factory import estimate_store
 
 log = structlog.get_logger(__name__)
 

@@ -27,9 +27,10 @@ from openai.types import Batch
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ingress.batch.files import Files, after_param, limit_param, page
+from ingress.batch.files import Files
 from ingress.batch.jobs import BatchJobs
 from ingress.batch.lines import line_request, requests_from
+from ingress.batch.paging import after_param, limit_param, page
 from ingress.batch.runner import BatchWork
 from ingress.batch.store import BatchStore, batch_object
 from ingress.chat.limits import TenantLimits

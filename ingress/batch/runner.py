@@ -28,11 +28,12 @@ from ingress.chat.call import Call
 from ingress.chat.proxy import Proxy
 from ingress.chat.targets import Target
 from ingress.http.errors import ApiError
-from orchestrator.calls.attempts import Pacing, Ungated, run_attempts
+from orchestrator.calls.attempts import Ungated, run_attempts
 from orchestrator.calls.outcome import UpstreamResponse, settlement, upstream_error
 from orchestrator.calls.signals import read_signals
 from orchestrator.core.results import ResultStore
 from orchestrator.core.retry import RetryPolicy
+from orchestrator.core.runtime import Pacing
 from orchestrator.core.schemas import QueuedRequest, ResultDocument
 from orchestrator.core.tasks import TaskSet
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens

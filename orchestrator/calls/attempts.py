@@ -18,15 +18,13 @@ not count as an attempt. Clock and random draw are injected; sleeping is the gat
 
 from __future__ import annotations
 
-import asyncio
-import random
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
 
 from orchestrator.core.errors import UpstreamError
 from orchestrator.core.retry import Decision, RetryPolicy, decide
+from orchestrator.core.runtime import Pacing
 
 _R = TypeVar("_R")
 
@@ -34,15 +32,6 @@ Permit = Literal["call", "probe", "stop", "late"]
 """A gate's answer: call (`probe`: as the breaker's half-open probe), or give up because
 the process is stopping (`stop`) or the deadline passed while waiting (`late`)."""
 Ending = Literal["answered", "failed", "expired", "stopped"]
-
-
-@dataclass(frozen=True, slots=True)
-class Pacing:
-    """Time and chance as a component sees them: injected, so tests drive them."""
-
-    clock: Callable[[], float] = time.time
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    rand: Callable[[], float] = field(default_factory=lambda: random.Random().random)
 
 
 class Gate(Protocol):

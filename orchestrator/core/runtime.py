@@ -4,13 +4,25 @@ periodic work runs through `every`."""
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 import structlog
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """Time and chance as a component sees them: injected, so tests drive them."""
+
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    rand: Callable[[], float] = field(default_factory=lambda: random.Random().random)
 
 
 def run_until_signal(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:

@@ -21,7 +21,7 @@ from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
 from orchestrator.estimator.redis_stream import Estimator
 from orchestrator.utilisation.estimate.store import EstimateStore
-from orchestrator.utilisation.factory import estimate_store
+from orchestrator.utilisation.store_factory import estimate_store
 
 if TYPE_CHECKING:
     from orchestrator.estimator.eventhubs import EventHubsEstimator

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
@@ -11,42 +10,12 @@ import structlog
 from orchestrator.core.errors import ConfigError, MissingDependencyError
 from orchestrator.core.settings import Settings
 from orchestrator.utilisation.base import UtilisationSource
-from orchestrator.utilisation.estimate.calibration import params_for
+from orchestrator.utilisation.store_factory import estimate_store
 
 log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-
-    from orchestrator.core.settings import DeploymentConfig
     from orchestrator.utilisation.azure_monitor import AzureMonitorSource
-    from orchestrator.utilisation.estimate.store import EstimateStore
-
-
-def estimate_store(
-    settings: Settings,
-    redis: aioredis.Redis,
-    deployments: Sequence[DeploymentConfig] | None = None,
-    *,
-    low_priority: bool = False,
-    clock: Callable[[], float] | None = None,
-) -> EstimateStore:
-    """The Redis estimate of `deployments` (default: all), as `PTU_ESTIMATE_*` and
-    `PTU_CALIBRATION` configure it: the one place every process builds it from settings.
-
-    `low_priority`: the recorder of the worker's own (low-priority) calls.
-    """
-    from orchestrator.utilisation.estimate.store import EstimateStore
-
-    return EstimateStore(
-        redis,
-        settings.deployments if deployments is None else deployments,
-        window_s=settings.estimate_window_s,
-        max_age_s=settings.estimate_max_age_s,
-        calibration=params_for(settings.calibration),
-        low_priority=low_priority,
-        clock=clock or time.time,
-    )
 
 
 def make_source(settings: Settings, redis: aioredis.Redis) -> UtilisationSource:

@@ -33,7 +33,8 @@ from orchestrator.tenants.ledger import UsageLedger
 from orchestrator.throttle.admission import Admission
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.base import UtilisationSource
-from orchestrator.utilisation.factory import estimate_store, make_source
+from orchestrator.utilisation.factory import make_source
+from orchestrator.utilisation.store_factory import estimate_store
 from orchestrator.worker.accounting import WorkerAccounting
 from orchestrator.worker.dispatch import DispatchConfig, Dispatcher, Gates, Reporting
 from orchestrator.worker.loop import Lane, Worker, WorkerTiming

@@ -6,11 +6,12 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from orchestrator.calls.attempts import Pacing, Permit, Ungated, run_attempts
+from orchestrator.calls.attempts import Permit, Ungated, run_attempts
 from orchestrator.calls.outcome import upstream_error
 from orchestrator.calls.signals import Signals
 from orchestrator.core.errors import UpstreamError
 from orchestrator.core.retry import Decision, RetryPolicy
+from orchestrator.core.runtime import Pacing
 from tests.support.clock import FakeClock
 
 POLICY = RetryPolicy(max_attempts=3, base_s=1.0, max_s=20.0)

@@ -10,13 +10,13 @@ from typing import Any
 import fakeredis
 import redis.asyncio as aioredis
 
-from orchestrator.calls.attempts import Pacing
 from orchestrator.calls.outcome import UpstreamResponse
 from orchestrator.calls.signals import Signals
 from orchestrator.core import keys
 from orchestrator.core.errors import UpstreamError
 from orchestrator.core.results import ResultStore
 from orchestrator.core.retry import RetryPolicy
+from orchestrator.core.runtime import Pacing
 from orchestrator.core.schemas import QueuedRequest, TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.queues.memory import InMemoryQueue

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from orchestrator.calls import bracket
-from orchestrator.calls.attempts import Pacing
 from orchestrator.calls.outcome import UpstreamResponse
 from orchestrator.calls.signals import error_signals
 from orchestrator.core.errors import PTUError, UpstreamError, UpstreamTimeout
+from orchestrator.core.runtime import Pacing
 from orchestrator.core.schemas import QueuedRequest, TokenEvent
 from orchestrator.core.tasks import TaskSet
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens, usage_counts

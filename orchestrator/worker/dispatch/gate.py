@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from orchestrator.calls.attempts import Pacing, Permit
+from orchestrator.calls.attempts import Permit
 from orchestrator.calls.outcome import error_verdict
 from orchestrator.core.errors import UpstreamError, UpstreamThrottled, UpstreamUnreachable
 from orchestrator.core.retry import Decision
-from orchestrator.core.runtime import pause
+from orchestrator.core.runtime import Pacing, pause
 from orchestrator.worker.dispatch.slots import SlotHolder
 
 if TYPE_CHECKING:

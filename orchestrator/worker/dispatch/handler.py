@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from orchestrator.calls.attempts import Pacing, run_attempts
+from orchestrator.calls.attempts import run_attempts
 from orchestrator.calls.outcome import settlement
+from orchestrator.core.runtime import Pacing
 from orchestrator.core.schemas import ResultDocument, ResultStatus
 from orchestrator.queues.base import Delivery
 from orchestrator.tenants.quota import QUOTA_STATUS, quota_error
