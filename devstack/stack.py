@@ -26,7 +26,7 @@ import httpx2
 import redis
 import structlog
 
-from bench.harness.embedded_redis import EmbeddedRedis
+from devstack.embedded_redis import EmbeddedRedis
 from orchestrator.core import keys
 from orchestrator.core.errors import PTUError
 from orchestrator.core.serving import free_port

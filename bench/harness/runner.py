@@ -13,7 +13,6 @@ import redis
 import structlog
 
 from bench.harness.sampler import Sampler
-from bench.harness.stack import API_KEY, Stack
 from bench.harness.traffic import (
     Clock,
     chat_url,
@@ -26,6 +25,7 @@ from bench.harness.traffic import (
 from bench.harness.workload import PlannedCall
 from bench.report.metrics import PolicyRun
 from bench.report.views import worker_view
+from devstack.stack import API_KEY, Stack
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bench.harness.stack import API_KEY, Stack
+from devstack.stack import API_KEY, Stack
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.utilisation.base import Reading, UtilisationSource

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from bench.harness.sampler import Sample, parse_state
-from bench.harness.stack import SimulatorOptions
 from bench.report.metrics import background_counts, estimate_error
 from bench.scenarios.realities import (
     DEFAULT_REALITIES,
@@ -17,6 +16,7 @@ from bench.scenarios.realities import (
     simulator_options,
     simulator_patch,
 )
+from devstack.stack import SimulatorOptions
 from orchestrator.core.errors import ConfigError
 
 
