@@ -12,37 +12,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from orchestrator.core import redis_replies
+from orchestrator.core import keys, redis_replies
 from orchestrator.core.runtime import every
 
 log = structlog.get_logger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class StreamConsumer:
+    """One consumer of one deployment's stream, as its liveness and its reclaim see it."""
+
+    redis: aioredis.Redis
+    stream: str
+    group: str
+    name: str
+    deployment: str
+
+    @property
+    def alive_key(self) -> str:
+        """The consumer's liveness key (`keys.consumer_alive`)."""
+        return keys.consumer_alive(self.deployment, self.name)
+
+
 class Liveness:
     """The liveness key and in-flight refresh of one consumer of one stream."""
 
-    def __init__(
-        self,
-        redis: aioredis.Redis,
-        stream: str,
-        group: str,
-        consumer: str,
-        alive_key: str,
-        *,
-        liveness_s: float,
-        claim_idle_s: float,
-    ) -> None:
-        self._redis = redis
-        self._stream = stream
-        self._group = group
-        self._consumer = consumer
-        self.alive_key = alive_key
+    def __init__(self, consumer: StreamConsumer, *, liveness_s: float, claim_idle_s: float) -> None:
+        self._redis = consumer.redis
+        self._stream = consumer.stream
+        self._group = consumer.group
+        self._consumer = consumer.name
+        self.alive_key = consumer.alive_key
         self._liveness_s = liveness_s
         self._claim_idle_s = claim_idle_s
         self.in_flight: set[str] = set()

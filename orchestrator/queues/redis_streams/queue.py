@@ -32,7 +32,7 @@ from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues import dead_letter
 from orchestrator.queues.base import Delivery, read_delivery
-from orchestrator.queues.redis_streams.liveness import Liveness
+from orchestrator.queues.redis_streams.liveness import Liveness, StreamConsumer
 from orchestrator.queues.redis_streams.reclaim import RELEASED, Reclaim
 
 log = structlog.get_logger(__name__)
@@ -88,9 +88,10 @@ class RedisStreamsQueue:
         alive_key = keys.consumer_alive(deployment, consumer)
         if not keys.same_slot(self.stream, self.dead_letter_stream, alive_key):
             raise ValueError(f"stream {self.stream!r} is not in deployment {deployment!r}'s slot")
+        member = StreamConsumer(redis, self.stream, group, consumer, deployment)
         timing = {"liveness_s": liveness_s, "claim_idle_s": claim_idle_s}
-        self._liveness = Liveness(redis, self.stream, group, consumer, alive_key, **timing)
-        self._reclaim = Reclaim(redis, self.stream, group, consumer, deployment, **timing)
+        self._liveness = Liveness(member, **timing)
+        self._reclaim = Reclaim(member, **timing)
         self._put_once = redis.register_script(_PUT_ONCE)
         self._group_ready = False
         self._closed = False

@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
 
 from orchestrator.core import keys, redis_replies
+from orchestrator.queues.redis_streams.liveness import StreamConsumer
 
 log = structlog.get_logger(__name__)
 
@@ -49,22 +49,12 @@ Claimed = tuple[list[redis_replies.Entry], dict[str, int]]
 class Reclaim:
     """Finds entries of dead (or released, or stalled) consumers for one consumer."""
 
-    def __init__(
-        self,
-        redis: aioredis.Redis,
-        stream: str,
-        group: str,
-        consumer: str,
-        deployment: str,
-        *,
-        liveness_s: float,
-        claim_idle_s: float,
-    ) -> None:
-        self._redis = redis
-        self._stream = stream
-        self._group = group
-        self._consumer = consumer
-        self._deployment = deployment
+    def __init__(self, consumer: StreamConsumer, *, liveness_s: float, claim_idle_s: float) -> None:
+        redis = self._redis = consumer.redis
+        self._stream = consumer.stream
+        self._group = consumer.group
+        self._consumer = consumer.name
+        self._deployment = consumer.deployment
         self._liveness_s = liveness_s
         self._claim_idle_s = claim_idle_s
         self._take_over = redis.register_script(_TAKE_OVER)
