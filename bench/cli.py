@@ -16,10 +16,14 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     ),
     "robustness": (
         "bench.scenarios.robustness",
-        "the mixed workload under deployments that disagree with our model, calibration off/on",
+        "the mixed workload under realities that disagree with our model: off, auto, oracle",
     ),
     "throttle-curve": ("bench.scenarios.throttle_curve", "low-priority concurrency vs utilisation"),
     "fairness": ("bench.scenarios.fairness", "one tenant's big batch beside another's small one"),
+    "foreign": (
+        "bench.scenarios.foreign",
+        "the product against an upstream we did not write (already running at --upstream)",
+    ),
     "batch-scale": (
         "bench.scenarios.batch_scale",
         "a 100,000-line ~200 MB batch beside interactive traffic",

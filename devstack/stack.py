@@ -56,6 +56,12 @@ class SimulatorOptions:
     utilisation_model: str = "bucket"
     utilisation_header: str = "exact"
     background_share: float = 0.0
+    header_lag_s: float | None = None
+    """`--header-lag-s` (with the `lagged` header); None: the simulator's default."""
+    header_smoothing_s: float | None = None
+    """`--header-smoothing-s` (with the `smoothed` header); None: the simulator's default."""
+    background_profile: str | None = None
+    """`--background-profile` (`square:LOW,HIGH,HALF_PERIOD_S`); None: a steady share."""
     api_key: str = API_KEY
     """The key the simulator requires (and the orchestrator presents)."""
     specs: tuple[str, ...] = ()
@@ -75,10 +81,22 @@ class SimulatorOptions:
             "--seed", str(self.seed),
             "--utilisation-model", self.utilisation_model,
             "--utilisation-header", self.utilisation_header,
-            "--background-share", f"{self.background_share:g}",
             "--api-key", self.api_key,
             "--log-level", "warning",
         ]  # fmt: skip
+        optional = (
+            # the bypass traffic follows a profile or a steady share, never both
+            (
+                "--background-share",
+                self.background_share if self.background_profile is None else None,
+            ),
+            ("--header-lag-s", self.header_lag_s),
+            ("--header-smoothing-s", self.header_smoothing_s),
+            ("--background-profile", self.background_profile),
+        )
+        for flag, value in optional:  # left out when unset: the simulator's defaults
+            if value is not None:
+                args += [flag, value if isinstance(value, str) else f"{value:g}"]
         if self.https:
             args += ["--https", "--tls-dir", str(tls_dir)]
         return args
@@ -182,6 +200,21 @@ class Stack:
         self._wait_http("simulator", f"{self.sim_url}/sim/state", tls=self.sim.https)
         return self.sim_url
 
+    def use_upstream(self, url: str) -> None:
+        """Send the orchestrator and the direct batch to an upstream this stack does not run.
+
+        Such an upstream (another simulator, a gateway) answers only the data plane: the
+        harness neither resets it nor reads its true level (`simulated` is False).
+        """
+        if "simulator" in self.children:
+            raise PTUError("the stack already runs a simulator")
+        self.sim_url = url.rstrip("/")
+
+    @property
+    def simulated(self) -> bool:
+        """Whether the upstream is the `ptu simulator` this stack runs (it answers /sim/*)."""
+        return "simulator" in self.children
+
     def start_ingress(self, env: Mapping[str, str], name: str = "ingress") -> str:
         """Start `ptu ingress` with the given PTU_* settings and wait for /healthz; its URL.
 
@@ -223,11 +256,14 @@ class Stack:
         workers: int,
         timeout_s: float = 60.0,
         port: int | None = None,
+        worker_module: str = "orchestrator",
     ) -> str:
         """Start the ingress (on a free port unless given), the estimator and `workers` workers.
 
         All are spawned before any is waited for: each process spends seconds importing,
         and on a loaded machine starting them one after the other costs that many times over.
+        `worker_module` is what `python -m` runs as the worker (`orchestrator`: `ptu worker`;
+        a benchmark may run its own wiring of the same worker).
         """
         port = port or free_port()
         self.ingress_url = f"http://127.0.0.1:{port}"
@@ -238,7 +274,12 @@ class Stack:
                 self._spawn("estimator", ["estimator"], env)
             names = [f"worker-{i}" for i in range(workers)]
             for name in names:
-                self._spawn(name, ["worker"], env)
+                self._spawn(
+                    name,
+                    ["worker"] if worker_module == "orchestrator" else [],
+                    env,
+                    module=worker_module,
+                )
             self._wait_http("ingress", f"{self.ingress_url}/healthz", timeout_s=timeout_s)
             deadline = time.monotonic() + timeout_s
             while len(set(client.hkeys(keys.WORKERS)) - before) < workers:
@@ -249,6 +290,12 @@ class Stack:
         if estimator:
             self._settle("estimator")
         return self.ingress_url
+
+    def start_module(self, name: str, module: str, args: list[str], ready_url: str) -> None:
+        """Start `python -m module args` (a benchmark's own helper); wait until `ready_url`
+        answers below 500."""
+        self._spawn(name, args, {}, module=module)
+        self._wait_http(name, ready_url)
 
     def start_estimator(self, env: Mapping[str, str]) -> None:
         """Start `ptu estimator`."""
@@ -261,7 +308,7 @@ class Stack:
             "PTU_REDIS_URL": self.redis_url,
             "PTU_DEPLOYMENTS": self.sim.deployments_json(),
             "PTU_AZURE_OPENAI_ENDPOINT": self.sim_url,
-            "PTU_AZURE_OPENAI_API_KEY": API_KEY,
+            "PTU_AZURE_OPENAI_API_KEY": self.sim.api_key,
             "PTU_ESTIMATE_WINDOW_S": f"{self.sim.window_s:g}",
             "PTU_LOG_LEVEL": "warning",
             "PTU_DRAIN_TIMEOUT_S": "2",
@@ -294,7 +341,9 @@ class Stack:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _spawn(self, name: str, verb_args: list[str], env: Mapping[str, str]) -> Child:
+    def _spawn(
+        self, name: str, verb_args: list[str], env: Mapping[str, str], module: str = "orchestrator"
+    ) -> Child:
         if name in self.children:
             raise PTUError(f"{name} is already running")
         log_path = self.workdir / "logs" / f"{name}.log"
@@ -307,7 +356,7 @@ class Stack:
             child_env["SSL_CERT_FILE"] = str(self.ca_file)
         with log_path.open("ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", *verb_args],
+                [sys.executable, "-m", module, *verb_args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

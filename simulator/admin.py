@@ -13,6 +13,8 @@ from starlette.routing import Route
 
 from simulator.monitor.recorder import MetricsRecorder
 from simulator.openai.deployments import Deployment
+from simulator.openai.patch import SPILLOVER
+from simulator.openai.spillover import target_problem
 
 log = structlog.get_logger(__name__)
 
@@ -24,6 +26,21 @@ def snapshot(deployments: Mapping[str, Deployment], now: float) -> dict[str, Any
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": str(status), "message": message}}, status_code=status)
+
+
+def _changes(raw: bytes, deployments: Mapping[str, Deployment]) -> dict[str, Any]:
+    """The PATCH body as an object, its `spillover` naming a standard deployment if any."""
+    try:
+        changes = json.loads(raw or b"{}")
+    except ValueError:
+        raise ValueError("body is not valid JSON") from None
+    if not isinstance(changes, dict):
+        raise ValueError("body must be a JSON object")
+    target = changes.get(SPILLOVER)
+    kinds = {n: d.spec.kind for n, d in deployments.items()}
+    if isinstance(target, str) and target_problem(target, kinds) is not None:
+        raise ValueError(f"{SPILLOVER} must name a standard deployment of this simulator")
+    return changes
 
 
 def admin_routes(
@@ -50,14 +67,9 @@ def admin_routes(
         deployment = deployments.get(name)
         if deployment is None:
             return _error(404, f"unknown deployment {name!r}")
-        try:
-            changes = json.loads(await request.body() or b"{}")
-        except ValueError:
-            return _error(400, "body is not valid JSON")
-        if not isinstance(changes, dict):
-            return _error(400, "body must be a JSON object")
         now = clock()
         try:
+            changes = _changes(await request.body(), deployments)
             deployment.patch(now, changes)
         except ValueError as exc:
             return _error(400, str(exc))

@@ -22,7 +22,7 @@ from simulator.admin import admin_routes
 from simulator.config import SimConfig
 from simulator.monitor.recorder import MetricsRecorder
 from simulator.monitor.routes import monitor_routes
-from simulator.openai import chat, tokens
+from simulator.openai import chat, spillover, streaming, tokens
 from simulator.openai.bucket import retry_after_ms, retry_after_s
 from simulator.openai.calls import (
     RESPONSES,
@@ -66,7 +66,9 @@ class Simulator:
                 now=now,
                 utilisation_model=config.utilisation_model,
                 utilisation_header=config.utilisation_header,
-                background_share=config.background_share,
+                header_lag_s=config.header_lag_s,
+                header_smoothing_s=config.header_smoothing_s,
+                background_share=config.background,
                 noise_rng=random.Random(f"{config.seed}:{spec.name}:header"),
             )
             for spec in config.deployments
@@ -118,9 +120,8 @@ class Simulator:
         if deployment is None:
             return _json(404, chat.error_body("DeploymentNotFound", chat.MSG_404), {})
         try:
-            call = parse_call(
-                request, body if body is not None else parse_body(raw), self.config.seed
-            )
+            body = body if body is not None else parse_body(raw)
+            call = parse_call(request, body, self.config.seed, model=deployment.spec.model)
         except ChatError as exc:
             self.recorder.add_request(self.clock(), deployment.name, exc.status)
             return _json(exc.status, exc.body, self.headers(deployment, None))
@@ -138,13 +139,24 @@ class Simulator:
         if deployment is None:
             return _json(404, chat.error_body("DeploymentNotFound", chat.MSG_404), {})
         try:
-            call = parse_call(request, body, self.config.seed, RESPONSES)
+            call = parse_call(
+                request, body, self.config.seed, RESPONSES, model=deployment.spec.model
+            )
         except ChatError as exc:
             self.recorder.add_request(self.clock(), deployment.name, exc.status)
             return _json(exc.status, exc.body, self.headers(deployment, None))
         return await self._serve(request, deployment, call)
 
     async def _serve(self, request: Request, deployment: Deployment, call: ChatCall) -> Response:
+        decision = self._admit(deployment, call)
+        if decision.status in spillover.TRIGGERS and deployment.meter is not None:
+            requested = request.headers.get(spillover.SPILLOVER_REQUEST_HEADER)
+            target = spillover.choose_target(deployment.spillover, requested)
+            if target is not None:
+                return await self._spill(request, deployment, decision, call, target)
+        return await self._answer(request, deployment, decision, call)
+
+    def _admit(self, deployment: Deployment, call: ChatCall) -> Decision:
         now = self.clock()
         decision = deployment.admit(
             now,
@@ -153,24 +165,54 @@ class Simulator:
             priority=call.priority,
         )
         self.recorder.add_request(now, deployment.name, decision.status)
+        return decision
+
+    async def _spill(
+        self, request: Request, ptu: Deployment, refused: Decision, call: ChatCall, target: str
+    ) -> Response:
+        """Serve a refused call from the spillover target, else answer the refusal."""
+        kinds = {name: d.spec.kind for name, d in self.deployments.items()}
+        problem = spillover.target_problem(target, kinds)
+        if problem is None:
+            standard = self.deployments[target]
+            decision = self._admit(standard, call)
+            if decision.status == 200 and decision.ticket is not None:
+                ptu.spilled(call.priority, refused.status)
+                standard.served_spillover()
+                spilled = {spillover.SPILLED_FROM_HEADER: ptu.name}
+                return await self._answer(request, standard, decision, call, spilled)
+            problem = str(decision.status)
+        ptu.spillover_failed()
+        failed = {spillover.SPILLOVER_ERROR_HEADER: problem}
+        return await self._answer(request, ptu, refused, call, failed)
+
+    async def _answer(
+        self,
+        request: Request,
+        deployment: Deployment,
+        decision: Decision,
+        call: ChatCall,
+        extra: dict[str, str] | None = None,
+    ) -> Response:
+        """The deployment's answer to a decided call; `extra` headers are added to it."""
         if decision.status == 429:
-            return self._throttled(request, deployment, decision)
+            return self._throttled(request, deployment, decision, extra or {})
         if decision.status != 200 or decision.ticket is None:
-            return await self._fault(deployment, decision)
+            return await self._fault(deployment, decision, extra or {})
         if call.stream:
-            return self._stream(deployment, decision, call)
+            headers = {**self.headers(deployment, decision), **(extra or {})}
+            return self._stream(deployment, decision, call, headers)
         try:
-            await asyncio.sleep(
-                decision.ttft_s + generation_s(decision.tbt_ms, call.completion_tokens)
-            )
+            await asyncio.sleep(decision.ttft_s + generation_s(decision.tbt_ms, call.output_tokens))
         finally:
             self._complete(deployment, decision, call, call.completion_tokens)
         completion_id, created = self._new_id()
         n = call.completion_tokens
+        headers = {**self.headers(deployment, decision), **(extra or {})}  # the level now
         if call.endpoint == RESPONSES:
             writer = self._response_writer(deployment, call, created)
             text = "".join(chat.completion_tokens_text(n, created)).lstrip()
-            truncated = _truncated(call, n)
+            truncated = streaming.truncated(call, n)
             payload = writer.body(
                 "incomplete" if truncated else "completed",
                 text=text,
@@ -178,25 +220,26 @@ class Simulator:
                 truncated=truncated,
                 completed_at=int(self.clock()),
             )
-            return _json(200, payload, self.headers(deployment, decision))
+            return _json(200, payload, headers)
         payload = chat.completion_body(
             completion_id=completion_id,
             created=created,
             model=deployment.spec.model,
             content="".join(chat.completion_tokens_text(n, created)).lstrip(),
-            finish_reason="length"
-            if call.max_tokens is not None and n >= call.max_tokens
-            else "stop",
+            finish_reason="length" if streaming.truncated(call, n) else "stop",
             prompt_tokens=call.prompt_tokens,
-            completion_tokens=n,
+            completion_tokens=n + call.reasoning_tokens,
+            reasoning_tokens=call.reasoning_tokens,
         )
-        return _json(200, payload, self.headers(deployment, decision))
+        return _json(200, payload, headers)
 
     def _complete(self, deployment: Deployment, decision: Decision, call: ChatCall, n: int) -> None:
+        """Reconcile a call that produced `n` visible tokens (and all its reasoning)."""
         assert decision.ticket is not None
         now = self.clock()
-        deployment.complete(now, decision.ticket, call.prompt_tokens, n)
-        self.recorder.add_tokens(now, deployment.name, call.prompt_tokens, n)
+        generated = n + call.reasoning_tokens
+        deployment.complete(now, decision.ticket, call.prompt_tokens, generated)
+        self.recorder.add_tokens(now, deployment.name, call.prompt_tokens, generated)
 
     def _new_id(self) -> tuple[str, int]:
         return f"chatcmpl-sim{next(self._ids):012d}", int(self.clock())
@@ -207,10 +250,13 @@ class Simulator:
         return ResponseWriter(
             response_id=f"resp_sim{next(self._ids):012d}", created=created,
             model=deployment.spec.model, body=call.body, input_tokens=call.prompt_tokens,
+            reasoning_tokens=call.reasoning_tokens, reasoning_effort=call.reasoning_effort,
         )  # fmt: skip
 
-    def _throttled(self, request: Request, deployment: Deployment, decision: Decision) -> Response:
-        headers = self.headers(deployment, decision)
+    def _throttled(
+        self, request: Request, deployment: Deployment, decision: Decision, extra: dict[str, str]
+    ) -> Response:
+        headers = {**self.headers(deployment, decision), **extra}
         headers["retry-after"] = str(retry_after_s(decision.retry_after_s))
         if deployment.limiter is None:
             ms = retry_after_ms(decision.retry_after_s)
@@ -221,91 +267,35 @@ class Simulator:
             message = chat.msg_429_standard(version, retry_after_s(decision.retry_after_s))
         return _json(429, chat.error_body("429", message), headers)
 
-    async def _fault(self, deployment: Deployment, decision: Decision) -> Response:
+    async def _fault(
+        self, deployment: Deployment, decision: Decision, extra: dict[str, str]
+    ) -> Response:
+        headers = {**self.headers(deployment, None), **extra}
         if decision.status == 408:
             await asyncio.sleep(decision.ttft_s)
-            return _json(
-                408, chat.error_body("Timeout", chat.MSG_408), self.headers(deployment, None)
-            )
-        return _json(
-            decision.status,
-            chat.error_body(str(decision.status), chat.MSG_500),
-            self.headers(deployment, None),
-        )
+            return _json(408, chat.error_body("Timeout", chat.MSG_408), headers)
+        return _json(decision.status, chat.error_body(str(decision.status), chat.MSG_500), headers)
 
-    def _stream_response(
-        self, deployment: Deployment, decision: Decision, call: ChatCall
-    ) -> AsyncIterator[bytes]:
-        """The Responses API event stream (see `simulator.openai.responses`)."""
-        _, created = self._new_id()
-        writer = self._response_writer(deployment, call, created)
-        n = call.completion_tokens
-        tbt_s = decision.tbt_ms / 1000.0
-
-        async def events() -> AsyncIterator[bytes]:
-            emitted, text = 0, []
-            try:
-                for event in writer.opening():
-                    yield event
-                if decision.ttft_s > 0:
-                    await asyncio.sleep(decision.ttft_s)
-                for event in writer.item_added():
-                    yield event
-                for i, token in enumerate(chat.completion_tokens_text(n, created)):
-                    text.append(token.lstrip() if i == 0 else token)
-                    yield writer.delta(text[-1])
-                    emitted += 1
-                    if tbt_s > 0:
-                        await asyncio.sleep(tbt_s)
-                closing = writer.closing(
-                    "".join(text), n, truncated=_truncated(call, n), completed_at=int(self.clock())
-                )
-                for event in closing:
-                    yield event
-            finally:
-                self._complete(deployment, decision, call, emitted)
-
-        return events()
-
-    def _stream(self, deployment: Deployment, decision: Decision, call: ChatCall) -> Response:
-        if call.endpoint == RESPONSES:
-            headers = self.headers(deployment, decision)
-            headers["cache-control"] = "no-cache"
-            events = self._stream_response(deployment, decision, call)
-            return StreamingResponse(events, headers=headers, media_type="text/event-stream")
+    def _stream(
+        self, deployment: Deployment, decision: Decision, call: ChatCall, headers: dict[str, str]
+    ) -> Response:
+        headers = {**headers, "cache-control": "no-cache"}
         completion_id, created = self._new_id()
-        writer = chat.ChunkWriter(
-            completion_id=completion_id,
-            created=created,
-            model=deployment.spec.model,
-            with_usage=call.include_usage,
-        )
-        n = call.completion_tokens
-        finish = "length" if call.max_tokens is not None and n >= call.max_tokens else "stop"
-        tbt_s = decision.tbt_ms / 1000.0
 
-        async def chunks() -> AsyncIterator[bytes]:
-            emitted = 0
-            try:
-                yield writer.first()
-                if decision.ttft_s > 0:
-                    await asyncio.sleep(decision.ttft_s)
-                yield writer.role()
-                for i, text in enumerate(chat.completion_tokens_text(n, created)):
-                    yield writer.content(text.lstrip() if i == 0 else text)
-                    emitted += 1
-                    if tbt_s > 0:
-                        await asyncio.sleep(tbt_s)
-                yield writer.finish(finish)
-                if call.include_usage:
-                    yield writer.usage(call.prompt_tokens, n)
-                yield chat.SSE_DONE
-            finally:
-                self._complete(deployment, decision, call, emitted)
+        def done(emitted: int) -> None:
+            self._complete(deployment, decision, call, emitted)
 
-        headers = self.headers(deployment, decision)
-        headers["cache-control"] = "no-cache"
-        return StreamingResponse(chunks(), headers=headers, media_type="text/event-stream")
+        body: AsyncIterator[bytes]
+        if call.endpoint == RESPONSES:
+            writer = self._response_writer(deployment, call, created)
+            body = streaming.response_events(writer, decision, call, created, self.clock, done)
+        else:
+            chunks = chat.ChunkWriter(
+                completion_id=completion_id, created=created,
+                model=deployment.spec.model, with_usage=call.include_usage,
+            )  # fmt: skip
+            body = streaming.chat_chunks(chunks, decision, call, created, done)
+        return StreamingResponse(body, headers=headers, media_type="text/event-stream")
 
     def tick(self, now: float) -> None:
         """Advance background traffic and header history; record background calls."""
@@ -333,11 +323,6 @@ class Simulator:
             if count % ticks_per_sample == 0:
                 self.sample(now)
             await asyncio.sleep(TICK_S)
-
-
-def _truncated(call: ChatCall, n: int) -> bool:
-    """True when the output stopped at the request's limit (finish reason `length`)."""
-    return call.max_tokens is not None and n >= call.max_tokens
 
 
 def create_app(config: SimConfig, *, clock: Callable[[], float] = time.time) -> Starlette:

@@ -15,7 +15,7 @@ from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
 from simulator.app import create_app
 from simulator.config import DEFAULT_DEPLOYMENT, DEFAULT_RESOURCE_ID, SimConfig
-from simulator.openai.header import HEADER_MODES
+from simulator.openai.header import DEFAULT_LAG_S, DEFAULT_SMOOTHING_S, HEADER_MODES
 from simulator.openai.meter import MODELS as UTILISATION_MODELS
 from simulator.server import ForegroundServer, uvicorn_config
 from simulator.tls import write_self_signed
@@ -51,7 +51,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--utilisation-header",
         choices=HEADER_MODES,
         default="exact",
-        help="noisy: the value of 1 s earlier +/- up to 5 points; absent: no header",
+        help="noisy: the value of 1 s earlier +/- up to 5 points; lagged: the value of"
+        " --header-lag-s earlier; smoothed: a moving average (--header-smoothing-s);"
+        " absent: no header",
+    )
+    parser.add_argument(
+        "--header-lag-s",
+        type=float,
+        default=DEFAULT_LAG_S,
+        metavar="S",
+        help="lagged header: the true level of S seconds earlier",
+    )
+    parser.add_argument(
+        "--header-smoothing-s",
+        type=float,
+        default=DEFAULT_SMOOTHING_S,
+        metavar="S",
+        help="smoothed header: exponential moving average with time constant S seconds",
     )
     parser.add_argument(
         "--background-share",
@@ -59,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="S",
         help="share of capacity consumed by traffic that bypasses everything (0..1)",
+    )
+    parser.add_argument(
+        "--background-profile",
+        default=None,
+        metavar="PROFILE",
+        help="bypass traffic over time: square:LOW,HIGH,HALF_PERIOD_S alternates between the"
+        " two shares every HALF_PERIOD_S seconds, starting LOW (or constant:S)",
     )
     parser.add_argument("--https", action="store_true", help="serve TLS with a throwaway CA")
     parser.add_argument("--tls-dir", type=Path, default=None, help="where --https writes ca.pem")
@@ -89,7 +112,10 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         resource_id=args.resource_id,
         utilisation_model=args.utilisation_model,
         utilisation_header=args.utilisation_header,
+        header_lag_s=args.header_lag_s,
+        header_smoothing_s=args.header_smoothing_s,
         background_share=args.background_share,
+        background_profile=args.background_profile,
     )
     with contextlib.ExitStack() as stack:
         certfile = keyfile = ca_pem = None

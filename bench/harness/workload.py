@@ -34,9 +34,14 @@ class CallShape:
     prompt_tokens: int
     max_tokens: int
 
-    def mean_cost(self, weight: float) -> float:
-        """Mean input-token equivalents one call consumes once reconciled."""
-        return self.prompt_tokens + MEAN_COMPLETION_SHARE * self.max_tokens * weight
+    def mean_cost(self, weight: float, charged_share: float = MEAN_COMPLETION_SHARE) -> float:
+        """Mean input-token equivalents one call consumes once reconciled.
+
+        `charged_share` is the share of `max_tokens` a call ends up charged for: the mean
+        completion after the PTU bucket's refund, or 1 for a limiter that keeps the
+        admission charge (a standard deployment's minute window).
+        """
+        return self.prompt_tokens + charged_share * self.max_tokens * weight
 
     def admission_cost(self, weight: float) -> float:
         """What admission charges before the call completes (max_tokens x weight)."""
@@ -50,6 +55,8 @@ class Capacity:
     capacity_tpm: float
     output_weight: float
     window_s: float
+    charged_share: float = MEAN_COMPLETION_SHARE
+    """Share of `max_tokens` a call is finally charged for (see `CallShape.mean_cost`)."""
 
     @property
     def per_s(self) -> float:
@@ -58,7 +65,7 @@ class Capacity:
 
     def rate_for_share(self, share: float, shape: CallShape) -> float:
         """Calls per second of `shape` that use `share` of the capacity."""
-        return share * self.per_s / shape.mean_cost(self.output_weight)
+        return share * self.per_s / shape.mean_cost(self.output_weight, self.charged_share)
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,8 +113,10 @@ def render(s: Snapshot, title: str, lower: float, upper: float) -> Group:
 
 
 def calibration_line(c: Calibration) -> str:
-    """Model, observed, correction and unseen share, in points of utilisation."""
+    """Model, observed (with the header meaning learnt), correction and unseen share."""
     observed = "-" if c.observed is None else f"{c.observed:.2f}"
+    if c.model_kind != "bucket":  # the header meaning learnt
+        observed += f" ({c.model_kind})"
     return (
         f"model {c.model:.2f}  observed {observed}  correction {c.correction:+.2f}  "
         f"unseen traffic {c.unseen:.0%}"

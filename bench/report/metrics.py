@@ -43,6 +43,8 @@ class PolicyRun:
     lp_429: int = 0
     hp_429_sim: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+    view_source: str | None = None
+    """What the worker steered by when not its configured source (`oracle`)."""
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -72,6 +74,17 @@ def pending_window(run: PolicyRun) -> tuple[float, float]:
     end = batch_end(run)
     stop = run.run_end if end is None else end
     return run.batch_start, min(stop, run.hp_end)
+
+
+def interactive_in_window(run: PolicyRun) -> tuple[int, int]:
+    """(calls, 429s) of the interactive calls started while the batch was pending.
+
+    The window is `pending_window`'s: the calls that met the batch, where a throttle that
+    lets the batch crowd the deployment shows; calls before and after only dilute the rate.
+    """
+    start, end = pending_window(run)
+    inside = [r for r in run.hp if start <= r.at <= end]
+    return len(inside), sum(1 for r in inside if r.status == 429)
 
 
 def utilisation_stats(

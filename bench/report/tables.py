@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from math import nan
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,12 @@ HEADERS = {
     "bypass_429": "bypass 429s",
     "bypass_429_rate": "bypass 429 rate",
     "util_x_upper": "x upper",
+    "util_x_oracle": "x oracle util",
+    "makespan_x_oracle": "x oracle makespan",
     "est_mae_pts": "estimate MAE pts",
+    "window_429": "interactive 429s in batch window",
+    "window_429_rate": "429 rate in window",
+    "remaining_tokens_at_start": "upstream tokens left at start",
 }
 
 
@@ -95,16 +101,17 @@ def write_results(
 
 def write_timeseries(run: PolicyRun, path: Path) -> None:
     """The run's samples as CSV: time, true utilisation, worker's view, low in flight, and for
-    the calibrated estimate its model, observation, correction, look-ahead and meaning."""
+    the calibrated estimate its model, observation, correction, uncertainty, unseen share and
+    the header meaning learnt."""
     lines = [
         "t_s,utilization,worker_view,low_in_flight,low_peak,low_throttled,high_throttled,"
-        "model,observed,correction,ahead,meaning"
+        "model,observed,correction,uncertainty,unseen,meaning"
     ]
     lines += [
         f"{s.t:.2f},{s.utilization:.4f},{_opt(s.view)},"
         f"{s.low_in_flight},{s.low_peak},{s.low_throttled},{s.high_throttled},"
         + ",".join(_opt(v) for v in _calibration(s))
-        + f",{_ahead(s)},{'' if s.calibration is None else s.calibration.model_kind}"
+        + f",{_filter(s)},{'' if s.calibration is None else s.calibration.model_kind}"
         for s in run.samples
     ]
     path.write_text("\n".join(lines) + "\n")
@@ -120,9 +127,10 @@ def _calibration(s: Sample) -> tuple[float | None, float | None, float | None]:
     return (None, None, None) if c is None else (c.model, c.observed, c.correction)
 
 
-def _ahead(s: Sample) -> str:
-    """Where the throttle saw the deployment going (calibrated estimate only)."""
-    return "" if s.calibration is None else _opt(s.calibration.ahead)
+def _filter(s: Sample) -> str:
+    """The filter's uncertainty and learnt unseen share (calibrated estimate only)."""
+    c = s.calibration
+    return "," if c is None else f"{_opt(c.uncertainty)},{_opt(c.unseen)}"
 
 
 def _series(samples: Sequence[Sample], index: int) -> list[float]:
@@ -143,7 +151,7 @@ def _utilisation(
     ax.plot(t, [s.utilization for s in run.samples], color="tab:blue", lw=1, label="utilisation")
     if any(s.view is not None for s in run.samples):
         view = [s.view if s.view is not None else float("nan") for s in run.samples]
-        source = run.settings.get("PTU_UTILIZATION_SOURCE", "estimate")
+        source = run.view_source or run.settings.get("PTU_UTILIZATION_SOURCE", "estimate")
         ax.plot(t, view, color="tab:orange", lw=0.9, ls="--", label=f"worker's view ({source})")
     if any(s.calibration is not None for s in run.samples):
         ax.plot(t, _series(run.samples, 0), color="tab:gray", lw=0.7, label="model (uncalibrated)")
@@ -261,18 +269,29 @@ def plot_estimates(
     upper: float,
     burst: tuple[float, float] | None = None,
     title: str | None = None,
+    *,
+    truth_only: Collection[str] = (),
+    span: tuple[float, float, str] | None = None,
 ) -> None:
     """Runs side by side: the true level, the worker's reading, thresholds, interactive 429s.
 
     Each panel is `_utilisation`'s, so whatever it shows of the worker's source (the
-    calibrated estimate's model, observation and correction) shows here too.
+    calibrated estimate's model, observation and correction) shows here too. With several
+    runs a panel above overlays them: each run's true level (solid) and reading (dashed;
+    not for the policies in `truth_only`, whose reading is the truth), and `span`
+    (start, end, label) shaded, such as a capacity cut.
     """
     if not runs:
         return
-    fig, axes = plt.subplots(
-        1, len(runs), figsize=(6.5 * len(runs), 3.8), sharey=True, squeeze=False
-    )
-    for ax, run in zip(axes[0], runs, strict=True):
+    overlay = len(runs) > 1
+    fig = plt.figure(figsize=(6.5 * len(runs), 3.8 * (2 if overlay else 1)))
+    grid = fig.add_gridspec(2 if overlay else 1, len(runs))
+    if overlay:
+        _overlay(fig.add_subplot(grid[0, :]), runs, upper, burst, truth_only, span)
+    first: Axes | None = None
+    for i, run in enumerate(runs):
+        ax = fig.add_subplot(grid[-1, i], sharey=first)
+        first = first or ax
         _utilisation(ax, run, lower, upper, burst)
         _shade(ax, None, pending_window(run) if run.batch_start is not None else None)
         throttled = [r.at for r in run.hp if r.status == 429]
@@ -288,9 +307,39 @@ def plot_estimates(
         ax.set_ylim(0, max(1.15, *(s.utilization + 0.05 for s in run.samples)))
         ax.set_title(run.description, fontsize=9, loc="left")
         ax.set_xlabel("seconds (orange: burst, green: batch pending)")
-    axes[0][0].legend(loc="upper right", fontsize=7)
+        if i == 0:
+            ax.legend(loc="upper right", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+_ARM_COLOURS = ("tab:gray", "tab:blue", "black", "tab:green", "tab:purple")
+
+
+def _overlay(
+    ax: Axes,
+    runs: Sequence[PolicyRun],
+    upper: float,
+    burst: tuple[float, float] | None,
+    truth_only: Collection[str],
+    span: tuple[float, float, str] | None,
+) -> None:
+    for run, colour in zip(runs, itertools.cycle(_ARM_COLOURS), strict=False):
+        t = [s.t for s in run.samples]
+        ax.plot(t, [s.utilization for s in run.samples], color=colour, lw=1.1,
+                label=f"{run.policy}: true level")  # fmt: skip
+        if run.policy not in truth_only and any(s.view is not None for s in run.samples):
+            view = [nan if s.view is None else s.view for s in run.samples]
+            ax.plot(t, view, color=colour, lw=0.9, ls="--", label=f"{run.policy}: reading")
+    ax.axhline(upper, color="tab:red", ls="--", lw=1, label=f"upper {upper:g}")
+    ax.axhline(1.0, color="black", lw=0.6)
+    _shade(ax, burst, None)
+    if span is not None:
+        ax.axvspan(span[0], span[1], color="tab:red", alpha=0.08, lw=0, label=span[2])
+    ax.set_ylabel("utilisation")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("seconds (orange: interactive burst)")
+    ax.legend(loc="upper right", fontsize=7, ncol=2)

@@ -11,8 +11,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import httpx2
 import redis.asyncio as aioredis
 
+from bench.harness.oracle import ORACLE_WORKER, OracleSource
 from devstack.stack import API_KEY, Stack
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.settings import DeploymentConfig
@@ -66,13 +68,21 @@ def _source(stack: Stack, env: Mapping[str, str], deployment: DeploymentConfig) 
 
 
 async def worker_view(
-    stack: Stack, env: Mapping[str, str], exits: contextlib.AsyncExitStack
+    stack: Stack,
+    env: Mapping[str, str],
+    exits: contextlib.AsyncExitStack,
+    worker_module: str = "orchestrator",
 ) -> View:
-    """A reader of the utilisation source `env` configures (None while it has no reading)."""
+    """A reader of the utilisation source `env` configures (None while it has no reading);
+    of the oracle when the worker is the oracle's (`ORACLE_WORKER`)."""
     sim = stack.sim
     deployment = DeploymentConfig(name=sim.deployment, model=sim.model, ptus=sim.ptus)
     source: UtilisationSource
-    source, close = _source(stack, env, deployment)
+    if worker_module == ORACLE_WORKER:
+        source = OracleSource(httpx2.AsyncClient(verify=stack.verify), stack.sim_url)
+        close = source.close
+    else:
+        source, close = _source(stack, env, deployment)
     exits.push_async_callback(close)
 
     async def read() -> Reading | None:

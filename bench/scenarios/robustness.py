@@ -1,8 +1,10 @@
 """`ptu bench robustness`: the mixed workload under deployments that disagree with our model.
 
-For every reality (see `realities.py`) the same seeded workload runs twice, once with
-`PTU_CALIBRATION=off` (the open-loop token-event model alone) and once with the default
-configuration (calibrated), side by side: interactive traffic through the ingress at
+For every reality (see `realities.py`) the same seeded workload runs once per arm, side by
+side: `off` (`PTU_CALIBRATION=off`, the open-loop token-event model alone), `auto` (the
+default configuration, calibrated) and `oracle` (the same worker steering by the
+simulator's true level, `bench/harness/oracle.py`: the physical best of the reality, what
+the others are measured against): interactive traffic through the ingress at
 ~30 % of the capacity the orchestrator is told, with a burst to ~60 %, and one
 low-priority batch through the worker. One simulator serves the whole benchmark; each run
 patches it into its reality and resets it with its Azure Monitor history (so no run sees
@@ -11,12 +13,15 @@ orchestrator is always told the nominal deployment (15 PTU, `PTU_ESTIMATE_WINDOW
 whatever the simulator serves. The Azure Monitor emulation is configured in every run
 (`PTU_AZURE_MONITOR_ENDPOINT` + `PTU_AZURE_RESOURCE_ID`, short ingestion lag), as it would
 be on a real deployment; it is the calibration's only slow signal when the header is absent.
+A capacity step (`step=F,AT,FOR`) is made by PATCHing the simulator's capacity while the
+run goes, at fixed offsets from when the batch is sent.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,18 +29,24 @@ from typing import Any
 import structlog
 
 from bench.harness.identity import IdentityEndpoint
+from bench.harness.oracle import ORACLE_WORKER
+from bench.harness.oracle import POLL_S as ORACLE_POLL_S
 from bench.harness.runner import Policy, drive, prepare
 from bench.harness.stack import API_KEY, SimulatorOptions, Stack, sigterm_as_interrupt
 from bench.harness.workload import MixedWorkload, batch_calls, interactive_calls
 from bench.report import tables as report
 from bench.report.metrics import PolicyRun, background_counts, estimate_error, summarise
+from bench.scenarios.enact import overasking, start_output_proxy, stepper
 from bench.scenarios.mixed import capacity_of
 from bench.scenarios.realities import (
     DEFAULT_REALITIES,
+    OVERASK_MAX_TOKENS,
+    OVERASK_USES,
     QUICK_REALITIES,
     Reality,
     parse_realities,
     simulator_patch,
+    timed_patches,
 )
 from orchestrator.core import logs
 from orchestrator.core.errors import ConfigError
@@ -43,7 +54,8 @@ from simulator.config import DEFAULT_RESOURCE_ID
 
 log = structlog.get_logger(__name__)
 
-CALIBRATIONS = ("off", "auto")
+CALIBRATIONS = ("off", "auto", "oracle")
+"""The arms: calibration off, the default configuration, the oracle."""
 ERROR_AFTER_S = 10.0
 TABLE_KEYS = (
     "reality",
@@ -54,8 +66,10 @@ TABLE_KEYS = (
     "bypass_429_rate",
     "util_mean",
     "util_x_upper",
+    "util_x_oracle",
     "time_above_upper_s",
     "lp_makespan_s",
+    "makespan_x_oracle",
     "lp_completed",
     "lp_failed",
     "est_mae_pts",
@@ -94,20 +108,29 @@ def _workload(duration_s: float, lp_requests: int) -> MixedWorkload:
 
 
 def full_config(seed: int = 7) -> RobustnessConfig:
-    """Every default reality: 50 s of traffic per run, ~90 s with start-up, ~22 min for 7 x 2."""
+    """Every default reality: 50 s of traffic per run, about a minute with start-up on a
+    loaded 2-core machine, so about 45 minutes for 14 realities x 3 arms."""
     realities = parse_realities(",".join(DEFAULT_REALITIES))
     return RobustnessConfig(_workload(50.0, 70), _told(seed), realities, grace_s=15.0, seed=seed)
 
 
 def quick_config(seed: int = 7) -> RobustnessConfig:
-    """CI-sized: one reality (a combination) x 2, 12 s of traffic per run, ~2 min."""
+    """CI-sized: one reality (a combination, late header) x 3, 12 s of traffic per run, ~2 min."""
     realities = parse_realities(",".join(QUICK_REALITIES))
     return RobustnessConfig(_workload(12.0, 12), _told(seed), realities, grace_s=4.0, seed=seed)
 
 
-def policy(cfg: RobustnessConfig, stack: Stack, identity: dict[str, str], mode: str) -> Policy:
-    """The worker settings of one run: the nominal deployment, monitor configured."""
+def policy(
+    cfg: RobustnessConfig,
+    stack: Stack,
+    identity: dict[str, str],
+    mode: str,
+    endpoint: str | None = None,
+) -> Policy:
+    """The worker settings of one run: the nominal deployment, monitor configured; the
+    deployment at `endpoint` when given (the overask reality's proxy), else the simulator."""
     env = {
+        "PTU_AZURE_OPENAI_ENDPOINT": endpoint or stack.sim_url,
         "PTU_LOWER_THRESHOLD": f"{cfg.lower:g}",
         "PTU_UPPER_THRESHOLD": f"{cfg.upper:g}",
         "PTU_MAX_CONCURRENCY": str(cfg.max_concurrency),
@@ -119,6 +142,8 @@ def policy(cfg: RobustnessConfig, stack: Stack, identity: dict[str, str], mode: 
         "PTU_AZURE_MONITOR_CA_FILE": str(stack.ca_file),
         **identity,
     }
+    if mode == "oracle":  # the default configuration everywhere but the worker's throttle
+        return Policy(mode, "oracle (true level)", "queued", env, worker_module=ORACLE_WORKER)
     if mode != "auto":  # the default run leaves PTU_CALIBRATION unset: it is the default
         env["PTU_CALIBRATION"] = mode
     label = "default (auto)" if mode == "auto" else mode
@@ -131,6 +156,7 @@ def reality_row(reality: Reality, mode: str, run: PolicyRun, upper: float) -> di
     bg_requests, bg_429 = background_counts(run.samples)
     mae, missing = estimate_error(run.samples, ERROR_AFTER_S)
     util = row["util_mean"]
+    done = [r for r in run.lp if r.status == "completed"]
     row.update(
         reality=reality.name,
         reality_description=reality.describe(),
@@ -142,10 +168,32 @@ def reality_row(reality: Reality, mode: str, run: PolicyRun, upper: float) -> di
         bypass_requests=bg_requests,
         bypass_429_rate=round(bg_429 / bg_requests, 4) if bg_requests else None,
         util_x_upper=None if util is None else round(util / upper, 3),
+        util_x_oracle=None,
+        makespan_x_oracle=None,
         est_mae_pts=None if mae is None else round(mae, 2),
+        lp_completion_tokens_mean=_mean([r.completion_tokens for r in done]),
         est_unavailable_share=round(missing, 3),
     )
     return row
+
+
+def against_oracle(rows: list[dict[str, Any]]) -> None:
+    """Fill `util_x_oracle` and `makespan_x_oracle` of each row from its reality's oracle row."""
+    oracles = {r["reality"]: r for r in rows if r["calibration"] == "oracle"}
+    for row in rows:
+        oracle = oracles.get(row["reality"])
+        if oracle is None:
+            continue
+        row["util_x_oracle"] = _ratio(row["util_mean"], oracle["util_mean"])
+        row["makespan_x_oracle"] = _ratio(row["lp_makespan_s"], oracle["lp_makespan_s"])
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return round(sum(values) / len(values), 1) if values else None
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return None if value is None or not base else round(value / base, 3)
 
 
 def run_robustness(cfg: RobustnessConfig, out: Path) -> list[dict[str, Any]]:
@@ -153,7 +201,8 @@ def run_robustness(cfg: RobustnessConfig, out: Path) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     model = cfg.told.deployment
     hp_calls = interactive_calls(cfg.workload, capacity_of(cfg.told), model, cfg.seed)
-    lp_calls = batch_calls(cfg.workload, model, cfg.seed)
+    honest = batch_calls(cfg.workload, model, cfg.seed)
+    overask = batch_calls(overasking(cfg.workload), model, cfg.seed)
     rows: list[dict[str, Any]] = []
     runs: dict[str, list[PolicyRun]] = {}
     with (
@@ -163,18 +212,31 @@ def run_robustness(cfg: RobustnessConfig, out: Path) -> list[dict[str, Any]]:
     ):
         stack.start_redis()
         stack.start_simulator()
+        proxy = start_output_proxy(stack) if any(r.overask for r in cfg.realities) else None
         for reality in cfg.realities:
             patch = simulator_patch(cfg.told, reality)
+            steps = timed_patches(cfg.told, reality, cfg.workload.batch_at_s)
+            lp_calls = overask if reality.overask else honest
             for mode in cfg.calibrations:
                 log.info("robustness_run_started", reality=reality.name, calibration=mode)
-                chosen = policy(cfg, stack, identity.env, mode)
+                endpoint = proxy if reality.overask else None
+                chosen = policy(cfg, stack, identity.env, mode, endpoint)
                 prepare(stack, chosen, sim_patch=patch, fresh_metrics=True)
                 run = asyncio.run(
-                    drive(stack, chosen, hp_calls, lp_calls, cfg.workload.duration_s, cfg.grace_s)
+                    drive(
+                        stack,
+                        chosen,
+                        hp_calls,
+                        lp_calls,
+                        cfg.workload.duration_s,
+                        cfg.grace_s,
+                        tick=stepper(stack, steps),
+                    )
                 )
                 runs.setdefault(reality.name, []).append(run)
                 rows.append(reality_row(reality, mode, run, cfg.upper))
                 log.info("robustness_run_finished", reality=reality.name, calibration=mode)
+    against_oracle(rows)
     _write(cfg, out, rows, runs, len(hp_calls))
     return rows
 
@@ -201,7 +263,13 @@ def _write(
         f"batch: {wl.lp_requests} requests of ~{wl.lp.prompt_tokens} prompt tokens, max_tokens "
         f"{wl.lp.max_tokens}, at {wl.batch_at_s:g} s; thresholds {cfg.lower:g} / {cfg.upper:g}, "
         f"max concurrency {cfg.max_concurrency}; seed {cfg.seed}",
-        "calibration off = PTU_CALIBRATION=off; auto = the default configuration",
+        f"overask: the same batch asking max_tokens {OVERASK_MAX_TOKENS} (the ingress caps it at "
+        f"PTU_MAX_TOKENS_CEILING), every low-priority call answered with {OVERASK_USES} output "
+        "tokens (bench/harness/output_proxy.py sets the simulator's x-sim-completion-tokens)",
+        "calibration off = PTU_CALIBRATION=off; auto = the default configuration; oracle = "
+        "the default configuration with the worker steering by the simulator's true level "
+        f"(/sim/state every {ORACLE_POLL_S * 1000:g} ms; bench only)",
+        "x oracle = the arm's mean utilisation (makespan) / the oracle arm's in that reality",
         "bypass 429s = the simulator's own background traffic (another app calling the "
         "deployment directly), counted apart from ours",
         "true util = the simulator's utilisation (under its own model) sampled at 10 Hz while "
@@ -214,16 +282,19 @@ def _write(
     ]
     report.write_results(out, rows, "bench robustness: realities x calibration", notes, TABLE_KEYS)
     for reality in cfg.realities:
-        pair = runs.get(reality.name, [])
+        arms = runs.get(reality.name, [])
+        steps = timed_patches(told, reality, wl.batch_at_s)
         report.plot_estimates(
-            pair,
+            arms,
             out / f"reality_{_slug(reality.name)}.png",
             cfg.lower,
             cfg.upper,
             wl.burst_window,
             f"{reality.name}: {reality.describe()}",
+            truth_only=("oracle",),
+            span=(steps[0][0], steps[-1][0], "capacity cut") if steps else None,
         )
-        for run in pair:
+        for run in arms:
             report.write_timeseries(run, out / f"timeseries_{_slug(reality.name)}_{run.policy}.csv")
 
 
@@ -232,10 +303,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--realities",
         help=f"comma-separated reality specs, knobs joined by '+' (default: "
-        f"{','.join(DEFAULT_REALITIES)}; e.g. bypass=0.2+capacity=0.85)",
+        f"{','.join(DEFAULT_REALITIES)}; e.g. bypass=0.2+capacity=0.85,step=0.6,5,20)",
     )
     parser.add_argument(
-        "--calibrations", default=",".join(CALIBRATIONS), help="modes side by side: off,auto"
+        "--arms",
+        "--calibrations",
+        dest="calibrations",
+        metavar="ARMS",
+        default=",".join(CALIBRATIONS),
+        help=f"arms side by side (default {','.join(CALIBRATIONS)})",
     )
     parser.add_argument("--duration-s", type=float, help="interactive traffic per run")
     parser.add_argument("--lp-requests", type=int, help="batch size")
@@ -250,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
         modes = tuple(m.strip() for m in args.calibrations.split(",") if m.strip())
         unknown = sorted(set(modes) - set(CALIBRATIONS))
         if unknown or not modes:
-            raise ConfigError(f"--calibrations: one or more of {', '.join(CALIBRATIONS)}")
+            raise ConfigError(f"--arms: one or more of {', '.join(CALIBRATIONS)}")
     except ConfigError as exc:
         print(f"ptu bench robustness: {exc}")
         return 2

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive
 
+from ingress.batch.expiry import upload_expiry
 from ingress.batch.files import (
     FILE,
     FORM_OVERHEAD_BYTES,
@@ -89,11 +90,14 @@ class FileRoutes:
         except HTTPException as exc:
             raise bad_request(f"malformed multipart body: {exc.detail}") from exc
         try:
-            return await self._accept(tenant, form.get("purpose"), form.get("file"))
+            expires_s = upload_expiry(form)
+            return await self._accept(tenant, form.get("purpose"), form.get("file"), expires_s)
         finally:
             await form.close()
 
-    async def _accept(self, tenant: str, purpose: object, upload: object) -> Response:
+    async def _accept(
+        self, tenant: str, purpose: object, upload: object, expires_s: int | None
+    ) -> Response:
         if purpose != "batch":
             raise bad_request("purpose must be 'batch': only batch files are supported",
                               param="purpose")  # fmt: skip
@@ -109,7 +113,7 @@ class FileRoutes:
                 raise bad_request(outcome, code="invalid_batch_file")
             summary: Summary = outcome
             meta = await self._files.save(
-                tenant, upload.filename or "upload.jsonl", "batch", staged,
+                tenant, upload.filename or "upload.jsonl", "batch", staged, expires_s,
                 lines=str(summary.lines), deployments=json.dumps(summary.deployments),
             )  # fmt: skip
         finally:

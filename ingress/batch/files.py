@@ -2,8 +2,9 @@
 
 A file's bytes live in the `FileStore` (`ingress.batch.filestore`: a directory or
 Blob Storage); Redis holds only its metadata (`keys.file(id)`), which expires with
-the batch state (`FILE_TTL_S`). Every file belongs to the tenant that uploaded it
-(or whose batch produced it); another tenant gets 404.
+the file: after `FILE_TTL_S`, or its own `expires_after` (`ingress.batch.expiry`).
+Every file belongs to the tenant that uploaded it (or whose batch produced it);
+another tenant gets 404.
 
 An upload never sits in memory: Starlette's form parser spools the part to a
 temporary file while the body streams in, and the body is cut off with 413 as soon
@@ -16,7 +17,6 @@ answered, or a 400 naming the first bad line, as Azure does.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 import uuid
@@ -30,6 +30,7 @@ from openai.types import FileObject
 from ingress.batch.filestore.base import FileMissing, FileStore, FileStoreUnavailable
 from ingress.batch.paging import list_page
 from ingress.http.errors import ApiError, unavailable
+from ingress.http.models import MAX_EXPIRES_S
 from ingress.http.openapi import Reply
 from orchestrator.core import keys
 from orchestrator.core.redis_replies import text
@@ -100,15 +101,20 @@ class Files:
         filename: str,
         purpose: str,
         source: Path,
+        expires_s: int | None = None,
         **extra: str,
     ) -> dict[str, str]:
-        """Put the staged file `source` into the store, then record it; returns its metadata."""
+        """Put the staged file `source` into the store, then record it; returns its metadata.
+
+        `expires_s`: its `expires_after` seconds (`ingress.batch.expiry`), else `FILE_TTL_S`.
+        """
         now = self._clock()
         size = await asyncio.to_thread(os.path.getsize, source)
+        lifetime = expires_s or FILE_TTL_S
         meta = {
             "id": new_file_id(), "tenant": tenant, "filename": filename, "purpose": purpose,
             "bytes": str(size), "created_at": str(int(now)),
-            "expires_at": str(math.ceil(now + FILE_TTL_S)), **extra,
+            "expires_at": str(int(now) + lifetime), **extra,
         }  # fmt: skip
         try:
             await self.store.put(meta["id"], source)
@@ -116,14 +122,15 @@ class Files:
             raise store_unavailable(exc) from exc
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.file(meta["id"]), mapping=meta)  # type: ignore[arg-type]
-            pipe.expire(keys.file(meta["id"]), FILE_TTL_S)
+            pipe.expire(keys.file(meta["id"]), lifetime)
             await pipe.execute()
-        # the tenant's index is another slot: written after the file it names
+        # the tenant's index is another slot: written after the file it names; it keeps
+        # ids as long as the longest lifetime, the list skips those that expired sooner
         index = keys.tenant_files(tenant)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(index, {meta["id"]: now})
-            pipe.zremrangebyscore(index, 0, now - FILE_TTL_S)
-            pipe.expire(index, FILE_TTL_S)
+            pipe.zremrangebyscore(index, 0, now - MAX_EXPIRES_S)
+            pipe.expire(index, MAX_EXPIRES_S)
             await pipe.execute()
         return meta
 
@@ -134,6 +141,8 @@ class Files:
         meta = {k: text(v) for k, v in zip(names, values, strict=True) if v is not None}
         if meta.get("tenant") != tenant or not all(k in meta for k in _META):
             raise not_found(file_id)
+        if int(meta["expires_at"]) <= self._clock():
+            raise not_found(file_id)  # expired: gone, whatever Redis still holds
         return meta
 
     async def chunks(self, tenant: str, file_id: str) -> AsyncIterator[bytes]:

@@ -33,12 +33,14 @@ from typing import Any
 
 import structlog
 
+from ingress.batch.expiry import output_expiry_s
 from ingress.batch.files import Files
 from ingress.batch.filestore.base import FileMissing
 from ingress.batch.filestore.factory import make_file_store
 from ingress.batch.jsonl import output_line, succeeded
 from ingress.batch.lines import line_request, requests_from
 from ingress.batch.store import BatchStore, line_request_id
+from ingress.chat.governance import Governance
 from orchestrator.core import keys, redis_client
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import QueuedRequest, ResultDocument
@@ -90,6 +92,7 @@ class JobContext:
             if d.kind == "provisioned"
         }
         self.tenancy = Tenancy(settings.tenants, settings.api_keys)
+        self.governance = Governance.of(settings.deployments, settings.default_max_tokens)
 
     def ceiling(self, tenant: str) -> int:
         """The tenant's `max_tokens` ceiling."""
@@ -169,7 +172,7 @@ async def expand(ctx: JobContext, batch_id: str, owner: str) -> str:
             chunk.append(line_request(
                 obj, i, batch_id=batch_id, tenant=tenant, reply_key=reply_key,
                 deadline=deadline, now=time.time(), ceiling=ceiling,
-                default_max_tokens=ctx.settings.default_max_tokens,
+                governance=ctx.governance,
             ))  # fmt: skip
             end = after
             if len(chunk) >= CHUNK:
@@ -322,7 +325,9 @@ async def finalize(ctx: JobContext, batch_id: str, owner: str) -> str:
                              (err_path, "error_file_id", counts["errors"])):  # fmt: skip
             if n:
                 name = f"{batch_id}_{'output' if key.startswith('output') else 'error'}.jsonl"
-                saved = await ctx.files.save(tenant, name, "batch_output", Path(path))
+                saved = await ctx.files.save(
+                    tenant, name, "batch_output", Path(path), output_expiry_s(f)
+                )
                 update[key] = saved["id"]
         await ctx.batches.update(batch_id, **update)
         await ctx.batches.deactivate(batch_id)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ingress.batch.jsonl import line_endpoint
 from ingress.batch.store import line_request_id
-from ingress.chat.governance import govern
+from ingress.chat.governance import Governance
 from orchestrator.core.schemas import QueuedRequest
 
 
@@ -58,12 +58,12 @@ def line_request(
     deadline: float,
     now: float,
     ceiling: int,
-    default_max_tokens: int,
+    governance: Governance,
 ) -> QueuedRequest:
     """The queued request of a validated line (its body governed like any queued call)."""
     body = dict(obj["body"])
     endpoint = line_endpoint(obj.get("url"))
-    govern(body, ceiling=ceiling, default=default_max_tokens, endpoint=endpoint)
+    governance.apply(body, str(body["model"]), ceiling=ceiling, endpoint=endpoint)
     return QueuedRequest(
         id=line_request_id(batch_id, index),
         deployment=str(body["model"]),

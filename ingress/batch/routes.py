@@ -28,12 +28,14 @@ from openai.types import Batch
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ingress.batch.expiry import OUTPUT_EXPIRES, output_expiry
 from ingress.batch.files import Files
 from ingress.batch.jobs import BatchJobs
 from ingress.batch.lines import line_request, requests_from
 from ingress.batch.paging import after_param, limit_param, page
 from ingress.batch.runner import BatchWork
 from ingress.batch.store import BatchStore, batch_object
+from ingress.chat.governance import Governance
 from ingress.chat.limits import TenantLimits
 from ingress.chat.targets import Target
 from ingress.http.auth import Authenticator
@@ -95,7 +97,7 @@ class BatchRoutes:
         self._clock = clock
         self._max_body = settings.max_body_bytes
         self._ceiling = settings.max_tokens_ceiling
-        self._default_max_tokens = settings.default_max_tokens
+        self._governance = Governance.of(settings.deployments, settings.default_max_tokens)
 
     @operation(
         "create a batch", BATCH, errors=(400, 401, 404, 413, 503),
@@ -127,7 +129,7 @@ class BatchRoutes:
             "created_at": str(int(now)), "expires_at": str(int(now + COMPLETION_WINDOW_S)),
             "total": meta["lines"], "completed": "0", "failed": "0", "priority": priority,
             "reply_key": reply_key, "metadata": json.dumps(metadata) if metadata else "",
-            "cursor": "0", "cursor_offset": "0",
+            "cursor": "0", "cursor_offset": "0", OUTPUT_EXPIRES: output_expiry(params),
         }  # fmt: skip
         await self._store.create(fields)
         if priority == "high":
@@ -202,7 +204,7 @@ class BatchRoutes:
             yield line_request(
                 obj, index, batch_id=f["id"], tenant=f["tenant"], reply_key=f["reply_key"],
                 deadline=float(f["expires_at"]), now=self._clock(), ceiling=ceiling,
-                default_max_tokens=self._default_max_tokens,
+                governance=self._governance,
             )  # fmt: skip
 
     def __repr__(self) -> str:

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingress.chat.call import Call
-from ingress.chat.governance import govern
+from ingress.chat.governance import CAPPED_HEADER, Governance, Governed
 from ingress.chat.limits import TenantLimits
 from ingress.chat.proxy import Proxy
 from ingress.chat.targets import Target, target_for
@@ -86,6 +86,7 @@ class ChatRoutes:
         self._max_body = settings.max_body_bytes
         self._ceiling = settings.max_tokens_ceiling
         self._default_max_tokens = settings.default_max_tokens
+        self._governance = Governance.of(settings.deployments, settings.default_max_tokens)
         self._default_ttl_s = settings.default_ttl_s
         self._default_query = "?api-version=" + quote(settings.azure_openai_api_version)
 
@@ -162,13 +163,12 @@ class ChatRoutes:
             return await self._enqueue(
                 request, tenant, target, body, stream, ceiling, request_id, endpoint
             )
-        changed = False
+        governed = self._governance.apply(
+            body, target.name, ceiling=ceiling, endpoint=endpoint, stream=stream
+        )
+        changed = governed.changed
         strip_usage = False
-        if not stream:
-            changed = govern(
-                body, ceiling=ceiling, default=self._default_max_tokens, endpoint=endpoint
-            )
-        elif endpoint == "chat/completions" and (target.provisioned or target.spillover):
+        if stream and endpoint == "chat/completions" and (target.provisioned or target.spillover):
             strip_usage = not _wants_usage(body)
             if strip_usage:
                 options = body.get("stream_options") or {}
@@ -188,7 +188,7 @@ class ChatRoutes:
             tenant=tenant,
             endpoint=endpoint,
         )
-        return await self._proxy.forward(call)
+        return _capped(await self._proxy.forward(call), governed)
 
     async def _enqueue(
         self,
@@ -213,7 +213,7 @@ class ChatRoutes:
                 "provisioned (PTU) deployments only",
                 code="not_provisioned",
             )
-        govern(body, ceiling=ceiling, default=self._default_max_tokens, endpoint=endpoint)
+        governed = self._governance.apply(body, target.name, ceiling=ceiling, endpoint=endpoint)
         headers = request.headers
         req = self._enqueuer.build(
             target.name,
@@ -225,10 +225,17 @@ class ChatRoutes:
             ttl_s=parse_ttl(headers.get("x-ptu-ttl-s"), self._default_ttl_s),
         )
         await self._enqueuer.put(req)
-        return accepted(req)
+        return _capped(accepted(req), governed)
 
     def __repr__(self) -> str:
         return f"<ChatRoutes deployments={','.join(self._targets)}>"
+
+
+def _capped(response: Response, governed: Governed) -> Response:
+    """`response`, telling the client the limit governance lowered its own to, if it did."""
+    if governed.capped is not None:
+        response.headers[CAPPED_HEADER] = str(governed.capped)
+    return response
 
 
 def _wants_usage(body: Mapping[str, Any]) -> bool:

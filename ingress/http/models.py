@@ -249,6 +249,20 @@ class ResponsesRequest(_Body):
     )
 
 
+MIN_EXPIRES_S = 3_600
+MAX_EXPIRES_S = 30 * 86_400
+"""OpenAI's bounds of a file's `expires_after.seconds`: one hour to 30 days."""
+
+
+class ExpiresAfter(BaseModel):
+    """A file's expiry: `seconds` after its creation (`anchor`: `created_at`, the only one)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=MIN_EXPIRES_S, le=MAX_EXPIRES_S)
+
+
 class BatchCreateRequest(BaseModel):
     """`POST /batches` (unknown fields are ignored)."""
 
@@ -258,13 +272,20 @@ class BatchCreateRequest(BaseModel):
     endpoint: BatchEndpoint
     completion_window: Literal["24h"]
     metadata: dict[str, str] | None = Field(None, max_length=16)
+    output_expires_after: ExpiresAfter | None = None
+    """The output and error files' expiry, from their own creation."""
 
 
 class FileUpload(BaseModel):
-    """`POST /files` (multipart/form-data): a batch JSONL file."""
+    """`POST /files` (multipart/form-data): a batch JSONL file.
+
+    `expires_after` comes as the form fields `expires_after[anchor]` and
+    `expires_after[seconds]`, as the openai SDK sends it.
+    """
 
     file: bytes
     purpose: Literal["batch"]
+    expires_after: ExpiresAfter | None = None
 
 
 def validated(model: type[M], data: object, where: str = "") -> M:

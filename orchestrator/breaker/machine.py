@@ -15,10 +15,11 @@ It trips on any of:
   request can succeed until an operator or the network fixes it.
 
 It stays open for the upstream's `retry-after` when one was given, else `open_s`
-(capped at `max_open_s`). Then exactly one caller is let through as the probe; while it
-runs everyone else is rejected; a probe that never reports is given up after
-`probe_timeout_s`. A 429 with a short `retry-after` is load, not failure: it counts as
-neither. `adopt` folds in the state other processes shared (see `shared.py`).
+(capped at `max_open_s`; a throttled trip at `max_throttled_open_s`). Then exactly one
+caller is let through as the probe; while it runs everyone else is rejected; a probe that
+never reports is given up after `probe_timeout_s`. A 429 with a short `retry-after` is
+load, not failure: it counts as neither. `adopt` folds in the state other processes shared
+(see `shared.py`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class BreakerConfig:
     max_open_s: float = 300.0
     throttle_grace_s: float = 0.0
     probe_timeout_s: float = 30.0
+    max_throttled_open_s: float = 5.0
+    """A throttled trip opens for its retry-after, at most this long: a minute-window limiter
+    (APIM token limits, standard deployments) asks up to 60 s, which is its window, not how
+    long the deployment stays full; the estimate's own signals tell when room comes back."""
 
     def __post_init__(self) -> None:
         if not 0 < self.failure_rate <= 1:
@@ -132,8 +137,9 @@ class Breaker:
                 return self._trip(now, outcome, retry_after_s)
             return self._close()
         if self.state == "open":
-            if failed and retry_after_s is not None and now + retry_after_s > self.open_until:
-                self.open_until = now + min(retry_after_s, self.config.max_open_s)
+            seconds = self._open_for(outcome, retry_after_s)
+            if failed and retry_after_s is not None and now + seconds > self.open_until:
+                self.open_until = now + seconds
             return None
         self._count(now, failed)
         if outcome in ("throttled", "unreachable"):
@@ -165,9 +171,14 @@ class Breaker:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _trip(self, now: float, outcome: Outcome, retry_after_s: float | None) -> Transition:
+    def _open_for(self, outcome: Outcome, retry_after_s: float | None) -> float:
         seconds = retry_after_s if retry_after_s is not None else self.config.open_s
-        self.trip(now, seconds, outcome)
+        if outcome == "throttled":
+            seconds = min(seconds, self.config.max_throttled_open_s)
+        return min(seconds, self.config.max_open_s)
+
+    def _trip(self, now: float, outcome: Outcome, retry_after_s: float | None) -> Transition:
+        self.trip(now, self._open_for(outcome, retry_after_s), outcome)
         return "opened"
 
     def _close(self) -> Transition:

@@ -83,14 +83,16 @@ async def run_attempts(
     policy: RetryPolicy,
     deadline: float | None,
     pacing: Pacing,
+    start: int = 0,
 ) -> Attempted[_R]:
     """Call `send(attempt)` through `gate` until it answers, fails for good, expires or stops.
 
     `send` raises `UpstreamError` for a failed attempt; anything else it raises (a
     cancellation, a bug) goes to the caller, which gets back what the gate lent.
+    `start`: attempts already counted for this request (a run that continues another).
     """
     clock = pacing.clock
-    attempt = 0
+    attempt = start
     while True:
         if deadline is not None and clock() >= deadline:
             return Attempted("expired", attempt)

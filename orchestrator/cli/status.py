@@ -257,8 +257,8 @@ def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None =
 
 
 def calibration_cells(cal: Calibration | None) -> tuple[str, str, str, str]:
-    """Model (with the meaning learnt, unless our bucket), observed (with its age), correction
-    (with its age) and unseen share, as text."""
+    """Model, observed (with its age, the header meaning learnt, the filter's uncertainty and
+    whether the header may lower the reading), correction (with its age) and unseen share."""
     if cal is None:
         return "-", "-", "-", "-"
     observed = _num(cal.observed, "{:.1%}")
@@ -269,10 +269,12 @@ def calibration_cells(cal: Calibration | None) -> tuple[str, str, str, str]:
         correction += f" ({cal.correction_age_s:.1f}s)"
     if cal.throttled_s > 0:
         correction += f" 429 {cal.throttled_s:.1f}s"
-    model = f"{cal.model:.1%}"
-    if cal.model_kind != "bucket":  # the deployment means something else by utilisation
-        model += f" {cal.model_kind}"
-    return model, observed, correction, f"{cal.unseen:.1%}"
+    if cal.model_kind != "bucket":  # the header meaning learnt, and how sure the filter is
+        observed += f" {cal.model_kind}"
+        if cal.uncertainty is not None:
+            observed += f" ±{cal.uncertainty:.1%}"
+        observed += "" if cal.trusted else " (raise only)"
+    return f"{cal.model:.1%}", observed, correction, f"{cal.unseen:.1%}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

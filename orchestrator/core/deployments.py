@@ -65,6 +65,12 @@ class DeploymentConfig(BaseModel):
     api_key_env: str | None = Field(
         default=None, description="name of the variable holding this resource's key"
     )
+    limit_field: capacity.LimitField | None = Field(
+        default=None, description="the output-limit field the model takes; default: by model"
+    )
+    governance: bool = Field(
+        default=True, description="false: output limits pass as sent (no default, cap, rename)"
+    )
 
     @field_validator("spillover", mode="before")
     @classmethod

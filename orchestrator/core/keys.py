@@ -9,7 +9,8 @@ transaction only ever touches keys of one entity:
 |------------|---------------------|--------------------------------------------------|
 | deployment | `{d:<deployment>}`  | queue, per-tenant queues, fair-share state, dead |
 |            |                     | letters, estimate, its per-request charges,      |
-|            |                     | slots, pause, consumer liveness, breaker, counts |
+|            |                     | slots, pause, consumer liveness, breaker, counts,|
+|            |                     | learnt output lengths per tenant                 |
 | request    | `{<request id>}`    | record, result; the default reply key            |
 |            |                     | `ptu:reply:{<request id>}` shares it             |
 | batch      | `{b:<batch id>}`    | batch hash, its lines' counted-once marks        |
@@ -91,7 +92,8 @@ def consumer_alive(deployment: str, consumer: str) -> str:
 
 
 def estimate(deployment: str) -> str:
-    """Hash holding the utilisation estimate's bucket level and last update time."""
+    """Hash holding the utilisation estimate: the filter state (`st`, JSON) and its version
+    (`ver`), the feeders' heartbeat (`hb`) and the newest token-event id folded in."""
     return f"{_d(deployment)}:est"
 
 
@@ -229,6 +231,12 @@ def breaker_probe(deployment: str) -> str:
 def result_counts(deployment: str) -> str:
     """Hash status -> count of results written for a deployment (survives restarts)."""
     return f"{_d(deployment)}:counts"
+
+
+def output_lengths(deployment: str, tenant: str) -> str:
+    """List of the recent output lengths (tokens per choice) of a tenant's queued calls to a
+    deployment, newest first (see `orchestrator.worker.lengths`)."""
+    return f"{_d(deployment)}:lengths:{tenant}"
 
 
 def tenant_queue(deployment: str, tenant: str) -> str:

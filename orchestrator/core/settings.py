@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     max_tokens_ceiling: int = Field(default=2_000, gt=0)
     default_max_tokens: int = Field(default=1_000, gt=0)
+    size_max_tokens: Literal["auto", "off"] = Field(
+        default="auto",
+        description="queued calls: send an output limit learnt from past answers, or the caller's",
+    )
     spillover_wait_ms: int = Field(default=0, ge=0)
     # batch files (bytes; Redis keeps their metadata)
     files_dir: str = Field(

@@ -54,6 +54,7 @@ READ_BY: Mapping[str, tuple[str, ...]] = {
     "max_body_bytes": ("ingress",),
     "max_tokens_ceiling": ("ingress",),
     "default_max_tokens": ("ingress", "worker"),
+    "size_max_tokens": ("worker",),
     "spillover_wait_ms": ("ingress", "worker"),
     "files_dir": ("ingress",),
     "blob_account_url": ("ingress",),

@@ -26,16 +26,19 @@ class Calibration:
     throttled_s: float = 0.0
     """Seconds the deployment still refuses calls after a 429 (the reading is >= 100 %)."""
     model_kind: str = "bucket"
-    """Which meaning of utilisation explains the deployment's reports best: `bucket` (ours),
-    `bucket/2` (a bucket half the assumed window) or `sliding` (charges over the window)."""
+    """What the utilisation header means, as learnt: the hypothesis that predicts it best
+    (`lag 3s`: the level 3 s before; `avg 5s`: an average over 5 s; `rate`: a rate over the
+    window), or `bucket` while no header was seen."""
+    unseen: float = 0.0
+    """Share of capacity used by load the model cannot see, as learnt from saturations and
+    Azure Monitor minutes (other applications, a capacity below the table)."""
+    uncertainty: float | None = None
+    """The filter's own uncertainty about the header's estimate (a standard deviation)."""
+    trusted: bool = False
+    """Whether the header has predicted well enough to lower the reading."""
     ahead: float | None = None
-    """The highest level expected soon if no low-priority call starts (the sliding meaning:
-    charges stay a window while the traffic we do not control goes on); None: as now."""
-
-    @property
-    def unseen(self) -> float:
-        """Share of capacity used by load the model cannot see (the positive correction)."""
-        return max(0.0, self.correction)
+    """Under a window meaning, the highest level expected soon if no low-priority call starts
+    (charges stay a window while the traffic we do not control goes on); None: as now."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -37,6 +37,7 @@ from orchestrator.utilisation.factory import make_source
 from orchestrator.utilisation.store_factory import estimate_store
 from orchestrator.worker.accounting import WorkerAccounting
 from orchestrator.worker.dispatch import DispatchConfig, Dispatcher, Gates, Reporting
+from orchestrator.worker.lengths import OutputLengths, Sizer
 from orchestrator.worker.loop import Lane, Worker, WorkerTiming
 from orchestrator.worker.metrics import WorkerMetrics
 from orchestrator.worker.upstream import Upstream
@@ -128,6 +129,11 @@ def build_worker(
         tenancy,
         metrics.tenants if metrics is not None else None,
     )
+    sizer = (
+        Sizer(OutputLengths(redis), metrics=metrics)
+        if settings.size_max_tokens == "auto"
+        else Sizer.off()
+    )
     config = DispatchConfig(
         retry=settings.retry_policy(),
         request_timeout_s=settings.request_timeout_s,
@@ -173,6 +179,7 @@ def build_worker(
             config=config,
             gates=Gates(throttle, breaker=breaker, admission=admission, quota=ledger),
             reporting=Reporting(accounting, metrics=metrics, telemetry=tracing, counts=redis),
+            sizer=sizer,
         )
         lanes.append(Lane(d.name, queue, throttle, dispatcher))
     timing = timing or WorkerTiming(
@@ -182,8 +189,17 @@ def build_worker(
     return Built(worker, queues, source, upstream)
 
 
-def run(args: argparse.Namespace, settings: Settings | None) -> int:
-    """Consume until SIGTERM/SIGINT, then drain."""
+def run(
+    args: argparse.Namespace,
+    settings: Settings | None,
+    *,
+    source: Callable[[Settings], UtilisationSource] | None = None,
+) -> int:
+    """Consume until SIGTERM/SIGINT, then drain.
+
+    `source` builds the throttle's utilisation source in place of the configured one (a
+    benchmark's yardstick); `ptu worker` leaves it None.
+    """
     assert settings is not None
     logs.configure(settings.log_level, settings.log_format)
     startup.announce(settings, "worker")
@@ -216,6 +232,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
                 metrics=metrics,
                 upstream=upstream,
                 tracing=tracing,
+                source=None if source is None else source(settings),
             )
             try:
                 await built.worker.run(stop)

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from orchestrator.breaker.machine import GAUGE
 from orchestrator.tenants.metrics import TenantMetrics
 from orchestrator.utilisation.base import Reading
+from orchestrator.utilisation.estimate.filter import header_delay_s
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 _LAG_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14_400, 86_400)
@@ -71,6 +72,18 @@ class WorkerMetrics:
             ["deployment"],
             registry=r,
         )
+        self.uncertainty = Gauge(
+            "ptu_worker_utilisation_uncertainty_ratio",
+            "The estimate filter's own uncertainty about the header's reading (std. deviation)",
+            ["deployment"],
+            registry=r,
+        )
+        self.header_delay = Gauge(
+            "ptu_worker_utilisation_header_delay_seconds",
+            "The delay (or averaging time) of the utilisation header, as learnt",
+            ["deployment"],
+            registry=r,
+        )
         self.lower_threshold = Gauge(
             "ptu_worker_lower_threshold_ratio",
             "Utilisation at or below which low priority runs at full concurrency",
@@ -114,6 +127,13 @@ class WorkerMetrics:
             "ptu_worker_upstream_calls",
             "Upstream attempts, by HTTP status",
             ["deployment", "status_code"],
+            registry=r,
+        )
+        self.sized_calls = Counter(
+            "ptu_worker_sized_calls",
+            "Queued calls sent with a learnt output limit (outcome fit), or cut short by it and"
+            " run again with the caller's (outcome rerun)",
+            ["deployment", "outcome"],
             registry=r,
         )
         self.tokens = Counter(
@@ -177,6 +197,10 @@ class WorkerMetrics:
                     self.observed.labels(deployment).set(cal.observed)
                 if cal.correction_age_s is not None:
                     self.correction_age.labels(deployment).set(cal.correction_age_s)
+                if cal.uncertainty is not None:
+                    self.uncertainty.labels(deployment).set(cal.uncertainty)
+                if (delay := header_delay_s(cal.model_kind)) is not None:
+                    self.header_delay.labels(deployment).set(delay)
 
     def call(self, deployment: str, status_code: int, latency_s: float) -> None:
         """Count one upstream attempt and its duration."""

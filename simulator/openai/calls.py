@@ -8,8 +8,8 @@ from typing import Any
 
 from starlette.requests import Request
 
-from simulator.openai import chat, tokens
-from simulator.openai.deployments import UNLABELLED
+from simulator.openai import chat, models, tokens
+from simulator.openai.counters import UNLABELLED
 from simulator.openai.responses import MIN_OUTPUT_TOKENS
 
 RESPONSES = "responses"
@@ -36,6 +36,14 @@ class ChatCall:
     include_usage: bool
     priority: str
     endpoint: str = "chat/completions"
+    reasoning_tokens: int = 0
+    """Hidden tokens a reasoning model spends before `completion_tokens` visible ones."""
+    reasoning_effort: str | None = None
+
+    @property
+    def output_tokens(self) -> int:
+        """Everything generated: the reasoning and the visible completion."""
+        return self.reasoning_tokens + self.completion_tokens
 
 
 def _invalid(message: str, param: str | None = None, code: str | None = None) -> ChatError:
@@ -90,10 +98,36 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def _reasoning_effort(body: dict[str, Any], endpoint: str) -> str | None:
+    """A reasoning model's `reasoning_effort` (a response's `reasoning.effort`), validated."""
+    if endpoint == RESPONSES:
+        given = body.get("reasoning")
+        effort = given.get("effort") if isinstance(given, dict) else None
+    else:
+        effort = body.get("reasoning_effort")
+    if effort is not None and effort not in tokens.REASONING_EFFORT:
+        supported = ", ".join(f"'{e}'" for e in tokens.REASONING_EFFORT)
+        param = "reasoning.effort" if endpoint == RESPONSES else "reasoning_effort"
+        raise _invalid(
+            f"Invalid value: '{str(effort)[:40]}'. Supported values are: {supported}.",
+            param,
+            "invalid_value",
+        )
+    return effort if isinstance(effort, str) else None
+
+
 def parse_call(
-    request: Request, body: dict[str, Any], seed: int, endpoint: str = "chat/completions"
+    request: Request,
+    body: dict[str, Any],
+    seed: int,
+    endpoint: str = "chat/completions",
+    *,
+    model: str = "",
 ) -> ChatCall:
-    """Token counts, stream options and priority label of a parsed request."""
+    """Token counts, stream options and priority label of a request to a `model` deployment."""
+    reasoning = models.is_reasoning(model)
+    if reasoning and endpoint != RESPONSES and body.get("max_tokens") is not None:
+        raise _invalid(chat.MSG_400_MAX_TOKENS, "max_tokens", "unsupported_parameter")
     try:
         max_tokens = tokens.validated_max_tokens(body)
     except ValueError as exc:
@@ -107,15 +141,23 @@ def parse_call(
             raise _invalid("x-sim-completion-tokens must be an integer") from None
     said = [body.get("instructions"), body["input"]] if endpoint == RESPONSES else body["messages"]
     fraction = tokens.content_fraction(seed, said)
+    effort = _reasoning_effort(body, endpoint) if reasoning else None
+    hidden = 0
+    if reasoning:
+        hidden = tokens.reasoning_length(tokens.reasoning_fraction(seed, said), effort, max_tokens)
+    visible_bound = None if max_tokens is None else max_tokens - hidden
+    visible = 0 if visible_bound == 0 else tokens.completion_length(fraction, visible_bound, forced)
     options = body.get("stream_options")
     label = request.headers.get("x-ptu-priority", "").strip().lower()[:32]
     return ChatCall(
         body=body,
         prompt_tokens=tokens.estimate_prompt_tokens(body),
         max_tokens=max_tokens,
-        completion_tokens=tokens.completion_length(fraction, max_tokens, forced),
+        completion_tokens=visible,
         stream=body.get("stream") is True,
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         priority=label or UNLABELLED,
         endpoint=endpoint,
+        reasoning_tokens=hidden,
+        reasoning_effort=effort or ("medium" if reasoning else None),
     )

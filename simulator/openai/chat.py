@@ -12,6 +12,12 @@ MODEL_VERSIONS = {
     "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
     "gpt-4.1-nano": "gpt-4.1-nano-2025-04-14",
     "gpt-5": "gpt-5-2025-08-07",
+    "gpt-5-mini": "gpt-5-mini-2025-08-07",
+    "gpt-5-nano": "gpt-5-nano-2025-08-07",
+    "o1": "o1-2024-12-17",
+    "o3": "o3-2025-04-16",
+    "o3-mini": "o3-mini-2025-01-31",
+    "o4-mini": "o4-mini-2025-04-16",
 }
 SYSTEM_FINGERPRINT = "fp_sim0000001"
 _SAFE = {"filtered": False, "severity": "safe"}
@@ -58,14 +64,17 @@ def completion_tokens_text(count: int, salt: int) -> list[str]:
     return [VOCABULARY[(salt + i * 7) % n] for i in range(count)]
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    """The usage object of a response or of the final stream chunk."""
+def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> dict[str, Any]:
+    """The usage object of a response or of the final stream chunk.
+
+    `completion_tokens` includes the `reasoning_tokens` (a reasoning model's hidden ones).
+    """
     return {
         "completion_tokens": completion_tokens,
         "completion_tokens_details": {
             "accepted_prediction_tokens": 0,
             "audio_tokens": 0,
-            "reasoning_tokens": 0,
+            "reasoning_tokens": reasoning_tokens,
             "rejected_prediction_tokens": 0,
         },
         "prompt_tokens": prompt_tokens,
@@ -83,6 +92,7 @@ def completion_body(
     finish_reason: str,
     prompt_tokens: int,
     completion_tokens: int,
+    reasoning_tokens: int = 0,
 ) -> dict[str, Any]:
     """A non-streaming `chat.completion` body in Azure's shape."""
     return {
@@ -106,7 +116,7 @@ def completion_body(
         "object": "chat.completion",
         "prompt_filter_results": PROMPT_FILTER_RESULTS,
         "system_fingerprint": SYSTEM_FINGERPRINT,
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(prompt_tokens, completion_tokens, reasoning_tokens),
     }
 
 
@@ -170,9 +180,10 @@ class ChunkWriter:
         """The chunk carrying the finish reason."""
         return self._chunk({}, reason, {})
 
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+    def usage(self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> bytes:
         """The final usage chunk (`stream_options.include_usage`): no choices."""
-        return sse({"choices": [], **self.base, "usage": usage(prompt_tokens, completion_tokens)})
+        counts = usage(prompt_tokens, completion_tokens, reasoning_tokens)
+        return sse({"choices": [], **self.base, "usage": counts})
 
 
 def error_body(
@@ -201,6 +212,10 @@ MSG_400_JSON = (
     "not valid JSON.)"
 )
 MSG_408 = "The operation was timeout."
+MSG_400_MAX_TOKENS = (
+    "Unsupported parameter: 'max_tokens' is not supported with this model. "
+    "Use 'max_completion_tokens' instead."
+)
 MSG_500 = (
     "The server had an error while processing your request. Sorry about that! You can retry your "
     "request, or contact us through an Azure support request if the error persists."

@@ -3,100 +3,41 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 from simulator.config import DeploymentSpec
-from simulator.openai.background import BackgroundCall, BackgroundSchedule, call_shape
+from simulator.openai.background import (
+    BackgroundCall,
+    BackgroundSchedule,
+    Profile,
+    call_shape,
+    parse_profile,
+)
 from simulator.openai.bucket import charge
-from simulator.openai.header import HEADER_MODES, UtilisationHistory, reported
+from simulator.openai.counters import (
+    UNLABELLED,
+    BackgroundCounters,
+    Counters,
+    Decision,
+    Faults,
+    Ticket,
+)
+from simulator.openai.header import DEFAULT_LAG_S, DEFAULT_SMOOTHING_S, HeaderReporter
+from simulator.openai.header import validate as validate_header
 from simulator.openai.latency import ttft_s
-from simulator.openai.meter import MODELS, Meter, make_meter, switch
+from simulator.openai.meter import Meter, make_meter, switch
+from simulator.openai.patch import CHOICES, PATCHABLE, PROVISIONED_ONLY, Changes, parse_changes
 from simulator.openai.standard import StandardLimiter
 
-UNLABELLED = "unlabelled"
-PATCHABLE = (
-    "ptus",
-    "tpm",
-    "tbt_ms",
-    "ttft_ms",
-    "error_rate",
-    "timeout_rate",
-    "spike_rate",
-    "spike_ms",
-    "background_share",
-    "window_s",
-)
-CHOICES: dict[str, tuple[str, ...]] = {
-    "utilisation_model": MODELS,
-    "utilisation_header": HEADER_MODES,
-}
-"""Fields of a PATCH body that take one of a few names rather than a number."""
-PROVISIONED_ONLY = ("ptus", "background_share", "window_s", *CHOICES)
-RATES = ("error_rate", "timeout_rate", "spike_rate", "background_share")
-
-
-@dataclass(slots=True)
-class Faults:
-    """Fault-injection settings: fractions of calls that fail, time out or get a spike."""
-
-    error_rate: float = 0.0
-    timeout_rate: float = 0.0
-    spike_rate: float = 0.0
-    spike_ms: float = 0.0
-
-
-@dataclass(slots=True)
-class Counters:
-    """Totals since start or the last reset."""
-
-    requests: int = 0
-    throttled: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    by_priority: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def bump(self, priority: str, key: str, amount: int = 1) -> None:
-        """Add to the per-priority counter `key`."""
-        slot = self.by_priority.setdefault(
-            priority, {"requests": 0, "throttled": 0, "completion_tokens": 0}
-        )
-        slot[key] += amount
-
-
-@dataclass(slots=True)
-class BackgroundCounters:
-    """Totals of the synthetic bypassing traffic, kept apart from real callers'."""
-
-    requests: int = 0
-    throttled: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass(slots=True)
-class Ticket:
-    """An admitted call, handed back at completion to reconcile its cost."""
-
-    priority: str
-    prompt_tokens: int
-    admitted_output_tokens: int
-    admitted_at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What the deployment decided for one call; `status` 200 means go ahead."""
-
-    status: int
-    utilization: float
-    ticket: Ticket | None = None
-    retry_after_s: float = 0.0
-    remaining_tokens: int | None = None
-    remaining_requests: int | None = None
-    ttft_s: float = 0.0
-    tbt_ms: float = 0.0
+__all__ = [
+    "CHOICES",
+    "PATCHABLE",
+    "PROVISIONED_ONLY",
+    "UNLABELLED",
+    "Decision",
+    "Deployment",
+    "Ticket",
+]
 
 
 class Deployment:
@@ -113,8 +54,10 @@ class Deployment:
         now: float = 0.0,
         utilisation_model: str = "bucket",
         utilisation_header: str = "exact",
-        background_share: float = 0.0,
+        background_share: float | Profile | str = 0.0,
         noise_rng: random.Random | None = None,
+        header_lag_s: float = DEFAULT_LAG_S,
+        header_smoothing_s: float = DEFAULT_SMOOTHING_S,
     ) -> None:
         self.spec = spec
         self.window_s = window_s
@@ -124,18 +67,30 @@ class Deployment:
         self.counters = Counters()
         self.background_counters = BackgroundCounters()
         self._rng = rng
-        self._noise_rng = noise_rng or random.Random(0)
         self.meter: Meter | None = None
         self.limiter: StandardLimiter | None = None
         self.utilisation_model = utilisation_model
-        self.utilisation_header = utilisation_header
-        self.history = UtilisationHistory()
+        self.header = HeaderReporter(
+            utilisation_header,
+            lag_s=header_lag_s,
+            smoothing_s=header_smoothing_s,
+            rng=noise_rng or random.Random(0),
+        )
         self.background = BackgroundSchedule(0.0, now)
+        self.background_capacity_tpm = spec.capacity_tpm
+        """The capacity the background share is of: the live one when the share was set."""
         if spec.kind == "provisioned":
             self.meter = make_meter(utilisation_model, spec.capacity_tpm, window_s, now)
-            self.background.set_share(now, background_share)
+            if isinstance(background_share, str):
+                background_share = parse_profile(background_share)
+            if isinstance(background_share, Profile):
+                self.background.set_profile(now, background_share)
+            else:
+                self.background.set_share(now, background_share)
         else:
             self.limiter = StandardLimiter(spec.tpm)
+        self.spillover: str | None = spec.spillover
+        """The standard deployment this one spills to (deployment-level native spillover)."""
         self.in_flight: dict[str, int] = {}
         self.peak_in_flight: dict[str, int] = {}
 
@@ -159,10 +114,15 @@ class Deployment:
         assert self.limiter is not None
         return self.limiter.utilization(now)
 
+    @property
+    def utilisation_header(self) -> str:
+        """How the utilisation header is reported (`simulator.openai.header`)."""
+        return self.header.mode
+
     def reported_utilization(self, now: float, exact: float) -> float | None:
         """What the utilisation header says now (None: no header), `exact` being the truth."""
-        self.history.record(now, self.utilization(now))
-        return reported(self.utilisation_header, now, exact, self.history, self._noise_rng)
+        self.header.observe(now, self.utilization(now))
+        return self.header.report(now, exact)
 
     def tick(self, now: float) -> list[tuple[int, BackgroundCall]]:
         """Sample the truth for the header history and send the background calls now due.
@@ -171,11 +131,13 @@ class Deployment:
         """
         if self.meter is None:
             return []
-        self.history.record(now, self.meter.utilization(now))
+        self.header.observe(now, self.meter.utilization(now))
         due = self.background.due(now)
         if not due:
             return []
-        call = call_shape(self.background.share, self.meter.capacity_tpm, self.spec.output_weight)
+        # a capacity cut after the share was set does not make the other app send less
+        share = self.background.share_at(now)
+        call = call_shape(share, self.background_capacity_tpm, self.spec.output_weight)
         sent: list[tuple[int, BackgroundCall]] = []
         bg = self.background_counters
         for _ in range(due):
@@ -244,6 +206,29 @@ class Deployment:
             cost = ticket.prompt_tokens + ticket.admitted_output_tokens * self.spec.output_weight
             self.meter.reconcile(now, -cost, ticket.admitted_at)
 
+    def spilled(self, priority: str, status: int) -> None:
+        """A call refused with `status` was served by the spillover target instead.
+
+        It is counted as spilled rather than as a 429 or an error: `throttled` and
+        `errors` count the refusals callers saw.
+        """
+        c = self.counters
+        if status == 429:
+            c.throttled -= 1
+            c.bump(priority, "throttled", -1)
+        else:
+            c.errors -= 1
+        c.spilled += 1
+        c.bump(priority, "spilled")
+
+    def spillover_failed(self) -> None:
+        """A refused call's spillover target failed too; the refusal itself was answered."""
+        self.counters.spillover_errors += 1
+
+    def served_spillover(self) -> None:
+        """This (standard) deployment served a call spilled from a provisioned one."""
+        self.counters.spillover_served += 1
+
     def complete(
         self, now: float, ticket: Ticket, prompt_tokens: int, completion_tokens: int
     ) -> None:
@@ -258,55 +243,46 @@ class Deployment:
         self.counters.bump(ticket.priority, "completion_tokens", completion_tokens)
 
     def patch(self, now: float, changes: dict[str, Any]) -> None:
-        """Apply a validated `PATCH /sim/deployments/{name}` body."""
-        unknown = sorted(set(changes) - set(PATCHABLE) - set(CHOICES))
-        if unknown:
-            raise ValueError(f"unknown field(s): {', '.join(unknown)}")
-        values: dict[str, float] = {}
-        names: dict[str, str] = {}
-        for key, value in changes.items():
-            if key in CHOICES:
-                if value not in CHOICES[key]:
-                    raise ValueError(f"{key} must be one of {', '.join(CHOICES[key])}")
-                names[key] = value
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"{key} must be a non-negative number")
-            if key in RATES and value > 1:
-                raise ValueError(f"{key} must be between 0 and 1")
-            values[key] = float(value)
-        if self.meter is None:
-            misplaced = [k for k in PROVISIONED_ONLY if k in changes]
-            if misplaced:
-                hint = "; use tpm" if "ptus" in misplaced else ""
-                raise ValueError(f"{misplaced[0]} applies to provisioned deployments only{hint}")
-        if "tpm" in values and self.limiter is None:
-            raise ValueError("tpm applies to standard deployments only; use ptus")
-        if values.get("ptus", 1.0) <= 0 or values.get("tpm", 1.0) <= 0:
-            raise ValueError("capacity must be positive")
-        if values.get("window_s", 1.0) <= 0:
-            raise ValueError("window_s must be positive")
-        self._apply(now, values, names)
+        """Apply a `PATCH /sim/deployments/{name}` body, all of it or (ValueError) none."""
+        parsed = parse_changes(changes, provisioned=self.meter is not None)
+        numbers, names = parsed.numbers, parsed.names
+        validate_header(
+            names.get("utilisation_header", self.header.mode),
+            numbers.get("header_lag_s", self.header.lag_s),
+            numbers.get("header_smoothing_s", self.header.smoothing_s),
+        )
+        self._apply(now, parsed)
 
-    def _apply(self, now: float, values: dict[str, float], names: dict[str, str]) -> None:
+    def _apply(self, now: float, parsed: Changes) -> None:
+        numbers, names = parsed.numbers, parsed.names
         if self.meter is not None:
-            if "ptus" in values:
-                self.meter.set_capacity(now, values["ptus"] * self.spec.input_tpm_per_ptu)
-            if "window_s" in values:  # the level is kept; the 100 % mark moves
-                self.window_s = self.meter.window_s = values["window_s"]
-            if "background_share" in values:
-                self.background.set_share(now, values["background_share"])
+            if "ptus" in numbers:
+                self.meter.set_capacity(now, numbers["ptus"] * self.spec.input_tpm_per_ptu)
+            if "window_s" in numbers:  # the level is kept; the 100 % mark moves
+                self.window_s = self.meter.window_s = numbers["window_s"]
+            if "background_share" in numbers:
+                self.background.set_share(now, numbers["background_share"])
+            if parsed.profile is not None:
+                self.background.set_profile(now, parsed.profile)
+            if "background_share" in numbers or parsed.profile is not None:
+                self.background_capacity_tpm = self.meter.capacity_tpm  # after any new ptus
             if "utilisation_model" in names:
                 self.utilisation_model = names["utilisation_model"]
                 self.meter = switch(self.meter, self.utilisation_model, now)
-            self.utilisation_header = names.get("utilisation_header", self.utilisation_header)
-        if "tpm" in values and self.limiter is not None:
-            self.limiter.tpm = values["tpm"]
-        self.tbt_ms = values.get("tbt_ms", self.tbt_ms)
-        self.ttft_ms = values.get("ttft_ms", self.ttft_ms)
+            self.header.configure(
+                names.get("utilisation_header"),
+                numbers.get("header_lag_s"),
+                numbers.get("header_smoothing_s"),
+            )
+        if "tpm" in numbers and self.limiter is not None:
+            self.limiter.tpm = numbers["tpm"]
+        self.tbt_ms = numbers.get("tbt_ms", self.tbt_ms)
+        self.ttft_ms = numbers.get("ttft_ms", self.ttft_ms)
         for key in ("error_rate", "timeout_rate", "spike_rate", "spike_ms"):
-            if key in values:
-                setattr(self.faults, key, values[key])
+            if key in numbers:
+                setattr(self.faults, key, numbers[key])
+        if parsed.sets_spillover:
+            self.spillover = parsed.spillover
 
     def reset(self, now: float) -> None:
         """Empty the bucket or windows, in-flight bookkeeping, peaks and counters."""
@@ -319,7 +295,7 @@ class Deployment:
         self.peak_in_flight.clear()
         self.counters = Counters()
         self.background_counters = BackgroundCounters()
-        self.history = UtilisationHistory()
+        self.header.forget()
 
     def reset_peaks(self) -> None:
         """Start peak tracking again from the current in-flight counts."""
@@ -342,6 +318,9 @@ class Deployment:
             "errors": c.errors,
             "prompt_tokens": c.prompt_tokens,
             "completion_tokens": c.completion_tokens,
+            "spilled": c.spilled,
+            "spillover_errors": c.spillover_errors,
+            "spillover_served": c.spillover_served,
             "by_priority": {k: dict(v) for k, v in c.by_priority.items()},
             "tbt_ms": self.tbt_ms,
             "ttft_ms": self.ttft_ms,
@@ -349,19 +328,24 @@ class Deployment:
                 k: getattr(self.faults, k)
                 for k in ("error_rate", "timeout_rate", "spike_rate", "spike_ms")
             },
-            **self._reality(),
+            **self._reality(now),
         }
 
-    def _reality(self) -> dict[str, Any]:
+    def _reality(self, now: float) -> dict[str, Any]:
         """How this deployment departs from the orchestrator's model (provisioned only)."""
         if self.meter is None:
             return {}
         bg = self.background_counters
         return {
+            "ptus": self.meter.capacity_tpm / self.spec.input_tpm_per_ptu,
+            "spillover": self.spillover,
             "utilisation_model": self.utilisation_model,
-            "utilisation_header": self.utilisation_header,
+            "utilisation_header": self.header.mode,
+            "header_lag_s": self.header.lag_s,
+            "header_smoothing_s": self.header.smoothing_s,
             "background": {
-                "share": self.background.share,
+                "share": self.background.share_at(now),
+                "profile": str(self.background.profile),
                 "requests": bg.requests,
                 "throttled": bg.throttled,
                 "prompt_tokens": bg.prompt_tokens,

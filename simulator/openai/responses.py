@@ -12,9 +12,11 @@ object; `stream: true` answers the event sequence the `openai` SDK parses
     response.completed (or response.incomplete when max_output_tokens cut it short)
 
 The last event carries the whole response with its `usage` (`input_tokens`,
-`output_tokens`, `input_tokens_details.cached_tokens`, `total_tokens`). A response
-cut at `max_output_tokens` has status `incomplete` and `incomplete_details.reason`
-`max_output_tokens`, as the service reports it.
+`output_tokens`, `input_tokens_details.cached_tokens`, `total_tokens`). A reasoning model's
+output starts with a reasoning item (no summary; added and done before the message) and
+its hidden tokens are counted in `output_tokens` and `output_tokens_details.reasoning_tokens`.
+A response cut at `max_output_tokens` has status `incomplete` and
+`incomplete_details.reason` `max_output_tokens`, as the service reports it.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ MIN_OUTPUT_TOKENS = 16
 """The service refuses a `max_output_tokens` below this."""
 
 
-def usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
-    """The `usage` object of a response."""
+def usage(input_tokens: int, output_tokens: int, reasoning_tokens: int = 0) -> dict[str, Any]:
+    """The `usage` object of a response; `output_tokens` includes the reasoning tokens."""
     return {
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
         "total_tokens": input_tokens + output_tokens,
     }
 
@@ -64,8 +66,16 @@ class ResponseWriter:
         model: str,
         body: dict[str, Any],
         input_tokens: int,
+        reasoning_tokens: int = 0,
+        reasoning_effort: str | None = None,
     ) -> None:
         self.response_id = response_id
+        self.reasoning_tokens = reasoning_tokens
+        """Hidden tokens a reasoning model spent, counted in `output_tokens`."""
+        self.reasoning_effort = reasoning_effort
+        self.reasoning_id = "rs_" + response_id.removeprefix("resp_")
+        self.message_index = 1 if reasoning_tokens else 0
+        """The message follows a reasoning model's (summary-less) reasoning item."""
         self.item_id = "msg_" + response_id.removeprefix("resp_")
         self.created = created
         self.model = model_version(model)
@@ -82,12 +92,17 @@ class ResponseWriter:
         truncated: bool = False,
         completed_at: int | None = None,
     ) -> dict[str, Any]:
-        """The `response` object: `in_progress` without output, else with its one message."""
+        """The `response` object: `in_progress` without output, else with its one message.
+
+        `output_tokens` are the visible ones; the usage adds the writer's reasoning tokens.
+        """
         req = self.request
         output = []
         if text is not None:
             item_status = "incomplete" if truncated else "completed"
             output = [_message(self.item_id, item_status, [_text_part(text)])]
+            if self.reasoning_tokens:
+                output.insert(0, self._reasoning_item())
         finished = status != "in_progress"
         return {
             "id": self.response_id,
@@ -106,7 +121,7 @@ class ResponseWriter:
             "output": output,
             "parallel_tool_calls": True,
             "previous_response_id": req.get("previous_response_id"),
-            "reasoning": {"effort": None, "summary": None},
+            "reasoning": {"effort": self.reasoning_effort, "summary": None},
             "service_tier": "default",
             "store": req.get("store", True),
             "temperature": req.get("temperature", 1.0),
@@ -115,9 +130,16 @@ class ResponseWriter:
             "tools": [],
             "top_p": req.get("top_p", 1.0),
             "truncation": "disabled",
-            "usage": usage(self.input_tokens, output_tokens) if finished else None,
+            "usage": self._usage(output_tokens) if finished else None,
             "user": None,
         }
+
+    def _reasoning_item(self) -> dict[str, Any]:
+        return {"id": self.reasoning_id, "type": "reasoning", "summary": []}
+
+    def _usage(self, visible_tokens: int) -> dict[str, Any]:
+        total = visible_tokens + self.reasoning_tokens
+        return usage(self.input_tokens, total, self.reasoning_tokens)
 
     def _event(self, kind: str, payload: dict[str, Any]) -> bytes:
         data = {"type": kind, "sequence_number": self._sequence, **payload}
@@ -133,27 +155,36 @@ class ResponseWriter:
             self._event("response.in_progress", {"response": started}),
         ]
 
+    def _place(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "output_index": self.message_index, "content_index": 0}
+
     def item_added(self) -> list[bytes]:
-        """The message item and its text part, both still empty."""
-        place = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        """A reasoning model's reasoning item, done; the message item and its text part, empty."""
+        events = []
+        if self.reasoning_tokens:
+            reasoning = {"output_index": 0, "item": self._reasoning_item()}
+            events.append(self._event("response.output_item.added", reasoning))
+            events.append(self._event("response.output_item.done", reasoning))
+        added = {
+            "output_index": self.message_index,
+            "item": _message(self.item_id, "in_progress", []),
+        }
         return [
-            self._event(
-                "response.output_item.added",
-                {"output_index": 0, "item": _message(self.item_id, "in_progress", [])},
-            ),
-            self._event("response.content_part.added", {**place, "part": _text_part("")}),
+            *events,
+            self._event("response.output_item.added", added),
+            self._event("response.content_part.added", {**self._place(), "part": _text_part("")}),
         ]
 
     def delta(self, text: str) -> bytes:
         """One `response.output_text.delta`."""
-        place = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
-        return self._event("response.output_text.delta", {**place, "delta": text, "logprobs": []})
+        payload = {**self._place(), "delta": text, "logprobs": []}
+        return self._event("response.output_text.delta", payload)
 
     def closing(
         self, text: str, output_tokens: int, *, truncated: bool, completed_at: int
     ) -> list[bytes]:
         """The done events of the text, part and item, then the final response with usage."""
-        place = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        place = self._place()
         status = "incomplete" if truncated else "completed"
         item = _message(self.item_id, status, [_text_part(text)])
         final = self.body(
@@ -166,6 +197,8 @@ class ResponseWriter:
         return [
             self._event("response.output_text.done", {**place, "text": text, "logprobs": []}),
             self._event("response.content_part.done", {**place, "part": _text_part(text)}),
-            self._event("response.output_item.done", {"output_index": 0, "item": item}),
+            self._event(
+                "response.output_item.done", {"output_index": self.message_index, "item": item}
+            ),
             self._event(f"response.{status}", {"response": final}),
         ]

@@ -17,6 +17,14 @@ Completion lengths are deterministic: a hash of the seed and the messages (a
 response's instructions and input) picks a fraction in [0, 1); with a max_tokens
 the length is between 20 % and 100 % of it, without one between 16 and 512 tokens.
 `x-sim-completion-tokens` overrides the length, still capped at max_tokens.
+
+A reasoning model (`simulator.openai.models.is_reasoning`) first spends hidden reasoning
+tokens: between `REASONING_MIN` and `REASONING_MAX`, drawn from a second hash of the
+seed and the messages and scaled by `reasoning_effort` (`REASONING_EFFORT`; medium when
+not given). `max_completion_tokens` (a response's `max_output_tokens`) bounds reasoning
+and visible output together, reasoning first: a small bound may leave no visible output
+at all (finish reason `length`), as the service warns. Both count as completion tokens
+and are charged with the output weight.
 """
 
 from __future__ import annotations
@@ -33,12 +41,17 @@ __all__ = [
     "completion_length",
     "content_fraction",
     "estimate_prompt_tokens",
+    "reasoning_fraction",
+    "reasoning_length",
     "validated_max_tokens",
 ]
 
 DEFAULT_MAX_TOKENS_ESTIMATE = 1_000
 UNBOUNDED_MIN, UNBOUNDED_MAX = 16, 512
 BOUNDED_MIN_FRACTION = 0.2
+REASONING_MIN, REASONING_MAX = 64, 768
+REASONING_EFFORT = {"minimal": 0.1, "low": 0.5, "medium": 1.0, "high": 2.0}
+"""How much longer (or shorter) a model reasons at each `reasoning_effort`."""
 
 
 def validated_max_tokens(body: dict[str, Any]) -> int | None:
@@ -62,6 +75,18 @@ def content_fraction(seed: int, messages: list[Any]) -> float:
     material = f"{seed}:".encode() + json.dumps(messages, sort_keys=True).encode()
     digest = hashlib.blake2b(material, digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
+
+
+def reasoning_fraction(seed: int, messages: list[Any]) -> float:
+    """A second deterministic number in [0, 1), independent of `content_fraction`'s."""
+    return content_fraction(seed, ["reasoning", *messages])
+
+
+def reasoning_length(fraction: float, effort: str | None, bound: int | None) -> int:
+    """Hidden reasoning tokens: drawn from `fraction`, scaled by the effort, within `bound`."""
+    drawn = REASONING_MIN + math.floor(fraction * (REASONING_MAX - REASONING_MIN + 1))
+    scaled = max(1, round(drawn * REASONING_EFFORT.get(effort or "medium", 1.0)))
+    return scaled if bound is None else min(scaled, bound)
 
 
 def completion_length(fraction: float, max_tokens: int | None, forced: int | None = None) -> int:

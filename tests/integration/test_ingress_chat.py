@@ -173,7 +173,7 @@ async def test_high_priority_feeds_the_estimate(
         await asyncio.sleep(0.02)
     assert len(records) == 1
     assert await redis.hget(records[0], "admit") == b"1"
-    assert await redis.hexists(keys.estimate("ptu"), "level")
+    assert await redis.hexists(keys.estimate("ptu"), "st")  # the filter state, stepped
 
 
 async def test_low_priority_is_queued_then_answered(

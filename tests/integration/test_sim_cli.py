@@ -20,11 +20,12 @@ def test_https_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         [
             sys.executable, "-m", "orchestrator", "simulator",
             "--port", str(port),
-            "--deployment", "a=gpt-4o:15",
+            "--deployment", "a=gpt-4o:15:spill=b",
             "--deployment", "b=gpt-4o-mini:50000:standard",
             "--window-s", "10", "--tbt-ms", "0", "--ttft-ms", "0", "--seed", "4",
             "--utilisation-model", "sliding", "--utilisation-header", "absent",
-            "--background-share", "0.1",
+            "--header-lag-s", "2.5", "--header-smoothing-s", "7",
+            "--background-profile", "square:0.1,0.2,30",
             "--api-key", "k", "--https", "--tls-dir", str(tmp_path), "--log-level", "warning",
         ],
         stdout=subprocess.PIPE,
@@ -55,8 +56,10 @@ def test_https_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             state = http.get("/sim/state").json()["deployments"]
         assert state["a"]["capacity_tpm"] == 37_500 and state["a"]["window_s"] == 10.0
         assert state["a"]["utilisation_model"] == "sliding"
-        assert state["a"]["background"]["share"] == 0.1
-        assert state["b"]["kind"] == "standard"
+        assert (state["a"]["header_lag_s"], state["a"]["header_smoothing_s"]) == (2.5, 7.0)
+        assert state["a"]["background"]["share"] == 0.1  # the LOW half first
+        assert state["a"]["background"]["profile"] == "square:0.1,0.2,30"
+        assert state["b"]["kind"] == "standard" and state["a"]["spillover"] == "b"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
@@ -73,6 +76,10 @@ def test_https_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     [
         (["--deployment", "x=nope:15"], ["--deployment", "nope"]),
         (["--background-share", "1.5"], ["--background-share"]),
+        (["--header-lag-s", "-1"], ["--header-lag-s"]),
+        (["--deployment", "a=gpt-4o:15:spill=zz"], ["--deployment", "spill=zz"]),
+        (["--background-profile", "wave:1"], ["--background-profile", "square:LOW,HIGH"]),
+        (["--header-smoothing-s", "-2"], ["--header-smoothing-s"]),
     ],
 )
 def test_bad_flags_exit_2_naming_the_flag(flags: list[str], named: list[str]) -> None:

@@ -46,7 +46,12 @@ async def http(sim: SimulatorThread) -> AsyncIterator[httpx2.AsyncClient]:
     async with httpx2.AsyncClient(base_url=sim.url, headers={"api-key": "k"}) as client:
         await client.patch(
             "/sim/deployments/ptu",
-            json={"utilisation_model": "bucket", "utilisation_header": "exact"},
+            json={
+                "utilisation_model": "bucket",
+                "utilisation_header": "exact",
+                "header_lag_s": 3,
+                "header_smoothing_s": 5,
+            },
         )
         await client.patch("/sim/deployments/ptu", json={"background_share": 0})
         assert (await client.post("/sim/reset")).status_code == 200
@@ -115,6 +120,44 @@ async def test_header_absent_and_noisy(http: httpx2.AsyncClient) -> None:
     assert float(lagged.headers[HEADER].rstrip("%")) <= 5.0
 
 
+def shown(response: httpx2.Response) -> float:
+    return float(response.headers[HEADER].rstrip("%"))
+
+
+async def test_header_lagged_reports_the_level_of_lag_seconds_earlier(
+    http: httpx2.AsyncClient,
+) -> None:
+    patched = await http.patch(
+        "/sim/deployments/ptu",
+        json={"utilisation_model": "sliding", "utilisation_header": "lagged", "header_lag_s": 1},
+    )
+    assert (patched.json()["utilisation_header"], patched.json()["header_lag_s"]) == ("lagged", 1)
+    await asyncio.sleep(0.3)  # some empty past
+    refused = await fill(http)  # the truth is now >= 100 % for the 2 s window
+    assert refused.status_code == 429 and shown(refused) <= 5.0  # 1 s ago: empty
+    await asyncio.sleep(1.3)
+    later = await http.post(CHAT, json=body(5))
+    assert later.status_code == 429 and shown(later) >= 100.0  # now the header has caught up
+
+
+async def test_header_smoothed_follows_the_truth_with_its_time_constant(
+    http: httpx2.AsyncClient,
+) -> None:
+    await http.patch(
+        "/sim/deployments/ptu",
+        json={"utilisation_model": "sliding", "utilisation_header": "smoothed"},
+    )
+    patched = await http.patch("/sim/deployments/ptu", json={"header_smoothing_s": 1.0})
+    assert patched.json()["header_smoothing_s"] == 1.0
+    await asyncio.sleep(0.3)
+    refused = await fill(http)
+    assert refused.status_code == 429 and shown(refused) <= 20.0  # the average has barely moved
+    await asyncio.sleep(1.0)  # only the simulator's ticks advance the average meanwhile
+    later = await http.post(CHAT, json=body(5))
+    # after ~one time constant: 1 - e^-1 (63 %) of the ~103 % step, give or take the timing
+    assert later.status_code == 429 and 45.0 <= shown(later) <= 90.0
+
+
 async def test_background_share_is_charged_refused_and_counted_apart(
     http: httpx2.AsyncClient, sim: SimulatorThread
 ) -> None:
@@ -147,9 +190,29 @@ async def test_background_share_is_charged_refused_and_counted_apart(
     await http.patch("/sim/deployments/bg", json={"background_share": 0})
 
 
+async def test_background_profile_square_wave(http: httpx2.AsyncClient) -> None:
+    reply = await http.patch("/sim/deployments/ptu", json={"background_profile": "square:0,0.5,1"})
+    assert reply.status_code == 200
+    assert reply.json()["background"] | {"requests": 0} == {
+        "share": 0.0, "profile": "square:0,0.5,1", "requests": 0, "throttled": 0,
+        "prompt_tokens": 0, "completion_tokens": 0,
+    }  # fmt: skip
+    await asyncio.sleep(2.2)  # LOW for 1 s, HIGH for 1 s, LOW again
+    bg = (await http.get("/sim/state")).json()["deployments"]["ptu"]["background"]
+    assert 6 <= bg["requests"] <= 14  # ~10 calls a second, in the HIGH second only
+    bad = await http.patch("/sim/deployments/ptu", json={"background_profile": "square:0,0.5"})
+    assert bad.status_code == 400 and "HALF_PERIOD_S" in bad.json()["error"]["message"]
+
+
 async def test_patch_errors(http: httpx2.AsyncClient) -> None:
     bad = await http.patch("/sim/deployments/ptu", json={"utilisation_model": "rate"})
     assert bad.status_code == 400 and "bucket, sliding" in bad.json()["error"]["message"]
+    bad = await http.patch(
+        "/sim/deployments/ptu", json={"utilisation_header": "lagged", "header_lag_s": 900}
+    )
+    assert bad.status_code == 400 and "header_lag_s" in bad.json()["error"]["message"]
+    state = (await http.get("/sim/state")).json()["deployments"]["ptu"]
+    assert state["utilisation_header"] == "exact"  # a refused PATCH changes nothing
     standard = await http.patch("/sim/deployments/paygo", json={"background_share": 0.1})
     assert standard.status_code == 400
     assert "provisioned deployments only" in standard.json()["error"]["message"]

@@ -27,7 +27,7 @@ from orchestrator.queues.redis_streams import RedisStreamsQueue
 from orchestrator.utilisation.static import StaticSource
 from orchestrator.worker.loop import WorkerTiming
 from orchestrator.worker.main import build_worker
-from orchestrator.worker.upstream import AzureUpstream
+from orchestrator.worker.upstream import AzureUpstream, Upstream
 from simulator.config import SimConfig
 from simulator.openai import tokens
 from simulator.server import SimulatorThread
@@ -119,6 +119,7 @@ async def run_worker(
     timeout_s: float = 30.0,
     before: float = 0.0,
     then: Any = None,
+    upstream: Upstream | None = None,
 ) -> dict[str, ResultDocument]:
     """Run one in-process worker until every id has a result, then stop it."""
     source = StaticSource({DEP: 0.0})
@@ -127,6 +128,7 @@ async def run_worker(
         redis,
         settings.deployments,
         "w-test",
+        upstream=upstream,
         source=source,
         timing=timing or WorkerTiming(receive_timeout_s=0.2, heartbeat_s=0.2, drain_timeout_s=2),
     )

@@ -182,8 +182,9 @@ def test_dashboard_renders_and_status_line_is_plain() -> None:
 
 def test_dashboard_shows_the_calibration() -> None:
     cal = Calibration(
-        model=0.42, correction=0.25, correction_age_s=0.3, observed=0.7, observed_age_s=0.3
-    )
+        model=0.42, correction=0.25, correction_age_s=0.3, observed=0.7, observed_age_s=0.3,
+        model_kind="lag 3s", unseen=0.25,
+    )  # fmt: skip
     snap = Snapshot(
         12.0, 60.0, 0.7, 3, 10, 4, 20, 100, 0, 1200.0, 1500.0, False, estimate=0.67,
         calibration=cal,
@@ -193,5 +194,5 @@ def test_dashboard_shows_the_calibration() -> None:
     text = console.export_text()
     assert "estimate" in text and "0.67" in text
     assert "model 0.42" in text and "observed 0.70" in text and "correction +0.25" in text
-    assert "unseen traffic 25%" in text
+    assert "unseen traffic 25%" in text and "(lag 3s)" in text
     assert "unseen traffic 25%" in status_line(snap)

@@ -32,8 +32,9 @@ CASES: list[tuple[str, list[tuple[float, Outcome, float | None]], str, float]] =
         "open", 16.8,
     ),
     ("short 429 is load, not failure", [(1, "throttled", 0.2)] * 6, "closed", 0.0),
-    ("429 beyond the grace opens for its retry-after", [(1, "throttled", 7.0)], "open", 8.0),
-    ("retry-after is capped", [(1, "throttled", 3600.0)], "open", 61.0),
+    ("429 beyond the grace opens for its retry-after", [(1, "throttled", 4.0)], "open", 5.0),
+    ("a minute-window 429 opens for max_throttled_open_s", [(1, "throttled", 54.0)], "open", 6.0),
+    ("a failure's retry-after is capped at max_open_s", [(2, "unreachable", 3600.0)], "open", 62.0),
     ("unreachable opens at once", [(2, "unreachable", None)], "open", 7.0),
 ]  # fmt: skip
 
@@ -48,6 +49,13 @@ def test_transitions(
         b.record(now, outcome, retry_after_s=retry_after)
     assert b.state == state
     assert b.open_until == pytest.approx(until)
+
+
+def test_a_throttled_call_that_ends_while_open_extends_it_as_long() -> None:
+    b = Breaker(CFG)
+    b.record(1, "throttled", retry_after_s=54)
+    b.record(3, "throttled", retry_after_s=54)  # started before the trip, ended after it
+    assert b.open_until == pytest.approx(3 + CFG.max_throttled_open_s)
 
 
 def _opened(now: float = 0.0) -> Breaker:

@@ -60,7 +60,7 @@ def test_priority_rejects_anything_else(value: str) -> None:
 def test_governance_table(
     body: dict[str, object], changed: bool, expected: dict[str, object]
 ) -> None:
-    assert govern(body, ceiling=2000, default=1000) is changed
+    assert govern(body, ceiling=2000, default=1000).changed is changed
     assert body == expected
 
 

@@ -69,3 +69,47 @@ def test_reality_knobs_default_to_the_orchestrator_model_and_are_validated() -> 
         SimConfig.from_specs([], utilisation_header="sometimes")
     with pytest.raises(ConfigError, match="--background-share"):
         SimConfig.from_specs([], background_share=1.2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"header_lag_s": -1.0}, "--header-lag-s must be between 0 and 600"),
+        ({"header_smoothing_s": float("inf")}, "--header-smoothing-s"),
+        ({"background_profile": "square:0,0.5"}, "--background-profile: .* expected"),
+        ({"background_profile": "square:0,0.5,5", "background_share": 0.2}, "not both"),
+    ],
+)
+def test_new_reality_flags_are_validated(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SimConfig.from_specs([], **kwargs)
+
+
+def test_the_background_is_the_profile_else_the_share() -> None:
+    assert SimConfig.from_specs([], background_share=0.2).background == 0.2
+    square = SimConfig.from_specs([], background_profile="square:0,0.5,15")
+    assert square.background == "square:0,0.5,15"
+    assert (square.header_lag_s, square.header_smoothing_s) == (3.0, 5.0)
+
+
+def test_a_provisioned_spec_may_name_its_spillover_deployment() -> None:
+    spec = parse_deployment("ptu=gpt-4o:15:spill=paygo")
+    assert (spec.kind, spec.ptus, spec.spillover) == ("provisioned", 15.0, "paygo")
+    assert parse_deployment("ptu=gpt-4o:15").spillover is None
+    config = SimConfig.from_specs(["ptu=gpt-4o:15:spill=paygo", "paygo=gpt-4o:1000:standard"])
+    assert config.deployments[0].spillover == "paygo"
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        (["ptu=gpt-4o:15:spill="], "spill= names another, standard deployment"),
+        (["ptu=gpt-4o:15:spill=ptu"], "spill= names another"),
+        (["ptu=gpt-4o:15:spillover=x"], "'standard' or 'spill=STD'"),
+        (["ptu=gpt-4o:15:spill=paygo"], "spill=paygo is not a standard deployment"),
+        (["ptu=gpt-4o:15:spill=other", "other=gpt-4o:15"], "spill=other is not a standard"),
+    ],
+)
+def test_bad_spillover_specs(specs: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SimConfig.from_specs(specs)

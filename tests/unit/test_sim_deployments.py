@@ -104,7 +104,10 @@ def test_spike_adds_to_ttft() -> None:
         ({"background_share": 1.5}, "between 0 and 1"),
         ({"background_share": "lots"}, "non-negative"),
         ({"utilisation_model": "rate"}, "bucket, sliding"),
-        ({"utilisation_header": 3}, "exact, noisy, absent"),
+        ({"utilisation_header": 3}, "exact, noisy, absent, lagged, smoothed"),
+        ({"header_lag_s": 601}, "header_lag_s must be between 0 and 600"),
+        ({"header_lag_s": -1}, "non-negative"),
+        ({"header_smoothing_s": "slow"}, "non-negative"),
     ],
 )
 def test_patch_validation(changes: dict[str, Any], message: str) -> None:
@@ -130,3 +133,34 @@ def test_patch_capacity_and_reset() -> None:
     state = d.state(0.0)
     assert state["utilization"] == 0.0 and state["requests"] == 0 and state["in_flight"] == 0
     assert "name=d kind=provisioned" in repr(d)
+
+
+@pytest.mark.parametrize("model", ["bucket", "sliding"])
+def test_a_capacity_step_applies_to_the_live_level(model: str) -> None:
+    d = provisioned()  # 15 PTU: 100 % = 6,250, drain 625/s
+    d.patch(0.0, {"utilisation_model": model})
+    held = d.admit(0.0, prompt_tokens=250, output_tokens=1_000)  # 3,250 = 52 %, in flight
+    assert held.ticket is not None and d.utilization(0.0) == pytest.approx(0.52)
+    d.patch(0.0, {"ptus": 7.5})  # cut to half: the same tokens are twice the fraction
+    state = d.state(0.0)
+    assert (state["ptus"], state["capacity_tpm"]) == (7.5, 18_750)
+    assert state["utilization"] == pytest.approx(1.04)
+    refused = d.admit(0.0, prompt_tokens=10, output_tokens=0)
+    assert refused.status == 429
+    if model == "bucket":  # drains at the new, halved rate: 312.5/s until below 3,125
+        assert refused.retry_after_s == pytest.approx(125 / 312.5)
+    d.complete(0.0, held.ticket, 250, 200)  # the in-flight call reconciles at weight 3
+    assert d.utilization(0.0) == pytest.approx((250 + 200 * 3) / 3_125)
+    d.patch(0.0, {"ptus": 15})  # restored: the level is the same tokens again
+    assert d.utilization(0.0) == pytest.approx((250 + 200 * 3) / 6_250)
+    assert d.admit(0.0, prompt_tokens=10, output_tokens=0).status == 200
+
+
+def test_a_quota_step_applies_to_the_live_standard_windows() -> None:
+    s = standard()  # 10,000 TPM
+    assert s.admit(0.0, prompt_tokens=4_000, output_tokens=1_000).status == 200
+    s.patch(1.0, {"tpm": 5_000})
+    assert s.utilization(1.0) == pytest.approx(1.0)  # this minute's 5,000 tokens fill it now
+    assert s.admit(1.0, prompt_tokens=1, output_tokens=0).status == 429
+    s.patch(2.0, {"tpm": 10_000})
+    assert s.admit(2.0, prompt_tokens=1, output_tokens=0).status == 200

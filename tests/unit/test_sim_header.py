@@ -1,13 +1,15 @@
-"""How the utilisation header is reported (exact, noisy, absent), from tables."""
+"""How the utilisation header is reported (exact, noisy, absent, lagged, smoothed)."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 
 from simulator.openai.header import (
     NOISY_POINTS,
+    HeaderReporter,
     UtilisationHistory,
     header_value,
     reported,
@@ -74,3 +76,99 @@ def test_noisy_never_reads_below_zero() -> None:
 @pytest.mark.parametrize(("fraction", "text"), [(0.425, "42.5%"), (1.0, "100.0%"), (0.0, "0.0%")])
 def test_header_value(fraction: float, text: str) -> None:
     assert header_value(fraction) == text
+
+
+def reporter(mode: str, *samples: tuple[float, float], **knobs: float) -> HeaderReporter:
+    r = HeaderReporter(mode, rng=random.Random(0), **knobs)
+    for t, u in samples:
+        r.observe(t, u)
+    return r
+
+
+# a bucket filled to 0.9 at t=0 (a jump from 0), draining 0.1 a second, sampled every 0.5 s
+DRAINING = [(0.0, 0.0), (0.0, 0.9), *((i * 0.5, 0.9 - 0.05 * i) for i in range(1, 19))]
+
+
+@pytest.mark.parametrize(
+    ("lag_s", "now", "expected"),
+    [
+        (3.0, 9.0, 0.9 - 0.1 * 6.0),  # the level of 3 s earlier
+        (3.0, 2.0, 0.0),  # 3 s before t=2 the bucket was still empty (the oldest sample)
+        (5.0, 9.0, 0.9 - 0.1 * 4.0),
+        (0.0, 9.0, 0.0),  # no lag: the truth
+        (2.25, 9.0, 0.9 - 0.1 * 6.75),  # between samples: interpolated
+    ],
+)
+def test_lagged_reports_the_level_of_lag_seconds_earlier(
+    lag_s: float, now: float, expected: float
+) -> None:
+    r = reporter("lagged", *[(t, u) for t, u in DRAINING if t <= now], lag_s=lag_s)
+    assert r.report(now, 0.9 - 0.1 * now if now else 0.9) == pytest.approx(expected)
+
+
+def test_the_history_keeps_at_least_the_lag() -> None:
+    r = reporter("lagged", *((i * 0.1, i / 1000) for i in range(201)), lag_s=15.0)
+    assert r.history.keep_s == 16.0 and r.report(20.0, 0.2) == pytest.approx(0.05)
+    r.configure(lag_s=1.0)
+    assert r.history.keep_s == 3.0  # never less than the noisy mode needs
+
+
+def ema_reference(samples: list[tuple[float, float]], tau: float, step: float = 1e-4) -> float:
+    """The average by brute force: Euler steps over the piecewise-linear input."""
+    y, (t, x) = samples[0][1], samples[0]
+    for t1, x1 in samples[1:]:
+        n = round((t1 - t) / step)
+        for k in range(n):
+            u = x + (x1 - x) * (k + 0.5) / n
+            y += (u - y) * step / tau
+        t, x = t1, x1
+    return y
+
+
+@pytest.mark.parametrize(
+    ("samples", "tau"),
+    [
+        ([(0.0, 0.0), (0.0, 1.0), (5.0, 1.0)], 5.0),  # a step: 1 - e^-1 after one constant
+        ([(0.0, 0.0), (0.0, 1.0), (5.0, 1.0)], 1.0),
+        ([(0.0, 0.8), (4.0, 0.0)], 2.0),  # a linear drain
+        ([(0.0, 0.0), (1.0, 0.5), (1.0, 1.0), (3.0, 0.8), (6.0, 0.2)], 3.0),
+    ],
+)
+def test_smoothed_is_the_exact_moving_average(
+    samples: list[tuple[float, float]], tau: float
+) -> None:
+    r = reporter("smoothed", *samples, smoothing_s=tau)
+    end, exact = samples[-1]
+    assert r.report(end, exact) == pytest.approx(ema_reference(samples, tau), abs=1e-4)
+
+
+def test_smoothed_does_not_depend_on_how_often_it_is_sampled() -> None:
+    sparse = reporter("smoothed", (0.0, 0.0), (0.0, 1.0), (10.0, 0.0), smoothing_s=5.0)
+    dense = reporter("smoothed", (0.0, 0.0), smoothing_s=5.0)
+    for i in range(1001):  # the same input, a sample every 10 ms (many requests)
+        dense.observe(i * 0.01, 1.0 - i * 0.001)
+    assert sparse.report(10.0, 0.0) == pytest.approx(dense.report(10.0, 0.0), abs=1e-9)
+    # y = x - s*tau + (y0 - x0 + s*tau) e^(-t/tau), s = -0.1/s, tau = 5 s, y0 = 0, x0 = 1
+    assert sparse.report(10.0, 0.0) == pytest.approx(0.5 - 1.5 * math.exp(-2))
+
+
+def test_smoothed_before_any_sample_and_with_no_time_constant() -> None:
+    assert reporter("smoothed").report(1.0, 0.4) == 0.4  # nothing seen yet: the truth
+    r = reporter("smoothed", (0.0, 0.1), (1.0, 0.7), smoothing_s=0.0)
+    assert r.report(1.0, 0.7) == 0.7
+    r.observe(0.5, 0.0)  # time never runs backwards
+    assert r.smoother.value == 0.7
+    assert repr(r.smoother) == "<Smoother time_constant_s=0 value=0.7000>"
+
+
+def test_forget_starts_the_past_again_and_the_knobs_are_validated() -> None:
+    r = reporter("smoothed", (0.0, 0.0), (0.0, 1.0), (5.0, 1.0), smoothing_s=5.0)
+    r.forget()
+    assert r.smoother.value is None and r.report(6.0, 0.3) == 0.3
+    assert repr(r) == "<HeaderReporter mode=smoothed lag_s=3 smoothing_s=5>"
+    with pytest.raises(ValueError, match="one of exact, noisy, absent, lagged, smoothed"):
+        r.configure("late")
+    with pytest.raises(ValueError, match="header_lag_s"):
+        HeaderReporter("lagged", lag_s=-1.0)
+    with pytest.raises(ValueError, match="header_smoothing_s"):
+        r.configure(smoothing_s=float("nan"))

@@ -84,3 +84,30 @@ def test_fraction_is_deterministic_per_seed_and_content() -> None:
     values = [tokens.content_fraction(s, a) for s in range(200)]
     assert all(0.0 <= v < 1.0 for v in values)
     assert 0.35 < sum(values) / len(values) < 0.65  # spread, not constant
+
+
+@pytest.mark.parametrize(
+    ("fraction", "effort", "bound", "expected"),
+    [
+        (0.0, None, None, tokens.REASONING_MIN),  # medium when not given
+        (0.999_999, "medium", None, tokens.REASONING_MAX),
+        (0.5, "medium", None, 416),  # 64 + floor(0.5 x 705)
+        (0.5, "low", None, 208),
+        (0.5, "high", None, 832),
+        (0.5, "minimal", None, 42),
+        (0.5, "high", 300, 300),  # within max_completion_tokens
+        (0.0, "minimal", None, 6),
+        (0.5, "unknown", None, 416),  # validated at parse time; medium otherwise
+    ],
+)
+def test_reasoning_length(
+    fraction: float, effort: str | None, bound: int | None, expected: int
+) -> None:
+    assert tokens.reasoning_length(fraction, effort, bound) == expected
+
+
+def test_reasoning_fraction_is_deterministic_and_not_the_content_fraction() -> None:
+    said = [{"role": "user", "content": "x"}]
+    assert tokens.reasoning_fraction(1, said) == tokens.reasoning_fraction(1, said)
+    assert tokens.reasoning_fraction(1, said) != tokens.content_fraction(1, said)
+    assert 0.0 <= tokens.reasoning_fraction(2, said) < 1.0

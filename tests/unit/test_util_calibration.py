@@ -1,65 +1,54 @@
-"""The calibration filter (record.lua + read.lua) from tables, on an injected clock."""
+"""The calibrated estimate through its store: signals in token events, one shared state."""
 
 from __future__ import annotations
 
-import math
+import json
 from typing import Any
 
 import fakeredis
 import pytest
 
+from orchestrator.calls.signals import parse_utilisation, read_signals
+from orchestrator.core import keys
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.utilisation.estimate.calibration import (
-    CalibrationParams,
+    DEFAULT_PARAMS,
     header_utilisation,
     params_for,
-    parse_utilisation,
 )
+from orchestrator.utilisation.estimate.filter import FilterParams
 from orchestrator.utilisation.estimate.store import EstimateStore
 from tests.support.clock import FakeClock
 from tests.unit.test_util_estimate import DEPLOYMENT, START
 
-PARAMS = CalibrationParams(
-    tau_up=0.5,
-    tau_down=2.0,
-    negative_decay_s=2.0,
-    positive_decay_s=30.0,
-    max_observation_age_s=5,
-    trend_s=0,  # the tables check the bias alone; the trend has its own tests
-)
-# a steady ramp's errors stay within the noise band: the trend's own tests take it away
-TREND = CalibrationParams(trend_s=4.0, max_trend=0.2, lookahead_s=0, noise_band=0)
+# the deployment's 100 % is 1,000 tokens (see test_util_estimate.DEPLOYMENT)
 
 
-def store(redis: Any, clock: FakeClock, params: CalibrationParams | None = PARAMS) -> EstimateStore:
+def store(
+    redis: Any, clock: FakeClock, params: FilterParams | None = DEFAULT_PARAMS
+) -> EstimateStore:
     return EstimateStore(
-        redis,
-        [DEPLOYMENT],
-        window_s=10.0,
-        max_age_s=5.0,
-        clock=clock,
-        time_source="clock",
+        redis, [DEPLOYMENT], window_s=10.0, max_age_s=5.0, clock=clock, time_source="clock",
         calibration=params,
-    )
+    )  # fmt: skip
 
 
 _ids = iter(range(10**9))
 
 
 def obs(
-    value: float | None = None, *, age: float = 0.0, retry_ms: float | None = None
+    value: float | None = None,
+    *,
+    age: float = 0.0,
+    retry_ms: float | None = None,
+    **signals: Any,
 ) -> TokenEvent:
     """A zero-token `complete` carrying the deployment's signals (its own request id)."""
     return TokenEvent(
-        request_id=f"r{next(_ids)}",
-        deployment="d",
-        phase="complete",
-        timestamp=0.0,
-        prompt_tokens=0,
-        utilisation=value,
-        utilisation_age_s=age,
-        retry_after_ms=retry_ms,
-    )
+        request_id=f"r{next(_ids)}", deployment="d", phase="complete", timestamp=0.0,
+        prompt_tokens=0, utilisation=value, utilisation_age_s=age, retry_after_ms=retry_ms,
+        **signals,
+    )  # fmt: skip
 
 
 def charge(tokens: int) -> TokenEvent:
@@ -69,96 +58,35 @@ def charge(tokens: int) -> TokenEvent:
     )  # fmt: skip
 
 
-def _after_429_then_header() -> tuple[float, float]:
-    c = 1.0 * math.exp(-1 / PARAMS.positive_decay_s)
-    c += DOWN * (0.3 - c)
-    return c, c
-
-
-UP = 1 - math.exp(-1 / PARAMS.tau_up)  # gain of an observation 1 s after the previous one
-DOWN = 1 - math.exp(-1 / PARAMS.tau_down)
-
-# (seconds to advance, event) ... -> (expected reading, expected correction) at the end
-CASES: dict[str, tuple[list[tuple[float, TokenEvent]], float, float]] = {
-    "no signal: the model alone": ([(0, charge(300))], 0.3, 0.0),
-    "the first observation is taken whole": ([(0, charge(300)), (0, obs(0.5))], 0.5, 0.2),
-    "fuller than the model: fast gain": (
-        [(0, obs(0.0)), (1, obs(0.4))],
-        0.4 * UP,
-        0.4 * UP,
-    ),
-    "emptier than the model: slow gain": (
-        [(0, charge(500)), (0, obs(0.5)), (1, charge(100)), (0, obs(0.2))],
-        # model 0.5 - 0.1 drained + 0.1 = 0.5; the error -0.3 is taken at the slow gain
-        0.5 - 0.3 * DOWN,
-        -0.3 * DOWN,
-    ),
-    "negative corrections fade fast without backing": (
-        [(0, charge(500)), (0, obs(0.3)), (4, charge(0))],
-        0.1 + (-0.2) * math.exp(-4 / PARAMS.negative_decay_s),
-        -0.2 * math.exp(-4 / PARAMS.negative_decay_s),
-    ),
-    "positive corrections fade slowly": (
-        [(0, obs(0.4)), (6, charge(0))],
-        0.4 * math.exp(-6 / PARAMS.positive_decay_s),
-        0.4 * math.exp(-6 / PARAMS.positive_decay_s),
-    ),
-    "observations too old are ignored": ([(0, charge(200)), (0, obs(0.9, age=6))], 0.2, 0.0),
-    "an aged observation counts from when it was true": (
-        [(0, obs(0.0)), (2, obs(0.4, age=1))],
-        0.4 * UP,
-        0.4 * UP,
-    ),
-    "a 429 pins the reading at 100 % until retry-after": (
-        [(0, charge(200)), (0, obs(retry_ms=500))],
-        1.0,
-        0.8,
-    ),
-    "after retry-after, the 429's lesson remains as a slow bias": (
-        [(0, charge(200)), (0, obs(retry_ms=500)), (1, charge(0))],
-        0.1 + 0.8 * math.exp(-1 / PARAMS.positive_decay_s),
-        0.8 * math.exp(-1 / PARAMS.positive_decay_s),
-    ),
-    "a header after a 429 corrects its lesson, at the slow gain": (
-        [(0, obs(0.0)), (0, obs(retry_ms=0)), (1, obs(0.3))],
-        *_after_429_then_header(),
-    ),
-    "the first header ever is taken whole, even after a 429": (
-        [(0, obs(retry_ms=0)), (1, obs(0.3))],
-        0.3,
-        0.3,
-    ),
-    "reading never below zero": ([(0, charge(100)), (0, obs(0.0)), (0, charge(0))], 0.0, -0.1),
-}
-
-
-@pytest.mark.parametrize("name", list(CASES))
-async def test_filter(fake_redis: fakeredis.FakeAsyncRedis, name: str) -> None:
-    events, value, correction = CASES[name]
-    clock = FakeClock(START)
-    s = store(fake_redis, clock)
+async def reading_after(redis: Any, clock: FakeClock, *events: TokenEvent) -> Any:
+    s = store(redis, clock)
     await s.heartbeat()
-    for advance, event in events:
-        clock.now += advance
+    for event in events:
         await s.record(event)
-    await s.heartbeat()
-    reading = await s.read("d")
-    assert reading.calibration is not None
-    assert reading.value == pytest.approx(value, abs=1e-9)
-    assert reading.calibration.correction == pytest.approx(correction, abs=1e-9)
+    return await s.read("d")
 
 
 async def test_off_is_the_open_loop_model(fake_redis: fakeredis.FakeAsyncRedis) -> None:
     clock = FakeClock(START)
     s = store(fake_redis, clock, params=None)
     await s.heartbeat()
-    for event in (charge(300), obs(0.9), obs(retry_ms=2000)):
+    for event in (charge(300), obs(0.9), obs(retry_ms=2000), obs(remaining_tokens=0)):
         await s.record(event)
     reading = await s.read("d")
     assert reading.value == pytest.approx(0.3)
     assert reading.calibration is None
-    fields = await fake_redis.hkeys("ptu:est:d")
-    assert not {b"c", b"floor", b"obs"} & set(fields)
+    state = json.loads(await fake_redis.hget(keys.estimate("d"), "st"))
+    assert state["obs"] is None and state["hold_until"] == 0 and state["used"] is None
+
+
+async def test_a_header_above_the_model_raises_the_reading(
+    fake_redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    reading = await reading_after(fake_redis, FakeClock(START), charge(200), obs(0.5))
+    assert reading.value == pytest.approx(0.5)
+    cal = reading.calibration
+    assert cal is not None and not cal.trusted
+    assert cal.model == pytest.approx(0.2) and cal.correction == pytest.approx(0.3)
 
 
 async def test_reading_shows_model_observation_and_ages(
@@ -176,43 +104,91 @@ async def test_reading_shows_model_observation_and_ages(
     assert cal.model == pytest.approx(0.1)
     assert cal.observed == pytest.approx(0.5)
     assert cal.observed_age_s == pytest.approx(1.5)
-    assert cal.correction_age_s == pytest.approx(1.5)
-    assert cal.unseen == pytest.approx(cal.correction)
     assert cal.throttled_s == 0.0
+    assert cal.model_kind.startswith(("lag", "avg", "rate"))
 
 
-async def test_throttled_time_counts_down(fake_redis: fakeredis.FakeAsyncRedis) -> None:
+async def test_a_429_holds_and_counts_down(fake_redis: fakeredis.FakeAsyncRedis) -> None:
     clock = FakeClock(START)
     s = store(fake_redis, clock)
     await s.heartbeat()
-    await s.record(obs(retry_ms=3000))
+    await s.record(obs(retry_ms=60_000))  # a minute-window limiter: held hold_s at most
     clock.now += 1.0
-    await s.record(obs(retry_ms=500))  # a shorter retry-after never shortens the pause
     await s.heartbeat()
-    cal = (await s.read("d")).calibration
-    assert cal is not None and cal.throttled_s == pytest.approx(2.0)
+    reading = await s.read("d")
+    assert reading.value >= 1.0
+    assert reading.calibration is not None
+    assert reading.calibration.throttled_s == pytest.approx(DEFAULT_PARAMS.hold_s - 1)
+    assert reading.calibration.unseen > 0
 
 
-async def test_observe_events_charge_nothing(fake_redis: fakeredis.FakeAsyncRedis) -> None:
+async def test_a_spilled_response_is_a_saturation(fake_redis: fakeredis.FakeAsyncRedis) -> None:
+    reading = await reading_after(fake_redis, FakeClock(START), obs(spilled=True))
+    assert reading.value >= 1.0
+
+
+async def test_remaining_tokens_read_against_the_capacity(
+    fake_redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    # capacity 6,000 tokens a minute: 1,500 remaining is 75 % used
+    reading = await reading_after(fake_redis, FakeClock(START), obs(remaining_tokens=1500))
+    assert reading.value == pytest.approx(0.75)
+    limited = await reading_after(
+        fakeredis.FakeAsyncRedis(), FakeClock(START), obs(remaining_tokens=900, limit_tokens=1000)
+    )
+    assert limited.value == pytest.approx(0.1)
+
+
+async def test_observe_events_charge_nothing_and_apply_once(
+    fake_redis: fakeredis.FakeAsyncRedis,
+) -> None:
     clock = FakeClock(START)
     s = store(fake_redis, clock)
     await s.heartbeat()
     await s.record(charge(400))
-    event = obs(0.4).model_copy(update={"phase": "observe"})
+    event = obs(0.6).model_copy(update={"phase": "observe"})
     await s.record(event)
     await s.record(event)  # redelivered: applied once
+    state = json.loads(await fake_redis.hget(keys.estimate("d"), "st"))
+    assert state["n"] == 1
     cal = (await s.read("d")).calibration
-    assert cal is not None
-    assert (cal.model, cal.correction) == (pytest.approx(0.4), pytest.approx(0.0))
+    assert cal is not None and cal.model == pytest.approx(0.4)
 
 
-def test_noise_beyond_the_band_leans_safe() -> None:
-    """Property of the gains: symmetric noise wider than the noise band leaves the correction
-    slightly above the truth (within the band both directions take the slow gain)."""
-    # equilibrium x of E[update] = 0 for uniform noise of +-5 points: (5-x)^2 g_up = (5+x)^2 g_down
-    ratio = math.sqrt(PARAMS.tau_down / PARAMS.tau_up)
-    x = 5 * (ratio - 1) / (ratio + 1)
-    assert 0 < x < 3
+async def test_two_processes_build_one_state(fake_redis: fakeredis.FakeAsyncRedis) -> None:
+    """Events split over two stores give the state one store gets from all of them."""
+    events = [charge(100), obs(0.3), charge(200), obs(0.5, age=0.2), charge(50), obs(0.6)]
+    clock = FakeClock(START)
+    a, b = store(fake_redis, clock), store(fake_redis, clock)
+    alone = store(fakeredis.FakeAsyncRedis(), clock)
+    for i, event in enumerate(events):
+        clock.now += 0.25
+        await (a if i % 2 else b).record(event)
+        await alone.record(event)
+    for s in (a, alone):
+        await s.heartbeat()
+    assert (await a.read("d")).value == pytest.approx((await alone.read("d")).value)
+
+
+async def test_a_conflicting_writer_makes_the_event_step_again(
+    fake_redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    clock = FakeClock(START)
+    s = store(fake_redis, clock)
+    await s.heartbeat()
+    commit = s._commit
+    raced = []
+
+    async def racing_commit(*, keys: list[str], args: list[Any]) -> Any:
+        if not raced:  # another process stores its own event between our read and write
+            raced.append(True)
+            other = store(fake_redis, clock)
+            await other.record(charge(100))
+        return await commit(keys=keys, args=args)
+
+    s._commit = racing_commit  # type: ignore[assignment]
+    await s.record(charge(300))
+    assert (await s.read("d")).value == pytest.approx(0.4)  # both charges, none lost
 
 
 @pytest.mark.parametrize(
@@ -223,64 +199,16 @@ def test_parse_utilisation(raw: str | None, expected: float | None) -> None:
     assert parse_utilisation(raw) == (None if expected is None else pytest.approx(expected))
 
 
-def test_header_and_modes() -> None:
+def test_header_signals_and_modes() -> None:
     assert header_utilisation({"azure-openai-deployment-utilization": "12%"}) == pytest.approx(0.12)
     assert header_utilisation({}) is None
     assert params_for("off") is None
-    assert params_for("auto") is not None
-    with pytest.raises(ValueError):
-        CalibrationParams(tau_up=0)
-
-
-async def _ramp(redis: Any, params: CalibrationParams, clock: FakeClock) -> EstimateStore:
-    """The deployment fills 5 points a second more than the model sees, observed at 10 Hz."""
-    s = store(redis, clock, params)
-    await s.heartbeat()
-    for i in range(100):
-        clock.now += 0.1
-        await s.record(obs(0.05 * (i + 1) * 0.1))
-    await s.heartbeat()
-    return s
-
-
-async def test_the_trend_follows_a_steadily_growing_error() -> None:
-    lags = {}
-    for name, params in (("bias", PARAMS), ("trend", TREND)):
-        redis = fakeredis.FakeAsyncRedis()
-        clock = FakeClock(START)
-        s = await _ramp(redis, params, clock)
-        lags[name] = 0.5 - (await s.read("d")).value
-        clock.now += 0.5  # between observations the trend keeps extrapolating
-        await s.heartbeat()
-        ahead = (await s.read("d")).value - (0.5 - lags[name])
-        if name == "trend":  # 0.5 s x 5 points/s
-            assert ahead == pytest.approx(0.025, abs=0.01)
-        else:
-            assert ahead <= 0  # the bias alone only decays
-        await redis.aclose()
-    assert lags["trend"] < 0.005 < lags["bias"]
-
-
-async def test_the_trend_fades_without_observations(fake_redis: fakeredis.FakeAsyncRedis) -> None:
-    clock = FakeClock(START)
-    s = await _ramp(fake_redis, TREND, clock)
-    before = (await s.read("d")).value
-    clock.now += 60
-    await s.heartbeat()
-    after = (await s.read("d")).value
-    # at most one second of trend more than before, then the positive decay takes it down
-    assert after <= before
-
-
-async def test_a_rising_trend_is_read_ahead() -> None:
-    values = []
-    for lookahead in (0.0, 1.0):
-        redis = fakeredis.FakeAsyncRedis()
-        s = await _ramp(
-            redis,
-            CalibrationParams(trend_s=4.0, lookahead_s=lookahead, noise_band=0),
-            FakeClock(START),
-        )
-        values.append((await s.read("d")).value)
-        await redis.aclose()
-    assert values[1] - values[0] == pytest.approx(0.05, abs=0.01)  # 1 s x 5 points/s
+    assert params_for("auto") is DEFAULT_PARAMS
+    spilled = read_signals(
+        {"x-ms-spillover-from-deployment": "ptu", "x-ms-deployment-name": "paygo",
+         "x-ratelimit-remaining-tokens": "120", "retry-after": "7"}
+    )  # fmt: skip
+    assert spilled.spilled and spilled.served("ptu") == "paygo"
+    assert (spilled.remaining_tokens, spilled.retry_after_s) == (120, 7.0)
+    failed = read_signals({"x-ms-spillover-from-deployment": "ptu", "x-ms-spillover-error": "429"})
+    assert not failed.spilled and failed.served("ptu") == "ptu"

@@ -1,8 +1,7 @@
-"""The Azure Monitor minute as a slow drift (monitor.lua, read.lua, MonitorDrift) from tables."""
+"""The Azure Monitor minute teaching the unseen inflow (`filter`, `MonitorDrift`) from tables."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import fakeredis
@@ -10,92 +9,65 @@ import pytest
 
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.utilisation.base import Reading
-from orchestrator.utilisation.estimate.calibration import CalibrationParams
 from orchestrator.utilisation.estimate.drift import MonitorDrift
-from orchestrator.utilisation.estimate.store import EstimateStore
 from tests.support.clock import FakeClock
-from tests.unit.test_util_calibration import charge, obs
-from tests.unit.test_util_estimate import DEPLOYMENT
+from tests.unit.test_util_calibration import charge, store
 
 M0 = 6_000.0
-"""A minute boundary (epoch s); the store's window capacity is 1,000 tokens (100 %)."""
-PARAMS = CalibrationParams(drift_decay_s=300.0, max_observation_age_s=5.0)
+"""A minute boundary (epoch s); the store's window capacity is 1,000 tokens (100 %), 10 s."""
+SHARE = 10.0 / 60.0
+"""A level difference at the minute's peak, as an inflow share: spread over the minute."""
 
-
-def store(redis: Any, clock: FakeClock) -> EstimateStore:
-    return EstimateStore(
-        redis, [DEPLOYMENT], window_s=10.0, max_age_s=5.0, clock=clock, time_source="clock",
-        calibration=PARAMS,
-    )  # fmt: skip
-
-
-# steps: ("at", seconds after M0) | ("charge", tokens) | ("header", value) | ("fold", minute
-# start, value, expected drift or None); then the reading at `read_at` s after M0
-CASES: dict[str, tuple[list[tuple[Any, ...]], float, float]] = {
-    "no minute: the model alone": ([("at", 10), ("charge", 200)], 10, 0.2),
-    "a minute fuller than the model's peak lifts the reading by the difference": (
-        [("at", 10), ("charge", 200), ("at", 62), ("fold", M0, 0.5, 0.3)],
-        62,
-        0.3 * math.exp(-2 / 300),  # the model has drained to 0; 2 s of fading
-    ),
-    "a minute emptier than the model's peak changes nothing": (
-        [("at", 10), ("charge", 600), ("at", 61), ("fold", M0, 0.4, 0.0)],
-        61,
-        0.0,
-    ),
-    "a minute without our events is all drift": (
-        [("at", 90), ("fold", M0, 0.25, 0.25), ("charge", 100)],
-        90,
-        0.1 + 0.25 * math.exp(-30 / 300),
-    ),
-    "the same minute twice is folded once": (
-        [("at", 61), ("fold", M0, 0.3, 0.3), ("fold", M0, 0.9, None)],
-        61,
-        0.3 * math.exp(-1 / 300),
-    ),
-    "an older minute after a newer one is ignored": (
-        [("at", 130), ("fold", M0 + 60, 0.2, 0.2), ("fold", M0, 0.8, None)],
-        130,
-        0.2 * math.exp(-10 / 300),
-    ),
-    "the drift fades over drift_decay_s": (
-        [("at", 61), ("fold", M0, 0.4, 0.4)],
-        60 + 300,
-        0.4 * math.exp(-1),
-    ),
-    "a fresh header overrides the drift": (
-        [("at", 61), ("fold", M0, 0.6, 0.6), ("header", 0.1)],
-        62,
-        0.1 * math.exp(-1 / PARAMS.positive_decay_s),  # the header's own correction
-    ),
-    "once the header is missing again, the drift is back": (
-        [("at", 61), ("fold", M0, 0.6, 0.6), ("header", 0.1)],
-        61 + 6,
-        0.6 * math.exp(-7 / 300),
-    ),
-}
+# steps: ("at", seconds after M0) | ("charge", tokens) | ("fold", minute start, value,
+# expected unseen share or None when not folded)
+CASES: dict[str, list[tuple[Any, ...]]] = {
+    "a minute fuller than our peak teaches the difference": [
+        ("at", 10), ("charge", 200), ("at", 62), ("fold", M0, 0.5, 0.3 * SHARE),
+    ],
+    "a minute emptier than our peak changes nothing": [
+        ("at", 10), ("charge", 600), ("at", 61), ("fold", M0, 0.4, 0.0),
+    ],
+    "a minute without our charges is all unseen": [("at", 90), ("fold", M0, 0.25, 0.25 * SHARE)],
+    "the same minute twice is folded once": [
+        ("at", 61), ("fold", M0, 0.3, 0.3 * SHARE), ("fold", M0, 0.9, None),
+    ],
+    "an older minute after a newer one is ignored": [
+        ("at", 130), ("fold", M0 + 60, 0.2, 0.2 * SHARE), ("fold", M0, 0.8, None),
+    ],
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(CASES))
-async def test_drift(fake_redis: fakeredis.FakeAsyncRedis, name: str) -> None:
-    steps, read_at, expected = CASES[name]
+async def test_minutes(fake_redis: fakeredis.FakeAsyncRedis, name: str) -> None:
     clock = FakeClock(M0)
     s = store(fake_redis, clock)
-    for step in steps:
+    await s.heartbeat()
+    for step in CASES[name]:
         kind = step[0]
         if kind == "at":
             clock.now = M0 + step[1]
         elif kind == "charge":
             await s.record(charge(step[1]))
-        elif kind == "header":
-            await s.record(obs(step[1]))
         else:
-            drift = await s.fold_monitor("d", step[1], step[2])
-            assert drift == (None if step[3] is None else pytest.approx(step[3]))
-    clock.now = M0 + read_at
+            unseen = await s.fold_monitor("d", step[1], step[2])
+            assert unseen == (None if step[3] is None else pytest.approx(step[3], abs=1e-3))
+
+
+async def test_the_learnt_inflow_fills_the_headerless_estimate(
+    fake_redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    clock = FakeClock(M0 + 61)
+    s = store(fake_redis, clock)
+    await s.heartbeat()
+    assert await s.fold_monitor("d", M0, 0.9) == pytest.approx(0.9 * SHARE)
+    await s.record(charge(500))
+    clock.now += 2.0
     await s.heartbeat()
     reading = await s.read("d")
-    assert reading.value == pytest.approx(expected, abs=1e-6)
+    assert reading.calibration is not None
+    # our bucket drains 0.2 in 2 s; with the unseen inflow it drains slower
+    assert reading.calibration.model == pytest.approx(0.3)
+    assert reading.value == pytest.approx(0.5 - 0.2 * (1 - 0.9 * SHARE), abs=2e-3)
 
 
 async def test_an_untracked_deployment_is_refused(fake_redis: fakeredis.FakeAsyncRedis) -> None:

@@ -51,8 +51,9 @@ def test_each_instance_has_its_own_registry() -> None:
 def test_metrics_show_the_calibration() -> None:
     m = WorkerMetrics()
     cal = Calibration(
-        model=0.3, correction=0.25, correction_age_s=0.5, observed=0.56, observed_age_s=0.5
-    )
+        model=0.3, correction=0.25, correction_age_s=0.5, observed=0.56, observed_age_s=0.5,
+        model_kind="lag 3s", unseen=0.25, uncertainty=0.02,
+    )  # fmt: skip
     m.observe_throttle("d", 5, 3, Reading(0.55, 100.0, "estimate", cal), now=101.0)
     m.observe_throttle("e", 5, 3, Reading(0.2, 100.0, "estimate"), now=101.0)  # calibration off
 
@@ -64,4 +65,6 @@ def test_metrics_show_the_calibration() -> None:
     assert value("ptu_worker_utilisation_correction_ratio", "d") == 0.25
     assert value("ptu_worker_utilisation_correction_age_seconds", "d") == 0.5
     assert value("ptu_worker_unseen_traffic_ratio", "d") == 0.25
+    assert value("ptu_worker_utilisation_uncertainty_ratio", "d") == 0.02
+    assert value("ptu_worker_utilisation_header_delay_seconds", "d") == 3.0
     assert value("ptu_worker_utilisation_model_ratio", "e") is None

@@ -47,7 +47,7 @@ def test_render_shows_every_column_and_marks_stale_readings() -> None:
 def test_render_shows_what_the_calibrated_estimate_is_made_of() -> None:
     cal = Calibration(
         model=0.31, correction=0.24, correction_age_s=0.2, observed=0.56, observed_age_s=0.2,
-        throttled_s=1.5,
+        throttled_s=1.5, unseen=0.24,
     )  # fmt: skip
     row = Row("ptu-a", 0.55, 0.1, False, 5, 10, 4, 0, WorkerSummary(), calibration=cal)
     console = Console(record=True, width=220)
@@ -56,8 +56,10 @@ def test_render_shows_what_the_calibrated_estimate_is_made_of() -> None:
     for cell in ("31.0%", "56.0% (0.2s)", "+24.0% (0.2s) 429 1.5s", "24.0%"):
         assert cell in line
     assert calibration_cells(None) == ("-", "-", "-", "-")
-    sliding = Calibration(0.4, 0.05, 0.1, 0.45, 0.1, model_kind="sliding")
-    assert calibration_cells(sliding)[0] == "40.0% sliding"
+    lagged = Calibration(0.4, 0.05, 0.1, 0.45, 0.1, model_kind="lag 3s", uncertainty=0.021)
+    assert calibration_cells(lagged)[1] == "45.0% (0.1s) lag 3s ±2.1% (raise only)"
+    trusted = Calibration(0.4, 0.05, 0.1, 0.45, 0.1, model_kind="avg 5s", trusted=True)
+    assert calibration_cells(trusted)[1] == "45.0% (0.1s) avg 5s"
 
 
 def test_waiting_lanes_and_in_flight_requests_are_apart_and_queued_excludes_in_flight() -> None:

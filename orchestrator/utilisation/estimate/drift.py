@@ -1,12 +1,12 @@
-"""The Azure Monitor minute as the estimate's slow signal when the utilisation header is missing.
+"""The Azure Monitor minute as the estimate's slow signal, with or without the header.
 
 With `PTU_AZURE_MONITOR_ENDPOINT` and `PTU_AZURE_RESOURCE_ID` set (and `PTU_CALIBRATION=auto`),
 the estimate polls `AzureOpenAIProvisionedManagedUtilizationV2` (the minute's Maximum) in the
-background and folds every new minute into the deployment's shared hash (`monitor.lua`): the
-drift is how much fuller the deployment was than the model's own peak of that minute. It is
-minutes old by nature, so it never lowers a reading: while no fresh header is seen, a
-reading is at least the bucket plus the drift, fading over `drift_decay_s` (read.lua). Every
-process polling folds the same minute at most once (the hash keeps the newest minute).
+background and folds every new minute into the deployment's shared state (`filter.step` under
+the store's compare-and-set): when the deployment was fuller than our bucket-with-inflow's
+own peak of that minute, the unseen inflow was too low and grows by the difference. It is
+minutes old by nature, so it only ever raises the inflow, which then fades over minutes.
+Every process polling folds the same minute at most once (the state keeps the newest minute).
 """
 
 from __future__ import annotations

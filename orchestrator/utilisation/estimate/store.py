@@ -31,63 +31,34 @@ clock, make a reading's age:
   keep heartbeating. Stream ids are server time, so this is skew-free too.
 
 Calibration (`PTU_CALIBRATION=auto`, the default): the bucket is a model, and a real
-deployment departs from it (other applications call it directly, it serves less than
-the capacity table says, its bucket is smaller, or its utilisation is not a bucket
-level at all). The deployment tells the truth itself:
-- the `azure-openai-deployment-utilization` header of every response the ingress
-  (interactive calls, high-priority batch lines) and the worker see. It travels with
-  the `complete` token event (a stream's header, known at its first byte, in an
-  `observe` event), so the hot path makes no extra round trip;
-- every 429, of any priority: the deployment is at or above 100 % now and until
-  `retry-after-ms`. The reading is at least 1.0 until then (`floor`) and every candidate
-  below becomes at least 100 %: without headers, this is how the estimate learns load it
-  cannot see;
-- the Azure Monitor minute (`drift.py`, when the endpoint and resource are configured):
-  while no fresh header is seen, a reading is at least the bucket plus how much fuller
-  the deployment was than the model's own peak of that minute, fading over minutes.
+deployment departs from it (other applications call it directly, it serves less than the
+capacity table says, its bucket is another size, its utilisation is not a bucket level, its
+header is late, smoothed or absent). What the deployment tells about itself travels with the
+token events (the utilisation header, a 429 and its retry-after, a spilled response,
+`x-ratelimit-remaining-tokens`; see `orchestrator/calls/signals.py`) and, when configured, in
+the Azure Monitor minute (`drift.py`). `filter.py` says what each signal means and how the
+estimate is made of them; it is pure, and this store is its runtime.
 
-The filter is a bank of candidate models (multiple-model estimation), since what the
-deployment means by utilisation is not documented: our bucket, a bucket half the assumed
-window (twice our level), the sliding window (the same charges summed over the trailing
-window, in 20 slots of the hash), and a corrected bucket (a level of its own, set toward
-the reports and fed by a learnt unseen inflow: other applications, a capacity below the
-table). Each is tried twice, with the header on time and `header_lag_s` late (a deployment
-reporting a delayed value). Every candidate but the corrected bucket keeps its own
-additive correction `c` and trend `v` (an alpha-beta filter): the error moves it with a
-time-based gain `1 - exp(-dt / tau)`, so its speed does not depend on the call rate; fast
-(`tau_up`) when the deployment is fuller than the candidate by more than the header's
-noise (`noise_band`), since a miss costs interactive 429s, slow (`tau_down`) otherwise, so
-the noise averages out without a bias. Every candidate is scored by the mean square of
-its errors before it learnt from them (its one-step prediction error, over `score_s`);
-after `min_scored` observations, the reading is the highest of the candidates scoring
-within `plausible_ratio` of the best, so a close call leans toward less low-priority
-work. `Reading.calibration` names the meaning chosen.
-
-The throttle steers by `Reading.steer`, not only the value: under the sliding meaning a
-charge stays a whole window, so it looks ahead to the highest level the window reaches
-if no low-priority call starts while the traffic we do not control (everything but the
-worker's own calls, which its store marks) goes on at `growth` x its recent rate and the
-oldest charges age out. The value itself stays the estimate of the level now.
-
-Safety: without fresh signals a negative correction (the model over-estimates) fades
-within seconds and a positive one (unseen load, a 429) fades over `positive_decay_s`,
-so when the signals vanish or disagree the estimate leans toward less low-priority
-work. The filter runs in the scripts, on the server clock, on the deployment's own
-hash: every worker, ingress replica and `ptu estimator` shares one correction and
-observations from several processes combine as if from one. A reading's age is still
-the model's (the feeders' heartbeats and the stream lag); the correction's own age
-(the newest signal behind it) is shown beside it, with the model, the last observed
-value and the unseen share, in `Reading.calibration`. `PTU_CALIBRATION=off` ignores
-every signal: today's open-loop model exactly.
+Shared state: one filter state per deployment, a JSON document in the deployment's hash.
+Every event is applied read-step-write: `load.lua` reads the state, the request's charge
+record and the server's clock; `filter.step` runs here; `commit.lua` stores the result only
+if the state's version is still the one read (compare-and-set), and marks the event applied
+at most once per (request id, phase). A conflict (another process stored first) reads again
+and re-steps, so every worker, ingress replica and `ptu estimator` builds one state, as if
+the events had come from one process, in two Redis commands per event. `PTU_CALIBRATION=off`
+steps the same state with the charges alone: the open-loop model exactly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import redis.asyncio as aioredis
 import structlog
@@ -99,14 +70,25 @@ from orchestrator.core.redis_replies import text
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.utilisation.base import Calibration, Reading
-from orchestrator.utilisation.estimate.calibration import DEFAULT_PARAMS, CalibrationParams
+from orchestrator.utilisation.estimate.calibration import DEFAULT_PARAMS
 from orchestrator.utilisation.estimate.drift import MonitorDrift
+from orchestrator.utilisation.estimate.filter import (
+    Estimate,
+    FilterParams,
+    FilterState,
+    Signal,
+    read,
+    step,
+)
 
 log = structlog.get_logger(__name__)
 
 SOURCE = "estimate"
 EVENT_FIELD = "event"
 """The stream entry field holding a token event's JSON."""
+MAX_CONFLICTS = 50
+"""Compare-and-set retries before an event is given up (logged): many writers at once."""
+MINUTE_S = 60.0
 
 _SCRIPTS = Path(__file__).parent
 
@@ -128,7 +110,7 @@ class EstimateStore:
         clock: Callable[[], float] = time.time,
         time_source: Literal["server", "clock"] = "server",
         dedupe_ttl_s: float = 3600.0,
-        calibration: CalibrationParams | None = DEFAULT_PARAMS,
+        calibration: FilterParams | None = DEFAULT_PARAMS,
         low_priority: bool = False,
     ) -> None:
         if window_s <= 0 or max_age_s <= 0 or dedupe_ttl_s <= 0:
@@ -142,15 +124,13 @@ class EstimateStore:
         self._time_source = time_source
         self._dedupe_ttl_ms = int(dedupe_ttl_s * 1000)
         self.calibration = calibration
-        """The correction filter's constants; None = the open-loop model alone."""
-        self._cal_args = calibration.script_args() if calibration else [""] * 8
-        # the worker's own calls are marked: the traffic it does not control is the rest
-        self._cal_args.append("1" if low_priority else "")
-        self._cal_args += calibration.tail_args() if calibration else ["", ""]
-        self._record = redis.register_script(_lua("record"))
-        self._read = redis.register_script(_lua("read"))
+        """The filter's tunables; None = the open-loop model alone (signals ignored)."""
+        self._params = calibration or DEFAULT_PARAMS
+        self._controlled = low_priority
+        """The worker's store: its charges are the throttle's own (see `Signal.controlled`)."""
+        self._load = redis.register_script(_lua("load"))
+        self._commit = redis.register_script(_lua("commit"))
         self._heartbeat = redis.register_script(_lua("heartbeat"))
-        self._monitor = redis.register_script(_lua("monitor"))
         self._drift: MonitorDrift | None = None
 
     @property
@@ -161,8 +141,12 @@ class EstimateStore:
     def _now_arg(self) -> str:
         return repr(self._clock()) if self._time_source == "clock" else ""
 
+    def _full(self, d: DeploymentConfig) -> float:
+        """The level of 100 %, in tokens: `window_s` seconds of the table capacity."""
+        return d.capacity_tpm / 60.0 * self.window_s
+
     async def record(self, event: TokenEvent) -> None:
-        """Fold one token event into its deployment's bucket, at most once per (id, phase).
+        """Fold one token event into its deployment's estimate, at most once per (id, phase).
 
         Events for deployments this store does not track are ignored.
         Raises UtilisationUnavailable when Redis cannot be reached (nothing applied).
@@ -171,29 +155,71 @@ class EstimateStore:
         if d is None:
             log.debug("estimate_event_ignored", deployment=event.deployment, reason="unknown")
             return
-        args: list[Any] = [
-            event.phase,
-            event.prompt_tokens,
-            event.cached_tokens,
-            event.max_tokens,
-            event.completion_tokens,
-            repr(d.weight),
-            repr(d.capacity_tpm / 60.0),
-            self._dedupe_ttl_ms,
-            self._now_arg(),
-            repr(d.capacity_tpm / 60.0 * self.window_s),
-            "" if event.utilisation is None else repr(event.utilisation),
-            repr(event.utilisation_age_s),
-            "" if event.retry_after_ms is None else repr(event.retry_after_ms / 1000.0),
-            *self._cal_args,
-        ]
-        bucket, req = keys.estimate(d.name), keys.estimate_request(d.name, event.request_id)
+        key, req = keys.estimate(d.name), keys.estimate_request(d.name, event.request_id)
+        input_tokens = max(0, event.prompt_tokens - event.cached_tokens)
         try:
-            applied = await self._record(keys=[bucket, req], args=args)
+            for _ in range(MAX_CONFLICTS):
+                loaded = [
+                    text(x) for x in await self._load(keys=[key, req], args=[self._now_arg()])
+                ]
+                state, version, now = loaded[1], loaded[2], float(loaded[5])
+                admitted, completed, observed = loaded[6], loaded[7], loaded[8]
+                seen = {"admit": admitted, "complete": completed, "observe": observed}
+                if seen[event.phase] or (event.phase == "admit" and completed):
+                    log.debug("estimate_event_duplicate", request_id=event.request_id)
+                    return
+                charged = (float(loaded[9]), float(loaded[10])) if admitted else None
+                signal = self._signal(d, event, input_tokens, charged)
+                if admitted and loaded[11]:
+                    signal = replace(signal, charged_at=float(loaded[11]))
+                stepped = step(_state(state), signal, now, self.window_s, self._params)
+                args: list[str | int] = [version, _dump(stepped), event.phase]
+                args += [input_tokens, event.max_tokens, self._dedupe_ttl_ms, repr(now)]
+                stored = await self._commit(keys=[key, req], args=args)
+                if stored != -1:
+                    return
+                await asyncio.sleep(random.uniform(0.0, 0.002))  # another writer went first
         except RedisError as exc:
             raise UtilisationUnavailable(f"estimate {d.name}: record failed: {exc}") from exc
-        if not applied:
-            log.debug("estimate_event_duplicate", request_id=event.request_id, phase=event.phase)
+        log.warning("estimate_event_dropped", deployment=d.name, reason="conflicts")
+
+    def _signal(
+        self,
+        d: DeploymentConfig,
+        event: TokenEvent,
+        input_tokens: int,
+        charged: tuple[float, float] | None,
+    ) -> Signal:
+        """What `event` tells the filter (its charge alone with calibration off)."""
+        if event.phase == "admit":
+            tokens = input_tokens + event.max_tokens * d.weight
+        elif event.phase == "complete" and charged is not None:
+            tokens = (event.completion_tokens - charged[1]) * d.weight
+            # the actual prompt (less cached) replaces the gateway's estimate when known
+            if event.prompt_tokens > 0:
+                tokens += input_tokens - charged[0]
+        elif event.phase == "complete":
+            tokens = input_tokens + event.completion_tokens * d.weight
+        else:
+            tokens = 0.0
+        delta = tokens / self._full(d)
+        if self.calibration is None:
+            return Signal(delta=delta)
+        saturated = event.retry_after_ms is not None or event.spilled
+        used = None
+        if event.remaining_tokens is not None:
+            limit = event.limit_tokens or d.capacity_tpm
+            used = max(0.0, 1.0 - event.remaining_tokens / limit)
+        return Signal(
+            delta=delta,
+            controlled=self._controlled,
+            utilisation=event.utilisation,
+            age_s=event.utilisation_age_s,
+            saturated=saturated,
+            retry_after_s=None if event.retry_after_ms is None else event.retry_after_ms / 1000,
+            used=used,
+            went_through=event.phase == "complete" and not saturated,
+        )
 
     async def heartbeat(self, applied: str | None = None) -> None:
         """Declare the feeder alive for every tracked deployment (call every max_age_s / 3).
@@ -204,7 +230,7 @@ class EstimateStore:
         """
         try:
             for name in self._deployments:
-                # one call per deployment: each bucket is in its own Cluster slot
+                # one call per deployment: each estimate is in its own Cluster slot
                 await self._heartbeat(
                     keys=[keys.estimate(name)], args=[self._now_arg(), applied or ""]
                 )
@@ -224,13 +250,13 @@ class EstimateStore:
 
     @property
     def drift(self) -> MonitorDrift | None:
-        """The Azure Monitor drift feeding this store, if attached."""
+        """The Azure Monitor poller feeding this store, if attached."""
         return self._drift
 
     def attach_monitor(self, drift: MonitorDrift) -> None:
-        """Let Azure Monitor minutes correct slow drift (polled in the background by `read`)."""
+        """Let Azure Monitor minutes teach the unseen inflow (polled in the background)."""
         if self.calibration is None:
-            raise ValueError("the Azure Monitor drift needs calibration on")
+            raise ValueError("the Azure Monitor minute needs calibration on")
         self._drift = drift
 
     async def fold_monitor(
@@ -238,30 +264,42 @@ class EstimateStore:
     ) -> float | None:
         """Fold one Azure Monitor minute (its Maximum, a fraction) into `deployment`'s estimate.
 
-        Returns the drift stored (how much fuller the deployment was than the model's peak of
-        that minute, never negative), or None when that minute or a newer one was folded
-        already. Raises UtilisationUnavailable when Redis cannot be reached.
+        Returns the unseen inflow learnt after it (a share of capacity), or None when that
+        minute or a newer one was folded already. Raises UtilisationUnavailable when Redis
+        cannot be reached.
         """
-        if deployment not in self._deployments:
+        d = self._deployments.get(deployment)
+        if d is None:
             raise UtilisationUnavailable(f"estimate: deployment {deployment!r} is not tracked")
+        minute = int(minute_start // MINUTE_S)
+        key, req = keys.estimate(d.name), keys.estimate_request(d.name, "monitor")
+        signal = Signal(monitor=value, monitor_minute=minute)
         try:
-            reply = await self._monitor(
-                keys=[keys.estimate(deployment)], args=[repr(minute_start), repr(value)]
-            )
+            for _ in range(MAX_CONFLICTS):
+                loaded = [
+                    text(x) for x in await self._load(keys=[key, req], args=[self._now_arg()])
+                ]
+                state = _state(loaded[1])
+                if state is not None and state.monitor_minute >= minute:
+                    return None
+                stepped = step(state, signal, float(loaded[5]), self.window_s, self._params)
+                args: list[str | int] = [loaded[2], _dump(stepped), "monitor", 0, 0]
+                args += [self._dedupe_ttl_ms, loaded[5]]
+                if await self._commit(keys=[key, req], args=args) != -1:
+                    return stepped.s
         except RedisError as exc:
             raise UtilisationUnavailable(
                 f"estimate {deployment}: monitor fold failed: {exc}"
             ) from exc
-        stored = text(reply)
-        return float(stored) if stored else None
+        return None
 
     async def read(self, deployment: str) -> Reading:
-        """The bucket level drained up to now, as old as its feeders' knowledge.
+        """The estimate now, as old as its feeders' knowledge.
 
         The age is the larger of: time since the last heartbeat, and how long the
         oldest token-event stream entry not yet folded in has been waiting.
 
-        Raises UtilisationUnavailable for an unknown deployment, a bucket no feeder
+        Raises UtilisationUnavailable for an unknown deployment, an estimate no feeder
         ever wrote, or an unreachable Redis.
         """
         d = self._deployments.get(deployment)
@@ -269,44 +307,32 @@ class EstimateStore:
             raise UtilisationUnavailable(f"estimate: deployment {deployment!r} is not tracked")
         if self._drift is not None:
             self._drift.kick(self.fold_monitor)
-        rate = d.capacity_tpm / 60.0
         local_now = self._clock()
-        now_arg = repr(local_now) if self._time_source == "clock" else ""
-        full = rate * self.window_s
-        cal = self.calibration.read_args(full) if self.calibration else [""] * 10
         try:
-            reply = await self._read(
-                keys=[keys.estimate(deployment)], args=[repr(rate), now_arg, *cal]
-            )
-            if reply is None:
+            loaded = [
+                text(x)
+                for x in await self._load(keys=[keys.estimate(deployment)], args=[self._now_arg()])
+            ]
+            if loaded[0] == "0":
                 raise UtilisationUnavailable(f"estimate {deployment}: no feeder has written it yet")
-            fields = [text(x) for x in reply]
-            level, heartbeat_age, server_now = (float(x) for x in fields[:3])
-            lag_age = await self._lag_age(fields[8], server_now)
+            server_now = float(loaded[5])
+            lag_age = await self._lag_age(loaded[4], server_now)
         except RedisError as exc:
             raise UtilisationUnavailable(f"estimate {deployment}: read failed: {exc}") from exc
-        if heartbeat_age < 0:
+        if not loaded[3]:
             raise UtilisationUnavailable(f"estimate {deployment}: no feeder heartbeat yet")
-        age = max(heartbeat_age, lag_age)
-        model = level / full
+        age = max(server_now - float(loaded[3]), lag_age, 0.0)
+        state = _state(loaded[1]) or FilterState(t=server_now, born=server_now)
+        estimate = read(state, server_now, self.window_s, self._params)
         if self.calibration is None:
-            return Reading(model, local_now - age, SOURCE)
-        detail = Calibration(
-            model=float(fields[9]) if fields[9] else model,
-            correction=float(fields[3]),
-            correction_age_s=_optional(fields[4]),
-            observed=_optional(fields[5]),
-            observed_age_s=_optional(fields[6]),
-            throttled_s=float(fields[7]),
-            model_kind=fields[10] or "bucket",
-            ahead=_optional(fields[11]),
-        )
-        return Reading(calibrated(detail), local_now - age, SOURCE, detail)
+            return Reading(estimate.model, local_now - age, SOURCE)
+        detail = _calibration(estimate, state, server_now)
+        return Reading(estimate.value, local_now - age, SOURCE, detail)
 
     async def _lag_age(self, applied: str, now: float) -> float:
         """How long the oldest token event after `applied` has waited (0 when none).
 
-        Read after the bucket, not with it (another slot): an event folded in
+        Read after the estimate, not with it (another slot): an event folded in
         meanwhile can only make the reading look older, never fresher.
         """
         start = f"({applied}" if applied else "-"
@@ -317,7 +343,7 @@ class EstimateStore:
         return max(0.0, now - entry_ms / 1000.0)
 
     async def close(self) -> None:
-        """Stop the Azure Monitor drift, if any; the Redis client belongs to the caller."""
+        """Stop the Azure Monitor poller, if any; the Redis client belongs to the caller."""
         if self._drift is not None:
             await self._drift.close()
 
@@ -326,11 +352,27 @@ class EstimateStore:
         return f"<EstimateStore deployments={names} window_s={self.window_s:g}>"
 
 
-def calibrated(detail: Calibration) -> float:
-    """The calibrated utilisation: model + correction, and at least 100 % while throttled."""
-    value = max(0.0, detail.model + detail.correction)
-    return max(value, 1.0) if detail.throttled_s > 0 else value
+def _state(raw: str) -> FilterState | None:
+    return FilterState.from_json(json.loads(raw)) if raw else None
 
 
-def _optional(text: str) -> float | None:
-    return float(text) if text else None
+def _dump(state: FilterState) -> str:
+    return json.dumps(state.to_json(), separators=(",", ":"))
+
+
+def _calibration(estimate: Estimate, state: FilterState, now: float) -> Calibration:
+    """How the reading was made, for `ptu status`, the metrics and the benchmarks."""
+    observed_age = None if state.obs_at is None else max(0.0, now - state.obs_at)
+    return Calibration(
+        model=estimate.model,
+        correction=estimate.value - estimate.model,
+        correction_age_s=observed_age,
+        observed=state.obs,
+        observed_age_s=observed_age,
+        throttled_s=estimate.held_s,
+        model_kind=estimate.hypothesis or "bucket",
+        unseen=estimate.unseen,
+        uncertainty=estimate.sigma,
+        trusted=estimate.trusted,
+        ahead=estimate.ahead,
+    )

@@ -66,7 +66,11 @@ class Caller:
         self._bookkeeping = bookkeeping
 
     def prepare(self, message: QueuedRequest) -> Prepared:
-        """The pre-call step: the body to send and the tokens it is admitted with."""
+        """The pre-call step: the body to send and the tokens it is admitted with.
+
+        `message` is the one the `Sizer`'s plan chose (its output limit sized or not);
+        anything else a call's body needs is settled here.
+        """
         body = message.body
         return Prepared(
             body=body,

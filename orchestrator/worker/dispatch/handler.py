@@ -4,10 +4,12 @@ The dispatcher receives a delivery together with the throttle slot the worker le
 for it (a `SlotHolder` from then on). Pre-flight, in order: an unreadable message gets
 its `failed` result; a request whose result exists (a redelivery) only finishes its
 fan-out and is acknowledged; a message delivered more than `max_deliveries` times is
-failed; the tenant's quota may refuse it. Then `calls.attempts.run_attempts` calls the
+failed; the tenant's quota may refuse it. The `Sizer` (`worker.lengths`) then picks the
+output limit the calls are sent with, and `calls.attempts.run_attempts` calls the
 deployment through the worker's gate (`dispatch.gate`) and the one caller
-(`dispatch.call`), and the ending is settled once, shielded (`dispatch.settle`); a stop
-leaves the request for redelivery.
+(`dispatch.call`); an answer the sized limit cut short runs again with the caller's limit
+(the attempts keep counting). The ending is settled once, shielded (`dispatch.settle`); a
+stop leaves the request for redelivery.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from orchestrator.worker.dispatch.gate import Waiting, WorkerGate
 from orchestrator.worker.dispatch.parts import DispatchConfig, Gates, Reporting
 from orchestrator.worker.dispatch.settle import Settler
 from orchestrator.worker.dispatch.slots import SlotHolder
+from orchestrator.worker.lengths import Sizer
 
 if TYPE_CHECKING:
     from orchestrator.breaker.shared import SharedBreaker
@@ -55,6 +58,7 @@ class Dispatcher:
         gates: Gates,
         reporting: Reporting | None = None,
         pacing: Pacing | None = None,
+        sizer: Sizer | None = None,
     ) -> None:
         reporting = reporting or Reporting()
         self.deployment = deployment
@@ -68,6 +72,7 @@ class Dispatcher:
             deployment, upstream, config, gates, reporting, self._pacing, self.bookkeeping
         )
         self._waiting = Waiting()
+        self._sizer = sizer or Sizer.off()
 
     @property
     def breaker(self) -> SharedBreaker | None:
@@ -163,13 +168,27 @@ class Dispatcher:
             holder, self._gates.throttle, self._gates.breaker, self._waiting, stop, self._pacing
         )
 
+        plan = await self._sizer.plan(message)  # the output limit the calls are sent with
         attempted = await run_attempts(
-            lambda attempt: self._caller.call(message, delivery.delivery_count, attempt),
+            lambda attempt: self._caller.call(plan.message, delivery.delivery_count, attempt),
             gate,
             policy=self._config.retry,
             deadline=message.deadline,
             pacing=self._pacing,
         )
+        while (
+            attempted.answer is not None
+            and attempted.ending == "answered"
+            and await self._sizer.rerun(plan, attempted.answer.body)
+        ):  # cut short by the sized limit: again with the caller's
+            attempted = await run_attempts(
+                lambda attempt: self._caller.call(plan.message, delivery.delivery_count, attempt),
+                gate,
+                policy=self._config.retry,
+                deadline=message.deadline,
+                pacing=self._pacing,
+                start=attempted.attempts,
+            )
         await holder.release()
         settled = settlement(message, attempted, self._pacing.clock())
         if settled is None:
