@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from bench.harness.embedded_cluster import EmbeddedCluster
-from bench.harness.embedded_redis import EmbeddedRedis
+from devstack.embedded_cluster import EmbeddedCluster
+from devstack.embedded_redis import EmbeddedRedis
 from tests import redis_mode
 
 

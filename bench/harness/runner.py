@@ -14,7 +14,6 @@ import structlog
 
 from bench.harness.oracle import ORACLE_WORKER
 from bench.harness.sampler import Sampler
-from bench.harness.stack import Stack
 from bench.harness.traffic import (
     Clock,
     chat_url,
@@ -27,6 +26,7 @@ from bench.harness.traffic import (
 from bench.harness.workload import PlannedCall
 from bench.report.metrics import PolicyRun
 from bench.report.views import worker_view
+from devstack.stack import Stack
 from orchestrator.core.errors import PTUError
 
 log = structlog.get_logger(__name__)

@@ -15,7 +15,7 @@ import httpx2
 import redis.asyncio as aioredis
 
 from bench.harness.oracle import ORACLE_WORKER, OracleSource
-from bench.harness.stack import API_KEY, Stack
+from devstack.stack import API_KEY, Stack
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.utilisation.base import Reading, UtilisationSource

@@ -20,6 +20,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -28,9 +29,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ingress.batch.expiry import OUTPUT_EXPIRES, output_expiry
-from ingress.batch.files import Files, after_param, limit_param, page
+from ingress.batch.files import Files
 from ingress.batch.jobs import BatchJobs
 from ingress.batch.lines import line_request, requests_from
+from ingress.batch.paging import after_param, limit_param, page
 from ingress.batch.runner import BatchWork
 from ingress.batch.store import BatchStore, batch_object
 from ingress.chat.governance import Governance
@@ -60,6 +62,16 @@ COMPLETION_WINDOW_S = 86_400.0
 BATCH = {200: Reply("the batch", Batch)}
 
 
+@dataclass(frozen=True, slots=True)
+class BatchBackends:
+    """What the batch routes drive: batch hashes, files, in-process work, the sweeper."""
+
+    store: BatchStore
+    files: Files
+    work: BatchWork
+    jobs: BatchJobs
+
+
 class BatchRoutes:
     """`/batches` routes under each prefix."""
 
@@ -68,10 +80,7 @@ class BatchRoutes:
         settings: Settings,
         targets: Mapping[str, Target],
         auth: Authenticator,
-        store: BatchStore,
-        files: Files,
-        work: BatchWork,
-        jobs: BatchJobs,
+        backends: BatchBackends,
         metrics: IngressMetrics,
         *,
         limits: TenantLimits | None = None,
@@ -80,10 +89,10 @@ class BatchRoutes:
         self._targets = targets
         self._limits = limits or TenantLimits(auth.tenancy, None, None)
         self._auth = auth
-        self._store = store
-        self._files = files
-        self._work = work
-        self._jobs = jobs
+        self._store = backends.store
+        self._files = backends.files
+        self._work = backends.work
+        self._jobs = backends.jobs
         self._metrics = metrics
         self._clock = clock
         self._max_body = settings.max_body_bytes

@@ -3,8 +3,9 @@
 High priority (`x-priority: high` on batch create): the lines do not wait in the
 queue; this ingress process calls the deployment for them right away through the
 high-priority proxy (spillover and token events included), `concurrency` at a
-time, retrying as the worker does (`orchestrator.core.retry.decide`: 429/408/5xx,
-`retry-after-ms` or a capped jittered backoff, up to `PTU_MAX_ATTEMPTS`). This
+time, through the worker's attempt loop (`calls.attempts.run_attempts`: 429/408/5xx
+retried, `retry-after-ms` or a capped jittered backoff, up to `PTU_MAX_ATTEMPTS`) and the
+worker's result document (`calls.outcome.settlement`). This
 run lives in the process that accepted the batch: if that process stops, its
 unfinished lines stay queued-state and the batch stays in progress until cancelled.
 Low priority, the default, is durable.
@@ -17,21 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 import structlog
 from redis.exceptions import RedisError
 
-from ingress.chat.proxy import Call, Proxy
+from ingress.chat.call import Call
+from ingress.chat.proxy import Proxy
 from ingress.chat.targets import Target
 from ingress.http.errors import ApiError
-from orchestrator.core.errors import UpstreamError
+from orchestrator.calls.attempts import Ungated, run_attempts
+from orchestrator.calls.outcome import UpstreamResponse, settlement, upstream_error
+from orchestrator.calls.signals import read_signals
 from orchestrator.core.results import ResultStore
-from orchestrator.core.retry import RetryPolicy, decide, parse_retry_after
-from orchestrator.core.schemas import QueuedRequest, ResultDocument, error_object
+from orchestrator.core.retry import RetryPolicy
+from orchestrator.core.runtime import Pacing
+from orchestrator.core.schemas import QueuedRequest, ResultDocument
+from orchestrator.core.tasks import TaskSet
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
 from orchestrator.tenants.quota import QUOTA_STATUS, QuotaGate, quota_error
 
@@ -51,9 +55,7 @@ class BatchWork:
         concurrency: int,
         retry: RetryPolicy,
         quota: QuotaGate | None = None,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        rand: Callable[[], float] = random.random,
+        pacing: Pacing | None = None,
     ) -> None:
         self._results = results
         self._proxy = proxy
@@ -62,10 +64,8 @@ class BatchWork:
         self._concurrency = concurrency
         self._retry = retry
         self._quota = quota
-        self._clock = clock
-        self._sleep = sleep
-        self._rand = rand
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._pacing = pacing or Pacing()
+        self._tasks = TaskSet()
 
     def spawn(self, coro: Awaitable[Any], name: str) -> None:
         """Run `coro` in the background, logging a failure."""
@@ -76,9 +76,7 @@ class BatchWork:
             except (RedisError, ApiError) as exc:
                 log.error("batch_task_failed", task=name, error=repr(exc))
 
-        task = asyncio.ensure_future(guarded())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(guarded())
 
     async def run_high(self, reqs: AsyncIterator[QueuedRequest]) -> None:
         """Call the deployment for every line now, `concurrency` at a time, reading the
@@ -94,7 +92,7 @@ class BatchWork:
                 await self._results.mark_in_progress(req.id)
                 refused = await quota_error(self._quota, req.tenant, req.body)
                 if refused is not None:
-                    doc = self._doc(req, QUOTA_STATUS, {"error": refused}, 0)
+                    doc = self._doc(req, QUOTA_STATUS, refused)
                 else:
                     doc = await self._call(req)
                 await self._results.complete(doc, req.reply_key)
@@ -126,49 +124,35 @@ class BatchWork:
             tenant=req.tenant,
             endpoint=req.endpoint,
         )
-        attempt = 0
-        while True:
-            attempt += 1
-            retry_after_s: float | None = None
-            body: dict[str, Any] | None
+
+        async def send(attempt: int) -> UpstreamResponse:
             try:
                 resp = await self._proxy.forward(call)
             except ApiError as exc:
-                status, body = exc.status, {"error": {"code": exc.code, "message": exc.message}}
-            else:
-                status, body = resp.status_code, _json(bytes(resp.body))
-                retry_after_s = parse_retry_after(resp.headers)
-            if 200 <= status < 300:
-                break
-            failure = UpstreamError(
-                f"upstream answered {status}", status_code=status, retry_after_s=retry_after_s
-            )
-            decision = decide(failure, attempt, self._retry, self._rand)
-            if decision.action == "fail":
-                break
-            await self._sleep(decision.delay_s)
-        return self._doc(req, status, body, attempt)
+                error: dict[str, object] = {"error": {"code": exc.code, "message": exc.message}}
+                raise upstream_error(exc.status, error) from exc
+            body = _json(bytes(resp.body))
+            if 200 <= resp.status_code < 300:
+                return UpstreamResponse(body or {}, resp.status_code)
+            raise upstream_error(resp.status_code, body, read_signals(resp.headers))
 
-    def _doc(
-        self, req: QueuedRequest, status: int, body: dict[str, Any] | None, attempts: int
-    ) -> ResultDocument:
-        when = self._clock()
-        if not 200 <= status < 300:
-            error = error_object(status, body)
-            return ResultDocument.for_request(
-                req, "failed", completed_at=when, attempts=attempts, status_code=status, error=error
-            )
-        usage = (body or {}).get("usage")
+        attempted = await run_attempts(
+            send, Ungated(self._pacing.sleep), policy=self._retry, deadline=None,
+            pacing=self._pacing,
+        )  # fmt: skip
+        settled = settlement(req, attempted, self._pacing.clock())
+        assert settled is not None  # ungated attempts without a deadline always end
+        return settled[0]
+
+    def _doc(self, req: QueuedRequest, status: int, error: dict[str, Any]) -> ResultDocument:
         return ResultDocument.for_request(
-            req, "completed", completed_at=when, attempts=attempts, status_code=status,
-            response=body, usage=usage if isinstance(usage, dict) else None,
+            req, "failed", completed_at=self._pacing.clock(), attempts=0, status_code=status,
+            error=error,
         )  # fmt: skip
 
     async def stop(self) -> None:
         """Cancel the background work (shutdown); unfinished lines stay queued-state."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
 
     def __repr__(self) -> str:
         return f"<BatchWork tasks={len(self._tasks)} concurrency={self._concurrency}>"

@@ -19,9 +19,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from ingress.batch.files import list_page
+from ingress.batch.paging import list_page
 from ingress.http.errors import ApiError
 from orchestrator.core import keys
+from orchestrator.core.redis_replies import text
 
 BATCH_TTL_S = 2 * 86_400
 """The 24 h completion window plus a day to fetch the results."""
@@ -81,10 +82,6 @@ return 0
 """
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def not_found(batch_id: str) -> ApiError:
     """The 404 for an unknown (or someone else's) batch."""
     return ApiError(404, "batch_not_found", f"no batch {batch_id[:100]!r}")
@@ -127,7 +124,7 @@ class BatchStore:
     async def fields(self, batch_id: str) -> dict[str, str]:
         """The batch's fields, whoever owns it ({} when unknown)."""
         raw = await self.redis.hgetall(keys.batch(batch_id))
-        return {_s(k): _s(v) for k, v in raw.items()}
+        return {text(k): text(v) for k, v in raw.items()}
 
     async def get(self, tenant: str, batch_id: str) -> dict[str, str]:
         """The batch's fields; 404 if unknown or another tenant's."""
@@ -146,7 +143,7 @@ class BatchStore:
         result = await self._transition(
             keys=[keys.batch(batch_id)], args=[",".join(allowed), status, status + "_at", now]
         )
-        return None if result is None else _s(result)
+        return None if result is None else text(result)
 
     async def claim_finalization(self, batch_id: str) -> bool:
         """True when this caller should build the output files now."""
@@ -166,7 +163,7 @@ class BatchStore:
 
     async def active(self, limit: int = 1000) -> list[str]:
         """Ids of batches not yet terminal, oldest first."""
-        return [_s(b) for b in await self.redis.zrange(keys.BATCHES_ACTIVE, 0, limit - 1)]
+        return [text(b) for b in await self.redis.zrange(keys.BATCHES_ACTIVE, 0, limit - 1)]
 
     async def deactivate(self, batch_id: str) -> None:
         """Drop a terminal (or vanished) batch from the active list and its line marks."""

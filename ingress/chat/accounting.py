@@ -1,48 +1,25 @@
 """What the ingress records of each high-priority request when it ends.
 
 One place for: the per-tenant counters (requests by status, tokens by kind), the
-latency histogram (time to first byte, total), the structured access log line
-(`event=access`: request id, tenant, deployment, priority, status, latency,
-tokens, finish reason, spillover target), and the usage ledger write that
-`ptu usage` and the tenant limits read. The ledger write runs in a background
-task, referenced until done, so the response never waits on Redis.
+latency histogram (time to first byte, total), the access line (written by
+`calls.outcome.Outcome.log_access`, the same line the worker writes for queued
+requests), and the usage ledger write that `ptu usage` and the tenant limits read.
+The ledger write runs in a background task, referenced until done, so the response
+never waits on Redis.
 """
 
 from __future__ import annotations
-
-import asyncio
-from collections.abc import Coroutine
-from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from redis.exceptions import RedisError
 
 from ingress.metrics import IngressMetrics
+from orchestrator.calls.outcome import Outcome
+from orchestrator.core.tasks import TaskSet
 from orchestrator.core.tokens import usage_counts
 from orchestrator.tenants.ledger import Usage, UsageLedger
-from orchestrator.tenants.metrics import http_status
 
 log = structlog.get_logger("ptu.access")
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one request ended."""
-
-    request_id: str
-    tenant: str
-    deployment: str
-    priority: str
-    status_code: int
-    latency_s: float
-    ttfb_s: float | None = None
-    usage: dict[str, Any] | None = None
-    finish_reason: str | None = None
-    spillover: str | None = None
-    """The deployment that answered instead of `deployment`, if any."""
-    status: str | None = None
-    """The counters' status label; derived from `status_code` when None."""
 
 
 class Accounting:
@@ -51,47 +28,26 @@ class Accounting:
     def __init__(self, metrics: IngressMetrics, ledger: UsageLedger | None) -> None:
         self._metrics = metrics
         self._ledger = ledger
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     def finished(self, outcome: Outcome) -> None:
         """Record one request's end (synchronous; the ledger write is scheduled)."""
         prompt, completion, cached = usage_counts(outcome.usage)
-        used = outcome.spillover or outcome.deployment
-        status = outcome.status or http_status(outcome.status_code)
+        used = outcome.served_by
         tenants = self._metrics.tenants
-        tenants.finished(outcome.tenant, used, outcome.priority, status)
+        tenants.finished(outcome.tenant, used, outcome.priority, outcome.label)
         if prompt or completion:
             use = Usage(outcome.tenant, used, outcome.priority, prompt, cached, completion)
             tenants.used(use)
             if self._ledger is not None:
-                self._spawn(self._record(use))
+                self._tasks.spawn(self._record(use))
         if outcome.ttfb_s is not None:
             self._metrics.high_latency(used, outcome.ttfb_s, outcome.latency_s)
-        log.info(
-            "access",
-            request_id=outcome.request_id,
-            tenant=outcome.tenant,
-            deployment=outcome.deployment,
-            priority=outcome.priority,
-            status=outcome.status_code,
-            latency_ms=round(outcome.latency_s * 1000, 1),
-            ttfb_ms=None if outcome.ttfb_s is None else round(outcome.ttfb_s * 1000, 1),
-            prompt_tokens=prompt,
-            cached_tokens=cached,
-            completion_tokens=completion,
-            finish_reason=outcome.finish_reason,
-            spillover=outcome.spillover,
-        )
+        outcome.log_access()
 
     async def drain(self) -> None:
         """Wait for pending ledger writes (at shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self._tasks.drain()
 
     async def _record(self, use: Usage) -> None:
         assert self._ledger is not None

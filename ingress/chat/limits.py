@@ -13,8 +13,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ingress.chat.accounting import Accounting, Outcome
+from ingress.chat.accounting import Accounting
 from ingress.http.errors import ApiError
+from orchestrator.calls.outcome import Outcome
 from orchestrator.core.tokens import estimate_prompt_tokens
 from orchestrator.tenants.config import Tenancy
 from orchestrator.tenants.ledger import UsageLedger

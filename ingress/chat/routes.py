@@ -16,9 +16,10 @@ from openai.types.responses import Response as ResponseObject
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.chat.call import Call
 from ingress.chat.governance import CAPPED_HEADER, Governance, Governed
 from ingress.chat.limits import TenantLimits
-from ingress.chat.proxy import Call, Proxy
+from ingress.chat.proxy import Proxy
 from ingress.chat.targets import Target, target_for
 from ingress.http.auth import Authenticator
 from ingress.http.body import parse_object, read_body

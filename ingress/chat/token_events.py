@@ -16,8 +16,10 @@ from typing import Any
 
 import structlog
 
+from orchestrator.calls import bracket
+from orchestrator.calls.signals import Signals
 from orchestrator.core.schemas import TokenEvent
-from orchestrator.core.tokens import usage_counts
+from orchestrator.core.tasks import TaskSet
 from orchestrator.utilisation.base import TokenRecorder
 
 log = structlog.get_logger(__name__)
@@ -31,7 +33,7 @@ class TokenEvents:
     ) -> None:
         self._sink = sink
         self._clock = clock
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     @property
     def enabled(self) -> bool:
@@ -49,16 +51,11 @@ class TokenEvents:
         """Schedule the `admit` event; returns its task for `complete` to follow."""
         if self._sink is None:
             return None
-        event = TokenEvent(
-            request_id=request_id,
-            deployment=deployment,
-            phase="admit",
-            timestamp=self._clock(),
-            prompt_tokens=prompt_tokens,
-            max_tokens=max_tokens,
-            tenant=tenant,
-        )
-        return self._spawn(self._record(event, None))
+        event = bracket.admit(
+            request_id, deployment, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+            tenant=tenant, now=self._clock(),
+        )  # fmt: skip
+        return self._tasks.spawn(self._record(event, None))
 
     def complete(
         self,
@@ -69,64 +66,42 @@ class TokenEvents:
         usage: dict[str, Any] | None,
         tenant: str = "default",
         *,
-        utilisation: float | None = None,
-        retry_after_ms: float | None = None,
+        status_code: int | None = None,
+        signals: Signals | None = None,
     ) -> None:
         """Schedule the `complete` event with the actual usage (None: nothing was used).
 
-        `utilisation` (the response's header) and `retry_after_ms` (a 429) are the
-        deployment's own signals, observed now; the estimate calibrates itself on them.
+        `signals` (the response's headers, observed now) and its `status_code` are the
+        deployment's own word on its load; the estimate calibrates itself on them.
         """
         if self._sink is None:
             return
-        prompt, completion, cached = usage_counts(usage)
-        event = TokenEvent(
-            request_id=request_id,
-            deployment=deployment,
-            phase="complete",
-            timestamp=self._clock(),
-            prompt_tokens=prompt,
-            max_tokens=max_tokens,
-            completion_tokens=completion,
-            cached_tokens=cached,
-            tenant=tenant,
-            utilisation=utilisation,
-            retry_after_ms=retry_after_ms,
-        )
-        self._spawn(self._record(event, admitted))
+        event = bracket.complete(
+            request_id, deployment, tenant=tenant, now=self._clock(), usage=usage,
+            max_tokens=max_tokens, status_code=status_code, signals=signals,
+        )  # fmt: skip
+        self._tasks.spawn(self._record(event, admitted))
 
     def observe(
         self,
         admitted: asyncio.Task[None] | None,
         request_id: str,
         deployment: str,
-        value: float,
+        signals: Signals,
         tenant: str = "default",
     ) -> None:
-        """Schedule an `observe` event: the utilisation a stream's headers reported now."""
+        """Schedule an `observe` event: what a stream's headers reported now (if anything)."""
         if self._sink is None:
             return
-        event = TokenEvent(
-            request_id=request_id,
-            deployment=deployment,
-            phase="observe",
-            timestamp=self._clock(),
-            prompt_tokens=0,
-            utilisation=value,
-            tenant=tenant,
+        event = bracket.observe(
+            request_id, deployment, tenant=tenant, now=self._clock(), signals=signals
         )
-        self._spawn(self._record(event, admitted))
+        if event is not None:
+            self._tasks.spawn(self._record(event, admitted))
 
     async def drain(self) -> None:
         """Wait for the pending events (at shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        await self._tasks.drain()
 
     async def _record(self, event: TokenEvent, after: asyncio.Task[None] | None) -> None:
         if after is not None and not after.done():

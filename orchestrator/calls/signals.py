@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from orchestrator.core.errors import UpstreamError
 from orchestrator.core.retry import parse_retry_after
 
 UTILISATION_HEADER = "azure-openai-deployment-utilization"
@@ -98,3 +99,10 @@ def read_signals(headers: Mapping[str, str]) -> Signals:
         remaining_requests=_count(headers.get(REMAINING_REQUESTS_HEADER)),
         limit_tokens=_count(headers.get(LIMIT_TOKENS_HEADER)),
     )
+
+
+def error_signals(err: UpstreamError) -> Signals:
+    """The signals of a failed call: its response's, else the retry-after the error carries."""
+    if err.signals is not None:
+        return err.signals
+    return Signals(retry_after_s=err.retry_after_s)

@@ -1,4 +1,4 @@
-"""`ptu dlq list|show|replay|purge`: the dead-letter store (see `queues/dead_letters.py`)."""
+"""`ptu dlq list|show|replay|purge`: the dead-letter store (see `queues/dead_letter.py`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from orchestrator.core import redis_client, startup
 from orchestrator.core.errors import ConfigError, PTUError
 from orchestrator.core.results import ResultStore
 from orchestrator.core.settings import Settings
-from orchestrator.queues.dead_letters import DeadLetter, DeadLetterStore
+from orchestrator.queues.dead_letter import DeadLetter, DeadLetterStore
 from orchestrator.queues.factory import make_queue
 
 

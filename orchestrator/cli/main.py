@@ -23,7 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "ingress": ("ingress.main", "run the HTTP gateway"),
     "worker": ("orchestrator.worker.main", "run the long-lived low-priority consumer"),
     "estimator": ("orchestrator.estimator.main", "fold token events into the utilisation estimate"),
-    "up": ("bench.up", "start the local stack in the foreground; Ctrl-C stops it"),
+    "up": ("devstack.up", "start the local stack in the foreground; Ctrl-C stops it"),
     "submit": ("orchestrator.cli.submit", "submit a Batch JSONL file through the ingress"),
     "result": ("orchestrator.cli.result", "print a queued request's result document"),
     "batches": ("orchestrator.cli.batches", "list, show or cancel the ingress's batches"),
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = MissingDependencyError.from_import(exc)
         if missing is not None:
             print(f"ptu {verb}: {missing}", file=sys.stderr)
-        elif top in ("bench", "simulator"):  # the production image carries the runtime only
+        elif top in ("bench", "simulator", "devstack"):  # the production image: the runtime only
             print(f"ptu {verb}: this installation has no {top} package", file=sys.stderr)
         else:
             raise

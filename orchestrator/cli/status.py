@@ -38,7 +38,7 @@ from orchestrator.core import incarnation, keys, redis_client
 from orchestrator.core.errors import PTUError, QueueUnavailable, UtilisationUnavailable
 from orchestrator.core.runtime import pause, run_until_signal
 from orchestrator.core.settings import Settings
-from orchestrator.queues.dead_letters import DeadLetterStore
+from orchestrator.queues.dead_letter import DeadLetterStore
 from orchestrator.queues.factory import make_queue
 from orchestrator.throttle.policy import Curve, limit_for
 from orchestrator.throttle.slots import SlotTable

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.calls.signals import Signals
+
 
 class PTUError(Exception):
     """Root of every error this project raises on purpose."""
@@ -53,11 +58,14 @@ class UpstreamError(PTUError):
         status_code: int,
         body: dict[str, object] | None = None,
         retry_after_s: float | None = None,
+        signals: Signals | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.body = body
         self.retry_after_s = retry_after_s
+        self.signals = signals
+        """What the error response's headers said (None when no response arrived)."""
 
     @property
     def retryable(self) -> bool:

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from orchestrator.core import keys
 from orchestrator.core.redis_replies import text
+from orchestrator.core.runtime import every
 
 log = structlog.get_logger(__name__)
 
@@ -133,9 +134,11 @@ async def watch_incarnation(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:
     """`check` every `interval_s` until cancelled (an unreachable Redis is logged, retried)."""
-    while True:
-        try:
-            await incarnation.check()
-        except (RedisError, OSError) as exc:
-            log.warning("incarnation_check_failed", error=repr(exc))
-        await sleep(interval_s)
+
+    async def check() -> None:
+        await incarnation.check()
+
+    await every(
+        interval_s, check, event="incarnation_check_failed", errors=(RedisError, OSError),
+        first="now", sleep=sleep,
+    )  # fmt: skip

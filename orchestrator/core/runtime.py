@@ -1,10 +1,28 @@
-"""Process plumbing for long-lived verbs: signals become an asyncio.Event, sleeps end on it."""
+"""Process plumbing for long-lived verbs: signals become an asyncio.Event, sleeps end on it,
+periodic work runs through `every`."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """Time and chance as a component sees them: injected, so tests drive them."""
+
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    rand: Callable[[], float] = field(default_factory=lambda: random.Random().random)
 
 
 def run_until_signal(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
@@ -56,3 +74,35 @@ async def pause(
             fut.cancel()
         await asyncio.gather(sleeper, *waiters, return_exceptions=True)
     return not any(e.is_set() for e in events)
+
+
+async def every(
+    interval_s: float,
+    fn: Callable[[], Awaitable[bool | None]],
+    stop: asyncio.Event | None = None,
+    *,
+    event: str,
+    errors: tuple[type[Exception], ...] = (),
+    first: Literal["now", "later"] = "later",
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    **context: object,
+) -> None:
+    """Call `fn` every `interval_s` until `stop` is set (without one, until cancelled).
+
+    The one periodic loop of the project: heartbeats, lease and liveness renewals,
+    incarnation checks. An error of `errors` (the backend's, e.g. Redis being away) is
+    logged as `event` with `context` and the loop goes on: background work outlives a
+    backend restart. Any other error ends the loop. `fn` returning False ends it too
+    (nothing left to do); `first="now"` calls it before the first wait.
+    """
+    events = () if stop is None else (stop,)
+    if first == "later" and not await pause(interval_s, *events, sleep=sleep):
+        return
+    while stop is None or not stop.is_set():
+        try:
+            if await fn() is False:
+                return
+        except errors as exc:
+            log.warning(event, error=repr(exc), **context)
+        if not await pause(interval_s, *events, sleep=sleep):
+            return

@@ -10,8 +10,6 @@ from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -27,123 +25,12 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from orchestrator.core import capacity
+from orchestrator.core.deployments import DeploymentConfig as DeploymentConfig
+from orchestrator.core.deployments import check_endpoint, check_redis_url
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.retry import RetryPolicy
 from orchestrator.core.schemas import Priority
 from orchestrator.tenants.config import TenantConfig, check_tenants
-
-
-def check_endpoint(value: str | None) -> str | None:
-    """An Azure OpenAI resource endpoint: `http(s)://host[:port]`, no path (raises ValueError)."""
-    if value is None:
-        return None
-    value = value.strip().rstrip("/")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(
-            f"{value!r} is not an endpoint URL: give https://<resource>.openai.azure.com"
-        )
-    if parts.path.rstrip("/").endswith("/openai") or parts.path in ("/openai",):
-        raise ValueError(f"{value!r}: drop the '/openai' suffix (the client adds the path)")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"{value!r}: an endpoint has no path or query (scheme://host[:port])")
-    return value
-
-
-def check_redis_url(value: str) -> str:
-    """`redis://`, `rediss://` or `unix://` with a numeric database index (raises ValueError)."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
-        raise ValueError(f"{value!r} is not a Redis URL: give redis://HOST:PORT/DB")
-    db = parts.path.strip("/")
-    if parts.scheme != "unix" and db and not db.isdigit():
-        raise ValueError(f"{value!r}: the database index {db!r} is not a number")
-    try:
-        _ = parts.port
-    except ValueError as exc:
-        raise ValueError(f"{value!r}: {exc}") from None
-    return value
-
-
-class DeploymentConfig(BaseModel):
-    """One Azure OpenAI deployment the orchestrator manages."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1)
-    model: str = Field(min_length=1)
-    kind: Literal["provisioned", "standard"] = "provisioned"
-    ptus: int | None = Field(default=None, gt=0)
-    tpm: int | None = Field(default=None, gt=0, description="standard deployments: tokens/min")
-    input_tpm_per_ptu: int | None = Field(default=None, gt=0)
-    output_weight: float | None = Field(default=None, gt=0)
-    lower_threshold: float | None = Field(default=None, ge=0, le=1)
-    upper_threshold: float | None = Field(default=None, ge=0, le=1)
-    max_concurrency: int | None = Field(default=None, ge=1)
-    spillover: list[str] = Field(
-        default_factory=list, description="deployments to try, in order, when this one fails"
-    )
-    endpoint: str | None = Field(default=None, description="resource endpoint; default global")
-    api_key_env: str | None = Field(
-        default=None, description="name of the variable holding this resource's key"
-    )
-    limit_field: capacity.LimitField | None = Field(
-        default=None, description="the output-limit field the model takes; default: by model"
-    )
-    governance: bool = Field(
-        default=True, description="false: output limits pass as sent (no default, cap, rename)"
-    )
-
-    @field_validator("spillover", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: object) -> object:
-        if value is None:
-            return []
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        return check_endpoint(value)
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        if self.name in self.spillover:
-            raise ValueError(f"deployment {self.name!r}: cannot spill over to itself")
-        if self.kind == "provisioned":
-            if self.ptus is None:
-                raise ValueError(f"deployment {self.name!r}: provisioned needs 'ptus'")
-            if capacity.lookup(self.model) is None and self.input_tpm_per_ptu is None:
-                raise ValueError(
-                    f"deployment {self.name!r}: unknown model {self.model!r}; "
-                    "give 'input_tpm_per_ptu' (and 'output_weight')"
-                )
-        elif self.tpm is None:
-            raise ValueError(f"deployment {self.name!r}: standard needs 'tpm'")
-        lo, hi = self.lower_threshold, self.upper_threshold
-        if lo is not None and hi is not None and lo >= hi:
-            raise ValueError(f"deployment {self.name!r}: lower_threshold must be below upper")
-        return self
-
-    @property
-    def capacity_tpm(self) -> float:
-        """Input-token equivalents per minute this deployment drains."""
-        if self.kind == "standard":
-            assert self.tpm is not None
-            return float(self.tpm)
-        assert self.ptus is not None
-        known = capacity.lookup(self.model)
-        per_ptu = self.input_tpm_per_ptu or (known.input_tpm_per_ptu if known else 0)
-        return float(self.ptus * per_ptu)
-
-    @property
-    def weight(self) -> float:
-        """Input-token equivalents charged per output token."""
-        if self.output_weight is not None:
-            return self.output_weight
-        known = capacity.lookup(self.model)
-        return known.output_weight if known else 1.0
 
 
 def _invalid(field: str, message: str) -> PydanticCustomError:

@@ -20,8 +20,8 @@ from orchestrator.core.errors import ConfigError
 from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
 from orchestrator.estimator.redis_stream import Estimator
-from orchestrator.utilisation.estimate.calibration import params_for
 from orchestrator.utilisation.estimate.store import EstimateStore
+from orchestrator.utilisation.store_factory import estimate_store
 
 if TYPE_CHECKING:
     from orchestrator.estimator.eventhubs import EventHubsEstimator
@@ -68,13 +68,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         except ConfigError:
             await redis.aclose()
             raise
-        store = EstimateStore(
-            redis,
-            settings.deployments,
-            window_s=settings.estimate_window_s,
-            max_age_s=settings.estimate_max_age_s,
-            calibration=params_for(settings.calibration),
-        )
+        store = estimate_store(settings, redis)
         try:
             estimator = make_estimator(args, settings, redis, store)
             await estimator.run(stop)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import structlog
 
 from orchestrator.core.schemas import QueuedRequest
+from orchestrator.queues import dead_letter
 from orchestrator.queues.base import Delivery, read_delivery
 
 log = structlog.get_logger(__name__)
@@ -93,12 +94,7 @@ class InMemoryQueue:
         """Record the message with its reason in `dead_letters`, then ack it."""
         if delivery.token in self._entries:
             self.dead_letters.append((delivery.message, reason))
-            log.warning(
-                "message_dead_lettered",
-                deployment=self.deployment,
-                request_id=delivery.message.id,
-                reason=reason,
-            )
+            dead_letter.logged(self.deployment, delivery, reason)
         await self.ack(delivery)
 
     async def depth(self) -> int:

@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry, Counter
 from orchestrator.tenants.ledger import Usage
 
 STATUSES = ("completed", "failed", "expired", "throttled", "rejected", "limited")
-"""completed: answered 2xx; failed: 5xx, timeout or given up; expired: deadline passed;
+"""completed: answered 2xx; failed: 5xx, 408, timeout or given up; expired: deadline passed;
 throttled: the deployment answered 429; rejected: another 4xx; limited: refused by the
-tenant's own tokens-per-minute limit or quota."""
+tenant's own tokens-per-minute limit or quota. `calls.outcome.status_label` maps to them."""
 OTHER = "other"
 TOKEN_KINDS = ("prompt", "cached", "completion")
 
@@ -61,12 +61,3 @@ class TenantMetrics:
         """Count one finished request."""
         t, d = self.label(tenant, deployment)
         self.requests.labels(t, d, priority, status if status in STATUSES else "failed").inc()
-
-
-def http_status(code: int) -> str:
-    """The `status` label of an HTTP answer."""
-    if code < 300:
-        return "completed"
-    if code == 429:
-        return "throttled"
-    return "rejected" if code < 500 and code != 408 else "failed"

@@ -10,7 +10,7 @@ import structlog
 from orchestrator.core.errors import ConfigError, MissingDependencyError
 from orchestrator.core.settings import Settings
 from orchestrator.utilisation.base import UtilisationSource
-from orchestrator.utilisation.estimate.calibration import params_for
+from orchestrator.utilisation.store_factory import estimate_store
 
 log = structlog.get_logger(__name__)
 
@@ -22,15 +22,7 @@ def make_source(settings: Settings, redis: aioredis.Redis) -> UtilisationSource:
     """The configured `UtilisationSource` for all of `settings.deployments`."""
     if settings.utilization_source == "azure_monitor":
         return _azure_monitor(settings)
-    from orchestrator.utilisation.estimate.store import EstimateStore
-
-    store = EstimateStore(
-        redis,
-        settings.deployments,
-        window_s=settings.estimate_window_s,
-        max_age_s=settings.estimate_max_age_s,
-        calibration=params_for(settings.calibration),
-    )
+    store = estimate_store(settings, redis)
     monitored = settings.azure_monitor_endpoint and settings.azure_resource_id
     if store.calibration is not None and monitored:
         # the Azure Monitor minute corrects slow drift while the header is missing

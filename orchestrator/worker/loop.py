@@ -30,7 +30,7 @@ from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.incarnation import Incarnation
 from orchestrator.core.retry import outage_delay_s
-from orchestrator.core.runtime import pause
+from orchestrator.core.runtime import every, pause
 from orchestrator.queues.base import Delivery, Queue
 from orchestrator.worker.dispatch import Dispatcher
 from orchestrator.worker.protocols import SlotLimiter
@@ -219,19 +219,27 @@ class Worker:
 
     async def _renew_leases(self, done: asyncio.Event) -> None:
         """Keep this worker's slot leases alive (each throttle logs its own failures)."""
-        while await pause(self.timing.renew_s, done, sleep=self._sleep):
+
+        async def renew() -> None:
             for lane in self.lanes:
                 await lane.throttle.renew()
 
+        await every(
+            self.timing.renew_s, renew, done, event="lease_renewal_failed", sleep=self._sleep
+        )
+
     async def _housekeeping(self, done: asyncio.Event) -> None:
-        while not done.is_set():
-            try:
-                if self.incarnation is not None:
-                    await self.incarnation.check()
-                await self._heartbeat()
-            except (RedisError, QueueUnavailable) as exc:
-                log.warning("heartbeat_failed", error=repr(exc))
-            await pause(self.timing.heartbeat_s, done, sleep=self._sleep)
+        """Check Redis's incarnation and publish the heartbeat, now and every `heartbeat_s`."""
+
+        async def tick() -> None:
+            if self.incarnation is not None:
+                await self.incarnation.check()
+            await self._heartbeat()
+
+        await every(
+            self.timing.heartbeat_s, tick, done, event="heartbeat_failed",
+            errors=(RedisError, QueueUnavailable), first="now", sleep=self._sleep,
+        )  # fmt: skip
 
     async def snapshot(self) -> dict[str, Any]:
         """The heartbeat document: per deployment limit, in-flight, reading, counts, rate."""

@@ -33,11 +33,10 @@ from orchestrator.tenants.ledger import UsageLedger
 from orchestrator.throttle.admission import Admission
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.base import UtilisationSource
-from orchestrator.utilisation.estimate.calibration import params_for
-from orchestrator.utilisation.estimate.store import EstimateStore
 from orchestrator.utilisation.factory import make_source
+from orchestrator.utilisation.store_factory import estimate_store
 from orchestrator.worker.accounting import WorkerAccounting
-from orchestrator.worker.dispatch import DispatchConfig, Dispatcher
+from orchestrator.worker.dispatch import DispatchConfig, Dispatcher, Gates, Reporting
 from orchestrator.worker.lengths import OutputLengths, Sizer
 from orchestrator.worker.loop import Lane, Worker, WorkerTiming
 from orchestrator.worker.metrics import WorkerMetrics
@@ -119,14 +118,7 @@ def build_worker(
         upstream if upstream is not None else RoutedUpstream.from_settings(settings, deployments)
     )
     # the worker's own calls always feed the estimate, whichever source drives the throttle
-    tokens = EstimateStore(
-        redis,
-        settings.deployments,
-        window_s=settings.estimate_window_s,
-        max_age_s=settings.estimate_max_age_s,
-        calibration=params_for(settings.calibration),
-        low_priority=True,
-    )
+    tokens = estimate_store(settings, redis, low_priority=True)
     results = ResultStore(redis, settings.reply_ttl_s)
     tenancy = Tenancy(settings.tenants, settings.api_keys)
     ledger = UsageLedger(redis, tenancy)
@@ -182,17 +174,11 @@ def build_worker(
         dispatcher = Dispatcher(
             d.name,
             queue=queue,
-            throttle=throttle,
             results=results,
             upstream=upstream,
             config=config,
-            tokens=accounting,
-            quota=ledger,
-            metrics=metrics,
-            breaker=breaker,
-            admission=admission,
-            counts_redis=redis,
-            telemetry=tracing,
+            gates=Gates(throttle, breaker=breaker, admission=admission, quota=ledger),
+            reporting=Reporting(accounting, metrics=metrics, telemetry=tracing, counts=redis),
             sizer=sizer,
         )
         lanes.append(Lane(d.name, queue, throttle, dispatcher))

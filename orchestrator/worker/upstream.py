@@ -4,8 +4,9 @@
 (`max_retries=0`: the worker owns retries and the throttle), labels every call
 with `x-ptu-priority`, reads response headers through `with_raw_response`, and
 turns the SDK's exceptions into `orchestrator.core.errors` by type and status code:
-429 → UpstreamThrottled (retry-after from `retry-after-ms`, else `retry-after`),
-408 and client timeouts → UpstreamTimeout, anything else → UpstreamError.
+an error answer as `calls.outcome.upstream_error` types it (429 → UpstreamThrottled
+with its retry-after, 408 → UpstreamTimeout, 401/403/404 → UpstreamUnreachable), client
+timeouts → UpstreamTimeout, no connection → UpstreamUnreachable.
 
 A queued Responses API request (`responses`) goes to the resource's v1 surface,
 `{endpoint}/openai/v1/responses`, which takes no `api-version` and names the
@@ -17,23 +18,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import openai
 import structlog
 from openai import omit
 
-from orchestrator.calls.signals import UTILISATION_HEADER, parse_utilisation
+from orchestrator.calls.outcome import UpstreamResponse, upstream_error
+from orchestrator.calls.signals import read_signals
 from orchestrator.core.entra import EntraTokens, default_entra_tokens
 from orchestrator.core.errors import (
     ConfigError,
     UpstreamError,
-    UpstreamThrottled,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from orchestrator.core.retry import parse_retry_after
 from orchestrator.core.schemas import PRIORITY_LABEL_HEADER
 
 if TYPE_CHECKING:
@@ -52,36 +51,6 @@ CONNECTION_FAILED_STATUS = 503
 _DROPPED_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
 _RESPONSES_DROPPED = frozenset({"model", "stream", "stream_options"})
 V1_PATH = "/openai/v1"
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamResponse:
-    """A successful chat completion and what its headers said."""
-
-    body: dict[str, Any]
-    status_code: int = 200
-    request_id: str | None = None
-    utilisation_hint: float | None = None
-    """`azure-openai-deployment-utilization` as a fraction, when the service sent it."""
-
-    @property
-    def usage(self) -> dict[str, Any] | None:
-        """The `usage` object of the completion."""
-        usage = self.body.get("usage")
-        return usage if isinstance(usage, dict) else None
-
-    @property
-    def finish_reason(self) -> str | None:
-        """The first choice's finish reason (a response's incomplete reason, else its status)."""
-        if "choices" not in self.body and isinstance(self.body.get("status"), str):
-            details = self.body.get("incomplete_details")
-            reason = details.get("reason") if isinstance(details, dict) else None
-            return reason if isinstance(reason, str) else str(self.body["status"])
-        choices = self.body.get("choices")
-        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-            reason = choices[0].get("finish_reason")
-            return reason if isinstance(reason, str) else None
-        return None
 
 
 class Upstream(Protocol):
@@ -113,10 +82,6 @@ class Upstream(Protocol):
         """Release the HTTP client and credentials."""
 
 
-MISCONFIGURED_STATUSES = frozenset({401, 403, 404})
-"""Answers no retry can change: wrong key, no access, no such deployment at this endpoint."""
-
-
 def connection_cause(exc: BaseException) -> str:
     """The innermost cause of a connection failure, one line (`ConnectError: [Errno 111] ...`)."""
     inner: BaseException = exc
@@ -143,25 +108,9 @@ def map_error(exc: openai.OpenAIError) -> UpstreamError:
     if isinstance(exc, openai.APITimeoutError):
         return UpstreamTimeout("upstream call timed out", status_code=408)
     if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        body = _error_body(exc.response)
-        if status == 429:
-            retry_after = parse_retry_after(exc.response.headers)
-            return UpstreamThrottled(
-                "upstream throttled", status_code=429, body=body, retry_after_s=retry_after
-            )
-        if status == 408:
-            return UpstreamTimeout("upstream timed out", status_code=408, body=body)
-        if status in MISCONFIGURED_STATUSES:
-            inner = body.get("error")
-            code = inner.get("code") if isinstance(inner, dict) else None
-            return UpstreamUnreachable(
-                f"upstream answered {status}",
-                status_code=status,
-                body=body,
-                cause=f"HTTP {status} {code or ''}".strip(),
-            )
-        return UpstreamError(f"upstream answered {status}", status_code=status, body=body)
+        return upstream_error(
+            exc.status_code, _error_body(exc.response), read_signals(exc.response.headers)
+        )
     if isinstance(exc, openai.APIConnectionError):
         return UpstreamUnreachable(
             "upstream unreachable",
@@ -297,5 +246,5 @@ def _answer(raw: Any) -> UpstreamResponse:
         body=data,
         status_code=raw.status_code,
         request_id=raw.headers.get("apim-request-id") or raw.headers.get("x-request-id"),
-        utilisation_hint=parse_utilisation(raw.headers.get(UTILISATION_HEADER)),
+        signals=read_signals(raw.headers),
     )

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from orchestrator.calls.outcome import UpstreamResponse
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.core.startup import credential_error
-from orchestrator.worker.upstream import AzureUpstream, Upstream, UpstreamResponse
+from orchestrator.worker.upstream import AzureUpstream, Upstream
 
 
 class RoutedUpstream:

@@ -11,7 +11,7 @@ import httpx2
 import pytest
 import redis
 
-from bench.harness.stack import SimulatorOptions, Stack
+from devstack.stack import SimulatorOptions, Stack
 from orchestrator.core import keys
 from tests.e2e.worker_helpers import sigkill, wait_for
 

@@ -20,7 +20,7 @@ import httpx2
 import pytest
 import redis
 
-from bench.harness.stack import API_KEY, SimulatorOptions, Stack
+from devstack.stack import API_KEY, SimulatorOptions, Stack
 from orchestrator.core import keys
 from orchestrator.core.serving import free_port
 from tests.e2e.worker_helpers import MESSAGES, enqueue, results_written, wait_for

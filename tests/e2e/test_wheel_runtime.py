@@ -41,8 +41,8 @@ def ready():
     client = redis.Redis.from_url(url)
     try:
         if verb == "worker":
-            return bool(client.hgetall("ptu:workers"))
-        groups = client.xinfo_groups("ptu:token-events")
+            return bool(client.hgetall(keys.WORKERS))
+        groups = client.xinfo_groups(keys.TOKEN_EVENTS)
         return any(g["name"] in (b"estimator", "estimator") for g in groups)
     finally:
         client.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx2
 import redis
 
-from bench.harness.stack import API_KEY, SimulatorOptions, Stack
+from devstack.stack import API_KEY, SimulatorOptions, Stack
 from orchestrator.core import keys
 from tests.e2e.worker_helpers import enqueue, reply_counts, results_written, sigkill, wait_for
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx2
 import redis
 
-from bench.harness.stack import SimulatorOptions, Stack
+from devstack.stack import SimulatorOptions, Stack
 from orchestrator.throttle.policy import concurrency_limit
 from tests.e2e.worker_helpers import enqueue, results_written, wait_for
 

@@ -21,7 +21,7 @@ import httpx2
 import pytest
 import redis
 
-from bench.harness.stack import API_KEY, SimulatorOptions, Stack
+from devstack.stack import API_KEY, SimulatorOptions, Stack
 from orchestrator.core import keys
 from tests.e2e.worker_helpers import MESSAGES, sigkill, wait_for
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import redis
 import redis.asyncio as aioredis
 
-from bench.harness.stack import Stack
+from devstack.stack import Stack
 from orchestrator.core import keys
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import QueuedRequest

@@ -51,7 +51,7 @@ async def _batch(ctx: job.JobContext, n: int, batch_id: str = "batch_t") -> None
     await ctx.batches.create({
         "id": batch_id, "tenant": "default", "status": "validating", "total": str(n),
         "input_file_id": meta["id"], "expires_at": str(time.time() + 3600),
-        "reply_key": f"ptu:reply:default:{batch_id}", "cursor": "0", "cursor_offset": "0",
+        "reply_key": keys.tenant_reply("default", batch_id), "cursor": "0", "cursor_offset": "0",
     })  # fmt: skip
     assert await ctx.batches.lease(batch_id, "me", 60)
 

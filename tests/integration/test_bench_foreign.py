@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from bench import cli
-from bench.harness.stack import SimulatorOptions, Stack
 from bench.scenarios.foreign import TABLE_KEYS, ForeignConfig, probe, refusal, run_foreign, workload
+from devstack.stack import SimulatorOptions, Stack
 from orchestrator.core.serving import free_port
 from tests.integration.test_bench_mixed import children
 

@@ -6,10 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from bench.harness.stack import SimulatorOptions
 from bench.harness.workload import MixedWorkload
 from bench.report.metrics import RESULT_KEYS
 from bench.scenarios.mixed import MixedConfig, run_mixed
+from devstack.stack import SimulatorOptions
 
 
 def children(pid: int) -> set[int]:

@@ -6,10 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from bench.harness.stack import SimulatorOptions
 from bench.harness.workload import MixedWorkload
 from bench.scenarios.realities import parse_realities
 from bench.scenarios.robustness import TABLE_KEYS, RobustnessConfig, run_robustness
+from devstack.stack import SimulatorOptions
 from tests.integration.test_bench_mixed import children
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from bench.harness.embedded_redis import EmbeddedRedis
+from devstack.embedded_redis import EmbeddedRedis
 
 
 async def test_fixture_server_is_real(redis: aioredis.Redis) -> None:

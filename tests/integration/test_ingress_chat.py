@@ -182,12 +182,12 @@ async def test_low_priority_is_queued_then_answered(
     resp = await http.post(
         "/openai/deployments/ptu/chat/completions?api-version=2024-10-21",
         json={"messages": MESSAGES},
-        headers={"x-priority": "low", "x-reply-key": "ptu:reply:default:mine"},
+        headers={"x-priority": "low", "x-reply-key": keys.tenant_reply("default", "mine")},
     )
     assert resp.status_code == 202, resp.text
     body = resp.json()
     assert body["object"] == "queued_request" and body["status"] == "queued"
-    assert body["reply_key"] == "ptu:reply:default:mine"
+    assert body["reply_key"] == keys.tenant_reply("default", "mine")
     assert resp.headers["location"] == f"/v1/requests/{body['id']}"
     assert body["id"].startswith("req_") and len(body["id"]) == 36
 
@@ -202,7 +202,7 @@ async def test_low_priority_is_queued_then_answered(
     done = await waiter
     assert done.status_code == 200
     assert done.json()["status"] == "completed"
-    assert json.loads(await redis.lpop("ptu:reply:default:mine"))["id"] == body["id"]
+    assert json.loads(await redis.lpop(keys.tenant_reply("default", "mine")))["id"] == body["id"]
 
 
 async def test_openai_shape_low_priority_with_ttl(
@@ -240,7 +240,8 @@ async def test_openai_shape_low_priority_with_ttl(
         ("/v1/chat/completions", {"json": {"model": "paygo", "messages": MESSAGES}},
          {"x-priority": "low"}, 400, "not_provisioned"),
         ("/v1/chat/completions", {"json": {"model": "ptu", "messages": MESSAGES}},
-         {"x-priority": "low", "x-reply-key": "ptu:reply:other:x"}, 400, "invalid_reply_key"),
+         {"x-priority": "low", "x-reply-key": keys.tenant_reply("other", "x")}, 400,
+         "invalid_reply_key"),
         ("/v1/chat/completions", {"content": b"x" * 2_000_000}, {}, 413, "request_too_large"),
         ("/v1/nothing", {"json": {}}, {}, 404, "not_found"),
     ],
@@ -285,7 +286,7 @@ async def test_tenants_cannot_read_each_other(
             "/v1/chat/completions",
             json=body,
             headers={"x-priority": "low", "api-key": "key-a",
-                     "x-reply-key": "ptu:reply:alpha:inbox"},
+                     "x-reply-key": keys.tenant_reply("alpha", "inbox")},
         )  # fmt: skip
         assert resp.status_code == 202
         location = resp.headers["location"]
@@ -297,7 +298,7 @@ async def test_tenants_cannot_read_each_other(
             "/v1/chat/completions",
             json=body,
             headers={"x-priority": "low", "api-key": "key-b",
-                     "x-reply-key": "ptu:reply:alpha:inbox"},
+                     "x-reply-key": keys.tenant_reply("alpha", "inbox")},
         )  # fmt: skip
         assert wrong_namespace.status_code == 400
     msg = await _stand_in_worker(redis, tenant="alpha")

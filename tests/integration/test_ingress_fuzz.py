@@ -184,7 +184,9 @@ def test_low_priority_chat_invariants(stack: IngressThread, store: redis.Redis, 
     def low(case: Any) -> None:
         case.headers = {**(case.headers or {}), "x-priority": "low"}
         if "x-reply-key" in case.headers:  # a key of the documented shape, in our namespace
-            case.headers["x-reply-key"] = "ptu:reply:default:" + case.headers["x-reply-key"][-8:]
+            case.headers["x-reply-key"] = keys.tenant_reply(
+                "default", case.headers["x-reply-key"][-8:]
+            )
         statuses.append(_check(case, stack, store, GenerationMode.POSITIVE))
 
     _examples(SCHEMA[path]["POST"].as_strategy(generation_mode=GenerationMode.POSITIVE), low)

@@ -28,7 +28,7 @@ def request(i: int) -> QueuedRequest:
         id=f"req-{i}",
         deployment=DEPLOYMENT,
         body={"messages": [{"role": "user", "content": f"hello {i}"}], "max_tokens": 5},
-        reply_key=f"ptu:reply:req-{i}",
+        reply_key=keys.reply(f"req-{i}"),
         enqueued_at=now,
         deadline=now + 60,
         custom_id=f"c-{i}",
@@ -61,7 +61,7 @@ async def _redis_dead(redis: aioredis.Redis) -> list[tuple[str, str]]:
 def _crash_redis(q: Queue) -> None:
     """What a SIGKILL leaves: no more liveness beats or refreshes, nothing cleaned up."""
     assert isinstance(q, RedisStreamsQueue)
-    for task in (q._beater, q._refresher):
+    for task in (q._liveness._beater, q._liveness._refresher):
         if task is not None:
             task.cancel()
 

@@ -131,7 +131,7 @@ async def test_repr_is_live(redis: aioredis.Redis) -> None:
     await q.put(request(2))
     got = await q.receive(2, timeout_s=1.0)
     assert repr(q) == (
-        "<RedisStreamsQueue stream=ptu:{d:gpt-4o-mini-ptu}:queue group=ptu-workers "
+        f"<RedisStreamsQueue stream={keys.queue(DEPLOYMENT)} group=ptu-workers "
         "consumer=w9 in_flight=2 claim_idle_s=5.0>"
     )
     await q.ack(got[0])

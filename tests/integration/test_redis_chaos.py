@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from bench.harness.embedded_redis import EmbeddedRedis
+from devstack.embedded_redis import EmbeddedRedis
 from ingress.server import IngressThread
 from orchestrator.cli.status import loss_line
 from orchestrator.core import incarnation, keys, redis_client

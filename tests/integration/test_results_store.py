@@ -22,7 +22,7 @@ def queued(rid: str = "r1", *, batch_id: str | None = None, ttl_s: float = 600) 
         body={"messages": []},
         tenant="acme",
         custom_id=f"c-{rid}",
-        reply_key=f"ptu:reply:{rid}",
+        reply_key=keys.reply(rid),
         enqueued_at=now,
         deadline=now + ttl_s,
         batch_id=batch_id,
@@ -56,7 +56,7 @@ async def test_register_get_progress(redis: aioredis.Redis) -> None:
     assert (state.status, state.tenant, state.reply_key, state.result) == (
         "queued",
         "acme",
-        "ptu:reply:r1",
+        keys.reply("r1"),
         None,
     )
     assert state.custom_id == "c-r1" and state.deployment == "d1"
@@ -78,12 +78,12 @@ async def test_concurrent_complete_writes_exactly_once(redis: aioredis.Redis) ->
     store = ResultStore(redis, reply_ttl_s=TTL)
     await store.register(queued())
     await store.mark_in_progress("r1")
-    results = await asyncio.gather(*(store.complete(doc(), "ptu:reply:r1") for _ in range(50)))
+    results = await asyncio.gather(*(store.complete(doc(), keys.reply("r1")) for _ in range(50)))
     assert results.count(True) == 1
-    replies = await redis.lrange("ptu:reply:r1", 0, -1)
+    replies = await redis.lrange(keys.reply("r1"), 0, -1)
     assert len(replies) == 1
     assert ResultDocument.model_validate_json(replies[0]) == doc()
-    assert 0 < await redis.ttl("ptu:reply:r1") <= TTL
+    assert 0 < await redis.ttl(keys.reply("r1")) <= TTL
     assert 0 < await redis.ttl(keys.result("r1")) <= TTL
     state = await store.get("r1")
     assert state is not None and state.status == "completed" and state.result == doc()
@@ -113,13 +113,13 @@ async def test_batch_results_and_counters(redis: aioredis.Redis) -> None:
     for rid, status in outcomes.items():
         await store.register(queued(rid, batch_id="b1"))
         for _ in range(3):  # redeliveries complete again: counted once
-            await store.complete(doc(rid, status, batch_id="b1"), f"ptu:reply:{rid}")
+            await store.complete(doc(rid, status, batch_id="b1"), keys.reply(rid))
     counters = await redis.hgetall(keys.batch("b1"))
     assert counters[b"completed"] == b"2" and counters[b"failed"] == b"2"
     marks = await redis.hgetall(keys.batch_results("b1"))
     assert marks == {b"a": b"c", b"b": b"c", b"c": b"f", b"d": b"f"}  # one letter, no copy
     for rid in outcomes:  # a batch line's document is stored once: no reply list copy
-        assert await redis.llen(f"ptu:reply:{rid}") == 0
+        assert await redis.llen(keys.reply(rid)) == 0
         assert await redis.exists(keys.result(rid))
     assert 4000 < await redis.ttl(keys.batch_results("b1")) <= 5000
 
@@ -130,7 +130,7 @@ async def test_wait_returns_when_result_arrives(redis: aioredis.Redis) -> None:
 
     async def finish_later() -> None:
         await asyncio.sleep(0.3)
-        await store.complete(doc(), "ptu:reply:r1")
+        await store.complete(doc(), keys.reply("r1"))
 
     task = asyncio.create_task(finish_later())
     started = time.monotonic()
@@ -153,7 +153,7 @@ async def test_wait_times_out_with_current_state(redis: aioredis.Redis) -> None:
 
 async def test_wait_returns_at_once_when_done(redis: aioredis.Redis) -> None:
     store = ResultStore(redis, reply_ttl_s=TTL)
-    await store.complete(doc(), "ptu:reply:r1")
+    await store.complete(doc(), keys.reply("r1"))
     state = await store.wait("r1", timeout_s=30.0)
     assert state is not None and state.status == "completed"
 
@@ -166,7 +166,7 @@ async def test_a_completion_cut_off_after_its_decision_is_settled_once(
     await store.register(queued(batch_id="b9"))
     await redis.hset(keys.batch("b9"), mapping={"status": "in_progress", "completed": 0})
     await redis.expire(keys.batch("b9"), 5000)
-    reply = "ptu:reply:acme:inbox"
+    reply = keys.tenant_reply("acme", "inbox")
     winner = doc(batch_id="b9")
     # step 1 alone, as a worker killed right after it would leave things
     await store._decide(
@@ -187,7 +187,7 @@ async def test_a_cut_off_completion_outside_a_batch_is_pushed_once(
 ) -> None:
     store = ResultStore(redis, reply_ttl_s=TTL)
     await store.register(queued())
-    reply = "ptu:reply:acme:inbox"
+    reply = keys.tenant_reply("acme", "inbox")
     winner = doc()
     await store._decide(
         keys=[keys.result("r1"), keys.request("r1")],
@@ -202,7 +202,7 @@ async def test_a_cut_off_completion_outside_a_batch_is_pushed_once(
 
 def test_completion_keys_of_one_step_share_a_slot() -> None:
     assert keys.same_slot(keys.result("r1"), keys.request("r1"), keys.reply("r1"))
-    for reply in ("ptu:reply:acme:inbox", keys.reply("r1"), "tenant:acme:inbox"):
+    for reply in (keys.tenant_reply("acme", "inbox"), keys.reply("r1"), "tenant:acme:inbox"):
         assert keys.same_slot(reply, keys.reply_pushed(reply, "r1"))
     assert keys.same_slot(keys.batch_results("b1"), keys.batch("b1"))
     assert keys.same_slot(keys.estimate("d"), keys.estimate_request("d", "x"), keys.slots("d"))

@@ -21,13 +21,14 @@ import httpx2
 import pytest
 import redis.asyncio as aioredis
 
+from orchestrator.calls.outcome import UpstreamResponse
 from orchestrator.core import keys
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import Endpoint, QueuedRequest, ResultDocument
 from orchestrator.core.settings import Settings
 from orchestrator.queues.redis_streams import RedisStreamsQueue
 from orchestrator.worker.lengths import OutputLengths
-from orchestrator.worker.upstream import AzureUpstream, UpstreamResponse
+from orchestrator.worker.upstream import AzureUpstream
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
 from tests.integration.test_worker_sim import DEP, make_settings, run_worker

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from bench.harness.sampler import Sample, parse_state
-from bench.harness.stack import SimulatorOptions
 from bench.harness.workload import MixedWorkload, batch_calls
 from bench.report.metrics import background_counts, estimate_error
 from bench.scenarios.enact import overasking
@@ -25,6 +24,7 @@ from bench.scenarios.realities import (
     timed_patches,
 )
 from bench.scenarios.robustness import against_oracle
+from devstack.stack import SimulatorOptions
 from orchestrator.core.errors import ConfigError
 from simulator import cli as simulator_cli
 from simulator.openai.patch import parse_changes

@@ -24,7 +24,7 @@ from orchestrator.core.settings import Settings
 from orchestrator.core.variables import READ_BY, variable, variables_read_by
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("orchestrator", "ingress", "bench", "simulator")
+PACKAGES = ("orchestrator", "ingress", "bench", "simulator", "devstack")
 FIELDS = frozenset(Settings.model_fields)
 DISPLAY_ONLY = frozenset({"effective_configuration"})
 """Functions that read every setting to log it, which is not behaviour."""

@@ -11,8 +11,10 @@ import httpx2
 import pytest
 from azure.core.credentials import AccessToken
 
+from ingress.chat.call import Call
 from ingress.chat.credentials import ApiKeyAuth, EntraAuth
-from ingress.chat.proxy import Call, Proxy
+from ingress.chat.proxy import Proxy
+from ingress.chat.spillover import SpilloverPolicy
 from ingress.chat.targets import Target
 from ingress.chat.token_events import TokenEvents
 from ingress.http.errors import ApiError
@@ -61,7 +63,11 @@ def _proxy(up: Upstream, sink: Sink, wait_ms: int = 0) -> tuple[Proxy, list[floa
     client = httpx2.AsyncClient(transport=httpx2.MockTransport(up))
     events = TokenEvents(sink, clock=lambda: 1000.0)
     proxy = Proxy(
-        client, ApiKeyAuth("key"), events, IngressMetrics(), spillover_wait_ms=wait_ms, sleep=sleep
+        client,
+        ApiKeyAuth("key"),
+        events,
+        IngressMetrics(),
+        policy=SpilloverPolicy(wait_ms, sleep=sleep),
     )
     return proxy, slept
 
@@ -80,7 +86,7 @@ def _call(target: Target) -> Call:
 
 async def _forward(proxy: Proxy, call: Call) -> tuple[int, dict[str, str], Any]:
     resp = await proxy.forward(call)
-    await proxy._events.drain()
+    await proxy.recorder.events.drain()
     return resp.status_code, dict(resp.headers), json.loads(bytes(resp.body))
 
 
@@ -133,7 +139,7 @@ async def test_a_stream_is_observed_at_its_first_byte() -> None:
     sink = Sink()
     client = httpx2.AsyncClient(transport=httpx2.MockTransport(sse))
     events = TokenEvents(sink, clock=lambda: 1000.0)
-    proxy = Proxy(client, ApiKeyAuth("key"), events, IngressMetrics(), spillover_wait_ms=0)
+    proxy = Proxy(client, ApiKeyAuth("key"), events, IngressMetrics())
     call = _call(PTU)
     call.stream = True
     await proxy.forward(call)  # the headers arrived: the stream has not been relayed yet
@@ -191,7 +197,7 @@ async def test_connection_failure_is_502_and_takes_the_admission_back() -> None:
     sink = Sink()
     client = httpx2.AsyncClient(transport=httpx2.MockTransport(refuse))
     events = TokenEvents(sink)
-    proxy = Proxy(client, ApiKeyAuth("k"), events, IngressMetrics(), spillover_wait_ms=0)
+    proxy = Proxy(client, ApiKeyAuth("k"), events, IngressMetrics())
     with pytest.raises(ApiError) as info:
         await proxy.forward(_call(PTU))
     await events.drain()
@@ -276,7 +282,7 @@ async def test_a_failing_sink_never_fails_the_call() -> None:
 
 
 def test_usage_is_read_from_the_end_of_the_document() -> None:
-    from ingress.chat.proxy import _usage_of
+    from ingress.chat.sniff import usage_of as _usage_of
 
     doc = {
         "choices": [{"message": {"content": 'a "usage": {"x": 1} in text'}}],
@@ -290,9 +296,9 @@ def test_usage_is_read_from_the_end_of_the_document() -> None:
 
 def test_an_unparseable_upstream_url_is_400_not_500() -> None:
     proxy, _ = _proxy(Upstream([]), Sink())
-    assert str(proxy._url(PTU, "?api-version=1")).endswith("?api-version=1")
+    assert str(proxy.transport.url(PTU, "?api-version=1")).endswith("?api-version=1")
     with pytest.raises(ApiError) as info:
-        proxy._url(PTU, "?x=" + "a" * 70_000)
+        proxy.transport.url(PTU, "?x=" + "a" * 70_000)
     assert info.value.status == 400 and info.value.code == "invalid_query"
 
 
@@ -315,7 +321,7 @@ async def test_a_streaming_request_is_relayed_as_sse_whatever_the_upstream_conte
     client = httpx2.AsyncClient(transport=httpx2.MockTransport(upstream))
     sink = Sink()
     events_out = TokenEvents(sink, clock=lambda: 1000.0)
-    proxy = Proxy(client, ApiKeyAuth("key"), events_out, IngressMetrics(), spillover_wait_ms=0)
+    proxy = Proxy(client, ApiKeyAuth("key"), events_out, IngressMetrics())
     call = _call(PTU_ALONE)
     call.stream = True
     resp = await proxy.forward(call)
@@ -328,7 +334,7 @@ async def test_a_streaming_request_is_relayed_as_sse_whatever_the_upstream_conte
         return {"type": "http.disconnect"}
 
     await resp({"type": "http"}, receive, send)
-    await proxy._events.drain()
+    await proxy.recorder.events.drain()
     headers = dict(sent[0]["headers"])
     assert headers[b"content-type"] == b"text/event-stream"
     assert b"".join(m.get("body", b"") for m in sent[1:]) == b"".join(events)
@@ -375,7 +381,7 @@ async def test_timeout_and_refused_connection_spill_over() -> None:
 
     client = httpx2.AsyncClient(transport=httpx2.MockTransport(flaky))
     metrics = IngressMetrics()
-    proxy = Proxy(client, ApiKeyAuth("k"), TokenEvents(Sink()), metrics, spillover_wait_ms=0)
+    proxy = Proxy(client, ApiKeyAuth("k"), TokenEvents(Sink()), metrics)
     resp = await proxy.forward(_call(CHAIN))
     assert resp.status_code == 200 and resp.headers["x-ptu-deployment"] == "eu"
     assert seen == ["ptu", "std", "eu"]
@@ -402,9 +408,7 @@ async def test_a_stream_broken_before_its_first_byte_spills_over() -> None:
         return httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=Events())
 
     client = httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
-    proxy = Proxy(
-        client, ApiKeyAuth("k"), TokenEvents(Sink()), IngressMetrics(), spillover_wait_ms=0
-    )
+    proxy = Proxy(client, ApiKeyAuth("k"), TokenEvents(Sink()), IngressMetrics())
     call = _call(CHAIN)
     call.stream = True
     resp = await proxy.forward(call)

@@ -7,13 +7,14 @@ import json
 import pytest
 
 from ingress.chat.governance import check_chat_body, govern
-from ingress.chat.proxy import forwarded_headers, passed_headers
+from ingress.chat.headers import forwarded_headers, passed_headers
 from ingress.http.auth import DEFAULT_TENANT, Authenticator, is_loopback
 from ingress.http.errors import ApiError, envelope, error_type
 from ingress.http.models import MAX_WAIT_S, parse_priority
 from ingress.http.models import parse_ttl as ttl_for
 from ingress.http.models import parse_wait as wait_for
 from ingress.queued.enqueue import reply_key_for
+from orchestrator.core import keys
 from orchestrator.core.retry import parse_retry_after
 
 
@@ -127,22 +128,23 @@ def test_loopback_detection(host: str, loopback: bool) -> None:
 
 
 def test_reply_key_default_and_namespace() -> None:
-    assert reply_key_for(None, "alpha", "req_1") == "ptu:reply:{req_1}"
-    assert reply_key_for("ptu:reply:alpha:mine", "alpha", "req_1") == "ptu:reply:alpha:mine"
+    assert reply_key_for(None, "alpha", "req_1") == keys.reply("req_1")
+    mine = keys.tenant_reply("alpha", "mine")
+    assert reply_key_for(mine, "alpha", "req_1") == mine
 
 
 @pytest.mark.parametrize(
     "key",
     [
-        "ptu:reply:beta:mine",
-        "ptu:reply:alpha:",
-        "ptu:reply:alpha",
+        keys.tenant_reply("beta", "mine"),
+        keys.tenant_reply_prefix("alpha"),
+        keys.tenant_reply_prefix("alpha").rstrip(":"),
         "other",
-        "ptu:reply:alpha:with space",
-        "ptu:reply:alpha:" + "x" * 300,
-        "ptu:reply:alphabet:x",
-        "ptu:reply:alpha:{other}",
-        "ptu:reply:alpha:x}",
+        keys.tenant_reply("alpha", "with space"),
+        keys.tenant_reply("alpha", "x" * 300),
+        keys.tenant_reply("alphabet", "x"),
+        keys.tenant_reply("alpha", "{other}"),
+        keys.tenant_reply("alpha", "x}"),
     ],
 )
 def test_reply_key_outside_the_namespace_is_rejected(key: str) -> None:

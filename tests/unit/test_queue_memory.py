@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from orchestrator.core import keys
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues.memory import InMemoryQueue
 from tests.support.clock import FakeClock
@@ -13,7 +14,7 @@ from tests.support.clock import FakeClock
 
 def message(i: int) -> QueuedRequest:
     return QueuedRequest(
-        id=f"r{i}", deployment="d", body={}, reply_key=f"ptu:reply:r{i}",
+        id=f"r{i}", deployment="d", body={}, reply_key=keys.reply(f"r{i}"),
         enqueued_at=time.time(), deadline=time.time() + 60,
     )  # fmt: skip
 

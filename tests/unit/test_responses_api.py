@@ -11,8 +11,8 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import SecretStr, TypeAdapter
 
+from ingress.chat.call import Call
 from ingress.chat.governance import govern
-from ingress.chat.proxy import Call
 from ingress.chat.sse import SSEFilter
 from ingress.chat.targets import Target
 from orchestrator.core.schemas import QueuedRequest

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import asyncio
 
-from orchestrator.core.runtime import pause
+import pytest
+from structlog.testing import capture_logs
+
+from orchestrator.core.runtime import every, pause
 
 
 async def test_pause_runs_out_when_no_event_is_set() -> None:
@@ -36,3 +39,64 @@ async def test_pause_does_not_sleep_once_stopped() -> None:
         raise AssertionError("slept")
 
     assert await pause(1.0, stop, sleep=sleep) is False
+
+
+class _Ticks:
+    """An injected sleep that records waits, and stops the loop after `n` of them."""
+
+    def __init__(self, n: int, stop: asyncio.Event) -> None:
+        self.waits: list[float] = []
+        self._n, self._stop = n, stop
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        if len(self.waits) >= self._n:
+            self._stop.set()
+
+
+@pytest.mark.parametrize(("first", "calls"), [("now", 3), ("later", 2)])
+async def test_every_calls_until_stopped(first: str, calls: int) -> None:
+    stop = asyncio.Event()
+    ticks = _Ticks(3, stop)
+    done: list[int] = []
+
+    async def fn() -> None:
+        done.append(1)
+
+    await every(2.0, fn, stop, event="x_failed", first=first, sleep=ticks.sleep)  # type: ignore[arg-type]
+    assert len(done) == calls and ticks.waits == [2.0, 2.0, 2.0]
+
+
+async def test_every_logs_a_backend_error_and_goes_on_but_not_another() -> None:
+    stop = asyncio.Event()
+    ticks = _Ticks(3, stop)
+    seen: list[int] = []
+
+    async def flaky() -> None:
+        seen.append(1)
+        raise ConnectionError("away")
+
+    with capture_logs() as logs:
+        await every(1.0, flaky, stop, event="x_failed", errors=(OSError,), sleep=ticks.sleep, k=1)
+    assert len(seen) == 2 and [e["event"] for e in logs] == ["x_failed", "x_failed"]
+    assert logs[0]["k"] == 1
+
+    async def broken() -> None:
+        raise ValueError("bug")
+
+    with pytest.raises(ValueError):
+        await every(1.0, broken, event="x_failed", errors=(OSError,), first="now")
+
+
+async def test_every_ends_when_fn_says_nothing_is_left() -> None:
+    left = [True, True, False]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def fn() -> bool:
+        return left.pop(0)
+
+    await every(1.0, fn, event="x_failed", first="now", sleep=sleep)
+    assert left == [] and waits == [1.0, 1.0]

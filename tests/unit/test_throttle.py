@@ -180,7 +180,7 @@ async def test_pause_blocks_every_worker(fake_redis: fakeredis.FakeAsyncRedis) -
     assert await b.acquire(stop) is None
     await waiter
     assert t.sleeps[0] > 25  # waited for the pause, not a busy poll
-    await fake_redis.delete("ptu:pause:gpt-4o")
+    assert await fake_redis.delete(keys.pause("gpt-4o")) == 1  # the pause, by its real key
     stop.clear()
     assert await b.acquire(stop) is not None
 

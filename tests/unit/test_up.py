@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.up import LogFollower, Plan, child_env, plan, simulator_spec
+from devstack.up import LogFollower, Plan, child_env, plan, simulator_spec
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.logs import renders_console
 from orchestrator.core.settings import DeploymentConfig, Settings

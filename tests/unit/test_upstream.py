@@ -10,10 +10,11 @@ import httpx2
 import pytest
 from pydantic import SecretStr
 
+from orchestrator.calls.signals import parse_utilisation
 from orchestrator.core.errors import ConfigError, UpstreamError, UpstreamThrottled, UpstreamTimeout
 from orchestrator.core.retry import parse_retry_after
 from orchestrator.core.settings import Settings
-from orchestrator.worker.upstream import AzureUpstream, parse_utilisation
+from orchestrator.worker.upstream import AzureUpstream
 
 COMPLETION = {
     "id": "chatcmpl-1",

@@ -9,6 +9,7 @@ import pytest
 
 from orchestrator.core import keys
 from orchestrator.core.errors import UpstreamError, UpstreamThrottled, UpstreamTimeout
+from orchestrator.core.schemas import ResultDocument
 from orchestrator.queues.base import Delivery
 from orchestrator.queues.memory import _Entry
 from orchestrator.throttle.slots import Slot
@@ -264,7 +265,9 @@ async def test_redelivery_of_a_written_result_settles_then_acks_without_a_call()
     rig = make_rig()
     await rig.put(request("r1"))
     delivery, slot = await _take(rig)
-    first = rig.dispatcher._doc(delivery.message, "completed", attempts=1, status_code=200)
+    first = ResultDocument.for_request(
+        delivery.message, "completed", completed_at=T0, attempts=1, status_code=200
+    )
     # step 1 of completion only, as if the worker died before the reply push
     await rig.results._decide(
         keys=[keys.result("r1"), keys.request("r1")],

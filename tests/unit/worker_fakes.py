@@ -10,17 +10,19 @@ from typing import Any
 import fakeredis
 import redis.asyncio as aioredis
 
+from orchestrator.calls.outcome import UpstreamResponse
+from orchestrator.calls.signals import Signals
 from orchestrator.core import keys
 from orchestrator.core.errors import UpstreamError
 from orchestrator.core.results import ResultStore
 from orchestrator.core.retry import RetryPolicy
+from orchestrator.core.runtime import Pacing
 from orchestrator.core.schemas import QueuedRequest, TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.queues.memory import InMemoryQueue
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.static import StaticSource
-from orchestrator.worker.dispatch import DispatchConfig, Dispatcher
-from orchestrator.worker.upstream import UpstreamResponse
+from orchestrator.worker.dispatch import DispatchConfig, Dispatcher, Gates, Reporting
 from tests.support.clock import FakeClock
 
 DEPLOYMENT = DeploymentConfig(name="dep", model="gpt-4o-mini", ptus=15)
@@ -82,7 +84,7 @@ class FakeUpstream:
                 raise outcome
             body_out = outcome or completion(request_id)
             return UpstreamResponse(
-                body=body_out, status_code=200, utilisation_hint=self.utilisation
+                body=body_out, status_code=200, signals=Signals(utilisation=self.utilisation)
             )
         finally:
             self.active -= 1
@@ -203,14 +205,12 @@ def make_rig(
     dispatcher = Dispatcher(
         DEPLOYMENT.name,
         queue=queue,
-        throttle=throttle,
         results=results,
         upstream=upstream,
         config=config,
-        tokens=tokens,
-        clock=time_.clock,
-        sleep=time_.sleep,
-        rand=lambda: 0.5,
+        gates=Gates(throttle),
+        reporting=Reporting(tokens),
+        pacing=Pacing(clock=time_.clock, sleep=time_.sleep, rand=lambda: 0.5),
     )
     rig = Rig(
         redis, queue, source, throttle, results, upstream, tokens, time_, throttle_time, dispatcher

@@ -193,12 +193,7 @@ class EventHubsQueue:
         """XADD the message and reason to the Redis dead-letter stream, then ack."""
         payload = delivery.payload or delivery.message.model_dump_json()
         await self._dead_letter_raw(delivery.token, payload, reason, delivery.delivery_count)
-        log.warning(
-            "message_dead_lettered",
-            deployment=self.deployment,
-            request_id=delivery.message.id,
-            reason=reason,
-        )
+        dead_letter.logged(self.deployment, delivery, reason)
         await self.ack(delivery)
 
     async def depth(self) -> int:

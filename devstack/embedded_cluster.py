@@ -13,7 +13,7 @@ from typing import Self
 
 import redis
 
-from bench.harness.embedded_redis import EmbeddedRedis, Managed
+from devstack.embedded_redis import EmbeddedRedis, Managed
 from orchestrator.core.errors import PTUError
 from orchestrator.core.serving import free_port
 

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import redis
 from redis.exceptions import RedisError
 
-from bench.harness.stack import SimulatorOptions, Stack, sigterm_as_interrupt
+from devstack.stack import SimulatorOptions, Stack, sigterm_as_interrupt
 from orchestrator.core import logs, startup
 from orchestrator.core.errors import ConfigError, PTUError
 from orchestrator.core.logs import renders_console

@@ -1,0 +1,78 @@
+"""The ingress's route table: each handler carries its `@operation` contract, from which the
+OpenAPI document is generated (`http.openapi`)."""
+
+from __future__ import annotations
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ingress.http import errors
+from ingress.http.health import readiness
+from ingress.http.models import Health, Readiness
+from ingress.http.openapi import Reply, operation
+from ingress.wiring import Wired
+
+PREFIXES = ("/v1", "/openai", "/openai/v1")
+"""Where the OpenAI-shaped routes live: OpenAI clients use /v1, AzureOpenAI clients /openai."""
+
+
+def route_table(w: Wired) -> list[Route]:
+    """Every route of the app, bound to the collaborators in `w`."""
+    parts, metrics, chat, requests_api = w.parts, w.metrics, w.chat, w.requests_api
+    file_routes, batches = w.file_routes, w.batches
+
+    @operation("liveness", {200: Reply("alive", Health)})
+    async def healthz(request: Request) -> Response:
+        try:
+            await parts.redis.ping()
+            store = "ok"
+        except (RedisError, OSError):
+            store = "unavailable"
+        return JSONResponse({"status": "ok", "redis": store})
+
+    @operation(
+        "readiness: Redis takes writes, every queue answers, utilisation is readable",
+        {200: Reply("ready, check by check", Readiness)},
+        errors=(503,),
+    )
+    async def readyz(request: Request) -> Response:
+        checks = await readiness(parts.redis, parts.queues, parts.estimate)
+        failing = {name: state for name, state in checks.items() if state != "ok"}
+        if failing:
+            detail = "; ".join(f"{name}: {state}" for name, state in failing.items())
+            raise errors.ApiError(503, "not_ready", f"not ready: {detail}"[:1000])
+        return JSONResponse(Readiness(status="ready", checks=checks).model_dump())
+
+    @operation("Prometheus metrics", {200: Reply("text exposition", media_type="text/plain")})
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @operation("this document (OpenAPI 3.1)", {200: Reply("the document")})
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(request.app.state.openapi)
+
+    routes = [
+        Route("/openai/deployments/{deployment}/chat/completions", chat.azure, methods=["POST"]),
+        Route("/v1/requests/{request_id}", requests_api.get, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    for p in PREFIXES:
+        routes += [
+            Route(f"{p}/chat/completions", chat.openai, methods=["POST"]),
+            Route(f"{p}/responses", chat.responses, methods=["POST"]),
+            Route(f"{p}/files", file_routes.upload, methods=["POST"]),
+            Route(f"{p}/files", file_routes.list_files, methods=["GET"]),
+            Route(f"{p}/files/{{file_id}}", file_routes.retrieve, methods=["GET"]),
+            Route(f"{p}/files/{{file_id}}", file_routes.delete, methods=["DELETE"]),
+            Route(f"{p}/files/{{file_id}}/content", file_routes.content, methods=["GET"]),
+            Route(f"{p}/batches", batches.create, methods=["POST"]),
+            Route(f"{p}/batches", batches.list_batches, methods=["GET"]),
+            Route(f"{p}/batches/{{batch_id}}", batches.retrieve, methods=["GET"]),
+            Route(f"{p}/batches/{{batch_id}}/cancel", batches.cancel, methods=["POST"]),
+        ]
+    return routes

@@ -1,0 +1,240 @@
+"""What one ingress is made of, built once from settings: clients, stores and route handlers.
+
+`make_parts` builds (or takes from the caller) the clients and stores the app must close;
+`wire` builds every collaborator of the routes on them, so a request only does its own work.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import httpx2
+import redis.asyncio as aioredis
+import structlog
+
+from ingress.batch.file_routes import FileRoutes
+from ingress.batch.files import Files
+from ingress.batch.filestore.factory import make_file_store
+from ingress.batch.jobs import BatchJobs
+from ingress.batch.offload import Offload
+from ingress.batch.routes import BatchBackends, BatchRoutes
+from ingress.batch.runner import BatchWork
+from ingress.batch.store import BatchStore
+from ingress.chat.accounting import Accounting
+from ingress.chat.credentials import UpstreamAuth, deployment_auths, upstream_auth
+from ingress.chat.limits import TenantLimits
+from ingress.chat.proxy import Proxy
+from ingress.chat.routes import ChatRoutes
+from ingress.chat.spillover import SpilloverPolicy
+from ingress.chat.targets import Target, make_client, targets
+from ingress.chat.token_events import TokenEvents
+from ingress.http.auth import Authenticator
+from ingress.metrics import IngressMetrics
+from ingress.queued.enqueue import Enqueuer
+from ingress.queued.requests import RequestsApi
+from orchestrator.breaker.shared import SharedBreaker, breaker_config
+from orchestrator.core import redis_client
+from orchestrator.core.incarnation import Incarnation
+from orchestrator.core.results import ResultStore
+from orchestrator.core.runtime import Pacing
+from orchestrator.core.settings import Settings
+from orchestrator.queues.base import Queue
+from orchestrator.queues.factory import make_queue
+from orchestrator.telemetry.base import Telemetry
+from orchestrator.tenants.cached import CachedLedger
+from orchestrator.tenants.config import Tenancy
+from orchestrator.utilisation.base import TokenRecorder
+from orchestrator.utilisation.estimate.store import EstimateStore
+from orchestrator.utilisation.store_factory import estimate_store
+
+log = structlog.get_logger(__name__)
+
+REDIS_MAX_CONNECTIONS = 1024
+REDIS_POOL_WAIT_S = 5.0
+
+
+@dataclass
+class Parts:
+    """What one app is made of, and which of it the app must close."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    http: httpx2.AsyncClient
+    upstream: UpstreamAuth
+    queues: dict[str, Queue]
+    estimate: EstimateStore | None
+    events: TokenEvents
+    metrics: IngressMetrics = field(default_factory=IngressMetrics)
+    accounting: Accounting | None = None
+    ledger: CachedLedger | None = None
+    owned: set[str] = field(default_factory=set)
+
+    async def close(self) -> None:
+        """Wait for pending token events and usage writes, then close what the app created."""
+        await self.events.drain()
+        if self.accounting is not None:
+            await self.accounting.drain()
+        if self.ledger is not None:
+            await self.ledger.close()
+        if "auth" in self.owned:
+            await self.upstream.close()
+        if "http" in self.owned:
+            await self.http.aclose()
+        if "queues" in self.owned:
+            for q in self.queues.values():
+                await q.close()
+        if "redis" in self.owned:
+            await self.redis.aclose()
+
+
+def make_parts(
+    settings: Settings,
+    redis: aioredis.Redis | None,
+    http_client: httpx2.AsyncClient | None,
+    queues: Mapping[str, Queue] | None,
+    token_sink: TokenRecorder | None,
+    auth: UpstreamAuth | None,
+    clock: Callable[[], float],
+) -> Parts:
+    """The clients and stores of one app: those not given are built here, and owned."""
+    owned = {
+        name
+        for name, given in (
+            ("redis", redis), ("http", http_client), ("queues", queues), ("auth", auth)
+        )
+        if given is None
+    }  # fmt: skip
+    if redis is None:
+        # a blocking pool waits for a free connection instead of failing at 100 in use;
+        # every long-poll (`?wait=`) holds one connection while it waits
+        redis = redis_client.connect(
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            pool_timeout_s=REDIS_POOL_WAIT_S,
+        )
+    provisioned = [d for d in settings.deployments if d.kind == "provisioned"]
+    if queues is None:
+        consumer = f"ingress-{socket.gethostname()}-{os.getpid()}"
+        queues = {d.name: make_queue(settings, d.name, redis, consumer) for d in provisioned}
+    estimate = None
+    if token_sink is None and provisioned:
+        estimate = estimate_store(settings, redis, provisioned, clock=clock)
+        token_sink = estimate
+    return Parts(
+        settings=settings,
+        redis=redis,
+        http=http_client or make_client(settings),
+        upstream=auth or upstream_auth(settings),
+        queues=dict(queues),
+        estimate=estimate,
+        events=TokenEvents(token_sink, clock=clock),
+        owned=owned,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Wired:
+    """The collaborators of the routes and of the app's lifespan."""
+
+    settings: Settings
+    parts: Parts
+    tracer: Telemetry
+    metrics: IngressMetrics
+    deployments: dict[str, Target]
+    tenants: Authenticator
+    results: ResultStore
+    incarnation: Incarnation
+    chat: ChatRoutes
+    requests_api: RequestsApi
+    files: Files
+    validator: Offload
+    job_runner: Offload
+    jobs: BatchJobs
+    work: BatchWork
+    file_routes: FileRoutes
+    batches: BatchRoutes
+
+
+def wire(
+    settings: Settings,
+    parts: Parts,
+    tracer: Telemetry,
+    clock: Callable[[], float],
+    *,
+    inline: bool,
+) -> Wired:
+    """Every collaborator of the routes, on `parts`; `inline` runs the offload work in threads
+    (when the caller injected its own queues: they exist only in this process)."""
+    tenancy = Tenancy(settings.tenants, settings.api_keys)
+    metrics = parts.metrics = IngressMetrics(
+        tenants=tenancy.names(), deployments=[d.name for d in settings.deployments]
+    )
+    # limit checks on a copy of the counters re-read at most every 0.2 s: no Redis round
+    # trip per request on the high-priority path (orchestrator.tenants.cached)
+    ledger = parts.ledger = CachedLedger(parts.redis, tenancy, clock=clock)
+    accounting = parts.accounting = Accounting(metrics, ledger)
+    deployments = targets(settings, deployment_auths(settings, parts.upstream))
+    results = ResultStore(parts.redis, settings.reply_ttl_s)
+    tenants = Authenticator(tenancy)
+    config = breaker_config(settings)
+    breakers = {
+        d.name: SharedBreaker(
+            parts.redis, d.name, config, endpoint=settings.endpoint_of(d) or "",
+            on_change=metrics.circuit,
+        )
+        for d in settings.deployments
+    }  # fmt: skip
+    proxy = Proxy(
+        parts.http, parts.upstream, parts.events, metrics,
+        policy=SpilloverPolicy(settings.spillover_wait_ms, breakers), accounting=accounting,
+        telemetry=tracer,
+    )  # fmt: skip
+    incarnation = Incarnation(parts.redis, on_loss=metrics.redis_data_lost.inc, clock=clock)
+    enqueuer = Enqueuer(
+        results, parts.queues, metrics, clock=clock, ids=incarnation.new_request_id,
+        telemetry=tracer,
+    )  # fmt: skip
+    tenant_limits = TenantLimits(tenancy, ledger, accounting)
+    chat = ChatRoutes(settings, deployments, tenants, proxy, enqueuer, metrics, tenant_limits)
+    requests_api = RequestsApi(results, tenants, issued_before_loss=incarnation.issued_before)
+    files = Files(parts.redis, make_file_store(settings), clock=clock)
+    batch_store = BatchStore(parts.redis, clock=clock)
+    # validation and batch jobs run in processes of their own (in threads when the
+    # caller injected its own queues: they exist only in this process)
+    validator, job_runner = Offload("validate", inline=inline), Offload("jobs", inline=inline)
+    jobs = BatchJobs(batch_store, settings, job_runner, clock=clock)
+    work = BatchWork(
+        results, proxy, deployments, quota=ledger,
+        query="?api-version=" + quote(settings.azure_openai_api_version),
+        concurrency=settings.max_concurrency, retry=settings.retry_policy(),
+        pacing=Pacing(clock=clock),
+    )  # fmt: skip
+    file_routes = FileRoutes(files, tenants, deployments, validator)
+    batches = BatchRoutes(
+        settings, deployments, tenants, BatchBackends(batch_store, files, work, jobs), metrics,
+        limits=tenant_limits, clock=clock,
+    )  # fmt: skip
+    return Wired(
+        settings=settings,
+        parts=parts,
+        tracer=tracer,
+        metrics=metrics,
+        deployments=deployments,
+        tenants=tenants,
+        results=results,
+        incarnation=incarnation,
+        chat=chat,
+        requests_api=requests_api,
+        files=files,
+        validator=validator,
+        job_runner=job_runner,
+        jobs=jobs,
+        work=work,
+        file_routes=file_routes,
+        batches=batches,
+    )

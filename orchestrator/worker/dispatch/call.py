@@ -1,0 +1,185 @@
+"""One call of a queued request to its deployment: prepared, bracketed, timed, traced.
+
+`prepare` is the pre-call step: what is sent (the request body) and what the estimate is
+charged for it (prompt estimate, completion budget) are settled there, before the
+admission wait and the `admit` token event. The call itself runs under the request
+timeout; whatever ends it (answer, error, timeout, cancellation) records the `complete`
+token event (`calls.bracket`: zero tokens for a failed call, which refunds the admitted
+budget; the response's signals either way), the client span and the call metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from orchestrator.calls import bracket
+from orchestrator.calls.outcome import UpstreamResponse
+from orchestrator.calls.signals import error_signals
+from orchestrator.core.errors import PTUError, UpstreamError, UpstreamTimeout
+from orchestrator.core.runtime import Pacing
+from orchestrator.core.schemas import QueuedRequest, TokenEvent
+from orchestrator.core.tasks import TaskSet
+from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens, usage_counts
+
+if TYPE_CHECKING:
+    from orchestrator.worker.dispatch.parts import DispatchConfig, Gates, Reporting
+    from orchestrator.worker.upstream import Upstream
+
+log = structlog.get_logger(__name__)
+
+CLIENT_REQUEST_ID_HEADER = "x-ms-client-request-id"
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A request made ready for one call: what is sent, and what the estimate is charged."""
+
+    body: Mapping[str, Any]
+    prompt_tokens: int
+    max_tokens: int
+
+
+class Caller:
+    """Calls one deployment for queued requests, one attempt at a time."""
+
+    def __init__(
+        self,
+        deployment: str,
+        upstream: Upstream,
+        config: DispatchConfig,
+        gates: Gates,
+        reporting: Reporting,
+        pacing: Pacing,
+        bookkeeping: TaskSet,
+    ) -> None:
+        self.deployment = deployment
+        self._upstream = upstream
+        self._config = config
+        self._admission = gates.admission
+        self._reporting = reporting
+        self._clock = pacing.clock
+        self._bookkeeping = bookkeeping
+
+    def prepare(self, message: QueuedRequest) -> Prepared:
+        """The pre-call step: the body to send and the tokens it is admitted with.
+
+        `message` is the one the `Sizer`'s plan chose (its output limit sized or not);
+        anything else a call's body needs is settled here.
+        """
+        body = message.body
+        return Prepared(
+            body=body,
+            prompt_tokens=estimate_prompt_tokens(body),
+            max_tokens=requested_max_tokens(body, self._config.default_max_tokens),
+        )
+
+    async def call(
+        self, message: QueuedRequest, delivery_count: int, attempt: int
+    ) -> UpstreamResponse:
+        """One attempt; raises `UpstreamError` (a timeout as `UpstreamTimeout`, 408)."""
+        event_id = f"{message.id}:{delivery_count}:{attempt}"
+        prepared = self.prepare(message)
+        if self._admission is not None:
+            await self._admission.wait(prepared.prompt_tokens, prepared.max_tokens)
+        tokens = self._reporting.tokens is not None
+        if tokens:
+            admit = bracket.admit(
+                event_id, self.deployment, prompt_tokens=prepared.prompt_tokens,
+                max_tokens=prepared.max_tokens, tenant=message.tenant, now=self._clock(),
+            )  # fmt: skip
+            await self._record(admit)
+        started = self._clock()
+        status, answered = 0, False
+        failure: UpstreamError | None = None
+        span = self._reporting.telemetry.llm_call(
+            self.deployment,
+            request_id=message.id,
+            priority="low",
+            tenant=message.tenant,
+            max_tokens=prepared.max_tokens,
+        )
+        try:
+            async with asyncio.timeout(self._config.request_timeout_s):
+                send = (
+                    self._upstream.responses
+                    if message.endpoint == "responses"
+                    else self._upstream.chat
+                )
+                response = await send(
+                    self.deployment, prepared.body, headers={CLIENT_REQUEST_ID_HEADER: message.id}
+                )
+            answered = True
+        except TimeoutError:
+            status = 408
+            raise UpstreamTimeout("no answer within the request timeout", status_code=408) from None
+        except UpstreamError as err:
+            status, failure = err.status_code, err
+            raise
+        finally:
+            if not answered:
+                span.end(status or None, error=None if status else "interrupted")
+                # failed or cancelled: refund the admitted completion budget
+                if tokens:
+                    refund = bracket.complete(
+                        event_id, self.deployment, tenant=message.tenant, now=self._clock(),
+                        status_code=status or None,
+                        signals=error_signals(failure) if failure is not None else None,
+                    )  # fmt: skip
+                    await self._bookkeeping.shielded(self._record(refund))
+                if self._reporting.metrics is not None and status:
+                    self._reporting.metrics.call(self.deployment, status, self._clock() - started)
+        answered_at = self._clock()
+        span.end(
+            response.status_code,
+            usage=response.usage,
+            finish_reason=response.finish_reason,
+            response_model=_text(response.body.get("model")),
+            response_id=_text(response.body.get("id")),
+        )
+        if tokens:
+            done = bracket.complete(
+                event_id, self.deployment, tenant=message.tenant, now=self._clock(),
+                usage=response.usage, status_code=response.status_code,
+                signals=response.signals, observed_at=answered_at,
+            )  # fmt: skip
+            await self._bookkeeping.shielded(self._record(done))
+        self._answered(response, started, attempt)
+        return response
+
+    def _answered(self, response: UpstreamResponse, started: float, attempt: int) -> None:
+        """Count the answered call and log it."""
+        prompt, completion, _ = usage_counts(response.usage)
+        latency = self._clock() - started
+        metrics = self._reporting.metrics
+        if metrics is not None:
+            metrics.call(self.deployment, response.status_code, latency)
+            metrics.usage(self.deployment, prompt, completion)
+        log.info(
+            "upstream_call_completed",
+            attempt=attempt,
+            latency_s=round(latency, 3),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            finish_reason=response.finish_reason,
+        )
+
+    async def _record(self, event: TokenEvent) -> None:
+        """Apply one token event to the estimate (logged, never raised: it is a hint)."""
+        if self._reporting.tokens is None:
+            return
+        try:
+            await self._reporting.tokens.record(event)
+        except PTUError as exc:
+            log.warning("token_event_failed", phase=event.phase, error=repr(exc))
+
+    def __repr__(self) -> str:
+        return f"<Caller deployment={self.deployment}>"
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -1,0 +1,56 @@
+"""What a dispatcher is built from, grouped by role (the entry point fills them from settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from orchestrator.core.retry import RetryPolicy
+from orchestrator.telemetry.base import OFF, Telemetry
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from orchestrator.breaker.shared import SharedBreaker
+    from orchestrator.tenants.quota import QuotaGate
+    from orchestrator.throttle.admission import Admission
+    from orchestrator.utilisation.base import TokenRecorder
+    from orchestrator.worker.metrics import WorkerMetrics
+    from orchestrator.worker.protocols import SlotLimiter
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    """Knobs of request handling, from settings."""
+
+    retry: RetryPolicy
+    request_timeout_s: float
+    default_max_tokens: int
+    max_deliveries: int = 10
+    """A message delivered more often than this (it kept killing workers) is dead-lettered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gates:
+    """What a queued request must pass before and around its calls."""
+
+    throttle: SlotLimiter
+    """The global slot table: one slot per call in flight."""
+    breaker: SharedBreaker | None = None
+    """The deployment's circuit breaker, shared with every process."""
+    admission: Admission | None = None
+    """Waits until the call's tokens fit below the upper threshold."""
+    quota: QuotaGate | None = None
+    """The tenant's token quota."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reporting:
+    """Where a dispatcher reports what happened."""
+
+    tokens: TokenRecorder | None = None
+    """The utilisation estimate's token events."""
+    metrics: WorkerMetrics | None = None
+    telemetry: Telemetry = OFF
+    counts: aioredis.Redis | None = None
+    """Redis holding the deployment's result counters (`keys.result_counts`)."""
