@@ -10,8 +10,8 @@ capacity); our bucket drains at `1 / window_s` per second (AZURE_FACTS.md §1).
 What each signal tells, and the part of the state it feeds:
 
 - **our charges** (`admit`, `complete`): `m`, our own bucket, exactly as the open-loop
-  model (`PTU_CALIBRATION=off` reads it alone). Its recent past is kept (`hist`, half a
-  second a slot) with exponential averages of it (`ema`) and of our charge rate (`rate`).
+  model (`PTU_CALIBRATION=off` reads it alone). Its recent past is kept (`hist`, a quarter
+  of a second a slot) with exponential averages of it (`ema`) and of our charge rate (`rate`).
 - **the utilisation header**, whose delay and smoothing are unknown (Microsoft calls it
   unreliable): a bank of hypotheses about what it reports, each a linear relation
   `k x feature + c` fitted by a Kalman filter (both drift as random walks): the level
@@ -21,10 +21,10 @@ What each signal tells, and the part of the state it feeds:
   or capacity other than the table's, `c` the load of other applications. Each hypothesis
   is scored by its one-step prediction error (mean square over `score_s`). The header's
   estimate of the level **now** is the best hypothesis's `k x feature(now) + c` plus `z`
-  times its prediction RMS: the relation is learnt on the past and applied to the present,
-  so a late header never lags the charges we just made. The header is *trusted* once it
-  has predicted well (`trust_rmse`) for `TRUST_N` observations; until then it may only
-  raise the reading.
+  times the fit's own uncertainty about it: the relation is learnt on the past and applied
+  to the present, so a late header never lags the charges we just made. The header is
+  *trusted* once it has predicted well (`trust_rmse`) for `TRUST_N` reports over `TRUST_S`;
+  until then, and once it falls silent, the newest report may only raise the reading.
 - **saturation** (a 429 of any priority, or a response that spilled to a standard
   deployment): the censored observation "the level is at least 100 % now". It holds the
   reading at 100 % for `retry-after`, at most `hold_s` (a minute-window limiter asks up to
@@ -59,12 +59,14 @@ LAGS_S = (0.0, 1.0, 2.0, 3.0, 5.0, 8.0)
 """Header delays tried: the header reports the level of this many seconds before."""
 SMOOTHING_S = (2.5, 5.0, 10.0)
 """Header smoothings tried: the header reports an exponential average of this time constant."""
-RATE_HORIZONS = (0.5, 1.0, 2.0, 4.0, 8.0)
-"""Horizons of our charge rate, in windows: the unseen inflow a saturation implies is the
-smallest over them (the longest explains a slow fill, the shortest a burst)."""
-FILL_HORIZON = 2
-"""Our rate over 2 windows (the index) explains a saturation our bucket did not see coming
-while it was empty: longer horizons forget a recent rise of ours, shorter ones a lull."""
+RATE_HORIZONS = (2.0,)
+"""Horizon of our charge rate, in windows: it explains a saturation our bucket did not see
+coming while it was empty (longer horizons forget a recent rise of ours, shorter a lull)."""
+FILL_HORIZON = 0
+"""The index of that horizon in `RATE_HORIZONS`."""
+THROUGH_WINDOWS = 8.0
+"""A call that went through while `mu` read over 100 %: the excess was never there, so the
+inflow it came from is lowered by the excess spread over this many windows."""
 NEED_MARGIN = 0.05
 """An inflow just at the capacity fills nothing: a little more than the least that could."""
 SLOT_S = 0.25
@@ -85,19 +87,20 @@ the oldest charges leave: an interactive burst then still fits."""
 WINDOW_SLOTS = 20
 """Our charges are booked in slots of `window_s / WINDOW_SLOTS` for the sliding-window sums."""
 TRUST_N = 20
-"""Observations before the header may lower the reading (and before hypotheses compete)..."""
+"""Reports before the header may lower the reading..."""
+TRUST_S = 12.0
+"""... over at least this long: longer than the longest lag tried, so each lag has been
+compared with reports that describe the same past."""
 RULE_OUT_N = 10
 RULE_OUT_RATIO = 2.0
 """A window meaning is ruled out, before the header is trusted, once `RULE_OUT_N` reports
 show its best hypothesis erring more than this x the best other one (RMS): a bucket drains
 while a window holds its charges, so a few seconds of load tell them apart."""
-TRUST_S = 12.0
-"""... over at least this long: longer than the longest lag tried, so each lag has been
-compared with reports that describe the same past."""
 MAX_UNSEEN = 0.95
 """The unseen share never reaches the whole capacity: our own calls still go through."""
 STALE_HEADER_S = 30.0
-"""A header silent this long no longer counts as trusted: the signals may have changed."""
+"""A header silent this long no longer counts (the headerless estimate is read): the
+deployment may have stopped sending it, or changed."""
 NOISE = 0.03**2
 """Variance of a header's error around its hypothesis (rounding, sampling, noise)."""
 K_DRIFT = 0.0002
@@ -111,11 +114,12 @@ class FilterParams:
 
     drift: float = 0.002
     """How fast other applications' load may change: the variance a hypothesis's `c` gains
-    per second (0.02: about 0.14 of capacity in one second, 0.45 in ten)."""
+    per second (0.002: about 0.045 of capacity in one second, 0.14 in ten)."""
     score_s: float = 20.0
     """Horizon of the prediction-error scores that choose among hypotheses."""
     z: float = 1.0
-    """Safety margin of the header's estimate, in RMS prediction errors of its hypothesis."""
+    """Safety margin of the header's estimate, in standard deviations of the fit's own
+    uncertainty about the level now."""
     trust_rmse: float = 0.08
     """The header may lower the reading only while its best hypothesis predicts this well."""
     unseen_decay_s: float = 300.0
@@ -537,7 +541,7 @@ def step(
         _saturate(st, sig, now, window_s, p)
     elif sig.went_through and st.mu > 1.0:
         # it went through, so the deployment was below 100 %: less unseen inflow
-        st.s = max(0.0, st.s - (st.mu - 1.0) / RATE_HORIZONS[-1])
+        st.s = max(0.0, st.s - (st.mu - 1.0) / THROUGH_WINDOWS)
         st.mu = 1.0
     _monitor(st, sig, window_s)
     return st
