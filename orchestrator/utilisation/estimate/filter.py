@@ -299,7 +299,8 @@ class Estimate:
     hypothesis: str | None
     """The header meaning that predicts best (`lag 3s`, `avg 5s`, `window lag 0s`)."""
     sigma: float | None
-    """RMS prediction error of that hypothesis (the filter's uncertainty)."""
+    """The filter's uncertainty: the fit's standard deviation of the level now once the
+    header is trusted, before that the hypothesis's RMS prediction error."""
     trusted: bool
     unseen: float
     """The learnt unseen inflow, as a share of capacity."""
