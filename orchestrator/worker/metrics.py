@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from orchestrator.breaker.machine import GAUGE
 from orchestrator.tenants.metrics import TenantMetrics
 from orchestrator.utilisation.base import Reading
-from orchestrator.utilisation.estimate.filter import header_delay_s
+from orchestrator.utilisation.estimate.hypotheses import header_delay_s
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 _LAG_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14_400, 86_400)

@@ -15,7 +15,7 @@ from orchestrator.utilisation.estimate.calibration import (
     header_utilisation,
     params_for,
 )
-from orchestrator.utilisation.estimate.filter import FilterParams, FilterState
+from orchestrator.utilisation.estimate.state import FilterParams, FilterState
 from orchestrator.utilisation.estimate.store import EstimateStore
 from tests.support.clock import FakeClock
 from tests.unit.test_util_estimate import DEPLOYMENT, START

@@ -9,17 +9,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from orchestrator.utilisation.estimate.filter import (
+from orchestrator.utilisation.estimate.filter import Signal, read, step
+from orchestrator.utilisation.estimate.hypotheses import TRUST_N, header_delay_s
+from orchestrator.utilisation.estimate.state import (
     HYPOTHESES,
     LAGS_S,
     SMOOTHING_S,
-    TRUST_N,
     FilterParams,
     FilterState,
-    Signal,
-    header_delay_s,
-    read,
-    step,
 )
 
 W = 10.0

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 from orchestrator.calls.signals import UTILISATION_HEADER, parse_utilisation
-from orchestrator.utilisation.estimate.filter import FilterParams
+from orchestrator.utilisation.estimate.state import FilterParams
 
 CalibrationMode = Literal["auto", "off"]
 

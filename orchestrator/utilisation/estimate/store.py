@@ -68,17 +68,12 @@ from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.redis_replies import text
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
-from orchestrator.utilisation.base import Calibration, Reading
+from orchestrator.utilisation.base import Reading
 from orchestrator.utilisation.estimate.calibration import DEFAULT_PARAMS
 from orchestrator.utilisation.estimate.drift import MonitorDrift
-from orchestrator.utilisation.estimate.filter import (
-    Estimate,
-    FilterParams,
-    FilterState,
-    Signal,
-    read,
-    step,
-)
+from orchestrator.utilisation.estimate.events import calibration_of, signal_of
+from orchestrator.utilisation.estimate.filter import Signal, read, step
+from orchestrator.utilisation.estimate.state import FilterParams, FilterState
 
 log = structlog.get_logger(__name__)
 
@@ -168,7 +163,14 @@ class EstimateStore:
                     log.debug("estimate_event_duplicate", request_id=event.request_id)
                     return
                 charged = (float(loaded[9]), float(loaded[10])) if admitted else None
-                signal = self._signal(d, event, input_tokens, charged)
+                signal = signal_of(
+                    event,
+                    d,
+                    full=self._full(d),
+                    charged=charged,
+                    calibrated=self.calibration is not None,
+                    controlled=self._controlled,
+                )
                 if admitted and loaded[11]:
                     signal = replace(signal, charged_at=float(loaded[11]))
                 stepped = step(_state(state), signal, now, self.window_s, self._params)
@@ -181,44 +183,6 @@ class EstimateStore:
         except RedisError as exc:
             raise UtilisationUnavailable(f"estimate {d.name}: record failed: {exc}") from exc
         log.warning("estimate_event_dropped", deployment=d.name, reason="conflicts")
-
-    def _signal(
-        self,
-        d: DeploymentConfig,
-        event: TokenEvent,
-        input_tokens: int,
-        charged: tuple[float, float] | None,
-    ) -> Signal:
-        """What `event` tells the filter (its charge alone with calibration off)."""
-        if event.phase == "admit":
-            tokens = input_tokens + event.max_tokens * d.weight
-        elif event.phase == "complete" and charged is not None:
-            tokens = (event.completion_tokens - charged[1]) * d.weight
-            # the actual prompt (less cached) replaces the gateway's estimate when known
-            if event.prompt_tokens > 0:
-                tokens += input_tokens - charged[0]
-        elif event.phase == "complete":
-            tokens = input_tokens + event.completion_tokens * d.weight
-        else:
-            tokens = 0.0
-        delta = tokens / self._full(d)
-        if self.calibration is None:
-            return Signal(delta=delta)
-        saturated = event.retry_after_ms is not None or event.spilled
-        used = None
-        if event.remaining_tokens is not None:
-            limit = event.limit_tokens or d.capacity_tpm
-            used = max(0.0, 1.0 - event.remaining_tokens / limit)
-        return Signal(
-            delta=delta,
-            controlled=self._controlled,
-            utilisation=event.utilisation,
-            age_s=event.utilisation_age_s,
-            saturated=saturated,
-            retry_after_s=None if event.retry_after_ms is None else event.retry_after_ms / 1000,
-            used=used,
-            went_through=event.phase == "complete" and not saturated,
-        )
 
     async def heartbeat(self, applied: str | None = None) -> None:
         """Declare the feeder alive for every tracked deployment (call every max_age_s / 3).
@@ -325,7 +289,7 @@ class EstimateStore:
         estimate = read(state, server_now, self.window_s, self._params)
         if self.calibration is None:
             return Reading(estimate.model, local_now - age, SOURCE)
-        detail = _calibration(estimate, state, server_now)
+        detail = calibration_of(estimate, state, server_now)
         return Reading(estimate.value, local_now - age, SOURCE, detail)
 
     async def _lag_age(self, applied: str, now: float) -> float:
@@ -357,21 +321,3 @@ def _state(raw: str) -> FilterState | None:
 
 def _dump(state: FilterState) -> str:
     return state.dumps()
-
-
-def _calibration(estimate: Estimate, state: FilterState, now: float) -> Calibration:
-    """How the reading was made, for `ptu status`, the metrics and the benchmarks."""
-    observed_age = None if state.obs_at is None else max(0.0, now - state.obs_at)
-    return Calibration(
-        model=estimate.model,
-        correction=estimate.value - estimate.model,
-        correction_age_s=observed_age,
-        observed=state.obs,
-        observed_age_s=observed_age,
-        throttled_s=estimate.held_s,
-        model_kind=estimate.hypothesis or "bucket",
-        unseen=estimate.unseen,
-        uncertainty=estimate.sigma,
-        trusted=estimate.trusted,
-        ahead=estimate.ahead,
-    )
