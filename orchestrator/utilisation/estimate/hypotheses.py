@@ -91,7 +91,12 @@ def header_estimate(
     x = current_features(st, window_s)[best]
     # the margin is the fit's own uncertainty about the level now (not the header's noise)
     sigma = math.sqrt(max(0.0, x * x * h.p1 + 2 * x * h.p2 + h.p3))
-    return h.k * x + h.c + p.z * sigma, best, sigma, True
+    estimate = h.k * x + h.c
+    if best < len(LAGS_S) + len(SMOOTHING_S) and abs(estimate - x) <= p.z * sigma:
+        # a report of our own level that does not show our model wrong confirms it: the
+        # model itself is read, with no margin (it is what `off` reads)
+        return x, best, sigma, True
+    return estimate + p.z * sigma, best, sigma, True
 
 
 def window_plausible(st: FilterState) -> bool:
