@@ -47,7 +47,7 @@ def test_interrupted_demo_stops_every_process(tmp_path: Path, sig: signal.Signal
     assert len(started) >= 4  # redis, simulator, ingress, estimator, worker
     time.sleep(1.0)
     proc.send_signal(sig)
-    proc.communicate(timeout=40)
+    proc.communicate(timeout=120)  # a drain of in-flight calls may take its 30 s; no speed asserted
     assert proc.returncode == 130
     alive = {pid for pid in started if Path(f"/proc/{pid}").exists()}
     assert not alive
