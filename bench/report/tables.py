@@ -102,16 +102,17 @@ def write_results(
 def write_timeseries(run: PolicyRun, path: Path) -> None:
     """The run's samples as CSV: time, true utilisation, worker's view, low in flight, and for
     the calibrated estimate its model, observation, correction, uncertainty, unseen share and
-    the header meaning learnt."""
+    the header meaning learnt, and the look-ahead the throttle steered by when higher."""
     lines = [
         "t_s,utilization,worker_view,low_in_flight,low_peak,low_throttled,high_throttled,"
-        "model,observed,correction,uncertainty,unseen,meaning"
+        "model,observed,correction,uncertainty,unseen,meaning,ahead"
     ]
     lines += [
         f"{s.t:.2f},{s.utilization:.4f},{_opt(s.view)},"
         f"{s.low_in_flight},{s.low_peak},{s.low_throttled},{s.high_throttled},"
         + ",".join(_opt(v) for v in _calibration(s))
         + f",{_filter(s)},{'' if s.calibration is None else s.calibration.model_kind}"
+        + f",{'' if s.calibration is None else _opt(s.calibration.ahead)}"
         for s in run.samples
     ]
     path.write_text("\n".join(lines) + "\n")

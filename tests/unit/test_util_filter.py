@@ -306,3 +306,36 @@ def test_a_silent_header_leaves_the_headerless_estimate() -> None:
     assert read(st, T0 + 1, W, P).value == pytest.approx(0.9)
     later = read(st, T0 + 31, W, P)
     assert later.value == pytest.approx(later.headerless) and later.header is not None
+
+
+def test_before_trust_a_bucket_rules_a_window_out_within_seconds() -> None:
+    st, _, now = drive(lambda tr, t: tr.at(t), seconds=6.0)
+    estimate = read(st, now, W, P)
+    assert not estimate.trusted
+    assert estimate.ahead is None  # no room kept for a window that the reports rule out
+
+
+def test_before_trust_a_window_stays_in_the_running() -> None:
+    st, _, now = drive(lambda tr, t: tr.window(t), seconds=6.0)
+    estimate = read(st, now, W, P)
+    assert not estimate.trusted
+    assert estimate.ahead is not None and estimate.ahead > estimate.value
+
+
+@pytest.mark.parametrize("lag", [0.0, 3.0, 5.0])
+def test_no_meaning_is_fitted_with_a_negative_load(lag: float) -> None:
+    # a lagged bucket read as a window needs other applications' load below zero to follow
+    st, _, _ = drive(lambda tr, t: tr.at(t - lag))
+    assert all(h.c >= 0.0 for h in st.hyps)
+
+
+def test_an_untrusted_relation_raises_with_our_charges_since_the_last_report() -> None:
+    # a bucket half the size assumed, 6 s of reports (not yet trusted), then a charge of ours
+    st, _, now = drive(lambda tr, t: 2 * tr.at(t), seconds=6.0)
+    reported = read(st, now, W, P)
+    assert not reported.trusted
+    st = step(st, Signal(delta=0.2), now + 0.1, W, P)
+    after = read(st, now + 0.1, W, P)
+    # the relation (k > 1 already) sees the charge the newest report cannot: the reading
+    # rises by more than the charge itself
+    assert after.value > reported.value + 0.2

@@ -24,7 +24,11 @@ What each signal tells, and the part of the state it feeds:
   times the fit's own uncertainty about it: the relation is learnt on the past and applied
   to the present, so a late header never lags the charges we just made. The header is
   *trusted* once it has predicted well (`trust_rmse`) for `TRUST_N` reports over `TRUST_S`;
-  until then, and once it falls silent, the newest report may only raise the reading.
+  until then, and once it falls silent, the newest report, or the best relation so far
+  applied to our level now less its own error, may only raise the reading. Other
+  applications only add load: every fit is projected on `c >= 0`. Before trust a window
+  meaning keeps room for growth (`ahead`) until the reports make it `RULE_OUT_ODDS` times
+  less likely than the best other meaning.
 - **saturation** (a 429 of any priority, or a response that spilled to a standard
   deployment): the censored observation "the level is at least 100 % now". It holds the
   reading at 100 % for `retry-after`, at most `hold_s` (a minute-window limiter asks up to
@@ -267,7 +271,7 @@ def read(state: FilterState, now: float, window_s: float, p: FilterParams) -> Es
         header, best, sigma, trusted = header_estimate(st, now, window_s, p)
         name = HYPOTHESES[best]
         value = header if trusted else max(st.m, header)
-        if not trusted and window_plausible(st):
+        if not trusted and window_plausible(st, p):
             # the meaning is not known yet and may be a window, where charges stay
             ahead = value + growth()
         elif best >= len(LAGS_S) + len(SMOOTHING_S):
