@@ -54,6 +54,8 @@ HEADERS = {
     "hp_429": "interactive 429s",
     "bypass_429": "bypass 429s",
     "bypass_429_rate": "bypass 429 rate",
+    "hp_429_late": "interactive 429s, late",
+    "bypass_429_late": "bypass 429s, late",
     "util_x_upper": "x upper",
     "util_x_oracle": "x oracle util",
     "makespan_x_oracle": "x oracle makespan",

@@ -89,7 +89,17 @@ class RobustnessConfig:
     max_concurrency: int = 20
     grace_s: float = 20.0
     monitor_poll_s: float = 5.0
+    monitor: bool = True
+    """Whether the worker is configured with the Azure Monitor emulation."""
+    late_after_s: float | None = None
+    """Also count interactive (and bypass) 429s from this many seconds into each run on."""
     seed: int = 7
+
+    @property
+    def table_keys(self) -> tuple[str, ...]:
+        """The results table's columns: the late counts only when asked for."""
+        late = ("hp_429_late", "bypass_429_late") if self.late_after_s is not None else ()
+        return TABLE_KEYS + late
 
 
 def _told(seed: int) -> SimulatorOptions:
@@ -136,12 +146,15 @@ def policy(
         "PTU_MAX_CONCURRENCY": str(cfg.max_concurrency),
         "PTU_DEPLOYMENTS": cfg.told.deployments_json(),
         "PTU_ESTIMATE_WINDOW_S": f"{cfg.told.window_s:g}",
-        "PTU_AZURE_MONITOR_ENDPOINT": stack.sim_url,
-        "PTU_AZURE_RESOURCE_ID": DEFAULT_RESOURCE_ID,
-        "PTU_AZURE_MONITOR_POLL_S": f"{cfg.monitor_poll_s:g}",
-        "PTU_AZURE_MONITOR_CA_FILE": str(stack.ca_file),
         **identity,
     }
+    if cfg.monitor:
+        env |= {
+            "PTU_AZURE_MONITOR_ENDPOINT": stack.sim_url,
+            "PTU_AZURE_RESOURCE_ID": DEFAULT_RESOURCE_ID,
+            "PTU_AZURE_MONITOR_POLL_S": f"{cfg.monitor_poll_s:g}",
+            "PTU_AZURE_MONITOR_CA_FILE": str(stack.ca_file),
+        }
     if mode == "oracle":  # the default configuration everywhere but the worker's throttle
         return Policy(mode, "oracle (true level)", "queued", env, worker_module=ORACLE_WORKER)
     if mode != "auto":  # the default run leaves PTU_CALIBRATION unset: it is the default
@@ -150,8 +163,11 @@ def policy(
     return Policy(mode, f"calibration {label}", "queued", env)
 
 
-def reality_row(reality: Reality, mode: str, run: PolicyRun, upper: float) -> dict[str, Any]:
-    """One results.json row: the mixed summary plus what robustness adds."""
+def reality_row(
+    reality: Reality, mode: str, run: PolicyRun, upper: float, late_after_s: float | None = None
+) -> dict[str, Any]:
+    """One results.json row: the mixed summary plus what robustness adds (with
+    `late_after_s`, the 429s of calls from that many seconds into the run on)."""
     row = summarise(run, upper, None)
     bg_requests, bg_429 = background_counts(run.samples)
     mae, missing = estimate_error(run.samples, ERROR_AFTER_S)
@@ -174,6 +190,15 @@ def reality_row(reality: Reality, mode: str, run: PolicyRun, upper: float) -> di
         lp_completion_tokens_mean=_mean([r.completion_tokens for r in done]),
         est_unavailable_share=round(missing, 3),
     )
+    if late_after_s is not None:
+        late = [r for r in run.hp if r.at >= late_after_s]
+        late_429 = sum(1 for r in late if r.status == 429)
+        bg_late, bg_late_429 = background_counts([s for s in run.samples if s.t >= late_after_s])
+        row.update(
+            hp_429_late=f"{late_429} / {len(late)}",
+            hp_429_late_count=late_429,
+            bypass_429_late=f"{bg_late_429} / {bg_late}" if bg_late else "-",
+        )
     return row
 
 
@@ -234,7 +259,7 @@ def run_robustness(cfg: RobustnessConfig, out: Path) -> list[dict[str, Any]]:
                     )
                 )
                 runs.setdefault(reality.name, []).append(run)
-                rows.append(reality_row(reality, mode, run, cfg.upper))
+                rows.append(reality_row(reality, mode, run, cfg.upper, cfg.late_after_s))
                 log.info("robustness_run_finished", reality=reality.name, calibration=mode)
     against_oracle(rows)
     _write(cfg, out, rows, runs, len(hp_calls))
@@ -277,10 +302,19 @@ def _write(
         f"estimate MAE = mean |worker's reading - true level| in points after the first "
         f"{ERROR_AFTER_S:g} s (EstimateStore.read() from Redis, sampled beside the truth)",
         f"Azure Monitor emulation: PT1M, {told.monitor_lag_s:g} s ingestion lag, polled every "
-        f"{cfg.monitor_poll_s:g} s",
+        f"{cfg.monitor_poll_s:g} s"
+        if cfg.monitor
+        else "Azure Monitor: not configured (PTU_AZURE_MONITOR_ENDPOINT unset)",
+        *(
+            [f"late = calls made from {cfg.late_after_s:g} s into each run on"]
+            if cfg.late_after_s is not None
+            else []
+        ),
         *(f"{r.name}: {r.describe()}" for r in cfg.realities),
     ]
-    report.write_results(out, rows, "bench robustness: realities x calibration", notes, TABLE_KEYS)
+    report.write_results(
+        out, rows, "bench robustness: realities x calibration", notes, cfg.table_keys
+    )
     for reality in cfg.realities:
         arms = runs.get(reality.name, [])
         steps = timed_patches(told, reality, wl.batch_at_s)
@@ -315,6 +349,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--duration-s", type=float, help="interactive traffic per run")
     parser.add_argument("--lp-requests", type=int, help="batch size")
+    parser.add_argument(
+        "--monitor-lag-s", type=float, help="the Azure Monitor emulation's ingestion lag (5)"
+    )
+    parser.add_argument(
+        "--no-monitor", action="store_true", help="leave Azure Monitor out of the worker's settings"
+    )
+    parser.add_argument(
+        "--late-after-s",
+        type=float,
+        help="also count 429s of calls made from this many seconds into each run on",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -335,9 +380,20 @@ def run(args: argparse.Namespace) -> int:
         wl = replace(wl, duration_s=args.duration_s)
     if args.lp_requests:
         wl = replace(wl, lp_requests=args.lp_requests)
-    cfg = replace(cfg, workload=wl, realities=realities, calibrations=modes)
+    told = cfg.told
+    if args.monitor_lag_s is not None:
+        told = replace(told, monitor_lag_s=args.monitor_lag_s)
+    cfg = replace(
+        cfg,
+        workload=wl,
+        told=told,
+        realities=realities,
+        calibrations=modes,
+        monitor=not args.no_monitor,
+        late_after_s=args.late_after_s,
+    )
     out = Path(args.out)
     rows = run_robustness(cfg, out)
-    print(report.markdown_table(rows, TABLE_KEYS))
+    print(report.markdown_table(rows, cfg.table_keys))
     print(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}, {out}/reality_*.png")
     return 0
