@@ -78,10 +78,9 @@ class JobContext:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = redis_client.connect(
-            settings.redis_url, cluster=settings.redis_cluster, max_connections=64,
-            pool_timeout_s=10.0,
-        )  # fmt: skip
+        self.redis = redis_client.connect_view(
+            settings.redis, max_connections=64, pool_timeout_s=10.0
+        )
         self.batches = BatchStore(self.redis)
         self.results = ResultStore(self.redis, settings.reply_ttl_s)
         self.files = Files(self.redis, make_file_store(settings))

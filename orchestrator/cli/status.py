@@ -293,7 +293,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         console = Console(width=240)  # piped output: no cell squeezed onto two lines
 
     async def main(stop: asyncio.Event) -> int:
-        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+        redis = redis_client.connect_view(settings.redis)
         source = make_source(settings, redis)
         name = settings.utilization_source
 

@@ -18,7 +18,7 @@ exactly-once result write absorbs.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -31,6 +31,9 @@ from redis.exceptions import (
     RedisClusterException,
     TimeoutError,
 )
+
+if TYPE_CHECKING:
+    from orchestrator.core.views import RedisView
 
 RETRIES = 8
 RETRY_BASE_S = 0.05
@@ -95,6 +98,18 @@ def connect(
         )
         return aioredis.Redis.from_pool(pool)
     return aioredis.Redis.from_url(url, **options)
+
+
+def connect_view(
+    view: RedisView, *, max_connections: int | None = None, pool_timeout_s: float | None = None
+) -> aioredis.Redis:
+    """A client for the configured Redis: `settings.redis` (URL, cluster or not)."""
+    return connect(
+        view.url,
+        cluster=view.cluster,
+        max_connections=max_connections,
+        pool_timeout_s=pool_timeout_s,
+    )
 
 
 def socket_timeout(client: aioredis.Redis) -> float | None:

@@ -30,6 +30,14 @@ from orchestrator.core.deployments import check_endpoint, check_redis_url
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.retry import RetryPolicy
 from orchestrator.core.schemas import Priority
+from orchestrator.core.views import (
+    CheckpointView,
+    EventHubsView,
+    QueueView,
+    RedisView,
+    ThrottleView,
+    overridden,
+)
 from orchestrator.tenants.config import TenantConfig, check_tenants
 
 
@@ -243,6 +251,40 @@ class Settings(BaseSettings):
             raise _invalid(field, message)
         return self
 
+    @property
+    def redis(self) -> RedisView:
+        """Where the state lives."""
+        return RedisView(self.redis_url, self.redis_cluster)
+
+    @property
+    def queue(self) -> QueueView:
+        """The queue backend and its Redis Streams timings."""
+        return QueueView(self.queue_backend, self.queue_claim_idle_s, self.queue_liveness_s)
+
+    @property
+    def throttle(self) -> ThrottleView:
+        """The throttle curve's defaults and the slot lease."""
+        return ThrottleView(
+            self.lower_threshold, self.upper_threshold, self.max_concurrency, self.slot_lease_s
+        )
+
+    @property
+    def eventhubs(self) -> EventHubsView:
+        """How to reach the Event Hubs namespace, and the consumer group."""
+        return EventHubsView(
+            self.eventhub_namespace, self.eventhub_connection_string, self.eventhub_consumer_group
+        )
+
+    @property
+    def checkpoints(self) -> CheckpointView:
+        """Where the request hubs' checkpoints live."""
+        return CheckpointView(
+            self.eventhub_checkpoint_store,
+            self.eventhub_checkpoint_blob_url,
+            self.eventhub_checkpoint_container,
+            self.eventhub_checkpoint_connection_string,
+        )
+
     def endpoint_of(self, d: DeploymentConfig) -> str | None:
         """The resource endpoint serving `d`: its own, else `PTU_AZURE_OPENAI_ENDPOINT`."""
         return d.endpoint or self.azure_openai_endpoint
@@ -273,9 +315,7 @@ class Settings(BaseSettings):
 
     def thresholds(self, d: DeploymentConfig) -> tuple[float, float, int]:
         """(lower, upper, max_concurrency) for a deployment, its overrides applied."""
-        lo = d.lower_threshold if d.lower_threshold is not None else self.lower_threshold
-        hi = d.upper_threshold if d.upper_threshold is not None else self.upper_threshold
-        m = d.max_concurrency if d.max_concurrency is not None else self.max_concurrency
+        lo, hi, m = overridden(d, self.lower_threshold, self.upper_threshold, self.max_concurrency)
         if lo >= hi:
             raise ConfigError(f"PTU_DEPLOYMENTS: {d.name}: lower threshold must be below upper")
         return lo, hi, m

@@ -142,7 +142,7 @@ def build_worker(
     lanes, queues = [], []
     breaker_cfg = breaker_config(settings)
     for d in deployments:
-        lower, upper, maximum = settings.thresholds(d)
+        lower, upper, _ = settings.thresholds(d)
         if metrics is not None:
             metrics.thresholds(d.name, lower, upper)
         breaker = SharedBreaker(
@@ -152,16 +152,7 @@ def build_worker(
             endpoint=upstream.endpoint(d.name) if isinstance(upstream, RoutedUpstream) else "",
             on_change=metrics.circuit if metrics is not None else None,
         )
-        throttle = Throttle(
-            redis,
-            d,
-            source,
-            lower=lower,
-            upper=upper,
-            max_concurrency=maximum,
-            lease_s=settings.slot_lease_s,
-            worker_id=worker_id,
-        )
+        throttle = Throttle(redis, d, source, settings.throttle, worker_id=worker_id)
         admission = Admission(
             d,
             throttle.current,
@@ -220,7 +211,7 @@ def run(
         if port is not None:
             bound = metrics.serve(port)
             log.info("metrics_serving", port=bound)
-        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+        redis = redis_client.connect_view(settings.redis)
         try:
             await startup.check_redis(redis, settings.redis_url)
             await upstream.check_credentials()

@@ -19,6 +19,7 @@ from orchestrator.core.retry import RetryPolicy
 from orchestrator.core.runtime import Pacing
 from orchestrator.core.schemas import QueuedRequest, TokenEvent
 from orchestrator.core.settings import DeploymentConfig
+from orchestrator.core.views import ThrottleView
 from orchestrator.queues.memory import InMemoryQueue
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.static import StaticSource
@@ -184,13 +185,9 @@ def make_rig(
         redis,
         DEPLOYMENT,
         source,
-        lower=0.2,
-        upper=0.9,
-        max_concurrency=max_concurrency,
-        lease_s=30,
+        ThrottleView(lower=0.2, upper=0.9, max_concurrency=max_concurrency, slot_lease_s=30),
         worker_id="w1",
-        clock=throttle_time.clock,
-        sleep=throttle_time.sleep,
+        pacing=Pacing(clock=throttle_time.clock, sleep=throttle_time.sleep),
         poll_s=0.1,
     )
     results = ResultStore(redis, reply_ttl_s=3600)
