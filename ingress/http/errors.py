@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from orchestrator.core.errors import StoreUnavailable
+
 if TYPE_CHECKING:
     from ingress.metrics import IngressMetrics
 
@@ -171,7 +173,8 @@ def exception_handlers(metrics: IngressMetrics) -> dict[Any, ExceptionHandler]:
 
     return {
         ApiError: api_error,
-        RedisError: store_unavailable,
+        StoreUnavailable: store_unavailable,
+        RedisError: store_unavailable,  # a read outside any store's boundary (none expected)
         HTTPException: http_exception,
         Exception: unhandled,
     }

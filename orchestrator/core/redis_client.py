@@ -56,9 +56,9 @@ class ClusterClient(RedisCluster):
     """`RedisCluster` whose unreachable cluster is a `ConnectionError` like a single server's.
 
     redis-py raises `RedisClusterException`, which is no `RedisError`, when no node
-    answers or the slots are not covered: every `except RedisError` in the project (a
-    503 `queue_unavailable`, a paused throttle, a warning) would miss it and the caller
-    would see a 500. Misuse (a cross-slot transaction, a bad pipeline) stays as it is.
+    answers or the slots are not covered: every store's boundary (`core/boundary`, which
+    makes a 503, a paused throttle or a warning of it) would miss it and the caller would
+    see a 500. Misuse (a cross-slot transaction, a bad pipeline) stays as it is.
     """
 
     async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:

@@ -30,10 +30,10 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from orchestrator.core import keys, redis_replies
-from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.boundary import redis_boundary
+from orchestrator.core.errors import StoreUnavailable, UtilisationUnavailable
 from orchestrator.core.retry import outage_delay_s
 from orchestrator.core.runtime import Pacing, pause
 from orchestrator.core.schemas import TokenEvent
@@ -176,8 +176,11 @@ class Estimator:
         )
         return redis_replies.read_entries(reply)
 
+    @redis_boundary("token events")
     async def step(self) -> int:
-        """Read, apply, acknowledge and heartbeat once; returns entries handled."""
+        """Read, apply, acknowledge and heartbeat once; returns entries handled.
+
+        Raises StoreUnavailable (Redis) or UtilisationUnavailable (the estimate)."""
         await self._ensure_group()
         entries = await self._next_entries()
         seconds, micros = await self._redis.time()
@@ -213,7 +216,7 @@ class Estimator:
             try:
                 await self.step()
                 failures = 0
-            except (RedisError, UtilisationUnavailable) as exc:
+            except (StoreUnavailable, UtilisationUnavailable) as exc:
                 failures += 1
                 self._group_ready = False  # e.g. the stream was deleted: create it again
                 self._own_pending = True  # entries read but not acknowledged come back first

@@ -18,9 +18,8 @@ import uuid
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
-from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.errors import StoreUnavailable, UtilisationUnavailable
 from orchestrator.core.runtime import Pacing, pause
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.core.views import ThrottleView
@@ -143,7 +142,7 @@ class Throttle:
                 member = f"{self._worker_id}:{uuid.uuid4().hex[:16]}"
                 try:
                     attempt = await self._table.try_lease(member, limit, self.lease_s)
-                except RedisError as exc:
+                except StoreUnavailable as exc:
                     log.warning("slot_lease_failed", deployment=self.deployment, error=repr(exc))
                 else:
                     if attempt.leased:
@@ -166,7 +165,7 @@ class Throttle:
         self._released.set()
         try:
             await self._table.release([slot.id])
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             log.warning("slot_release_failed", deployment=self.deployment, error=repr(exc))
 
     async def renew(self) -> None:
@@ -183,20 +182,20 @@ class Throttle:
             lost = [m for m in readded if m in self._held]
             if lost:
                 log.warning("slot_leases_lost", deployment=self.deployment, count=len(lost))
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             log.warning("slot_renew_failed", deployment=self.deployment, error=repr(exc))
 
     async def pause_for(self, seconds: float) -> None:
         """Pause new slots for this deployment on every worker (after a low-priority 429)."""
         try:
             left = await self._table.pause(seconds)
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             log.warning("throttle_pause_failed", deployment=self.deployment, error=repr(exc))
             return
         log.info("throttle_paused", deployment=self.deployment, seconds=round(left, 3))
 
     async def global_in_flight(self) -> int:
-        """Live slots of all workers for this deployment."""
+        """Live slots of all workers for this deployment; StoreUnavailable when unknown."""
         return await self._table.count()
 
     def __repr__(self) -> str:

@@ -31,7 +31,8 @@ from azure.eventhub.exceptions import EventHubError
 from redis.exceptions import RedisError
 
 from orchestrator.core import keys
-from orchestrator.core.errors import QueueUnavailable
+from orchestrator.core.boundary import redis_boundary
+from orchestrator.core.errors import QueueUnavailable, StoreUnavailable
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.core.views import CheckpointView, EventHubsView
 from orchestrator.queues import dead_letter
@@ -296,16 +297,19 @@ class EventHubsQueue:
         )
 
     async def _count_delivery(self, pid: str, offset: str) -> int:
-        key = keys.eventhub_deliveries(self.eventhub, pid, offset)
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, DELIVERY_COUNT_TTL_S)
-                count, _ = await pipe.execute()
-            return int(count)
-        except RedisError as exc:
+            return await self._incr_delivery(keys.eventhub_deliveries(self.eventhub, pid, offset))
+        except StoreUnavailable as exc:
             log.warning("delivery_count_unavailable", eventhub=self.eventhub, error=repr(exc))
             return 1
+
+    @redis_boundary("event hub delivery counts")
+    async def _incr_delivery(self, key: str) -> int:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, DELIVERY_COUNT_TTL_S)
+            count, _ = await pipe.execute()
+        return int(count)
 
     async def _dead_letter_raw(self, token: str, payload: str, reason: str, count: int) -> None:
         async with _mapped("dead_letter", self.eventhub):
