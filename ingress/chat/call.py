@@ -55,3 +55,13 @@ class Answer:
     chunks: AsyncIterator[bytes] | None = None
     signals: Signals | None = None
     """What the response's headers said about the deployment (read once, by the spillover)."""
+
+    @property
+    def spilled(self) -> bool:
+        """Azure served the call from the target's standard deployment (native spillover)."""
+        return self.signals is not None and self.signals.spilled
+
+    @property
+    def served(self) -> str:
+        """The deployment that served the call: it is charged, named and counted."""
+        return self.used.name if self.signals is None else self.signals.served(self.used.name)

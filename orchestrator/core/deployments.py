@@ -71,6 +71,17 @@ class DeploymentConfig(BaseModel):
     governance: bool = Field(
         default=True, description="false: output limits pass as sent (no default, cap, rename)"
     )
+    input_price_per_mtok: float | None = Field(
+        default=None, ge=0, description="standard deployments: price of 1M input tokens"
+    )
+    output_price_per_mtok: float | None = Field(
+        default=None, ge=0, description="standard deployments: price of 1M output tokens"
+    )
+    low_priority_spill: Literal["keep", "fail"] = Field(
+        default="keep",
+        description="a queued call Azure spilled to a standard deployment: keep its answer "
+        "(charged there) or fail the request",
+    )
 
     @field_validator("spillover", mode="before")
     @classmethod
@@ -113,6 +124,14 @@ class DeploymentConfig(BaseModel):
         known = capacity.lookup(self.model)
         per_ptu = self.input_tpm_per_ptu or (known.input_tpm_per_ptu if known else 0)
         return float(self.ptus * per_ptu)
+
+    def payg_cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """What a standard deployment bills for these tokens; None without its prices."""
+        if self.input_price_per_mtok is None and self.output_price_per_mtok is None:
+            return None
+        paid = prompt_tokens * (self.input_price_per_mtok or 0.0)
+        paid += completion_tokens * (self.output_price_per_mtok or 0.0)
+        return paid / 1e6
 
     @property
     def weight(self) -> float:

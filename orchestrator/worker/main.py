@@ -12,7 +12,7 @@ import asyncio
 import os
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 import structlog
@@ -176,9 +176,11 @@ def build_worker(
             queue=queue,
             results=results,
             upstream=upstream,
-            config=config,
+            config=replace(config, low_priority_spill=d.low_priority_spill),
             gates=Gates(throttle, breaker=breaker, admission=admission, quota=ledger),
-            reporting=Reporting(accounting, metrics=metrics, telemetry=tracing, counts=redis),
+            reporting=Reporting(
+                accounting, metrics=metrics, telemetry=tracing, counts=redis, usage=accounting
+            ),
             sizer=sizer,
         )
         lanes.append(Lane(d.name, queue, throttle, dispatcher))

@@ -10,7 +10,10 @@ from typing import Any
 import httpx2
 import pytest
 from azure.core.credentials import AccessToken
+from prometheus_client import generate_latest
+from structlog.testing import capture_logs
 
+from ingress.chat.accounting import Accounting
 from ingress.chat.call import Call
 from ingress.chat.credentials import ApiKeyAuth, EntraAuth
 from ingress.chat.proxy import Proxy
@@ -413,3 +416,67 @@ async def test_a_stream_broken_before_its_first_byte_spills_over() -> None:
     call.stream = True
     resp = await proxy.forward(call)
     assert dict(resp.headers)["x-ptu-deployment"] == "std"
+
+
+NATIVE_SPILL = {"x-ms-spillover-from-deployment": "ptu", "x-ms-deployment-name": "paygo"}
+
+
+async def test_a_natively_spilled_answer_is_charged_and_named_as_the_standard_deployments() -> None:
+    up = Upstream([(200, NATIVE_SPILL)])
+    sink = Sink()
+    metrics = IngressMetrics(deployments=["ptu", "paygo"])
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(up))
+    events = TokenEvents(sink, clock=lambda: 1000.0)
+    proxy = Proxy(client, ApiKeyAuth("key"), events, metrics, accounting=Accounting(metrics, None))
+    with capture_logs() as logs:
+        status, headers, _ = await _forward(proxy, _call(PTU_ALONE))
+    assert status == 200 and up.deployments == ["ptu"]  # one round trip
+    assert headers["x-ptu-deployment"] == "paygo" and headers["x-ptu-spillover"] == "paygo"
+    # the PTU's estimate learns it was full, and is charged nothing for the spilled call
+    _, complete = sink.events
+    assert complete.deployment == "ptu" and complete.spilled
+    assert (complete.prompt_tokens, complete.completion_tokens) == (0, 0)
+    (access,) = [e for e in logs if e["event"] == "access"]
+    assert (access["deployment"], access["spillover"]) == ("ptu", "paygo")
+    text = generate_latest(metrics.registry).decode()
+    assert 'deployment="paygo",kind="completion",priority="high",tenant="default"} 5.0' in text
+    assert 'ptu_tenant_tokens_total{deployment="ptu"' not in text
+
+
+async def test_a_natively_spilled_stream_charges_the_standard_deployment() -> None:
+    def sse(request: httpx2.Request) -> httpx2.Response:
+        body = (
+            b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+            b'data: {"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":5}}\n\n'
+            b"data: [DONE]\n\n"
+        )
+        return httpx2.Response(
+            200, content=body, headers={"content-type": "text/event-stream", **NATIVE_SPILL}
+        )
+
+    sink = Sink()
+    metrics = IngressMetrics(deployments=["ptu", "paygo"])
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(sse))
+    events = TokenEvents(sink, clock=lambda: 1000.0)
+    proxy = Proxy(client, ApiKeyAuth("key"), events, metrics, accounting=Accounting(metrics, None))
+    call = _call(PTU_ALONE)
+    call.stream = True
+    resp = await proxy.forward(call)
+    assert dict(resp.headers)["x-ptu-deployment"] == "paygo"
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    await resp({"type": "http"}, receive, send)
+    await events.drain()
+    assert [(e.phase, e.spilled, e.completion_tokens) for e in sink.events] == [
+        ("admit", False, 0),
+        ("observe", True, 0),
+        ("complete", False, 0),
+    ]
+    text = generate_latest(metrics.registry).decode()
+    assert 'deployment="paygo",kind="completion",priority="high",tenant="default"} 5.0' in text
