@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     azure_monitor_ca_file: str | None = Field(
         default=None, description="CA bundle to trust for the metrics endpoint (local simulator)"
     )
+    azure_management_endpoint: str | None = Field(
+        default=None,
+        description="Azure Resource Manager (https://management.azure.com): the worker reads "
+        "its PTU deployments there at start-up and warns of native spillover",
+    )
     # event hubs backend
     eventhub_namespace: str | None = None
     eventhub_connection_string: SecretStr | None = None

@@ -35,6 +35,7 @@ from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.base import UtilisationSource
 from orchestrator.utilisation.factory import make_source
 from orchestrator.utilisation.store_factory import estimate_store
+from orchestrator.worker import spillover_check
 from orchestrator.worker.accounting import WorkerAccounting
 from orchestrator.worker.dispatch import DispatchConfig, Dispatcher, Gates, Reporting
 from orchestrator.worker.lengths import OutputLengths, Sizer
@@ -226,6 +227,7 @@ def run(
         try:
             await startup.check_redis(redis, settings.redis_url)
             await upstream.check_credentials()
+            await spillover_check.check(settings, deployments)
             built = build_worker(
                 settings,
                 redis,
