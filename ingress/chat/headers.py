@@ -1,12 +1,13 @@
 """Which headers cross the ingress, each way, for a high-priority call.
 
-Towards the deployment: the client's headers minus hop-by-hop ones, credentials and the
-ingress's own (`x-priority`, `x-reply-key`, `x-ptu-*`), plus a JSON content type and the
-`x-ptu-priority: high` label. Back to the client: the deployment's headers as sent
-(retry-after-ms, retry-after, azure-openai-deployment-utilization, x-ratelimit-*) minus
-hop-by-hop ones, plus `x-ptu-deployment` naming the deployment that served (and
-`x-ptu-spillover` when that was not the one asked: our own chain moved on, or Azure spilled
-the call natively to a standard deployment, `x-ms-deployment-name`).
+Towards the deployment: the client's headers minus hop-by-hop ones, credentials, the
+ingress's own (`x-priority`, `x-reply-key`, `x-ptu-*`) and `x-ms-spillover-deployment`,
+plus a JSON content type and the `x-ptu-priority: high` label. Back to the client: the
+deployment's headers as sent (retry-after-ms, retry-after,
+azure-openai-deployment-utilization, x-ratelimit-*) minus hop-by-hop ones, plus
+`x-ptu-deployment` naming the deployment that served (and `x-ptu-spillover` when that was
+not the one asked: our own chain moved on, or Azure spilled the call natively to a
+standard deployment, `x-ms-deployment-name`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ RawHeaders = Sequence[tuple[bytes, bytes]]
 _DROP_REQUEST = frozenset(
     b"host content-length content-type api-key authorization connection keep-alive "
     b"transfer-encoding te trailer upgrade expect cookie proxy-authorization "
-    b"proxy-connection accept-encoding x-priority x-reply-key".split()
+    b"proxy-connection accept-encoding x-priority x-reply-key x-ms-spillover-deployment".split()
 )
+"""Never forwarded as sent: `x-ms-spillover-deployment` is the deployment's to choose (a
+`native` spillover entry), a client must not send its call to pay-as-you-go."""
 FIXED_HEADERS = (
     (b"content-type", b"application/json"),
     (PRIORITY_LABEL_HEADER.encode(), b"high"),
