@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from simulator.admin import admin_routes
 from simulator.config import SimConfig
+from simulator.management import management_routes
 from simulator.monitor.recorder import MetricsRecorder
 from simulator.monitor.routes import monitor_routes
 from simulator.openai import chat, refusals, spillover, streaming, tokens
@@ -327,6 +328,7 @@ def create_app(config: SimConfig, *, clock: Callable[[], float] = time.time) -> 
         Route("/openai/responses", sim.responses, methods=["POST"]),
         *admin_routes(sim.deployments, clock, sim.recorder),
         *monitor_routes(sim.recorder, config.resource_id, clock),
+        *management_routes(sim.deployments, config.resource_id),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.simulator = sim

@@ -36,7 +36,7 @@ class UpstreamStream(Response):
             (k, v) for k, v in passed_headers(upstream.headers.raw) if k != b"content-type"
         ]
         self.raw_headers.append((b"content-type", b"text/event-stream"))
-        self.raw_headers.extend(answered_by(call.target, answer.used))
+        self.raw_headers.extend(answered_by(call.target.name, answer.served))
         self._answer = answer
         recorder.observed(call, answer)
         self._sse = sse
@@ -77,8 +77,10 @@ class UpstreamStream(Response):
                 "prompt_tokens": call.prompt_tokens,
                 "completion_tokens": sse.content_events,
             }
-            self._recorder.finished(answer.admitted, call, answer.used, usage)
+            # spilled: the PTU learnt its saturation at the first byte; the tokens are not its
+            spent = None if answer.spilled else usage
+            self._recorder.finished(answer.admitted, call, answer.used, spent)
             started, ttfb = self._timing
             self._recorder.ended(
-                call, answer.used, self.status_code, started, ttfb, usage, self._finish_reason
+                call, answer.served, self.status_code, started, ttfb, usage, self._finish_reason
             )

@@ -177,6 +177,8 @@ def settlement(
             response=answer.body, usage=answer.usage,
         )  # fmt: skip
         doc.started_at = attempted.started_at
+        served = answer.signals.served(request.deployment)
+        doc.spillover = served if served != request.deployment else None
         return doc, None
     if attempted.ending == "failed" and err is not None:
         error = error_object(err.status_code, err.body, str(err))
@@ -231,6 +233,7 @@ class Outcome:
             status=status_label(doc.status_code, doc.status, _text(error_code)),
             result=doc.status,
             batch_id=doc.batch_id,
+            spillover=doc.spillover,
         )
 
     @property

@@ -73,6 +73,7 @@ LEGEND = "\n".join(
         "waiting:   worker lanes holding a slot while they wait for a message (ready, no work)",
         "queued:    requests no worker has taken yet",
         "limit:     low-priority calls the throttle allows now / at most",
+        "spilled:   low-priority calls Azure served from a standard deployment (pay-as-you-go)",
     )
 )
 
@@ -217,7 +218,7 @@ def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None =
     for header in (
         "deployment", "utilisation", "age", "model", "observed", "correction", "unseen",
         "limit", "in flight", "waiting", "queued", "workers", "results/s", "completed", "failed",
-        "expired", "circuit", "dead letters",
+        "expired", "spilled", "circuit", "dead letters",
     ):  # fmt: skip
         table.add_column(header, justify="left" if header == "deployment" else "right")
     for r in rows:
@@ -241,6 +242,7 @@ def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None =
             str(total.get("completed", w.completed)),
             str(total.get("failed", w.failed)),
             str(total.get("expired", w.expired)),
+            str(total.get("spilled", 0)),
             circuit,
             str(r.dead_letters),
         )

@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     azure_monitor_ca_file: str | None = Field(
         default=None, description="CA bundle to trust for the metrics endpoint (local simulator)"
     )
+    azure_management_endpoint: str | None = Field(
+        default=None,
+        description="Azure Resource Manager (https://management.azure.com): the worker reads "
+        "its PTU deployments there at start-up and warns of native spillover",
+    )
     # event hubs backend
     eventhub_namespace: str | None = None
     eventhub_connection_string: SecretStr | None = None
@@ -232,9 +237,19 @@ class Settings(BaseSettings):
         if len(names) != len(set(names)):
             raise _invalid("deployments", "names must be unique")
         for d in self.deployments:
-            for spill in d.spillover:
+            for spill in d.spillover_names:
                 if spill not in names:
                     raise _invalid("deployments", f"spillover {spill!r} is not a deployment")
+            native = d.native_spillover
+            target = None if native is None else self.deployment(native)
+            if target is not None and (
+                target.kind != "standard" or self.endpoint_of(target) != self.endpoint_of(d)
+            ):
+                raise _invalid(
+                    "deployments",
+                    f"spillover {native!r} of {d.name!r} is native: it must be a standard "
+                    "deployment on the same resource",
+                )
         if (
             self.eventhub_checkpoint_store == "blob"
             and self.eventhub_checkpoint_blob_url is None

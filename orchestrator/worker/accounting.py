@@ -84,6 +84,17 @@ class WorkerAccounting:
             event.cached_tokens,
             event.completion_tokens,
         )
+        await self._used(use)
+
+    async def served(self, use: Usage) -> None:
+        """Tokens a standard deployment served for a PTU's call (Azure's native spillover):
+        the ledger and counters charge that deployment; the estimate never sees them."""
+        try:
+            await self._used(use)
+        except RedisError as exc:
+            log.warning("accounting_failed", deployment=use.deployment, error=repr(exc))
+
+    async def _used(self, use: Usage) -> None:
         await self._ledger.record(use)
         if self._metrics is not None:
             self._metrics.used(use)

@@ -12,7 +12,7 @@ import asyncio
 import os
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 import structlog
@@ -35,6 +35,7 @@ from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.base import UtilisationSource
 from orchestrator.utilisation.factory import make_source
 from orchestrator.utilisation.store_factory import estimate_store
+from orchestrator.worker import spillover_check
 from orchestrator.worker.accounting import WorkerAccounting
 from orchestrator.worker.dispatch import DispatchConfig, Dispatcher, Gates, Reporting
 from orchestrator.worker.lengths import OutputLengths, Sizer
@@ -167,9 +168,11 @@ def build_worker(
             queue=queue,
             results=results,
             upstream=upstream,
-            config=config,
+            config=replace(config, low_priority_spill=d.low_priority_spill),
             gates=Gates(throttle, breaker=breaker, admission=admission, quota=ledger),
-            reporting=Reporting(accounting, metrics=metrics, telemetry=tracing, counts=redis),
+            reporting=Reporting(
+                accounting, metrics=metrics, telemetry=tracing, counts=redis, usage=accounting
+            ),
             sizer=sizer,
         )
         lanes.append(Lane(d.name, queue, throttle, dispatcher))
@@ -215,6 +218,7 @@ def run(
         try:
             await startup.check_redis(redis, settings.redis_url)
             await upstream.check_credentials()
+            await spillover_check.check(settings, deployments)
             built = build_worker(
                 settings,
                 redis,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import fakeredis
 import redis.asyncio as aioredis
@@ -24,6 +24,8 @@ from orchestrator.queues.memory import InMemoryQueue
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.static import StaticSource
 from orchestrator.worker.dispatch import DispatchConfig, Dispatcher, Gates, Reporting
+from orchestrator.worker.metrics import WorkerMetrics
+from orchestrator.worker.protocols import UsageSink
 from tests.support.clock import FakeClock
 
 DEPLOYMENT = DeploymentConfig(name="dep", model="gpt-4o-mini", ptus=15)
@@ -64,6 +66,8 @@ class FakeUpstream:
     """The utilisation header every success carries (None: no header)."""
     endpoints: list[str] = field(default_factory=list)
     """`responses` for each call made through `responses` (it then answers as `chat`)."""
+    signals: Signals | None = None
+    """The signals every success carries instead (e.g. a native spillover's)."""
 
     async def chat(self, deployment: str, body: Any, *, headers: Any = None) -> UpstreamResponse:
         request_id = (headers or {}).get("x-ms-client-request-id", "")
@@ -84,9 +88,8 @@ class FakeUpstream:
             if isinstance(outcome, UpstreamError):
                 raise outcome
             body_out = outcome or completion(request_id)
-            return UpstreamResponse(
-                body=body_out, status_code=200, signals=Signals(utilisation=self.utilisation)
-            )
+            signals = self.signals or Signals(utilisation=self.utilisation)
+            return UpstreamResponse(body=body_out, status_code=200, signals=signals)
         finally:
             self.active -= 1
 
@@ -175,6 +178,9 @@ def make_rig(
     request_timeout_s: float = 30.0,
     max_deliveries: int = 10,
     upstream: FakeUpstream | None = None,
+    low_priority_spill: Literal["keep", "fail"] = "keep",
+    usage: UsageSink | None = None,
+    metrics: WorkerMetrics | None = None,
 ) -> Rig:
     redis = fakeredis.FakeAsyncRedis()
     time_ = FakeClock(T0)
@@ -198,6 +204,7 @@ def make_rig(
         request_timeout_s=request_timeout_s,
         default_max_tokens=100,
         max_deliveries=max_deliveries,
+        low_priority_spill=low_priority_spill,
     )
     dispatcher = Dispatcher(
         DEPLOYMENT.name,
@@ -206,7 +213,7 @@ def make_rig(
         upstream=upstream,
         config=config,
         gates=Gates(throttle),
-        reporting=Reporting(tokens),
+        reporting=Reporting(tokens, usage=usage, metrics=metrics, counts=redis),
         pacing=Pacing(clock=time_.clock, sleep=time_.sleep, rand=lambda: 0.5),
     )
     rig = Rig(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from orchestrator.core.retry import RetryPolicy
 from orchestrator.telemetry.base import OFF, Telemetry
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from orchestrator.throttle.admission import Admission
     from orchestrator.utilisation.base import TokenRecorder
     from orchestrator.worker.metrics import WorkerMetrics
-    from orchestrator.worker.protocols import SlotLimiter
+    from orchestrator.worker.protocols import SlotLimiter, UsageSink
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,8 @@ class DispatchConfig:
     default_max_tokens: int
     max_deliveries: int = 10
     """A message delivered more often than this (it kept killing workers) is dead-lettered."""
+    low_priority_spill: Literal["keep", "fail"] = "keep"
+    """What becomes of an answer Azure spilled to a standard deployment (`dispatch.call`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +56,5 @@ class Reporting:
     telemetry: Telemetry = OFF
     counts: aioredis.Redis | None = None
     """Redis holding the deployment's result counters (`keys.result_counts`)."""
+    usage: UsageSink | None = None
+    """Where the tokens of a call another deployment served (native spillover) go."""

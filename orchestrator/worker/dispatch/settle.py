@@ -126,7 +126,9 @@ class Settler:
         metrics = self._reporting.metrics
         if metrics is not None:
             metrics.result(self.deployment, doc.status)
-            metrics.tenants.finished(delivery.message.tenant, self.deployment, "low", outcome.label)
+            metrics.tenants.finished(
+                delivery.message.tenant, outcome.served_by, "low", outcome.label
+            )
         log.info(
             "request_finished",
             status=doc.status,
