@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import BaseModel, ValidationError
-from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -174,7 +173,6 @@ def exception_handlers(metrics: IngressMetrics) -> dict[Any, ExceptionHandler]:
     return {
         ApiError: api_error,
         StoreUnavailable: store_unavailable,
-        RedisError: store_unavailable,  # a read outside any store's boundary (none expected)
         HTTPException: http_exception,
         Exception: unhandled,
     }

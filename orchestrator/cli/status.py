@@ -32,7 +32,7 @@ from rich.live import Live
 from rich.table import Table
 
 from orchestrator.breaker.shared import read_view
-from orchestrator.core import incarnation, keys, redis_client
+from orchestrator.core import incarnation, redis_client
 from orchestrator.core.boundary import redis_boundary
 from orchestrator.core.errors import (
     PTUError,
@@ -40,6 +40,7 @@ from orchestrator.core.errors import (
     StoreUnavailable,
     UtilisationUnavailable,
 )
+from orchestrator.core.results import result_counts
 from orchestrator.core.runtime import pause, run_until_signal
 from orchestrator.core.settings import Settings
 from orchestrator.queues.dead_letter import DeadLetterStore
@@ -166,7 +167,7 @@ async def collect(
         finally:
             await queue.close()
         view = await read_view(redis, d.name)
-        counts = await redis.hgetall(keys.result_counts(d.name))
+        counts = await result_counts(redis, d.name)
         rows.append(
             Row(
                 deployment=d.name,
@@ -181,15 +182,11 @@ async def collect(
                 circuit=view.state,
                 circuit_left_s=view.open_left_s,
                 dead_letters=await DeadLetterStore(redis, d.name).depth(),
-                counts={_text(k): int(v) for k, v in counts.items()},
+                counts=counts,
                 calibration=None if reading is None else reading.calibration,
             )
         )
     return rows
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _num(value: float | int | None, fmt: str = "{}") -> str:

@@ -274,3 +274,17 @@ class ResultStore:
 
     def __repr__(self) -> str:
         return f"<ResultStore reply_ttl_s={self.reply_ttl_s}>"
+
+
+@redis_boundary("result counts")
+async def count_result(redis: aioredis.Redis, deployment: str, status: str) -> None:
+    """Add one to `deployment`'s counter of `status` (`keys.result_counts`; `ptu status`
+    shows them, and they outlive any worker)."""
+    await redis.hincrby(keys.result_counts(deployment), status, 1)
+
+
+@redis_boundary("result counts")
+async def result_counts(redis: aioredis.Redis, deployment: str) -> dict[str, int]:
+    """`deployment`'s result counters by status."""
+    raw = await redis.hgetall(keys.result_counts(deployment))
+    return {text(k): int(v) for k, v in raw.items()}
