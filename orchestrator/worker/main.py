@@ -37,7 +37,7 @@ from orchestrator.utilisation.factory import make_source
 from orchestrator.utilisation.store_factory import estimate_store
 from orchestrator.worker import spillover_check
 from orchestrator.worker.accounting import WorkerAccounting
-from orchestrator.worker.dispatch import DispatchConfig, Dispatcher, Gates, Reporting
+from orchestrator.worker.dispatch import Delivering, DispatchConfig, Dispatcher, Gates, Reporting
 from orchestrator.worker.lengths import OutputLengths, Sizer
 from orchestrator.worker.loop import Lane, Worker, WorkerTiming
 from orchestrator.worker.metrics import WorkerMetrics
@@ -165,8 +165,7 @@ def build_worker(
         queues.append(queue)
         dispatcher = Dispatcher(
             d.name,
-            queue=queue,
-            results=results,
+            delivering=Delivering(queue, results),
             upstream=upstream,
             config=replace(config, low_priority_spill=d.low_priority_spill),
             gates=Gates(throttle, breaker=breaker, admission=admission, quota=ledger),

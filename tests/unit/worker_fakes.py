@@ -23,7 +23,7 @@ from orchestrator.core.views import ThrottleView
 from orchestrator.queues.memory import InMemoryQueue
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.static import StaticSource
-from orchestrator.worker.dispatch import DispatchConfig, Dispatcher, Gates, Reporting
+from orchestrator.worker.dispatch import Delivering, DispatchConfig, Dispatcher, Gates, Reporting
 from orchestrator.worker.metrics import WorkerMetrics
 from orchestrator.worker.protocols import UsageSink
 from tests.support.clock import FakeClock
@@ -208,8 +208,7 @@ def make_rig(
     )
     dispatcher = Dispatcher(
         DEPLOYMENT.name,
-        queue=queue,
-        results=results,
+        delivering=Delivering(queue, results),
         upstream=upstream,
         config=config,
         gates=Gates(throttle),
