@@ -19,8 +19,6 @@ from ingress.batch.expiry import output_expiry_s
 from ingress.batch.job_context import JobContext, input_chunks
 from ingress.batch.jsonl import output_line, succeeded
 from ingress.batch.store import line_request_id
-from orchestrator.core import keys
-from orchestrator.core.schemas import ResultDocument
 
 log = structlog.get_logger(__name__)
 
@@ -37,15 +35,11 @@ async def finalize(ctx: JobContext, batch_id: str, owner: str) -> str:
         with out_path.open("wb") as out, err_path.open("wb") as err:
             async for pending in input_chunks(ctx, f, owner):
                 ids = [line_request_id(batch_id, i) for i, _ in pending]
-                async with ctx.redis.pipeline(transaction=False) as pipe:
-                    for rid in ids:
-                        pipe.get(keys.result(rid))
-                    raws = await pipe.execute()
-                for rid, (_, obj), raw in zip(ids, pending, raws, strict=True):
-                    if raw is None:
+                docs = await ctx.results.results(ids)
+                for rid, (_, obj), doc in zip(ids, pending, docs, strict=True):
+                    if doc is None:
                         line, ok = _missing(rid, str(obj.get("custom_id"))), False
                     else:
-                        doc = ResultDocument.model_validate_json(raw)
                         line, ok = output_line(doc), succeeded(doc)
                     target = out if ok else err
                     target.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")

@@ -181,10 +181,7 @@ async def close(ctx: JobContext, batch_id: str, owner: str, reason: str) -> str:
     closed = 0
     async for pending in input_chunks(ctx, f, owner):
         ids = [line_request_id(batch_id, i) for i, _ in pending]
-        async with ctx.redis.pipeline(transaction=False) as pipe:
-            for rid in ids:
-                pipe.exists(keys.result(rid))
-            exists = await pipe.execute()
+        found = await ctx.results.results(ids)
         now = time.time()
         docs = [
             ResultDocument(
@@ -193,8 +190,8 @@ async def close(ctx: JobContext, batch_id: str, owner: str, reason: str) -> str:
                 deployment=str((obj.get("body") or {}).get("model", "")), attempts=0,
                 enqueued_at=now, completed_at=now, batch_id=batch_id, tenant=f["tenant"],
             )
-            for rid, (_, obj), there in zip(ids, pending, exists, strict=True)
-            if not there
+            for rid, (_, obj), there in zip(ids, pending, found, strict=True)
+            if there is None
         ]  # fmt: skip
         for start in range(0, len(docs), PARALLEL):
             part = docs[start : start + PARALLEL]

@@ -228,6 +228,15 @@ class ResultStore:
         )
 
     @redis_boundary("result store")
+    async def results(self, request_ids: Sequence[str]) -> list[ResultDocument | None]:
+        """The result documents of `request_ids`, in order (None: no result), in one trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for request_id in request_ids:
+                pipe.get(keys.result(request_id))
+            raws = await pipe.execute()
+        return [None if raw is None else ResultDocument.model_validate_json(raw) for raw in raws]
+
+    @redis_boundary("result store")
     async def get(self, request_id: str) -> RequestState | None:
         """The request's state, or None when it is unknown (or long expired)."""
         async with self.redis.pipeline(transaction=False) as pipe:
