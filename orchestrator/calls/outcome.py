@@ -187,6 +187,15 @@ def settlement(
             error=error,
         )  # fmt: skip
         return doc, attempted.reason
+    permanent = err is not None and err.status_code in MISCONFIGURED_STATUSES
+    if attempted.ending == "expired" and err is not None and permanent:
+        # the deployment answered, and no retry changes that answer: it is the result
+        error = error_object(err.status_code, err.body, str(err))
+        doc = ResultDocument.for_request(
+            request, "failed", completed_at=now, attempts=max(n, 1), status_code=err.status_code,
+            error=error,
+        )  # fmt: skip
+        return doc, f"status {err.status_code} is permanent"
     if attempted.ending == "expired":
         error = {"code": "expired", "message": "the deadline passed before the call"}
         doc = ResultDocument.for_request(

@@ -216,6 +216,8 @@ MSG_400_MAX_TOKENS = (
     "Unsupported parameter: 'max_tokens' is not supported with this model. "
     "Use 'max_completion_tokens' instead."
 )
+MSG_400_STREAM_OPTIONS = "Unrecognized request argument supplied: stream_options"
+"""An api-version before 2024-10-21 (`orchestrator.calls.versions`) refusing the field."""
 MSG_500 = (
     "The server had an error while processing your request. Sorry about that! You can retry your "
     "request, or contact us through an Azure support request if the error persists."

@@ -172,7 +172,7 @@ async def test_a_404_is_unreachable_for_the_ingress_breaker() -> None:
     breaker = _Breaker()
     proxy = Proxy(
         client, ApiKeyAuth("key"), TokenEvents(Sink()), IngressMetrics(),
-        policy=SpilloverPolicy(breakers={PTU_ALONE.name: breaker}),  # type: ignore[dict-item]
+        policy=SpilloverPolicy(breakers={(PTU_ALONE.name, "chat"): breaker}),  # type: ignore[dict-item]
     )  # fmt: skip
     resp = await proxy.forward(_call(PTU_ALONE))
     assert resp.status_code == 404
