@@ -111,9 +111,8 @@ def make_parts(
     if redis is None:
         # a blocking pool waits for a free connection instead of failing at 100 in use;
         # every long-poll (`?wait=`) holds one connection while it waits
-        redis = redis_client.connect(
-            settings.redis_url,
-            cluster=settings.redis_cluster,
+        redis = redis_client.connect_view(
+            settings.redis,
             max_connections=REDIS_MAX_CONNECTIONS,
             pool_timeout_s=REDIS_POOL_WAIT_S,
         )

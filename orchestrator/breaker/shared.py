@@ -24,16 +24,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
 from orchestrator.breaker.machine import Breaker, BreakerConfig, Outcome, State, Verdict
 from orchestrator.core import keys
+from orchestrator.core.boundary import redis_boundary
+from orchestrator.core.errors import StoreUnavailable
 from orchestrator.throttle.slots import NOW_MS
 
 if TYPE_CHECKING:
     from orchestrator.core.settings import Settings
 
 log = structlog.get_logger(__name__)
+_state = redis_boundary("breaker state")
 
 Surface = Literal["chat", "responses"]
 SURFACES: tuple[Surface, ...] = ("chat", "responses")
@@ -161,8 +163,8 @@ class SharedBreaker:
         if verdict != "probe":
             return verdict
         try:
-            won = await self._redis.set(self._probe_key, "1", nx=True, px=self._probe_ms)
-        except RedisError as exc:
+            won = await self._take_probe()
+        except StoreUnavailable as exc:
             log.warning(
                 "breaker_redis_failed",
                 deployment=self.deployment,
@@ -182,16 +184,12 @@ class SharedBreaker:
         )
         try:
             if change == "opened":
-                left = self.machine.open_left(self._clock())
-                await self._trip(
-                    keys=[self._key, self._probe_key],
-                    args=[max(1, round(left * 1000)), self.machine.reason],
-                )
+                await self._share_trip(self.machine.open_left(self._clock()))
             elif change == "closed":
-                epoch = int(await self._close(keys=[self._key, self._probe_key]))
+                epoch = await self._share_close()
                 if epoch >= 0:
                     self.machine.epoch = max(self.machine.epoch, epoch)
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             log.warning(
                 "breaker_redis_failed",
                 deployment=self.deployment,
@@ -201,6 +199,27 @@ class SharedBreaker:
         if self.machine.state != before:
             self._changed(before)
 
+    # the breaker's state in Redis: its errors leave as StoreUnavailable
+
+    @_state
+    async def _take_probe(self) -> bool:
+        """Win the one half-open trial of every process (a key with a timeout)."""
+        return bool(await self._redis.set(self._probe_key, "1", nx=True, px=self._probe_ms))
+
+    @_state
+    async def _share_trip(self, left_s: float) -> None:
+        args: list[int | str] = [max(1, round(left_s * 1000)), self.machine.reason]
+        await self._trip(keys=[self._key, self._probe_key], args=args)
+
+    @_state
+    async def _share_close(self) -> int:
+        """Close the shared breaker; its new epoch (negative: nothing to close)."""
+        return int(await self._close(keys=[self._key, self._probe_key]))
+
+    @_state
+    async def _fetch(self) -> Any:
+        return await self._read(keys=[self._key])
+
     async def sync(self, *, force: bool = False) -> None:
         """Adopt the shared state, at most every `sync_s` unless forced."""
         now = self._clock()
@@ -208,8 +227,8 @@ class SharedBreaker:
             return
         self._synced_at = now
         try:
-            reply: Any = await self._read(keys=[self._key])
-        except RedisError as exc:
+            reply = await self._fetch()
+        except StoreUnavailable as exc:
             log.warning(
                 "breaker_redis_failed",
                 deployment=self.deployment,

@@ -211,7 +211,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     period = period_of(parse_time(args.since, now), parse_time(args.until, now))
 
     async def main() -> list[UsageRow]:
-        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+        redis = redis_client.connect_view(settings.redis)
         try:
             ledger = UsageLedger(redis, Tenancy(settings.tenants, settings.api_keys))
             return await ledger.rows(period.start, period.end)

@@ -21,10 +21,11 @@ from orchestrator.core.retry import RetryPolicy
 from orchestrator.core.runtime import Pacing
 from orchestrator.core.schemas import QueuedRequest, TokenEvent
 from orchestrator.core.settings import DeploymentConfig
+from orchestrator.core.views import ThrottleView
 from orchestrator.queues.memory import InMemoryQueue
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.static import StaticSource
-from orchestrator.worker.dispatch import DispatchConfig, Dispatcher, Gates, Reporting
+from orchestrator.worker.dispatch import Delivering, DispatchConfig, Dispatcher, Gates, Reporting
 from orchestrator.worker.metrics import WorkerMetrics
 from orchestrator.worker.protocols import UsageSink
 from tests.support.clock import FakeClock
@@ -193,13 +194,9 @@ def make_rig(
         redis,
         DEPLOYMENT,
         source,
-        lower=0.2,
-        upper=0.9,
-        max_concurrency=max_concurrency,
-        lease_s=30,
+        ThrottleView(lower=0.2, upper=0.9, max_concurrency=max_concurrency, slot_lease_s=30),
         worker_id="w1",
-        clock=throttle_time.clock,
-        sleep=throttle_time.sleep,
+        pacing=Pacing(clock=throttle_time.clock, sleep=throttle_time.sleep),
         poll_s=0.1,
     )
     results = ResultStore(redis, reply_ttl_s=3600)
@@ -214,8 +211,7 @@ def make_rig(
     )
     dispatcher = Dispatcher(
         DEPLOYMENT.name,
-        queue=queue,
-        results=results,
+        delivering=Delivering(queue, results),
         upstream=upstream,
         config=config,
         gates=Gates(

@@ -24,13 +24,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from redis.exceptions import RedisError
 
 from orchestrator.calls import bracket
 from orchestrator.calls.outcome import UpstreamResponse
 from orchestrator.calls.signals import error_signals
-from orchestrator.core import keys
-from orchestrator.core.errors import PTUError, UpstreamError, UpstreamTimeout
+from orchestrator.core.errors import PTUError, StoreUnavailable, UpstreamError, UpstreamTimeout
+from orchestrator.core.results import count_result
 from orchestrator.core.runtime import Pacing
 from orchestrator.core.schemas import QueuedRequest, TokenEvent
 from orchestrator.core.tasks import TaskSet
@@ -217,8 +216,8 @@ class Caller:
         )
         if reporting.counts is not None:
             try:
-                await reporting.counts.hincrby(keys.result_counts(self.deployment), "spilled", 1)
-            except RedisError as exc:
+                await count_result(reporting.counts, self.deployment, "spilled")
+            except StoreUnavailable as exc:
                 log.warning("spill_count_failed", error=repr(exc))
         await self._throttle.pause_for(response.signals.retry_after_s or SPILLED_PAUSE_S)
 

@@ -12,11 +12,12 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from orchestrator.breaker.shared import SharedBreaker
+    from orchestrator.queues.base import Queue
     from orchestrator.tenants.quota import QuotaGate
     from orchestrator.throttle.admission import Admission
     from orchestrator.utilisation.base import TokenRecorder
     from orchestrator.worker.metrics import WorkerMetrics
-    from orchestrator.worker.protocols import SlotLimiter, UsageSink
+    from orchestrator.worker.protocols import ResultSink, SlotLimiter, UsageSink
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,16 @@ class DispatchConfig:
     """A message delivered more often than this (it kept killing workers) is dead-lettered."""
     low_priority_spill: Literal["keep", "fail"] = "keep"
     """What becomes of an answer Azure spilled to a standard deployment (`dispatch.call`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivering:
+    """Where a request's deliveries come from and where its result goes."""
+
+    queue: Queue
+    """The deployment's queue: acked, released or dead-lettered once the result is written."""
+    results: ResultSink
+    """The exactly-once result store."""
 
 
 @dataclass(frozen=True, slots=True)
