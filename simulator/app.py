@@ -226,6 +226,7 @@ class Simulator:
             prompt_tokens=call.prompt_tokens,
             completion_tokens=n + call.reasoning_tokens,
             reasoning_tokens=call.reasoning_tokens,
+            service_tier=chat.applied_tier(call.body, deployment.spec.kind),
         )
         return json_response(200, payload, headers)
 
@@ -266,6 +267,7 @@ class Simulator:
             chunks = chat.ChunkWriter(
                 completion_id=completion_id, created=created,
                 model=deployment.spec.model, with_usage=call.include_usage,
+                service_tier=chat.applied_tier(call.body, deployment.spec.kind),
             )  # fmt: skip
             body = streaming.chat_chunks(chunks, decision, call, created, done)
         return StreamingResponse(body, headers=headers, media_type="text/event-stream")

@@ -36,6 +36,7 @@ class Accounting:
         used = outcome.served_by
         tenants = self._metrics.tenants
         tenants.finished(outcome.tenant, used, outcome.priority, outcome.label)
+        tenants.tiered(used, outcome.priority, outcome.service_tier)
         if prompt or completion:
             use = Usage(outcome.tenant, used, outcome.priority, prompt, cached, completion)
             tenants.used(use)

@@ -25,7 +25,7 @@ from ingress.chat.call import Call
 from ingress.chat.credentials import UpstreamAuth
 from ingress.chat.headers import FIXED_HEADERS, answered_by, forwarded_headers, passed_headers
 from ingress.chat.recorder import CallRecorder
-from ingress.chat.sniff import finish_reason_in, response_end, usage_of
+from ingress.chat.sniff import finish_reason_in, response_end, service_tier_in, usage_of
 from ingress.chat.spillover import Spillover, SpilloverPolicy
 from ingress.chat.sse import SSEFilter
 from ingress.chat.stream import UpstreamStream
@@ -83,7 +83,8 @@ class Proxy:
         reason = (
             finish_reason_in(content) if call.endpoint != "responses" else response_end(content)
         )
-        recorder.ended(call, answer.served, resp.status_code, started, ttfb, usage, reason)
+        tier = service_tier_in(content) if resp.status_code < 300 else None
+        recorder.ended(call, answer.served, resp.status_code, started, ttfb, usage, reason, tier)
         out = Response(content, status_code=resp.status_code)
         out.raw_headers.extend(passed_headers(resp.headers.raw))
         out.raw_headers.extend(answered_by(call.target.name, answer.served))

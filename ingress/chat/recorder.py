@@ -94,6 +94,7 @@ class CallRecorder:
         ttfb_s: float | None,
         usage: dict[str, Any] | None,
         finish_reason: str | None,
+        service_tier: str | None = None,
     ) -> None:
         """Account for a finished call: its span, counters, latency, access log, usage ledger.
 
@@ -115,6 +116,7 @@ class CallRecorder:
                 usage=usage,
                 finish_reason=finish_reason,
                 spillover=served if served != call.target.name else None,
+                service_tier=service_tier,
             )
         )
 

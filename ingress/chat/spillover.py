@@ -1,8 +1,9 @@
 """The walk along a deployment's spillover chain until one target answers usefully.
 
-A target is skipped while its breaker is open (reason `circuit_open`) unless it is the
-last one left; a 429, 408, 5xx, 401/403, timeout or connection error moves the call on to
-the next target; the last target's answer (or error) is the client's. On a 429 with
+A target is skipped while its breaker (of the call's API surface) is open (reason
+`circuit_open`) unless it is the last one left; a 429, 408, 5xx, 401/403, timeout or
+connection error moves the call on to the next target; the last target's answer (or
+error) is the client's. On a 429 with
 `retry-after-ms` <= `PTU_SPILLOVER_WAIT_MS` the same target is first tried once more after
 that wait. Every attempt is told to the target's shared breaker (`calls.outcome.
 breaker_verdict`, the worker's verdicts) and every hop counted in
@@ -30,7 +31,7 @@ from ingress.chat.recorder import CallRecorder
 from ingress.chat.targets import Target
 from ingress.chat.transport import NoResponse, Transport
 from ingress.metrics import IngressMetrics
-from orchestrator.breaker.shared import SharedBreaker
+from orchestrator.breaker.shared import SharedBreaker, Surface, surface_of
 from orchestrator.calls.outcome import breaker_verdict
 from orchestrator.calls.signals import SPILLOVER_REQUEST_HEADER, read_signals
 
@@ -43,7 +44,8 @@ class SpilloverPolicy:
 
     wait_ms: int = 0
     """A 429 whose retry-after is at most this is retried on the same target once."""
-    breakers: Mapping[str, SharedBreaker] = field(default_factory=dict)
+    breakers: Mapping[tuple[str, Surface], SharedBreaker] = field(default_factory=dict)
+    """Each deployment's breaker per API surface (`breaker.shared.surface_of`)."""
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
@@ -80,7 +82,7 @@ class Spillover:
         chain = [call.target, *call.target.spillover]
         while chain:
             target, rest = chain[0], chain[1:]
-            breaker = self.policy.breakers.get(target.name)
+            breaker = self.policy.breakers.get((target.name, surface_of(call.endpoint)))
             verdict = await breaker.allow() if breaker is not None else "call"
             if verdict == "reject" and rest:
                 self._spilled(call, target, rest[0], "circuit_open")

@@ -9,6 +9,10 @@ hash reads as half-open everywhere, and only the process that wins
 `SET keys.breaker_probe(d) NX PX` sends the probe; its success closes the breaker for
 all (new epoch), its failure re-opens it for all. A Redis error never blocks traffic:
 the local breaker decides alone until Redis answers again.
+
+A deployment has one breaker per API surface (`chat`: chat completions; `responses`: the
+Responses API, served by the resource's v1 surface): a resource that does not serve one
+(a 404 or 500 on every call) must not pause the other.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import redis.asyncio as aioredis
 import structlog
@@ -32,6 +36,14 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 _state = redis_boundary("breaker state")
+
+Surface = Literal["chat", "responses"]
+SURFACES: tuple[Surface, ...] = ("chat", "responses")
+
+
+def surface_of(endpoint: str) -> Surface:
+    """The API surface of a call's endpoint (`chat/completions` or `responses`)."""
+    return "responses" if endpoint == "responses" else "chat"
 
 
 # KEYS: breaker hash. Returns {state, ms left open, epoch, reason, trips}.
@@ -88,9 +100,11 @@ class BreakerView:
     trips: int
 
 
-async def read_view(redis: aioredis.Redis, deployment: str) -> BreakerView:
-    """The shared breaker state of `deployment` (closed when never tripped)."""
-    reply: Any = await redis.eval(_READ, 1, keys.breaker(deployment))
+async def read_view(
+    redis: aioredis.Redis, deployment: str, surface: Surface = "chat"
+) -> BreakerView:
+    """The shared breaker state of `deployment`'s `surface` (closed when never tripped)."""
+    reply: Any = await redis.eval(_READ, 1, keys.breaker(deployment, surface))
     state, left, _epoch, reason, trips = _decode(reply)
     return BreakerView(deployment, state, left, reason, trips)
 
@@ -112,6 +126,7 @@ class SharedBreaker:
         config: BreakerConfig,
         *,
         endpoint: str = "",
+        surface: Surface = "chat",
         sync_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[str, State], None] | None = None,
@@ -120,8 +135,9 @@ class SharedBreaker:
         self.endpoint = endpoint
         self.machine = Breaker(config)
         self._redis = redis
-        self._key = keys.breaker(deployment)
-        self._probe_key = keys.breaker_probe(deployment)
+        self.surface = surface
+        self._key = keys.breaker(deployment, surface)
+        self._probe_key = keys.breaker_probe(deployment, surface)
         self._read = redis.register_script(_READ)
         self._trip = redis.register_script(_TRIP)
         self._close = redis.register_script(_CLOSE)
@@ -149,7 +165,12 @@ class SharedBreaker:
         try:
             won = await self._take_probe()
         except StoreUnavailable as exc:
-            log.warning("breaker_redis_failed", deployment=self.deployment, error=repr(exc))
+            log.warning(
+                "breaker_redis_failed",
+                deployment=self.deployment,
+                surface=self.surface,
+                error=repr(exc),
+            )
             return "probe"
         return "probe" if won else "reject"
 
@@ -169,7 +190,12 @@ class SharedBreaker:
                 if epoch >= 0:
                     self.machine.epoch = max(self.machine.epoch, epoch)
         except StoreUnavailable as exc:
-            log.warning("breaker_redis_failed", deployment=self.deployment, error=repr(exc))
+            log.warning(
+                "breaker_redis_failed",
+                deployment=self.deployment,
+                surface=self.surface,
+                error=repr(exc),
+            )
         if self.machine.state != before:
             self._changed(before)
 
@@ -203,7 +229,12 @@ class SharedBreaker:
         try:
             reply = await self._fetch()
         except StoreUnavailable as exc:
-            log.warning("breaker_redis_failed", deployment=self.deployment, error=repr(exc))
+            log.warning(
+                "breaker_redis_failed",
+                deployment=self.deployment,
+                surface=self.surface,
+                error=repr(exc),
+            )
             return
         state, left, epoch, reason, _trips = _decode(reply)
         before = self.machine.state
@@ -224,6 +255,7 @@ class SharedBreaker:
         log.info(
             event,
             deployment=self.deployment,
+            surface=self.surface,
             previous=before,
             reason=m.reason or None,
             open_s=round(m.open_left(self._clock()), 3),
@@ -232,7 +264,7 @@ class SharedBreaker:
             self._on_change(self.deployment, m.state)
 
     def __repr__(self) -> str:
-        return f"<SharedBreaker deployment={self.deployment} {self.machine!r}>"
+        return f"<SharedBreaker deployment={self.deployment} {self.surface} {self.machine!r}>"
 
 
 def breaker_config(settings: Settings, *, probe_timeout_s: float | None = None) -> BreakerConfig:

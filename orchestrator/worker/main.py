@@ -146,12 +146,16 @@ def build_worker(
         lower, upper, _ = settings.thresholds(d)
         if metrics is not None:
             metrics.thresholds(d.name, lower, upper)
+        endpoint = upstream.endpoint(d.name) if isinstance(upstream, RoutedUpstream) else ""
         breaker = SharedBreaker(
             redis,
             d.name,
             breaker_cfg,
-            endpoint=upstream.endpoint(d.name) if isinstance(upstream, RoutedUpstream) else "",
+            endpoint=endpoint,
             on_change=metrics.circuit if metrics is not None else None,
+        )
+        responses_breaker = SharedBreaker(
+            redis, d.name, breaker_cfg, endpoint=endpoint, surface="responses"
         )
         throttle = Throttle(redis, d, source, settings.throttle, worker_id=worker_id)
         admission = Admission(
@@ -168,7 +172,13 @@ def build_worker(
             delivering=Delivering(queue, results),
             upstream=upstream,
             config=replace(config, low_priority_spill=d.low_priority_spill),
-            gates=Gates(throttle, breaker=breaker, admission=admission, quota=ledger),
+            gates=Gates(
+                throttle,
+                breaker=breaker,
+                responses_breaker=responses_breaker,
+                admission=admission,
+                quota=ledger,
+            ),
             reporting=Reporting(
                 accounting, metrics=metrics, telemetry=tracing, counts=redis, usage=accounting
             ),

@@ -10,6 +10,8 @@ from typing import Any, Literal
 import fakeredis
 import redis.asyncio as aioredis
 
+from orchestrator.breaker.machine import BreakerConfig
+from orchestrator.breaker.shared import SharedBreaker, Surface
 from orchestrator.calls.outcome import UpstreamResponse
 from orchestrator.calls.signals import Signals
 from orchestrator.core import keys
@@ -181,6 +183,7 @@ def make_rig(
     low_priority_spill: Literal["keep", "fail"] = "keep",
     usage: UsageSink | None = None,
     metrics: WorkerMetrics | None = None,
+    breakers: BreakerConfig | None = None,
 ) -> Rig:
     redis = fakeredis.FakeAsyncRedis()
     time_ = FakeClock(T0)
@@ -211,7 +214,13 @@ def make_rig(
         delivering=Delivering(queue, results),
         upstream=upstream,
         config=config,
-        gates=Gates(throttle),
+        gates=Gates(
+            throttle,
+            breaker=None if breakers is None else _breaker(redis, breakers, time_, "chat"),
+            responses_breaker=(
+                None if breakers is None else _breaker(redis, breakers, time_, "responses")
+            ),
+        ),
         reporting=Reporting(tokens, usage=usage, metrics=metrics, counts=redis),
         pacing=Pacing(clock=time_.clock, sleep=time_.sleep, rand=lambda: 0.5),
     )
@@ -226,3 +235,9 @@ def make_rig(
 
     throttle.pause_for = spy_pause  # type: ignore[method-assign]
     return rig
+
+
+def _breaker(
+    redis: aioredis.Redis, config: BreakerConfig, time_: FakeClock, surface: Surface
+) -> SharedBreaker:
+    return SharedBreaker(redis, DEPLOYMENT.name, config, surface=surface, clock=time_.clock)

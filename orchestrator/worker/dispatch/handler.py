@@ -164,7 +164,12 @@ class Dispatcher:
         """Call until an ending (`calls.attempts`), then settle it once."""
         message = delivery.message
         gate = WorkerGate(
-            holder, self._gates.throttle, self._gates.breaker, self._waiting, stop, self._pacing
+            holder,
+            self._gates.throttle,
+            self._gates.breaker_for(message.endpoint),
+            self._waiting,
+            stop,
+            self._pacing,
         )
 
         plan = await self._sizer.plan(message)  # the output limit the calls are sent with

@@ -50,11 +50,19 @@ class Gates:
     throttle: SlotLimiter
     """The global slot table: one slot per call in flight."""
     breaker: SharedBreaker | None = None
-    """The deployment's circuit breaker, shared with every process."""
+    """The deployment's circuit breaker (chat completions), shared with every process."""
+    responses_breaker: SharedBreaker | None = None
+    """The breaker of its Responses API surface (None: the one `breaker` serves both)."""
     admission: Admission | None = None
     """Waits until the call's tokens fit below the upper threshold."""
     quota: QuotaGate | None = None
     """The tenant's token quota."""
+
+    def breaker_for(self, endpoint: str) -> SharedBreaker | None:
+        """The breaker of the API surface `endpoint` calls: one surface never pauses the other."""
+        if endpoint == "responses" and self.responses_breaker is not None:
+            return self.responses_breaker
+        return self.breaker
 
 
 @dataclass(frozen=True, slots=True)

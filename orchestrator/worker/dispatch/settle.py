@@ -128,6 +128,7 @@ class Settler:
             metrics.tenants.finished(
                 delivery.message.tenant, outcome.served_by, "low", outcome.label
             )
+            metrics.tenants.tiered(outcome.served_by, "low", outcome.service_tier)
         log.info(
             "request_finished",
             status=doc.status,
