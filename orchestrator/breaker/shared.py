@@ -165,12 +165,7 @@ class SharedBreaker:
         try:
             won = await self._take_probe()
         except StoreUnavailable as exc:
-            log.warning(
-                "breaker_redis_failed",
-                deployment=self.deployment,
-                surface=self.surface,
-                error=repr(exc),
-            )
+            self._redis_failed(exc)
             return "probe"
         return "probe" if won else "reject"
 
@@ -190,12 +185,7 @@ class SharedBreaker:
                 if epoch >= 0:
                     self.machine.epoch = max(self.machine.epoch, epoch)
         except StoreUnavailable as exc:
-            log.warning(
-                "breaker_redis_failed",
-                deployment=self.deployment,
-                surface=self.surface,
-                error=repr(exc),
-            )
+            self._redis_failed(exc)
         if self.machine.state != before:
             self._changed(before)
 
@@ -229,12 +219,7 @@ class SharedBreaker:
         try:
             reply = await self._fetch()
         except StoreUnavailable as exc:
-            log.warning(
-                "breaker_redis_failed",
-                deployment=self.deployment,
-                surface=self.surface,
-                error=repr(exc),
-            )
+            self._redis_failed(exc)
             return
         state, left, epoch, reason, _trips = _decode(reply)
         before = self.machine.state
@@ -248,6 +233,15 @@ class SharedBreaker:
     def open_left(self) -> float:
         """Seconds the local copy stays open."""
         return self.machine.open_left(self._clock())
+
+    def _redis_failed(self, exc: StoreUnavailable) -> None:
+        """The shared state could not be read or written: the local copy decides meanwhile."""
+        log.warning(
+            "breaker_redis_failed",
+            deployment=self.deployment,
+            surface=self.surface,
+            error=repr(exc),
+        )
 
     def _changed(self, before: State) -> None:
         m = self.machine
