@@ -9,101 +9,31 @@ exception, on Ctrl-C and on SIGTERM (turned into KeyboardInterrupt).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import ssl
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 
 import httpx2
 import redis
 import structlog
 
 from devstack.embedded_redis import EmbeddedRedis
+from devstack.signals import signal_group, signals_deferred, sigterm_as_interrupt
+from devstack.simulator_options import API_KEY, DEPLOYMENT, SimulatorOptions
 from orchestrator.core import keys
 from orchestrator.core.errors import PTUError
 from orchestrator.core.serving import free_port
 
 log = structlog.get_logger(__name__)
 
-API_KEY = "bench-key"
-"""Key the harness presents to the simulator."""
-DEPLOYMENT = "gpt-4o-mini-ptu"
-
-
-@dataclass(frozen=True, slots=True)
-class SimulatorOptions:
-    """Flags of the `ptu simulator` the harness runs (one provisioned deployment)."""
-
-    deployment: str = DEPLOYMENT
-    model: str = "gpt-4o-mini"
-    ptus: int = 15
-    window_s: float = 10.0
-    tbt_ms: float = 10.0
-    ttft_ms: float = 50.0
-    monitor_lag_s: float = 15.0
-    https: bool = False
-    seed: int = 0
-    served_ptus: float | None = None
-    """What the simulator serves when it differs from `ptus`, what the orchestrator is told."""
-    utilisation_model: str = "bucket"
-    utilisation_header: str = "exact"
-    background_share: float = 0.0
-    header_lag_s: float | None = None
-    """`--header-lag-s` (with the `lagged` header); None: the simulator's default."""
-    header_smoothing_s: float | None = None
-    """`--header-smoothing-s` (with the `smoothed` header); None: the simulator's default."""
-    background_profile: str | None = None
-    """`--background-profile` (`square:LOW,HIGH,HALF_PERIOD_S`); None: a steady share."""
-    api_key: str = API_KEY
-    """The key the simulator requires (and the orchestrator presents)."""
-    specs: tuple[str, ...] = ()
-    """`--deployment` specs that replace the single deployment above (`ptu up`)."""
-
-    def argv(self, port: int, tls_dir: Path) -> list[str]:
-        """Command-line flags for `ptu simulator`."""
-        served = self.ptus if self.served_ptus is None else self.served_ptus
-        specs = self.specs or (f"{self.deployment}={self.model}:{served:g}",)
-        args = [
-            "--port", str(port),
-            *(arg for spec in specs for arg in ("--deployment", spec)),
-            "--window-s", f"{self.window_s:g}",
-            "--tbt-ms", f"{self.tbt_ms:g}",
-            "--ttft-ms", f"{self.ttft_ms:g}",
-            "--monitor-lag-s", f"{self.monitor_lag_s:g}",
-            "--seed", str(self.seed),
-            "--utilisation-model", self.utilisation_model,
-            "--utilisation-header", self.utilisation_header,
-            "--api-key", self.api_key,
-            "--log-level", "warning",
-        ]  # fmt: skip
-        optional = (
-            # the bypass traffic follows a profile or a steady share, never both
-            (
-                "--background-share",
-                self.background_share if self.background_profile is None else None,
-            ),
-            ("--header-lag-s", self.header_lag_s),
-            ("--header-smoothing-s", self.header_smoothing_s),
-            ("--background-profile", self.background_profile),
-        )
-        for flag, value in optional:  # left out when unset: the simulator's defaults
-            if value is not None:
-                args += [flag, value if isinstance(value, str) else f"{value:g}"]
-        if self.https:
-            args += ["--https", "--tls-dir", str(tls_dir)]
-        return args
-
-    def deployments_json(self) -> str:
-        """The matching `PTU_DEPLOYMENTS` value."""
-        return json.dumps([{"name": self.deployment, "model": self.model, "ptus": self.ptus}])
+__all__ = ["API_KEY", "DEPLOYMENT", "Child", "SimulatorOptions", "Stack", "sigterm_as_interrupt"]
 
 
 @dataclass(slots=True)
@@ -155,7 +85,7 @@ class Stack:
 
     def close(self) -> None:
         """Stop every child (workers first, Redis last); signals wait until this is done."""
-        with _signals_deferred():
+        with signals_deferred():
             for name in sorted(self.children, key=_stop_order):
                 self.stop(name)
             if self.redis is not None:
@@ -322,12 +252,12 @@ class Stack:
         if child is None:
             return
         if child.alive():
-            _signal_group(child.proc, signal.SIGTERM)
+            signal_group(child.proc, signal.SIGTERM)
             try:
                 child.proc.wait(timeout=self.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 log.warning("child_killed", name=name, pid=child.proc.pid)
-                _signal_group(child.proc, signal.SIGKILL)
+                signal_group(child.proc, signal.SIGKILL)
                 child.proc.wait()
         log.debug("child_stopped", name=name, code=child.proc.returncode)
 
@@ -399,48 +329,3 @@ def _stop_order(name: str) -> int:
         if name.startswith(prefix):
             return rank
     return 9
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while cleaning up, then deliver them as KeyboardInterrupt."""
-    pending: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def hold(signum: int, frame: FrameType | None) -> None:
-        pending.append(signum)
-
-    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if pending:
-            raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises KeyboardInterrupt like Ctrl-C, so cleanup runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous: Callable[[int, FrameType | None], object] | int | None = signal.signal(
-        signal.SIGTERM, interrupt
-    )
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

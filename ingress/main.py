@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def _preflight(settings: Settings) -> None:
     """Redis reachable and every upstream credential obtainable, before serving."""
-    redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+    redis = redis_client.connect_view(settings.redis)
     try:
         await startup.check_redis(redis, settings.redis_url)
     finally:

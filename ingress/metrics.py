@@ -43,8 +43,9 @@ class IngressMetrics:
         )
         self._spillover = Counter(
             "ptu_ingress_spillover",
-            "High-priority calls moved to the next deployment of the spillover chain, by reason",
-            ["deployment", "to", "reason"],
+            "High-priority calls spilled over: moved along our chain (kind=chain, by reason), or"
+            " served by Azure's native spillover (kind=native)",
+            ["deployment", "to", "reason", "kind"],
             registry=r,
         )
         self._enqueued = Counter(
@@ -79,9 +80,10 @@ class IngressMetrics:
         """The PTU deployment answered 429."""
         self._throttled.labels(deployment).inc()
 
-    def spillover(self, deployment: str, to: str, reason: str) -> None:
-        """A call moved from `deployment` to `to` (429, 408, 5xx, auth, timeout, ...)."""
-        self._spillover.labels(deployment, to, reason).inc()
+    def spillover(self, deployment: str, to: str, reason: str, kind: str) -> None:
+        """A call moved from `deployment` to `to` (429, 408, 5xx, auth, timeout, ...; `kind`
+        `chain`), or Azure served it from `to` (`kind` `native`)."""
+        self._spillover.labels(deployment, to, reason, kind).inc()
 
     def circuit(self, deployment: str, state: str) -> None:
         """A breaker changed state (0 closed, 1 half-open, 2 open)."""

@@ -3,7 +3,6 @@ OpenAPI document is generated (`http.openapi`)."""
 
 from __future__ import annotations
 
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -13,6 +12,8 @@ from ingress.http.health import readiness
 from ingress.http.models import Health, Readiness
 from ingress.http.openapi import Reply, operation
 from ingress.wiring import Wired
+from orchestrator.core.boundary import redis_boundary
+from orchestrator.core.errors import StoreUnavailable
 
 PREFIXES = ("/v1", "/openai", "/openai/v1")
 """Where the OpenAI-shaped routes live: OpenAI clients use /v1, AzureOpenAI clients /openai."""
@@ -26,9 +27,10 @@ def route_table(w: Wired) -> list[Route]:
     @operation("liveness", {200: Reply("alive", Health)})
     async def healthz(request: Request) -> Response:
         try:
-            await parts.redis.ping()
+            with redis_boundary("liveness ping"):
+                await parts.redis.ping()
             store = "ok"
-        except (RedisError, OSError):
+        except (StoreUnavailable, OSError):
             store = "unavailable"
         return JSONResponse({"status": "ok", "redis": store})
 

@@ -36,7 +36,7 @@ from ingress.http.auth import Authenticator
 from ingress.metrics import IngressMetrics
 from ingress.queued.enqueue import Enqueuer
 from ingress.queued.requests import RequestsApi
-from orchestrator.breaker.shared import SharedBreaker, breaker_config
+from orchestrator.breaker.shared import SURFACES, SharedBreaker, breaker_config
 from orchestrator.core import redis_client
 from orchestrator.core.incarnation import Incarnation
 from orchestrator.core.results import ResultStore
@@ -111,9 +111,8 @@ def make_parts(
     if redis is None:
         # a blocking pool waits for a free connection instead of failing at 100 in use;
         # every long-poll (`?wait=`) holds one connection while it waits
-        redis = redis_client.connect(
-            settings.redis_url,
-            cluster=settings.redis_cluster,
+        redis = redis_client.connect_view(
+            settings.redis,
             max_connections=REDIS_MAX_CONNECTIONS,
             pool_timeout_s=REDIS_POOL_WAIT_S,
         )
@@ -183,11 +182,12 @@ def wire(
     tenants = Authenticator(tenancy)
     config = breaker_config(settings)
     breakers = {
-        d.name: SharedBreaker(
-            parts.redis, d.name, config, endpoint=settings.endpoint_of(d) or "",
-            on_change=metrics.circuit,
+        (d.name, surface): SharedBreaker(
+            parts.redis, d.name, config, endpoint=settings.endpoint_of(d) or "", surface=surface,
+            on_change=metrics.circuit if surface == "chat" else None,
         )
         for d in settings.deployments
+        for surface in SURFACES
     }  # fmt: skip
     proxy = Proxy(
         parts.http, parts.upstream, parts.events, metrics,

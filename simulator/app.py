@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import random
 import time
 import uuid
@@ -20,10 +19,10 @@ from starlette.routing import Route
 
 from simulator.admin import admin_routes
 from simulator.config import SimConfig
+from simulator.management import management_routes
 from simulator.monitor.recorder import MetricsRecorder
 from simulator.monitor.routes import monitor_routes
-from simulator.openai import chat, spillover, streaming, tokens
-from simulator.openai.bucket import retry_after_ms, retry_after_s
+from simulator.openai import chat, refusals, spillover, streaming, tokens
 from simulator.openai.calls import (
     RESPONSES,
     ChatCall,
@@ -35,18 +34,13 @@ from simulator.openai.calls import (
 from simulator.openai.deployments import Decision, Deployment
 from simulator.openai.header import header_value
 from simulator.openai.latency import generation_s
+from simulator.openai.refusals import json_response
 from simulator.openai.responses import ResponseWriter
 
 log = structlog.get_logger(__name__)
 SAMPLE_INTERVAL_S = 1.0
 TICK_S = 0.1
 """Background calls and the header's history advance this often."""
-DEFAULT_API_VERSION = "2024-10-21"
-
-
-def _json(status: int, payload: dict[str, Any], headers: dict[str, str]) -> Response:
-    content = json.dumps(payload, separators=(",", ":")).encode()
-    return Response(content, status, headers, media_type="application/json")
 
 
 class Simulator:
@@ -107,44 +101,44 @@ class Simulator:
     async def chat(self, request: Request, deployment_name: str | None) -> Response:
         """Handle one chat completions call (deployment from the path, or the body's model)."""
         if not self.authorised(request):
-            return _json(401, chat.error_body("401", chat.MSG_401), {})
+            return json_response(401, chat.error_body("401", chat.MSG_401), {})
         raw = await request.body()
         body: dict[str, Any] | None = None
         if deployment_name is None:  # v1 surface: the deployment is the body's model
             try:
                 body = parse_body(raw)
             except ChatError as exc:
-                return _json(exc.status, exc.body, {})
+                return json_response(exc.status, exc.body, {})
             deployment_name = str(body.get("model") or "")
         deployment = self.deployments.get(deployment_name)
         if deployment is None:
-            return _json(404, chat.error_body("DeploymentNotFound", chat.MSG_404), {})
+            return json_response(404, chat.error_body("DeploymentNotFound", chat.MSG_404), {})
         try:
             body = body if body is not None else parse_body(raw)
             call = parse_call(request, body, self.config.seed, model=deployment.spec.model)
         except ChatError as exc:
             self.recorder.add_request(self.clock(), deployment.name, exc.status)
-            return _json(exc.status, exc.body, self.headers(deployment, None))
+            return json_response(exc.status, exc.body, self.headers(deployment, None))
         return await self._serve(request, deployment, call)
 
     async def responses(self, request: Request) -> Response:
         """Handle one Responses API call: the body's `model` names the deployment."""
         if not self.authorised(request):
-            return _json(401, chat.error_body("401", chat.MSG_401), {})
+            return json_response(401, chat.error_body("401", chat.MSG_401), {})
         try:
             body = parse_responses_body(await request.body())
         except ChatError as exc:
-            return _json(exc.status, exc.body, {})
+            return json_response(exc.status, exc.body, {})
         deployment = self.deployments.get(body["model"])
         if deployment is None:
-            return _json(404, chat.error_body("DeploymentNotFound", chat.MSG_404), {})
+            return json_response(404, chat.error_body("DeploymentNotFound", chat.MSG_404), {})
         try:
             call = parse_call(
                 request, body, self.config.seed, RESPONSES, model=deployment.spec.model
             )
         except ChatError as exc:
             self.recorder.add_request(self.clock(), deployment.name, exc.status)
-            return _json(exc.status, exc.body, self.headers(deployment, None))
+            return json_response(exc.status, exc.body, self.headers(deployment, None))
         return await self._serve(request, deployment, call)
 
     async def _serve(self, request: Request, deployment: Deployment, call: ChatCall) -> Response:
@@ -196,9 +190,11 @@ class Simulator:
     ) -> Response:
         """The deployment's answer to a decided call; `extra` headers are added to it."""
         if decision.status == 429:
-            return self._throttled(request, deployment, decision, extra or {})
+            headers = {**self.headers(deployment, decision), **(extra or {})}
+            return refusals.throttled(request, deployment, decision, headers)
         if decision.status != 200 or decision.ticket is None:
-            return await self._fault(deployment, decision, extra or {})
+            headers = {**self.headers(deployment, None), **(extra or {})}
+            return await refusals.fault(decision, headers)
         if call.stream:
             headers = {**self.headers(deployment, decision), **(extra or {})}
             return self._stream(deployment, decision, call, headers)
@@ -220,7 +216,7 @@ class Simulator:
                 truncated=truncated,
                 completed_at=int(self.clock()),
             )
-            return _json(200, payload, headers)
+            return json_response(200, payload, headers)
         payload = chat.completion_body(
             completion_id=completion_id,
             created=created,
@@ -230,8 +226,9 @@ class Simulator:
             prompt_tokens=call.prompt_tokens,
             completion_tokens=n + call.reasoning_tokens,
             reasoning_tokens=call.reasoning_tokens,
+            service_tier=chat.applied_tier(call.body, deployment.spec.kind),
         )
-        return _json(200, payload, headers)
+        return json_response(200, payload, headers)
 
     def _complete(self, deployment: Deployment, decision: Decision, call: ChatCall, n: int) -> None:
         """Reconcile a call that produced `n` visible tokens (and all its reasoning)."""
@@ -253,29 +250,6 @@ class Simulator:
             reasoning_tokens=call.reasoning_tokens, reasoning_effort=call.reasoning_effort,
         )  # fmt: skip
 
-    def _throttled(
-        self, request: Request, deployment: Deployment, decision: Decision, extra: dict[str, str]
-    ) -> Response:
-        headers = {**self.headers(deployment, decision), **extra}
-        headers["retry-after"] = str(retry_after_s(decision.retry_after_s))
-        if deployment.limiter is None:
-            ms = retry_after_ms(decision.retry_after_s)
-            headers["retry-after-ms"] = str(ms)
-            message = chat.msg_429_provisioned(ms)
-        else:
-            version = request.query_params.get("api-version", DEFAULT_API_VERSION)
-            message = chat.msg_429_standard(version, retry_after_s(decision.retry_after_s))
-        return _json(429, chat.error_body("429", message), headers)
-
-    async def _fault(
-        self, deployment: Deployment, decision: Decision, extra: dict[str, str]
-    ) -> Response:
-        headers = {**self.headers(deployment, None), **extra}
-        if decision.status == 408:
-            await asyncio.sleep(decision.ttft_s)
-            return _json(408, chat.error_body("Timeout", chat.MSG_408), headers)
-        return _json(decision.status, chat.error_body(str(decision.status), chat.MSG_500), headers)
-
     def _stream(
         self, deployment: Deployment, decision: Decision, call: ChatCall, headers: dict[str, str]
     ) -> Response:
@@ -293,6 +267,7 @@ class Simulator:
             chunks = chat.ChunkWriter(
                 completion_id=completion_id, created=created,
                 model=deployment.spec.model, with_usage=call.include_usage,
+                service_tier=chat.applied_tier(call.body, deployment.spec.kind),
             )  # fmt: skip
             body = streaming.chat_chunks(chunks, decision, call, created, done)
         return StreamingResponse(body, headers=headers, media_type="text/event-stream")
@@ -355,6 +330,7 @@ def create_app(config: SimConfig, *, clock: Callable[[], float] = time.time) -> 
         Route("/openai/responses", sim.responses, methods=["POST"]),
         *admin_routes(sim.deployments, clock, sim.recorder),
         *monitor_routes(sim.recorder, config.resource_id, clock),
+        *management_routes(sim.deployments, config.resource_id),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.simulator = sim

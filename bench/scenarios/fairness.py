@@ -47,6 +47,7 @@ import redis.asyncio as aioredis
 from bench.harness.runner import Policy, prepare
 from bench.harness.stack import DEPLOYMENT, SimulatorOptions, Stack, sigterm_as_interrupt
 from bench.report import tables as report
+from bench.scenarios.fairness_shares import makespan, runs_of, shares
 from ingress.batch.store import BatchStore, line_request_id
 from orchestrator.core import keys, logs
 from orchestrator.core.results import ResultStore
@@ -124,57 +125,6 @@ async def wait_all(
     raise TimeoutError(f"batch {batch_id}: not finished within {timeout_s:g} s")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Run:
-    """One call: whose, when it ran, the tokens it used."""
-
-    tenant: str
-    started: float
-    ended: float
-    tokens: int
-
-
-def _runs(tenant: str, docs: list[ResultDocument]) -> list[Run]:
-    out = []
-    for doc in docs:
-        if doc.status != "completed" or doc.started_at is None:
-            continue
-        usage = doc.usage or {}
-        tokens = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
-        out.append(Run(tenant, doc.started_at, doc.completed_at, tokens))
-    return out
-
-
-def spread_shares(runs: list[Run], start: float, end: float) -> dict[str, float]:
-    """Each tenant's share of the tokens used inside [start, end], a call's tokens
-    spread evenly over its run (so the share is of the capacity used in the window)."""
-    used: dict[str, float] = {}
-    for run in runs:
-        overlap = max(0.0, min(end, run.ended) - max(start, run.started))
-        span = run.ended - run.started
-        part = overlap / span if span > 0 else float(start <= run.ended <= end)
-        used[run.tenant] = used.get(run.tenant, 0.0) + run.tokens * part
-    total = sum(used.values())
-    return {t: (v / total if total else 0.0) for t, v in used.items()}
-
-
-def shares(
-    a: list[ResultDocument], b: list[ResultDocument], submitted: float, queued: float | None
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Token shares while both had lines waiting (B's first line queued, else the start of
-    its first call, to the start of its last call), and, for comparison, from B's
-    submission to its last result (which adds the time before B's lines were queued and
-    the tail in which B had nothing left to start and its last calls ran beside A's)."""
-    runs = _runs("a", a) + _runs("b", b)
-    b_starts = [r.started for r in runs if r.tenant == "b"]
-    last_result = max(d.completed_at for d in b)
-    start = queued if queued is not None else min(b_starts)
-    return (
-        spread_shares(runs, start, max(b_starts)),
-        spread_shares(runs, submitted, last_result),
-    )
-
-
 async def first_queued(redis: aioredis.Redis, tenant: str, since: float) -> float | None:
     """When the first of `tenant`'s lines queued after `since` reached its stream (the
     entry id is the Redis server's clock in ms); None when none is left to see."""
@@ -185,11 +135,6 @@ async def first_queued(redis: aioredis.Redis, tenant: str, since: float) -> floa
     entry_id = entries[0][0]
     text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
     return int(text.split("-")[0]) / 1000.0
-
-
-def makespan(created: float, docs: list[ResultDocument]) -> float:
-    """From the batch create to its last result."""
-    return max(d.completed_at for d in docs) - created
 
 
 async def one_weight(
@@ -260,7 +205,7 @@ def _timeline(
     """Every call of the run beside A (tenant, start, end, tokens; seconds from B's
     submission) and when B's first line was queued, in `timeline-b<weight>.json`, so the
     shares can be checked by hand."""
-    runs = sorted(_runs("a", a) + _runs("b", b), key=lambda r: r.started)
+    runs = sorted(runs_of("a", a) + runs_of("b", b), key=lambda r: r.started)
     calls = [
         [r.tenant, round(r.started - created, 4), round(r.ended - created, 4), r.tokens]
         for r in runs

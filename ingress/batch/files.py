@@ -33,6 +33,7 @@ from ingress.http.errors import ApiError, unavailable
 from ingress.http.models import MAX_EXPIRES_S
 from ingress.http.openapi import Reply
 from orchestrator.core import keys
+from orchestrator.core.boundary import redis_boundary
 from orchestrator.core.redis_replies import text
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
@@ -95,6 +96,7 @@ class Files:
         """A fresh path in the store's staging area."""
         return self.store.staging / uuid.uuid4().hex
 
+    @redis_boundary("file metadata")
     async def save(
         self,
         tenant: str,
@@ -134,6 +136,7 @@ class Files:
             await pipe.execute()
         return meta
 
+    @redis_boundary("file metadata")
     async def meta(self, tenant: str, file_id: str) -> dict[str, str]:
         """A file's metadata; 404 if unknown or another tenant's."""
         names = [*_META, *_EXTRA]
@@ -145,6 +148,7 @@ class Files:
             raise not_found(file_id)  # expired: gone, whatever Redis still holds
         return meta
 
+    @redis_boundary("file metadata")
     async def chunks(self, tenant: str, file_id: str) -> AsyncIterator[bytes]:
         """A file's bytes in chunks; 404 if unknown or another tenant's."""
         await self.meta(tenant, file_id)
@@ -164,6 +168,7 @@ class Files:
 
         return rest()
 
+    @redis_boundary("file metadata")
     async def delete(self, tenant: str, file_id: str) -> None:
         """Delete a file; 404 if unknown or another tenant's."""
         await self.meta(tenant, file_id)
@@ -174,6 +179,7 @@ class Files:
         except FileStoreUnavailable as exc:
             raise store_unavailable(exc) from exc
 
+    @redis_boundary("file metadata")
     async def list_files(
         self, tenant: str, limit: int, after: str | None = None, descending: bool = True
     ) -> tuple[list[dict[str, str]], bool]:

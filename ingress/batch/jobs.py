@@ -21,12 +21,11 @@ import uuid
 from collections.abc import Callable, Mapping
 
 import structlog
-from redis.exceptions import RedisError
 
 from ingress.batch.job import LEASE_S, run_job
 from ingress.batch.offload import Offload
 from ingress.batch.store import TERMINAL, BatchStore
-from orchestrator.core import keys
+from orchestrator.core.errors import StoreUnavailable
 from orchestrator.core.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -95,7 +94,7 @@ class BatchJobs:
             self._kick.clear()
             try:
                 await self.sweep()
-            except RedisError as exc:
+            except StoreUnavailable as exc:
                 log.warning("batch_sweep_failed", error=repr(exc))
 
     async def sweep(self) -> None:
@@ -105,14 +104,10 @@ class BatchJobs:
         ids = await self._store.active()
         if not ids:
             return
-        async with self._store.redis.pipeline(transaction=False) as pipe:
-            for batch_id in ids:
-                pipe.hmget(keys.batch(batch_id), list(_FIELDS))
-            rows = await pipe.execute()
+        rows = await self._store.some_fields(ids, _FIELDS)
         now = self._clock()
         due: list[tuple[int, str, str]] = []
-        for batch_id, row in zip(ids, rows, strict=True):
-            fields = {k: _text(v) for k, v in zip(_FIELDS, row, strict=True) if v is not None}
+        for batch_id, fields in zip(ids, rows, strict=True):
             action = next_action(fields, now)
             if action == "forget":
                 await self._store.deactivate(batch_id)
@@ -134,7 +129,7 @@ class BatchJobs:
             self.outcomes = [*self.outcomes[-99:], (batch_id, action, outcome)]
             try:
                 await self._store.release(batch_id, self.owner)
-            except RedisError as exc:
+            except StoreUnavailable as exc:
                 log.warning("batch_lease_release_failed", batch_id=batch_id, error=repr(exc))
             self._job = None
             self.kick()
@@ -149,7 +144,3 @@ class BatchJobs:
 
     def __repr__(self) -> str:
         return f"<BatchJobs owner={self.owner} running={self._job is not None}>"
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 import structlog
-from redis.exceptions import RedisError
 
 from ingress.chat.call import Call
 from ingress.chat.proxy import Proxy
@@ -31,6 +30,7 @@ from ingress.http.errors import ApiError
 from orchestrator.calls.attempts import Ungated, run_attempts
 from orchestrator.calls.outcome import UpstreamResponse, settlement, upstream_error
 from orchestrator.calls.signals import read_signals
+from orchestrator.core.errors import StoreUnavailable
 from orchestrator.core.results import ResultStore
 from orchestrator.core.retry import RetryPolicy
 from orchestrator.core.runtime import Pacing
@@ -73,7 +73,7 @@ class BatchWork:
         async def guarded() -> None:
             try:
                 await coro
-            except (RedisError, ApiError) as exc:
+            except (StoreUnavailable, ApiError) as exc:
                 log.error("batch_task_failed", task=name, error=repr(exc))
 
         self._tasks.spawn(guarded())

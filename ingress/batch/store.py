@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from ingress.batch.paging import list_page
 from ingress.http.errors import ApiError
 from orchestrator.core import keys
+from orchestrator.core.boundary import redis_boundary
 from orchestrator.core.redis_replies import text
 
 BATCH_TTL_S = 2 * 86_400
@@ -103,6 +104,7 @@ class BatchStore:
         self._lease = redis.register_script(_LEASE)
         self._release = redis.register_script(_RELEASE)
 
+    @redis_boundary("batch store")
     async def create(self, fields: dict[str, str]) -> None:
         """Write the batch hash, then list it as active and in its tenant's index."""
         batch_id = fields["id"]
@@ -121,11 +123,13 @@ class BatchStore:
             pipe.expire(index, BATCH_TTL_S)
             await pipe.execute()
 
+    @redis_boundary("batch store")
     async def fields(self, batch_id: str) -> dict[str, str]:
         """The batch's fields, whoever owns it ({} when unknown)."""
         raw = await self.redis.hgetall(keys.batch(batch_id))
         return {text(k): text(v) for k, v in raw.items()}
 
+    @redis_boundary("batch store")
     async def get(self, tenant: str, batch_id: str) -> dict[str, str]:
         """The batch's fields; 404 if unknown or another tenant's."""
         fields = await self.fields(batch_id)
@@ -133,10 +137,12 @@ class BatchStore:
             raise not_found(batch_id)
         return fields
 
+    @redis_boundary("batch store")
     async def update(self, batch_id: str, **fields: str) -> None:
         """Set fields of an existing batch."""
         await self.redis.hset(keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]
 
+    @redis_boundary("batch store")
     async def transition(self, batch_id: str, allowed: Sequence[str], status: str) -> str | None:
         """Move to `status` if the batch is in one of `allowed`; returns the status now."""
         now = str(int(self._clock()))
@@ -145,6 +151,7 @@ class BatchStore:
         )
         return None if result is None else text(result)
 
+    @redis_boundary("batch store")
     async def claim_finalization(self, batch_id: str) -> bool:
         """True when this caller should build the output files now."""
         claimed = await self._claim(
@@ -152,24 +159,42 @@ class BatchStore:
         )
         return bool(claimed)
 
+    @redis_boundary("batch store")
     async def lease(self, batch_id: str, owner: str, seconds: float) -> bool:
         """Take or renew the batch's job lease; False while another live owner holds it."""
         got = await self._lease(keys=[keys.batch(batch_id)], args=[owner, self._clock(), seconds])
         return bool(got)
 
+    @redis_boundary("batch store")
     async def release(self, batch_id: str, owner: str) -> None:
         """Give the job lease up (if still ours)."""
         await self._release(keys=[keys.batch(batch_id)], args=[owner])
 
+    @redis_boundary("batch store")
     async def active(self, limit: int = 1000) -> list[str]:
         """Ids of batches not yet terminal, oldest first."""
         return [text(b) for b in await self.redis.zrange(keys.BATCHES_ACTIVE, 0, limit - 1)]
 
+    @redis_boundary("batch store")
+    async def some_fields(
+        self, batch_ids: Sequence[str], names: Sequence[str]
+    ) -> list[dict[str, str]]:
+        """The fields `names` of each batch (those it has), in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch_id in batch_ids:
+                pipe.hmget(keys.batch(batch_id), list(names))
+            rows = await pipe.execute()
+        return [
+            {k: text(v) for k, v in zip(names, row, strict=True) if v is not None} for row in rows
+        ]
+
+    @redis_boundary("batch store")
     async def deactivate(self, batch_id: str) -> None:
         """Drop a terminal (or vanished) batch from the active list and its line marks."""
         await self.redis.zrem(keys.BATCHES_ACTIVE, batch_id)
         await self.redis.delete(keys.batch_results(batch_id))
 
+    @redis_boundary("batch store")
     async def list_batches(
         self, tenant: str, limit: int, after: str | None = None
     ) -> tuple[list[dict[str, str]], bool]:

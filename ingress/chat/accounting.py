@@ -11,10 +11,10 @@ never waits on Redis.
 from __future__ import annotations
 
 import structlog
-from redis.exceptions import RedisError
 
 from ingress.metrics import IngressMetrics
 from orchestrator.calls.outcome import Outcome
+from orchestrator.core.errors import StoreUnavailable
 from orchestrator.core.tasks import TaskSet
 from orchestrator.core.tokens import usage_counts
 from orchestrator.tenants.ledger import Usage, UsageLedger
@@ -36,6 +36,7 @@ class Accounting:
         used = outcome.served_by
         tenants = self._metrics.tenants
         tenants.finished(outcome.tenant, used, outcome.priority, outcome.label)
+        tenants.tiered(used, outcome.priority, outcome.service_tier)
         if prompt or completion:
             use = Usage(outcome.tenant, used, outcome.priority, prompt, cached, completion)
             tenants.used(use)
@@ -53,7 +54,7 @@ class Accounting:
         assert self._ledger is not None
         try:
             await self._ledger.record(use)
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             log.warning("usage_record_failed", tenant=use.tenant, error=repr(exc))
 
     def __repr__(self) -> str:

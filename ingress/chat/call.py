@@ -36,11 +36,16 @@ class Call:
     """The GenAI client span of the call (ended with its outcome by the `CallRecorder`)."""
 
     def payload_for(self, target: Target) -> bytes:
-        """The body sent to `target`: a response names its deployment in `model`."""
-        if self.endpoint != "responses" or target is self.target:
+        """The body sent to `target`: a response names its deployment in `model`; a chain
+        entry with a `service_tier` asks for it."""
+        renamed = self.endpoint == "responses" and target is not self.target
+        if not renamed and target.service_tier is None:
             return self.payload
         body = json.loads(self.payload)
-        body["model"] = target.name
+        if renamed:
+            body["model"] = target.name
+        if target.service_tier is not None:
+            body["service_tier"] = target.service_tier
         return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -55,3 +60,13 @@ class Answer:
     chunks: AsyncIterator[bytes] | None = None
     signals: Signals | None = None
     """What the response's headers said about the deployment (read once, by the spillover)."""
+
+    @property
+    def spilled(self) -> bool:
+        """Azure served the call from the target's standard deployment (native spillover)."""
+        return self.signals is not None and self.signals.spilled
+
+    @property
+    def served(self) -> str:
+        """The deployment that served the call: it is charged, named and counted."""
+        return self.used.name if self.signals is None else self.signals.served(self.used.name)

@@ -146,7 +146,7 @@ def rules(deployments: Iterable[DeploymentConfig]) -> dict[str, Rule]:
 
     out: dict[str, Rule] = {}
     for d in configs.values():
-        chain = [d, *(configs[s] for s in d.spillover if s in configs)]
+        chain = [d, *(configs[s] for s in d.spillover_names if s in configs)]
         fields = {field_of(c) for c in chain}
         field: LimitField = "max_tokens" if fields == {"max_tokens"} else "max_completion_tokens"
         out[d.name] = Rule(field, d.governance)

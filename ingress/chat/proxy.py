@@ -3,9 +3,11 @@
 One shared pooled client (`transport`); the request body is forwarded as received unless
 governance or the usage option changed it; status and headers come back as the
 deployment sent them (`headers`), plus `x-ptu-deployment` naming the deployment that
-answered. The walk along a deployment's `spillover` chain, its breakers and its short
-429 wait are `spillover`'s; a streamed answer is relayed by `stream`; every call's token
-events, span and accounting go through one `CallRecorder` (`recorder`).
+served (`Answer.served`: a natively spilled call names the standard deployment, which is
+the one charged, counted and logged). The walk along a deployment's `spillover` chain,
+its breakers and its short 429 wait are `spillover`'s; a streamed answer is relayed by
+`stream`; every call's token events, span and accounting go through one `CallRecorder`
+(`recorder`).
 
 A Responses API call goes to the resource's `/openai/v1/responses` (versionless; the
 deployment is the body's `model`, rewritten to the spillover deployment's name when the
@@ -23,7 +25,7 @@ from ingress.chat.call import Call
 from ingress.chat.credentials import UpstreamAuth
 from ingress.chat.headers import FIXED_HEADERS, answered_by, forwarded_headers, passed_headers
 from ingress.chat.recorder import CallRecorder
-from ingress.chat.sniff import finish_reason_in, response_end, usage_of
+from ingress.chat.sniff import finish_reason_in, response_end, service_tier_in, usage_of
 from ingress.chat.spillover import Spillover, SpilloverPolicy
 from ingress.chat.sse import SSEFilter
 from ingress.chat.stream import UpstreamStream
@@ -65,7 +67,7 @@ class Proxy:
         try:
             answer = await self.spillover.answer(call, headers)
         except ApiError as exc:
-            recorder.ended(call, call.target, exc.status, started, None, None, None)
+            recorder.ended(call, call.target.name, exc.status, started, None, None, None)
             raise
         ttfb = recorder.timer() - started
         resp, used = answer.resp, answer.used
@@ -81,10 +83,11 @@ class Proxy:
         reason = (
             finish_reason_in(content) if call.endpoint != "responses" else response_end(content)
         )
-        recorder.ended(call, used, resp.status_code, started, ttfb, usage, reason)
+        tier = service_tier_in(content) if resp.status_code < 300 else None
+        recorder.ended(call, answer.served, resp.status_code, started, ttfb, usage, reason, tier)
         out = Response(content, status_code=resp.status_code)
         out.raw_headers.extend(passed_headers(resp.headers.raw))
-        out.raw_headers.extend(answered_by(call.target, used))
+        out.raw_headers.extend(answered_by(call.target.name, answer.served))
         return out
 
     def __repr__(self) -> str:

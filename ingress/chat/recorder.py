@@ -65,9 +65,13 @@ class CallRecorder:
 
         With the deployment's `answer`, the event carries what its headers said (the
         estimate calibrates itself on the utilisation header, a 429's retry-after, ...).
+        An answer Azure spilled to a standard deployment tells the PTU's estimate it was
+        saturated but charges it nothing: the tokens are the standard deployment's.
         """
         if not used.provisioned:
             return
+        if answer is not None and answer.spilled:
+            usage = None
         self.events.complete(
             admitted, call.request_id, used.name, call.max_tokens, usage, call.tenant,
             status_code=None if answer is None else answer.resp.status_code,
@@ -84,14 +88,19 @@ class CallRecorder:
     def ended(
         self,
         call: Call,
-        used: Target,
+        served: str,
         status_code: int,
         started: float,
         ttfb_s: float | None,
         usage: dict[str, Any] | None,
         finish_reason: str | None,
+        service_tier: str | None = None,
     ) -> None:
-        """Account for a finished call: its span, counters, latency, access log, usage ledger."""
+        """Account for a finished call: its span, counters, latency, access log, usage ledger.
+
+        `served`: the deployment that served it (a spillover's, Azure's standard deployment
+        for a natively spilled call), the one charged in the ledger and named in the log.
+        """
         call.span.end(status_code, usage=usage, finish_reason=finish_reason)
         if self._accounting is None:
             return
@@ -106,7 +115,8 @@ class CallRecorder:
                 ttfb_s=ttfb_s,
                 usage=usage,
                 finish_reason=finish_reason,
-                spillover=used.name if used is not call.target else None,
+                spillover=served if served != call.target.name else None,
+                service_tier=service_tier,
             )
         )
 

@@ -39,6 +39,7 @@ from ingress.http.models import (
 from ingress.http.openapi import Reply, operation
 from ingress.metrics import IngressMetrics
 from ingress.queued.enqueue import Enqueuer, accepted, new_request_id
+from orchestrator.calls.versions import accepts_stream_options, api_version_of
 from orchestrator.core.schemas import PRIORITY_HEADER, Endpoint
 from orchestrator.core.settings import Settings
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
@@ -168,7 +169,12 @@ class ChatRoutes:
         )
         changed = governed.changed
         strip_usage = False
-        if stream and endpoint == "chat/completions" and (target.provisioned or target.spillover):
+        if (
+            stream
+            and endpoint == "chat/completions"
+            and (target.provisioned or target.spillover)
+            and accepts_stream_options(api_version_of(query))
+        ):  # an older api-version refuses the option: the relay counts the stream instead
             strip_usage = not _wants_usage(body)
             if strip_usage:
                 options = body.get("stream_options") or {}

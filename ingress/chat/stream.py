@@ -10,7 +10,7 @@ from starlette.types import Receive, Scope, Send
 from ingress.chat.call import Answer, Call
 from ingress.chat.headers import answered_by, passed_headers
 from ingress.chat.recorder import CallRecorder
-from ingress.chat.sniff import finish_reason_in
+from ingress.chat.sniff import finish_reason_in, service_tier_in
 from ingress.chat.sse import SSEFilter
 
 log = structlog.get_logger(__name__)
@@ -31,12 +31,13 @@ class UpstreamStream(Response):
         self.status_code = upstream.status_code
         self._timing = timing
         self._finish_reason: str | None = None
+        self._service_tier: str | None = None
         self.background = None
         self.raw_headers = [
             (k, v) for k, v in passed_headers(upstream.headers.raw) if k != b"content-type"
         ]
         self.raw_headers.append((b"content-type", b"text/event-stream"))
-        self.raw_headers.extend(answered_by(call.target, answer.used))
+        self.raw_headers.extend(answered_by(call.target.name, answer.served))
         self._answer = answer
         recorder.observed(call, answer)
         self._sse = sse
@@ -46,6 +47,8 @@ class UpstreamStream(Response):
     def _note_finish(self, chunk: bytes) -> None:
         if b'"finish_reason"' in chunk:
             self._finish_reason = finish_reason_in(chunk) or self._finish_reason
+        if b'"service_tier"' in chunk:
+            self._service_tier = service_tier_in(chunk) or self._service_tier
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the status, then each whole event as it arrives."""
@@ -77,8 +80,11 @@ class UpstreamStream(Response):
                 "prompt_tokens": call.prompt_tokens,
                 "completion_tokens": sse.content_events,
             }
-            self._recorder.finished(answer.admitted, call, answer.used, usage)
+            # spilled: the PTU learnt its saturation at the first byte; the tokens are not its
+            spent = None if answer.spilled else usage
+            self._recorder.finished(answer.admitted, call, answer.used, spent)
             started, ttfb = self._timing
             self._recorder.ended(
-                call, answer.used, self.status_code, started, ttfb, usage, self._finish_reason
-            )
+                call, answer.served, self.status_code, started, ttfb, usage,
+                self._finish_reason, self._service_tier,
+            )  # fmt: skip

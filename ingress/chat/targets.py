@@ -25,7 +25,9 @@ class Target:
 
     `spillover` is the ordered chain tried when this deployment fails; `auth` the
     credential of the deployment's resource (None: the proxy's default credential);
-    `responses_url` its resource's Responses API.
+    `responses_url` its resource's Responses API; `native` the standard deployment Azure
+    spills this one's calls to (sent as `x-ms-spillover-deployment`); `service_tier` what
+    calls to this deployment, as an entry of a chain, ask for.
     """
 
     name: str
@@ -34,6 +36,8 @@ class Target:
     spillover: tuple[Target, ...] = ()
     auth: UpstreamAuth | None = None
     responses_url: str = LOCAL_ENDPOINT + RESPONSES_PATH
+    native: str | None = None
+    service_tier: str | None = None
 
 
 def targets(
@@ -53,7 +57,13 @@ def targets(
             responses_url=endpoint + RESPONSES_PATH,
         )  # fmt: skip
     return {
-        d.name: dataclasses.replace(plain[d.name], spillover=tuple(plain[s] for s in d.spillover))
+        d.name: dataclasses.replace(
+            plain[d.name],
+            spillover=tuple(
+                dataclasses.replace(plain[e.name], service_tier=e.service_tier) for e in d.spillover
+            ),
+            native=d.native_spillover,
+        )
         for d in settings.deployments
     }
 

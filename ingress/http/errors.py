@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import BaseModel, ValidationError
-from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+
+from orchestrator.core.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from ingress.metrics import IngressMetrics
@@ -171,7 +172,7 @@ def exception_handlers(metrics: IngressMetrics) -> dict[Any, ExceptionHandler]:
 
     return {
         ApiError: api_error,
-        RedisError: store_unavailable,
+        StoreUnavailable: store_unavailable,
         HTTPException: http_exception,
         Exception: unhandled,
     }

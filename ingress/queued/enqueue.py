@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
-from redis.exceptions import RedisError
 from starlette.responses import JSONResponse
 
 from ingress.http import errors
@@ -29,7 +28,7 @@ from ingress.http.errors import ApiError
 from ingress.http.models import QueuedRequestStatus, parse_reply_key
 from ingress.metrics import IngressMetrics
 from orchestrator.core import keys
-from orchestrator.core.errors import QueueUnavailable
+from orchestrator.core.errors import QueueUnavailable, StoreUnavailable
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import Endpoint, QueuedRequest
 from orchestrator.queues.base import Queue
@@ -118,13 +117,13 @@ class Enqueuer:
         queue = self._queues[req.deployment]
         try:
             await self._results.register(req)
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             self._metrics.enqueue_failed(req.deployment)
             raise unavailable(f"record: {exc}") from exc
         try:
             with self._telemetry.producing(req):  # carries the trace in the message
                 await queue.put(req)
-        except (QueueUnavailable, RedisError) as exc:
+        except (QueueUnavailable, StoreUnavailable) as exc:
             self._metrics.enqueue_failed(req.deployment)
             await self._forget(req.id)
             log.warning("enqueue_failed", request_id=req.id, deployment=req.deployment)
@@ -156,7 +155,7 @@ class Enqueuer:
     async def _forget(self, request_id: str) -> None:
         try:
             await self._results.forget(request_id)
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             log.error("enqueue_forget_failed", request_id=request_id, error=repr(exc))
 
     def __repr__(self) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -19,6 +18,7 @@ from ingress.http.auth import Authenticator
 from ingress.http.errors import ApiError, unavailable
 from ingress.http.models import QueuedRequestStatus, RequestPath, WaitQuery, parse_wait
 from ingress.http.openapi import Reply, operation
+from orchestrator.core.errors import StoreUnavailable
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import ResultDocument
 
@@ -75,7 +75,7 @@ class RequestsApi:
                 raise not_found(request_id)
             if state.result is None and wait > 0:
                 state = await self._results.wait(request_id, wait)
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             raise unavailable("the result store", code="store_unavailable") from exc
         if state is None:
             raise not_found(request_id)

@@ -9,6 +9,10 @@ hash reads as half-open everywhere, and only the process that wins
 `SET keys.breaker_probe(d) NX PX` sends the probe; its success closes the breaker for
 all (new epoch), its failure re-opens it for all. A Redis error never blocks traffic:
 the local breaker decides alone until Redis answers again.
+
+A deployment has one breaker per API surface (`chat`: chat completions; `responses`: the
+Responses API, served by the resource's v1 surface): a resource that does not serve one
+(a 404 or 500 on every call) must not pause the other.
 """
 
 from __future__ import annotations
@@ -16,20 +20,30 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
 from orchestrator.breaker.machine import Breaker, BreakerConfig, Outcome, State, Verdict
 from orchestrator.core import keys
+from orchestrator.core.boundary import redis_boundary
+from orchestrator.core.errors import StoreUnavailable
 from orchestrator.throttle.slots import NOW_MS
 
 if TYPE_CHECKING:
     from orchestrator.core.settings import Settings
 
 log = structlog.get_logger(__name__)
+_state = redis_boundary("breaker state")
+
+Surface = Literal["chat", "responses"]
+SURFACES: tuple[Surface, ...] = ("chat", "responses")
+
+
+def surface_of(endpoint: str) -> Surface:
+    """The API surface of a call's endpoint (`chat/completions` or `responses`)."""
+    return "responses" if endpoint == "responses" else "chat"
 
 
 # KEYS: breaker hash. Returns {state, ms left open, epoch, reason, trips}.
@@ -86,9 +100,11 @@ class BreakerView:
     trips: int
 
 
-async def read_view(redis: aioredis.Redis, deployment: str) -> BreakerView:
-    """The shared breaker state of `deployment` (closed when never tripped)."""
-    reply: Any = await redis.eval(_READ, 1, keys.breaker(deployment))
+async def read_view(
+    redis: aioredis.Redis, deployment: str, surface: Surface = "chat"
+) -> BreakerView:
+    """The shared breaker state of `deployment`'s `surface` (closed when never tripped)."""
+    reply: Any = await redis.eval(_READ, 1, keys.breaker(deployment, surface))
     state, left, _epoch, reason, trips = _decode(reply)
     return BreakerView(deployment, state, left, reason, trips)
 
@@ -110,6 +126,7 @@ class SharedBreaker:
         config: BreakerConfig,
         *,
         endpoint: str = "",
+        surface: Surface = "chat",
         sync_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[str, State], None] | None = None,
@@ -118,8 +135,9 @@ class SharedBreaker:
         self.endpoint = endpoint
         self.machine = Breaker(config)
         self._redis = redis
-        self._key = keys.breaker(deployment)
-        self._probe_key = keys.breaker_probe(deployment)
+        self.surface = surface
+        self._key = keys.breaker(deployment, surface)
+        self._probe_key = keys.breaker_probe(deployment, surface)
         self._read = redis.register_script(_READ)
         self._trip = redis.register_script(_TRIP)
         self._close = redis.register_script(_CLOSE)
@@ -145,9 +163,9 @@ class SharedBreaker:
         if verdict != "probe":
             return verdict
         try:
-            won = await self._redis.set(self._probe_key, "1", nx=True, px=self._probe_ms)
-        except RedisError as exc:
-            log.warning("breaker_redis_failed", deployment=self.deployment, error=repr(exc))
+            won = await self._take_probe()
+        except StoreUnavailable as exc:
+            self._redis_failed(exc)
             return "probe"
         return "probe" if won else "reject"
 
@@ -161,19 +179,36 @@ class SharedBreaker:
         )
         try:
             if change == "opened":
-                left = self.machine.open_left(self._clock())
-                await self._trip(
-                    keys=[self._key, self._probe_key],
-                    args=[max(1, round(left * 1000)), self.machine.reason],
-                )
+                await self._share_trip(self.machine.open_left(self._clock()))
             elif change == "closed":
-                epoch = int(await self._close(keys=[self._key, self._probe_key]))
+                epoch = await self._share_close()
                 if epoch >= 0:
                     self.machine.epoch = max(self.machine.epoch, epoch)
-        except RedisError as exc:
-            log.warning("breaker_redis_failed", deployment=self.deployment, error=repr(exc))
+        except StoreUnavailable as exc:
+            self._redis_failed(exc)
         if self.machine.state != before:
             self._changed(before)
+
+    # the breaker's state in Redis: its errors leave as StoreUnavailable
+
+    @_state
+    async def _take_probe(self) -> bool:
+        """Win the one half-open trial of every process (a key with a timeout)."""
+        return bool(await self._redis.set(self._probe_key, "1", nx=True, px=self._probe_ms))
+
+    @_state
+    async def _share_trip(self, left_s: float) -> None:
+        args: list[int | str] = [max(1, round(left_s * 1000)), self.machine.reason]
+        await self._trip(keys=[self._key, self._probe_key], args=args)
+
+    @_state
+    async def _share_close(self) -> int:
+        """Close the shared breaker; its new epoch (negative: nothing to close)."""
+        return int(await self._close(keys=[self._key, self._probe_key]))
+
+    @_state
+    async def _fetch(self) -> Any:
+        return await self._read(keys=[self._key])
 
     async def sync(self, *, force: bool = False) -> None:
         """Adopt the shared state, at most every `sync_s` unless forced."""
@@ -182,9 +217,9 @@ class SharedBreaker:
             return
         self._synced_at = now
         try:
-            reply: Any = await self._read(keys=[self._key])
-        except RedisError as exc:
-            log.warning("breaker_redis_failed", deployment=self.deployment, error=repr(exc))
+            reply = await self._fetch()
+        except StoreUnavailable as exc:
+            self._redis_failed(exc)
             return
         state, left, epoch, reason, _trips = _decode(reply)
         before = self.machine.state
@@ -199,12 +234,22 @@ class SharedBreaker:
         """Seconds the local copy stays open."""
         return self.machine.open_left(self._clock())
 
+    def _redis_failed(self, exc: StoreUnavailable) -> None:
+        """The shared state could not be read or written: the local copy decides meanwhile."""
+        log.warning(
+            "breaker_redis_failed",
+            deployment=self.deployment,
+            surface=self.surface,
+            error=repr(exc),
+        )
+
     def _changed(self, before: State) -> None:
         m = self.machine
         event = "circuit_opened" if m.state == "open" else f"circuit_{m.state}"
         log.info(
             event,
             deployment=self.deployment,
+            surface=self.surface,
             previous=before,
             reason=m.reason or None,
             open_s=round(m.open_left(self._clock()), 3),
@@ -213,7 +258,7 @@ class SharedBreaker:
             self._on_change(self.deployment, m.state)
 
     def __repr__(self) -> str:
-        return f"<SharedBreaker deployment={self.deployment} {self.machine!r}>"
+        return f"<SharedBreaker deployment={self.deployment} {self.surface} {self.machine!r}>"
 
 
 def breaker_config(settings: Settings, *, probe_timeout_s: float | None = None) -> BreakerConfig:

@@ -69,7 +69,8 @@ class Attempted(Generic[_R]):
     answer: _R | None = None
     """The answer, when `answered`."""
     error: UpstreamError | None = None
-    """The last failure, when `failed`."""
+    """The last failure, when `failed`; when `expired`, the last failure seen, if any (an
+    outage's too, which spends no attempt)."""
     reason: str = ""
     """Why it failed for good (the retry decision's reason)."""
     started_at: float | None = None
@@ -93,9 +94,10 @@ async def run_attempts(
     """
     clock = pacing.clock
     attempt = start
+    last: UpstreamError | None = None
     while True:
         if deadline is not None and clock() >= deadline:
-            return Attempted("expired", attempt)
+            return Attempted("expired", attempt, error=last)
         permit = await gate.enter(deadline)
         if permit == "stop":
             return Attempted("stopped", attempt)
@@ -107,6 +109,7 @@ async def run_attempts(
         try:
             answer = await send(attempt)
         except UpstreamError as err:
+            last = err
             if await gate.failed(err, probe):
                 attempt -= 1  # the deployment's failure, not the request's: not spent
                 continue

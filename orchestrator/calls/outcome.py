@@ -11,7 +11,8 @@
   5xx and timeouts `error`.
 - `status_label`: the `status` label of `ptu_tenant_requests_total` (`tenants.metrics`).
 - `finish_reason`: a chat completion's first choice's, or a response's (Responses API)
-  incomplete reason, else its status.
+  incomplete reason, else its status; `service_tier`: the tier the deployment applied
+  (`priority` may be downgraded to `default`), as the answer says.
 - `Outcome` + `Outcome.log_access`: the one access line (`ptu.access`) of a finished
   request, high priority (the ingress) or queued (the worker).
 """
@@ -135,6 +136,12 @@ def finish_reason(body: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+def service_tier(body: Mapping[str, Any] | None) -> str | None:
+    """The service tier the deployment applied, as a completion or response body says."""
+    tier = body.get("service_tier") if body is not None else None
+    return tier if isinstance(tier, str) and tier else None
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamResponse:
     """A successful answer (chat completion or response) and what its headers said."""
@@ -177,6 +184,8 @@ def settlement(
             response=answer.body, usage=answer.usage,
         )  # fmt: skip
         doc.started_at = attempted.started_at
+        served = answer.signals.served(request.deployment)
+        doc.spillover = served if served != request.deployment else None
         return doc, None
     if attempted.ending == "failed" and err is not None:
         error = error_object(err.status_code, err.body, str(err))
@@ -185,6 +194,15 @@ def settlement(
             error=error,
         )  # fmt: skip
         return doc, attempted.reason
+    permanent = err is not None and err.status_code in MISCONFIGURED_STATUSES
+    if attempted.ending == "expired" and err is not None and permanent:
+        # the deployment answered, and no retry changes that answer: it is the result
+        error = error_object(err.status_code, err.body, str(err))
+        doc = ResultDocument.for_request(
+            request, "failed", completed_at=now, attempts=max(n, 1), status_code=err.status_code,
+            error=error,
+        )  # fmt: skip
+        return doc, f"status {err.status_code} is permanent"
     if attempted.ending == "expired":
         error = {"code": "expired", "message": "the deadline passed before the call"}
         doc = ResultDocument.for_request(
@@ -214,6 +232,8 @@ class Outcome:
     result: ResultStatus | None = None
     """The result document's status, for a request answered with one."""
     batch_id: str | None = None
+    service_tier: str | None = None
+    """The service tier the deployment applied, when its answer says."""
 
     @classmethod
     def of_result(cls, doc: ResultDocument, priority: str) -> Outcome:
@@ -231,6 +251,8 @@ class Outcome:
             status=status_label(doc.status_code, doc.status, _text(error_code)),
             result=doc.status,
             batch_id=doc.batch_id,
+            spillover=doc.spillover,
+            service_tier=service_tier(doc.response),
         )
 
     @property
@@ -261,6 +283,7 @@ class Outcome:
             completion_tokens=completion,
             finish_reason=self.finish_reason,
             spillover=self.spillover,
+            service_tier=self.service_tier,
             batch_id=self.batch_id,
         )
 

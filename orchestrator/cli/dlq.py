@@ -40,7 +40,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings, names: list[str]) -> int:
-    redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+    redis = redis_client.connect_view(settings.redis)
     try:
         await startup.check_redis(redis, settings.redis_url)
         found = 0

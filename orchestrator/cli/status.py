@@ -21,21 +21,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from orchestrator.breaker.shared import read_view
-from orchestrator.core import incarnation, keys, redis_client
-from orchestrator.core.errors import PTUError, QueueUnavailable, UtilisationUnavailable
+from orchestrator.core import incarnation, redis_client
+from orchestrator.core.boundary import redis_boundary
+from orchestrator.core.errors import (
+    PTUError,
+    QueueUnavailable,
+    StoreUnavailable,
+    UtilisationUnavailable,
+)
+from orchestrator.core.results import result_counts
 from orchestrator.core.runtime import pause, run_until_signal
 from orchestrator.core.settings import Settings
 from orchestrator.queues.dead_letter import DeadLetterStore
@@ -44,6 +49,7 @@ from orchestrator.throttle.policy import Curve, limit_for
 from orchestrator.throttle.slots import SlotTable
 from orchestrator.utilisation.base import Calibration, UtilisationSource
 from orchestrator.utilisation.factory import make_source
+from orchestrator.worker.heartbeats import Heartbeats
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,7 @@ LEGEND = "\n".join(
         "waiting:   worker lanes holding a slot while they wait for a message (ready, no work)",
         "queued:    requests no worker has taken yet",
         "limit:     low-priority calls the throttle allows now / at most",
+        "spilled:   low-priority calls Azure served from a standard deployment (pay-as-you-go)",
     )
 )
 
@@ -139,25 +146,11 @@ def summarise(heartbeats: Sequence[Mapping[str, Any]], now: float) -> dict[str, 
     }
 
 
-async def read_heartbeats(redis: aioredis.Redis) -> list[dict[str, Any]]:
-    """Every worker heartbeat document (malformed ones skipped)."""
-    raw = await redis.hgetall(keys.WORKERS)
-    out = []
-    for value in raw.values():
-        try:
-            doc = json.loads(value)
-        except ValueError:
-            continue
-        if isinstance(doc, dict):
-            out.append(doc)
-    return out
-
-
 async def collect(
     settings: Settings, redis: aioredis.Redis, source: UtilisationSource, now: float
 ) -> list[Row]:
     """One snapshot of every configured deployment."""
-    workers = summarise(await read_heartbeats(redis), now)
+    workers = summarise(await Heartbeats(redis).read(), now)
     rows = []
     for d in settings.deployments:
         curve = Curve(*settings.thresholds(d))
@@ -174,7 +167,7 @@ async def collect(
         finally:
             await queue.close()
         view = await read_view(redis, d.name)
-        counts = await redis.hgetall(keys.result_counts(d.name))
+        counts = await result_counts(redis, d.name)
         rows.append(
             Row(
                 deployment=d.name,
@@ -189,15 +182,11 @@ async def collect(
                 circuit=view.state,
                 circuit_left_s=view.open_left_s,
                 dead_letters=await DeadLetterStore(redis, d.name).depth(),
-                counts={_text(k): int(v) for k, v in counts.items()},
+                counts=counts,
                 calibration=None if reading is None else reading.calibration,
             )
         )
     return rows
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _num(value: float | int | None, fmt: str = "{}") -> str:
@@ -226,7 +215,7 @@ def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None =
     for header in (
         "deployment", "utilisation", "age", "model", "observed", "correction", "unseen",
         "limit", "in flight", "waiting", "queued", "workers", "results/s", "completed", "failed",
-        "expired", "circuit", "dead letters",
+        "expired", "spilled", "circuit", "dead letters",
     ):  # fmt: skip
         table.add_column(header, justify="left" if header == "deployment" else "right")
     for r in rows:
@@ -250,6 +239,7 @@ def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None =
             str(total.get("completed", w.completed)),
             str(total.get("failed", w.failed)),
             str(total.get("expired", w.expired)),
+            str(total.get("spilled", 0)),
             circuit,
             str(r.dead_letters),
         )
@@ -293,13 +283,14 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         console = Console(width=240)  # piped output: no cell squeezed onto two lines
 
     async def main(stop: asyncio.Event) -> int:
-        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+        redis = redis_client.connect_view(settings.redis)
         source = make_source(settings, redis)
         name = settings.utilization_source
 
         async def snapshot() -> Table:
-            rows = await collect(settings, redis, source, time.time())
-            return render(rows, name, await incarnation.read(redis))
+            with redis_boundary("ptu status"):  # the counters and views it reads directly
+                rows = await collect(settings, redis, source, time.time())
+                return render(rows, name, await incarnation.read(redis))
 
         try:
             table = await snapshot()
@@ -311,8 +302,9 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
                     await pause(args.interval, stop)
                     live.update(await snapshot(), refresh=True)
             return 0
-        except (RedisError, OSError) as exc:
-            raise PTUError(f"cannot reach Redis (PTU_REDIS_URL): {type(exc).__name__}") from exc
+        except (StoreUnavailable, OSError) as exc:
+            cause = type(exc.__cause__ or exc).__name__  # the client's error, not our wrapper
+            raise PTUError(f"cannot reach Redis (PTU_REDIS_URL): {cause}") from exc
         finally:
             await source.close()
             await redis.aclose()

@@ -9,7 +9,10 @@ With `PTU_PTU_HOURLY_PRICE`, each provisioned deployment costs
 PTUs are billed), and each tenant is charged the part of that cost its tokens
 took: its share of the deployment's input-token equivalents (prompt +
 completion x the model's output weight, the unit the deployment's capacity is
-measured in). Standard (pay-as-you-go) deployments have no PTU cost.
+measured in). Standard (pay-as-you-go) deployments have no PTU cost: with their
+`input_price_per_mtok` / `output_price_per_mtok` set in `PTU_DEPLOYMENTS`, their tokens
+(among them the calls Azure spilled over to them from a PTU, which are charged to the
+standard deployment that served them, never to the PTU) cost `payg_cost`.
 """
 
 from __future__ import annotations
@@ -103,6 +106,13 @@ def summarise(
         line["completion_tokens"] += row.completion_tokens
         line["total_tokens"] += row.prompt_tokens + row.completion_tokens
         deployment = settings.deployment(row.deployment)
+        paid = (
+            None
+            if deployment is None
+            else deployment.payg_cost(row.prompt_tokens, row.completion_tokens)
+        )
+        if paid is not None and deployment is not None and deployment.kind == "standard":
+            line["payg_cost"] = line.get("payg_cost", 0.0) + paid
         if deployment is not None and deployment.kind == "provisioned":
             weight = deployment.weight
             pair = (row.tenant, row.deployment)
@@ -116,6 +126,9 @@ def summarise(
         for key, line in lines.items():
             line["ptu_cost"] = round(costs.get(key, 0.0), 2)
             line["ptu_share"] = round(costs.get(key, 0.0) / total, 4) if total else 0.0
+    if any(d.payg_cost(0, 0) is not None for d in settings.deployments if d.kind == "standard"):
+        for line in lines.values():
+            line["payg_cost"] = round(line.get("payg_cost", 0.0), 6)
     return [lines[k] for k in sorted(lines)]
 
 
@@ -149,6 +162,8 @@ def render(lines: Sequence[dict[str, Any]], fmt: str, by: str, period: Period) -
     columns = [by, *COLUMNS]
     if lines and "ptu_cost" in lines[0]:
         columns += ["ptu_share", "ptu_cost"]
+    if lines and "payg_cost" in lines[0]:
+        columns += ["payg_cost"]
     if fmt == "json":
         return json.dumps(
             {
@@ -196,7 +211,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     period = period_of(parse_time(args.since, now), parse_time(args.until, now))
 
     async def main() -> list[UsageRow]:
-        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+        redis = redis_client.connect_view(settings.redis)
         try:
             ledger = UsageLedger(redis, Tenancy(settings.tenants, settings.api_keys))
             return await ledger.rows(period.start, period.end)

@@ -43,6 +43,22 @@ def check_redis_url(value: str) -> str:
     return value
 
 
+class SpilloverEntry(BaseModel):
+    """One deployment of a `spillover` chain (a bare name in `PTU_DEPLOYMENTS` is one too)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    native: bool = Field(
+        default=False,
+        description="a standard deployment of the PTU's resource that Azure spills to itself "
+        "(the ingress sends x-ms-spillover-deployment: one round trip, streams included)",
+    )
+    service_tier: str | None = Field(
+        default=None, min_length=1, description="`service_tier` sent on calls to this entry"
+    )
+
+
 class DeploymentConfig(BaseModel):
     """One Azure OpenAI deployment the orchestrator manages."""
 
@@ -58,7 +74,7 @@ class DeploymentConfig(BaseModel):
     lower_threshold: float | None = Field(default=None, ge=0, le=1)
     upper_threshold: float | None = Field(default=None, ge=0, le=1)
     max_concurrency: int | None = Field(default=None, ge=1)
-    spillover: list[str] = Field(
+    spillover: list[SpilloverEntry] = Field(
         default_factory=list, description="deployments to try, in order, when this one fails"
     )
     endpoint: str | None = Field(default=None, description="resource endpoint; default global")
@@ -71,13 +87,27 @@ class DeploymentConfig(BaseModel):
     governance: bool = Field(
         default=True, description="false: output limits pass as sent (no default, cap, rename)"
     )
+    input_price_per_mtok: float | None = Field(
+        default=None, ge=0, description="standard deployments: price of 1M input tokens"
+    )
+    output_price_per_mtok: float | None = Field(
+        default=None, ge=0, description="standard deployments: price of 1M output tokens"
+    )
+    low_priority_spill: Literal["keep", "fail"] = Field(
+        default="keep",
+        description="a queued call Azure spilled to a standard deployment: keep its answer "
+        "(charged there) or fail the request",
+    )
 
     @field_validator("spillover", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
         if value is None:
             return []
-        return [value] if isinstance(value, str) else value
+        entries = [value] if isinstance(value, (str, dict)) else value
+        if not isinstance(entries, list):
+            return entries
+        return [{"name": e} if isinstance(e, str) else e for e in entries]
 
     @field_validator("endpoint")
     @classmethod
@@ -86,8 +116,19 @@ class DeploymentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if self.name in self.spillover:
+        if self.name in self.spillover_names:
             raise ValueError(f"deployment {self.name!r}: cannot spill over to itself")
+        natives = [e.name for e in self.spillover if e.native]
+        if natives and self.kind != "provisioned":
+            raise ValueError(f"deployment {self.name!r}: only a provisioned one spills natively")
+        if len(natives) > 1:
+            raise ValueError(f"deployment {self.name!r}: one native spillover entry at most")
+        for e in self.spillover:
+            if e.native and e.service_tier is not None:
+                raise ValueError(
+                    f"deployment {self.name!r}: spillover {e.name!r} is native, Azure sends "
+                    "the call on as it came: set its service tier on the deployment in Azure"
+                )
         if self.kind == "provisioned":
             if self.ptus is None:
                 raise ValueError(f"deployment {self.name!r}: provisioned needs 'ptus'")
@@ -104,6 +145,16 @@ class DeploymentConfig(BaseModel):
         return self
 
     @property
+    def spillover_names(self) -> list[str]:
+        """The spillover chain's deployment names, in order."""
+        return [e.name for e in self.spillover]
+
+    @property
+    def native_spillover(self) -> str | None:
+        """The standard deployment Azure spills this one's high-priority calls to, if any."""
+        return next((e.name for e in self.spillover if e.native), None)
+
+    @property
     def capacity_tpm(self) -> float:
         """Input-token equivalents per minute this deployment drains."""
         if self.kind == "standard":
@@ -113,6 +164,14 @@ class DeploymentConfig(BaseModel):
         known = capacity.lookup(self.model)
         per_ptu = self.input_tpm_per_ptu or (known.input_tpm_per_ptu if known else 0)
         return float(self.ptus * per_ptu)
+
+    def payg_cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """What a standard deployment bills for these tokens; None without its prices."""
+        if self.input_price_per_mtok is None and self.output_price_per_mtok is None:
+            return None
+        paid = prompt_tokens * (self.input_price_per_mtok or 0.0)
+        paid += completion_tokens * (self.output_price_per_mtok or 0.0)
+        return paid / 1e6
 
     @property
     def weight(self) -> float:

@@ -48,6 +48,14 @@ class QueueUnavailable(PTUError):
     """The queue backend cannot be reached."""
 
 
+class StoreUnavailable(PTUError):
+    """A store held in Redis could not be read or written (the store and operation named).
+
+    Raised at each store's boundary (`core/boundary`) in place of redis-py's errors, so
+    callers handle the project's error, never the client library's.
+    """
+
+
 class UpstreamError(PTUError):
     """The Azure OpenAI deployment answered with an error or not at all."""
 

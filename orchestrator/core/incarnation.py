@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
 from orchestrator.core import keys
+from orchestrator.core.boundary import redis_boundary
+from orchestrator.core.errors import StoreUnavailable
 from orchestrator.core.redis_replies import text
 from orchestrator.core.runtime import every
 
@@ -45,6 +46,7 @@ class Marker:
     lost_at: float | None = None
 
 
+@redis_boundary("incarnation marker")
 async def read(redis: aioredis.Redis) -> Marker | None:
     """The current marker, or None when the key does not exist."""
     raw = await redis.hgetall(keys.INCARNATION)
@@ -77,10 +79,11 @@ class Incarnation:
         self.lost: set[str] = set()
         """Incarnations known to have been wiped (seen here or recorded in the marker)."""
 
+    @redis_boundary("incarnation marker")
     async def check(self) -> str:
         """Create the marker if missing; report a loss when the id changed. Returns the id.
 
-        Raises RedisError when Redis cannot be reached (nothing concluded).
+        Raises StoreUnavailable when Redis cannot be reached (nothing concluded).
         """
         candidate = uuid.uuid4().hex[:ID_LEN]
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -139,6 +142,6 @@ async def watch_incarnation(
         await incarnation.check()
 
     await every(
-        interval_s, check, event="incarnation_check_failed", errors=(RedisError, OSError),
+        interval_s, check, event="incarnation_check_failed", errors=(StoreUnavailable, OSError),
         first="now", sleep=sleep,
     )  # fmt: skip

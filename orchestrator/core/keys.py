@@ -218,14 +218,15 @@ def tenant_reply(tenant: str, suffix: str) -> str:
     return tenant_reply_prefix(tenant) + suffix
 
 
-def breaker(deployment: str) -> str:
-    """Hash of a deployment's shared circuit breaker: state, open-until (server ms), epoch."""
-    return f"{_d(deployment)}:breaker"
+def breaker(deployment: str, surface: str = "chat") -> str:
+    """Hash of the shared circuit breaker of a deployment's API surface (`chat`: chat
+    completions, `responses`: the Responses API): state, open-until (server ms), epoch."""
+    return f"{_d(deployment)}:breaker" + ("" if surface == "chat" else f":{surface}")
 
 
-def breaker_probe(deployment: str) -> str:
-    """Set (with an expiry) while one process runs the half-open probe of a deployment."""
-    return f"{_d(deployment)}:breaker-probe"
+def breaker_probe(deployment: str, surface: str = "chat") -> str:
+    """Set (with an expiry) while one process runs the half-open probe of a breaker."""
+    return f"{_d(deployment)}:breaker-probe" + ("" if surface == "chat" else f":{surface}")
 
 
 def result_counts(deployment: str) -> str:

@@ -18,7 +18,7 @@ exactly-once result write absorbs.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -31,6 +31,9 @@ from redis.exceptions import (
     RedisClusterException,
     TimeoutError,
 )
+
+if TYPE_CHECKING:
+    from orchestrator.core.views import RedisView
 
 RETRIES = 8
 RETRY_BASE_S = 0.05
@@ -53,9 +56,9 @@ class ClusterClient(RedisCluster):
     """`RedisCluster` whose unreachable cluster is a `ConnectionError` like a single server's.
 
     redis-py raises `RedisClusterException`, which is no `RedisError`, when no node
-    answers or the slots are not covered: every `except RedisError` in the project (a
-    503 `queue_unavailable`, a paused throttle, a warning) would miss it and the caller
-    would see a 500. Misuse (a cross-slot transaction, a bad pipeline) stays as it is.
+    answers or the slots are not covered: every store's boundary (`core/boundary`, which
+    makes a 503, a paused throttle or a warning of it) would miss it and the caller would
+    see a 500. Misuse (a cross-slot transaction, a bad pipeline) stays as it is.
     """
 
     async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
@@ -95,6 +98,18 @@ def connect(
         )
         return aioredis.Redis.from_pool(pool)
     return aioredis.Redis.from_url(url, **options)
+
+
+def connect_view(
+    view: RedisView, *, max_connections: int | None = None, pool_timeout_s: float | None = None
+) -> aioredis.Redis:
+    """A client for the configured Redis: `settings.redis` (URL, cluster or not)."""
+    return connect(
+        view.url,
+        cluster=view.cluster,
+        max_connections=max_connections,
+        pool_timeout_s=pool_timeout_s,
+    )
 
 
 def socket_timeout(client: aioredis.Redis) -> float | None:

@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from orchestrator.core import keys
+from orchestrator.core.boundary import redis_boundary
 from orchestrator.core.redis_replies import text
 from orchestrator.core.schemas import QueuedRequest, ResultDocument
 
@@ -133,6 +134,7 @@ class ResultStore:
         self._mark = redis.register_script(_MARK_IN_PROGRESS)
         self._register_new = redis.register_script(_REGISTER_NEW)
 
+    @redis_boundary("result store")
     async def register(self, req: QueuedRequest, *, only_new: bool = False) -> None:
         """Create the request record (status queued), kept until deadline + reply TTL.
 
@@ -151,6 +153,7 @@ class ResultStore:
             pipe.expireat(key, math.ceil(req.deadline + self.reply_ttl_s))
             await pipe.execute()
 
+    @redis_boundary("result store")
     async def register_new(self, reqs: Sequence[QueuedRequest]) -> None:
         """Create the records of those requests that have none (batch expansion), in two
         pipelined round trips. A record written between the two (its line finished
@@ -167,19 +170,22 @@ class ResultStore:
                     pipe.expireat(key, math.ceil(req.deadline + self.reply_ttl_s))
             await pipe.execute()
 
+    @redis_boundary("result store")
     async def forget(self, request_id: str) -> None:
         """Undo `register` when the enqueue that followed it failed."""
         await self.redis.delete(keys.request(request_id))
 
+    @redis_boundary("result store")
     async def mark_in_progress(self, request_id: str) -> None:
         """Move a queued request to in_progress; a completed one is left as it is."""
         await self._mark(keys=[keys.request(request_id)])
 
+    @redis_boundary("result store")
     async def complete(self, doc: ResultDocument, reply_key: str) -> bool:
         """Write the result once per `doc.id`; True when this call wrote it.
 
         The reply push and batch count follow (see the module docstring); when this
-        returns, all three are done. Raises RedisError when a step failed: calling
+        returns, all three are done. Raises StoreUnavailable when a step failed: calling
         again (or `settle`) finishes the job without a second result.
         """
         payload = doc.model_dump_json()
@@ -198,6 +204,7 @@ class ResultStore:
             log.info("result_duplicate_ignored", request_id=doc.id)
         return wrote
 
+    @redis_boundary("result store")
     async def settle(self, request_id: str, reply_key: str) -> bool:
         """Finish the push and batch count of a written result; False when none exists."""
         raw = await self.redis.get(keys.result(request_id))
@@ -220,6 +227,16 @@ class ResultStore:
             args=[doc.id, counter[0], counter],
         )
 
+    @redis_boundary("result store")
+    async def results(self, request_ids: Sequence[str]) -> list[ResultDocument | None]:
+        """The result documents of `request_ids`, in order (None: no result), in one trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for request_id in request_ids:
+                pipe.get(keys.result(request_id))
+            raws = await pipe.execute()
+        return [None if raw is None else ResultDocument.model_validate_json(raw) for raw in raws]
+
+    @redis_boundary("result store")
     async def get(self, request_id: str) -> RequestState | None:
         """The request's state, or None when it is unknown (or long expired)."""
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -241,6 +258,7 @@ class ResultStore:
             deployment=record.get("deployment") or (result.deployment if result else None),
         )
 
+    @redis_boundary("result store")
     async def wait(self, request_id: str, timeout_s: float) -> RequestState | None:
         """`get`, but first wait up to `timeout_s` for the result (pub/sub, no polling)."""
         state = await self.get(request_id)
@@ -265,3 +283,17 @@ class ResultStore:
 
     def __repr__(self) -> str:
         return f"<ResultStore reply_ttl_s={self.reply_ttl_s}>"
+
+
+@redis_boundary("result counts")
+async def count_result(redis: aioredis.Redis, deployment: str, status: str) -> None:
+    """Add one to `deployment`'s counter of `status` (`keys.result_counts`; `ptu status`
+    shows them, and they outlive any worker)."""
+    await redis.hincrby(keys.result_counts(deployment), status, 1)
+
+
+@redis_boundary("result counts")
+async def result_counts(redis: aioredis.Redis, deployment: str) -> dict[str, int]:
+    """`deployment`'s result counters by status."""
+    raw = await redis.hgetall(keys.result_counts(deployment))
+    return {text(k): int(v) for k, v in raw.items()}

@@ -86,6 +86,9 @@ class ResultDocument(BaseModel):
     """When the call that produced a completed result started (service time = completed_at
     - started_at; the rest since enqueued_at was waiting)."""
     tenant: str = "default"
+    spillover: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    """The deployment that served the call instead of `deployment` (Azure's native
+    spillover to a standard deployment): its tokens were billed there."""
 
     @classmethod
     def for_request(

@@ -6,7 +6,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -16,37 +16,27 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
-    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
+from orchestrator.core.config_errors import EnvSource, invalid_setting, one_line
 from orchestrator.core.deployments import DeploymentConfig as DeploymentConfig
 from orchestrator.core.deployments import check_endpoint, check_redis_url
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.retry import RetryPolicy
 from orchestrator.core.schemas import Priority
+from orchestrator.core.views import (
+    CheckpointView,
+    EventHubsView,
+    QueueView,
+    RedisView,
+    ThrottleView,
+    overridden,
+)
 from orchestrator.tenants.config import TenantConfig, check_tenants
-
-
-def _invalid(field: str, message: str) -> PydanticCustomError:
-    """A model-level error that names its field in structured form (`ctx["field"]`)."""
-    return PydanticCustomError("invalid_setting", "{message}", {"field": field, "message": message})
-
-
-class _EnvSource(EnvSettingsSource):
-    """The `PTU_*` environment, with malformed JSON reported as the variable that holds it."""
-
-    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
-        """Decode a JSON-valued variable; ConfigError naming it when it is not JSON."""
-        try:
-            return super().decode_complex_value(field_name, field, value)
-        except ValueError as exc:
-            raise ConfigError(f"PTU_{field_name.upper()}: not valid JSON ({exc})") from exc
 
 
 class Settings(BaseSettings):
@@ -101,6 +91,11 @@ class Settings(BaseSettings):
     azure_monitor_poll_s: float = Field(default=30.0, gt=0)
     azure_monitor_ca_file: str | None = Field(
         default=None, description="CA bundle to trust for the metrics endpoint (local simulator)"
+    )
+    azure_management_endpoint: str | None = Field(
+        default=None,
+        description="Azure Resource Manager (https://management.azure.com): the worker reads "
+        "its PTU deployments there at start-up and warns of native spillover",
     )
     # event hubs backend
     eventhub_namespace: str | None = None
@@ -210,29 +205,39 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Arguments, then the environment (JSON errors named by variable), then secrets."""
-        return init_settings, _EnvSource(settings_cls), dotenv_settings, file_secret_settings
+        return init_settings, EnvSource(settings_cls), dotenv_settings, file_secret_settings
 
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.lower_threshold >= self.upper_threshold:
-            raise _invalid(
+            raise invalid_setting(
                 "lower_threshold",
                 f"{self.lower_threshold} must be below PTU_UPPER_THRESHOLD "
                 f"({self.upper_threshold})",
             )
         names = [d.name for d in self.deployments]
         if len(names) != len(set(names)):
-            raise _invalid("deployments", "names must be unique")
+            raise invalid_setting("deployments", "names must be unique")
         for d in self.deployments:
-            for spill in d.spillover:
+            for spill in d.spillover_names:
                 if spill not in names:
-                    raise _invalid("deployments", f"spillover {spill!r} is not a deployment")
+                    raise invalid_setting("deployments", f"spillover {spill!r} is not a deployment")
+            native = d.native_spillover
+            target = None if native is None else self.deployment(native)
+            if target is not None and (
+                target.kind != "standard" or self.endpoint_of(target) != self.endpoint_of(d)
+            ):
+                raise invalid_setting(
+                    "deployments",
+                    f"spillover {native!r} of {d.name!r} is native: it must be a standard "
+                    "deployment on the same resource",
+                )
         if (
             self.eventhub_checkpoint_store == "blob"
             and self.eventhub_checkpoint_blob_url is None
             and self.eventhub_checkpoint_connection_string is None
         ):
-            raise _invalid(
+            raise invalid_setting(
                 "eventhub_checkpoint_blob_url",
                 "required (or PTU_EVENTHUB_CHECKPOINT_CONNECTION_STRING) when "
                 "PTU_EVENTHUB_CHECKPOINT_STORE=blob",
@@ -240,8 +245,42 @@ class Settings(BaseSettings):
         problem = check_tenants(self.tenants, self.api_keys)
         if problem is not None:
             field, _, message = problem.partition(": ")
-            raise _invalid(field, message)
+            raise invalid_setting(field, message)
         return self
+
+    @property
+    def redis(self) -> RedisView:
+        """Where the state lives."""
+        return RedisView(self.redis_url, self.redis_cluster)
+
+    @property
+    def queue(self) -> QueueView:
+        """The queue backend and its Redis Streams timings."""
+        return QueueView(self.queue_backend, self.queue_claim_idle_s, self.queue_liveness_s)
+
+    @property
+    def throttle(self) -> ThrottleView:
+        """The throttle curve's defaults and the slot lease."""
+        return ThrottleView(
+            self.lower_threshold, self.upper_threshold, self.max_concurrency, self.slot_lease_s
+        )
+
+    @property
+    def eventhubs(self) -> EventHubsView:
+        """How to reach the Event Hubs namespace, and the consumer group."""
+        return EventHubsView(
+            self.eventhub_namespace, self.eventhub_connection_string, self.eventhub_consumer_group
+        )
+
+    @property
+    def checkpoints(self) -> CheckpointView:
+        """Where the request hubs' checkpoints live."""
+        return CheckpointView(
+            self.eventhub_checkpoint_store,
+            self.eventhub_checkpoint_blob_url,
+            self.eventhub_checkpoint_container,
+            self.eventhub_checkpoint_connection_string,
+        )
 
     def endpoint_of(self, d: DeploymentConfig) -> str | None:
         """The resource endpoint serving `d`: its own, else `PTU_AZURE_OPENAI_ENDPOINT`."""
@@ -273,32 +312,10 @@ class Settings(BaseSettings):
 
     def thresholds(self, d: DeploymentConfig) -> tuple[float, float, int]:
         """(lower, upper, max_concurrency) for a deployment, its overrides applied."""
-        lo = d.lower_threshold if d.lower_threshold is not None else self.lower_threshold
-        hi = d.upper_threshold if d.upper_threshold is not None else self.upper_threshold
-        m = d.max_concurrency if d.max_concurrency is not None else self.max_concurrency
+        lo, hi, m = overridden(d, self.lower_threshold, self.upper_threshold, self.max_concurrency)
         if lo >= hi:
             raise ConfigError(f"PTU_DEPLOYMENTS: {d.name}: lower threshold must be below upper")
         return lo, hi, m
-
-
-def _variable(loc: tuple[int | str, ...]) -> str:
-    if not loc:
-        return "PTU_*"
-    first = str(loc[0])
-    head = first if first.isupper() else f"PTU_{first.upper()}"  # an alias: OTEL_*
-    rest = ".".join(str(p) for p in loc[1:])
-    return f"{head} [{rest}]" if rest else head
-
-
-def _message(err: ErrorDetails) -> tuple[tuple[int | str, ...], str]:
-    """Where an error is and what it says, from pydantic's structured fields, not its text."""
-    ctx = err.get("ctx") or {}
-    loc = tuple(err["loc"])
-    if err["type"] == "invalid_setting":  # a model-level check names its field
-        return (str(ctx["field"]), *loc), str(ctx["message"])
-    if err["type"] == "value_error" and "error" in ctx:  # a validator's own ValueError
-        return loc, str(ctx["error"])
-    return loc, err["msg"]
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -306,5 +323,4 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        loc, msg = _message(exc.errors()[0])
-        raise ConfigError(f"{_variable(loc)}: {msg}") from exc
+        raise ConfigError(one_line(exc)) from exc

@@ -43,6 +43,7 @@ READ_BY: Mapping[str, tuple[str, ...]] = {
     "azure_resource_id": ("worker", "status"),
     "azure_monitor_poll_s": ("worker", "status"),
     "azure_monitor_ca_file": ("worker", "status"),
+    "azure_management_endpoint": ("worker",),
     "eventhub_namespace": ("ingress", "worker", "estimator", "status", "dlq"),
     "eventhub_connection_string": ("ingress", "worker", "estimator", "status", "dlq"),
     "eventhub_name": ("ingress", "worker", "status", "dlq"),

@@ -102,11 +102,10 @@ class EventHubsEstimator:
         from orchestrator.queues.eventhubs.auth import EventHubAuth
         from orchestrator.queues.eventhubs.checkpoint_redis import RedisCheckpointStore
 
-        auth = EventHubAuth(settings)
+        view = settings.eventhubs
+        auth = EventHubAuth(view)
         client = auth.consumer(
-            settings.eventhub_token_events_name,
-            settings.eventhub_consumer_group,
-            RedisCheckpointStore(redis),
+            settings.eventhub_token_events_name, view.consumer_group, RedisCheckpointStore(redis)
         )
         return cls(
             client,

@@ -19,7 +19,7 @@ from orchestrator.core import logs, redis_client, startup
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
-from orchestrator.estimator.redis_stream import Estimator
+from orchestrator.estimator.redis_stream import Estimator, StreamReading
 from orchestrator.utilisation.estimate.store import EstimateStore
 from orchestrator.utilisation.store_factory import estimate_store
 
@@ -50,7 +50,8 @@ def make_estimator(
         from orchestrator.estimator.eventhubs import EventHubsEstimator
 
         return EventHubsEstimator.from_settings(settings, redis, store, horizon_s=args.horizon_s)
-    return Estimator(redis, store, consumer=args.consumer, horizon_s=args.horizon_s)
+    reading = StreamReading(horizon_s=args.horizon_s)
+    return Estimator(redis, store, consumer=args.consumer, reading=reading)
 
 
 def run(args: argparse.Namespace, settings: Settings | None) -> int:
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     startup.announce(settings, "estimator")
 
     async def main(stop: asyncio.Event) -> int:
-        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+        redis = redis_client.connect_view(settings.redis)
         try:
             await startup.check_redis(redis, settings.redis_url)
         except ConfigError:

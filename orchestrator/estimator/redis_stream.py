@@ -21,21 +21,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from orchestrator.core import keys, redis_replies
-from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.boundary import redis_boundary
+from orchestrator.core.errors import StoreUnavailable, UtilisationUnavailable
 from orchestrator.core.retry import outage_delay_s
-from orchestrator.core.runtime import pause
+from orchestrator.core.runtime import Pacing, pause
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.utilisation.estimate.store import EVENT_FIELD, EstimateStore
 
@@ -100,6 +100,19 @@ def _entry_time(entry_id: str) -> float:
     return int(entry_id.split("-", 1)[0]) / 1000.0
 
 
+@dataclass(frozen=True, slots=True)
+class StreamReading:
+    """How the estimator reads `TOKEN_EVENTS`: blocking reads, batch, reclaim, horizon."""
+
+    block_ms: int = 1000
+    """Under redis-py's default 5 s socket timeout (AZURE_FACTS.md §8)."""
+    batch: int = 200
+    claim_idle_s: float = 30.0
+    """A dead consumer's entries are taken over after this long."""
+    horizon_s: float = 300.0
+    """Entries older than this (by stream id) are acknowledged unapplied."""
+
+
 class Estimator:
     """Folds the `TOKEN_EVENTS` stream into an `EstimateStore`."""
 
@@ -109,24 +122,22 @@ class Estimator:
         store: EstimateStore,
         *,
         consumer: str,
-        block_ms: int = 1000,
-        batch: int = 200,
-        claim_idle_s: float = 30.0,
-        horizon_s: float = 300.0,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        rand: Callable[[], float] = random.random,
+        reading: StreamReading | None = None,
+        pacing: Pacing | None = None,
     ) -> None:
-        if not 0 < block_ms < 5000:
+        reading = reading or StreamReading()
+        pacing = pacing or Pacing()
+        if not 0 < reading.block_ms < 5000:
             raise ValueError("block_ms must be between 0 and 5000 (redis-py socket timeout)")
         self._redis = redis
         self._store = store
         self.consumer = consumer
-        self._block_ms = block_ms
-        self._batch = batch
-        self._claim_idle_ms = int(claim_idle_s * 1000)
-        self._horizon_s = horizon_s
-        self._sleep = sleep
-        self._rand = rand
+        self._block_ms = reading.block_ms
+        self._batch = reading.batch
+        self._claim_idle_ms = int(reading.claim_idle_s * 1000)
+        self._horizon_s = reading.horizon_s
+        self._sleep = pacing.sleep
+        self._rand = pacing.rand
         self._group_ready = False
         self._own_pending = True  # first drain our own unacknowledged entries (restart)
         self._claimed_at = 0.0
@@ -165,8 +176,11 @@ class Estimator:
         )
         return redis_replies.read_entries(reply)
 
+    @redis_boundary("token events")
     async def step(self) -> int:
-        """Read, apply, acknowledge and heartbeat once; returns entries handled."""
+        """Read, apply, acknowledge and heartbeat once; returns entries handled.
+
+        Raises StoreUnavailable (Redis) or UtilisationUnavailable (the estimate)."""
         await self._ensure_group()
         entries = await self._next_entries()
         seconds, micros = await self._redis.time()
@@ -202,7 +216,7 @@ class Estimator:
             try:
                 await self.step()
                 failures = 0
-            except (RedisError, UtilisationUnavailable) as exc:
+            except (StoreUnavailable, UtilisationUnavailable) as exc:
                 failures += 1
                 self._group_ready = False  # e.g. the stream was deleted: create it again
                 self._own_pending = True  # entries read but not acknowledged come back first

@@ -35,6 +35,7 @@ import structlog
 from pydantic import ValidationError
 
 from orchestrator.core import keys, redis_replies
+from orchestrator.core.boundary import redis_boundary
 from orchestrator.core.errors import PTUError
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import QueuedRequest
@@ -133,15 +134,18 @@ class DeadLetterStore:
         self.deployment = deployment
         self.stream = keys.dead_letter(deployment)
 
+    @redis_boundary("dead-letter store")
     async def depth(self) -> int:
         """Entries in the store."""
         return int(await self.redis.xlen(self.stream))
 
+    @redis_boundary("dead-letter store")
     async def entries(self, count: int = 100) -> list[DeadLetter]:
         """The oldest `count` entries."""
         reply = await self.redis.xrange(self.stream, count=count)
         return [self._entry(entry_id, fields) for entry_id, fields in redis_replies.entries(reply)]
 
+    @redis_boundary("dead-letter store")
     async def find(self, ident: str) -> DeadLetter | None:
         """The entry with this entry id or request id."""
         if "-" in ident and ident.replace("-", "").isdigit():
@@ -153,6 +157,7 @@ class DeadLetterStore:
                 return letter
         return None
 
+    @redis_boundary("dead-letter store")
     async def replay(
         self, letter: DeadLetter, queue: Queue, results: ResultStore, ttl_s: float
     ) -> QueuedRequest:
@@ -177,6 +182,7 @@ class DeadLetterStore:
         await self.redis.xdel(self.stream, letter.entry_id)
         return new
 
+    @redis_boundary("dead-letter store")
     async def purge(self, entry_ids: list[str] | None = None) -> int:
         """Remove the given entries, or all of them; how many were removed."""
         if entry_ids is None:

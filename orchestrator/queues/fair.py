@@ -31,10 +31,10 @@ from dataclasses import replace
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
 from orchestrator.core import keys
-from orchestrator.core.errors import QueueUnavailable
+from orchestrator.core.boundary import redis_boundary
+from orchestrator.core.errors import QueueUnavailable, StoreUnavailable
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues.base import BulkPut, Delivery, Queue
 from orchestrator.tenants import fair
@@ -58,6 +58,7 @@ class FairShareState:
         self.key = keys.fair_share(deployment)
         self._raise_to = redis.register_script(_RAISE_TO)
 
+    @redis_boundary("fair-share state")
     async def read(
         self,
     ) -> tuple[set[str], set[str], dict[str, float], float, dict[str, float]]:
@@ -83,20 +84,24 @@ class FairShareState:
                 known.add(tenant)
         return active, known, virtual, floor, pending
 
+    @redis_boundary("fair-share state")
     async def flag(self, tenant: str) -> None:
         """Mark `tenant` backlogged."""
         await self.redis.hset(self.key, f"a:{tenant}", "1")
 
+    @redis_boundary("fair-share state")
     async def unflag(self, tenant: str) -> None:
         """Mark `tenant` idle."""
         await self.redis.hdel(self.key, f"a:{tenant}")
 
+    @redis_boundary("fair-share state")
     async def apply(self, decision: fair.Plan) -> None:
         """Write a plan's lifts and floor (each only ever raised, so racing workers agree)."""
         for tenant, value in decision.lifts.items():
             await self._raise_to(keys=[self.key], args=[f"v:{tenant}", repr(value)])
         await self._raise_to(keys=[self.key], args=["floor", repr(decision.floor)])
 
+    @redis_boundary("fair-share state")
     async def charge(
         self, tenant: str, tokens: float, weight: float, *, pending: float = 0.0
     ) -> None:
@@ -146,7 +151,7 @@ class FairShareQueue:
         await self.inner(message.tenant).put(message)
         try:
             await self.state.flag(message.tenant)
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             # the message is stored; the next sweep finds it even without its flag
             log.warning("fair_flag_failed", tenant=message.tenant, error=repr(exc))
 
@@ -164,7 +169,7 @@ class FairShareQueue:
                     await inner.put(message)
             try:
                 await self.state.flag(tenant)
-            except RedisError as exc:
+            except StoreUnavailable as exc:
                 log.warning("fair_flag_failed", tenant=tenant, error=repr(exc))
 
     async def receive(self, max_count: int, timeout_s: float) -> list[Delivery]:
@@ -174,7 +179,7 @@ class FairShareQueue:
         while True:
             try:
                 active, known, virtual, floor, pending = await self.state.read()
-            except RedisError as exc:
+            except StoreUnavailable as exc:
                 raise QueueUnavailable(f"fair-share state {self.state.key}: {exc}") from exc
             known |= self._configured
             now = self._clock()
@@ -220,7 +225,7 @@ class FairShareQueue:
         """Messages waiting or in flight, summed over the known tenants."""
         try:
             _, known, _, _, _ = await self.state.read()
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             raise QueueUnavailable(f"fair-share state {self.state.key}: {exc}") from exc
         total = 0
         for tenant in sorted(known | self._configured):
@@ -244,7 +249,7 @@ class FairShareQueue:
         # empty: clear the flag, then look once more (a put between the two reads re-flags)
         try:
             await self.state.unflag(tenant)
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             raise QueueUnavailable(f"fair-share state {self.state.key}: {exc}") from exc
         got = await queue.receive(max_count, 0.0)
         if got:
@@ -254,13 +259,13 @@ class FairShareQueue:
     async def _flag(self, tenant: str) -> None:
         try:
             await self.state.flag(tenant)
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             log.warning("fair_flag_failed", tenant=tenant, error=repr(exc))
 
     async def _apply(self, decision: fair.Plan) -> None:
         try:
             await self.state.apply(decision)
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             raise QueueUnavailable(f"fair-share state {self.state.key}: {exc}") from exc
 
     @staticmethod

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
+from orchestrator.core.errors import StoreUnavailable
 from orchestrator.tenants.config import Tenancy, TenantConfig
 from orchestrator.tenants.ledger import Counters, Usage, UsageLedger
 from orchestrator.tenants.limits import MINUTE_S, Refusal, decide, period_bounds
@@ -111,7 +111,7 @@ class CachedLedger(UsageLedger):
     async def _refresh(self, tenant: str) -> None:
         try:
             await self._read(tenant, self._clock())
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             # the next request past REFRESH_S reads for itself (and meets the error)
             log.warning("limits_refresh_failed", tenant=tenant, error=repr(exc))
         finally:

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from orchestrator.core import keys
+from orchestrator.core.boundary import redis_boundary
 from orchestrator.tenants.config import Tenancy
 from orchestrator.tenants.limits import MINUTE_S, Refusal, decide, period_bounds
 
@@ -86,6 +87,7 @@ class UsageLedger:
         self._clock = clock
         self._registered: set[str] = set()
 
+    @redis_boundary("usage ledger")
     async def record(self, use: Usage) -> None:
         """Add one request's usage to its hour, minute and quota period (one MULTI)."""
         now = self._clock()
@@ -112,6 +114,7 @@ class UsageLedger:
             await self._redis.sadd(keys.USAGE_TENANTS, tenant)
             self._registered.add(tenant)
 
+    @redis_boundary("usage ledger")
     async def refusal(self, tenant: str, need: int) -> Refusal | None:
         """Why `tenant` may not send `need` more tokens now; None (no Redis call) if unlimited."""
         config = self._tenancy.config(tenant)
@@ -128,6 +131,7 @@ class UsageLedger:
             now=now,
         )
 
+    @redis_boundary("usage ledger")
     async def counters(self, tenant: str, now: float) -> Counters:
         """The counters `tenant`'s limits read at `now` (one pipelined round trip)."""
         config = self._tenancy.config(tenant)
@@ -143,6 +147,7 @@ class UsageLedger:
             values = [int(v or 0) for v in await pipe.execute()]
         return Counters(minute, period, values[0], values[1], values[2] if len(values) > 2 else 0)
 
+    @redis_boundary("usage ledger")
     async def rows(self, since: float, until: float) -> list[UsageRow]:
         """Every recorded hour that starts in [since, until), for every tenant."""
         tenants = sorted(

@@ -19,6 +19,8 @@ throttled: the deployment answered 429; rejected: another 4xx; limited: refused 
 tenant's own tokens-per-minute limit or quota. `calls.outcome.status_label` maps to them."""
 OTHER = "other"
 TOKEN_KINDS = ("prompt", "cached", "completion")
+SERVICE_TIERS = ("auto", "default", "flex", "priority", "scale")
+"""The `service_tier` values an answer may name (anything else is counted as `other`)."""
 
 
 class TenantMetrics:
@@ -41,6 +43,12 @@ class TenantMetrics:
             ["tenant", "deployment", "priority", "status"],
             registry=registry,
         )
+        self.tiers = Counter(
+            "ptu_service_tier_requests",
+            "Requests answered, by the service tier the deployment applied (when it says)",
+            ["deployment", "priority", "service_tier"],
+            registry=registry,
+        )
 
     def label(self, tenant: str, deployment: str) -> tuple[str, str]:
         """The bounded (tenant, deployment) labels."""
@@ -61,3 +69,10 @@ class TenantMetrics:
         """Count one finished request."""
         t, d = self.label(tenant, deployment)
         self.requests.labels(t, d, priority, status if status in STATUSES else "failed").inc()
+
+    def tiered(self, deployment: str, priority: str, tier: str | None) -> None:
+        """Count one answer by the service tier applied (nothing when it names none)."""
+        if tier is None:
+            return
+        _, d = self.label(OTHER, deployment)
+        self.tiers.labels(d, priority, tier if tier in SERVICE_TIERS else OTHER).inc()

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import structlog
-from redis.exceptions import RedisError
 
 from orchestrator.core.errors import PTUError
 from orchestrator.core.tokens import estimate_prompt_tokens
@@ -44,7 +43,7 @@ async def quota_error(
         return None
     try:
         refusal = await gate.refusal(tenant, estimate_prompt_tokens(dict(body)))
-    except (RedisError, PTUError) as exc:
+    except PTUError as exc:  # StoreUnavailable among them
         log.warning("quota_check_failed", tenant=tenant, error=repr(exc))
         return None
     if refusal is None or refusal.status != QUOTA_STATUS:

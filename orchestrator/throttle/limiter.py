@@ -14,17 +14,15 @@ count is below the limit.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
-from orchestrator.core.errors import UtilisationUnavailable
-from orchestrator.core.runtime import pause
+from orchestrator.core.errors import StoreUnavailable, UtilisationUnavailable
+from orchestrator.core.runtime import Pacing, pause
 from orchestrator.core.settings import DeploymentConfig
+from orchestrator.core.views import ThrottleView
 from orchestrator.throttle.policy import Curve, concurrency_limit, limit_for
 from orchestrator.throttle.slots import Slot, SlotTable
 from orchestrator.utilisation.base import Reading, UtilisationSource
@@ -44,26 +42,24 @@ class Throttle:
         redis: aioredis.Redis,
         deployment: DeploymentConfig,
         source: UtilisationSource,
+        view: ThrottleView,
         *,
-        lower: float,
-        upper: float,
-        max_concurrency: int,
-        lease_s: float,
         worker_id: str,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        pacing: Pacing | None = None,
         poll_s: float = 0.1,
     ) -> None:
-        self._curve = Curve(lower, upper, max_concurrency)
+        """`view`: the curve (with `deployment`'s overrides) and the slot lease."""
+        self._curve = Curve(*view.curve(deployment))
         concurrency_limit(0.0, *self._curve)  # validates the arguments
-        if lease_s <= 0 or poll_s <= 0:
-            raise ValueError("lease_s and poll_s must be positive")
+        if view.slot_lease_s <= 0 or poll_s <= 0:
+            raise ValueError("slot_lease_s and poll_s must be positive")
         self.deployment = deployment.name
         self._source = source
-        self.lease_s = lease_s
+        self.lease_s = view.slot_lease_s
         self._worker_id = worker_id
-        self._clock = clock
-        self._sleep = sleep
+        pacing = pacing or Pacing()
+        self._clock = pacing.clock
+        self._sleep = pacing.sleep
         self._poll_s = poll_s
         self._table = SlotTable(redis, deployment.name)
         self._held: dict[str, Slot] = {}
@@ -146,7 +142,7 @@ class Throttle:
                 member = f"{self._worker_id}:{uuid.uuid4().hex[:16]}"
                 try:
                     attempt = await self._table.try_lease(member, limit, self.lease_s)
-                except RedisError as exc:
+                except StoreUnavailable as exc:
                     log.warning("slot_lease_failed", deployment=self.deployment, error=repr(exc))
                 else:
                     if attempt.leased:
@@ -169,7 +165,7 @@ class Throttle:
         self._released.set()
         try:
             await self._table.release([slot.id])
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             log.warning("slot_release_failed", deployment=self.deployment, error=repr(exc))
 
     async def renew(self) -> None:
@@ -186,20 +182,20 @@ class Throttle:
             lost = [m for m in readded if m in self._held]
             if lost:
                 log.warning("slot_leases_lost", deployment=self.deployment, count=len(lost))
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             log.warning("slot_renew_failed", deployment=self.deployment, error=repr(exc))
 
     async def pause_for(self, seconds: float) -> None:
         """Pause new slots for this deployment on every worker (after a low-priority 429)."""
         try:
             left = await self._table.pause(seconds)
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             log.warning("throttle_pause_failed", deployment=self.deployment, error=repr(exc))
             return
         log.info("throttle_paused", deployment=self.deployment, seconds=round(left, 3))
 
     async def global_in_flight(self) -> int:
-        """Live slots of all workers for this deployment."""
+        """Live slots of all workers for this deployment; StoreUnavailable when unknown."""
         return await self._table.count()
 
     def __repr__(self) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from orchestrator.core import keys
+from orchestrator.core.boundary import redis_boundary
 
 NOW_MS = """
 local t = redis.call('TIME')
@@ -101,6 +102,7 @@ class SlotTable:
         self._count = redis.register_script(_COUNT)
         self._pause_script = redis.register_script(_PAUSE)
 
+    @redis_boundary("slot table")
     async def try_lease(self, member: str, limit: int, lease_s: float) -> Attempt:
         """Lease `member` if fewer than `limit` live leases exist and no pause is set."""
         reply: Any = await self._acquire(
@@ -111,11 +113,13 @@ class SlotTable:
             return Attempt(False, 0, value / 1000.0)
         return Attempt(status == 1, value)
 
+    @redis_boundary("slot table")
     async def release(self, members: Sequence[str]) -> None:
         """Drop leases (a no-op for leases already gone)."""
         if members:
             await self._redis.zrem(self._slots, *members)
 
+    @redis_boundary("slot table")
     async def renew(self, members: Sequence[str], lease_s: float) -> list[str]:
         """Extend leases to now + lease_s; the members that had expired and were re-added."""
         if not members:
@@ -123,10 +127,12 @@ class SlotTable:
         reply: Any = await self._renew(keys=[self._slots], args=[_ms(lease_s), *members])
         return [m.decode() if isinstance(m, bytes) else str(m) for m in reply]
 
+    @redis_boundary("slot table")
     async def count(self) -> int:
         """Live leases of all workers."""
         return int(await self._count(keys=[self._slots]))
 
+    @redis_boundary("slot table")
     async def pause(self, seconds: float) -> float:
         """Pause new leases for `seconds` (never shortening a longer pause); seconds left."""
         left = int(await self._pause_script(keys=[self._pause], args=[max(1, _ms(seconds))]))

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import structlog
-from redis.exceptions import RedisError
 
+from orchestrator.core.errors import StoreUnavailable
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.queues.fair import FairShareState
 from orchestrator.tenants.config import Tenancy
@@ -53,7 +53,7 @@ class WorkerAccounting:
             await self._inner.record(event)
         try:
             await self._account(event)
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             log.warning("accounting_failed", request_id=event.request_id, error=repr(exc))
 
     async def _account(self, event: TokenEvent) -> None:
@@ -84,6 +84,17 @@ class WorkerAccounting:
             event.cached_tokens,
             event.completion_tokens,
         )
+        await self._used(use)
+
+    async def served(self, use: Usage) -> None:
+        """Tokens a standard deployment served for a PTU's call (Azure's native spillover):
+        the ledger and counters charge that deployment; the estimate never sees them."""
+        try:
+            await self._used(use)
+        except StoreUnavailable as exc:
+            log.warning("accounting_failed", deployment=use.deployment, error=repr(exc))
+
+    async def _used(self, use: Usage) -> None:
         await self._ledger.record(use)
         if self._metrics is not None:
             self._metrics.used(use)

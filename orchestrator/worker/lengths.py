@@ -24,9 +24,10 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from redis.exceptions import RedisError
 
 from orchestrator.core import keys
+from orchestrator.core.boundary import redis_boundary
+from orchestrator.core.errors import StoreUnavailable
 from orchestrator.worker.sizing import WINDOW, Plan, SizingParams, sized_limit
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class OutputLengths:
         self._clock = clock
         self._copies: dict[tuple[str, str], tuple[float, list[int]]] = {}
 
+    @redis_boundary("output lengths")
     async def recent(self, deployment: str, tenant: str) -> list[int]:
         """The last `window` lengths, newest first (at most `refresh_s` old, plus our own)."""
         now = self._clock()
@@ -70,6 +72,7 @@ class OutputLengths:
         self._copies[(deployment, tenant)] = (now, lengths)
         return lengths
 
+    @redis_boundary("output lengths")
     async def learn(self, deployment: str, tenant: str, length: int) -> None:
         """Add one answer's output length (push, trim, refresh the expiry: one MULTI)."""
         key = keys.output_lengths(deployment, tenant)
@@ -114,7 +117,7 @@ class Sizer:
             return plan
         try:
             recent = await self._lengths.recent(message.deployment, message.tenant)
-        except RedisError as exc:
+        except StoreUnavailable as exc:
             log.warning("output_lengths_unavailable", error=repr(exc))
             return plan
         return Plan(message, sized_limit(recent, plan.caller, self._params))
@@ -135,7 +138,7 @@ class Sizer:
         if length is not None and self._lengths is not None:
             try:
                 await self._lengths.learn(message.deployment, message.tenant, length)
-            except RedisError as exc:
+            except StoreUnavailable as exc:
                 log.warning("output_length_not_learnt", error=repr(exc))
         return again
 

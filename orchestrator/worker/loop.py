@@ -14,7 +14,6 @@ and are delivered again), then wait for any shielded result writes.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import socket
@@ -24,15 +23,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from redis.exceptions import RedisError
 
-from orchestrator.core import keys
-from orchestrator.core.errors import QueueUnavailable
+from orchestrator.core.errors import QueueUnavailable, StoreUnavailable
 from orchestrator.core.incarnation import Incarnation
 from orchestrator.core.retry import outage_delay_s
 from orchestrator.core.runtime import every, pause
 from orchestrator.queues.base import Delivery, Queue
+from orchestrator.queues.dead_letter import DeadLetterStore
 from orchestrator.worker.dispatch import Dispatcher
+from orchestrator.worker.heartbeats import Heartbeats
 from orchestrator.worker.protocols import SlotLimiter
 
 if TYPE_CHECKING:
@@ -86,7 +85,6 @@ class Worker:
         self.worker_id = worker_id
         self.lanes = list(lanes)
         self.timing = timing or WorkerTiming()
-        self._redis = redis
         self._metrics = metrics
         self._clock = clock
         self._sleep = sleep
@@ -94,6 +92,12 @@ class Worker:
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {lane.deployment: set() for lane in lanes}
         self._waiting: dict[str, bool] = {lane.deployment: False for lane in lanes}
         """Lanes holding a slot while they wait for a message: capacity ready, not work."""
+        self._heartbeats = Heartbeats(redis) if redis is not None else None
+        self._dead_letters = (
+            {lane.deployment: DeadLetterStore(redis, lane.deployment) for lane in lanes}
+            if redis is not None
+            else {}
+        )
         self.incarnation = (
             Incarnation(redis, on_loss=self._count_loss, clock=clock) if redis is not None else None
         )
@@ -238,7 +242,7 @@ class Worker:
 
         await every(
             self.timing.heartbeat_s, tick, done, event="heartbeat_failed",
-            errors=(RedisError, QueueUnavailable), first="now", sleep=self._sleep,
+            errors=(StoreUnavailable, QueueUnavailable), first="now", sleep=self._sleep,
         )  # fmt: skip
 
     async def snapshot(self) -> dict[str, Any]:
@@ -256,7 +260,7 @@ class Worker:
                 depth = None
             try:
                 global_in_flight: int | None = await throttle.global_in_flight()
-            except RedisError:
+            except StoreUnavailable:
                 global_in_flight = None
             lanes[lane.deployment] = {
                 "limit": throttle.limit,
@@ -280,11 +284,12 @@ class Worker:
                 )
                 if depth is not None:
                     self._metrics.queue_depth.labels(lane.deployment).set(depth)
-                if self._redis is not None:
+                letters = self._dead_letters.get(lane.deployment)
+                if letters is not None:
                     try:
-                        letters = await self._redis.xlen(keys.dead_letter(lane.deployment))
-                        self._metrics.dead_letters.labels(lane.deployment).set(letters)
-                    except RedisError as exc:
+                        depth_dl = await letters.depth()
+                        self._metrics.dead_letters.labels(lane.deployment).set(depth_dl)
+                    except StoreUnavailable as exc:
                         log.debug("dead_letter_depth_failed", error=repr(exc))
                 if global_in_flight is not None:
                     self._metrics.global_in_flight.labels(lane.deployment).set(global_in_flight)
@@ -299,15 +304,15 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         doc = await self.snapshot()
-        if self._redis is not None:
-            await self._redis.hset(keys.WORKERS, self.worker_id, json.dumps(doc))
+        if self._heartbeats is not None:
+            await self._heartbeats.publish(self.worker_id, doc)
 
     async def _forget_heartbeat(self) -> None:
-        if self._redis is None:
+        if self._heartbeats is None:
             return
         try:
-            await asyncio.shield(self._redis.hdel(keys.WORKERS, self.worker_id))
-        except RedisError as exc:
+            await asyncio.shield(self._heartbeats.forget(self.worker_id))
+        except StoreUnavailable as exc:
             log.warning("heartbeat_remove_failed", error=repr(exc))
 
     def _count_loss(self) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import os
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 import structlog
@@ -35,8 +35,9 @@ from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.base import UtilisationSource
 from orchestrator.utilisation.factory import make_source
 from orchestrator.utilisation.store_factory import estimate_store
+from orchestrator.worker import spillover_check
 from orchestrator.worker.accounting import WorkerAccounting
-from orchestrator.worker.dispatch import DispatchConfig, Dispatcher, Gates, Reporting
+from orchestrator.worker.dispatch import Delivering, DispatchConfig, Dispatcher, Gates, Reporting
 from orchestrator.worker.lengths import OutputLengths, Sizer
 from orchestrator.worker.loop import Lane, Worker, WorkerTiming
 from orchestrator.worker.metrics import WorkerMetrics
@@ -142,26 +143,21 @@ def build_worker(
     lanes, queues = [], []
     breaker_cfg = breaker_config(settings)
     for d in deployments:
-        lower, upper, maximum = settings.thresholds(d)
+        lower, upper, _ = settings.thresholds(d)
         if metrics is not None:
             metrics.thresholds(d.name, lower, upper)
+        endpoint = upstream.endpoint(d.name) if isinstance(upstream, RoutedUpstream) else ""
         breaker = SharedBreaker(
             redis,
             d.name,
             breaker_cfg,
-            endpoint=upstream.endpoint(d.name) if isinstance(upstream, RoutedUpstream) else "",
+            endpoint=endpoint,
             on_change=metrics.circuit if metrics is not None else None,
         )
-        throttle = Throttle(
-            redis,
-            d,
-            source,
-            lower=lower,
-            upper=upper,
-            max_concurrency=maximum,
-            lease_s=settings.slot_lease_s,
-            worker_id=worker_id,
+        responses_breaker = SharedBreaker(
+            redis, d.name, breaker_cfg, endpoint=endpoint, surface="responses"
         )
+        throttle = Throttle(redis, d, source, settings.throttle, worker_id=worker_id)
         admission = Admission(
             d,
             throttle.current,
@@ -173,12 +169,19 @@ def build_worker(
         queues.append(queue)
         dispatcher = Dispatcher(
             d.name,
-            queue=queue,
-            results=results,
+            delivering=Delivering(queue, results),
             upstream=upstream,
-            config=config,
-            gates=Gates(throttle, breaker=breaker, admission=admission, quota=ledger),
-            reporting=Reporting(accounting, metrics=metrics, telemetry=tracing, counts=redis),
+            config=replace(config, low_priority_spill=d.low_priority_spill),
+            gates=Gates(
+                throttle,
+                breaker=breaker,
+                responses_breaker=responses_breaker,
+                admission=admission,
+                quota=ledger,
+            ),
+            reporting=Reporting(
+                accounting, metrics=metrics, telemetry=tracing, counts=redis, usage=accounting
+            ),
             sizer=sizer,
         )
         lanes.append(Lane(d.name, queue, throttle, dispatcher))
@@ -220,10 +223,11 @@ def run(
         if port is not None:
             bound = metrics.serve(port)
             log.info("metrics_serving", port=bound)
-        redis = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+        redis = redis_client.connect_view(settings.redis)
         try:
             await startup.check_redis(redis, settings.redis_url)
             await upstream.check_credentials()
+            await spillover_check.check(settings, deployments)
             built = build_worker(
                 settings,
                 redis,

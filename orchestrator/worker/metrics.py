@@ -136,6 +136,12 @@ class WorkerMetrics:
             ["deployment", "outcome"],
             registry=r,
         )
+        self.spilled = Counter(
+            "ptu_worker_spilled",
+            "Low-priority calls Azure spilled to a standard deployment (pay-as-you-go price)",
+            ["deployment", "to", "tenant"],
+            registry=r,
+        )
         self.tokens = Counter(
             "ptu_worker_tokens",
             "Tokens used by completed calls",
@@ -215,6 +221,11 @@ class WorkerMetrics:
         """Count the tokens of a completed call."""
         self.tokens.labels(deployment, "prompt").inc(prompt_tokens)
         self.tokens.labels(deployment, "completion").inc(completion_tokens)
+
+    def spilled_call(self, deployment: str, to: str, tenant: str) -> None:
+        """Count one low-priority call served by the standard deployment `to`."""
+        t, d = self.tenants.label(tenant, to)
+        self.spilled.labels(deployment, d, t).inc()
 
     def lag(self, deployment: str, seconds: float) -> None:
         """Record how long a message waited in the queue."""

@@ -11,6 +11,7 @@ from orchestrator.throttle.slots import Slot
 
 if TYPE_CHECKING:
     from orchestrator.core.results import RequestState
+    from orchestrator.tenants.ledger import Usage
     from orchestrator.utilisation.base import Reading
 
 
@@ -59,3 +60,10 @@ class ResultSink(Protocol):
 
     async def settle(self, request_id: str, reply_key: str) -> bool:
         """Finish the reply push and batch count of a written result (idempotent)."""
+
+
+class UsageSink(Protocol):
+    """Usage the estimate must not see (`orchestrator.worker.accounting.WorkerAccounting`)."""
+
+    async def served(self, use: Usage) -> None:
+        """Record tokens another deployment served (ledger, counters); logged, never raised."""

@@ -68,10 +68,7 @@ class RoutedUpstream:
         headers: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
         """Call `deployment` once on its resource (see `Upstream.chat`)."""
-        up = self._by_deployment.get(deployment)
-        if up is None:
-            raise ConfigError(f"PTU_DEPLOYMENTS: no upstream client for {deployment!r}")
-        return await up.chat(deployment, body, headers=headers)
+        return await self._client(deployment).chat(deployment, body, headers=headers)
 
     async def responses(
         self,

@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from orchestrator.calls.versions import accepts_stream_options
 from simulator.openai import chat, models, tokens
 from simulator.openai.counters import UNLABELLED
 from simulator.openai.responses import MIN_OUTPUT_TOKENS
@@ -126,6 +127,9 @@ def parse_call(
 ) -> ChatCall:
     """Token counts, stream options and priority label of a request to a `model` deployment."""
     reasoning = models.is_reasoning(model)
+    version = request.query_params.get("api-version")
+    if endpoint != RESPONSES and "stream_options" in body and not accepts_stream_options(version):
+        raise _invalid(chat.MSG_400_STREAM_OPTIONS)
     if reasoning and endpoint != RESPONSES and body.get("max_tokens") is not None:
         raise _invalid(chat.MSG_400_MAX_TOKENS, "max_tokens", "unsupported_parameter")
     try:

@@ -83,6 +83,19 @@ def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0)
     }
 
 
+HONOURED_TIERS = frozenset({"priority", "flex"})
+"""The tiers a standard deployment applies when asked (AZURE_FACTS.md §10); any other ask,
+and any ask of a provisioned deployment, is served at `default`."""
+
+
+def applied_tier(body: dict[str, Any], kind: str) -> str | None:
+    """The `service_tier` an answer names: only when the request asked for one."""
+    asked = body.get("service_tier")
+    if not isinstance(asked, str):
+        return None
+    return asked if kind == "standard" and asked in HONOURED_TIERS else "default"
+
+
 def completion_body(
     *,
     completion_id: str,
@@ -93,8 +106,11 @@ def completion_body(
     prompt_tokens: int,
     completion_tokens: int,
     reasoning_tokens: int = 0,
+    service_tier: str | None = None,
 ) -> dict[str, Any]:
-    """A non-streaming `chat.completion` body in Azure's shape."""
+    """A non-streaming `chat.completion` body in Azure's shape (`service_tier`: the tier
+    applied, named when the request asked for one)."""
+    tier = {} if service_tier is None else {"service_tier": service_tier}
     return {
         "choices": [
             {
@@ -117,6 +133,7 @@ def completion_body(
         "prompt_filter_results": PROMPT_FILTER_RESULTS,
         "system_fingerprint": SYSTEM_FINGERPRINT,
         "usage": usage(prompt_tokens, completion_tokens, reasoning_tokens),
+        **tier,
     }
 
 
@@ -131,7 +148,15 @@ SSE_DONE = b"data: [DONE]\n\n"
 class ChunkWriter:
     """Renders the SSE chunks of one streamed completion."""
 
-    def __init__(self, *, completion_id: str, created: int, model: str, with_usage: bool) -> None:
+    def __init__(
+        self,
+        *,
+        completion_id: str,
+        created: int,
+        model: str,
+        with_usage: bool,
+        service_tier: str | None = None,
+    ) -> None:
         self.base: dict[str, Any] = {
             "created": created,
             "id": completion_id,
@@ -139,6 +164,8 @@ class ChunkWriter:
             "object": "chat.completion.chunk",
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
+        if service_tier is not None:
+            self.base["service_tier"] = service_tier
         self.with_usage = with_usage
 
     @staticmethod
@@ -216,6 +243,8 @@ MSG_400_MAX_TOKENS = (
     "Unsupported parameter: 'max_tokens' is not supported with this model. "
     "Use 'max_completion_tokens' instead."
 )
+MSG_400_STREAM_OPTIONS = "Unrecognized request argument supplied: stream_options"
+"""An api-version before 2024-10-21 (`orchestrator.calls.versions`) refusing the field."""
 MSG_500 = (
     "The server had an error while processing your request. Sorry about that! You can retry your "
     "request, or contact us through an Azure support request if the error persists."

@@ -28,6 +28,7 @@ from simulator.openai.latency import ttft_s
 from simulator.openai.meter import Meter, make_meter, switch
 from simulator.openai.patch import CHOICES, PATCHABLE, PROVISIONED_ONLY, Changes, parse_changes
 from simulator.openai.standard import StandardLimiter
+from simulator.openai.state import state_of
 
 __all__ = [
     "CHOICES",
@@ -303,55 +304,7 @@ class Deployment:
 
     def state(self, now: float) -> dict[str, Any]:
         """The `/sim/state` entry of this deployment."""
-        c = self.counters
-        return {
-            "kind": self.spec.kind,
-            "model": self.spec.model,
-            "capacity_tpm": self.capacity_tpm,
-            "window_s": self.window_s,
-            "utilization": self.utilization(now),
-            "in_flight": sum(self.in_flight.values()),
-            "in_flight_by_priority": dict(self.in_flight),
-            "peak_in_flight_by_priority": dict(self.peak_in_flight),
-            "requests": c.requests,
-            "throttled": c.throttled,
-            "errors": c.errors,
-            "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens,
-            "spilled": c.spilled,
-            "spillover_errors": c.spillover_errors,
-            "spillover_served": c.spillover_served,
-            "by_priority": {k: dict(v) for k, v in c.by_priority.items()},
-            "tbt_ms": self.tbt_ms,
-            "ttft_ms": self.ttft_ms,
-            "faults": {
-                k: getattr(self.faults, k)
-                for k in ("error_rate", "timeout_rate", "spike_rate", "spike_ms")
-            },
-            **self._reality(now),
-        }
-
-    def _reality(self, now: float) -> dict[str, Any]:
-        """How this deployment departs from the orchestrator's model (provisioned only)."""
-        if self.meter is None:
-            return {}
-        bg = self.background_counters
-        return {
-            "ptus": self.meter.capacity_tpm / self.spec.input_tpm_per_ptu,
-            "spillover": self.spillover,
-            "utilisation_model": self.utilisation_model,
-            "utilisation_header": self.header.mode,
-            "header_lag_s": self.header.lag_s,
-            "header_smoothing_s": self.header.smoothing_s,
-            "background": {
-                "share": self.background.share_at(now),
-                "profile": str(self.background.profile),
-                "requests": bg.requests,
-                "throttled": bg.throttled,
-                "prompt_tokens": bg.prompt_tokens,
-                "completion_tokens": bg.completion_tokens,
-            },
-        }
+        return state_of(self, now)
 
     def __repr__(self) -> str:
         return (

@@ -79,7 +79,8 @@ def test_saturated_ptu_spills_and_clients_see_no_429(
     assert 1 <= state["ptu"]["throttled"] <= 2
     assert state["paygo"]["requests"] == spilled
     metrics = httpx2.get(ingress.url + "/metrics").text
-    assert 'ptu_ingress_spillover_total{deployment="ptu",reason="429",to="paygo"} 1.0' in metrics
+    hop = 'ptu_ingress_spillover_total{deployment="ptu",kind="chain",reason="429",to="paygo"}'
+    assert hop + " 1.0" in metrics
     assert 'reason="circuit_open",to="paygo"}' in metrics
     assert 'ptu_ingress_circuit_state{deployment="ptu"} 2.0' in metrics
 

@@ -129,7 +129,9 @@ async def test_the_setting_selects_the_blob_store(redis: aioredis.Redis, azurite
         eventhub_checkpoint_store="blob",
         eventhub_checkpoint_connection_string=azurite,
     )
-    q = EventHubsQueue.from_settings(settings, "d1", redis, "w1")
+    q = EventHubsQueue.from_view(
+        "ptu-requests-d1", (settings.eventhubs, settings.checkpoints), redis, "d1", "w1"
+    )
     try:
         assert isinstance(q.checkpoint_store, BlobCheckpointStore)
         assert q.eventhub == "ptu-requests-d1"

@@ -21,7 +21,7 @@ from orchestrator.core.errors import ConfigError, QueueUnavailable
 from orchestrator.core.settings import load_settings
 from orchestrator.queues.base import Delivery
 from orchestrator.queues.eventhubs.checkpoint_redis import RedisCheckpointStore
-from orchestrator.queues.eventhubs.queue import EventHubsQueue
+from orchestrator.queues.eventhubs.queue import EventHubsQueue, HubClients
 from orchestrator.queues.factory import make_queue
 from orchestrator.queues.fair import FairShareQueue
 from tests.integration.eventhubs_fakes import CG, HUB, NS, FakeConsumerClient, FakeHub
@@ -54,16 +54,14 @@ class Harness:
         self.opened: list[EventHubsQueue] = []
 
     def queue(self, name: str = "w1", *, fail: bool = False) -> EventHubsQueue:
-        q = EventHubsQueue(
+        clients = HubClients(
             FakeProducer(self.hub, fail=fail),  # type: ignore[arg-type]
-            FakeConsumerClient(self.hub, self.store),
-            self.redis,
-            "d1",
-            name,
-            namespace=NS,
-            checkpoint_store=self.store,
-            consumer_group=CG,
+            FakeConsumerClient(self.hub, self.store),  # type: ignore[arg-type]
+            self.store,
+            NS,
+            CG,
         )
+        q = EventHubsQueue(clients, self.redis, "d1", name)
         self.opened.append(q)
         return q
 

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from orchestrator.core import keys
 from orchestrator.core.settings import DeploymentConfig
+from orchestrator.core.views import ThrottleView
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.static import StaticSource
 from tests import redis_mode
@@ -40,10 +41,7 @@ def worker(
         client,
         DEPLOYMENT,
         source,
-        lower=0.2,
-        upper=0.9,
-        max_concurrency=10,
-        lease_s=lease_s,
+        ThrottleView(lower=0.2, upper=0.9, max_concurrency=10, slot_lease_s=lease_s),
         worker_id=wid,
         poll_s=0.01,
     )

@@ -12,7 +12,9 @@ import pytest
 from starlette.applications import Starlette
 
 from orchestrator.core.errors import UtilisationUnavailable
+from orchestrator.core.runtime import Pacing
 from orchestrator.core.settings import DeploymentConfig
+from orchestrator.core.views import ThrottleView
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.azure_monitor import AzureMonitorSource
 from simulator.monitor.recorder import MetricsRecorder
@@ -161,12 +163,9 @@ async def test_throttle_fails_closed_when_the_metric_stops(
         fakeredis.FakeAsyncRedis(),
         DEPLOYMENTS[0],
         source,
-        lower=0.2,
-        upper=0.9,
-        max_concurrency=8,
-        lease_s=30.0,
+        ThrottleView(lower=0.2, upper=0.9, max_concurrency=8, slot_lease_s=30.0),
         worker_id="w",
-        clock=served.clock,
+        pacing=Pacing(clock=served.clock),
     )
     assert await throttle.refresh() == 7  # 25 %: 8 - 7 * (0.05 / 0.7) = 7.5
     served.clock.now = T0 + 400  # no minute newer than [T0-60, T0): 400 s old

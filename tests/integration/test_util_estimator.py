@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from orchestrator.core import keys
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.settings import DeploymentConfig
-from orchestrator.estimator.redis_stream import GROUP, Estimator
+from orchestrator.estimator.redis_stream import GROUP, Estimator, StreamReading
 from orchestrator.utilisation.estimate.store import EstimateStore
 from tests import redis_mode
 from tests.support.token_events import event, publish
@@ -82,7 +82,7 @@ async def test_old_entries_are_acknowledged_unapplied(redis: aioredis.Redis) -> 
     old_ms = int((time.time() - 600) * 1000)
     await redis.xadd(keys.TOKEN_EVENTS, {"event": event("a", "admit", 1000).model_dump_json()},
                      id=f"{old_ms}-0")  # fmt: skip
-    est = Estimator(redis, s, consumer="c1", horizon_s=300.0)
+    est = Estimator(redis, s, consumer="c1", reading=StreamReading(horizon_s=300.0))
     assert await est.step() == 1
     assert (est.applied, est.skipped) == (0, 1)
     assert (await s.read("d")).value == 0.0
@@ -92,7 +92,7 @@ async def test_idle_blocking_read_survives_a_short_socket_timeout(redis_url: str
     client = redis_mode.connect(redis_url, socket_timeout=1.5)
     try:
         await client.flushdb()
-        est = Estimator(client, store(client), consumer="c1", block_ms=1000)
+        est = Estimator(client, store(client), consumer="c1", reading=StreamReading(block_ms=1000))
         started = time.monotonic()
         assert await est.step() == 0
         assert await est.step() == 0
@@ -103,7 +103,7 @@ async def test_idle_blocking_read_survives_a_short_socket_timeout(redis_url: str
 
 async def test_run_applies_until_stopped(redis: aioredis.Redis) -> None:
     s = store(redis)
-    est = Estimator(redis, s, consumer="c1", block_ms=100)
+    est = Estimator(redis, s, consumer="c1", reading=StreamReading(block_ms=100))
     stop = asyncio.Event()
     task = asyncio.create_task(est.run(stop))
     await publish(redis, event("a", "admit", 500))

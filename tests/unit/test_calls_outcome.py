@@ -25,6 +25,7 @@ from orchestrator.calls.outcome import (
     breaker_verdict,
     error_verdict,
     finish_reason,
+    service_tier,
     status_label,
     upstream_error,
 )
@@ -172,7 +173,7 @@ async def test_a_404_is_unreachable_for_the_ingress_breaker() -> None:
     breaker = _Breaker()
     proxy = Proxy(
         client, ApiKeyAuth("key"), TokenEvents(Sink()), IngressMetrics(),
-        policy=SpilloverPolicy(breakers={PTU_ALONE.name: breaker}),  # type: ignore[dict-item]
+        policy=SpilloverPolicy(breakers={(PTU_ALONE.name, "chat"): breaker}),  # type: ignore[dict-item]
     )  # fmt: skip
     resp = await proxy.forward(_call(PTU_ALONE))
     assert resp.status_code == 404
@@ -185,3 +186,24 @@ async def test_a_404_is_unreachable_for_the_worker_breaker() -> None:
         await up.chat("ptu", {"messages": [{"role": "user", "content": "hi"}]})
     assert error_verdict(caught.value) == "unreachable"
     assert json.loads(json.dumps(caught.value.body))["error"]["code"] == "DeploymentNotFound"
+
+
+def test_the_applied_service_tier_is_in_the_access_line_and_counted_bounded() -> None:
+    doc = ResultDocument(
+        id="r1", status="completed", status_code=200, deployment="dep", enqueued_at=T0,
+        completed_at=T0 + 1, spillover="paygo",
+        response={"choices": [], "service_tier": "priority"},
+    )  # fmt: skip
+    outcome = Outcome.of_result(doc, priority="low")
+    assert (outcome.service_tier, outcome.served_by) == ("priority", "paygo")
+    with capture_logs() as logs:
+        outcome.log_access()
+    assert (logs[0]["service_tier"], logs[0]["spillover"]) == ("priority", "paygo")
+    assert service_tier({"service_tier": ""}) is None and service_tier(None) is None
+    metrics = IngressMetrics(deployments=["paygo"])
+    for tier in ("priority", "default", "some-new-tier", None):
+        metrics.tenants.tiered("paygo", "high", tier)
+    text = metrics.render().decode()
+    for tier in ("priority", "default", "other"):
+        labels = f'deployment="paygo",priority="high",service_tier="{tier}"'
+        assert f"ptu_service_tier_requests_total{{{labels}}} 1.0" in text

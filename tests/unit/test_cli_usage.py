@@ -95,3 +95,27 @@ def test_formats() -> None:
     text = render(lines, "table", "tenant", period)
     assert "tenant" in text.splitlines()[1] and "2,000" in text
     assert "(no usage" in render([], "table", "tenant", period)
+
+
+def test_a_standard_deployment_with_prices_costs_its_tokens_at_pay_as_you_go() -> None:
+    priced = Settings(
+        deployments=[
+            DeploymentConfig(name="ptu", model="gpt-4o-mini", ptus=10),
+            DeploymentConfig(
+                name="payg", model="gpt-4o-mini", kind="standard", tpm=1000,
+                input_price_per_mtok=0.15, output_price_per_mtok=0.6,
+            ),
+        ],
+        ptu_hourly_price=1.0,
+    )  # fmt: skip
+    by_dep = {
+        line["deployment"]: line
+        for line in summarise(rows(), "deployment", priced, period_of(0, 2 * H))
+    }
+    # 700 prompt x 0.15 + 300 completion x 0.6, per million
+    assert by_dep["payg"]["payg_cost"] == round((700 * 0.15 + 300 * 0.6) / 1e6, 6)
+    assert by_dep["payg"]["ptu_cost"] == 0.0 and by_dep["ptu"]["payg_cost"] == 0.0
+    by_tenant = summarise(rows(), "tenant", priced, period_of(0, 2 * H))
+    assert [line["payg_cost"] for line in by_tenant] == [0.0, round(285 / 1e6, 6)]
+    assert "payg_cost" in render(by_tenant, "csv", "tenant", period_of(0, 2 * H)).splitlines()[0]
+    assert "payg_cost" not in summarise(rows(), "tenant", settings(1.0), period_of(0, H))[0]

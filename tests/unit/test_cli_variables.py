@@ -77,18 +77,24 @@ def _method_fields() -> dict[str, set[str]]:
     assert path is not None
     tree = ast.parse(path.read_text())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings")
-    return {
+    on_self = {
         fn.name: {
             n.attr
             for n in ast.walk(fn)
             if isinstance(n, ast.Attribute)
             and isinstance(n.value, ast.Name)
             and n.value.id == "self"
-            and n.attr in FIELDS
         }
         for fn in cls.body
         if isinstance(fn, ast.FunctionDef) and not fn.name.startswith("_")
     }
+    # a method that reads a view (`self.throttle`) reads the view's fields
+    fields = {name: attrs & FIELDS for name, attrs in on_self.items()}
+    for _ in on_self:
+        for name, attrs in on_self.items():
+            for other in attrs & set(on_self):
+                fields[name] |= fields[other]
+    return fields
 
 
 def _used_names(trees: dict[str, ast.Module]) -> set[str]:

@@ -10,7 +10,10 @@ from typing import Any
 import httpx2
 import pytest
 from azure.core.credentials import AccessToken
+from prometheus_client import generate_latest
+from structlog.testing import capture_logs
 
+from ingress.chat.accounting import Accounting
 from ingress.chat.call import Call
 from ingress.chat.credentials import ApiKeyAuth, EntraAuth
 from ingress.chat.proxy import Proxy
@@ -386,8 +389,8 @@ async def test_timeout_and_refused_connection_spill_over() -> None:
     assert resp.status_code == 200 and resp.headers["x-ptu-deployment"] == "eu"
     assert seen == ["ptu", "std", "eu"]
     text = metrics.render().decode()
-    assert 'deployment="ptu",reason="timeout",to="std"' in text
-    assert 'deployment="std",reason="connection",to="eu"' in text
+    assert 'deployment="ptu",kind="chain",reason="timeout",to="std"' in text
+    assert 'deployment="std",kind="chain",reason="connection",to="eu"' in text
 
 
 async def test_a_stream_broken_before_its_first_byte_spills_over() -> None:
@@ -413,3 +416,138 @@ async def test_a_stream_broken_before_its_first_byte_spills_over() -> None:
     call.stream = True
     resp = await proxy.forward(call)
     assert dict(resp.headers)["x-ptu-deployment"] == "std"
+
+
+NATIVE_SPILL = {"x-ms-spillover-from-deployment": "ptu", "x-ms-deployment-name": "paygo"}
+
+
+async def test_a_natively_spilled_answer_is_charged_and_named_as_the_standard_deployments() -> None:
+    up = Upstream([(200, NATIVE_SPILL)])
+    sink = Sink()
+    metrics = IngressMetrics(deployments=["ptu", "paygo"])
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(up))
+    events = TokenEvents(sink, clock=lambda: 1000.0)
+    proxy = Proxy(client, ApiKeyAuth("key"), events, metrics, accounting=Accounting(metrics, None))
+    with capture_logs() as logs:
+        status, headers, _ = await _forward(proxy, _call(PTU_ALONE))
+    assert status == 200 and up.deployments == ["ptu"]  # one round trip
+    assert headers["x-ptu-deployment"] == "paygo" and headers["x-ptu-spillover"] == "paygo"
+    # the PTU's estimate learns it was full, and is charged nothing for the spilled call
+    _, complete = sink.events
+    assert complete.deployment == "ptu" and complete.spilled
+    assert (complete.prompt_tokens, complete.completion_tokens) == (0, 0)
+    (access,) = [e for e in logs if e["event"] == "access"]
+    assert (access["deployment"], access["spillover"]) == ("ptu", "paygo")
+    text = generate_latest(metrics.registry).decode()
+    assert 'deployment="paygo",kind="completion",priority="high",tenant="default"} 5.0' in text
+    assert 'ptu_tenant_tokens_total{deployment="ptu"' not in text
+
+
+async def test_a_natively_spilled_stream_charges_the_standard_deployment() -> None:
+    def sse(request: httpx2.Request) -> httpx2.Response:
+        body = (
+            b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+            b'data: {"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":5}}\n\n'
+            b"data: [DONE]\n\n"
+        )
+        return httpx2.Response(
+            200, content=body, headers={"content-type": "text/event-stream", **NATIVE_SPILL}
+        )
+
+    sink = Sink()
+    metrics = IngressMetrics(deployments=["ptu", "paygo"])
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(sse))
+    events = TokenEvents(sink, clock=lambda: 1000.0)
+    proxy = Proxy(client, ApiKeyAuth("key"), events, metrics, accounting=Accounting(metrics, None))
+    call = _call(PTU_ALONE)
+    call.stream = True
+    resp = await proxy.forward(call)
+    assert dict(resp.headers)["x-ptu-deployment"] == "paygo"
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    await resp({"type": "http"}, receive, send)
+    await events.drain()
+    assert [(e.phase, e.spilled, e.completion_tokens) for e in sink.events] == [
+        ("admit", False, 0),
+        ("observe", True, 0),
+        ("complete", False, 0),
+    ]
+    text = generate_latest(metrics.registry).decode()
+    assert 'deployment="paygo",kind="completion",priority="high",tenant="default"} 5.0' in text
+
+
+NATIVE = Target("ptu", PTU.url, True, (STD, EU), native="std")
+SPILL_FAILED = {"x-ms-spillover-from-deployment": "ptu", "x-ms-spillover-error": "429"}
+
+
+async def test_a_native_entry_is_asked_of_azure_and_a_clients_own_choice_is_dropped() -> None:
+    up = Upstream([(200, {"x-ms-spillover-from-deployment": "ptu", "x-ms-deployment-name": "std"})])
+    metrics = IngressMetrics()
+    proxy = Proxy(
+        httpx2.AsyncClient(transport=httpx2.MockTransport(up)), ApiKeyAuth("k"),
+        TokenEvents(Sink()), metrics,
+    )  # fmt: skip
+    call = _call(NATIVE)
+    call.client_headers = [*call.client_headers, (b"x-ms-spillover-deployment", b"eu")]
+    resp = await proxy.forward(call)
+    assert resp.status_code == 200 and resp.headers["x-ptu-deployment"] == "std"
+    assert up.deployments == ["ptu"]  # one round trip
+    assert up.seen[0].headers.get_list("x-ms-spillover-deployment") == ["std"]
+    text = metrics.render().decode()
+    assert (
+        'ptu_ingress_spillover_total{deployment="ptu",kind="native",reason="azure",to="std"}'
+        in text
+    )
+    # without a native entry the client's header goes nowhere
+    up = Upstream([(200, {})])
+    proxy, _ = _proxy(up, Sink())
+    call = _call(PTU)
+    call.client_headers = [*call.client_headers, (b"x-ms-spillover-deployment", b"std")]
+    await _forward(proxy, call)
+    assert "x-ms-spillover-deployment" not in up.seen[0].headers
+
+
+@pytest.mark.parametrize(
+    ("script", "path", "served"),
+    [
+        # Azure tried the native entry and it failed too: our walk skips it
+        ([(429, SPILL_FAILED), (200, {})], ["ptu", "eu"], "eu"),
+        # Azure spills nothing on a 408: our walk calls the native entry itself
+        ([(408, {}), (200, {})], ["ptu", "std"], "std"),
+        # the PTU's 429 without a spill attempt (no such header) moves on to the entry too
+        ([(429, {}), (200, {})], ["ptu", "std"], "std"),
+    ],
+)
+async def test_our_walk_stays_for_what_azure_does_not_spill(
+    script: list[tuple[int, dict[str, str]]], path: list[str], served: str
+) -> None:
+    up = Upstream(script)
+    proxy, _ = _proxy(up, Sink())
+    status, headers, _ = await _forward(proxy, _call(NATIVE))
+    assert (status, up.deployments, headers["x-ptu-deployment"]) == (200, path, served)
+
+
+async def test_when_azure_tried_the_only_entry_the_ptus_answer_is_the_clients() -> None:
+    up = Upstream([(429, {**SPILL_FAILED, "retry-after-ms": "900"})])
+    proxy, _ = _proxy(up, Sink())
+    status, headers, _ = await _forward(
+        proxy, _call(Target("ptu", PTU.url, True, (STD,), native="std"))
+    )
+    assert (status, up.deployments, headers["retry-after-ms"]) == (429, ["ptu"], "900")
+
+
+async def test_a_chain_entry_with_a_service_tier_asks_for_it() -> None:
+    tiered = Target(
+        "ptu", PTU.url, True, (Target(STD.name, STD.url, False, service_tier="priority"),)
+    )
+    up = Upstream([(429, {}), (200, {})])
+    proxy, _ = _proxy(up, Sink())
+    await _forward(proxy, _call(tiered))
+    first, second = (json.loads(r.content) for r in up.seen)
+    assert "service_tier" not in first and second["service_tier"] == "priority"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from orchestrator.core.errors import ConfigError
@@ -87,6 +89,71 @@ def test_the_line_names_the_variable_and_the_problem(
 ) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value).startswith(line), str(info.value)
+
+
+PTU = {"name": "ptu", "model": "gpt-4o", "ptus": 15}
+STD = {"name": "std", "model": "gpt-4o", "kind": "standard", "tpm": 1000}
+
+
+def test_spillover_entries_are_names_or_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    chain = ["std", {"name": "far", "service_tier": "priority"}]
+    far = {**STD, "name": "far", "endpoint": "https://far.example.com"}
+    deployments = [{**PTU, "spillover": [{"name": "std", "native": True}, *chain[1:]]}, STD, far]
+    monkeypatch.setenv("PTU_DEPLOYMENTS", json.dumps(deployments))
+    d = load_settings().deployments[0]
+    assert d.spillover_names == ["std", "far"] and d.native_spillover == "std"
+    assert [(e.native, e.service_tier) for e in d.spillover] == [(True, None), (False, "priority")]
+    monkeypatch.setenv("PTU_DEPLOYMENTS", json.dumps([{**PTU, "spillover": chain}, STD, far]))
+    d = load_settings().deployments[0]
+    assert d.spillover_names == ["std", "far"] and d.native_spillover is None
+    assert d.low_priority_spill == "keep"
+
+
+FAR_STD = {**STD, "name": "far", "endpoint": "https://far.example.com"}
+
+
+@pytest.mark.parametrize(
+    ("deployments", "line"),
+    [
+        (  # Azure spills only within the resource
+            [{**PTU, "spillover": {"name": "far", "native": True}}, FAR_STD],
+            "PTU_DEPLOYMENTS: spillover 'far' of 'ptu' is native: it must be a standard",
+        ),
+        (  # ... and only to a standard deployment
+            [{**PTU, "spillover": {"name": "p2", "native": True}}, {**PTU, "name": "p2"}],
+            "PTU_DEPLOYMENTS: spillover 'p2' of 'ptu' is native: it must be a standard",
+        ),
+        (
+            [
+                {
+                    **PTU,
+                    "spillover": [{"name": "std", "native": True}, {"name": "s2", "native": True}],
+                }
+            ],
+            "PTU_DEPLOYMENTS [0]: deployment 'ptu': one native spillover entry at most",
+        ),
+        (
+            [{**PTU, "spillover": {"name": "std", "native": True, "service_tier": "priority"}}],
+            "PTU_DEPLOYMENTS [0]: deployment 'ptu': spillover 'std' is native",
+        ),
+        (
+            [{**STD, "name": "s0", "spillover": {"name": "std", "native": True}}, STD],
+            "PTU_DEPLOYMENTS [0]: deployment 's0': only a provisioned one spills natively",
+        ),
+        (
+            [{**PTU, "low_priority_spill": "drop"}],
+            "PTU_DEPLOYMENTS [0.low_priority_spill]: Input should be 'keep' or 'fail'",
+        ),
+    ],
+)
+def test_bad_spillover_entries_are_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, deployments: list[dict[str, object]], line: str
+) -> None:
+    monkeypatch.setenv("PTU_DEPLOYMENTS", json.dumps(deployments))
+    monkeypatch.setenv("PTU_AZURE_OPENAI_ENDPOINT", "https://ptu.example.com")
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert str(info.value).startswith(line), str(info.value)

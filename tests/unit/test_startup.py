@@ -61,7 +61,7 @@ def test_spillover_is_one_name_or_a_list_and_keys_come_from_the_named_variable(
     monkeypatch.setenv("PTU_AZURE_OPENAI_ENDPOINT", "http://127.0.0.1:8081")
     s = load_settings()
     ptu, eu, us = s.deployments
-    assert (ptu.spillover, eu.spillover, us.spillover) == (["eu"], ["us"], [])
+    assert (ptu.spillover_names, eu.spillover_names, us.spillover_names) == (["eu"], ["us"], [])
     assert s.endpoint_of(eu) == "https://eu.example.com" and s.endpoint_of(us) == (
         "http://127.0.0.1:8081"
     )

@@ -4,7 +4,7 @@ A pure event simulation of what the workers do: a freed slot goes to the head of
 `fair.plan`'s order; the call is charged its expected tokens when it starts (as
 pending; `fair.Expectation`, as the worker's accounting does) and settled with its
 actual tokens when it ends. Shares are measured as
-`ptu bench fairness` measures them (`bench.scenarios.fairness.spread_shares`):
+`ptu bench fairness` measures them (`bench.scenarios.fairness_shares.spread_shares`):
 tokens spread over each call's run, in the window in which both tenants had
 lines waiting (B's arrival to the start of B's last call).
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bench.scenarios.fairness import Run, spread_shares
+from bench.scenarios.fairness_shares import Run, spread_shares
 from orchestrator.tenants import fair
 
 

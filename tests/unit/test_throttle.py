@@ -8,7 +8,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from orchestrator.core import keys
+from orchestrator.core.runtime import Pacing
 from orchestrator.core.settings import DeploymentConfig
+from orchestrator.core.views import ThrottleView
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.static import StaticSource
 from tests.support.clock import FakeClock
@@ -28,13 +30,9 @@ def make(
         redis,
         DEPLOYMENT,
         source,
-        lower=0.2,
-        upper=0.9,
-        max_concurrency=10,
-        lease_s=30.0,
+        ThrottleView(lower=0.2, upper=0.9, max_concurrency=10, slot_lease_s=30.0),
         worker_id=worker_id,
-        clock=t.clock,
-        sleep=t.sleep,
+        pacing=Pacing(clock=t.clock, sleep=t.sleep),
         poll_s=poll_s,
     )
 
@@ -253,9 +251,6 @@ def test_rejects_bad_arguments(lower: float, upper: float, m: int, lease: float)
             fakeredis.FakeAsyncRedis(),
             DEPLOYMENT,
             StaticSource(),
-            lower=lower,
-            upper=upper,
-            max_concurrency=m,
-            lease_s=lease,
+            ThrottleView(lower=lower, upper=upper, max_concurrency=m, slot_lease_s=lease),
             worker_id="w",
         )

@@ -8,7 +8,12 @@ import json
 import pytest
 
 from orchestrator.core import keys
-from orchestrator.core.errors import UpstreamError, UpstreamThrottled, UpstreamTimeout
+from orchestrator.core.errors import (
+    StoreUnavailable,
+    UpstreamError,
+    UpstreamThrottled,
+    UpstreamTimeout,
+)
 from orchestrator.core.schemas import ResultDocument
 from orchestrator.queues.base import Delivery
 from orchestrator.queues.memory import _Entry
@@ -248,10 +253,8 @@ async def test_failed_result_write_releases_and_the_redelivery_completes_once() 
     failures = [ConnectionError("redis restarted")]
 
     async def flaky(doc, reply_key):  # type: ignore[no-untyped-def]
-        if failures:
-            from redis.exceptions import ConnectionError as RedisConnectionError
-
-            raise RedisConnectionError(str(failures.pop()))
+        if failures:  # what the store's boundary makes of a Redis error
+            raise StoreUnavailable(f"result store complete: {failures.pop()}")
         return await real(doc, reply_key)
 
     rig.results.complete = flaky  # type: ignore[method-assign]

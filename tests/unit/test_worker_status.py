@@ -87,3 +87,16 @@ def test_queued_is_never_negative_and_unknown_stays_unknown() -> None:
     from orchestrator.cli.status import queued
 
     assert queued(3, 5) == 0 and queued(None, 1) is None and queued(12, 5) == 7
+
+
+def test_render_shows_the_deployments_spilled_low_priority_calls() -> None:
+    counts = {"completed": 12, "spilled": 3}
+    row = Row("ptu-a", 0.1, 0.2, False, 10, 10, 4, 0, WorkerSummary(), counts=counts)
+    console = Console(record=True, width=260)
+    console.print(render([row], "estimate"))
+    text = console.export_text()
+    header = next(line for line in text.splitlines() if "deployment" in line)
+    cells = [c.strip() for c in next(x for x in text.splitlines() if "ptu-a" in x).split("│")]
+    values = dict(zip([c.strip() for c in header.split("┃")], cells, strict=True))
+    assert (values["completed"], values["spilled"]) == ("12", "3")
+    assert "spilled:" in text  # the legend says what it counts

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import fakeredis
 import redis.asyncio as aioredis
 
+from orchestrator.breaker.machine import BreakerConfig
+from orchestrator.breaker.shared import SharedBreaker, Surface
 from orchestrator.calls.outcome import UpstreamResponse
 from orchestrator.calls.signals import Signals
 from orchestrator.core import keys
@@ -19,10 +21,13 @@ from orchestrator.core.retry import RetryPolicy
 from orchestrator.core.runtime import Pacing
 from orchestrator.core.schemas import QueuedRequest, TokenEvent
 from orchestrator.core.settings import DeploymentConfig
+from orchestrator.core.views import ThrottleView
 from orchestrator.queues.memory import InMemoryQueue
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.static import StaticSource
-from orchestrator.worker.dispatch import DispatchConfig, Dispatcher, Gates, Reporting
+from orchestrator.worker.dispatch import Delivering, DispatchConfig, Dispatcher, Gates, Reporting
+from orchestrator.worker.metrics import WorkerMetrics
+from orchestrator.worker.protocols import UsageSink
 from tests.support.clock import FakeClock
 
 DEPLOYMENT = DeploymentConfig(name="dep", model="gpt-4o-mini", ptus=15)
@@ -63,6 +68,8 @@ class FakeUpstream:
     """The utilisation header every success carries (None: no header)."""
     endpoints: list[str] = field(default_factory=list)
     """`responses` for each call made through `responses` (it then answers as `chat`)."""
+    signals: Signals | None = None
+    """The signals every success carries instead (e.g. a native spillover's)."""
 
     async def chat(self, deployment: str, body: Any, *, headers: Any = None) -> UpstreamResponse:
         request_id = (headers or {}).get("x-ms-client-request-id", "")
@@ -83,9 +90,8 @@ class FakeUpstream:
             if isinstance(outcome, UpstreamError):
                 raise outcome
             body_out = outcome or completion(request_id)
-            return UpstreamResponse(
-                body=body_out, status_code=200, signals=Signals(utilisation=self.utilisation)
-            )
+            signals = self.signals or Signals(utilisation=self.utilisation)
+            return UpstreamResponse(body=body_out, status_code=200, signals=signals)
         finally:
             self.active -= 1
 
@@ -174,6 +180,10 @@ def make_rig(
     request_timeout_s: float = 30.0,
     max_deliveries: int = 10,
     upstream: FakeUpstream | None = None,
+    low_priority_spill: Literal["keep", "fail"] = "keep",
+    usage: UsageSink | None = None,
+    metrics: WorkerMetrics | None = None,
+    breakers: BreakerConfig | None = None,
 ) -> Rig:
     redis = fakeredis.FakeAsyncRedis()
     time_ = FakeClock(T0)
@@ -184,13 +194,9 @@ def make_rig(
         redis,
         DEPLOYMENT,
         source,
-        lower=0.2,
-        upper=0.9,
-        max_concurrency=max_concurrency,
-        lease_s=30,
+        ThrottleView(lower=0.2, upper=0.9, max_concurrency=max_concurrency, slot_lease_s=30),
         worker_id="w1",
-        clock=throttle_time.clock,
-        sleep=throttle_time.sleep,
+        pacing=Pacing(clock=throttle_time.clock, sleep=throttle_time.sleep),
         poll_s=0.1,
     )
     results = ResultStore(redis, reply_ttl_s=3600)
@@ -201,15 +207,21 @@ def make_rig(
         request_timeout_s=request_timeout_s,
         default_max_tokens=100,
         max_deliveries=max_deliveries,
+        low_priority_spill=low_priority_spill,
     )
     dispatcher = Dispatcher(
         DEPLOYMENT.name,
-        queue=queue,
-        results=results,
+        delivering=Delivering(queue, results),
         upstream=upstream,
         config=config,
-        gates=Gates(throttle),
-        reporting=Reporting(tokens),
+        gates=Gates(
+            throttle,
+            breaker=None if breakers is None else _breaker(redis, breakers, time_, "chat"),
+            responses_breaker=(
+                None if breakers is None else _breaker(redis, breakers, time_, "responses")
+            ),
+        ),
+        reporting=Reporting(tokens, usage=usage, metrics=metrics, counts=redis),
         pacing=Pacing(clock=time_.clock, sleep=time_.sleep, rand=lambda: 0.5),
     )
     rig = Rig(
@@ -223,3 +235,9 @@ def make_rig(
 
     throttle.pause_for = spy_pause  # type: ignore[method-assign]
     return rig
+
+
+def _breaker(
+    redis: aioredis.Redis, config: BreakerConfig, time_: FakeClock, surface: Surface
+) -> SharedBreaker:
+    return SharedBreaker(redis, DEPLOYMENT.name, config, surface=surface, clock=time_.clock)

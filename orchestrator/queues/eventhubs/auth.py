@@ -13,16 +13,16 @@ from azure.eventhub import parse_connection_string
 from azure.eventhub.aio import EventHubConsumerClient, EventHubProducerClient
 
 from orchestrator.core.errors import ConfigError
-from orchestrator.core.settings import Settings
+from orchestrator.core.views import EventHubsView
 
 
 class EventHubAuth:
     """How this process reaches the Event Hubs namespace (key or `DefaultAzureCredential`)."""
 
-    def __init__(self, settings: Settings) -> None:
-        secret = settings.eventhub_connection_string
+    def __init__(self, view: EventHubsView) -> None:
+        secret = view.connection_string
         self._connection_string = None if secret is None else secret.get_secret_value()
-        self._namespace = settings.eventhub_namespace
+        self._namespace = view.namespace
         self._credential: Any = None
         if self._connection_string is not None:
             return

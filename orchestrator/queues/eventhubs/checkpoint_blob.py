@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.core.errors import ConfigError, MissingDependencyError
-from orchestrator.core.settings import Settings
+from orchestrator.core.views import CheckpointView
 
 
-def blob_checkpoint_store(settings: Settings) -> tuple[Any, list[Any]]:
+def blob_checkpoint_store(view: CheckpointView) -> tuple[Any, list[Any]]:
     """The blob store from settings, and what must be closed at shutdown (store, credential).
 
     A connection string (`PTU_EVENTHUB_CHECKPOINT_CONNECTION_STRING`, e.g. Azurite's)
@@ -25,12 +25,12 @@ def blob_checkpoint_store(settings: Settings) -> tuple[Any, list[Any]]:
         from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
     except ImportError as exc:
         raise MissingDependencyError("azure-eventhub-checkpointstoreblob-aio", "azure") from exc
-    container = settings.eventhub_checkpoint_container
-    secret = settings.eventhub_checkpoint_connection_string
+    container = view.container
+    secret = view.connection_string
     if secret is not None:
         store = BlobCheckpointStore.from_connection_string(secret.get_secret_value(), container)
         return store, [store]
-    url = settings.eventhub_checkpoint_blob_url
+    url = view.blob_url
     if not url:
         raise ConfigError(
             "PTU_EVENTHUB_CHECKPOINT_BLOB_URL: required when PTU_EVENTHUB_CHECKPOINT_STORE=blob"

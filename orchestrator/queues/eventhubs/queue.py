@@ -31,9 +31,10 @@ from azure.eventhub.exceptions import EventHubError
 from redis.exceptions import RedisError
 
 from orchestrator.core import keys
-from orchestrator.core.errors import QueueUnavailable
+from orchestrator.core.boundary import redis_boundary
+from orchestrator.core.errors import QueueUnavailable, StoreUnavailable
 from orchestrator.core.schemas import QueuedRequest
-from orchestrator.core.settings import Settings
+from orchestrator.core.views import CheckpointView, EventHubsView
 from orchestrator.queues import dead_letter
 from orchestrator.queues.base import Delivery, read_delivery
 from orchestrator.queues.eventhubs.auth import EventHubAuth
@@ -63,33 +64,47 @@ async def _mapped(operation: str, eventhub: str) -> AsyncIterator[None]:
         raise QueueUnavailable(f"event hub {eventhub}: {operation} failed: {exc}") from exc
 
 
+def hub_name(prefix: str, deployment: str, tenant: str = "default") -> str:
+    """The request hub of `deployment`: `{PTU_EVENTHUB_NAME}-{deployment}`; a tenant other
+    than `default` has a hub of its own, `...-{deployment}-{tenant}`."""
+    hub = f"{prefix}-{deployment}"
+    return hub if tenant == "default" else f"{hub}-{tenant}"
+
+
+@dataclass(frozen=True, slots=True)
+class HubClients:
+    """The SDK clients of one hub and where its checkpoints live."""
+
+    producer: EventHubProducerClient
+    consumer: EventHubConsumerClient
+    checkpoint_store: Any
+    namespace: str
+    """Fully qualified namespace host: the checkpoint store's key for this hub."""
+    consumer_group: str = "$Default"
+
+
 class EventHubsQueue:
     """A `Queue` on an Azure Event Hub (the Azure production backend)."""
 
     def __init__(
         self,
-        producer: EventHubProducerClient,
-        consumer_client: EventHubConsumerClient,
+        hub: HubClients,
         redis: aioredis.Redis,
         deployment: str,
         consumer: str,
         *,
-        namespace: str,
-        checkpoint_store: Any,
-        consumer_group: str = "$Default",
         buffer_size: int = 64,
     ) -> None:
-        self.producer = producer
-        self.consumer_client = consumer_client
+        self.producer = hub.producer
+        self.consumer_client = hub.consumer
         self.redis = redis
         self.deployment = deployment
         self.consumer = consumer
-        self.consumer_group = consumer_group
+        self.consumer_group = hub.consumer_group
         self._released: deque[_Received] = deque()
-        self.namespace = namespace
-        """Fully qualified namespace host: the checkpoint store's key for this hub."""
-        self.checkpoint_store = checkpoint_store
-        self.eventhub = consumer_client.eventhub_name
+        self.namespace = hub.namespace
+        self.checkpoint_store = hub.checkpoint_store
+        self.eventhub = hub.consumer.eventhub_name
         self._buffer: asyncio.Queue[_Received] = asyncio.Queue(maxsize=buffer_size)
         self._marks: dict[str, LowWaterMark[tuple[PartitionContext, EventData]]] = {}
         self._generation: dict[str, int] = {}
@@ -97,36 +112,29 @@ class EventHubsQueue:
         self._closers: list[Any] = []
 
     @classmethod
-    def from_settings(
+    def from_view(
         cls,
-        settings: Settings,
-        deployment: str,
+        hub: str,
+        views: tuple[EventHubsView, CheckpointView],
         redis: aioredis.Redis,
+        deployment: str,
         consumer: str,
-        tenant: str = "default",
     ) -> EventHubsQueue:
-        """Clients for the hub `{PTU_EVENTHUB_NAME}-{deployment}`, checkpoints in Redis
-        (or in Blob storage with `PTU_EVENTHUB_CHECKPOINT_STORE=blob`, which KEDA reads).
-
-        A tenant other than `default` has a hub of its own, `...-{deployment}-{tenant}`.
-        """
-        hub = f"{settings.eventhub_name}-{deployment}"
-        if tenant != "default":
-            hub += f"-{tenant}"
+        """Clients for `hub` (see `hub_name`), checkpoints in Redis (or in Blob storage with
+        `PTU_EVENTHUB_CHECKPOINT_STORE=blob`, which KEDA reads)."""
+        namespace, checkpoints = views
         store: Any = RedisCheckpointStore(redis)
         closers: list[Any] = []
-        if settings.eventhub_checkpoint_store == "blob":
+        if checkpoints.store == "blob":
             from orchestrator.queues.eventhubs.checkpoint_blob import blob_checkpoint_store
 
-            store, closers = blob_checkpoint_store(settings)
-        group = settings.eventhub_consumer_group
-        auth = EventHubAuth(settings)
-        producer = auth.producer(hub)
-        consumer_client = auth.consumer(hub, group, store)
-        queue = cls(
-            producer, consumer_client, redis, deployment, consumer,
-            namespace=auth.namespace, checkpoint_store=store, consumer_group=group,
-        )  # fmt: skip
+            store, closers = blob_checkpoint_store(checkpoints)
+        group = namespace.consumer_group
+        auth = EventHubAuth(namespace)
+        clients = HubClients(
+            auth.producer(hub), auth.consumer(hub, group, store), store, auth.namespace, group
+        )
+        queue = cls(clients, redis, deployment, consumer)
         queue._closers = [*closers, *auth.closers]
         return queue
 
@@ -289,16 +297,19 @@ class EventHubsQueue:
         )
 
     async def _count_delivery(self, pid: str, offset: str) -> int:
-        key = keys.eventhub_deliveries(self.eventhub, pid, offset)
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, DELIVERY_COUNT_TTL_S)
-                count, _ = await pipe.execute()
-            return int(count)
-        except RedisError as exc:
+            return await self._incr_delivery(keys.eventhub_deliveries(self.eventhub, pid, offset))
+        except StoreUnavailable as exc:
             log.warning("delivery_count_unavailable", eventhub=self.eventhub, error=repr(exc))
             return 1
+
+    @redis_boundary("event hub delivery counts")
+    async def _incr_delivery(self, key: str) -> int:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, DELIVERY_COUNT_TTL_S)
+            count, _ = await pipe.execute()
+        return int(count)
 
     async def _dead_letter_raw(self, token: str, payload: str, reason: str, count: int) -> None:
         async with _mapped("dead_letter", self.eventhub):

@@ -17,12 +17,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
 from orchestrator.core import keys, redis_replies
+from orchestrator.core.boundary import redis_boundary
+from orchestrator.core.errors import QueueUnavailable
 from orchestrator.core.runtime import every
 
 log = structlog.get_logger(__name__)
+_boundary = redis_boundary("consumer liveness", QueueUnavailable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ class Liveness:
                     self._beat,
                     self._stop,
                     event="queue_liveness_failed",
-                    errors=(RedisError,),
+                    errors=(QueueUnavailable,),
                     stream=self._stream,
                 )
             )
@@ -83,7 +85,7 @@ class Liveness:
                     self._refresh_once,
                     self._stop,
                     event="queue_refresh_failed",
-                    errors=(RedisError,),
+                    errors=(QueueUnavailable,),
                     stream=self._stream,
                 )
             )
@@ -98,14 +100,20 @@ class Liveness:
                     await task
         self._refresher = self._beater = None
         try:
-            await self._redis.delete(self.alive_key)
-        except RedisError as exc:
+            await self._clear()
+        except QueueUnavailable as exc:
             log.warning("queue_liveness_clear_failed", stream=self._stream, error=repr(exc))
 
+    @_boundary
+    async def _clear(self) -> None:
+        await self._redis.delete(self.alive_key)
+
+    @_boundary
     async def _beat(self) -> None:
         ttl_ms = max(1, int(self._liveness_s * 1000))
         await self._redis.set(self.alive_key, self._consumer, px=ttl_ms)
 
+    @_boundary
     async def _refresh_once(self) -> bool:
         """Re-claim this consumer's in-flight entries; False once none is left."""
         if not self.in_flight:

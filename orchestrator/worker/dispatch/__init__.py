@@ -3,6 +3,6 @@ its pre-call step `Caller.prepare`), `gate` (slot and breaker around each attemp
 (the `SlotHolder`), `settle` (result, then ack or dead-letter), `parts` (what it is built from)."""
 
 from orchestrator.worker.dispatch.handler import Dispatcher
-from orchestrator.worker.dispatch.parts import DispatchConfig, Gates, Reporting
+from orchestrator.worker.dispatch.parts import Delivering, DispatchConfig, Gates, Reporting
 
-__all__ = ["DispatchConfig", "Dispatcher", "Gates", "Reporting"]
+__all__ = ["Delivering", "DispatchConfig", "Dispatcher", "Gates", "Reporting"]

@@ -6,6 +6,14 @@ admission wait and the `admit` token event. The call itself runs under the reque
 timeout; whatever ends it (answer, error, timeout, cancellation) records the `complete`
 token event (`calls.bracket`: zero tokens for a failed call, which refunds the admitted
 budget; the response's signals either way), the client span and the call metrics.
+
+An answer Azure spilled to a standard deployment (native spillover, `calls.signals`) is the
+PTU saying it is full, and paid at pay-as-you-go price: the PTU's `complete` carries the
+saturation and no tokens (they are the standard deployment's, recorded there through
+`Reporting.usage`), the spill is counted (`ptu_worker_spilled_total`, the deployment's
+`spilled` count), the deployment's low-priority dispatch pauses as for a 429, and with
+`low_priority_spill: fail` the answer is discarded: the request fails with
+`spillover_discarded` (no retry: each would be paid again).
 """
 
 from __future__ import annotations
@@ -20,11 +28,13 @@ import structlog
 from orchestrator.calls import bracket
 from orchestrator.calls.outcome import UpstreamResponse
 from orchestrator.calls.signals import error_signals
-from orchestrator.core.errors import PTUError, UpstreamError, UpstreamTimeout
+from orchestrator.core.errors import PTUError, StoreUnavailable, UpstreamError, UpstreamTimeout
+from orchestrator.core.results import count_result
 from orchestrator.core.runtime import Pacing
 from orchestrator.core.schemas import QueuedRequest, TokenEvent
 from orchestrator.core.tasks import TaskSet
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens, usage_counts
+from orchestrator.tenants.ledger import Usage
 
 if TYPE_CHECKING:
     from orchestrator.worker.dispatch.parts import DispatchConfig, Gates, Reporting
@@ -33,6 +43,13 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 CLIENT_REQUEST_ID_HEADER = "x-ms-client-request-id"
+SPILLED_PAUSE_S = 1.0
+"""How long a spilled answer pauses the deployment's low priority when it names no wait
+(a 429 without retry-after pauses as long)."""
+DISCARDED_STATUS = 409
+"""The status of a request whose spilled answer was discarded (`low_priority_spill: fail`):
+a 4xx, so it is not retried, and not the deployment's failure, so the breaker stays closed."""
+DISCARDED_CODE = "spillover_discarded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +78,7 @@ class Caller:
         self._upstream = upstream
         self._config = config
         self._admission = gates.admission
+        self._throttle = gates.throttle
         self._reporting = reporting
         self._clock = pacing.clock
         self._bookkeeping = bookkeeping
@@ -134,6 +152,7 @@ class Caller:
                 if self._reporting.metrics is not None and status:
                     self._reporting.metrics.call(self.deployment, status, self._clock() - started)
         answered_at = self._clock()
+        spilled = response.signals.spilled
         span.end(
             response.status_code,
             usage=response.usage,
@@ -144,21 +163,28 @@ class Caller:
         if tokens:
             done = bracket.complete(
                 event_id, self.deployment, tenant=message.tenant, now=self._clock(),
-                usage=response.usage, status_code=response.status_code,
+                usage=None if spilled else response.usage, status_code=response.status_code,
                 signals=response.signals, observed_at=answered_at,
             )  # fmt: skip
             await self._bookkeeping.shielded(self._record(done))
-        self._answered(response, started, attempt)
+        served = response.signals.served(self.deployment)
+        self._answered(response, started, attempt, served)
+        if spilled:
+            await self._bookkeeping.shielded(self._spilled(message, response, served))
+            if self._config.low_priority_spill == "fail":
+                raise _discarded(self.deployment, served)
         return response
 
-    def _answered(self, response: UpstreamResponse, started: float, attempt: int) -> None:
-        """Count the answered call and log it."""
+    def _answered(
+        self, response: UpstreamResponse, started: float, attempt: int, served: str
+    ) -> None:
+        """Count the answered call (its tokens on the deployment that served it) and log it."""
         prompt, completion, _ = usage_counts(response.usage)
         latency = self._clock() - started
         metrics = self._reporting.metrics
         if metrics is not None:
             metrics.call(self.deployment, response.status_code, latency)
-            metrics.usage(self.deployment, prompt, completion)
+            metrics.usage(served, prompt, completion)
         log.info(
             "upstream_call_completed",
             attempt=attempt,
@@ -166,7 +192,34 @@ class Caller:
             prompt_tokens=prompt,
             completion_tokens=completion,
             finish_reason=response.finish_reason,
+            served_by=served if served != self.deployment else None,
         )
+
+    async def _spilled(
+        self, message: QueuedRequest, response: UpstreamResponse, served: str
+    ) -> None:
+        """A low-priority call Azure served from `served`: charge it there, count it, pause."""
+        prompt, completion, cached = usage_counts(response.usage)
+        reporting = self._reporting
+        if reporting.usage is not None:
+            use = Usage(message.tenant, served, "low", prompt, cached, completion)
+            await reporting.usage.served(use)
+        if reporting.metrics is not None:
+            reporting.metrics.spilled_call(self.deployment, served, message.tenant)
+        log.warning(
+            "low_priority_spilled",
+            served_by=served,
+            tenant=message.tenant,
+            kept=self._config.low_priority_spill == "keep",
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+        )
+        if reporting.counts is not None:
+            try:
+                await count_result(reporting.counts, self.deployment, "spilled")
+            except StoreUnavailable as exc:
+                log.warning("spill_count_failed", error=repr(exc))
+        await self._throttle.pause_for(response.signals.retry_after_s or SPILLED_PAUSE_S)
 
     async def _record(self, event: TokenEvent) -> None:
         """Apply one token event to the estimate (logged, never raised: it is a hint)."""
@@ -179,6 +232,18 @@ class Caller:
 
     def __repr__(self) -> str:
         return f"<Caller deployment={self.deployment}>"
+
+
+def _discarded(deployment: str, served: str) -> UpstreamError:
+    """The error of a spilled answer discarded by `low_priority_spill: fail`."""
+    message = (
+        f"served by the pay-as-you-go deployment {served!r} (Azure spilled it over from "
+        f"{deployment!r}) and discarded: the deployment's low_priority_spill is 'fail'"
+    )
+    body: dict[str, object] = {
+        "error": {"code": DISCARDED_CODE, "message": message, "type": "spillover_error"}
+    }
+    return UpstreamError(message, status_code=DISCARDED_STATUS, body=body)
 
 
 def _text(value: object) -> str | None:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from orchestrator.calls.attempts import run_attempts
-from orchestrator.calls.outcome import settlement
+from orchestrator.calls.attempts import Attempted, run_attempts
+from orchestrator.calls.outcome import UpstreamResponse, settlement
 from orchestrator.core.runtime import Pacing
 from orchestrator.core.schemas import ResultDocument, ResultStatus
 from orchestrator.queues.base import Delivery
@@ -29,7 +29,7 @@ from orchestrator.tenants.quota import QUOTA_STATUS, quota_error
 from orchestrator.throttle.slots import Slot
 from orchestrator.worker.dispatch.call import Caller
 from orchestrator.worker.dispatch.gate import Waiting, WorkerGate
-from orchestrator.worker.dispatch.parts import DispatchConfig, Gates, Reporting
+from orchestrator.worker.dispatch.parts import Delivering, DispatchConfig, Gates, Reporting
 from orchestrator.worker.dispatch.settle import Settler
 from orchestrator.worker.dispatch.slots import SlotHolder
 from orchestrator.worker.lengths import Sizer
@@ -37,8 +37,6 @@ from orchestrator.worker.lengths import Sizer
 if TYPE_CHECKING:
     from orchestrator.breaker.shared import SharedBreaker
     from orchestrator.core.tasks import TaskSet
-    from orchestrator.queues.base import Queue
-    from orchestrator.worker.protocols import ResultSink
     from orchestrator.worker.upstream import Upstream
 
 log = structlog.get_logger(__name__)
@@ -51,8 +49,7 @@ class Dispatcher:
         self,
         deployment: str,
         *,
-        queue: Queue,
-        results: ResultSink,
+        delivering: Delivering,
         upstream: Upstream,
         config: DispatchConfig,
         gates: Gates,
@@ -66,8 +63,10 @@ class Dispatcher:
         self._gates = gates
         self._reporting = reporting
         self._pacing = pacing or Pacing()
-        self._results = results
-        self._settler = Settler(deployment, queue, results, reporting, self._pacing.clock)
+        self._results = delivering.results
+        self._settler = Settler(
+            deployment, delivering.queue, delivering.results, reporting, self._pacing.clock
+        )
         self._caller = Caller(
             deployment, upstream, config, gates, reporting, self._pacing, self.bookkeeping
         )
@@ -165,30 +164,33 @@ class Dispatcher:
         """Call until an ending (`calls.attempts`), then settle it once."""
         message = delivery.message
         gate = WorkerGate(
-            holder, self._gates.throttle, self._gates.breaker, self._waiting, stop, self._pacing
+            holder,
+            self._gates.throttle,
+            self._gates.breaker_for(message.endpoint),
+            self._waiting,
+            stop,
+            self._pacing,
         )
 
         plan = await self._sizer.plan(message)  # the output limit the calls are sent with
-        attempted = await run_attempts(
-            lambda attempt: self._caller.call(plan.message, delivery.delivery_count, attempt),
-            gate,
-            policy=self._config.retry,
-            deadline=message.deadline,
-            pacing=self._pacing,
-        )
-        while (
-            attempted.answer is not None
-            and attempted.ending == "answered"
-            and await self._sizer.rerun(plan, attempted.answer.body)
-        ):  # cut short by the sized limit: again with the caller's
-            attempted = await run_attempts(
+
+        async def attempts(start: int) -> Attempted[UpstreamResponse]:
+            return await run_attempts(
                 lambda attempt: self._caller.call(plan.message, delivery.delivery_count, attempt),
                 gate,
                 policy=self._config.retry,
                 deadline=message.deadline,
                 pacing=self._pacing,
-                start=attempted.attempts,
+                start=start,
             )
+
+        attempted = await attempts(0)
+        while (
+            attempted.answer is not None
+            and attempted.ending == "answered"
+            and await self._sizer.rerun(plan, attempted.answer.body)
+        ):  # cut short by the sized limit: again with the caller's (the attempts keep counting)
+            attempted = await attempts(attempted.attempts)
         await holder.release()
         settled = settlement(message, attempted, self._pacing.clock())
         if settled is None:

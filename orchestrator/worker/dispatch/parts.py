@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from orchestrator.core.retry import RetryPolicy
 from orchestrator.telemetry.base import OFF, Telemetry
@@ -12,11 +12,12 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from orchestrator.breaker.shared import SharedBreaker
+    from orchestrator.queues.base import Queue
     from orchestrator.tenants.quota import QuotaGate
     from orchestrator.throttle.admission import Admission
     from orchestrator.utilisation.base import TokenRecorder
     from orchestrator.worker.metrics import WorkerMetrics
-    from orchestrator.worker.protocols import SlotLimiter
+    from orchestrator.worker.protocols import ResultSink, SlotLimiter, UsageSink
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,18 @@ class DispatchConfig:
     default_max_tokens: int
     max_deliveries: int = 10
     """A message delivered more often than this (it kept killing workers) is dead-lettered."""
+    low_priority_spill: Literal["keep", "fail"] = "keep"
+    """What becomes of an answer Azure spilled to a standard deployment (`dispatch.call`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivering:
+    """Where a request's deliveries come from and where its result goes."""
+
+    queue: Queue
+    """The deployment's queue: acked, released or dead-lettered once the result is written."""
+    results: ResultSink
+    """The exactly-once result store."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +50,19 @@ class Gates:
     throttle: SlotLimiter
     """The global slot table: one slot per call in flight."""
     breaker: SharedBreaker | None = None
-    """The deployment's circuit breaker, shared with every process."""
+    """The deployment's circuit breaker (chat completions), shared with every process."""
+    responses_breaker: SharedBreaker | None = None
+    """The breaker of its Responses API surface (None: the one `breaker` serves both)."""
     admission: Admission | None = None
     """Waits until the call's tokens fit below the upper threshold."""
     quota: QuotaGate | None = None
     """The tenant's token quota."""
+
+    def breaker_for(self, endpoint: str) -> SharedBreaker | None:
+        """The breaker of the API surface `endpoint` calls: one surface never pauses the other."""
+        if endpoint == "responses" and self.responses_breaker is not None:
+            return self.responses_breaker
+        return self.breaker
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +75,5 @@ class Reporting:
     telemetry: Telemetry = OFF
     counts: aioredis.Redis | None = None
     """Redis holding the deployment's result counters (`keys.result_counts`)."""
+    usage: UsageSink | None = None
+    """Where the tokens of a call another deployment served (native spillover) go."""

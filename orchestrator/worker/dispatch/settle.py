@@ -15,11 +15,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import structlog
-from redis.exceptions import RedisError
 
 from orchestrator.calls.outcome import Outcome
-from orchestrator.core import keys
-from orchestrator.core.errors import PTUError
+from orchestrator.core.errors import PTUError, StoreUnavailable
+from orchestrator.core.results import count_result
 from orchestrator.core.schemas import ResultDocument, ResultStatus
 from orchestrator.core.tasks import TaskSet
 from orchestrator.queues.base import Delivery, Queue
@@ -81,7 +80,7 @@ class Settler:
         """Whether the request has its result (False when that cannot be read)."""
         try:
             state = await self._results.get(request_id)
-        except (RedisError, PTUError) as exc:
+        except PTUError as exc:  # StoreUnavailable, QueueUnavailable
             log.warning("result_lookup_failed", error=repr(exc))
             return False  # completion is idempotent anyway
         return state is not None and state.result is not None
@@ -90,7 +89,7 @@ class Settler:
         """Move the request's record to in_progress (logged, never raised)."""
         try:
             await self._results.mark_in_progress(request_id)
-        except (RedisError, PTUError) as exc:
+        except PTUError as exc:  # StoreUnavailable, QueueUnavailable
             log.warning("mark_in_progress_failed", error=repr(exc))
 
     async def _write_then_ack(
@@ -98,7 +97,7 @@ class Settler:
     ) -> ResultStatus | None:
         try:
             wrote = await self._results.complete(doc, delivery.message.reply_key)
-        except (RedisError, PTUError) as exc:
+        except PTUError as exc:  # StoreUnavailable, QueueUnavailable
             log.error("result_write_failed", status=doc.status, error=repr(exc))
             return None  # released by `let_go`: another consumer finishes it
         try:
@@ -126,7 +125,10 @@ class Settler:
         metrics = self._reporting.metrics
         if metrics is not None:
             metrics.result(self.deployment, doc.status)
-            metrics.tenants.finished(delivery.message.tenant, self.deployment, "low", outcome.label)
+            metrics.tenants.finished(
+                delivery.message.tenant, outcome.served_by, "low", outcome.label
+            )
+            metrics.tenants.tiered(outcome.served_by, "low", outcome.service_tier)
         log.info(
             "request_finished",
             status=doc.status,
@@ -144,7 +146,7 @@ class Settler:
         """Release a delivery this dispatcher will not finish (logged, never raised)."""
         try:
             await self._queue.release(delivery)
-        except (RedisError, PTUError) as exc:
+        except PTUError as exc:  # StoreUnavailable, QueueUnavailable
             # unreachable queue: the entry moves once this consumer looks dead
             log.warning("release_failed", error=repr(exc))
         else:
@@ -156,8 +158,8 @@ class Settler:
         if redis is None:
             return
         try:
-            await redis.hincrby(keys.result_counts(self.deployment), status, 1)
-        except RedisError as exc:
+            await count_result(redis, self.deployment, status)
+        except StoreUnavailable as exc:
             log.warning("result_count_failed", status=status, error=repr(exc))
 
     def __repr__(self) -> str:
