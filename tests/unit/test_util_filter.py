@@ -195,6 +195,25 @@ def test_the_unseen_inflow_is_kept_for_minutes() -> None:
     )
 
 
+def test_saturations_within_one_hold_are_one_overflow() -> None:
+    st = step(None, Signal(delta=0.5), T0, W, P)
+    st = step(st, Signal(saturated=True, retry_after_s=2.0), T0 + 1, W, P)
+    learnt = st.s
+    st = step(st, Signal(saturated=True, retry_after_s=2.0), T0 + 1.5, W, P)
+    assert st.s == pytest.approx(learnt, rel=1e-3)  # only its slow fading
+
+
+def test_the_level_missed_between_two_saturations_is_learnt_as_inflow() -> None:
+    st = step(None, Signal(delta=0.5), T0, W, P)
+    st = step(st, Signal(saturated=True, retry_after_s=1.0), T0 + 1, W, P)
+    learnt = st.s
+    # full again a window later: the deployment stayed full while `mu` drained
+    before = read(st, T0 + 1 + W, W, P).headerless
+    st = step(st, Signal(saturated=True, retry_after_s=1.0), T0 + 1 + W, W, P)
+    assert st.s == pytest.approx(min(0.95, learnt + (1.0 - before) * W / W), rel=1e-3)
+    assert st.s > learnt
+
+
 def test_a_spill_is_a_saturation_and_so_is_a_429_without_retry_after() -> None:
     st = step(None, Signal(delta=0.2), T0, W, P)
     st = step(st, Signal(saturated=True), T0 + 0.5, W, P)

@@ -5,7 +5,7 @@ the estimate polls `AzureOpenAIProvisionedManagedUtilizationV2` (the minute's Ma
 background and folds every new minute into the deployment's shared state (`filter.step` under
 the store's compare-and-set): when the deployment was fuller than our bucket-with-inflow's
 own peak of that minute, the unseen inflow was too low and grows by the difference. It is
-minutes old by nature, so it only ever raises the inflow, which then fades over minutes.
+minutes old by nature, so it only ever raises the inflow, which then fades slowly.
 Every process polling folds the same minute at most once (the state keeps the newest minute).
 """
 

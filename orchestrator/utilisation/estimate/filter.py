@@ -34,10 +34,11 @@ What each signal tells, and the part of the state it feeds:
   reading at 100 % for `retry-after`, at most `hold_s` (a minute-window limiter asks up to
   60 s, which is its window, not how full the deployment is), lifts every header
   hypothesis to at least 100 %, and teaches `s`, the unseen inflow: the level our bucket
-  missed, spread over the time since it was last empty (or, when it was empty, the share
-  of capacity our own recent rate leaves: the least that could have filled the deployment).
-  `s` feeds `mu`, a bucket of our charges plus that inflow. `s` is kept for minutes
-  (fading over `unseen_decay_s`), so it is learnt once, not at every saturation; a call
+  missed, spread over the time since it was last known (empty, or full at the last
+  saturation; when it was empty, the share of capacity our own recent rate leaves: the
+  least that could have filled the deployment). Saturations within one hold are one
+  overflow. `s` feeds `mu`, a bucket of our charges plus that inflow. `s` is kept (fading
+  over `unseen_decay_s`), so it is learnt in a few saturations, not at every one; a call
   that went through while `mu` said full lowers it.
 - **`x-ratelimit-remaining-tokens`** (gateways, standard deployments, other limiters): the
   share of the limit used, exact and on time; our charges since it was read are added.
@@ -187,19 +188,26 @@ def _charge(st: FilterState, delta: float, window_s: float) -> None:
 
 def _saturate(st: FilterState, sig: Signal, now: float, window_s: float, p: FilterParams) -> None:
     hold = p.hold_s if sig.retry_after_s is None else min(sig.retry_after_s, p.hold_s)
-    st.hold_until = max(st.hold_until, now + hold)
-    if st.mu < 1.0:
-        filled = 0.0 if st.filled_at is None else now - st.filled_at
-        if filled >= window_s / 2:
-            # the deployment filled beside our bucket since it was last empty: the inflow we
-            # missed is the level we missed, spread over that time
-            need = st.s + (1.0 - st.mu) * window_s / filled
+    # within an earlier saturation's hold it is the same overflow: nothing more to learn
+    if st.mu < 1.0 and now >= st.hold_until:
+        known = st.filled_at
+        if known is not None and now - known >= window_s / 2:
+            # the deployment filled beside `mu` since `mu` was last known (empty, or full at
+            # the last saturation): the inflow we missed is the level we missed, spread over
+            # that time
+            need = st.s + (1.0 - st.mu) * window_s / (now - known)
+        elif known is not None and st.hold_until >= known:
+            # full again soon after a saturation: the level may have stayed over 100 % since,
+            # which tells no inflow
+            need = st.s
         else:
             # our bucket was (nearly) empty: the deployment can only have filled if everyone's
             # inflow passed its capacity, so others use at least what our rate leaves
             need = 1.0 - rates(st, now, window_s)[FILL_HORIZON] + NEED_MARGIN
         st.s = min(MAX_UNSEEN, max(st.s, need))
-        st.mu = 1.0
+    st.mu = max(st.mu, 1.0)
+    st.filled_at = now  # `mu` is known again: at least full
+    st.hold_until = max(st.hold_until, now + hold)
     for h, x in zip(st.hyps, current_features(st, window_s), strict=True):
         h.c = max(h.c, 1.0 - h.k * x)
 

@@ -48,9 +48,11 @@ class FilterParams:
     uncertainty about the level now."""
     trust_rmse: float = 0.08
     """The header may lower the reading only while its best hypothesis predicts this well."""
-    unseen_decay_s: float = 300.0
-    """The learnt unseen inflow fades this slowly: other applications' load lasts minutes,
-    and unlearning it costs a saturation (interactive 429s) to learn it again."""
+    unseen_decay_s: float = 3600.0
+    """The learnt unseen inflow fades this slowly. Other applications' load lasts minutes to
+    hours, and in a bucket any shortfall of it adds up until the deployment fills (a 429),
+    so it must not fade faster than the evidence comes; too much of it is unlearnt on
+    evidence instead (calls that go through while the estimate reads full)."""
     hold_s: float = 3.0
     """A 429 holds the reading at 100 % for its retry-after, at most this long."""
     max_age_s: float = 5.0
@@ -113,7 +115,8 @@ class FilterState:
     mu: float = 0.0
     """Our bucket plus the unseen inflow `s`: the headerless estimate."""
     filled_at: float | None = None
-    """Since when `mu` has not been empty (None: it is empty)."""
+    """Since when `mu` has been known: it was last empty, or full at a saturation (None: it
+    is empty)."""
     s: float = 0.0
     """Unseen inflow, as a share of capacity (other applications, less capacity)."""
     hold_until: float = 0.0
