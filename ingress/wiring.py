@@ -34,6 +34,7 @@ from ingress.chat.targets import Target, make_client, targets
 from ingress.chat.token_events import TokenEvents
 from ingress.http.auth import Authenticator
 from ingress.metrics import IngressMetrics
+from ingress.queued.background import BackgroundResponses
 from ingress.queued.enqueue import Enqueuer
 from ingress.queued.requests import RequestsApi
 from orchestrator.breaker.shared import SharedBreaker, breaker_config
@@ -151,6 +152,7 @@ class Wired:
     incarnation: Incarnation
     chat: ChatRoutes
     requests_api: RequestsApi
+    background: BackgroundResponses
     files: Files
     validator: Offload
     job_runner: Offload
@@ -200,7 +202,10 @@ def wire(
         telemetry=tracer,
     )  # fmt: skip
     tenant_limits = TenantLimits(tenancy, ledger, accounting)
-    chat = ChatRoutes(settings, deployments, tenants, proxy, enqueuer, metrics, tenant_limits)
+    background = BackgroundResponses(results, enqueuer, tenants)
+    chat = ChatRoutes(
+        settings, deployments, tenants, proxy, enqueuer, metrics, tenant_limits, background
+    )
     requests_api = RequestsApi(results, tenants, issued_before_loss=incarnation.issued_before)
     files = Files(parts.redis, make_file_store(settings), clock=clock)
     batch_store = BatchStore(parts.redis, clock=clock)
@@ -230,6 +235,7 @@ def wire(
         incarnation=incarnation,
         chat=chat,
         requests_api=requests_api,
+        background=background,
         files=files,
         validator=validator,
         job_runner=job_runner,

@@ -38,6 +38,8 @@ from ingress.http.models import (
 )
 from ingress.http.openapi import Reply, operation
 from ingress.metrics import IngressMetrics
+from ingress.queued import background as background_mode
+from ingress.queued.background import BackgroundResponses
 from ingress.queued.enqueue import Enqueuer, accepted, new_request_id
 from orchestrator.core.schemas import PRIORITY_HEADER, Endpoint
 from orchestrator.core.settings import Settings
@@ -75,7 +77,9 @@ class ChatRoutes:
         enqueuer: Enqueuer,
         metrics: IngressMetrics,
         limits: TenantLimits | None = None,
+        background: BackgroundResponses | None = None,
     ) -> None:
+        self._background = background or BackgroundResponses(enqueuer.results, enqueuer, auth)
         self._targets = targets
         self._limits = limits or TenantLimits(auth.tenancy, None, None)
         self._auth = auth
@@ -145,15 +149,20 @@ class ChatRoutes:
         headers = request.headers
         tenant = self._auth.tenant(headers)
         priority = parse_priority(headers.get(PRIORITY_HEADER), self._default_priority)
-        self._metrics.request(priority)
         raw = await read_body(request, self._max_body)
         body = parse_object(raw)
+        background = False
         if endpoint == "responses":
-            deployment = validated(ResponsesRequest, body).model
+            parsed = validated(ResponsesRequest, body)
+            deployment, background = parsed.model, parsed.background is True
+            if background:  # the API's own asynchronous call: our low priority
+                background_mode.check(body)
+                priority = "low"
         elif deployment is None:
             deployment = validated(OpenAIChatCompletionRequest, body).model
         else:
             validated(ChatCompletionRequest, body)
+        self._metrics.request(priority)
         target = target_for(self._targets, deployment)
         stream = body.get("stream") is True
         request_id = self._enqueuer.new_id() if priority == "low" else new_request_id()
@@ -161,7 +170,7 @@ class ChatRoutes:
         ceiling = self._limits.ceiling(tenant, self._ceiling)
         if priority == "low":
             return await self._enqueue(
-                request, tenant, target, body, stream, ceiling, request_id, endpoint
+                request, tenant, target, body, stream, ceiling, request_id, endpoint, background
             )
         governed = self._governance.apply(
             body, target.name, ceiling=ceiling, endpoint=endpoint, stream=stream
@@ -200,6 +209,7 @@ class ChatRoutes:
         ceiling: int,
         request_id: str,
         endpoint: Endpoint,
+        background: bool = False,
     ) -> Response:
         if stream:
             raise bad_request(
@@ -224,6 +234,8 @@ class ChatRoutes:
             reply_key_header=headers.get("x-reply-key"),
             ttl_s=parse_ttl(headers.get("x-ptu-ttl-s"), self._default_ttl_s),
         )
+        if background:
+            return _capped(await self._background.put(req), governed)
         await self._enqueuer.put(req)
         return _capped(accepted(req), governed)
 
