@@ -35,8 +35,10 @@ from ingress.chat.token_events import TokenEvents
 from ingress.http.auth import Authenticator
 from ingress.metrics import IngressMetrics
 from ingress.queued.background import BackgroundResponses
+from ingress.queued.completions import Completions
 from ingress.queued.enqueue import Enqueuer
 from ingress.queued.requests import RequestsApi
+from ingress.queued.waiting import Waiting
 from orchestrator.breaker.shared import SharedBreaker, breaker_config
 from orchestrator.core import redis_client
 from orchestrator.core.incarnation import Incarnation
@@ -153,6 +155,7 @@ class Wired:
     chat: ChatRoutes
     requests_api: RequestsApi
     background: BackgroundResponses
+    waiting: Waiting
     files: Files
     validator: Offload
     job_runner: Offload
@@ -203,9 +206,12 @@ def wire(
     )  # fmt: skip
     tenant_limits = TenantLimits(tenancy, ledger, accounting)
     background = BackgroundResponses(results, enqueuer, tenants)
+    # one subscription of this process wakes every waiting call (queued.completions)
+    waiting = Waiting(Completions(parts.redis), results, tenancy, settings.deployments)
     chat = ChatRoutes(
-        settings, deployments, tenants, proxy, enqueuer, metrics, tenant_limits, background
-    )
+        settings, deployments, tenants, proxy, enqueuer, metrics, tenant_limits, background,
+        waiting,
+    )  # fmt: skip
     requests_api = RequestsApi(results, tenants, issued_before_loss=incarnation.issued_before)
     files = Files(parts.redis, make_file_store(settings), clock=clock)
     batch_store = BatchStore(parts.redis, clock=clock)
@@ -236,6 +242,7 @@ def wire(
         chat=chat,
         requests_api=requests_api,
         background=background,
+        waiting=waiting,
         files=files,
         validator=validator,
         job_runner=job_runner,

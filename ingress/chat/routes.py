@@ -7,6 +7,7 @@ endpoint it calls (`QueuedRequest.endpoint`), so the worker calls the same API.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -41,6 +42,7 @@ from ingress.metrics import IngressMetrics
 from ingress.queued import background as background_mode
 from ingress.queued.background import BackgroundResponses
 from ingress.queued.enqueue import Enqueuer, accepted, new_request_id
+from ingress.queued.waiting import APPLIED_HEADER, Waiting
 from orchestrator.core.schemas import PRIORITY_HEADER, Endpoint
 from orchestrator.core.settings import Settings
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
@@ -78,7 +80,9 @@ class ChatRoutes:
         metrics: IngressMetrics,
         limits: TenantLimits | None = None,
         background: BackgroundResponses | None = None,
+        waiting: Waiting | None = None,
     ) -> None:
+        self._waiting = waiting
         self._background = background or BackgroundResponses(enqueuer.results, enqueuer, auth)
         self._targets = targets
         self._limits = limits or TenantLimits(auth.tenancy, None, None)
@@ -236,7 +240,17 @@ class ChatRoutes:
         )
         if background:
             return _capped(await self._background.put(req), governed)
+        wait_s = 0.0
+        if self._waiting is not None:
+            wait_s = self._waiting.seconds(headers.getlist("prefer"), tenant, target.name)
         await self._enqueuer.put(req)
+        if wait_s > 0 and self._waiting is not None:
+            answered = await self._waiting.hold(req, wait_s)
+            if answered is not None:
+                return _capped(answered, governed)
+            timed_out = accepted(req)
+            timed_out.headers[APPLIED_HEADER] = f"wait={math.ceil(wait_s)}"
+            return _capped(timed_out, governed)
         return _capped(accepted(req), governed)
 
     def __repr__(self) -> str:

@@ -130,6 +130,15 @@ def result_channel(request_id: str) -> str:
     return f"{PREFIX}:done:{request_id}"
 
 
+RESULT_CHANNELS = f"{PREFIX}:done:*"
+"""Pattern of every `result_channel`: one subscription hears every result written."""
+
+
+def request_of_channel(channel: str) -> str:
+    """The request id a `result_channel` name carries."""
+    return channel.removeprefix(f"{PREFIX}:done:")
+
+
 def background_response(request_id: str) -> str:
     """A background response's Response object as accepted (JSON): its echo of the request."""
     return f"{_r(request_id)}:response"
