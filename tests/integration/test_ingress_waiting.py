@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -30,7 +31,7 @@ DEPLOYMENTS = [
     {"name": "idle", "model": "gpt-4o-mini", "ptus": 15},  # no worker serves it
     {"name": "held", "model": "gpt-4o-mini", "ptus": 15, "wait_s": 60},
 ]
-KEYS = {"key-a": "team-a", "key-w": "waiters"}
+KEYS = {"key-a": "team-a", "key-w": "waiters", "k": "team-a"}
 TENANTS = [{"name": "team-a"}, {"name": "waiters", "wait_s": 60}]
 MESSAGES = [{"role": "user", "content": "Summarise the report."}]
 WAIT = {"Prefer": "wait=120", "x-priority": "low"}
@@ -247,3 +248,16 @@ async def test_a_lost_subscription_is_made_again_and_waiters_read_again(
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+
+
+def test_the_readme_shapes_run_as_written(
+    ingress: IngressThread, worker: subprocess.Popen[bytes]
+) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Low priority in the SDK's own shapes", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("http://127.0.0.1:8080", ingress.url).replace("gpt-4o-mini-ptu", "ptu")
+    scope: dict[str, Any] = {"print": lambda *args: None}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["reply"].choices[0].message.content
+    assert scope["response"].status == "completed" and scope["response"].output_text
