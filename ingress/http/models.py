@@ -89,6 +89,12 @@ class ChatHeaders(PriorityHeaders):
         alias="x-ptu-ttl-s",
         description="low priority: seconds until the deadline (default PTU_DEFAULT_TTL_S)",
     )
+    prefer: str | None = Field(
+        None,
+        alias="prefer",
+        description="low priority: `wait=SECONDS` (RFC 7240) holds the call until its result "
+        "and answers it as high priority would (Preference-Applied: wait=N); else 202",
+    )
 
 
 class AzureChatPath(_Params):

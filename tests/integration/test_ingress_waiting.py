@@ -13,6 +13,7 @@ import httpx2
 import openai
 import pytest
 import redis.asyncio as aioredis
+from openai.types.chat import ChatCompletionMessageParam
 
 from ingress.queued.completions import Completions
 from ingress.server import IngressThread
@@ -33,7 +34,7 @@ DEPLOYMENTS = [
 ]
 KEYS = {"key-a": "team-a", "key-w": "waiters", "k": "team-a"}
 TENANTS = [{"name": "team-a"}, {"name": "waiters", "wait_s": 60}]
-MESSAGES = [{"role": "user", "content": "Summarise the report."}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Summarise the report."}]
 WAIT = {"Prefer": "wait=120", "x-priority": "low"}
 
 
@@ -100,7 +101,7 @@ async def test_a_waiting_call_returns_a_normal_chat_completion(
             model="ptu",
             messages=MESSAGES,
             max_tokens=20,
-            extra_headers=WAIT,  # type: ignore[arg-type]
+            extra_headers=WAIT,
         )
         assert raw.http_response.status_code == 200
         assert raw.headers["preference-applied"] == "wait=120"
@@ -117,7 +118,7 @@ async def test_a_waiting_call_returns_a_normal_chat_completion(
     plain = await clients[0].chat.completions.create(
         model="ptu",
         messages=MESSAGES,
-        extra_headers=WAIT,  # type: ignore[arg-type]
+        extra_headers=WAIT,
     )
     assert plain.choices[0].message.content
     assert _low_requests(sim, "ptu") - before == len(clients) + 1  # all at low priority
