@@ -31,7 +31,7 @@ from ingress.http.auth import Authenticator
 from ingress.http.errors import ApiError, bad_request
 from ingress.http.models import ResponsePath
 from ingress.http.openapi import Reply, operation
-from ingress.queued.enqueue import Enqueuer
+from ingress.queued.enqueue import Enqueuer, unavailable
 from orchestrator.core import keys
 from orchestrator.core.redis_replies import text
 from orchestrator.core.results import RequestState, ResultStore
@@ -129,7 +129,7 @@ class BackgroundResponses:
         try:
             await self._redis.set(key, JSONResponse(accepted).body, ex=ttl_s)
         except RedisError as exc:
-            raise ApiError(503, "queue_unavailable", f"the queue is unavailable: {exc}") from exc
+            raise unavailable(f"record: {exc}") from exc
         try:
             await self._enqueuer.put(req)
         except BaseException:
