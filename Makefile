@@ -44,7 +44,8 @@ up: install
 # The Redis-facing integration subset runs again on a real 3-master cluster: the
 # stores, queue, estimate, throttle and completion code are where a key in the wrong
 # slot would fail (CROSSSLOT), and together they take about a minute; the rest of
-# the suite talks to Redis only through them. `make test-cluster` runs all of
+# the suite talks to Redis only through them. The waiting calls' one pattern subscription
+# must hear results written on every node. `make test-cluster` runs all of
 # tests/integration on the cluster.
 CLUSTER_SUBSET := tests/integration/test_queue_contract.py \
 	tests/integration/test_queue_redis_streams.py \
@@ -53,7 +54,8 @@ CLUSTER_SUBSET := tests/integration/test_queue_contract.py \
 	tests/integration/test_throttle_global.py \
 	tests/integration/test_redis_cluster.py \
 	tests/integration/test_batch_jobs.py \
-	tests/integration/test_cli_redis_verbs.py
+	tests/integration/test_cli_redis_verbs.py \
+	tests/integration/test_ingress_waiting.py
 
 test: install
 	$(BIN)/pytest

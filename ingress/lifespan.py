@@ -1,5 +1,6 @@
 """What runs beside the ingress's requests, from start-up to shutdown: the estimate's
-heartbeat, the incarnation watch, the batch sweeper, the offload warm-up; at shutdown the
+heartbeat, the incarnation watch, the batch sweeper, the offload warm-up, the one
+subscription that wakes waiting calls; at shutdown the
 batch work stops and every client the app owns is closed."""
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def make_lifespan(
         )
         watch = asyncio.create_task(watch_incarnation(incarnation))
         sweeper = asyncio.create_task(jobs.run())
+        completions = asyncio.create_task(w.waiting.completions.run())
         warming = [
             asyncio.create_task(validator.warm(validate_warm)),
             asyncio.create_task(job_runner.warm(job_warm)),
@@ -43,7 +45,7 @@ def make_lifespan(
         try:
             yield
         finally:
-            for task in (beat, watch, sweeper, *warming):
+            for task in (beat, watch, sweeper, completions, *warming):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

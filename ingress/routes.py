@@ -67,6 +67,9 @@ def route_table(w: Wired) -> list[Route]:
         routes += [
             Route(f"{p}/chat/completions", chat.openai, methods=["POST"]),
             Route(f"{p}/responses", chat.responses, methods=["POST"]),
+            Route(f"{p}/responses/{{response_id}}", w.background.retrieve, methods=["GET"]),
+            Route(f"{p}/responses/{{response_id}}", w.background.delete, methods=["DELETE"]),
+            Route(f"{p}/responses/{{response_id}}/cancel", w.background.cancel, methods=["POST"]),
             Route(f"{p}/files", file_routes.upload, methods=["POST"]),
             Route(f"{p}/files", file_routes.list_files, methods=["GET"]),
             Route(f"{p}/files/{{file_id}}", file_routes.retrieve, methods=["GET"]),

@@ -34,8 +34,11 @@ from ingress.chat.targets import Target, make_client, targets
 from ingress.chat.token_events import TokenEvents
 from ingress.http.auth import Authenticator
 from ingress.metrics import IngressMetrics
+from ingress.queued.background import BackgroundResponses
+from ingress.queued.completions import Completions
 from ingress.queued.enqueue import Enqueuer
 from ingress.queued.requests import RequestsApi
+from ingress.queued.waiting import Waiting
 from orchestrator.breaker.shared import SURFACES, SharedBreaker, breaker_config
 from orchestrator.core import redis_client
 from orchestrator.core.incarnation import Incarnation
@@ -150,6 +153,8 @@ class Wired:
     incarnation: Incarnation
     chat: ChatRoutes
     requests_api: RequestsApi
+    background: BackgroundResponses
+    waiting: Waiting
     files: Files
     validator: Offload
     job_runner: Offload
@@ -200,7 +205,13 @@ def wire(
         telemetry=tracer,
     )  # fmt: skip
     tenant_limits = TenantLimits(tenancy, ledger, accounting)
-    chat = ChatRoutes(settings, deployments, tenants, proxy, enqueuer, metrics, tenant_limits)
+    background = BackgroundResponses(results, enqueuer, tenants)
+    # one subscription of this process wakes every waiting call (queued.completions)
+    waiting = Waiting(Completions(parts.redis), results, tenancy, settings.deployments)
+    chat = ChatRoutes(
+        settings, deployments, tenants, proxy, enqueuer, metrics, tenant_limits, background,
+        waiting,
+    )  # fmt: skip
     requests_api = RequestsApi(results, tenants, issued_before_loss=incarnation.issued_before)
     files = Files(parts.redis, make_file_store(settings), clock=clock)
     batch_store = BatchStore(parts.redis, clock=clock)
@@ -230,6 +241,8 @@ def wire(
         incarnation=incarnation,
         chat=chat,
         requests_api=requests_api,
+        background=background,
+        waiting=waiting,
         files=files,
         validator=validator,
         job_runner=job_runner,

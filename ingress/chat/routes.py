@@ -7,6 +7,7 @@ endpoint it calls (`QueuedRequest.endpoint`), so the worker calls the same API.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -38,7 +39,10 @@ from ingress.http.models import (
 )
 from ingress.http.openapi import Reply, operation
 from ingress.metrics import IngressMetrics
+from ingress.queued import background as background_mode
+from ingress.queued.background import BackgroundResponses
 from ingress.queued.enqueue import Enqueuer, accepted, new_request_id
+from ingress.queued.waiting import APPLIED_HEADER, Waiting
 from orchestrator.calls.versions import accepts_stream_options, api_version_of
 from orchestrator.core.schemas import PRIORITY_HEADER, Endpoint
 from orchestrator.core.settings import Settings
@@ -76,7 +80,11 @@ class ChatRoutes:
         enqueuer: Enqueuer,
         metrics: IngressMetrics,
         limits: TenantLimits | None = None,
+        background: BackgroundResponses | None = None,
+        waiting: Waiting | None = None,
     ) -> None:
+        self._waiting = waiting
+        self._background = background or BackgroundResponses(enqueuer.results, enqueuer, auth)
         self._targets = targets
         self._limits = limits or TenantLimits(auth.tenancy, None, None)
         self._auth = auth
@@ -146,15 +154,20 @@ class ChatRoutes:
         headers = request.headers
         tenant = self._auth.tenant(headers)
         priority = parse_priority(headers.get(PRIORITY_HEADER), self._default_priority)
-        self._metrics.request(priority)
         raw = await read_body(request, self._max_body)
         body = parse_object(raw)
+        background = False
         if endpoint == "responses":
-            deployment = validated(ResponsesRequest, body).model
+            parsed = validated(ResponsesRequest, body)
+            deployment, background = parsed.model, parsed.background is True
+            if background:  # the API's own asynchronous call: our low priority
+                background_mode.check(body)
+                priority = "low"
         elif deployment is None:
             deployment = validated(OpenAIChatCompletionRequest, body).model
         else:
             validated(ChatCompletionRequest, body)
+        self._metrics.request(priority)
         target = target_for(self._targets, deployment)
         stream = body.get("stream") is True
         request_id = self._enqueuer.new_id() if priority == "low" else new_request_id()
@@ -162,7 +175,7 @@ class ChatRoutes:
         ceiling = self._limits.ceiling(tenant, self._ceiling)
         if priority == "low":
             return await self._enqueue(
-                request, tenant, target, body, stream, ceiling, request_id, endpoint
+                request, tenant, target, body, stream, ceiling, request_id, endpoint, background
             )
         governed = self._governance.apply(
             body, target.name, ceiling=ceiling, endpoint=endpoint, stream=stream
@@ -206,6 +219,7 @@ class ChatRoutes:
         ceiling: int,
         request_id: str,
         endpoint: Endpoint,
+        background: bool = False,
     ) -> Response:
         if stream:
             raise bad_request(
@@ -230,7 +244,19 @@ class ChatRoutes:
             reply_key_header=headers.get("x-reply-key"),
             ttl_s=parse_ttl(headers.get("x-ptu-ttl-s"), self._default_ttl_s),
         )
+        if background:
+            return _capped(await self._background.put(req), governed)
+        wait_s = 0.0
+        if self._waiting is not None:
+            wait_s = self._waiting.seconds(headers.getlist("prefer"), tenant, target.name)
         await self._enqueuer.put(req)
+        if wait_s > 0 and self._waiting is not None:
+            answered = await self._waiting.hold(req, wait_s)
+            if answered is not None:
+                return _capped(answered, governed)
+            timed_out = accepted(req)
+            timed_out.headers[APPLIED_HEADER] = f"wait={math.ceil(wait_s)}"
+            return _capped(timed_out, governed)
         return _capped(accepted(req), governed)
 
     def __repr__(self) -> str:

@@ -6,7 +6,7 @@ handlers validate with them and `/openapi.json` is generated from them
 own objects come from the `openai` SDK (`Batch`, `FileObject`, `FileDeleted`,
 `ChatCompletion`, `Response`); where the ingress accepts more or less than the SDK's
 types say (a message is any object with a string `role`; a batch runs chat completions
-and responses only; no background responses), the model here says what the code
+and responses only), the model here says what the code
 really does.
 
 Request bodies are strict (no `"1"` for 1, no `1.0` for `max_tokens`) and keep
@@ -89,6 +89,12 @@ class ChatHeaders(PriorityHeaders):
         alias="x-ptu-ttl-s",
         description="low priority: seconds until the deadline (default PTU_DEFAULT_TTL_S)",
     )
+    prefer: str | None = Field(
+        None,
+        alias="prefer",
+        description="low priority: `wait=SECONDS` (RFC 7240) holds the call until its result "
+        "and answers it as high priority would (Preference-Applied: wait=N); else 202",
+    )
 
 
 class AzureChatPath(_Params):
@@ -107,6 +113,10 @@ class WaitQuery(_Params):
     wait: WaitSeconds | None = Field(
         None, description=f"seconds to wait for the result (capped at {MAX_WAIT_S:.0f})"
     )
+
+
+class ResponsePath(_Params):
+    response_id: str
 
 
 class FilePath(_Params):
@@ -242,11 +252,12 @@ class ResponsesRequest(_Body):
     stream: bool | None = None
     stream_options: dict[str, Any] | None = None
     max_output_tokens: PositiveInt | None = None
-    background: Literal[False] | None = Field(
+    background: bool | None = Field(
         None,
-        description="background responses are not served here: a low-priority request is "
-        "queued instead (x-priority: low) and its result read from GET /v1/requests/{id}",
+        description="true: queued at low priority whatever x-priority says; answered with the "
+        "Response object (status queued), polled at GET …/responses/{id} (not with stream)",
     )
+    store: bool | None = Field(None, description="background needs it true or absent")
 
 
 MIN_EXPIRES_S = 3_600

@@ -74,6 +74,11 @@ class Enqueuer:
         self.clock = clock
         self._ids = ids
 
+    @property
+    def results(self) -> ResultStore:
+        """Where the requests this enqueuer registers are recorded."""
+        return self._results
+
     def new_id(self) -> str:
         """A fresh id for a request this ingress will queue (see `ids`)."""
         return self._ids()

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.core import capacity
+from orchestrator.core.schemas import MAX_HELD_S
 
 
 def check_endpoint(value: str | None) -> str | None:
@@ -98,6 +99,10 @@ class DeploymentConfig(BaseModel):
         description="a queued call Azure spilled to a standard deployment: keep its answer "
         "(charged there) or fail the request",
     )
+    wait_s: float | None = Field(
+        default=None, ge=0, le=MAX_HELD_S,
+        description="default Prefer: wait of low-priority calls (seconds held for the result)",
+    )  # fmt: skip
 
     @field_validator("spillover", mode="before")
     @classmethod

@@ -11,8 +11,8 @@ transaction only ever touches keys of one entity:
 |            |                     | letters, estimate, its per-request charges,      |
 |            |                     | slots, pause, consumer liveness, breaker, counts,|
 |            |                     | learnt output lengths per tenant                 |
-| request    | `{<request id>}`    | record, result; the default reply key            |
-|            |                     | `ptu:reply:{<request id>}` shares it             |
+| request    | `{<request id>}`    | record, result, background response; the default |
+|            |                     | reply key `ptu:reply:{<request id>}` shares it   |
 | batch      | `{b:<batch id>}`    | batch hash, its lines' counted-once marks        |
 | file       | `{f:<file id>}`     | file hash                                        |
 | tenant     | `{t:<tenant>}`      | file and batch indexes, hourly usage, minute and |
@@ -128,6 +128,20 @@ def result(request_id: str) -> str:
 def result_channel(request_id: str) -> str:
     """Pub/sub channel notified once when a request's result is written (not a key)."""
     return f"{PREFIX}:done:{request_id}"
+
+
+RESULT_CHANNELS = f"{PREFIX}:done:*"
+"""Pattern of every `result_channel`: one subscription hears every result written."""
+
+
+def request_of_channel(channel: str) -> str:
+    """The request id a `result_channel` name carries."""
+    return channel.removeprefix(f"{PREFIX}:done:")
+
+
+def background_response(request_id: str) -> str:
+    """A background response's Response object as accepted (JSON): its echo of the request."""
+    return f"{_r(request_id)}:response"
 
 
 def reply_pushed(reply_key: str, request_id: str) -> str:

@@ -41,11 +41,15 @@ log = structlog.get_logger(__name__)
 RequestStatus = Literal["queued", "in_progress", "completed", "failed", "expired"]
 
 # Step 1, in the request's slot: the exactly-once decision.
-# KEYS: result, request. ARGV: doc JSON, reply ttl s, status, reply key, notify channel.
-# Returns 1 when written, else the document already there.
+# KEYS: result, request. ARGV: doc JSON, reply ttl s, status, reply key, notify channel,
+# the status the record must have ('' or absent: any). Returns 1 when written, 0 when the record's
+# status is not the one required, else the document already there.
 _DECIDE = """
 local existing = redis.call('GET', KEYS[1])
 if existing then return existing end
+if ARGV[6] and ARGV[6] ~= '' and redis.call('HGET', KEYS[2], 'status') ~= ARGV[6] then
+  return 0
+end
 local ttl = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
 redis.call('HSET', KEYS[2], 'status', ARGV[3], 'reply_key', ARGV[4])
@@ -87,12 +91,15 @@ redis.call('EXPIREAT', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS: request record. Only a queued request moves to in_progress.
+# KEYS: request record. Only a queued request moves to in_progress; 0 when it had a result
+# written meanwhile (a cancel), else 1.
 _MARK_IN_PROGRESS = """
-if redis.call('HGET', KEYS[1], 'status') == 'queued' then
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'in_progress')
   return 1
 end
+if status == 'in_progress' or not status then return 1 end
 return 0
 """
 
@@ -176,9 +183,10 @@ class ResultStore:
         await self.redis.delete(keys.request(request_id))
 
     @redis_boundary("result store")
-    async def mark_in_progress(self, request_id: str) -> None:
-        """Move a queued request to in_progress; a completed one is left as it is."""
-        await self._mark(keys=[keys.request(request_id)])
+    async def mark_in_progress(self, request_id: str) -> bool:
+        """Move a queued request to in_progress; False when it has its result already (a
+        cancel came first), and it is left as it is."""
+        return bool(await self._mark(keys=[keys.request(request_id)]) == 1)
 
     @redis_boundary("result store")
     async def complete(self, doc: ResultDocument, reply_key: str) -> bool:
@@ -191,8 +199,10 @@ class ResultStore:
         payload = doc.model_dump_json()
         decided = await self._decide(
             keys=[keys.result(doc.id), keys.request(doc.id)],
-            args=[payload, self.reply_ttl_s, doc.status, reply_key, keys.result_channel(doc.id)],
-        )
+            args=[
+                payload, self.reply_ttl_s, doc.status, reply_key, keys.result_channel(doc.id), "",
+            ],
+        )  # fmt: skip
         wrote = bool(decided == 1)
         if not wrote:
             payload = text(decided)
@@ -203,6 +213,24 @@ class ResultStore:
         else:
             log.info("result_duplicate_ignored", request_id=doc.id)
         return wrote
+
+    @redis_boundary("result store")
+    async def complete_if_queued(self, doc: ResultDocument, reply_key: str) -> bool:
+        """Write `doc` only while the request is still queued (a cancel: a call that started
+        finishes and is reported); True when written, the reply pushed as by `complete`."""
+        payload = doc.model_dump_json()
+        decided = await self._decide(
+            keys=[keys.result(doc.id), keys.request(doc.id)],
+            args=[
+                payload, self.reply_ttl_s, doc.status, reply_key, keys.result_channel(doc.id),
+                "queued",
+            ],
+        )  # fmt: skip
+        if decided != 1:
+            return False
+        await self._fan_out(doc, payload, reply_key)
+        log.info("result_written", request_id=doc.id, status=doc.status, cancelled=True)
+        return True
 
     @redis_boundary("result store")
     async def settle(self, request_id: str, reply_key: str) -> bool:

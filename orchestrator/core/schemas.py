@@ -21,6 +21,9 @@ PRIORITY_LABEL_HEADER = "x-ptu-priority"
 """The label a caller puts on its calls to the deployment so the simulator counts them
 apart (`/sim/state` per priority); never read by the ingress and never a routing decision."""
 
+MAX_HELD_S = 600.0
+"""Longest the ingress holds a waiting low-priority call (`Prefer: wait`, `wait_s`) open."""
+
 MAX_BODY_DEPTH = 64
 """Deepest JSON nesting a request body may have. The worker reads a message with
 pydantic-core, which refuses JSON nested deeper than about 200 levels (and cannot

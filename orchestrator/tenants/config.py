@@ -17,6 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.core.schemas import MAX_HELD_S
+
 QuotaPeriod = Literal["hourly", "daily", "weekly", "monthly"]
 DEFAULT_TENANT = "default"
 """The one tenant of an ingress without API keys."""
@@ -36,6 +38,8 @@ class TenantConfig(BaseModel):
     token_quota: int | None = Field(default=None, gt=0)
     token_quota_period: QuotaPeriod = "monthly"
     max_tokens_ceiling: int | None = Field(default=None, gt=0)
+    wait_s: float | None = Field(default=None, ge=0, le=MAX_HELD_S)
+    """Default `Prefer: wait` of the tenant's low-priority calls (seconds held for the result)."""
 
     @property
     def limited(self) -> bool:

@@ -52,8 +52,8 @@ class ResultSink(Protocol):
     async def get(self, request_id: str) -> RequestState | None:
         """The request's record and result, if any."""
 
-    async def mark_in_progress(self, request_id: str) -> None:
-        """Move a queued request to in_progress."""
+    async def mark_in_progress(self, request_id: str) -> bool:
+        """Move a queued request to in_progress; False when it has its result already."""
 
     async def complete(self, doc: ResultDocument, reply_key: str) -> bool:
         """Write the result once per id; True when this call wrote it."""

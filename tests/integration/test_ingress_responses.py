@@ -265,7 +265,7 @@ async def test_low_priority_stream_is_refused(clients: list[openai.AsyncOpenAI])
     [
         ({"input": "hi"}, 400, "invalid_request"),
         ({"model": "nope", "input": "hi"}, 404, "DeploymentNotFound"),
-        ({"model": "ptu", "input": "hi", "background": True}, 400, "invalid_request"),
+        ({"model": "ptu", "input": "hi", "background": "yes"}, 400, "invalid_request"),
         ({"model": "ptu", "input": "hi", "max_output_tokens": 0}, 400, "invalid_request"),
         ({"model": "ptu", "input": 7}, 400, "invalid_request"),
     ],

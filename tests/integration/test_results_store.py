@@ -207,3 +207,24 @@ def test_completion_keys_of_one_step_share_a_slot() -> None:
     assert keys.same_slot(keys.batch_results("b1"), keys.batch("b1"))
     assert keys.same_slot(keys.estimate("d"), keys.estimate_request("d", "x"), keys.slots("d"))
     assert not keys.same_slot(keys.request("r1"), keys.batch("b1"))
+
+
+async def test_a_cancel_writes_only_while_queued_and_the_worker_then_sees_it_done(
+    redis: aioredis.Redis,
+) -> None:
+    store = ResultStore(redis, reply_ttl_s=TTL)
+    await store.register(queued())
+    cancel = doc(status="failed")
+    assert await store.complete_if_queued(cancel, keys.reply("r1"))
+    assert not await store.mark_in_progress("r1")  # the worker's pre-call step: no call
+    assert not await store.complete_if_queued(cancel, keys.reply("r1"))
+    assert not await store.complete(doc(), keys.reply("r1"))  # a late call loses
+    state = await store.get("r1")
+    assert state is not None and state.result == cancel
+    assert await redis.llen(keys.reply("r1")) == 1
+
+    await store.register(queued("r2"))
+    assert await store.mark_in_progress("r2")  # running: a cancel writes nothing
+    assert await store.mark_in_progress("r2")  # a redelivery goes on
+    assert not await store.complete_if_queued(doc("r2", status="failed"), keys.reply("r2"))
+    assert (await store.get("r2")).result is None  # type: ignore[union-attr]

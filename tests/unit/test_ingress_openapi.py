@@ -54,7 +54,7 @@ async def test_every_route_is_documented_with_its_methods(app: Any) -> None:
     }
     documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
     assert documented == table
-    assert len(table) == 39  # with /readyz and the three /responses
+    assert len(table) == 48  # with /readyz, the three /responses and their GET, DELETE, cancel
     for path in (
         "/openai/v1/chat/completions",
         "/openai/chat/completions",

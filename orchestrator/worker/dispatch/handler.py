@@ -155,7 +155,12 @@ class Dispatcher:
             await holder.release()
             doc = self._doc(delivery, "failed", status_code=QUOTA_STATUS, error=refused)
             return await settler.finish(delivery, doc)
-        await settler.mark_in_progress(message.id)
+        if not await settler.mark_in_progress(message.id):
+            # cancelled between the check above and now: its result is written, no call
+            await holder.release()
+            await settler.resettle(delivery)
+            log.info("request_cancelled_before_call")
+            return None
         return await self._attempts(delivery, holder, stop)
 
     async def _attempts(

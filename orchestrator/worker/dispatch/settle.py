@@ -85,12 +85,14 @@ class Settler:
             return False  # completion is idempotent anyway
         return state is not None and state.result is not None
 
-    async def mark_in_progress(self, request_id: str) -> None:
-        """Move the request's record to in_progress (logged, never raised)."""
+    async def mark_in_progress(self, request_id: str) -> bool:
+        """Move the request's record to in_progress (logged, never raised); False when it
+        has its result already (it was cancelled while queued)."""
         try:
-            await self._results.mark_in_progress(request_id)
+            return await self._results.mark_in_progress(request_id)
         except PTUError as exc:  # StoreUnavailable, QueueUnavailable
             log.warning("mark_in_progress_failed", error=repr(exc))
+            return True
 
     async def _write_then_ack(
         self, delivery: Delivery, doc: ResultDocument, dead_letter: str | None
