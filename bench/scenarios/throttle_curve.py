@@ -1,7 +1,8 @@
 """`ptu bench throttle-curve`: low-priority concurrency at the simulator vs the policy's limit.
 
 A closed-loop high-priority client (labelled `x-ptu-priority: high`, its token
-events recorded in the Redis estimate the way the ingress records them) holds
+events, with the utilisation header, recorded in the Redis estimate the way the
+ingress records them) holds
 the simulator's true utilisation near each target. Real `ptu worker` processes
 drain a deep backlog with the `estimate` source. At each point the table gives
 the limit the policy allows at the measured utilisation and what the simulator
@@ -30,6 +31,7 @@ import redis.asyncio as aioredis
 from bench.harness.sampler import Sample, Sampler
 from bench.harness.stack import API_KEY, SimulatorOptions, Stack, sigterm_as_interrupt
 from bench.report.tables import markdown_table
+from orchestrator.calls.signals import UTILISATION_HEADER, parse_utilisation
 from orchestrator.core import keys, logs
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import QueuedRequest, TokenEvent
@@ -119,6 +121,7 @@ class HighLoad:
         await self.store.record(_event(rid, "admit", prompt, self.cfg.hp_max_tokens))
         self.sent += 1
         usage: dict[str, Any] = {}
+        utilisation: float | None = None
         try:
             response = await self.client.post(
                 f"{self.sim_url}/openai/deployments/{DEPLOYMENT}/chat/completions",
@@ -130,6 +133,8 @@ class HighLoad:
                     "x-sim-completion-tokens": str(self.cfg.hp_max_tokens),
                 },
             )
+            # the header the ingress would record with the event
+            utilisation = parse_utilisation(response.headers.get(UTILISATION_HEADER))
             if response.status_code == 200:
                 usage = response.json().get("usage") or {}
             elif response.status_code == 429:
@@ -138,6 +143,7 @@ class HighLoad:
             prompt_used = int(usage.get("prompt_tokens", 0))
             done = _event(rid, "complete", prompt_used, self.cfg.hp_max_tokens)
             done.completion_tokens = int(usage.get("completion_tokens", 0))
+            done.utilisation = utilisation
             await self.store.record(done)
 
 

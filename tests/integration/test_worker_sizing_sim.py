@@ -128,7 +128,8 @@ async def _run(
 ) -> tuple[dict[str, ResultDocument], KnownLengths]:
     config = make_settings(sim, redis_url, **settings)
     upstream = KnownLengths(config, lengths)
-    done = await run_worker(config, redis, ids, upstream=upstream)
+    # a bound, not a speed: long answers, one call at a time, on a machine the suite loads
+    done = await run_worker(config, redis, ids, upstream=upstream, timeout_s=90.0)
     return done, upstream
 
 
