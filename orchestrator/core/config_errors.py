@@ -34,7 +34,8 @@ class EnvSource(EnvSettingsSource):
 
 
 def _variable(loc: tuple[int | str, ...]) -> str:
-    """The variable an error location names (a `PTU_*` name with `[index.field]`, or an `OTEL_*` alias)."""
+    """The variable an error location names (a `PTU_*` name with `[index.field]`, or an
+    `OTEL_*` alias)."""
     if not loc:
         return "PTU_*"
     first = str(loc[0])
