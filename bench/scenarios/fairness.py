@@ -128,7 +128,7 @@ async def wait_all(
 async def first_queued(redis: aioredis.Redis, tenant: str, since: float) -> float | None:
     """When the first of `tenant`'s lines queued after `since` reached its stream (the
     entry id is the Redis server's clock in ms); None when none is left to see."""
-    stream = keys.tenant_queue(DEPLOYMENT, tenant)
+    stream = keys.tenant_queue(DEPLOYMENT, tenant, "batch")
     entries = await redis.xrange(stream, min=f"{int(since * 1000)}-0", count=1)
     if not entries:
         return None

@@ -37,6 +37,14 @@ resource requests 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' = [for na
   properties: { partitionCount: 4, messageRetentionInDays: 1 }
 }]
 
+// Batch API lines have a hub of their own per deployment (`...-<deployment>.batch`): the
+// workers serve a tenant's other queued work first (orchestrator/queues/classes.py).
+resource batchRequests 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' = [for name in deploymentNames: {
+  parent: ehNamespace
+  name: 'ptu-requests-${name}.batch'
+  properties: { partitionCount: 4, messageRetentionInDays: 1 }
+}]
+
 resource tokenEvents 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' = {
   parent: ehNamespace
   name: 'ptu-token-events'

@@ -42,7 +42,9 @@ from orchestrator.core.errors import (
 )
 from orchestrator.core.results import result_counts
 from orchestrator.core.runtime import pause, run_until_signal
+from orchestrator.core.schemas import WORK_CLASSES, WorkClass
 from orchestrator.core.settings import Settings
+from orchestrator.queues.classes import depth_by_class
 from orchestrator.queues.dead_letter import DeadLetterStore
 from orchestrator.queues.factory import make_queue
 from orchestrator.throttle.policy import Curve, limit_for
@@ -73,6 +75,7 @@ LEGEND = "\n".join(
         "in flight: requests taken off the queue and not finished (calling, or waiting to retry)",
         "waiting:   worker lanes holding a slot while they wait for a message (ready, no work)",
         "queued:    requests no worker has taken yet",
+        "low/batch: the queue (waiting or in flight) by class; a tenant's low work goes first",
         "limit:     low-priority calls the throttle allows now / at most",
         "spilled:   low-priority calls Azure served from a standard deployment (pay-as-you-go)",
     )
@@ -104,6 +107,8 @@ class Row:
     """Results written since the start of time (Redis), by status."""
     calibration: Calibration | None = None
     """Model, observed value and correction behind `utilisation` (calibrated estimate)."""
+    class_depth: Mapping[WorkClass, int] | None = None
+    """The queue's depth (waiting or in flight) per queued class."""
 
 
 _BEAT_FIELDS = {
@@ -161,9 +166,9 @@ async def collect(
         limit, reason = limit_for(reading, now, source.max_age_s, curve)
         queue = make_queue(settings, d.name, redis, "ptu-status")
         try:
-            depth: int | None = await queue.depth()
+            by_class: dict[WorkClass, int] | None = await depth_by_class(queue)
         except QueueUnavailable:
-            depth = None
+            by_class = None
         finally:
             await queue.close()
         view = await read_view(redis, d.name)
@@ -177,7 +182,8 @@ async def collect(
                 limit=limit,
                 max_concurrency=curve.maximum,
                 global_in_flight=await SlotTable(redis, d.name).count(),
-                queue_depth=depth,
+                queue_depth=None if by_class is None else sum(by_class.values()),
+                class_depth=by_class,
                 workers=workers.get(d.name, WorkerSummary()),
                 circuit=view.state,
                 circuit_left_s=view.open_left_s,
@@ -214,8 +220,8 @@ def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None =
     )
     for header in (
         "deployment", "utilisation", "age", "model", "observed", "correction", "unseen",
-        "limit", "in flight", "waiting", "queued", "workers", "results/s", "completed", "failed",
-        "expired", "spilled", "circuit", "dead letters",
+        "limit", "in flight", "waiting", "queued", "low/batch", "workers", "results/s",
+        "completed", "failed", "expired", "spilled", "circuit", "dead letters",
     ):  # fmt: skip
         table.add_column(header, justify="left" if header == "deployment" else "right")
     for r in rows:
@@ -234,6 +240,7 @@ def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None =
             str(w.requests),
             str(w.waiting),
             _num(queued(r.queue_depth, w.requests)),
+            class_cell(r.class_depth),
             str(w.workers),
             f"{w.throughput_per_s:.1f}",
             str(total.get("completed", w.completed)),
@@ -244,6 +251,13 @@ def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None =
             str(r.dead_letters),
         )
     return table
+
+
+def class_cell(by_class: Mapping[WorkClass, int] | None) -> str:
+    """The queue's depth per class, `low/batch` (waiting or in flight)."""
+    if by_class is None:
+        return "-"
+    return "/".join(str(by_class.get(c, 0)) for c in WORK_CLASSES)
 
 
 def calibration_cells(cal: Calibration | None) -> tuple[str, str, str, str]:

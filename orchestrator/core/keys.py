@@ -254,14 +254,16 @@ def output_lengths(deployment: str, tenant: str) -> str:
     return f"{_d(deployment)}:lengths:{tenant}"
 
 
-def tenant_queue(deployment: str, tenant: str) -> str:
-    """Redis Stream of one tenant's low-priority requests for a deployment.
+def tenant_queue(deployment: str, tenant: str, work_class: str = "low") -> str:
+    """Redis Stream of one tenant's low-priority requests of one class for a deployment.
 
-    The `default` tenant keeps the deployment's original stream (`queue`), so a
-    single-tenant installation's keys are unchanged. In the deployment's slot, beside
-    its dead letters, so the stream's scripts stay on one slot.
+    The `default` tenant's `low` class keeps the deployment's original stream (`queue`),
+    so a single-tenant installation's keys are unchanged; its `batch` class (Batch API
+    lines, `orchestrator.queues.classes`) is `...:c:batch`. In the deployment's slot,
+    beside its dead letters, so the stream's scripts stay on one slot.
     """
-    return queue(deployment) if tenant == "default" else f"{queue(deployment)}:t:{tenant}"
+    stream = queue(deployment) if tenant == "default" else f"{queue(deployment)}:t:{tenant}"
+    return stream if work_class == "low" else f"{stream}:c:{work_class}"
 
 
 def fair_share(deployment: str) -> str:

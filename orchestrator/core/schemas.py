@@ -48,6 +48,11 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
+WorkClass = Literal["low", "batch"]
+WORK_CLASSES: tuple[WorkClass, ...] = ("low", "batch")
+"""Queued classes in the order a tenant's work is served (`orchestrator.queues.classes`)."""
+
+
 class QueuedRequest(BaseModel):
     """A low-priority request (chat completion or response) waiting for idle PTU capacity."""
 
@@ -67,6 +72,11 @@ class QueuedRequest(BaseModel):
     traceparent: str | None = Field(default=None, exclude_if=lambda v: v is None)
     """W3C trace context of the ingress's enqueue span, so the worker continues its trace
     (`orchestrator.telemetry`); absent while tracing is off."""
+
+    @property
+    def work_class(self) -> WorkClass:
+        """`batch` for a Batch API line, `low` for every other queued request."""
+        return "low" if self.batch_id is None else "batch"
 
 
 class ResultDocument(BaseModel):

@@ -1,8 +1,10 @@
 """Pick the queue backend named by `PTU_QUEUE_BACKEND`; optional SDKs load lazily.
 
 Every backend is wrapped in the fair-share layer (`orchestrator.queues.fair`):
-one inner queue per tenant, served by weight. The `default` tenant's inner queue
-is the deployment's original stream or hub, so a single-tenant set-up is unchanged.
+one inner queue per tenant, served by weight, and each tenant's queue in the
+classes layer (`orchestrator.queues.classes`): `low` before `batch`. The `default`
+tenant's `low` queue is the deployment's original stream or hub, so a single-tenant
+set-up without Batch API lines is unchanged.
 """
 
 from __future__ import annotations
@@ -11,23 +13,43 @@ import redis.asyncio as aioredis
 
 from orchestrator.core import keys, redis_client
 from orchestrator.core.errors import MissingDependencyError
+from orchestrator.core.schemas import WorkClass
 from orchestrator.core.settings import Settings
 from orchestrator.core.views import QueueView
 from orchestrator.queues.base import Queue
+from orchestrator.queues.classes import ClassedQueue
 from orchestrator.queues.fair import FairShareQueue
 from orchestrator.tenants.config import DEFAULT_TENANT, Tenancy
 
 
 def make_tenant_queue(
     settings: Settings, deployment: str, redis: aioredis.Redis, consumer: str, tenant: str
+) -> ClassedQueue:
+    """The configured backend's queue of one tenant on one deployment, by work class."""
+    queue = ClassedQueue(
+        lambda work_class: make_class_queue(
+            settings, deployment, redis, consumer, tenant, work_class
+        )
+    )
+    queue.inner("low")  # a backend misconfiguration shows at once
+    return queue
+
+
+def make_class_queue(
+    settings: Settings,
+    deployment: str,
+    redis: aioredis.Redis,
+    consumer: str,
+    tenant: str,
+    work_class: WorkClass = "low",
 ) -> Queue:
-    """The configured backend's queue of one tenant on one deployment."""
+    """The configured backend's queue of one tenant's work class on one deployment."""
     view = settings.queue
     _check_backend(view)
     if view.backend == "eventhubs":
         from orchestrator.queues.eventhubs.queue import EventHubsQueue, hub_name
 
-        hub = hub_name(settings.eventhub_name, deployment, tenant)
+        hub = hub_name(settings.eventhub_name, deployment, tenant, work_class)
         views = (settings.eventhubs, settings.checkpoints)
         return EventHubsQueue.from_view(hub, views, redis, deployment, consumer)
     from orchestrator.queues.redis_streams import RedisStreamsQueue
@@ -39,7 +61,7 @@ def make_tenant_queue(
         claim_idle_s=view.claim_idle_s,
         liveness_s=view.liveness_s,
         socket_timeout_s=redis_client.socket_timeout(redis),
-        stream=keys.tenant_queue(deployment, tenant),
+        stream=keys.tenant_queue(deployment, tenant, work_class),
     )
 
 

@@ -35,8 +35,9 @@ import structlog
 from orchestrator.core import keys
 from orchestrator.core.boundary import redis_boundary
 from orchestrator.core.errors import QueueUnavailable, StoreUnavailable
-from orchestrator.core.schemas import QueuedRequest
+from orchestrator.core.schemas import WORK_CLASSES, QueuedRequest, WorkClass
 from orchestrator.queues.base import BulkPut, Delivery, Queue
+from orchestrator.queues.classes import depth_by_class
 from orchestrator.tenants import fair
 
 log = structlog.get_logger(__name__)
@@ -223,13 +224,18 @@ class FairShareQueue:
 
     async def depth(self) -> int:
         """Messages waiting or in flight, summed over the known tenants."""
+        return sum((await self.depth_by_class()).values())
+
+    async def depth_by_class(self) -> dict[WorkClass, int]:
+        """Messages waiting or in flight per queued class, summed over the known tenants."""
         try:
             _, known, _, _, _ = await self.state.read()
         except StoreUnavailable as exc:
             raise QueueUnavailable(f"fair-share state {self.state.key}: {exc}") from exc
-        total = 0
+        total = dict.fromkeys(WORK_CLASSES, 0)
         for tenant in sorted(known | self._configured):
-            total += await self.inner(tenant).depth()
+            for work_class, n in (await depth_by_class(self.inner(tenant))).items():
+                total[work_class] += n
         return total
 
     async def close(self) -> None:

@@ -28,7 +28,9 @@ from orchestrator.core.errors import QueueUnavailable, StoreUnavailable
 from orchestrator.core.incarnation import Incarnation
 from orchestrator.core.retry import outage_delay_s
 from orchestrator.core.runtime import every, pause
+from orchestrator.core.schemas import WorkClass
 from orchestrator.queues.base import Delivery, Queue
+from orchestrator.queues.classes import depth_by_class
 from orchestrator.queues.dead_letter import DeadLetterStore
 from orchestrator.worker.dispatch import Dispatcher
 from orchestrator.worker.heartbeats import Heartbeats
@@ -154,7 +156,8 @@ class Worker:
                 continue
             delivery = deliveries[0]
             if self._metrics is not None and delivery.delivery_count == 1:
-                self._metrics.lag(lane.deployment, self._clock() - delivery.message.enqueued_at)
+                waited = self._clock() - delivery.message.enqueued_at
+                self._metrics.lag(lane.deployment, waited, delivery.message.work_class)
             task = asyncio.create_task(
                 lane.dispatcher.handle(delivery, slot, stop), name=f"req-{delivery.message.id}"
             )
@@ -255,9 +258,10 @@ class Worker:
             dispatcher.completions[:] = recent
             reading = throttle.reading
             try:
-                depth: int | None = await lane.queue.depth()
+                by_class: dict[WorkClass, int] | None = await depth_by_class(lane.queue)
             except QueueUnavailable:
-                depth = None
+                by_class = None
+            depth = None if by_class is None else sum(by_class.values())
             try:
                 global_in_flight: int | None = await throttle.global_in_flight()
             except StoreUnavailable:
@@ -271,6 +275,7 @@ class Worker:
                 "requests_in_flight": self.in_flight(lane.deployment),
                 "global_in_flight": global_in_flight,
                 "queue_depth": depth,
+                "queue_depth_by_class": by_class,
                 "utilisation": None if reading is None else reading.value,
                 "reading_age_s": None if reading is None else reading.age(now),
                 "source": None if reading is None else reading.source,
@@ -282,8 +287,10 @@ class Worker:
                 self._metrics.observe_throttle(
                     lane.deployment, throttle.limit, throttle.in_flight, reading, now
                 )
-                if depth is not None:
-                    self._metrics.queue_depth.labels(lane.deployment).set(depth)
+                if by_class is not None:
+                    self._metrics.queue_depth.labels(lane.deployment).set(sum(by_class.values()))
+                    for work_class, n in by_class.items():
+                        self._metrics.class_depth.labels(lane.deployment, work_class).set(n)
                 letters = self._dead_letters.get(lane.deployment)
                 if letters is not None:
                     try:

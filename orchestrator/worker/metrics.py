@@ -117,6 +117,12 @@ class WorkerMetrics:
         self.queue_depth = Gauge(
             "ptu_worker_queue_depth", "Messages waiting or in flight", ["deployment"], registry=r
         )
+        self.class_depth = Gauge(
+            "ptu_worker_queue_class_depth",
+            "Messages waiting or in flight, by queued class (low before batch)",
+            ["deployment", "class"],
+            registry=r,
+        )
         self.redis_data_lost = Counter(
             "ptu_redis_data_lost", "Times Redis was seen to have lost its data set", registry=r
         )
@@ -157,8 +163,8 @@ class WorkerMetrics:
         )
         self.queue_lag = Histogram(
             "ptu_worker_queue_lag_seconds",
-            "Time from enqueue to first receive",
-            ["deployment"],
+            "Time from enqueue to first receive, by queued class (low, batch)",
+            ["deployment", "class"],
             buckets=_LAG_BUCKETS,
             registry=r,
         )
@@ -227,9 +233,9 @@ class WorkerMetrics:
         t, d = self.tenants.label(tenant, to)
         self.spilled.labels(deployment, d, t).inc()
 
-    def lag(self, deployment: str, seconds: float) -> None:
-        """Record how long a message waited in the queue."""
-        self.queue_lag.labels(deployment).observe(max(0.0, seconds))
+    def lag(self, deployment: str, seconds: float, work_class: str = "low") -> None:
+        """Record how long a message of a queued class waited in the queue."""
+        self.queue_lag.labels(deployment, work_class).observe(max(0.0, seconds))
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Serve `/metrics` from a daemon thread; returns the bound port (0 picks one)."""

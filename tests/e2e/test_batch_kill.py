@@ -71,7 +71,9 @@ def test_ingress_and_worker_sigkilled_once_each(tmp_path: Path) -> None:
         # the job lease of the dead process runs out; a new ingress resumes from the cursor
         url = stack.start_ingress(env)
         wait_for(lambda: field("expanded") == "1", stack, 120)
-        assert client.xlen(keys.queue(DEPLOYMENT)) == N  # every line queued, none twice
+        assert (
+            client.xlen(keys.tenant_queue(DEPLOYMENT, "default", "batch")) == N
+        )  # every line queued, none twice
 
         # 2. the worker dies mid-run; a new one takes over its entries
         stack.start_worker(env, name="worker-1")

@@ -57,7 +57,7 @@ async def _batch(ctx: job.JobContext, n: int, batch_id: str = "batch_t") -> None
 
 
 async def _queued_ids(redis: aioredis.Redis) -> list[str]:
-    entries = await redis.xrange(keys.queue(DEPLOYMENT))
+    entries = await redis.xrange(keys.tenant_queue(DEPLOYMENT, "default", "batch"))
     return [json.loads(fields[b"message"])["id"] for _, fields in entries]
 
 

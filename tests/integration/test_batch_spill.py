@@ -47,8 +47,11 @@ def sim() -> Iterator[SimulatorThread]:
             "fail=gpt-4o-mini:15:spill=paygo",
             "paygo=gpt-4o-mini:10000000:standard",
         ],
-        tbt_ms=0.0, ttft_ms=0.0,
+        tbt_ms=0.0, ttft_ms=2000.0,
     )  # fmt: skip
+    # Each spill pauses the lane and the estimate then reads the PTU as full, as it is: the
+    # worker takes no more lines until it empties. A 2 s first token keeps every line's call
+    # in flight before the first spill is known, so all of them go out and spill.
     with SimulatorThread(config) as server:
         for name in ("keep", "fail"):  # one admitted call keeps 0.001 PTU full for hours
             httpx2.patch(f"{server.url}/sim/deployments/{name}", json={"ptus": 0.001})

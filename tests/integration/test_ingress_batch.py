@@ -227,14 +227,14 @@ async def test_cancel_closes_queued_lines_and_the_worker_skips_them(
         json.loads(x) for x in (await client.files.content(done.error_file_id)).text.splitlines()
     ]
     assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
-    assert await redis.xlen(keys.queue("idle")) == 5
+    assert await redis.xlen(keys.tenant_queue("idle", "default", "batch")) == 5
     # a real worker now drains the queue and skips every cancelled line: nothing reaches the PTU
     with worker_process(redis_url, sim.url, DEPLOYMENTS, "idle"):
         for _ in range(300):
-            if await redis.xlen(keys.queue("idle")) == 0:
+            if await redis.xlen(keys.tenant_queue("idle", "default", "batch")) == 0:
                 break
             await asyncio.sleep(0.05)
-    assert await redis.xlen(keys.queue("idle")) == 0
+    assert await redis.xlen(keys.tenant_queue("idle", "default", "batch")) == 0
     async with httpx2.AsyncClient() as http:
         state = (await http.get(sim.url + "/sim/state")).json()["deployments"]["idle"]
     assert state["requests"] == 0

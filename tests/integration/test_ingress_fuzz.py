@@ -290,7 +290,7 @@ def test_batch_files_never_5xx_and_never_lose_lines(
                 time.sleep(0.05)
             queued = {
                 json.loads(fields[b"message"])["id"]
-                for _, fields in store.xrange(keys.queue("ptu"))
+                for _, fields in store.xrange(keys.tenant_queue("ptu", "default", "batch"))
             }
             for index in range(batch["request_counts"]["total"]):
                 request_id = line_request_id(batch["id"], index)

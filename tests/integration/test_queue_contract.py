@@ -1,5 +1,5 @@
 """One contract suite for every `Queue` implementation (memory twin, Redis Streams, and the
-fair-share layer over per-tenant Redis Streams)."""
+fair-share layer over per-tenant, per-class Redis Streams, as the factory builds it)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from orchestrator.core import keys
-from orchestrator.core.schemas import QueuedRequest
+from orchestrator.core.schemas import WORK_CLASSES, QueuedRequest, WorkClass
 from orchestrator.queues.base import Delivery, Queue
+from orchestrator.queues.classes import ClassedQueue
 from orchestrator.queues.fair import FairShareQueue
 from orchestrator.queues.memory import InMemoryQueue
 from orchestrator.queues.redis_streams import RedisStreamsQueue
@@ -67,11 +68,14 @@ def _crash_redis(q: Queue) -> None:
 
 
 def _fair(redis: aioredis.Redis, name: str, timeout_s: float) -> Queue:
-    def inner(tenant: str) -> Queue:
-        stream = keys.tenant_queue(DEPLOYMENT, tenant)
+    def of_class(tenant: str, work_class: WorkClass) -> Queue:
+        stream = keys.tenant_queue(DEPLOYMENT, tenant, work_class)
         return RedisStreamsQueue(
             redis, DEPLOYMENT, name, claim_idle_s=timeout_s, liveness_s=timeout_s, stream=stream
         )
+
+    def inner(tenant: str) -> Queue:
+        return ClassedQueue(lambda work_class: of_class(tenant, work_class), slice_s=0.1)
 
     # two configured tenants: the multi-tenant path, not the single-queue shortcut
     return FairShareQueue(
@@ -82,7 +86,10 @@ def _fair(redis: aioredis.Redis, name: str, timeout_s: float) -> Queue:
 def _crash_fair(q: Queue) -> None:
     assert isinstance(q, FairShareQueue)
     for tenant in ("default", "other"):
-        _crash_redis(q.inner(tenant))
+        classed = q.inner(tenant)
+        assert isinstance(classed, ClassedQueue)
+        for work_class in WORK_CLASSES:
+            _crash_redis(classed.inner(work_class))
 
 
 def _make_backend(kind: str, redis: aioredis.Redis, timeout_s: float) -> Backend:

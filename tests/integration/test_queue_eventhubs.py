@@ -20,6 +20,7 @@ from orchestrator.core import keys
 from orchestrator.core.errors import ConfigError, QueueUnavailable
 from orchestrator.core.settings import load_settings
 from orchestrator.queues.base import Delivery
+from orchestrator.queues.classes import ClassedQueue
 from orchestrator.queues.eventhubs.checkpoint_redis import RedisCheckpointStore
 from orchestrator.queues.eventhubs.queue import EventHubsQueue, HubClients
 from orchestrator.queues.factory import make_queue
@@ -185,11 +186,15 @@ async def test_factory_builds_eventhubs_queue(redis: aioredis.Redis) -> None:
     conn = "Endpoint=sb://fake.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=v"
     settings = load_settings(queue_backend="eventhubs", eventhub_connection_string=conn)
     fair = make_queue(settings, "gpt-4o", redis, "worker-1")
-    q = fair.inner("default") if isinstance(fair, FairShareQueue) else fair
-    assert isinstance(q, EventHubsQueue)
+    assert isinstance(fair, FairShareQueue)
+    tenant = fair.inner("default")
+    assert isinstance(tenant, ClassedQueue)
+    q, batch = tenant.inner("low"), tenant.inner("batch")
+    assert isinstance(q, EventHubsQueue) and isinstance(batch, EventHubsQueue)
     assert q.eventhub == "ptu-requests-gpt-4o"
+    assert batch.eventhub == "ptu-requests-gpt-4o.batch"  # Batch API lines: their own hub
     assert q.namespace == "fake.servicebus.windows.net"  # what the SDK names to the store
     assert "eventhub=ptu-requests-gpt-4o consumer=worker-1" in repr(q)
-    await q.close()
+    await tenant.close()
     with pytest.raises(ConfigError, match="PTU_EVENTHUB_NAMESPACE"):
         make_queue(load_settings(queue_backend="eventhubs"), "gpt-4o", redis, "worker-1")

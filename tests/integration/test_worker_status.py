@@ -87,6 +87,7 @@ async def test_status_and_metrics_show_a_running_worker(
         assert (row.deployment, row.limit, row.max_concurrency) == ("dep", 5, 10)
         assert row.utilisation == 0.55 and not row.stale
         assert row.global_in_flight == 5 and row.queue_depth == 12
+        assert row.class_depth == {"low": 12, "batch": 0}
         assert row.workers.workers == 1
         # five requests calling, no lane waiting (the limit is used up), seven still queued
         assert (row.workers.requests, row.workers.waiting) == (5, 0)
@@ -97,6 +98,7 @@ async def test_status_and_metrics_show_a_running_worker(
         assert 'ptu_worker_concurrency_limit{deployment="dep"} 5.0' in text
         assert 'ptu_worker_global_in_flight{deployment="dep"} 5.0' in text
         assert "ptu_worker_queue_lag_seconds_count" in text
+        assert 'ptu_worker_queue_class_depth{class="low",deployment="dep"} 12.0' in text
 
         gate.set()
 

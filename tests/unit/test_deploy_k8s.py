@@ -29,7 +29,9 @@ import pytest
 import yaml
 
 from orchestrator.core import keys
+from orchestrator.core.schemas import WORK_CLASSES
 from orchestrator.core.settings import Settings, load_settings
+from orchestrator.queues.eventhubs.queue import hub_name
 from orchestrator.queues.redis_streams import RedisStreamsQueue
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
@@ -239,7 +241,8 @@ def test_redis_streams_triggers_watch_the_workers_stream_and_group(
     triggers = by_kind(objects, "ScaledObject")["ptu-worker"]["spec"]["triggers"]
     provisioned = [d.name for d in settings.deployments if d.kind == "provisioned"]
     watched = {(t["metadata"]["stream"], t["metadata"]["consumerGroup"]) for t in triggers}
-    assert watched == {(keys.tenant_queue(d, "default"), group) for d in provisioned}
+    streams = {keys.tenant_queue(d, "default", c) for d in provisioned for c in WORK_CLASSES}
+    assert watched == {(stream, group) for stream in streams}
     assert {"lagCount", "pendingEntriesCount"} <= {k for t in triggers for k in t["metadata"]}
 
 
@@ -256,7 +259,7 @@ def test_eventhubs_trigger_reads_the_blob_checkpoints_the_workers_write(
     triggers = by_kind(objects, "ScaledObject")["ptu-worker"]["spec"]["triggers"]
     provisioned = [d.name for d in settings.deployments if d.kind == "provisioned"]
     assert {t["metadata"]["eventHubName"] for t in triggers} == {
-        f"{settings.eventhub_name}-{d}" for d in provisioned
+        hub_name(settings.eventhub_name, d, "default", c) for d in provisioned for c in WORK_CLASSES
     }
     for trigger in triggers:
         meta = trigger["metadata"]

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from orchestrator.core import keys
 from orchestrator.core.errors import MissingDependencyError
 from orchestrator.core.settings import load_settings
+from orchestrator.queues.classes import ClassedQueue
 from orchestrator.queues.factory import make_queue
 from orchestrator.queues.fair import FairShareQueue
 from orchestrator.queues.redis_streams import RedisStreamsQueue
@@ -19,14 +20,27 @@ async def test_redis_backend_is_default_in_fair_share_per_tenant() -> None:
     client = aioredis.Redis()  # never connected: construction does no I/O
     q = make_queue(load_settings(), "d1", client, "worker-1")
     assert isinstance(q, FairShareQueue)
-    default, other = q.inner("default"), q.inner("team-a")
+    tenants = q.inner("default"), q.inner("team-a")
+    assert all(isinstance(t, ClassedQueue) for t in tenants)
+    (default, default_batch), (other, other_batch) = (
+        (t.inner("low"), t.inner("batch")) for t in tenants if isinstance(t, ClassedQueue)
+    )
     assert isinstance(default, RedisStreamsQueue) and isinstance(other, RedisStreamsQueue)
-    # the default tenant keeps the deployment's original stream
+    assert isinstance(default_batch, RedisStreamsQueue)
+    assert isinstance(other_batch, RedisStreamsQueue)
+    # the default tenant's low class keeps the deployment's original stream
     assert (default.stream, default.consumer) == (keys.queue("d1"), "worker-1")
     assert other.stream == keys.tenant_queue("d1", "team-a") != default.stream
+    assert default_batch.stream == keys.tenant_queue("d1", "default", "batch")
+    assert other_batch.stream == keys.tenant_queue("d1", "team-a", "batch")
+    assert len({s.stream for s in (default, default_batch, other, other_batch)}) == 4
     assert other.dead_letter_stream == default.dead_letter_stream == keys.dead_letter("d1")
-    # one deployment's per-tenant streams share its slot (their scripts touch the dlq)
-    assert keys.same_slot(other.stream, default.stream, keys.dead_letter("d1"))
+    assert default_batch.dead_letter_stream == keys.dead_letter("d1")
+    # one deployment's streams share its slot (their scripts touch the dlq)
+    assert keys.same_slot(
+        other.stream, default.stream, default_batch.stream, other_batch.stream,
+        keys.dead_letter("d1"),
+    )  # fmt: skip
     await client.aclose()
 
 

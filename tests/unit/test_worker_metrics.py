@@ -32,8 +32,12 @@ def test_metrics_record_throttle_results_calls_tokens_and_lag() -> None:
     assert value("ptu_worker_upstream_calls_total", deployment="d", status_code="429") == 1
     assert value("ptu_worker_upstream_latency_seconds_count", deployment="d") == 2
     assert value("ptu_worker_tokens_total", deployment="d", kind="completion") == 7
-    assert value("ptu_worker_queue_lag_seconds_sum", deployment="d") == 4.0
-    assert value("ptu_worker_queue_lag_seconds_count", deployment="d") == 2
+    low = {"deployment": "d", "class": "low"}
+    assert value("ptu_worker_queue_lag_seconds_sum", **low) == 4.0
+    assert value("ptu_worker_queue_lag_seconds_count", **low) == 2
+    m.lag("d", 7.0, "batch")  # each queued class apart
+    assert value("ptu_worker_queue_lag_seconds_sum", **{**low, "class": "batch"}) == 7.0
+    assert value("ptu_worker_queue_lag_seconds_count", **low) == 2
 
 
 def test_each_instance_has_its_own_registry() -> None:

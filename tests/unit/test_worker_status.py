@@ -30,15 +30,26 @@ def test_summarise_adds_fresh_workers_and_skips_dead_ones() -> None:
 
 def test_render_shows_every_column_and_marks_stale_readings() -> None:
     rows = [
-        Row("ptu-a", 0.5512, 0.4, False, 5, 10, 4, 120, WorkerSummary(2, 4, 3.2, 40, 1, 0)),
+        Row(
+            "ptu-a",
+            0.5512,
+            0.4,
+            False,
+            5,
+            10,
+            4,
+            120,
+            WorkerSummary(2, 4, 3.2, 40, 1, 0),
+            class_depth={"low": 3, "batch": 117},
+        ),
         Row("ptu-b", None, None, True, 0, 10, None, None, WorkerSummary()),
     ]
-    console = Console(record=True, width=200)
+    console = Console(record=True, width=240)
     console.print(render(rows, "estimate"))
     text = console.export_text()
     assert "utilisation source: estimate" in text
     line_a = next(line for line in text.splitlines() if "ptu-a" in line)
-    for cell in ("55.1%", "0.4s", "5/10", "120", "3.2", "40"):
+    for cell in ("55.1%", "0.4s", "5/10", "120", "3/117", "3.2", "40"):
         assert cell in line_a
     line_b = next(line for line in text.splitlines() if "ptu-b" in line)
     assert "- (stale)" in line_b and "0/10" in line_b
@@ -50,7 +61,7 @@ def test_render_shows_what_the_calibrated_estimate_is_made_of() -> None:
         throttled_s=1.5, unseen=0.24,
     )  # fmt: skip
     row = Row("ptu-a", 0.55, 0.1, False, 5, 10, 4, 0, WorkerSummary(), calibration=cal)
-    console = Console(record=True, width=220)
+    console = Console(record=True, width=260)
     console.print(render([row], "estimate"))
     line = next(line for line in console.export_text().splitlines() if "ptu-a" in line)
     for cell in ("31.0%", "56.0% (0.2s)", "+24.0% (0.2s) 429 1.5s", "24.0%"):

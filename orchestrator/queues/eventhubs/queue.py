@@ -64,11 +64,13 @@ async def _mapped(operation: str, eventhub: str) -> AsyncIterator[None]:
         raise QueueUnavailable(f"event hub {eventhub}: {operation} failed: {exc}") from exc
 
 
-def hub_name(prefix: str, deployment: str, tenant: str = "default") -> str:
+def hub_name(prefix: str, deployment: str, tenant: str = "default", work_class: str = "low") -> str:
     """The request hub of `deployment`: `{PTU_EVENTHUB_NAME}-{deployment}`; a tenant other
-    than `default` has a hub of its own, `...-{deployment}-{tenant}`."""
+    than `default` has a hub of its own, `...-{deployment}-{tenant}`; Batch API lines (the
+    `batch` class) go to the hub's `.batch` twin, `...-{deployment}[-{tenant}].batch`."""
     hub = f"{prefix}-{deployment}"
-    return hub if tenant == "default" else f"{hub}-{tenant}"
+    hub = hub if tenant == "default" else f"{hub}-{tenant}"
+    return hub if work_class == "low" else f"{hub}.{work_class}"
 
 
 @dataclass(frozen=True, slots=True)
