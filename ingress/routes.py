@@ -8,8 +8,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingress.http import errors
+from ingress.http.answers import Health, Readiness
 from ingress.http.health import readiness
-from ingress.http.models import Health, Readiness
 from ingress.http.openapi import Reply, operation
 from ingress.wiring import Wired
 from orchestrator.core.boundary import redis_boundary

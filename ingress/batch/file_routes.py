@@ -29,10 +29,11 @@ from ingress.batch.files import (
 from ingress.batch.offload import Offload
 from ingress.batch.paging import after_param, limit_param, page
 from ingress.batch.validate import Summary, validate_file
+from ingress.http.answers import FileList
 from ingress.http.auth import Authenticator
 from ingress.http.body import too_large
 from ingress.http.errors import bad_request
-from ingress.http.models import FileList, FileListQuery, FilePath, FileUpload
+from ingress.http.models import FileListQuery, FilePath, FileUpload
 from ingress.http.openapi import Reply, operation
 
 

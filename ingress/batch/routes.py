@@ -38,12 +38,12 @@ from ingress.batch.store import BatchStore, batch_object
 from ingress.chat.governance import Governance
 from ingress.chat.limits import TenantLimits
 from ingress.chat.targets import Target
+from ingress.http.answers import BatchList
 from ingress.http.auth import Authenticator
 from ingress.http.body import read_json_object
 from ingress.http.errors import ApiError, bad_request
 from ingress.http.models import (
     BatchCreateRequest,
-    BatchList,
     BatchListQuery,
     BatchPath,
     PriorityHeaders,

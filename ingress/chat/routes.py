@@ -22,6 +22,7 @@ from ingress.chat.governance import CAPPED_HEADER, Governance, Governed
 from ingress.chat.limits import TenantLimits
 from ingress.chat.proxy import Proxy
 from ingress.chat.targets import Target, target_for
+from ingress.http.answers import QueuedRequestStatus
 from ingress.http.auth import Authenticator
 from ingress.http.body import parse_object, read_body
 from ingress.http.errors import bad_request
@@ -31,7 +32,6 @@ from ingress.http.models import (
     ChatCompletionRequest,
     ChatHeaders,
     OpenAIChatCompletionRequest,
-    QueuedRequestStatus,
     ResponsesRequest,
     parse_priority,
     parse_ttl,

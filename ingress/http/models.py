@@ -1,4 +1,5 @@
-"""The ingress's HTTP contract: the shapes of its requests, parameters and answers.
+"""The ingress's HTTP contract: the shapes of its requests and parameters (its own answers
+are in `ingress.http.answers`).
 
 These models are the one definition of what a route accepts and returns: the
 handlers validate with them and `/openapi.json` is generated from them
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from openai.types import Batch, FileObject
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -31,7 +31,6 @@ from pydantic import (
 
 from ingress.http.errors import ApiError, invalid
 from orchestrator.core import keys
-from orchestrator.core.results import RequestStatus
 from orchestrator.core.schemas import PRIORITIES, PRIORITY_HEADER, Priority
 
 DEPLOYMENT_MARK = "x-ptu-deployment"
@@ -305,50 +304,3 @@ def validated(model: type[M], data: object, where: str = "") -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise invalid(exc, where) from None
-
-
-# --- answers -------------------------------------------------------------------------
-
-
-class QueuedRequestStatus(BaseModel):
-    """A low-priority request that has no result yet (the 202 of enqueue and of retrieval)."""
-
-    id: str
-    object: Literal["queued_request"] = "queued_request"
-    status: RequestStatus
-    """`queued` or `in_progress`; the record's last status if its result has expired."""
-    reply_key: str
-
-
-class FileList(BaseModel):
-    """A page of files; `has_more`: later pages exist (pass `after=last_id`)."""
-
-    object: Literal["list"] = "list"
-    data: list[FileObject]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
-class BatchList(BaseModel):
-    """A page of batches; `has_more`: later pages exist (pass `after=last_id`)."""
-
-    object: Literal["list"] = "list"
-    data: list[Batch]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
-class Health(BaseModel):
-    """Liveness, and whether the state store (Redis) answers."""
-
-    status: Literal["ok"]
-    redis: Literal["ok", "unavailable"]
-
-
-class Readiness(BaseModel):
-    """This ingress can take work: every check "ok" (else 503 `not_ready` naming the rest)."""
-
-    status: Literal["ready"]
-    checks: dict[str, str]

@@ -23,7 +23,6 @@ import json
 from typing import Any, Final
 
 from openai.types.responses import Response as ResponseObject
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -33,10 +32,13 @@ from ingress.http.models import ResponsePath
 from ingress.http.openapi import Reply, operation
 from ingress.queued.enqueue import Enqueuer, unavailable
 from orchestrator.core import keys
+from orchestrator.core.boundary import redis_boundary
+from orchestrator.core.errors import StoreUnavailable
 from orchestrator.core.redis_replies import text
 from orchestrator.core.results import RequestState, ResultStore
 from orchestrator.core.schemas import QueuedRequest, ResultDocument
 
+_store = redis_boundary("background responses")
 CANCELLED: Final = "cancelled"
 """The error code of the result of a request cancelled while queued."""
 DELETED: Final = "deleted"
@@ -127,20 +129,20 @@ class BackgroundResponses:
         ttl_s = max(1, int(req.deadline - req.enqueued_at) + self._results.reply_ttl_s)
         key = keys.background_response(req.id)
         try:
-            await self._redis.set(key, JSONResponse(accepted).body, ex=ttl_s)
-        except RedisError as exc:
+            await self._keep(key, JSONResponse(accepted).body, ttl_s)
+        except StoreUnavailable as exc:
             raise unavailable(f"record: {exc}") from exc
         try:
             await self._enqueuer.put(req)
         except BaseException:
-            await self._redis.delete(key)
+            await self._forget(key)
             raise
         return JSONResponse(accepted, headers={"location": f"/v1/requests/{req.id}"})
 
     async def _find(self, request: Request) -> tuple[dict[str, Any], RequestState]:
         tenant = self._auth.tenant(request.headers)
         response_id = request.path_params["response_id"]
-        raw = await self._redis.get(keys.background_response(response_id))
+        raw = await self._read(keys.background_response(response_id))
         state = await self._results.get(response_id) if raw is not None else None
         if raw is None or state is None or state.tenant != tenant:
             raise not_found(response_id)
@@ -185,13 +187,33 @@ class BackgroundResponses:
         if state.result is None and state.status == "queued":
             await self._cancel(accepted, state)
         tombstone = self._ending(accepted, state, DELETED, "the response was deleted")
+        await self._remove(rid, state.reply_key, tombstone)
+        return JSONResponse({"id": rid, "object": "response.deleted", "deleted": True})
+
+    # the stored Response objects: Redis errors leave as StoreUnavailable (503)
+
+    @_store
+    async def _keep(self, key: str, body: bytes | memoryview, ttl_s: int) -> None:
+        await self._redis.set(key, body, ex=ttl_s)
+
+    @_store
+    async def _forget(self, key: str) -> None:
+        await self._redis.delete(key)
+
+    @_store
+    async def _read(self, key: str) -> bytes | str | None:
+        raw: bytes | str | None = await self._redis.get(key)
+        return raw
+
+    @_store
+    async def _remove(self, rid: str, reply_key: str, tombstone: ResultDocument) -> None:
+        """Delete the Response object and the stored answer; keep a `deleted` result."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.delete(keys.background_response(rid))
-            if state.reply_key == keys.reply(rid):
-                pipe.delete(state.reply_key)
+            if reply_key == keys.reply(rid):
+                pipe.delete(reply_key)
             pipe.set(keys.result(rid), tombstone.model_dump_json(), xx=True, keepttl=True)
             await pipe.execute()
-        return JSONResponse({"id": rid, "object": "response.deleted", "deleted": True})
 
     async def _cancel(self, accepted: dict[str, Any], state: RequestState) -> bool:
         doc = self._ending(accepted, state, CANCELLED, "the response was cancelled while queued")

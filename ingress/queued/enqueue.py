@@ -24,8 +24,9 @@ import structlog
 from starlette.responses import JSONResponse
 
 from ingress.http import errors
+from ingress.http.answers import QueuedRequestStatus
 from ingress.http.errors import ApiError
-from ingress.http.models import QueuedRequestStatus, parse_reply_key
+from ingress.http.models import parse_reply_key
 from ingress.metrics import IngressMetrics
 from orchestrator.core import keys
 from orchestrator.core.errors import QueueUnavailable, StoreUnavailable

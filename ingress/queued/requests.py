@@ -14,9 +14,10 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ingress.http.answers import QueuedRequestStatus
 from ingress.http.auth import Authenticator
 from ingress.http.errors import ApiError, unavailable
-from ingress.http.models import QueuedRequestStatus, RequestPath, WaitQuery, parse_wait
+from ingress.http.models import RequestPath, WaitQuery, parse_wait
 from ingress.http.openapi import Reply, operation
 from orchestrator.core.errors import StoreUnavailable
 from orchestrator.core.results import ResultStore

@@ -27,8 +27,8 @@ from schemathesis import GenerationMode
 
 from ingress.app import create_app
 from ingress.batch.store import line_request_id
+from ingress.http.answers import QueuedRequestStatus
 from ingress.http.errors import ErrorEnvelope
-from ingress.http.models import QueuedRequestStatus
 from ingress.http.openapi import JSON, Operation, documented_routes
 from ingress.server import IngressThread
 from orchestrator.core import keys

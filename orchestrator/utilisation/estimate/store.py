@@ -61,9 +61,9 @@ from typing import Literal
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
 from orchestrator.core import keys
+from orchestrator.core.boundary import redis_boundary
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.redis_replies import text
 from orchestrator.core.schemas import TokenEvent
@@ -94,6 +94,10 @@ def _lua(name: str) -> str:
 class EstimateStore:
     """A `UtilisationSource` computing utilisation from token events (sub-second fresh)."""
 
+    DEDUPE_TTL_S = 3600.0
+    """How long a request's phases are remembered, so a redelivered token event is folded in
+    once (longer than any call, its retries and the token-event stream's redelivery)."""
+
     def __init__(
         self,
         redis: aioredis.Redis,
@@ -103,12 +107,11 @@ class EstimateStore:
         max_age_s: float,
         clock: Callable[[], float] = time.time,
         time_source: Literal["server", "clock"] = "server",
-        dedupe_ttl_s: float = 3600.0,
         calibration: FilterParams | None = DEFAULT_PARAMS,
         low_priority: bool = False,
     ) -> None:
-        if window_s <= 0 or max_age_s <= 0 or dedupe_ttl_s <= 0:
-            raise ValueError("window_s, max_age_s and dedupe_ttl_s must be positive")
+        if window_s <= 0 or max_age_s <= 0:
+            raise ValueError("window_s and max_age_s must be positive")
         self._redis = redis
         self._deployments = {d.name: d for d in deployments}
         self.window_s = window_s
@@ -116,7 +119,7 @@ class EstimateStore:
         self._clock = clock
         # "clock" drives the bucket from `clock` instead of the server's TIME (tests)
         self._time_source = time_source
-        self._dedupe_ttl_ms = int(dedupe_ttl_s * 1000)
+        self._dedupe_ttl_ms = int(self.DEDUPE_TTL_S * 1000)
         self.calibration = calibration
         """The filter's tunables; None = the open-loop model alone (signals ignored)."""
         self._params = calibration or DEFAULT_PARAMS
@@ -151,7 +154,7 @@ class EstimateStore:
             return
         key, req = keys.estimate(d.name), keys.estimate_request(d.name, event.request_id)
         input_tokens = max(0, event.prompt_tokens - event.cached_tokens)
-        try:
+        with redis_boundary(f"estimate {d.name}: record", UtilisationUnavailable):
             for _ in range(MAX_CONFLICTS):
                 loaded = [
                     text(x) for x in await self._load(keys=[key, req], args=[self._now_arg()])
@@ -180,8 +183,6 @@ class EstimateStore:
                 if stored != -1:
                     return
                 await asyncio.sleep(random.uniform(0.0, 0.002))  # another writer went first
-        except RedisError as exc:
-            raise UtilisationUnavailable(f"estimate {d.name}: record failed: {exc}") from exc
         log.warning("estimate_event_dropped", deployment=d.name, reason="conflicts")
 
     async def heartbeat(self, applied: str | None = None) -> None:
@@ -191,14 +192,12 @@ class EstimateStore:
         entry it has folded in; older entries still unapplied make readings stale.
         Raises UtilisationUnavailable when Redis cannot be reached.
         """
-        try:
+        with redis_boundary("estimate heartbeat", UtilisationUnavailable):
             for name in self._deployments:
                 # one call per deployment: each estimate is in its own Cluster slot
                 await self._heartbeat(
                     keys=[keys.estimate(name)], args=[self._now_arg(), applied or ""]
                 )
-        except RedisError as exc:
-            raise UtilisationUnavailable(f"estimate heartbeat failed: {exc}") from exc
 
     async def keep_alive(
         self, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -237,7 +236,7 @@ class EstimateStore:
         minute = int(minute_start // MINUTE_S)
         key, req = keys.estimate(d.name), keys.estimate_request(d.name, "monitor")
         signal = Signal(monitor=value, monitor_minute=minute)
-        try:
+        with redis_boundary(f"estimate {deployment}: monitor fold", UtilisationUnavailable):
             for _ in range(MAX_CONFLICTS):
                 loaded = [
                     text(x) for x in await self._load(keys=[key, req], args=[self._now_arg()])
@@ -250,10 +249,6 @@ class EstimateStore:
                 args += [self._dedupe_ttl_ms, loaded[5]]
                 if await self._commit(keys=[key, req], args=args) != -1:
                     return stepped.s
-        except RedisError as exc:
-            raise UtilisationUnavailable(
-                f"estimate {deployment}: monitor fold failed: {exc}"
-            ) from exc
         return None
 
     async def read(self, deployment: str) -> Reading:
@@ -271,7 +266,7 @@ class EstimateStore:
         if self._drift is not None:
             self._drift.kick(self.fold_monitor)
         local_now = self._clock()
-        try:
+        with redis_boundary(f"estimate {deployment}: read", UtilisationUnavailable):
             loaded = [
                 text(x)
                 for x in await self._load(keys=[keys.estimate(deployment)], args=[self._now_arg()])
@@ -280,8 +275,6 @@ class EstimateStore:
                 raise UtilisationUnavailable(f"estimate {deployment}: no feeder has written it yet")
             server_now = float(loaded[5])
             lag_age = await self._lag_age(loaded[4], server_now)
-        except RedisError as exc:
-            raise UtilisationUnavailable(f"estimate {deployment}: read failed: {exc}") from exc
         if not loaded[3]:
             raise UtilisationUnavailable(f"estimate {deployment}: no feeder heartbeat yet")
         age = max(server_now - float(loaded[3]), lag_age, 0.0)
