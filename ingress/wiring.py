@@ -28,7 +28,7 @@ from ingress.chat.accounting import Accounting
 from ingress.chat.credentials import UpstreamAuth, deployment_auths, upstream_auth
 from ingress.chat.limits import TenantLimits
 from ingress.chat.proxy import Proxy
-from ingress.chat.routes import ChatRoutes
+from ingress.chat.routes import ChatRoutes, QueuedPaths
 from ingress.chat.spillover import SpilloverPolicy
 from ingress.chat.targets import Target, make_client, targets
 from ingress.chat.token_events import TokenEvents
@@ -208,10 +208,8 @@ def wire(
     background = BackgroundResponses(results, enqueuer, tenants)
     # one subscription of this process wakes every waiting call (queued.completions)
     waiting = Waiting(Completions(parts.redis), results, tenancy, settings.deployments)
-    chat = ChatRoutes(
-        settings, deployments, tenants, proxy, enqueuer, metrics, tenant_limits, background,
-        waiting,
-    )  # fmt: skip
+    queued = QueuedPaths(enqueuer, background, waiting)
+    chat = ChatRoutes(settings, deployments, tenants, proxy, queued, metrics, tenant_limits)
     requests_api = RequestsApi(results, tenants, issued_before_loss=incarnation.issued_before)
     files = Files(parts.redis, make_file_store(settings), clock=clock)
     batch_store = BatchStore(parts.redis, clock=clock)

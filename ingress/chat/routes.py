@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -68,6 +69,17 @@ ERRORS = (400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504)
 """The ingress's own errors and those a deployment answers, passed through as sent."""
 
 
+@dataclass(frozen=True, slots=True)
+class QueuedPaths:
+    """Where a low-priority call goes: the queue, and the two shapes that wait on it."""
+
+    enqueuer: Enqueuer
+    background: BackgroundResponses | None = None
+    """Responses API background mode (made from the enqueuer when None)."""
+    waiting: Waiting | None = None
+    """`Prefer: wait=N` calls held until their result (none: every call answers 202)."""
+
+
 class ChatRoutes:
     """`POST …/chat/completions` (Azure and OpenAI shapes) and `POST …/responses`."""
 
@@ -77,14 +89,15 @@ class ChatRoutes:
         targets: Mapping[str, Target],
         auth: Authenticator,
         proxy: Proxy,
-        enqueuer: Enqueuer,
+        queued: QueuedPaths,
         metrics: IngressMetrics,
         limits: TenantLimits | None = None,
-        background: BackgroundResponses | None = None,
-        waiting: Waiting | None = None,
     ) -> None:
-        self._waiting = waiting
-        self._background = background or BackgroundResponses(enqueuer.results, enqueuer, auth)
+        enqueuer = queued.enqueuer
+        self._waiting = queued.waiting
+        self._background = queued.background or BackgroundResponses(
+            enqueuer.results, enqueuer, auth
+        )
         self._targets = targets
         self._limits = limits or TenantLimits(auth.tenancy, None, None)
         self._auth = auth
