@@ -58,7 +58,7 @@ CLUSTER_SUBSET := tests/integration/test_queue_contract.py \
 	tests/integration/test_ingress_waiting.py
 
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadgroup
 	PTU_TEST_REDIS=cluster $(BIN)/pytest -q $(CLUSTER_SUBSET)
 
 test-cluster: install

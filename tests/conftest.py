@@ -12,6 +12,19 @@ from devstack.embedded_cluster import EmbeddedCluster
 from devstack.embedded_redis import EmbeddedRedis
 from tests import redis_mode
 
+PROCESSES = ("tests/e2e/", "tests/integration/test_bench_")
+"""Tests that run whole stacks of processes: `make test` runs them one at a time."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group tests for `pytest -n N --dist loadgroup` (what `make test` runs): each file's
+    tests stay together (its module fixtures are set up once), and the tests that run whole
+    stacks of processes share one group, so two of them never compete for the cores."""
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        group = "processes" if path.startswith(PROCESSES) else path
+        item.add_marker(pytest.mark.xdist_group(group))
+
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis.asyncio as aioredis
 import structlog
@@ -52,28 +52,26 @@ MESSAGE_FIELD = "message"
 """The entry field holding the message JSON (also the queue stream's field)."""
 
 
-def add(
-    pipe: Pipeline,
-    deployment: str,
-    payload: str,
-    *,
-    reason: str,
-    token: str,
-    delivery_count: int,
-    consumer: str,
-    at: float,
-) -> None:
-    """Queue the XADD of one entry on `pipe`, so the caller can ack in the same transaction."""
+class Consumer(Protocol):
+    """A queue backend's consumer, as its dead letters name it."""
+
+    deployment: str
+    consumer: str
+
+
+def add(pipe: Pipeline, by: Consumer, payload: str, reason: str, token: str, count: int) -> None:
+    """Queue the XADD of one entry parked by `by` (`count`: its deliveries so far) on `pipe`,
+    so the caller can ack in the same transaction."""
     fields = {
         MESSAGE_FIELD: payload,
         "reason": reason,
         "entry_id": token,
-        "delivery_count": str(delivery_count),
-        "consumer": consumer,
-        "dead_lettered_at": json.dumps(at),
+        "delivery_count": str(count),
+        "consumer": by.consumer,
+        "dead_lettered_at": json.dumps(time.time()),
     }
     pipe.xadd(
-        keys.dead_letter(deployment),
+        keys.dead_letter(by.deployment),
         fields,  # type: ignore[arg-type]
         maxlen=MAXLEN,
         approximate=True,

@@ -15,7 +15,7 @@ from orchestrator.throttle.policy import concurrency_limit
 
 CFG = CurveConfig(
     targets=(0.10, 0.50, 0.95),
-    settle_s=3.0,
+    settle_s=5.0,  # the first point is also the worker's cold start
     measure_s=1.5,
     burst_observe_s=1.5,
     backlog=600,

@@ -65,6 +65,9 @@ def sim() -> Iterator[SimulatorThread]:
 
 @pytest.fixture(scope="module")
 def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
+    # nothing an earlier module left: `ptu usage` below must see this module's calls only
+    with redis_mode.connect_sync(redis_url) as client:
+        client.flushdb()
     settings = load_settings(
         redis_url=redis_url,
         redis_cluster=redis_mode.CLUSTER,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -316,10 +315,7 @@ class EventHubsQueue:
     async def _dead_letter_raw(self, token: str, payload: str, reason: str, count: int) -> None:
         async with _mapped("dead_letter", self.eventhub):
             async with self.redis.pipeline(transaction=False) as pipe:
-                dead_letter.add(
-                    pipe, self.deployment, payload, reason=reason, token=token,
-                    delivery_count=count, consumer=self.consumer, at=time.time(),
-                )  # fmt: skip
+                dead_letter.add(pipe, self, payload, reason, token, count)
                 await pipe.execute()
 
     def __repr__(self) -> str:

@@ -252,10 +252,7 @@ class RedisStreamsQueue:
     async def _dead_letter_raw(self, token: str, payload: str, reason: str, count: int) -> None:
         async with _mapped("dead_letter", self.stream):
             async with self.redis.pipeline(transaction=True) as pipe:
-                dead_letter.add(
-                    pipe, self.deployment, payload, reason=reason, token=token,
-                    delivery_count=count, consumer=self.consumer, at=time.time(),
-                )  # fmt: skip
+                dead_letter.add(pipe, self, payload, reason, token, count)
                 pipe.xack(self.stream, self.group, token)
                 pipe.xdel(self.stream, token)
                 await pipe.execute()
