@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import os
 import subprocess
 import sys
@@ -98,6 +99,10 @@ def test_batches_list_show_cancel(ingress: IngressThread) -> None:
         input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h",
         extra_headers={"x-priority": "low"},
     )  # fmt: skip
+    for _ in range(300):  # validation runs beside the request: wait until it is in progress
+        if client.batches.retrieve(batch.id).status != "validating":
+            break
+        time.sleep(0.1)
     listed = ptu("batches", "list", url=ingress.url)
     assert listed.returncode == 0, listed.stderr
     line = next(x for x in listed.stdout.splitlines() if x.startswith(batch.id))
