@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
