@@ -49,6 +49,7 @@ up: install
 # tests/integration on the cluster.
 CLUSTER_SUBSET := tests/integration/test_queue_contract.py \
 	tests/integration/test_queue_redis_streams.py \
+	tests/integration/test_queue_classes.py \
 	tests/integration/test_results_store.py \
 	tests/integration/test_util_estimate_redis.py \
 	tests/integration/test_throttle_global.py \
@@ -57,8 +58,12 @@ CLUSTER_SUBSET := tests/integration/test_queue_contract.py \
 	tests/integration/test_cli_redis_verbs.py \
 	tests/integration/test_ingress_waiting.py
 
+# two processes (pytest-xdist), each with its own embedded server; one process against a
+# server you name (PTU_TEST_REDIS_URL): the tests flush the database they use
+PARALLEL := $(if $(PTU_TEST_REDIS_URL),,-n 2 --dist loadgroup)
+
 test: install
-	$(BIN)/pytest -n 2 --dist loadgroup
+	$(BIN)/pytest $(PARALLEL)
 	PTU_TEST_REDIS=cluster $(BIN)/pytest -q $(CLUSTER_SUBSET)
 
 test-cluster: install
