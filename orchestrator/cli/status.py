@@ -32,7 +32,7 @@ from rich.live import Live
 from rich.table import Table
 
 from orchestrator.breaker.shared import read_view
-from orchestrator.core import incarnation, redis_client
+from orchestrator.core import incarnation, redis_client, startup
 from orchestrator.core.boundary import redis_boundary
 from orchestrator.core.errors import (
     PTUError,
@@ -298,6 +298,11 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
 
     async def main(stop: asyncio.Event) -> int:
         redis = redis_client.connect_view(settings.redis)
+        try:
+            await startup.check_redis(redis, settings.redis_url)
+        except StoreUnavailable:
+            await redis.aclose()
+            raise
         source = make_source(settings, redis)
         name = settings.utilization_source
 
@@ -318,7 +323,8 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
             return 0
         except (StoreUnavailable, OSError) as exc:
             cause = type(exc.__cause__ or exc).__name__  # the client's error, not our wrapper
-            raise PTUError(f"cannot reach Redis (PTU_REDIS_URL): {cause}") from exc
+            where = startup.redis_address(settings.redis_url)
+            raise PTUError(f"Redis at {where} stopped answering ({cause}; PTU_REDIS_URL)") from exc
         finally:
             await source.close()
             await redis.aclose()
