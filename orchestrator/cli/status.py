@@ -257,6 +257,8 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         try:
             await show(args, console, snapshot, name, stop)
             return 0
+        except BrokenPipeError:  # the reader of stdout went away: not Redis (cli.main)
+            raise
         except (StoreUnavailable, OSError) as exc:
             cause = type(exc.__cause__ or exc).__name__  # the client's error, not our wrapper
             where = startup.redis_address(settings.redis_url)

@@ -75,9 +75,13 @@ def test_dlq_and_usage_read_every_node(
 
 
 def test_output_into_a_closed_pipe_ends_quietly(redis_url: str) -> None:
-    """`ptu usage --format json | head`, `ptu dlq list --json | head`: no traceback."""
+    """`ptu usage --format json | head`, `ptu dlq list --json | head`, ...: no traceback."""
     asyncio.run(_seed(redis_url))
     env = cli.ptu_env({**redis_mode.env(redis_url), "PTU_DEPLOYMENTS": DEPLOYMENTS})
-    for args in (["usage", "--since", "2h", "--format", "json"], ["dlq", "list", "--json"]):
+    for args in (
+        ["usage", "--since", "2h", "--format", "json"],
+        ["dlq", "list", "--json"],
+        ["status", "--json"],  # live: one document a second until the reader goes
+    ):
         status, stderr = cli.into_closed_pipe(args, env)
         assert (status, stderr) == (CLOSED_PIPE_STATUS, ""), args
