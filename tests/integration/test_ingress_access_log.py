@@ -15,6 +15,7 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
+from ingress.http.access import client_address
 from ingress.server import IngressThread
 from orchestrator.core.settings import load_settings
 from simulator.config import SimConfig
@@ -113,3 +114,9 @@ def test_refusals_and_acceptances_leave_one_line_with_the_client(
 
         assert client.get("/healthz").status_code == 200
         assert not [x for x in access_lines if x["event"] == "access"]
+
+
+def test_the_client_address_is_host_and_port_ipv6_bracketed() -> None:
+    assert client_address({"client": ("10.0.0.7", 5123)}) == "10.0.0.7:5123"
+    assert client_address({"client": ("::1", 5123)}) == "[::1]:5123"
+    assert client_address({}) is None and client_address({"client": None}) is None
