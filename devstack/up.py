@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 
 from devstack.stack import SimulatorOptions, Stack, sigterm_as_interrupt
 from orchestrator.core import logs, startup
+from orchestrator.core.deployments import without_password
 from orchestrator.core.errors import ConfigError, PTUError
 from orchestrator.core.logs import renders_console
 from orchestrator.core.settings import DeploymentConfig, Settings
@@ -141,13 +142,14 @@ def plan(
         raise ConfigError(f"PTU_INGRESS_URL: cannot listen on 127.0.0.1:{port}: already in use")
     notes = []
     redis_port = None
+    shown = without_password(settings.redis_url)
     if redis_up(settings.redis_url):
-        notes.append(f"redis: using the server at {settings.redis_url}")
+        notes.append(f"redis: using the server at {shown}")
     else:
         parts = urlsplit(settings.redis_url)
         if parts.scheme != "redis" or not is_loopback(parts.hostname) or settings.redis_cluster:
             raise ConfigError(
-                f"PTU_REDIS_URL: nothing answers at {settings.redis_url}, and ptu up starts an "
+                f"PTU_REDIS_URL: nothing answers at {shown}, and ptu up starts an "
                 "embedded server only for a loopback redis://HOST:PORT/DB"
             )
         redis_port = parts.port or 6379

@@ -20,6 +20,7 @@ from starlette.middleware import Middleware
 
 from ingress.chat.credentials import UpstreamAuth
 from ingress.http import errors, limits
+from ingress.http.access import AccessLog
 from ingress.http.openapi import openapi_document
 from ingress.http.tracing import TracingMiddleware
 from ingress.lifespan import make_lifespan
@@ -64,6 +65,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         middleware=[
+            Middleware(AccessLog),
             *([Middleware(TracingMiddleware, telemetry=w.tracer)] if w.tracer.enabled else []),
             Middleware(limits.RequestLimits),
         ],

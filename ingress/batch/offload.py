@@ -12,11 +12,14 @@ process). A child that dies takes only its job with it: the pool is replaced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import resource_tracker
 from typing import Any, TypeVar
 
 import structlog
@@ -33,6 +36,25 @@ kernel serves the ingress (interactive calls) first and batch work with what is 
 
 def _lower_priority() -> None:
     os.nice(NICENESS)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread while it starts a child, which inherits the block.
+
+    A terminal's Ctrl-C reaches every process of the foreground group: the child would
+    die with a `KeyboardInterrupt` traceback of its own (even while still importing),
+    while the ingress stops cleanly and stops it (`Offload.close`, SIGTERM). A SIGINT
+    that arrives meanwhile is held, not lost: delivered when the block ends (or to
+    another thread of the ingress). The resource tracker, which the first child starts,
+    is started before: it unblocks SIGINT once it has spawned its own process.
+    """
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class Offload:
@@ -57,8 +79,11 @@ class Offload:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in the worker process; its exceptions are raised here."""
         loop = asyncio.get_running_loop()
+        starting = contextlib.nullcontext() if self.inline else _sigint_blocked()
+        with starting:  # submit() starts the child process when there is none
+            future = loop.run_in_executor(self._pool(), fn, *args)
         try:
-            return await loop.run_in_executor(self._pool(), fn, *args)
+            return await future
         except BrokenProcessPool:
             log.error("offload_process_died", pool=self.name)
             self._shutdown()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import structlog
 
+from ingress.http import access
 from ingress.metrics import IngressMetrics
 from orchestrator.calls.outcome import Outcome
 from orchestrator.core.errors import StoreUnavailable
@@ -45,6 +46,7 @@ class Accounting:
         if outcome.ttfb_s is not None:
             self._metrics.high_latency(used, outcome.ttfb_s, outcome.latency_s)
         outcome.log_access()
+        access.logged()
 
     async def drain(self) -> None:
         """Wait for pending ledger writes (at shutdown)."""

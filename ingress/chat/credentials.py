@@ -13,7 +13,7 @@ from typing import Protocol
 
 from orchestrator.core.entra import EntraTokens, default_entra_tokens
 from orchestrator.core.settings import Settings
-from orchestrator.core.startup import credential_error
+from orchestrator.core.startup import credential_error, quiet_credential_chain
 
 
 class UpstreamAuth(Protocol):
@@ -95,6 +95,7 @@ async def check_credentials(auths: dict[str, UpstreamAuth], timeout_s: float = 3
         seen.add(id(auth))
         try:
             async with asyncio.timeout(timeout_s):
-                await auth.headers()
+                with quiet_credential_chain():
+                    await auth.headers()
         except Exception as exc:  # any credential failure is a start-up error
             raise credential_error(f"deployment {name!r}", exc) from exc

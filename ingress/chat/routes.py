@@ -23,6 +23,7 @@ from ingress.chat.governance import CAPPED_HEADER, Governance, Governed
 from ingress.chat.limits import TenantLimits
 from ingress.chat.proxy import Proxy
 from ingress.chat.targets import Target, target_for
+from ingress.http import access
 from ingress.http.answers import QueuedRequestStatus
 from ingress.http.auth import Authenticator
 from ingress.http.body import parse_object, read_body
@@ -184,6 +185,7 @@ class ChatRoutes:
         target = target_for(self._targets, deployment)
         stream = body.get("stream") is True
         request_id = self._enqueuer.new_id() if priority == "low" else new_request_id()
+        access.note(deployment=target.name, priority=priority, request_id=request_id)
         await self._limits.admit(tenant, target.name, priority, request_id, body)
         ceiling = self._limits.ceiling(tenant, self._ceiling)
         if priority == "low":

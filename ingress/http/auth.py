@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 
+from ingress.http import access
 from ingress.http.errors import ApiError
 from orchestrator.tenants.config import DEFAULT_TENANT, Tenancy
 
@@ -32,6 +33,7 @@ class Authenticator:
     def tenant(self, headers: Mapping[str, str]) -> str:
         """The caller's tenant; raises ApiError 401 for a missing or unknown key."""
         if self.tenancy.open:
+            access.note(tenant=DEFAULT_TENANT)
             return DEFAULT_TENANT
         key = headers.get("api-key")
         if not key:
@@ -46,6 +48,7 @@ class Authenticator:
                 "missing or unknown API key: send it as the api-key header "
                 "or Authorization: Bearer <key>",
             )
+        access.note(tenant=tenant)
         return tenant
 
     def __repr__(self) -> str:

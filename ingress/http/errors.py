@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingress.http import access
 from orchestrator.core.errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -153,6 +154,7 @@ def exception_handlers(metrics: IngressMetrics) -> dict[Any, ExceptionHandler]:
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
         metrics.error(exc.code)
+        access.note(error=exc.code)
         return exc.response()
 
     async def store_unavailable(request: Request, exc: Exception) -> Response:
@@ -163,11 +165,13 @@ def exception_handlers(metrics: IngressMetrics) -> dict[Any, ExceptionHandler]:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         metrics.error(code)
+        access.note(error=code)
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     async def unhandled(request: Request, exc: Exception) -> Response:
         log.error("ingress_unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc)
         metrics.error("internal_error")
+        access.note(error="internal_error")
         return error_response(500, "internal_error", "the ingress failed to handle the request")
 
     return {

@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingress.http import access
 from ingress.http.errors import ApiError, error_response
 
 log = structlog.get_logger(__name__)
@@ -53,6 +54,7 @@ class RequestLimits:
             await self.app(scope, receive, send)
             return
         if len(scope.get("headers", ())) > self.max_headers:
+            access.note(error="too_many_headers")
             response = error_response(
                 431, "too_many_headers", f"a request may carry at most {self.max_headers} headers"
             )

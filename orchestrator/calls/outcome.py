@@ -14,7 +14,8 @@
   incomplete reason, else its status; `service_tier`: the tier the deployment applied
   (`priority` may be downgraded to `default`), as the answer says.
 - `Outcome` + `Outcome.log_access`: the one access line (`ptu.access`) of a finished
-  request, high priority (the ingress) or queued (the worker).
+  request, high priority (the ingress) or queued (the worker), and of what the ingress
+  answers itself (`ingress/http/access`: refusals, 202s).
 """
 
 from __future__ import annotations
@@ -234,6 +235,8 @@ class Outcome:
     batch_id: str | None = None
     service_tier: str | None = None
     """The service tier the deployment applied, when its answer says."""
+    error: str | None = None
+    """The error code answered (the result document's, or the ingress's own refusal)."""
 
     @classmethod
     def of_result(cls, doc: ResultDocument, priority: str) -> Outcome:
@@ -253,6 +256,7 @@ class Outcome:
             batch_id=doc.batch_id,
             spillover=doc.spillover,
             service_tier=service_tier(doc.response),
+            error=_text(error_code),
         )
 
     @property
@@ -285,6 +289,7 @@ class Outcome:
             spillover=self.spillover,
             service_tier=self.service_tier,
             batch_id=self.batch_id,
+            error=self.error,
         )
 
 

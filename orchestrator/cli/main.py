@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -36,6 +37,9 @@ VERBS: dict[str, tuple[str, str]] = {
 NO_SETTINGS = {"simulator", "demo", "bench"}
 PASSES_ENVIRONMENT = {"up"}
 """Verbs that hand every `PTU_*` variable on to the processes they start."""
+CLOSED_PIPE_STATUS = 141
+"""The exit status when the reader of stdout went away (`ptu … | head`): 128 + SIGPIPE,
+what a shell reports for a command a closed pipe stopped."""
 
 
 class VerbModule(Protocol):
@@ -81,7 +85,25 @@ def _top_help() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script `ptu`."""
+    """Entry point of the console script `ptu`.
+
+    A reader that closes stdout early (`ptu usage --format json | head`) ends the verb
+    quietly: the rest of its output has nowhere to go, which is no error of ours. stdout
+    is flushed here so a closed pipe shows now, not as a message at interpreter exit, and
+    then pointed at the null device so nothing else tries to write to it (the way the
+    Python documentation gives for SIGPIPE).
+    """
+    try:
+        status = _run_verb(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return CLOSED_PIPE_STATUS
+    return status
+
+
+def _run_verb(argv: Sequence[str] | None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     if not args_in or args_in[0] in ("-h", "--help"):
         print(_top_help())

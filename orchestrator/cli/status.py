@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,8 @@ from rich.live import Live
 from rich.table import Table
 
 from orchestrator.breaker.shared import read_view
-from orchestrator.core import incarnation, redis_client
+from orchestrator.cli.status_view import document, render, render_compact
+from orchestrator.core import incarnation, redis_client, startup
 from orchestrator.core.boundary import redis_boundary
 from orchestrator.core.errors import (
     PTUError,
@@ -42,7 +43,7 @@ from orchestrator.core.errors import (
 )
 from orchestrator.core.results import result_counts
 from orchestrator.core.runtime import pause, run_until_signal
-from orchestrator.core.schemas import WORK_CLASSES, WorkClass
+from orchestrator.core.schemas import WorkClass
 from orchestrator.core.settings import Settings
 from orchestrator.queues.classes import depth_by_class
 from orchestrator.queues.dead_letter import DeadLetterStore
@@ -68,23 +69,6 @@ class WorkerSummary:
     """Lanes holding a slot while they wait for a message."""
     requests: int = 0
     """Requests taken off the queue and not finished (calling, or waiting to retry)."""
-
-
-LEGEND = "\n".join(
-    (
-        "in flight: requests taken off the queue and not finished (calling, or waiting to retry)",
-        "waiting:   worker lanes holding a slot while they wait for a message (ready, no work)",
-        "queued:    requests no worker has taken yet",
-        "low/batch: the queue (waiting or in flight) by class; a tenant's low work goes first",
-        "limit:     low-priority calls the throttle allows now / at most",
-        "spilled:   low-priority calls Azure served from a standard deployment (pay-as-you-go)",
-    )
-)
-
-
-def queued(depth: int | None, in_flight: int) -> int | None:
-    """Requests still waiting in the queue: its depth less those workers hold (never < 0)."""
-    return None if depth is None else max(0, depth - in_flight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,96 +179,54 @@ async def collect(
     return rows
 
 
-def _num(value: float | int | None, fmt: str = "{}") -> str:
-    return "-" if value is None else fmt.format(value)
-
-
-def loss_line(marker: incarnation.Marker | None) -> str | None:
-    """The line saying Redis lost its data, when it did (see `orchestrator.core.incarnation`)."""
-    if marker is None or marker.lost_from is None:
-        return None
-    at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(marker.lost_at or 0))
-    return (
-        f"Redis lost its data at {at} UTC (data set {marker.lost_from} -> {marker.id}): "
-        "requests accepted before then are gone; run Redis with AOF (appendfsync everysec)"
-    )
-
-
-def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None = None) -> Table:
-    """The rich table of a snapshot (with the data-loss line as its caption, if any)."""
-    loss = loss_line(marker)
-    table = Table(
-        title=f"ptu status (utilisation source: {source})",
-        caption=LEGEND if loss is None else f"{loss}\n{LEGEND}",
-        caption_justify="left",
-    )
-    for header in (
-        "deployment", "utilisation", "age", "model", "observed", "correction", "unseen",
-        "limit", "in flight", "waiting", "queued", "low/batch", "workers", "results/s",
-        "completed", "failed", "expired", "spilled", "circuit", "dead letters",
-    ):  # fmt: skip
-        table.add_column(header, justify="left" if header == "deployment" else "right")
-    for r in rows:
-        util = _num(r.utilisation, "{:.1%}")
-        if r.stale:
-            util += " (stale)"
-        w = r.workers
-        total = r.counts or {}
-        circuit = r.circuit if r.circuit != "open" else f"open {r.circuit_left_s:.0f}s"
-        table.add_row(
-            r.deployment,
-            util,
-            _num(r.reading_age_s, "{:.1f}s"),
-            *calibration_cells(r.calibration),
-            f"{r.limit}/{r.max_concurrency}",
-            str(w.requests),
-            str(w.waiting),
-            _num(queued(r.queue_depth, w.requests)),
-            class_cell(r.class_depth),
-            str(w.workers),
-            f"{w.throughput_per_s:.1f}",
-            str(total.get("completed", w.completed)),
-            str(total.get("failed", w.failed)),
-            str(total.get("expired", w.expired)),
-            str(total.get("spilled", 0)),
-            circuit,
-            str(r.dead_letters),
-        )
-    return table
-
-
-def class_cell(by_class: Mapping[WorkClass, int] | None) -> str:
-    """The queue's depth per class, `low/batch` (waiting or in flight)."""
-    if by_class is None:
-        return "-"
-    return "/".join(str(by_class.get(c, 0)) for c in WORK_CLASSES)
-
-
-def calibration_cells(cal: Calibration | None) -> tuple[str, str, str, str]:
-    """Model, observed (with its age, the header meaning learnt, the filter's uncertainty and
-    whether the header may lower the reading), correction (with its age) and unseen share."""
-    if cal is None:
-        return "-", "-", "-", "-"
-    observed = _num(cal.observed, "{:.1%}")
-    if cal.observed_age_s is not None:
-        observed += f" ({cal.observed_age_s:.1f}s)"
-    correction = f"{cal.correction:+.1%}"
-    if cal.correction_age_s is not None:
-        correction += f" ({cal.correction_age_s:.1f}s)"
-    if cal.throttled_s > 0:
-        correction += f" 429 {cal.throttled_s:.1f}s"
-    if cal.model_kind != "bucket":  # the header meaning learnt, and how sure the filter is
-        observed += f" {cal.model_kind}"
-        if cal.uncertainty is not None:
-            observed += f" ±{cal.uncertainty:.1%}"
-        observed += "" if cal.trusted else " (raise only)"
-    return f"{cal.model:.1%}", observed, correction, f"{cal.unseen:.1%}"
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--once` and `--interval`."""
+    """`--once`, `--interval`, and the view: compact (default), `--wide` or `--json`."""
     parser.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    view = parser.add_mutually_exclusive_group()
+    view.add_argument(
+        "--wide",
+        action="store_true",
+        help="every column: the reading's make-up and each result count (about 200 columns)",
+    )
+    view.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON document per snapshot, a line each: every field of every deployment",
+    )
     parser.add_argument("--interval", type=float, default=1.0, help="refresh period (s)")
+
+
+Snapshot = Callable[[], Awaitable[tuple[list[Row], incarnation.Marker | None, float]]]
+
+
+async def show(
+    args: argparse.Namespace, console: Console, snapshot: Snapshot, source: str, stop: asyncio.Event
+) -> None:
+    """Print the view: JSON documents, or a table (once, or live until `stop`)."""
+
+    async def table() -> Table:
+        rows, marker, _ = await snapshot()
+        return (render if args.wide else render_compact)(rows, source, marker)
+
+    async def emit_json() -> None:
+        rows, marker, now = await snapshot()
+        print(document(rows, source, now, marker), flush=True)
+
+    if args.json:
+        await emit_json()
+        while not args.once and not stop.is_set():
+            await pause(args.interval, stop)
+            if not stop.is_set():
+                await emit_json()
+        return
+    first = await table()
+    if args.once:
+        console.print(first)
+        return
+    with Live(first, console=console, auto_refresh=False) as live:
+        while not stop.is_set():
+            await pause(args.interval, stop)
+            live.update(await table(), refresh=True)
 
 
 def run(args: argparse.Namespace, settings: Settings | None) -> int:
@@ -298,27 +240,29 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
 
     async def main(stop: asyncio.Event) -> int:
         redis = redis_client.connect_view(settings.redis)
+        try:
+            await startup.check_redis(redis, settings.redis_url)
+        except StoreUnavailable:
+            await redis.aclose()
+            raise
         source = make_source(settings, redis)
         name = settings.utilization_source
 
-        async def snapshot() -> Table:
+        async def snapshot() -> tuple[list[Row], incarnation.Marker | None, float]:
             with redis_boundary("ptu status"):  # the counters and views it reads directly
-                rows = await collect(settings, redis, source, time.time())
-                return render(rows, name, await incarnation.read(redis))
+                now = time.time()
+                rows = await collect(settings, redis, source, now)
+                return rows, await incarnation.read(redis), now
 
         try:
-            table = await snapshot()
-            if args.once:
-                console.print(table)
-                return 0
-            with Live(table, console=console, auto_refresh=False) as live:
-                while not stop.is_set():
-                    await pause(args.interval, stop)
-                    live.update(await snapshot(), refresh=True)
+            await show(args, console, snapshot, name, stop)
             return 0
+        except BrokenPipeError:  # the reader of stdout went away: not Redis (cli.main)
+            raise
         except (StoreUnavailable, OSError) as exc:
             cause = type(exc.__cause__ or exc).__name__  # the client's error, not our wrapper
-            raise PTUError(f"cannot reach Redis (PTU_REDIS_URL): {cause}") from exc
+            where = startup.redis_address(settings.redis_url)
+            raise PTUError(f"Redis at {where} stopped answering ({cause}; PTU_REDIS_URL)") from exc
         finally:
             await source.close()
             await redis.aclose()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.core import redis_client
+from orchestrator.core import redis_client, startup
 from orchestrator.core.errors import PTUError
 from orchestrator.core.settings import Settings
 from orchestrator.tenants.config import Tenancy
@@ -213,6 +213,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     async def main() -> list[UsageRow]:
         redis = redis_client.connect_view(settings.redis)
         try:
+            await startup.check_redis(redis, settings.redis_url)
             ledger = UsageLedger(redis, Tenancy(settings.tenants, settings.api_keys))
             return await ledger.rows(period.start, period.end)
         finally:

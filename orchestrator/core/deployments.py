@@ -29,18 +29,43 @@ def check_endpoint(value: str | None) -> str | None:
     return value
 
 
+REDACTED = "***"
+
+
+def without_password(url: str) -> str:
+    """`url` with the password of its user part (`user:password@`) replaced by `***`.
+
+    Works on malformed URLs too (they are echoed in error lines): everything between the
+    scheme's `//` and the last `@` is the user part; a user part without `:` is taken
+    as a bare password (`redis://secret@host`, as Redis's AUTH with one argument).
+    """
+    head, at, host = url.rpartition("@")
+    if not at:
+        return url
+    scheme, slashes, creds = head.rpartition("//")
+    if not slashes:
+        scheme, creds = "", head
+    user, colon, _ = creds.partition(":")
+    hidden = f"{user}:{REDACTED}" if colon and user else REDACTED
+    return f"{scheme}{slashes}{hidden}@{host}"
+
+
 def check_redis_url(value: str) -> str:
-    """`redis://`, `rediss://` or `unix://` with a numeric database index (raises ValueError)."""
+    """`redis://`, `rediss://` or `unix://` with a numeric database index (raises ValueError).
+
+    The errors name the URL without its password.
+    """
     parts = urlsplit(value)
+    shown = repr(without_password(value))
     if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
-        raise ValueError(f"{value!r} is not a Redis URL: give redis://HOST:PORT/DB")
+        raise ValueError(f"{shown} is not a Redis URL: give redis://HOST:PORT/DB")
     db = parts.path.strip("/")
     if parts.scheme != "unix" and db and not db.isdigit():
-        raise ValueError(f"{value!r}: the database index {db!r} is not a number")
+        raise ValueError(f"{shown}: the database index {db!r} is not a number")
     try:
         _ = parts.port
-    except ValueError as exc:
-        raise ValueError(f"{value!r}: {exc}") from None
+    except ValueError:
+        raise ValueError(f"{shown}: the port is not a number from 0 to 65535") from None
     return value
 
 

@@ -177,6 +177,28 @@ class Settings(BaseSettings):
         default=None, validation_alias="APPLICATIONINSIGHTS_CONNECTION_STRING"
     )
 
+    @field_validator(
+        "azure_openai_api_key",
+        "eventhub_connection_string",
+        "eventhub_checkpoint_connection_string",
+        "ingress_api_key",
+        "applicationinsights_connection_string",
+        mode="before",
+    )
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        """An optional secret set to nothing is unset, its surrounding whitespace dropped.
+
+        `PTU_AZURE_OPENAI_API_KEY=` (a manifest's empty secret, an .env line with no value)
+        means what its absence means, Entra ID, as `api_key_env` naming an empty variable
+        does not (it asks for a key): sending "" as the key would get a 401 on every call.
+        When no Entra ID credential works either, the start-up check stops the process with
+        one line naming the variable (`startup.credential_error`).
+        """
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:

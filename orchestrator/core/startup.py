@@ -2,32 +2,43 @@
 
 `announce` warns about `PTU_*` variables no setting reads (naming the closest valid
 name: a typo is otherwise silently ignored) and logs `effective_configuration`, every
-setting with secrets redacted. `check_redis` and `check_port` turn an unreachable
-Redis or a taken port into a `ConfigError` naming the variable, instead of a traceback
-at the first request.
+setting with secrets redacted. `check_port` turns a taken port into a `ConfigError`
+naming the variable, instead of a traceback at the first request.
+
+`check_redis` is what every verb that needs Redis runs first: within `REDIS_CHECK_S` it
+says "Redis unreachable at HOST:PORT (connection refused)" in one line. It opens a
+plain connection to the server first, because the clients retry a refused connection
+for seconds (`redis_client.RETRY_BUDGET_S`, right for a restart, wrong for an operator
+waiting on a typo) and then only say `TimeoutError`; the cause of the probe's failure
+is the operator's answer. A server that accepts the connection is then PINGed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import errno
+import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import structlog
 from pydantic import SecretStr
 from redis.exceptions import RedisError
 
-from orchestrator.core.errors import ConfigError
+from orchestrator.core.deployments import REDACTED, without_password
+from orchestrator.core.errors import ConfigError, StoreUnavailable
 from orchestrator.core.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-REDACTED = "***"
+REDIS_CHECK_S = 2.0
+"""How long `check_redis` gives the server to accept a connection and answer PING."""
 EXTRA_VARIABLES = frozenset({"PTU_TEST_REDIS_URL"})
 """`PTU_*` names read by something other than the settings (the test suite)."""
 
@@ -59,7 +70,7 @@ def effective_configuration(settings: Settings) -> dict[str, Any]:
         if isinstance(getattr(settings, name), SecretStr) or isinstance(value, SecretStr):
             doc[name] = REDACTED
     doc["api_keys"] = sorted(set(settings.api_keys.values()))  # the tenants, never the keys
-    doc["redis_url"] = _without_password(settings.redis_url)
+    doc["redis_url"] = without_password(settings.redis_url)
     return doc
 
 
@@ -74,15 +85,69 @@ def announce(
     return warnings
 
 
-async def check_redis(redis: aioredis.Redis, url: str, timeout_s: float = 5.0) -> None:
-    """PING the server; ConfigError naming `PTU_REDIS_URL` and the cause when it fails."""
+async def check_redis(redis: aioredis.Redis, url: str, timeout_s: float = REDIS_CHECK_S) -> None:
+    """Connect and PING within `timeout_s`; StoreUnavailable in one line when it fails."""
+    where = redis_address(url)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
     try:
-        async with _timeout(timeout_s):
-            await redis.ping()
-    except (RedisError, OSError, TimeoutError) as exc:
-        raise ConfigError(
-            f"PTU_REDIS_URL: cannot reach {_without_password(url)}: {first_line(exc)}"
+        await _probe(url, timeout_s)
+    except (OSError, TimeoutError) as exc:
+        raise StoreUnavailable(
+            f"Redis unreachable at {where} ({connect_failure(exc, timeout_s)}; PTU_REDIS_URL)"
         ) from exc
+    try:
+        async with asyncio.timeout(max(0.1, deadline - loop.time())):
+            await redis.ping()
+    except TimeoutError as exc:
+        raise StoreUnavailable(
+            f"Redis at {where} accepted the connection but did not answer PING within "
+            f"{timeout_s:g} s (PTU_REDIS_URL)"
+        ) from exc
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(f"Redis at {where}: {first_line(exc)} (PTU_REDIS_URL)") from exc
+
+
+def redis_address(url: str) -> str:
+    """`HOST:PORT` (or the socket's path) a Redis URL names; never its credentials."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    host = parts.hostname or "localhost"
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{parts.port or 6379}"
+
+
+def connect_failure(exc: BaseException, timeout_s: float) -> str:
+    """Why a connection could not be opened, as an operator says it."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(exc, FileNotFoundError):
+        return "no such socket"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return first_line(exc)
+
+
+async def _probe(url: str, timeout_s: float) -> None:
+    """Open and close one plain connection to the server `url` names."""
+    parts = urlsplit(url)
+    async with asyncio.timeout(timeout_s):
+        if parts.scheme == "unix":
+            _, writer = await asyncio.open_unix_connection(parts.path)
+        else:
+            _, writer = await asyncio.open_connection(
+                parts.hostname or "localhost", parts.port or 6379
+            )
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:  # the server hung up first: it accepted, which is all the probe asks
+        pass
 
 
 def check_port(host: str, port: int, what: str) -> None:
@@ -107,18 +172,22 @@ def credential_error(where: str, exc: BaseException) -> ConfigError:
     """The one-line start-up error for an upstream credential that cannot be obtained."""
     return ConfigError(
         f"upstream credential for {where}: cannot obtain an Entra ID token ({first_line(exc)}); "
-        "set PTU_AZURE_OPENAI_API_KEY or the deployment's api_key_env"
+        "set PTU_AZURE_OPENAI_API_KEY (empty counts as unset) or the deployment's api_key_env"
     )
 
 
-def _without_password(url: str) -> str:
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0] if ":" in creds else ""
-    return f"{scheme}://{user}:{REDACTED}@{host}" if user else f"{scheme}://{REDACTED}@{host}"
+@contextlib.contextmanager
+def quiet_credential_chain() -> Iterator[None]:
+    """Hold back azure-identity's own warnings while the start-up check tries a credential.
 
-
-def _timeout(seconds: float) -> asyncio.Timeout:
-    return asyncio.timeout(seconds)
+    `DefaultAzureCredential` logs every credential of its chain that failed, a dozen
+    lines, before it raises; the check reports the failure itself, in one line
+    (`credential_error`).
+    """
+    sdk = logging.getLogger("azure.identity")
+    level = sdk.level
+    sdk.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        sdk.setLevel(level)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 
 from orchestrator.core import logs, redis_client, startup
-from orchestrator.core.errors import ConfigError
+from orchestrator.core.errors import ConfigError, StoreUnavailable
 from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
 from orchestrator.estimator.redis_stream import Estimator, StreamReading
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         redis = redis_client.connect_view(settings.redis)
         try:
             await startup.check_redis(redis, settings.redis_url)
-        except ConfigError:
+        except StoreUnavailable:
             await redis.aclose()
             raise
         store = estimate_store(settings, redis)

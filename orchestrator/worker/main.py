@@ -225,9 +225,13 @@ def run(
             log.info("metrics_serving", port=bound)
         redis = redis_client.connect_view(settings.redis)
         try:
-            await startup.check_redis(redis, settings.redis_url)
-            await upstream.check_credentials()
-            await spillover_check.check(settings, deployments)
+            try:
+                await startup.check_redis(redis, settings.redis_url)
+                await upstream.check_credentials()
+                await spillover_check.check(settings, deployments)
+            except BaseException:  # not started: its clients and credentials closed quietly
+                await upstream.close()
+                raise
             built = build_worker(
                 settings,
                 redis,

@@ -13,7 +13,7 @@ from typing import Any
 from orchestrator.calls.outcome import UpstreamResponse
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.settings import DeploymentConfig, Settings
-from orchestrator.core.startup import credential_error
+from orchestrator.core.startup import credential_error, quiet_credential_chain
 from orchestrator.worker.upstream import AzureUpstream, Upstream
 
 
@@ -56,7 +56,8 @@ class RoutedUpstream:
         """Obtain every resource's credential once; ConfigError naming the endpoint that fails."""
         for up in self.clients:
             try:
-                await up.check_credential()
+                with quiet_credential_chain():
+                    await up.check_credential()
             except Exception as exc:  # any credential failure is a start-up error
                 raise credential_error(up.endpoint, exc) from exc
 

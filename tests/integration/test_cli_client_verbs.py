@@ -14,14 +14,17 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from openai.types import Batch
 
 from ingress.server import IngressThread
+from orchestrator.cli.main import CLOSED_PIPE_STATUS
 from orchestrator.core.serving import free_port
 from orchestrator.core.settings import load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
 from tests import redis_mode
 from tests.integration.test_ingress_batch import worker_process
+from tests.support import cli
 
 DEPLOYMENTS: list[dict[str, Any]] = [{"name": "ptu", "model": "gpt-4o-mini", "ptus": 15}]
 BODY = {"model": "ptu", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -87,18 +90,23 @@ def test_result_errors_are_one_line(ingress: IngressThread) -> None:
     )
 
 
-def test_batches_list_show_cancel(ingress: IngressThread) -> None:
-    client = openai.OpenAI(base_url=f"{ingress.url}/v1", api_key="unused")
+def create_batch(client: openai.OpenAI) -> Batch:
+    """A low-priority batch of 3 lines (no worker runs them)."""
     lines = "".join(
         json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
                     "body": BODY}) + "\n"
         for i in range(3)
     )  # fmt: skip
     file = client.files.create(file=("in.jsonl", io.BytesIO(lines.encode())), purpose="batch")
-    batch = client.batches.create(
+    return client.batches.create(
         input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h",
         extra_headers={"x-priority": "low"},
     )  # fmt: skip
+
+
+def test_batches_list_show_cancel(ingress: IngressThread) -> None:
+    client = openai.OpenAI(base_url=f"{ingress.url}/v1", api_key="unused")
+    batch = create_batch(client)
     for _ in range(300):  # validation runs beside the request: wait until it is in progress
         if client.batches.retrieve(batch.id).status != "validating":
             break
@@ -118,3 +126,14 @@ def test_batches_list_show_cancel(ingress: IngressThread) -> None:
     no_id = ptu("batches", "cancel", url=ingress.url)
     assert no_id.returncode == 1 and "give the batch id" in no_id.stderr
     client.close()
+
+
+def test_client_verbs_into_a_closed_pipe_end_quietly(ingress: IngressThread) -> None:
+    """`ptu result ID | head`, `ptu batches list --json | head`: no traceback."""
+    rid = enqueue(ingress.url)
+    with openai.OpenAI(base_url=f"{ingress.url}/v1", api_key="unused") as client:
+        create_batch(client)
+    env = cli.ptu_env({"PTU_INGRESS_URL": ingress.url})
+    for args in (["result", rid], ["batches", "list", "--json"]):
+        status, stderr = cli.into_closed_pipe(args, env)
+        assert (status, stderr) == (CLOSED_PIPE_STATUS, ""), args

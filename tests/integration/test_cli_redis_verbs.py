@@ -13,13 +13,14 @@ import time
 
 import pytest
 
-from orchestrator.cli.main import main
+from orchestrator.cli.main import CLOSED_PIPE_STATUS, main
 from orchestrator.core import keys
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues.redis_streams import RedisStreamsQueue
 from orchestrator.tenants.config import Tenancy
 from orchestrator.tenants.ledger import Usage, UsageLedger
 from tests import redis_mode
+from tests.support import cli
 
 DEPLOYMENTS = json.dumps(
     [{"name": f"d{i}", "model": "gpt-4o-mini", "ptus": 15} for i in range(4)]
@@ -71,3 +72,16 @@ def test_dlq_and_usage_read_every_node(
     out = capsys.readouterr().out
     for i in range(4):
         assert f'"d{i}"' in out and str(100 + i) in out
+
+
+def test_output_into_a_closed_pipe_ends_quietly(redis_url: str) -> None:
+    """`ptu usage --format json | head`, `ptu dlq list --json | head`, ...: no traceback."""
+    asyncio.run(_seed(redis_url))
+    env = cli.ptu_env({**redis_mode.env(redis_url), "PTU_DEPLOYMENTS": DEPLOYMENTS})
+    for args in (
+        ["usage", "--since", "2h", "--format", "json"],
+        ["dlq", "list", "--json"],
+        ["status", "--json"],  # live: one document a second until the reader goes
+    ):
+        status, stderr = cli.into_closed_pipe(args, env)
+        assert (status, stderr) == (CLOSED_PIPE_STATUS, ""), args

@@ -341,12 +341,14 @@ async def test_a_batch_line_is_checked_as_its_url_says(
 
 
 def test_the_readme_responses_example_runs_as_written(
-    ingress: IngressThread, worker: subprocess.Popen[bytes]
+    ingress: IngressThread, worker: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("### The Responses API", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
-    code = code.replace("http://127.0.0.1:8080", ingress.url).replace("gpt-4o-mini-ptu", "ptu")
+    assert "8080" not in code  # the reader's ingress is wherever PTU_INGRESS_URL says
+    monkeypatch.setenv("PTU_INGRESS_URL", ingress.url)
+    code = code.replace("gpt-4o-mini-ptu", "ptu")
     scope: dict[str, Any] = {"print": lambda *args: None}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["raw"].http_response.status_code == 202

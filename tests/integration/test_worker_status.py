@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import uuid
 import httpx2
 import redis.asyncio as aioredis
 
-from orchestrator.cli.status import collect, queued
+from orchestrator.cli.status import collect
+from orchestrator.cli.status_view import queued
 from orchestrator.core import keys
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import QueuedRequest
@@ -140,12 +142,24 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 def test_status_once_prints_a_snapshot(redis_url: str) -> None:
-    out = _cli(
-        ["status", "--once"], {**redis_mode.env(redis_url), "PTU_DEPLOYMENTS": DEPLOYMENTS_JSON}
-    )
+    env = {**redis_mode.env(redis_url), "PTU_DEPLOYMENTS": DEPLOYMENTS_JSON}
+    out = _cli(["status", "--once"], env)
     assert out.returncode == 0, out.stderr
-    line = next(line for line in out.stdout.splitlines() if "│ dep " in line)
+    line = next(line for line in out.stdout.splitlines() if line.startswith("dep "))
     assert "(stale)" in line and "0/10" in line  # no estimate feeder is running: fail closed
+    assert max(len(x.rstrip()) for x in out.stdout.splitlines()) <= 100
+    wide = _cli(["status", "--once", "--wide"], env)
+    assert wide.returncode == 0, wide.stderr
+    line = next(line for line in wide.stdout.splitlines() if "│ dep " in line)
+    assert "(stale)" in line and "0/10" in line and "closed" in line
+    as_json = _cli(["status", "--once", "--json"], env)
+    assert as_json.returncode == 0, as_json.stderr
+    (doc,) = [json.loads(x) for x in as_json.stdout.splitlines()]  # one document, one line
+    (row,) = doc["deployments"]
+    assert (row["deployment"], row["stale"], row["limit"], row["max_concurrency"]) == (
+        "dep", True, 0, 10,
+    )  # fmt: skip
+    assert row["class_depth"] == {"low": 0, "batch": 0} and row["queue_depth"] == 0
 
 
 def test_worker_cli_rejects_bad_configuration_with_one_line(redis_url: str) -> None:

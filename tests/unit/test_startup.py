@@ -9,6 +9,7 @@ import socket
 import pytest
 
 from orchestrator.core import startup
+from orchestrator.core.deployments import without_password
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.settings import load_settings
 from orchestrator.throttle.admission import admits, charge_of
@@ -126,3 +127,48 @@ def test_charge_is_normalised_by_the_window_capacity() -> None:
     # 6,000 TPM, 60 s window: a 1,000-token call (100 prompt + 300 x weight 3) is 1/6
     assert charge_of(100, 300, 3.0, 6_000.0) == pytest.approx(1000 / 6000)
     assert charge_of(100, 300, 3.0, 0.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@host:6379/0", "redis://***@host:6379/0"),
+        ("redis://user:pw@host:6379/0", "redis://user:***@host:6379/0"),
+        ("rediss://pw@host:6380", "rediss://***@host:6380"),
+        ("redis://u:p@ss:w@rd@host/0", "redis://u:***@host/0"),  # the host follows the last @
+        ("redis//u:pw@host/0", "redis//u:***@host/0"),  # malformed: still hidden
+        ("u:pw@host", "u:***@host"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+    ],
+)
+def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert without_password(url) == shown
+
+
+def test_redis_addresses_and_connection_failures_as_an_operator_says_them() -> None:
+    assert startup.redis_address("redis://u:pw@10.0.0.4:6390/0") == "10.0.0.4:6390"
+    assert startup.redis_address("rediss://cache.example") == "cache.example:6379"
+    assert startup.redis_address("redis://[::1]:7000") == "[::1]:7000"
+    assert startup.redis_address("unix:///run/redis.sock") == "/run/redis.sock"
+    failure = startup.connect_failure
+    assert failure(ConnectionRefusedError(111, "Connection refused"), 2) == "connection refused"
+    assert failure(socket.gaierror(-2, "Name or service not known"), 2) == "unknown host"
+    assert failure(TimeoutError(), 2.0) == "no answer within 2 s"
+    assert failure(FileNotFoundError(2, "No such file"), 2) == "no such socket"
+    assert failure(OSError(113, "No route to host"), 2) == "no route to host"
+
+
+@pytest.mark.parametrize("blank", ["", "  ", "\n"])
+def test_an_empty_optional_secret_is_unset(blank: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "PTU_AZURE_OPENAI_API_KEY",
+        "PTU_INGRESS_API_KEY",
+        "PTU_EVENTHUB_CONNECTION_STRING",
+    ):
+        monkeypatch.setenv(name, blank)
+    settings = load_settings()
+    assert settings.azure_openai_api_key is None  # Entra ID, as without the variable
+    assert settings.ingress_api_key is None and settings.eventhub_connection_string is None
+    monkeypatch.setenv("PTU_AZURE_OPENAI_API_KEY", " key\n")
+    key = load_settings().azure_openai_api_key
+    assert key is not None and key.get_secret_value() == "key"

@@ -113,3 +113,12 @@ class Tty(io.StringIO):
 def test_auto_log_format_is_console_on_a_terminal_only() -> None:
     assert renders_console("auto", Tty()) and not renders_console("auto", io.StringIO())
     assert renders_console("console", io.StringIO()) and not renders_console("json", Tty())
+
+
+def test_the_redis_url_is_shown_without_its_password() -> None:
+    used = decide(redis_up=True, redis_url="redis://app:s3cret@127.0.0.1:6379/0")
+    assert any("redis://app:***@127.0.0.1:6379/0" in n for n in used.notes)
+    assert "s3cret" not in " ".join(used.notes)
+    with pytest.raises(ConfigError) as info:
+        decide(redis_url="rediss://app:s3cret@cache.example.com:6380/0")
+    assert "s3cret" not in str(info.value) and "app:***@" in str(info.value)

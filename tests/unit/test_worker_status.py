@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 from rich.console import Console
 
-from orchestrator.cli.status import Row, WorkerSummary, calibration_cells, render, summarise
+from orchestrator.cli.status import Row, WorkerSummary, summarise
+from orchestrator.cli.status_view import (
+    calibration_cells,
+    document,
+    queued,
+    render,
+    render_compact,
+)
+from orchestrator.core.incarnation import Marker
 from orchestrator.utilisation.base import Calibration
 
 NOW = 1_000.0
@@ -95,8 +106,6 @@ def test_waiting_lanes_and_in_flight_requests_are_apart_and_queued_excludes_in_f
 
 
 def test_queued_is_never_negative_and_unknown_stays_unknown() -> None:
-    from orchestrator.cli.status import queued
-
     assert queued(3, 5) == 0 and queued(None, 1) is None and queued(12, 5) == 7
 
 
@@ -111,3 +120,66 @@ def test_render_shows_the_deployments_spilled_low_priority_calls() -> None:
     values = dict(zip([c.strip() for c in header.split("┃")], cells, strict=True))
     assert (values["completed"], values["spilled"]) == ("12", "3")
     assert "spilled:" in text  # the legend says what it counts
+
+
+BUSY = Row(
+    "gpt-4o-mini-ptu-east", 0.5512, 0.4, False, 5, 10, 4, 12_000,
+    WorkerSummary(2, 4, 13.2, 40, 1, 0, 2, 4), circuit="open", circuit_left_s=212,
+    dead_letters=1234, counts={"completed": 99_999, "failed": 12, "spilled": 3},
+    class_depth={"low": 3, "batch": 11_997},
+    calibration=Calibration(0.31, 0.24, 0.2, 0.56, 0.2, throttled_s=1.5, unseen=0.24),
+)  # fmt: skip
+STALE = Row("ptu-b", None, None, True, 0, 10, None, None, WorkerSummary(), circuit="half_open")
+
+
+def test_the_compact_view_fits_100_columns_one_line_per_deployment() -> None:
+    console = Console(record=True, width=100)
+    console.print(render_compact([BUSY, STALE], "azure_monitor"))
+    lines = console.export_text().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 100
+    header = next(line for line in lines if line.startswith("deployment"))
+    assert header.split() == [
+        "deployment", "utilisation", "limit", "in", "flight", "queued", "low/batch",
+        "results/s", "circuit", "dlq",
+    ]  # fmt: skip
+    busy = next(line for line in lines if line.startswith("gpt-4o-mini-ptu-east "))
+    assert busy.split() == [
+        "gpt-4o-mini-ptu-east", "55.1%", "0.4s", "5/10", "4", "11996", "3/11997", "13.2",
+        "open", "212s", "1234",
+    ]  # fmt: skip
+    stale = next(line for line in lines if line.startswith("ptu-b "))
+    assert stale.split() == [
+        "ptu-b",
+        "-",
+        "(stale)",
+        "0/10",
+        "0",
+        "-",
+        "-",
+        "0.0",
+        "half_open",
+        "0",
+    ]
+    assert any(line.startswith("--wide: every column") for line in lines)
+
+
+def test_a_long_deployment_name_folds_and_is_never_cut_short() -> None:
+    row = Row("d" * 40, 0.1, 0.2, False, 10, 10, 0, 0, WorkerSummary())
+    console = Console(record=True, width=100)
+    console.print(render_compact([row], "estimate"))
+    text = console.export_text()
+    assert "…" not in text and sum(line.count("d") for line in text.splitlines()) >= 40
+
+
+def test_the_json_document_carries_every_field_of_every_row() -> None:
+    doc = json.loads(document([BUSY, STALE], "estimate", 1_000.0))
+    assert (doc["at"], doc["source"], doc["redis_data_lost"]) == (1_000.0, "estimate", None)
+    busy, stale = doc["deployments"]
+    assert set(busy) == {f.name for f in dataclasses.fields(Row)} | {"queued"}
+    assert busy["class_depth"] == {"low": 3, "batch": 11_997} and busy["queued"] == 11_996
+    assert busy["workers"] == dataclasses.asdict(BUSY.workers)
+    assert busy["calibration"]["observed"] == 0.56 and busy["counts"]["completed"] == 99_999
+    assert (busy["circuit"], busy["circuit_left_s"], busy["dead_letters"]) == ("open", 212, 1234)
+    assert stale["utilisation"] is None and stale["stale"] is True and stale["class_depth"] is None
+    lost = Marker("new", 1.0, lost_from="old", lost_at=2.0)
+    assert json.loads(document([], "estimate", 3.0, lost))["redis_data_lost"]["lost_from"] == "old"
