@@ -41,6 +41,7 @@ from ingress.queued.requests import RequestsApi
 from ingress.queued.waiting import Waiting
 from orchestrator.breaker.shared import SURFACES, SharedBreaker, breaker_config
 from orchestrator.core import redis_client
+from orchestrator.core.fail_open import FailOpen
 from orchestrator.core.incarnation import Incarnation
 from orchestrator.core.results import ResultStore
 from orchestrator.core.runtime import Pacing
@@ -74,6 +75,7 @@ class Parts:
     metrics: IngressMetrics = field(default_factory=IngressMetrics)
     accounting: Accounting | None = None
     ledger: CachedLedger | None = None
+    guard: FailOpen = field(default_factory=FailOpen)
     owned: set[str] = field(default_factory=set)
 
     async def close(self) -> None:
@@ -178,6 +180,9 @@ def wire(
     metrics = parts.metrics = IngressMetrics(
         tenants=tenancy.names(), deployments=[d.name for d in settings.deployments]
     )
+    # every Redis call of the interactive path has a deadline and fails open (core/fail_open)
+    guard = parts.guard = FailOpen(on_fail_open=metrics.redis_fail_open)
+    parts.events.guard = guard
     # limit checks on a copy of the counters re-read at most every 0.2 s: no Redis round
     # trip per request on the high-priority path (orchestrator.tenants.cached)
     ledger = parts.ledger = CachedLedger(parts.redis, tenancy, clock=clock)
@@ -189,7 +194,7 @@ def wire(
     breakers = {
         (d.name, surface): SharedBreaker(
             parts.redis, d.name, config, endpoint=settings.endpoint_of(d) or "", surface=surface,
-            on_change=metrics.circuit if surface == "chat" else None,
+            on_change=metrics.circuit if surface == "chat" else None, guard=guard,
         )
         for d in settings.deployments
         for surface in SURFACES
@@ -204,7 +209,7 @@ def wire(
         results, parts.queues, metrics, clock=clock, ids=incarnation.new_request_id,
         telemetry=tracer,
     )  # fmt: skip
-    tenant_limits = TenantLimits(tenancy, ledger, accounting)
+    tenant_limits = TenantLimits(tenancy, ledger, accounting, guard)
     background = BackgroundResponses(results, enqueuer, tenants)
     # one subscription of this process wakes every waiting call (queued.completions)
     waiting = Waiting(Completions(parts.redis), results, tenancy, settings.deployments)
