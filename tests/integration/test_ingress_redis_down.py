@@ -4,7 +4,8 @@ A real ingress (thread), a real simulator and a real server of our own that the 
 kills. The interactive path makes its Redis calls (shared breaker, the tenant's counters,
 token events) under a small deadline and fails open (`core/fail_open`): every
 high-priority call is answered 200 by the simulator and the fail-opens are counted.
-Low priority still needs Redis to store the request: 503 with `retry-after`. The p50 of
+Low priority still needs Redis to store the request: 503 with `retry-after`. Liveness
+(`/healthz`) does not ask Redis; readiness (`/readyz`) says it is missing. The p50 of
 both phases is printed (run with `-s`), never asserted. `REDIS_DOWN_CALLS` overrides the
 number of calls per phase.
 """
@@ -90,12 +91,14 @@ def test_high_priority_answers_with_redis_killed_and_counts_the_fail_opens(
             server.kill(signal.SIGKILL)
             down_statuses, down = high_calls(http, CALLS)
             low = http.post("/v1/chat/completions", json=BODY, headers={"x-priority": "low"})
+            health, ready = http.get("/healthz"), http.get("/readyz")
             counted = fail_opens(http)
             print(
                 f"\nhigh priority p50 through the ingress: Redis up "
                 f"{statistics.median(up) * 1000:.1f} ms, Redis killed "
                 f"{statistics.median(down) * 1000:.1f} ms (max {max(down) * 1000:.1f} ms, "
-                f"{CALLS} calls each); fail-opens {counted}"
+                f"{CALLS} calls each); fail-opens {counted}; killed, ms: "
+                f"{[round(t * 1000) for t in down]}"
             )
             server.restart()  # the ingress then stops as usual
 
@@ -104,3 +107,6 @@ def test_high_priority_answers_with_redis_killed_and_counts_the_fail_opens(
         assert counted.get("limits", 0) >= 1
         assert low.status_code == 503, low.text  # low priority cannot be stored: retry later
         assert int(low.headers["retry-after"]) >= 1
+        assert health.status_code == 200 and health.json() == {"status": "ok"}  # liveness
+        assert ready.status_code == 503  # readiness says Redis is missing
+        assert "redis: unavailable" in ready.json()["error"]["message"]
