@@ -12,6 +12,13 @@ the local breaker decides alone until Redis answers again. On the ingress's inte
 path every Redis call of the breaker has a deadline (`guard`, `core/fail_open`): a hung
 or dead Redis costs a call at most that, and nothing during the cool-down after it.
 
+A trip caused by this process's own credential (a 401/403: `credentials`, its key or
+token refused; clients' keys are never forwarded) stays local: it is not written to
+Redis, so one process with a wrong key never pauses the others. It is logged at error
+(`circuit_opened_locally`) and shows in this process's circuit gauge; while it lasts the
+process does not take the shared half-open probe either (its call would fail for its own
+reason and hold the probe from a process that can tell).
+
 A deployment has one breaker per API surface (`chat`: chat completions; `responses`: the
 Responses API, served by the resource's v1 surface): a resource that does not serve one
 (a 404 or 500 on every call) must not pause the other.
@@ -43,6 +50,10 @@ T = TypeVar("T")
 
 Surface = Literal["chat", "responses"]
 SURFACES: tuple[Surface, ...] = ("chat", "responses")
+
+
+LOCAL_REASON: Outcome = "credentials"
+"""The trip kept to this process: its own credential was refused."""
 
 
 def surface_of(endpoint: str) -> Surface:
@@ -166,8 +177,8 @@ class SharedBreaker:
         """`call`, `probe` (this process won the one half-open trial) or `reject`."""
         await self.sync()
         verdict = self.machine.allow(self._clock())
-        if verdict != "probe":
-            return verdict
+        if verdict != "probe" or self.machine.reason == LOCAL_REASON:
+            return verdict  # a local trip's probe is this process's alone
         if self._guard is not None:  # failing open: this process probes
             won = await self._guard.call("breaker_probe", self._take_probe, True)
             return "probe" if won else "reject"
@@ -187,7 +198,9 @@ class SharedBreaker:
             self._clock(), outcome, retry_after_s=retry_after_s, probe=probe
         )
         try:
-            if change == "opened":
+            if change == "opened" and outcome == LOCAL_REASON:
+                self._tripped_locally()
+            elif change == "opened":
                 left = self.machine.open_left(self._clock())
                 await self._shared("breaker_trip", lambda: self._share_trip(left), None)
             elif change == "closed":
@@ -251,6 +264,17 @@ class SharedBreaker:
     def open_left(self) -> float:
         """Seconds the local copy stays open."""
         return self.machine.open_left(self._clock())
+
+    def _tripped_locally(self) -> None:
+        log.error(
+            "circuit_opened_locally",
+            deployment=self.deployment,
+            surface=self.surface,
+            reason=LOCAL_REASON,
+            open_s=round(self.machine.open_left(self._clock()), 3),
+            hint="the upstream refused this process's own key or token (401/403); "
+            "check its PTU_AZURE_OPENAI_API_KEY or identity; other processes are not paused",
+        )
 
     def _redis_failed(self, exc: StoreUnavailable) -> None:
         """The shared state could not be read or written: the local copy decides meanwhile."""
