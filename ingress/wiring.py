@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -59,6 +60,8 @@ log = structlog.get_logger(__name__)
 
 REDIS_MAX_CONNECTIONS = 1024
 REDIS_POOL_WAIT_S = 5.0
+CLOSE_DRAIN_S = 2.0
+"""At shutdown, how long pending token events and usage writes may still take (each)."""
 
 
 @dataclass
@@ -79,19 +82,26 @@ class Parts:
     owned: set[str] = field(default_factory=set)
 
     async def close(self) -> None:
-        """Wait for pending token events and usage writes, then close what the app created."""
-        await self.events.drain()
+        """Wait for pending token events and usage writes (at most `CLOSE_DRAIN_S` each: a
+        dead Redis must not hold the stop), then close what the app created."""
+        cut = await self.events.drain(CLOSE_DRAIN_S)
         if self.accounting is not None:
-            await self.accounting.drain()
-        if self.ledger is not None:
-            await self.ledger.close()
+            cut += await self.accounting.drain(CLOSE_DRAIN_S)
+        if cut:
+            log.warning("close_writes_cut", pending=cut, within_s=CLOSE_DRAIN_S)
         if "auth" in self.owned:
             await self.upstream.close()
         if "http" in self.owned:
             await self.http.aclose()
-        if "queues" in self.owned:
-            for q in self.queues.values():
-                await q.close()
+        try:  # what is left says goodbye to Redis (liveness keys): as far as it answers
+            async with asyncio.timeout(CLOSE_DRAIN_S):
+                if self.ledger is not None:
+                    await self.ledger.close()
+                if "queues" in self.owned:
+                    for q in self.queues.values():
+                        await q.close()
+        except TimeoutError:
+            log.warning("close_redis_cut", within_s=CLOSE_DRAIN_S)
         if "redis" in self.owned:
             await self.redis.aclose()
 

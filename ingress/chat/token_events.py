@@ -111,9 +111,12 @@ class TokenEvents:
         if event is not None:
             self._tasks.spawn(self._record(event, admitted))
 
-    async def drain(self) -> None:
-        """Wait for the pending events (at shutdown)."""
-        await self._tasks.drain()
+    async def drain(self, within_s: float | None = None) -> int:
+        """Wait for the pending events (at shutdown), at most `within_s`; how many were cut."""
+        if within_s is None:
+            await self._tasks.drain()
+            return 0
+        return await self._tasks.drain_within(within_s)
 
     async def _record(self, event: TokenEvent, after: asyncio.Task[None] | None) -> None:
         if after is not None and not after.done():
