@@ -82,3 +82,23 @@ async def test_a_refused_credential_trips_only_the_process_that_sent_it(
     assert not await redis.exists(keys.breaker_probe("f"))
     await wrong_key.record("credentials", probe=True)
     assert wrong_key.state == "open" and (await read_view(redis, "f")).trips == 0
+
+
+async def test_with_a_guard_a_dead_redis_leaves_the_local_breaker_deciding_at_once() -> None:
+    from orchestrator.core import redis_client
+    from orchestrator.core.fail_open import FailOpen
+    from orchestrator.core.serving import free_port
+
+    dead = redis_client.connect(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens
+    clock = Clock()
+    counted: list[str] = []
+    guard = FailOpen(0.05, clock=clock, on_fail_open=counted.append)
+    breaker = SharedBreaker(dead, "g", CFG, sync_s=0.0, clock=clock, guard=guard)
+    try:
+        assert await breaker.allow() == "call"  # the read failed open (error or deadline)
+        await breaker.record("error")
+        await breaker.record("error")  # trips locally; sharing it fails open (cooling down)
+        assert breaker.state == "open" and await breaker.allow() == "reject"
+    finally:
+        await dead.aclose()
+    assert counted[0] == "breaker_sync" and "breaker_trip" in counted
