@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import httpx2
 import pytest
+import redis
 from pydantic import SecretStr
 
 from devstack.embedded_redis import EmbeddedRedis
@@ -110,3 +111,33 @@ def test_high_priority_answers_with_redis_killed_and_counts_the_fail_opens(
         assert health.status_code == 200 and health.json() == {"status": "ok"}  # liveness
         assert ready.status_code == 503  # readiness says Redis is missing
         assert "redis: unavailable" in ready.json()["error"]["message"]
+
+
+def test_high_priority_answers_while_redis_hangs(sim: SimulatorThread) -> None:
+    """Redis alive but answering nothing (`CLIENT PAUSE … ALL`): the deadlines cut in."""
+    with EmbeddedRedis(aof=False) as server:
+        settings = settings_for(server, sim)
+        with (
+            IngressThread(settings) as ingress,
+            httpx2.Client(base_url=ingress.url, timeout=60, headers={"api-key": KEY}) as http,
+            redis.Redis.from_url(server.url) as admin,
+        ):
+            high_calls(http, 3)
+            _, up = high_calls(http, CALLS)
+            pause_s = 8
+            admin.execute_command("CLIENT", "PAUSE", pause_s * 1000, "ALL")
+            paused_at = time.monotonic()
+            hung_statuses, hung = high_calls(http, CALLS)
+            health = http.get("/healthz")
+            counted = fail_opens(http)
+            print(
+                f"\nhigh priority p50 through the ingress: Redis up "
+                f"{statistics.median(up) * 1000:.1f} ms, Redis hung "
+                f"{statistics.median(hung) * 1000:.1f} ms (max {max(hung) * 1000:.1f} ms, "
+                f"{CALLS} calls each); fail-opens {counted}"
+            )
+            time.sleep(max(0.0, pause_s - (time.monotonic() - paused_at)) + 0.5)  # let it end
+        assert time.monotonic() - paused_at >= pause_s  # the calls ran inside the hang
+        assert hung_statuses == [200] * CALLS
+        assert health.status_code == 200
+        assert counted.get("breaker_sync", 0) + counted.get("limits", 0) >= 1
