@@ -11,7 +11,7 @@ from ingress.chat.credentials import check_credentials, deployment_auths, upstre
 from ingress.http.auth import is_loopback
 from ingress.server import serve_until, uvicorn_config
 from orchestrator.core import logs, redis_client, startup
-from orchestrator.core.runtime import run_until_signal
+from orchestrator.core.runtime import STOP_AFTER_DRAIN_S, run_until_signal
 from orchestrator.core.settings import Settings
 
 
@@ -52,4 +52,8 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     config = uvicorn_config(
         create_app(settings), args.host, args.port, drain_s=settings.drain_timeout_s
     )
-    return run_until_signal(lambda stop: serve_until(config, stop))
+    # whatever Redis does, the stop ends after the drain and a few seconds of bookkeeping
+    return run_until_signal(
+        lambda stop: serve_until(config, stop),
+        stop_within_s=settings.drain_timeout_s + STOP_AFTER_DRAIN_S,
+    )

@@ -65,12 +65,24 @@ class IngressMetrics:
         self.redis_data_lost = Counter(
             "ptu_redis_data_lost", "Times Redis was seen to have lost its data set", registry=r
         )
+        self._fail_open = Counter(
+            "ptu_ingress_redis_fail_open",
+            "Redis calls of the interactive path given up on (an error, the deadline or the"
+            " cool-down after one): what=breaker_sync|breaker_probe|breaker_trip|breaker_close|"
+            "limits|token_event",
+            ["what"],
+            registry=r,
+        )
         self._high = self._requests.labels("high")
         self._low = self._requests.labels("low")
 
     def request(self, priority: str) -> None:
         """One chat completion received with `priority`."""
         (self._high if priority == "high" else self._low).inc()
+
+    def redis_fail_open(self, what: str) -> None:
+        """One Redis call of the interactive path went on without Redis (`core/fail_open`)."""
+        self._fail_open.labels(what).inc()
 
     def error(self, code: str) -> None:
         """One error answer."""

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -41,6 +42,7 @@ from ingress.queued.requests import RequestsApi
 from ingress.queued.waiting import Waiting
 from orchestrator.breaker.shared import SURFACES, SharedBreaker, breaker_config
 from orchestrator.core import redis_client
+from orchestrator.core.fail_open import FailOpen
 from orchestrator.core.incarnation import Incarnation
 from orchestrator.core.results import ResultStore
 from orchestrator.core.runtime import Pacing
@@ -58,6 +60,8 @@ log = structlog.get_logger(__name__)
 
 REDIS_MAX_CONNECTIONS = 1024
 REDIS_POOL_WAIT_S = 5.0
+CLOSE_DRAIN_S = 2.0
+"""At shutdown, how long pending token events and usage writes may still take (each)."""
 
 
 @dataclass
@@ -74,22 +78,30 @@ class Parts:
     metrics: IngressMetrics = field(default_factory=IngressMetrics)
     accounting: Accounting | None = None
     ledger: CachedLedger | None = None
+    guard: FailOpen = field(default_factory=FailOpen)
     owned: set[str] = field(default_factory=set)
 
     async def close(self) -> None:
-        """Wait for pending token events and usage writes, then close what the app created."""
-        await self.events.drain()
+        """Wait for pending token events and usage writes (at most `CLOSE_DRAIN_S` each: a
+        dead Redis must not hold the stop), then close what the app created."""
+        cut = await self.events.drain(CLOSE_DRAIN_S)
         if self.accounting is not None:
-            await self.accounting.drain()
-        if self.ledger is not None:
-            await self.ledger.close()
+            cut += await self.accounting.drain(CLOSE_DRAIN_S)
+        if cut:
+            log.warning("close_writes_cut", pending=cut, within_s=CLOSE_DRAIN_S)
         if "auth" in self.owned:
             await self.upstream.close()
         if "http" in self.owned:
             await self.http.aclose()
-        if "queues" in self.owned:
-            for q in self.queues.values():
-                await q.close()
+        try:  # what is left says goodbye to Redis (liveness keys): as far as it answers
+            async with asyncio.timeout(CLOSE_DRAIN_S):
+                if self.ledger is not None:
+                    await self.ledger.close()
+                if "queues" in self.owned:
+                    for q in self.queues.values():
+                        await q.close()
+        except TimeoutError:
+            log.warning("close_redis_cut", within_s=CLOSE_DRAIN_S)
         if "redis" in self.owned:
             await self.redis.aclose()
 
@@ -178,6 +190,9 @@ def wire(
     metrics = parts.metrics = IngressMetrics(
         tenants=tenancy.names(), deployments=[d.name for d in settings.deployments]
     )
+    # every Redis call of the interactive path has a deadline and fails open (core/fail_open)
+    guard = parts.guard = FailOpen(on_fail_open=metrics.redis_fail_open)
+    parts.events.guard = guard
     # limit checks on a copy of the counters re-read at most every 0.2 s: no Redis round
     # trip per request on the high-priority path (orchestrator.tenants.cached)
     ledger = parts.ledger = CachedLedger(parts.redis, tenancy, clock=clock)
@@ -189,7 +204,7 @@ def wire(
     breakers = {
         (d.name, surface): SharedBreaker(
             parts.redis, d.name, config, endpoint=settings.endpoint_of(d) or "", surface=surface,
-            on_change=metrics.circuit if surface == "chat" else None,
+            on_change=metrics.circuit if surface == "chat" else None, guard=guard,
         )
         for d in settings.deployments
         for surface in SURFACES
@@ -204,7 +219,7 @@ def wire(
         results, parts.queues, metrics, clock=clock, ids=incarnation.new_request_id,
         telemetry=tracer,
     )  # fmt: skip
-    tenant_limits = TenantLimits(tenancy, ledger, accounting)
+    tenant_limits = TenantLimits(tenancy, ledger, accounting, guard)
     background = BackgroundResponses(results, enqueuer, tenants)
     # one subscription of this process wakes every waiting call (queued.completions)
     waiting = Waiting(Completions(parts.redis), results, tenancy, settings.deployments)

@@ -48,9 +48,12 @@ class Accounting:
         outcome.log_access()
         access.logged()
 
-    async def drain(self) -> None:
-        """Wait for pending ledger writes (at shutdown)."""
-        await self._tasks.drain()
+    async def drain(self, within_s: float | None = None) -> int:
+        """Wait for pending ledger writes (at shutdown), at most `within_s`; how many were cut."""
+        if within_s is None:
+            await self._tasks.drain()
+            return 0
+        return await self._tasks.drain_within(within_s)
 
     async def _record(self, use: Usage) -> None:
         assert self._ledger is not None

@@ -4,7 +4,10 @@ Both priorities are checked when a request arrives (a queued request's tokens
 count when it runs, see `orchestrator.tenants.quota`). The counters live in
 Redis (`UsageLedger`), shared by every ingress replica and worker; a tenant
 without limits costs no Redis call. A refusal is counted (`status=limited`) and
-logged like any other answer.
+logged like any other answer. A high-priority call reads the counters under the
+interactive path's deadline (`guard`, `core/fail_open`): when Redis does not answer in
+time it is admitted (failing open); a low-priority call meets the error (503), since it
+cannot be stored without Redis anyway.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from ingress.chat.accounting import Accounting
 from ingress.http.errors import ApiError
 from orchestrator.calls.outcome import Outcome
+from orchestrator.core.fail_open import FailOpen
 from orchestrator.core.tokens import estimate_prompt_tokens
 from orchestrator.tenants.config import Tenancy
 from orchestrator.tenants.ledger import UsageLedger
@@ -25,9 +29,14 @@ class TenantLimits:
     """Per-tenant `max_tokens` ceilings and token limits."""
 
     def __init__(
-        self, tenancy: Tenancy, ledger: UsageLedger | None, accounting: Accounting | None
+        self,
+        tenancy: Tenancy,
+        ledger: UsageLedger | None,
+        accounting: Accounting | None,
+        guard: FailOpen | None = None,
     ) -> None:
         self._tenancy = tenancy
+        self._guard = guard
         self._ledger = ledger
         self._accounting = accounting
         self._limited = any(
@@ -53,7 +62,11 @@ class TenantLimits:
         """
         if not self._limited or self._ledger is None:
             return
-        refusal = await self._ledger.refusal(tenant, estimate_prompt_tokens(body))
+        ledger, need = self._ledger, estimate_prompt_tokens(body)
+        if priority == "high" and self._guard is not None:
+            refusal = await self._guard.call("limits", lambda: ledger.refusal(tenant, need), None)
+        else:
+            refusal = await ledger.refusal(tenant, need)
         if refusal is None:
             return
         headers = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import http.cookiejar
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ import httpx2
 
 from ingress.chat.credentials import UpstreamAuth
 from ingress.http.errors import ApiError
+from orchestrator.calls.no_cookies import NoCookieJar
 from orchestrator.core.settings import Settings
 
 CHAT_PATH = "/openai/deployments/{name}/chat/completions"
@@ -71,17 +71,14 @@ def targets(
 def make_client(settings: Settings) -> httpx2.AsyncClient:
     """The one pooled HTTP/1.1 keep-alive client for every upstream call.
 
-    Cookies are never stored: the client is shared by all tenants.
+    Cookies are never stored (`calls/no_cookies`): the client is shared by all tenants.
     """
-    no_cookies = http.cookiejar.CookieJar(
-        policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
-    )
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(settings.request_timeout_s, connect=10.0),
         limits=httpx2.Limits(
             max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0
         ),
-        cookies=no_cookies,
+        cookies=NoCookieJar(),
         follow_redirects=False,
     )
 

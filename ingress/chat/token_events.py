@@ -4,7 +4,10 @@ Events are recorded in background tasks so the hot path never waits on Redis:
 `admit` is scheduled just before the upstream call, `complete` (which awaits its
 `admit` first, so the estimate always sees them in order) after the response.
 A call the deployment refused or failed (any non-2xx) completes with zero
-tokens, which takes its admission charge back out of the estimate.
+tokens, which takes its admission charge back out of the estimate. With a `guard`
+(`core/fail_open`), each write has a deadline of `EVENT_BUDGET_S` and none is tried
+during the cool-down after a Redis failure: an outage drops events (counted as
+`what="token_event"`) instead of piling up writes that would hold the shutdown's drain.
 """
 
 from __future__ import annotations
@@ -18,20 +21,29 @@ import structlog
 
 from orchestrator.calls import bracket
 from orchestrator.calls.signals import Signals
+from orchestrator.core.fail_open import FailOpen
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.tasks import TaskSet
 from orchestrator.utilisation.base import TokenRecorder
 
 log = structlog.get_logger(__name__)
 
+EVENT_BUDGET_S = 1.0
+"""The deadline of one event's write under a guard (off the request path: longer)."""
+
 
 class TokenEvents:
     """Fire-and-forget admit/complete events with their tasks kept referenced."""
 
     def __init__(
-        self, sink: TokenRecorder | None, *, clock: Callable[[], float] = time.time
+        self,
+        sink: TokenRecorder | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        guard: FailOpen | None = None,
     ) -> None:
         self._sink = sink
+        self.guard = guard
         self._clock = clock
         self._tasks = TaskSet()
 
@@ -99,16 +111,25 @@ class TokenEvents:
         if event is not None:
             self._tasks.spawn(self._record(event, admitted))
 
-    async def drain(self) -> None:
-        """Wait for the pending events (at shutdown)."""
-        await self._tasks.drain()
+    async def drain(self, within_s: float | None = None) -> int:
+        """Wait for the pending events (at shutdown), at most `within_s`; how many were cut."""
+        if within_s is None:
+            await self._tasks.drain()
+            return 0
+        return await self._tasks.drain_within(within_s)
 
     async def _record(self, event: TokenEvent, after: asyncio.Task[None] | None) -> None:
         if after is not None and not after.done():
             await asyncio.wait([after])
-        assert self._sink is not None
+        sink = self._sink
+        assert sink is not None
         try:
-            await self._sink.record(event)
+            if self.guard is not None:
+                await self.guard.call(
+                    "token_event", lambda: sink.record(event), None, budget_s=EVENT_BUDGET_S
+                )
+            else:
+                await sink.record(event)
         except Exception as exc:  # the estimate is a hint; a lost event must not fail a call
             log.warning(
                 "token_event_failed",

@@ -45,10 +45,9 @@ class BatchList(BaseModel):
 
 
 class Health(BaseModel):
-    """Liveness, and whether the state store (Redis) answers."""
+    """Liveness: the process serves. Redis is not asked (readiness is `/readyz`'s)."""
 
     status: Literal["ok"]
-    redis: Literal["ok", "unavailable"]
 
 
 class Readiness(BaseModel):

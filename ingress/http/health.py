@@ -2,9 +2,11 @@
 
 Ready means: Redis takes writes (a short-lived probe key: a read-only replica or an
 out-of-memory server refuses it), every deployment's queue answers, and every
-provisioned deployment's utilisation estimate is readable. Each check has a time
-limit; a failure is named by its type only (its text may carry internal addresses).
-`/healthz` stays the liveness probe: it only says the process runs.
+provisioned deployment's utilisation estimate is readable. The checks run at once, each
+with a time limit of `CHECK_TIMEOUT_S`, so the answer comes within about that whatever
+Redis does; a failure is named by its type only (its text may carry internal addresses).
+`/healthz` stays the liveness probe: it only says the process runs, and never asks Redis
+(a Redis outage must not make the orchestrator restart every ingress).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from orchestrator.core import keys
 from orchestrator.queues.base import Queue
 from orchestrator.utilisation.estimate.store import EstimateStore
 
-CHECK_TIMEOUT_S = 2.0
-"""Each check's time limit: a probe that hangs means not ready."""
+CHECK_TIMEOUT_S = 1.0
+"""Each check's time limit: a probe that hangs means not ready (the manifests' readiness
+probe waits 2 s)."""
 
 
 async def _probe(work: Awaitable[object]) -> str:
@@ -33,11 +36,12 @@ async def _probe(work: Awaitable[object]) -> str:
 async def readiness(
     redis: aioredis.Redis, queues: Mapping[str, Queue], estimate: EstimateStore | None
 ) -> dict[str, str]:
-    """Check name -> "ok" or "unavailable (<error type>)"."""
-    checks = {"redis": await _probe(redis.set(keys.READY_PROBE, "1", px=5000))}
+    """Check name -> "ok" or "unavailable (<error type>)"; the checks run concurrently."""
+    checks: dict[str, Awaitable[object]] = {"redis": redis.set(keys.READY_PROBE, "1", px=5000)}
     for name, queue in queues.items():
-        checks[f"queue:{name}"] = await _probe(queue.depth())
+        checks[f"queue:{name}"] = queue.depth()
     if estimate is not None:
         for name in estimate.deployments:
-            checks[f"utilisation:{name}"] = await _probe(estimate.read(name))
-    return checks
+            checks[f"utilisation:{name}"] = estimate.read(name)
+    states = await asyncio.gather(*(_probe(work) for work in checks.values()))
+    return dict(zip(checks, states, strict=True))

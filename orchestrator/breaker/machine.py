@@ -11,8 +11,10 @@ It trips on any of:
   in the window) cannot keep the circuit closed while every call fails;
 - a 429 whose `retry-after` exceeds `throttle_grace_s` (the spillover wait): the
   deployment has said it is full for longer than anyone is willing to wait;
-- an unreachable or misconfigured upstream (connection refused, DNS, 401/403/404): no
-  request can succeed until an operator or the network fixes it.
+- an unreachable or misconfigured upstream (connection refused, DNS, 404), or a refused
+  credential (401/403, outcome `credentials`): no request can succeed until an operator
+  or the network fixes it. A `credentials` trip is this process's own (its key or
+  token): `shared.py` keeps it out of Redis.
 
 It stays open for the upstream's `retry-after` when one was given, else `open_s`
 (capped at `max_open_s`; a throttled trip at `max_throttled_open_s`). Then exactly one
@@ -29,7 +31,7 @@ from typing import Literal
 
 State = Literal["closed", "open", "half_open"]
 Verdict = Literal["call", "probe", "reject"]
-Outcome = Literal["ok", "error", "throttled", "unreachable"]
+Outcome = Literal["ok", "error", "throttled", "unreachable", "credentials"]
 Transition = Literal["opened", "closed"]
 
 BUCKETS = 10
@@ -142,7 +144,7 @@ class Breaker:
                 self.open_until = now + seconds
             return None
         self._count(now, failed)
-        if outcome in ("throttled", "unreachable"):
+        if outcome in ("throttled", "unreachable", "credentials"):
             return self._trip(now, outcome, retry_after_s)
         if failed and self._tripping(now):
             return self._trip(now, outcome, retry_after_s)

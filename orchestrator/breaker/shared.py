@@ -8,7 +8,16 @@ process reads it at most every `sync_s` and adopts it. Once the open time is ove
 hash reads as half-open everywhere, and only the process that wins
 `SET keys.breaker_probe(d) NX PX` sends the probe; its success closes the breaker for
 all (new epoch), its failure re-opens it for all. A Redis error never blocks traffic:
-the local breaker decides alone until Redis answers again.
+the local breaker decides alone until Redis answers again. On the ingress's interactive
+path every Redis call of the breaker has a deadline (`guard`, `core/fail_open`): a hung
+or dead Redis costs a call at most that, and nothing during the cool-down after it.
+
+A trip caused by this process's own credential (a 401/403: `credentials`, its key or
+token refused; clients' keys are never forwarded) stays local: it is not written to
+Redis, so one process with a wrong key never pauses the others. It is logged at error
+(`circuit_opened_locally`) and shows in this process's circuit gauge; while it lasts the
+process does not take the shared half-open probe either (its call would fail for its own
+reason and hold the probe from a process that can tell).
 
 A deployment has one breaker per API surface (`chat`: chat completions; `responses`: the
 Responses API, served by the resource's v1 surface): a resource that does not serve one
@@ -18,9 +27,9 @@ Responses API, served by the resource's v1 surface): a resource that does not se
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
@@ -29,6 +38,7 @@ from orchestrator.breaker.machine import Breaker, BreakerConfig, Outcome, State,
 from orchestrator.core import keys
 from orchestrator.core.boundary import redis_boundary
 from orchestrator.core.errors import StoreUnavailable
+from orchestrator.core.fail_open import FailOpen
 from orchestrator.throttle.slots import NOW_MS
 
 if TYPE_CHECKING:
@@ -36,9 +46,14 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 _state = redis_boundary("breaker state")
+T = TypeVar("T")
 
 Surface = Literal["chat", "responses"]
 SURFACES: tuple[Surface, ...] = ("chat", "responses")
+
+
+LOCAL_REASON: Outcome = "credentials"
+"""The trip kept to this process: its own credential was refused."""
 
 
 def surface_of(endpoint: str) -> Surface:
@@ -130,8 +145,10 @@ class SharedBreaker:
         sync_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[str, State], None] | None = None,
+        guard: FailOpen | None = None,
     ) -> None:
         self.deployment = deployment
+        self._guard = guard
         self.endpoint = endpoint
         self.machine = Breaker(config)
         self._redis = redis
@@ -160,8 +177,11 @@ class SharedBreaker:
         """`call`, `probe` (this process won the one half-open trial) or `reject`."""
         await self.sync()
         verdict = self.machine.allow(self._clock())
-        if verdict != "probe":
-            return verdict
+        if verdict != "probe" or self.machine.reason == LOCAL_REASON:
+            return verdict  # a local trip's probe is this process's alone
+        if self._guard is not None:  # failing open: this process probes
+            won = await self._guard.call("breaker_probe", self._take_probe, True)
+            return "probe" if won else "reject"
         try:
             won = await self._take_probe()
         except StoreUnavailable as exc:
@@ -178,10 +198,13 @@ class SharedBreaker:
             self._clock(), outcome, retry_after_s=retry_after_s, probe=probe
         )
         try:
-            if change == "opened":
-                await self._share_trip(self.machine.open_left(self._clock()))
+            if change == "opened" and outcome == LOCAL_REASON:
+                self._tripped_locally()
+            elif change == "opened":
+                left = self.machine.open_left(self._clock())
+                await self._shared("breaker_trip", lambda: self._share_trip(left), None)
             elif change == "closed":
-                epoch = await self._share_close()
+                epoch = await self._shared("breaker_close", self._share_close, -1)
                 if epoch >= 0:
                     self.machine.epoch = max(self.machine.epoch, epoch)
         except StoreUnavailable as exc:
@@ -217,9 +240,11 @@ class SharedBreaker:
             return
         self._synced_at = now
         try:
-            reply = await self._fetch()
+            reply = await self._shared("breaker_sync", self._fetch, None)
         except StoreUnavailable as exc:
             self._redis_failed(exc)
+            return
+        if reply is None:  # failed open: the local copy decides
             return
         state, left, epoch, reason, _trips = _decode(reply)
         before = self.machine.state
@@ -230,9 +255,26 @@ class SharedBreaker:
         if self.machine.state != before:
             self._changed(before)
 
+    async def _shared(self, what: str, work: Callable[[], Awaitable[T]], default: T) -> T:
+        """`work()` under the guard's deadline (failing open to `default`), or as is."""
+        if self._guard is None:
+            return await work()
+        return await self._guard.call(what, work, default)
+
     def open_left(self) -> float:
         """Seconds the local copy stays open."""
         return self.machine.open_left(self._clock())
+
+    def _tripped_locally(self) -> None:
+        log.error(
+            "circuit_opened_locally",
+            deployment=self.deployment,
+            surface=self.surface,
+            reason=LOCAL_REASON,
+            open_s=round(self.machine.open_left(self._clock()), 3),
+            hint="the upstream refused this process's own key or token (401/403); "
+            "check its PTU_AZURE_OPENAI_API_KEY or identity; other processes are not paused",
+        )
 
     def _redis_failed(self, exc: StoreUnavailable) -> None:
         """The shared state could not be read or written: the local copy decides meanwhile."""

@@ -7,8 +7,9 @@
   else → `UpstreamError`.
 - `breaker_verdict`: what one attempt tells the deployment's circuit breaker (shared in
   Redis by every worker and ingress, so both must say the same): 2xx and the request's own
-  4xx are `ok`, 429 `throttled`, 401/403/404 and a refused connection `unreachable`, 408,
-  5xx and timeouts `error`.
+  4xx are `ok`, 429 `throttled`, 404 and a refused connection `unreachable`, 408, 5xx and
+  timeouts `error`; 401/403 `credentials`: the key or token *this process* sent was
+  refused, which the breaker keeps to this process (`breaker/shared`).
 - `status_label`: the `status` label of `ptu_tenant_requests_total` (`tenants.metrics`).
 - `finish_reason`: a chat completion's first choice's, or a response's (Responses API)
   incomplete reason, else its status; `service_tier`: the tier the deployment applied
@@ -42,6 +43,8 @@ access_log = structlog.get_logger("ptu.access")
 
 MISCONFIGURED_STATUSES = frozenset({401, 403, 404})
 """Answers no retry can change: wrong key, no access, no such deployment at this endpoint."""
+CREDENTIAL_STATUSES = frozenset({401, 403})
+"""The upstream refused this process's own credential (clients' keys are never forwarded)."""
 QUOTA_EXCEEDED_CODE = "token_quota_exceeded"
 NoAnswer = Literal["timeout", "connection"]
 """Why a call got no response: it timed out, or the upstream could not be reached."""
@@ -84,6 +87,8 @@ def breaker_verdict(status: int | None, no_answer: NoAnswer | None = None) -> Br
         return "ok"
     if status == 429:
         return "throttled"
+    if status in CREDENTIAL_STATUSES:
+        return "credentials"
     if status in MISCONFIGURED_STATUSES:
         return "unreachable"
     if status == 408 or status >= 500:
@@ -93,6 +98,8 @@ def breaker_verdict(status: int | None, no_answer: NoAnswer | None = None) -> Br
 
 def error_verdict(err: UpstreamError) -> BreakerOutcome:
     """`breaker_verdict` of a failed attempt; an unreachable upstream got no answer at all."""
+    if err.status_code in CREDENTIAL_STATUSES:
+        return "credentials"
     if isinstance(err, UpstreamUnreachable):
         return "unreachable"
     return breaker_verdict(err.status_code)

@@ -4,12 +4,15 @@ periodic work runs through `every`."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -25,8 +28,71 @@ class Pacing:
     rand: Callable[[], float] = field(default_factory=lambda: random.Random().random)
 
 
-def run_until_signal(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
-    """Run `main(stop)`; SIGTERM and SIGINT set `stop`, a second signal cancels."""
+STOP_AFTER_DRAIN_S = 5.0
+"""What a stop may take beyond the process's drain (`PTU_DRAIN_TIMEOUT_S`): the bookkeeping
+after it (releases, heartbeats, closing clients) waits on Redis at most this long."""
+RECANCEL_S = 0.5
+FORCE_AFTER_S = 3.0
+"""After the stop deadline, how long cancelling may take before the process exits at once."""
+
+
+class StopDeadline:
+    """Ends a stop that takes too long: cancels the main task, then exits the process.
+
+    Armed at the first signal. `stop_within_s` later the task is cancelled, again every
+    `RECANCEL_S` (so no cleanup step that waits on a dead or hung Redis holds it),
+    logged as `stop_deadline_passed`. `FORCE_AFTER_S` after that a timer thread (it
+    needs no event loop: asyncio.run's own clean-up waits for cancelled tasks that may
+    still retry) exits the process at once (`stop_forced`, `os._exit(130)`). What is left
+    undone is what the orchestrator's SIGKILL at the end of its grace period would leave:
+    unacknowledged messages are delivered again, leases and heartbeats expire.
+    """
+
+    __slots__ = ("_force", "_handle", "_seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._handle: asyncio.TimerHandle | None = None
+        self._force: threading.Timer | None = None
+
+    def arm(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+        """Start counting (the first signal)."""
+        self._handle = loop.call_later(self._seconds, self._cut, loop, task, True)
+        self._force = threading.Timer(self._seconds + FORCE_AFTER_S, self._exit)
+        self._force.daemon = True
+        self._force.start()
+
+    def disarm(self) -> None:
+        """The stop ended in time (or never began)."""
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._force is not None:
+            self._force.cancel()
+
+    def _cut(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], first: bool) -> None:
+        if task.done():
+            return
+        if first:
+            log.warning("stop_deadline_passed", seconds=self._seconds)
+        task.cancel()
+        self._handle = loop.call_later(RECANCEL_S, self._cut, loop, task, False)
+
+    def _exit(self) -> None:
+        log.error("stop_forced", seconds=self._seconds, after_s=FORCE_AFTER_S)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+
+
+def run_until_signal(
+    main: Callable[[asyncio.Event], Awaitable[int]], *, stop_within_s: float | None = None
+) -> int:
+    """Run `main(stop)`; SIGTERM and SIGINT set `stop`, a second signal cancels.
+
+    With `stop_within_s`, a stop still running that long after the first signal is cut
+    short (`StopDeadline`).
+    """
+    deadline = StopDeadline(stop_within_s) if stop_within_s is not None else None
 
     async def runner() -> int:
         loop = asyncio.get_running_loop()
@@ -36,6 +102,8 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
         def on_signal() -> None:
             if stop.is_set() and task is not None:
                 task.cancel()
+            elif deadline is not None and task is not None:
+                deadline.arm(loop, task)
             stop.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -50,6 +118,9 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
         return asyncio.run(runner())
     except asyncio.CancelledError:
         return 130
+    finally:
+        if deadline is not None:
+            deadline.disarm()
 
 
 async def pause(

@@ -39,6 +39,17 @@ class TaskSet:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def drain_within(self, seconds: float) -> int:
+        """`drain` for at most `seconds`, then `cancel` what is left; how many were cut."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self.drain()
+        except TimeoutError:
+            left = len(self._tasks)
+            await self.cancel()
+            return left
+        return 0
+
     async def cancel(self) -> None:
         """Cancel every task and wait for them to end."""
         for task in list(self._tasks):

@@ -21,7 +21,7 @@ from orchestrator.breaker.shared import SharedBreaker, breaker_config
 from orchestrator.core import logs, redis_client, startup
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.results import ResultStore
-from orchestrator.core.runtime import run_until_signal
+from orchestrator.core.runtime import STOP_AFTER_DRAIN_S, run_until_signal
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue
@@ -252,4 +252,5 @@ def run(
             tracing.shutdown()
         return 0
 
-    return run_until_signal(main)
+    # whatever Redis does, the stop ends after the drain and a few seconds of bookkeeping
+    return run_until_signal(main, stop_within_s=settings.drain_timeout_s + STOP_AFTER_DRAIN_S)

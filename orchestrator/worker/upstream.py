@@ -24,6 +24,7 @@ import openai
 import structlog
 from openai import omit
 
+from orchestrator.calls.no_cookies import NoCookieJar
 from orchestrator.calls.outcome import UpstreamResponse, upstream_error
 from orchestrator.calls.signals import read_signals
 from orchestrator.core.entra import EntraTokens, default_entra_tokens
@@ -158,7 +159,8 @@ class AzureUpstream:
             "max_retries": 0,
             "timeout": settings.request_timeout_s,
             "default_headers": {PRIORITY_LABEL_HEADER: priority},
-            "http_client": http_client,
+            # the SDK's own client keeps cookies: one client serves every tenant (calls/no_cookies)
+            "http_client": http_client or openai.DefaultAsyncHttpxClient(cookies=NoCookieJar()),
         }
         tokens: EntraTokens | None = None
         if key is not None:

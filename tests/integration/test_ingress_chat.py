@@ -268,7 +268,7 @@ async def test_unknown_request_is_404(http: httpx2.AsyncClient) -> None:
 
 
 async def test_health_metrics_and_openapi(http: httpx2.AsyncClient) -> None:
-    assert (await http.get("/healthz")).json() == {"status": "ok", "redis": "ok"}
+    assert (await http.get("/healthz")).json() == {"status": "ok"}
     metrics = await http.get("/metrics")
     assert "ptu_ingress_chat_requests_total" in metrics.text
     doc = (await http.get("/openapi.json")).json()
@@ -345,10 +345,12 @@ async def test_redis_unreachable_is_503(sim: SimulatorThread) -> None:
                 headers={"x-priority": "low"},
             )
             health = await http.get("/healthz")
+            ready = await http.get("/readyz")
     assert resp.status_code == 503
     assert "retry-after" in resp.headers
     assert "127.0.0.1" not in resp.text and str(settings.redis_url) not in resp.text
-    assert health.json()["redis"] == "unavailable"
+    assert health.status_code == 200 and health.json() == {"status": "ok"}  # Redis not asked
+    assert ready.status_code == 503 and "redis: unavailable" in ready.json()["error"]["message"]
 
 
 async def test_sdk_low_priority_answered_by_the_real_worker(

@@ -117,8 +117,8 @@ async def test_a_queued_responses_call_logs_its_finish_reason_in_the_access_line
         (200, None, "ok"),
         (400, None, "ok"),  # the request's own fault
         (413, None, "ok"),
-        (401, None, "unreachable"),
-        (403, None, "unreachable"),
+        (401, None, "credentials"),
+        (403, None, "credentials"),
         (404, None, "unreachable"),  # was `ok` at the ingress
         (408, None, "error"),
         (429, None, "throttled"),

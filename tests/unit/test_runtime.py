@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from orchestrator.core.runtime import every, pause
+from orchestrator.core.runtime import StopDeadline, every, pause
 
 
 async def test_pause_runs_out_when_no_event_is_set() -> None:
@@ -100,3 +100,40 @@ async def test_every_ends_when_fn_says_nothing_is_left() -> None:
 
     await every(1.0, fn, event="x_failed", first="now", sleep=sleep)
     assert left == [] and waits == [1.0, 1.0]
+
+
+async def test_the_stop_deadline_cancels_the_stop_and_keeps_cancelling() -> None:
+    loop = asyncio.get_running_loop()
+    caught: list[int] = []
+
+    async def stubborn_stop() -> None:  # a clean-up that swallows one cancellation
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            caught.append(0)
+        await asyncio.Event().wait()  # the next cancellation ends it
+
+    stop = asyncio.ensure_future(stubborn_stop())
+    await asyncio.sleep(0)
+    deadline = StopDeadline(7.0)
+    with capture_logs() as logs:
+        deadline._cut(loop, stop, True)  # what arm() schedules `seconds` after the signal
+        await asyncio.sleep(0)
+        assert caught == [0] and not stop.done()
+        deadline._cut(loop, stop, False)  # the re-cancel RECANCEL_S later
+        with pytest.raises(asyncio.CancelledError):
+            await stop
+    deadline.disarm()
+    assert [e["event"] for e in logs] == ["stop_deadline_passed"]
+
+
+async def test_a_stop_in_time_disarms_the_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(asyncio.Event().wait())
+    deadline = StopDeadline(7.0)
+    deadline.arm(loop, task)
+    deadline.disarm()  # the forced exit's timer thread and the cancel are both off
+    assert not task.cancelled()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
