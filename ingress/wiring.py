@@ -40,7 +40,7 @@ from ingress.queued.completions import Completions
 from ingress.queued.enqueue import Enqueuer
 from ingress.queued.requests import RequestsApi
 from ingress.queued.waiting import Waiting
-from orchestrator.breaker.shared import SURFACES, SharedBreaker, breaker_config
+from orchestrator.breaker.shared import SURFACES, SharedBreaker, Sharing, breaker_config
 from orchestrator.core import redis_client
 from orchestrator.core.fail_open import FailOpen
 from orchestrator.core.incarnation import Incarnation
@@ -204,7 +204,7 @@ def wire(
     breakers = {
         (d.name, surface): SharedBreaker(
             parts.redis, d.name, config, endpoint=settings.endpoint_of(d) or "", surface=surface,
-            on_change=metrics.circuit if surface == "chat" else None, guard=guard,
+            on_change=metrics.circuit if surface == "chat" else None, sharing=Sharing(guard=guard),
         )
         for d in settings.deployments
         for surface in SURFACES

@@ -131,6 +131,16 @@ def _decode(reply: Any) -> tuple[State, float, int, str, int]:
     return state, int(reply[1]) / 1000.0, int(reply[2]), reason, int(reply[4])
 
 
+@dataclass(frozen=True, slots=True)
+class Sharing:
+    """How a process shares a breaker's verdict through Redis."""
+
+    sync_s: float = 0.5
+    """The shared state is read at most this often (0: at every call)."""
+    guard: FailOpen | None = None
+    """The interactive path's time budget on Redis (None: Redis calls are awaited)."""
+
+
 class SharedBreaker:
     """One deployment's breaker: local counting, verdict shared through Redis."""
 
@@ -142,13 +152,12 @@ class SharedBreaker:
         *,
         endpoint: str = "",
         surface: Surface = "chat",
-        sync_s: float = 0.5,
+        sharing: Sharing = Sharing(),
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[str, State], None] | None = None,
-        guard: FailOpen | None = None,
     ) -> None:
         self.deployment = deployment
-        self._guard = guard
+        self._guard = sharing.guard
         self.endpoint = endpoint
         self.machine = Breaker(config)
         self._redis = redis
@@ -158,7 +167,7 @@ class SharedBreaker:
         self._read = redis.register_script(_READ)
         self._trip = redis.register_script(_TRIP)
         self._close = redis.register_script(_CLOSE)
-        self._sync_s = sync_s
+        self._sync_s = sharing.sync_s
         self._clock = clock
         self._synced_at: float | None = None
         self._on_change = on_change

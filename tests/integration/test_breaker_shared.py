@@ -7,10 +7,13 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from orchestrator.breaker.machine import BreakerConfig
-from orchestrator.breaker.shared import SharedBreaker, read_view
+from orchestrator.breaker.shared import SharedBreaker, Sharing, read_view
 from orchestrator.core import keys
 
 CFG = BreakerConfig(min_calls=2, open_s=0.3, max_open_s=5.0, probe_timeout_s=5.0)
+
+SYNC_ALWAYS = Sharing(sync_s=0.0)
+"""Every call reads the shared state (the tests step one clock for both processes)."""
 
 
 class Clock:
@@ -23,8 +26,8 @@ class Clock:
 
 async def test_trip_probe_and_close_are_shared(redis: aioredis.Redis) -> None:
     clock = Clock()
-    a = SharedBreaker(redis, "d", CFG, sync_s=0.0, clock=clock)
-    b = SharedBreaker(redis, "d", CFG, sync_s=0.0, clock=clock)
+    a = SharedBreaker(redis, "d", CFG, sharing=SYNC_ALWAYS, clock=clock)
+    b = SharedBreaker(redis, "d", CFG, sharing=SYNC_ALWAYS, clock=clock)
     assert await a.allow() == "call" and await b.allow() == "call"
     await a.record("error")
     await a.record("error")
@@ -49,8 +52,8 @@ async def test_trip_probe_and_close_are_shared(redis: aioredis.Redis) -> None:
 
 async def test_a_failed_probe_reopens_for_everyone(redis: aioredis.Redis) -> None:
     clock = Clock()
-    a = SharedBreaker(redis, "e", CFG, sync_s=0.0, clock=clock)
-    b = SharedBreaker(redis, "e", CFG, sync_s=0.0, clock=clock)
+    a = SharedBreaker(redis, "e", CFG, sharing=SYNC_ALWAYS, clock=clock)
+    b = SharedBreaker(redis, "e", CFG, sharing=SYNC_ALWAYS, clock=clock)
     await a.record("unreachable")
     await redis.hset(keys.breaker("e"), "until_ms", 0)
     clock.now += 1.0
@@ -65,8 +68,8 @@ async def test_a_refused_credential_trips_only_the_process_that_sent_it(
     redis: aioredis.Redis,
 ) -> None:
     clock = Clock()
-    wrong_key = SharedBreaker(redis, "f", CFG, sync_s=0.0, clock=clock)
-    healthy = SharedBreaker(redis, "f", CFG, sync_s=0.0, clock=clock)
+    wrong_key = SharedBreaker(redis, "f", CFG, sharing=SYNC_ALWAYS, clock=clock)
+    healthy = SharedBreaker(redis, "f", CFG, sharing=SYNC_ALWAYS, clock=clock)
     with capture_logs() as logs:
         await wrong_key.record("credentials")  # a 401 to this process's own key
     assert wrong_key.state == "open" and wrong_key.machine.reason == "credentials"
@@ -93,7 +96,7 @@ async def test_with_a_guard_a_dead_redis_leaves_the_local_breaker_deciding_at_on
     clock = Clock()
     counted: list[str] = []
     guard = FailOpen(0.05, clock=clock, on_fail_open=counted.append)
-    breaker = SharedBreaker(dead, "g", CFG, sync_s=0.0, clock=clock, guard=guard)
+    breaker = SharedBreaker(dead, "g", CFG, sharing=Sharing(sync_s=0.0, guard=guard), clock=clock)
     try:
         assert await breaker.allow() == "call"  # the read failed open (error or deadline)
         await breaker.record("error")
