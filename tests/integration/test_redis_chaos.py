@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from devstack.embedded_redis import EmbeddedRedis
 from ingress.server import IngressThread
-from orchestrator.cli.status import loss_line
+from orchestrator.cli.status_view import loss_line
 from orchestrator.core import incarnation, keys, redis_client
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.utilisation.static import StaticSource
