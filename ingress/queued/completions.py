@@ -38,13 +38,18 @@ LISTEN_S = 30.0
 RETRY_S = 1.0
 """Pause before subscribing again after the subscription failed."""
 
+READS = 64
+"""Waiters reading their state at once: thousands woken by one drain queue here, in the
+process, instead of for the Redis pool (whose wait is bounded: a waiter that timed out
+there would lose its answer)."""
+
 Reader = Callable[[str], Awaitable[RequestState | None]]
 
 
 class Completions:
     """Waiters per request id, woken by one shared subscription (`run`)."""
 
-    __slots__ = ("_listening", "_redis", "_sleep", "_waiting", "wakes")
+    __slots__ = ("_listening", "_reads", "_redis", "_sleep", "_waiting", "wakes")
 
     def __init__(
         self,
@@ -56,6 +61,7 @@ class Completions:
         self._sleep = sleep
         self._waiting: dict[str, set[asyncio.Future[None]]] = {}
         self._listening = False
+        self._reads = asyncio.Semaphore(READS)
         self.wakes = 0
         """Waiters woken by a result's message (for tests and metrics)."""
 
@@ -120,7 +126,8 @@ class Completions:
             waiters.add(future)
             try:
                 # registered before reading: a result written in between wakes `future`
-                state = await read(request_id)
+                async with self._reads:
+                    state = await read(request_id)
                 if state is None or state.result is not None:
                     return state
                 remaining = deadline - loop.time()
@@ -130,7 +137,8 @@ class Completions:
                     async with asyncio.timeout(remaining):
                         await future
                 except TimeoutError:
-                    return await read(request_id)
+                    async with self._reads:
+                        return await read(request_id)
             finally:
                 waiters.discard(future)
                 if not waiters:

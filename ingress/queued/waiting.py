@@ -20,14 +20,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
+import structlog
 from starlette.responses import JSONResponse, Response
 
 from ingress.http.errors import error_response
 from ingress.queued.completions import Completions
 from orchestrator.core.deployments import DeploymentConfig
+from orchestrator.core.errors import StoreUnavailable
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import MAX_HELD_S, QueuedRequest, ResultDocument
 from orchestrator.tenants.config import Tenancy
+
+log = structlog.get_logger(__name__)
 
 APPLIED_HEADER = "preference-applied"
 REQUEST_ID_HEADER = "x-ptu-request-id"
@@ -91,7 +95,13 @@ class Waiting:
         """The answer of `req`'s result when it comes within `wait_s` (and before the
         deadline), else None (the caller answers 202)."""
         held = max(0.0, min(wait_s, req.deadline - req.enqueued_at))
-        state = await self.completions.wait(req.id, held, self._results.get)
+        try:
+            state = await self.completions.wait(req.id, held, self._results.get)
+        except StoreUnavailable as exc:
+            # the request is queued: the 202 with its Location loses nothing, an error
+            # would make the client send it again
+            log.warning("waiting_read_failed", request_id=req.id, error=str(exc))
+            return None
         if state is None or state.result is None:
             return None
         return answer(state.result, math.ceil(held))

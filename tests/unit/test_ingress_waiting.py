@@ -7,10 +7,12 @@ import json
 
 import pytest
 
-from ingress.queued.completions import Completions
-from ingress.queued.waiting import answer, prefer_wait
+from ingress.queued.completions import READS, Completions
+from ingress.queued.waiting import Waiting, answer, prefer_wait
+from orchestrator.core.errors import StoreUnavailable
 from orchestrator.core.results import RequestState
-from orchestrator.core.schemas import ResultDocument
+from orchestrator.core.schemas import QueuedRequest, ResultDocument
+from orchestrator.tenants.config import Tenancy
 
 
 @pytest.mark.parametrize(
@@ -112,3 +114,52 @@ async def test_a_result_already_there_is_answered_without_waiting() -> None:
     state = await completions.wait("req_1", 60, reads)
     assert state is not None and state.result is not None and reads.count == 1
     assert completions.waiting == 0
+
+
+class SlowReads(Reads):
+    """A reader that counts how many reads run at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = self.peak = 0
+
+    async def __call__(self, request_id: str) -> RequestState | None:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        await asyncio.sleep(0.001)
+        self.now -= 1
+        return await super().__call__(request_id)
+
+
+async def test_waiters_woken_together_read_a_bounded_number_at_a_time() -> None:
+    completions = Completions(redis=None)  # type: ignore[arg-type]
+    reads = SlowReads()
+    n = READS * 3
+    waiters = [asyncio.create_task(completions.wait(f"req_{i}", 60, reads)) for i in range(n)]
+    for _ in range(10_000):
+        await asyncio.sleep(0)
+        if reads.count == n:  # every first read done: all wait for their result
+            break
+    reads.done = True
+    for i in range(n):  # one drain writes every result at once
+        completions.wake(f"req_{i}")
+    states = await asyncio.gather(*waiters)
+    assert all(s is not None and s.result is not None for s in states)
+    assert reads.count == 2 * n and reads.peak == READS  # never more at once than the bound
+
+
+class Unreachable:
+    """A result store whose reads fail as a Redis pool with no free connection does."""
+
+    async def get(self, request_id: str) -> RequestState | None:
+        raise StoreUnavailable("result store get: No connection available.")
+
+
+async def test_a_read_that_fails_after_the_enqueue_answers_the_202_not_an_error() -> None:
+    completions = Completions(redis=None)  # type: ignore[arg-type]
+    waiting = Waiting(completions, Unreachable(), Tenancy([], {}), [])  # type: ignore[arg-type]
+    now = 1_000.0
+    req = QueuedRequest(
+        id="req_1", deployment="d", body={}, reply_key="k", enqueued_at=now, deadline=now + 60
+    )
+    assert await waiting.hold(req, 5.0) is None  # the caller answers 202 with its Location
