@@ -1,0 +1,163 @@
+"""Pure measures of `ptu bench waiting`: latencies, exactly-once tallies, target rows, /proc.
+
+Nothing here does I/O: the scenario reads `/proc` and Redis and passes the text in, so
+each measure is tested from tables (`tests/unit/test_bench_waiting.py`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench.report.metrics import percentile
+
+ESTABLISHED = "01"
+"""The `st` column of /proc/net/tcp for an established connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class WaitRecord:
+    """One waiting call: seconds from its submission to its answer (or to the end of the
+    measurement when it had none: `answered` False, a lower bound)."""
+
+    latency_s: float
+    answered: bool
+    first_status: int
+    """200: answered while waiting; 202: the wait ran out, followed at its Location."""
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySummary:
+    """p50 and max of an arm's waiting calls; `censored` when some had no answer (the
+    figures are then lower bounds)."""
+
+    p50_s: float | None
+    max_s: float | None
+    censored: bool
+
+
+def summarise(records: Sequence[WaitRecord]) -> LatencySummary:
+    """p50 and max latency; a call without an answer counts as its time waited so far."""
+    values = [r.latency_s for r in records]
+    return LatencySummary(
+        percentile(values, 50),
+        max(values) if values else None,
+        any(not r.answered for r in records),
+    )
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator, None when either is missing or the denominator is 0."""
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def verdict(measured: float | None, limit: float, *, lower_bound: bool = False) -> str:
+    """`met` / `missed` against an upper `limit`; a lower bound above it is missed, one at
+    or below it cannot tell (`unknown`), nothing measured is `not measured`."""
+    if measured is None:
+        return "not measured"
+    if measured > limit:
+        return "missed"
+    return "unknown" if lower_bound else "met"
+
+
+def target_row(
+    target: str, measured: float | None, limit: float, unit: str = "", *, lower_bound: bool = False
+) -> dict[str, Any]:
+    """One row of the targets table: what, measured value, target, met or missed."""
+    shown = "-" if measured is None else f"{'≥ ' if lower_bound else ''}{measured:.3g}{unit}"
+    return {
+        "target": target,
+        "measured": shown,
+        "target_value": f"≤ {limit:g}{unit}",
+        "result": verdict(measured, limit, lower_bound=lower_bound),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """How N waiting calls were answered, counted by request id."""
+
+    calls: int
+    ok_200: int
+    fell_back_202: int
+    other: int
+    distinct_ids: int
+    repeated_ids: int
+    """Request ids that more than one answer carried."""
+    without_id: int
+
+    @property
+    def exactly_once(self) -> bool:
+        """Every call answered 200, each with its own request id."""
+        return (
+            self.ok_200 == self.calls
+            and self.distinct_ids == self.calls
+            and self.repeated_ids == 0
+            and self.without_id == 0
+        )
+
+
+def tally(answers: Sequence[tuple[int, str | None]]) -> Tally:
+    """Count (status, request id) answers; status 0 stands for no answer (an error)."""
+    ids = Counter(rid for _status, rid in answers if rid)
+    return Tally(
+        calls=len(answers),
+        ok_200=sum(1 for status, _ in answers if status == 200),
+        fell_back_202=sum(1 for status, _ in answers if status == 202),
+        other=sum(1 for status, _ in answers if status not in (200, 202)),
+        distinct_ids=len(ids),
+        repeated_ids=sum(1 for n in ids.values() if n > 1),
+        without_id=sum(1 for status, rid in answers if status in (200, 202) and not rid),
+    )
+
+
+def reply_counts(lengths: Mapping[str, int]) -> tuple[int, int]:
+    """(missing, duplicated): request ids whose reply list holds no result, more than one."""
+    return (
+        sum(1 for n in lengths.values() if n == 0),
+        sum(1 for n in lengths.values() if n > 1),
+    )
+
+
+def status_kb(status_text: str, field: str) -> int | None:
+    """A `kB` field (`VmRSS`, `VmHWM`) of a /proc/PID/status text."""
+    for line in status_text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def socket_inodes(fd_targets: Iterable[str]) -> set[str]:
+    """The inodes of the sockets among a process's fd link targets (`socket:[123]`)."""
+    return {t[len("socket:[") : -1] for t in fd_targets if t.startswith("socket:[")}
+
+
+def local_ports_to(net_tcp_text: str, inodes: set[str], remote_port: int) -> set[int]:
+    """Local ports of the established connections in /proc/PID/net/tcp(6) text that belong
+    to `inodes` and go to `remote_port`."""
+    ports = set()
+    for line in net_tcp_text.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) < 10 or cols[3] != ESTABLISHED or cols[9] not in inodes:
+            continue
+        local, remote = cols[1], cols[2]
+        if int(remote.rsplit(":", 1)[1], 16) == remote_port:
+            ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def clients_from(client_list: Sequence[Mapping[str, Any]], ports: set[int]) -> int:
+    """How many of Redis's `CLIENT LIST` entries connect from one of `ports`."""
+    count = 0
+    for client in client_list:
+        addr = str(client.get("addr", ""))
+        port = addr.rsplit(":", 1)[-1]
+        if port.isdigit() and int(port) in ports:
+            count += 1
+    return count
