@@ -42,9 +42,9 @@ from bench.harness.stack import DEPLOYMENT, SimulatorOptions, Stack
 from bench.harness.traffic import chat_url
 from bench.report.metrics import percentile
 from bench.scenarios.waiting_measures import (
-    clients_from,
     local_ports_to,
     ratio,
+    redis_clients,
     reply_counts,
     socket_inodes,
     status_kb,
@@ -235,7 +235,7 @@ async def _many(stack: Stack, cfg: ManyConfig, env: dict[str, str]) -> dict[str,
             phase[0], marks["held"] = "held", time.monotonic()
             await asyncio.sleep(cfg.phase_s)
             ports = redis_ports(probe.pid, probe.redis_port)
-            from_ingress = clients_from(await redis.client_list(), ports)
+            from_ingress = redis_clients(await redis.client_list(), ports)
             phase[0], marks["draining"] = "draining", time.monotonic()
             await asyncio.to_thread(_start_worker, stack, env)
             await asyncio.wait(held, timeout=cfg.drain_timeout_s)
@@ -257,7 +257,9 @@ async def _many(stack: Stack, cfg: ManyConfig, env: dict[str, str]) -> dict[str,
     row = _row(cfg, answers, lengths, low_calls, marks, hp, probe, rss_before)
     row.update(
         redis_conns_before=len(ports_before),
-        redis_clients_from_ingress_held=from_ingress,
+        redis_clients_from_ingress_held=from_ingress["clients"],
+        redis_clients_active_held=from_ingress["active_last_s"],
+        redis_subscriptions_held=from_ingress["subscriptions"],
         redis_pool_size=REDIS_MAX_CONNECTIONS,
     )
     return {"row": row, "samples": probe.samples, "hp": hp}

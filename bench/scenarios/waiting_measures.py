@@ -152,12 +152,24 @@ def local_ports_to(net_tcp_text: str, inodes: set[str], remote_port: int) -> set
     return ports
 
 
-def clients_from(client_list: Sequence[Mapping[str, Any]], ports: set[int]) -> int:
-    """How many of Redis's `CLIENT LIST` entries connect from one of `ports`."""
-    count = 0
+def from_ports(
+    client_list: Sequence[Mapping[str, Any]], ports: set[int]
+) -> list[Mapping[str, Any]]:
+    """The entries of Redis's `CLIENT LIST` that connect from one of `ports`."""
+    found = []
     for client in client_list:
-        addr = str(client.get("addr", ""))
-        port = addr.rsplit(":", 1)[-1]
+        port = str(client.get("addr", "")).rsplit(":", 1)[-1]
         if port.isdigit() and int(port) in ports:
-            count += 1
-    return count
+            found.append(client)
+    return found
+
+
+def redis_clients(client_list: Sequence[Mapping[str, Any]], ports: set[int]) -> dict[str, int]:
+    """How many clients connect from `ports`, how many of them ran a command in the last
+    second (`idle` 0: in use, not merely pooled), how many are subscriptions."""
+    ours = from_ports(client_list, ports)
+    return {
+        "clients": len(ours),
+        "active_last_s": sum(1 for c in ours if int(c.get("idle", 0)) < 1),
+        "subscriptions": sum(1 for c in ours if int(c.get("psub", 0)) or int(c.get("sub", 0))),
+    }

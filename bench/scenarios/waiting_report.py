@@ -25,6 +25,7 @@ def plot_latencies(latencies: dict[str, list[WaitRecord]], path: Path) -> None:
         for r in calls:
             ax.scatter(x, r.latency_s, facecolors="C0" if r.answered else "none", edgecolors="C0")
     ax.set_xticks(range(len(latencies)), ["a: empty queue", "b: behind the batch"])
+    ax.set_xlim(-0.5, len(latencies) - 0.5)
     ax.set_ylabel("waiting call latency s")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
@@ -63,7 +64,8 @@ def many_tables(row: dict[str, Any]) -> str:
          "repeated_request_ids", "reply_missing", "reply_duplicated", "upstream_low_calls",
          "exactly_once", "enqueue_s", "drain_s"],
         ["rss_before_mb", "rss_peak_mb", "rss_growth_mb", "redis_conns_before",
-         "redis_conns_peak", "redis_clients_from_ingress_held", "redis_pool_size"],
+         "redis_conns_peak", "redis_clients_from_ingress_held", "redis_clients_active_held",
+         "redis_subscriptions_held", "redis_pool_size"],
         ["hp_p99_without_ms", "hp_p99_ratio_held", "hp_p99_ratio_draining"],
     ]  # fmt: skip
     columns = ["calls", "errors", "p50_ms", "p99_ms"]
