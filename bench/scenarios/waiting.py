@@ -36,13 +36,20 @@ from bench.harness.traffic import Clock, HpRecord, chat_url, run_interactive
 from bench.harness.workload import CallShape, PlannedCall, chat_body
 from bench.scenarios import waiting_many, waiting_report
 from bench.scenarios.mixed import capacity_of
-from bench.scenarios.waiting_measures import WaitRecord, ratio, summarise, target_row
+from bench.scenarios.waiting_measures import (
+    WaitRecord,
+    many_targets,
+    ratio,
+    summarise,
+    target_row,
+)
 from ingress.batch.store import BatchStore
 from orchestrator.core import logs
 
 HP_SHAPE = CallShape(prompt_tokens=300, max_tokens=200)
 LINE_SHAPE = CallShape(prompt_tokens=200, max_tokens=60)
 """A batch line and a waiting call are the same request."""
+ENDED = frozenset({"cancelled", "completed", "failed", "expired"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -119,6 +126,18 @@ async def until_expanded(redis: aioredis.Redis, batch_id: str, timeout_s: float)
         if time.monotonic() > deadline:
             raise TimeoutError(f"batch {batch_id}: lines not queued within {timeout_s:g} s")
         await asyncio.sleep(0.2)
+
+
+async def until_status(
+    redis: aioredis.Redis, batch_id: str, wanted: frozenset[str], timeout_s: float
+) -> str:
+    """The batch's status once it is one of `wanted`, or whatever it is after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = (await BatchStore(redis).fields(batch_id)).get("status", "")
+        if status in wanted or time.monotonic() > deadline:
+            return status
+        await asyncio.sleep(0.5)
 
 
 async def lines_done(redis: aioredis.Redis, batch_id: str | None) -> int:
@@ -210,6 +229,7 @@ async def behind_a_batch(stack: Stack, cfg: BehindConfig, seed: int) -> dict[str
             run_interactive(http, url, hp_calls, clock, {"x-priority": "high"}, hp)
         )
         batch_id: str | None = None
+        ended = ""
         try:
             await asyncio.sleep(cfg.warmup_s)
             start = clock.offset()
@@ -231,9 +251,11 @@ async def behind_a_batch(stack: Stack, cfg: BehindConfig, seed: int) -> dict[str
         finally:
             if batch_id is not None:  # the run stops by itself: nothing left to serve
                 await http.post(f"/v1/batches/{batch_id}/cancel")
+                ended = await until_status(redis, batch_id, ENDED, 60.0)
             traffic.cancel()
             await asyncio.gather(traffic, return_exceptions=True)
             await redis.aclose()
+    row_b["batch_status_at_end"] = ended
     return {"arms": [row_a, row_b], "latencies": {"a": empty, "b": behind}, "hp_per_s": rate}
 
 
@@ -265,8 +287,8 @@ def run_waiting(cfg: WaitingConfig, out: Path, seed: int) -> dict[str, Any]:
     with sigterm_as_interrupt(), Stack(out / "run-many", waiting_many.SIM) as stack:
         stack.start_redis()
         stack.start_simulator()
-        many = waiting_many.run_many(stack, cfg.many)
-    targets = targets_behind(behind["arms"]) + waiting_many.targets(many["row"])
+        many = waiting_many.run_many(stack, cfg.many, out)
+    targets = targets_behind(behind["arms"]) + many_targets(many["row"])
     result = {
         "config": dataclasses.asdict(cfg),
         "behind_a_batch": behind["arms"],

@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
+import multiprocessing
 import os
 import resource
 import time
@@ -43,13 +46,13 @@ from bench.harness.traffic import chat_url
 from bench.report.metrics import percentile
 from bench.scenarios.waiting_measures import (
     local_ports_to,
+    phase_of,
     ratio,
     redis_clients,
     reply_counts,
     socket_inodes,
     status_kb,
     tally,
-    target_row,
 )
 from bench.scenarios.waiting_report import PHASES
 from ingress.wiring import REDIS_MAX_CONNECTIONS
@@ -122,48 +125,52 @@ class Probe:
     """(s since start, VmRSS kB, Redis connections, calls held)."""
 
     async def run(self, held: list[asyncio.Task[tuple[int, str | None]]]) -> None:
-        """Sample every 0.5 s until cancelled."""
-        while True:
+        """Sample the RSS every 0.5 s, the Redis connections every 2 s (reading the socket
+        table costs more), until cancelled."""
+        conns = 0
+        for i in itertools.count():
+            if i % 4 == 0:
+                conns = len(redis_ports(self.pid, self.redis_port))
             waiting = sum(1 for t in held if not t.done())
-            self.samples.append(
-                (
-                    time.monotonic() - self.t0,
-                    rss_kb(self.pid),
-                    len(redis_ports(self.pid, self.redis_port)),
-                    waiting,
-                )
-            )
+            self.samples.append((time.time() - self.t0, rss_kb(self.pid), conns, waiting))
             await asyncio.sleep(0.5)
 
 
+def interactive_process(url: str, rate: float, stop: Any, ready: Any, path: str) -> None:
+    """In a process of its own (the one holding the waiters must not slow the timing):
+    high-priority calls at `rate` until `stop` is set, written to `path` as JSON
+    [start epoch, ms, status; 0 for no answer]."""
+    calls: list[tuple[float, float, int]] = []
+    asyncio.run(_interactive(url, rate, stop, ready, calls))
+    Path(path).write_text(json.dumps(calls))
+
+
 async def _interactive(
-    http: httpx2.AsyncClient, rate: float, phase: list[str], sink: list[tuple[str, float, int]]
+    url: str, rate: float, stop: Any, ready: Any, sink: list[tuple[float, float, int]]
 ) -> None:
-    """High-priority calls at `rate` (open loop) until cancelled, each labelled with the
-    phase it started in: (phase, ms, status; 0 for no answer)."""
-    url = chat_url("", DEPLOYMENT)
+    async with httpx2.AsyncClient(base_url=url, timeout=60.0) as http:
 
-    async def one(name: str) -> None:
-        started = time.perf_counter()
-        try:
-            status = (
-                await http.post(url, json=HP_BODY, headers={"x-priority": "high"})
-            ).status_code
-        except httpx2.HTTPError:
-            status = 0
-        sink.append((name, (time.perf_counter() - started) * 1000.0, status))
+        async def one() -> None:
+            at, started = time.time(), time.perf_counter()
+            try:
+                response = await http.post(
+                    chat_url("", DEPLOYMENT), json=HP_BODY, headers={"x-priority": "high"}
+                )
+                status = response.status_code
+            except httpx2.HTTPError:
+                status = 0
+            sink.append((at, (time.perf_counter() - started) * 1000.0, status))
 
-    tasks: set[asyncio.Task[None]] = set()
-    next_at = time.perf_counter()
-    try:
-        while True:
-            task = asyncio.create_task(one(phase[0]))
+        tasks: set[asyncio.Task[None]] = set()
+        next_at = time.perf_counter()
+        ready.set()
+        while not stop.is_set():  # open loop
+            task = asyncio.create_task(one())
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             next_at += 1.0 / rate
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-    finally:
-        await asyncio.gather(*tasks, return_exceptions=True)  # the last calls finish
+        await asyncio.gather(*tasks)  # the last calls finish
 
 
 async def _waiter(http: httpx2.AsyncClient, wait_s: int) -> tuple[int, str | None]:
@@ -198,62 +205,61 @@ async def _low_calls(sim_url: str) -> int:
     return int(state["by_priority"].get("low", {}).get("requests", 0))
 
 
-async def _many(stack: Stack, cfg: ManyConfig, env: dict[str, str]) -> dict[str, Any]:
-    probe = Probe(
-        stack.children["ingress"].proc.pid,
-        urlparse(stack.redis_url).port or 6379,
-        time.monotonic(),
-        [],
-    )
+async def _many(stack: Stack, cfg: ManyConfig, env: dict[str, str], out: Path) -> dict[str, Any]:
+    pid, redis_port = stack.children["ingress"].proc.pid, urlparse(stack.redis_url).port or 6379
+    probe = Probe(pid, redis_port, time.time(), [])
     redis = aioredis.Redis.from_url(stack.redis_url)
-    phase = ["warmup"]
-    hp: list[tuple[str, float, int]] = []
     held: list[asyncio.Task[tuple[int, str | None]]] = []
     marks: dict[str, float] = {}
-    wait_limits = httpx2.Limits(max_connections=cfg.waiters + 16, max_keepalive_connections=16)
-    async with (
-        httpx2.AsyncClient(base_url=stack.ingress_url, timeout=60.0) as hp_http,
-        httpx2.AsyncClient(
-            base_url=stack.ingress_url, timeout=cfg.wait_s + 60.0, limits=wait_limits
-        ) as wait_http,
-    ):
-        background = [
-            asyncio.create_task(probe.run(held)),
-            asyncio.create_task(_interactive(hp_http, cfg.hp_per_s, phase, hp)),
-        ]
-        try:
-            await asyncio.sleep(2.0)  # connections and code paths warm up
-            phase[0] = "before"
-            await asyncio.sleep(cfg.phase_s)
-            rss_before, ports_before = rss_kb(probe.pid), redis_ports(probe.pid, probe.redis_port)
-            low_before = await _low_calls(stack.sim_url)
-            phase[0], marks["enqueue"] = "enqueue", time.monotonic()
-            held += [
-                asyncio.create_task(_waiter(wait_http, cfg.wait_s)) for _ in range(cfg.waiters)
-            ]
-            await _queued(redis, cfg.waiters, 120.0)
-            phase[0], marks["held"] = "held", time.monotonic()
-            await asyncio.sleep(cfg.phase_s)
-            ports = redis_ports(probe.pid, probe.redis_port)
-            from_ingress = redis_clients(await redis.client_list(), ports)
-            phase[0], marks["draining"] = "draining", time.monotonic()
-            await asyncio.to_thread(_start_worker, stack, env)
-            await asyncio.wait(held, timeout=cfg.drain_timeout_s)
-            phase[0], marks["after"] = "after", time.monotonic()
-            await asyncio.sleep(cfg.phase_s)
-            marks["end"] = time.monotonic()
-        finally:
-            for task in background + held:
-                task.cancel()
-            await asyncio.gather(*background, *held, return_exceptions=True)
-        answers = [_answer(t) for t in held]
-        ids = [rid for _status, rid in answers if rid]
-        async with redis.pipeline(transaction=False) as pipe:
-            for rid in ids:
-                pipe.llen(keys.reply(rid))
-            lengths = dict(zip(ids, await pipe.execute(), strict=True))
-        low_calls = await _low_calls(stack.sim_url) - low_before
+    context = multiprocessing.get_context("spawn")
+    stop, ready, hp_path = context.Event(), context.Event(), out / "interactive.json"
+    timing = context.Process(
+        target=interactive_process,
+        args=(stack.ingress_url, cfg.hp_per_s, stop, ready, str(hp_path)),
+    )
+    limits = httpx2.Limits(max_connections=cfg.waiters + 16, max_keepalive_connections=16)
+    client = httpx2.AsyncClient(
+        base_url=stack.ingress_url, timeout=cfg.wait_s + 60.0, limits=limits
+    )
+    sampling = asyncio.create_task(probe.run(held))
+    timing.start()
+    try:
+        await asyncio.to_thread(ready.wait, 60.0)
+        await asyncio.sleep(2.0)  # connections and code paths warm up
+        marks["before"] = time.time()
+        await asyncio.sleep(cfg.phase_s)
+        rss_before, ports_before = rss_kb(pid), redis_ports(pid, redis_port)
+        low_before = await _low_calls(stack.sim_url)
+        marks["enqueue"] = time.time()
+        held += [asyncio.create_task(_waiter(client, cfg.wait_s)) for _ in range(cfg.waiters)]
+        await _queued(redis, cfg.waiters, 120.0)
+        marks["held"] = time.time()
+        await asyncio.sleep(cfg.phase_s)
+        marks["count"] = time.time()  # reading the socket table: neither phase
+        ports = redis_ports(pid, redis_port)
+        from_ingress = redis_clients(await redis.client_list(), ports)
+        marks["draining"] = time.time()
+        await asyncio.to_thread(_start_worker, stack, env)
+        await asyncio.wait(held, timeout=cfg.drain_timeout_s)
+        marks["after"] = time.time()
+        await asyncio.sleep(cfg.phase_s)
+        marks["end"] = time.time()
+    finally:
+        stop.set()
+        await asyncio.to_thread(timing.join, 90.0)
+        for task in [sampling, *held]:
+            task.cancel()
+        await asyncio.gather(sampling, *held, return_exceptions=True)
+        await client.aclose()
+    answers = [_answer(t) for t in held]
+    ids = [rid for _status, rid in answers if rid]
+    async with redis.pipeline(transaction=False) as pipe:
+        for rid in ids:
+            pipe.llen(keys.reply(rid))
+        lengths = dict(zip(ids, await pipe.execute(), strict=True))
+    low_calls = await _low_calls(stack.sim_url) - low_before
     await redis.aclose()
+    hp = [(phase_of(at, marks), ms, status) for at, ms, status in json.loads(hp_path.read_text())]
     row = _row(cfg, answers, lengths, low_calls, marks, hp, probe, rss_before)
     row.update(
         redis_conns_before=len(ports_before),
@@ -262,7 +268,10 @@ async def _many(stack: Stack, cfg: ManyConfig, env: dict[str, str]) -> dict[str,
         redis_subscriptions_held=from_ingress["subscriptions"],
         redis_pool_size=REDIS_MAX_CONNECTIONS,
     )
-    return {"row": row, "samples": probe.samples, "hp": hp}
+    shown = {
+        k: v - probe.t0 for k, v in marks.items() if k in ("enqueue", "held", "draining", "after")
+    }
+    return {"row": row, "samples": probe.samples, "hp": hp, "marks": shown}
 
 
 def _answer(task: asyncio.Task[tuple[int, str | None]]) -> tuple[int, str | None]:
@@ -320,32 +329,8 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def targets(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The target rows of part 2."""
-    n = row["waiters"]
-    not_once = (
-        n
-        - row["answered_200"]
-        + row["repeated_request_ids"]
-        + row["reply_missing"]
-        + row["reply_duplicated"]
-    )
-    return [
-        target_row(f"{n} waiting calls: calls not answered exactly once with a 200", not_once, 0),
-        target_row(f"ingress RSS growth, {n} calls held", row["rss_growth_mb"], 100.0, " MB"),
-        target_row(
-            "ingress Redis connections (peak) vs its pool size",
-            row["redis_conns_peak"],
-            float(row["redis_pool_size"]),
-        ),
-        target_row(
-            f"interactive p99 with {n} calls held / without", row["hp_p99_ratio_held"], 1.2, "x"
-        ),
-    ]
-
-
-def run_many(stack: Stack, cfg: ManyConfig) -> dict[str, Any]:
+def run_many(stack: Stack, cfg: ManyConfig, out: Path) -> dict[str, Any]:
     """Part 2 on `stack` (Redis and the simulator running)."""
     extra = {"PTU_MAX_CONCURRENCY": str(cfg.worker_concurrency), "PTU_ESTIMATE_WINDOW_S": "60"}
     prepare(stack, Policy("many-waiters", "ingress only", "none", extra))
-    return asyncio.run(_many(stack, cfg, stack.base_env(**extra)))
+    return asyncio.run(_many(stack, cfg, stack.base_env(**extra), out))

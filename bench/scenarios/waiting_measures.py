@@ -117,6 +117,17 @@ def tally(answers: Sequence[tuple[int, str | None]]) -> Tally:
     )
 
 
+def phase_of(at: float, marks: Mapping[str, float]) -> str:
+    """The phase a call that started at `at` belongs to: the last mark at or before it
+    (`marks`: phase name to start time; the mark `end` closes the last phase)."""
+    name = "warmup"
+    for mark, start in sorted(marks.items(), key=lambda item: item[1]):
+        if start > at:
+            break
+        name = mark
+    return name
+
+
 def reply_counts(lengths: Mapping[str, int]) -> tuple[int, int]:
     """(missing, duplicated): request ids whose reply list holds no result, more than one."""
     return (
@@ -173,3 +184,27 @@ def redis_clients(client_list: Sequence[Mapping[str, Any]], ports: set[int]) -> 
         "active_last_s": sum(1 for c in ours if int(c.get("idle", 0)) < 1),
         "subscriptions": sum(1 for c in ours if int(c.get("psub", 0)) or int(c.get("sub", 0))),
     }
+
+
+def many_targets(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The target rows of part 2."""
+    n = row["waiters"]
+    not_once = (
+        n
+        - row["answered_200"]
+        + row["repeated_request_ids"]
+        + row["reply_missing"]
+        + row["reply_duplicated"]
+    )
+    return [
+        target_row(f"{n} waiting calls: calls not answered exactly once with a 200", not_once, 0),
+        target_row(f"ingress RSS growth, {n} calls held", row["rss_growth_mb"], 100.0, " MB"),
+        target_row(
+            "ingress Redis connections (peak) vs its pool size",
+            row["redis_conns_peak"],
+            float(row["redis_pool_size"]),
+        ),
+        target_row(
+            f"interactive p99 with {n} calls held / without", row["hp_p99_ratio_held"], 1.2, "x"
+        ),
+    ]

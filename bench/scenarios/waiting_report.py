@@ -50,6 +50,10 @@ def plot_many(many: dict[str, Any], out: Path) -> None:
     conns.set_xlabel("seconds")
     for ax in (rss, conns):
         ax.grid(alpha=0.3)
+        for name, at in many["marks"].items():
+            ax.axvline(at, color="grey", linewidth=0.8, linestyle=":")
+            ax.annotate(name, (at, 1.0), xycoords=("data", "axes fraction"), fontsize=7,
+                        rotation=90, va="top", ha="right")  # fmt: skip
     fig.tight_layout()
     fig.savefig(out / "many_waiters.png", dpi=110)
     plt.close(fig)

@@ -10,10 +10,12 @@ import pytest
 
 from bench import cli
 from bench.harness.stack import DEPLOYMENT
-from bench.scenarios import waiting, waiting_many
+from bench.scenarios import waiting
 from bench.scenarios.waiting_measures import (
     WaitRecord,
     local_ports_to,
+    many_targets,
+    phase_of,
     ratio,
     redis_clients,
     reply_counts,
@@ -117,7 +119,7 @@ def test_the_part_two_targets_follow_the_row() -> None:
         "reply_duplicated": 1, "rss_growth_mb": 12.5, "redis_conns_peak": 3,
         "redis_pool_size": 1024, "hp_p99_ratio_held": 1.3,
     }  # fmt: skip
-    once, rss, conns, hp = waiting_many.targets(row)
+    once, rss, conns, hp = many_targets(row)
     assert (once["measured"], once["result"]) == ("2", "missed")
     assert (rss["measured"], rss["result"]) == ("12.5 MB", "met")
     assert (conns["measured"], conns["target_value"], conns["result"]) == ("3", "≤ 1024", "met")
@@ -164,3 +166,10 @@ def test_the_batch_file_holds_the_waiting_calls_request_on_every_line() -> None:
     parsed = [json.loads(line) for line in lines]
     assert [p["custom_id"] for p in parsed] == ["line-0", "line-1", "line-2"]
     assert all(p["body"] == body and p["url"] == "/v1/chat/completions" for p in parsed)
+
+
+def test_a_call_belongs_to_the_phase_it_started_in() -> None:
+    marks = {"before": 10.0, "enqueue": 30.0, "held": 37.0, "count": 57.0, "end": 60.0}
+    assert [phase_of(t, marks) for t in (5.0, 10.0, 29.9, 30.0, 40.0, 57.5, 61.0)] == [
+        "warmup", "before", "before", "enqueue", "held", "count", "end",
+    ]  # fmt: skip
