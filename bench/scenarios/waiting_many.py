@@ -43,8 +43,8 @@ import redis.asyncio as aioredis
 from bench.harness.runner import Policy, prepare
 from bench.harness.stack import DEPLOYMENT, SimulatorOptions, Stack
 from bench.harness.traffic import chat_url
-from bench.report.metrics import percentile
 from bench.scenarios.waiting_measures import (
+    latency_by_phase,
     local_ports_to,
     phase_of,
     ratio,
@@ -66,6 +66,8 @@ HP_BODY: dict[str, Any] = {
     "max_tokens": 16,
 }
 WAITER_BODY: dict[str, Any] = {**HP_BODY, "max_tokens": 8}
+TARGETS = ("ingress", "twin")
+"""Where the interactive calls go: the ingress holding the waiters, a twin without any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,39 +138,41 @@ class Probe:
             await asyncio.sleep(0.5)
 
 
-def interactive_process(url: str, rate: float, stop: Any, ready: Any, path: str) -> None:
+def interactive_process(urls: list[str], rate: float, stop: Any, ready: Any, path: str) -> None:
     """In a process of its own (the one holding the waiters must not slow the timing):
-    high-priority calls at `rate` until `stop` is set, written to `path` as JSON
-    [start epoch, ms, status; 0 for no answer]."""
-    calls: list[tuple[float, float, int]] = []
-    asyncio.run(_interactive(url, rate, stop, ready, calls))
+    high-priority calls at `rate` to each of `urls`, interleaved, until `stop` is set,
+    written to `path` as JSON [url index, start epoch, ms, status; 0: no answer]."""
+    calls: list[tuple[int, float, float, int]] = []
+    asyncio.run(_interactive(urls, rate, stop, ready, calls))
     Path(path).write_text(json.dumps(calls))
 
 
 async def _interactive(
-    url: str, rate: float, stop: Any, ready: Any, sink: list[tuple[float, float, int]]
+    urls: list[str], rate: float, stop: Any, ready: Any, sink: list[tuple[int, float, float, int]]
 ) -> None:
-    async with httpx2.AsyncClient(base_url=url, timeout=60.0) as http:
+    async with httpx2.AsyncClient(timeout=60.0) as http:
 
-        async def one() -> None:
+        async def one(index: int) -> None:
             at, started = time.time(), time.perf_counter()
             try:
                 response = await http.post(
-                    chat_url("", DEPLOYMENT), json=HP_BODY, headers={"x-priority": "high"}
+                    chat_url(urls[index], DEPLOYMENT), json=HP_BODY, headers={"x-priority": "high"}
                 )
                 status = response.status_code
             except httpx2.HTTPError:
                 status = 0
-            sink.append((at, (time.perf_counter() - started) * 1000.0, status))
+            sink.append((index, at, (time.perf_counter() - started) * 1000.0, status))
 
         tasks: set[asyncio.Task[None]] = set()
         next_at = time.perf_counter()
         ready.set()
-        while not stop.is_set():  # open loop
-            task = asyncio.create_task(one())
+        for tick in itertools.count():  # open loop, each url in turn
+            if stop.is_set():
+                break
+            task = asyncio.create_task(one(tick % len(urls)))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-            next_at += 1.0 / rate
+            next_at += 1.0 / (rate * len(urls))
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
         await asyncio.gather(*tasks)  # the last calls finish
 
@@ -211,11 +215,14 @@ async def _many(stack: Stack, cfg: ManyConfig, env: dict[str, str], out: Path) -
     redis = aioredis.Redis.from_url(stack.redis_url)
     held: list[asyncio.Task[tuple[int, str | None]]] = []
     marks: dict[str, float] = {}
+    # the same calls to a twin ingress without waiters, at the same moments: what the
+    # machine's load alone does to the latency meanwhile
+    twin = await asyncio.to_thread(stack.start_ingress, env, "twin")
     context = multiprocessing.get_context("spawn")
     stop, ready, hp_path = context.Event(), context.Event(), out / "interactive.json"
     timing = context.Process(
         target=interactive_process,
-        args=(stack.ingress_url, cfg.hp_per_s, stop, ready, str(hp_path)),
+        args=([stack.ingress_url, twin], cfg.hp_per_s, stop, ready, str(hp_path)),
     )
     limits = httpx2.Limits(max_connections=cfg.waiters + 16, max_keepalive_connections=16)
     client = httpx2.AsyncClient(
@@ -259,7 +266,9 @@ async def _many(stack: Stack, cfg: ManyConfig, env: dict[str, str], out: Path) -
         lengths = dict(zip(ids, await pipe.execute(), strict=True))
     low_calls = await _low_calls(stack.sim_url) - low_before
     await redis.aclose()
-    hp = [(phase_of(at, marks), ms, status) for at, ms, status in json.loads(hp_path.read_text())]
+    hp = [
+        (TARGETS[i], phase_of(at, marks), ms, s) for i, at, ms, s in json.loads(hp_path.read_text())
+    ]
     row = _row(cfg, answers, lengths, low_calls, marks, hp, probe, rss_before)
     row.update(
         redis_conns_before=len(ports_before),
@@ -287,7 +296,7 @@ def _row(
     lengths: dict[str, int],
     low_calls: int,
     marks: dict[str, float],
-    hp: list[tuple[str, float, int]],
+    hp: list[tuple[str, str, float, int]],
     probe: Probe,
     rss_before: int,
 ) -> dict[str, Any]:
@@ -311,22 +320,12 @@ def _row(
         "redis_conns_peak": max(s[2] for s in probe.samples),
     }
     row["rss_growth_mb"] = round(row["rss_peak_mb"] - row["rss_before_mb"], 1)
-    without = [ms for name, ms, status in hp if name in ("before", "after") and status == 200]
-    row["hp_p99_without_ms"] = _rounded(percentile(without, 99))
-    for name in PHASES:
-        done = [ms for n, ms, status in hp if n == name and status == 200]
-        row[f"hp_{name}_calls"] = sum(1 for n, _ms, _s in hp if n == name)
-        row[f"hp_{name}_errors"] = sum(1 for n, _ms, s in hp if n == name and s != 200)
-        row[f"hp_{name}_p50_ms"] = _rounded(percentile(done, 50))
-        row[f"hp_{name}_p99_ms"] = _rounded(percentile(done, 99))
-    for name in ("held", "draining"):
-        value = ratio(row[f"hp_{name}_p99_ms"], row["hp_p99_without_ms"])
-        row[f"hp_p99_ratio_{name}"] = None if value is None else round(value, 3)
+    for target in TARGETS:
+        calls = [(phase, ms, status) for t, phase, ms, status in hp if t == target]
+        row.update(latency_by_phase(calls, target, PHASES))
+    vs_twin = ratio(row["ingress_held_p99_ms"], row["twin_held_p99_ms"])
+    row["held_p99_ingress_vs_twin"] = None if vs_twin is None else round(vs_twin, 3)
     return row
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
 
 
 def run_many(stack: Stack, cfg: ManyConfig, out: Path) -> dict[str, Any]:

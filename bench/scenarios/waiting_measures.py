@@ -13,6 +13,8 @@ from typing import Any
 
 from bench.report.metrics import percentile
 
+WITHOUT = ("before", "after")
+"""The phases without waiters, the reference of the interactive latency."""
 ESTABLISHED = "01"
 """The `st` column of /proc/net/tcp for an established connection."""
 
@@ -128,6 +130,31 @@ def phase_of(at: float, marks: Mapping[str, float]) -> str:
     return name
 
 
+def latency_by_phase(
+    calls: Sequence[tuple[str, float, int]], prefix: str, phases: Sequence[str]
+) -> dict[str, Any]:
+    """Per phase: calls, errors (not 200), p50 and p99 ms of the 200s; the p99 without
+    the waiters (`before` and `after` together) and the ratios of `held` and `draining`
+    to it. `calls`: (phase, ms, status); keys start with `prefix`."""
+
+    def ok(names: Sequence[str]) -> list[float]:
+        return [ms for name, ms, status in calls if name in names and status == 200]
+
+    def rounded(value: float | None, digits: int = 2) -> float | None:
+        return None if value is None else round(value, digits)
+
+    row: dict[str, Any] = {f"{prefix}_p99_without_ms": rounded(percentile(ok(WITHOUT), 99))}
+    for name in phases:
+        row[f"{prefix}_{name}_calls"] = sum(1 for n, _ms, _s in calls if n == name)
+        row[f"{prefix}_{name}_errors"] = sum(1 for n, _ms, s in calls if n == name and s != 200)
+        row[f"{prefix}_{name}_p50_ms"] = rounded(percentile(ok([name]), 50))
+        row[f"{prefix}_{name}_p99_ms"] = rounded(percentile(ok([name]), 99))
+    for name in ("held", "draining"):
+        value = ratio(row.get(f"{prefix}_{name}_p99_ms"), row[f"{prefix}_p99_without_ms"])
+        row[f"{prefix}_p99_ratio_{name}"] = rounded(value, 3)
+    return row
+
+
 def reply_counts(lengths: Mapping[str, int]) -> tuple[int, int]:
     """(missing, duplicated): request ids whose reply list holds no result, more than one."""
     return (
@@ -205,6 +232,9 @@ def many_targets(row: dict[str, Any]) -> list[dict[str, Any]]:
             float(row["redis_pool_size"]),
         ),
         target_row(
-            f"interactive p99 with {n} calls held / without", row["hp_p99_ratio_held"], 1.2, "x"
+            f"interactive p99 with {n} calls held / without",
+            row["ingress_p99_ratio_held"],
+            1.2,
+            "x",
         ),
     ]

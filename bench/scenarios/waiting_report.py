@@ -57,7 +57,11 @@ def plot_many(many: dict[str, Any], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "many_waiters.png", dpi=110)
     plt.close(fig)
-    series = {name: [ms for n, ms, s in many["hp"] if n == name and s == 200] for name in PHASES}
+    series = {
+        f"{via}, {name}": [ms for t, n, ms, s in many["hp"] if (t, n, s) == (via, name, 200)]
+        for via in ("ingress", "twin")
+        for name in PHASES
+    }
     report.plot_cdfs(series, out / "interactive_cdf.png", "interactive latency ms, by phase")
 
 
@@ -70,12 +74,18 @@ def many_tables(row: dict[str, Any]) -> str:
         ["rss_before_mb", "rss_peak_mb", "rss_growth_mb", "redis_conns_before",
          "redis_conns_peak", "redis_clients_from_ingress_held", "redis_clients_active_held",
          "redis_subscriptions_held", "redis_pool_size"],
-        ["hp_p99_without_ms", "hp_p99_ratio_held", "hp_p99_ratio_draining"],
+        ["ingress_p99_without_ms", "ingress_p99_ratio_held", "ingress_p99_ratio_draining",
+         "twin_p99_without_ms", "twin_p99_ratio_held", "twin_p99_ratio_draining",
+         "held_p99_ingress_vs_twin"],
     ]  # fmt: skip
     columns = ["calls", "errors", "p50_ms", "p99_ms"]
-    phases = [{"phase": name, **{k: row[f"hp_{name}_{k}"] for k in columns}} for name in PHASES]
+    phases = [
+        {"phase": name, "via": via, **{k: row[f"{via}_{name}_{k}"] for k in columns}}
+        for name in PHASES
+        for via in ("ingress", "twin")
+    ]
     tables = [report.markdown_table([row], keys) for keys in groups]
-    tables.insert(2, report.markdown_table(phases, ["phase", *columns]))
+    tables.insert(2, report.markdown_table(phases, ["phase", "via", *columns]))
     return "\n\n".join(tables)
 
 
@@ -103,7 +113,9 @@ def write_markdown(cfg: WaitingConfig, result: dict[str, Any], out: Path) -> Non
         "",
         f"{m.waiters} concurrent calls `Prefer: wait={m.wait_s}` held by one ingress, then "
         f"drained by one worker; interactive calls at {m.hp_per_s:g}/s through the same "
-        "ingress before, while held, while draining and after.",
+        "ingress before, while held, while draining and after, and as many interleaved "
+        "through a twin ingress that holds no waiters (`twin`: what the machine's load "
+        "alone did meanwhile).",
         "",
         many_tables(result["many_waiters"]),
     ]

@@ -13,6 +13,7 @@ from bench.harness.stack import DEPLOYMENT
 from bench.scenarios import waiting
 from bench.scenarios.waiting_measures import (
     WaitRecord,
+    latency_by_phase,
     local_ports_to,
     many_targets,
     phase_of,
@@ -117,7 +118,7 @@ def test_the_part_two_targets_follow_the_row() -> None:
     row = {
         "waiters": 10, "answered_200": 9, "repeated_request_ids": 0, "reply_missing": 0,
         "reply_duplicated": 1, "rss_growth_mb": 12.5, "redis_conns_peak": 3,
-        "redis_pool_size": 1024, "hp_p99_ratio_held": 1.3,
+        "redis_pool_size": 1024, "ingress_p99_ratio_held": 1.3,
     }  # fmt: skip
     once, rss, conns, hp = many_targets(row)
     assert (once["measured"], once["result"]) == ("2", "missed")
@@ -173,3 +174,17 @@ def test_a_call_belongs_to_the_phase_it_started_in() -> None:
     assert [phase_of(t, marks) for t in (5.0, 10.0, 29.9, 30.0, 40.0, 57.5, 61.0)] == [
         "warmup", "before", "before", "enqueue", "held", "count", "end",
     ]  # fmt: skip
+
+
+def test_latency_by_phase_compares_held_and_draining_with_before_and_after() -> None:
+    calls = [("before", float(ms), 200) for ms in range(1, 101)]
+    calls += [("after", float(ms), 200) for ms in range(1, 101)]
+    calls += [("held", 2.0 * ms, 200) for ms in range(1, 101)] + [("held", 1.0, 429)]
+    calls += [("enqueue", 9999.0, 200)]  # in no phase compared
+    row = latency_by_phase(calls, "ingress", ("before", "held", "draining", "after"))
+    assert row["ingress_p99_without_ms"] == 99.01  # 200 values: between the two 99s and 100s
+    assert (row["ingress_held_calls"], row["ingress_held_errors"]) == (101, 1)
+    assert row["ingress_held_p50_ms"] == 101.0 and row["ingress_held_p99_ms"] == 198.02
+    assert row["ingress_p99_ratio_held"] == 2.0
+    assert row["ingress_draining_calls"] == 0 and row["ingress_draining_p99_ms"] is None
+    assert row["ingress_p99_ratio_draining"] is None
