@@ -212,7 +212,10 @@ async def _low_calls(sim_url: str) -> int:
 async def _many(stack: Stack, cfg: ManyConfig, env: dict[str, str], out: Path) -> dict[str, Any]:
     pid, redis_port = stack.children["ingress"].proc.pid, urlparse(stack.redis_url).port or 6379
     probe = Probe(pid, redis_port, time.time(), [])
-    redis = aioredis.Redis.from_url(stack.redis_url)
+    # connected before the burst of waiters: Redis then accepts the ingress's pool growing
+    # by hundreds of connections at once, and a new connection may wait for its turn
+    redis = aioredis.Redis.from_url(stack.redis_url, socket_connect_timeout=30.0)
+    await redis.ping()
     held: list[asyncio.Task[tuple[int, str | None]]] = []
     marks: dict[str, float] = {}
     # the same calls to a twin ingress without waiters, at the same moments: what the
