@@ -34,7 +34,7 @@ from bench.harness.runner import Policy, prepare
 from bench.harness.stack import DEPLOYMENT, SimulatorOptions, Stack, sigterm_as_interrupt
 from bench.harness.traffic import Clock, HpRecord, chat_url, run_interactive
 from bench.harness.workload import CallShape, PlannedCall, chat_body
-from bench.scenarios import waiting_many, waiting_report
+from bench.scenarios import waiting_many, waiting_probe, waiting_report
 from bench.scenarios.mixed import capacity_of
 from bench.scenarios.waiting_measures import (
     WaitRecord,
@@ -277,7 +277,7 @@ def targets_behind(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def run_waiting(cfg: WaitingConfig, out: Path, seed: int) -> dict[str, Any]:
     """Both parts on fresh stacks; writes results.json, results.md and the plots."""
     out.mkdir(parents=True, exist_ok=True)
-    waiting_many.raise_open_files(cfg.many.waiters)
+    waiting_probe.raise_open_files(cfg.many.waiters)
     env = {"PTU_LOG_LEVEL": "warning"}
     with sigterm_as_interrupt(), Stack(out / "run-behind", SimulatorOptions(seed=seed)) as stack:
         stack.start_redis()

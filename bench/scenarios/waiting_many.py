@@ -25,12 +25,9 @@ calls are held over the p99 without them (`before` and `after` together).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import multiprocessing
-import os
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,16 +41,16 @@ from bench.harness.runner import Policy, prepare
 from bench.harness.stack import DEPLOYMENT, SimulatorOptions, Stack
 from bench.harness.traffic import chat_url
 from bench.scenarios.waiting_measures import (
+    errors_by_status,
     latency_by_phase,
-    local_ports_to,
     phase_of,
+    phase_rates,
     ratio,
     redis_clients,
     reply_counts,
-    socket_inodes,
-    status_kb,
     tally,
 )
+from bench.scenarios.waiting_probe import Probe, cpu_s, redis_ports, rss_kb, settled
 from bench.scenarios.waiting_report import PHASES
 from ingress.wiring import REDIS_MAX_CONNECTIONS
 from orchestrator.core import keys
@@ -84,58 +81,6 @@ class ManyConfig:
 
 
 QUICK = ManyConfig(waiters=200, phase_s=8.0, drain_timeout_s=90.0)
-
-
-def raise_open_files(waiters: int) -> None:
-    """Raise this process's soft open-files limit (the stack's processes inherit it) to
-    what `waiters` connections on both ends need; one clear error when the hard limit
-    is lower."""
-    need = 2 * waiters + 1024
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < need:
-        if hard != resource.RLIM_INFINITY and hard < need:
-            raise SystemExit(
-                f"ptu bench waiting: {waiters} waiters need {need} open files, "
-                f"the hard limit is {hard} (ulimit -Hn)"
-            )
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-
-
-def rss_kb(pid: int) -> int:
-    """The process's resident set size now."""
-    return status_kb(Path(f"/proc/{pid}/status").read_text(), "VmRSS") or 0
-
-
-def redis_ports(pid: int, redis_port: int) -> set[int]:
-    """Local ports of the process's established connections to the Redis port."""
-    targets = []
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):  # closed while listed
-            targets.append(os.readlink(fd))
-    tables = "".join(Path(f"/proc/{pid}/net/{name}").read_text() for name in ("tcp", "tcp6"))
-    return local_ports_to(tables, socket_inodes(targets), redis_port)
-
-
-@dataclass
-class Probe:
-    """The ingress process as the run samples it."""
-
-    pid: int
-    redis_port: int
-    t0: float
-    samples: list[tuple[float, int, int, int]]
-    """(s since start, VmRSS kB, Redis connections, calls held)."""
-
-    async def run(self, held: list[asyncio.Task[tuple[int, str | None]]]) -> None:
-        """Sample the RSS every 0.5 s, the Redis connections every 2 s (reading the socket
-        table costs more), until cancelled."""
-        conns = 0
-        for i in itertools.count():
-            if i % 4 == 0:
-                conns = len(redis_ports(self.pid, self.redis_port))
-            waiting = sum(1 for t in held if not t.done())
-            self.samples.append((time.time() - self.t0, rss_kb(self.pid), conns, waiting))
-            await asyncio.sleep(0.5)
 
 
 def interactive_process(urls: list[str], rate: float, stop: Any, ready: Any, path: str) -> None:
@@ -218,6 +163,11 @@ async def _many(stack: Stack, cfg: ManyConfig, env: dict[str, str], out: Path) -
     await redis.ping()
     held: list[asyncio.Task[tuple[int, str | None]]] = []
     marks: dict[str, float] = {}
+    cpu_at: dict[str, float] = {}
+
+    def mark(name: str) -> None:
+        marks[name], cpu_at[name] = time.time(), cpu_s(pid)
+
     # the same calls to a twin ingress without waiters, at the same moments: what the
     # machine's load alone does to the latency meanwhile
     twin = await asyncio.to_thread(stack.start_ingress, env, "twin")
@@ -236,24 +186,26 @@ async def _many(stack: Stack, cfg: ManyConfig, env: dict[str, str], out: Path) -
     try:
         await asyncio.to_thread(ready.wait, 60.0)
         await asyncio.sleep(2.0)  # connections and code paths warm up
-        marks["before"] = time.time()
+        mark("before")
         await asyncio.sleep(cfg.phase_s)
         rss_before, ports_before = rss_kb(pid), redis_ports(pid, redis_port)
         low_before = await _low_calls(stack.sim_url)
-        marks["enqueue"] = time.time()
+        mark("enqueue")
         held += [asyncio.create_task(_waiter(client, cfg.wait_s)) for _ in range(cfg.waiters)]
         await _queued(redis, cfg.waiters, 120.0)
-        marks["held"] = time.time()
+        mark("settle")  # the ingress finishes the arrivals' work (records, first reads)
+        await settled(pid, 30.0)
+        mark("held")
         await asyncio.sleep(cfg.phase_s)
-        marks["count"] = time.time()  # reading the socket table: neither phase
+        mark("count")  # reading the socket table: neither phase
         ports = redis_ports(pid, redis_port)
         from_ingress = redis_clients(await redis.client_list(), ports)
-        marks["draining"] = time.time()
+        mark("draining")
         await asyncio.to_thread(_start_worker, stack, env)
         await asyncio.wait(held, timeout=cfg.drain_timeout_s)
-        marks["after"] = time.time()
+        mark("after")
         await asyncio.sleep(cfg.phase_s)
-        marks["end"] = time.time()
+        mark("end")
     finally:
         stop.set()
         await asyncio.to_thread(timing.join, 90.0)
@@ -273,15 +225,19 @@ async def _many(stack: Stack, cfg: ManyConfig, env: dict[str, str], out: Path) -
         (TARGETS[i], phase_of(at, marks), ms, s) for i, at, ms, s in json.loads(hp_path.read_text())
     ]
     row = _row(cfg, answers, lengths, low_calls, marks, hp, probe, rss_before)
+    row.update({f"ingress_cpu_{k}": round(v, 2) for k, v in phase_rates(marks, cpu_at).items()})
     row.update(
         redis_conns_before=len(ports_before),
         redis_clients_from_ingress_held=from_ingress["clients"],
         redis_clients_active_held=from_ingress["active_last_s"],
         redis_subscriptions_held=from_ingress["subscriptions"],
+        redis_active_commands_held=from_ingress["active_commands"],
         redis_pool_size=REDIS_MAX_CONNECTIONS,
     )
     shown = {
-        k: v - probe.t0 for k, v in marks.items() if k in ("enqueue", "held", "draining", "after")
+        k: v - probe.t0
+        for k, v in marks.items()
+        if k in ("enqueue", "settle", "held", "draining", "after")
     }
     return {"row": row, "samples": probe.samples, "hp": hp, "marks": shown}
 
@@ -310,13 +266,15 @@ def _row(
         "answered_200": counted.ok_200,
         "fell_back_202": counted.fell_back_202,
         "no_answer_or_error": counted.other,
+        "error_statuses": errors_by_status(answers),
         "distinct_request_ids": counted.distinct_ids,
         "repeated_request_ids": counted.repeated_ids,
         "reply_missing": missing,
         "reply_duplicated": duplicated,
         "upstream_low_calls": low_calls,
         "exactly_once": counted.exactly_once and missing == 0 and duplicated == 0,
-        "enqueue_s": round(marks["held"] - marks["enqueue"], 2),
+        "enqueue_s": round(marks["settle"] - marks["enqueue"], 2),
+        "settle_s": round(marks["held"] - marks["settle"], 2),
         "drain_s": round(marks["after"] - marks["draining"], 2),
         "rss_before_mb": round(rss_before / 1024, 1),
         "rss_peak_mb": round(max(s[1] for s in probe.samples) / 1024, 1),

@@ -6,6 +6,7 @@ each measure is tested from tables (`tests/unit/test_bench_waiting.py`).
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -155,6 +156,29 @@ def latency_by_phase(
     return row
 
 
+def errors_by_status(answers: Sequence[tuple[int, str | None]]) -> dict[str, int]:
+    """How many answers had each status other than 200 and 202 (0: no answer at all)."""
+    counted = Counter(str(status) for status, _rid in answers if status not in (200, 202))
+    return dict(sorted(counted.items()))
+
+
+def phase_rates(marks: Mapping[str, float], values: Mapping[str, float]) -> dict[str, float]:
+    """Per phase, how fast a counter read at each mark grew (CPU seconds per second: cores);
+    a phase runs from its mark to the next one."""
+    ordered = sorted(marks, key=lambda name: marks[name])
+    return {
+        name: (values[after] - values[name]) / (marks[after] - marks[name])
+        for name, after in itertools.pairwise(ordered)
+        if marks[after] > marks[name]
+    }
+
+
+def stat_cpu_s(stat_text: str, ticks_per_s: int) -> float:
+    """User + system CPU seconds of a /proc/PID/stat text."""
+    fields = stat_text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / ticks_per_s
+
+
 def reply_counts(lengths: Mapping[str, int]) -> tuple[int, int]:
     """(missing, duplicated): request ids whose reply list holds no result, more than one."""
     return (
@@ -202,13 +226,17 @@ def from_ports(
     return found
 
 
-def redis_clients(client_list: Sequence[Mapping[str, Any]], ports: set[int]) -> dict[str, int]:
+def redis_clients(client_list: Sequence[Mapping[str, Any]], ports: set[int]) -> dict[str, Any]:
     """How many clients connect from `ports`, how many of them ran a command in the last
-    second (`idle` 0: in use, not merely pooled), how many are subscriptions."""
+    second (`idle` 0: in use, not merely pooled) and which commands most, how many are
+    subscriptions."""
     ours = from_ports(client_list, ports)
+    active = [c for c in ours if int(c.get("idle", 0)) < 1]
+    commands = Counter(str(c.get("cmd", "?")) for c in active).most_common(3)
     return {
         "clients": len(ours),
-        "active_last_s": sum(1 for c in ours if int(c.get("idle", 0)) < 1),
+        "active_last_s": len(active),
+        "active_commands": " ".join(f"{cmd}:{n}" for cmd, n in commands),
         "subscriptions": sum(1 for c in ours if int(c.get("psub", 0)) or int(c.get("sub", 0))),
     }
 

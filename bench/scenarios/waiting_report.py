@@ -13,8 +13,9 @@ from bench.scenarios.waiting_measures import WaitRecord
 if TYPE_CHECKING:
     from bench.scenarios.waiting import WaitingConfig
 
-PHASES = ("before", "held", "draining", "after")
-"""The phases of part 2 with interactive latency to compare (besides `enqueue`)."""
+PHASES = ("before", "enqueue", "settle", "held", "draining", "after")
+"""The phases of part 2 whose interactive latency is reported."""
+PLOTTED = ("before", "held", "draining", "after")
 TARGET_KEYS = ["target", "measured", "target_value", "result"]
 
 
@@ -60,7 +61,7 @@ def plot_many(many: dict[str, Any], out: Path) -> None:
     series = {
         f"{via}, {name}": [ms for t, n, ms, s in many["hp"] if (t, n, s) == (via, name, 200)]
         for via in ("ingress", "twin")
-        for name in PHASES
+        for name in PLOTTED
     }
     report.plot_cdfs(series, out / "interactive_cdf.png", "interactive latency ms, by phase")
 
@@ -68,12 +69,14 @@ def plot_many(many: dict[str, Any], out: Path) -> None:
 def many_tables(row: dict[str, Any]) -> str:
     """Part 2's tables: answers, the ingress process, interactive latency by phase."""
     groups = [
-        ["waiters", "answered_200", "fell_back_202", "no_answer_or_error", "distinct_request_ids",
+        ["waiters", "answered_200", "fell_back_202", "no_answer_or_error", "error_statuses",
+         "distinct_request_ids",
          "repeated_request_ids", "reply_missing", "reply_duplicated", "upstream_low_calls",
-         "exactly_once", "enqueue_s", "drain_s"],
+         "exactly_once", "enqueue_s", "settle_s", "drain_s"],
         ["rss_before_mb", "rss_peak_mb", "rss_growth_mb", "redis_conns_before",
          "redis_conns_peak", "redis_clients_from_ingress_held", "redis_clients_active_held",
-         "redis_subscriptions_held", "redis_pool_size"],
+         "redis_active_commands_held", "redis_subscriptions_held", "redis_pool_size"],
+        [f"ingress_cpu_{name}" for name in PHASES],
         ["ingress_p99_without_ms", "ingress_p99_ratio_held", "ingress_p99_ratio_draining",
          "twin_p99_without_ms", "twin_p99_ratio_held", "twin_p99_ratio_draining",
          "held_p99_ingress_vs_twin"],

@@ -13,14 +13,17 @@ from bench.harness.stack import DEPLOYMENT
 from bench.scenarios import waiting
 from bench.scenarios.waiting_measures import (
     WaitRecord,
+    errors_by_status,
     latency_by_phase,
     local_ports_to,
     many_targets,
     phase_of,
+    phase_rates,
     ratio,
     redis_clients,
     reply_counts,
     socket_inodes,
+    stat_cpu_s,
     status_kb,
     summarise,
     tally,
@@ -155,8 +158,10 @@ def test_proc_texts_give_the_rss_and_the_connections_to_redis() -> None:
     ]
     # by port, on either address family
     assert redis_clients(listed, {0x9C40, 0x9C41}) == {
-        "clients": 3, "active_last_s": 1, "subscriptions": 1,
+        "clients": 3, "active_last_s": 1, "active_commands": "?:1", "subscriptions": 1,
     }  # fmt: skip
+    stat = "4242 (python -m orchestrator) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0"
+    assert stat_cpu_s(stat, 100) == 3.0  # utime 250 + stime 50 ticks
 
 
 def test_the_batch_file_holds_the_waiting_calls_request_on_every_line() -> None:
@@ -188,3 +193,11 @@ def test_latency_by_phase_compares_held_and_draining_with_before_and_after() -> 
     assert row["ingress_p99_ratio_held"] == 2.0
     assert row["ingress_draining_calls"] == 0 and row["ingress_draining_p99_ms"] is None
     assert row["ingress_p99_ratio_draining"] is None
+
+
+def test_rates_per_phase_and_errors_by_status() -> None:
+    marks = {"before": 10.0, "held": 30.0, "after": 40.0, "end": 50.0}
+    cpu = {"before": 1.0, "held": 3.0, "after": 8.0, "end": 8.0}
+    assert phase_rates(marks, cpu) == {"before": 0.1, "held": 0.5, "after": 0.0}
+    answers = [(200, "a"), (503, None), (0, None), (503, None), (202, "b")]
+    assert errors_by_status(answers) == {"0": 1, "503": 2}
