@@ -73,7 +73,11 @@ def target_row(
     target: str, measured: float | None, limit: float, unit: str = "", *, lower_bound: bool = False
 ) -> dict[str, Any]:
     """One row of the targets table: what, measured value, target, met or missed."""
-    shown = "-" if measured is None else f"{'≥ ' if lower_bound else ''}{measured:.3g}{unit}"
+    if measured is None:
+        shown = "-"
+    else:
+        figure = f"{measured:.0f}" if float(measured).is_integer() else f"{measured:.3g}"
+        shown = f"{'≥ ' if lower_bound else ''}{figure}{unit}"
     return {
         "target": target,
         "measured": shown,

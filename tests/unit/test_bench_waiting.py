@@ -92,6 +92,7 @@ def test_a_target_row_shows_the_measure_the_target_and_the_verdict() -> None:
         "result": "missed",
     }
     assert target_row("rss", None, 100.0, " MB")["measured"] == "-"
+    assert target_row("connections", 1024, 1024.0)["measured"] == "1024"  # whole, not 1.02e+03
     assert ratio(3.0, 1.5) == 2.0
     assert ratio(None, 1.0) is None and ratio(1.0, 0.0) is None
 
