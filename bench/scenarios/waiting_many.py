@@ -2,24 +2,28 @@
 
 A fresh stack against a cheap upstream (the simulator with 1,000 PTU, TTFT 5 ms, TBT
 1 ms: it never throttles and a call lasts milliseconds), one ingress and no worker yet.
-Interactive calls go through the ingress at a steady rate all along, labelled by phase:
+From a process of their own, interactive calls go at a steady rate through the ingress
+and, interleaved, through a twin ingress that holds no waiters (what the machine's load
+alone does meanwhile), each labelled afterwards with the phase it started in:
 
-1. `before`: the ingress alone;
+1. `before`: no waiters;
 2. `enqueue`: `waiters` concurrent calls `Prefer: wait=N` (one connection each) are
    sent, until every one is queued (the tenant's stream holds them all);
-3. `held`: all of them are held at once for `phase_s`; the Redis clients connected from
-   the ingress are counted here (`CLIENT LIST`);
-4. `draining`: the estimator and one worker start and drain the queue; each held call
+3. `settle`: until the ingress is done with the arrivals' work (under
+   `waiting_probe.SETTLED_CORES` of CPU over a second, at most 30 s);
+4. `held`: all of them are held at once for `phase_s`; the Redis clients connected from
+   the ingress are then counted (`CLIENT LIST`);
+5. `draining`: the estimator and one worker start and drain the queue; each held call
    is answered as its result is written;
-5. `after`: the ingress alone again.
+6. `after`: no waiters again.
 
 Measured: each call's answer by request id (`x-ptu-request-id`; a 202 carries its id in
 `Location`), the reply list of every id in Redis (exactly one result each), the
 upstream's low-priority call count, the ingress's RSS (`VmRSS` of its process, sampled
-every 0.5 s: growth is the peak over the value before the waiters) and its Redis
-connections (its established TCP connections to the Redis port, from /proc, against its
-pool size `ingress.wiring.REDIS_MAX_CONNECTIONS`), and the interactive p99 while the
-calls are held over the p99 without them (`before` and `after` together).
+every 0.5 s: growth is the peak over the value before the waiters), its CPU per phase,
+its Redis connections (its established TCP connections to the Redis port, from /proc,
+against its pool size `ingress.wiring.REDIS_MAX_CONNECTIONS`), and the interactive p99
+while the calls are held over the p99 without them (`before` and `after` together).
 """
 
 from __future__ import annotations
