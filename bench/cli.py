@@ -28,6 +28,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "bench.scenarios.batch_scale",
         "a 100,000-line ~200 MB batch beside interactive traffic",
     ),
+    "waiting": (
+        "bench.scenarios.waiting",
+        "waiting low-priority calls behind a batch, and thousands held by one ingress",
+    ),
 }
 
 
