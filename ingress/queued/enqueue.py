@@ -55,6 +55,10 @@ def unavailable(detail: str) -> ApiError:
     return errors.unavailable("the queue", code="queue_unavailable", detail=detail)
 
 
+PUTS = 64
+"""Enqueues one ingress process runs at once (each holds a Redis connection meanwhile)."""
+
+
 class Enqueuer:
     """Registers and enqueues QueuedRequests, all-or-nothing per request."""
 
@@ -74,6 +78,7 @@ class Enqueuer:
         self._metrics = metrics
         self.clock = clock
         self._ids = ids
+        self._puts = asyncio.Semaphore(PUTS)
 
     @property
     def results(self) -> ResultStore:
@@ -119,7 +124,15 @@ class Enqueuer:
         )
 
     async def put(self, req: QueuedRequest) -> None:
-        """Register then enqueue; on failure undo the record and raise ApiError 503."""
+        """Register then enqueue; on failure undo the record and raise ApiError 503.
+
+        At most `PUTS` at once in this process: a burst of thousands queues here rather
+        than growing the Redis pool to its cap (a connection each, kept afterwards).
+        """
+        async with self._puts:
+            await self._put(req)
+
+    async def _put(self, req: QueuedRequest) -> None:
         queue = self._queues[req.deployment]
         try:
             await self._results.register(req)
