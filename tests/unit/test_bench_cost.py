@@ -4,6 +4,7 @@ targets, /proc CPU, the flags."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import pytest
 
@@ -100,7 +101,7 @@ def test_process_cpu_between_two_proc_stat_texts() -> None:
     assert row["process_cpu_ms"] == 10.0  # 50 ticks = 0.5 s over 50 calls
 
 
-def _high(c: int, per_s: float, commands: float, redis_ms: float, cpu_ms: float) -> dict:
+def _high(c: int, per_s: float, commands: float, redis_ms: float, cpu_ms: float) -> dict[str, Any]:
     return {
         "measure": "high-priority request",
         "concurrency": c,
