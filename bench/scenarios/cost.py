@@ -152,15 +152,17 @@ async def measure_worker(
 
 
 async def idle_rate(meter: Meter, pids: dict[str, int], label: str) -> dict[str, Any]:
-    """Redis commands per second `label`'s processes issue with nothing to do."""
+    """Redis commands and CPU ms per second of `label`'s processes with nothing to do."""
     before = meter.read(pids)
     await asyncio.sleep(IDLE_S)
     after = meter.read(pids)
     delta = command_delta(before.commands, after.commands)
     seconds = after.at - before.at
+    cpu_s = sum(after.process_cpu_s[name] - before.process_cpu_s[name] for name in pids)
     return {
         "processes": label,
         "commands_per_s": round(sum(delta.values()) / seconds, 1),
+        "process_cpu_ms_per_s": round(cpu_s * 1000.0 / seconds, 1),
         "commands": {name: round(n / seconds, 2) for name, n in delta.items()},
     }
 
@@ -182,7 +184,8 @@ def run_cost(cfg: CostConfig, out: Path) -> dict[str, Any]:
             enqueue, ids = asyncio.run(measure_enqueues(stack, meter, cfg))
             stack.stop("ingress")
             stack.start_estimator(stack.base_env(**env))
-            idle.append(asyncio.run(idle_rate(meter, {}, "estimator")))
+            estimator = {"estimator": stack.children["estimator"].proc.pid}
+            idle.append(asyncio.run(idle_rate(meter, estimator, "estimator")))
             stack.start_worker(stack.base_env(**env))
             low = asyncio.run(measure_worker(stack, meter, ids, cfg))
         finally:

@@ -15,6 +15,9 @@ import redis
 from bench.scenarios.cost_measures import Reading, parse_commandstats, parse_redis_cpu_s
 from bench.scenarios.waiting_probe import cpu_s
 
+WARM_UP = 20
+"""Requests of a closed loop before its clock starts, at least one per client."""
+
 
 class Meter:
     """Reads the stack's Redis counters and the measured processes' CPU.
@@ -78,7 +81,7 @@ async def closed_loop(
 ) -> Load:
     """`concurrency` clients, each sending its next request when the last is answered, for
     `duration_s` (the requests then in flight finish). Every connection is opened and used
-    once before the clock starts, with a reading (`read()`) if given."""
+    (`WARM_UP` requests at least) before the clock starts, with a reading (`read()`) if given."""
     limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     ok = errors = 0
 
@@ -90,7 +93,8 @@ async def closed_loop(
         return response.status_code == 200
 
     async with httpx2.AsyncClient(timeout=30.0, limits=limits) as client:
-        await asyncio.gather(*(one(client) for _ in range(concurrency)))
+        # every connection opened, first-call paths (script loads, pools) warmed
+        await asyncio.gather(*(one(client) for _ in range(max(concurrency, WARM_UP))))
         start = read() if read is not None else None
         started = time.perf_counter()
         deadline = started + duration_s

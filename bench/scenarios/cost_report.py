@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 from bench.report.tables import markdown_table
 from bench.scenarios.cost_measures import top_commands
 
-SHOWN_COMMANDS = 14
+SHOWN_COMMANDS = 20
 PLOTTED_COMMANDS = 8
 
 
@@ -83,7 +83,10 @@ def write(result: Mapping[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     rows, cfg = result["rows"], result["config"]
-    idle = "; ".join(f"{i['processes']} {i['commands_per_s']}/s" for i in result["idle"])
+    idle = "; ".join(
+        f"{i['processes']} {i['commands_per_s']} commands/s, {i['process_cpu_ms_per_s']} ms CPU/s"
+        for i in result["idle"]
+    )
     low = rows[-1]
     lines = [
         "# bench cost",
@@ -104,7 +107,7 @@ def write(result: Mapping[str, Any], out: Path) -> None:
         "before and after each phase; commands run inside scripts count too",
         "- process CPU: /proc/PID/stat utime + stime of the ingress or the worker; "
         "each phase ends once that process is idle again",
-        f"- idle Redis commands (spread over the requests, not subtracted): {idle}",
+        f"- idle, before the phases (spread over the requests, not subtracted): {idle}",
         "",
         "## Redis commands per request, by name",
         "",

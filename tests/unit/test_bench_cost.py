@@ -162,7 +162,7 @@ def test_the_tables_show_each_phase_and_the_rest_of_the_commands() -> None:
             "errors": 0,
             "direct_per_s": 900.0,
             "process": "ingress",
-            "commands": {f"c{i}": 1.0 for i in range(16)},
+            "commands": {f"c{i:02}": 1.0 for i in range(22)},
         },
         {
             "measure": "low-priority call",
@@ -174,13 +174,13 @@ def test_the_tables_show_each_phase_and_the_rest_of_the_commands() -> None:
             "redis_cpu_ms": 0.5,
             "process": "worker",
             "process_cpu_ms": 4.0,
-            "commands": {"c0": 2.0},
+            "commands": {"c00": 2.0},
         },
     ]
     table = commands_table(rows).splitlines()
     assert table[0] == "| command | high, 1 concurrent | low-priority call |"
-    assert table[-1] == "| other | 2 | - |"  # 16 commands, 14 shown
-    assert table[2] == "| c0 | 1 | 2 |"
+    assert table[-1] == "| other | 2 | - |"  # 22 commands, 20 shown
+    assert table[2] == "| c00 | 1 | 2 |"
     assert "| low-priority call | 64 | 5 | 120 | - | 0 | 2 | 0.5 | worker | 4 |" in (
         per_request_table(rows)
     )
