@@ -152,7 +152,10 @@ async def measure_worker(
 
 
 async def idle_rate(meter: Meter, pids: dict[str, int], label: str) -> dict[str, Any]:
-    """Redis commands and CPU ms per second of `label`'s processes with nothing to do."""
+    """Redis commands and CPU ms per second of `label`'s processes with nothing to do,
+    once they are done starting."""
+    for pid in pids.values():
+        await settled(pid, SETTLE_TIMEOUT_S)
     before = meter.read(pids)
     await asyncio.sleep(IDLE_S)
     after = meter.read(pids)

@@ -18,7 +18,7 @@ from bench.report.tables import markdown_table
 from bench.scenarios.cost_measures import top_commands
 
 SHOWN_COMMANDS = 20
-PLOTTED_COMMANDS = 8
+PLOTTED_COMMANDS = 10
 
 
 def label(row: Mapping[str, Any]) -> str:
