@@ -152,8 +152,8 @@ async def measure_worker(
 
 
 async def idle_rate(meter: Meter, pids: dict[str, int], label: str) -> dict[str, Any]:
-    """Redis commands and CPU ms per second of `label`'s processes with nothing to do,
-    once they are done starting."""
+    """Redis commands and CPU ms per second of `label`'s processes (and Redis's own CPU)
+    with nothing to do, once they are done starting."""
     for pid in pids.values():
         await settled(pid, SETTLE_TIMEOUT_S)
     before = meter.read(pids)
@@ -166,6 +166,7 @@ async def idle_rate(meter: Meter, pids: dict[str, int], label: str) -> dict[str,
         "processes": label,
         "commands_per_s": round(sum(delta.values()) / seconds, 1),
         "process_cpu_ms_per_s": round(cpu_s * 1000.0 / seconds, 1),
+        "redis_cpu_ms_per_s": round((after.redis_cpu_s - before.redis_cpu_s) * 1000 / seconds, 1),
         "commands": {name: round(n / seconds, 2) for name, n in delta.items()},
     }
 

@@ -85,6 +85,7 @@ def write(result: Mapping[str, Any], out: Path) -> None:
     rows, cfg = result["rows"], result["config"]
     idle = "; ".join(
         f"{i['processes']} {i['commands_per_s']} commands/s, {i['process_cpu_ms_per_s']} ms CPU/s"
+        f" (Redis {i['redis_cpu_ms_per_s']} ms CPU/s)"
         for i in result["idle"]
     )
     low = rows[-1]
