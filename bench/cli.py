@@ -28,6 +28,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "bench.scenarios.batch_scale",
         "a 100,000-line ~200 MB batch beside interactive traffic",
     ),
+    "cost": (
+        "bench.scenarios.cost",
+        "Redis commands, Redis CPU and process CPU per request; one process's saturation",
+    ),
     "waiting": (
         "bench.scenarios.waiting",
         "waiting low-priority calls behind a batch, and thousands held by one ingress",

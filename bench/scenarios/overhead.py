@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,14 @@ class OverheadConfig:
 QUICK = OverheadConfig(latency_pairs=300, enqueue_requests=400, worker_timeout_s=60.0)
 
 
-def _sim() -> SimulatorOptions:
+def instant_upstream() -> SimulatorOptions:
+    """The simulator with no latency and a capacity it never reaches."""
     # 1,000 PTU of gpt-4o-mini drain 616k tokens/s: the bucket never fills here
     return SimulatorOptions(ptus=1000, tbt_ms=0.0, ttft_ms=0.0, window_s=60.0)
 
+
+DIRECT_HEADERS = {"api-key": API_KEY, "x-ptu-priority": "high"}
+"""A high-priority call straight to the simulator, tagged as the ingress would tag it."""
 
 TENANT_KEY = "bench-tenant-key"
 TENANTS = [{"name": "metered", "tokens_per_minute": 1_000_000_000}]
@@ -81,8 +86,7 @@ async def measure_latency(
     direct: list[float] = []
     via: list[float] = []
     limited: list[float] = []
-    headers_direct = {"api-key": API_KEY, "x-ptu-priority": "high"}
-    arms = [(direct_url, headers_direct, direct), (ingress_url, {"x-priority": "high"}, via)]
+    arms = [(direct_url, DIRECT_HEADERS, direct), (ingress_url, {"x-priority": "high"}, via)]
     if tenant_url is not None:
         url = chat_url(tenant_url, stack.sim.deployment)
         arms.append((url, {"x-priority": "high", "api-key": TENANT_KEY}, limited))
@@ -151,6 +155,14 @@ async def measure_enqueue(
     }, ids
 
 
+async def results_written(client: aioredis.Redis, ids: Sequence[str]) -> int:
+    """How many of the requests `ids` have their result document."""
+    async with client.pipeline(transaction=False) as pipe:
+        for rid in ids:
+            pipe.exists(keys.result(rid))
+        return sum(await pipe.execute())
+
+
 async def measure_dispatch(stack: Stack, ids: list[str], timeout_s: float) -> dict[str, Any]:
     """Seconds from the worker's first call until every queued request has its result."""
     client = aioredis.Redis.from_url(stack.redis_url)
@@ -164,10 +176,7 @@ async def measure_dispatch(stack: Stack, ids: list[str], timeout_s: float) -> di
                 state = (await sim.get(f"{stack.sim_url}/sim/state")).json()
                 if state["deployments"][stack.sim.deployment]["by_priority"].get("low"):
                     first = time.perf_counter()
-            async with client.pipeline(transaction=False) as pipe:
-                for rid in ids:
-                    pipe.exists(keys.result(rid))
-                done = sum(await pipe.execute())
+            done = await results_written(client, ids)
             if done >= len(ids):
                 break
             await asyncio.sleep(0.05)
@@ -189,7 +198,7 @@ def run_overhead(cfg: OverheadConfig, out: Path) -> dict[str, Any]:
         "PTU_MAX_CONCURRENCY": str(cfg.worker_concurrency),
         "PTU_ESTIMATE_WINDOW_S": "60",
     }
-    with sigterm_as_interrupt(), Stack(out / "run", _sim()) as stack:
+    with sigterm_as_interrupt(), Stack(out / "run", instant_upstream()) as stack:
         stack.start_redis()
         stack.start_simulator()
         prepare(stack, Policy("overhead", "ingress only", "none", worker_env))

@@ -59,20 +59,32 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def verdict(measured: float | None, limit: float, *, lower_bound: bool = False) -> str:
-    """`met` / `missed` against an upper `limit`; a lower bound above it is missed, one at
-    or below it cannot tell (`unknown`), nothing measured is `not measured`."""
+def verdict(
+    measured: float | None, limit: float, *, lower_bound: bool = False, at_least: bool = False
+) -> str:
+    """`met` / `missed` against an upper `limit` (a lower one with `at_least`); a lower
+    bound above an upper limit is missed, one at or below it cannot tell (`unknown`),
+    nothing measured is `not measured`."""
     if measured is None:
         return "not measured"
+    if at_least:
+        return "met" if measured >= limit else "missed"
     if measured > limit:
         return "missed"
     return "unknown" if lower_bound else "met"
 
 
 def target_row(
-    target: str, measured: float | None, limit: float, unit: str = "", *, lower_bound: bool = False
+    target: str,
+    measured: float | None,
+    limit: float,
+    unit: str = "",
+    *,
+    lower_bound: bool = False,
+    at_least: bool = False,
 ) -> dict[str, Any]:
-    """One row of the targets table: what, measured value, target, met or missed."""
+    """One row of the targets table: what, measured value, target (at most `limit`, or at
+    least it with `at_least`), met or missed."""
     if measured is None:
         shown = "-"
     else:
@@ -81,8 +93,8 @@ def target_row(
     return {
         "target": target,
         "measured": shown,
-        "target_value": f"≤ {limit:g}{unit}",
-        "result": verdict(measured, limit, lower_bound=lower_bound),
+        "target_value": f"{'≥' if at_least else '≤'} {limit:g}{unit}",
+        "result": verdict(measured, limit, lower_bound=lower_bound, at_least=at_least),
     }
 
 
