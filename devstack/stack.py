@@ -159,16 +159,22 @@ class Stack:
         return url
 
     def start_worker(
-        self, env: Mapping[str, str], name: str = "worker", *, ready_timeout_s: float = 30.0
+        self,
+        env: Mapping[str, str],
+        name: str = "worker",
+        *,
+        ready_timeout_s: float = 30.0,
+        args: Sequence[str] = (),
     ) -> None:
-        """Start one `ptu worker` and wait until its first heartbeat says it is consuming.
+        """Start one `ptu worker` (with `args`) and wait until its first heartbeat says it is
+        consuming.
 
         A worker takes seconds to import and connect; a measurement that starts before it is
         up would blame the throttle for the start-up time.
         """
         with redis.Redis.from_url(env.get("PTU_REDIS_URL") or self.redis_url) as client:
             before = set(client.hkeys(keys.WORKERS))
-            self._spawn(name, ["worker"], env)
+            self._spawn(name, ["worker", *args], env)
             deadline = time.monotonic() + ready_timeout_s
             while not set(client.hkeys(keys.WORKERS)) - before:
                 child = self.children[name]
