@@ -68,7 +68,7 @@ RESPONSES_REPLIES = {
     ),
     202: REPLIES[202],
 }
-ERRORS = (400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504)
+ERRORS = (400, 401, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 504)
 """The ingress's own errors and those a deployment answers, passed through as sent."""
 
 

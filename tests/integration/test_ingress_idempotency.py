@@ -224,3 +224,20 @@ async def test_a_retried_waiting_call_waits_for_the_same_request(
     assert raws[0].headers["x-ptu-request-id"] == raws[1].headers["x-ptu-request-id"]
     assert raws[0].parse().id == raws[1].parse().id
     assert _low_requests(sim) - before == 1
+
+
+async def test_the_sdks_own_retries_of_a_timed_out_call_queue_it_once(
+    ingress: IngressThread, redis: aioredis.Redis
+) -> None:
+    before = await _queued(redis, "team-a")
+    # a waiting call no worker answers: every attempt times out, and the SDK sends it again
+    # with the same headers (the key passed once, for the call)
+    headers = {"x-priority": "low", "Prefer": "wait=60", "Idempotency-Key": "sdk-retry"}
+    async with openai.AsyncOpenAI(
+        base_url=ingress.url + "/v1", api_key="key-a", max_retries=2, timeout=1.0
+    ) as client:
+        with pytest.raises(openai.APITimeoutError):
+            await client.chat.completions.create(
+                model="idle", messages=[{"role": "user", "content": "hi"}], extra_headers=headers
+            )
+    assert await _queued(redis, "team-a") - before == 1
