@@ -282,6 +282,7 @@ class ChatRoutes:
         if key is None:
             await accept()
         elif (earlier := await self._once.once(key, print_, req, accept)) is not None:
+            access.note(request_id=earlier)  # the access line names the request answered
             if background:
                 return _capped(await self._background.again(earlier), governed)
             req = await self._again(earlier, req)
