@@ -15,7 +15,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -159,16 +159,22 @@ class Stack:
         return url
 
     def start_worker(
-        self, env: Mapping[str, str], name: str = "worker", *, ready_timeout_s: float = 30.0
+        self,
+        env: Mapping[str, str],
+        name: str = "worker",
+        *,
+        ready_timeout_s: float = 30.0,
+        args: Sequence[str] = (),
     ) -> None:
-        """Start one `ptu worker` and wait until its first heartbeat says it is consuming.
+        """Start one `ptu worker` (with `args`) and wait until its first heartbeat says it is
+        consuming.
 
         A worker takes seconds to import and connect; a measurement that starts before it is
         up would blame the throttle for the start-up time.
         """
         with redis.Redis.from_url(env.get("PTU_REDIS_URL") or self.redis_url) as client:
             before = set(client.hkeys(keys.WORKERS))
-            self._spawn(name, ["worker"], env)
+            self._spawn(name, ["worker", *args], env)
             deadline = time.monotonic() + ready_timeout_s
             while not set(client.hkeys(keys.WORKERS)) - before:
                 child = self.children[name]
@@ -187,8 +193,12 @@ class Stack:
         timeout_s: float = 60.0,
         port: int | None = None,
         worker_module: str = "orchestrator",
+        metrics_ports: Sequence[int] = (),
     ) -> str:
         """Start the ingress (on a free port unless given), the estimator and `workers` workers.
+
+        `metrics_ports`: worker i serves its metrics on `metrics_ports[i]` (its
+        `PTU_METRICS_PORT`), so workers of one host never bind the same port.
 
         All are spawned before any is waited for: each process spends seconds importing,
         and on a loaded machine starting them one after the other costs that many times over.
@@ -203,11 +213,14 @@ class Stack:
             if estimator:
                 self._spawn("estimator", ["estimator"], env)
             names = [f"worker-{i}" for i in range(workers)]
-            for name in names:
+            for i, name in enumerate(names):
+                own = dict(env)
+                if i < len(metrics_ports):
+                    own["PTU_METRICS_PORT"] = str(metrics_ports[i])
                 self._spawn(
                     name,
                     ["worker"] if worker_module == "orchestrator" else [],
-                    env,
+                    own,
                     module=worker_module,
                 )
             self._wait_http("ingress", f"{self.ingress_url}/healthz", timeout_s=timeout_s)

@@ -123,6 +123,8 @@ class Plan:
     estimator: bool
     workers: int
     notes: list[str] = field(default_factory=list)
+    metrics_ports: list[int] = field(default_factory=list)
+    """Worker i's metrics port (`PTU_METRICS_PORT` + i); empty: the variable's as it is."""
 
 
 def plan(
@@ -176,7 +178,29 @@ def plan(
     if workers and not any(d.kind == "provisioned" for d in settings.deployments):
         notes.append("worker: none started (PTU_DEPLOYMENTS has no provisioned deployment)")
         workers = 0
-    return Plan(redis_port, sim_port, port, estimator, workers, notes)
+    return Plan(
+        redis_port, sim_port, port, estimator, workers, notes,
+        metrics_ports(settings.metrics_port, workers, taken),
+    )  # fmt: skip
+
+
+def metrics_ports(base: int | None, workers: int, taken: Callable[[int], bool]) -> list[int]:
+    """One metrics port per worker, `base + i`: workers on one host cannot share a port.
+    Empty when there is none to share (no `PTU_METRICS_PORT`, or 0: each its own free one)."""
+    if not base or not workers:
+        return []
+    ports = [base + i for i in range(workers)]
+    if ports[-1] > 65535:
+        raise ConfigError(
+            f"PTU_METRICS_PORT: {workers} workers need ports {base}-{ports[-1]}, past 65535"
+        )
+    for i, port in enumerate(ports):
+        if taken(port):
+            raise ConfigError(
+                f"PTU_METRICS_PORT: worker-{i}'s metrics port 127.0.0.1:{port} is already in "
+                f"use (ptu up gives worker i the port PTU_METRICS_PORT + i)"
+            )
+    return ports
 
 
 class LogFollower:
@@ -256,12 +280,18 @@ def start(stack: Stack, settings: Settings, p: Plan, env: dict[str, str]) -> Non
         url = stack.start_simulator(p.simulator_port)
         say(f"simulator: {url} (pid {stack.children['simulator'].proc.pid})")
     url = stack.start_orchestrator(
-        env, estimator=p.estimator, workers=p.workers, port=p.ingress_port
+        env,
+        estimator=p.estimator,
+        workers=p.workers,
+        port=p.ingress_port,
+        metrics_ports=p.metrics_ports,
     )
     pids = ", ".join(
         f"{name} pid {c.proc.pid}" for name, c in stack.children.items() if name != "simulator"
     )
     say(f"ingress: {url} ({pids})")
+    for i, port in enumerate(p.metrics_ports):
+        say(f"worker-{i} metrics: http://127.0.0.1:{port}/metrics")
 
 
 def run(args: argparse.Namespace, settings: Settings | None) -> int:

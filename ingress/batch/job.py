@@ -9,9 +9,12 @@ after a crash, because everything it writes is idempotent:
   on Redis Streams), then advances the cursor; a crash repeats at most the chunk in
   hand and never queues a line twice. It stops after `SLICE_S` so the sweeper can
   turn to other batches, and as soon as the batch is cancelled or expired.
-- **close** gives every line that has no result yet a failed result with the batch's
-  reason (`batch_cancelled`, `batch_expired`, `batch_failed`): the worker skips those
-  lines, and lines already running finish normally.
+- **close** gives every line that has not started (queued, or not queued yet) a failed
+  result with the batch's reason (`batch_cancelled`, `batch_expired`, `batch_failed`):
+  the worker skips those lines. A line already at the deployment finishes normally and its
+  result is counted and written to the output (its tokens are spent), so every line is
+  counted once, by whoever wrote its result. A line still without a result
+  `CLOSE_GRACE_S` after the close (its worker died) gets the reason's result then.
 - **finalize** (`batch/finalize`) writes the output and error files and the final status.
 
 What a job works with (connections, lease, the input in chunks) is `batch/job_context`.
@@ -56,6 +59,9 @@ PACE = 1.0
 """Expansion idles this many times as long as each chunk took (1.0: half the time)."""
 SLICE_S = 10.0
 """An expansion job returns after this long, so other batches' jobs get their turn."""
+CLOSE_GRACE_S = 600.0
+"""How long lines running when a batch stopped may take to finish (OpenAI's own cancel
+takes up to 10 minutes) before a second close gives them the batch's reason too."""
 REASONS = {
     "batch_cancelled": ("failed", "the batch was cancelled"),
     "batch_expired": ("expired", "the batch did not complete within its completion window"),
@@ -173,11 +179,13 @@ async def _fail(ctx: JobContext, batch_id: str, code: str, message: str) -> None
 
 
 async def close(ctx: JobContext, batch_id: str, owner: str, reason: str) -> str:
-    """Give every line without a result the failed (or expired) result of `reason`."""
+    """Give every line that has not started the failed (or expired) result of `reason`;
+    on the second close (`CLOSE_GRACE_S` later) every line still without a result."""
     f = await ctx.batches.fields(batch_id)
     if not f:
         return "gone"
     status, message = REASONS[reason]
+    force = f.get("closed") == "1"
     closed = 0
     async for pending in input_chunks(ctx, f, owner):
         ids = [line_request_id(batch_id, i) for i, _ in pending]
@@ -195,11 +203,20 @@ async def close(ctx: JobContext, batch_id: str, owner: str, reason: str) -> str:
         ]  # fmt: skip
         for start in range(0, len(docs), PARALLEL):
             part = docs[start : start + PARALLEL]
-            wrote = await asyncio.gather(*(ctx.results.complete(d, f["reply_key"]) for d in part))
+            wrote = await asyncio.gather(
+                *(_close_line(ctx, d, f["reply_key"], force) for d in part)
+            )
             closed += sum(wrote)
-    await ctx.batches.update(batch_id, closed="1")
-    log.info("batch_lines_closed", batch_id=batch_id, reason=reason, closed=closed)
+    if not force:
+        await ctx.batches.update(batch_id, closed="1", closed_at=repr(time.time()))
+    log.info("batch_lines_closed", batch_id=batch_id, reason=reason, closed=closed, forced=force)
     return "closed"
+
+
+async def _close_line(ctx: JobContext, doc: ResultDocument, reply_key: str, force: bool) -> bool:
+    if force:
+        return await ctx.results.complete(doc, reply_key)
+    return await ctx.results.complete_if_queued(doc, reply_key, or_unknown=True)
 
 
 def _text(value: Any) -> str | None:

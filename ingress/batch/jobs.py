@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-from ingress.batch.job import LEASE_S, run_job
+from ingress.batch.job import CLOSE_GRACE_S, LEASE_S, run_job
 from ingress.batch.offload import Offload
 from ingress.batch.store import TERMINAL, BatchStore
 from orchestrator.core.errors import StoreUnavailable
@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 SWEEP_S = 1.0
 _FIELDS = (
     "status", "total", "completed", "failed", "expanded", "final_status", "closed",
-    "expires_at", "priority",
+    "expires_at", "priority", "closed_at",
 )  # fmt: skip
 _URGENT = ("finalize", "close", "expire")
 """Jobs run before expansions: they finish batches and free their state."""
@@ -42,7 +42,7 @@ _URGENT = ("finalize", "close", "expire")
 def next_action(f: Mapping[str, str], now: float) -> str | None:
     """What the batch needs next: `forget` (terminal or gone), `expire`, `close` (give the
     remaining lines their cancelled/expired result), `expand`, `finalize`, or None (its
-    lines are with the worker)."""
+    lines are with the worker, or lines that were running when it stopped still are)."""
     status = f.get("status")
     if not status or status in TERMINAL:
         return "forget"
@@ -53,7 +53,13 @@ def next_action(f: Mapping[str, str], now: float) -> str | None:
     if not stopping and now >= float(f.get("expires_at") or "inf"):
         return "expire"
     if stopping:
-        return "finalize" if done else (None if f.get("closed") == "1" else "close")
+        if done:
+            return "finalize"
+        if f.get("closed") != "1":
+            return "close"
+        # running lines finish and are counted; past the grace, the second close ends them
+        closed_at = float(f.get("closed_at") or 0)
+        return "close" if now >= closed_at + CLOSE_GRACE_S else None
     if f.get("priority") != "high" and f.get("expanded") != "1":
         return "expand"
     return "finalize" if done else None

@@ -27,7 +27,7 @@ from ingress.http import access
 from ingress.http.answers import QueuedRequestStatus
 from ingress.http.auth import Authenticator
 from ingress.http.body import parse_object, read_body
-from ingress.http.errors import bad_request
+from ingress.http.errors import ApiError, bad_request
 from ingress.http.models import (
     AzureChatPath,
     AzureChatQuery,
@@ -42,11 +42,13 @@ from ingress.http.models import (
 from ingress.http.openapi import Reply, operation
 from ingress.metrics import IngressMetrics
 from ingress.queued import background as background_mode
+from ingress.queued import idempotency
 from ingress.queued.background import BackgroundResponses
 from ingress.queued.enqueue import Enqueuer, accepted, new_request_id
+from ingress.queued.idempotency import Idempotency
 from ingress.queued.waiting import APPLIED_HEADER, Waiting
 from orchestrator.calls.versions import accepts_stream_options, api_version_of
-from orchestrator.core.schemas import PRIORITY_HEADER, Endpoint
+from orchestrator.core.schemas import PRIORITY_HEADER, Endpoint, QueuedRequest
 from orchestrator.core.settings import Settings
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
 
@@ -66,7 +68,7 @@ RESPONSES_REPLIES = {
     ),
     202: REPLIES[202],
 }
-ERRORS = (400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504)
+ERRORS = (400, 401, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 504)
 """The ingress's own errors and those a deployment answers, passed through as sent."""
 
 
@@ -79,6 +81,8 @@ class QueuedPaths:
     """Responses API background mode (made from the enqueuer when None)."""
     waiting: Waiting | None = None
     """`Prefer: wait=N` calls held until their result (none: every call answers 202)."""
+    idempotency: Idempotency | None = None
+    """`Idempotency-Key` claims (made from the enqueuer's Redis when None)."""
 
 
 class ChatRoutes:
@@ -98,6 +102,9 @@ class ChatRoutes:
         self._waiting = queued.waiting
         self._background = queued.background or BackgroundResponses(
             enqueuer.results, enqueuer, auth
+        )
+        self._once = queued.idempotency or Idempotency(
+            enqueuer.results.redis, enqueuer.results.reply_ttl_s
         )
         self._targets = targets
         self._limits = limits or TenantLimits(auth.tenancy, None, None)
@@ -248,8 +255,10 @@ class ChatRoutes:
                 "provisioned (PTU) deployments only",
                 code="not_provisioned",
             )
-        governed = self._governance.apply(body, target.name, ceiling=ceiling, endpoint=endpoint)
         headers = request.headers
+        key = idempotency.key_of(headers.get(idempotency.HEADER))
+        print_ = idempotency.fingerprint(target.name, endpoint, body) if key else ""
+        governed = self._governance.apply(body, target.name, ceiling=ceiling, endpoint=endpoint)
         req = self._enqueuer.build(
             target.name,
             body,
@@ -259,12 +268,26 @@ class ChatRoutes:
             reply_key_header=headers.get("x-reply-key"),
             ttl_s=parse_ttl(headers.get("x-ptu-ttl-s"), self._default_ttl_s),
         )
-        if background:
-            return _capped(await self._background.put(req), governed)
         wait_s = 0.0
-        if self._waiting is not None:
+        if self._waiting is not None and not background:
             wait_s = self._waiting.seconds(headers.getlist("prefer"), tenant, target.name)
-        await self._enqueuer.put(req)
+        answers: list[Response] = []
+
+        async def accept() -> None:
+            if background:
+                answers.append(await self._background.put(req))
+            else:
+                await self._enqueuer.put(req)
+
+        if key is None:
+            await accept()
+        elif (earlier := await self._once.once(key, print_, req, accept)) is not None:
+            access.note(request_id=earlier)  # the access line names the request answered
+            if background:
+                return _capped(await self._background.again(earlier), governed)
+            req = await self._again(earlier, req)
+        if answers:
+            return _capped(answers[0], governed)
         if wait_s > 0 and self._waiting is not None:
             answered = await self._waiting.hold(req, wait_s)
             if answered is not None:
@@ -273,6 +296,18 @@ class ChatRoutes:
             timed_out.headers[APPLIED_HEADER] = f"wait={math.ceil(wait_s)}"
             return _capped(timed_out, governed)
         return _capped(accepted(req), governed)
+
+    async def _again(self, earlier: str, req: QueuedRequest) -> QueuedRequest:
+        """`req` as the earlier request its idempotency key stands for (its id, reply key)."""
+        state = await self._enqueuer.results.get(earlier)
+        if state is None:
+            raise ApiError(
+                409,
+                "idempotency_key_expired",
+                f"this Idempotency-Key stands for request {earlier}, which is no longer known",
+                param=idempotency.HEADER,
+            )
+        return req.model_copy(update={"id": earlier, "reply_key": state.reply_key})
 
     def __repr__(self) -> str:
         return f"<ChatRoutes deployments={','.join(self._targets)}>"

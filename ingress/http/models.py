@@ -94,6 +94,13 @@ class ChatHeaders(PriorityHeaders):
         description="low priority: `wait=SECONDS` (RFC 7240) holds the call until its result "
         "and answers it as high priority would (Preference-Applied: wait=N); else 202",
     )
+    idempotency_key: str | None = Field(
+        None,
+        alias="idempotency-key",
+        max_length=255,
+        description="low priority: a retry with the same key answers the first attempt's "
+        "answer (same request id) and is never queued twice",
+    )
 
 
 class AzureChatPath(_Params):

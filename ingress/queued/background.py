@@ -139,6 +139,18 @@ class BackgroundResponses:
             raise
         return JSONResponse(accepted, headers={"location": f"/v1/requests/{req.id}"})
 
+    async def again(self, response_id: str) -> Response:
+        """The answer to a retried create whose `Idempotency-Key` stands for `response_id`:
+        the Response object as it stands now."""
+        raw = await self._read(keys.background_response(response_id))
+        state = await self._results.get(response_id) if raw is not None else None
+        if raw is None or state is None:
+            raise not_found(response_id)
+        accepted: dict[str, Any] = json.loads(text(raw))
+        return JSONResponse(
+            live(accepted, state), headers={"location": f"/v1/requests/{response_id}"}
+        )
+
     async def _find(self, request: Request) -> tuple[dict[str, Any], RequestState]:
         tenant = self._auth.tenant(request.headers)
         response_id = request.path_params["response_id"]

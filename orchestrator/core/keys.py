@@ -16,7 +16,7 @@ transaction only ever touches keys of one entity:
 | batch      | `{b:<batch id>}`    | batch hash, its lines' counted-once marks        |
 | file       | `{f:<file id>}`     | file hash                                        |
 | tenant     | `{t:<tenant>}`      | file and batch indexes, hourly usage, minute and |
-|            |                     | quota counters                                   |
+|            |                     | quota counters, idempotency keys                 |
 | event hub  | `{eh:...}`          | ownership, checkpoints, delivery counters        |
 
 Work that spans entities (a result is written in the request's slot, pushed to a
@@ -270,6 +270,12 @@ def fair_share(deployment: str) -> str:
     """Hash of a deployment's fair-share state: `a:<tenant>` backlog flags, `v:<tenant>`
     virtual service (tokens / weight) and `floor` (see `orchestrator.tenants.fair`)."""
     return f"{_d(deployment)}:fair"
+
+
+def idempotency(tenant: str, digest: str) -> str:
+    """A tenant's `Idempotency-Key` (as `digest`, its SHA-256 hex) -> the request it
+    accepted, or `pending:<id>` while that request is being accepted."""
+    return f"{_t(tenant)}:idem:{digest}"
 
 
 def tenant_usage(tenant: str, hour: int) -> str:

@@ -42,13 +42,20 @@ RequestStatus = Literal["queued", "in_progress", "completed", "failed", "expired
 
 # Step 1, in the request's slot: the exactly-once decision.
 # KEYS: result, request. ARGV: doc JSON, reply ttl s, status, reply key, notify channel,
-# the status the record must have ('' or absent: any). Returns 1 when written, 0 when the record's
-# status is not the one required, else the document already there.
+# the status the record must have ('' or absent: any; 'unstarted': queued or no record yet).
+# Returns 1 when written, 0 when the record's status is not the one required, else the document
+# already there.
 _DECIDE = """
 local existing = redis.call('GET', KEYS[1])
 if existing then return existing end
-if ARGV[6] and ARGV[6] ~= '' and redis.call('HGET', KEYS[2], 'status') ~= ARGV[6] then
-  return 0
+local want = ARGV[6]
+if want and want ~= '' then
+  local status = redis.call('HGET', KEYS[2], 'status')
+  if want == 'unstarted' then
+    if status and status ~= 'queued' then return 0 end
+  elseif status ~= want then
+    return 0
+  end
 end
 local ttl = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
@@ -215,15 +222,18 @@ class ResultStore:
         return wrote
 
     @redis_boundary("result store")
-    async def complete_if_queued(self, doc: ResultDocument, reply_key: str) -> bool:
+    async def complete_if_queued(
+        self, doc: ResultDocument, reply_key: str, *, or_unknown: bool = False
+    ) -> bool:
         """Write `doc` only while the request is still queued (a cancel: a call that started
-        finishes and is reported); True when written, the reply pushed as by `complete`."""
+        finishes and is reported); True when written, the reply pushed as by `complete`.
+        `or_unknown`: also when the request has no record yet (a batch line not queued)."""
         payload = doc.model_dump_json()
         decided = await self._decide(
             keys=[keys.result(doc.id), keys.request(doc.id)],
             args=[
                 payload, self.reply_ttl_s, doc.status, reply_key, keys.result_channel(doc.id),
-                "queued",
+                "unstarted" if or_unknown else "queued",
             ],
         )  # fmt: skip
         if decided != 1:

@@ -171,3 +171,26 @@ async def test_a_dead_consumers_backlog_moves_at_receive_speed(redis: aioredis.R
     assert [[d.message.id for d in g] for g in got] == [[d.message.id] for d in held]
     assert {d.delivery_count for g in got for d in g} == {2}
     await other.close()
+
+
+async def test_a_restart_under_the_same_name_moves_its_entries_at_once(
+    redis: aioredis.Redis,
+) -> None:
+    producer = RedisStreamsQueue(redis, DEPLOYMENT, "ingress")
+    for i in range(3):
+        await producer.put(request(i))
+    # the first process receives, then dies: its liveness key is still set
+    first = RedisStreamsQueue(redis, DEPLOYMENT, "w-pod-0", claim_idle_s=60.0)
+    held = await first.receive(3, timeout_s=1.0)
+    await first._liveness.close()  # its loops end as with a SIGKILL ...
+    await first._liveness._beat()  # ... and its key stays, as a dead process leaves it
+    assert len(held) == 3
+    # the restarted process, same name, gets them back long before claim_idle_s (60 s)
+    again = RedisStreamsQueue(redis, DEPLOYMENT, "w-pod-0", claim_idle_s=60.0)
+    got = await again.receive(3, timeout_s=1.0)
+    assert sorted(d.message.id for d in got) == sorted(d.message.id for d in held)
+    assert {d.delivery_count for d in got} == {2}
+    for delivery in got:
+        await again.ack(delivery)
+    assert await redis.xlen(keys.queue(DEPLOYMENT)) == 0
+    await again.close()

@@ -122,3 +122,19 @@ def test_the_redis_url_is_shown_without_its_password() -> None:
     with pytest.raises(ConfigError) as info:
         decide(redis_url="rediss://app:s3cret@cache.example.com:6380/0")
     assert "s3cret" not in str(info.value) and "app:***@" in str(info.value)
+
+
+def test_each_worker_gets_its_own_metrics_port() -> None:
+    settings = Settings(**LOCAL, metrics_port=9100)  # type: ignore[arg-type]
+    p = plan(settings, args(workers=3), redis_up=lambda _url: False, taken=lambda _p: False)
+    assert p.metrics_ports == [9100, 9101, 9102]
+    assert decide().metrics_ports == []  # no PTU_METRICS_PORT: none
+    assert decide(metrics_port=0).metrics_ports == []  # 0: each worker its own free port
+
+
+def test_a_taken_worker_metrics_port_is_one_line() -> None:
+    settings = Settings(**LOCAL, metrics_port=9100)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as info:
+        plan(settings, args(workers=2), redis_up=lambda _url: False, taken=lambda p: p == 9101)
+    assert str(info.value).startswith("PTU_METRICS_PORT: worker-1's metrics port")
+    assert "127.0.0.1:9101" in str(info.value) and "\n" not in str(info.value)

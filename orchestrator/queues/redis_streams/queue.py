@@ -94,6 +94,7 @@ class RedisStreamsQueue:
         self._reclaim = Reclaim(member, **timing)
         self._put_once = redis.register_script(_PUT_ONCE)
         self._group_ready = False
+        self._inherited = False
         self._closed = False
 
     async def put(self, message: QueuedRequest) -> None:
@@ -148,6 +149,9 @@ class RedisStreamsQueue:
         async with _mapped("receive", self.stream):
             await self._ensure_group()
             await self._liveness.ensure_alive()
+            if not self._inherited:  # an earlier process of this name left entries behind
+                await self._reclaim.release_inherited()
+                self._inherited = True
             while not self._closed:
                 try:
                     out = await self._deliveries(

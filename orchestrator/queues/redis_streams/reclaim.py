@@ -8,6 +8,9 @@ one Lua script that re-checks the owner of each entry, so two live consumers nev
 take one entry. Released entries belong to the pseudo consumer `RELEASED`, which is never
 alive. XAUTOCLAIM after `claim_idle_s` catches entries whose owner still looks alive but
 stopped refreshing them; its cursor walks the whole pending list over successive calls.
+A consumer starting under a name that still has pending entries (a restart under the
+same name) releases them before its first receive (`release_inherited`), so they move
+within the liveness time too.
 """
 
 from __future__ import annotations
@@ -100,6 +103,34 @@ class Reclaim:
                     self.soon()
                 return claimed, counts
         return [], {}
+
+    async def release_inherited(self, page: int = 500) -> int:
+        """Hand every entry pending under this consumer's name to `RELEASED`; how many.
+
+        Called once, before this process receives anything: entries pending under its
+        name then belong to an earlier process of the same name (a container restarted in
+        its pod keeps hostname and pid), whose liveness key this process renews at once,
+        so nothing else would move them before `claim_idle_s`. Released, any consumer's
+        next receive takes them over (their delivery count rises, as after a crash).
+        """
+        moved = 0
+        while True:
+            pending = await self._redis.xpending_range(
+                self._stream, self._group, min="-", max="+", count=page,
+                consumername=self._consumer,
+            )  # fmt: skip
+            ids: list[Any] = [redis_replies.text(p["message_id"]) for p in pending]
+            if not ids:
+                break
+            await self._redis.xclaim(
+                self._stream, self._group, RELEASED, min_idle_time=0, message_ids=ids,
+                justid=True,
+            )  # fmt: skip
+            moved += len(ids)
+        if moved:
+            log.info("queue_entries_inherited", stream=self._stream, count=moved)
+            self.soon()
+        return moved
 
     async def claim_idle(self, max_count: int, in_flight: int) -> Claimed:
         """XAUTOCLAIM entries idle for `claim_idle_s` (their owner stopped refreshing)."""
