@@ -69,7 +69,7 @@ READ_BY: Mapping[str, tuple[str, ...]] = {
     "ingress_api_key": ("submit", "result", "batches"),
     "log_level": ("ingress", "worker", "estimator", "up"),
     "log_format": ("ingress", "worker", "estimator", "up"),
-    "metrics_port": ("worker",),
+    "metrics_port": ("worker", "up"),
     "eventhub_checkpoint_store": ("ingress", "worker", "status", "dlq"),
     "eventhub_checkpoint_blob_url": ("ingress", "worker", "status", "dlq"),
     "eventhub_checkpoint_container": ("ingress", "worker", "status", "dlq"),

@@ -80,6 +80,9 @@ log = structlog.get_logger(__name__)
 SOURCE = "estimate"
 EVENT_FIELD = "event"
 """The stream entry field holding a token event's JSON."""
+_JITTER = random.Random()
+"""Its own generator: the process's global one is left to the application (and to test
+tools that watch it)."""
 MAX_CONFLICTS = 50
 """Compare-and-set retries before an event is given up (logged): many writers at once."""
 MINUTE_S = 60.0
@@ -182,7 +185,7 @@ class EstimateStore:
                 stored = await self._commit(keys=[key, req], args=args)
                 if stored != -1:
                     return
-                await asyncio.sleep(random.uniform(0.0, 0.002))  # another writer went first
+                await asyncio.sleep(_JITTER.uniform(0.0, 0.002))  # another writer went first
         log.warning("estimate_event_dropped", deployment=d.name, reason="conflicts")
 
     async def heartbeat(self, applied: str | None = None) -> None:
