@@ -18,11 +18,10 @@ from openai.types.responses import Response
 
 from ingress.server import IngressThread
 from orchestrator.core import keys
-from orchestrator.core.settings import load_settings
-from simulator.config import SimConfig
 from simulator.server import SimulatorThread
 from tests import redis_mode
 from tests.integration.test_ingress_batch import worker_process
+from tests.support import stacks
 
 AZURE_API_VERSION = "2025-04-01-preview"
 DEPLOYMENTS = [
@@ -35,31 +34,19 @@ TENANTS = [{"name": "team-a"}, {"name": "team-b"}]
 
 @pytest.fixture(scope="module", autouse=True)
 def _fresh_redis(redis_url: str) -> None:
-    with redis_mode.connect_sync(redis_url) as client:
-        client.flushdb()
+    stacks.flush(redis_url)
 
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimulatorThread]:
-    config = SimConfig.from_specs(
-        ["ptu=gpt-4o-mini:15", "idle=gpt-4o-mini:15"], tbt_ms=0.0, ttft_ms=0.0, api_key="rk"
-    )
-    with SimulatorThread(config) as server:
+    with stacks.simulator(["ptu=gpt-4o-mini:15", "idle=gpt-4o-mini:15"], "rk") as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
-    settings = load_settings(
-        redis_url=redis_url,
-        redis_cluster=redis_mode.CLUSTER,
-        azure_openai_endpoint=sim.url,
-        azure_openai_api_key="rk",
-        deployments=DEPLOYMENTS,
-        tenants=TENANTS,
-        api_keys=KEYS,
-    )
-    with IngressThread(settings) as server:
+    settings = {"deployments": DEPLOYMENTS, "tenants": TENANTS, "api_keys": KEYS}
+    with stacks.ingress_on(redis_url, sim, "rk", **settings) as server:
         yield server
 
 

@@ -19,11 +19,9 @@ import redis.asyncio as aioredis
 from ingress.chat.governance import CAPPED_HEADER
 from ingress.server import IngressThread
 from orchestrator.core import keys
-from orchestrator.core.settings import load_settings
-from simulator.config import SimConfig
 from simulator.server import SimulatorThread
-from tests import redis_mode
 from tests.integration.test_ingress_batch import worker_process
+from tests.support import stacks
 
 MESSAGES: Any = [{"role": "user", "content": "Think about it, then say hello."}]
 DEPLOYMENTS = [
@@ -37,26 +35,14 @@ LONG = {"x-sim-completion-tokens": "2500"}
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimulatorThread]:
-    config = SimConfig.from_specs(
-        ["o4=o4-mini:15", "o4-raw=o4-mini:15", "o4-charged=o4-mini:15"],
-        tbt_ms=0.0,
-        ttft_ms=0.0,
-        api_key="k",
-    )
-    with SimulatorThread(config) as server:
+    specs = ["o4=o4-mini:15", "o4-raw=o4-mini:15", "o4-charged=o4-mini:15"]
+    with stacks.simulator(specs, "k") as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
-    settings = load_settings(
-        redis_url=redis_url,
-        redis_cluster=redis_mode.CLUSTER,
-        azure_openai_endpoint=sim.url,
-        azure_openai_api_key="k",
-        deployments=DEPLOYMENTS,
-    )
-    with IngressThread(settings) as server:
+    with stacks.ingress_on(redis_url, sim, "k", deployments=DEPLOYMENTS) as server:
         yield server
 
 
