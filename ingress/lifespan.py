@@ -36,6 +36,7 @@ def make_lifespan(
         )
         watch = asyncio.create_task(watch_incarnation(incarnation))
         sweeper = asyncio.create_task(jobs.run())
+        planner = asyncio.create_task(w.overflow.run())
         completions = asyncio.create_task(w.waiting.completions.run())
         warming = [
             asyncio.create_task(validator.warm(validate_warm)),
@@ -45,11 +46,12 @@ def make_lifespan(
         try:
             yield
         finally:
-            for task in (beat, watch, sweeper, completions, *warming):
+            for task in (beat, watch, sweeper, planner, completions, *warming):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await jobs.stop()
+            await w.overflow.stop()
             await work.stop()
             for offload in (validator, job_runner):
                 await offload.close()

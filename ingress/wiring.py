@@ -17,6 +17,7 @@ import httpx2
 import redis.asyncio as aioredis
 import structlog
 
+from ingress.batch.deadline.overflow import DeadlineOverflow
 from ingress.batch.file_routes import FileRoutes
 from ingress.batch.files import Files
 from ingress.batch.filestore.factory import make_file_store
@@ -172,6 +173,7 @@ class Wired:
     job_runner: Offload
     jobs: BatchJobs
     work: BatchWork
+    overflow: DeadlineOverflow
     file_routes: FileRoutes
     batches: BatchRoutes
 
@@ -239,6 +241,10 @@ def wire(
         pacing=Pacing(clock=clock),
     )  # fmt: skip
     file_routes = FileRoutes(files, tenants, deployments, validator)
+    overflow = DeadlineOverflow(
+        parts.redis, batch_store, files, work, deployments, settings, clock=clock,
+        owner=jobs.owner,
+    )  # fmt: skip
     batches = BatchRoutes(
         settings, deployments, tenants, BatchBackends(batch_store, files, work, jobs), metrics,
         limits=tenant_limits, clock=clock,
@@ -261,6 +267,7 @@ def wire(
         job_runner=job_runner,
         jobs=jobs,
         work=work,
+        overflow=overflow,
         file_routes=file_routes,
         batches=batches,
     )

@@ -28,6 +28,7 @@ from openai.types import Batch
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ingress.batch.deadline.window import deadline_of
 from ingress.batch.expiry import OUTPUT_EXPIRES, output_expiry
 from ingress.batch.files import Files
 from ingress.batch.jobs import BatchJobs
@@ -55,10 +56,10 @@ from ingress.metrics import IngressMetrics
 from orchestrator.core import keys
 from orchestrator.core.schemas import PRIORITY_HEADER, QueuedRequest
 from orchestrator.core.settings import Settings
+from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
 
 log = structlog.get_logger(__name__)
 
-COMPLETION_WINDOW_S = 86_400.0
 BATCH = {200: Reply("the batch", Batch)}
 
 
@@ -97,6 +98,7 @@ class BatchRoutes:
         self._clock = clock
         self._max_body = settings.max_body_bytes
         self._ceiling = settings.max_tokens_ceiling
+        self._default_max_tokens = settings.default_max_tokens or 0
         self._governance = Governance.of(settings.deployments, settings.default_max_tokens)
 
     @operation(
@@ -110,11 +112,13 @@ class BatchRoutes:
         body = await read_json_object(request, self._max_body)
         params = validated(BatchCreateRequest, body)
         input_file_id, metadata = params.input_file_id, params.metadata
+        deadline = deadline_of(params.completion_window, metadata, self._clock())
         meta = await self._files.meta(tenant, input_file_id)
         if meta["purpose"] != "batch" or "lines" not in meta:
             raise bad_request("input_file_id must be a file uploaded with purpose 'batch'",
                               param="input_file_id")  # fmt: skip
-        self._check_deployments(json.loads(meta.get("deployments") or "{}"), priority)
+        used = json.loads(meta.get("deployments") or "{}")
+        self._check_deployments(used, priority)
         batch_id = "batch_" + uuid.uuid4().hex
         # a tenant already over its limits gets no batch; lines that run after its quota
         # is used up get their own token_quota_exceeded result (orchestrator.tenants.quota)
@@ -126,10 +130,14 @@ class BatchRoutes:
         fields = {
             "id": batch_id, "tenant": tenant, "status": "validating", "endpoint": params.endpoint,
             "input_file_id": input_file_id, "completion_window": params.completion_window,
-            "created_at": str(int(now)), "expires_at": str(int(now + COMPLETION_WINDOW_S)),
+            "created_at": str(int(now)), "expires_at": str(int(deadline)),
             "total": meta["lines"], "completed": "0", "failed": "0", "priority": priority,
             "reply_key": reply_key, "metadata": json.dumps(metadata) if metadata else "",
             "cursor": "0", "cursor_offset": "0", OUTPUT_EXPIRES: output_expiry(params),
+            # what the deadline planner works from (`batch/deadline/overflow`)
+            "deployment": next(iter(used)) if len(used) == 1 else "",
+            "line_tokens_in": str(estimate_prompt_tokens(body0)),
+            "line_tokens_out": str(requested_max_tokens(body0, self._default_max_tokens)),
         }  # fmt: skip
         await self._store.create(fields)
         if priority == "high":

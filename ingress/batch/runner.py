@@ -67,6 +67,11 @@ class BatchWork:
         self._pacing = pacing or Pacing()
         self._tasks = TaskSet()
 
+    @property
+    def results(self) -> ResultStore:
+        """Where the lines' results are written."""
+        return self._results
+
     def spawn(self, coro: Awaitable[Any], name: str) -> None:
         """Run `coro` in the background, logging a failure."""
 
@@ -94,7 +99,7 @@ class BatchWork:
                 if refused is not None:
                     doc = self._doc(req, QUOTA_STATUS, refused)
                 else:
-                    doc = await self._call(req)
+                    doc = await self.call(req)
                 await self._results.complete(doc, req.reply_key)
             finally:
                 gate.release()
@@ -111,8 +116,10 @@ class BatchWork:
             for task in running:
                 task.cancel()
 
-    async def _call(self, req: QueuedRequest) -> ResultDocument:
-        target = self._targets[req.deployment]
+    async def call(self, req: QueuedRequest, target: Target | None = None) -> ResultDocument:
+        """One line's result from calls through the proxy to `target` (default: the line's
+        deployment) and its spillover chain, retried as the worker retries."""
+        target = target or self._targets[req.deployment]
         call = Call(
             target=target,
             payload=json.dumps(req.body, separators=(",", ":")).encode(),

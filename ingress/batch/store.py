@@ -7,7 +7,8 @@ in the input file, `expanded` once every line is queued), `final_status`, and th
 job lease (`job_owner`, `job_until`). Line `i` of a batch is request
 `line_request_id(batch, i)`: ids are derived, not stored, so re-expanding a line
 after a crash names the same request. Active batches are listed in
-`keys.BATCHES_ACTIVE` until terminal. Everything expires `BATCH_TTL_S` after creation.
+`keys.BATCHES_ACTIVE` until terminal. Everything expires a day after the batch's deadline
+(`expires_at`), and never sooner than `BATCH_TTL_S` after creation.
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ from orchestrator.core.redis_replies import text
 
 BATCH_TTL_S = 2 * 86_400
 """The 24 h completion window plus a day to fetch the results."""
+INDEX_TTL_S = 31 * 86_400
+"""The longest completion window (30 days) plus a day."""
+
+
+def batch_ttl_s(fields: dict[str, str], now: float) -> int:
+    """How long a batch's hash is kept: its deadline plus a day to fetch the results."""
+    deadline = float(fields.get("expires_at") or now)
+    return max(BATCH_TTL_S, int(deadline - now) + 86_400)
+
+
 FINALIZE_LEASE_S = 120
 """A finaliser that has not finished after this long is presumed dead and replaced."""
 TERMINAL = frozenset({"completed", "failed", "cancelled", "expired"})
@@ -63,21 +74,21 @@ end
 return status
 """
 
-# KEYS: batch hash. ARGV: owner token, now, lease s. 1 when the lease is (still) ours.
+# KEYS: batch hash. ARGV: owner token, now, lease s, role. 1 when the lease is (still) ours.
 _LEASE = """
 if not redis.call('HGET', KEYS[1], 'status') then return 0 end
-local owner = redis.call('HGET', KEYS[1], 'job_owner')
-local untl = tonumber(redis.call('HGET', KEYS[1], 'job_until') or '0')
+local owner = redis.call('HGET', KEYS[1], ARGV[4] .. '_owner')
+local untl = tonumber(redis.call('HGET', KEYS[1], ARGV[4] .. '_until') or '0')
 if owner and owner ~= ARGV[1] and untl > tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'job_owner', ARGV[1],
-  'job_until', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], ARGV[4] .. '_owner', ARGV[1],
+  ARGV[4] .. '_until', tonumber(ARGV[2]) + tonumber(ARGV[3]))
 return 1
 """
 
-# KEYS: batch hash. ARGV: owner token. Gives the lease up if it is ours.
+# KEYS: batch hash. ARGV: owner token, role. Gives the lease up if it is ours.
 _RELEASE = """
-if redis.call('HGET', KEYS[1], 'job_owner') == ARGV[1] then
-  redis.call('HDEL', KEYS[1], 'job_owner', 'job_until')
+if redis.call('HGET', KEYS[1], ARGV[2] .. '_owner') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], ARGV[2] .. '_owner', ARGV[2] .. '_until')
 end
 return 0
 """
@@ -111,7 +122,7 @@ class BatchStore:
         now = self._clock()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]
-            pipe.expire(keys.batch(batch_id), BATCH_TTL_S)
+            pipe.expire(keys.batch(batch_id), batch_ttl_s(fields, now))
             await pipe.execute()
         # the indexes are other slots: written after, so they never name a batch that
         # does not exist (readers skip ids that expired meanwhile)
@@ -119,8 +130,8 @@ class BatchStore:
         index = keys.tenant_batches(fields["tenant"])
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(index, {batch_id: now})
-            pipe.zremrangebyscore(index, 0, now - BATCH_TTL_S)
-            pipe.expire(index, BATCH_TTL_S)
+            pipe.zremrangebyscore(index, 0, now - INDEX_TTL_S)
+            pipe.expire(index, INDEX_TTL_S)
             await pipe.execute()
 
     @redis_boundary("batch store")
@@ -143,6 +154,11 @@ class BatchStore:
         await self.redis.hset(keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]
 
     @redis_boundary("batch store")
+    async def incr(self, batch_id: str, name: str, by: int = 1) -> None:
+        """Add `by` to the batch's counter `name`."""
+        await self.redis.hincrby(keys.batch(batch_id), name, by)
+
+    @redis_boundary("batch store")
     async def transition(self, batch_id: str, allowed: Sequence[str], status: str) -> str | None:
         """Move to `status` if the batch is in one of `allowed`; returns the status now."""
         now = str(int(self._clock()))
@@ -160,15 +176,18 @@ class BatchStore:
         return bool(claimed)
 
     @redis_boundary("batch store")
-    async def lease(self, batch_id: str, owner: str, seconds: float) -> bool:
-        """Take or renew the batch's job lease; False while another live owner holds it."""
-        got = await self._lease(keys=[keys.batch(batch_id)], args=[owner, self._clock(), seconds])
+    async def lease(self, batch_id: str, owner: str, seconds: float, role: str = "job") -> bool:
+        """Take or renew the batch's `role` lease (`job`: its jobs; `plan`: its overflow
+        planner); False while another live owner holds it."""
+        got = await self._lease(
+            keys=[keys.batch(batch_id)], args=[owner, self._clock(), seconds, role]
+        )
         return bool(got)
 
     @redis_boundary("batch store")
-    async def release(self, batch_id: str, owner: str) -> None:
-        """Give the job lease up (if still ours)."""
-        await self._release(keys=[keys.batch(batch_id)], args=[owner])
+    async def release(self, batch_id: str, owner: str, role: str = "job") -> None:
+        """Give the `role` lease up (if still ours)."""
+        await self._release(keys=[keys.batch(batch_id)], args=[owner, role])
 
     @redis_boundary("batch store")
     async def active(self, limit: int = 1000) -> list[str]:
@@ -242,4 +261,8 @@ def batch_object(f: dict[str, str]) -> dict[str, Any]:
             "failed": int(f.get("failed", "0")),
         },
         "metadata": json.loads(f["metadata"]) if f.get("metadata") else None,
+        # extra fields (the openai SDK's models keep them): the deadline and the overflow plan
+        "deadline_at": ts("expires_at"),
+        "forecast": json.loads(f["forecast"]) if f.get("forecast") else None,
+        "usage_by_target": json.loads(f["usage_by_target"]) if f.get("usage_by_target") else None,
     }

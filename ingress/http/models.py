@@ -287,7 +287,8 @@ class BatchCreateRequest(BaseModel):
 
     input_file_id: str = Field(min_length=1)
     endpoint: BatchEndpoint
-    completion_window: Literal["24h"]
+    completion_window: str = Field(min_length=1, max_length=40)
+    """A duration (`24h`, `4h`, `7d`...; `ingress.batch.deadline.window`)."""
     metadata: dict[str, str] | None = Field(None, max_length=16)
     output_expires_after: ExpiresAfter | None = None
     """The output and error files' expiry, from their own creation."""

@@ -85,6 +85,26 @@ class SpilloverEntry(BaseModel):
     )
 
 
+class OverflowEntry(BaseModel):
+    """Where a batch's lines go when the PTU will not finish them by the batch's deadline.
+
+    `batch`: a Global or Data Zone Batch deployment of the PTU's resource (Files + Batches
+    API, `turnaround_s` its expected turnaround); `flex`: a standard deployment called with
+    `service_tier: "flex"`; `standard`: a standard deployment at its full price. Prices are
+    per 1M tokens.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    kind: Literal["batch", "flex", "standard"]
+    price_in: float = Field(ge=0, description="price of 1M input tokens")
+    price_out: float = Field(ge=0, description="price of 1M output tokens")
+    turnaround_s: float = Field(
+        default=86_400.0, gt=0, description="batch: the expected turnaround (the 24 h target)"
+    )
+
+
 class DeploymentConfig(BaseModel):
     """One Azure OpenAI deployment the orchestrator manages."""
 
@@ -124,6 +144,10 @@ class DeploymentConfig(BaseModel):
         description="a queued call Azure spilled to a standard deployment: keep its answer "
         "(charged there) or fail the request",
     )
+    overflow: list[OverflowEntry] = Field(
+        default_factory=list,
+        description="provisioned: where batch lines go that would miss their deadline",
+    )
     wait_s: float | None = Field(
         default=None, ge=0, le=MAX_HELD_S,
         description="default Prefer: wait of low-priority calls (seconds held for the result)",
@@ -159,6 +183,8 @@ class DeploymentConfig(BaseModel):
                     f"deployment {self.name!r}: spillover {e.name!r} is native, Azure sends "
                     "the call on as it came: set its service tier on the deployment in Azure"
                 )
+        if self.overflow and self.kind != "provisioned":
+            raise ValueError(f"deployment {self.name!r}: only a provisioned one has overflow")
         if self.kind == "provisioned":
             if self.ptus is None:
                 raise ValueError(f"deployment {self.name!r}: provisioned needs 'ptus'")

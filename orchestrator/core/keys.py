@@ -170,6 +170,12 @@ def batch_results(batch_id: str) -> str:
     return f"{_b(batch_id)}:results"
 
 
+def deadline_history(deployment: str) -> str:
+    """Sorted set (score = time) of `time:rate` samples: tokens per second the deployment's
+    PTU completed of batches that have a deadline (the overflow forecast's history)."""
+    return f"{_d(deployment)}:deadline-history"
+
+
 BATCHES_ACTIVE = f"{PREFIX}:batches:active"
 """Sorted set of batches not yet terminal (score = created_at): the batch jobs' work list."""
 

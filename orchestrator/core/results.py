@@ -286,6 +286,8 @@ class ResultStore:
         if not record and result is None:
             return None
         status: RequestStatus = result.status if result else record.get("status", "queued")  # type: ignore[assignment]
+        if status not in ("queued", "completed", "failed", "expired"):
+            status = "in_progress"  # a batch line taken by overflow runs elsewhere
         return RequestState(
             status=status,
             tenant=record.get("tenant", ""),

@@ -241,6 +241,14 @@ class Settings(BaseSettings):
         if len(names) != len(set(names)):
             raise invalid_setting("deployments", "names must be unique")
         for d in self.deployments:
+            for entry in d.overflow:
+                used = self.deployment(entry.name) if entry.kind != "batch" else None
+                if entry.kind != "batch" and (used is None or used.kind != "standard"):
+                    raise invalid_setting(
+                        "deployments",
+                        f"overflow {entry.name!r} of {d.name!r} ({entry.kind}) must be a "
+                        "standard deployment",
+                    )
             for spill in d.spillover_names:
                 if spill not in names:
                     raise invalid_setting("deployments", f"spillover {spill!r} is not a deployment")
