@@ -47,6 +47,7 @@ def admin_routes(
     deployments: Mapping[str, Deployment],
     clock: Callable[[], float],
     recorder: MetricsRecorder | None = None,
+    extra: Callable[[], dict[str, Any]] | None = None,
 ) -> list[Route]:
     """Routes to inspect and steer the simulated deployments.
 
@@ -57,6 +58,7 @@ def admin_routes(
     async def state(request: Request) -> JSONResponse:
         now = clock()
         body = snapshot(deployments, now)
+        body.update(extra() if extra is not None else {})
         if request.query_params.get("reset_peaks", "") not in ("", "0", "false"):
             for deployment in deployments.values():
                 deployment.reset_peaks()

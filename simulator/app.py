@@ -23,6 +23,7 @@ from simulator.management import management_routes
 from simulator.monitor.recorder import MetricsRecorder
 from simulator.monitor.routes import monitor_routes
 from simulator.openai import chat, refusals, spillover, streaming, tokens
+from simulator.openai.batches import BatchService, batch_routes
 from simulator.openai.calls import (
     RESPONSES,
     ChatCall,
@@ -66,7 +67,15 @@ class Simulator:
                 noise_rng=random.Random(f"{config.seed}:{spec.name}:header"),
             )
             for spec in config.deployments
+            if spec.kind != "globalbatch"
         }
+        self.batches = BatchService(
+            {s.name: s for s in config.deployments if s.kind == "globalbatch"},
+            turnaround_s=config.batch_turnaround_s, failure_rate=config.batch_failure_rate,
+            expiry_rate=config.batch_expiry_rate, seed=config.seed,
+        )  # fmt: skip
+        self._flex_rng = random.Random(f"{config.seed}:flex")
+        self.flex = {"requests": 0, "refused": 0}
         self.recorder = MetricsRecorder(config.monitor_lag_s)
         self._ids = itertools.count(1)
 
@@ -142,6 +151,15 @@ class Simulator:
         return await self._serve(request, deployment, call)
 
     async def _serve(self, request: Request, deployment: Deployment, call: ChatCall) -> Response:
+        if deployment.limiter is not None and call.body.get("service_tier") == "flex":
+            self.flex["requests"] += 1
+            if self._flex_rng.random() < self.config.flex_contention:
+                # Flex capacity is best effort: under contention the call is refused
+                self.flex["refused"] += 1
+                refused = Decision(429, deployment.utilization(self.clock()), None, 1.0)
+                return refusals.throttled(
+                    request, deployment, refused, self.headers(deployment, None)
+                )
         decision = self._admit(deployment, call)
         if decision.status in spillover.TRIGGERS and deployment.meter is not None:
             requested = request.headers.get(spillover.SPILLOVER_REQUEST_HEADER)
@@ -328,7 +346,13 @@ def create_app(config: SimConfig, *, clock: Callable[[], float] = time.time) -> 
         Route("/openai/v1/chat/completions", v1_chat, methods=["POST"]),
         Route("/openai/v1/responses", sim.responses, methods=["POST"]),
         Route("/openai/responses", sim.responses, methods=["POST"]),
-        *admin_routes(sim.deployments, clock, sim.recorder),
+        *admin_routes(
+            sim.deployments,
+            clock,
+            sim.recorder,
+            extra=lambda: {"flex": dict(sim.flex), "global_batch": sim.batches.state()},
+        ),
+        *batch_routes(sim.batches, clock, sim.authorised),
         *monitor_routes(sim.recorder, config.resource_id, clock),
         *management_routes(sim.deployments, config.resource_id),
     ]

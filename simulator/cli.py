@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SPEC",
-        help=f"NAME=MODEL:PTUS or NAME=MODEL:TPM:standard (repeatable; {DEFAULT_DEPLOYMENT})",
+        help="NAME=MODEL:PTUS, NAME=MODEL:TPM:standard or NAME=MODEL:TPM:globalbatch"
+        f" (repeatable; {DEFAULT_DEPLOYMENT})",
     )
     parser.add_argument("--window-s", type=float, default=60.0, help="seconds of capacity = 100 %%")
     parser.add_argument("--tbt-ms", type=float, default=10.0, help="time between tokens")
@@ -83,6 +84,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bypass traffic over time: square:LOW,HIGH,HALF_PERIOD_S alternates between the"
         " two shares every HALF_PERIOD_S seconds, starting LOW (or constant:S)",
     )
+    parser.add_argument(
+        "--flex-contention", type=float, default=0.0, metavar="P",
+        help='share of service_tier "flex" calls a standard deployment refuses with 429 (0..1)',
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch-turnaround-s", type=float, default=60.0, metavar="S",
+        help="globalbatch deployments: seconds from a batch's creation to its answers",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch-failure-rate", type=float, default=0.0, metavar="F",
+        help="globalbatch: share of lines answered with a 500 in the error file",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch-expiry-rate", type=float, default=0.0, metavar="F",
+        help="globalbatch: share of lines left unprocessed (the batch ends expired)",
+    )  # fmt: skip
     parser.add_argument("--https", action="store_true", help="serve TLS with a throwaway CA")
     parser.add_argument("--tls-dir", type=Path, default=None, help="where --https writes ca.pem")
     parser.add_argument("--resource-id", default=DEFAULT_RESOURCE_ID)
@@ -116,6 +133,10 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
         header_smoothing_s=args.header_smoothing_s,
         background_share=args.background_share,
         background_profile=args.background_profile,
+        flex_contention=args.flex_contention,
+        batch_turnaround_s=args.batch_turnaround_s,
+        batch_failure_rate=args.batch_failure_rate,
+        batch_expiry_rate=args.batch_expiry_rate,
     )
     with contextlib.ExitStack() as stack:
         certfile = keyfile = ca_pem = None

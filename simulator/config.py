@@ -21,12 +21,13 @@ RPM_PER_1000_TPM = 6.0
 # Output weight for standard deployments of models missing from the capacity table.
 DEFAULT_OUTPUT_WEIGHT = 1.0
 
-Kind = Literal["provisioned", "standard"]
+Kind = Literal["provisioned", "standard", "globalbatch"]
 
 
 @dataclass(frozen=True, slots=True)
 class DeploymentSpec:
-    """One simulated deployment: `NAME=MODEL:PTUS` or `NAME=MODEL:TPM:standard`."""
+    """One simulated deployment: `NAME=MODEL:PTUS`, `NAME=MODEL:TPM:standard` or
+    `NAME=MODEL:TPM:globalbatch` (a Global Batch deployment: Files + Batches API)."""
 
     name: str
     model: str
@@ -49,7 +50,10 @@ class DeploymentSpec:
         return self.tpm / 1000.0 * RPM_PER_1000_TPM
 
 
-SPEC_FORMS = "NAME=MODEL:PTUS, NAME=MODEL:PTUS:spill=STD or NAME=MODEL:TPM:standard"
+SPEC_FORMS = (
+    "NAME=MODEL:PTUS, NAME=MODEL:PTUS:spill=STD, NAME=MODEL:TPM:standard "
+    "or NAME=MODEL:TPM:globalbatch"
+)
 
 
 def parse_deployment(text: str) -> DeploymentSpec:
@@ -68,12 +72,14 @@ def parse_deployment(text: str) -> DeploymentSpec:
     capacity = model_capacity(model)
     spill, is_spill, target = parts[-1].partition("=") if len(parts) == 3 else ("", "", "")
     if len(parts) == 3 and not (is_spill and spill == "spill"):
-        if parts[2] != "standard":
+        if parts[2] not in ("standard", "globalbatch"):
             raise ConfigError(
-                f"--deployment {text!r}: the third field can only be 'standard' or 'spill=STD'"
+                f"--deployment {text!r}: the third field can only be 'standard', "
+                "'globalbatch' or 'spill=STD'"
             )
         weight = capacity.output_weight if capacity else DEFAULT_OUTPUT_WEIGHT
-        return DeploymentSpec(name, model, "standard", tpm=amount, output_weight=weight)
+        kind: Kind = "standard" if parts[2] == "standard" else "globalbatch"
+        return DeploymentSpec(name, model, kind, tpm=amount, output_weight=weight)
     if capacity is None:
         raise ConfigError(f"--deployment {text!r}: unknown model {model!r} has no PTU capacity")
     return DeploymentSpec(
@@ -114,6 +120,12 @@ class SimConfig:
     background_share: float = 0.0
     background_profile: str | None = None
     """`constant:S` or `square:LOW,HIGH,HALF_PERIOD_S`; replaces `background_share`."""
+    flex_contention: float = 0.0
+    """Share of `service_tier: "flex"` calls a standard deployment refuses with 429."""
+    batch_turnaround_s: float = 60.0
+    """Seconds from a Global Batch batch's creation to its answers."""
+    batch_failure_rate: float = 0.0
+    batch_expiry_rate: float = 0.0
 
     def __post_init__(self) -> None:
         self._check_deployments()
@@ -144,6 +156,15 @@ class SimConfig:
             raise ConfigError(f"--header-lag-s must be between 0 and {MAX_LAG_S:g}")
         if not 0.0 <= self.header_smoothing_s < float("inf"):
             raise ConfigError("--header-smoothing-s must be a non-negative number")
+        for flag, rate in (
+            ("--flex-contention", self.flex_contention),
+            ("--batch-failure-rate", self.batch_failure_rate),
+            ("--batch-expiry-rate", self.batch_expiry_rate),
+        ):
+            if not 0.0 <= rate <= 1.0:
+                raise ConfigError(f"{flag} must be between 0 and 1")
+        if self.batch_turnaround_s < 0:
+            raise ConfigError("--batch-turnaround-s must not be negative")
         if not 0.0 <= self.background_share <= 1.0:
             raise ConfigError("--background-share must be between 0 and 1")
         if self.background_profile is not None:
