@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from ingress.batch.deadline.cost import Tally
 from ingress.batch.expiry import output_expiry_s
 from ingress.batch.job_context import JobContext, input_chunks
 from ingress.batch.jsonl import output_line, succeeded
@@ -31,6 +32,8 @@ async def finalize(ctx: JobContext, batch_id: str, owner: str) -> str:
     tenant = f["tenant"]
     out_path, err_path = ctx.files.staged(), ctx.files.staged()
     counts = {"ok": 0, "errors": 0}
+    used = ctx.settings.deployment(f.get("deployment", ""))
+    tally = Tally(used.overflow if used is not None else ())
     try:
         with out_path.open("wb") as out, err_path.open("wb") as err:
             async for pending in input_chunks(ctx, f, owner):
@@ -41,10 +44,12 @@ async def finalize(ctx: JobContext, batch_id: str, owner: str) -> str:
                         line, ok = _missing(rid, str(obj.get("custom_id"))), False
                     else:
                         line, ok = output_line(doc), succeeded(doc)
+                        tally.add(doc)
                     target = out if ok else err
                     target.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
                     counts["ok" if ok else "errors"] += 1
         update = {"status": f.get("final_status") or "completed"}
+        update["usage_by_target"] = json.dumps(tally.as_dict())
         update[update["status"] + "_at"] = str(int(time.time()))
         for path, key, n in ((out_path, "output_file_id", counts["ok"]),
                              (err_path, "error_file_id", counts["errors"])):  # fmt: skip

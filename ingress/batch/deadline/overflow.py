@@ -64,6 +64,7 @@ _FIELDS = (
     "status", "priority", "deployment", "total", "completed", "failed", "cursor", "expires_at",
     "created_at", "line_tokens_in", "line_tokens_out", "overflow_sent", "overflow_done",
     "plan_t", "plan_ptu_done", "plan_samples", "tenant", "reply_key", "input_file_id",
+    "final_status", "forecast_first",
 )  # fmt: skip
 
 
@@ -115,7 +116,10 @@ class DeadlineOverflow:
         rows = await self._store.some_fields(ids, _FIELDS) if ids else []
         for batch_id, f in zip(ids, rows, strict=True):
             d = self._settings.deployment(f.get("deployment", ""))
-            if f.get("status") != "in_progress" or f.get("priority") == "high" or d is None:
+            if (
+                f.get("status") != "in_progress" or f.get("final_status")
+                or f.get("priority") == "high" or d is None
+            ):  # fmt: skip
                 continue
             if await self._store.lease(batch_id, self._owner, PLAN_LEASE_S, role="plan"):
                 await self._plan(batch_id, {**f, "id": batch_id}, d)
@@ -209,9 +213,9 @@ class DeadlineOverflow:
             statuses = await self._claims.statuses(ids)
             wanted = [r for r, s in zip(ids, statuses, strict=True) if s in ("queued", "overflow")]
             got, took = await self._claims.claim(
-                wanted[: count - len(fresh) + 16], self._owner, now, self._claim_lease_s
+                wanted[: count - len(fresh)], self._owner, now, self._claim_lease_s
             )
-            fresh += got[: max(0, count - len(fresh))]
+            fresh += got
             taken += took
         if not fresh and not taken:
             return 0
