@@ -32,6 +32,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "bench.scenarios.cost",
         "Redis commands, Redis CPU and process CPU per request; one process's saturation",
     ),
+    "deadline": (
+        "bench.scenarios.deadline",
+        "a batch needing 2x the idle PTU before its deadline: PTU, PAYG, Batch, planned",
+    ),
     "waiting": (
         "bench.scenarios.waiting",
         "waiting low-priority calls behind a batch, and thousands held by one ingress",

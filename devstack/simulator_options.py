@@ -35,6 +35,10 @@ class SimulatorOptions:
     """`--header-smoothing-s` (with the `smoothed` header); None: the simulator's default."""
     background_profile: str | None = None
     """`--background-profile` (`square:LOW,HIGH,HALF_PERIOD_S`); None: a steady share."""
+    flex_contention: float | None = None
+    """`--flex-contention` (share of Flex calls refused with 429); None: the default, 0."""
+    batch_turnaround_s: float | None = None
+    """`--batch-turnaround-s` of globalbatch deployments; None: the simulator's default."""
     api_key: str = API_KEY
     """The key the simulator requires (and the orchestrator presents)."""
     specs: tuple[str, ...] = ()
@@ -66,6 +70,8 @@ class SimulatorOptions:
             ("--header-lag-s", self.header_lag_s),
             ("--header-smoothing-s", self.header_smoothing_s),
             ("--background-profile", self.background_profile),
+            ("--flex-contention", self.flex_contention),
+            ("--batch-turnaround-s", self.batch_turnaround_s),
         )
         for flag, value in optional:  # left out when unset: the simulator's defaults
             if value is not None:

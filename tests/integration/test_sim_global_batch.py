@@ -52,7 +52,7 @@ def _sim(**knobs: Any) -> Iterator[openai.AzureOpenAI]:
 def _run(client: openai.AzureOpenAI, n: int, wait_s: float) -> Any:
     uploaded = client.files.create(file=("in.jsonl", _lines(n)), purpose="batch")
     batch = client.batches.create(
-        input_file_id=uploaded.id, endpoint="/chat/completions", completion_window="24h"
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     assert batch.status == "in_progress"
     deadline = time.monotonic() + wait_s
