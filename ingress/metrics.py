@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -73,6 +74,13 @@ class IngressMetrics:
             ["what"],
             registry=r,
         )
+        self._deadline = Gauge(
+            "ptu_batch_deadline",
+            "Per batch with a deadline being planned (removed when it ends): what=seconds_left|"
+            "ptu_tokens_forecast|ptu_tokens_sigma|remaining_tokens|overflow_lines",
+            ["batch_id", "what"],
+            registry=r,
+        )
         self._high = self._requests.labels("high")
         self._low = self._requests.labels("low")
 
@@ -112,6 +120,16 @@ class IngressMetrics:
     def batch_created(self) -> None:
         """One batch created."""
         self._batches.inc()
+
+    def batch_plan(self, batch_id: str, values: dict[str, float] | None) -> None:
+        """Show a batch's deadline plan (`values` by `what`), or forget it (None)."""
+        for what in ("seconds_left", "ptu_tokens_forecast", "ptu_tokens_sigma",
+                     "remaining_tokens", "overflow_lines"):  # fmt: skip
+            if values is None:
+                with contextlib.suppress(KeyError):
+                    self._deadline.remove(batch_id, what)
+            elif what in values:
+                self._deadline.labels(batch_id, what).set(values[what])
 
     def high_latency(self, deployment: str, ttfb_s: float, total_s: float) -> None:
         """Observe one high-priority call's time to first byte and total time."""

@@ -243,7 +243,7 @@ def wire(
     file_routes = FileRoutes(files, tenants, deployments, validator)
     overflow = DeadlineOverflow(
         parts.redis, batch_store, files, work, deployments, settings, clock=clock,
-        owner=jobs.owner,
+        owner=jobs.owner, metrics=metrics,
     )  # fmt: skip
     batches = BatchRoutes(
         settings, deployments, tenants, BatchBackends(batch_store, files, work, jobs), metrics,

@@ -21,7 +21,7 @@ READ_BY: Mapping[str, tuple[str, ...]] = {
     "utilization_source": ("worker", "status"),
     "calibration": ("ingress", "worker", "estimator", "status"),
     "lower_threshold": ("worker", "status"),
-    "upper_threshold": ("worker", "status"),
+    "upper_threshold": ("worker", "status", "ingress"),
     "max_concurrency": ("ingress", "worker", "status"),
     "deployments": ("ingress", "worker", "estimator", "up", "status", "usage", "dlq"),
     "estimate_window_s": ("ingress", "worker", "estimator", "up", "status"),

@@ -105,7 +105,7 @@ def test_a_provisioned_spec_may_name_its_spillover_deployment() -> None:
     [
         (["ptu=gpt-4o:15:spill="], "spill= names another, standard deployment"),
         (["ptu=gpt-4o:15:spill=ptu"], "spill= names another"),
-        (["ptu=gpt-4o:15:spillover=x"], "'standard' or 'spill=STD'"),
+        (["ptu=gpt-4o:15:spillover=x"], "'globalbatch' or 'spill=STD'"),
         (["ptu=gpt-4o:15:spill=paygo"], "spill=paygo is not a standard deployment"),
         (["ptu=gpt-4o:15:spill=other", "other=gpt-4o:15"], "spill=other is not a standard"),
     ],

@@ -42,6 +42,7 @@ from ingress.batch.runner import BatchWork
 from ingress.batch.store import BatchStore, line_request_id
 from ingress.chat.governance import Governance
 from ingress.chat.targets import Target
+from ingress.metrics import IngressMetrics
 from orchestrator.core import keys
 from orchestrator.core.deployments import DeploymentConfig, OverflowEntry
 from orchestrator.core.errors import StoreUnavailable
@@ -84,6 +85,7 @@ class DeadlineOverflow:
         round_s: float = ROUND_S,
         concurrency: int = 32,
         owner: str = "",
+        metrics: IngressMetrics | None = None,
     ) -> None:
         self._redis = redis
         self._store = store
@@ -100,6 +102,8 @@ class DeadlineOverflow:
         self._governance = Governance.of(settings.deployments, settings.default_max_tokens)
         self._tenancy = Tenancy(settings.tenants, settings.api_keys)
         self._running: set[asyncio.Task[None]] = set()
+        self._metrics = metrics
+        self._shown: set[str] = set()
 
     async def run(self) -> None:
         """Plan every `round_s` until cancelled."""
@@ -114,6 +118,8 @@ class DeadlineOverflow:
         """One round over the active batches."""
         ids = await self._store.active()
         rows = await self._store.some_fields(ids, _FIELDS) if ids else []
+        for gone in self._shown - set(ids):
+            self._show(gone, None)
         for batch_id, f in zip(ids, rows, strict=True):
             d = self._settings.deployment(f.get("deployment", ""))
             if (
@@ -167,6 +173,15 @@ class DeadlineOverflow:
             batch_id, forecast=json.dumps(shown), plan_t=repr(now), plan_ptu_done=str(ptu_done),
             plan_samples=json.dumps(samples), **first,
         )  # fmt: skip
+
+    def _show(self, batch_id: str, values: dict[str, float] | None) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.batch_plan(batch_id, values)
+        if values is None:
+            self._shown.discard(batch_id)
+        else:
+            self._shown.add(batch_id)
 
     def _options(self, d: DeploymentConfig, tok_in: float, tok_out: float) -> list[Option]:
         return [
