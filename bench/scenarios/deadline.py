@@ -233,7 +233,7 @@ def row(
 
 def _stack_options(cfg: DeadlineConfig) -> SimulatorOptions:
     return SimulatorOptions(
-        deployment=PTU, ptus=int(cfg.ptus), window_s=10.0, tbt_ms=5.0, ttft_ms=100.0,
+        deployment=PTU, ptus=int(cfg.ptus), window_s=60.0, tbt_ms=5.0, ttft_ms=100.0,
         flex_contention=cfg.flex_contention, batch_turnaround_s=cfg.batch_turnaround_s,
         specs=(f"{PTU}=gpt-4o-mini:{cfg.ptus:g}", f"{STD}=gpt-4o-mini:100000000:standard",
                f"{GB}=gpt-4o-mini:100000000:globalbatch"),

@@ -69,8 +69,11 @@ class DeadlineConfig:
         return sum(max(0.0, self.upper - s) * self.capacity_tps * third for s in self.day)
 
     def lines(self, factor: float) -> int:
-        """Lines of a batch that needs `factor` times the idle capacity."""
-        return max(1, round(factor * self.idle_tokens() / self.charge(self.line_max_tokens)))
+        """Lines of a batch that needs `factor` times the idle capacity, a line counted at
+        what admission reserves for it (prompt plus max_tokens times the weight: the
+        throttle admits by that, not by what the answer will use)."""
+        reserve = PROMPT_TOKENS + self.line_max_tokens * self.output_weight
+        return max(1, round(factor * self.idle_tokens() / reserve))
 
 
 QUICK = DeadlineConfig(deadline_s=75.0, batch_turnaround_s=40.0, grace_s=40.0)

@@ -154,6 +154,11 @@ class BatchStore:
         await self.redis.hset(keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]
 
     @redis_boundary("batch store")
+    async def forget_fields(self, batch_id: str, *names: str) -> None:
+        """Remove fields of a batch."""
+        await self.redis.hdel(keys.batch(batch_id), *names)
+
+    @redis_boundary("batch store")
     async def incr(self, batch_id: str, name: str, by: int = 1) -> None:
         """Add `by` to the batch's counter `name`."""
         await self.redis.hincrby(keys.batch(batch_id), name, by)

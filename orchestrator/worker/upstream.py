@@ -172,6 +172,11 @@ class AzureUpstream:
         up.endpoint = endpoint
         return up
 
+    @property
+    def client(self) -> openai.AsyncAzureOpenAI:
+        """The SDK client, for the resource's other APIs (a Batch deployment's Files + Batches)."""
+        return self._client
+
     async def check_credential(self) -> None:
         """Obtain an Entra ID token once (a no-op with an API key); raises what the SDK raises."""
         if self._credential is not None:

@@ -45,12 +45,23 @@ return 1
 """
 
 
+# KEYS: request record, result. ARGV: claimant, at. Sets the claim's time of a line still
+# claimed and without a result (a renewal; at 0 a release for takeover at once).
+_TOUCH = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'overflow' then return 0 end
+redis.call('HSET', KEYS[1], 'overflow_owner', ARGV[1], 'overflow_at', ARGV[2])
+return 1
+"""
+
+
 class Claims:
     """Claims of batch lines for overflow, on the request records."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
         self._claim = redis.register_script(_CLAIM)
+        self._touch = redis.register_script(_TOUCH)
 
     @redis_boundary("overflow claims")
     async def statuses(self, request_ids: Sequence[str]) -> list[str | None]:
@@ -83,6 +94,13 @@ class Claims:
             elif got == 2:
                 taken.append(rid)
         return fresh, taken
+
+    @redis_boundary("overflow claims")
+    async def touch(self, request_ids: Sequence[str], claimant: str, at: float) -> None:
+        """Set the claim time of those lines still claimed without a result: `now` renews
+        the claims (a remote batch still works on them), 0 releases them for takeover."""
+        for rid in request_ids:
+            await self._touch(keys=[keys.request(rid), keys.result(rid)], args=[claimant, repr(at)])
 
     def __repr__(self) -> str:
         return "<Claims>"

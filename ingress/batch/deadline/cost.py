@@ -22,7 +22,9 @@ class Tally:
     __slots__ = ("_prices", "rows")
 
     def __init__(self, overflow: Sequence[OverflowEntry]) -> None:
-        self._prices = {(e.name, e.kind): (e.price_in, e.price_out) for e in overflow}
+        self._prices: dict[str, dict[str, tuple[float, float]]] = {}
+        for e in overflow:
+            self._prices.setdefault(e.name, {})[e.kind] = (e.price_in, e.price_out)
         self.rows: dict[str, dict[str, float]] = {}
 
     def add(self, doc: ResultDocument) -> None:
@@ -34,9 +36,9 @@ class Tally:
         flex = response.get("service_tier") == "flex"
         name = doc.deployment or ""
         label = name + (":flex" if flex else "")
-        price_in, price_out = self._prices.get(
-            (name, "flex" if flex else "standard"), self._prices.get((name, "flex"), (0.0, 0.0))
-        )
+        kinds = self._prices.get(name, {})
+        order = ("flex", "standard", "batch") if flex else ("standard", "batch", "flex")
+        price_in, price_out = next((kinds[k] for k in order if k in kinds), (0.0, 0.0))
         row = self.rows.setdefault(
             label, {"lines": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
         )

@@ -12,44 +12,42 @@ priority) batch on one provisioned deployment it takes the batch's `plan` lease
    calls must still finish, and writes the forecast on the batch (`forecast`);
 3. **plans** (`deadline/planner`) once the forecast rests on measurements; and
 4. **moves** the planned number of lines from the tail of the PTU queue (the lines the
-   worker reaches last; only lines already queued) with `deadline/claims`, then calls each
-   through the high-priority proxy at the chosen target, Flex with the pricier standard
-   entries as its spillover chain (a Flex 429 moves on), the worker's retries
-   (`BatchWork.call`). The result is written by `ResultStore.complete`, exactly once.
+   worker reaches last; only lines already queued) with `deadline/claims` and hands them
+   to `deadline/send` (synchronous calls, or one remote batch on a Batch deployment, which
+   `deadline/remote` polls at each round and merges back). Each result is written by
+   `ResultStore.complete`, exactly once.
 
-Lines whose claimant died are taken over after `claim_lease_s`. The Batch-deployment kind
-is validated in the configuration but not planned for here (see the README's gaps).
+Lines whose claimant died are taken over after `claim_lease_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+import openai
 import redis.asyncio as aioredis
 import structlog
 
 from ingress.batch.deadline.claims import Claims
 from ingress.batch.deadline.forecast import Sample, forecast
 from ingress.batch.deadline.planner import MARGIN_K, Option, plan, price_per_line
+from ingress.batch.deadline.remote import RemoteBatches
+from ingress.batch.deadline.send import Sender
 from ingress.batch.files import Files
-from ingress.batch.lines import line_request, requests_from
 from ingress.batch.runner import BatchWork
 from ingress.batch.store import BatchStore, line_request_id
-from ingress.chat.governance import Governance
 from ingress.chat.targets import Target
+from ingress.http.errors import ApiError
 from ingress.metrics import IngressMetrics
 from orchestrator.core import keys
 from orchestrator.core.deployments import DeploymentConfig, OverflowEntry
 from orchestrator.core.errors import StoreUnavailable
 from orchestrator.core.redis_replies import text
-from orchestrator.core.schemas import QueuedRequest
 from orchestrator.core.settings import Settings
-from orchestrator.tenants.config import Tenancy
+from orchestrator.worker.upstream import AzureUpstream
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +63,7 @@ _FIELDS = (
     "status", "priority", "deployment", "total", "completed", "failed", "cursor", "expires_at",
     "created_at", "line_tokens_in", "line_tokens_out", "overflow_sent", "overflow_done",
     "plan_t", "plan_ptu_done", "plan_samples", "tenant", "reply_key", "input_file_id",
-    "final_status", "forecast_first",
+    "final_status", "forecast_first", "overflow_rescan", "scan_t",
 )  # fmt: skip
 
 
@@ -96,12 +94,12 @@ class DeadlineOverflow:
         self._settings = settings
         self._clock = clock
         self._round_s = round_s
-        self._gate = asyncio.Semaphore(concurrency)
         self._owner = owner or f"overflow-{id(self):x}"
         self._claim_lease_s = 2 * settings.request_timeout_s + 60.0
-        self._governance = Governance.of(settings.deployments, settings.default_max_tokens)
-        self._tenancy = Tenancy(settings.tenants, settings.api_keys)
-        self._running: set[asyncio.Task[None]] = set()
+        remote = RemoteBatches(store, work.results, self._claims, self._client_for, clock=clock)
+        self._remote = remote
+        self._sender = Sender(store, files, work, targets, settings, remote, concurrency)
+        self._clients: dict[str, openai.AsyncAzureOpenAI] = {}
         self._metrics = metrics
         self._shown: set[str] = set()
 
@@ -112,6 +110,9 @@ class DeadlineOverflow:
                 await self.round()
             except StoreUnavailable as exc:
                 log.warning("deadline_round_failed", error=repr(exc))
+            except (openai.OpenAIError, ApiError) as exc:
+                # a Batch deployment or a file the round needed failed: the next round retries
+                log.error("deadline_round_failed", error=repr(exc))
             await asyncio.sleep(self._round_s)
 
     async def round(self) -> None:
@@ -128,6 +129,8 @@ class DeadlineOverflow:
             ):  # fmt: skip
                 continue
             if await self._store.lease(batch_id, self._owner, PLAN_LEASE_S, role="plan"):
+                if any(e.kind == "batch" for e in d.overflow):
+                    await self._remote.poll(batch_id, d.overflow, self._owner)
                 await self._plan(batch_id, {**f, "id": batch_id}, d)
 
     async def _plan(self, batch_id: str, f: dict[str, str], d: DeploymentConfig) -> None:
@@ -157,6 +160,10 @@ class DeadlineOverflow:
         p = plan(total - done, low_lines, deadline - guard - now, options, moved=sent - sent_done)
         moving = p.send if measured or now >= deadline - guard else {}
         moved = 0
+        if sent > sent_done and (
+            f.get("overflow_rescan") or now - float(f.get("scan_t") or 0) > self._claim_lease_s / 2
+        ):
+            await self._take_over(f, d, options, now)
         for name, count in moving.items():
             moved += await self._move(f, d, name, count, options, now)
         shown = {
@@ -174,6 +181,17 @@ class DeadlineOverflow:
             plan_samples=json.dumps(samples), **first,
         )  # fmt: skip
 
+    def _client_for(self, entry: OverflowEntry) -> openai.AsyncAzureOpenAI:
+        """The `openai` client of the resource of a Batch deployment (the PTU's resource)."""
+        ptu = next(d for d in self._settings.deployments if entry in d.overflow)
+        endpoint = self._settings.endpoint_of(ptu) or ""
+        if endpoint not in self._clients:
+            up = AzureUpstream.from_settings(
+                self._settings, endpoint=endpoint, api_key=self._settings.api_key_of(ptu)
+            )
+            self._clients[endpoint] = up.client
+        return self._clients[endpoint]
+
     def _show(self, batch_id: str, values: dict[str, float] | None) -> None:
         if self._metrics is None:
             return
@@ -184,11 +202,12 @@ class DeadlineOverflow:
             self._shown.add(batch_id)
 
     def _options(self, d: DeploymentConfig, tok_in: float, tok_out: float) -> list[Option]:
+        """The overflow entries as the planner sees them, each named `name:kind`."""
         return [
-            Option(e.name, e.kind, price_per_line(e.price_in, e.price_out, tok_in, tok_out),
-                   e.turnaround_s)
+            Option(f"{e.name}:{e.kind}", e.kind,
+                   price_per_line(e.price_in, e.price_out, tok_in, tok_out), e.turnaround_s)
             for e in d.overflow
-            if e.kind != "batch" and e.name in self._targets
+            if e.kind == "batch" or e.name in self._targets
         ]  # fmt: skip
 
     async def _record(self, deployment: str, batch_id: str, now: float, rate: float) -> None:
@@ -208,6 +227,26 @@ class DeadlineOverflow:
             at, rate, _ = text(member).split(":", 2)
             out.append(Sample(float(at), float(rate)))
         return out
+
+    async def _take_over(
+        self, f: dict[str, str], d: DeploymentConfig, options: Sequence[Option], now: float
+    ) -> None:
+        """Send again the lines whose claim was abandoned (a claimant died, a remote batch
+        left them): every claimed line of the batch is looked at, the claim script takes
+        only those past their lease. Synchronous targets first: time is short by now."""
+        taken: list[str] = []
+        cursor = int(f.get("cursor") or 0)
+        for start in range(0, cursor, SCAN):
+            ids = [line_request_id(f["id"], i) for i in range(start, min(cursor, start + SCAN))]
+            statuses = await self._claims.statuses(ids)
+            stale = [r for r, s in zip(ids, statuses, strict=True) if s == "overflow"]
+            taken += (await self._claims.claim(stale, self._owner, now, self._claim_lease_s))[1]
+        await self._store.update(f["id"], scan_t=repr(now))
+        await self._store.forget_fields(f["id"], "overflow_rescan")
+        if taken:
+            ranked = sorted(options, key=lambda o: (o.kind == "batch", o.price_per_line))
+            await self._sender.send(f, d, ranked[0].name, options, set(taken))
+            log.info("batch_lines_taken_over", batch_id=f["id"], lines=len(taken))
 
     async def _move(
         self, f: dict[str, str], d: DeploymentConfig, name: str, count: int,
@@ -235,65 +274,14 @@ class DeadlineOverflow:
         if not fresh and not taken:
             return 0
         await self._store.incr(batch_id, "overflow_sent", len(fresh))
-        target = self._chain(d, name, options)
-        reqs = await self._requests(f, {*fresh, *taken})
-        for req in reqs:
-            task = asyncio.create_task(self._call(f, req, target))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+        await self._sender.send(f, d, name, options, {*fresh, *taken})
         log.info("batch_lines_overflowed", batch_id=batch_id, target=name, lines=len(fresh),
                  taken_over=len(taken))  # fmt: skip
         return len(fresh)
 
-    def _chain(self, d: DeploymentConfig, name: str, options: Sequence[Option]) -> Target:
-        """The chosen target, with the pricier synchronous ones as its spillover chain."""
-        entries: dict[str, OverflowEntry] = {e.name + e.kind: e for e in d.overflow}
-        chosen = next(o for o in options if o.name == name)
-        later = sorted((o for o in options if o.price_per_line > chosen.price_per_line),
-                       key=lambda o: o.price_per_line)  # fmt: skip
-
-        def target(o: Option) -> Target:
-            tier = "flex" if entries[o.name + o.kind].kind == "flex" else None
-            return dataclasses.replace(self._targets[o.name], service_tier=tier, spillover=())
-
-        return dataclasses.replace(target(chosen), spillover=tuple(target(o) for o in later))
-
-    async def _requests(self, f: dict[str, str], ids: set[str]) -> list[QueuedRequest]:
-        """The claimed lines as requests, read from the input file."""
-        out: list[QueuedRequest] = []
-        chunks = await self._files.chunks(f["tenant"], f["input_file_id"])
-        async for index, obj, _ in requests_from(chunks):
-            if line_request_id(f["id"], index) in ids:
-                out.append(line_request(
-                    obj, index, batch_id=f["id"], tenant=f["tenant"], reply_key=f["reply_key"],
-                    deadline=float(f["expires_at"]), now=self._clock(),
-                    ceiling=self._ceiling(f["tenant"]), governance=self._governance,
-                ))  # fmt: skip
-        return out
-
-    def _ceiling(self, tenant: str) -> int:
-        own = self._tenancy.config(tenant).max_tokens_ceiling
-        return own if own is not None else self._settings.max_tokens_ceiling
-
-    async def _call(self, f: dict[str, str], req: QueuedRequest, target: Target) -> None:
-        async with self._gate:
-            try:
-                doc = await self._work.call(
-                    req.model_copy(update={"deployment": target.name}), target
-                )
-                if await self._work.results.complete(doc, req.reply_key):
-                    await self._store.incr(f["id"], "overflow_done")
-            except StoreUnavailable as exc:
-                # the claim stays; after its lease the next round takes the line over
-                log.error("overflow_line_failed", request_id=req.id, error=repr(exc))
-
     async def stop(self) -> None:
         """Cancel the calls in flight (their claims are taken over after the lease)."""
-        for task in list(self._running):
-            task.cancel()
-        for task in list(self._running):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._sender.stop()
 
     def __repr__(self) -> str:
-        return f"<DeadlineOverflow owner={self._owner} calls={len(self._running)}>"
+        return f"<DeadlineOverflow owner={self._owner} sender={self._sender!r}>"
