@@ -73,7 +73,9 @@ async def test_lines_go_to_the_batch_deployment_and_come_back_once(
         batch = await client.batches.retrieve(batch.id)
     assert batch.status == "completed"
     assert batch.output_file_id is not None and batch.error_file_id is None
-    out = [json.loads(x) for x in (await client.files.content(batch.output_file_id)).text.split()]
+    out = [
+        json.loads(x) for x in (await client.files.content(batch.output_file_id)).text.splitlines()
+    ]
     await client.close()
     assert sorted(o["custom_id"] for o in out) == sorted(f"q-{i}" for i in range(LINES))
     targets = (batch.model_extra or {})["usage_by_target"]["targets"]

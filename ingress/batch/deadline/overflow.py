@@ -280,8 +280,12 @@ class DeadlineOverflow:
         return len(fresh)
 
     async def stop(self) -> None:
-        """Cancel the calls in flight (their claims are taken over after the lease)."""
+        """Cancel the calls in flight (their claims are taken over after the lease); close
+        the Batch deployments' clients."""
         await self._sender.stop()
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
 
     def __repr__(self) -> str:
         return f"<DeadlineOverflow owner={self._owner} sender={self._sender!r}>"
