@@ -70,10 +70,9 @@ class DeadlineConfig:
 
     def lines(self, factor: float) -> int:
         """Lines of a batch that needs `factor` times the idle capacity, a line counted at
-        what admission reserves for it (prompt plus max_tokens times the weight: the
-        throttle admits by that, not by what the answer will use)."""
-        reserve = PROMPT_TOKENS + self.line_max_tokens * self.output_weight
-        return max(1, round(factor * self.idle_tokens() / reserve))
+        its expected charge once reconciled (prompt plus the expected output times the
+        weight)."""
+        return max(1, round(factor * self.idle_tokens() / self.charge(self.line_max_tokens)))
 
 
 QUICK = DeadlineConfig(deadline_s=75.0, batch_turnaround_s=40.0, grace_s=40.0)

@@ -170,3 +170,29 @@ def test_more_forecast_never_moves_more(low: float) -> None:
 
 def test_price_per_line() -> None:
     assert price_per_line(0.15, 0.60, 1_000, 500) == pytest.approx((150 + 300) / 1e6)
+
+
+@pytest.mark.parametrize(
+    ("time_left", "send_s", "reason", "send", "deferred"),
+    [
+        (60.0, 10.0, "deferred", {}, 40),  # 50 s of slack left: the PTU keeps working
+        (16.1, 10.0, "deferred", {}, 40),
+        (16.0, 10.0, "short", {"std": 40}, 0),  # the last safe moment: move
+        (5.0, 10.0, "short", {"std": 40}, 0),  # late: move at once
+    ],
+)
+def test_a_synchronous_move_waits_for_its_last_safe_moment(
+    time_left: float, send_s: float, reason: str, send: dict[str, int], deferred: int
+) -> None:
+    p = plan(100, 60.0, time_left, [STANDARD], send_s=send_s, slack_s=6.0)
+    assert (p.reason, p.send, p.deferred, p.ptu_lines) == (reason, send, deferred, 60)
+
+
+def test_a_batch_deployment_move_waits_until_its_turnaround_nearly_stops_fitting() -> None:
+    latest = 100.0 * BATCH_SAFETY  # the batch deployment fits until then
+    early = plan(10, 0, latest + 30, [STANDARD, BATCH], send_s=1.0, slack_s=6.0)
+    assert (early.reason, early.deferred) == ("deferred", 10)
+    assert plan(10, 0, latest + 6, [STANDARD, BATCH], send_s=1.0, slack_s=6.0).send == {"gb": 10}
+    # past it, the synchronous target, again at its own last moment
+    assert plan(10, 0, latest - 1, [STANDARD, BATCH], send_s=1.0, slack_s=6.0).send == {}
+    assert plan(10, 0, 7.0, [STANDARD, BATCH], send_s=1.0, slack_s=6.0).send == {"std": 10}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -55,6 +56,8 @@ ROUND_S = 2.0
 PLAN_LEASE_S = 30.0
 GUARD_FRACTION = 0.1
 GUARD_MIN_S = 5.0
+DEFER_SLACK_ROUNDS = 3
+"""A deferred move happens once its last safe start is this many rounds away."""
 MIN_SAMPLES = 3
 """Rounds measured before the first line moves (a plan from the prior alone would move all)."""
 HISTORY_S = 8 * 86_400
@@ -95,10 +98,14 @@ class DeadlineOverflow:
         self._clock = clock
         self._round_s = round_s
         self._owner = owner or f"overflow-{id(self):x}"
-        self._claim_lease_s = 2 * settings.request_timeout_s + 60.0
+        # longer than the claimant's own calls of a line can take (every attempt and wait)
+        self._claim_lease_s = (
+            settings.max_attempts * (settings.request_timeout_s + settings.backoff_max_s) + 10.0
+        )
         remote = RemoteBatches(store, work.results, self._claims, self._client_for, clock=clock)
         self._remote = remote
         self._sender = Sender(store, files, work, targets, settings, remote, concurrency)
+        self._concurrency = concurrency
         self._clients: dict[str, openai.AsyncAzureOpenAI] = {}
         self._metrics = metrics
         self._shown: set[str] = set()
@@ -157,7 +164,13 @@ class DeadlineOverflow:
         options = self._options(d, tok_in, tok_out)
         measured = len(samples) >= MIN_SAMPLES
         low_lines = fc.low(MARGIN_K) / line_tokens if line_tokens else 0.0
-        p = plan(total - done, low_lines, deadline - guard - now, options, moved=sent - sent_done)
+        excess = max(0.0, total - done - (sent - sent_done) - low_lines)
+        # the time the excess takes on a synchronous target, waves of `concurrency` calls
+        send_s = math.ceil(excess / self._concurrency) * self._sender.line_s
+        p = plan(
+            total - done, low_lines, deadline - guard - now, options, moved=sent - sent_done,
+            send_s=send_s, slack_s=DEFER_SLACK_ROUNDS * self._round_s,
+        )  # fmt: skip
         moving = p.send if measured or now >= deadline - guard else {}
         moved = 0
         if sent > sent_done and (
@@ -171,6 +184,7 @@ class DeadlineOverflow:
             "sigma": round(fc.sigma), "rate": round(fc.rate, 1),
             "remaining_tokens": round((total - done) * line_tokens), "ptu_lines": p.ptu_lines,
             "plan": p.reason if measured or not p.send else "measuring",
+            "deferred_lines": p.deferred,
             "overflow_lines": sent + moved, "ptu_lines_done": ptu_done,
         }  # fmt: skip
         first = (

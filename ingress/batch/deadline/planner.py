@@ -1,13 +1,13 @@
 """The overflow plan: how many of a batch's remaining lines leave the PTU, and for where.
 
 Everything the PTU will not finish before the deadline (the forecast less `margin`
-standard deviations) goes to overflow; the rest stays on the PTU, which costs nothing
-more. The lines that leave go to the cheapest target that can still finish them in time:
-a Batch deployment only while its turnaround (times `BATCH_SAFETY`) fits in the time
-left; Flex and standard answer synchronously. At every round the plan is made again from
-a new forecast: when the PTU turns out busier than forecast, more lines leave; when it
-turns out idler, no more leave (lines already sent are not called back: their tokens are
-spent or being spent). Pure: a function of numbers; tests give tables.
+standard deviations) goes to overflow, at the last safe moment; the rest stays on the PTU,
+which costs nothing more. The lines that leave go to the cheapest target that can still
+finish them in time: a Batch deployment only while its turnaround (times `BATCH_SAFETY`)
+fits in the time left; Flex and standard answer synchronously. At every round the plan is
+made again from a new forecast: when the PTU turns out busier than forecast, more lines
+leave; when it turns out idler, fewer (a deferred move waits; lines already sent are not
+called back: their tokens are spent or being spent). Pure: tests give tables.
 
 The margin: on the deadline benchmark the forecast's error by the deadline is reported
 beside the plan; `MARGIN_K` two standard deviations keeps the chance that the PTU falls
@@ -46,6 +46,8 @@ class Plan:
     ptu_lines: int = 0
     """Lines the PTU is expected to finish (the forecast less the margin)."""
     reason: str = ""
+    deferred: int = 0
+    """Lines that will move, but not yet (`plan`'s `send_s`)."""
 
     @property
     def total(self) -> int:
@@ -60,9 +62,17 @@ def plan(
     options: Sequence[Option],
     *,
     moved: int = 0,
+    send_s: float | None = None,
+    slack_s: float = 0.0,
 ) -> Plan:
     """The plan for `remaining` lines without a result, `moved` of them already on overflow,
-    when the PTU is expected (with margin) to finish `ptu_lines_low` in `time_left`."""
+    when the PTU is expected (with margin) to finish `ptu_lines_low` in `time_left`.
+
+    With `send_s` (how long the excess takes on a synchronous target) the move waits for
+    the last safe moment: while the chosen target could still start more than `slack_s`
+    later (a Batch deployment: its turnaround times `BATCH_SAFETY`), the plan is
+    `deferred`, and the PTU keeps working on the lines meanwhile; the next rounds, better
+    informed, move fewer if it did better than forecast."""
     on_ptu = remaining - moved
     keep = min(on_ptu, math.floor(ptu_lines_low))
     excess = on_ptu - keep
@@ -75,6 +85,10 @@ def plan(
     if not usable:
         return Plan(ptu_lines=keep, reason="no_target_in_time")
     best = min(usable, key=lambda o: (o.price_per_line, KINDS.index(o.kind)))
+    if send_s is not None:
+        takes = best.turnaround_s * BATCH_SAFETY if best.kind == "batch" else send_s
+        if time_left - takes > slack_s:
+            return Plan(ptu_lines=keep, reason="deferred", deferred=excess)
     return Plan(send={best.name: excess}, ptu_lines=keep, reason="short")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 
 import structlog
@@ -33,6 +34,9 @@ from orchestrator.tenants.config import Tenancy
 
 log = structlog.get_logger(__name__)
 
+LINE_S = 10.0
+"""The time a synchronous overflow line is assumed to take before one was measured."""
+
 
 class Sender:
     """Calls (or submits) the lines the planner moved."""
@@ -51,6 +55,8 @@ class Sender:
         self._governance = Governance.of(settings.deployments, settings.default_max_tokens)
         self._tenancy = Tenancy(settings.tenants, settings.api_keys)
         self._running: set[asyncio.Task[None]] = set()
+        self.line_s = LINE_S
+        """How long one line's calls take here (a moving average; `LINE_S` before any)."""
 
     async def send(
         self, f: dict[str, str], d: DeploymentConfig, label: str, options: Sequence[Option],
@@ -107,6 +113,7 @@ class Sender:
         good. Not the proxy's spillover chain: a Flex 429 is Flex's own contention, which
         must not open the breaker the standard entry of the same deployment shares."""
         async with self._gate:
+            started = time.monotonic()
             try:
                 for i, target in enumerate(chain):
                     moved = req.model_copy(update={"deployment": target.name})
@@ -114,6 +121,7 @@ class Sender:
                     again = doc.status_code in (408, 429) or (doc.status_code or 0) >= 500
                     if doc.status == "completed" or not again or i == len(chain) - 1:
                         break
+                self.line_s = 0.8 * self.line_s + 0.2 * (time.monotonic() - started)
                 if await self._work.results.complete(doc, req.reply_key):
                     await self._store.incr(f["id"], "overflow_done")
             except StoreUnavailable as exc:
