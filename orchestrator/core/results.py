@@ -78,9 +78,16 @@ end
 return 0
 """
 
-# Step 3, in the batch's slot: count the line once.
+# Step 3, in the batch's slot: count the line once. A batch already terminal counts no
+# more (its marks are gone, and its files are written): a late re-settle of a line, such as
+# the PTU queue's copy of a line that overflow answered, reaching the worker after the end.
 # KEYS: batch line marks, batch hash. ARGV: request id, mark, counter field.
 _COUNT = """
+local status = redis.call('HGET', KEYS[2], 'status')
+if status == 'completed' or status == 'failed' or status == 'cancelled'
+   or status == 'expired' then
+  return 0
+end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
   redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
   local bttl = redis.call('PTTL', KEYS[2])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from ingress.batch.deadline.claims import Claims
+from orchestrator.core import keys
 from orchestrator.core.results import ResultStore
 from tests.integration.test_results_store import TTL, doc, queued
 
@@ -52,3 +53,16 @@ async def test_a_line_with_a_result_is_never_claimed_and_keeps_one_result(
     assert await claims.statuses(["a"]) == ["done"]
     state = await store.get("a")
     assert state is not None and state.result is not None and state.result.status == "completed"
+
+
+async def test_a_late_settle_after_the_batch_ended_counts_nothing(redis: aioredis.Redis) -> None:
+    # the PTU queue's copy of a line overflow answered may reach the worker after the end
+    store = ResultStore(redis, reply_ttl_s=TTL)
+    await redis.hset(keys.batch("batch_x"), mapping={"status": "in_progress", "completed": "0"})
+    await store.register(queued("a", batch_id="batch_x"))
+    assert await store.complete(doc("a", batch_id="batch_x"), "unused") is True
+    assert await redis.hget(keys.batch("batch_x"), "completed") == b"1"
+    await redis.hset(keys.batch("batch_x"), "status", "completed")
+    await redis.delete(keys.batch_results("batch_x"))  # what deactivating the batch does
+    assert await store.settle("a", "unused") is True
+    assert await redis.hget(keys.batch("batch_x"), "completed") == b"1"
