@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from orchestrator.cli.batch_costs import COLUMNS as BATCH_COLUMNS
+from orchestrator.cli.batch_costs import batch_rows
 from orchestrator.core import redis_client, startup
 from orchestrator.core.errors import PTUError
 from orchestrator.core.settings import Settings
@@ -46,7 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--since", default="24h", help="ISO time (UTC unless it says) or an age: 90m, 24h, 7d, 2w"
     )
     parser.add_argument("--until", default="now", help="ISO time, an age, or 'now'")
-    parser.add_argument("--by", choices=("tenant", "deployment"), default="tenant")
+    parser.add_argument(
+        "--by", choices=("tenant", "deployment", "batch"), default="tenant",
+        help="batch: each batch created in the period, its lines per target and its cost",
+    )  # fmt: skip
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
 
@@ -159,7 +164,7 @@ def _costs(
 
 def render(lines: Sequence[dict[str, Any]], fmt: str, by: str, period: Period) -> str:
     """The summary as a table, CSV or JSON."""
-    columns = [by, *COLUMNS]
+    columns = [by, *(BATCH_COLUMNS if by == "batch" else COLUMNS)]
     if lines and "ptu_cost" in lines[0]:
         columns += ["ptu_share", "ptu_cost"]
     if lines and "payg_cost" in lines[0]:
@@ -210,15 +215,21 @@ def run(args: argparse.Namespace, settings: Settings | None) -> int:
     now = time.time()
     period = period_of(parse_time(args.since, now), parse_time(args.until, now))
 
-    async def main() -> list[UsageRow]:
+    async def main() -> list[UsageRow] | list[dict[str, Any]]:
         redis = redis_client.connect_view(settings.redis)
         try:
             await startup.check_redis(redis, settings.redis_url)
-            ledger = UsageLedger(redis, Tenancy(settings.tenants, settings.api_keys))
-            return await ledger.rows(period.start, period.end)
+            tenancy = Tenancy(settings.tenants, settings.api_keys)
+            if args.by == "batch":
+                return await batch_rows(redis, tenancy.names(), period.start, period.end)
+            return await UsageLedger(redis, tenancy).rows(period.start, period.end)
         finally:
             await redis.aclose()
 
     rows = asyncio.run(main())
-    print(render(summarise(rows, args.by, settings, period), args.format, args.by, period))
+    if args.by == "batch":
+        lines: list[dict[str, Any]] = rows  # type: ignore[assignment]
+    else:
+        lines = summarise(rows, args.by, settings, period)  # type: ignore[arg-type]
+    print(render(lines, args.format, args.by, period))
     return 0

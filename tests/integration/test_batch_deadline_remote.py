@@ -15,8 +15,10 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+import redis.asyncio as aioredis
 
 from ingress.server import IngressThread
+from orchestrator.cli.batch_costs import batch_rows
 from orchestrator.core.settings import load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
@@ -58,7 +60,7 @@ def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
 
 
 async def test_lines_go_to_the_batch_deployment_and_come_back_once(
-    sim: SimulatorThread, ingress: IngressThread
+    sim: SimulatorThread, ingress: IngressThread, redis: aioredis.Redis
 ) -> None:
     client = openai.AsyncOpenAI(base_url=ingress.url + "/v1", api_key="unused", max_retries=0)
     lines = [_line(i, max_tokens=20) for i in range(LINES)]
@@ -84,4 +86,10 @@ async def test_lines_go_to_the_batch_deployment_and_come_back_once(
     assert 0 < on_std < LINES  # the remote failures (a quarter, drawn) ran again, synchronously
     state = httpx2.get(f"{sim.url}/sim/state").json()
     assert state["global_batch"]["tokens"]["lines"] == on_gb
+    # `ptu usage --by batch`: the batch, where its lines ran, what it cost
+    (row,) = [r for r in await batch_rows(redis, ["default"], 0, time.time() + 1)
+              if r["batch"] == batch.id]  # fmt: skip
+    assert row["ptu_tokens"] == 0 and row["overflow_tokens"] > 0
+    assert row["cost"] == (batch.model_extra or {})["usage_by_target"]["total_cost"] > 0
+    assert row["targets"] == f"gb:{on_gb} std:{on_std}"
     assert state["deployments"]["std"]["requests"] == on_std

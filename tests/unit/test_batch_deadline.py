@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
+from ingress.batch.deadline.cost import Tally
 from ingress.batch.deadline.forecast import DAY_S, Sample, forecast
 from ingress.batch.deadline.planner import BATCH_SAFETY, Option, plan, price_per_line
 from ingress.batch.deadline.window import deadline_of, window_seconds
 from ingress.http.errors import ApiError
+from orchestrator.cli.batch_costs import row_of
+from orchestrator.core.deployments import OverflowEntry
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.schemas import ResultDocument
+from orchestrator.core.settings import load_settings
 
 NOW = 1_800_000_000.0
 
@@ -196,3 +205,96 @@ def test_a_batch_deployment_move_waits_until_its_turnaround_nearly_stops_fitting
     # past it, the synchronous target, again at its own last moment
     assert plan(10, 0, latest - 1, [STANDARD, BATCH], send_s=1.0, slack_s=6.0).send == {}
     assert plan(10, 0, 7.0, [STANDARD, BATCH], send_s=1.0, slack_s=6.0).send == {"std": 10}
+
+
+# -- cost ---------------------------------------------------------------------------------
+
+
+def _result(deployment: str, prompt: int, completion: int, tier: str | None = None) -> Any:
+    response = {"choices": [], **({"service_tier": tier} if tier else {})}
+    return ResultDocument(
+        id="r", status="completed", status_code=200, response=response, deployment=deployment,
+        usage={"prompt_tokens": prompt, "completion_tokens": completion},
+        enqueued_at=0.0, completed_at=1.0,
+    )  # fmt: skip
+
+
+def test_the_cost_per_target_prices_flex_standard_and_batch_and_not_the_ptu() -> None:
+    entries = [
+        OverflowEntry(name="std", kind="flex", price_in=1.0, price_out=2.0),
+        OverflowEntry(name="std", kind="standard", price_in=2.0, price_out=4.0),
+        OverflowEntry(name="gb", kind="batch", price_in=1.0, price_out=2.0),
+    ]
+    tally = Tally(entries)
+    for doc in (_result("ptu", 1_000_000, 1_000_000), _result("std", 1_000_000, 0, "flex"),
+                _result("std", 0, 1_000_000), _result("gb", 1_000_000, 1_000_000)):  # fmt: skip
+        tally.add(doc)
+    out = tally.as_dict()
+    costs = {k: v["cost"] for k, v in out["targets"].items()}
+    assert costs == {"ptu": 0.0, "std:flex": 1.0, "std": 4.0, "gb": 3.0}
+    assert out["total_cost"] == 8.0
+    assert out["targets"]["ptu"]["lines"] == 1
+
+
+def test_a_batch_row_of_usage_by_batch() -> None:
+    usage = {"targets": {"ptu": {"lines": 3, "prompt_tokens": 30, "completion_tokens": 60},
+                         "std:flex": {"lines": 1, "prompt_tokens": 10, "completion_tokens": 20}},
+             "total_cost": 0.5}  # fmt: skip
+    fields = {"status": "completed", "total": "4", "deployment": "ptu",
+              "usage_by_target": json.dumps(usage)}  # fmt: skip
+    assert row_of("acme", fields) == {
+        "tenant": "acme", "status": "completed", "lines": 4, "ptu_tokens": 90,
+        "overflow_tokens": 30, "cost": 0.5, "targets": "ptu:3 std:flex:1",
+    }  # fmt: skip
+    assert row_of("acme", {"status": "in_progress", "total": "4"})["cost"] == 0.0
+
+
+# -- configuration ------------------------------------------------------------------------
+
+STD = {"name": "std", "model": "gpt-4o-mini", "kind": "standard", "tpm": 1000}
+
+
+@pytest.mark.parametrize(
+    ("overflow", "std", "says"),
+    [
+        ([{"name": "std", "kind": "flex", "price_in": 1, "price_out": 2}], None,
+         "overflow 'std' of 'ptu' (flex) must be a standard deployment"),
+        ([{"name": "ptu2", "kind": "standard", "price_in": 1, "price_out": 2}], None,
+         "overflow 'ptu2' of 'ptu' (standard) must be a standard deployment"),
+        ([{"name": "std", "kind": "cheap", "price_in": 1, "price_out": 2}], STD, "kind"),
+        ([{"name": "std", "kind": "flex", "price_in": -1, "price_out": 2}], STD, "price_in"),
+        ([{"name": "std", "kind": "flex"}], STD, "price_in"),
+    ],
+)  # fmt: skip
+def test_bad_overflow_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, overflow: list[dict[str, Any]], std: Any, says: str
+) -> None:
+    deployments: list[dict[str, Any]] = [
+        {"name": "ptu", "model": "gpt-4o-mini", "ptus": 5, "overflow": overflow},
+        {"name": "ptu2", "model": "gpt-4o-mini", "ptus": 5},
+    ]
+    monkeypatch.setenv("PTU_DEPLOYMENTS", json.dumps(deployments + ([std] if std else [])))
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith("PTU_DEPLOYMENTS") and says in message and "\n" not in message
+
+
+def test_overflow_on_a_standard_deployment_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = {"name": "std", "kind": "standard", "price_in": 1, "price_out": 2}
+    monkeypatch.setenv("PTU_DEPLOYMENTS", json.dumps([{**STD, "name": "s2", "overflow": [entry]},
+                                                      STD]))  # fmt: skip
+    with pytest.raises(ConfigError, match="only a provisioned one has overflow"):
+        load_settings()
+
+
+def test_a_good_overflow_list_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    overflow = [{"name": "gb", "kind": "batch", "price_in": 1, "price_out": 2},
+                {"name": "std", "kind": "flex", "price_in": 1, "price_out": 2}]  # fmt: skip
+    ptu = {"name": "ptu", "model": "gpt-4o-mini", "ptus": 5, "overflow": overflow}
+    monkeypatch.setenv("PTU_DEPLOYMENTS", json.dumps([ptu, STD]))
+    d = load_settings().deployments[0]
+    assert [(e.name, e.kind, e.turnaround_s) for e in d.overflow] == [
+        ("gb", "batch", 86_400.0),
+        ("std", "flex", 86_400.0),
+    ]
