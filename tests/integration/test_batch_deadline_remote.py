@@ -66,9 +66,9 @@ async def test_lines_go_to_the_batch_deployment_and_come_back_once(
     lines = [_line(i, max_tokens=20) for i in range(LINES)]
     uploaded = await client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
     batch = await client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="2m"
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="1m"
     )
-    end = time.monotonic() + 110
+    end = time.monotonic() + 90
     while batch.status not in ("completed", "failed", "cancelled", "expired"):
         assert time.monotonic() < end, f"batch did not finish: {batch}"
         await asyncio.sleep(0.3)
