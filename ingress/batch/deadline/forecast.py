@@ -5,8 +5,9 @@ PTU completed batch lines: what the throttle let through of the idle capacity, a
 interactive traffic, other tenants' shares and higher classes took theirs. Those samples
 are the history (`keys.deadline_history`, per deployment, a week and a day of it).
 
-- **prior**: no sample yet (the batch just started): the idle capacity the utilisation
-  reading shows, `capacity * (upper - u)`, with an uncertainty as large as the value.
+- **prior**: no sample yet (the batch just started): the planner's `prior_rate` (the
+  capacity up to the upper threshold, half of it taken as busy), with an uncertainty as
+  large as the value; the planner moves nothing on it, it waits for measurements.
 - **recent**: the mean rate of the last `recent_s`, times the time left; its uncertainty
   is the standard error of that mean (the samples' spread over the square root of their
   number) times the time left. A level that drifts away later (a busy afternoon) is not
@@ -15,8 +16,10 @@ are the history (`keys.deadline_history`, per deployment, a week and a day of it
   (`day_s / SLOTS`) is forecast by the mean rate seen in that slot of the earlier days,
   its uncertainty by their spread; slots never seen fall back to the recent level.
 
-Work queued ahead of the batch (`ahead_tokens`: lines of earlier batches the PTU serves
-first) is taken off the total. Pure: `now` is passed in; tests feed tables of samples.
+Measured this way, the rate already nets out what the PTU serves before the batch
+(interactive calls, other tenants' shares, the `low` class); work known to be queued ahead
+and not yet in the rate (`ahead_tokens`) is taken off the total. Pure: `now` is passed in;
+tests feed tables of samples.
 """
 
 from __future__ import annotations
