@@ -182,29 +182,35 @@ def test_price_per_line() -> None:
 
 
 @pytest.mark.parametrize(
-    ("time_left", "send_s", "reason", "send", "deferred"),
+    ("time_left", "moved", "send", "deferred"),
     [
-        (60.0, 10.0, "deferred", {}, 40),  # 50 s of slack left: the PTU keeps working
-        (16.1, 10.0, "deferred", {}, 40),
-        (16.0, 10.0, "short", {"std": 40}, 0),  # the last safe moment: move
-        (5.0, 10.0, "short", {"std": 40}, 0),  # late: move at once
+        # waves of 10 lines, 5 s each, 6 s of slack: 40 excess lines
+        (60.0, 0, {}, 40),  # 9 waves (90 lines) still possible later: the PTU keeps them
+        (31.0, 0, {}, 40),  # 4 waves later take all 40
+        (26.0, 0, {"std": 10}, 30),  # 3 waves later take 30: one wave leaves now
+        (16.0, 0, {"std": 30}, 10),
+        (5.0, 0, {"std": 40}, 0),  # late: all at once
+        (31.0, 20, {"std": 20}, 20),  # 20 in flight hold two of the four waves to come
     ],
 )
-def test_a_synchronous_move_waits_for_its_last_safe_moment(
-    time_left: float, send_s: float, reason: str, send: dict[str, int], deferred: int
+def test_a_synchronous_move_is_just_in_time(
+    time_left: float, moved: int, send: dict[str, int], deferred: int
 ) -> None:
-    p = plan(100, 60.0, time_left, [STANDARD], send_s=send_s, slack_s=6.0)
-    assert (p.reason, p.send, p.deferred, p.ptu_lines) == (reason, send, deferred, 60)
+    p = plan(100 + moved, 60.0, time_left, [STANDARD], moved=moved, wave=(10, 5.0), slack_s=6.0)
+    assert (p.send, p.deferred, p.ptu_lines) == (send, deferred, 60)
+    assert p.reason == ("deferred" if not send else "short")
 
 
 def test_a_batch_deployment_move_waits_until_its_turnaround_nearly_stops_fitting() -> None:
     latest = 100.0 * BATCH_SAFETY  # the batch deployment fits until then
-    early = plan(10, 0, latest + 30, [STANDARD, BATCH], send_s=1.0, slack_s=6.0)
+    early = plan(10, 0, latest + 30, [STANDARD, BATCH], wave=(32, 1.0), slack_s=6.0)
     assert (early.reason, early.deferred) == ("deferred", 10)
-    assert plan(10, 0, latest + 6, [STANDARD, BATCH], send_s=1.0, slack_s=6.0).send == {"gb": 10}
-    # past it, the synchronous target, again at its own last moment
-    assert plan(10, 0, latest - 1, [STANDARD, BATCH], send_s=1.0, slack_s=6.0).send == {}
-    assert plan(10, 0, 7.0, [STANDARD, BATCH], send_s=1.0, slack_s=6.0).send == {"std": 10}
+    assert plan(10, 0, latest + 6, [STANDARD, BATCH], wave=(32, 1.0), slack_s=6.0).send == {
+        "gb": 10
+    }
+    # past it, the synchronous target, just in time
+    assert plan(10, 0, latest - 1, [STANDARD, BATCH], wave=(32, 1.0), slack_s=6.0).send == {}
+    assert plan(10, 0, 7.0, [STANDARD, BATCH], wave=(32, 1.0), slack_s=6.0).send == {"std": 10}
 
 
 # -- cost ---------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -66,7 +65,7 @@ _FIELDS = (
     "status", "priority", "deployment", "total", "completed", "failed", "cursor", "expires_at",
     "created_at", "line_tokens_in", "line_tokens_out", "overflow_sent", "overflow_done",
     "plan_t", "plan_ptu_done", "plan_samples", "tenant", "reply_key", "input_file_id",
-    "final_status", "forecast_first", "overflow_rescan", "scan_t",
+    "final_status", "forecast_first", "overflow_rescan", "scan_t", "expanded",
 )  # fmt: skip
 
 
@@ -151,7 +150,8 @@ class DeadlineOverflow:
         ptu_done = done - sent_done
         on_ptu = total - done - (sent - sent_done)
         samples = json.loads(f.get("plan_samples") or "[]")
-        if f.get("plan_t") and on_ptu > 0 and now > float(f["plan_t"]):
+        # measured once every line is queued: before, the worker may be waiting for lines
+        if f.get("expanded") == "1" and f.get("plan_t") and on_ptu > 0 and now > float(f["plan_t"]):
             rate = (ptu_done - int(f.get("plan_ptu_done") or 0)) * line_tokens
             rate /= now - float(f["plan_t"])
             samples = [*samples[-59:], [now, rate]]
@@ -164,12 +164,10 @@ class DeadlineOverflow:
         options = self._options(d, tok_in, tok_out)
         measured = len(samples) >= MIN_SAMPLES
         low_lines = fc.low(MARGIN_K) / line_tokens if line_tokens else 0.0
-        excess = max(0.0, total - done - (sent - sent_done) - low_lines)
-        # the time the excess takes on a synchronous target, waves of `concurrency` calls
-        send_s = math.ceil(excess / self._concurrency) * self._sender.line_s
         p = plan(
             total - done, low_lines, deadline - guard - now, options, moved=sent - sent_done,
-            send_s=send_s, slack_s=DEFER_SLACK_ROUNDS * self._round_s,
+            wave=(self._concurrency, self._sender.line_s),
+            slack_s=DEFER_SLACK_ROUNDS * self._round_s,
         )  # fmt: skip
         moving = p.send if measured or now >= deadline - guard else {}
         moved = 0

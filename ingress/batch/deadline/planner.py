@@ -47,7 +47,7 @@ class Plan:
     """Lines the PTU is expected to finish (the forecast less the margin)."""
     reason: str = ""
     deferred: int = 0
-    """Lines that will move, but not yet (`plan`'s `send_s`)."""
+    """Lines that will move, but not yet (`plan`'s `wave`)."""
 
     @property
     def total(self) -> int:
@@ -62,17 +62,19 @@ def plan(
     options: Sequence[Option],
     *,
     moved: int = 0,
-    send_s: float | None = None,
+    wave: tuple[int, float] | None = None,
     slack_s: float = 0.0,
 ) -> Plan:
     """The plan for `remaining` lines without a result, `moved` of them already on overflow,
     when the PTU is expected (with margin) to finish `ptu_lines_low` in `time_left`.
 
-    With `send_s` (how long the excess takes on a synchronous target) the move waits for
-    the last safe moment: while the chosen target could still start more than `slack_s`
-    later (a Batch deployment: its turnaround times `BATCH_SAFETY`), the plan is
-    `deferred`, and the PTU keeps working on the lines meanwhile; the next rounds, better
-    informed, move fewer if it did better than forecast."""
+    With `wave` (`lines, seconds`: how many lines a synchronous target takes at once and how
+    long a wave of them takes) the move is just in time: only the lines that the waves
+    still possible later (before `slack_s` is all that is left) could not take leave now;
+    the others are `deferred`, and the PTU keeps working on them meanwhile (the next
+    rounds, better informed, move fewer if it did better than forecast). A Batch
+    deployment takes its lines at once: they wait until 1.5 x its turnaround plus
+    `slack_s` is all that is left."""
     on_ptu = remaining - moved
     keep = min(on_ptu, math.floor(ptu_lines_low))
     excess = on_ptu - keep
@@ -85,10 +87,17 @@ def plan(
     if not usable:
         return Plan(ptu_lines=keep, reason="no_target_in_time")
     best = min(usable, key=lambda o: (o.price_per_line, KINDS.index(o.kind)))
-    if send_s is not None:
-        takes = best.turnaround_s * BATCH_SAFETY if best.kind == "batch" else send_s
-        if time_left - takes > slack_s:
+    if wave is not None:
+        if best.kind == "batch":
+            later = excess if time_left - best.turnaround_s * BATCH_SAFETY > slack_s else 0
+        else:
+            per_wave, wave_s = wave
+            waves = max(0, math.floor((time_left - slack_s) / wave_s) - 1)
+            later = max(0, waves * per_wave - moved)  # the lines in flight hold the first
+        now = max(0, excess - later)
+        if now == 0:
             return Plan(ptu_lines=keep, reason="deferred", deferred=excess)
+        return Plan(send={best.name: now}, ptu_lines=keep, reason="short", deferred=excess - now)
     return Plan(send={best.name: excess}, ptu_lines=keep, reason="short")
 
 
