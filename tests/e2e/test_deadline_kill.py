@@ -52,8 +52,8 @@ def test_ingress_and_worker_sigkilled_mid_overflow(tmp_path: Path) -> None:
         env = stack.base_env(
             PTU_DEPLOYMENTS=json.dumps(DEPLOYMENTS), PTU_FILES_DIR=str(tmp_path / "files"),
             PTU_QUEUE_CLAIM_IDLE_S="1", PTU_QUEUE_LIVENESS_S="2", PTU_SLOT_LEASE_S="2",
-            # a dead claimant's lines are taken over after 2 x (5 + 1) + 10 = 22 s
-            PTU_MAX_ATTEMPTS="2", PTU_REQUEST_TIMEOUT_S="5", PTU_BACKOFF_MAX_S="1",
+            # a dead claimant's lines are taken over after 2 x (3 + 1) + 10 = 18 s
+            PTU_MAX_ATTEMPTS="2", PTU_REQUEST_TIMEOUT_S="3", PTU_BACKOFF_MAX_S="1",
         )  # fmt: skip
         url = stack.start_ingress(env)
         stack.start_worker(env, name="worker-1")
