@@ -190,9 +190,7 @@ class _Handlers:
                 return JSONResponse(problem, 400)
             content, name = await upload.read(), upload.filename
         try:
-            return JSONResponse(
-                self.service.upload(name or "input.jsonl", content, self.clock())
-            )
+            return JSONResponse(self.service.upload(name or "input.jsonl", content, self.clock()))
         except ValueError as exc:
             return JSONResponse(chat.error_body("invalid_request", str(exc)), 400)
 
