@@ -6,7 +6,8 @@ closed). The count it limits is global: every worker's in-flight calls are
 leases in one Redis sorted set, and one script checks "count < limit" and adds
 the lease atomically, so N workers together never exceed the limit. A dead
 worker's leases expire after `lease_s`; a live worker keeps its own alive with
-`renew()` (a task of the worker calls it every quarter of the lease). When the limit
+`renew()` (a task of the worker calls it every quarter of the lease); a started call's
+lease covers the call's whole timeout (`start`, see `throttle.slots`). When the limit
 drops below the count, in-flight calls finish and nothing new starts until the
 count is below the limit.
 """
@@ -168,22 +169,56 @@ class Throttle:
         except StoreUnavailable as exc:
             log.warning("slot_release_failed", deployment=self.deployment, error=repr(exc))
 
+    async def start(self, slot: Slot, call_s: float) -> bool:
+        """The call holding `slot` starts and lasts at most `call_s`: its lease now covers the
+        call (plus one lease of margin for the clocks between Redis and the call's timeout).
+
+        False when the lease had expired (this worker stalled since leasing it): the slot is
+        forgotten and the caller must take a fresh one. With Redis unreachable the call goes
+        ahead on the lease it has (logged): the slot was counted when it was leased.
+        """
+        if slot.id not in self._held:
+            return False
+        try:
+            started = await self._table.start(slot.id, call_s + self.lease_s)
+        except StoreUnavailable as exc:
+            log.warning("slot_start_failed", deployment=self.deployment, error=repr(exc))
+            return True
+        if not started:
+            self._held.pop(slot.id, None)
+            self._released.set()
+            log.warning("slot_lease_expired_before_call", deployment=self.deployment)
+        return started
+
+    async def drop_owned(self) -> int:
+        """At start: drop the leases an earlier run under this worker id left (it is gone:
+        its id is ours); how many."""
+        try:
+            dropped = await self._table.drop_owned(self._worker_id)
+        except StoreUnavailable as exc:
+            log.warning("slot_cleanup_failed", deployment=self.deployment, error=repr(exc))
+            return 0
+        if dropped:
+            log.info("slot_leases_dropped", deployment=self.deployment, count=dropped)
+        return dropped
+
     async def renew(self) -> None:
         """Extend the leases of this worker's slots to now + lease_s."""
         members = list(self._held)
         if not members:
             return
         try:
-            readded = await self._table.renew(members, self.lease_s)
-            # a slot released while the renewal was in flight must not stay re-added (nor
-            # count as a lost lease: its release simply reached Redis first)
-            gone = [m for m in members if m not in self._held]
-            await self._table.release(gone)
-            lost = [m for m in readded if m in self._held]
-            if lost:
-                log.warning("slot_leases_lost", deployment=self.deployment, count=len(lost))
+            gone = await self._table.renew(members, self.lease_s)
         except StoreUnavailable as exc:
             log.warning("slot_renew_failed", deployment=self.deployment, error=repr(exc))
+            return
+        # a slot released while the renewal was in flight is no lost lease: its release
+        # simply reached Redis first; a lost one is forgotten (its call, if it started, ran
+        # past its own timeout; if not, `start` takes a fresh slot)
+        lost = [m for m in gone if self._held.pop(m, None) is not None]
+        if lost:
+            self._released.set()
+            log.warning("slot_leases_lost", deployment=self.deployment, count=len(lost))
 
     async def pause_for(self, seconds: float) -> None:
         """Pause new slots for this deployment on every worker (after a low-priority 429)."""

@@ -4,6 +4,18 @@ Member = slot id (`worker_id:random`), score = lease expiry in server millisecon
 Every script reads the Redis server's clock, never the workers': leases written
 by one host and reaped by another must agree on "now" even when their clocks
 are skewed. Expired leases (a dead worker's) are removed before counting.
+
+A lease lives as long as its call may. Leased, it lasts `lease_s` and the worker's
+renewals extend it; when the call starts (`start`), it is lengthened to cover the call's
+whole timeout, and renewals never shorten it again. A worker that stalls (SIGSTOP, a paused
+VM, a long GC) cannot renew, yet the call it started keeps running at the deployment: had
+its lease expired at `lease_s`, another worker would take the slot while the call still ran,
+and the deployment would see more low-priority calls than the global limit. The price: a
+worker killed mid-call keeps its slots until the calls' timeouts (the kernel closed its
+connections, but nobody can tell a dead worker from a frozen one from outside); a worker
+restarted under the same id drops its predecessor's leases at start (`drop_owned`). A
+lease that expired before its call started (the worker stalled between the two) is not
+started: the call takes a fresh slot under the limit instead.
 """
 
 from __future__ import annotations
@@ -39,19 +51,59 @@ return {0, n}
 """
 )
 
-# KEYS: slots. ARGV: lease ms, members... Re-adds a member whose lease was reaped: the
-# call is still in flight, so counting it is the truth. Returns the re-added members.
+# KEYS: slots. ARGV: lease ms, members... Extends live leases, never shortens one (a started
+# call's lease covers its timeout) and never revives an expired one: its slot may have been
+# leased again since. Returns the members whose lease was gone.
 _RENEW = (
     NOW_MS
     + """
 local expiry = now_ms + tonumber(ARGV[1])
-local readded = {}
+local gone = {}
 for i = 2, #ARGV do
-  if redis.call('ZADD', KEYS[1], expiry, ARGV[i]) == 1 then readded[#readded + 1] = ARGV[i] end
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if (not score) or tonumber(score) <= now_ms then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    gone[#gone + 1] = ARGV[i]
+  elseif tonumber(score) < expiry then
+    redis.call('ZADD', KEYS[1], expiry, ARGV[i])
+  end
 end
-return readded
+return gone
 """
 )
+
+# KEYS: slots. ARGV: member, hold ms. The call is starting: a live lease is lengthened to
+# now + hold (never shortened). Returns 1, or 0 when the lease had expired (and is removed).
+_START = (
+    NOW_MS
+    + """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if (not score) or tonumber(score) <= now_ms then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 0
+end
+local expiry = now_ms + tonumber(ARGV[2])
+if tonumber(score) < expiry then redis.call('ZADD', KEYS[1], expiry, ARGV[1]) end
+return 1
+"""
+)
+
+# KEYS: slots. ARGV: member prefix. Removes the leases whose member starts with it.
+_DROP_OWNED = """
+local dropped = 0
+local cursor = '0'
+repeat
+  local page = redis.call('ZSCAN', KEYS[1], cursor, 'COUNT', 200)
+  cursor = page[1]
+  for i = 1, #page[2], 2 do
+    local m = page[2][i]
+    if string.sub(m, 1, #ARGV[1]) == ARGV[1] then
+      dropped = dropped + redis.call('ZREM', KEYS[1], m)
+    end
+  end
+until cursor == '0'
+return dropped
+"""
 
 # KEYS: slots. Live leases (expired ones removed).
 _COUNT = (
@@ -99,6 +151,8 @@ class SlotTable:
         self._pause = keys.pause(deployment)
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
+        self._start = redis.register_script(_START)
+        self._drop_owned = redis.register_script(_DROP_OWNED)
         self._count = redis.register_script(_COUNT)
         self._pause_script = redis.register_script(_PAUSE)
 
@@ -121,11 +175,22 @@ class SlotTable:
 
     @redis_boundary("slot table")
     async def renew(self, members: Sequence[str], lease_s: float) -> list[str]:
-        """Extend leases to now + lease_s; the members that had expired and were re-added."""
+        """Extend live leases to at least now + lease_s; the members whose lease was gone."""
         if not members:
             return []
         reply: Any = await self._renew(keys=[self._slots], args=[_ms(lease_s), *members])
         return [m.decode() if isinstance(m, bytes) else str(m) for m in reply]
+
+    @redis_boundary("slot table")
+    async def start(self, member: str, hold_s: float) -> bool:
+        """The call of `member` starts: its lease lasts at least `hold_s` more; False when
+        the lease had already expired (the call must take a fresh slot)."""
+        return int(await self._start(keys=[self._slots], args=[member, _ms(hold_s)])) == 1
+
+    @redis_boundary("slot table")
+    async def drop_owned(self, owner: str) -> int:
+        """Remove every lease of `owner` (members `owner:…`); how many there were."""
+        return int(await self._drop_owned(keys=[self._slots], args=[f"{owner}:"]))
 
     @redis_boundary("slot table")
     async def count(self) -> int:

@@ -108,6 +108,8 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then drain and return."""
         log.info("worker_started", worker_id=self.worker_id, deployments=self._names())
+        for lane in self.lanes:  # a run before this one under our id is gone: its leases too
+            await lane.throttle.drop_owned()
         lanes_done = asyncio.Event()
         house = asyncio.create_task(self._housekeeping(lanes_done), name="worker-housekeeping")
         renewer = asyncio.create_task(self._renew_leases(lanes_done), name="worker-leases")

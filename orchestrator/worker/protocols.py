@@ -39,6 +39,12 @@ class SlotLimiter(Protocol):
     async def renew(self) -> None:
         """Extend this worker's leases."""
 
+    async def start(self, slot: Slot, call_s: float) -> bool:
+        """The call holding `slot` starts: its lease covers `call_s`; False when it expired."""
+
+    async def drop_owned(self) -> int:
+        """Drop the leases an earlier run under this worker's id left."""
+
     async def pause_for(self, seconds: float) -> None:
         """Stop new slots on every worker for `seconds`."""
 

@@ -181,7 +181,9 @@ class Dispatcher:
 
         async def attempts(start: int) -> Attempted[UpstreamResponse]:
             return await run_attempts(
-                lambda attempt: self._caller.call(plan.message, delivery.delivery_count, attempt),
+                lambda attempt: self._caller.call(
+                    plan.message, delivery.delivery_count, attempt, holder
+                ),
                 gate,
                 policy=self._config.retry,
                 deadline=message.deadline,
