@@ -9,7 +9,8 @@ transaction only ever touches keys of one entity:
 |------------|---------------------|--------------------------------------------------|
 | deployment | `{d:<deployment>}`  | queue, per-tenant queues, fair-share state, dead |
 |            |                     | letters, estimate, its per-request charges,      |
-|            |                     | slots, pause, consumer liveness, breaker, counts,|
+|            |                     | slots (+ started calls, owners' channels), pause,|
+|            |                     | consumer liveness, breaker, counts,              |
 |            |                     | learnt output lengths per tenant                 |
 | request    | `{<request id>}`    | record, result, background response; the default |
 |            |                     | reply key `ptu:reply:{<request id>}` shares it   |
@@ -105,6 +106,19 @@ def estimate_request(deployment: str, request_id: str) -> str:
 def slots(deployment: str) -> str:
     """Sorted set of leased low-priority slots (member = slot id, score = lease expiry)."""
     return f"{_d(deployment)}:slots"
+
+
+def slot_calls(deployment: str) -> str:
+    """Hash of the slots whose call started: member = slot id, value = the call's deadline
+    in server milliseconds (`throttle.slots`)."""
+    return f"{_d(deployment)}:slot-calls"
+
+
+def slot_owner(deployment: str, owner: str) -> str:
+    """Pub/Sub channel a worker stays subscribed to while it runs: the slot table's scripts
+    read its subscriber count (`PUBSUB NUMSUB`) to tell a stalled worker from a dead one.
+    Tagged with the deployment, so a cluster client subscribes on the slot table's node."""
+    return f"{_d(deployment)}:owner:{owner}"
 
 
 def pause(deployment: str) -> str:

@@ -19,6 +19,8 @@ import uuid
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
 
 from orchestrator.core.errors import StoreUnavailable, UtilisationUnavailable
 from orchestrator.core.runtime import Pacing, pause
@@ -62,7 +64,9 @@ class Throttle:
         self._clock = pacing.clock
         self._sleep = pacing.sleep
         self._poll_s = poll_s
+        self._redis = redis
         self._table = SlotTable(redis, deployment.name)
+        self._presence: PubSub | None = None
         self._held: dict[str, Slot] = {}
         self._limit = 0
         self._reading: Reading | None = None
@@ -170,12 +174,13 @@ class Throttle:
             log.warning("slot_release_failed", deployment=self.deployment, error=repr(exc))
 
     async def start(self, slot: Slot, call_s: float) -> bool:
-        """The call holding `slot` starts and lasts at most `call_s`: its lease now covers the
-        call (plus one lease of margin for the clocks between Redis and the call's timeout).
+        """The call holding `slot` starts and lasts at most `call_s`: its slot stays counted
+        that long (plus a lease of margin between Redis's clock and the call's timeout) while
+        this worker lives, renewed or not.
 
-        False when the lease had expired (this worker stalled since leasing it): the slot is
-        forgotten and the caller must take a fresh one. With Redis unreachable the call goes
-        ahead on the lease it has (logged): the slot was counted when it was leased.
+        False when the lease is gone (this worker stalled since leasing it and the slot was
+        reaped): it is forgotten and the caller must take a fresh one. With Redis
+        unreachable the call goes ahead on the lease it has (logged).
         """
         if slot.id not in self._held:
             return False
@@ -190,17 +195,30 @@ class Throttle:
             log.warning("slot_lease_expired_before_call", deployment=self.deployment)
         return started
 
-    async def drop_owned(self) -> int:
-        """At start: drop the leases an earlier run under this worker id left (it is gone:
-        its id is ours); how many."""
+    async def open(self) -> None:
+        """At start: subscribe to this worker's owner channel (what keeps a stalled worker's
+        started calls counted, `throttle.slots`) and drop the leases an earlier run under
+        this worker id left (it is gone: its id is ours)."""
         try:
+            presence = self._redis.pubsub()
+            await presence.subscribe(self._table.owner_channel(self._worker_id))
+            self._presence = presence
             dropped = await self._table.drop_owned(self._worker_id)
-        except StoreUnavailable as exc:
-            log.warning("slot_cleanup_failed", deployment=self.deployment, error=repr(exc))
-            return 0
+        except (StoreUnavailable, RedisError, OSError) as exc:
+            log.warning("slot_owner_failed", deployment=self.deployment, error=repr(exc))
+            return
         if dropped:
             log.info("slot_leases_dropped", deployment=self.deployment, count=dropped)
-        return dropped
+
+    async def close(self) -> None:
+        """At the end: leave the owner channel (this worker's slots are all released)."""
+        presence, self._presence = self._presence, None
+        if presence is None:
+            return
+        try:
+            await presence.aclose()  # type: ignore[no-untyped-call]
+        except (RedisError, OSError) as exc:
+            log.warning("slot_owner_close_failed", deployment=self.deployment, error=repr(exc))
 
     async def renew(self) -> None:
         """Extend the leases of this worker's slots to now + lease_s."""

@@ -108,8 +108,8 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then drain and return."""
         log.info("worker_started", worker_id=self.worker_id, deployments=self._names())
-        for lane in self.lanes:  # a run before this one under our id is gone: its leases too
-            await lane.throttle.drop_owned()
+        for lane in self.lanes:
+            await lane.throttle.open()
         lanes_done = asyncio.Event()
         house = asyncio.create_task(self._housekeeping(lanes_done), name="worker-housekeeping")
         renewer = asyncio.create_task(self._renew_leases(lanes_done), name="worker-leases")
@@ -121,6 +121,8 @@ class Worker:
             # ended between two beats rather than cancelled in the middle of a write
             lanes_done.set()
             await asyncio.gather(house, renewer, return_exceptions=True)
+            for lane in self.lanes:
+                await lane.throttle.close()
             await self._forget_heartbeat()
         log.info("worker_stopped", worker_id=self.worker_id)
 

@@ -42,8 +42,11 @@ class SlotLimiter(Protocol):
     async def start(self, slot: Slot, call_s: float) -> bool:
         """The call holding `slot` starts: its lease covers `call_s`; False when it expired."""
 
-    async def drop_owned(self) -> int:
-        """Drop the leases an earlier run under this worker's id left."""
+    async def open(self) -> None:
+        """At start: mark this worker alive to the slot table, drop an earlier run's leases."""
+
+    async def close(self) -> None:
+        """At the end: this worker is gone to the slot table."""
 
     async def pause_for(self, seconds: float) -> None:
         """Stop new slots on every worker for `seconds`."""

@@ -168,3 +168,34 @@ async def test_pause_is_global_and_ends(clients: list[aioredis.Redis]) -> None:
     started = time.monotonic()
     assert await asyncio.wait_for(b.acquire(asyncio.Event()), timeout=5) is not None
     assert time.monotonic() - started > 0.25
+
+
+async def test_a_started_call_of_a_live_worker_outlives_its_lease(
+    clients: list[aioredis.Redis],
+) -> None:
+    """A stalled worker (alive, not renewing) keeps its started calls' slots; a dead one's go."""
+    source = StaticSource({"gpt-4o": 0.0})  # limit 10
+    stalled, dead, other = (
+        worker(c, source, wid)
+        for c, wid in zip(clients[:3], ("stalled", "dead", "other"), strict=True)
+    )
+    for throttle in (stalled, dead):
+        await throttle.open()
+    slots = {}
+    for name, throttle in (("stalled", stalled), ("dead", dead)):
+        started, idle = [await throttle.acquire(asyncio.Event()) for _ in range(2)]
+        assert started is not None and idle is not None
+        assert await throttle.start(started, 60.0)
+        slots[name] = (started, idle)
+    await dead.close()  # its process is gone: its connections (and subscription) closed
+    table = keys.slots(DEPLOYMENT.name)
+    for started, idle in slots.values():  # no renewal since: every lease has lapsed
+        await clients[0].zadd(table, {started.id: 1, idle.id: 1})
+    assert await other.global_in_flight() == 1  # only the live worker's started call
+    assert [m.decode() for m in await clients[0].zrange(table, 0, -1)] == [slots["stalled"][0].id]
+    await stalled.renew()  # resumed: the started call's lease is extended, the idle one lost
+    assert not await stalled.start(slots["stalled"][1], 60.0)
+    await stalled.release(slots["stalled"][0])
+    assert await other.global_in_flight() == 0
+    assert await clients[0].hlen(keys.slot_calls(DEPLOYMENT.name)) == 0
+    await stalled.close()
