@@ -44,6 +44,7 @@ from orchestrator.breaker.shared import SURFACES, SharedBreaker, Sharing, breake
 from orchestrator.core import redis_client
 from orchestrator.core.fail_open import FailOpen
 from orchestrator.core.incarnation import Incarnation
+from orchestrator.core.operator_key import OperatorKey
 from orchestrator.core.results import ResultStore
 from orchestrator.core.runtime import Pacing
 from orchestrator.core.settings import Settings
@@ -174,6 +175,8 @@ class Wired:
     work: BatchWork
     file_routes: FileRoutes
     batches: BatchRoutes
+    operator_key: OperatorKey
+    """What `/metrics` and `/openapi.json` ask for (`PTU_METRICS_API_KEY`)."""
 
 
 def wire(
@@ -200,6 +203,8 @@ def wire(
     deployments = targets(settings, deployment_auths(settings, parts.upstream))
     results = ResultStore(parts.redis, settings.reply_ttl_s)
     tenants = Authenticator(tenancy)
+    operator_key = OperatorKey(settings.metrics_api_key)
+    operator_key.warn_if_open("ingress", tenancy.names())
     config = breaker_config(settings)
     breakers = {
         (d.name, surface): SharedBreaker(
@@ -263,4 +268,5 @@ def wire(
         work=work,
         file_routes=file_routes,
         batches=batches,
+        operator_key=operator_key,
     )

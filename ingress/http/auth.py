@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from ingress.http import access
 from ingress.http.errors import ApiError
+from orchestrator.core.operator_key import presented_key
 from orchestrator.tenants.config import DEFAULT_TENANT, Tenancy
 
 __all__ = ["DEFAULT_TENANT", "Authenticator", "is_loopback"]
@@ -35,11 +36,7 @@ class Authenticator:
         if self.tenancy.open:
             access.note(tenant=DEFAULT_TENANT)
             return DEFAULT_TENANT
-        key = headers.get("api-key")
-        if not key:
-            auth = headers.get("authorization", "")
-            scheme, _, token = auth.partition(" ")
-            key = token.strip() if scheme.lower() == "bearer" else ""
+        key = presented_key(headers)
         tenant = self.tenancy.tenant_for_key(key) if key else None
         if tenant is None:
             raise ApiError(

@@ -157,6 +157,10 @@ class Settings(BaseSettings):
         default="auto", description="auto: console when stderr is a terminal, else json"
     )
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_api_key: SecretStr | None = Field(
+        default=None,
+        description="the key /metrics, /openapi.json and the worker's metrics port ask for",
+    )
     # OpenTelemetry (see orchestrator.telemetry): the standard variables, read here to
     # decide whether to export at all; the SDK reads the others (headers, protocol, ...)
     otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
@@ -183,6 +187,7 @@ class Settings(BaseSettings):
         "eventhub_checkpoint_connection_string",
         "ingress_api_key",
         "applicationinsights_connection_string",
+        "metrics_api_key",
         mode="before",
     )
     @classmethod

@@ -70,6 +70,7 @@ READ_BY: Mapping[str, tuple[str, ...]] = {
     "log_level": ("ingress", "worker", "estimator", "up"),
     "log_format": ("ingress", "worker", "estimator", "up"),
     "metrics_port": ("worker", "up"),
+    "metrics_api_key": ("ingress", "worker"),
     "eventhub_checkpoint_store": ("ingress", "worker", "status", "dlq"),
     "eventhub_checkpoint_blob_url": ("ingress", "worker", "status", "dlq"),
     "eventhub_checkpoint_container": ("ingress", "worker", "status", "dlq"),

@@ -20,6 +20,7 @@ import structlog
 from orchestrator.breaker.shared import SharedBreaker, breaker_config
 from orchestrator.core import logs, redis_client, startup
 from orchestrator.core.errors import ConfigError
+from orchestrator.core.operator_key import OperatorKey
 from orchestrator.core.results import ResultStore
 from orchestrator.core.runtime import STOP_AFTER_DRAIN_S, run_until_signal
 from orchestrator.core.settings import DeploymentConfig, Settings
@@ -216,12 +217,12 @@ def run(
 
     async def main(stop: asyncio.Event) -> int:
         structlog.contextvars.bind_contextvars(worker_id=worker_id)
-        metrics = WorkerMetrics(
-            tenants=Tenancy(settings.tenants, settings.api_keys).names(),
-            deployments=[d.name for d in settings.deployments],
-        )
+        tenants = Tenancy(settings.tenants, settings.api_keys).names()
+        metrics = WorkerMetrics(tenants=tenants, deployments=[d.name for d in settings.deployments])
         if port is not None:
-            bound = metrics.serve(port)
+            key = OperatorKey(settings.metrics_api_key)
+            key.warn_if_open("worker", tenants)
+            bound = metrics.serve(port, key=key)
             log.info("metrics_serving", port=bound)
         redis = redis_client.connect_view(settings.redis)
         try:

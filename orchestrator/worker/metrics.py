@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterable
-from wsgiref.simple_server import WSGIServer
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+    start_http_server,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from orchestrator.breaker.machine import GAUGE
+from orchestrator.core.operator_key import OperatorKey
 from orchestrator.tenants.metrics import TenantMetrics
 from orchestrator.utilisation.base import Reading
 from orchestrator.utilisation.estimate.hypotheses import header_delay_s
@@ -237,10 +249,21 @@ class WorkerMetrics:
         """Record how long a message of a queued class waited in the queue."""
         self.queue_lag.labels(deployment, work_class).observe(max(0.0, seconds))
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Serve `/metrics` from a daemon thread; returns the bound port (0 picks one)."""
-        self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        return int(self._server.server_port)
+    def serve(self, port: int, addr: str = "0.0.0.0", key: OperatorKey | None = None) -> int:
+        """Serve `/metrics` from a daemon thread, behind `key` when it requires one; returns
+        the bound port (0 picks one)."""
+        if key is None or not key.required:
+            self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+            return int(self._server.server_port)
+
+        class Server(ThreadingWSGIServer):
+            address_family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
+
+        app = key.wsgi(make_wsgi_app(self.registry))
+        server = make_server(addr, port, app, Server, handler_class=_Quiet)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        self._server = server
+        return int(server.server_port)
 
     def close(self) -> None:
         """Stop serving, if `serve` was called."""
@@ -251,3 +274,10 @@ class WorkerMetrics:
 
     def __repr__(self) -> str:
         return f"<WorkerMetrics collectors={len(list(self.registry.collect()))}>"
+
+
+class _Quiet(WSGIRequestHandler):
+    """No access line per scrape on stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Nothing."""
