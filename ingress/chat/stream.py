@@ -1,6 +1,18 @@
-"""The relay of a streamed answer: SSE event by event, recorded once when it ends."""
+"""The relay of a streamed answer: SSE event by event, recorded once when it ends.
+
+A client that hangs up ends the relay at once: a watcher waits for the client's
+`http.disconnect` beside the relay, and cancels it; closing the upstream response closes
+its connection, which is how an HTTP caller cancels a call (Azure stops generating, the
+PTU capacity goes back to whoever reads). Without the watcher the relay would read the
+upstream to its end (the server drops writes to a gone client silently), spending
+capacity nobody reads. What was relayed is still recorded: the usage chunk never came, so
+the completion tokens are the content events relayed (`SSEFilter.content_events`).
+"""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
 
 import httpx2
 import structlog
@@ -51,6 +63,23 @@ class UpstreamStream(Response):
             self._service_tier = service_tier_in(chunk) or self._service_tier
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Relay the stream until it ends or the client hangs up, whichever is first."""
+        relay = asyncio.ensure_future(self._relay(send))
+        watch = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait((relay, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # cancelled ourselves (shutdown), or the client left: the relay ends now
+            for task in (relay, watch):
+                task.cancel()
+            if watch.done() and not watch.cancelled() and not relay.done():
+                log.info("stream_client_disconnected", request_id=self._call.request_id)
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+
+    async def _relay(self, send: Send) -> None:
         """Send the status, then each whole event as it arrives."""
         sse, answer = self._sse, self._answer
         try:
@@ -88,3 +117,9 @@ class UpstreamStream(Response):
                 call, answer.served, self.status_code, started, ttfb, usage,
                 self._finish_reason, self._service_tier,
             )  # fmt: skip
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has hung up (the request body was read before the answer)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
