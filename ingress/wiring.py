@@ -248,6 +248,7 @@ def wire(
         settings, deployments, tenants, BatchBackends(batch_store, files, work, jobs), metrics,
         limits=tenant_limits, clock=clock,
     )  # fmt: skip
+    jobs.resume = batches.resume  # a high-priority batch whose run is gone resumes here
     return Wired(
         settings=settings,
         parts=parts,
