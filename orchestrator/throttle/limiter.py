@@ -7,7 +7,8 @@ leases in one Redis sorted set, and one script checks "count < limit" and adds
 the lease atomically, so N workers together never exceed the limit. A dead
 worker's leases expire after `lease_s`; a live worker keeps its own alive with
 `renew()` (a task of the worker calls it every quarter of the lease); a started call's
-lease covers the call's whole timeout (`start`, see `throttle.slots`). When the limit
+slot stays counted up to the call's timeout while its worker lives, renewed or not
+(`start`, see `throttle.slots`). When the limit
 drops below the count, in-flight calls finish and nothing new starts until the
 count is below the limit.
 """
@@ -222,6 +223,7 @@ class Throttle:
 
     async def renew(self) -> None:
         """Extend the leases of this worker's slots to now + lease_s."""
+        await self._keep_presence()
         members = list(self._held)
         if not members:
             return
@@ -237,6 +239,17 @@ class Throttle:
         if lost:
             self._released.set()
             log.warning("slot_leases_lost", deployment=self.deployment, count=len(lost))
+
+    async def _keep_presence(self) -> None:
+        """Read the owner channel's connection: a connection Redis closed (a restart) is
+        found here and reopened, subscription included, within a renewal."""
+        if self._presence is None:
+            return
+        try:
+            while await self._presence.get_message(timeout=0.0) is not None:
+                pass  # the subscription's confirmation; nobody publishes on the channel
+        except (RedisError, OSError) as exc:
+            log.warning("slot_owner_lost", deployment=self.deployment, error=repr(exc))
 
     async def pause_for(self, seconds: float) -> None:
         """Pause new slots for this deployment on every worker (after a low-priority 429)."""

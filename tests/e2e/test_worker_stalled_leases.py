@@ -62,7 +62,7 @@ def test_a_stalled_workers_calls_keep_their_slots(tmp_path: Path) -> None:
         stack.start_worker(env, name="stalled", args=["--worker-id", STALLED])
 
         def stalled_holds() -> bool:
-            members = client.zrange(keys.slots(DEPLOYMENT), 0, -1)
+            members: list[bytes] = client.zrange(keys.slots(DEPLOYMENT), 0, -1)  # type: ignore[assignment]
             return sum(m.decode().startswith(f"{STALLED}:") for m in members) >= LIMIT // 2
 
         # the first worker alone fills the limit; then the healthy one waits beside it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import MutableMapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -105,8 +106,8 @@ async def test_a_trickled_body_is_cut_by_the_whole_body_deadline() -> None:
         trickled += 1
         return {"type": "http.request", "body": b"x", "more_body": trickled < 1000}
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
 
     loop = asyncio.get_running_loop()
     began = loop.time()

@@ -41,7 +41,8 @@ def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
 
 def sim_state(sim: SimulatorThread) -> dict[str, Any]:
     state: dict[str, Any] = httpx2.get(f"{sim.url}/sim/state", timeout=10).json()
-    return state["deployments"]["ptu"]
+    ptu: dict[str, Any] = state["deployments"]["ptu"]
+    return ptu
 
 
 def completion_tokens_metric(ingress: IngressThread) -> float:

@@ -192,10 +192,37 @@ async def test_a_started_call_of_a_live_worker_outlives_its_lease(
     for started, idle in slots.values():  # no renewal since: every lease has lapsed
         await clients[0].zadd(table, {started.id: 1, idle.id: 1})
     assert await other.global_in_flight() == 1  # only the live worker's started call
-    assert [m.decode() for m in await clients[0].zrange(table, 0, -1)] == [slots["stalled"][0].id]
+    members: list[bytes] = await clients[0].zrange(table, 0, -1)  # type: ignore[assignment]
+    assert [m.decode() for m in members] == [slots["stalled"][0].id]
     await stalled.renew()  # resumed: the started call's lease is extended, the idle one lost
     assert not await stalled.start(slots["stalled"][1], 60.0)
     await stalled.release(slots["stalled"][0])
     assert await other.global_in_flight() == 0
     assert await clients[0].hlen(keys.slot_calls(DEPLOYMENT.name)) == 0
     await stalled.close()
+
+
+@pytest.mark.skipif(redis_mode.CLUSTER, reason="kills the subscription on one server")
+async def test_the_owner_subscription_comes_back_after_redis_drops_it(
+    clients: list[aioredis.Redis],
+) -> None:
+    """A connection Redis closed (a restart, CLIENT KILL) is reopened at the next renewal."""
+    throttle = worker(clients[0], StaticSource({"gpt-4o": 0.0}), "owner")
+    await throttle.open()
+    channel = keys.slot_owner(DEPLOYMENT.name, "owner")
+
+    async def subscribers() -> int:
+        # counted by a script: it runs on the node of the slot table, as the reaping does
+        script = "return redis.call('PUBSUB', 'NUMSUB', ARGV[1])[2]"
+        return int(await clients[1].eval(script, 1, keys.slots(DEPLOYMENT.name), channel))
+
+    assert await subscribers() == 1
+    await clients[1].client_kill_filter(_type="pubsub")
+    assert await subscribers() == 0
+    for _ in range(50):  # a renewal or two: reconnecting may take one more
+        await throttle.renew()
+        if await subscribers() == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert await subscribers() == 1
+    await throttle.close()

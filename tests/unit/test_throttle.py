@@ -233,7 +233,7 @@ async def test_a_restart_under_the_same_id_drops_its_predecessors_leases(
         assert await throttle.acquire(asyncio.Event()) is not None
     again = make(fake_redis, source, t)  # the same id "w1": the earlier run is gone
     await again.open()
-    members = await fake_redis.zrange(keys.slots("gpt-4o"), 0, -1)
+    members: list[bytes] = await fake_redis.zrange(keys.slots("gpt-4o"), 0, -1)  # type: ignore[assignment]
     assert [m.decode().split(":")[0] for m in members] == ["w10"]
     await again.close()
 
