@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     redis_cluster: bool = Field(
         default=False, description="true: Redis Cluster (PTU_REDIS_URL names any node)"
     )
+    redis_auth: Literal["key", "entra"] = Field(
+        default="key",
+        description="key: the password in PTU_REDIS_URL (if any); entra: Entra ID tokens "
+        "(DefaultAzureCredential, renewed before expiry) as the password",
+    )
     queue_backend: Literal["redis", "eventhubs"] = "redis"
     queue_claim_idle_s: float = Field(
         default=60.0, gt=0, description="redis queue: reclaim entries idle this long (safety net)"
@@ -264,6 +269,11 @@ class Settings(BaseSettings):
                 "required (or PTU_EVENTHUB_CHECKPOINT_CONNECTION_STRING) when "
                 "PTU_EVENTHUB_CHECKPOINT_STORE=blob",
             )
+        if self.redis_auth == "entra" and urlsplit(self.redis_url).password:
+            raise invalid_setting(
+                "redis_auth",
+                "entra authenticates with tokens: remove the password from PTU_REDIS_URL",
+            )
         problem = check_tenants(self.tenants, self.api_keys)
         if problem is not None:
             field, _, message = problem.partition(": ")
@@ -273,7 +283,7 @@ class Settings(BaseSettings):
     @property
     def redis(self) -> RedisView:
         """Where the state lives."""
-        return RedisView(self.redis_url, self.redis_cluster)
+        return RedisView(self.redis_url, self.redis_cluster, self.redis_auth)
 
     @property
     def queue(self) -> QueueView:

@@ -15,6 +15,7 @@ from orchestrator.core.settings import Settings
 READ_BY: Mapping[str, tuple[str, ...]] = {
     "redis_url": ("ingress", "worker", "estimator", "up", "status", "usage", "dlq"),
     "redis_cluster": ("ingress", "worker", "estimator", "up", "status", "usage", "dlq"),
+    "redis_auth": ("ingress", "worker", "estimator", "status", "usage", "dlq"),
     "queue_backend": ("ingress", "worker", "estimator", "up", "status", "dlq"),
     "queue_claim_idle_s": ("ingress", "worker", "status", "dlq"),
     "queue_liveness_s": ("ingress", "worker", "status", "dlq"),

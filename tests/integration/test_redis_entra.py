@@ -1,0 +1,173 @@
+"""`PTU_REDIS_AUTH=entra`: Entra tokens as the Redis password, renewed on open connections.
+
+A real server stands in for Azure Managed Redis: an ACL user named like the identity's
+object id whose password is the token, as the service maps them. The credential is a
+token source with the `AsyncTokenCredential` surface (the tokens are JWT-shaped; the
+server, not the client, verifies them), so the renewal is driven by the test's clock
+and sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from azure.core.credentials import AccessToken
+
+from orchestrator.core import redis_client
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.redis_entra import (
+    REDIS_SCOPE,
+    EntraRedisCredentials,
+    refresh_delay,
+    token_claims,
+)
+from orchestrator.core.settings import load_settings
+from orchestrator.core.views import RedisView
+from tests import redis_mode
+
+pytestmark = pytest.mark.skipif(
+    redis_mode.CLUSTER, reason="ACL users are per node; the single-server test covers the client"
+)
+
+
+def jwt(oid: str, serial: int) -> str:
+    def part(doc: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256'})}.{part({'oid': oid, 'n': serial})}.c2lnbmF0dXJl"
+
+
+class TokenSource:
+    """Issues the tokens of a list of identities in turn, each living `ttl_s`."""
+
+    def __init__(self, oids: list[str], clock: list[float], ttl_s: float = 3600) -> None:
+        self.oids = oids
+        self.clock = clock
+        self.ttl_s = ttl_s
+        self.issued: list[str] = []
+        self.scopes: list[str] = []
+        self.closed = False
+
+    async def get_token(self, *scopes: str, **_: object) -> AccessToken:
+        self.scopes += scopes
+        oid = self.oids[min(len(self.issued), len(self.oids) - 1)]
+        token = jwt(oid, len(self.issued))
+        self.issued.append(token)
+        return AccessToken(token, int(self.clock[0] + self.ttl_s))
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class Sleeps:
+    """The renewal loop's sleep: each call waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.calls: asyncio.Queue[tuple[float, asyncio.Future[None]]] = asyncio.Queue()
+
+    async def __call__(self, seconds: float) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self.calls.put((seconds, done))
+        await done
+
+
+@pytest.fixture
+async def admin(redis: aioredis.Redis) -> AsyncIterator[aioredis.Redis]:
+    users = ("oid-a", "oid-b")
+    yield redis
+    await redis.execute_command("ACL", "DELUSER", *users)
+
+
+async def add_user(admin: aioredis.Redis, oid: str, token: str) -> None:
+    await admin.execute_command("ACL", "SETUSER", oid, "on", f">{token}", "~*", "&*", "+@all")
+
+
+async def whoami(client: aioredis.Redis) -> tuple[str, int]:
+    name = await client.execute_command("ACL", "WHOAMI")
+    return (name.decode() if isinstance(name, bytes) else name), int(await client.client_id())
+
+
+async def test_connections_authenticate_with_the_token_and_are_reauthenticated_when_renewed(
+    redis_url: str, admin: aioredis.Redis
+) -> None:
+    clock = [1_000_000.0]
+    source = TokenSource(["oid-a", "oid-b"], clock)
+    sleeps = Sleeps()
+    provider = EntraRedisCredentials(source, clock=lambda: clock[0], sleep=sleeps)
+    await add_user(admin, "oid-a", jwt("oid-a", 0))
+    await add_user(admin, "oid-b", jwt("oid-b", 1))
+    client = redis_client.connect(redis_url, max_connections=1, credential_provider=provider)
+    try:
+        user, connection = await whoami(client)
+        assert user == "oid-a"
+        assert source.scopes == [REDIS_SCOPE]
+        assert "user=oid-a expires_in_s=3600" in repr(provider)
+        wait, go = await sleeps.calls.get()
+        assert wait == 3600 - 300  # five minutes before expiry
+        clock[0] += wait
+        go.set_result(None)
+        await sleeps.calls.get()  # the next renewal is scheduled: this one is pushed
+        assert provider.refreshes == 1
+        # the same connection, re-authenticated in place with the renewed token
+        assert await whoami(client) == ("oid-b", connection)
+    finally:
+        await client.aclose()
+        await provider.aclose()
+    assert source.closed
+
+
+async def test_a_new_connection_after_expiry_fetches_a_fresh_token(
+    redis_url: str, admin: aioredis.Redis
+) -> None:
+    clock = [1_000_000.0]
+    source = TokenSource(["oid-a"], clock, ttl_s=600)
+    provider = EntraRedisCredentials(source, clock=lambda: clock[0], sleep=Sleeps())
+    assert (await provider.get_credentials_async())[0] == "oid-a"
+    assert (await provider.get_credentials_async())[1] == source.issued[0]  # cached
+    clock[0] += 301  # inside the margin: due
+    await add_user(admin, "oid-a", jwt("oid-a", 1))
+    client = redis_client.connect(redis_url, credential_provider=provider)
+    try:
+        assert (await whoami(client))[0] == "oid-a"
+        assert len(source.issued) == 2
+    finally:
+        await client.aclose()
+        await provider.aclose()
+
+
+def test_renewal_comes_before_expiry_whatever_the_lifetime() -> None:
+    assert refresh_delay(expires_on=4600, now=1000) == 3300
+    assert refresh_delay(expires_on=1400, now=1000) == 200  # short token: half its life
+    assert refresh_delay(expires_on=900, now=1000) == 0
+    assert token_claims(jwt("x", 3))["oid"] == "x"
+    with pytest.raises(ConfigError, match="not a JWT"):
+        token_claims("opaque")
+
+
+def test_entra_mode_refuses_a_password_in_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PTU_REDIS_AUTH", "entra")
+    monkeypatch.setenv("PTU_REDIS_URL", "rediss://:secret@cache.example:10000/0")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "PTU_REDIS_AUTH" in str(caught.value)
+    assert "secret" not in str(caught.value)
+    monkeypatch.setenv("PTU_REDIS_URL", "rediss://cache.example:10000/0")
+    assert load_settings().redis == RedisView("rediss://cache.example:10000/0", False, "entra")
+
+
+async def test_the_configured_client_carries_the_entra_provider(redis_url: str) -> None:
+    client = redis_client.connect_view(RedisView(redis_url, False, "entra"), max_connections=2)
+    provider = client.connection_pool.connection_kwargs["credential_provider"]
+    try:
+        assert isinstance(provider, EntraRedisCredentials)
+    finally:
+        await client.aclose()
+        await provider.aclose()
+    plain = redis_client.connect_view(RedisView(redis_url))
+    assert plain.connection_pool.connection_kwargs.get("credential_provider") is None
+    await plain.aclose()
