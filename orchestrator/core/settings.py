@@ -156,6 +156,11 @@ class Settings(BaseSettings):
     ingress_api_key: SecretStr | None = Field(
         default=None, description="the key the client verbs present (when it has PTU_API_KEYS)"
     )
+    trusted_front_secret: SecretStr | None = Field(
+        default=None,
+        description="ingress: a front (APIM) sending it as x-ptu-front-secret names the "
+        "tenant in x-ptu-tenant",
+    )
     # observability
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = Field(
@@ -187,6 +192,7 @@ class Settings(BaseSettings):
         "eventhub_connection_string",
         "eventhub_checkpoint_connection_string",
         "ingress_api_key",
+        "trusted_front_secret",
         "applicationinsights_connection_string",
         mode="before",
     )

@@ -218,7 +218,11 @@ def test_apim_policy_names_what_the_template_creates() -> None:
     backends = {e.get("backend-id") for e in root.iter("set-backend-service")} - {None}
     assert backends == {apim["pool"].body["name"]}
     urls = {e.get("base-url") for e in root.iter("set-backend-service")} - {None}
-    assert urls == {"{{" + apim["ingress"].body["name"] + "}}"}
+    # the API's `/openai` suffix is kept: the ingress routes on it
+    assert urls == {"{{" + apim["ingress"].body["name"] + "}}/openai"}
+    named = {m for e in root.iter("value") for m in re.findall(r"\{\{([\w-]+)\}\}", e.text or "")}
+    assert named == {apim["frontSecretValue"].body["name"]}
+    assert apim["frontSecretValue"].body["properties"]["secret"] is True
     loggers = {e.get("logger-id") for e in root.iter("log-to-eventhub")}
     assert loggers == {apim["tokenEvents"].body["name"]}
 
