@@ -143,6 +143,11 @@ class Settings(BaseSettings):
         default=None, description="Blob Storage account URL: files go there (Entra ID)"
     )
     blob_container: str = Field(default="ptu-files", min_length=3, max_length=63)
+    blob_connection_string: SecretStr | None = Field(
+        default=None,
+        description="Blob Storage by connection string instead of PTU_BLOB_ACCOUNT_URL and "
+        "Entra ID (the emulator; an account that allows shared keys)",
+    )
     # circuit breaker (per upstream deployment, shared through Redis)
     breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
     breaker_min_calls: int = Field(default=5, ge=1)
@@ -193,6 +198,7 @@ class Settings(BaseSettings):
         "eventhub_checkpoint_connection_string",
         "ingress_api_key",
         "trusted_front_secret",
+        "blob_connection_string",
         "applicationinsights_connection_string",
         mode="before",
     )

@@ -62,6 +62,7 @@ READ_BY: Mapping[str, tuple[str, ...]] = {
     "files_dir": ("ingress",),
     "blob_account_url": ("ingress",),
     "blob_container": ("ingress",),
+    "blob_connection_string": ("ingress",),
     "breaker_failure_rate": ("ingress", "worker"),
     "breaker_min_calls": ("ingress", "worker"),
     "breaker_window_s": ("ingress", "worker"),
