@@ -63,6 +63,12 @@ class TokenSource:
     async def close(self) -> None:
         self.closed = True
 
+    async def __aenter__(self) -> TokenSource:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
 
 class Sleeps:
     """The renewal loop's sleep: each call waits until the test lets it go."""
