@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from redis.auth.token import SimpleToken
 from redis.credentials import StreamingCredentialProvider
+from redis.exceptions import RedisError
 
 from orchestrator.core.errors import ConfigError, MissingDependencyError
 
@@ -44,6 +45,12 @@ log = structlog.get_logger(__name__)
 REDIS_SCOPE = "https://redis.azure.com/.default"
 REFRESH_MARGIN_S = 300.0
 RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class EntraTokenUnavailable(RedisError):
+    """No Entra ID token for Redis: a `RedisError`, so every store's boundary reports it as
+    Redis being unavailable (and the start-up check in one line), and no `ConnectionError`,
+    so redis-py does not retry it as a network blip."""
 
 
 def token_claims(token: str) -> dict[str, Any]:
@@ -123,7 +130,13 @@ class EntraRedisCredentials(StreamingCredentialProvider):
             return self._user, token.token
 
     async def _fetch(self) -> AccessToken:
-        token = await self._credential.get_token(self._scope)
+        try:
+            token = await self._credential.get_token(self._scope)
+        except Exception as exc:  # the credential chain's errors are many and all mean this
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise EntraTokenUnavailable(
+                f"PTU_REDIS_AUTH=entra: no Entra ID token for {self._scope} ({first})"
+            ) from exc
         user = token_claims(token.token).get("oid")
         if not isinstance(user, str) or not user:
             raise ConfigError("PTU_REDIS_AUTH=entra: the token carries no oid claim")

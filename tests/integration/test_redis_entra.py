@@ -18,8 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 from azure.core.credentials import AccessToken
 
-from orchestrator.core import redis_client
-from orchestrator.core.errors import ConfigError
+from orchestrator.core import redis_client, startup
+from orchestrator.core.errors import ConfigError, StoreUnavailable
 from orchestrator.core.redis_entra import (
     REDIS_SCOPE,
     EntraRedisCredentials,
@@ -177,3 +177,24 @@ async def test_the_configured_client_carries_the_entra_provider(redis_url: str) 
     plain = redis_client.connect_view(RedisView(redis_url))
     assert plain.connection_pool.connection_kwargs.get("credential_provider") is None
     await plain.aclose()
+
+
+class NoIdentity(TokenSource):
+    async def get_token(self, *scopes: str, **_: object) -> AccessToken:
+        raise RuntimeError("DefaultAzureCredential failed to retrieve a token\nlong trace")
+
+
+async def test_no_token_is_one_line_at_start_up(redis_url: str) -> None:
+    source = NoIdentity(["x"], [0.0])
+    provider = EntraRedisCredentials(source, sleep=Sleeps())
+    client = redis_client.connect(redis_url, credential_provider=provider)
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            await startup.check_redis(client, redis_url)
+    finally:
+        await client.aclose()
+        await provider.aclose()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "PTU_REDIS_AUTH=entra: no Entra ID token" in message
+    assert "failed to retrieve a token" in message
