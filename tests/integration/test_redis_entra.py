@@ -30,8 +30,8 @@ from orchestrator.core.settings import load_settings
 from orchestrator.core.views import RedisView
 from tests import redis_mode
 
-pytestmark = pytest.mark.skipif(
-    redis_mode.CLUSTER, reason="ACL users are per node; the single-server test covers the client"
+single_server = pytest.mark.skipif(
+    redis_mode.CLUSTER, reason="ACL users are per node: the cluster has its own test below"
 )
 
 
@@ -98,6 +98,7 @@ async def whoami(client: aioredis.Redis) -> tuple[str, int]:
     return (name.decode() if isinstance(name, bytes) else name), int(await client.client_id())
 
 
+@single_server
 async def test_connections_authenticate_with_the_token_and_are_reauthenticated_when_renewed(
     redis_url: str, admin: aioredis.Redis
 ) -> None:
@@ -127,6 +128,7 @@ async def test_connections_authenticate_with_the_token_and_are_reauthenticated_w
     assert source.closed
 
 
+@single_server
 async def test_a_new_connection_after_expiry_fetches_a_fresh_token(
     redis_url: str, admin: aioredis.Redis
 ) -> None:
@@ -166,6 +168,7 @@ def test_entra_mode_refuses_a_password_in_the_url(monkeypatch: pytest.MonkeyPatc
     assert load_settings().redis == RedisView("rediss://cache.example:10000/0", False, "entra")
 
 
+@single_server
 async def test_the_configured_client_carries_the_entra_provider(redis_url: str) -> None:
     client = redis_client.connect_view(RedisView(redis_url, False, "entra"), max_connections=2)
     provider = client.connection_pool.connection_kwargs["credential_provider"]
@@ -184,6 +187,7 @@ class NoIdentity(TokenSource):
         raise RuntimeError("DefaultAzureCredential failed to retrieve a token\nlong trace")
 
 
+@single_server
 async def test_no_token_is_one_line_at_start_up(redis_url: str) -> None:
     source = NoIdentity(["x"], [0.0])
     provider = EntraRedisCredentials(source, sleep=Sleeps())
@@ -198,3 +202,44 @@ async def test_no_token_is_one_line_at_start_up(redis_url: str) -> None:
     assert "\n" not in message
     assert "PTU_REDIS_AUTH=entra: no Entra ID token" in message
     assert "failed to retrieve a token" in message
+
+
+@pytest.mark.skipif(not redis_mode.CLUSTER, reason="the cluster client: PTU_TEST_REDIS=cluster")
+async def test_every_node_of_a_cluster_is_reauthenticated(redis_url: str) -> None:
+    admin = redis_mode.connect(redis_url)
+    await admin.ping()
+    nodes = [
+        aioredis.Redis(host=n.host, port=n.port)
+        for n in admin.get_nodes()  # type: ignore[attr-defined]
+    ]
+    clock = [1_000_000.0]
+    source = TokenSource(["oid-a", "oid-b"], clock)
+    sleeps = Sleeps()
+    provider = EntraRedisCredentials(source, clock=lambda: clock[0], sleep=sleeps)
+    for node in nodes:
+        await add_user(node, "oid-a", jwt("oid-a", 0))
+        await add_user(node, "oid-b", jwt("oid-b", 1))
+    client = redis_client.connect(redis_url, cluster=True, credential_provider=provider)
+    try:
+        await client.initialize()  # type: ignore[attr-defined]
+        every = client.get_nodes()  # type: ignore[attr-defined]
+        assert len(every) == len(nodes)
+        names = await client.execute_command("ACL", "WHOAMI", target_nodes=every)  # type: ignore[call-arg]
+        assert {_text(v) for v in names.values()} == {"oid-a"}
+        wait, go = await sleeps.calls.get()
+        clock[0] += wait
+        go.set_result(None)
+        await sleeps.calls.get()  # renewed and pushed to every node's connections
+        names = await client.execute_command("ACL", "WHOAMI", target_nodes=every)  # type: ignore[call-arg]
+        assert {_text(v) for v in names.values()} == {"oid-b"}
+    finally:
+        await client.aclose()
+        await provider.aclose()
+        for node in nodes:
+            await node.execute_command("ACL", "DELUSER", "oid-a", "oid-b")
+            await node.aclose()
+        await admin.aclose()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
