@@ -157,11 +157,12 @@ class EntraRedisCredentials(StreamingCredentialProvider):
                 if token is None:
                     return
                 wait = max(0.0, self._due_at - self._clock())
-                await self._sleep(wait if failures == 0 else RETRY_S[min(failures, 4)])
+                retry = RETRY_S[min(failures, len(RETRY_S)) - 1] if failures else 0.0
+                await self._sleep(retry or wait)
                 try:
                     async with self._lock:
                         fresh = await self._fetch()
-                except Exception as exc:  # a renewal failure must not end the loop
+                except (EntraTokenUnavailable, ConfigError) as exc:  # retried, never ends the loop
                     failures += 1
                     expired = token.expires_on <= self._clock()
                     log.error("redis_token_refresh_failed", error=str(exc), expired=expired)

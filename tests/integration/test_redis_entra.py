@@ -243,3 +243,69 @@ async def test_every_node_of_a_cluster_is_reauthenticated(redis_url: str) -> Non
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class FlakySource(TokenSource):
+    """Fails the renewals listed in `failing` (by issue number), then issues as usual."""
+
+    def __init__(self, oids: list[str], clock: list[float], failing: set[int]) -> None:
+        super().__init__(oids, clock)
+        self.failing = failing
+        self.attempts = 0
+
+    async def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        self.attempts += 1
+        if self.attempts in self.failing:
+            raise RuntimeError("the identity endpoint did not answer")
+        return await super().get_token(*scopes, **kwargs)
+
+
+@single_server
+async def test_a_failed_renewal_is_retried_with_backoff_while_the_token_lasts() -> None:
+    clock = [1_000_000.0]
+    source = FlakySource(["oid-a", "oid-b"], clock, failing={2, 3})
+    sleeps = Sleeps()
+    provider = EntraRedisCredentials(source, clock=lambda: clock[0], sleep=sleeps)
+    errors: list[Exception] = []
+    renewed: list[str] = []
+    provider.on_error(errors.append)
+    provider.on_next(lambda token: renewed.append(token.try_get("oid")))
+    try:
+        assert (await provider.get_credentials_async())[0] == "oid-a"
+        waits = []
+        for _ in range(3):  # due, then two retries after the failures
+            wait, go = await sleeps.calls.get()
+            waits.append(wait)
+            clock[0] += wait
+            go.set_result(None)
+        await sleeps.calls.get()  # the third attempt succeeded: the next renewal is scheduled
+        assert waits == [3300, 1.0, 2.0]
+        assert renewed == ["oid-b"] and provider.refreshes == 1
+        assert errors == []  # the token never expired meanwhile
+        assert (await provider.get_credentials_async())[0] == "oid-b"
+    finally:
+        await provider.aclose()
+
+
+@single_server
+async def test_the_error_callbacks_hear_of_a_token_that_expired_unrenewed() -> None:
+    clock = [1_000_000.0]
+    source = FlakySource(["oid-a"], clock, failing={2, 3, 4, 5})
+    source.ttl_s = 10
+    sleeps = Sleeps()
+    provider = EntraRedisCredentials(source, clock=lambda: clock[0], sleep=sleeps)
+    errors: list[Exception] = []
+    provider.on_error(errors.append)
+    try:
+        await provider.get_credentials_async()
+        waits = []
+        for _ in range(4):  # half its life, then 1, 2 and 5 s: expired at the fourth failure
+            wait, go = await sleeps.calls.get()
+            waits.append(wait)
+            clock[0] += wait
+            go.set_result(None)
+        await sleeps.calls.get()
+        assert waits == [5.0, 1.0, 2.0, 5.0]
+        assert len(errors) == 1 and "no Entra ID token" in str(errors[0])
+    finally:
+        await provider.aclose()
