@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterable
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    make_wsgi_app,
-    start_http_server,
-)
-from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from orchestrator.breaker.machine import GAUGE
 from orchestrator.core.operator_key import OperatorKey
 from orchestrator.tenants.metrics import TenantMetrics
 from orchestrator.utilisation.base import Reading
 from orchestrator.utilisation.estimate.hypotheses import header_delay_s
+from orchestrator.worker.health import Health
+from orchestrator.worker.health import serve as serve_with_probes
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 _LAG_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14_400, 86_400)
@@ -249,21 +240,21 @@ class WorkerMetrics:
         """Record how long a message of a queued class waited in the queue."""
         self.queue_lag.labels(deployment, work_class).observe(max(0.0, seconds))
 
-    def serve(self, port: int, addr: str = "0.0.0.0", key: OperatorKey | None = None) -> int:
-        """Serve `/metrics` from a daemon thread, behind `key` when it requires one; returns
-        the bound port (0 picks one)."""
-        if key is None or not key.required:
+    def serve(
+        self,
+        port: int,
+        addr: str = "0.0.0.0",
+        health: Health | None = None,
+        key: OperatorKey | None = None,
+    ) -> int:
+        """Serve `/metrics` (behind `key` when it requires one; with `health` the probes
+        `/healthz`, `/readyz`, always open) from a daemon thread; returns the bound port (0
+        picks one)."""
+        if health is not None or (key is not None and key.required):
+            self._server, _thread = serve_with_probes(self.registry, health, port, addr, key=key)
+        else:
             self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-            return int(self._server.server_port)
-
-        class Server(ThreadingWSGIServer):
-            address_family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
-
-        app = key.wsgi(make_wsgi_app(self.registry))
-        server = make_server(addr, port, app, Server, handler_class=_Quiet)
-        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-        self._server = server
-        return int(server.server_port)
+        return int(self._server.server_port)
 
     def close(self) -> None:
         """Stop serving, if `serve` was called."""
@@ -274,10 +265,3 @@ class WorkerMetrics:
 
     def __repr__(self) -> str:
         return f"<WorkerMetrics collectors={len(list(self.registry.collect()))}>"
-
-
-class _Quiet(WSGIRequestHandler):
-    """No access line per scrape on stderr."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Nothing."""

@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 
 from ingress.server import IngressThread
 from orchestrator.core.operator_key import OperatorKey
+from orchestrator.worker.health import Health
 from orchestrator.worker.metrics import WorkerMetrics
 from simulator.server import SimulatorThread
 from tests.support.stacks import flush, ingress_on, simulator
@@ -64,11 +65,15 @@ def test_an_open_multi_tenant_ingress_warns_at_start(redis_url: str, sim: Simula
     assert [(e["process"], e["tenants"]) for e in warned] == [("ingress", 2)]
 
 
-def test_the_worker_metrics_port_needs_the_key() -> None:
+@pytest.mark.parametrize("probes", [False, True])
+def test_the_worker_metrics_port_needs_the_key(probes: bool) -> None:
     metrics = WorkerMetrics(tenants=["alpha", "beta"], deployments=["ptu"])
-    port = metrics.serve(0, addr="127.0.0.1", key=OperatorKey(SecretStr(KEY)))
+    health = Health() if probes else None
+    port = metrics.serve(0, addr="127.0.0.1", health=health, key=OperatorKey(SecretStr(KEY)))
     try:
         with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            if probes:  # the kubelet sends no key: the probes stay open
+                assert http.get("/healthz").status_code == 200
             refused = http.get("/metrics", headers={"authorization": "Bearer nope"})
             assert refused.status_code == 401 and "ptu_" not in refused.text
             assert refused.headers["www-authenticate"].startswith("Bearer")
