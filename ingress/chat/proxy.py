@@ -17,6 +17,8 @@ final `response.completed` event.
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx2
 from starlette.responses import Response
 
@@ -34,6 +36,9 @@ from ingress.chat.transport import Transport
 from ingress.http.errors import ApiError
 from ingress.metrics import IngressMetrics
 from orchestrator.telemetry.base import OFF, Telemetry
+
+CLIENT_CLOSED = 499
+"""The status an answer nobody received is counted and logged with (nginx's convention)."""
 
 __all__ = ["Call", "Proxy"]
 
@@ -68,6 +73,9 @@ class Proxy:
             answer = await self.spillover.answer(call, headers)
         except ApiError as exc:
             recorder.ended(call, call.target.name, exc.status, started, None, None, None)
+            raise
+        except asyncio.CancelledError:  # the client hung up before the answer
+            recorder.ended(call, call.target.name, CLIENT_CLOSED, started, None, None, None)
             raise
         ttfb = recorder.timer() - started
         resp, used = answer.resp, answer.used

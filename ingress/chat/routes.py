@@ -28,6 +28,7 @@ from ingress.http.answers import QueuedRequestStatus
 from ingress.http.auth import Authenticator
 from ingress.http.body import parse_object, read_body
 from ingress.http.errors import ApiError, bad_request
+from ingress.http.limits import unless_disconnected
 from ingress.http.models import (
     AzureChatPath,
     AzureChatQuery,
@@ -229,7 +230,10 @@ class ChatRoutes:
             tenant=tenant,
             endpoint=endpoint,
         )
-        return _capped(await self._proxy.forward(call), governed)
+        # a client that hangs up before the answer cancels the call (a stream's relay
+        # watches for it itself once the answer starts)
+        answer = await unless_disconnected(request.receive, self._proxy.forward(call))
+        return _capped(answer, governed)
 
     async def _enqueue(
         self,

@@ -118,6 +118,9 @@ class Spillover:
             admitted = self._recorder.admit(call, target)
             try:
                 answer = await self._transport.send(target, call, headers, admitted)
+            except asyncio.CancelledError:  # the client hung up: refund the admitted budget
+                self._recorder.finished(admitted, call, target, None)
+                raise
             except NoResponse as failed:
                 self._recorder.finished(admitted, call, target, None)
                 if breaker is not None:

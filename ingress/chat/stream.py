@@ -24,6 +24,7 @@ from ingress.chat.headers import answered_by, passed_headers
 from ingress.chat.recorder import CallRecorder
 from ingress.chat.sniff import finish_reason_in, service_tier_in
 from ingress.chat.sse import SSEFilter
+from ingress.http.limits import hung_up
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +66,7 @@ class UpstreamStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Relay the stream until it ends or the client hangs up, whichever is first."""
         relay = asyncio.ensure_future(self._relay(send))
-        watch = asyncio.ensure_future(_disconnected(receive))
+        watch = asyncio.ensure_future(hung_up(receive))
         try:
             await asyncio.wait((relay, watch), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -117,9 +118,3 @@ class UpstreamStream(Response):
                 call, answer.served, self.status_code, started, ttfb, usage,
                 self._finish_reason, self._service_tier,
             )  # fmt: skip
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Return once the client has hung up (the request body was read before the answer)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -5,7 +5,9 @@ number of headers, and waits forever for a body that never comes (a
 `content-length` larger than what is sent). `RequestLimits` refuses more than
 `MAX_HEADERS` headers with 431 and gives every read of the body `BODY_READ_TIMEOUT_S`
 (408 `request_timeout`), both in the OpenAI error envelope. A client that hangs up
-is not an error of ours: `ClientDisconnect` is logged at info, without a traceback.
+is not an error of ours: `ClientDisconnect` is logged at info, without a traceback;
+`unless_disconnected` raises it as soon as the client hangs up while the ingress waits for
+an upstream answer, cancelling that call (`hung_up` is the one watch of a hang-up).
 
 A time limit per read alone lets a client that trickles its body (a byte every few
 seconds) hold a connection forever, so the whole body has a deadline too: it may take
@@ -19,7 +21,9 @@ of chat to a batch file of 200 MB, and a `content-length` is the client's claim.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import structlog
 from starlette.requests import ClientDisconnect, Request
@@ -30,6 +34,8 @@ from ingress.http import access
 from ingress.http.errors import ApiError, error_response
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 16_384
@@ -115,6 +121,32 @@ async def client_disconnected(request: Request, exc: Exception) -> Response:
     """The client went away mid-request: nothing to answer, nothing to alarm anyone about."""
     log.info("client_disconnected", path=request.url.path, method=request.method)
     return Response(status_code=499)
+
+
+async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """`work`'s result, or `ClientDisconnect` as soon as the client hangs up (its request
+    body read): `work` is cancelled, which closes whatever upstream call it was making."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(hung_up(receive))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watch
+    if not task.done() or task.cancelled():
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def hung_up(receive: Receive) -> None:
+    """Return once the client has hung up (call after its request body was read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def handlers() -> dict[Any, Any]:

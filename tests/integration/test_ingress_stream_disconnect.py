@@ -1,7 +1,13 @@
-"""A streaming client that hangs up cancels the upstream call; what it got is still recorded."""
+"""A client that hangs up cancels the upstream call; what it got is still recorded.
+
+A stream is cut mid-way (the simulator counts what it generated); a plain call is cut
+before its answer, against an upstream that never answers and notes when its connection
+closes."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -87,3 +93,57 @@ def test_a_client_hangup_ends_the_upstream_stream(
         charges = [k for k in client.scan_iter(match=keys.estimate_request("ptu", "*"))]
         completed = [k for k in charges if client.hget(k, "complete") is not None]
     assert len(completed) == 1
+
+
+class SilentUpstream:
+    """A deployment that reads the request and never answers; notes when the caller hangs up."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.requests = 0
+        self.closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> SilentUpstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.close()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self._listener.accept()
+        except OSError:
+            return
+        with conn:
+            self.requests += 1
+            while conn.recv(65536):  # the request, then nothing until the caller closes
+                pass
+            self.closed.set()
+
+
+def test_a_client_hangup_cancels_a_plain_call(redis_url: str) -> None:
+    flush(redis_url)
+    deployments = [{"name": "ptu", "model": "gpt-4o-mini", "ptus": 100}]
+    body = {"model": "ptu", "messages": MESSAGES, "max_tokens": 100}
+    with (
+        SilentUpstream() as upstream,
+        ingress_on(
+            redis_url, upstream, "resource-key", deployments=deployments, request_timeout_s=60,  # type: ignore[arg-type]
+        ) as ingress,
+    ):  # fmt: skip
+        with pytest.raises(httpx2.TimeoutException):
+            httpx2.post(f"{ingress.url}/v1/chat/completions", json=body, timeout=1.0)
+        # the ingress let its upstream call go at once, not after the 60 s request timeout
+        assert upstream.closed.wait(5.0)
+        assert upstream.requests == 1
+        with redis_mode.connect_sync(redis_url) as client:
+            deadline = time.monotonic() + 5
+            completed: list[bytes] = []
+            while not completed and time.monotonic() < deadline:
+                charges = list(client.scan_iter(match=keys.estimate_request("ptu", "*")))
+                completed = [k for k in charges if client.hget(k, "complete") is not None]
+                time.sleep(0.05)
+        assert len(completed) == 1  # the admitted budget was given back
