@@ -77,7 +77,10 @@ def test_rank_is_monotone_in_utilisation() -> None:
             "PTU_DEPLOYMENTS: pool 'east' has the name of a deployment",
         ),
         ([{**EAST, "pool": ""}], "PTU_DEPLOYMENTS [0.pool]: String should have at least 1"),
-        ([{**EAST, "pool": ["a", "b"]}], "PTU_DEPLOYMENTS [0.pool]: Input should be a valid string"),
+        (
+            [{**EAST, "pool": ["a", "b"]}],
+            "PTU_DEPLOYMENTS [0.pool]: Input should be a valid string",
+        ),
     ],
 )
 def test_pool_mistakes_stop_start_up_in_one_line(
