@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from orchestrator.core import redis_client, startup
 from orchestrator.core.errors import ConfigError, PTUError
+from orchestrator.core.pools import queue_key
 from orchestrator.core.results import ResultStore
 from orchestrator.core.settings import Settings
 from orchestrator.queues.dead_letter import DeadLetter, DeadLetterStore
@@ -30,10 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings | None) -> int:
     """Run one action against the chosen deployments' stores."""
     assert settings is not None
-    names = args.deployment or [d.name for d in settings.deployments if d.kind == "provisioned"]
-    unknown = [n for n in names if settings.deployment(n) is None]
+    provisioned = [d for d in settings.deployments if d.kind == "provisioned"]
+    # a pool's dead letters are kept under the pool's name, like its queue
+    names = args.deployment or list(dict.fromkeys(queue_key(d) for d in provisioned))
+    unknown = [n for n in names if settings.deployment(n) is None and n not in settings.pools]
     if unknown:
-        raise ConfigError(f"--deployment: no deployment named {unknown[0]!r} in PTU_DEPLOYMENTS")
+        raise ConfigError(
+            f"--deployment: no deployment or pool named {unknown[0]!r} in PTU_DEPLOYMENTS"
+        )
+    names = [queue_key(d) if (d := settings.deployment(n)) is not None else n for n in names]
     if args.action in ("show", "replay", "purge") and not args.ids and not args.all:
         raise PTUError(f"dlq {args.action}: give entry or request ids, or --all")
     return asyncio.run(_run(args, settings, names))

@@ -23,6 +23,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from ingress.server import IngressThread
+from orchestrator.cli.status import collect
+from orchestrator.cli.status_view import name_cell
 from orchestrator.core import keys
 from orchestrator.core.errors import UtilisationUnavailable
 from orchestrator.core.results import ResultStore
@@ -278,6 +280,10 @@ async def test_a_member_stopped_mid_run_hands_its_share_to_the_other(
             assert await redis.llen(keys.reply(rid)) == 1
         assert await redis.xlen(keys.dead_letter(POOL)) == 0  # 0 dead letters
         assert all(d.attempts == 1 for d in docs)  # the outage burnt no attempt
+        rows = {r.deployment: r for r in await collect(settings, redis, source, time.time())}
+        assert {r.pool for r in rows.values()} == {POOL}
+        assert rows["east"].queue_depth == rows["west"].queue_depth == 0  # the pool's queue
+        assert name_cell(rows["west"]) == f"west (pool {POOL})"
     finally:
         east.stop()
         west.stop()

@@ -191,3 +191,33 @@ async def test_router_skips_stale_and_open_members() -> None:
     router = PoolRouter(s, source, {}, clock=clock)
     assert [t.name for t in await router.chain(pool, "chat", 10, 10)] == ["west", "east"]
     assert "PoolRouter" in repr(router)
+
+
+def test_usage_per_member_at_its_own_price_and_by_pool() -> None:
+    from orchestrator.cli.usage import period_of, render, summarise
+    from orchestrator.tenants.ledger import UsageRow
+
+    h = 3600
+    s = settings(
+        {**EAST, "ptu_hourly_price": 2.0}, WEST, STD, ptu_hourly_price=1.0
+    )  # east at its own price, west at the global one
+    used = [
+        UsageRow("a", "east", "low", 0, 1000, 0, 500, 10),
+        UsageRow("b", "west", "high", 0, 1000, 0, 500, 5),
+        UsageRow("b", "std", "high", 0, 700, 0, 300, 2),
+    ]
+    period = period_of(0, 2 * h)
+    by_dep = {x["deployment"]: x for x in summarise(used, "deployment", s, period)}
+    assert by_dep["east"]["pool"] == by_dep["west"]["pool"] == "gpt-4o-pool"
+    assert by_dep["std"]["pool"] == ""
+    assert by_dep["east"]["ptu_cost"] == 2.0 * 15 * 2  # price x ptus x hours
+    assert by_dep["west"]["ptu_cost"] == 1.0 * 10 * 2
+    by_pool = {x["pool"]: x for x in summarise(used, "pool", s, period)}
+    assert set(by_pool) == {"gpt-4o-pool", "std"}
+    assert by_pool["gpt-4o-pool"]["requests"] == 15
+    assert by_pool["gpt-4o-pool"]["ptu_cost"] == 60.0 + 20.0
+    table = render(summarise(used, "deployment", s, period), "table", "deployment", period)
+    assert table.splitlines()[1].split()[:2] == ["deployment", "pool"]
+    # per tenant: each member's cost split by who used it
+    by_tenant = {x["tenant"]: x["ptu_cost"] for x in summarise(used, "tenant", s, period)}
+    assert by_tenant == {"a": 60.0, "b": 20.0}
