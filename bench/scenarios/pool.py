@@ -309,6 +309,19 @@ def _write(cfg: PoolConfig, out: Path, rows: list[dict[str, Any]], runs: list[Po
         out, rows, "bench pool: a PTU pool beside per-deployment queues", notes, KEYS
     )
     _plot(runs, out / "pool.png", cfg.upper)
+    for run in runs:
+        _timeseries(run, out / f"timeseries_{run.policy}.csv")
+
+
+def _timeseries(run: PoolRun, path: Path) -> None:
+    """Each member's sampled true level and calls in flight, by time."""
+    lines = ["member,t,utilisation,low_in_flight,high_in_flight"]
+    for name, member in run.members.items():
+        lines += [
+            f"{name},{s.t:.2f},{s.utilization:.4f},{s.low_in_flight},{s.high_in_flight}"
+            for s in member.samples
+        ]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def _plot(runs: list[PoolRun], path: Path, upper: float) -> None:
