@@ -221,3 +221,14 @@ def test_usage_per_member_at_its_own_price_and_by_pool() -> None:
     # per tenant: each member's cost split by who used it
     by_tenant = {x["tenant"]: x["ptu_cost"] for x in summarise(used, "tenant", s, period)}
     assert by_tenant == {"a": 60.0, "b": 20.0}
+
+
+def test_dead_letter_stores_of_a_pool_are_the_pools() -> None:
+    from orchestrator.cli.dlq import stores_for
+
+    s = settings(EAST, WEST, {**EAST, "name": "solo", "pool": None}, STD)
+    assert stores_for(s, None) == ["gpt-4o-pool", "solo"]
+    assert stores_for(s, ["west", "east"]) == ["gpt-4o-pool"]
+    assert stores_for(s, ["gpt-4o-pool", "solo"]) == ["gpt-4o-pool", "solo"]
+    with pytest.raises(ConfigError, match="no deployment or pool named 'nope'"):
+        stores_for(s, ["nope"])
