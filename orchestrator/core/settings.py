@@ -258,6 +258,11 @@ class Settings(BaseSettings):
         pool_problem = check_pools(self.deployments)
         if pool_problem is not None:
             raise invalid_setting("deployments", pool_problem)
+        if self.queue_backend == "eventhubs" and self.pools:
+            # a hub's partitions are owned, not shared: a busy or broken member would keep its own
+            raise invalid_setting(
+                "deployments", "PTU pools need PTU_QUEUE_BACKEND=redis (not eventhubs)"
+            )
         if (
             self.eventhub_checkpoint_store == "blob"
             and self.eventhub_checkpoint_blob_url is None

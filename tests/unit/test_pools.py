@@ -87,6 +87,16 @@ def test_pool_mistakes_stop_start_up_in_one_line(
     monkeypatch: pytest.MonkeyPatch, deployments: list[dict[str, object]], line: str
 ) -> None:
     monkeypatch.setenv("PTU_DEPLOYMENTS", json.dumps(deployments))
+    assert_one_line(line)
+
+
+def test_pools_need_the_redis_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PTU_DEPLOYMENTS", json.dumps([EAST, WEST]))
+    monkeypatch.setenv("PTU_QUEUE_BACKEND", "eventhubs")
+    assert_one_line("PTU_DEPLOYMENTS: PTU pools need PTU_QUEUE_BACKEND=redis (not eventhubs)")
+
+
+def assert_one_line(line: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings()
     message = str(info.value)
