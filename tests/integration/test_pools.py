@@ -201,6 +201,13 @@ async def test_low_priority_and_a_batch_naming_the_pool_use_both_members(
         assert raw.http_response.status_code == 200
         assert raw.headers["x-ptu-deployment"] in ("east", "west")
         assert raw.parse().choices[0].message.content
+        queued = await client.responses.with_raw_response.create(
+            model=POOL, input="hello", max_output_tokens=20,
+            extra_headers={"x-priority": "low", "prefer": "wait=20"},
+        )  # fmt: skip
+        assert queued.http_response.status_code == 200
+        assert queued.headers["x-ptu-deployment"] in ("east", "west")
+        assert queued.parse().output_text
 
         lines = [
             {
@@ -230,7 +237,7 @@ async def test_low_priority_and_a_batch_naming_the_pool_use_both_members(
         )
     after = {n: _low(s, n) for n, s in (("east", east), ("west", west))}
     took = {n: after[n] - before[n] for n in after}
-    assert sum(took.values()) >= 41 and took["east"] > 0 and took["west"] > 0, took
+    assert sum(took.values()) >= 42 and took["east"] > 0 and took["west"] > 0, took
     assert await redis.xlen(keys.dead_letter(POOL)) == 0
     await client.close()
 
