@@ -44,7 +44,8 @@ from bench.harness.traffic import (
 )
 from bench.harness.workload import Capacity, MixedWorkload, batch_calls, interactive_calls
 from bench.report import tables as report
-from bench.scenarios.pool_measures import MemberRun, PoolRun, compare, row_of, verdicts
+from bench.scenarios.pool_measures import MemberRun, PoolRun, compare, row_of
+from bench.scenarios.pool_report import NOTES, keys, write_report
 from orchestrator.core import logs
 from simulator.config import parse_deployment
 
@@ -267,25 +268,13 @@ def run_pool(cfg: PoolConfig, out: Path) -> list[dict[str, Any]]:
             rows.append(row_of(run, dict.fromkeys(MEMBERS, cfg.upper), served))
             log.info("policy_finished", policy=name)
     compare(rows)
-    _write(cfg, out, rows, runs)
+    write_report(out, rows, runs, _notes(cfg, rows), list(MEMBERS), cfg.upper)
     return rows
 
 
-KEYS = (
-    "policy",
-    *(f"hp_429_{m}" for m in MEMBERS),
-    *(f"util_x_upper_{m}" for m in MEMBERS),
-    *(f"lp_served_{m}" for m in MEMBERS),
-    "makespan_s",
-    "makespan_x_static",
-    "lp_completed",
-    "lp_total",
-)
-
-
-def _write(cfg: PoolConfig, out: Path, rows: list[dict[str, Any]], runs: list[PoolRun]) -> None:
+def _notes(cfg: PoolConfig, rows: list[dict[str, Any]]) -> list[str]:
     sim = cfg.sim
-    notes = [
+    return [
         f"members: {', '.join(f'{n} {MODEL} x {p} PTU' for n, p in MEMBERS.items())}, one "
         f"simulator, window {sim.window_s:g} s, TTFT {sim.ttft_ms:g} ms, TBT {sim.tbt_ms:g} ms",
         f"interactive (x-priority: high, to each member by name) over {cfg.duration_s:g} s: "
@@ -294,58 +283,9 @@ def _write(cfg: PoolConfig, out: Path, rows: list[dict[str, Any]], runs: list[Po
         f"batch: {cfg.batch} requests of ~2500 prompt tokens, max_tokens 150, at 3 s",
         f"thresholds lower {cfg.lower:g} / upper {cfg.upper:g}, max concurrency "
         f"{cfg.max_concurrency} per member; seed {cfg.seed}",
-        "hp 429 = interactive calls the client got refused with 429, per member",
-        "util x upper = a member's mean true utilisation (the simulator's, 10 Hz) while the "
-        "batch was pending, divided by its upper threshold",
-        "LP served = low-priority calls each member's simulator counted (retries included)",
-        "makespan = batch submission to its last result; x static = divided by static's",
+        *NOTES,
         *(f"{r['policy']}: {r['description']}" for r in rows),
     ]
-    pool_row = next((r for r in rows if r["policy"] == "pool"), None)
-    if pool_row is not None:
-        for target, met in verdicts(pool_row, list(MEMBERS)).items():
-            notes.append(f"target {'met' if met else 'NOT met'}: {target}")
-    report.write_results(
-        out, rows, "bench pool: a PTU pool beside per-deployment queues", notes, KEYS
-    )
-    _plot(runs, out / "pool.png", cfg.upper)
-    for run in runs:
-        _timeseries(run, out / f"timeseries_{run.policy}.csv")
-
-
-def _timeseries(run: PoolRun, path: Path) -> None:
-    """Each member's sampled true level and calls in flight, by time."""
-    lines = ["member,t,utilisation,low_in_flight,high_in_flight"]
-    for name, member in run.members.items():
-        lines += [
-            f"{name},{s.t:.2f},{s.utilization:.4f},{s.low_in_flight},{s.high_in_flight}"
-            for s in member.samples
-        ]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _plot(runs: list[PoolRun], path: Path, upper: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 2.4 * len(runs) + 0.6), squeeze=False)
-    for (ax,), run in zip(axes, runs, strict=True):
-        for name, member in run.members.items():
-            ax.plot([s.t for s in member.samples], [s.utilization for s in member.samples],
-                    lw=0.8, label=f"{name} utilisation")  # fmt: skip
-        ax.axhline(upper, ls="--", lw=0.8, color="grey", label="upper threshold")
-        done = [r.completed_at for r in run.lp if r.completed_at is not None]
-        if run.batch_start is not None and done:
-            ax.axvspan(run.batch_start, max(done), color="tab:green", alpha=0.08)
-        ax.set_ylim(0, 1.2)
-        ax.set_title(f"{run.policy}: {run.description}", fontsize=8, loc="left")
-    axes[0][0].legend(loc="upper right", fontsize=7)
-    axes[-1][0].set_xlabel("seconds (green: batch pending)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -372,6 +312,6 @@ def run(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     rows = run_pool(cfg, out)
-    print(report.markdown_table(rows, KEYS))
+    print(report.markdown_table(rows, keys(list(MEMBERS))))
     print(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}, {out / 'pool.png'}")
     return 0

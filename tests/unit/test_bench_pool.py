@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.harness.sampler import Sample
@@ -17,6 +19,7 @@ from bench.scenarios.pool_measures import (
     row_of,
     verdicts,
 )
+from bench.scenarios.pool_report import write_report
 
 
 def sample(t: float, u: float, low: int = 0) -> Sample:
@@ -70,3 +73,20 @@ def test_an_unfinished_batch_is_pending_until_the_interactive_end() -> None:
     row = row_of(run, {}, {})
     compare([row])
     assert row["makespan_s"] is None and row["makespan_x_static"] is None
+
+
+def test_the_report_says_which_targets_the_pool_met(tmp_path: Path) -> None:
+    east = MemberRun("east", [HpRecord(1, 0.1, 200)], [sample(t, 0.85) for t in range(20)])
+    west = MemberRun("west", [HpRecord(1, 0.1, 200)], [sample(t, 0.8) for t in range(20)])
+    lp = [LpRecord(str(i), 3.0, "r", 3.0 + i, "completed") for i in range(1, 11)]
+    run = PoolRun("pool", "one pool", {"east": east, "west": west}, lp, 3.0, 18.0, 20.0)
+    rows = [{**row_of(run, {"east": 0.9, "west": 0.9}, {}), "makespan_x_static": 0.5}]
+    write_report(tmp_path, rows, [run], ["a note"], ["east", "west"], 0.9)
+    text = (tmp_path / "results.md").read_text()
+    assert "| pool | 0 | 0 | 0.944 | 0.889 |" in text
+    assert "- target met: 0 interactive 429s on every member" in text
+    assert "- target met: makespan <= 0.6 x static" in text
+    assert (tmp_path / "pool.png").stat().st_size > 0
+    csv_lines = (tmp_path / "timeseries_pool.csv").read_text().splitlines()
+    assert csv_lines[0] == "member,t,utilisation,low_in_flight,high_in_flight"
+    assert len(csv_lines) == 41
