@@ -32,6 +32,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "bench.scenarios.cost",
         "Redis commands, Redis CPU and process CPU per request; one process's saturation",
     ),
+    "pool": (
+        "bench.scenarios.pool",
+        "two PTU deployments of one model, busy and idle: static split, round robin, a pool",
+    ),
     "waiting": (
         "bench.scenarios.waiting",
         "waiting low-priority calls behind a batch, and thousands held by one ingress",

@@ -28,6 +28,7 @@ from ingress.batch.store import BatchStore
 from ingress.chat.accounting import Accounting
 from ingress.chat.credentials import UpstreamAuth, deployment_auths, upstream_auth
 from ingress.chat.limits import TenantLimits
+from ingress.chat.pool import PoolRouter
 from ingress.chat.proxy import Proxy
 from ingress.chat.routes import ChatRoutes, QueuedPaths
 from ingress.chat.spillover import SpilloverPolicy
@@ -49,7 +50,7 @@ from orchestrator.core.results import ResultStore
 from orchestrator.core.runtime import Pacing
 from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
-from orchestrator.queues.factory import make_queue
+from orchestrator.queues.factory import make_queue, pool_queues
 from orchestrator.telemetry.base import Telemetry
 from orchestrator.tenants.cached import CachedLedger
 from orchestrator.tenants.config import Tenancy
@@ -98,8 +99,8 @@ class Parts:
             async with asyncio.timeout(CLOSE_DRAIN_S):
                 if self.ledger is not None:
                     await self.ledger.close()
-                if "queues" in self.owned:
-                    for q in self.queues.values():
+                if "queues" in self.owned:  # a pool's members share its queue: close it once
+                    for q in {id(q): q for q in self.queues.values()}.values():
                         await q.close()
         except TimeoutError:
             log.warning("close_redis_cut", within_s=CLOSE_DRAIN_S)
@@ -135,7 +136,9 @@ def make_parts(
     provisioned = [d for d in settings.deployments if d.kind == "provisioned"]
     if queues is None:
         consumer = f"ingress-{socket.gethostname()}-{os.getpid()}"
-        queues = {d.name: make_queue(settings, d.name, redis, consumer) for d in provisioned}
+        queues = pool_queues(
+            settings, lambda name: make_queue(settings, name, redis, consumer), provisioned
+        )
     estimate = None
     if token_sink is None and provisioned:
         estimate = estimate_store(settings, redis, provisioned, clock=clock)
@@ -214,10 +217,15 @@ def wire(
         for d in settings.deployments
         for surface in SURFACES
     }  # fmt: skip
+    pools = (
+        PoolRouter(settings, parts.estimate, breakers, guard=guard, clock=clock)
+        if settings.pools
+        else None
+    )
     proxy = Proxy(
         parts.http, parts.upstream, parts.events, metrics,
-        policy=SpilloverPolicy(settings.spillover_wait_ms, breakers), accounting=accounting,
-        telemetry=tracer,
+        policy=SpilloverPolicy(settings.spillover_wait_ms, breakers, pools=pools),
+        accounting=accounting, telemetry=tracer,
     )  # fmt: skip
     incarnation = Incarnation(parts.redis, on_loss=metrics.redis_data_lost.inc, clock=clock)
     enqueuer = Enqueuer(

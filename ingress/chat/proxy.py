@@ -95,7 +95,8 @@ class Proxy:
         recorder.ended(call, answer.served, resp.status_code, started, ttfb, usage, reason, tier)
         out = Response(content, status_code=resp.status_code)
         out.raw_headers.extend(passed_headers(resp.headers.raw))
-        out.raw_headers.extend(answered_by(call.target.name, answer.served))
+        asked = answer.served if call.target.speaks_for(answer.served) else call.target.name
+        out.raw_headers.extend(answered_by(asked, answer.served))
         return out
 
     def __repr__(self) -> str:

@@ -50,7 +50,8 @@ class UpstreamStream(Response):
             (k, v) for k, v in passed_headers(upstream.headers.raw) if k != b"content-type"
         ]
         self.raw_headers.append((b"content-type", b"text/event-stream"))
-        self.raw_headers.extend(answered_by(call.target.name, answer.served))
+        asked = answer.served if call.target.speaks_for(answer.served) else call.target.name
+        self.raw_headers.extend(answered_by(asked, answer.served))
         self._answer = answer
         recorder.observed(call, answer)
         self._sse = sse

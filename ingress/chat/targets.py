@@ -27,7 +27,9 @@ class Target:
     credential of the deployment's resource (None: the proxy's default credential);
     `responses_url` its resource's Responses API; `native` the standard deployment Azure
     spills this one's calls to (sent as `x-ms-spillover-deployment`); `service_tier` what
-    calls to this deployment, as an entry of a chain, ask for.
+    calls to this deployment, as an entry of a chain, ask for. A pool's Target
+    (`core.pools`) has its `members`, each a deployment's Target; which one a call goes to
+    is chosen per call (`chat.pool`).
     """
 
     name: str
@@ -38,6 +40,11 @@ class Target:
     responses_url: str = LOCAL_ENDPOINT + RESPONSES_PATH
     native: str | None = None
     service_tier: str | None = None
+    members: tuple[Target, ...] = ()
+
+    def speaks_for(self, served: str) -> bool:
+        """Whether an answer from `served` is this target's own (itself or a pool member)."""
+        return served == self.name or any(m.name == served for m in self.members)
 
 
 def targets(
@@ -56,7 +63,7 @@ def targets(
             d.name, url, d.kind == "provisioned", (), auths.get(d.name),
             responses_url=endpoint + RESPONSES_PATH,
         )  # fmt: skip
-    return {
+    known = {
         d.name: dataclasses.replace(
             plain[d.name],
             spillover=tuple(
@@ -66,6 +73,14 @@ def targets(
         )
         for d in settings.deployments
     }
+    for pool in settings.pools.values():
+        members = tuple(known[m.name] for m in pool.members)
+        first = members[0]
+        known[pool.name] = Target(
+            pool.name, first.url, True, (), first.auth,
+            responses_url=first.responses_url, members=members,
+        )  # fmt: skip
+    return known
 
 
 def make_client(settings: Settings) -> httpx2.AsyncClient:

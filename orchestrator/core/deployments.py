@@ -124,6 +124,13 @@ class DeploymentConfig(BaseModel):
         description="a queued call Azure spilled to a standard deployment: keep its answer "
         "(charged there) or fail the request",
     )
+    pool: str | None = Field(
+        default=None, min_length=1,
+        description="the pool this PTU deployment is a member of (clients may name the pool)",
+    )  # fmt: skip
+    ptu_hourly_price: float | None = Field(
+        default=None, ge=0, description="price of one PTU-hour here (default PTU_PTU_HOURLY_PRICE)"
+    )
     wait_s: float | None = Field(
         default=None, ge=0, le=MAX_HELD_S,
         description="default Prefer: wait of low-priority calls (seconds held for the result)",

@@ -26,6 +26,7 @@ from orchestrator.core.config_errors import EnvSource, invalid_setting, one_line
 from orchestrator.core.deployments import DeploymentConfig as DeploymentConfig
 from orchestrator.core.deployments import check_endpoint, check_redis_url
 from orchestrator.core.errors import ConfigError
+from orchestrator.core.pools import Pool, check_pools, pools_of
 from orchestrator.core.retry import RetryPolicy
 from orchestrator.core.schemas import Priority
 from orchestrator.core.views import (
@@ -276,6 +277,14 @@ class Settings(BaseSettings):
                     f"spillover {native!r} of {d.name!r} is native: it must be a standard "
                     "deployment on the same resource",
                 )
+        pool_problem = check_pools(self.deployments)
+        if pool_problem is not None:
+            raise invalid_setting("deployments", pool_problem)
+        if self.queue_backend == "eventhubs" and self.pools:
+            # a hub's partitions are owned, not shared: a busy or broken member would keep its own
+            raise invalid_setting(
+                "deployments", "PTU pools need PTU_QUEUE_BACKEND=redis (not eventhubs)"
+            )
         if (
             self.eventhub_checkpoint_store == "blob"
             and self.eventhub_checkpoint_blob_url is None
@@ -354,6 +363,11 @@ class Settings(BaseSettings):
     def deployment(self, name: str) -> DeploymentConfig | None:
         """The deployment called `name`, if configured."""
         return next((d for d in self.deployments if d.name == name), None)
+
+    @property
+    def pools(self) -> dict[str, Pool]:
+        """The PTU pools (`pool` fields of `PTU_DEPLOYMENTS`) by name."""
+        return pools_of(self.deployments)
 
     def retry_policy(self) -> RetryPolicy:
         """Upstream retries: `PTU_MAX_ATTEMPTS`, `PTU_BACKOFF_BASE_S`, `PTU_BACKOFF_MAX_S`."""

@@ -54,6 +54,13 @@ class Lane:
     queue: Queue
     throttle: SlotLimiter
     dispatcher: Dispatcher
+    pool: str | None = None
+    """The pool whose queue this member's lane drains (`core.pools`), if any."""
+
+    @property
+    def queue_name(self) -> str:
+        """The name the lane's queue (and its dead letters) are kept under."""
+        return self.pool if self.pool is not None else self.deployment
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +103,7 @@ class Worker:
         """Lanes holding a slot while they wait for a message: capacity ready, not work."""
         self._heartbeats = Heartbeats(redis) if redis is not None else None
         self._dead_letters = (
-            {lane.deployment: DeadLetterStore(redis, lane.deployment) for lane in lanes}
+            {lane.deployment: DeadLetterStore(redis, lane.queue_name) for lane in lanes}
             if redis is not None
             else {}
         )
@@ -271,6 +278,7 @@ class Worker:
             except StoreUnavailable:
                 global_in_flight = None
             lanes[lane.deployment] = {
+                "pool": lane.pool,
                 "limit": throttle.limit,
                 "in_flight": throttle.in_flight,
                 # of those slots, the one a lane holds while it waits for a message; and the
@@ -292,14 +300,14 @@ class Worker:
                     lane.deployment, throttle.limit, throttle.in_flight, reading, now
                 )
                 if by_class is not None:
-                    self._metrics.queue_depth.labels(lane.deployment).set(sum(by_class.values()))
+                    self._metrics.queue_depth.labels(lane.queue_name).set(sum(by_class.values()))
                     for work_class, n in by_class.items():
-                        self._metrics.class_depth.labels(lane.deployment, work_class).set(n)
+                        self._metrics.class_depth.labels(lane.queue_name, work_class).set(n)
                 letters = self._dead_letters.get(lane.deployment)
                 if letters is not None:
                     try:
                         depth_dl = await letters.depth()
-                        self._metrics.dead_letters.labels(lane.deployment).set(depth_dl)
+                        self._metrics.dead_letters.labels(lane.queue_name).set(depth_dl)
                     except StoreUnavailable as exc:
                         log.debug("dead_letter_depth_failed", error=repr(exc))
                 if global_in_flight is not None:

@@ -21,6 +21,7 @@ from orchestrator.breaker.shared import SharedBreaker, breaker_config
 from orchestrator.core import logs, redis_client, startup
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.operator_key import OperatorKey
+from orchestrator.core.pools import queue_key
 from orchestrator.core.results import ResultStore
 from orchestrator.core.runtime import STOP_AFTER_DRAIN_S, every, run_until_signal
 from orchestrator.core.settings import DeploymentConfig, Settings
@@ -71,14 +72,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def select_deployments(settings: Settings, names: Sequence[str] | None) -> list[DeploymentConfig]:
-    """The named deployments, or every provisioned one; ConfigError when none or unknown."""
+    """The named deployments (a pool's name: its members), or every provisioned one;
+    ConfigError when none or unknown."""
     if names:
-        chosen = []
+        chosen: list[DeploymentConfig] = []
+        pools = settings.pools
         for name in names:
             d = settings.deployment(name)
+            if d is None and name in pools:
+                chosen.extend(m for m in pools[name].members if m not in chosen)
+                continue
             if d is None:
-                raise ConfigError(f"PTU_DEPLOYMENTS: no deployment named {name!r}")
-            chosen.append(d)
+                raise ConfigError(f"PTU_DEPLOYMENTS: no deployment or pool named {name!r}")
+            if d not in chosen:
+                chosen.append(d)
         return chosen
     chosen = [d for d in settings.deployments if d.kind == "provisioned"]
     if not chosen:
@@ -128,7 +135,7 @@ def build_worker(
     accounting = WorkerAccounting(
         tokens,
         ledger,
-        {d.name: FairShareState(redis, d.name) for d in deployments},
+        {d.name: FairShareState(redis, queue_key(d)) for d in deployments},
         tenancy,
         metrics.tenants if metrics is not None else None,
     )
@@ -148,6 +155,8 @@ def build_worker(
         lower, upper, _ = settings.thresholds(d)
         if metrics is not None:
             metrics.thresholds(d.name, lower, upper)
+            if d.pool is not None:
+                metrics.member(d.pool, d.name)
         endpoint = upstream.endpoint(d.name) if isinstance(upstream, RoutedUpstream) else ""
         breaker = SharedBreaker(
             redis,
@@ -167,13 +176,16 @@ def build_worker(
             window_s=settings.estimate_window_s,
             max_age_s=source.max_age_s,
         )
-        queue = make_queue(settings, d.name, redis, worker_id)
+        # a pool's members share its queue, each lane a consumer of its own
+        consumer = worker_id if d.pool is None else f"{worker_id}.{d.name}"
+        queue = make_queue(settings, queue_key(d), redis, consumer)
         queues.append(queue)
+        hand_over = d.pool is not None and len(settings.pools[d.pool].members) > 1
         dispatcher = Dispatcher(
             d.name,
             delivering=Delivering(queue, results),
             upstream=upstream,
-            config=replace(config, low_priority_spill=d.low_priority_spill),
+            config=replace(config, low_priority_spill=d.low_priority_spill, hand_over=hand_over),
             gates=Gates(
                 throttle,
                 breaker=breaker,
@@ -186,7 +198,7 @@ def build_worker(
             ),
             sizer=sizer,
         )
-        lanes.append(Lane(d.name, queue, throttle, dispatcher))
+        lanes.append(Lane(d.name, queue, throttle, dispatcher, pool=d.pool))
     timing = timing or WorkerTiming(
         drain_timeout_s=settings.drain_timeout_s, renew_s=settings.slot_lease_s / 4
     )

@@ -45,6 +45,12 @@ class WorkerMetrics:
             ["deployment"],
             registry=r,
         )
+        self.pool_member = Gauge(
+            "ptu_pool_member_info",
+            "1 for each member of a PTU pool (join on deployment to group by pool)",
+            ["pool", "deployment"],
+            registry=r,
+        )
         self.model = Gauge(
             "ptu_worker_utilisation_model_ratio",
             "The estimate's open-loop token-event model, before calibration",
@@ -189,6 +195,10 @@ class WorkerMetrics:
         """The deployment's throttle thresholds (dashboards draw utilisation against them)."""
         self.lower_threshold.labels(deployment).set(lower)
         self.upper_threshold.labels(deployment).set(upper)
+
+    def member(self, pool: str, deployment: str) -> None:
+        """`deployment` is a member of `pool` (its queue depth is the pool's)."""
+        self.pool_member.labels(pool, deployment).set(1)
 
     def circuit(self, deployment: str, state: str) -> None:
         """The deployment's breaker changed state."""

@@ -15,6 +15,7 @@ stop leaves the request for redelivery.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +113,10 @@ class Dispatcher:
         self, delivery: Delivery, slot: Slot, stop: asyncio.Event
     ) -> ResultStatus | None:
         """Process one delivery holding `slot`; the status written, or None if not finished."""
+        if delivery.message.deployment != self.deployment and delivery.unreadable is None:
+            # a pool's request (or a pool member's): its result names the member that serves
+            served = delivery.message.model_copy(update={"deployment": self.deployment})
+            delivery = dataclasses.replace(delivery, message=served)
         message = delivery.message
         holder = SlotHolder(self._gates.throttle, slot, self.bookkeeping)
         with (
@@ -175,6 +180,7 @@ class Dispatcher:
             self._waiting,
             stop,
             self._pacing,
+            hand_over=self._config.hand_over,
         )
 
         plan = await self._sizer.plan(message)  # the output limit the calls are sent with

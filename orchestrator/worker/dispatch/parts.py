@@ -31,6 +31,9 @@ class DispatchConfig:
     """A message delivered more often than this (it kept killing workers) is dead-lettered."""
     low_priority_spill: Literal["keep", "fail"] = "keep"
     """What becomes of an answer Azure spilled to a standard deployment (`dispatch.call`)."""
+    hand_over: bool = False
+    """A pool member with others beside it: while its breaker is open, a request it holds
+    goes back to the pool's queue for another member instead of waiting (`dispatch.gate`)."""
 
 
 @dataclass(frozen=True, slots=True)
