@@ -57,6 +57,21 @@ class Settings(BaseSettings):
     queue_liveness_s: float = Field(
         default=5.0, gt=0, description="redis queue: a consumer silent this long is dead"
     )
+    redis_wait_replicas: int = Field(
+        default=1,
+        ge=0,
+        description="a low-priority request is answered 202 once its record and queue entry "
+        "are on this many replicas (at most those the node has; 0: do not wait)",
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=500, gt=0, description="how long to wait for them before answering 503"
+    )
+    reconcile_interval_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="how often one ingress looks for queued requests whose queue entry Redis "
+        "lost (0: never)",
+    )
     utilization_source: Literal["estimate", "azure_monitor"] = "estimate"
     calibration: Literal["auto", "off"] = Field(
         default="auto", description="estimate: learn from the deployment's own signals, or not"

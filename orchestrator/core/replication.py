@@ -1,0 +1,138 @@
+"""Waiting for replicas: a write that is on a replica survives the master's failover.
+
+Redis replicates asynchronously. A master that dies while its replica is a few seconds
+behind takes those seconds of writes with it, and the promoted replica never had them:
+a request answered `202` in that window would have no record (a poller's 404) or no queue
+entry (`queued` forever). WAIT closes the window: it blocks until the given number of
+replicas acknowledged every write *this connection* made, or its timeout passes, and
+answers how many did.
+
+"This connection" is the catch. The clients here pool connections, so the write and a
+later WAIT rarely share one; and redis-py's cluster client sends a bare WAIT to every
+master. So `confirm(key)` does not WAIT after the caller's write: it writes a barrier key
+in `key`'s slot (`keys.replication_barrier`) and WAITs on the same connection, in one
+non-transactional pipeline (on a cluster, the WAIT is pinned to the barrier's node with
+`target_nodes`). A master's replication stream is one ordered log: a replica that holds
+the barrier holds every write the master applied before it, the caller's included, since
+the caller's write had returned before the barrier was sent.
+
+How many replicas: `PTU_REDIS_WAIT_REPLICAS` (default 1), but never more than the node
+has: on a cluster the replicas its slot map lists (a replica that fell behind or lost its
+link still counts), on one server those `ROLE` shows connected. So a server without
+replicas (local, Azure Basic) pays nothing. Where `ROLE` is refused (managed services
+hide their replica) the configured count is used. `PTU_REDIS_WAIT_TIMEOUT_MS` bounds
+the wait; a shortfall is `False` (the caller decides: the ingress refuses the request
+with 503, the worker logs and carries on, the reconciler catching what was lost).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ResponseError
+
+from orchestrator.core import keys, redis_client
+from orchestrator.core.boundary import redis_boundary
+
+log = structlog.get_logger(__name__)
+
+ROLE_REFRESH_S = 10.0
+"""How long a node's count of connected replicas is trusted."""
+BARRIER_TTL_MS = 60_000
+
+
+class Replication:
+    """`confirm(key)`: the writes made to `key`'s node so far are on its replicas."""
+
+    __slots__ = ("_clock", "_known", "_redis", "on_shortfall", "replicas", "timeout_ms")
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        replicas: int,
+        timeout_ms: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_shortfall: Callable[[], None] | None = None,
+    ) -> None:
+        self._redis = redis
+        self.replicas = replicas
+        self.timeout_ms = timeout_ms
+        self._clock = clock
+        self._known: tuple[int, float] | None = None
+        """One server's connected replicas and when they were read."""
+        self.on_shortfall = on_shortfall
+
+    @property
+    def enabled(self) -> bool:
+        """False when configured to wait for no replica."""
+        return self.replicas > 0
+
+    @redis_boundary("replication")
+    async def confirm(self, key: str) -> bool:
+        """True when `key`'s node has passed every earlier write to the replicas asked for
+        (or has none to pass it to); False when the timeout passed first."""
+        if self.replicas <= 0:
+            return True
+        wanted = min(self.replicas, await self._known_replicas(key))
+        if wanted <= 0:
+            return True
+        node = self._node(key)
+        target: dict[str, Any] = {} if node is None else {"target_nodes": node}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.replication_barrier(key), "1", px=BARRIER_TTL_MS)
+            pipe.execute_command("WAIT", wanted, self.timeout_ms, **target)
+            _, acked = await pipe.execute()
+        if int(acked) >= wanted:
+            return True
+        log.warning(
+            "redis_replication_shortfall",
+            key=key,
+            acked=int(acked),
+            wanted=wanted,
+            timeout_ms=self.timeout_ms,
+        )
+        if self.on_shortfall is not None:
+            self.on_shortfall()
+        return False
+
+    def _node(self, key: str) -> Any:
+        if not redis_client.is_cluster(self._redis):
+            return None
+        return self._redis.get_node_from_key(key)  # type: ignore[attr-defined]
+
+    async def _known_replicas(self, key: str) -> int:
+        """A cluster: the replicas the slot map lists for `key`'s slot (a replica cut off
+        from its master still counts: that is the lag WAIT is for). One server: its
+        connected replicas (`ROLE`), re-read every `ROLE_REFRESH_S`."""
+        if redis_client.is_cluster(self._redis):
+            cluster: Any = self._redis
+            slot = cluster.keyslot(key)
+            return max(0, len(cluster.nodes_manager.slots_cache.get(slot, ())) - 1)
+        now = self._clock()
+        if self._known is not None and now - self._known[1] < ROLE_REFRESH_S:
+            return self._known[0]
+        try:
+            role = await self._redis.execute_command("ROLE")  # type: ignore[no-untyped-call]
+        except ResponseError:  # a managed service that refuses ROLE: trust the setting
+            count = self.replicas
+        else:
+            count = _replicas_in(role)
+        self._known = (count, now)
+        return count
+
+    def __repr__(self) -> str:
+        return f"<Replication replicas={self.replicas} timeout_ms={self.timeout_ms}>"
+
+
+def _replicas_in(role: Any) -> int:
+    """Connected replicas in a `ROLE` reply (`[b"master", offset, [[ip, port, offset]...]]`);
+    0 for a replica or anything else."""
+    if not isinstance(role, list | tuple) or len(role) < 3:
+        return 0
+    kind = role[0].decode() if isinstance(role[0], bytes) else str(role[0])
+    return len(role[2]) if kind == "master" and isinstance(role[2], list | tuple) else 0
