@@ -24,7 +24,7 @@ from pydantic_settings import (
 
 from orchestrator.core.config_errors import EnvSource, invalid_setting, one_line
 from orchestrator.core.deployments import DeploymentConfig as DeploymentConfig
-from orchestrator.core.deployments import check_endpoint, check_redis_url
+from orchestrator.core.deployments import check_endpoint, check_redis_url, seed_urls
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.retry import RetryPolicy
 from orchestrator.core.schemas import Priority
@@ -278,6 +278,12 @@ class Settings(BaseSettings):
                 "eventhub_checkpoint_blob_url",
                 "required (or PTU_EVENTHUB_CHECKPOINT_CONNECTION_STRING) when "
                 "PTU_EVENTHUB_CHECKPOINT_STORE=blob",
+            )
+        if len(seed_urls(self.redis_url)) > 1 and not self.redis_cluster:
+            raise invalid_setting(
+                "redis_url",
+                "names several nodes: that is for a Redis Cluster's seed nodes "
+                "(set PTU_REDIS_CLUSTER=true)",
             )
         problem = check_tenants(self.tenants, self.api_keys)
         if problem is not None:

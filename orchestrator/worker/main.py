@@ -20,6 +20,7 @@ import structlog
 from orchestrator.breaker.shared import SharedBreaker, breaker_config
 from orchestrator.core import logs, redis_client, startup
 from orchestrator.core.errors import ConfigError
+from orchestrator.core.replication import Replication
 from orchestrator.core.results import ResultStore
 from orchestrator.core.runtime import STOP_AFTER_DRAIN_S, run_until_signal
 from orchestrator.core.settings import DeploymentConfig, Settings
@@ -166,10 +167,13 @@ def build_worker(
             max_age_s=source.max_age_s,
         )
         queue = make_queue(settings, d.name, redis, worker_id)
+        replication = Replication(
+            redis, settings.redis_wait_replicas, settings.redis_wait_timeout_ms
+        )
         queues.append(queue)
         dispatcher = Dispatcher(
             d.name,
-            delivering=Delivering(queue, results),
+            delivering=Delivering(queue, results, replication),
             upstream=upstream,
             config=replace(config, low_priority_spill=d.low_priority_spill),
             gates=Gates(
