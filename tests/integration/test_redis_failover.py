@@ -40,6 +40,7 @@ from orchestrator.worker.loop import WorkerTiming
 from orchestrator.worker.main import build_worker
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
+from tests.support import cli
 
 DEP = "ptu"
 BODY = {"model": DEP, "messages": [{"role": "user", "content": "one line"}], "max_tokens": 10}
@@ -179,3 +180,33 @@ async def test_failover_to_a_lagging_replica_loses_nothing_silently(
         else:
             assert refused >= 1  # the replica confirmed nothing: not accepted
             assert tally[410] == 0 and tally[200] == len(accepted)
+
+
+async def test_fresh_processes_find_the_cluster_after_its_seed_node_died() -> None:
+    """`PTU_REDIS_URL` naming every node: `ptu status` and a new client start although the
+    first node is dead; naming only that node, they cannot (what the seed list is for)."""
+    with EmbeddedCluster(replicas=1, node_timeout_ms=2000) as cluster:
+        seed = cluster.nodes[0]
+        await asyncio.to_thread(seed.kill)
+        await asyncio.to_thread(cluster.promote, cluster.nodes[cluster.masters])
+        deployments = '[{"name":"ptu","model":"gpt-4o-mini","ptus":100}]'
+        env = {"PTU_REDIS_CLUSTER": "true", "PTU_DEPLOYMENTS": deployments}
+        everyone = cli.run(
+            ["status", "--once", "--json"], cli.ptu_env({**env, "PTU_REDIS_URL": seeds(cluster)})
+        )
+        dead_only = cli.run(
+            ["status", "--once", "--json"], cli.ptu_env({**env, "PTU_REDIS_URL": seed.url})
+        )
+        client = redis_client.connect(seeds(cluster), cluster=True)
+        try:
+            for i in range(20):  # keys on every master
+                await client.set(f"ptu:seed-test:{i}", str(i))
+            values = [await client.get(f"ptu:seed-test:{i}") for i in range(20)]
+        finally:
+            await client.aclose()
+    assert everyone.returncode == 0, everyone.stderr
+    assert not cli.has_traceback(everyone.stderr)
+    assert values == [str(i).encode() for i in range(20)]
+    assert dead_only.returncode != 0
+    lines = dead_only.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unreachable" in lines[0], dead_only.stderr
