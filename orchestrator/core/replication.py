@@ -27,13 +27,15 @@ with 503, the worker logs and carries on, the reconciler catching what was lost)
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import ResponseError
+from redis.asyncio.cluster import PipelineCommand
+from redis.exceptions import RedisError, ResponseError
 
 from orchestrator.core import keys, redis_client
 from orchestrator.core.boundary import redis_boundary
@@ -43,6 +45,8 @@ log = structlog.get_logger(__name__)
 ROLE_REFRESH_S = 10.0
 """How long a node's count of connected replicas is trusted."""
 BARRIER_TTL_MS = 60_000
+WAIT_SLACK_S = 2.0
+"""Beyond WAIT's own timeout, how long a node may take to answer it."""
 
 
 class Replication:
@@ -81,12 +85,7 @@ class Replication:
         wanted = min(self.replicas, await self._known_replicas(key))
         if wanted <= 0:
             return True
-        node = self._node(key)
-        target: dict[str, Any] = {} if node is None else {"target_nodes": node}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.replication_barrier(key), "1", px=BARRIER_TTL_MS)
-            pipe.execute_command("WAIT", wanted, self.timeout_ms, **target)
-            _, acked = await pipe.execute()
+        acked = await self._barrier_then_wait(key, wanted)
         if int(acked) >= wanted:
             return True
         log.warning(
@@ -100,10 +99,40 @@ class Replication:
             self.on_shortfall()
         return False
 
-    def _node(self, key: str) -> Any:
+    async def _barrier_then_wait(self, key: str, wanted: int) -> int:
+        """The barrier write and WAIT on one connection; how many replicas acknowledged.
+
+        On a cluster both go to the node the slot map names, through that node's own
+        pipeline: redis-py's cluster pipeline, retrying after a connection error, would
+        send the WAIT to another node, whose fresh connection has written nothing and so
+        would report every replica at once. Here an error or a redirection (the slot moved:
+        a failover) counts as no acknowledgement.
+        """
+        barrier = keys.replication_barrier(key)
         if not redis_client.is_cluster(self._redis):
-            return None
-        return self._redis.get_node_from_key(key)  # type: ignore[attr-defined]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(barrier, "1", px=BARRIER_TTL_MS)
+                pipe.execute_command("WAIT", wanted, self.timeout_ms)
+                _, acked = await pipe.execute()
+            return int(acked)
+        cluster: Any = self._redis
+        node = cluster.get_node_from_key(key)
+        commands = [
+            PipelineCommand(0, "SET", barrier, "1", "PX", BARRIER_TTL_MS),
+            PipelineCommand(1, "WAIT", wanted, self.timeout_ms),
+        ]
+        try:
+            async with asyncio.timeout(self.timeout_ms / 1000 + WAIT_SLACK_S):
+                failed = await node.execute_pipeline(commands)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("redis_replication_wait_failed", key=key, error=repr(exc))
+            return 0
+        if failed:
+            errors = [repr(c.result) for c in commands if isinstance(c.result, Exception)]
+            log.warning("redis_replication_wait_failed", key=key, error=errors[0])
+            return 0
+        reply: Any = commands[1].result
+        return int(reply)
 
     async def _known_replicas(self, key: str) -> int:
         """A cluster: the replicas the slot map lists for `key`'s slot (a replica cut off
