@@ -40,7 +40,10 @@ from orchestrator.worker.loop import WorkerTiming
 from orchestrator.worker.main import build_worker
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
+from tests import redis_mode
 from tests.support import cli
+
+pytestmark = pytest.mark.skipif(redis_mode.CLUSTER, reason="runs a cluster of its own")
 
 DEP = "ptu"
 BODY = {"model": DEP, "messages": [{"role": "user", "content": "one line"}], "max_tokens": 10}
