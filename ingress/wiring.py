@@ -236,15 +236,15 @@ def wire(
         clock=clock,
     )  # fmt: skip
     tenant_limits = TenantLimits(tenancy, ledger, accounting, guard)
-    background = BackgroundResponses(results, enqueuer, tenants)
-    # one subscription of this process wakes every waiting call (queued.completions)
-    waiting = Waiting(Completions(parts.redis), results, tenancy, settings.deployments)
-    queued = QueuedPaths(enqueuer, background, waiting)
-    chat = ChatRoutes(settings, deployments, tenants, proxy, queued, metrics, tenant_limits)
     requests_api = RequestsApi(
         results, tenants, issued_before_loss=incarnation.issued_before, issued=incarnation.issued,
         losses=losses, kept_s=MAX_TTL_S + settings.reply_ttl_s, clock=clock,
     )  # fmt: skip
+    background = BackgroundResponses(results, enqueuer, tenants, vanished=requests_api.gone)
+    # one subscription of this process wakes every waiting call (queued.completions)
+    waiting = Waiting(Completions(parts.redis), results, tenancy, settings.deployments)
+    queued = QueuedPaths(enqueuer, background, waiting)
+    chat = ChatRoutes(settings, deployments, tenants, proxy, queued, metrics, tenant_limits)
     files = Files(parts.redis, make_file_store(settings), clock=clock)
     batch_store = BatchStore(parts.redis, clock=clock)
     # validation and batch jobs run in processes of their own (in threads when the

@@ -115,6 +115,14 @@ class RequestsApi:
             headers={"retry-after": "1"},
         )
 
+    def gone(self, request_id: str, tenant: str) -> ApiError | None:
+        """For an id without record or result: 410 `request_lost` if this data set issued
+        it to `tenant` within a record's life, 410 `request_expired` past it, else None."""
+        issued_at = self._issued(request_id, tenant)
+        if issued_at is None:
+            return None
+        return expired(request_id) if self._clock() - issued_at > self._kept_s else lost(request_id)
+
     async def _vanished(self, request_id: str, tenant: str) -> RequestState | None:
         """No record, no result: a lost request if this data set issued the id to `tenant`
         (sealed now, so the answer stays 410), else unknown (None)."""

@@ -142,3 +142,17 @@ async def test_a_result_written_after_a_wipe_is_its_tenants(redis: aioredis.Redi
     assert await results.complete(doc, req.reply_key)
     state = await results.get(req.id)
     assert state is not None and state.tenant == "team-a" and state.result is not None
+
+
+async def test_a_background_response_lost_with_its_record_answers_410(
+    http: httpx2.AsyncClient, redis: aioredis.Redis
+) -> None:
+    body = {"model": "idle", "input": "hi", "background": True}
+    created = await http.post("/v1/responses", json=body, headers={"api-key": "key-a"})
+    assert created.status_code == 200, created.text
+    rid = created.json()["id"]
+    await redis.delete(keys.request(rid), keys.background_response(rid))  # lost together
+    lost = await http.get(f"/v1/responses/{rid}", headers={"api-key": "key-a"})
+    other = await http.get(f"/v1/responses/{rid}", headers={"api-key": "key-b"})
+    assert lost.status_code == 410 and lost.json()["error"]["code"] == "request_lost"
+    assert other.status_code == 404
