@@ -10,8 +10,8 @@ With replicas (`core/replication`, `PTU_REDIS_WAIT_REPLICAS`), a result is ackno
 only once a replica confirmed it: a result that is only on the master when the delivery is
 acknowledged would be lost with the master, the request left `in_progress` with no entry.
 When the replica does not confirm in time the delivery is released instead; its next
-delivery finds the result and only settles it, or, after a failover took the result, runs
-the call again.
+delivery finds the result, waits once more and acknowledges it, or, after a failover took
+the result, runs the call again.
 
 The request's `calls.outcome.Outcome` is computed once from its result document: its
 counter label, its access line.
@@ -79,6 +79,9 @@ class Settler:
         message = delivery.message
         # the first completion may have stopped between its steps: finish them
         await self.bookkeeping.shielded(self._results.settle(message.id, message.reply_key))
+        # one more wait for a replica, then the ack whatever it says: a result that is only
+        # on the master after that is the reconciler's to find if the master dies
+        await self.bookkeeping.shielded(self._replicated(message.id))
         await self.bookkeeping.shielded(self._ack(delivery))
 
     async def let_go(self, delivery: Delivery) -> None:
