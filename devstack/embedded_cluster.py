@@ -92,8 +92,12 @@ class EmbeddedCluster(Managed):
         master takes from here on exists only there, as with a replica seconds behind."""
         with redis.Redis(port=replica.port, socket_timeout=5) as client:
             master_port = int(_fields(client.info("replication"))["master_port"])
-            with redis.Redis(port=master_port, socket_timeout=15) as master:
-                master.execute_command("WAIT", 1, 10_000)
+            with redis.Redis(port=master_port, socket_timeout=5) as master:
+                # caught up first: what the master took before this is on the replica
+                wanted = int(_fields(master.info("replication"))["master_repl_offset"])
+                deadline = time.monotonic() + 10
+                while int(_fields(client.info("replication"))["slave_repl_offset"]) < wanted:
+                    _until(deadline, 10)
             client.config_set("masteruser", "ptu-cut-off")
             client.config_set("masterauth", "not-a-password")
             client.execute_command("CLIENT", "KILL", "TYPE", "master")

@@ -18,7 +18,8 @@ the caller's write had returned before the barrier was sent.
 
 How many replicas: `PTU_REDIS_WAIT_REPLICAS` (default 1), but never more than the node
 has: on a cluster the replicas its slot map lists (a replica that fell behind or lost its
-link still counts), on one server those `ROLE` shows connected. So a server without
+link still counts) or `ROLE` shows connected, whichever is more; on one server those
+`ROLE` shows connected. So a server without
 replicas (local, Azure Basic) pays nothing. Where `ROLE` is refused (managed services
 hide their replica) the configured count is used. `PTU_REDIS_WAIT_TIMEOUT_MS` bounds
 the wait; a shortfall is `False` (the caller decides: the ingress refuses the request
@@ -67,14 +68,9 @@ class Replication:
         self.replicas = replicas
         self.timeout_ms = timeout_ms
         self._clock = clock
-        self._known: tuple[int, float] | None = None
-        """One server's connected replicas and when they were read."""
+        self._known: dict[str, tuple[int, float]] = {}
+        """node name ("" for one server) -> (connected replicas, when read)"""
         self.on_shortfall = on_shortfall
-
-    @property
-    def enabled(self) -> bool:
-        """False when configured to wait for no replica."""
-        return self.replicas > 0
 
     @redis_boundary("replication")
     async def confirm(self, key: str) -> bool:
@@ -135,23 +131,35 @@ class Replication:
         return int(reply)
 
     async def _known_replicas(self, key: str) -> int:
-        """A cluster: the replicas the slot map lists for `key`'s slot (a replica cut off
-        from its master still counts: that is the lag WAIT is for). One server: its
-        connected replicas (`ROLE`), re-read every `ROLE_REFRESH_S`."""
-        if redis_client.is_cluster(self._redis):
-            cluster: Any = self._redis
-            slot = cluster.keyslot(key)
-            return max(0, len(cluster.nodes_manager.slots_cache.get(slot, ())) - 1)
+        """The replicas `key`'s node has: on a cluster the more of those its slot map lists
+        (a replica cut off from its master still counts: that is the lag WAIT is for) and
+        those `ROLE` shows connected (a replica that joined after the map was read, as the
+        old master does after a failover); on one server those `ROLE` shows."""
+        if not redis_client.is_cluster(self._redis):
+            return await self._connected(None)
+        cluster: Any = self._redis
+        listed = max(0, len(cluster.nodes_manager.slots_cache.get(cluster.keyslot(key), ())) - 1)
+        return max(listed, await self._connected(cluster.get_node_from_key(key)))
+
+    async def _connected(self, node: Any) -> int:
+        """Connected replicas by `ROLE` on `node` (None: the one server), re-read every
+        `ROLE_REFRESH_S`; the configured count where `ROLE` is refused, 0 when it fails."""
+        name = "" if node is None else str(node.name)
         now = self._clock()
-        if self._known is not None and now - self._known[1] < ROLE_REFRESH_S:
-            return self._known[0]
+        known = self._known.get(name)
+        if known is not None and now - known[1] < ROLE_REFRESH_S:
+            return known[0]
+        target: dict[str, Any] = {} if node is None else {"target_nodes": node}
         try:
-            role = await self._redis.execute_command("ROLE")  # type: ignore[no-untyped-call]
+            role = await self._redis.execute_command("ROLE", **target)  # type: ignore[no-untyped-call]
         except ResponseError:  # a managed service that refuses ROLE: trust the setting
             count = self.replicas
+        except (RedisError, OSError) as exc:
+            log.warning("redis_role_failed", node=name, error=repr(exc))
+            count = 0
         else:
             count = _replicas_in(role)
-        self._known = (count, now)
+        self._known[name] = (count, now)
         return count
 
     def __repr__(self) -> str:
@@ -161,6 +169,8 @@ class Replication:
 def _replicas_in(role: Any) -> int:
     """Connected replicas in a `ROLE` reply (`[b"master", offset, [[ip, port, offset]...]]`);
     0 for a replica or anything else."""
+    if isinstance(role, dict) and len(role) == 1:  # a cluster client's reply by node
+        role = next(iter(role.values()))
     if not isinstance(role, list | tuple) or len(role) < 3:
         return 0
     kind = role[0].decode() if isinstance(role[0], bytes) else str(role[0])

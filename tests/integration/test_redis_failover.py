@@ -34,6 +34,7 @@ from pydantic import SecretStr
 from devstack.embedded_cluster import EmbeddedCluster
 from ingress.server import IngressThread
 from orchestrator.core import incarnation, keys, redis_client
+from orchestrator.core.replication import Replication
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.utilisation.static import StaticSource
 from orchestrator.worker.loop import WorkerTiming
@@ -213,3 +214,36 @@ async def test_fresh_processes_find_the_cluster_after_its_seed_node_died() -> No
     assert dead_only.returncode != 0
     lines = dead_only.stderr.strip().splitlines()
     assert len(lines) == 1 and "unreachable" in lines[0], dead_only.stderr
+
+
+async def test_wait_confirms_on_a_replica_and_reports_one_that_fell_behind() -> None:
+    with EmbeddedCluster(replicas=1, node_timeout_ms=2000) as cluster:
+        client = redis_client.connect(seeds(cluster), cluster=True)
+        shortfalls: list[int] = []
+        replication = Replication(client, 1, 300, on_shortfall=lambda: shortfalls.append(1))
+        try:
+            stream = keys.queue(DEP)
+            await client.xadd(stream, {"m": "1"})
+            healthy = await replication.confirm(stream)
+            with redis.RedisCluster.from_url(cluster.url) as admin:
+                port = admin.get_node_from_key(stream).port
+            master = next(n for n in cluster.nodes if n.port == port)
+            await asyncio.to_thread(
+                cluster.cut_off, cluster.nodes[cluster.nodes.index(master) + cluster.masters]
+            )
+            await client.xadd(stream, {"m": "2"})
+            behind = await replication.confirm(stream)
+            elsewhere = next(  # a key on another master, whose replica is fine
+                f"ptu:k{i}" for i in range(100) if admin_port(cluster, f"ptu:k{i}") != port
+            )
+            await client.set(elsewhere, "1")
+            other_master = await replication.confirm(elsewhere)
+        finally:
+            await client.aclose()
+    assert healthy and not behind and other_master
+    assert shortfalls == [1]
+
+
+def admin_port(cluster: EmbeddedCluster, key: str) -> int:
+    with redis.RedisCluster.from_url(cluster.url) as admin:
+        return int(admin.get_node_from_key(key).port)

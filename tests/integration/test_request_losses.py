@@ -18,6 +18,7 @@ from ingress.server import IngressThread
 from orchestrator.core import keys
 from orchestrator.core.losses import Losses, is_lost
 from orchestrator.core.redis_replies import text
+from orchestrator.core.replication import Replication
 from orchestrator.core.results import ResultStore
 from orchestrator.core.schemas import QueuedRequest, ResultDocument
 from orchestrator.queues.redis_streams.reconcile import Reconciler
@@ -156,3 +157,12 @@ async def test_a_background_response_lost_with_its_record_answers_410(
     other = await http.get(f"/v1/responses/{rid}", headers={"api-key": "key-b"})
     assert lost.status_code == 410 and lost.json()["error"]["code"] == "request_lost"
     assert other.status_code == 404
+
+
+async def test_a_server_without_replicas_is_never_waited_for(redis: aioredis.Redis) -> None:
+    """The suite's Redis has no replica: `confirm` does not WAIT (a minute-long timeout
+    would show), so a local stack pays nothing for the default of one replica."""
+    replication = Replication(redis, 1, 60_000)
+    await redis.set("ptu:no-replica", "1")
+    async with asyncio.timeout(10):
+        assert await replication.confirm("ptu:no-replica")

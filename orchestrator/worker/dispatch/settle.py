@@ -9,9 +9,10 @@ consumer takes it at once instead of it staying owned by a live worker that gave
 With replicas (`core/replication`, `PTU_REDIS_WAIT_REPLICAS`), a result is acknowledged
 only once a replica confirmed it: a result that is only on the master when the delivery is
 acknowledged would be lost with the master, the request left `in_progress` with no entry.
-When the replica does not confirm in time the delivery is released instead; its next
-delivery finds the result, waits once more and acknowledges it, or, after a failover took
-the result, runs the call again.
+When the replica does not confirm in time the delivery is released instead; a later
+delivery finds the result and is acknowledged once a replica has it, or, after a failover
+took the result, runs the call again (a replica that lags keeps the message coming back
+until it catches up; a dead one leaves the slot map and is no longer waited for).
 
 The request's `calls.outcome.Outcome` is computed once from its result document: its
 counter label, its access line.
@@ -79,10 +80,11 @@ class Settler:
         message = delivery.message
         # the first completion may have stopped between its steps: finish them
         await self.bookkeeping.shielded(self._results.settle(message.id, message.reply_key))
-        # one more wait for a replica, then the ack whatever it says: a result that is only
-        # on the master after that is the reconciler's to find if the master dies
-        await self.bookkeeping.shielded(self._replicated(message.id))
-        await self.bookkeeping.shielded(self._ack(delivery))
+        # acknowledged once the result is on a replica, else released again (`let_go`): an
+        # ack that its client retries onto a promoted replica would delete the entry of a
+        # request whose result went down with the old master
+        if await self.bookkeeping.shielded(self._replicated(message.id)):
+            await self.bookkeeping.shielded(self._ack(delivery))
 
     async def let_go(self, delivery: Delivery) -> None:
         """Release `delivery` unless it was settled (the end of every handling)."""
