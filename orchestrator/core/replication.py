@@ -159,6 +159,8 @@ class Replication:
             count = 0
         else:
             count = _replicas_in(role)
+        if count == 0 and name not in self._known:  # said once per node
+            log.info("redis_role_shows_no_replicas", node=name or "server", wanted=self.replicas)
         self._known[name] = (count, now)
         return count
 
