@@ -116,8 +116,11 @@ class RequestsApi:
         )
 
     def gone(self, request_id: str, tenant: str) -> ApiError | None:
-        """For an id without record or result: 410 `request_lost` if this data set issued
-        it to `tenant` within a record's life, 410 `request_expired` past it, else None."""
+        """For an id without record or result: 410 `request_lost` if a wiped data set or this
+        one issued it (to `tenant`, within a record's life), 410 `request_expired` past that
+        life, else None."""
+        if self._issued_before_loss(request_id):  # a wiped data set's
+            return lost(request_id)
         issued_at = self._issued(request_id, tenant)
         if issued_at is None:
             return None

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from ingress.server import IngressThread
-from orchestrator.core import keys
+from orchestrator.core import incarnation, keys
 from orchestrator.core.losses import Losses, is_lost
 from orchestrator.core.redis_replies import text
 from orchestrator.core.replication import Replication
@@ -50,13 +50,19 @@ def ingress(redis_url: str) -> Iterator[IngressThread]:
 
 
 @pytest.fixture
-async def http(ingress: IngressThread) -> AsyncIterator[httpx2.AsyncClient]:
+async def http(ingress: IngressThread, redis: aioredis.Redis) -> AsyncIterator[httpx2.AsyncClient]:
+    """A client of the ingress once it signs its ids with the marker of the database the
+    `redis` fixture just flushed (the ingress sees the new marker within a second)."""
     async with httpx2.AsyncClient(base_url=ingress.url, timeout=60) as client:
-        for _ in range(200):  # ids are signed once the ingress read the incarnation marker
+        for _ in range(400):
+            marker = await incarnation.read(redis)
             posted = await client.post("/v1/chat/completions", json=CHAT, headers=LOW)
-            if posted.status_code == 202 and len(posted.json()["id"]) == 36:
+            assert posted.status_code == 202, posted.text
+            if marker is not None and posted.json()["id"].startswith("req_" + marker.id):
                 break
             await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the ingress never signed ids with the current marker")
         yield client
 
 
