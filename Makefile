@@ -57,7 +57,8 @@ CLUSTER_SUBSET := tests/integration/test_queue_contract.py \
 	tests/integration/test_batch_jobs.py \
 	tests/integration/test_cli_redis_verbs.py \
 	tests/integration/test_ingress_waiting.py \
-	tests/integration/test_redis_entra.py
+	tests/integration/test_redis_entra.py \
+	tests/integration/test_request_losses.py
 
 # two processes (pytest-xdist), each with its own embedded server; one process against a
 # server you name (PTU_TEST_REDIS_URL): the tests flush the database they use

@@ -65,6 +65,18 @@ class IngressMetrics:
         self.redis_data_lost = Counter(
             "ptu_redis_data_lost", "Times Redis was seen to have lost its data set", registry=r
         )
+        self.requests_lost = Counter(
+            "ptu_requests_lost",
+            "Accepted requests Redis lost, answered 410 request_lost: found=poll (no record "
+            "when polled) | reconciler (no queue entry)",
+            ["found"],
+            registry=r,
+        )
+        self.replication_shortfall = Counter(
+            "ptu_redis_replication_shortfall",
+            "Writes a replica did not confirm in PTU_REDIS_WAIT_TIMEOUT_MS (answered 503)",
+            registry=r,
+        )
         self._fail_open = Counter(
             "ptu_ingress_redis_fail_open",
             "Redis calls of the interactive path given up on (an error, the deadline or the"

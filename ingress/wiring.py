@@ -35,6 +35,7 @@ from ingress.chat.spillover import SpilloverPolicy
 from ingress.chat.targets import Target, make_client, targets
 from ingress.chat.token_events import TokenEvents
 from ingress.http.auth import Authenticator
+from ingress.http.models import MAX_TTL_S
 from ingress.metrics import IngressMetrics
 from ingress.queued.background import BackgroundResponses
 from ingress.queued.completions import Completions
@@ -45,12 +46,15 @@ from orchestrator.breaker.shared import SURFACES, SharedBreaker, Sharing, breake
 from orchestrator.core import redis_client
 from orchestrator.core.fail_open import FailOpen
 from orchestrator.core.incarnation import Incarnation
+from orchestrator.core.losses import Losses
 from orchestrator.core.operator_key import OperatorKey
+from orchestrator.core.replication import Replication
 from orchestrator.core.results import ResultStore
 from orchestrator.core.runtime import Pacing
 from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue, pool_queues
+from orchestrator.queues.redis_streams.reconcile import Reconciler, reconcile_grace_s
 from orchestrator.telemetry.base import Telemetry
 from orchestrator.tenants.cached import CachedLedger
 from orchestrator.tenants.config import Tenancy
@@ -167,6 +171,8 @@ class Wired:
     tenants: Authenticator
     results: ResultStore
     incarnation: Incarnation
+    losses: Losses
+    reconciler: Reconciler
     chat: ChatRoutes
     requests_api: RequestsApi
     background: BackgroundResponses
@@ -228,17 +234,30 @@ def wire(
         accounting=accounting, telemetry=tracer,
     )  # fmt: skip
     incarnation = Incarnation(parts.redis, on_loss=metrics.redis_data_lost.inc, clock=clock)
+    replication = Replication(
+        parts.redis, settings.redis_wait_replicas, settings.redis_wait_timeout_ms,
+        on_shortfall=metrics.replication_shortfall.inc,
+    )  # fmt: skip
     enqueuer = Enqueuer(
         results, parts.queues, metrics, clock=clock, ids=incarnation.new_request_id,
-        telemetry=tracer,
+        telemetry=tracer, replication=replication,
+    )  # fmt: skip
+    losses = Losses(results, on_lost=lambda found: metrics.requests_lost.labels(found).inc())
+    interval_s = settings.reconcile_interval_s if settings.queue_backend == "redis" else 0.0
+    reconciler = Reconciler(
+        parts.redis, losses, interval_s=interval_s, grace_s=reconcile_grace_s(interval_s),
+        clock=clock,
     )  # fmt: skip
     tenant_limits = TenantLimits(tenancy, ledger, accounting, guard)
-    background = BackgroundResponses(results, enqueuer, tenants)
+    requests_api = RequestsApi(
+        results, tenants, issued_before_loss=incarnation.issued_before, issued=incarnation.issued,
+        losses=losses, kept_s=MAX_TTL_S + settings.reply_ttl_s, clock=clock,
+    )  # fmt: skip
+    background = BackgroundResponses(results, enqueuer, tenants, vanished=requests_api.gone)
     # one subscription of this process wakes every waiting call (queued.completions)
     waiting = Waiting(Completions(parts.redis), results, tenancy, settings.deployments)
     queued = QueuedPaths(enqueuer, background, waiting)
     chat = ChatRoutes(settings, deployments, tenants, proxy, queued, metrics, tenant_limits)
-    requests_api = RequestsApi(results, tenants, issued_before_loss=incarnation.issued_before)
     files = Files(parts.redis, make_file_store(settings), clock=clock)
     batch_store = BatchStore(parts.redis, clock=clock)
     # validation and batch jobs run in processes of their own (in threads when the
@@ -266,6 +285,8 @@ def wire(
         tenants=tenants,
         results=results,
         incarnation=incarnation,
+        losses=losses,
+        reconciler=reconciler,
         chat=chat,
         requests_api=requests_api,
         background=background,

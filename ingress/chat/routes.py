@@ -192,7 +192,7 @@ class ChatRoutes:
         self._metrics.request(priority)
         target = target_for(self._targets, deployment)
         stream = body.get("stream") is True
-        request_id = self._enqueuer.new_id() if priority == "low" else new_request_id()
+        request_id = self._enqueuer.new_id(tenant) if priority == "low" else new_request_id()
         access.note(deployment=target.name, priority=priority, request_id=request_id)
         await self._limits.admit(tenant, target.name, priority, request_id, body)
         ceiling = self._limits.ceiling(tenant, self._ceiling)

@@ -134,6 +134,10 @@ def request(request_id: str) -> str:
     return f"{_r(request_id)}:req"
 
 
+REQUEST_RECORDS = f"{PREFIX}:{{*}}:req"
+"""SCAN pattern of every `request` record (the reconciler's walk)."""
+
+
 def result(request_id: str) -> str:
     """The completed result document; its existence makes completion idempotent."""
     return f"{_r(request_id)}:result"
@@ -168,6 +172,16 @@ def reply_pushed(reply_key: str, request_id: str) -> str:
     if "}" in tag or "{" in tag:
         raise ValueError(f"reply key {reply_key[:100]!r}: braces only as one hash tag")
     return f"{PREFIX}:reply-pushed:{{{tag}}}:{request_id}"
+
+
+def replication_barrier(key: str) -> str:
+    """A short-lived key in `key`'s slot: a write there followed by WAIT on the same
+    connection proves every earlier write to that node reached its replicas."""
+    return f"{PREFIX}:wait:{{{hash_tag(key)}}}"
+
+
+RECONCILER = f"{PREFIX}:reconciler"
+"""The reconciler's lease: the one process that walks the request records now."""
 
 
 # -- per batch and file ----------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 `PTU_REDIS_CLUSTER=true` builds a `redis.asyncio.RedisCluster` from `PTU_REDIS_URL`
 (any node: the client discovers the others and follows MOVED/ASK); otherwise a plain
-client on a blocking pool. Both are typed as `redis.asyncio.Redis`: the commands the
-project uses exist on both with the same signatures, and every multi-key script or
-transaction stays in one slot (`orchestrator.core.keys`).
+client on a blocking pool. A cluster's URL may name several seed nodes, comma-separated
+(`redis://:pw@h1:7000,h2:7001,h3:7002/0`): the client starts from whichever answers, so a
+process started after one node died still finds the cluster. Both are typed as
+`redis.asyncio.Redis`: the commands the project uses exist on both with the same
+signatures, and every multi-key script or transaction stays in one slot (`orchestrator.core.keys`).
 
 Retry: redis-py connections retry nothing unless told to, so the first command on
 every pooled connection after a Redis restart or failover would fail although the
@@ -19,9 +21,10 @@ exactly-once result write absorbs.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.credentials import CredentialProvider
@@ -32,6 +35,8 @@ from redis.exceptions import (
     RedisClusterException,
     TimeoutError,
 )
+
+from orchestrator.core.deployments import seed_urls
 
 if TYPE_CHECKING:
     from orchestrator.core.views import RedisView
@@ -95,7 +100,11 @@ def connect(
         "credential_provider": credential_provider,
     }
     if cluster:
-        client = ClusterClient.from_url(url, max_connections=max_connections or 1024, **options)
+        first, *others = seed_urls(url)
+        seeds = [ClusterNode(*_host_port(seed)) for seed in others]
+        client = ClusterClient.from_url(
+            first, max_connections=max_connections or 1024, startup_nodes=seeds, **options
+        )
         # same command surface; see the module docstring
         return cast(aioredis.Redis, client)
     if max_connections is not None:
@@ -108,6 +117,11 @@ def connect(
         pooled.auto_close_connection_pool = True
         return pooled
     return aioredis.Redis.from_url(url, **options)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "localhost", parts.port or 6379
 
 
 def connect_view(

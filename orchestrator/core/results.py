@@ -288,7 +288,9 @@ class ResultStore:
         status: RequestStatus = result.status if result else record.get("status", "queued")  # type: ignore[assignment]
         return RequestState(
             status=status,
-            tenant=record.get("tenant", ""),
+            # a record rewritten by the result alone (its first copy lost with Redis's data)
+            # has no tenant: the result names it
+            tenant=record.get("tenant") or (result.tenant if result else ""),
             reply_key=record.get("reply_key", ""),
             result=result,
             custom_id=record.get("custom_id") or (result.custom_id if result else None),

@@ -24,7 +24,7 @@ from pydantic_settings import (
 
 from orchestrator.core.config_errors import EnvSource, invalid_setting, one_line
 from orchestrator.core.deployments import DeploymentConfig as DeploymentConfig
-from orchestrator.core.deployments import check_endpoint, check_redis_url
+from orchestrator.core.deployments import check_endpoint, check_redis_url, seed_urls
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.pools import Pool, check_pools, pools_of
 from orchestrator.core.retry import RetryPolicy
@@ -62,6 +62,21 @@ class Settings(BaseSettings):
     )
     queue_liveness_s: float = Field(
         default=5.0, gt=0, description="redis queue: a consumer silent this long is dead"
+    )
+    redis_wait_replicas: int = Field(
+        default=1,
+        ge=0,
+        description="a low-priority request is answered 202 once its record and queue entry "
+        "are on this many replicas (at most those the node has; 0: do not wait)",
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=500, gt=0, description="how long to wait for them before answering 503"
+    )
+    reconcile_interval_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="how often one ingress looks for queued requests whose queue entry Redis "
+        "lost (0: never)",
     )
     utilization_source: Literal["estimate", "azure_monitor"] = "estimate"
     calibration: Literal["auto", "off"] = Field(
@@ -260,6 +275,36 @@ class Settings(BaseSettings):
                 f"{self.lower_threshold} must be below PTU_UPPER_THRESHOLD "
                 f"({self.upper_threshold})",
             )
+        self._check_deployments()
+        if (
+            self.eventhub_checkpoint_store == "blob"
+            and self.eventhub_checkpoint_blob_url is None
+            and self.eventhub_checkpoint_connection_string is None
+        ):
+            raise invalid_setting(
+                "eventhub_checkpoint_blob_url",
+                "required (or PTU_EVENTHUB_CHECKPOINT_CONNECTION_STRING) when "
+                "PTU_EVENTHUB_CHECKPOINT_STORE=blob",
+            )
+        if len(seed_urls(self.redis_url)) > 1 and not self.redis_cluster:
+            raise invalid_setting(
+                "redis_url",
+                "names several nodes: that is for a Redis Cluster's seed nodes "
+                "(set PTU_REDIS_CLUSTER=true)",
+            )
+        if self.redis_auth == "entra" and urlsplit(self.redis_url).password:
+            raise invalid_setting(
+                "redis_auth",
+                "entra authenticates with tokens: remove the password from PTU_REDIS_URL",
+            )
+        problem = check_tenants(self.tenants, self.api_keys)
+        if problem is not None:
+            field, _, message = problem.partition(": ")
+            raise invalid_setting(field, message)
+        return self
+
+    def _check_deployments(self) -> None:
+        """Names unique, spillover targets known (native ones standard, same resource), pools."""
         names = [d.name for d in self.deployments]
         if len(names) != len(set(names)):
             raise invalid_setting("deployments", "names must be unique")
@@ -285,26 +330,6 @@ class Settings(BaseSettings):
             raise invalid_setting(
                 "deployments", "PTU pools need PTU_QUEUE_BACKEND=redis (not eventhubs)"
             )
-        if (
-            self.eventhub_checkpoint_store == "blob"
-            and self.eventhub_checkpoint_blob_url is None
-            and self.eventhub_checkpoint_connection_string is None
-        ):
-            raise invalid_setting(
-                "eventhub_checkpoint_blob_url",
-                "required (or PTU_EVENTHUB_CHECKPOINT_CONNECTION_STRING) when "
-                "PTU_EVENTHUB_CHECKPOINT_STORE=blob",
-            )
-        if self.redis_auth == "entra" and urlsplit(self.redis_url).password:
-            raise invalid_setting(
-                "redis_auth",
-                "entra authenticates with tokens: remove the password from PTU_REDIS_URL",
-            )
-        problem = check_tenants(self.tenants, self.api_keys)
-        if problem is not None:
-            field, _, message = problem.partition(": ")
-            raise invalid_setting(field, message)
-        return self
 
     @property
     def redis(self) -> RedisView:

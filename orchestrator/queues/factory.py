@@ -55,6 +55,7 @@ def make_class_queue(
         hub = hub_name(settings.eventhub_name, deployment, tenant, work_class)
         views = (settings.eventhubs, settings.checkpoints)
         return EventHubsQueue.from_view(hub, views, redis, deployment, consumer)
+    from orchestrator.core.replication import Replication
     from orchestrator.queues.redis_streams import RedisStreamsQueue
 
     return RedisStreamsQueue(
@@ -65,6 +66,9 @@ def make_class_queue(
         liveness_s=view.liveness_s,
         socket_timeout_s=redis_client.socket_timeout(redis),
         stream=keys.tenant_queue(deployment, tenant, work_class),
+        replication=Replication(
+            redis, settings.redis_wait_replicas, settings.redis_wait_timeout_ms
+        ),
     )
 
 

@@ -22,6 +22,7 @@ from orchestrator.core import logs, redis_client, startup
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.operator_key import OperatorKey
 from orchestrator.core.pools import queue_key
+from orchestrator.core.replication import Replication
 from orchestrator.core.results import ResultStore
 from orchestrator.core.runtime import STOP_AFTER_DRAIN_S, every, run_until_signal
 from orchestrator.core.settings import DeploymentConfig, Settings
@@ -179,11 +180,14 @@ def build_worker(
         # a pool's members share its queue, each lane a consumer of its own
         consumer = worker_id if d.pool is None else f"{worker_id}.{d.name}"
         queue = make_queue(settings, queue_key(d), redis, consumer)
+        replication = Replication(
+            redis, settings.redis_wait_replicas, settings.redis_wait_timeout_ms
+        )
         queues.append(queue)
         hand_over = d.pool is not None and len(settings.pools[d.pool].members) > 1
         dispatcher = Dispatcher(
             d.name,
-            delivering=Delivering(queue, results),
+            delivering=Delivering(queue, results, replication),
             upstream=upstream,
             config=replace(config, low_priority_spill=d.low_priority_spill, hand_over=hand_over),
             gates=Gates(

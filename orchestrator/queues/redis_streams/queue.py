@@ -28,7 +28,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from orchestrator.core import keys, redis_client, redis_replies
-from orchestrator.core.errors import QueueUnavailable
+from orchestrator.core.errors import NotReplicated, QueueUnavailable
+from orchestrator.core.replication import Replication
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues import dead_letter
 from orchestrator.queues.base import Delivery, read_delivery
@@ -38,12 +39,12 @@ from orchestrator.queues.redis_streams.reclaim import RELEASED, Reclaim
 log = structlog.get_logger(__name__)
 
 # KEYS: stream, put marker. ARGV: field, payload, marker ttl s. 1 when put, 0 when already.
+# The marker holds the entry's id: the reconciler tells a lost entry from an acked one by it.
 _PUT_ONCE = """
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
-  redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
-  return 1
-end
-return 0
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local id = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
+redis.call('SET', KEYS[2], id, 'EX', ARGV[3])
+return 1
 """
 FIELD = dead_letter.MESSAGE_FIELD
 """The stream entry field holding the QueuedRequest JSON."""
@@ -73,6 +74,7 @@ class RedisStreamsQueue:
         liveness_s: float = 5.0,
         socket_timeout_s: float | None = None,
         stream: str | None = None,
+        replication: Replication | None = None,
     ) -> None:
         self.redis = redis
         self.deployment = deployment
@@ -93,25 +95,29 @@ class RedisStreamsQueue:
         self._liveness = Liveness(member, **timing)
         self._reclaim = Reclaim(member, **timing)
         self._put_once = redis.register_script(_PUT_ONCE)
+        self._replication = replication
         self._group_ready = False
         self._inherited = False
         self._closed = False
 
     async def put(self, message: QueuedRequest) -> None:
-        """XADD the message JSON; durable (as the server's persistence) when this returns.
+        """XADD the message JSON; durable (as the server's persistence) when this returns,
+        and on the stream's replicas for a request that is not a batch line (`replication`,
+        `PTU_REDIS_WAIT_REPLICAS`; else `NotReplicated`).
 
-        A batch line is put at most once per request id (until its deadline): one
-        script XADDs it and sets a marker in the stream's slot, so the batch expansion
-        can re-put a chunk after a crash without queueing any line twice.
+        A request is put at most once per id (until its deadline): one script XADDs it
+        and sets a marker holding the entry id in the stream's slot, so the batch expansion
+        can re-put a chunk after a crash without queueing any line twice, and the
+        reconciler (`reconcile`) can tell a request whose entry Redis lost.
         """
         async with _mapped("put", self.stream):
             payload = message.model_dump_json()
-            if message.batch_id is None:
-                await self.redis.xadd(self.stream, {FIELD: payload})
-                return
             ttl = max(60, math.ceil(message.deadline - time.time()) + 60)
             marker = keys.queue_put(self.stream, message.id)
             await self._put_once(keys=[self.stream, marker], args=[FIELD, payload, ttl])
+        if message.batch_id is None and self._replication is not None:
+            if not await self._replication.confirm(self.stream):
+                raise NotReplicated(f"redis queue {self.stream}: put not on a replica in time")
 
     async def put_many(self, messages: Sequence[QueuedRequest]) -> None:
         """`put` each message, pipelined: one round trip for the lot (all in this slot)."""
@@ -127,9 +133,6 @@ class RedisStreamsQueue:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for message in messages:
                     payload = message.model_dump_json()
-                    if message.batch_id is None:
-                        pipe.xadd(self.stream, {FIELD: payload})
-                        continue
                     ttl = max(60, math.ceil(message.deadline - now) + 60)
                     marker = keys.queue_put(self.stream, message.id)
                     await self._put_once(

@@ -66,8 +66,9 @@ class Dispatcher:
         self._pacing = pacing or Pacing()
         self._results = delivering.results
         self._settler = Settler(
-            deployment, delivering.queue, delivering.results, reporting, self._pacing.clock
-        )
+            deployment, delivering.queue, delivering.results, reporting, self._pacing.clock,
+            replication=delivering.replication,
+        )  # fmt: skip
         self._caller = Caller(
             deployment, upstream, config, gates, reporting, self._pacing, self.bookkeeping
         )

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from orchestrator.breaker.shared import SharedBreaker
+    from orchestrator.core.replication import Replication
     from orchestrator.queues.base import Queue
     from orchestrator.tenants.quota import QuotaGate
     from orchestrator.throttle.admission import Admission
@@ -44,6 +45,8 @@ class Delivering:
     """The deployment's queue: acked, released or dead-lettered once the result is written."""
     results: ResultSink
     """The exactly-once result store."""
+    replication: Replication | None = None
+    """Waits for a written result to reach a replica before the delivery is acknowledged."""
 
 
 @dataclass(frozen=True, slots=True)

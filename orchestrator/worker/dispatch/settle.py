@@ -6,6 +6,14 @@ half-record one. A delivery this dispatcher does not settle (the result write fa
 dispatch raised, a shutdown interrupted the call or a retry wait) is released, so another
 consumer takes it at once instead of it staying owned by a live worker that gave up on it.
 
+With replicas (`core/replication`, `PTU_REDIS_WAIT_REPLICAS`), a result is acknowledged
+only once a replica confirmed it: a result that is only on the master when the delivery is
+acknowledged would be lost with the master, the request left `in_progress` with no entry.
+When the replica does not confirm in time the delivery is released instead; a later
+delivery finds the result and is acknowledged once a replica has it, or, after a failover
+took the result, runs the call again (a replica that lags keeps the message coming back
+until it catches up; a dead one leaves the slot map and is no longer waited for).
+
 The request's `calls.outcome.Outcome` is computed once from its result document: its
 counter label, its access line.
 """
@@ -17,6 +25,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from orchestrator.calls.outcome import Outcome
+from orchestrator.core import keys
 from orchestrator.core.errors import PTUError, StoreUnavailable
 from orchestrator.core.results import count_result
 from orchestrator.core.schemas import ResultDocument, ResultStatus
@@ -26,6 +35,7 @@ from orchestrator.queues.base import Delivery, Queue
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from orchestrator.core.replication import Replication
     from orchestrator.worker.dispatch.parts import Reporting
     from orchestrator.worker.protocols import ResultSink
 
@@ -42,8 +52,11 @@ class Settler:
         results: ResultSink,
         reporting: Reporting,
         clock: Callable[[], float],
+        *,
+        replication: Replication | None = None,
     ) -> None:
         self.deployment = deployment
+        self._replication = replication
         self._queue = queue
         self._results = results
         self._reporting = reporting
@@ -67,7 +80,11 @@ class Settler:
         message = delivery.message
         # the first completion may have stopped between its steps: finish them
         await self.bookkeeping.shielded(self._results.settle(message.id, message.reply_key))
-        await self.bookkeeping.shielded(self._ack(delivery))
+        # acknowledged once the result is on a replica, else released again (`let_go`): an
+        # ack that its client retries onto a promoted replica would delete the entry of a
+        # request whose result went down with the old master
+        if await self.bookkeeping.shielded(self._replicated(message.id)):
+            await self.bookkeeping.shielded(self._ack(delivery))
 
     async def let_go(self, delivery: Delivery) -> None:
         """Release `delivery` unless it was settled (the end of every handling)."""
@@ -102,6 +119,11 @@ class Settler:
         except PTUError as exc:  # StoreUnavailable, QueueUnavailable
             log.error("result_write_failed", status=doc.status, error=repr(exc))
             return None  # released by `let_go`: another consumer finishes it
+        if not await self._replicated(doc.id):  # not acked: released by `let_go`
+            if not wrote:
+                return None
+            await self._report(delivery, doc)
+            return doc.status
         try:
             if wrote and dead_letter is not None:
                 await self._queue.dead_letter(delivery, dead_letter)
@@ -139,6 +161,16 @@ class Settler:
             queued_s=round(doc.completed_at - doc.enqueued_at, 3),
         )
         outcome.log_access()
+
+    async def _replicated(self, request_id: str) -> bool:
+        """Whether the request's result is on a replica (True without replication)."""
+        if self._replication is None:
+            return True
+        try:
+            return await self._replication.confirm(keys.result(request_id))
+        except PTUError as exc:
+            log.warning("result_replication_unknown", error=repr(exc))
+            return False
 
     async def _ack(self, delivery: Delivery) -> None:
         await self._queue.ack(delivery)
