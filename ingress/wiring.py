@@ -53,6 +53,7 @@ from orchestrator.telemetry.base import Telemetry
 from orchestrator.tenants.cached import CachedLedger
 from orchestrator.tenants.config import Tenancy
 from orchestrator.utilisation.base import TokenRecorder
+from orchestrator.utilisation.batched import BatchedRecorder
 from orchestrator.utilisation.estimate.store import EstimateStore
 from orchestrator.utilisation.store_factory import estimate_store
 
@@ -138,7 +139,7 @@ def make_parts(
     estimate = None
     if token_sink is None and provisioned:
         estimate = estimate_store(settings, redis, provisioned, clock=clock)
-        token_sink = estimate
+        token_sink = BatchedRecorder(estimate)  # one batch per deployment in flight
     return Parts(
         settings=settings,
         redis=redis,
