@@ -45,6 +45,19 @@ def parse_redis_cpu_s(text: str) -> float:
         raise ValueError(f"INFO cpu text without {exc.args[0]}") from None
 
 
+FAIL_OPEN_METRIC = "ptu_ingress_redis_fail_open_total"
+
+
+def parse_fail_opens(text: str) -> int:
+    """Redis calls the ingress went on without (`core/fail_open`: an error, its deadline or
+    the cool-down after one), summed over `what`, from its /metrics text."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(FAIL_OPEN_METRIC + "{") or line.startswith(FAIL_OPEN_METRIC + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
 @dataclass(frozen=True, slots=True)
 class Reading:
     """Counters at one moment: Redis's calls per command and CPU seconds, and the CPU

@@ -38,6 +38,7 @@ def per_request_table(rows: Sequence[Mapping[str, Any]]) -> str:
             "per s": row["per_s"],
             "direct per s": row.get("direct_per_s"),
             "errors": row["errors"],
+            "fail-opens": row.get("fail_opens"),
             "Redis commands": row["redis_commands"],
             "Redis CPU ms": row["redis_cpu_ms"],
             "process": row["process"],
@@ -108,6 +109,9 @@ def write(result: Mapping[str, Any], out: Path) -> None:
         "before and after each phase; commands run inside scripts count too",
         "- process CPU: /proc/PID/stat utime + stime of the ingress or the worker; "
         "each phase ends once that process is idle again",
+        "- fail-opens: Redis calls of the interactive path the ingress went on without "
+        "(`core/fail_open`: an error, the deadline, or the cool-down after one); a write "
+        "given up on runs no command, so a count above 0 flatters that row's commands",
         f"- idle, before the phases (spread over the requests, not subtracted): {idle}",
         "",
         "## Redis commands per request, by name",

@@ -14,6 +14,7 @@ from bench.scenarios.cost_measures import (
     Reading,
     command_delta,
     parse_commandstats,
+    parse_fail_opens,
     parse_redis_cpu_s,
     per_request,
     targets,
@@ -46,6 +47,21 @@ def test_commandstats_give_the_calls_of_each_command_by_name() -> None:
         "info": 4,
     }
     assert parse_commandstats("# Commandstats\r\n") == {}
+
+
+def test_fail_opens_are_summed_over_what_from_the_metrics_text() -> None:
+    text = "\n".join(
+        [
+            "# HELP ptu_ingress_redis_fail_open_total Redis calls ...",
+            "# TYPE ptu_ingress_redis_fail_open_total counter",
+            'ptu_ingress_redis_fail_open_total{what="breaker_sync"} 3.0',
+            'ptu_ingress_redis_fail_open_total{what="token_event"} 40.0',
+            'ptu_ingress_redis_fail_open_created{what="token_event"} 1.7e+09',
+            'ptu_ingress_requests_total{priority="high"} 99.0',
+        ]
+    )
+    assert parse_fail_opens(text) == 43
+    assert parse_fail_opens("") == 0
 
 
 def test_redis_cpu_is_system_plus_user_of_the_server_itself() -> None:
@@ -161,6 +177,7 @@ def test_the_tables_show_each_phase_and_the_rest_of_the_commands() -> None:
             "requests": 10,
             "errors": 0,
             "direct_per_s": 900.0,
+            "fail_opens": 3,
             "process": "ingress",
             "commands": {f"c{i:02}": 1.0 for i in range(22)},
         },
@@ -181,9 +198,9 @@ def test_the_tables_show_each_phase_and_the_rest_of_the_commands() -> None:
     assert table[0] == "| command | high, 1 concurrent | low-priority call |"
     assert table[-1] == "| other | 2 | - |"  # 22 commands, 20 shown
     assert table[2] == "| c00 | 1 | 2 |"
-    assert "| low-priority call | 64 | 5 | 120 | - | 0 | 2 | 0.5 | worker | 4 |" in (
-        per_request_table(rows)
-    )
+    shown = per_request_table(rows)
+    assert "| low-priority call | 64 | 5 | 120 | - | 0 | - | 2 | 0.5 | worker | 4 |" in shown
+    assert "| high-priority request | 1 | 10 | 400 | 900 | 0 | 3 | 5 | 0.1 | ingress | 0.9 |" in shown
 
 
 def _parse(*argv: str) -> argparse.Namespace:
