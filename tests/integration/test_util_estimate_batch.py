@@ -77,3 +77,12 @@ async def test_batches_beside_other_writers_count_every_event_once(
         ours.heartbeat(),  # a write to the hash that aborts a batch in flight
     )
     assert (await ours.read("d")).value == pytest.approx(0.6, abs=0.001)
+
+
+async def test_a_batch_after_the_server_lost_its_scripts(redis: aioredis.Redis) -> None:
+    store = frozen(redis)
+    await store.heartbeat()
+    await store.record_many([event("a", "admit", 100), event("b", "admit", 100)])
+    await redis.script_flush()  # a restarted server has no scripts
+    await store.record_many([event("c", "admit", 100), event("d", "admit", 100)])
+    assert (await store.read("d")).value == pytest.approx(0.4, abs=0.001)
