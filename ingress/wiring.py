@@ -194,8 +194,13 @@ def wire(
     # every Redis call of the interactive path has a deadline and fails open (core/fail_open)
     guard = parts.guard = FailOpen(on_fail_open=metrics.redis_fail_open)
     # token events keep a cool-down of their own: a breaker sync that overran its 75 ms on
-    # a busy event loop must not drop a second of the estimate's charges with it
-    parts.events.guard = FailOpen(on_fail_open=metrics.redis_fail_open)
+    # a busy event loop must not drop a second of the estimate's charges with it; batched,
+    # the deadline is each batch's write (utilisation/batched)
+    events_guard = FailOpen(on_fail_open=metrics.redis_fail_open)
+    if isinstance(parts.events.sink, BatchedRecorder):
+        parts.events.sink.guard = events_guard
+    else:
+        parts.events.guard = events_guard
     # limit checks on a copy of the counters re-read at most every 0.2 s: no Redis round
     # trip per request on the high-priority path (orchestrator.tenants.cached)
     ledger = parts.ledger = CachedLedger(parts.redis, tenancy, clock=clock)

@@ -6,6 +6,11 @@ what arrives while a batch is being applied goes with the next (`EstimateStore.r
 one transaction for the lot), so a process's own events never conflict with each other
 and their round trips do not grow with the rate. `record` still returns once its event
 is applied, so the worker's `admit` precedes its call as before.
+
+With a `guard` (the ingress: `core/fail_open`), each batch's write has the deadline
+`budget_s` and fails open: its events are dropped (counted as `what="token_event"`), never
+the call. The deadline is the batch's own, not its events' (an event also waits for the
+batch before it), so a busy process never drops events that Redis was merely slow to take.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from orchestrator.core.batching import Batcher
+from orchestrator.core.fail_open import FailOpen
 from orchestrator.core.schemas import TokenEvent
 
 
@@ -27,8 +33,12 @@ class ManyRecorder(Protocol):
 class BatchedRecorder:
     """A `TokenRecorder` that applies each deployment's events in batches."""
 
-    def __init__(self, inner: ManyRecorder) -> None:
+    def __init__(
+        self, inner: ManyRecorder, *, guard: FailOpen | None = None, budget_s: float = 1.0
+    ) -> None:
         self.inner = inner
+        self.guard = guard
+        self.budget_s = budget_s
         self._batcher: Batcher[str, TokenEvent] = Batcher(self._flush)
 
     async def record(self, event: TokenEvent) -> None:
@@ -36,7 +46,13 @@ class BatchedRecorder:
         await self._batcher.submit(event.deployment, event)
 
     async def _flush(self, deployment: str, events: Sequence[TokenEvent]) -> None:
-        await self.inner.record_many(events)
+        if self.guard is None:
+            await self.inner.record_many(events)
+            return
+        inner = self.inner
+        await self.guard.call(
+            "token_event", lambda: inner.record_many(events), None, budget_s=self.budget_s
+        )
 
     def __repr__(self) -> str:
         return f"<BatchedRecorder {self._batcher!r} inner={self.inner!r}>"
