@@ -153,6 +153,24 @@ class Throttle:
             await self._wait(stop, wait)
         return None
 
+    async def acquire_more(self, n: int) -> list[Slot]:
+        """Up to `n` more slots at once, without waiting: as many as the current limit
+        leaves room for, globally (none on a Redis error: the slots held are enough)."""
+        room = min(n, self._limit - len(self._held))
+        if room <= 0:
+            return []
+        members = [f"{self._worker_id}:{uuid.uuid4().hex[:16]}" for _ in range(room)]
+        try:
+            leased = await self._table.try_lease_many(members, self._limit, self.lease_s)
+        except StoreUnavailable as exc:
+            log.warning("slot_lease_failed", deployment=self.deployment, error=repr(exc))
+            return []
+        now = self._clock()
+        slots = [Slot(member, self.deployment, now) for member in members[:leased]]
+        for slot in slots:
+            self._held[slot.id] = slot
+        return slots
+
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
         """Sleep `seconds`, waking early on stop or on a local release."""
         self._released.clear()

@@ -39,6 +39,26 @@ return {0, n}
 """
 )
 
+# KEYS: slots, pause. ARGV: limit, lease ms, members... Leases as many of the members (in
+# order) as fit under the limit; returns how many (0 when paused).
+_ACQUIRE_MANY = (
+    NOW_MS
+    + """
+if redis.call('PTTL', KEYS[2]) > 0 then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+local room = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
+local n = math.max(0, math.min(room, #ARGV - 2))
+if n == 0 then return 0 end
+local add = {}
+for i = 1, n do
+  add[#add + 1] = now_ms + tonumber(ARGV[2])
+  add[#add + 1] = ARGV[i + 2]
+end
+redis.call('ZADD', KEYS[1], unpack(add))
+return n
+"""
+)
+
 # KEYS: slots. ARGV: lease ms, members... Re-adds a member whose lease was reaped: the
 # call is still in flight, so counting it is the truth. Returns the re-added members.
 _RENEW = (
@@ -98,6 +118,7 @@ class SlotTable:
         self._slots = keys.slots(deployment)
         self._pause = keys.pause(deployment)
         self._acquire = redis.register_script(_ACQUIRE)
+        self._acquire_many = redis.register_script(_ACQUIRE_MANY)
         self._renew = redis.register_script(_RENEW)
         self._count = redis.register_script(_COUNT)
         self._pause_script = redis.register_script(_PAUSE)
@@ -112,6 +133,17 @@ class SlotTable:
         if status < 0:
             return Attempt(False, 0, value / 1000.0)
         return Attempt(status == 1, value)
+
+    @redis_boundary("slot table")
+    async def try_lease_many(self, members: Sequence[str], limit: int, lease_s: float) -> int:
+        """Lease the first of `members` that fit under `limit` live leases (none while a
+        pause is set), in one script; how many were leased."""
+        if not members:
+            return 0
+        reply: Any = await self._acquire_many(
+            keys=[self._slots, self._pause], args=[limit, _ms(lease_s), *members]
+        )
+        return int(reply)
 
     @redis_boundary("slot table")
     async def release(self, members: Sequence[str]) -> None:

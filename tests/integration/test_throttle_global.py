@@ -168,3 +168,24 @@ async def test_pause_is_global_and_ends(clients: list[aioredis.Redis]) -> None:
     started = time.monotonic()
     assert await asyncio.wait_for(b.acquire(asyncio.Event()), timeout=5) is not None
     assert time.monotonic() - started > 0.25
+
+
+async def test_slots_leased_together_never_exceed_the_global_limit(
+    clients: list[aioredis.Redis],
+) -> None:
+    source = StaticSource({"gpt-4o": 0.55})  # limit floor(10 - 9 * 0.5) = 5
+    a, b = worker(clients[0], source, "a"), worker(clients[1], source, "b")
+    stop = asyncio.Event()
+    first = await a.acquire(stop)
+    assert first is not None
+    more = await a.acquire_more(10)
+    assert len(more) == 4 and a.in_flight == 5  # the limit's room, not the 10 asked for
+    assert await b.acquire_more(3) == []  # b's limit is 0 until it reads: nothing leased
+    assert await b.refresh() == 5 and await b.acquire_more(3) == []  # the limit is full
+    await a.release(more[0])
+    got = await b.acquire_more(3)
+    assert len(got) == 1 and await a.global_in_flight() == 5
+    await a.pause_for(5.0)
+    for slot in more[1:]:
+        await a.release(slot)
+    assert await b.acquire_more(3) == []  # paused: nothing starts

@@ -159,7 +159,7 @@ class RedisStreamsQueue:
                     )
                     if not out:
                         in_flight = len(self._liveness.in_flight)
-                        claimed = await self._reclaim.claim_idle(max_count, in_flight)
+                        claimed = await self._reclaim.claim_idle(max_count, in_flight, loop.time())
                         out = await self._deliveries(*claimed)
                     if not out:
                         block_ms = self._block_ms(deadline - loop.time())
