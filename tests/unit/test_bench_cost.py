@@ -200,7 +200,8 @@ def test_the_tables_show_each_phase_and_the_rest_of_the_commands() -> None:
     assert table[2] == "| c00 | 1 | 2 |"
     shown = per_request_table(rows)
     assert "| low-priority call | 64 | 5 | 120 | - | 0 | - | 2 | 0.5 | worker | 4 |" in shown
-    assert "| high-priority request | 1 | 10 | 400 | 900 | 0 | 3 | 5 | 0.1 | ingress | 0.9 |" in shown
+    high = "| high-priority request | 1 | 10 | 400 | 900 | 0 | 3 | 5 | 0.1 | ingress | 0.9 |"
+    assert high in shown
 
 
 def _parse(*argv: str) -> argparse.Namespace:
