@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 import structlog
 
+from orchestrator.core.batching import Batcher
 from orchestrator.core.errors import StoreUnavailable, UtilisationUnavailable
 from orchestrator.core.runtime import Pacing, pause
 from orchestrator.core.settings import DeploymentConfig
@@ -68,6 +70,8 @@ class Throttle:
         self._refreshed_at: float | None = None
         self._closed_warned_at: float | None = None
         self._released = asyncio.Event()
+        # slots released while one release is written go together in the next (one ZREM)
+        self._releases: Batcher[str, str] = Batcher(self._release_many)
 
     @property
     def limit(self) -> int:
@@ -182,9 +186,12 @@ class Throttle:
             return
         self._released.set()
         try:
-            await self._table.release([slot.id])
+            await self._releases.submit(self.deployment, slot.id)
         except StoreUnavailable as exc:
             log.warning("slot_release_failed", deployment=self.deployment, error=repr(exc))
+
+    async def _release_many(self, deployment: str, members: Sequence[str]) -> None:
+        await self._table.release(members)
 
     async def renew(self) -> None:
         """Extend the leases of this worker's slots to now + lease_s."""
