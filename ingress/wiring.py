@@ -184,12 +184,15 @@ def wire(
     clock: Callable[[], float],
     *,
     inline: bool,
+    shared_metrics: str | None = None,
 ) -> Wired:
     """Every collaborator of the routes, on `parts`; `inline` runs the offload work in threads
     (when the caller injected its own queues: they exist only in this process)."""
     tenancy = Tenancy(settings.tenants, settings.api_keys)
     metrics = parts.metrics = IngressMetrics(
-        tenants=tenancy.names(), deployments=[d.name for d in settings.deployments]
+        tenants=tenancy.names(),
+        deployments=[d.name for d in settings.deployments],
+        shared=shared_metrics,
     )
     # every Redis call of the interactive path has a deadline and fails open (core/fail_open)
     guard = parts.guard = FailOpen(on_fail_open=metrics.redis_fail_open)
