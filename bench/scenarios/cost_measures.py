@@ -119,10 +119,13 @@ def worst(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
 
 
 def targets(
-    high: Sequence[Mapping[str, Any]], low: Mapping[str, Any] | None
+    high: Sequence[Mapping[str, Any]],
+    low: Mapping[str, Any] | None,
+    two_processes: float | None = None,
 ) -> list[dict[str, Any]]:
     """The issue's targets, measured vs target: `high` one row per concurrency of the
-    ingress (the worst of them is what counts), `low` the worker's row."""
+    ingress (the worst of them is what counts), `low` the worker's row, `two_processes` the
+    requests/s of `ptu ingress --workers 2` over one process's, at saturation."""
     by_c = {row["concurrency"]: row.get("per_s") for row in high}
     lowest, highest = (min(by_c), max(by_c)) if by_c else (0, 0)
     scaling = ratio(by_c.get(highest), by_c.get(lowest))
@@ -153,6 +156,13 @@ def targets(
             f"one ingress: requests/s at {highest} concurrent / at {lowest}",
             None if scaling is None else round(scaling, 3),
             0.8,
+            "x",
+            at_least=True,
+        ),
+        target_row(
+            "ptu ingress --workers 2 / one process: requests/s at saturation",
+            two_processes,
+            1.7,
             "x",
             at_least=True,
         ),

@@ -65,6 +65,37 @@ def commands_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return markdown_table([*lines, rest], ["command", *(label(row) for row in rows)])
 
 
+def scale_table(result: Mapping[str, Any]) -> str:
+    """Requests/s of one ingress process and of `--workers 2`; calls/s of 1, 2, 4 workers."""
+    shown: list[dict[str, Any]] = []
+    ingress = result.get("ingress_scale") or {}
+    for arm, processes in (("one", "ptu ingress"), ("two", "ptu ingress --workers 2")):
+        row = ingress.get(arm)
+        if row is not None:
+            shown.append(
+                {
+                    "processes": processes,
+                    "concurrent": ingress["concurrency"],
+                    "per s": row["per_s"],
+                    "errors": row["errors"],
+                    "CPU ms per request": row["process_cpu_ms"],
+                }
+            )
+    for row in result.get("worker_scale") or []:
+        shown.append(
+            {
+                "processes": f"{row['workers']} x ptu worker",
+                "concurrent": None,
+                "per s": row["per_s"],
+                "errors": None,
+                "CPU ms per request": None,
+            }
+        )
+    if not shown:
+        return "(not measured)"
+    return markdown_table(shown, list(shown[0]))
+
+
 def targets_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The issue's targets: measured, target, met or missed."""
     shown = [
@@ -117,6 +148,15 @@ def write(result: Mapping[str, Any], out: Path) -> None:
         "## Redis commands per request, by name",
         "",
         commands_table(rows),
+        "",
+        "## Scale-out",
+        "",
+        scale_table(result),
+        "",
+        f"- ingress: closed-loop clients for {cfg['step_s']:g} s through one process, then "
+        "through a fresh `ptu ingress --workers 2` (CPU: the whole process tree); workers: "
+        f"each count drains {cfg.get('scale_calls')} calls of one queue, started together "
+        "(the deployment held paused until the last is up), calls/s counted by the simulator",
         "",
         "## Targets",
         "",
