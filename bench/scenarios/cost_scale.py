@@ -3,8 +3,9 @@ at saturation, and one, two and four `ptu worker` processes draining the same qu
 
 Ingress: closed-loop clients (the highest concurrency of the run) through one ingress
 process, then, on a fresh ingress with `PTU_INGRESS_WORKERS=2`, the same clients: requests/s
-of each and the CPU of the whole process tree (the supervisor and its processes), back to
-back so the machine's other load is as alike as it can be.
+of each and the CPU of the whole process tree (the supervisor and its processes) from the
+clock's start (after the warm-up) to the end, back to back so the machine's other load is
+as alike as it can be; each arm starts once every process of the tree is idle.
 
 Workers: the queue is filled through the ingress, which then stops; for each count the
 deployment's low-priority dispatch is held paused (its throttle pause key, refreshed) while
@@ -27,12 +28,14 @@ import redis
 
 from bench.harness.stack import Stack
 from bench.harness.traffic import chat_url
+from bench.scenarios.cost_measures import Reading
 from bench.scenarios.cost_probe import closed_loop, low_calls
 from bench.scenarios.overhead import BODY
-from bench.scenarios.waiting_probe import cpu_s
+from bench.scenarios.waiting_probe import cpu_s, settled
 from orchestrator.core import keys
 
 HIGH = {"x-priority": "high"}
+SETTLE_TIMEOUT_S = 15.0
 PAUSE_MS = 1500
 """The hold on the workers while they start (refreshed every `PAUSE_MS / 3`)."""
 
@@ -64,9 +67,15 @@ async def saturation(stack: Stack, concurrency: int, step_s: float) -> dict[str,
     its process tree used per request."""
     pid = stack.children["ingress"].proc.pid
     url = chat_url(stack.ingress_url, stack.sim.deployment)
-    before = tree_cpu_s(pid)
-    load = await closed_loop(url, HIGH, BODY, concurrency, step_s)
-    used = tree_cpu_s(pid) - before
+    for p in tree(pid):  # every process done starting (one answering /healthz is not all)
+        await settled(p, SETTLE_TIMEOUT_S)
+
+    def read() -> Reading:
+        return Reading(time.perf_counter(), {}, 0.0, {"tree": tree_cpu_s(pid)})
+
+    load = await closed_loop(url, HIGH, BODY, concurrency, step_s, read)
+    assert load.start is not None
+    used = tree_cpu_s(pid) - load.start.process_cpu_s["tree"]
     return {
         "per_s": load.per_s,
         "errors": load.errors,
