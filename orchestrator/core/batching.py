@@ -73,6 +73,10 @@ class Batcher(Generic[K, T]):
                     for _, done in batch:
                         if not done.done():
                             done.set_exception(exc)
+                except BaseException:  # cancelled mid-flush (the loop is closing)
+                    for _, done in batch:
+                        done.cancel()
+                    raise
                 else:
                     for _, done in batch:
                         if not done.done():
@@ -81,10 +85,9 @@ class Batcher(Generic[K, T]):
             self._running.pop(key, None)
             if not self._pending.get(key):
                 self._pending.pop(key, None)
-            else:  # cancelled with items left: they fail rather than wait forever
+            else:  # cancelled with items left: they are cancelled rather than wait forever
                 for _, done in self._pending.pop(key):
-                    if not done.done():
-                        done.set_exception(asyncio.CancelledError())
+                    done.cancel()
 
     def __repr__(self) -> str:
         return f"<Batcher keys={len(self._running)} waiting={self.waiting}>"

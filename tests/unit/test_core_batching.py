@@ -95,3 +95,20 @@ def test_max_batch_must_be_positive() -> None:
 
     with pytest.raises(ValueError, match="max_batch"):
         Batcher(flush, max_batch=0)
+
+
+async def test_a_flush_cancelled_midway_cancels_its_submitters() -> None:
+    rec = Recorder()
+    batcher: Batcher[str, int] = Batcher(rec.flush)
+    rec.gate.clear()
+    first = asyncio.create_task(batcher.submit("d", 1))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(batcher.submit("d", 2))
+    await asyncio.sleep(0)
+    for task in asyncio.all_tasks():
+        if task.get_name() == "batch-d":
+            task.cancel()
+    for waiting in (first, second):
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    assert rec.batches == [] and batcher.waiting == 0
