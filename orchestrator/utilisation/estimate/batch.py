@@ -153,6 +153,15 @@ async def _exchange(conn: AbstractConnection, commands: Sequence[Sequence[Any]])
     return out
 
 
+async def each(store: EstimateStore, events: Sequence[TokenEvent]) -> None:
+    """`record` for every event, those of distinct requests at once (Redis Cluster: no
+    transaction over scripts); a second event of a request after the first."""
+    remaining = list(events)
+    while remaining:
+        now, remaining = _distinct(remaining)
+        await asyncio.gather(*(store.record(event) for event in now))
+
+
 def _distinct(events: list[TokenEvent]) -> tuple[list[TokenEvent], list[TokenEvent]]:
     """The longest prefix of `events` with one event per request, and the rest: an event of a
     request already in the batch reads its charge record after the first one's commit."""

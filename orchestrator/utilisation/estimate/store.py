@@ -190,8 +190,10 @@ class EstimateStore:
 
         Several events of one deployment go in one optimistic transaction (`batch`), so a
         process's events never conflict with each other and a batch costs four round trips
-        whatever its size. Redis Cluster, whose pipelines run no transactions over scripts,
-        and single events take `record`'s path. Raises UtilisationUnavailable when Redis
+        whatever its size. Single events take `record`'s path; on Redis Cluster, whose
+        pipelines run no transactions over scripts, each event does, those of distinct
+        requests at once (`batch.each`: in the order their writes land, as concurrent
+        `record`s would). Raises UtilisationUnavailable when Redis
         cannot be reached (events of the failing batch may be applied or not; a retry
         applies each at most once).
         """
@@ -202,9 +204,10 @@ class EstimateStore:
             d = self._deployments.get(name)
             if d is None:
                 log.debug("estimate_event_ignored", deployment=name, reason="unknown")
-            elif len(group) == 1 or isinstance(self._redis, RedisCluster):
-                for event in group:
-                    await self.record(event)
+            elif len(group) == 1:
+                await self.record(group[0])
+            elif isinstance(self._redis, RedisCluster):
+                await batch.each(self, group)
             else:
                 with redis_boundary(f"estimate {name}: record", UtilisationUnavailable):
                     await batch.apply(self, d, group)
