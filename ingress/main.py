@@ -49,10 +49,11 @@ async def _preflight(settings: Settings) -> None:
 def run(args: argparse.Namespace, settings: Settings | None) -> int:
     """Serve until SIGTERM/SIGINT, then drain open connections for up to PTU_DRAIN_TIMEOUT_S."""
     assert settings is not None
-    if not settings.api_keys and not is_loopback(args.host):
+    authenticated = settings.api_keys or settings.trusted_front_secret is not None
+    if not authenticated and not is_loopback(args.host):
         print(
-            f"ptu ingress: refusing to bind {args.host}: without PTU_API_KEYS the ingress "
-            "has no authentication and serves loopback only",
+            f"ptu ingress: refusing to bind {args.host}: without PTU_API_KEYS (or "
+            "PTU_TRUSTED_FRONT_SECRET) the ingress has no authentication and serves loopback only",
             file=sys.stderr,
         )
         return 2

@@ -210,7 +210,7 @@ def wire(
     accounting = parts.accounting = Accounting(metrics, ledger)
     deployments = targets(settings, deployment_auths(settings, parts.upstream))
     results = ResultStore(parts.redis, settings.reply_ttl_s)
-    tenants = Authenticator(tenancy)
+    tenants = Authenticator(tenancy, settings.trusted_front_secret)
     config = breaker_config(settings)
     breakers = {
         (d.name, surface): SharedBreaker(

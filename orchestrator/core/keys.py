@@ -284,6 +284,11 @@ def tenant_usage(tenant: str, hour: int) -> str:
     return f"{_t(tenant)}:usage:{hour}"
 
 
+def tenant_gateway_seen(tenant: str, request_id: str) -> str:
+    """Marker of a gateway's token record (APIM's request id) already in the tenant's usage."""
+    return f"{_t(tenant)}:gateway:{request_id}"
+
+
 def tenant_minute(tenant: str, minute: int) -> str:
     """Counter of a tenant's tokens in one minute (epoch seconds // 60), for tokens_per_minute."""
     return f"{_t(tenant)}:tpm:{minute}"

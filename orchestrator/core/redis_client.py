@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.credentials import CredentialProvider
 from redis.exceptions import (
     ConnectionError,
     CrossSlotTransactionError,
@@ -78,14 +79,20 @@ def connect(
     pool_timeout_s: float | None = None,
     socket_timeout_s: float | None = None,
     decode_responses: bool = False,
+    credential_provider: CredentialProvider | None = None,
 ) -> aioredis.Redis:
-    """A client for `url`; `cluster` selects Redis Cluster. Connects lazily (no I/O here)."""
+    """A client for `url`; `cluster` selects Redis Cluster. Connects lazily (no I/O here).
+
+    `credential_provider` authenticates each connection instead of the URL's password
+    (`PTU_REDIS_AUTH=entra`, `core/redis_entra`).
+    """
     options: dict[str, Any] = {
         "retry": retry_policy(),
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": 5.0,
         "decode_responses": decode_responses,
         "health_check_interval": 30,
+        "credential_provider": credential_provider,
     }
     if cluster:
         client = ClusterClient.from_url(url, max_connections=max_connections or 1024, **options)
@@ -96,19 +103,28 @@ def connect(
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=pool_timeout_s, **options
         )
-        return aioredis.Redis.from_pool(pool)
+        # not `from_pool`: the client must see the provider to re-authenticate the pool
+        pooled = aioredis.Redis(connection_pool=pool, credential_provider=credential_provider)
+        pooled.auto_close_connection_pool = True
+        return pooled
     return aioredis.Redis.from_url(url, **options)
 
 
 def connect_view(
     view: RedisView, *, max_connections: int | None = None, pool_timeout_s: float | None = None
 ) -> aioredis.Redis:
-    """A client for the configured Redis: `settings.redis` (URL, cluster or not)."""
+    """A client for the configured Redis: `settings.redis` (URL, cluster or not, auth)."""
+    provider: CredentialProvider | None = None
+    if view.auth == "entra":
+        from orchestrator.core.redis_entra import default_redis_credentials
+
+        provider = default_redis_credentials()
     return connect(
         view.url,
         cluster=view.cluster,
         max_connections=max_connections,
         pool_timeout_s=pool_timeout_s,
+        credential_provider=provider,
     )
 
 

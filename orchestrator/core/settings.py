@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     redis_cluster: bool = Field(
         default=False, description="true: Redis Cluster (PTU_REDIS_URL names any node)"
     )
+    redis_auth: Literal["key", "entra"] = Field(
+        default="key",
+        description="key: the password in PTU_REDIS_URL (if any); entra: Entra ID tokens "
+        "(DefaultAzureCredential, renewed before expiry) as the password",
+    )
     queue_backend: Literal["redis", "eventhubs"] = "redis"
     queue_claim_idle_s: float = Field(
         default=60.0, gt=0, description="redis queue: reclaim entries idle this long (safety net)"
@@ -139,6 +144,11 @@ class Settings(BaseSettings):
         default=None, description="Blob Storage account URL: files go there (Entra ID)"
     )
     blob_container: str = Field(default="ptu-files", min_length=3, max_length=63)
+    blob_connection_string: SecretStr | None = Field(
+        default=None,
+        description="Blob Storage by connection string instead of PTU_BLOB_ACCOUNT_URL and "
+        "Entra ID (the emulator; an account that allows shared keys)",
+    )
     # circuit breaker (per upstream deployment, shared through Redis)
     breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
     breaker_min_calls: int = Field(default=5, ge=1)
@@ -151,6 +161,11 @@ class Settings(BaseSettings):
     )
     ingress_api_key: SecretStr | None = Field(
         default=None, description="the key the client verbs present (when it has PTU_API_KEYS)"
+    )
+    trusted_front_secret: SecretStr | None = Field(
+        default=None,
+        description="ingress: a front (APIM) sending it as x-ptu-front-secret names the "
+        "tenant in x-ptu-tenant",
     )
     # observability
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -183,6 +198,8 @@ class Settings(BaseSettings):
         "eventhub_connection_string",
         "eventhub_checkpoint_connection_string",
         "ingress_api_key",
+        "trusted_front_secret",
+        "blob_connection_string",
         "applicationinsights_connection_string",
         mode="before",
     )
@@ -265,6 +282,11 @@ class Settings(BaseSettings):
                 "required (or PTU_EVENTHUB_CHECKPOINT_CONNECTION_STRING) when "
                 "PTU_EVENTHUB_CHECKPOINT_STORE=blob",
             )
+        if self.redis_auth == "entra" and urlsplit(self.redis_url).password:
+            raise invalid_setting(
+                "redis_auth",
+                "entra authenticates with tokens: remove the password from PTU_REDIS_URL",
+            )
         problem = check_tenants(self.tenants, self.api_keys)
         if problem is not None:
             field, _, message = problem.partition(": ")
@@ -274,7 +296,7 @@ class Settings(BaseSettings):
     @property
     def redis(self) -> RedisView:
         """Where the state lives."""
-        return RedisView(self.redis_url, self.redis_cluster)
+        return RedisView(self.redis_url, self.redis_cluster, self.redis_auth)
 
     @property
     def queue(self) -> QueueView:

@@ -148,6 +148,19 @@ class UsageLedger:
             self._registered.add(tenant)
 
     @redis_boundary("usage ledger")
+    async def record_once(self, use: Usage, request_id: str, ttl_s: int = 86_400) -> bool:
+        """`record` a gateway's record at most once per request id (False: seen before).
+
+        The marker is set first: a crash between the two loses that record rather than
+        counting a redelivered one twice.
+        """
+        marker = keys.tenant_gateway_seen(use.tenant, request_id)
+        if not await self._redis.set(marker, b"1", nx=True, ex=ttl_s):
+            return False
+        await self.record(use)
+        return True
+
+    @redis_boundary("usage ledger")
     async def refusal(self, tenant: str, need: int) -> Refusal | None:
         """Why `tenant` may not send `need` more tokens now; None (no Redis call) if unlimited."""
         config = self._tenancy.config(tenant)

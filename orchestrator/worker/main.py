@@ -21,7 +21,7 @@ from orchestrator.breaker.shared import SharedBreaker, breaker_config
 from orchestrator.core import logs, redis_client, startup
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.results import ResultStore
-from orchestrator.core.runtime import STOP_AFTER_DRAIN_S, run_until_signal
+from orchestrator.core.runtime import STOP_AFTER_DRAIN_S, every, run_until_signal
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue
@@ -39,6 +39,7 @@ from orchestrator.utilisation.store_factory import estimate_store
 from orchestrator.worker import spillover_check
 from orchestrator.worker.accounting import WorkerAccounting
 from orchestrator.worker.dispatch import Delivering, DispatchConfig, Dispatcher, Gates, Reporting
+from orchestrator.worker.health import BEAT_S, Health
 from orchestrator.worker.lengths import OutputLengths, Sizer
 from orchestrator.worker.loop import Lane, Worker, WorkerTiming
 from orchestrator.worker.metrics import WorkerMetrics
@@ -222,9 +223,17 @@ def run(
             tenants=Tenancy(settings.tenants, settings.api_keys).names(),
             deployments=[d.name for d in settings.deployments],
         )
+        health = Health()
         if port is not None:
-            bound = metrics.serve(port)
-            log.info("metrics_serving", port=bound)
+            bound = metrics.serve(port, health=health)
+            log.info("metrics_serving", port=bound, probes=["/healthz", "/readyz"])
+
+        async def beat() -> None:
+            health.beat()
+            if stop.is_set():
+                health.stopping()
+
+        beats = asyncio.create_task(every(BEAT_S, beat, event="health_beat", first="now"))
         redis = redis_client.connect_view(settings.redis)
         try:
             try:
@@ -234,6 +243,7 @@ def run(
             except BaseException:  # not started: its clients and credentials closed quietly
                 await upstream.close()
                 raise
+            health.started()
             built = build_worker(
                 settings,
                 redis,
@@ -249,6 +259,7 @@ def run(
             finally:
                 await built.close()
         finally:
+            beats.cancel()
             await redis.aclose()
             metrics.close()
             tracing.shutdown()

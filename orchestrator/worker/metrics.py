@@ -11,6 +11,8 @@ from orchestrator.breaker.machine import GAUGE
 from orchestrator.tenants.metrics import TenantMetrics
 from orchestrator.utilisation.base import Reading
 from orchestrator.utilisation.estimate.hypotheses import header_delay_s
+from orchestrator.worker.health import Health
+from orchestrator.worker.health import serve as serve_with_probes
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 _LAG_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14_400, 86_400)
@@ -237,9 +239,13 @@ class WorkerMetrics:
         """Record how long a message of a queued class waited in the queue."""
         self.queue_lag.labels(deployment, work_class).observe(max(0.0, seconds))
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Serve `/metrics` from a daemon thread; returns the bound port (0 picks one)."""
-        self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str = "0.0.0.0", health: Health | None = None) -> int:
+        """Serve `/metrics` (and with `health` the probes `/healthz`, `/readyz`) from a
+        daemon thread; returns the bound port (0 picks one)."""
+        if health is not None:
+            self._server, _thread = serve_with_probes(self.registry, health, port, addr)
+        else:
+            self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
         return int(self._server.server_port)
 
     def close(self) -> None:
