@@ -59,6 +59,7 @@ from orchestrator.telemetry.base import Telemetry
 from orchestrator.tenants.cached import CachedLedger
 from orchestrator.tenants.config import Tenancy
 from orchestrator.utilisation.base import TokenRecorder
+from orchestrator.utilisation.batched import BatchedRecorder
 from orchestrator.utilisation.estimate.store import EstimateStore
 from orchestrator.utilisation.store_factory import estimate_store
 
@@ -146,7 +147,7 @@ def make_parts(
     estimate = None
     if token_sink is None and provisioned:
         estimate = estimate_store(settings, redis, provisioned, clock=clock)
-        token_sink = estimate
+        token_sink = BatchedRecorder(estimate)  # one batch per deployment in flight
     return Parts(
         settings=settings,
         redis=redis,
@@ -195,16 +196,26 @@ def wire(
     clock: Callable[[], float],
     *,
     inline: bool,
+    shared_metrics: str | None = None,
 ) -> Wired:
     """Every collaborator of the routes, on `parts`; `inline` runs the offload work in threads
     (when the caller injected its own queues: they exist only in this process)."""
     tenancy = Tenancy(settings.tenants, settings.api_keys)
     metrics = parts.metrics = IngressMetrics(
-        tenants=tenancy.names(), deployments=[d.name for d in settings.deployments]
+        tenants=tenancy.names(),
+        deployments=[d.name for d in settings.deployments],
+        shared=shared_metrics,
     )
     # every Redis call of the interactive path has a deadline and fails open (core/fail_open)
     guard = parts.guard = FailOpen(on_fail_open=metrics.redis_fail_open)
-    parts.events.guard = guard
+    # token events keep a cool-down of their own: a breaker sync that overran its 75 ms on
+    # a busy event loop must not drop a second of the estimate's charges with it; batched,
+    # the deadline is each batch's write (utilisation/batched)
+    events_guard = FailOpen(on_fail_open=metrics.redis_fail_open)
+    if isinstance(parts.events.sink, BatchedRecorder):
+        parts.events.sink.guard = events_guard
+    else:
+        parts.events.guard = events_guard
     # limit checks on a copy of the counters re-read at most every 0.2 s: no Redis round
     # trip per request on the high-priority path (orchestrator.tenants.cached)
     ledger = parts.ledger = CachedLedger(parts.redis, tenancy, clock=clock)

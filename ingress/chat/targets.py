@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx2
 
 from ingress.chat.credentials import UpstreamAuth
+from ingress.chat.shards import ShardedTransport
 from ingress.http.errors import ApiError
 from orchestrator.calls.no_cookies import NoCookieJar
 from orchestrator.core.settings import Settings
@@ -86,13 +87,17 @@ def targets(
 def make_client(settings: Settings) -> httpx2.AsyncClient:
     """The one pooled HTTP/1.1 keep-alive client for every upstream call.
 
-    Cookies are never stored (`calls/no_cookies`): the client is shared by all tenants.
+    Cookies are never stored (`calls/no_cookies`): the client is shared by all tenants. Its
+    connections are kept in several small pools (`chat/shards`): a call's cost does not grow
+    with the connections open.
     """
+    limits = httpx2.Limits(
+        max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0
+    )
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(settings.request_timeout_s, connect=10.0),
-        limits=httpx2.Limits(
-            max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0
-        ),
+        limits=limits,
+        transport=ShardedTransport(limits),
         cookies=NoCookieJar(),
         follow_redirects=False,
     )

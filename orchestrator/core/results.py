@@ -326,10 +326,10 @@ class ResultStore:
 
 
 @redis_boundary("result counts")
-async def count_result(redis: aioredis.Redis, deployment: str, status: str) -> None:
-    """Add one to `deployment`'s counter of `status` (`keys.result_counts`; `ptu status`
+async def count_result(redis: aioredis.Redis, deployment: str, status: str, n: int = 1) -> None:
+    """Add `n` to `deployment`'s counter of `status` (`keys.result_counts`; `ptu status`
     shows them, and they outlive any worker)."""
-    await redis.hincrby(keys.result_counts(deployment), status, 1)
+    await redis.hincrby(keys.result_counts(deployment), status, n)
 
 
 @redis_boundary("result counts")

@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     default_ttl_s: float = Field(default=86_400.0, gt=0)
     reply_ttl_s: int = Field(default=86_400, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
+    ingress_workers: int = Field(default=1, ge=1)
     backoff_base_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
     # azure monitor source

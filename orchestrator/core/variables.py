@@ -41,6 +41,7 @@ READ_BY: Mapping[str, tuple[str, ...]] = {
     "default_ttl_s": ("ingress", "dlq"),
     "reply_ttl_s": ("ingress", "worker", "dlq"),
     "drain_timeout_s": ("ingress", "worker"),
+    "ingress_workers": ("ingress", "up"),
     "backoff_base_s": ("ingress", "worker"),
     "backoff_max_s": ("ingress", "worker"),
     "azure_monitor_endpoint": ("worker", "status"),

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from orchestrator.core.batching import Batcher
 from orchestrator.core.errors import StoreUnavailable, UtilisationUnavailable
 from orchestrator.core.runtime import Pacing, pause
 from orchestrator.core.settings import DeploymentConfig
@@ -74,6 +76,8 @@ class Throttle:
         self._refreshed_at: float | None = None
         self._closed_warned_at: float | None = None
         self._released = asyncio.Event()
+        # slots released while one release is written go together in the next (one ZREM)
+        self._releases: Batcher[str, str] = Batcher(self._release_many)
 
     @property
     def limit(self) -> int:
@@ -159,6 +163,24 @@ class Throttle:
             await self._wait(stop, wait)
         return None
 
+    async def acquire_more(self, n: int) -> list[Slot]:
+        """Up to `n` more slots at once, without waiting: as many as the current limit
+        leaves room for, globally (none on a Redis error: the slots held are enough)."""
+        room = min(n, self._limit - len(self._held))
+        if room <= 0:
+            return []
+        members = [f"{self._worker_id}:{uuid.uuid4().hex[:16]}" for _ in range(room)]
+        try:
+            leased = await self._table.try_lease_many(members, self._limit, self.lease_s)
+        except StoreUnavailable as exc:
+            log.warning("slot_lease_failed", deployment=self.deployment, error=repr(exc))
+            return []
+        now = self._clock()
+        slots = [Slot(member, self.deployment, now) for member in members[:leased]]
+        for slot in slots:
+            self._held[slot.id] = slot
+        return slots
+
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
         """Sleep `seconds`, waking early on stop or on a local release."""
         self._released.clear()
@@ -170,7 +192,7 @@ class Throttle:
             return
         self._released.set()
         try:
-            await self._table.release([slot.id])
+            await self._releases.submit(self.deployment, slot.id)
         except StoreUnavailable as exc:
             log.warning("slot_release_failed", deployment=self.deployment, error=repr(exc))
 
@@ -201,10 +223,12 @@ class Throttle:
         started calls counted, `throttle.slots`) and drop the leases an earlier run under
         this worker id left (it is gone: its id is ours)."""
         try:
+            # the script first: a cluster client learns its slot map on its first command,
+            # and its Pub/Sub needs that map to find the channel's node
+            dropped = await self._table.drop_owned(self._worker_id)
             presence = self._redis.pubsub()
             await presence.subscribe(self._table.owner_channel(self._worker_id))
             self._presence = presence
-            dropped = await self._table.drop_owned(self._worker_id)
         except (StoreUnavailable, RedisError, OSError) as exc:
             log.warning("slot_owner_failed", deployment=self.deployment, error=repr(exc))
             return
@@ -220,6 +244,9 @@ class Throttle:
             await presence.aclose()  # type: ignore[no-untyped-call]
         except (RedisError, OSError) as exc:
             log.warning("slot_owner_close_failed", deployment=self.deployment, error=repr(exc))
+
+    async def _release_many(self, deployment: str, members: Sequence[str]) -> None:
+        await self._table.release(members)
 
     async def renew(self) -> None:
         """Extend the leases of this worker's slots to now + lease_s."""

@@ -79,6 +79,28 @@ return {0, n}
 """
 )
 
+# KEYS: slots, calls, pause. ARGV: owners' prefix, limit, lease ms, members... Leases as
+# many of the members (in order) as fit under the limit after reaping; returns how many
+# (0 when paused).
+_ACQUIRE_MANY = (
+    NOW_MS
+    + _REAP
+    + """
+if redis.call('PTTL', KEYS[3]) > 0 then return 0 end
+reap(ARGV[1])
+local room = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
+local n = math.max(0, math.min(room, #ARGV - 3))
+if n == 0 then return 0 end
+local add = {}
+for i = 1, n do
+  add[#add + 1] = now_ms + tonumber(ARGV[3])
+  add[#add + 1] = ARGV[i + 3]
+end
+redis.call('ZADD', KEYS[1], unpack(add))
+return n
+"""
+)
+
 # KEYS: slots. ARGV: lease ms, members... Extends the leases still in the table (an expired
 # one not yet reaped was not taken by anyone: reaping comes before every lease), never
 # shortening one. Returns the members no longer in the table.
@@ -185,6 +207,7 @@ class SlotTable:
         self._pause = keys.pause(deployment)
         self._owners = keys.slot_owner(deployment, "")
         self._acquire = redis.register_script(_ACQUIRE)
+        self._acquire_many = redis.register_script(_ACQUIRE_MANY)
         self._renew = redis.register_script(_RENEW)
         self._start = redis.register_script(_START)
         self._release = redis.register_script(_RELEASE)
@@ -207,6 +230,18 @@ class SlotTable:
         if status < 0:
             return Attempt(False, 0, value / 1000.0)
         return Attempt(status == 1, value)
+
+    @redis_boundary("slot table")
+    async def try_lease_many(self, members: Sequence[str], limit: int, lease_s: float) -> int:
+        """Lease the first of `members` that fit under `limit` live leases (none while a
+        pause is set), in one script; how many were leased."""
+        if not members:
+            return 0
+        reply: Any = await self._acquire_many(
+            keys=[self._slots, self._calls, self._pause],
+            args=[self._owners, limit, _ms(lease_s), *members],
+        )
+        return int(reply)
 
     @redis_boundary("slot table")
     async def release(self, members: Sequence[str]) -> None:

@@ -36,6 +36,7 @@ from orchestrator.tenants.ledger import UsageLedger
 from orchestrator.throttle.admission import Admission
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.base import UtilisationSource
+from orchestrator.utilisation.batched import BatchedRecorder
 from orchestrator.utilisation.factory import make_source
 from orchestrator.utilisation.store_factory import estimate_store
 from orchestrator.worker import spillover_check
@@ -129,7 +130,8 @@ def build_worker(
         upstream if upstream is not None else RoutedUpstream.from_settings(settings, deployments)
     )
     # the worker's own calls always feed the estimate, whichever source drives the throttle
-    tokens = estimate_store(settings, redis, low_priority=True)
+    # applied in batches per deployment: the worker's concurrent calls never conflict
+    tokens = BatchedRecorder(estimate_store(settings, redis, low_priority=True))
     results = ResultStore(redis, settings.reply_ttl_s)
     tenancy = Tenancy(settings.tenants, settings.api_keys)
     ledger = UsageLedger(redis, tenancy)

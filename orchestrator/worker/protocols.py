@@ -33,6 +33,9 @@ class SlotLimiter(Protocol):
     async def acquire(self, stop: asyncio.Event) -> Slot | None:
         """Wait for a global slot; None once `stop` is set first."""
 
+    async def acquire_more(self, n: int) -> list[Slot]:
+        """Up to `n` more slots at once without waiting (as many as the limit leaves room for)."""
+
     async def release(self, slot: Slot) -> None:
         """Hand a slot back (idempotent)."""
 

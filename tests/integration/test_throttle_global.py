@@ -226,3 +226,24 @@ async def test_the_owner_subscription_comes_back_after_redis_drops_it(
         await asyncio.sleep(0.02)
     assert await subscribers() == 1
     await throttle.close()
+
+
+async def test_slots_leased_together_never_exceed_the_global_limit(
+    clients: list[aioredis.Redis],
+) -> None:
+    source = StaticSource({"gpt-4o": 0.55})  # limit floor(10 - 9 * 0.5) = 5
+    a, b = worker(clients[0], source, "a"), worker(clients[1], source, "b")
+    stop = asyncio.Event()
+    first = await a.acquire(stop)
+    assert first is not None
+    more = await a.acquire_more(10)
+    assert len(more) == 4 and a.in_flight == 5  # the limit's room, not the 10 asked for
+    assert await b.acquire_more(3) == []  # b's limit is 0 until it reads: nothing leased
+    assert await b.refresh() == 5 and await b.acquire_more(3) == []  # the limit is full
+    await a.release(more[0])
+    got = await b.acquire_more(3)
+    assert len(got) == 1 and await a.global_in_flight() == 5
+    await a.pause_for(5.0)
+    for slot in more[1:]:
+        await a.release(slot)
+    assert await b.acquire_more(3) == []  # paused: nothing starts

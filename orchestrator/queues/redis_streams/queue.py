@@ -1,7 +1,8 @@
 """Redis Streams queue: one stream per deployment, one consumer group for all workers.
 
 put = XADD; receive = take over dead consumers' entries (`reclaim`), then XREADGROUP
-BLOCK; ack = XACK + XDEL in one transaction. Deleting acknowledged entries keeps the
+BLOCK; ack = XACK + XDEL in one transaction (the acks that arrive while one is written,
+together). Deleting acknowledged entries keeps the
 stream holding exactly the messages waiting or in flight, so `depth` is a plain XLEN and
 memory stays bounded without a MAXLEN that could trim unconsumed work.
 
@@ -28,6 +29,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from orchestrator.core import keys, redis_client, redis_replies
+from orchestrator.core.batching import Batcher
 from orchestrator.core.errors import NotReplicated, QueueUnavailable
 from orchestrator.core.replication import Replication
 from orchestrator.core.schemas import QueuedRequest
@@ -96,6 +98,7 @@ class RedisStreamsQueue:
         self._reclaim = Reclaim(member, **timing)
         self._put_once = redis.register_script(_PUT_ONCE)
         self._replication = replication
+        self._acks: Batcher[str, str] = Batcher(self._ack_many)
         self._group_ready = False
         self._inherited = False
         self._closed = False
@@ -162,7 +165,7 @@ class RedisStreamsQueue:
                     )
                     if not out:
                         in_flight = len(self._liveness.in_flight)
-                        claimed = await self._reclaim.claim_idle(max_count, in_flight)
+                        claimed = await self._reclaim.claim_idle(max_count, in_flight, loop.time())
                         out = await self._deliveries(*claimed)
                     if not out:
                         block_ms = self._block_ms(deadline - loop.time())
@@ -178,13 +181,17 @@ class RedisStreamsQueue:
         return []
 
     async def ack(self, delivery: Delivery) -> None:
-        """XACK and XDEL the entry atomically; idempotent."""
-        async with _mapped("ack", self.stream):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xack(self.stream, self.group, delivery.token)
-                pipe.xdel(self.stream, delivery.token)
-                await pipe.execute()
+        """XACK and XDEL the entry atomically; idempotent. Acks that arrive while one is
+        being written go together in the next (`core/batching`: one XACK, one XDEL)."""
+        await self._acks.submit(self.stream, delivery.token)
         self._liveness.in_flight.discard(delivery.token)
+
+    async def _ack_many(self, stream: str, tokens: Sequence[str]) -> None:
+        async with _mapped("ack", stream):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xack(stream, self.group, *tokens)
+                pipe.xdel(stream, *tokens)
+                await pipe.execute()
 
     async def release(self, delivery: Delivery) -> None:
         """Hand the entry to `RELEASED`; the next receive of any consumer takes it over."""

@@ -143,7 +143,9 @@ class Dispatcher:
         if delivery.unreadable is not None:
             await holder.release()
             return await self._answer_unreadable(delivery, delivery.unreadable)
-        if await settler.already_done(message.id):
+        # a first delivery has no result of its own yet: one written meanwhile (a cancel while
+        # queued) is found by `mark_in_progress` below, which settles it the same way
+        if delivery.delivery_count > 1 and await settler.already_done(message.id):
             await holder.release()
             await settler.resettle(delivery)
             log.info("redelivery_already_completed", delivery_count=delivery.delivery_count)

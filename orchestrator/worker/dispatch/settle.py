@@ -20,12 +20,15 @@ counter label, its access line.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import structlog
 
 from orchestrator.calls.outcome import Outcome
 from orchestrator.core import keys
+from orchestrator.core.batching import Batcher
 from orchestrator.core.errors import PTUError, StoreUnavailable
 from orchestrator.core.results import count_result
 from orchestrator.core.schemas import ResultDocument, ResultStatus
@@ -63,6 +66,8 @@ class Settler:
         self._clock = clock
         self.bookkeeping = TaskSet()
         """Shielded writes still running; the worker awaits them before exiting."""
+        self._counted: Batcher[str, str] = Batcher(self._write_counts)
+        """Results counted while one count is written go together in the next."""
         self._settled: set[str] = set()
         """Tokens of deliveries being handled that were acknowledged or dead-lettered."""
         self.counts: dict[str, int] = {"completed": 0, "failed": 0, "expired": 0}
@@ -192,9 +197,15 @@ class Settler:
         if redis is None:
             return
         try:
-            await count_result(redis, self.deployment, status)
+            await self._counted.submit(self.deployment, status)
         except StoreUnavailable as exc:
             log.warning("result_count_failed", status=status, error=repr(exc))
+
+    async def _write_counts(self, deployment: str, statuses: Sequence[str]) -> None:
+        redis = self._reporting.counts
+        assert redis is not None
+        for status, n in Counter(statuses).items():
+            await count_result(redis, deployment, status, n)
 
     def __repr__(self) -> str:
         c = self.counts
