@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo up test test-cluster check fmt lint typecheck bench clean
+.PHONY: install demo up test test-cluster check fmt lint typecheck bench clean image
 
 $(UV):
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -56,7 +56,9 @@ CLUSTER_SUBSET := tests/integration/test_queue_contract.py \
 	tests/integration/test_redis_cluster.py \
 	tests/integration/test_batch_jobs.py \
 	tests/integration/test_cli_redis_verbs.py \
-	tests/integration/test_ingress_waiting.py
+	tests/integration/test_ingress_waiting.py \
+	tests/integration/test_redis_entra.py \
+	tests/integration/test_request_losses.py
 
 # two processes (pytest-xdist), each with its own embedded server; one process against a
 # server you name (PTU_TEST_REDIS_URL): the tests flush the database they use
@@ -68,6 +70,14 @@ test: install
 
 test-cluster: install
 	PTU_TEST_REDIS=cluster $(BIN)/pytest tests/integration
+
+# The production image (deploy/Dockerfile), tagged with the package's version; what
+# .github/workflows/release.yml builds and pushes for a version tag. IMAGE=<registry>/ptu-orchestrator
+# names where `docker push $(IMAGE):$(VERSION)` would send it.
+IMAGE ?= ptu-orchestrator
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	docker build -f deploy/Dockerfile --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) .
 
 fmt: install
 	$(BIN)/ruff format .

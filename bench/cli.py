@@ -36,6 +36,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "bench.scenarios.deadline",
         "a batch needing 2x the idle PTU before its deadline: PTU, PAYG, Batch, planned",
     ),
+    "pool": (
+        "bench.scenarios.pool",
+        "two PTU deployments of one model, busy and idle: static split, round robin, a pool",
+    ),
     "waiting": (
         "bench.scenarios.waiting",
         "waiting low-priority calls behind a batch, and thousands held by one ingress",

@@ -19,15 +19,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import httpx2
 import redis
 import structlog
+from redis.cluster import ClusterNode, RedisCluster
 
 from devstack.embedded_redis import EmbeddedRedis
 from devstack.signals import signal_group, signals_deferred, sigterm_as_interrupt
 from devstack.simulator_options import API_KEY, DEPLOYMENT, SimulatorOptions
 from orchestrator.core import keys
+from orchestrator.core.deployments import seed_urls
 from orchestrator.core.errors import PTUError
 from orchestrator.core.serving import free_port
 
@@ -172,7 +175,8 @@ class Stack:
         A worker takes seconds to import and connect; a measurement that starts before it is
         up would blame the throttle for the start-up time.
         """
-        with redis.Redis.from_url(env.get("PTU_REDIS_URL") or self.redis_url) as client:
+        url = env.get("PTU_REDIS_URL") or self.redis_url
+        with _client(url, cluster=env.get("PTU_REDIS_CLUSTER") == "true") as client:
             before = set(client.hkeys(keys.WORKERS))
             self._spawn(name, ["worker", *args], env)
             deadline = time.monotonic() + ready_timeout_s
@@ -207,7 +211,8 @@ class Stack:
         """
         port = port or free_port()
         self.ingress_url = f"http://127.0.0.1:{port}"
-        with redis.Redis.from_url(env.get("PTU_REDIS_URL") or self.redis_url) as client:
+        url = env.get("PTU_REDIS_URL") or self.redis_url
+        with _client(url, cluster=env.get("PTU_REDIS_CLUSTER") == "true") as client:
             before = set(client.hkeys(keys.WORKERS))
             self._spawn("ingress", ["ingress", "--port", str(port)], env)
             if estimator:
@@ -334,6 +339,15 @@ class Stack:
             if not child.alive():
                 raise PTUError(f"{name} exited at start: {child.tail()}")
             time.sleep(0.05)
+
+
+def _client(url: str, *, cluster: bool) -> redis.Redis:
+    """A blocking client of the stack's Redis: one server, or a cluster from its seed nodes."""
+    if not cluster:
+        return redis.Redis.from_url(url)
+    nodes = [urlsplit(seed) for seed in seed_urls(url)]
+    startup = [ClusterNode(n.hostname or "127.0.0.1", n.port or 6379) for n in nodes]  # type: ignore[no-untyped-call]
+    return RedisCluster(startup_nodes=startup)  # type: ignore[return-value]
 
 
 def _stop_order(name: str) -> int:

@@ -289,7 +289,10 @@ def start(stack: Stack, settings: Settings, p: Plan, env: dict[str, str]) -> Non
     pids = ", ".join(
         f"{name} pid {c.proc.pid}" for name, c in stack.children.items() if name != "simulator"
     )
-    say(f"ingress: {url} ({pids})")
+    # PTU_INGRESS_WORKERS reaches the ingress with the rest of the environment
+    processes = settings.ingress_workers
+    shared = f", {processes} processes on its port" if processes > 1 else ""
+    say(f"ingress: {url} ({pids}{shared})")
     for i, port in enumerate(p.metrics_ports):
         say(f"worker-{i} metrics: http://127.0.0.1:{port}/metrics")
 

@@ -43,6 +43,7 @@ def create_app(
     auth: UpstreamAuth | None = None,
     clock: Callable[[], float] = time.time,
     tracing: Telemetry | None = None,
+    shared_metrics: str | None = None,
 ) -> Starlette:
     """The ingress ASGI app; clients passed in are the caller's to close, the rest its own.
 
@@ -53,12 +54,15 @@ def create_app(
     `queues` (deployment -> Queue), `token_sink` and `auth` replace the ones built
     from settings (tests, benchmarks); `clock` stamps requests and token events;
     `tracing` replaces the telemetry built from the `OTEL_*` settings (and is the
-    caller's to shut down).
+    caller's to shut down); `shared_metrics`, the metrics directory of the processes of
+    `ptu ingress --workers N` (`ingress.processes`).
     """
     parts = make_parts(settings, redis, http_client, queues, token_sink, auth, clock)
     owns_tracing = tracing is None
     tracer = tracing if tracing is not None else telemetry.from_settings(settings, "ptu-ingress")
-    w = wire(settings, parts, tracer, clock, inline=queues is not None)
+    w = wire(
+        settings, parts, tracer, clock, inline=queues is not None, shared_metrics=shared_metrics
+    )
     routes = route_table(w)
     lifespan = make_lifespan(w, owns_tracing=owns_tracing)
     app = Starlette(

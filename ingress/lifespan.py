@@ -1,7 +1,7 @@
 """What runs beside the ingress's requests, from start-up to shutdown: the estimate's
-heartbeat, the incarnation watch, the batch sweeper, the offload warm-up, the one
-subscription that wakes waiting calls; at shutdown the
-batch work stops and every client the app owns is closed."""
+heartbeat, the incarnation watch, the reconciler (requests whose queue entry Redis
+lost), the batch sweeper, the offload warm-up, the one subscription that wakes waiting
+calls; at shutdown the batch work stops and every client the app owns is closed."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def make_lifespan(
             parts.estimate.keep_alive() if parts.estimate else asyncio.Event().wait()
         )
         watch = asyncio.create_task(watch_incarnation(incarnation))
+        reconciler = asyncio.create_task(w.reconciler.run())
         sweeper = asyncio.create_task(jobs.run())
         planner = asyncio.create_task(w.overflow.run())
         completions = asyncio.create_task(w.waiting.completions.run())
@@ -46,7 +47,7 @@ def make_lifespan(
         try:
             yield
         finally:
-            for task in (beat, watch, sweeper, planner, completions, *warming):
+            for task in (beat, watch, reconciler, sweeper, planner, completions, *warming):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

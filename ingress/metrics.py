@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from orchestrator.breaker.machine import GAUGE
 from orchestrator.tenants.metrics import TenantMetrics
@@ -20,8 +21,15 @@ class IngressMetrics:
     content_type = CONTENT_TYPE_PLAIN_0_0_4
 
     def __init__(
-        self, *, tenants: Iterable[str] = ("default",), deployments: Iterable[str] = ()
+        self,
+        *,
+        tenants: Iterable[str] = ("default",),
+        deployments: Iterable[str] = (),
+        shared: str | None = None,
     ) -> None:
+        self.shared = shared
+        """The directory every process of `ptu ingress --workers N` writes its values to
+        (prometheus_client's multiprocess mode); /metrics then answers their sum."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.tenants = TenantMetrics(r, tenants, deployments)
@@ -61,10 +69,23 @@ class IngressMetrics:
             "Circuit breaker per upstream deployment: 0 closed, 1 half-open, 2 open",
             ["deployment"],
             registry=r,
+            multiprocess_mode="max",  # several processes of one port: the most open
         )
         self._batches = Counter("ptu_ingress_batches", "Batches created", registry=r)
         self.redis_data_lost = Counter(
             "ptu_redis_data_lost", "Times Redis was seen to have lost its data set", registry=r
+        )
+        self.requests_lost = Counter(
+            "ptu_requests_lost",
+            "Accepted requests Redis lost, answered 410 request_lost: found=poll (no record "
+            "when polled) | reconciler (no queue entry)",
+            ["found"],
+            registry=r,
+        )
+        self.replication_shortfall = Counter(
+            "ptu_redis_replication_shortfall",
+            "Writes a replica did not confirm in PTU_REDIS_WAIT_TIMEOUT_MS (answered 503)",
+            registry=r,
         )
         self._fail_open = Counter(
             "ptu_ingress_redis_fail_open",
@@ -138,8 +159,12 @@ class IngressMetrics:
         self.latency.labels(label, "total").observe(total_s)
 
     def render(self) -> bytes:
-        """The Prometheus text exposition."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition (of every process of the port, when shared)."""
+        if self.shared is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.shared)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
 
     def __repr__(self) -> str:
         return (

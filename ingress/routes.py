@@ -20,7 +20,16 @@ PREFIXES = ("/v1", "/openai", "/openai/v1")
 def route_table(w: Wired) -> list[Route]:
     """Every route of the app, bound to the collaborators in `w`."""
     parts, metrics, chat, requests_api = w.parts, w.metrics, w.chat, w.requests_api
-    file_routes, batches = w.file_routes, w.batches
+    file_routes, batches, operator_key = w.file_routes, w.batches, w.operator_key
+
+    def operator_only(request: Request) -> None:
+        if not operator_key.allows(request.headers):
+            raise errors.ApiError(
+                401,
+                "invalid_api_key",
+                "this endpoint needs the metrics key (PTU_METRICS_API_KEY): send it as the "
+                "api-key header or Authorization: Bearer <key>",
+            )
 
     @operation("liveness: the process serves (never touches Redis)", {200: Reply("alive", Health)})
     async def healthz(request: Request) -> Response:
@@ -41,12 +50,22 @@ def route_table(w: Wired) -> list[Route]:
             raise errors.ApiError(503, "not_ready", f"not ready: {detail}"[:1000])
         return JSONResponse(Readiness(status="ready", checks=checks).model_dump())
 
-    @operation("Prometheus metrics", {200: Reply("text exposition", media_type="text/plain")})
+    @operation(
+        "Prometheus metrics (with PTU_METRICS_API_KEY set: that key, as api-key or bearer)",
+        {200: Reply("text exposition", media_type="text/plain")},
+        errors=(401,),
+    )
     async def prometheus(request: Request) -> Response:
+        operator_only(request)
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @operation("this document (OpenAPI 3.1)", {200: Reply("the document")})
+    @operation(
+        "this document (OpenAPI 3.1; with PTU_METRICS_API_KEY set: that key)",
+        {200: Reply("the document")},
+        errors=(401,),
+    )
     async def openapi(request: Request) -> Response:
+        operator_only(request)
         return JSONResponse(request.app.state.openapi)
 
     routes = [

@@ -29,12 +29,14 @@ from ingress.batch.store import BatchStore
 from ingress.chat.accounting import Accounting
 from ingress.chat.credentials import UpstreamAuth, deployment_auths, upstream_auth
 from ingress.chat.limits import TenantLimits
+from ingress.chat.pool import PoolRouter
 from ingress.chat.proxy import Proxy
 from ingress.chat.routes import ChatRoutes, QueuedPaths
 from ingress.chat.spillover import SpilloverPolicy
 from ingress.chat.targets import Target, make_client, targets
 from ingress.chat.token_events import TokenEvents
 from ingress.http.auth import Authenticator
+from ingress.http.models import MAX_TTL_S
 from ingress.metrics import IngressMetrics
 from ingress.queued.background import BackgroundResponses
 from ingress.queued.completions import Completions
@@ -45,15 +47,20 @@ from orchestrator.breaker.shared import SURFACES, SharedBreaker, Sharing, breake
 from orchestrator.core import redis_client
 from orchestrator.core.fail_open import FailOpen
 from orchestrator.core.incarnation import Incarnation
+from orchestrator.core.losses import Losses
+from orchestrator.core.operator_key import OperatorKey
+from orchestrator.core.replication import Replication
 from orchestrator.core.results import ResultStore
 from orchestrator.core.runtime import Pacing
 from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
-from orchestrator.queues.factory import make_queue
+from orchestrator.queues.factory import make_queue, pool_queues
+from orchestrator.queues.redis_streams.reconcile import Reconciler, reconcile_grace_s
 from orchestrator.telemetry.base import Telemetry
 from orchestrator.tenants.cached import CachedLedger
 from orchestrator.tenants.config import Tenancy
 from orchestrator.utilisation.base import TokenRecorder
+from orchestrator.utilisation.batched import BatchedRecorder
 from orchestrator.utilisation.estimate.store import EstimateStore
 from orchestrator.utilisation.store_factory import estimate_store
 
@@ -98,8 +105,8 @@ class Parts:
             async with asyncio.timeout(CLOSE_DRAIN_S):
                 if self.ledger is not None:
                     await self.ledger.close()
-                if "queues" in self.owned:
-                    for q in self.queues.values():
+                if "queues" in self.owned:  # a pool's members share its queue: close it once
+                    for q in {id(q): q for q in self.queues.values()}.values():
                         await q.close()
         except TimeoutError:
             log.warning("close_redis_cut", within_s=CLOSE_DRAIN_S)
@@ -135,11 +142,13 @@ def make_parts(
     provisioned = [d for d in settings.deployments if d.kind == "provisioned"]
     if queues is None:
         consumer = f"ingress-{socket.gethostname()}-{os.getpid()}"
-        queues = {d.name: make_queue(settings, d.name, redis, consumer) for d in provisioned}
+        queues = pool_queues(
+            settings, lambda name: make_queue(settings, name, redis, consumer), provisioned
+        )
     estimate = None
     if token_sink is None and provisioned:
         estimate = estimate_store(settings, redis, provisioned, clock=clock)
-        token_sink = estimate
+        token_sink = BatchedRecorder(estimate)  # one batch per deployment in flight
     return Parts(
         settings=settings,
         redis=redis,
@@ -164,6 +173,8 @@ class Wired:
     tenants: Authenticator
     results: ResultStore
     incarnation: Incarnation
+    losses: Losses
+    reconciler: Reconciler
     chat: ChatRoutes
     requests_api: RequestsApi
     background: BackgroundResponses
@@ -176,6 +187,8 @@ class Wired:
     overflow: DeadlineOverflow
     file_routes: FileRoutes
     batches: BatchRoutes
+    operator_key: OperatorKey
+    """What `/metrics` and `/openapi.json` ask for (`PTU_METRICS_API_KEY`)."""
 
 
 def wire(
@@ -185,23 +198,35 @@ def wire(
     clock: Callable[[], float],
     *,
     inline: bool,
+    shared_metrics: str | None = None,
 ) -> Wired:
     """Every collaborator of the routes, on `parts`; `inline` runs the offload work in threads
     (when the caller injected its own queues: they exist only in this process)."""
     tenancy = Tenancy(settings.tenants, settings.api_keys)
     metrics = parts.metrics = IngressMetrics(
-        tenants=tenancy.names(), deployments=[d.name for d in settings.deployments]
+        tenants=tenancy.names(),
+        deployments=[d.name for d in settings.deployments],
+        shared=shared_metrics,
     )
     # every Redis call of the interactive path has a deadline and fails open (core/fail_open)
     guard = parts.guard = FailOpen(on_fail_open=metrics.redis_fail_open)
-    parts.events.guard = guard
+    # token events keep a cool-down of their own: a breaker sync that overran its 75 ms on
+    # a busy event loop must not drop a second of the estimate's charges with it; batched,
+    # the deadline is each batch's write (utilisation/batched)
+    events_guard = FailOpen(on_fail_open=metrics.redis_fail_open)
+    if isinstance(parts.events.sink, BatchedRecorder):
+        parts.events.sink.guard = events_guard
+    else:
+        parts.events.guard = events_guard
     # limit checks on a copy of the counters re-read at most every 0.2 s: no Redis round
     # trip per request on the high-priority path (orchestrator.tenants.cached)
     ledger = parts.ledger = CachedLedger(parts.redis, tenancy, clock=clock)
     accounting = parts.accounting = Accounting(metrics, ledger)
     deployments = targets(settings, deployment_auths(settings, parts.upstream))
     results = ResultStore(parts.redis, settings.reply_ttl_s)
-    tenants = Authenticator(tenancy)
+    tenants = Authenticator(tenancy, settings.trusted_front_secret)
+    operator_key = OperatorKey(settings.metrics_api_key)
+    operator_key.warn_if_open("ingress", tenancy.names())
     config = breaker_config(settings)
     breakers = {
         (d.name, surface): SharedBreaker(
@@ -211,23 +236,41 @@ def wire(
         for d in settings.deployments
         for surface in SURFACES
     }  # fmt: skip
+    pools = (
+        PoolRouter(settings, parts.estimate, breakers, guard=guard, clock=clock)
+        if settings.pools
+        else None
+    )
     proxy = Proxy(
         parts.http, parts.upstream, parts.events, metrics,
-        policy=SpilloverPolicy(settings.spillover_wait_ms, breakers), accounting=accounting,
-        telemetry=tracer,
+        policy=SpilloverPolicy(settings.spillover_wait_ms, breakers, pools=pools),
+        accounting=accounting, telemetry=tracer,
     )  # fmt: skip
     incarnation = Incarnation(parts.redis, on_loss=metrics.redis_data_lost.inc, clock=clock)
+    replication = Replication(
+        parts.redis, settings.redis_wait_replicas, settings.redis_wait_timeout_ms,
+        on_shortfall=metrics.replication_shortfall.inc,
+    )  # fmt: skip
     enqueuer = Enqueuer(
         results, parts.queues, metrics, clock=clock, ids=incarnation.new_request_id,
-        telemetry=tracer,
+        telemetry=tracer, replication=replication,
+    )  # fmt: skip
+    losses = Losses(results, on_lost=lambda found: metrics.requests_lost.labels(found).inc())
+    interval_s = settings.reconcile_interval_s if settings.queue_backend == "redis" else 0.0
+    reconciler = Reconciler(
+        parts.redis, losses, interval_s=interval_s, grace_s=reconcile_grace_s(interval_s),
+        clock=clock,
     )  # fmt: skip
     tenant_limits = TenantLimits(tenancy, ledger, accounting, guard)
-    background = BackgroundResponses(results, enqueuer, tenants)
+    requests_api = RequestsApi(
+        results, tenants, issued_before_loss=incarnation.issued_before, issued=incarnation.issued,
+        losses=losses, kept_s=MAX_TTL_S + settings.reply_ttl_s, clock=clock,
+    )  # fmt: skip
+    background = BackgroundResponses(results, enqueuer, tenants, vanished=requests_api.gone)
     # one subscription of this process wakes every waiting call (queued.completions)
     waiting = Waiting(Completions(parts.redis), results, tenancy, settings.deployments)
     queued = QueuedPaths(enqueuer, background, waiting)
     chat = ChatRoutes(settings, deployments, tenants, proxy, queued, metrics, tenant_limits)
-    requests_api = RequestsApi(results, tenants, issued_before_loss=incarnation.issued_before)
     files = Files(parts.redis, make_file_store(settings), clock=clock)
     batch_store = BatchStore(parts.redis, clock=clock)
     # validation and batch jobs run in processes of their own (in threads when the
@@ -249,6 +292,7 @@ def wire(
         settings, deployments, tenants, BatchBackends(batch_store, files, work, jobs), metrics,
         limits=tenant_limits, clock=clock,
     )  # fmt: skip
+    jobs.resume = batches.resume  # a high-priority batch whose run is gone resumes here
     return Wired(
         settings=settings,
         parts=parts,
@@ -258,6 +302,8 @@ def wire(
         tenants=tenants,
         results=results,
         incarnation=incarnation,
+        losses=losses,
+        reconciler=reconciler,
         chat=chat,
         requests_api=requests_api,
         background=background,
@@ -270,4 +316,5 @@ def wire(
         overflow=overflow,
         file_routes=file_routes,
         batches=batches,
+        operator_key=operator_key,
     )

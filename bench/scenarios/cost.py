@@ -9,11 +9,16 @@ process) is taken before and after it:
    simulator (the limit of this client on this machine), then the same clients through
    one ingress process: requests/s, and per request the Redis commands by name, Redis CPU
    and the ingress's CPU (the phase ends once the ingress is idle again, its background
-   token events included).
+   token events included), and the Redis calls it went on without (`fail_opens`: a write
+   given up on costs no command, so a count that is not 0 flatters the commands).
 2. Enqueue: low-priority POSTs answered 202 by the same ingress, per enqueue.
-3. Low priority: the ingress stopped, `ptu estimator` (which keeps the estimate fresh, as
-   the ingress did) and one `ptu worker` draining the queue from step 2: calls/s, and per
-   call the Redis commands, Redis CPU and the worker's CPU.
+3. Scale-out of the ingress (`cost_scale`): one process at the highest concurrency, then
+   `ptu ingress --workers 2` at the same (the ingress stops after it).
+4. Low priority: `ptu estimator` (which keeps the estimate fresh, as the ingress did) and
+   one `ptu worker` draining the queue from step 2: calls/s, and per call the Redis
+   commands, Redis CPU and the worker's CPU.
+5. Scale-out of the workers (`cost_scale`): 1, 2 and 4 worker processes, each count
+   draining its share of a queue filled through the ingress beforehand.
 
 The idle rate of each set of processes (commands per second with nothing to do: heartbeats,
 sweeps) is read first and shown beside; it is spread over the requests, not subtracted.
@@ -36,7 +41,8 @@ from bench.harness.stack import Stack, sigterm_as_interrupt
 from bench.harness.traffic import chat_url
 from bench.scenarios import cost_report
 from bench.scenarios.cost_measures import Reading, command_delta, per_request, targets
-from bench.scenarios.cost_probe import Meter, closed_loop, low_calls, wait_for_calls
+from bench.scenarios.cost_probe import Meter, closed_loop, fail_opens, low_calls, wait_for_calls
+from bench.scenarios.cost_scale import ingress_scale, worker_scale
 from bench.scenarios.overhead import (
     BODY,
     DIRECT_HEADERS,
@@ -65,9 +71,14 @@ class CostConfig:
     worker_concurrency: int = 64
     """`PTU_MAX_CONCURRENCY` of the worker."""
     worker_timeout_s: float = 120.0
+    scale_calls: int = 2000
+    """Calls each count of workers drains in the scale-out phase."""
+    worker_counts: tuple[int, ...] = (1, 2, 4)
 
 
-QUICK = CostConfig(step_s=2.0, enqueue_requests=400, worker_timeout_s=60.0)
+QUICK = CostConfig(step_s=2.0, enqueue_requests=400, worker_timeout_s=60.0, scale_calls=400)
+SLACK = 200
+"""Messages queued beyond the scale-out phase's calls (calls in flight when a count stops)."""
 
 
 async def measure_high(stack: Stack, meter: Meter, cfg: CostConfig) -> list[dict[str, Any]]:
@@ -82,8 +93,11 @@ async def measure_high(stack: Stack, meter: Meter, cfg: CostConfig) -> list[dict
     rows = []
     for c in cfg.concurrencies:
         direct = await closed_loop(direct_url, DIRECT_HEADERS, BODY, c, cfg.step_s)
+        opened = await fail_opens(stack.ingress_url)
         via = await closed_loop(ingress_url, HIGH, BODY, c, cfg.step_s, read)
         await settled(pid, SETTLE_TIMEOUT_S)
+        # the metrics request itself costs no Redis command
+        skipped = await fail_opens(stack.ingress_url) - opened
         assert via.start is not None
         cost = per_request(via.start, read(), via.ok, "ingress")
         rows.append(
@@ -94,6 +108,7 @@ async def measure_high(stack: Stack, meter: Meter, cfg: CostConfig) -> list[dict
                 "errors": via.errors,
                 "direct_per_s": direct.per_s,
                 "direct_errors": direct.errors,
+                "fail_opens": skipped,
                 **cost,
             }
         )
@@ -182,16 +197,25 @@ def run_cost(cfg: CostConfig, out: Path) -> dict[str, Any]:
         prepare(stack, Policy("cost", "ingress only", "none", env))
         meter = Meter(stack.redis_url)
         try:
-            ingress = {"ingress": stack.children["ingress"].proc.pid}
-            idle = [asyncio.run(idle_rate(meter, ingress, "ingress"))]
+            first = {"ingress": stack.children["ingress"].proc.pid}
+            idle = [asyncio.run(idle_rate(meter, first, "ingress"))]
             high = asyncio.run(measure_high(stack, meter, cfg))
             enqueue, ids = asyncio.run(measure_enqueues(stack, meter, cfg))
-            stack.stop("ingress")
+            # one process at saturation beside `--workers 2` (the ingress stops after it)
+            ingress = ingress_scale(stack, env, max(cfg.concurrencies), cfg.step_s)
             stack.start_estimator(stack.base_env(**env))
             estimator = {"estimator": stack.children["estimator"].proc.pid}
             idle.append(asyncio.run(idle_rate(meter, estimator, "estimator")))
             stack.start_worker(stack.base_env(**env))
             low = asyncio.run(measure_worker(stack, meter, ids, cfg))
+            stack.stop("worker")
+            stack.start_ingress(stack.base_env(**env))
+            queued = len(cfg.worker_counts) * cfg.scale_calls + SLACK
+            asyncio.run(measure_enqueue(stack, queued, cfg.enqueue_concurrency))
+            stack.stop("ingress")
+            workers = worker_scale(
+                stack, env, cfg.worker_counts, cfg.scale_calls, cfg.worker_timeout_s
+            )
         finally:
             meter.close()
     result = {
@@ -202,10 +226,14 @@ def run_cost(cfg: CostConfig, out: Path) -> dict[str, Any]:
             "enqueue_requests": cfg.enqueue_requests,
             "enqueue_concurrency": cfg.enqueue_concurrency,
             "worker_concurrency": cfg.worker_concurrency,
+            "scale_calls": cfg.scale_calls,
+            "worker_counts": list(cfg.worker_counts),
         },
         "rows": [*high, enqueue, low],
         "idle": idle,
-        "targets": targets(high, low),
+        "ingress_scale": ingress,
+        "worker_scale": workers,
+        "targets": targets(high, low, ingress.get("ratio")),
         "run_s": round(time.monotonic() - started, 1),
     }
     cost_report.write(result, out)

@@ -45,6 +45,19 @@ def parse_redis_cpu_s(text: str) -> float:
         raise ValueError(f"INFO cpu text without {exc.args[0]}") from None
 
 
+FAIL_OPEN_METRIC = "ptu_ingress_redis_fail_open_total"
+
+
+def parse_fail_opens(text: str) -> int:
+    """Redis calls the ingress went on without (`core/fail_open`: an error, its deadline or
+    the cool-down after one), summed over `what`, from its /metrics text."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(FAIL_OPEN_METRIC + "{") or line.startswith(FAIL_OPEN_METRIC + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
 @dataclass(frozen=True, slots=True)
 class Reading:
     """Counters at one moment: Redis's calls per command and CPU seconds, and the CPU
@@ -106,10 +119,13 @@ def worst(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
 
 
 def targets(
-    high: Sequence[Mapping[str, Any]], low: Mapping[str, Any] | None
+    high: Sequence[Mapping[str, Any]],
+    low: Mapping[str, Any] | None,
+    two_processes: float | None = None,
 ) -> list[dict[str, Any]]:
     """The issue's targets, measured vs target: `high` one row per concurrency of the
-    ingress (the worst of them is what counts), `low` the worker's row."""
+    ingress (the worst of them is what counts), `low` the worker's row, `two_processes` the
+    requests/s of `ptu ingress --workers 2` over one process's, at saturation."""
     by_c = {row["concurrency"]: row.get("per_s") for row in high}
     lowest, highest = (min(by_c), max(by_c)) if by_c else (0, 0)
     scaling = ratio(by_c.get(highest), by_c.get(lowest))
@@ -140,6 +156,13 @@ def targets(
             f"one ingress: requests/s at {highest} concurrent / at {lowest}",
             None if scaling is None else round(scaling, 3),
             0.8,
+            "x",
+            at_least=True,
+        ),
+        target_row(
+            "ptu ingress --workers 2 / one process: requests/s at saturation",
+            two_processes,
+            1.7,
             "x",
             at_least=True,
         ),

@@ -12,7 +12,12 @@ from typing import Any
 import httpx2
 import redis
 
-from bench.scenarios.cost_measures import Reading, parse_commandstats, parse_redis_cpu_s
+from bench.scenarios.cost_measures import (
+    Reading,
+    parse_commandstats,
+    parse_fail_opens,
+    parse_redis_cpu_s,
+)
 from bench.scenarios.waiting_probe import cpu_s
 
 WARM_UP = 20
@@ -110,6 +115,12 @@ async def closed_loop(
         await asyncio.gather(*(lane() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     return Load(concurrency, ok, errors, elapsed, start)
+
+
+async def fail_opens(ingress_url: str) -> int:
+    """Redis calls the ingress has gone on without since it started (its /metrics)."""
+    async with httpx2.AsyncClient(timeout=5.0) as client:
+        return parse_fail_opens((await client.get(f"{ingress_url}/metrics")).text)
 
 
 async def low_calls(client: httpx2.AsyncClient, sim_url: str, deployment: str) -> int:

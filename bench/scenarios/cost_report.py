@@ -38,6 +38,7 @@ def per_request_table(rows: Sequence[Mapping[str, Any]]) -> str:
             "per s": row["per_s"],
             "direct per s": row.get("direct_per_s"),
             "errors": row["errors"],
+            "fail-opens": row.get("fail_opens"),
             "Redis commands": row["redis_commands"],
             "Redis CPU ms": row["redis_cpu_ms"],
             "process": row["process"],
@@ -62,6 +63,37 @@ def commands_table(rows: Sequence[Mapping[str, Any]]) -> str:
         others = [v for n, v in row["commands"].items() if n not in names and v is not None]
         rest[label(row)] = round(sum(others), 2) if others else None
     return markdown_table([*lines, rest], ["command", *(label(row) for row in rows)])
+
+
+def scale_table(result: Mapping[str, Any]) -> str:
+    """Requests/s of one ingress process and of `--workers 2`; calls/s of 1, 2, 4 workers."""
+    shown: list[dict[str, Any]] = []
+    ingress = result.get("ingress_scale") or {}
+    for arm, processes in (("one", "ptu ingress"), ("two", "ptu ingress --workers 2")):
+        row = ingress.get(arm)
+        if row is not None:
+            shown.append(
+                {
+                    "processes": processes,
+                    "concurrent": ingress["concurrency"],
+                    "per s": row["per_s"],
+                    "errors": row["errors"],
+                    "CPU ms per request": row["process_cpu_ms"],
+                }
+            )
+    for row in result.get("worker_scale") or []:
+        shown.append(
+            {
+                "processes": f"{row['workers']} x ptu worker",
+                "concurrent": None,
+                "per s": row["per_s"],
+                "errors": None,
+                "CPU ms per request": None,
+            }
+        )
+    if not shown:
+        return "(not measured)"
+    return markdown_table(shown, list(shown[0]))
 
 
 def targets_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -108,11 +140,23 @@ def write(result: Mapping[str, Any], out: Path) -> None:
         "before and after each phase; commands run inside scripts count too",
         "- process CPU: /proc/PID/stat utime + stime of the ingress or the worker; "
         "each phase ends once that process is idle again",
+        "- fail-opens: Redis calls of the interactive path the ingress went on without "
+        "(`core/fail_open`: an error, the deadline, or the cool-down after one); a write "
+        "given up on runs no command, so a count above 0 flatters that row's commands",
         f"- idle, before the phases (spread over the requests, not subtracted): {idle}",
         "",
         "## Redis commands per request, by name",
         "",
         commands_table(rows),
+        "",
+        "## Scale-out",
+        "",
+        scale_table(result),
+        "",
+        f"- ingress: closed-loop clients for {cfg['step_s']:g} s through one process, then "
+        "through a fresh `ptu ingress --workers 2` (CPU: the whole process tree); workers: "
+        f"each count drains {cfg.get('scale_calls')} calls of one queue, started together "
+        "(the deployment held paused until the last is up), calls/s counted by the simulator",
         "",
         "## Targets",
         "",

@@ -2,11 +2,12 @@
 // instance: the PTU resource (priority 1) and a pay-as-you-go resource (priority 2) as
 // backends, the pool `aoai-pool` that ptu-priority-policy.xml sends high priority to,
 // a circuit breaker on each backend that trips on 429 or 5xx and stays open for the
-// Retry-After the deployment sent (acceptRetryAfter), the named value ptu-ingress-url,
-// and optionally the policy on an API and the Event Hubs logger of its token events.
+// Retry-After the deployment sent (acceptRetryAfter), the named values ptu-ingress-url
+// and ptu-front-secret (the ingress's PTU_TRUSTED_FRONT_SECRET), and optionally the policy on an API and the Event Hubs logger of its token events.
 //   az deployment group create -g <rg> -f deploy/apim/backends.bicep \
 //     -p apimName=<apim> ptuEndpoint=https://<ptu>.openai.azure.com \
 //        paygEndpoint=https://<payg>.openai.azure.com ingressUrl=https://<ingress> \
+//        frontSecret=<PTU_TRUSTED_FRONT_SECRET> \
 //        apiName=<azure-openai-api> eventHubNamespace=<ns>.servicebus.windows.net
 targetScope = 'resourceGroup'
 
@@ -18,6 +19,9 @@ param ptuEndpoint string
 param paygEndpoint string
 @description('Base URL of the ptu-orchestrator ingress, where x-priority: low goes.')
 param ingressUrl string
+@secure()
+@description('The ingress\'s PTU_TRUSTED_FRONT_SECRET: sent as x-ptu-front-secret with the tenant.')
+param frontSecret string
 @description('Existing API (Azure OpenAI) to attach ptu-priority-policy.xml to; empty: none.')
 param apiName string = ''
 @description('Event Hubs namespace (FQDN) of the token-event hub; empty: no logger.')
@@ -98,6 +102,16 @@ resource ingress 'Microsoft.ApiManagement/service/namedValues@2024-05-01' = {
   }
 }
 
+resource frontSecretValue 'Microsoft.ApiManagement/service/namedValues@2024-05-01' = {
+  parent: apim
+  name: 'ptu-front-secret'
+  properties: {
+    displayName: 'ptu-front-secret'
+    value: frontSecret
+    secret: true
+  }
+}
+
 resource tokenEvents 'Microsoft.ApiManagement/service/loggers@2024-05-01' = if (!empty(eventHubNamespace)) {
   parent: apim
   name: 'ptu-token-events'
@@ -124,7 +138,7 @@ resource policy 'Microsoft.ApiManagement/service/apis/policies@2024-05-01' = if 
     format: 'xml'
     value: loadTextContent('ptu-priority-policy.xml')
   }
-  dependsOn: [pool, ingress, tokenEvents]
+  dependsOn: [pool, ingress, frontSecretValue, tokenEvents]
 }
 
 output poolId string = pool.id

@@ -1,8 +1,10 @@
 // Azure resources for ptu-orchestrator beside an existing Azure OpenAI account:
-// Event Hubs (request queue + token events), a storage account for the request hubs'
-// checkpoints (PTU_EVENTHUB_CHECKPOINT_STORE=blob, read by KEDA's Event Hubs scaler),
-// Azure Cache for Redis (state, replies, estimate, slots), a user-assigned identity
-// with the roles it needs.
+// Event Hubs (request queue + token events), a storage account for the batch files
+// (container ptu-files, PTU_BLOB_ACCOUNT_URL) and the request hubs' checkpoints
+// (PTU_EVENTHUB_CHECKPOINT_STORE=blob, read by KEDA's Event Hubs scaler), Azure Managed
+// Redis with AOF persistence and Entra ID access only (state, replies, estimate, slots;
+// PTU_REDIS_AUTH=entra), a user-assigned identity with the roles it needs and, given the
+// AKS cluster's OIDC issuer, its federation with the pods' service account.
 targetScope = 'resourceGroup'
 
 @description('Name prefix for the new resources.')
@@ -12,6 +14,12 @@ param location string = resourceGroup().location
 param openAiAccountName string
 @description('PTU deployments the worker drains: one request hub each, named ptu-requests-<deployment>.')
 param deploymentNames array = ['gpt-4o-ptu']
+@description('Azure Managed Redis SKU (every SKU from Balanced_B1 up takes AOF persistence).')
+param redisSku string = 'Balanced_B5'
+@description('OIDC issuer URL of the AKS cluster (az aks show --query oidcIssuerProfile.issuerUrl); empty: federate the identity yourself.')
+param aksOidcIssuer string = ''
+@description('Namespace of the ptu-orchestrator service account in the cluster.')
+param namespace string = 'ptu'
 
 resource openAi 'Microsoft.CognitiveServices/accounts@2024-10-01' existing = {
   name: openAiAccountName
@@ -20,6 +28,17 @@ resource openAi 'Microsoft.CognitiveServices/accounts@2024-10-01' existing = {
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: '${prefix}-orchestrator'
   location: location
+}
+
+// Workload identity: the pods of the ServiceAccount ptu-orchestrator get this identity's tokens
+resource federation 'Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials@2023-01-31' = if (!empty(aksOidcIssuer)) {
+  parent: identity
+  name: 'aks-ptu-orchestrator'
+  properties: {
+    issuer: aksOidcIssuer
+    subject: 'system:serviceaccount:${namespace}:ptu-orchestrator'
+    audiences: ['api://AzureADTokenExchange']
+  }
 }
 
 resource ehNamespace 'Microsoft.EventHub/namespaces@2024-01-01' = {
@@ -51,7 +70,8 @@ resource tokenEvents 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' = {
   properties: { partitionCount: 2, messageRetentionInDays: 1 }
 }
 
-// Event Hubs checkpoints as blob metadata (PTU_EVENTHUB_CHECKPOINT_CONTAINER)
+// Batch files (PTU_BLOB_ACCOUNT_URL, PTU_BLOB_CONTAINER) and Event Hubs checkpoints as blob
+// metadata (PTU_EVENTHUB_CHECKPOINT_CONTAINER); Entra ID only, no shared keys
 resource checkpoints 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: take('${prefix}ckpt${uniqueString(resourceGroup().id)}', 24)
   location: location
@@ -76,13 +96,50 @@ resource checkpointContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   properties: { publicAccess: 'None' }
 }
 
-resource redis 'Microsoft.Cache/redis@2024-03-01' = {
+// Every ingress replica reads and writes the same batch files here
+resource filesContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobs
+  name: 'ptu-files'
+  properties: { publicAccess: 'None' }
+}
+
+// Azure Managed Redis: the queue, every request record and result, the estimate and the
+// global slots live here, so it must not forget them (README "Redis in production"):
+// AOF written every second, no eviction, high availability; Entra ID only (the access
+// keys are off), so the processes connect with PTU_REDIS_AUTH=entra and no key exists.
+// The Enterprise cluster policy shows one endpoint (PTU_REDIS_CLUSTER=false).
+resource redis 'Microsoft.Cache/redisEnterprise@2025-07-01' = {
   name: '${prefix}-${uniqueString(resourceGroup().id)}'
   location: location
+  sku: { name: redisSku }
   properties: {
-    sku: { name: 'Standard', family: 'C', capacity: 1 }
-    enableNonSslPort: false
     minimumTlsVersion: '1.2'
+    highAvailability: 'Enabled'
+    // TLS and Entra ID on the public endpoint; put a private endpoint in front to close it
+    publicNetworkAccess: 'Enabled'
+  }
+}
+
+resource redisDatabase 'Microsoft.Cache/redisEnterprise/databases@2025-07-01' = {
+  parent: redis
+  name: 'default'
+  properties: {
+    clientProtocol: 'Encrypted'
+    port: 10000
+    clusteringPolicy: 'EnterpriseCluster'
+    evictionPolicy: 'NoEviction'
+    persistence: { aofEnabled: true, aofFrequency: '1s' }
+    accessKeysAuthentication: 'Disabled'
+  }
+}
+
+// The identity's object id is its Redis user (the username of AUTH, the token its password)
+resource redisUser 'Microsoft.Cache/redisEnterprise/databases/accessPolicyAssignments@2025-07-01' = {
+  parent: redisDatabase
+  name: 'ptuorchestrator'
+  properties: {
+    accessPolicyName: 'default'
+    user: { objectId: identity.properties.principalId }
   }
 }
 
@@ -123,6 +180,7 @@ resource ehOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
+// batch files and checkpoints: read, write, delete blobs of the account's containers
 resource checkpointWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: checkpoints
   name: guid(checkpoints.id, identity.id, roles.storageBlobDataContributor)
@@ -136,5 +194,7 @@ resource checkpointWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' =
 output identityClientId string = identity.properties.clientId
 output eventHubNamespace string = '${ehNamespace.name}.servicebus.windows.net'
 output redisHost string = redis.properties.hostName
+output redisUrl string = 'rediss://${redis.properties.hostName}:10000/0'
+output blobAccountUrl string = checkpoints.properties.primaryEndpoints.blob
 output azureResourceId string = openAi.id
 output checkpointBlobUrl string = checkpoints.properties.primaryEndpoints.blob

@@ -26,7 +26,7 @@ from orchestrator.core import redis_client
 from orchestrator.core.results import ResultStore
 from orchestrator.core.settings import Settings
 from orchestrator.queues.base import Queue
-from orchestrator.queues.factory import make_queue
+from orchestrator.queues.factory import make_queue, pool_queues
 from orchestrator.tenants.config import Tenancy
 
 log = structlog.get_logger(__name__)
@@ -59,11 +59,11 @@ class JobContext:
         self.results = ResultStore(self.redis, settings.reply_ttl_s)
         self.files = Files(self.redis, make_file_store(settings))
         consumer = f"batch-jobs-{socket.gethostname()}-{os.getpid()}"
-        self.queues: dict[str, Queue] = {
-            d.name: make_queue(settings, d.name, self.redis, consumer)
-            for d in settings.deployments
-            if d.kind == "provisioned"
-        }
+        self.queues: dict[str, Queue] = pool_queues(
+            settings,
+            lambda name: make_queue(settings, name, self.redis, consumer),
+            [d for d in settings.deployments if d.kind == "provisioned"],
+        )
         self.tenancy = Tenancy(settings.tenants, settings.api_keys)
         self.governance = Governance.of(settings.deployments, settings.default_max_tokens)
 
@@ -74,7 +74,7 @@ class JobContext:
 
     async def close(self) -> None:
         """Close every connection."""
-        for queue in self.queues.values():
+        for queue in {id(q): q for q in self.queues.values()}.values():
             await queue.close()
         await self.files.store.close()
         await self.redis.aclose()

@@ -8,6 +8,14 @@ time), takes the batch's job lease and hands the job to the offload process
 all ingress replicas; its expiry lets another replica take over from one that died,
 and the jobs resume from what is in Redis (the cursor, the results), so a restart
 loses nothing and repeats nothing. A batch stays active until it is terminal.
+
+A high-priority batch's lines run in the ingress that accepted it (`batch.runner`), which
+beats `runner_at` into the batch every `RUNNER_BEAT_S` while they run. When that process
+died (or stopped) before its lines had their results, the beat goes stale and any
+ingress's sweeper resumes the run (`resume`): under the batch's job lease it checks the
+beat again, claims the run by beating, and calls the lines without a result, still at
+high priority (a line may have been called by the dead run, not answered: it is called
+again; its result is written once).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
@@ -31,9 +39,14 @@ from orchestrator.core.settings import Settings
 log = structlog.get_logger(__name__)
 
 SWEEP_S = 1.0
+RUNNER_BEAT_S = 2.0
+"""How often a high-priority batch's run writes `runner_at`."""
+RUNNER_STALE_S = 10.0
+"""A run whose last beat is older than this is gone (five beats: a Redis blip or a busy
+loop does not start a second run); any ingress resumes it."""
 _FIELDS = (
     "status", "total", "completed", "failed", "expanded", "final_status", "closed",
-    "expires_at", "priority", "closed_at",
+    "expires_at", "priority", "closed_at", "runner_at",
 )  # fmt: skip
 _URGENT = ("finalize", "close", "expire")
 """Jobs run before expansions: they finish batches and free their state."""
@@ -41,8 +54,9 @@ _URGENT = ("finalize", "close", "expire")
 
 def next_action(f: Mapping[str, str], now: float) -> str | None:
     """What the batch needs next: `forget` (terminal or gone), `expire`, `close` (give the
-    remaining lines their cancelled/expired result), `expand`, `finalize`, or None (its
-    lines are with the worker, or lines that were running when it stopped still are)."""
+    remaining lines their cancelled/expired result), `expand`, `finalize`, `resume` (a
+    high-priority run whose process is gone), or None (its lines are with the worker or a
+    live run, or lines that were running when it stopped still are)."""
     status = f.get("status")
     if not status or status in TERMINAL:
         return "forget"
@@ -62,7 +76,16 @@ def next_action(f: Mapping[str, str], now: float) -> str | None:
         return "close" if now >= closed_at + CLOSE_GRACE_S else None
     if f.get("priority") != "high" and f.get("expanded") != "1":
         return "expand"
-    return "finalize" if done else None
+    if done:
+        return "finalize"
+    if f.get("priority") == "high" and runner_gone(f, now):
+        return "resume"
+    return None
+
+
+def runner_gone(f: Mapping[str, str], now: float) -> bool:
+    """Whether a high-priority batch's run has stopped beating."""
+    return now - float(f.get("runner_at") or 0) >= RUNNER_STALE_S
 
 
 class BatchJobs:
@@ -87,6 +110,8 @@ class BatchJobs:
         self._job: asyncio.Task[None] | None = None
         self.outcomes: list[tuple[str, str, str]] = []
         """(batch, action, outcome) of the last jobs, newest last (tests, logs)."""
+        self.resume: Callable[[str], Awaitable[bool]] | None = None
+        """Resumes a high-priority batch's run in this process (`BatchRoutes.resume`)."""
 
     def kick(self) -> None:
         """Sweep now rather than at the next tick."""
@@ -120,9 +145,23 @@ class BatchJobs:
             elif action is not None:
                 due.append((0 if action in _URGENT else 1, batch_id, action))
         for _, batch_id, action in sorted(due, key=lambda d: d[0]):
+            if action == "resume":
+                await self._resume(batch_id)
+                continue
             if await self._store.lease(batch_id, self.owner, LEASE_S):
                 self._job = asyncio.create_task(self._run(batch_id, action))
                 return
+
+    async def _resume(self, batch_id: str) -> None:
+        """Resume a high-priority run, under the job lease (one replica at a time)."""
+        if self.resume is None or not await self._store.lease(batch_id, self.owner, LEASE_S):
+            return
+        try:
+            resumed = await self.resume(batch_id)
+        finally:
+            await self._store.release(batch_id, self.owner)
+        if resumed:
+            log.warning("batch_run_resumed", batch_id=batch_id, priority="high")
 
     async def _run(self, batch_id: str, action: str) -> None:
         outcome = "error"

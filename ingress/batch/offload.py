@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,8 +38,41 @@ NICENESS = 10
 kernel serves the ingress (interactive calls) first and batch work with what is left."""
 
 
-def _lower_priority() -> None:
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal the calling process gets when its parent dies."""
+PARENT_POLL_S = 1.0
+"""Without `PR_SET_PDEATHSIG`: how often the child checks that its parent lives."""
+
+
+def _start_child(parent: int) -> None:
+    """The initializer of an offload child: lower its priority, tie its life to `parent`."""
     os.nice(NICENESS)
+    die_with_parent(parent)
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when `parent` (its parent's pid at start) is gone."""
+    if not _death_signal():
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was asked for
+        os._exit(1)
+
+
+def _death_signal() -> bool:
+    """Ask Linux for SIGKILL when the parent dies; False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
 
 
 @contextlib.contextmanager
@@ -72,7 +109,7 @@ class Offload:
             else:
                 context = multiprocessing.get_context("spawn")
                 self._executor = ProcessPoolExecutor(
-                    1, mp_context=context, initializer=_lower_priority
+                    1, mp_context=context, initializer=_start_child, initargs=(os.getpid(),)
                 )
         return self._executor
 

@@ -16,6 +16,7 @@ file is gone. `request_counts` are live: the worker counts each line once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -31,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 from ingress.batch.deadline.window import deadline_of
 from ingress.batch.expiry import OUTPUT_EXPIRES, output_expiry
 from ingress.batch.files import Files
-from ingress.batch.jobs import BatchJobs
+from ingress.batch.jobs import RUNNER_BEAT_S, BatchJobs, runner_gone
 from ingress.batch.lines import line_request, requests_from
 from ingress.batch.paging import after_param, limit_param, page
 from ingress.batch.runner import BatchWork
@@ -54,6 +55,8 @@ from ingress.http.models import (
 from ingress.http.openapi import Reply, operation
 from ingress.metrics import IngressMetrics
 from orchestrator.core import keys
+from orchestrator.core.errors import StoreUnavailable
+from orchestrator.core.runtime import every
 from orchestrator.core.schemas import PRIORITY_HEADER, QueuedRequest
 from orchestrator.core.settings import Settings
 from orchestrator.core.tokens import estimate_prompt_tokens, requested_max_tokens
@@ -139,10 +142,12 @@ class BatchRoutes:
             "line_tokens_in": str(estimate_prompt_tokens(body0)),
             "line_tokens_out": str(requested_max_tokens(body0, self._default_max_tokens)),
         }  # fmt: skip
+        if priority == "high":
+            fields["runner_at"] = repr(now)
         await self._store.create(fields)
         if priority == "high":
             await self._store.transition(batch_id, ["validating"], "in_progress")
-            self._work.spawn(self._work.run_high(self._lines(fields)), "run_high")
+            self._work.spawn(self._run_high(fields), "run_high")
         self._jobs.kick()
         self._metrics.batch_created()
         log.info("batch_created", batch_id=batch_id, lines=meta["lines"], priority=priority)
@@ -203,6 +208,32 @@ class BatchRoutes:
         async for _, obj, _ in requests_from(await self._files.chunks(tenant, file_id)):
             return obj
         raise bad_request("the batch file has no requests", code="invalid_batch_file")
+
+    async def resume(self, batch_id: str) -> bool:
+        """Run a high-priority batch whose run is gone here (the caller holds its job lease);
+        False when it needs none (a live run beats, or it is no longer in progress)."""
+        fields = await self._store.fields(batch_id)
+        if fields.get("status") != "in_progress" or not runner_gone(fields, self._clock()):
+            return False
+        await self._store.update(batch_id, runner_at=repr(self._clock()))
+        self._work.spawn(self._run_high(fields), "run_high")
+        return True
+
+    async def _run_high(self, fields: dict[str, str]) -> None:
+        """Call a high-priority batch's lines, beating `runner_at` while they run."""
+        batch_id = fields["id"]
+
+        async def beat() -> None:
+            await self._store.update(batch_id, runner_at=repr(self._clock()))
+
+        beating = asyncio.ensure_future(
+            every(RUNNER_BEAT_S, beat, event="batch_runner_beat_failed",
+                  errors=(StoreUnavailable,), batch_id=batch_id)
+        )  # fmt: skip
+        try:
+            await self._work.run_high(self._lines(fields))
+        finally:
+            beating.cancel()
 
     async def _lines(self, f: dict[str, str]) -> AsyncIterator[QueuedRequest]:
         """The lines of a high-priority batch as requests, read as they are needed."""

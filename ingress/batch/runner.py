@@ -6,9 +6,10 @@ high-priority proxy (spillover and token events included), `concurrency` at a
 time, through the worker's attempt loop (`calls.attempts.run_attempts`: 429/408/5xx
 retried, `retry-after-ms` or a capped jittered backoff, up to `PTU_MAX_ATTEMPTS`) and the
 worker's result document (`calls.outcome.settlement`). This
-run lives in the process that accepted the batch: if that process stops, its
-unfinished lines stay queued-state and the batch stays in progress until cancelled.
-Low priority, the default, is durable.
+run lives in the process that accepted the batch, which beats while it runs: if that
+process stops, the sweeper of any ingress resumes the run once the beat is stale
+(`batch.jobs`), calling the lines that have no result yet. Low priority, the default,
+is queued.
 
 Cancelling, expiring and finalising any batch are jobs (`ingress.batch.job`);
 `ResultStore.complete` is idempotent, so a line is never counted twice.

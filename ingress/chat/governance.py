@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 from ingress.http.models import ChatCompletionRequest, ResponsesRequest, validated
 from orchestrator.core import capacity
 from orchestrator.core.capacity import LimitField
+from orchestrator.core.pools import pools_of
 from orchestrator.core.schemas import Endpoint
 from orchestrator.core.settings import DeploymentConfig
 
@@ -150,6 +151,11 @@ def rules(deployments: Iterable[DeploymentConfig]) -> dict[str, Rule]:
         fields = {field_of(c) for c in chain}
         field: LimitField = "max_tokens" if fields == {"max_tokens"} else "max_completion_tokens"
         out[d.name] = Rule(field, d.governance)
+    for pool in pools_of(list(configs.values())).values():  # a call may reach any member
+        ruled = [out[m.name] for m in pool.members]
+        taken = {r.field for r in ruled}
+        pooled: LimitField = "max_tokens" if taken == {"max_tokens"} else "max_completion_tokens"
+        out[pool.name] = Rule(pooled, all(r.enabled for r in ruled))
     return out
 
 

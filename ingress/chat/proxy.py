@@ -17,6 +17,8 @@ final `response.completed` event.
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx2
 from starlette.responses import Response
 
@@ -34,6 +36,9 @@ from ingress.chat.transport import Transport
 from ingress.http.errors import ApiError
 from ingress.metrics import IngressMetrics
 from orchestrator.telemetry.base import OFF, Telemetry
+
+CLIENT_CLOSED = 499
+"""The status an answer nobody received is counted and logged with (nginx's convention)."""
 
 __all__ = ["Call", "Proxy"]
 
@@ -69,6 +74,9 @@ class Proxy:
         except ApiError as exc:
             recorder.ended(call, call.target.name, exc.status, started, None, None, None)
             raise
+        except asyncio.CancelledError:  # the client hung up before the answer
+            recorder.ended(call, call.target.name, CLIENT_CLOSED, started, None, None, None)
+            raise
         ttfb = recorder.timer() - started
         resp, used = answer.resp, answer.used
         # The request decides: some upstreams stream without `text/event-stream`.
@@ -87,7 +95,8 @@ class Proxy:
         recorder.ended(call, answer.served, resp.status_code, started, ttfb, usage, reason, tier)
         out = Response(content, status_code=resp.status_code)
         out.raw_headers.extend(passed_headers(resp.headers.raw))
-        out.raw_headers.extend(answered_by(call.target.name, answer.served))
+        asked = answer.served if call.target.speaks_for(answer.served) else call.target.name
+        out.raw_headers.extend(answered_by(asked, answer.served))
         return out
 
     def __repr__(self) -> str:

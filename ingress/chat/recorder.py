@@ -104,18 +104,20 @@ class CallRecorder:
         call.span.end(status_code, usage=usage, finish_reason=finish_reason)
         if self._accounting is None:
             return
+        # a pool's call names the member that served it, as x-ptu-deployment does
+        asked = served if call.target.speaks_for(served) else call.target.name
         self._accounting.finished(
             Outcome(
                 request_id=call.request_id,
                 tenant=call.tenant,
-                deployment=call.target.name,
+                deployment=asked,
                 priority=call.priority,
                 status_code=status_code,
                 latency_s=self.timer() - started,
                 ttfb_s=ttfb_s,
                 usage=usage,
                 finish_reason=finish_reason,
-                spillover=served if served != call.target.name else None,
+                spillover=served if served != asked else None,
                 service_tier=service_tier,
             )
         )

@@ -28,6 +28,7 @@ from ingress.http.answers import QueuedRequestStatus
 from ingress.http.auth import Authenticator
 from ingress.http.body import parse_object, read_body
 from ingress.http.errors import ApiError, bad_request
+from ingress.http.limits import unless_disconnected
 from ingress.http.models import (
     AzureChatPath,
     AzureChatQuery,
@@ -191,7 +192,7 @@ class ChatRoutes:
         self._metrics.request(priority)
         target = target_for(self._targets, deployment)
         stream = body.get("stream") is True
-        request_id = self._enqueuer.new_id() if priority == "low" else new_request_id()
+        request_id = self._enqueuer.new_id(tenant) if priority == "low" else new_request_id()
         access.note(deployment=target.name, priority=priority, request_id=request_id)
         await self._limits.admit(tenant, target.name, priority, request_id, body)
         ceiling = self._limits.ceiling(tenant, self._ceiling)
@@ -229,7 +230,10 @@ class ChatRoutes:
             tenant=tenant,
             endpoint=endpoint,
         )
-        return _capped(await self._proxy.forward(call), governed)
+        # a client that hangs up before the answer cancels the call (a stream's relay
+        # watches for it itself once the answer starts)
+        answer = await unless_disconnected(request.receive, self._proxy.forward(call))
+        return _capped(answer, governed)
 
     async def _enqueue(
         self,

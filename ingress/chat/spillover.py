@@ -1,6 +1,7 @@
 """The walk along a deployment's spillover chain until one target answers usefully.
 
-A target is skipped while its breaker (of the call's API surface) is open (reason
+A pool's call walks its members, ranked per call by `chat.pool`, then the first member's
+own chain. A target is skipped while its breaker (of the call's API surface) is open (reason
 `circuit_open`) unless it is the last one left; a 429, 408, 5xx, 401/403, timeout or
 connection error moves the call on to the next target; the last target's answer (or
 error) is the client's. On a 429 with
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from ingress.chat.call import Answer, Call
+from ingress.chat.pool import PoolRouter
 from ingress.chat.recorder import CallRecorder
 from ingress.chat.targets import Target
 from ingress.chat.transport import NoResponse, Transport
@@ -47,6 +49,8 @@ class SpilloverPolicy:
     breakers: Mapping[tuple[str, Surface], SharedBreaker] = field(default_factory=dict)
     """Each deployment's breaker per API surface (`breaker.shared.surface_of`)."""
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    pools: PoolRouter | None = None
+    """Ranks a pool's members for each call (`chat.pool`); None: no pools configured."""
 
 
 def spill_reason(status: int) -> str | None:
@@ -79,7 +83,7 @@ class Spillover:
 
     async def answer(self, call: Call, base: list[tuple[bytes, bytes]]) -> Answer:
         """The first useful answer along the chain (the last target's, whatever it is)."""
-        chain = [call.target, *call.target.spillover]
+        chain = await self._chain(call)
         while chain:
             target, rest = chain[0], chain[1:]
             breaker = self.policy.breakers.get((target.name, surface_of(call.endpoint)))
@@ -98,6 +102,17 @@ class Spillover:
             self._spilled(call, target, rest[0], reason)
             chain = rest
         raise AssertionError("the last target always answers")  # pragma: no cover
+
+    async def _chain(self, call: Call) -> list[Target]:
+        """The targets to walk: a deployment and its chain, or a pool's members ranked."""
+        target = call.target
+        if not target.members:
+            return [target, *target.spillover]
+        pools = self.policy.pools
+        if pools is None:
+            return [*target.members]
+        surface = surface_of(call.endpoint)
+        return await pools.chain(target, surface, call.prompt_tokens, call.max_tokens)
 
     async def _try(
         self,
@@ -118,6 +133,9 @@ class Spillover:
             admitted = self._recorder.admit(call, target)
             try:
                 answer = await self._transport.send(target, call, headers, admitted)
+            except asyncio.CancelledError:  # the client hung up: refund the admitted budget
+                self._recorder.finished(admitted, call, target, None)
+                raise
             except NoResponse as failed:
                 self._recorder.finished(admitted, call, target, None)
                 if breaker is not None:

@@ -1,6 +1,18 @@
-"""The relay of a streamed answer: SSE event by event, recorded once when it ends."""
+"""The relay of a streamed answer: SSE event by event, recorded once when it ends.
+
+A client that hangs up ends the relay at once: a watcher waits for the client's
+`http.disconnect` beside the relay, and cancels it; closing the upstream response closes
+its connection, which is how an HTTP caller cancels a call (Azure stops generating, the
+PTU capacity goes back to whoever reads). Without the watcher the relay would read the
+upstream to its end (the server drops writes to a gone client silently), spending
+capacity nobody reads. What was relayed is still recorded: the usage chunk never came, so
+the completion tokens are the content events relayed (`SSEFilter.content_events`).
+"""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
 
 import httpx2
 import structlog
@@ -12,6 +24,7 @@ from ingress.chat.headers import answered_by, passed_headers
 from ingress.chat.recorder import CallRecorder
 from ingress.chat.sniff import finish_reason_in, service_tier_in
 from ingress.chat.sse import SSEFilter
+from ingress.http.limits import hung_up
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +50,8 @@ class UpstreamStream(Response):
             (k, v) for k, v in passed_headers(upstream.headers.raw) if k != b"content-type"
         ]
         self.raw_headers.append((b"content-type", b"text/event-stream"))
-        self.raw_headers.extend(answered_by(call.target.name, answer.served))
+        asked = answer.served if call.target.speaks_for(answer.served) else call.target.name
+        self.raw_headers.extend(answered_by(asked, answer.served))
         self._answer = answer
         recorder.observed(call, answer)
         self._sse = sse
@@ -51,6 +65,23 @@ class UpstreamStream(Response):
             self._service_tier = service_tier_in(chunk) or self._service_tier
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Relay the stream until it ends or the client hangs up, whichever is first."""
+        relay = asyncio.ensure_future(self._relay(send))
+        watch = asyncio.ensure_future(hung_up(receive))
+        try:
+            await asyncio.wait((relay, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # cancelled ourselves (shutdown), or the client left: the relay ends now
+            for task in (relay, watch):
+                task.cancel()
+            if watch.done() and not watch.cancelled() and not relay.done():
+                log.info("stream_client_disconnected", request_id=self._call.request_id)
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+
+    async def _relay(self, send: Send) -> None:
         """Send the status, then each whole event as it arrives."""
         sse, answer = self._sse, self._answer
         try:

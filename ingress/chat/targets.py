@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx2
 
 from ingress.chat.credentials import UpstreamAuth
+from ingress.chat.shards import ShardedTransport
 from ingress.http.errors import ApiError
 from orchestrator.calls.no_cookies import NoCookieJar
 from orchestrator.core.settings import Settings
@@ -27,7 +28,9 @@ class Target:
     credential of the deployment's resource (None: the proxy's default credential);
     `responses_url` its resource's Responses API; `native` the standard deployment Azure
     spills this one's calls to (sent as `x-ms-spillover-deployment`); `service_tier` what
-    calls to this deployment, as an entry of a chain, ask for.
+    calls to this deployment, as an entry of a chain, ask for. A pool's Target
+    (`core.pools`) has its `members`, each a deployment's Target; which one a call goes to
+    is chosen per call (`chat.pool`).
     """
 
     name: str
@@ -38,6 +41,11 @@ class Target:
     responses_url: str = LOCAL_ENDPOINT + RESPONSES_PATH
     native: str | None = None
     service_tier: str | None = None
+    members: tuple[Target, ...] = ()
+
+    def speaks_for(self, served: str) -> bool:
+        """Whether an answer from `served` is this target's own (itself or a pool member)."""
+        return served == self.name or any(m.name == served for m in self.members)
 
 
 def targets(
@@ -56,7 +64,7 @@ def targets(
             d.name, url, d.kind == "provisioned", (), auths.get(d.name),
             responses_url=endpoint + RESPONSES_PATH,
         )  # fmt: skip
-    return {
+    known = {
         d.name: dataclasses.replace(
             plain[d.name],
             spillover=tuple(
@@ -66,18 +74,30 @@ def targets(
         )
         for d in settings.deployments
     }
+    for pool in settings.pools.values():
+        members = tuple(known[m.name] for m in pool.members)
+        first = members[0]
+        known[pool.name] = Target(
+            pool.name, first.url, True, (), first.auth,
+            responses_url=first.responses_url, members=members,
+        )  # fmt: skip
+    return known
 
 
 def make_client(settings: Settings) -> httpx2.AsyncClient:
     """The one pooled HTTP/1.1 keep-alive client for every upstream call.
 
-    Cookies are never stored (`calls/no_cookies`): the client is shared by all tenants.
+    Cookies are never stored (`calls/no_cookies`): the client is shared by all tenants. Its
+    connections are kept in several small pools (`chat/shards`): a call's cost does not grow
+    with the connections open.
     """
+    limits = httpx2.Limits(
+        max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0
+    )
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(settings.request_timeout_s, connect=10.0),
-        limits=httpx2.Limits(
-            max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0
-        ),
+        limits=limits,
+        transport=ShardedTransport(limits),
         cookies=NoCookieJar(),
         follow_redirects=False,
     )

@@ -48,6 +48,11 @@ class TokenEvents:
         self._tasks = TaskSet()
 
     @property
+    def sink(self) -> TokenRecorder | None:
+        """Where the events go (None: nowhere)."""
+        return self._sink
+
+    @property
     def enabled(self) -> bool:
         """True when a sink is configured."""
         return self._sink is not None

@@ -20,6 +20,7 @@ a redelivery is still recognised as done). Another tenant's id is unknown (404).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Final
 
 from openai.types.responses import Response as ResponseObject
@@ -31,9 +32,11 @@ from ingress.http.errors import ApiError, bad_request
 from ingress.http.models import ResponsePath
 from ingress.http.openapi import Reply, operation
 from ingress.queued.enqueue import Enqueuer, unavailable
+from ingress.queued.requests import lost
 from orchestrator.core import keys
 from orchestrator.core.boundary import redis_boundary
 from orchestrator.core.errors import StoreUnavailable
+from orchestrator.core.losses import is_lost
 from orchestrator.core.redis_replies import text
 from orchestrator.core.results import RequestState, ResultStore
 from orchestrator.core.schemas import QueuedRequest, ResultDocument
@@ -117,7 +120,17 @@ def not_found(response_id: str) -> ApiError:
 class BackgroundResponses:
     """Create (with the enqueuer), retrieve, cancel and delete background responses."""
 
-    def __init__(self, results: ResultStore, enqueuer: Enqueuer, auth: Authenticator) -> None:
+    def __init__(
+        self,
+        results: ResultStore,
+        enqueuer: Enqueuer,
+        auth: Authenticator,
+        *,
+        vanished: Callable[[str, str], ApiError | None] = lambda _id, _tenant: None,
+    ) -> None:
+        self._vanished = vanished
+        """The 410 of an id this data set issued to the tenant whose record is gone (Redis
+        lost it: `ingress/queued/requests`), None for an unknown id."""
         self._results = results
         self._redis = results.redis
         self._enqueuer = enqueuer
@@ -155,7 +168,12 @@ class BackgroundResponses:
         tenant = self._auth.tenant(request.headers)
         response_id = request.path_params["response_id"]
         raw = await self._read(keys.background_response(response_id))
-        state = await self._results.get(response_id) if raw is not None else None
+        state = await self._results.get(response_id)
+        if raw is None and state is None:  # never here, or lost with Redis's data
+            raise self._vanished(response_id, tenant) or not_found(response_id)
+        if raw is None and state is not None and state.tenant == tenant:
+            if state.result is not None and is_lost(state.result):  # sealed by a poll
+                raise lost(response_id)
         if raw is None or state is None or state.tenant != tenant:
             raise not_found(response_id)
         accepted: dict[str, Any] = json.loads(text(raw))

@@ -5,6 +5,13 @@ Order matters for "nothing half-enqueued": the request record is written first
 is put; if the put fails the record is deleted and the client gets 503 with
 `retry-after`, so a request is either fully accepted or not at all.
 
+"Accepted" means on a replica too (`core/replication`, `PTU_REDIS_WAIT_REPLICAS`): the
+put waits for the queue entry, then the record is confirmed, before the 202. When a
+replica does not confirm in `PTU_REDIS_WAIT_TIMEOUT_MS` the client gets 503 with
+`retry-after` as well, and the request is given a `not_accepted` result first, so a copy
+of its message that survives on the master is settled, never called: the client that
+retries is not billed twice.
+
 `x-reply-key` (optional) names the Redis list the result is pushed to; it must
 lie in the caller's namespace, `ptu:reply:<tenant>:<anything>`, so a tenant can
 never write into another tenant's keys. Without it the reply key is
@@ -29,9 +36,10 @@ from ingress.http.errors import ApiError
 from ingress.http.models import parse_reply_key
 from ingress.metrics import IngressMetrics
 from orchestrator.core import keys
-from orchestrator.core.errors import QueueUnavailable, StoreUnavailable
+from orchestrator.core.errors import NotReplicated, QueueUnavailable, StoreUnavailable
+from orchestrator.core.replication import Replication
 from orchestrator.core.results import ResultStore
-from orchestrator.core.schemas import Endpoint, QueuedRequest
+from orchestrator.core.schemas import Endpoint, QueuedRequest, ResultDocument
 from orchestrator.queues.base import Queue
 from orchestrator.telemetry.base import OFF, Telemetry
 
@@ -69,9 +77,11 @@ class Enqueuer:
         metrics: IngressMetrics,
         *,
         clock: Callable[[], float] = time.time,
-        ids: Callable[[], str] = new_request_id,
+        ids: Callable[[str], str] = lambda _tenant: new_request_id(),
         telemetry: Telemetry = OFF,
+        replication: Replication | None = None,
     ) -> None:
+        self._replication = replication
         self._telemetry = telemetry
         self._results = results
         self._queues = queues
@@ -85,9 +95,9 @@ class Enqueuer:
         """Where the requests this enqueuer registers are recorded."""
         return self._results
 
-    def new_id(self) -> str:
-        """A fresh id for a request this ingress will queue (see `ids`)."""
-        return self._ids()
+    def new_id(self, tenant: str) -> str:
+        """A fresh id for a request of `tenant` this ingress will queue (see `ids`)."""
+        return self._ids(tenant)
 
     def build(
         self,
@@ -108,7 +118,7 @@ class Enqueuer:
         `reply_key` (trusted, set by the ingress itself) wins over `reply_key_header`
         (the client's, checked against its namespace).
         """
-        rid = request_id or self._ids()
+        rid = request_id or self._ids(tenant)
         now = self.clock()
         return QueuedRequest(
             id=rid,
@@ -142,6 +152,13 @@ class Enqueuer:
         try:
             with self._telemetry.producing(req):  # carries the trace in the message
                 await queue.put(req)
+            if self._replication is not None:
+                if not await self._replication.confirm(keys.request(req.id)):
+                    raise NotReplicated(f"request record {req.id}: not on a replica in time")
+        except NotReplicated as exc:
+            self._metrics.enqueue_failed(req.deployment)
+            await asyncio.shield(self._refuse(req))
+            raise unavailable(str(exc)) from exc
         except (QueueUnavailable, StoreUnavailable) as exc:
             self._metrics.enqueue_failed(req.deployment)
             await self._forget(req.id)
@@ -170,6 +187,24 @@ class Enqueuer:
                 log.warning("enqueue_many_stopped", enqueued=done, total=len(reqs))
                 raise failures[0]
         return done
+
+    async def _refuse(self, req: QueuedRequest) -> None:
+        """The `not_accepted` result of a request answered 503 after its put (see the
+        module docstring); its record stays, so a poll says what happened."""
+        error = {
+            "code": "not_accepted",
+            "type": "server_error",
+            "message": "the state store did not replicate the request in time; it was "
+            "answered 503 and will not run",
+        }
+        doc = ResultDocument.for_request(
+            req, "failed", completed_at=self.clock(), attempts=0, status_code=503, error=error
+        )
+        try:
+            await self._results.complete_if_queued(doc, req.reply_key)
+        except StoreUnavailable as exc:
+            log.error("enqueue_refuse_failed", request_id=req.id, error=repr(exc))
+        log.warning("enqueue_not_replicated", request_id=req.id, deployment=req.deployment)
 
     async def _forget(self, request_id: str) -> None:
         try:

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from orchestrator.core import redis_client, startup
 from orchestrator.core.errors import ConfigError, PTUError
+from orchestrator.core.pools import queue_key
 from orchestrator.core.results import ResultStore
 from orchestrator.core.settings import Settings
 from orchestrator.queues.dead_letter import DeadLetter, DeadLetterStore
@@ -30,13 +31,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings | None) -> int:
     """Run one action against the chosen deployments' stores."""
     assert settings is not None
-    names = args.deployment or [d.name for d in settings.deployments if d.kind == "provisioned"]
-    unknown = [n for n in names if settings.deployment(n) is None]
-    if unknown:
-        raise ConfigError(f"--deployment: no deployment named {unknown[0]!r} in PTU_DEPLOYMENTS")
+    names = stores_for(settings, args.deployment)
     if args.action in ("show", "replay", "purge") and not args.ids and not args.all:
         raise PTUError(f"dlq {args.action}: give entry or request ids, or --all")
     return asyncio.run(_run(args, settings, names))
+
+
+def stores_for(settings: Settings, names: list[str] | None) -> list[str]:
+    """The dead-letter stores `--deployment` names (every provisioned one's by default).
+
+    A pool's dead letters are kept under the pool's name, like its queue: a pool's or a
+    member's name means the pool's store. ConfigError for a name that is neither.
+    """
+    if not names:
+        names = [d.name for d in settings.deployments if d.kind == "provisioned"]
+    unknown = [n for n in names if settings.deployment(n) is None and n not in settings.pools]
+    if unknown:
+        raise ConfigError(
+            f"--deployment: no deployment or pool named {unknown[0]!r} in PTU_DEPLOYMENTS"
+        )
+    keys_ = [queue_key(d) if (d := settings.deployment(n)) is not None else n for n in names]
+    return list(dict.fromkeys(keys_))
 
 
 async def _run(args: argparse.Namespace, settings: Settings, names: list[str]) -> int:

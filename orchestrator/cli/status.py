@@ -41,6 +41,7 @@ from orchestrator.core.errors import (
     StoreUnavailable,
     UtilisationUnavailable,
 )
+from orchestrator.core.pools import queue_key
 from orchestrator.core.results import result_counts
 from orchestrator.core.runtime import pause, run_until_signal
 from orchestrator.core.schemas import WorkClass
@@ -93,6 +94,8 @@ class Row:
     """Model, observed value and correction behind `utilisation` (calibrated estimate)."""
     class_depth: Mapping[WorkClass, int] | None = None
     """The queue's depth (waiting or in flight) per queued class."""
+    pool: str | None = None
+    """The PTU pool this deployment is a member of: its queue and dead letters are the pool's."""
 
 
 _BEAT_FIELDS = {
@@ -148,7 +151,7 @@ async def collect(
         except UtilisationUnavailable:
             reading = None
         limit, reason = limit_for(reading, now, source.max_age_s, curve)
-        queue = make_queue(settings, d.name, redis, "ptu-status")
+        queue = make_queue(settings, queue_key(d), redis, "ptu-status")
         try:
             by_class: dict[WorkClass, int] | None = await depth_by_class(queue)
         except QueueUnavailable:
@@ -171,9 +174,10 @@ async def collect(
                 workers=workers.get(d.name, WorkerSummary()),
                 circuit=view.state,
                 circuit_left_s=view.open_left_s,
-                dead_letters=await DeadLetterStore(redis, d.name).depth(),
+                dead_letters=await DeadLetterStore(redis, queue_key(d)).depth(),
                 counts=counts,
                 calibration=None if reading is None else reading.calibration,
+                pool=d.pool,
             )
         )
     return rows

@@ -76,7 +76,7 @@ def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None =
         w = r.workers
         completed, failed, expired, spilled = result_counts(r)
         table.add_row(
-            r.deployment,
+            name_cell(r),
             utilisation_cell(r),
             _num(r.reading_age_s, "{:.1f}s"),
             *calibration_cells(r.calibration),
@@ -95,6 +95,11 @@ def render(rows: Sequence[Row], source: str, marker: incarnation.Marker | None =
             str(r.dead_letters),
         )
     return table
+
+
+def name_cell(row: Row) -> str:
+    """The deployment's name, and its pool's when it is a member of one."""
+    return row.deployment if row.pool is None else f"{row.deployment} (pool {row.pool})"
 
 
 def class_cell(by_class: Mapping[WorkClass, int] | None) -> str:
@@ -182,7 +187,7 @@ def render_compact(
         w = r.workers
         age = "" if r.reading_age_s is None or r.stale else f" {r.reading_age_s:.1f}s"
         table.add_row(
-            r.deployment,
+            name_cell(r),
             utilisation_cell(r) + age,
             f"{r.limit}/{r.max_concurrency}",
             str(w.requests),

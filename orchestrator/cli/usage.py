@@ -13,6 +13,11 @@ measured in). Standard (pay-as-you-go) deployments have no PTU cost: with their
 `input_price_per_mtok` / `output_price_per_mtok` set in `PTU_DEPLOYMENTS`, their tokens
 (among them the calls Azure spilled over to them from a PTU, which are charged to the
 standard deployment that served them, never to the PTU) cost `payg_cost`.
+
+PTU pools: usage is recorded on the member that served each call, so `--by deployment`
+shows each member (with its `pool` column) and its own PTU cost, at its own price
+(`ptu_hourly_price` of its `PTU_DEPLOYMENTS` entry, else `PTU_PTU_HOURLY_PRICE`);
+`--by pool` adds the members up (a deployment in no pool is its own line).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import io
 import json
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +38,7 @@ from orchestrator.cli.batch_costs import COLUMNS as BATCH_COLUMNS
 from orchestrator.cli.batch_costs import batch_rows
 from orchestrator.core import redis_client, startup
 from orchestrator.core.errors import PTUError
+from orchestrator.core.pools import pool_of_names
 from orchestrator.core.settings import Settings
 from orchestrator.tenants.config import Tenancy
 from orchestrator.tenants.ledger import HOUR_S, UsageLedger, UsageRow
@@ -49,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--until", default="now", help="ISO time, an age, or 'now'")
     parser.add_argument(
-        "--by", choices=("tenant", "deployment", "batch"), default="tenant",
+        "--by", choices=("tenant", "deployment", "pool", "batch"), default="tenant",
         help="batch: each batch created in the period, its lines per target and its cost",
     )  # fmt: skip
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -102,9 +108,12 @@ def summarise(
     """One line per tenant or deployment, with cost columns when a PTU price is set."""
     lines: dict[str, dict[str, Any]] = {}
     equivalents: dict[tuple[str, str], float] = {}
+    pools = pool_of_names(settings.deployments)
     for row in rows:
-        key = row.tenant if by == "tenant" else row.deployment
+        key = _key(row, by, pools)
         line = lines.setdefault(key, {by: key, **dict.fromkeys(COLUMNS, 0)})
+        if by == "deployment" and pools:
+            line["pool"] = pools.get(row.deployment, "")
         line["requests"] += row.requests
         line["prompt_tokens"] += row.prompt_tokens
         line["cached_tokens"] += row.cached_tokens
@@ -124,9 +133,11 @@ def summarise(
             equivalents[pair] = (
                 equivalents.get(pair, 0.0) + row.prompt_tokens + row.completion_tokens * weight
             )
-    price = settings.ptu_hourly_price
-    if price is not None:
-        costs = _costs(equivalents, settings, period, price, by)
+    priced = settings.ptu_hourly_price is not None or any(
+        d.ptu_hourly_price is not None for d in settings.deployments
+    )
+    if priced:
+        costs = _costs(equivalents, settings, period, by)
         total = sum(costs.values())
         for key, line in lines.items():
             line["ptu_cost"] = round(costs.get(key, 0.0), 2)
@@ -141,20 +152,22 @@ def _costs(
     equivalents: dict[tuple[str, str], float],
     settings: Settings,
     period: Period,
-    price: float,
     by: str,
 ) -> dict[str, float]:
-    """Each tenant's (or deployment's) part of the PTU cost of the used deployments."""
+    """Each tenant's (deployment's, pool's) part of the PTU cost of the used deployments,
+    each deployment at its own price (else `PTU_PTU_HOURLY_PRICE`)."""
     out: dict[str, float] = {}
     for d in settings.deployments:
-        if d.kind != "provisioned" or d.ptus is None:
+        price = d.ptu_hourly_price if d.ptu_hourly_price is not None else settings.ptu_hourly_price
+        if d.kind != "provisioned" or d.ptus is None or price is None:
             continue
         cost = price * d.ptus * period.hours
         used = {t: v for (t, name), v in equivalents.items() if name == d.name}
         total = sum(used.values())
-        if by == "deployment":
+        if by in ("deployment", "pool"):
+            key = d.pool if by == "pool" and d.pool is not None else d.name
             if total:
-                out[d.name] = out.get(d.name, 0.0) + cost
+                out[key] = out.get(key, 0.0) + cost
             continue
         for tenant, value in used.items():
             if total:
@@ -162,9 +175,19 @@ def _costs(
     return out
 
 
+def _key(row: UsageRow, by: str, pools: Mapping[str, str]) -> str:
+    if by == "tenant":
+        return row.tenant
+    if by == "pool":
+        return pools.get(row.deployment, row.deployment)
+    return row.deployment
+
+
 def render(lines: Sequence[dict[str, Any]], fmt: str, by: str, period: Period) -> str:
     """The summary as a table, CSV or JSON."""
-    columns = [by, *(BATCH_COLUMNS if by == "batch" else COLUMNS)]
+    columns = [by, *(["pool"] if lines and "pool" in lines[0] else []), *COLUMNS]
+    if by == "batch":
+        columns = [by, *BATCH_COLUMNS]
     if lines and "ptu_cost" in lines[0]:
         columns += ["ptu_share", "ptu_cost"]
     if lines and "payg_cost" in lines[0]:

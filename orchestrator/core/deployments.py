@@ -50,11 +50,36 @@ def without_password(url: str) -> str:
     return f"{scheme}{slashes}{hidden}@{host}"
 
 
+def seed_urls(url: str) -> list[str]:
+    """One URL per node of a URL naming several, comma-separated: `redis://:pw@h1:7000,
+    h2:7001/0` → `redis://:pw@h1:7000/0`, `redis://:pw@h2:7001/0` (a Redis Cluster's seed
+    nodes, `PTU_REDIS_CLUSTER=true`); `[url]` for a URL naming one."""
+    scheme, slashes, rest = url.partition("://")
+    if not slashes:
+        return [url]
+    netloc, sep, tail = rest.partition("/")
+    if "?" in netloc:  # no path: the query follows the hosts
+        netloc, _, query = netloc.partition("?")
+        sep, tail = "", "?" + query
+    user, at, hosts = netloc.rpartition("@")
+    if "," not in hosts:
+        return [url]
+    return [f"{scheme}://{user}{at}{host.strip()}{sep}{tail}" for host in hosts.split(",")]
+
+
 def check_redis_url(value: str) -> str:
-    """`redis://`, `rediss://` or `unix://` with a numeric database index (raises ValueError).
+    """`redis://`, `rediss://` or `unix://` with a numeric database index (raises ValueError);
+    several comma-separated `HOST:PORT` (seed nodes) each checked so.
 
     The errors name the URL without its password.
     """
+    seeds = seed_urls(value)
+    if len(seeds) > 1:
+        for seed in seeds:
+            if not urlsplit(seed).hostname:
+                raise ValueError(f"{without_password(value)!r}: a seed node without a host")
+            check_redis_url(seed)
+        return value
     parts = urlsplit(value)
     shown = repr(without_password(value))
     if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
@@ -147,6 +172,13 @@ class DeploymentConfig(BaseModel):
     overflow: list[OverflowEntry] = Field(
         default_factory=list,
         description="provisioned: where batch lines go that would miss their deadline",
+    )
+    pool: str | None = Field(
+        default=None, min_length=1,
+        description="the pool this PTU deployment is a member of (clients may name the pool)",
+    )  # fmt: skip
+    ptu_hourly_price: float | None = Field(
+        default=None, ge=0, description="price of one PTU-hour here (default PTU_PTU_HOURLY_PRICE)"
     )
     wait_s: float | None = Field(
         default=None, ge=0, le=MAX_HELD_S,

@@ -48,6 +48,11 @@ class QueueUnavailable(PTUError):
     """The queue backend cannot be reached."""
 
 
+class NotReplicated(QueueUnavailable):
+    """A write reached the master but not its replicas in time (`core/replication`): it
+    would not survive a failover, so the request it carried is not accepted."""
+
+
 class StoreUnavailable(PTUError):
     """A store held in Redis could not be read or written (the store and operation named).
 

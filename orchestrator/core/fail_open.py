@@ -9,11 +9,14 @@ by `what` (`on_fail_open`, the ingress's `ptu_ingress_redis_fail_open_total{what
 logged at most once per `LOG_EVERY_S` per `what`, with how many went unlogged.
 
 One failure opens a cool-down of `cooldown_s` during which every call fails open at once,
-without trying Redis: during an outage or a hang only one call per cool-down pays the
-deadline, so the interactive path keeps its normal latency. The deadline cancels the
-command; redis-py drops a connection cancelled mid-reply, so no later command reads a
-stale answer. A low-priority call is not made through here: it needs Redis to store the
-request and answers 503 with `retry-after` without it.
+without trying Redis. After it, while no call has succeeded since the failure, a call
+still fails open at once and runs its work in the background as a trial (one at a time,
+under the same deadline): its success ends the failing state, its failure starts another
+cool-down. So during an outage or a hang only the call that met the first failure pays
+the deadline, and the interactive path keeps its normal latency however long it lasts.
+The deadline cancels the command; redis-py drops a connection cancelled mid-reply, so no
+later command reads a stale answer. A low-priority call is not made through here: it
+needs Redis to store the request and answers 503 with `retry-after` without it.
 """
 
 from __future__ import annotations
@@ -46,7 +49,16 @@ FAILURES = (StoreUnavailable, RedisError, OSError, TimeoutError)
 class FailOpen:
     """The deadline, cool-down and counting of the Redis calls one process can do without."""
 
-    __slots__ = ("_clock", "_logged", "_on_fail_open", "_skip_until", "budget_s", "cooldown_s")
+    __slots__ = (
+        "_clock",
+        "_failing",
+        "_logged",
+        "_on_fail_open",
+        "_skip_until",
+        "_trial",
+        "budget_s",
+        "cooldown_s",
+    )
 
     def __init__(
         self,
@@ -61,6 +73,9 @@ class FailOpen:
         self._clock = clock
         self._on_fail_open = on_fail_open
         self._skip_until = float("-inf")
+        self._failing = False
+        """A call failed and none has succeeded since: calls do not wait on Redis."""
+        self._trial: asyncio.Task[None] | None = None
         self._logged: dict[str, tuple[float, int]] = {}
         """what -> (when it was last logged, fail-opens since then not logged)."""
 
@@ -78,16 +93,38 @@ class FailOpen:
         budget_s: float | None = None,
     ) -> T:
         """`work()`'s result within the deadline, else `default` (counted and logged)."""
-        if self.cooling:
+        budget = self.budget_s if budget_s is None else budget_s
+        if self._failing:
+            if not self.cooling and (self._trial is None or self._trial.done()):
+                self._trial = asyncio.create_task(self._try(work, budget), name="fail-open-trial")
             self._failed(what, None)
             return default
         try:
-            async with asyncio.timeout(self.budget_s if budget_s is None else budget_s):
+            async with asyncio.timeout(budget):
                 return await work()
         except FAILURES as exc:
-            self._skip_until = self._clock() + self.cooldown_s
+            self._fail()
             self._failed(what, exc)
             return default
+
+    async def settled(self) -> None:
+        """Wait for the background trial, if one runs (tests, shutdown)."""
+        if self._trial is not None:
+            await asyncio.gather(self._trial, return_exceptions=True)
+
+    async def _try(self, work: Callable[[], Awaitable[object]], budget_s: float) -> None:
+        try:
+            async with asyncio.timeout(budget_s):
+                await work()
+        except FAILURES:
+            self._fail()
+            return
+        self._failing = False
+        log.info("redis_fail_open_ended")
+
+    def _fail(self) -> None:
+        self._failing = True
+        self._skip_until = self._clock() + self.cooldown_s
 
     def _failed(self, what: str, exc: BaseException | None) -> None:
         if self._on_fail_open is not None:
@@ -107,4 +144,4 @@ class FailOpen:
         )
 
     def __repr__(self) -> str:
-        return f"<FailOpen budget_s={self.budget_s} cooling={self.cooling}>"
+        return f"<FailOpen budget_s={self.budget_s} failing={self._failing} cooling={self.cooling}>"

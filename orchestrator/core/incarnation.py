@@ -12,11 +12,22 @@ loss in the new marker (`lost_from`, `lost_at`), which `ptu status` shows.
 Request ids start with the incarnation id that issued them (`req_<id><rest>`), so
 a request whose record is missing and whose id names an older incarnation was
 lost with that data, and answers `410 request_lost` instead of 404.
+
+A partial loss leaves the marker in place: a replica promoted while a few seconds
+behind its master lacks only the writes of those seconds. So an id also proves that
+this data set issued it, to whom and when: `req_` + incarnation (8 hex) + issue time
+(8 hex, epoch seconds) + 8 random hex + an 8-hex HMAC of the rest and the tenant, keyed
+by `id_key`, a random secret kept in the marker (so every process shares it and a wipe
+replaces it). `issued(id, tenant)` checks it: an id it vouches for whose record is gone
+was accepted and lost (`ingress/queued/requests`), never a typo; another tenant's or a
+made-up id still answers 404.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -78,6 +89,7 @@ class Incarnation:
         self.losses = 0
         self.lost: set[str] = set()
         """Incarnations known to have been wiped (seen here or recorded in the marker)."""
+        self._id_key: bytes | None = None
 
     @redis_boundary("incarnation marker")
     async def check(self) -> str:
@@ -89,9 +101,12 @@ class Incarnation:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(keys.INCARNATION, "id", candidate)
             pipe.hsetnx(keys.INCARNATION, "since", repr(self._clock()))
+            pipe.hsetnx(keys.INCARNATION, "id_key", uuid.uuid4().hex)
             pipe.hget(keys.INCARNATION, "id")
             pipe.hget(keys.INCARNATION, "lost_from")
-            _, _, raw, lost_from = await pipe.execute()
+            pipe.hget(keys.INCARNATION, "id_key")
+            _, _, _, raw, lost_from, id_key = await pipe.execute()
+        self._id_key = text(id_key).encode() if id_key is not None else None
         if lost_from is not None:
             self.lost.add(text(lost_from))
         now_id = text(raw)
@@ -113,12 +128,29 @@ class Incarnation:
                 self._on_loss()
         return now_id
 
-    def new_request_id(self) -> str:
-        """`req_` + 32 hex digits, the first ones naming this incarnation (once known)."""
+    def new_request_id(self, tenant: str) -> str:
+        """`req_` + 32 hex digits: this incarnation, the time, random, the signature (see
+        the module docstring); random after the incarnation until the marker was read."""
         rest = uuid.uuid4().hex
-        if self.current is None:
-            return "req_" + rest
-        return "req_" + self.current + rest[len(self.current) :]
+        if self.current is None or self._id_key is None:
+            return "req_" + (self.current or "") + rest[len(self.current or "") :]
+        body = f"{self.current}{int(self._clock()) & 0xFFFFFFFF:08x}{rest[:ID_LEN]}"
+        return "req_" + body + self._sign(body, tenant)
+
+    def issued(self, request_id: str, tenant: str) -> float | None:
+        """When this data set issued `request_id` to `tenant`, or None when it did not (a
+        random, mistyped or another tenant's id, or one from before the marker was read)."""
+        if self._id_key is None or not request_id.startswith("req_") or len(request_id) != 36:
+            return None
+        body, signature = request_id[4:28], request_id[28:]
+        if not hmac.compare_digest(signature, self._sign(body, tenant)):
+            return None
+        return float(int(body[ID_LEN : 2 * ID_LEN], 16))
+
+    def _sign(self, body: str, tenant: str) -> str:
+        assert self._id_key is not None
+        mac = hmac.new(self._id_key, f"{body}|{tenant}".encode(), hashlib.sha256)
+        return mac.hexdigest()[:ID_LEN]
 
     def issued_before(self, request_id: str) -> bool:
         """True when `request_id` was issued by an incarnation known to have been wiped

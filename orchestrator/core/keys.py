@@ -9,7 +9,8 @@ transaction only ever touches keys of one entity:
 |------------|---------------------|--------------------------------------------------|
 | deployment | `{d:<deployment>}`  | queue, per-tenant queues, fair-share state, dead |
 |            |                     | letters, estimate, its per-request charges,      |
-|            |                     | slots, pause, consumer liveness, breaker, counts,|
+|            |                     | slots (+ started calls, owners' channels), pause,|
+|            |                     | consumer liveness, breaker, counts,              |
 |            |                     | learnt output lengths per tenant                 |
 | request    | `{<request id>}`    | record, result, background response; the default |
 |            |                     | reply key `ptu:reply:{<request id>}` shares it   |
@@ -107,6 +108,19 @@ def slots(deployment: str) -> str:
     return f"{_d(deployment)}:slots"
 
 
+def slot_calls(deployment: str) -> str:
+    """Hash of the slots whose call started: member = slot id, value = the call's deadline
+    in server milliseconds (`throttle.slots`)."""
+    return f"{_d(deployment)}:slot-calls"
+
+
+def slot_owner(deployment: str, owner: str) -> str:
+    """Pub/Sub channel a worker stays subscribed to while it runs: the slot table's scripts
+    read its subscriber count (`PUBSUB NUMSUB`) to tell a stalled worker from a dead one.
+    Tagged with the deployment, so a cluster client subscribes on the slot table's node."""
+    return f"{_d(deployment)}:owner:{owner}"
+
+
 def pause(deployment: str) -> str:
     """Set with an expiry while low priority is paused after a 429."""
     return f"{_d(deployment)}:pause"
@@ -118,6 +132,10 @@ def pause(deployment: str) -> str:
 def request(request_id: str) -> str:
     """Hash with a request's tenant, status (queued|in_progress) and reply key."""
     return f"{_r(request_id)}:req"
+
+
+REQUEST_RECORDS = f"{PREFIX}:{{*}}:req"
+"""SCAN pattern of every `request` record (the reconciler's walk)."""
 
 
 def result(request_id: str) -> str:
@@ -154,6 +172,16 @@ def reply_pushed(reply_key: str, request_id: str) -> str:
     if "}" in tag or "{" in tag:
         raise ValueError(f"reply key {reply_key[:100]!r}: braces only as one hash tag")
     return f"{PREFIX}:reply-pushed:{{{tag}}}:{request_id}"
+
+
+def replication_barrier(key: str) -> str:
+    """A short-lived key in `key`'s slot: a write there followed by WAIT on the same
+    connection proves every earlier write to that node reached its replicas."""
+    return f"{PREFIX}:wait:{{{hash_tag(key)}}}"
+
+
+RECONCILER = f"{PREFIX}:reconciler"
+"""The reconciler's lease: the one process that walks the request records now."""
 
 
 # -- per batch and file ----------------------------------------------------------------------
@@ -288,6 +316,11 @@ def tenant_usage(tenant: str, hour: int) -> str:
     """Hash of a tenant's token usage in one UTC hour (`hour` = epoch seconds // 3600);
     fields `<deployment>|<priority>|<prompt|cached|completion|requests>`."""
     return f"{_t(tenant)}:usage:{hour}"
+
+
+def tenant_gateway_seen(tenant: str, request_id: str) -> str:
+    """Marker of a gateway's token record (APIM's request id) already in the tenant's usage."""
+    return f"{_t(tenant)}:gateway:{request_id}"
 
 
 def tenant_minute(tenant: str, minute: int) -> str:

@@ -2,9 +2,11 @@
 
 `PTU_REDIS_CLUSTER=true` builds a `redis.asyncio.RedisCluster` from `PTU_REDIS_URL`
 (any node: the client discovers the others and follows MOVED/ASK); otherwise a plain
-client on a blocking pool. Both are typed as `redis.asyncio.Redis`: the commands the
-project uses exist on both with the same signatures, and every multi-key script or
-transaction stays in one slot (`orchestrator.core.keys`).
+client on a blocking pool. A cluster's URL may name several seed nodes, comma-separated
+(`redis://:pw@h1:7000,h2:7001,h3:7002/0`): the client starts from whichever answers, so a
+process started after one node died still finds the cluster. Both are typed as
+`redis.asyncio.Redis`: the commands the project uses exist on both with the same
+signatures, and every multi-key script or transaction stays in one slot (`orchestrator.core.keys`).
 
 Retry: redis-py connections retry nothing unless told to, so the first command on
 every pooled connection after a Redis restart or failover would fail although the
@@ -19,11 +21,13 @@ exactly-once result write absorbs.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.credentials import CredentialProvider
 from redis.exceptions import (
     ConnectionError,
     CrossSlotTransactionError,
@@ -31,6 +35,8 @@ from redis.exceptions import (
     RedisClusterException,
     TimeoutError,
 )
+
+from orchestrator.core.deployments import seed_urls
 
 if TYPE_CHECKING:
     from orchestrator.core.views import RedisView
@@ -78,17 +84,27 @@ def connect(
     pool_timeout_s: float | None = None,
     socket_timeout_s: float | None = None,
     decode_responses: bool = False,
+    credential_provider: CredentialProvider | None = None,
 ) -> aioredis.Redis:
-    """A client for `url`; `cluster` selects Redis Cluster. Connects lazily (no I/O here)."""
+    """A client for `url`; `cluster` selects Redis Cluster. Connects lazily (no I/O here).
+
+    `credential_provider` authenticates each connection instead of the URL's password
+    (`PTU_REDIS_AUTH=entra`, `core/redis_entra`).
+    """
     options: dict[str, Any] = {
         "retry": retry_policy(),
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": 5.0,
         "decode_responses": decode_responses,
         "health_check_interval": 30,
+        "credential_provider": credential_provider,
     }
     if cluster:
-        client = ClusterClient.from_url(url, max_connections=max_connections or 1024, **options)
+        first, *others = seed_urls(url)
+        seeds = [ClusterNode(*_host_port(seed)) for seed in others]
+        client = ClusterClient.from_url(
+            first, max_connections=max_connections or 1024, startup_nodes=seeds, **options
+        )
         # same command surface; see the module docstring
         return cast(aioredis.Redis, client)
     if max_connections is not None:
@@ -96,19 +112,33 @@ def connect(
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=pool_timeout_s, **options
         )
-        return aioredis.Redis.from_pool(pool)
+        # not `from_pool`: the client must see the provider to re-authenticate the pool
+        pooled = aioredis.Redis(connection_pool=pool, credential_provider=credential_provider)
+        pooled.auto_close_connection_pool = True
+        return pooled
     return aioredis.Redis.from_url(url, **options)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "localhost", parts.port or 6379
 
 
 def connect_view(
     view: RedisView, *, max_connections: int | None = None, pool_timeout_s: float | None = None
 ) -> aioredis.Redis:
-    """A client for the configured Redis: `settings.redis` (URL, cluster or not)."""
+    """A client for the configured Redis: `settings.redis` (URL, cluster or not, auth)."""
+    provider: CredentialProvider | None = None
+    if view.auth == "entra":
+        from orchestrator.core.redis_entra import default_redis_credentials
+
+        provider = default_redis_credentials()
     return connect(
         view.url,
         cluster=view.cluster,
         max_connections=max_connections,
         pool_timeout_s=pool_timeout_s,
+        credential_provider=provider,
     )
 
 

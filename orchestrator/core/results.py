@@ -297,7 +297,9 @@ class ResultStore:
             status = "in_progress"  # a batch line taken by overflow runs elsewhere
         return RequestState(
             status=status,
-            tenant=record.get("tenant", ""),
+            # a record rewritten by the result alone (its first copy lost with Redis's data)
+            # has no tenant: the result names it
+            tenant=record.get("tenant") or (result.tenant if result else ""),
             reply_key=record.get("reply_key", ""),
             result=result,
             custom_id=record.get("custom_id") or (result.custom_id if result else None),
@@ -333,10 +335,10 @@ class ResultStore:
 
 
 @redis_boundary("result counts")
-async def count_result(redis: aioredis.Redis, deployment: str, status: str) -> None:
-    """Add one to `deployment`'s counter of `status` (`keys.result_counts`; `ptu status`
+async def count_result(redis: aioredis.Redis, deployment: str, status: str, n: int = 1) -> None:
+    """Add `n` to `deployment`'s counter of `status` (`keys.result_counts`; `ptu status`
     shows them, and they outlive any worker)."""
-    await redis.hincrby(keys.result_counts(deployment), status, 1)
+    await redis.hincrby(keys.result_counts(deployment), status, n)
 
 
 @redis_boundary("result counts")

@@ -33,9 +33,12 @@ class ForegroundServer(uvicorn.Server):
         yield
 
 
-async def serve_until(config: uvicorn.Config, stop: asyncio.Event) -> int:
+async def serve_until(
+    config: uvicorn.Config, stop: asyncio.Event, sockets: list[socket.socket] | None = None
+) -> int:
     """Serve until `stop` is set, then let uvicorn drain open connections and exit.
 
+    `sockets`: listening sockets to serve on instead of binding `config`'s host and port.
     Raises PTUError (one line) when the server cannot start, e.g. the port is taken.
     """
     server = ForegroundServer(config)
@@ -46,7 +49,7 @@ async def serve_until(config: uvicorn.Config, stop: asyncio.Event) -> int:
 
     watcher = asyncio.create_task(watch())
     try:
-        await server.serve()
+        await server.serve(sockets=sockets)
     except SystemExit:  # uvicorn exits the process when it cannot bind
         raise PTUError(
             f"cannot serve on {config.host}:{config.port} (see the error above)"

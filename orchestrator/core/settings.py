@@ -24,8 +24,9 @@ from pydantic_settings import (
 
 from orchestrator.core.config_errors import EnvSource, invalid_setting, one_line
 from orchestrator.core.deployments import DeploymentConfig as DeploymentConfig
-from orchestrator.core.deployments import check_endpoint, check_redis_url
+from orchestrator.core.deployments import check_endpoint, check_redis_url, seed_urls
 from orchestrator.core.errors import ConfigError
+from orchestrator.core.pools import Pool, check_pools, pools_of
 from orchestrator.core.retry import RetryPolicy
 from orchestrator.core.schemas import Priority
 from orchestrator.core.views import (
@@ -50,12 +51,32 @@ class Settings(BaseSettings):
     redis_cluster: bool = Field(
         default=False, description="true: Redis Cluster (PTU_REDIS_URL names any node)"
     )
+    redis_auth: Literal["key", "entra"] = Field(
+        default="key",
+        description="key: the password in PTU_REDIS_URL (if any); entra: Entra ID tokens "
+        "(DefaultAzureCredential, renewed before expiry) as the password",
+    )
     queue_backend: Literal["redis", "eventhubs"] = "redis"
     queue_claim_idle_s: float = Field(
         default=60.0, gt=0, description="redis queue: reclaim entries idle this long (safety net)"
     )
     queue_liveness_s: float = Field(
         default=5.0, gt=0, description="redis queue: a consumer silent this long is dead"
+    )
+    redis_wait_replicas: int = Field(
+        default=1,
+        ge=0,
+        description="a low-priority request is answered 202 once its record and queue entry "
+        "are on this many replicas (at most those the node has; 0: do not wait)",
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=500, gt=0, description="how long to wait for them before answering 503"
+    )
+    reconcile_interval_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="how often one ingress looks for queued requests whose queue entry Redis "
+        "lost (0: never)",
     )
     utilization_source: Literal["estimate", "azure_monitor"] = "estimate"
     calibration: Literal["auto", "off"] = Field(
@@ -83,6 +104,7 @@ class Settings(BaseSettings):
     default_ttl_s: float = Field(default=86_400.0, gt=0)
     reply_ttl_s: int = Field(default=86_400, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
+    ingress_workers: int = Field(default=1, ge=1)
     backoff_base_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
     # azure monitor source
@@ -138,6 +160,11 @@ class Settings(BaseSettings):
         default=None, description="Blob Storage account URL: files go there (Entra ID)"
     )
     blob_container: str = Field(default="ptu-files", min_length=3, max_length=63)
+    blob_connection_string: SecretStr | None = Field(
+        default=None,
+        description="Blob Storage by connection string instead of PTU_BLOB_ACCOUNT_URL and "
+        "Entra ID (the emulator; an account that allows shared keys)",
+    )
     # circuit breaker (per upstream deployment, shared through Redis)
     breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
     breaker_min_calls: int = Field(default=5, ge=1)
@@ -151,12 +178,21 @@ class Settings(BaseSettings):
     ingress_api_key: SecretStr | None = Field(
         default=None, description="the key the client verbs present (when it has PTU_API_KEYS)"
     )
+    trusted_front_secret: SecretStr | None = Field(
+        default=None,
+        description="ingress: a front (APIM) sending it as x-ptu-front-secret names the "
+        "tenant in x-ptu-tenant",
+    )
     # observability
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console when stderr is a terminal, else json"
     )
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_api_key: SecretStr | None = Field(
+        default=None,
+        description="the key /metrics, /openapi.json and the worker's metrics port ask for",
+    )
     # OpenTelemetry (see orchestrator.telemetry): the standard variables, read here to
     # decide whether to export at all; the SDK reads the others (headers, protocol, ...)
     otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
@@ -182,7 +218,10 @@ class Settings(BaseSettings):
         "eventhub_connection_string",
         "eventhub_checkpoint_connection_string",
         "ingress_api_key",
+        "trusted_front_secret",
+        "blob_connection_string",
         "applicationinsights_connection_string",
+        "metrics_api_key",
         mode="before",
     )
     @classmethod
@@ -237,6 +276,36 @@ class Settings(BaseSettings):
                 f"{self.lower_threshold} must be below PTU_UPPER_THRESHOLD "
                 f"({self.upper_threshold})",
             )
+        self._check_deployments()
+        if (
+            self.eventhub_checkpoint_store == "blob"
+            and self.eventhub_checkpoint_blob_url is None
+            and self.eventhub_checkpoint_connection_string is None
+        ):
+            raise invalid_setting(
+                "eventhub_checkpoint_blob_url",
+                "required (or PTU_EVENTHUB_CHECKPOINT_CONNECTION_STRING) when "
+                "PTU_EVENTHUB_CHECKPOINT_STORE=blob",
+            )
+        if len(seed_urls(self.redis_url)) > 1 and not self.redis_cluster:
+            raise invalid_setting(
+                "redis_url",
+                "names several nodes: that is for a Redis Cluster's seed nodes "
+                "(set PTU_REDIS_CLUSTER=true)",
+            )
+        if self.redis_auth == "entra" and urlsplit(self.redis_url).password:
+            raise invalid_setting(
+                "redis_auth",
+                "entra authenticates with tokens: remove the password from PTU_REDIS_URL",
+            )
+        problem = check_tenants(self.tenants, self.api_keys)
+        if problem is not None:
+            field, _, message = problem.partition(": ")
+            raise invalid_setting(field, message)
+        return self
+
+    def _check_deployments(self) -> None:
+        """Names unique, spillover targets known (native ones standard, same resource), pools."""
         names = [d.name for d in self.deployments]
         if len(names) != len(set(names)):
             raise invalid_setting("deployments", "names must be unique")
@@ -262,26 +331,19 @@ class Settings(BaseSettings):
                     f"spillover {native!r} of {d.name!r} is native: it must be a standard "
                     "deployment on the same resource",
                 )
-        if (
-            self.eventhub_checkpoint_store == "blob"
-            and self.eventhub_checkpoint_blob_url is None
-            and self.eventhub_checkpoint_connection_string is None
-        ):
+        pool_problem = check_pools(self.deployments)
+        if pool_problem is not None:
+            raise invalid_setting("deployments", pool_problem)
+        if self.queue_backend == "eventhubs" and self.pools:
+            # a hub's partitions are owned, not shared: a busy or broken member would keep its own
             raise invalid_setting(
-                "eventhub_checkpoint_blob_url",
-                "required (or PTU_EVENTHUB_CHECKPOINT_CONNECTION_STRING) when "
-                "PTU_EVENTHUB_CHECKPOINT_STORE=blob",
+                "deployments", "PTU pools need PTU_QUEUE_BACKEND=redis (not eventhubs)"
             )
-        problem = check_tenants(self.tenants, self.api_keys)
-        if problem is not None:
-            field, _, message = problem.partition(": ")
-            raise invalid_setting(field, message)
-        return self
 
     @property
     def redis(self) -> RedisView:
         """Where the state lives."""
-        return RedisView(self.redis_url, self.redis_cluster)
+        return RedisView(self.redis_url, self.redis_cluster, self.redis_auth)
 
     @property
     def queue(self) -> QueueView:
@@ -335,6 +397,11 @@ class Settings(BaseSettings):
     def deployment(self, name: str) -> DeploymentConfig | None:
         """The deployment called `name`, if configured."""
         return next((d for d in self.deployments if d.name == name), None)
+
+    @property
+    def pools(self) -> dict[str, Pool]:
+        """The PTU pools (`pool` fields of `PTU_DEPLOYMENTS`) by name."""
+        return pools_of(self.deployments)
 
     def retry_policy(self) -> RetryPolicy:
         """Upstream retries: `PTU_MAX_ATTEMPTS`, `PTU_BACKOFF_BASE_S`, `PTU_BACKOFF_MAX_S`."""

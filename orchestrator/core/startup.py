@@ -31,7 +31,7 @@ import structlog
 from pydantic import SecretStr
 from redis.exceptions import RedisError
 
-from orchestrator.core.deployments import REDACTED, without_password
+from orchestrator.core.deployments import REDACTED, seed_urls, without_password
 from orchestrator.core.errors import ConfigError, StoreUnavailable
 from orchestrator.core.settings import Settings
 
@@ -109,7 +109,11 @@ async def check_redis(redis: aioredis.Redis, url: str, timeout_s: float = REDIS_
 
 
 def redis_address(url: str) -> str:
-    """`HOST:PORT` (or the socket's path) a Redis URL names; never its credentials."""
+    """`HOST:PORT` (or the socket's path) a Redis URL names, comma-separated for several
+    seed nodes; never its credentials."""
+    seeds = seed_urls(url)
+    if len(seeds) > 1:
+        return ",".join(redis_address(seed) for seed in seeds)
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return parts.path
@@ -134,7 +138,17 @@ def connect_failure(exc: BaseException, timeout_s: float) -> str:
 
 
 async def _probe(url: str, timeout_s: float) -> None:
-    """Open and close one plain connection to the server `url` names."""
+    """Open and close one plain connection to the server `url` names (to the first of its
+    seed nodes that takes one; the last one's error when none does)."""
+    seeds = seed_urls(url)
+    for seed in seeds[:-1]:
+        try:
+            await _probe(seed, timeout_s / len(seeds))
+        except (OSError, TimeoutError):
+            continue
+        return
+    if len(seeds) > 1:
+        url, timeout_s = seeds[-1], timeout_s / len(seeds)
     parts = urlsplit(url)
     async with asyncio.timeout(timeout_s):
         if parts.scheme == "unix":

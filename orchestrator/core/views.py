@@ -18,10 +18,11 @@ from orchestrator.core.deployments import DeploymentConfig
 
 @dataclass(frozen=True, slots=True)
 class RedisView:
-    """Where the state lives: `PTU_REDIS_URL`, `PTU_REDIS_CLUSTER`."""
+    """Where the state lives: `PTU_REDIS_URL`, `PTU_REDIS_CLUSTER`, `PTU_REDIS_AUTH`."""
 
     url: str = "redis://localhost:6379/0"
     cluster: bool = False
+    auth: Literal["key", "entra"] = "key"
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,8 @@ import structlog
 from orchestrator.core.errors import MissingDependencyError, UtilisationUnavailable
 from orchestrator.core.settings import Settings
 from orchestrator.estimator.redis_stream import MALFORMED_EVENT, parse_event
+from orchestrator.estimator.usage import record_gateway_usage
+from orchestrator.tenants.ledger import UsageLedger
 from orchestrator.utilisation.estimate.store import EstimateStore
 
 if TYPE_CHECKING:
@@ -75,11 +77,13 @@ class EventHubsEstimator:
         max_wait_s: float = 1.0,
         clock: Callable[[], float] = time.time,
         closers: Sequence[Any] = (),
+        usage: UsageLedger | None = None,
     ) -> None:
         if horizon_s <= 0 or max_batch_size <= 0 or max_wait_s <= 0:
             raise ValueError("horizon_s, max_batch_size and max_wait_s must be positive")
         self._client = client
         self._store = store
+        self._usage = usage
         self._horizon_s = horizon_s
         self._max_lag_s = store.max_age_s if max_lag_s is None else max_lag_s
         self._max_batch_size = max_batch_size
@@ -95,7 +99,13 @@ class EventHubsEstimator:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, redis: aioredis.Redis, store: EstimateStore, *, horizon_s: float
+        cls,
+        settings: Settings,
+        redis: aioredis.Redis,
+        store: EstimateStore,
+        *,
+        horizon_s: float,
+        usage: UsageLedger | None = None,
     ) -> EventHubsEstimator:
         """A consumer of `PTU_EVENTHUB_TOKEN_EVENTS_NAME` with its checkpoints in Redis."""
         require_sdk()
@@ -113,6 +123,7 @@ class EventHubsEstimator:
             horizon_s=horizon_s,
             max_wait_s=min(1.0, store.max_age_s / 3),
             closers=auth.closers,
+            usage=usage,
         )
 
     @property
@@ -161,6 +172,7 @@ class EventHubsEstimator:
             )
             return
         await self._store.record(token_event)
+        await record_gateway_usage(self._usage, token_event)
         self.applied += 1
 
     def _caught_up(self) -> bool:

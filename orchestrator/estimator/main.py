@@ -20,6 +20,8 @@ from orchestrator.core.errors import ConfigError, StoreUnavailable
 from orchestrator.core.runtime import run_until_signal
 from orchestrator.core.settings import Settings
 from orchestrator.estimator.redis_stream import Estimator, StreamReading
+from orchestrator.tenants.config import Tenancy
+from orchestrator.tenants.ledger import UsageLedger
 from orchestrator.utilisation.estimate.store import EstimateStore
 from orchestrator.utilisation.store_factory import estimate_store
 
@@ -46,12 +48,15 @@ def make_estimator(
     args: argparse.Namespace, settings: Settings, redis: aioredis.Redis, store: EstimateStore
 ) -> Estimator | EventHubsEstimator:
     """The token-event consumer of the configured queue backend (no I/O until `run`)."""
+    usage = UsageLedger(redis, Tenancy(settings.tenants, settings.api_keys))
     if settings.queue_backend == "eventhubs":
         from orchestrator.estimator.eventhubs import EventHubsEstimator
 
-        return EventHubsEstimator.from_settings(settings, redis, store, horizon_s=args.horizon_s)
+        return EventHubsEstimator.from_settings(
+            settings, redis, store, horizon_s=args.horizon_s, usage=usage
+        )
     reading = StreamReading(horizon_s=args.horizon_s)
-    return Estimator(redis, store, consumer=args.consumer, reading=reading)
+    return Estimator(redis, store, consumer=args.consumer, reading=reading, usage=usage)
 
 
 def run(args: argparse.Namespace, settings: Settings | None) -> int:

@@ -10,7 +10,8 @@ is how readers detect a dead or lagging estimator (see `estimate.py`).
 
 Entries hold our `TokenEvent` JSON or the APIM `log-to-eventhub` token record
 `{id, timestamp, deploymentName, promptTokens, responseTokens, totalTokens}`
-(AZURE_FACTS.md §7), mapped to a `complete` event. Entries older than
+(AZURE_FACTS.md §7), with the `tenant` our policy adds, mapped to a `complete` event
+that also goes to the tenant's usage (`estimator/usage`). Entries older than
 `horizon_s` by their stream id (server time) are acknowledged unapplied: their
 charge has long drained, and replaying a backlog at full weight would only
 inflate the estimate.
@@ -37,6 +38,9 @@ from orchestrator.core.errors import StoreUnavailable, UtilisationUnavailable
 from orchestrator.core.retry import outage_delay_s
 from orchestrator.core.runtime import Pacing, pause
 from orchestrator.core.schemas import TokenEvent
+from orchestrator.estimator.usage import record_gateway_usage
+from orchestrator.tenants.config import DEFAULT_TENANT, is_tenant_name
+from orchestrator.tenants.ledger import UsageLedger
 from orchestrator.utilisation.estimate.store import EVENT_FIELD, EstimateStore
 
 log = structlog.get_logger(__name__)
@@ -86,9 +90,13 @@ def parse_event(raw: str, *, default_timestamp: float) -> TokenEvent:
     completion = data.get("responseTokens")
     if completion is None:
         completion = max(0, int(data.get("totalTokens") or 0) - prompt)
+    tenant = str(data.get("tenant") or DEFAULT_TENANT)
+    if not is_tenant_name(tenant):
+        raise ValueError(f"tenant {tenant[:80]!r} is not a tenant name")
     return TokenEvent(
         request_id=str(data["id"]),
         deployment=str(data["deploymentName"]),
+        tenant=tenant,
         phase="complete",
         timestamp=_timestamp(data.get("timestamp"), default_timestamp),
         prompt_tokens=prompt,
@@ -124,6 +132,7 @@ class Estimator:
         consumer: str,
         reading: StreamReading | None = None,
         pacing: Pacing | None = None,
+        usage: UsageLedger | None = None,
     ) -> None:
         reading = reading or StreamReading()
         pacing = pacing or Pacing()
@@ -131,6 +140,7 @@ class Estimator:
             raise ValueError("block_ms must be between 0 and 5000 (redis-py socket timeout)")
         self._redis = redis
         self._store = store
+        self._usage = usage
         self.consumer = consumer
         self._block_ms = reading.block_ms
         self._batch = reading.batch
@@ -206,6 +216,7 @@ class Estimator:
             log.warning("token_event_malformed", entry_id=entry_id, error=str(exc)[:300])
             return
         await self._store.record(event)
+        await record_gateway_usage(self._usage, event)
         self.applied += 1
 
     async def run(self, stop: asyncio.Event) -> None:

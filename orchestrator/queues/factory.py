@@ -9,12 +9,15 @@ set-up without Batch API lines is unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import redis.asyncio as aioredis
 
 from orchestrator.core import keys, redis_client
 from orchestrator.core.errors import MissingDependencyError
+from orchestrator.core.pools import queue_key
 from orchestrator.core.schemas import WorkClass
-from orchestrator.core.settings import Settings
+from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.core.views import QueueView
 from orchestrator.queues.base import Queue
 from orchestrator.queues.classes import ClassedQueue
@@ -52,6 +55,7 @@ def make_class_queue(
         hub = hub_name(settings.eventhub_name, deployment, tenant, work_class)
         views = (settings.eventhubs, settings.checkpoints)
         return EventHubsQueue.from_view(hub, views, redis, deployment, consumer)
+    from orchestrator.core.replication import Replication
     from orchestrator.queues.redis_streams import RedisStreamsQueue
 
     return RedisStreamsQueue(
@@ -62,6 +66,9 @@ def make_class_queue(
         liveness_s=view.liveness_s,
         socket_timeout_s=redis_client.socket_timeout(redis),
         stream=keys.tenant_queue(deployment, tenant, work_class),
+        replication=Replication(
+            redis, settings.redis_wait_replicas, settings.redis_wait_timeout_ms
+        ),
     )
 
 
@@ -78,6 +85,26 @@ def make_queue(settings: Settings, deployment: str, redis: aioredis.Redis, consu
     )
     queue.inner(DEFAULT_TENANT)  # a backend misconfiguration stops start-up, not the first message
     return queue
+
+
+def pool_queues(
+    settings: Settings, make: Callable[[str], Queue], provisioned: Sequence[DeploymentConfig]
+) -> dict[str, Queue]:
+    """The queue a producer puts into for each name a client may use at low priority.
+
+    A deployment's own queue; a pool's members and the pool itself share the pool's
+    queue (`core.pools.queue_key`), made once.
+    """
+    made: dict[str, Queue] = {}
+    out: dict[str, Queue] = {}
+    for d in provisioned:
+        key = queue_key(d)
+        if key not in made:
+            made[key] = make(key)
+        out[d.name] = made[key]
+        if d.pool is not None:
+            out[d.pool] = made[key]
+    return out
 
 
 def _check_backend(view: QueueView) -> None:

@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from orchestrator.core import keys
+from orchestrator.core.batching import Batcher
 from orchestrator.core.boundary import redis_boundary
 from orchestrator.core.errors import QueueUnavailable, StoreUnavailable
 from orchestrator.core.schemas import WORK_CLASSES, QueuedRequest, WorkClass
@@ -58,6 +59,7 @@ class FairShareState:
         self.redis = redis
         self.key = keys.fair_share(deployment)
         self._raise_to = redis.register_script(_RAISE_TO)
+        self._charges: Batcher[str, tuple[str, float, float]] = Batcher(self._write_charges)
 
     @redis_boundary("fair-share state")
     async def read(
@@ -102,18 +104,30 @@ class FairShareState:
             await self._raise_to(keys=[self.key], args=[f"v:{tenant}", repr(value)])
         await self._raise_to(keys=[self.key], args=["floor", repr(decision.floor)])
 
-    @redis_boundary("fair-share state")
     async def charge(
         self, tenant: str, tokens: float, weight: float, *, pending: float = 0.0
     ) -> None:
         """Add `tokens` (negative: a refund) worth of service to `tenant`, of which
-        `pending` tokens (negative: settled now) are an estimate for a call in flight."""
+        `pending` tokens (negative: settled now) are an estimate for a call in flight.
+
+        Charges that arrive while one write is in flight are summed per tenant and written
+        together in the next (`core/batching`); returns once its charge is written.
+        """
         amount, estimate = fair.charge(tokens, weight), fair.charge(pending, weight)
         if amount or estimate:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hincrbyfloat(self.key, f"v:{tenant}", amount)
-                pipe.hincrbyfloat(self.key, f"p:{tenant}", estimate)
-                await pipe.execute()
+            await self._charges.submit(self.key, (tenant, amount, estimate))
+
+    @redis_boundary("fair-share state")
+    async def _write_charges(self, key: str, charges: Sequence[tuple[str, float, float]]) -> None:
+        totals: dict[str, tuple[float, float]] = {}
+        for tenant, amount, estimate in charges:
+            was = totals.get(tenant, (0.0, 0.0))
+            totals[tenant] = (was[0] + amount, was[1] + estimate)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for tenant, (amount, estimate) in totals.items():
+                pipe.hincrbyfloat(key, f"v:{tenant}", amount)
+                pipe.hincrbyfloat(key, f"p:{tenant}", estimate)
+            await pipe.execute()
 
 
 class FairShareQueue:

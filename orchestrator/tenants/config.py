@@ -52,6 +52,11 @@ def key_digest(key: str) -> str:
     return DIGEST_PREFIX + hashlib.sha256(key.encode()).hexdigest()
 
 
+def is_tenant_name(name: str) -> bool:
+    """True for a well-formed tenant name: 1-64 of letters, digits, '_', '.', '-'."""
+    return bool(_NAME.fullmatch(name))
+
+
 def check_tenants(tenants: Iterable[TenantConfig], api_keys: Mapping[str, str]) -> str | None:
     """The first problem with the tenant configuration, as one line; None when it is sound."""
     names: set[str] = set()

@@ -1,7 +1,8 @@
 """Token usage per tenant in Redis: hourly records for `ptu usage`, counters for the limits.
 
 Every finished call (high priority at the ingress, low priority at the worker)
-is recorded once, with its actual usage, in one MULTI on the tenant's own keys:
+is recorded once, with its actual usage, in one MULTI on the tenant's own keys (the
+records of a tenant that arrive while its last write is in flight summed in one):
 the hour's usage hash (`<deployment>|<priority>|<kind>` fields, kept
 `RETENTION_S`), the minute counter the tokens-per-minute limit reads, and, when
 the tenant has a quota, the period counter. Every ingress replica and worker
@@ -12,13 +13,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 
 from orchestrator.core import keys
+from orchestrator.core.batching import Batcher
 from orchestrator.core.boundary import redis_boundary
 from orchestrator.tenants.config import Tenancy
 from orchestrator.tenants.limits import MINUTE_S, Refusal, decide, period_bounds
@@ -86,33 +89,76 @@ class UsageLedger:
         self._tenancy = tenancy
         self._clock = clock
         self._registered: set[str] = set()
+        self._expiring: dict[str, set[str]] = {}
+        """Per tenant, its current keys whose expiry this process has set."""
+        self._batcher: Batcher[str, Usage] = Batcher(self._write)
+
+    async def record(self, use: Usage) -> None:
+        """Add one request's usage to its hour, minute and quota period; returns once written.
+
+        Records of a tenant that arrive while one of its writes is in flight go together in
+        the next (`core/batching`): one MULTI per tenant and batch, the counts summed.
+        """
+        await self._batcher.submit(use.tenant, use)
 
     @redis_boundary("usage ledger")
-    async def record(self, use: Usage) -> None:
-        """Add one request's usage to its hour, minute and quota period (one MULTI)."""
+    async def _write(self, tenant: str, uses: Sequence[Usage]) -> None:
+        """One MULTI on `tenant`'s keys for `uses`; an expiry is set once per key and process
+        (again when the key turns out new: a wiped Redis)."""
         now = self._clock()
-        tenant = use.tenant
         usage_key = keys.tenant_usage(tenant, int(now // HOUR_S))
         minute_key = keys.tenant_minute(tenant, int(now // MINUTE_S))
-        base = f"{use.deployment}|{use.priority}|"
+        counts: dict[str, int] = {}
+        for use in uses:
+            base = f"{use.deployment}|{use.priority}|"
+            amounts = (use.prompt_tokens, use.cached_tokens, use.completion_tokens, 1)
+            for kind, n in zip(KINDS, amounts, strict=True):
+                if n:
+                    counts[base + kind] = counts.get(base + kind, 0) + n
+        total = sum(use.total for use in uses)
+        expiries: list[tuple[str, int, bool]] = [
+            (usage_key, RETENTION_S, False),
+            (minute_key, 3 * MINUTE_S, False),
+        ]
+        config = self._tenancy.config(tenant)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(usage_key, base + "prompt", use.prompt_tokens)
-            pipe.hincrby(usage_key, base + "cached", use.cached_tokens)
-            pipe.hincrby(usage_key, base + "completion", use.completion_tokens)
-            pipe.hincrby(usage_key, base + "requests", 1)
-            pipe.expire(usage_key, RETENTION_S)
-            pipe.incrby(minute_key, use.total)
-            pipe.expire(minute_key, 3 * MINUTE_S)
-            config = self._tenancy.config(tenant)
+            for name, n in counts.items():
+                pipe.hincrby(usage_key, name, n)
+            pipe.incrby(minute_key, total)
             if config.token_quota is not None:
                 start, end = period_bounds(config.token_quota_period, now)
                 quota_key = keys.tenant_quota(tenant, start)
-                pipe.incrby(quota_key, use.total)
-                pipe.expireat(quota_key, end + 86_400)
-            await pipe.execute()
+                pipe.incrby(quota_key, total)
+                expiries.append((quota_key, end + 86_400, True))
+            for name, seconds, at in expiries:
+                if name not in self._expiring.get(tenant, ()):
+                    _expire(pipe, name, seconds, at)
+            replies = await pipe.execute()
+        known = self._expiring.get(tenant, set())
+        fresh = _fresh(replies, list(counts.values()), total, [e[0] for e in expiries])
+        missing = [e for e in expiries if e[0] in known and e[0] in fresh]
+        if missing:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name, seconds, at in missing:
+                    _expire(pipe, name, seconds, at)
+                await pipe.execute()
+        self._expiring[tenant] = {name for name, _, _ in expiries}
         if tenant not in self._registered:
             await self._redis.sadd(keys.USAGE_TENANTS, tenant)
             self._registered.add(tenant)
+
+    @redis_boundary("usage ledger")
+    async def record_once(self, use: Usage, request_id: str, ttl_s: int = 86_400) -> bool:
+        """`record` a gateway's record at most once per request id (False: seen before).
+
+        The marker is set first: a crash between the two loses that record rather than
+        counting a redelivered one twice.
+        """
+        marker = keys.tenant_gateway_seen(use.tenant, request_id)
+        if not await self._redis.set(marker, b"1", nx=True, ex=ttl_s):
+            return False
+        await self.record(use)
+        return True
 
     @redis_boundary("usage ledger")
     async def refusal(self, tenant: str, need: int) -> Refusal | None:
@@ -183,6 +229,26 @@ def _rows(tenant: str, hour: int, fields: dict[bytes | str, bytes | str]) -> Ite
             tenant, deployment, priority, hour * HOUR_S,
             c["prompt"], c["cached"], c["completion"], c["requests"],
         )  # fmt: skip
+
+
+def _fresh(
+    replies: Sequence[Any], counts: Sequence[int], total: int, names: Sequence[str]
+) -> set[str]:
+    """Keys of a MULTI's `names` (usage hash, minute, quota) that a counter shows new: its
+    value after the write is what was just added (Redis was wiped since their expiry)."""
+    fresh = {names[0]} if any(r == n for r, n in zip(replies, counts, strict=False)) else set()
+    for name, reply in zip(names[1:], replies[len(counts) :], strict=False):
+        if reply == total:
+            fresh.add(name)
+    return fresh
+
+
+def _expire(pipe: Any, name: str, seconds: int, at: bool) -> None:
+    """Queue an expiry: in `seconds`, or at the epoch second `seconds` when `at`."""
+    if at:
+        pipe.expireat(name, seconds)
+    else:
+        pipe.expire(name, seconds)
 
 
 def _text(value: bytes | str) -> str:

@@ -20,12 +20,13 @@ caller's limit, learning is skipped; both are logged.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from orchestrator.core import keys
+from orchestrator.core.batching import Batcher
 from orchestrator.core.boundary import redis_boundary
 from orchestrator.core.errors import StoreUnavailable
 from orchestrator.worker.sizing import WINDOW, Plan, SizingParams, sized_limit
@@ -59,6 +60,7 @@ class OutputLengths:
         self._refresh_s = refresh_s
         self._clock = clock
         self._copies: dict[tuple[str, str], tuple[float, list[int]]] = {}
+        self._learnt: Batcher[tuple[str, str], int] = Batcher(self._write)
 
     @redis_boundary("output lengths")
     async def recent(self, deployment: str, tenant: str) -> list[int]:
@@ -72,19 +74,23 @@ class OutputLengths:
         self._copies[(deployment, tenant)] = (now, lengths)
         return lengths
 
-    @redis_boundary("output lengths")
     async def learn(self, deployment: str, tenant: str, length: int) -> None:
-        """Add one answer's output length (push, trim, refresh the expiry: one MULTI)."""
-        key = keys.output_lengths(deployment, tenant)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(key, length)
-            pipe.ltrim(key, 0, self._window - 1)
-            pipe.expire(key, LENGTHS_TTL_S)
-            await pipe.execute()
+        """Add one answer's output length (push, trim, refresh the expiry: one MULTI, shared
+        with the lengths of the tenant that arrive while one is being written)."""
+        await self._learnt.submit((deployment, tenant), length)
         copy = self._copies.get((deployment, tenant))
         if copy is not None:
             copy[1].insert(0, length)
             del copy[1][self._window :]
+
+    @redis_boundary("output lengths")
+    async def _write(self, of: tuple[str, str], lengths: Sequence[int]) -> None:
+        key = keys.output_lengths(*of)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(key, *lengths)
+            pipe.ltrim(key, 0, self._window - 1)
+            pipe.expire(key, LENGTHS_TTL_S)
+            await pipe.execute()
 
     def __repr__(self) -> str:
         return f"<OutputLengths tenants={len(self._copies)} window={self._window}>"

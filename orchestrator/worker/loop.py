@@ -1,9 +1,13 @@
 """The long-lived low-priority consumer: one lane per deployment, concurrency set by the throttle.
 
-Each lane loops: lease a throttle slot, THEN receive one message (so a full or
-paused deployment never takes work off the queue), and hand both to a task of
-the dispatcher. Task references live in a set with a discard callback. A task of
-its own renews the slot leases (every `renew_s`, with nothing else in its way: a
+Each lane loops: lease a throttle slot, THEN receive (so a full or paused
+deployment never takes work off the queue), and hand each message with its slot to a
+task of the dispatcher. Once a message came, when the limit leaves room for more, the
+lane leases up to `receive_batch - 1` more slots in one script and takes as many
+messages as are waiting in one read, giving back the slots the queue had none for (an
+idle lane holds one slot, as before). Task references live in a set with a
+discard callback. A task of its own renews the slot leases (every `renew_s`, with
+nothing else in its way: a
 crashed worker's slots are free once its leases run out, so leases are short and
 a late renewal must not let a live one lapse); a housekeeping task refreshes the
 metrics and writes the heartbeat `ptu status` reads. On stop: stop pulling, give in-flight calls
@@ -29,9 +33,10 @@ from orchestrator.core.incarnation import Incarnation
 from orchestrator.core.retry import outage_delay_s
 from orchestrator.core.runtime import every, pause
 from orchestrator.core.schemas import WorkClass
-from orchestrator.queues.base import Delivery, Queue
+from orchestrator.queues.base import Queue
 from orchestrator.queues.classes import depth_by_class
 from orchestrator.queues.dead_letter import DeadLetterStore
+from orchestrator.worker import receive
 from orchestrator.worker.dispatch import Dispatcher
 from orchestrator.worker.heartbeats import Heartbeats
 from orchestrator.worker.protocols import SlotLimiter
@@ -54,6 +59,13 @@ class Lane:
     queue: Queue
     throttle: SlotLimiter
     dispatcher: Dispatcher
+    pool: str | None = None
+    """The pool whose queue this member's lane drains (`core.pools`), if any."""
+
+    @property
+    def queue_name(self) -> str:
+        """The name the lane's queue (and its dead letters) are kept under."""
+        return self.pool if self.pool is not None else self.deployment
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +79,8 @@ class WorkerTiming:
     """How often slot leases are renewed (a fraction of `PTU_SLOT_LEASE_S`)."""
     heartbeat_ttl_s: float = 15.0
     """`ptu status` ignores heartbeats older than this."""
+    receive_batch: int = 16
+    """Most messages one receive takes (each with its own slot, leased together)."""
 
 
 class Worker:
@@ -96,7 +110,7 @@ class Worker:
         """Lanes holding a slot while they wait for a message: capacity ready, not work."""
         self._heartbeats = Heartbeats(redis) if redis is not None else None
         self._dead_letters = (
-            {lane.deployment: DeadLetterStore(redis, lane.deployment) for lane in lanes}
+            {lane.deployment: DeadLetterStore(redis, lane.queue_name) for lane in lanes}
             if redis is not None
             else {}
         )
@@ -108,6 +122,8 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then drain and return."""
         log.info("worker_started", worker_id=self.worker_id, deployments=self._names())
+        for lane in self.lanes:
+            await lane.throttle.open()
         lanes_done = asyncio.Event()
         house = asyncio.create_task(self._housekeeping(lanes_done), name="worker-housekeeping")
         renewer = asyncio.create_task(self._renew_leases(lanes_done), name="worker-leases")
@@ -119,6 +135,8 @@ class Worker:
             # ended between two beats rather than cancelled in the middle of a write
             lanes_done.set()
             await asyncio.gather(house, renewer, return_exceptions=True)
+            for lane in self.lanes:
+                await lane.throttle.close()
             await self._forget_heartbeat()
         log.info("worker_stopped", worker_id=self.worker_id)
 
@@ -135,34 +153,40 @@ class Worker:
             slot = await lane.throttle.acquire(stop)
             if slot is None:
                 break
+            slots = [slot]
             self._waiting[lane.deployment] = True
             try:
-                deliveries = await self._receive(lane.queue, stop)
+                deliveries = await receive.first(lane.queue, stop, self.timing.receive_timeout_s)
+                if deliveries:  # work is there: as much more as the limit allows at once
+                    breaker = lane.dispatcher.breaker
+                    closed = breaker is None or breaker.state == "closed"
+                    slots += await receive.more_slots(
+                        lane.throttle, self.timing.receive_batch, closed
+                    )
+                    deliveries += await receive.waiting(lane.queue, len(slots) - 1, lane.deployment)
             except QueueUnavailable as exc:
-                await lane.throttle.release(slot)
+                await receive.release(lane.throttle, slots)
                 failures += 1
                 delay = outage_delay_s(failures, self._rand())
                 log.warning("queue_receive_failed", deployment=lane.deployment, error=str(exc))
                 await pause(delay, stop, sleep=self._sleep)
                 continue
             except BaseException:
-                await asyncio.shield(lane.throttle.release(slot))
+                await asyncio.shield(receive.release(lane.throttle, slots))
                 raise
             finally:
                 self._waiting[lane.deployment] = False
             failures = 0
-            if not deliveries:
-                await lane.throttle.release(slot)
-                continue
-            delivery = deliveries[0]
-            if self._metrics is not None and delivery.delivery_count == 1:
-                waited = self._clock() - delivery.message.enqueued_at
-                self._metrics.lag(lane.deployment, waited, delivery.message.work_class)
-            task = asyncio.create_task(
-                lane.dispatcher.handle(delivery, slot, stop), name=f"req-{delivery.message.id}"
-            )
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            await receive.release(lane.throttle, slots[len(deliveries) :])
+            for delivery, held in zip(deliveries, slots, strict=False):
+                if self._metrics is not None and delivery.delivery_count == 1:
+                    waited = self._clock() - delivery.message.enqueued_at
+                    self._metrics.lag(lane.deployment, waited, delivery.message.work_class)
+                task = asyncio.create_task(
+                    lane.dispatcher.handle(delivery, held, stop), name=f"req-{delivery.message.id}"
+                )
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
         await self._drain(lane, tasks)
 
     async def _fresh_allowed(self, lane: Lane, stop: asyncio.Event) -> bool:
@@ -188,22 +212,6 @@ class Worker:
             return True
         await pause(wait, stop, sleep=self._sleep)
         return False
-
-    async def _receive(self, queue: Queue, stop: asyncio.Event) -> list[Delivery]:
-        """One message, or [] on timeout or stop (a stop interrupts the blocking read)."""
-        receiver = asyncio.ensure_future(queue.receive(1, self.timing.receive_timeout_s))
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({receiver, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-            if not receiver.done():
-                # entries the server handed out meanwhile stay pending and are reclaimed
-                receiver.cancel()
-            await asyncio.gather(stopper, receiver, return_exceptions=True)
-        if receiver.cancelled():
-            return []
-        return receiver.result()
 
     async def _drain(self, lane: Lane, tasks: set[asyncio.Task[Any]]) -> None:
         if tasks:
@@ -267,6 +275,7 @@ class Worker:
             except StoreUnavailable:
                 global_in_flight = None
             lanes[lane.deployment] = {
+                "pool": lane.pool,
                 "limit": throttle.limit,
                 "in_flight": throttle.in_flight,
                 # of those slots, the one a lane holds while it waits for a message; and the
@@ -288,14 +297,14 @@ class Worker:
                     lane.deployment, throttle.limit, throttle.in_flight, reading, now
                 )
                 if by_class is not None:
-                    self._metrics.queue_depth.labels(lane.deployment).set(sum(by_class.values()))
+                    self._metrics.queue_depth.labels(lane.queue_name).set(sum(by_class.values()))
                     for work_class, n in by_class.items():
-                        self._metrics.class_depth.labels(lane.deployment, work_class).set(n)
+                        self._metrics.class_depth.labels(lane.queue_name, work_class).set(n)
                 letters = self._dead_letters.get(lane.deployment)
                 if letters is not None:
                     try:
                         depth_dl = await letters.depth()
-                        self._metrics.dead_letters.labels(lane.deployment).set(depth_dl)
+                        self._metrics.dead_letters.labels(lane.queue_name).set(depth_dl)
                     except StoreUnavailable as exc:
                         log.debug("dead_letter_depth_failed", error=repr(exc))
                 if global_in_flight is not None:

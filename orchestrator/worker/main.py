@@ -20,8 +20,11 @@ import structlog
 from orchestrator.breaker.shared import SharedBreaker, breaker_config
 from orchestrator.core import logs, redis_client, startup
 from orchestrator.core.errors import ConfigError
+from orchestrator.core.operator_key import OperatorKey
+from orchestrator.core.pools import queue_key
+from orchestrator.core.replication import Replication
 from orchestrator.core.results import ResultStore
-from orchestrator.core.runtime import STOP_AFTER_DRAIN_S, run_until_signal
+from orchestrator.core.runtime import STOP_AFTER_DRAIN_S, every, run_until_signal
 from orchestrator.core.settings import DeploymentConfig, Settings
 from orchestrator.queues.base import Queue
 from orchestrator.queues.factory import make_queue
@@ -33,11 +36,13 @@ from orchestrator.tenants.ledger import UsageLedger
 from orchestrator.throttle.admission import Admission
 from orchestrator.throttle.limiter import Throttle
 from orchestrator.utilisation.base import UtilisationSource
+from orchestrator.utilisation.batched import BatchedRecorder
 from orchestrator.utilisation.factory import make_source
 from orchestrator.utilisation.store_factory import estimate_store
 from orchestrator.worker import spillover_check
 from orchestrator.worker.accounting import WorkerAccounting
 from orchestrator.worker.dispatch import Delivering, DispatchConfig, Dispatcher, Gates, Reporting
+from orchestrator.worker.health import BEAT_S, Health
 from orchestrator.worker.lengths import OutputLengths, Sizer
 from orchestrator.worker.loop import Lane, Worker, WorkerTiming
 from orchestrator.worker.metrics import WorkerMetrics
@@ -69,14 +74,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def select_deployments(settings: Settings, names: Sequence[str] | None) -> list[DeploymentConfig]:
-    """The named deployments, or every provisioned one; ConfigError when none or unknown."""
+    """The named deployments (a pool's name: its members), or every provisioned one;
+    ConfigError when none or unknown."""
     if names:
-        chosen = []
+        chosen: list[DeploymentConfig] = []
+        pools = settings.pools
         for name in names:
             d = settings.deployment(name)
+            if d is None and name in pools:
+                chosen.extend(m for m in pools[name].members if m not in chosen)
+                continue
             if d is None:
-                raise ConfigError(f"PTU_DEPLOYMENTS: no deployment named {name!r}")
-            chosen.append(d)
+                raise ConfigError(f"PTU_DEPLOYMENTS: no deployment or pool named {name!r}")
+            if d not in chosen:
+                chosen.append(d)
         return chosen
     chosen = [d for d in settings.deployments if d.kind == "provisioned"]
     if not chosen:
@@ -119,14 +130,15 @@ def build_worker(
         upstream if upstream is not None else RoutedUpstream.from_settings(settings, deployments)
     )
     # the worker's own calls always feed the estimate, whichever source drives the throttle
-    tokens = estimate_store(settings, redis, low_priority=True)
+    # applied in batches per deployment: the worker's concurrent calls never conflict
+    tokens = BatchedRecorder(estimate_store(settings, redis, low_priority=True))
     results = ResultStore(redis, settings.reply_ttl_s)
     tenancy = Tenancy(settings.tenants, settings.api_keys)
     ledger = UsageLedger(redis, tenancy)
     accounting = WorkerAccounting(
         tokens,
         ledger,
-        {d.name: FairShareState(redis, d.name) for d in deployments},
+        {d.name: FairShareState(redis, queue_key(d)) for d in deployments},
         tenancy,
         metrics.tenants if metrics is not None else None,
     )
@@ -146,6 +158,8 @@ def build_worker(
         lower, upper, _ = settings.thresholds(d)
         if metrics is not None:
             metrics.thresholds(d.name, lower, upper)
+            if d.pool is not None:
+                metrics.member(d.pool, d.name)
         endpoint = upstream.endpoint(d.name) if isinstance(upstream, RoutedUpstream) else ""
         breaker = SharedBreaker(
             redis,
@@ -165,13 +179,19 @@ def build_worker(
             window_s=settings.estimate_window_s,
             max_age_s=source.max_age_s,
         )
-        queue = make_queue(settings, d.name, redis, worker_id)
+        # a pool's members share its queue, each lane a consumer of its own
+        consumer = worker_id if d.pool is None else f"{worker_id}.{d.name}"
+        queue = make_queue(settings, queue_key(d), redis, consumer)
+        replication = Replication(
+            redis, settings.redis_wait_replicas, settings.redis_wait_timeout_ms
+        )
         queues.append(queue)
+        hand_over = d.pool is not None and len(settings.pools[d.pool].members) > 1
         dispatcher = Dispatcher(
             d.name,
-            delivering=Delivering(queue, results),
+            delivering=Delivering(queue, results, replication),
             upstream=upstream,
-            config=replace(config, low_priority_spill=d.low_priority_spill),
+            config=replace(config, low_priority_spill=d.low_priority_spill, hand_over=hand_over),
             gates=Gates(
                 throttle,
                 breaker=breaker,
@@ -184,7 +204,7 @@ def build_worker(
             ),
             sizer=sizer,
         )
-        lanes.append(Lane(d.name, queue, throttle, dispatcher))
+        lanes.append(Lane(d.name, queue, throttle, dispatcher, pool=d.pool))
     timing = timing or WorkerTiming(
         drain_timeout_s=settings.drain_timeout_s, renew_s=settings.slot_lease_s / 4
     )
@@ -216,13 +236,21 @@ def run(
 
     async def main(stop: asyncio.Event) -> int:
         structlog.contextvars.bind_contextvars(worker_id=worker_id)
-        metrics = WorkerMetrics(
-            tenants=Tenancy(settings.tenants, settings.api_keys).names(),
-            deployments=[d.name for d in settings.deployments],
-        )
+        tenants = Tenancy(settings.tenants, settings.api_keys).names()
+        metrics = WorkerMetrics(tenants=tenants, deployments=[d.name for d in settings.deployments])
+        health = Health()
         if port is not None:
-            bound = metrics.serve(port)
-            log.info("metrics_serving", port=bound)
+            key = OperatorKey(settings.metrics_api_key)
+            key.warn_if_open("worker", tenants)
+            bound = metrics.serve(port, health=health, key=key)
+            log.info("metrics_serving", port=bound, probes=["/healthz", "/readyz"])
+
+        async def beat() -> None:
+            health.beat()
+            if stop.is_set():
+                health.stopping()
+
+        beats = asyncio.create_task(every(BEAT_S, beat, event="health_beat", first="now"))
         redis = redis_client.connect_view(settings.redis)
         try:
             try:
@@ -232,6 +260,7 @@ def run(
             except BaseException:  # not started: its clients and credentials closed quietly
                 await upstream.close()
                 raise
+            health.started()
             built = build_worker(
                 settings,
                 redis,
@@ -247,6 +276,7 @@ def run(
             finally:
                 await built.close()
         finally:
+            beats.cancel()
             await redis.aclose()
             metrics.close()
             tracing.shutdown()

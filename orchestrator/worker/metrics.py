@@ -8,9 +8,12 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from orchestrator.breaker.machine import GAUGE
+from orchestrator.core.operator_key import OperatorKey
 from orchestrator.tenants.metrics import TenantMetrics
 from orchestrator.utilisation.base import Reading
 from orchestrator.utilisation.estimate.hypotheses import header_delay_s
+from orchestrator.worker.health import Health
+from orchestrator.worker.health import serve as serve_with_probes
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 _LAG_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14_400, 86_400)
@@ -40,6 +43,12 @@ class WorkerMetrics:
             "ptu_worker_utilisation_age_seconds",
             "Age of the last reading",
             ["deployment"],
+            registry=r,
+        )
+        self.pool_member = Gauge(
+            "ptu_pool_member_info",
+            "1 for each member of a PTU pool (join on deployment to group by pool)",
+            ["pool", "deployment"],
             registry=r,
         )
         self.model = Gauge(
@@ -187,6 +196,10 @@ class WorkerMetrics:
         self.lower_threshold.labels(deployment).set(lower)
         self.upper_threshold.labels(deployment).set(upper)
 
+    def member(self, pool: str, deployment: str) -> None:
+        """`deployment` is a member of `pool` (its queue depth is the pool's)."""
+        self.pool_member.labels(pool, deployment).set(1)
+
     def circuit(self, deployment: str, state: str) -> None:
         """The deployment's breaker changed state."""
         self.circuit_state.labels(deployment).set(GAUGE.get(state, 0))
@@ -237,9 +250,20 @@ class WorkerMetrics:
         """Record how long a message of a queued class waited in the queue."""
         self.queue_lag.labels(deployment, work_class).observe(max(0.0, seconds))
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Serve `/metrics` from a daemon thread; returns the bound port (0 picks one)."""
-        self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+    def serve(
+        self,
+        port: int,
+        addr: str = "0.0.0.0",
+        health: Health | None = None,
+        key: OperatorKey | None = None,
+    ) -> int:
+        """Serve `/metrics` (behind `key` when it requires one; with `health` the probes
+        `/healthz`, `/readyz`, always open) from a daemon thread; returns the bound port (0
+        picks one)."""
+        if health is not None or (key is not None and key.required):
+            self._server, _thread = serve_with_probes(self.registry, health, port, addr, key=key)
+        else:
+            self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
         return int(self._server.server_port)
 
     def close(self) -> None:

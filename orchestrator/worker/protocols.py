@@ -33,11 +33,23 @@ class SlotLimiter(Protocol):
     async def acquire(self, stop: asyncio.Event) -> Slot | None:
         """Wait for a global slot; None once `stop` is set first."""
 
+    async def acquire_more(self, n: int) -> list[Slot]:
+        """Up to `n` more slots at once without waiting (as many as the limit leaves room for)."""
+
     async def release(self, slot: Slot) -> None:
         """Hand a slot back (idempotent)."""
 
     async def renew(self) -> None:
         """Extend this worker's leases."""
+
+    async def start(self, slot: Slot, call_s: float) -> bool:
+        """The call holding `slot` starts: its lease covers `call_s`; False when it expired."""
+
+    async def open(self) -> None:
+        """At start: mark this worker alive to the slot table, drop an earlier run's leases."""
+
+    async def close(self) -> None:
+        """At the end: this worker is gone to the slot table."""
 
     async def pause_for(self, seconds: float) -> None:
         """Stop new slots on every worker for `seconds`."""

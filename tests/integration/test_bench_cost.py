@@ -14,7 +14,7 @@ def test_tiny_cost_run(tmp_path: Path) -> None:
     before = children(os.getpid())
     cfg = CostConfig(
         concurrencies=(1, 4), step_s=0.5, enqueue_requests=30, enqueue_concurrency=4,
-        worker_timeout_s=30.0,
+        worker_timeout_s=30.0, scale_calls=20, worker_counts=(1, 2),
     )  # fmt: skip
     result = run_cost(cfg, tmp_path)
 
@@ -33,8 +33,14 @@ def test_tiny_cost_run(tmp_path: Path) -> None:
     assert low["queued"] == low["results_written"] == 30
     assert 0 < low["requests"] <= 30 and low["process"] == "worker"
     assert low["redis_commands"] > 0 and low["per_s"] > 0
-    assert len(result["targets"]) == 6
+    assert len(result["targets"]) == 7
     assert {t["result"] for t in result["targets"]} <= {"met", "missed"}
+    scale = result["ingress_scale"]
+    assert scale["concurrency"] == 4 and scale["one"]["per_s"] > 0 and scale["two"]["per_s"] > 0
+    assert scale["two"]["processes"] > scale["one"]["processes"]  # the supervisor and its two
+    assert [row["workers"] for row in result["worker_scale"]] == [1, 2]
+    assert all(row["per_s"] and row["per_s"] > 0 for row in result["worker_scale"])
     text = (tmp_path / "results.md").read_text()
     assert "## Targets" in text and "one worker process: low-priority calls/s" in text
+    assert "| ptu ingress --workers 2 | 4 |" in text
     assert (tmp_path / "cost.png").read_bytes()[:4] == b"\x89PNG"

@@ -141,3 +141,57 @@ def test_high_priority_answers_while_redis_hangs(sim: SimulatorThread) -> None:
         assert hung_statuses == [200] * CALLS
         assert health.status_code == 200
         assert counted.get("breaker_sync", 0) + counted.get("limits", 0) >= 1
+
+
+def p99(took: list[float]) -> float:
+    return statistics.quantiles(took, n=100, method="inclusive")[98]
+
+
+def timed_for(http: httpx2.Client, seconds: float) -> tuple[list[int], list[float]]:
+    """High-priority calls one after another for `seconds`."""
+    statuses: list[int] = []
+    took: list[float] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        s, t = high_calls(http, 1)
+        statuses += s
+        took += t
+    return statuses, took
+
+
+def test_high_priority_latency_with_redis_up_stopped_and_hung(sim: SimulatorThread) -> None:
+    """p50/p99 through the ingress with Redis up, SIGKILLed and SIGSTOPped for 15 s (printed,
+    not asserted: the machine is shared); every call answered 200, `/healthz` too."""
+    hang_s = float(os.environ.get("REDIS_HANG_S", "15"))
+    with EmbeddedRedis(aof=False) as server:
+        settings = settings_for(server, sim)
+        with (
+            IngressThread(settings) as ingress,
+            httpx2.Client(base_url=ingress.url, timeout=60, headers={"api-key": KEY}) as http,
+        ):
+            with redis.Redis.from_url(server.url) as admin:
+                pid = int(admin.info("server")["process_id"])
+            high_calls(http, 5)
+            up_statuses, up = timed_for(http, hang_s)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                hung_statuses, hung = timed_for(http, hang_s)
+                health = [http.get("/healthz") for _ in range(3)]
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            time.sleep(1.0)  # back to normal, then gone
+            server.kill(signal.SIGKILL)
+            down_statuses, down = timed_for(http, hang_s)
+            server.restart()
+            counted = fail_opens(http)
+    for name, took in (("up", up), ("hung (SIGSTOP)", hung), ("stopped (SIGKILL)", down)):
+        print(
+            f"\nhigh priority through the ingress, Redis {name}: p50 "
+            f"{statistics.median(took) * 1000:.1f} ms, p99 {p99(took) * 1000:.1f} ms, "
+            f"slowest {[round(t * 1000) for t in sorted(took)[-5:]]} ms ({len(took)} calls)"
+        )
+    print(f"p99 hung / up: {p99(hung) / p99(up):.2f}; fail-opens {counted}")
+    assert set(up_statuses) == {200}
+    assert set(hung_statuses) == {200}, hung_statuses  # every call answered while Redis hung
+    assert set(down_statuses) == {200}
+    assert all(h.status_code == 200 for h in health)  # liveness never asks Redis

@@ -203,9 +203,13 @@ async def test_waiting_calls_hold_no_redis_connection(
                 break
         clients = await redis.client_list()
         answers = await asyncio.gather(*tasks)
-    subscribed = [c for c in clients if int(c.get("psub", 0)) or int(c.get("sub", 0))]
-    blocked = [c for c in clients if c.get("cmd") in ("blpop", "brpop", "xread", "subscribe")]
-    assert len(subscribed) == 1 and subscribed[0]["cmd"] == "psubscribe"  # one per process
+    # the worker's own slot-owner channels (throttle.slots) are its, not the waiters'
+    owners = await redis.pubsub_channels(keys.slot_owner("*", "*"))
+    patterns = [c for c in clients if int(c.get("psub", 0))]
+    channels = [c for c in clients if int(c.get("sub", 0))]
+    blocked = [c for c in clients if c.get("cmd") in ("blpop", "brpop", "xread")]
+    assert len(patterns) == 1 and patterns[0]["cmd"] == "psubscribe"  # one per process
+    assert len(channels) == len(owners)
     assert blocked == []
     assert [a.status_code for a in answers] == [202] * calls  # ran out: 202, nothing lost
     assert {a.headers["preference-applied"] for a in answers} == {"wait=3"}

@@ -168,3 +168,82 @@ async def test_pause_is_global_and_ends(clients: list[aioredis.Redis]) -> None:
     started = time.monotonic()
     assert await asyncio.wait_for(b.acquire(asyncio.Event()), timeout=5) is not None
     assert time.monotonic() - started > 0.25
+
+
+async def test_a_started_call_of_a_live_worker_outlives_its_lease(
+    clients: list[aioredis.Redis],
+) -> None:
+    """A stalled worker (alive, not renewing) keeps its started calls' slots; a dead one's go."""
+    source = StaticSource({"gpt-4o": 0.0})  # limit 10
+    stalled, dead, other = (
+        worker(c, source, wid)
+        for c, wid in zip(clients[:3], ("stalled", "dead", "other"), strict=True)
+    )
+    for throttle in (stalled, dead):
+        await throttle.open()
+    slots = {}
+    for name, throttle in (("stalled", stalled), ("dead", dead)):
+        started, idle = [await throttle.acquire(asyncio.Event()) for _ in range(2)]
+        assert started is not None and idle is not None
+        assert await throttle.start(started, 60.0)
+        slots[name] = (started, idle)
+    await dead.close()  # its process is gone: its connections (and subscription) closed
+    table = keys.slots(DEPLOYMENT.name)
+    for started, idle in slots.values():  # no renewal since: every lease has lapsed
+        await clients[0].zadd(table, {started.id: 1, idle.id: 1})
+    assert await other.global_in_flight() == 1  # only the live worker's started call
+    members: list[bytes] = await clients[0].zrange(table, 0, -1)  # type: ignore[assignment]
+    assert [m.decode() for m in members] == [slots["stalled"][0].id]
+    await stalled.renew()  # resumed: the started call's lease is extended, the idle one lost
+    assert not await stalled.start(slots["stalled"][1], 60.0)
+    await stalled.release(slots["stalled"][0])
+    assert await other.global_in_flight() == 0
+    assert await clients[0].hlen(keys.slot_calls(DEPLOYMENT.name)) == 0
+    await stalled.close()
+
+
+@pytest.mark.skipif(redis_mode.CLUSTER, reason="kills the subscription on one server")
+async def test_the_owner_subscription_comes_back_after_redis_drops_it(
+    clients: list[aioredis.Redis],
+) -> None:
+    """A connection Redis closed (a restart, CLIENT KILL) is reopened at the next renewal."""
+    throttle = worker(clients[0], StaticSource({"gpt-4o": 0.0}), "owner")
+    await throttle.open()
+    channel = keys.slot_owner(DEPLOYMENT.name, "owner")
+
+    async def subscribers() -> int:
+        # counted by a script: it runs on the node of the slot table, as the reaping does
+        script = "return redis.call('PUBSUB', 'NUMSUB', ARGV[1])[2]"
+        return int(await clients[1].eval(script, 1, keys.slots(DEPLOYMENT.name), channel))
+
+    assert await subscribers() == 1
+    await clients[1].client_kill_filter(_type="pubsub")
+    assert await subscribers() == 0
+    for _ in range(50):  # a renewal or two: reconnecting may take one more
+        await throttle.renew()
+        if await subscribers() == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert await subscribers() == 1
+    await throttle.close()
+
+
+async def test_slots_leased_together_never_exceed_the_global_limit(
+    clients: list[aioredis.Redis],
+) -> None:
+    source = StaticSource({"gpt-4o": 0.55})  # limit floor(10 - 9 * 0.5) = 5
+    a, b = worker(clients[0], source, "a"), worker(clients[1], source, "b")
+    stop = asyncio.Event()
+    first = await a.acquire(stop)
+    assert first is not None
+    more = await a.acquire_more(10)
+    assert len(more) == 4 and a.in_flight == 5  # the limit's room, not the 10 asked for
+    assert await b.acquire_more(3) == []  # b's limit is 0 until it reads: nothing leased
+    assert await b.refresh() == 5 and await b.acquire_more(3) == []  # the limit is full
+    await a.release(more[0])
+    got = await b.acquire_more(3)
+    assert len(got) == 1 and await a.global_in_flight() == 5
+    await a.pause_for(5.0)
+    for slot in more[1:]:
+        await a.release(slot)
+    assert await b.acquire_more(3) == []  # paused: nothing starts

@@ -166,7 +166,7 @@ def test_worker_cli_rejects_bad_configuration_with_one_line(redis_url: str) -> N
     env = {**redis_mode.env(redis_url), "PTU_DEPLOYMENTS": DEPLOYMENTS_JSON}
     unknown = _cli(["worker", "--deployment", "nope"], env)
     assert unknown.returncode == 2
-    assert "PTU_DEPLOYMENTS: no deployment named 'nope'" in unknown.stderr
+    assert "PTU_DEPLOYMENTS: no deployment or pool named 'nope'" in unknown.stderr
     no_endpoint = _cli(["worker"], env)
     assert no_endpoint.returncode == 2
     assert "PTU_AZURE_OPENAI_ENDPOINT: required by the worker" in no_endpoint.stderr

@@ -36,7 +36,11 @@ BASE = {"status": "in_progress", "total": "10", "completed": "0", "failed": "0",
         ({**BASE, "final_status": "expired", "closed": "1", "closed_at": "999"}, None),
         ({**BASE, "final_status": "expired", "closed": "1", "completed": "10"}, "finalize"),
         ({**BASE, "status": "cancelling", "expires_at": "999"}, "close"),
-        ({**BASE, "priority": "high"}, None),  # high-priority lines run in the ingress
+        # high-priority lines run in the ingress that beats `runner_at` (RUNNER_STALE_S 10 s)
+        ({**BASE, "priority": "high", "runner_at": "991"}, None),
+        ({**BASE, "priority": "high", "runner_at": "990"}, "resume"),  # its process is gone
+        ({**BASE, "priority": "high"}, "resume"),  # a run from before the beat existed
+        ({**BASE, "priority": "high", "status": "cancelling", "runner_at": "0"}, "close"),
         ({**BASE, "priority": "high", "completed": "10"}, "finalize"),
     ],
 )

@@ -14,13 +14,14 @@ from bench.scenarios.cost_measures import (
     Reading,
     command_delta,
     parse_commandstats,
+    parse_fail_opens,
     parse_redis_cpu_s,
     per_request,
     targets,
     top_commands,
     worst,
 )
-from bench.scenarios.cost_report import commands_table, per_request_table
+from bench.scenarios.cost_report import commands_table, per_request_table, scale_table
 from bench.scenarios.waiting_measures import stat_cpu_s, target_row
 
 COMMANDSTATS = (
@@ -46,6 +47,21 @@ def test_commandstats_give_the_calls_of_each_command_by_name() -> None:
         "info": 4,
     }
     assert parse_commandstats("# Commandstats\r\n") == {}
+
+
+def test_fail_opens_are_summed_over_what_from_the_metrics_text() -> None:
+    text = "\n".join(
+        [
+            "# HELP ptu_ingress_redis_fail_open_total Redis calls ...",
+            "# TYPE ptu_ingress_redis_fail_open_total counter",
+            'ptu_ingress_redis_fail_open_total{what="breaker_sync"} 3.0',
+            'ptu_ingress_redis_fail_open_total{what="token_event"} 40.0',
+            'ptu_ingress_redis_fail_open_created{what="token_event"} 1.7e+09',
+            'ptu_ingress_requests_total{priority="high"} 99.0',
+        ]
+    )
+    assert parse_fail_opens(text) == 43
+    assert parse_fail_opens("") == 0
 
 
 def test_redis_cpu_is_system_plus_user_of_the_server_itself() -> None:
@@ -117,17 +133,20 @@ def test_the_targets_take_the_worst_concurrency_and_compare_both_ways() -> None:
     high = [_high(1, 400.0, 18.0, 0.1, 0.9), _high(128, 330.0, 21.0, 0.12, 1.4)]
     low = {"measure": "low-priority call", "per_s": 410.0, "redis_commands": 40.0}
     rows = {row["target"].split(":")[0] + row["target_value"]: row for row in targets(high, low)}
-    assert [row["result"] for row in targets(high, low)] == [
+    assert [row["result"] for row in targets(high, low, 1.72)] == [
         "missed",  # 21 commands at 128 concurrent
         "met",
         "missed",  # 1.4 ms of ingress CPU
         "met",  # exactly 40
         "met",  # 410 calls/s
         "met",  # 330 / 400 = 0.825
+        "met",  # two processes 1.72x one
     ]
     assert rows["one worker process≥ 400"]["measured"] == "410"
-    assert targets(high, low)[-1]["measured"] == "0.825x"
-    assert targets(high, low)[-1]["target"] == "one ingress: requests/s at 128 concurrent / at 1"
+    assert targets(high, low)[5]["measured"] == "0.825x"
+    assert targets(high, low)[5]["target"] == "one ingress: requests/s at 128 concurrent / at 1"
+    assert targets(high, low, 1.69)[-1]["result"] == "missed"
+    assert targets(high, low)[-1]["result"] == "not measured"
     slower = targets([_high(1, 400.0, 1, 0, 0), _high(128, 319.0, 1, 0, 0)], {"per_s": 399.9})
     assert [slower[4]["result"], slower[5]["result"]] == ["missed", "missed"]
     nothing = targets([], None)
@@ -161,6 +180,7 @@ def test_the_tables_show_each_phase_and_the_rest_of_the_commands() -> None:
             "requests": 10,
             "errors": 0,
             "direct_per_s": 900.0,
+            "fail_opens": 3,
             "process": "ingress",
             "commands": {f"c{i:02}": 1.0 for i in range(22)},
         },
@@ -181,9 +201,10 @@ def test_the_tables_show_each_phase_and_the_rest_of_the_commands() -> None:
     assert table[0] == "| command | high, 1 concurrent | low-priority call |"
     assert table[-1] == "| other | 2 | - |"  # 22 commands, 20 shown
     assert table[2] == "| c00 | 1 | 2 |"
-    assert "| low-priority call | 64 | 5 | 120 | - | 0 | 2 | 0.5 | worker | 4 |" in (
-        per_request_table(rows)
-    )
+    shown = per_request_table(rows)
+    assert "| low-priority call | 64 | 5 | 120 | - | 0 | - | 2 | 0.5 | worker | 4 |" in shown
+    high = "| high-priority request | 1 | 10 | 400 | 900 | 0 | 3 | 5 | 0.1 | ingress | 0.9 |"
+    assert high in shown
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -213,3 +234,20 @@ def test_the_scenario_is_registered_with_its_flags() -> None:
 def test_a_bad_flag_is_one_clear_error(argv: tuple[str, ...], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         cost.config_of(_parse(*argv))
+
+
+def test_the_scale_table_shows_both_ingress_arms_and_each_worker_count() -> None:
+    result = {
+        "ingress_scale": {
+            "concurrency": 128,
+            "one": {"per_s": 300.0, "errors": 0, "process_cpu_ms": 3.1},
+            "two": {"per_s": 520.0, "errors": 1, "process_cpu_ms": 3.3},
+            "ratio": 1.733,
+        },
+        "worker_scale": [{"workers": 1, "per_s": 150.0}, {"workers": 4, "per_s": 290.0}],
+    }
+    lines = scale_table(result).splitlines()
+    assert lines[2] == "| ptu ingress | 128 | 300 | 0 | 3.1 |"
+    assert lines[3] == "| ptu ingress --workers 2 | 128 | 520 | 1 | 3.3 |"
+    assert lines[5] == "| 4 x ptu worker | - | 290 | - | - |"
+    assert scale_table({}) == "(not measured)"

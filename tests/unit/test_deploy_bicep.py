@@ -21,6 +21,7 @@ from typing import Any
 import jsonschema_rs
 import pytest
 
+from orchestrator.core.settings import Settings
 from tests.support.bicep import BicepSyntaxError, Expr, Resource, Template, parse
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -80,18 +81,25 @@ def arm_resource(resource: Resource, template: Template) -> dict[str, Any]:
     body = {k: v for k, v in resource.body.items() if k not in BICEP_ONLY}
     out: dict[str, Any] = {"type": resource.type, "apiVersion": resource.api_version}
     out.update(_arm(body, template.variables))
-    if "parent" in resource.body:  # as emitted: `<parent>/<child>`, a literal when both are
-        out["name"] = f"{_full_name(resource.body['parent'].text, template)}/{out['name']}"
+    if "parent" in resource.body:  # as emitted: `<parent>/<child>`, a literal when both are,
+        # else the expression `[format('{0}/{1}', ...)]` the compiler writes
+        parent = _full_name(resource.body["parent"].text, template)
+        own = out["name"]
+        literal = parent is not None and not own.startswith("[")
+        out["name"] = f"{parent}/{own}" if literal else "[format('{0}/{1}', parent, child)]"
     return out
 
 
-def _full_name(symbol: str, template: Template) -> str:
+def _full_name(symbol: str, template: Template) -> str | None:
+    """The parent's full name when it is known before deployment, else None."""
     (parent,) = [r for r in template.resources if r.symbol == symbol]
     name = parent.body["name"]
-    own = name if isinstance(name, str) else "x"  # a deployment-time name: any literal
+    if not isinstance(name, str):
+        return None
     if "parent" in parent.body:
-        return f"{_full_name(parent.body['parent'].text, template)}/{own}"
-    return own
+        above = _full_name(parent.body["parent"].text, template)
+        return None if above is None else f"{above}/{name}"
+    return name
 
 
 def schema_errors(resource: Resource, template: Template) -> list[str]:
@@ -218,7 +226,11 @@ def test_apim_policy_names_what_the_template_creates() -> None:
     backends = {e.get("backend-id") for e in root.iter("set-backend-service")} - {None}
     assert backends == {apim["pool"].body["name"]}
     urls = {e.get("base-url") for e in root.iter("set-backend-service")} - {None}
-    assert urls == {"{{" + apim["ingress"].body["name"] + "}}"}
+    # the API's `/openai` suffix is kept: the ingress routes on it
+    assert urls == {"{{" + apim["ingress"].body["name"] + "}}/openai"}
+    named = {m for e in root.iter("value") for m in re.findall(r"\{\{([\w-]+)\}\}", e.text or "")}
+    assert named == {apim["frontSecretValue"].body["name"]}
+    assert apim["frontSecretValue"].body["properties"]["secret"] is True
     loggers = {e.get("logger-id") for e in root.iter("log-to-eventhub")}
     assert loggers == {apim["tokenEvents"].body["name"]}
 
@@ -239,3 +251,33 @@ def test_apim_policy_never_parses_a_streamed_response() -> None:
         condition = guard.get("condition") or ""
         assert 'context.Variables["ptuStream"]' in condition
         assert "text/event-stream" in condition
+
+
+def _main() -> tuple[Template, dict[str, Resource]]:
+    template = parse((DEPLOY / "bicep" / "main.bicep").read_text())
+    return template, {r.symbol: r for r in template.resources}
+
+
+def test_redis_persists_every_second_and_takes_entra_id_only() -> None:
+    template, resources = _main()
+    database = resources["redisDatabase"]
+    props = database.body["properties"]
+    assert props["persistence"] == {"aofEnabled": True, "aofFrequency": "1s"}
+    assert props["evictionPolicy"] == "NoEviction"  # the queue and the records are not a cache
+    assert props["accessKeysAuthentication"] == "Disabled"
+    user = resources["redisUser"].body
+    assert user["parent"].text == "redisDatabase"
+    assert user["properties"]["user"]["objectId"].text == "identity.properties.principalId"
+    weekly = copy.deepcopy(database)
+    weekly.body["properties"]["persistence"]["aofFrequency"] = "5s"
+    assert schema_errors(weekly, template)
+
+
+def test_files_have_their_container_and_the_identity_may_write_it() -> None:
+    _, resources = _main()
+    files = resources["filesContainer"].body
+    assert files["name"] == Settings.model_fields["blob_container"].default
+    assert files["parent"].text == "blobs"
+    writer = resources["checkpointWriter"].body
+    assert writer["scope"].text == "checkpoints"  # the account that holds both containers
+    assert "storageBlobDataContributor" in writer["properties"]["roleDefinitionId"].text

@@ -19,6 +19,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from ingress.metrics import IngressMetrics
+from ingress.queued.requests import lost
 from orchestrator.worker.metrics import WorkerMetrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -173,3 +174,11 @@ def test_alert_annotations_name_only_labels_the_alert_keeps() -> None:
         "deployment"
     }
     assert _kept_labels("sum(rate(ptu_worker_results_total[5m]))") == set()
+
+
+def test_the_data_loss_alert_says_what_a_lost_request_answers() -> None:
+    answer = lost("req_1")
+    (rule,) = [r for r in alert_rules() if r["alert"] == "PTURedisDataLost"]
+    description = rule["annotations"]["description"]
+    assert f"{answer.status} {answer.code}" in description
+    assert "404" not in description

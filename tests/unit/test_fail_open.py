@@ -42,9 +42,35 @@ async def test_an_error_fails_open_then_the_cool_down_skips_redis() -> None:
     assert tried == [1]
     clock.advance(1.01)
     assert not guard.cooling
-    assert await guard.call("limits", failing, -3) == -3  # tried again after the cool-down
+    # after the cool-down the call still fails open at once; its work is tried in the
+    # background, and that trial's failure starts another cool-down
+    assert await guard.call("limits", failing, -3) == -3
+    await guard.settled()
     assert tried == [1, 1]
+    assert guard.cooling
     assert counted == ["breaker_sync", "breaker_sync", "limits"]
+
+
+async def test_after_a_failure_no_call_waits_and_a_good_trial_ends_the_failing_state() -> None:
+    clock = FakeClock()
+    guard, counted = guard_with(clock)
+    redis_back = asyncio.Event()
+    calls: list[str] = []
+
+    async def hung_until_back() -> int:
+        calls.append("tried")
+        if not redis_back.is_set():
+            raise StoreUnavailable("estimate: Redis unavailable")
+        return 7
+
+    assert await guard.call("limits", hung_until_back, 0) == 0  # the one that pays
+    clock.advance(1.01)
+    redis_back.set()
+    assert await guard.call("limits", hung_until_back, 0) == 0  # fails open, trial behind it
+    await guard.settled()
+    assert calls == ["tried", "tried"]
+    assert await guard.call("limits", hung_until_back, 0) == 7  # back to normal
+    assert counted == ["limits", "limits"]
 
 
 async def test_a_hung_call_is_cut_at_the_deadline() -> None:

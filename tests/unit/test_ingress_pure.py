@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import SecretStr
 
 from ingress.chat.governance import check_chat_body, govern
 from ingress.chat.headers import forwarded_headers, passed_headers
@@ -16,6 +17,7 @@ from ingress.http.models import parse_wait as wait_for
 from ingress.queued.enqueue import reply_key_for
 from orchestrator.core import keys
 from orchestrator.core.retry import parse_retry_after
+from orchestrator.tenants.config import Tenancy, TenantConfig
 
 
 @pytest.mark.parametrize(
@@ -107,6 +109,41 @@ def test_unknown_keys_are_401(headers: dict[str, str]) -> None:
     with pytest.raises(ApiError) as info:
         Authenticator({"k1": "alpha"}).tenant(headers)
     assert info.value.status == 401
+
+
+FRONT = SecretStr("s3cret-front")
+
+
+@pytest.mark.parametrize(
+    ("keys", "headers", "answer"),
+    [
+        # the front's secret names the tenant; with it the key plays no part
+        ({"k1": "alpha"}, {"x-ptu-front-secret": "s3cret-front", "x-ptu-tenant": "beta"}, "beta"),
+        ({}, {"x-ptu-front-secret": "s3cret-front", "x-ptu-tenant": "default"}, "default"),
+        # without the secret the tenant header means nothing
+        ({"k1": "alpha"}, {"api-key": "k1", "x-ptu-tenant": "beta"}, "alpha"),
+        ({"k1": "alpha"}, {"x-ptu-tenant": "beta"}, 401),
+        # a wrong secret is refused, never a fall-back to the key
+        ({"k1": "alpha"}, {"x-ptu-front-secret": "guess", "api-key": "k1"}, 401),
+        ({"k1": "alpha"}, {"x-ptu-front-secret": "s3cret-front"}, 401),
+        ({"k1": "alpha"}, {"x-ptu-front-secret": "s3cret-front", "x-ptu-tenant": "eve"}, 403),
+        # a secret and no keys: only the front gets in
+        ({}, {"api-key": "anything"}, 401),
+    ],
+)
+def test_a_trusted_front_names_the_tenant_only_with_its_secret(
+    keys: dict[str, str], headers: dict[str, str], answer: str | int
+) -> None:
+    tenancy = Tenancy([TenantConfig(name="alpha"), TenantConfig(name="beta")], keys)
+    auth = Authenticator(tenancy if keys else {}, FRONT)
+    assert not auth.open
+    if isinstance(answer, str):
+        assert auth.tenant(headers) == answer
+        return
+    with pytest.raises(ApiError) as info:
+        auth.tenant(headers)
+    assert info.value.status == answer
+    assert "s3cret" not in info.value.message
 
 
 @pytest.mark.parametrize(

@@ -191,17 +191,51 @@ async def test_stop_already_set_returns_none(fake_redis: fakeredis.FakeAsyncRedi
     assert await throttle.acquire(stop) is None
 
 
-async def test_renew_readds_a_reaped_lease(fake_redis: fakeredis.FakeAsyncRedis) -> None:
+async def test_a_reaped_lease_is_lost_not_revived(fake_redis: fakeredis.FakeAsyncRedis) -> None:
     t = FakeClock()
     throttle = make(fake_redis, StaticSource({"gpt-4o": 0.0}, clock=t.clock), t)
     slot = await throttle.acquire(asyncio.Event())
     assert slot is not None
     await fake_redis.zrem(keys.slots("gpt-4o"), slot.id)  # as if another worker reaped it
-    await throttle.renew()
-    assert await throttle.global_in_flight() == 1
-    await throttle.release(slot)
-    await throttle.renew()
-    assert await throttle.global_in_flight() == 0
+    with capture_logs() as logs:
+        await throttle.renew()
+    assert [e["count"] for e in logs if e["event"] == "slot_leases_lost"] == [1]
+    assert await throttle.global_in_flight() == 0  # its slot may be someone else's by now
+    assert throttle.in_flight == 0
+    assert not await throttle.start(slot, 60.0)  # a call must not start on it
+
+
+async def test_a_lease_reaped_before_its_call_is_not_started(
+    fake_redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    t = FakeClock()
+    source = StaticSource({"gpt-4o": 0.0}, clock=t.clock)
+    throttle, other = make(fake_redis, source, t), make(fake_redis, source, t, worker_id="w2")
+    slot = await throttle.acquire(asyncio.Event())
+    assert slot is not None
+    await fake_redis.zadd(keys.slots("gpt-4o"), {slot.id: 1})  # expired long ago (stalled)
+    assert await other.acquire(asyncio.Event()) is not None  # its lease reaps the lapsed one
+    with capture_logs() as logs:
+        await throttle.renew()  # resumed: the lapsed lease is not revived
+    assert [e["event"] for e in logs] == ["slot_leases_lost"]
+    assert not await throttle.start(slot, 120.0)
+    assert throttle.in_flight == 0
+    assert await fake_redis.zcard(keys.slots("gpt-4o")) == 1  # the other worker's
+
+
+async def test_a_restart_under_the_same_id_drops_its_predecessors_leases(
+    fake_redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    t = FakeClock()
+    source = StaticSource({"gpt-4o": 0.0}, clock=t.clock)
+    before, other = make(fake_redis, source, t), make(fake_redis, source, t, worker_id="w10")
+    for throttle in (before, before, other):
+        assert await throttle.acquire(asyncio.Event()) is not None
+    again = make(fake_redis, source, t)  # the same id "w1": the earlier run is gone
+    await again.open()
+    members: list[bytes] = await fake_redis.zrange(keys.slots("gpt-4o"), 0, -1)  # type: ignore[assignment]
+    assert [m.decode().split(":")[0] for m in members] == ["w10"]
+    await again.close()
 
 
 async def test_a_release_that_overtakes_the_renewal_is_no_lost_lease(

@@ -255,6 +255,44 @@ def test_the_monitor_minute_teaches_the_inflow(monitor: float, expected: float) 
     assert again.s == pytest.approx(st.s)  # the same minute is folded once
 
 
+def test_the_monitor_minute_gives_back_a_level_missed_near_full() -> None:
+    # the throttle holds our bucket-with-inflow near the top: its level does not drain
+    t = MINUTE * 60.0
+    st = step(None, Signal(delta=0.85), t + 1, W, P)
+    for i in range(2, 95):  # our charges keep it there, as a throttle at the upper would
+        st = step(st, Signal(delta=(1.0 - st.s) / W), t + i, W, P)
+    before = read(st, t + 95, W, P).headerless
+    folded = step(st, Signal(monitor=0.97, monitor_minute=MINUTE), t + 95, W, P)
+    missed = 0.97 - st.peaks[str(MINUTE)]
+    assert missed > 0.05
+    assert folded.mu == pytest.approx(before + missed, abs=1e-6)
+
+
+def test_a_saturation_since_the_minute_leaves_the_level_alone() -> None:
+    t = MINUTE * 60.0
+    st = step(None, Signal(delta=0.5), t + 1, W, P)
+    st = step(st, Signal(saturated=True, retry_after_s=0.1), t + 65, W, P)
+    st = step(st, Signal(), t + 80, W, P)
+    before, inflow = st.mu, st.s
+    folded = step(st, Signal(monitor=0.9, monitor_minute=MINUTE), t + 80, W, P)
+    assert folded.mu == pytest.approx(before)
+    # the inflow still learns from the minute (its peak was our 0.5)
+    assert folded.s == pytest.approx(min(0.95, inflow + 0.4 * W / 60.0))
+
+
+def test_the_inflow_does_not_fade_while_the_monitor_minute_is_fresh() -> None:
+    t = MINUTE * 60.0
+    st = step(None, Signal(delta=0.3), t + 1, W, P)
+    st = step(st, Signal(monitor=0.6, monitor_minute=MINUTE), t + 70, W, P)
+    learnt = st.s
+    assert learnt > 0
+    later = step(st, Signal(), t + 70 + 600, W, P)
+    assert later.s == pytest.approx(learnt)
+    # the Monitor fell silent: the inflow fades again
+    stale = step(st, Signal(), t + 70 + 3 * 3600, W, P)
+    assert stale.s < learnt * math.exp(-(3 * 3600 - 1200 - 70) / P.unseen_decay_s) * 1.001
+
+
 def test_old_observations_are_ignored() -> None:
     st = step(None, Signal(delta=0.2), T0, W, P)
     st = step(st, Signal(utilisation=0.9, age_s=P.max_age_s + 1), T0, W, P)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -145,6 +146,24 @@ def test_parse_event(raw: str, expected: tuple[Any, ...]) -> None:
 def test_parse_event_rejects_garbage(raw: str) -> None:
     with pytest.raises((ValueError, KeyError)):
         parse_event(raw, default_timestamp=0.0)
+
+
+@pytest.mark.parametrize(
+    ("tenant", "expected"),
+    [(None, "default"), ("", "default"), ("team-a", "team-a"), ("a" * 64, "a" * 64)],
+)
+def test_a_gateway_record_names_its_tenant(tenant: str | None, expected: str) -> None:
+    record = {"id": "r", "deploymentName": "d", "promptTokens": 3, "responseTokens": 2}
+    if tenant is not None:
+        record["tenant"] = tenant
+    assert parse_event(json.dumps(record), default_timestamp=0.0).tenant == expected
+
+
+@pytest.mark.parametrize("tenant", ["a b", "ptu:{x}", "a" * 65, "é"])
+def test_a_gateway_record_with_a_malformed_tenant_is_refused(tenant: str) -> None:
+    record = {"id": "r", "deploymentName": "d", "promptTokens": 3, "tenant": tenant}
+    with pytest.raises(ValueError, match="not a tenant name"):
+        parse_event(json.dumps(record), default_timestamp=0.0)
 
 
 async def test_static_source() -> None:

@@ -206,3 +206,41 @@ async def test_queue_outage_releases_the_slot_and_backs_off() -> None:
     stop.set()
     await run
     assert set((await replies(rig, ids)).values()) == {1}
+
+
+class CountingQueue:
+    """The rig's queue, counting receives and the messages each returned."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.received: list[int] = []
+
+    async def receive(self, max_count: int, timeout_s: float) -> list[Delivery]:
+        got = await self.inner.receive(max_count, timeout_s)
+        if got:
+            self.received.append(len(got))
+        return list(got)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_waiting_messages_are_taken_several_at_once_within_the_limit() -> None:
+    gate = asyncio.Event()
+    rig = make_rig(utilisation=0.55, max_concurrency=10, upstream=FakeUpstream(gate=gate))
+    ids = await fill(rig, 12)
+    queue = CountingQueue(rig.queue)
+    stop = asyncio.Event()
+    run = asyncio.create_task(make_worker(rig, Parked(), queue).run(stop))
+
+    await until(lambda: rig.upstream.active == 5)
+    await settle()
+    assert rig.upstream.active == 5 and rig.queue.in_flight() == 5  # never beyond the limit
+    assert queue.received[:2] == [1, 4]  # one message, then the four the limit had room for
+    gate.set()
+    await until(lambda: rig.dispatcher.counts["completed"] == 12)
+    stop.set()
+    await run
+    assert rig.upstream.peak == 5
+    assert set((await replies(rig, ids)).values()) == {1}
+    assert await rig.global_slots() == 0

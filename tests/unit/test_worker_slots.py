@@ -15,6 +15,8 @@ class Limiter:
     def __init__(self) -> None:
         self.acquired = 0
         self.released: list[Slot] = []
+        self.expired: set[str] = set()
+        self.started: list[tuple[str, float]] = []
 
     async def acquire(self, stop: asyncio.Event) -> Slot | None:
         if stop.is_set():
@@ -24,6 +26,12 @@ class Limiter:
 
     async def release(self, slot: Slot) -> None:
         self.released.append(slot)
+
+    async def start(self, slot: Slot, call_s: float) -> bool:
+        if slot.id in self.expired:
+            return False
+        self.started.append((slot.id, call_s))
+        return True
 
 
 async def test_release_hands_the_slot_back_once() -> None:
@@ -52,6 +60,16 @@ async def test_acquire_keeps_a_held_slot_and_fails_on_stop() -> None:
     await holder.release()
     stop.set()
     assert not await holder.acquire(stop) and not holder.held
+
+
+async def test_start_covers_the_call_and_replaces_an_expired_lease() -> None:
+    limiter = Limiter()
+    limiter.expired = {"s0"}
+    holder = SlotHolder(limiter, Slot("s0", "d", 0.0), TaskSet())  # type: ignore[arg-type]
+    await holder.start(120.0)  # s0 expired while this process stalled: a fresh slot first
+    assert limiter.started == [("s1", 120.0)] and limiter.acquired == 1
+    await holder.release()
+    assert [s.id for s in limiter.released] == ["s1"]
 
 
 async def test_a_release_survives_the_cancellation_of_its_caller() -> None:

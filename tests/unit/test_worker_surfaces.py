@@ -72,3 +72,32 @@ async def test_expiry_without_any_answer_is_still_expired() -> None:
     assert await _run_one(rig) == "expired"
     doc = await _doc(rig, "r1")
     assert doc["error"] == {"code": "expired", "message": "the deadline passed before the call"}
+
+
+def _refused() -> UpstreamUnreachable:
+    return UpstreamUnreachable("connection refused", status_code=None, cause="ConnectError")
+
+
+async def test_a_pool_member_hands_a_request_back_when_its_breaker_opens() -> None:
+    """A pool's other members share its queue, not its breaker: the request goes back at
+    once for them (one delivery counted, no attempt spent, no result written here)."""
+    upstream = FakeUpstream(script={"r1": [_refused()]})
+    rig = make_rig(upstream=upstream, breakers=TRIP_AT_ONCE, hand_over=True)
+    await rig.put(request("r1"))
+
+    assert await _run_one(rig) is None  # the outage opened the breaker: handed back
+    assert await rig.redis.hget(keys.breaker("dep"), "state") == b"open"
+    assert await rig.replies("r1") == [] and rig.queue.dead_letters == []
+    assert rig.time.now == T0  # no waiting for the breaker
+    (again,) = await rig.queue.receive(1, 0)  # redelivered at once, to any consumer
+    assert again.message.id == "r1" and again.delivery_count == 2
+    assert len(upstream.calls) == 1
+
+
+async def test_without_a_pool_the_request_waits_for_the_breaker() -> None:
+    upstream = FakeUpstream(script={"r1": [_refused()]})
+    rig = make_rig(upstream=upstream, breakers=TRIP_AT_ONCE)
+    await rig.put(request("r1", deadline=T0 + 60))
+
+    assert await _run_one(rig) == "expired"  # kept, waiting, until its deadline
+    assert rig.time.now >= T0 + 60

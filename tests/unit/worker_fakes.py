@@ -184,6 +184,7 @@ def make_rig(
     usage: UsageSink | None = None,
     metrics: WorkerMetrics | None = None,
     breakers: BreakerConfig | None = None,
+    hand_over: bool = False,
 ) -> Rig:
     redis = fakeredis.FakeAsyncRedis()
     time_ = FakeClock(T0)
@@ -208,6 +209,7 @@ def make_rig(
         default_max_tokens=100,
         max_deliveries=max_deliveries,
         low_priority_spill=low_priority_spill,
+        hand_over=hand_over,
     )
     dispatcher = Dispatcher(
         DEPLOYMENT.name,

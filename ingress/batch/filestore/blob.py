@@ -5,7 +5,8 @@ One block blob per file in one container (created on first use). Uploads go in
 stream in 1 MiB ranges from any offset. The single-request limits of the SDK are
 lowered so neither direction ever holds more than a few MiB of a file in memory.
 Identity: `DefaultAzureCredential` (workload identity, managed identity, az login)
-unless a credential is passed in (the emulator's account key in tests).
+unless a credential is passed in, or `PTU_BLOB_CONNECTION_STRING` names the account
+with its key (Azurite, the emulator; an account that allows shared keys).
 """
 
 from __future__ import annotations
@@ -34,20 +35,31 @@ BLOCK_BYTES = 1024 * 1024
 class BlobFileStore:
     """Files as block blobs of one container."""
 
-    def __init__(self, account_url: str, container: str, credential: Any = None) -> None:
+    def __init__(
+        self,
+        account_url: str | None,
+        container: str,
+        credential: Any = None,
+        *,
+        connection_string: str | None = None,
+    ) -> None:
         self._owned_credential = None
-        if credential is None:
-            from azure.identity.aio import DefaultAzureCredential
+        limits: dict[str, Any] = {
+            "max_single_put_size": BLOCK_BYTES,
+            "max_block_size": BLOCK_BYTES,
+            "max_single_get_size": CHUNK_BYTES,
+            "max_chunk_get_size": CHUNK_BYTES,
+        }
+        if connection_string is not None:  # the emulator, or an account with shared keys
+            self._service = BlobServiceClient.from_connection_string(connection_string, **limits)
+        else:
+            if account_url is None:
+                raise ValueError("an account URL or a connection string is needed")
+            if credential is None:
+                from azure.identity.aio import DefaultAzureCredential
 
-            credential = self._owned_credential = DefaultAzureCredential()
-        self._service = BlobServiceClient(
-            account_url,
-            credential=credential,
-            max_single_put_size=BLOCK_BYTES,
-            max_block_size=BLOCK_BYTES,
-            max_single_get_size=CHUNK_BYTES,
-            max_chunk_get_size=CHUNK_BYTES,
-        )
+                credential = self._owned_credential = DefaultAzureCredential()
+            self._service = BlobServiceClient(account_url, credential=credential, **limits)
         self._container = self._service.get_container_client(container)
         self._ready = False
         self._lock = asyncio.Lock()

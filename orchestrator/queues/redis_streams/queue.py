@@ -1,7 +1,8 @@
 """Redis Streams queue: one stream per deployment, one consumer group for all workers.
 
 put = XADD; receive = take over dead consumers' entries (`reclaim`), then XREADGROUP
-BLOCK; ack = XACK + XDEL in one transaction. Deleting acknowledged entries keeps the
+BLOCK; ack = XACK + XDEL in one transaction (the acks that arrive while one is written,
+together). Deleting acknowledged entries keeps the
 stream holding exactly the messages waiting or in flight, so `depth` is a plain XLEN and
 memory stays bounded without a MAXLEN that could trim unconsumed work.
 
@@ -28,7 +29,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from orchestrator.core import keys, redis_client, redis_replies
-from orchestrator.core.errors import QueueUnavailable
+from orchestrator.core.batching import Batcher
+from orchestrator.core.errors import NotReplicated, QueueUnavailable
+from orchestrator.core.replication import Replication
 from orchestrator.core.schemas import QueuedRequest
 from orchestrator.queues import dead_letter
 from orchestrator.queues.base import Delivery, read_delivery
@@ -38,12 +41,12 @@ from orchestrator.queues.redis_streams.reclaim import RELEASED, Reclaim
 log = structlog.get_logger(__name__)
 
 # KEYS: stream, put marker. ARGV: field, payload, marker ttl s. 1 when put, 0 when already.
+# The marker holds the entry's id: the reconciler tells a lost entry from an acked one by it.
 _PUT_ONCE = """
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
-  redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
-  return 1
-end
-return 0
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local id = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
+redis.call('SET', KEYS[2], id, 'EX', ARGV[3])
+return 1
 """
 FIELD = dead_letter.MESSAGE_FIELD
 """The stream entry field holding the QueuedRequest JSON."""
@@ -73,6 +76,7 @@ class RedisStreamsQueue:
         liveness_s: float = 5.0,
         socket_timeout_s: float | None = None,
         stream: str | None = None,
+        replication: Replication | None = None,
     ) -> None:
         self.redis = redis
         self.deployment = deployment
@@ -93,25 +97,30 @@ class RedisStreamsQueue:
         self._liveness = Liveness(member, **timing)
         self._reclaim = Reclaim(member, **timing)
         self._put_once = redis.register_script(_PUT_ONCE)
+        self._replication = replication
+        self._acks: Batcher[str, str] = Batcher(self._ack_many)
         self._group_ready = False
         self._inherited = False
         self._closed = False
 
     async def put(self, message: QueuedRequest) -> None:
-        """XADD the message JSON; durable (as the server's persistence) when this returns.
+        """XADD the message JSON; durable (as the server's persistence) when this returns,
+        and on the stream's replicas for a request that is not a batch line (`replication`,
+        `PTU_REDIS_WAIT_REPLICAS`; else `NotReplicated`).
 
-        A batch line is put at most once per request id (until its deadline): one
-        script XADDs it and sets a marker in the stream's slot, so the batch expansion
-        can re-put a chunk after a crash without queueing any line twice.
+        A request is put at most once per id (until its deadline): one script XADDs it
+        and sets a marker holding the entry id in the stream's slot, so the batch expansion
+        can re-put a chunk after a crash without queueing any line twice, and the
+        reconciler (`reconcile`) can tell a request whose entry Redis lost.
         """
         async with _mapped("put", self.stream):
             payload = message.model_dump_json()
-            if message.batch_id is None:
-                await self.redis.xadd(self.stream, {FIELD: payload})
-                return
             ttl = max(60, math.ceil(message.deadline - time.time()) + 60)
             marker = keys.queue_put(self.stream, message.id)
             await self._put_once(keys=[self.stream, marker], args=[FIELD, payload, ttl])
+        if message.batch_id is None and self._replication is not None:
+            if not await self._replication.confirm(self.stream):
+                raise NotReplicated(f"redis queue {self.stream}: put not on a replica in time")
 
     async def put_many(self, messages: Sequence[QueuedRequest]) -> None:
         """`put` each message, pipelined: one round trip for the lot (all in this slot)."""
@@ -127,9 +136,6 @@ class RedisStreamsQueue:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for message in messages:
                     payload = message.model_dump_json()
-                    if message.batch_id is None:
-                        pipe.xadd(self.stream, {FIELD: payload})
-                        continue
                     ttl = max(60, math.ceil(message.deadline - now) + 60)
                     marker = keys.queue_put(self.stream, message.id)
                     await self._put_once(
@@ -159,7 +165,7 @@ class RedisStreamsQueue:
                     )
                     if not out:
                         in_flight = len(self._liveness.in_flight)
-                        claimed = await self._reclaim.claim_idle(max_count, in_flight)
+                        claimed = await self._reclaim.claim_idle(max_count, in_flight, loop.time())
                         out = await self._deliveries(*claimed)
                     if not out:
                         block_ms = self._block_ms(deadline - loop.time())
@@ -175,13 +181,17 @@ class RedisStreamsQueue:
         return []
 
     async def ack(self, delivery: Delivery) -> None:
-        """XACK and XDEL the entry atomically; idempotent."""
-        async with _mapped("ack", self.stream):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xack(self.stream, self.group, delivery.token)
-                pipe.xdel(self.stream, delivery.token)
-                await pipe.execute()
+        """XACK and XDEL the entry atomically; idempotent. Acks that arrive while one is
+        being written go together in the next (`core/batching`: one XACK, one XDEL)."""
+        await self._acks.submit(self.stream, delivery.token)
         self._liveness.in_flight.discard(delivery.token)
+
+    async def _ack_many(self, stream: str, tokens: Sequence[str]) -> None:
+        async with _mapped("ack", stream):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xack(stream, self.group, *tokens)
+                pipe.xdel(stream, *tokens)
+                await pipe.execute()
 
     async def release(self, delivery: Delivery) -> None:
         """Hand the entry to `RELEASED`; the next receive of any consumer takes it over."""

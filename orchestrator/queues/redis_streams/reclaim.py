@@ -7,7 +7,8 @@ pending summary; the entries of a consumer whose liveness key is gone are taken 
 one Lua script that re-checks the owner of each entry, so two live consumers never both
 take one entry. Released entries belong to the pseudo consumer `RELEASED`, which is never
 alive. XAUTOCLAIM after `claim_idle_s` catches entries whose owner still looks alive but
-stopped refreshing them; its cursor walks the whole pending list over successive calls.
+stopped refreshing them, on its own schedule (at most every `scan_s`, not before every
+read); its cursor walks the whole pending list over successive calls.
 A consumer starting under a name that still has pending entries (a restart under the
 same name) releases them before its first receive (`release_inherited`), so they move
 within the liveness time too.
@@ -63,6 +64,7 @@ class Reclaim:
         self._take_over = redis.register_script(_TAKE_OVER)
         self._last_scan = -math.inf
         self._claim_cursor = "0-0"
+        self._last_claim = -math.inf
 
     @property
     def scan_s(self) -> float:
@@ -132,8 +134,13 @@ class Reclaim:
             self.soon()
         return moved
 
-    async def claim_idle(self, max_count: int, in_flight: int) -> Claimed:
-        """XAUTOCLAIM entries idle for `claim_idle_s` (their owner stopped refreshing)."""
+    async def claim_idle(self, max_count: int, in_flight: int, now: float) -> Claimed:
+        """XAUTOCLAIM entries idle for `claim_idle_s` (their owner stopped refreshing), at most
+        every `scan_s` (an entry becomes claimable `claim_idle_s` after its last delivery, so
+        looking before every read finds nothing new), and at once again after a full claim."""
+        if now - self._last_claim < self.scan_s:
+            return [], {}
+        self._last_claim = now
         reply = await self._redis.xautoclaim(
             self._stream,
             self._group,
@@ -148,6 +155,8 @@ class Reclaim:
         claimed = redis_replies.entries(reply[1])
         if not claimed:
             return [], {}
+        if len(claimed) >= max_count:
+            self._last_claim = -math.inf  # more may be idle: look again on the next receive
         pending = await self._redis.xpending_range(
             self._stream,
             self._group,

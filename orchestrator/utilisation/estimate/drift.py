@@ -4,8 +4,9 @@ With `PTU_AZURE_MONITOR_ENDPOINT` and `PTU_AZURE_RESOURCE_ID` set (and `PTU_CALI
 the estimate polls `AzureOpenAIProvisionedManagedUtilizationV2` (the minute's Maximum) in the
 background and folds every new minute into the deployment's shared state (`filter.step` under
 the store's compare-and-set): when the deployment was fuller than our bucket-with-inflow's
-own peak of that minute, the unseen inflow was too low and grows by the difference. It is
-minutes old by nature, so it only ever raises the inflow, which then fades slowly.
+own peak of that minute, the unseen inflow was too low and grows by the difference, and the
+level missed is given back to the bucket-with-inflow unless a saturation has told the level
+since. It is minutes old by nature, so it only ever raises them; the inflow then fades slowly.
 Every process polling folds the same minute at most once (the state keeps the newest minute).
 """
 

@@ -38,12 +38,14 @@ What each signal tells, and the part of the state it feeds:
   saturation; when it was empty, the share of capacity our own recent rate leaves: the
   least that could have filled the deployment). Saturations within one hold are one
   overflow. `s` feeds `mu`, a bucket of our charges plus that inflow. `s` is kept (fading
-  over `unseen_decay_s`), so it is learnt in a few saturations, not at every one; a call
-  that went through while `mu` said full lowers it.
+  over `unseen_decay_s`, and not at all while the Azure Monitor minute keeps telling the
+  level), so it is learnt in a few saturations, not at every one; a call that went through
+  while `mu` said full lowers it.
 - **`x-ratelimit-remaining-tokens`** (gateways, standard deployments, other limiters): the
   share of the limit used, exact and on time; our charges since it was read are added.
 - **the Azure Monitor minute** (its maximum): when it was fuller than `mu`'s own peak of
-  that minute, the unseen inflow was too low.
+  that minute, the unseen inflow was too low, and `mu`'s level was short by the difference
+  (near full a missed level does not drain away: `mu` takes it unless known since).
 
 The reading is the largest of: the headerless estimate `mu`, the header's estimate (or
 only the header's, once trusted), the remaining-tokens estimate while fresh, and 100 %
@@ -86,6 +88,9 @@ NEED_MARGIN = 0.05
 """An inflow just at the capacity fills nothing: a little more than the least that could."""
 MAX_UNSEEN = 0.95
 """The unseen share never reaches the whole capacity: our own calls still go through."""
+MONITOR_FRESH_S = 1200.0
+"""The newest Azure Monitor minute still describes the deployment this long after it began
+(ingestion takes 30 s to 15 min, AZURE_FACTS.md §4)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +172,20 @@ def _advance(st: FilterState, now: float, window_s: float, p: FilterParams) -> N
     st.mu = _drain(st.mu, dt, (1.0 - st.s) * drain)
     if st.mu <= 0.0:
         st.filled_at = None
-    st.s *= math.exp(-dt / p.unseen_decay_s)
+    if not _monitored(st, now):
+        st.s *= math.exp(-dt / p.unseen_decay_s)
     st.t = max(st.t, now)
+
+
+def _monitored(st: FilterState, now: float) -> bool:
+    """Whether the Azure Monitor minute keeps telling the level (its newest minute is fresh).
+
+    Then the unseen inflow does not fade: near full, a fading inflow is a level that drifts
+    up unseen (0.3 of capacity fading over an hour is ~0.1 of level missed after 150 s), and
+    every minute's maximum tells when it was too low. Without it, fading is how an inflow
+    that stopped is unlearnt where no call shows it.
+    """
+    return st.monitor_minute > 0 and now - st.monitor_minute * 60.0 <= MONITOR_FRESH_S
 
 
 def _charge(st: FilterState, delta: float, window_s: float) -> None:
@@ -220,9 +237,19 @@ def _monitor(st: FilterState, sig: Signal, window_s: float) -> None:
     peak = st.peaks.get(str(sig.monitor_minute), 0.0)
     if sig.monitor <= peak:
         return
+    missed = sig.monitor - peak
     # fuller than our bucket-with-inflow reached: the inflow was short by at least the
     # difference spread over the minute (the bucket meaning; a rate-like metric asks more)
-    st.s = min(MAX_UNSEEN, st.s + (sig.monitor - peak) * window_s / 60.0)
+    st.s = min(MAX_UNSEEN, st.s + missed * window_s / 60.0)
+    # and the level itself was short by the difference. A bucket's level is what its inflow
+    # and drain left: where the deployment runs near full (everyone's inflow about its
+    # capacity, as when the throttle holds it at the upper threshold) a level we missed does
+    # not drain away, it stays missed until the next saturation. So `mu` takes it too, unless
+    # `mu` was known since that minute (a saturation, or empty); where the deployment was not
+    # near full, the added level drains within seconds like any other.
+    known = st.filled_at
+    if known is not None and known < (sig.monitor_minute + 1) * 60.0:
+        st.mu = min(st.mu + missed, max(st.mu, 1.0))
 
 
 def step(

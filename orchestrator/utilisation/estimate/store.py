@@ -61,6 +61,7 @@ from typing import Literal
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.cluster import RedisCluster
 
 from orchestrator.core import keys
 from orchestrator.core.boundary import redis_boundary
@@ -69,6 +70,7 @@ from orchestrator.core.redis_replies import text
 from orchestrator.core.schemas import TokenEvent
 from orchestrator.core.settings import DeploymentConfig
 from orchestrator.utilisation.base import Reading
+from orchestrator.utilisation.estimate import batch
 from orchestrator.utilisation.estimate.calibration import DEFAULT_PARAMS
 from orchestrator.utilisation.estimate.drift import MonitorDrift
 from orchestrator.utilisation.estimate.events import calibration_of, signal_of
@@ -83,9 +85,18 @@ EVENT_FIELD = "event"
 _JITTER = random.Random()
 """Its own generator: the process's global one is left to the application (and to test
 tools that watch it)."""
+
+
+def jitter_s() -> float:
+    """The wait before reading again after a conflict (another writer went first)."""
+    return _JITTER.uniform(0.0, 0.002)
+
+
 MAX_CONFLICTS = 50
 """Compare-and-set retries before an event is given up (logged): many writers at once."""
 MINUTE_S = 60.0
+RECORD = ("admit", "complete", "observe", "input", "max_tokens", "at")
+"""A request's charge record: the fields load.lua returns after the state (its 7th to 12th)."""
 
 _SCRIPTS = Path(__file__).parent
 
@@ -156,37 +167,80 @@ class EstimateStore:
             log.debug("estimate_event_ignored", deployment=event.deployment, reason="unknown")
             return
         key, req = keys.estimate(d.name), keys.estimate_request(d.name, event.request_id)
-        input_tokens = max(0, event.prompt_tokens - event.cached_tokens)
         with redis_boundary(f"estimate {d.name}: record", UtilisationUnavailable):
             for _ in range(MAX_CONFLICTS):
                 loaded = [
                     text(x) for x in await self._load(keys=[key, req], args=[self._now_arg()])
                 ]
                 state, version, now = loaded[1], loaded[2], float(loaded[5])
-                admitted, completed, observed = loaded[6], loaded[7], loaded[8]
-                seen = {"admit": admitted, "complete": completed, "observe": observed}
-                if seen[event.phase] or (event.phase == "admit" and completed):
+                signal = self._signal(d, event, loaded[6:12])
+                if signal is None:
                     log.debug("estimate_event_duplicate", request_id=event.request_id)
                     return
-                charged = (float(loaded[9]), float(loaded[10])) if admitted else None
-                signal = signal_of(
-                    event,
-                    d,
-                    full=self._full(d),
-                    charged=charged,
-                    calibrated=self.calibration is not None,
-                    controlled=self._controlled,
-                )
-                if admitted and loaded[11]:
-                    signal = replace(signal, charged_at=float(loaded[11]))
                 stepped = step(_state(state), signal, now, self.window_s, self._params)
-                args: list[str | int] = [version, _dump(stepped), event.phase]
-                args += [input_tokens, event.max_tokens, self._dedupe_ttl_ms, repr(now)]
+                args = self._commit_args(version, stepped, event, now)
                 stored = await self._commit(keys=[key, req], args=args)
                 if stored != -1:
                     return
-                await asyncio.sleep(_JITTER.uniform(0.0, 0.002))  # another writer went first
+                await asyncio.sleep(jitter_s())  # another writer went first
         log.warning("estimate_event_dropped", deployment=d.name, reason="conflicts")
+
+    async def record_many(self, events: Sequence[TokenEvent]) -> None:
+        """Fold `events` in, in order, as `record` would one after another.
+
+        Several events of one deployment go in one optimistic transaction (`batch`), so a
+        process's events never conflict with each other and a batch costs four round trips
+        whatever its size. Single events take `record`'s path; on Redis Cluster, whose
+        pipelines run no transactions over scripts, each event does, those of distinct
+        requests at once (`batch.each`: in the order their writes land, as concurrent
+        `record`s would). Raises UtilisationUnavailable when Redis
+        cannot be reached (events of the failing batch may be applied or not; a retry
+        applies each at most once).
+        """
+        by_deployment: dict[str, list[TokenEvent]] = {}
+        for event in events:
+            by_deployment.setdefault(event.deployment, []).append(event)
+        for name, group in by_deployment.items():
+            d = self._deployments.get(name)
+            if d is None:
+                log.debug("estimate_event_ignored", deployment=name, reason="unknown")
+            elif len(group) == 1:
+                await self.record(group[0])
+            elif isinstance(self._redis, RedisCluster):
+                await batch.each(self, group)
+            else:
+                with redis_boundary(f"estimate {name}: record", UtilisationUnavailable):
+                    await batch.apply(self, d, group)
+
+    def _signal(
+        self, d: DeploymentConfig, event: TokenEvent, record: Sequence[str]
+    ) -> Signal | None:
+        """What `event` tells the filter, given its request's charge record (`RECORD`
+        fields as text, '' when missing); None when the event was applied already."""
+        admitted, completed, observed = record[0], record[1], record[2]
+        seen = {"admit": admitted, "complete": completed, "observe": observed}
+        if seen[event.phase] or (event.phase == "admit" and completed):
+            return None
+        charged = (float(record[3]), float(record[4])) if admitted else None
+        signal = signal_of(
+            event,
+            d,
+            full=self._full(d),
+            charged=charged,
+            calibrated=self.calibration is not None,
+            controlled=self._controlled,
+        )
+        if admitted and record[5]:
+            signal = replace(signal, charged_at=float(record[5]))
+        return signal
+
+    def _commit_args(
+        self, version: str, stepped: FilterState, event: TokenEvent, now: float
+    ) -> list[str | int]:
+        """commit.lua's ARGV for `event` stepped into `stepped` at `now` over `version`."""
+        input_tokens = max(0, event.prompt_tokens - event.cached_tokens)
+        args: list[str | int] = [version, _dump(stepped), event.phase]
+        return [*args, input_tokens, event.max_tokens, self._dedupe_ttl_ms, repr(now)]
 
     async def heartbeat(self, applied: str | None = None) -> None:
         """Declare the feeder alive for every tracked deployment (call every max_age_s / 3).

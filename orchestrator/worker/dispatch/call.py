@@ -38,6 +38,7 @@ from orchestrator.tenants.ledger import Usage
 
 if TYPE_CHECKING:
     from orchestrator.worker.dispatch.parts import DispatchConfig, Gates, Reporting
+    from orchestrator.worker.dispatch.slots import SlotHolder
     from orchestrator.worker.upstream import Upstream
 
 log = structlog.get_logger(__name__)
@@ -97,13 +98,23 @@ class Caller:
         )
 
     async def call(
-        self, message: QueuedRequest, delivery_count: int, attempt: int
+        self,
+        message: QueuedRequest,
+        delivery_count: int,
+        attempt: int,
+        slot: SlotHolder | None = None,
     ) -> UpstreamResponse:
-        """One attempt; raises `UpstreamError` (a timeout as `UpstreamTimeout`, 408)."""
+        """One attempt; raises `UpstreamError` (a timeout as `UpstreamTimeout`, 408).
+
+        `slot`: the throttle slot the attempt holds; its lease is made to cover the call's
+        timeout as the call starts (a stalled worker's calls keep counting).
+        """
         event_id = f"{message.id}:{delivery_count}:{attempt}"
         prepared = self.prepare(message)
         if self._admission is not None:
             await self._admission.wait(prepared.prompt_tokens, prepared.max_tokens)
+        if slot is not None:
+            await slot.start(self._config.request_timeout_s)
         tokens = self._reporting.tokens is not None
         if tokens:
             admit = bracket.admit(

@@ -6,7 +6,10 @@ a slot and without spending an attempt; in half-open state only the process that
 the probe calls, everyone else keeps waiting. The delivery is kept rather than released:
 every consumer shares the breaker, so another one could not call either, and each
 release counts a delivery (`max_deliveries` would fail requests of a long outage). A
-stop releases it (`Dispatcher.handle`), a crash frees it within the liveness time.
+stop releases it (`Dispatcher.handle`), a crash frees it within the liveness time. A pool
+member (`hand_over`) is the exception: the other members share its queue and not its
+breaker, so a request meeting its open breaker is handed back at once (released, one
+delivery counted, no attempt spent) and a healthy member takes it.
 
 After an attempt the slot goes back at once. A failure is recorded in the breaker; an
 unreachable or misconfigured upstream, and any retryable failure that leaves the breaker
@@ -61,7 +64,10 @@ class WorkerGate:
         waiting: Waiting,
         stop: asyncio.Event,
         pacing: Pacing,
+        *,
+        hand_over: bool = False,
     ) -> None:
+        self._hand_over = hand_over
         self._slot = slot
         self._throttle = throttle
         self._breaker = breaker
@@ -80,6 +86,9 @@ class WorkerGate:
             if verdict != "reject":
                 return verdict
             await self._slot.release()
+            if self._hand_over:
+                log.info("request_handed_over", endpoint=self._breaker.endpoint)
+                return "stop"  # left for redelivery: another member of the pool takes it
             wait = min(max(self._breaker.open_left(), 0.25), 1.0)
             self._waiting.gated += 1
             try:

@@ -15,6 +15,7 @@ stop leaves the request for redelivery.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -65,8 +66,9 @@ class Dispatcher:
         self._pacing = pacing or Pacing()
         self._results = delivering.results
         self._settler = Settler(
-            deployment, delivering.queue, delivering.results, reporting, self._pacing.clock
-        )
+            deployment, delivering.queue, delivering.results, reporting, self._pacing.clock,
+            replication=delivering.replication,
+        )  # fmt: skip
         self._caller = Caller(
             deployment, upstream, config, gates, reporting, self._pacing, self.bookkeeping
         )
@@ -112,6 +114,10 @@ class Dispatcher:
         self, delivery: Delivery, slot: Slot, stop: asyncio.Event
     ) -> ResultStatus | None:
         """Process one delivery holding `slot`; the status written, or None if not finished."""
+        if delivery.message.deployment != self.deployment and delivery.unreadable is None:
+            # a pool's request (or a pool member's): its result names the member that serves
+            served = delivery.message.model_copy(update={"deployment": self.deployment})
+            delivery = dataclasses.replace(delivery, message=served)
         message = delivery.message
         holder = SlotHolder(self._gates.throttle, slot, self.bookkeeping)
         with (
@@ -137,7 +143,9 @@ class Dispatcher:
         if delivery.unreadable is not None:
             await holder.release()
             return await self._answer_unreadable(delivery, delivery.unreadable)
-        if await settler.already_done(message.id):
+        # a first delivery has no result of its own yet: one written meanwhile (a cancel while
+        # queued) is found by `mark_in_progress` below, which settles it the same way
+        if delivery.delivery_count > 1 and await settler.already_done(message.id):
             await holder.release()
             await settler.resettle(delivery)
             log.info("redelivery_already_completed", delivery_count=delivery.delivery_count)
@@ -175,13 +183,16 @@ class Dispatcher:
             self._waiting,
             stop,
             self._pacing,
+            hand_over=self._config.hand_over,
         )
 
         plan = await self._sizer.plan(message)  # the output limit the calls are sent with
 
         async def attempts(start: int) -> Attempted[UpstreamResponse]:
             return await run_attempts(
-                lambda attempt: self._caller.call(plan.message, delivery.delivery_count, attempt),
+                lambda attempt: self._caller.call(
+                    plan.message, delivery.delivery_count, attempt, holder
+                ),
                 gate,
                 policy=self._config.retry,
                 deadline=message.deadline,

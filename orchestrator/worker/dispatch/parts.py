@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from orchestrator.breaker.shared import SharedBreaker
+    from orchestrator.core.replication import Replication
     from orchestrator.queues.base import Queue
     from orchestrator.tenants.quota import QuotaGate
     from orchestrator.throttle.admission import Admission
@@ -31,6 +32,9 @@ class DispatchConfig:
     """A message delivered more often than this (it kept killing workers) is dead-lettered."""
     low_priority_spill: Literal["keep", "fail"] = "keep"
     """What becomes of an answer Azure spilled to a standard deployment (`dispatch.call`)."""
+    hand_over: bool = False
+    """A pool member with others beside it: while its breaker is open, a request it holds
+    goes back to the pool's queue for another member instead of waiting (`dispatch.gate`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +45,8 @@ class Delivering:
     """The deployment's queue: acked, released or dead-lettered once the result is written."""
     results: ResultSink
     """The exactly-once result store."""
+    replication: Replication | None = None
+    """Waits for a written result to reach a replica before the delivery is acknowledged."""
 
 
 @dataclass(frozen=True, slots=True)

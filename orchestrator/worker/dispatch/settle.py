@@ -6,17 +6,29 @@ half-record one. A delivery this dispatcher does not settle (the result write fa
 dispatch raised, a shutdown interrupted the call or a retry wait) is released, so another
 consumer takes it at once instead of it staying owned by a live worker that gave up on it.
 
+With replicas (`core/replication`, `PTU_REDIS_WAIT_REPLICAS`), a result is acknowledged
+only once a replica confirmed it: a result that is only on the master when the delivery is
+acknowledged would be lost with the master, the request left `in_progress` with no entry.
+When the replica does not confirm in time the delivery is released instead; a later
+delivery finds the result and is acknowledged once a replica has it, or, after a failover
+took the result, runs the call again (a replica that lags keeps the message coming back
+until it catches up; a dead one leaves the slot map and is no longer waited for).
+
 The request's `calls.outcome.Outcome` is computed once from its result document: its
 counter label, its access line.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import structlog
 
 from orchestrator.calls.outcome import Outcome
+from orchestrator.core import keys
+from orchestrator.core.batching import Batcher
 from orchestrator.core.errors import PTUError, StoreUnavailable
 from orchestrator.core.results import count_result
 from orchestrator.core.schemas import ResultDocument, ResultStatus
@@ -26,6 +38,7 @@ from orchestrator.queues.base import Delivery, Queue
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from orchestrator.core.replication import Replication
     from orchestrator.worker.dispatch.parts import Reporting
     from orchestrator.worker.protocols import ResultSink
 
@@ -42,14 +55,19 @@ class Settler:
         results: ResultSink,
         reporting: Reporting,
         clock: Callable[[], float],
+        *,
+        replication: Replication | None = None,
     ) -> None:
         self.deployment = deployment
+        self._replication = replication
         self._queue = queue
         self._results = results
         self._reporting = reporting
         self._clock = clock
         self.bookkeeping = TaskSet()
         """Shielded writes still running; the worker awaits them before exiting."""
+        self._counted: Batcher[str, str] = Batcher(self._write_counts)
+        """Results counted while one count is written go together in the next."""
         self._settled: set[str] = set()
         """Tokens of deliveries being handled that were acknowledged or dead-lettered."""
         self.counts: dict[str, int] = {"completed": 0, "failed": 0, "expired": 0}
@@ -67,7 +85,11 @@ class Settler:
         message = delivery.message
         # the first completion may have stopped between its steps: finish them
         await self.bookkeeping.shielded(self._results.settle(message.id, message.reply_key))
-        await self.bookkeeping.shielded(self._ack(delivery))
+        # acknowledged once the result is on a replica, else released again (`let_go`): an
+        # ack that its client retries onto a promoted replica would delete the entry of a
+        # request whose result went down with the old master
+        if await self.bookkeeping.shielded(self._replicated(message.id)):
+            await self.bookkeeping.shielded(self._ack(delivery))
 
     async def let_go(self, delivery: Delivery) -> None:
         """Release `delivery` unless it was settled (the end of every handling)."""
@@ -102,6 +124,11 @@ class Settler:
         except PTUError as exc:  # StoreUnavailable, QueueUnavailable
             log.error("result_write_failed", status=doc.status, error=repr(exc))
             return None  # released by `let_go`: another consumer finishes it
+        if not await self._replicated(doc.id):  # not acked: released by `let_go`
+            if not wrote:
+                return None
+            await self._report(delivery, doc)
+            return doc.status
         try:
             if wrote and dead_letter is not None:
                 await self._queue.dead_letter(delivery, dead_letter)
@@ -140,6 +167,16 @@ class Settler:
         )
         outcome.log_access()
 
+    async def _replicated(self, request_id: str) -> bool:
+        """Whether the request's result is on a replica (True without replication)."""
+        if self._replication is None:
+            return True
+        try:
+            return await self._replication.confirm(keys.result(request_id))
+        except PTUError as exc:
+            log.warning("result_replication_unknown", error=repr(exc))
+            return False
+
     async def _ack(self, delivery: Delivery) -> None:
         await self._queue.ack(delivery)
         self._settled.add(delivery.token)
@@ -160,9 +197,15 @@ class Settler:
         if redis is None:
             return
         try:
-            await count_result(redis, self.deployment, status)
+            await self._counted.submit(self.deployment, status)
         except StoreUnavailable as exc:
             log.warning("result_count_failed", status=status, error=repr(exc))
+
+    async def _write_counts(self, deployment: str, statuses: Sequence[str]) -> None:
+        redis = self._reporting.counts
+        assert redis is not None
+        for status, n in Counter(statuses).items():
+            await count_result(redis, deployment, status, n)
 
     def __repr__(self) -> str:
         c = self.counts

@@ -1,7 +1,8 @@
 """The throttle slot one request holds, with synchronous transitions.
 
 A request holds at most one slot: taken before each call, handed back as soon as the
-call ends (also before a retry's wait), taken again for the retry. `take` empties the
+call ends (also before a retry's wait), taken again for the retry. When the call starts,
+its lease is made to cover the call's timeout (`start`, see `throttle.slots`). `take` empties the
 holder synchronously before the release is awaited, so no path can release a slot twice
 or forget one that a cancelled coroutine was about to release.
 """
@@ -43,6 +44,21 @@ class SlotHolder:
         if self._slot is None:
             self._slot = await self._limiter.acquire(stop)
         return self._slot is not None
+
+    async def start(self, call_s: float) -> None:
+        """The call starts and lasts at most `call_s`: its lease must cover it.
+
+        When the lease had expired (this process stalled since taking it), a fresh slot is
+        taken under the limit first. Stopping does not end this wait: the call was
+        committed to, and the drain's cancellation ends it.
+        """
+        while True:
+            if self._slot is None:
+                self._slot = await self._limiter.acquire(asyncio.Event())
+            slot = self._slot
+            if slot is not None and await self._limiter.start(slot, call_s):
+                return
+            self._slot = None
 
     async def release(self) -> None:
         """Hand the slot back, if held; shielded from cancellation."""
