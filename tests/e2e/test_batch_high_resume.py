@@ -11,21 +11,10 @@ import redis
 
 from devstack.stack import SimulatorOptions, Stack
 from orchestrator.core import keys
-from tests.e2e.worker_helpers import sigkill, wait_for
+from tests.e2e.worker_helpers import batch_input, sigkill, wait_for
 
 DEPLOYMENT = "resume-ptu"
 N = 40
-
-
-def _file(n: int) -> bytes:
-    return b"".join(
-        json.dumps({
-            "custom_id": f"c-{i}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": DEPLOYMENT, "max_tokens": 5,
-                     "messages": [{"role": "user", "content": f"question {i}"}]},
-        }).encode() + b"\n"
-        for i in range(n)
-    )  # fmt: skip
 
 
 @pytest.mark.timeout(300)
@@ -40,7 +29,8 @@ def test_a_high_priority_batch_survives_its_ingress(tmp_path: Path) -> None:
         client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
         env = stack.base_env(PTU_FILES_DIR=str(tmp_path / "files"), PTU_MAX_CONCURRENCY="2")
         url = stack.start_ingress(env)
-        up = httpx2.post(f"{url}/v1/files", files={"file": ("in.jsonl", _file(N))},
+        body = batch_input(DEPLOYMENT, N, 5)
+        up = httpx2.post(f"{url}/v1/files", files={"file": ("in.jsonl", body)},
                          data={"purpose": "batch"}, timeout=60)  # fmt: skip
         assert up.status_code == 200, up.text
         created = httpx2.post(

@@ -13,21 +13,10 @@ import redis
 
 from devstack.stack import SimulatorOptions, Stack
 from orchestrator.core import keys
-from tests.e2e.worker_helpers import sigkill, wait_for
+from tests.e2e.worker_helpers import batch_input, sigkill, wait_for
 
 DEPLOYMENT = "kill-ptu"
 N = 4_000
-
-
-def _file(n: int) -> bytes:
-    return b"".join(
-        json.dumps({
-            "custom_id": f"c-{i}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": DEPLOYMENT, "max_tokens": 5,
-                     "messages": [{"role": "user", "content": f"question {i}"}]},
-        }).encode() + b"\n"
-        for i in range(n)
-    )  # fmt: skip
 
 
 @pytest.mark.timeout(400)
@@ -47,7 +36,8 @@ def test_ingress_and_worker_sigkilled_once_each(tmp_path: Path) -> None:
             PTU_SLOT_LEASE_S="2",
         )
         url = stack.start_ingress(env)
-        up = httpx2.post(f"{url}/v1/files", files={"file": ("in.jsonl", _file(N))},
+        body = batch_input(DEPLOYMENT, N, 5)
+        up = httpx2.post(f"{url}/v1/files", files={"file": ("in.jsonl", body)},
                          data={"purpose": "batch"}, timeout=60)  # fmt: skip
         assert up.status_code == 200, up.text
         created = httpx2.post(f"{url}/v1/batches", timeout=30, json={

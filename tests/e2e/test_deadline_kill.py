@@ -16,7 +16,7 @@ import redis
 
 from devstack.stack import SimulatorOptions, Stack
 from orchestrator.core import keys
-from tests.e2e.worker_helpers import sigkill, wait_for
+from tests.e2e.worker_helpers import batch_input, sigkill, wait_for
 
 PTU, STD = "kptu", "kstd"
 N = 150
@@ -26,17 +26,6 @@ DEPLOYMENTS = [
      "overflow": [{"name": STD, "kind": "standard", "price_in": 0.15, "price_out": 0.6}]},
     {"name": STD, "model": "gpt-4o-mini", "kind": "standard", "tpm": 100_000_000},
 ]  # fmt: skip
-
-
-def _file(n: int) -> bytes:
-    return b"".join(
-        json.dumps({
-            "custom_id": f"c-{i}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": PTU, "max_tokens": 20,
-                     "messages": [{"role": "user", "content": f"question {i}"}]},
-        }).encode() + b"\n"
-        for i in range(n)
-    )  # fmt: skip
 
 
 @pytest.mark.timeout(400)
@@ -57,7 +46,7 @@ def test_ingress_and_worker_sigkilled_mid_overflow(tmp_path: Path) -> None:
         )  # fmt: skip
         url = stack.start_ingress(env)
         stack.start_worker(env, name="worker-1")
-        up = httpx2.post(f"{url}/v1/files", files={"file": ("in.jsonl", _file(N))},
+        up = httpx2.post(f"{url}/v1/files", files={"file": ("in.jsonl", batch_input(PTU, N, 20))},
                          data={"purpose": "batch"}, timeout=60)  # fmt: skip
         assert up.status_code == 200, up.text
         deadline = datetime.fromtimestamp(time() + DEADLINE_S, UTC).isoformat()

@@ -1,8 +1,10 @@
-"""Helpers of the worker end-to-end tests: queue requests, count results, kill processes."""
+"""Helpers of the worker end-to-end tests: queue requests or a batch input, count results,
+kill processes."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -82,3 +84,15 @@ def sigkill(stack: Stack, name: str) -> None:
     os.killpg(child.proc.pid, signal.SIGKILL)
     child.proc.wait(timeout=10)
     stack.stop(name)
+
+
+def batch_input(deployment: str, n: int, max_tokens: int) -> bytes:
+    """A Batch API input file of `n` chat lines `c-0` … for `deployment`."""
+    return b"".join(
+        json.dumps({
+            "custom_id": f"c-{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": deployment, "max_tokens": max_tokens,
+                     "messages": [{"role": "user", "content": f"question {i}"}]},
+        }).encode() + b"\n"
+        for i in range(n)
+    )  # fmt: skip
