@@ -44,10 +44,15 @@ class EntraTokens:
         return f"<EntraTokens credential={type(self._credential).__name__}>"
 
 
-def default_entra_tokens() -> EntraTokens:
-    """Tokens from `DefaultAzureCredential` (environment, workload or managed identity, CLI)."""
+def default_credential() -> AsyncTokenCredential:
+    """`DefaultAzureCredential` (environment, workload or managed identity, CLI), async."""
     try:
         from azure.identity.aio import DefaultAzureCredential
     except ImportError as exc:
         raise MissingDependencyError("azure-identity", "azure") from exc
-    return EntraTokens(DefaultAzureCredential())
+    return DefaultAzureCredential()
+
+
+def default_entra_tokens() -> EntraTokens:
+    """Tokens from `default_credential()`."""
+    return EntraTokens(default_credential())

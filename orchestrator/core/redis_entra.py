@@ -34,7 +34,8 @@ from redis.auth.token import SimpleToken
 from redis.credentials import StreamingCredentialProvider
 from redis.exceptions import RedisError
 
-from orchestrator.core.errors import ConfigError, MissingDependencyError
+from orchestrator.core.entra import default_credential
+from orchestrator.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken
@@ -206,9 +207,5 @@ class EntraRedisCredentials(StreamingCredentialProvider):
 
 
 def default_redis_credentials() -> EntraRedisCredentials:
-    """Credentials from `DefaultAzureCredential` (workload or managed identity, CLI...)."""
-    try:
-        from azure.identity.aio import DefaultAzureCredential
-    except ImportError as exc:
-        raise MissingDependencyError("azure-identity", "azure") from exc
-    return EntraRedisCredentials(DefaultAzureCredential())
+    """Credentials from `entra.default_credential()` (workload or managed identity, CLI...)."""
+    return EntraRedisCredentials(default_credential())
