@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import FrameType
 
 
@@ -40,7 +40,12 @@ def signals_deferred() -> Iterator[None]:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises KeyboardInterrupt like Ctrl-C, so cleanup runs."""
+    """Within the block, SIGTERM and Ctrl-C raise KeyboardInterrupt, so cleanup runs.
+
+    SIGINT too: `asyncio.run` would otherwise turn Ctrl-C into a cancellation of its main
+    task, and a driver that drains its tasks on cancellation then returns normally (the
+    run ends as if it had completed, exit status 0).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -48,10 +53,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous: Callable[[int, FrameType | None], object] | int | None = signal.signal(
-        signal.SIGTERM, interrupt
-    )
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)

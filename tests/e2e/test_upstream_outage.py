@@ -206,6 +206,8 @@ def test_dlq_replay_yields_exactly_one_new_result(tmp_path: Path) -> None:
         stack.start_estimator(env)
         stack.start_worker(env)
         wait_for(lambda: results_written(client, [rid]) == 1, stack, 30)
+        # the result is written first, then the delivery dead-lettered (`dispatch/settle`)
+        wait_for(lambda: client.xlen(keys.dead_letter(PTU)) >= 1, stack, 30)
         assert client.xlen(keys.dead_letter(PTU)) == 1
         listed = _dlq(env, "list", "--json")
         assert listed.returncode == 0 and rid in listed.stdout, listed

@@ -79,7 +79,8 @@ def test_make_image_builds_the_dockerfile_with_the_package_version() -> None:
     if make is None:
         pytest.skip("make is not installed")
     done = subprocess.run(
-        [make, "-n", "image", "IMAGE=registry.example/ptu-orchestrator"],
+        # under `make test` (a sub-make) make would add "Entering/Leaving directory" lines
+        [make, "--no-print-directory", "-n", "image", "IMAGE=registry.example/ptu-orchestrator"],
         cwd=ROOT,
         capture_output=True,
         text=True,
