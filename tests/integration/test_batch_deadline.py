@@ -16,11 +16,10 @@ import openai
 import pytest
 
 from ingress.server import IngressThread
-from orchestrator.core.settings import load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
-from tests import redis_mode
 from tests.integration.test_ingress_batch import _jsonl, _line, worker_process
+from tests.support.stacks import flush, ingress_on
 
 OVERFLOW = [{"name": "std", "kind": "flex", "price_in": 0.075, "price_out": 0.3},
             {"name": "std", "kind": "standard", "price_in": 0.15, "price_out": 0.6}]  # fmt: skip
@@ -46,13 +45,8 @@ def sim() -> Iterator[SimulatorThread]:
 
 @pytest.fixture(scope="module")
 def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
-    with redis_mode.connect_sync(redis_url) as client:
-        client.flushdb()
-    settings = load_settings(
-        redis_url=redis_url, redis_cluster=redis_mode.CLUSTER, azure_openai_endpoint=sim.url,
-        azure_openai_api_key="k", deployments=DEPLOYMENTS,
-    )  # fmt: skip
-    with IngressThread(settings) as server:
+    flush(redis_url)
+    with ingress_on(redis_url, sim, "k", deployments=DEPLOYMENTS) as server:
         yield server
 
 

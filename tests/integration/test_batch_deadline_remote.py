@@ -19,11 +19,10 @@ import redis.asyncio as aioredis
 
 from ingress.server import IngressThread
 from orchestrator.cli.batch_costs import batch_rows
-from orchestrator.core.settings import load_settings
 from simulator.config import SimConfig
 from simulator.server import SimulatorThread
-from tests import redis_mode
 from tests.integration.test_ingress_batch import _jsonl, _line
+from tests.support.stacks import flush, ingress_on
 
 OVERFLOW = [
     {"name": "gb", "kind": "batch", "price_in": 0.075, "price_out": 0.3, "turnaround_s": 2},
@@ -49,13 +48,8 @@ def sim() -> Iterator[SimulatorThread]:
 
 @pytest.fixture(scope="module")
 def ingress(redis_url: str, sim: SimulatorThread) -> Iterator[IngressThread]:
-    with redis_mode.connect_sync(redis_url) as client:
-        client.flushdb()
-    settings = load_settings(
-        redis_url=redis_url, redis_cluster=redis_mode.CLUSTER, azure_openai_endpoint=sim.url,
-        azure_openai_api_key="k", deployments=DEPLOYMENTS,
-    )  # fmt: skip
-    with IngressThread(settings) as server:
+    flush(redis_url)
+    with ingress_on(redis_url, sim, "k", deployments=DEPLOYMENTS) as server:
         yield server
 
 
